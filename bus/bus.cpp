@@ -1,0 +1,411 @@
+#include "shmbus/bus.h"
+
+#include <cerrno>
+#include <dirent.h>
+#include <grp.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cstring>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "bus/names.h"
+#include "bus/registry_layout.h"
+#include "bus/topic.h"
+#include "shm/futex.h"
+#include "shm/process.h"
+#include "shm/ring.h"
+#include "shm/segment.h"
+
+namespace shmbus {
+
+using shm::Segment;
+
+const char* errc_name(Errc c) noexcept {
+  switch (c) {
+    case Errc::kOk: return "ok";
+    case Errc::kInvalidArgument: return "invalid_argument";
+    case Errc::kNotFound: return "not_found";
+    case Errc::kAlreadyExists: return "already_exists";
+    case Errc::kRecordTooLarge: return "record_too_large";
+    case Errc::kBadSegment: return "bad_segment";
+    case Errc::kNoSpace: return "no_space";
+    case Errc::kPermission: return "permission";
+    case Errc::kTimedOut: return "timed_out";
+    case Errc::kOffsetOutOfRange: return "offset_out_of_range";
+    case Errc::kTopicDeleted: return "topic_deleted";
+    case Errc::kTooManyClients: return "too_many_clients";
+    case Errc::kSystem: return "system";
+  }
+  return "unknown";
+}
+
+namespace {
+
+constexpr std::uint32_t kMaxPartitions = 1024;
+constexpr std::uint64_t kMaxCapacity = std::uint64_t{1} << 32;
+
+struct SlotCopy {
+  TopicState state;
+  std::string name;
+  TopicConfig config;
+  std::uint64_t epoch;
+  std::int64_t created_ns;
+};
+
+// Whole-record bytes in the ring for a payload limit, and back.
+std::uint32_t ring_max_record(std::uint32_t payload) { return static_cast<std::uint32_t>(shm::align8(shm::kRecordHeaderSize + payload)); }
+
+// Registry lock: flock(2) on the registry file. The kernel drops it when the holder dies.
+class RegistryLock {
+ public:
+  static Result<RegistryLock> take(const Segment& reg) {
+    for (int i = 0; i < 5000; ++i) {
+      if (::flock(reg.fd(), LOCK_EX | LOCK_NB) == 0) return RegistryLock(reg.fd());
+      if (errno != EWOULDBLOCK && errno != EINTR)
+        return make_error(Errc::kSystem, fmt::format("flock {}: {}", Segment::path_of(reg.name()), std::strerror(errno)));
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return make_error(Errc::kTimedOut, fmt::format("the registry {} stayed locked by another process for 5 s",
+                                                   Segment::path_of(reg.name())));
+  }
+  RegistryLock(RegistryLock&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  RegistryLock& operator=(RegistryLock&&) = delete;
+  ~RegistryLock() {
+    if (fd_ >= 0) ::flock(fd_, LOCK_UN);
+  }
+
+ private:
+  explicit RegistryLock(int fd) : fd_(fd) {}
+  int fd_;
+};
+
+Result<unsigned> group_id(const std::string& group) {
+  std::vector<char> buf(16384);
+  struct group g{}, *res = nullptr;
+  if (::getgrnam_r(group.c_str(), &g, buf.data(), buf.size(), &res) != 0 || res == nullptr)
+    return make_error(Errc::kInvalidArgument, fmt::format("no such Unix group '{}'", group));
+  return static_cast<unsigned>(g.gr_gid);
+}
+
+Status validate_config(const std::string& topic, const TopicConfig& c) {
+  if (c.partitions == 0 || c.partitions > kMaxPartitions)
+    return make_error(Errc::kInvalidArgument, fmt::format("topic '{}': {} partitions, allowed 1..{}", topic, c.partitions, kMaxPartitions));
+  if (c.capacity < 4096 || c.capacity > kMaxCapacity || !std::has_single_bit(c.capacity))
+    return make_error(Errc::kInvalidArgument,
+                      fmt::format("topic '{}': capacity {} must be a power of two from 4096 to {} (nearest: {})", topic,
+                                  c.capacity, kMaxCapacity,
+                                  std::clamp<std::uint64_t>(std::bit_floor(std::max<std::uint64_t>(c.capacity, 1)), 4096, kMaxCapacity)));
+  const std::uint64_t limit = c.capacity / 4 - shm::kRecordHeaderSize;
+  if (c.max_record > limit)
+    return make_error(Errc::kInvalidArgument, fmt::format("topic '{}': max record {} bytes is over a quarter of the capacity "
+                                                          "({} bytes with the header); raise --capacity", topic, c.max_record, limit));
+  return {};
+}
+
+}  // namespace
+
+struct Bus::Impl {
+  Segment registry;
+  RegistryControl* control = nullptr;
+  TopicSlot* slots = nullptr;
+  std::mutex mu;  // serialises this process's threads; flock serialises processes
+  std::map<std::string, std::shared_ptr<Topic>, std::less<>> topics;
+
+  bool read_slot(std::uint32_t i, SlotCopy& out) const {
+    const TopicSlot& s = slots[i];
+    for (int attempt = 0; attempt < 1000; ++attempt) {
+      const std::uint32_t s1 = s.seq.load(std::memory_order_acquire);
+      if (s1 & 1) {
+        std::this_thread::yield();
+        continue;
+      }
+      TopicSlot copy;
+      shm::racy_copy(&copy, &s, sizeof copy);  // seqlock read: validated below
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (s.seq.load(std::memory_order_relaxed) != s1) continue;
+      out.state = static_cast<TopicState>(copy.state);
+      out.name.assign(copy.name, std::min<std::size_t>(copy.name_len, sizeof copy.name));
+      out.config.partitions = copy.partitions;
+      out.config.capacity = copy.capacity;
+      out.config.max_record = copy.max_record;
+      out.config.retention = static_cast<RetentionMode>(copy.retention);
+      out.epoch = copy.epoch;
+      out.created_ns = copy.created_ns;
+      return true;
+    }
+    return false;
+  }
+
+  // Under the registry lock only.
+  template <class F>
+  void write_slot(std::uint32_t i, F&& fill) {
+    TopicSlot& s = slots[i];
+    s.seq.fetch_add(1, std::memory_order_acq_rel);  // odd: readers retry
+    std::atomic_thread_fence(std::memory_order_release);
+    fill(s);
+    s.seq.fetch_add(1, std::memory_order_release);  // SYNC POINT: pairs with read_slot's acquire
+    control->changes.fetch_add(1, std::memory_order_release);
+  }
+
+  std::optional<std::uint32_t> find(std::string_view name, SlotCopy& out) const {
+    for (std::uint32_t i = 0; i < kMaxTopics; ++i) {
+      if (slots[i].seq.load(std::memory_order_relaxed) == 0) continue;  // never used
+      if (read_slot(i, out) && out.state != TopicState::kFree && out.name == name) return i;
+    }
+    return std::nullopt;
+  }
+};
+
+Bus::Bus() : impl_(std::make_unique<Impl>()) {}
+Bus::~Bus() = default;
+
+Result<std::shared_ptr<Bus>> Bus::attach(BusOptions options) {
+  std::string name = options.name.empty() ? default_bus_name() : options.name;
+  if (auto ok = validate_name("bus", name); !ok) return tl::unexpected(ok.error());
+  std::optional<unsigned> gid;
+  if (options.group) {
+    auto g = group_id(*options.group);
+    if (!g) return tl::unexpected(g.error());
+    gid = *g;
+  }
+  const std::string reg = registry_segment_name(name);
+  std::shared_ptr<Bus> bus(new Bus());
+  bus->name_ = name;
+  bus->read_only_ = options.read_only;
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    auto seg = Segment::open(reg, shm::SegmentKind::kRegistry, kRegistryLayoutMajor, !options.read_only);
+    if (!seg && seg.error().code == Errc::kNotFound && options.create && !options.read_only) {
+      shm::SegmentSpec spec{reg, shm::SegmentKind::kRegistry, kRegistryLayoutMajor, kRegistryLayoutMinor, kRegistrySize,
+                            gid ? 0660u : 0600u, gid, false};
+      seg = Segment::create(spec, [&](std::byte* base) {
+        auto* c = new (base + kRegistryControlOffset) RegistryControl{};
+        c->max_topics = kMaxTopics;
+        c->mode = spec.mode;
+        c->gid = gid ? static_cast<std::int64_t>(*gid) : -1;
+        for (std::uint32_t i = 0; i < kMaxTopics; ++i) new (base + kTopicSlotsOffset + i * sizeof(TopicSlot)) TopicSlot{};
+      });
+      if (!seg && seg.error().code == Errc::kAlreadyExists) continue;  // another process won the race
+    }
+    if (!seg) {
+      if (seg.error().code == Errc::kNotFound)
+        return make_error(Errc::kNotFound, fmt::format("bus '{}' does not exist ({} is missing)", name, Segment::path_of(reg)));
+      return tl::unexpected(seg.error());
+    }
+    bus->impl_->registry = std::move(*seg);
+    bus->impl_->control = bus->impl_->registry.at<RegistryControl>(kRegistryControlOffset);
+    bus->impl_->slots = bus->impl_->registry.at<TopicSlot>(kTopicSlotsOffset);
+    if (bus->impl_->control->max_topics != kMaxTopics)
+      return make_error(Errc::kBadSegment, fmt::format("{}: {} topic slots, this build expects {}", Segment::path_of(reg),
+                                                       bus->impl_->control->max_topics, kMaxTopics));
+    return bus;
+  }
+  return make_error(Errc::kSystem, fmt::format("could not create or open {}", Segment::path_of(reg)));
+}
+
+Status Bus::create_topic(const std::string& name, const TopicConfig& in) {
+  if (read_only_) return make_error(Errc::kPermission, "bus attached read-only");
+  if (auto ok = validate_name("topic", name); !ok) return ok;
+  TopicConfig cfg = in;
+  if (cfg.max_record == 0 && cfg.capacity >= 4096) cfg.max_record = static_cast<std::uint32_t>((cfg.capacity / 4 - shm::kRecordHeaderSize) & ~7ull);
+  if (auto ok = validate_config(name, cfg); !ok) return ok;
+  const shm::RingGeometry g = shm::ring_geometry(cfg.capacity);
+  const std::uint64_t need = g.segment_size * cfg.partitions;
+  if (const std::uint64_t room = Segment::shm_free_bytes(); room < need)
+    return make_error(Errc::kNoSpace,
+                      fmt::format("topic '{}' needs {} bytes of shared memory, {} has {} free: enlarge /dev/shm "
+                                  "(docker --shm-size, mount -o remount,size=...) or use a smaller --capacity or fewer partitions",
+                                  name, need, shm::kShmDir, room));
+  std::lock_guard guard(impl_->mu);
+  auto lock = RegistryLock::take(impl_->registry);
+  if (!lock) return tl::unexpected(lock.error());
+  SlotCopy cur;
+  std::optional<std::uint32_t> free_slot;
+  for (std::uint32_t i = 0; i < kMaxTopics; ++i) {
+    if (!impl_->read_slot(i, cur)) continue;
+    if (cur.state == TopicState::kFree) {
+      if (!free_slot) free_slot = i;
+      continue;
+    }
+    if (cur.state == TopicState::kReady && cur.name == name)
+      return make_error(Errc::kAlreadyExists, fmt::format("topic '{}' already exists on bus '{}'", name, name_));
+    if (cur.state == TopicState::kCreating || cur.state == TopicState::kDeleting) {
+      // We hold the lock, so the process that left this slot half-done is gone: finish it.
+      for (std::uint32_t p = 0; p < cur.config.partitions && p < kMaxPartitions; ++p)
+        (void)Segment::remove(partition_segment_name(name_, cur.name, p));
+      impl_->write_slot(i, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kFree); });
+      if (!free_slot) free_slot = i;
+    }
+  }
+  if (!free_slot) return make_error(Errc::kTooManyClients, fmt::format("bus '{}' already has {} topics", name_, kMaxTopics));
+  const std::uint64_t epoch = shm::random_u64();
+  const std::uint32_t slot = *free_slot;
+  impl_->write_slot(slot, [&](TopicSlot& s) {
+    s.state = static_cast<std::uint32_t>(TopicState::kCreating);
+    s.partitions = cfg.partitions;
+    s.retention = static_cast<std::uint32_t>(cfg.retention);
+    s.capacity = cfg.capacity;
+    s.max_record = cfg.max_record;
+    s.name_len = static_cast<std::uint32_t>(name.size());
+    std::memset(s.name, 0, sizeof s.name);
+    std::memcpy(s.name, name.data(), name.size());
+    s.epoch = epoch;
+    s.created_ns = shm::realtime_ns();
+    s.creator_pid = ::getpid();
+  });
+  const auto mode = impl_->control->mode;
+  const auto gid = impl_->control->gid >= 0 ? std::optional<unsigned>(static_cast<unsigned>(impl_->control->gid)) : std::nullopt;
+  for (std::uint32_t p = 0; p < cfg.partitions; ++p) {
+    shm::SegmentSpec spec{partition_segment_name(name_, name, p), shm::SegmentKind::kPartition, shm::kPartitionLayoutMajor,
+                          shm::kPartitionLayoutMinor, g.segment_size, mode, gid, /*replace=*/true};
+    shm::RingParams rp;
+    rp.capacity = cfg.capacity;
+    rp.max_record = ring_max_record(cfg.max_record);
+    rp.retention = static_cast<shm::Retention>(cfg.retention);
+    rp.partition = p;
+    rp.topic_epoch = epoch;
+    auto seg = Segment::create(spec, [&](std::byte* base) { shm::ring_init(base, rp); });
+    if (!seg) {
+      for (std::uint32_t q = 0; q < p; ++q) (void)Segment::remove(partition_segment_name(name_, name, q));
+      impl_->write_slot(slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kFree); });
+      return tl::unexpected(seg.error());
+    }
+  }
+  impl_->write_slot(slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kReady); });
+  return {};
+}
+
+Status Bus::delete_topic(const std::string& name) {
+  if (read_only_) return make_error(Errc::kPermission, "bus attached read-only");
+  if (auto ok = validate_name("topic", name); !ok) return ok;
+  std::lock_guard guard(impl_->mu);
+  auto lock = RegistryLock::take(impl_->registry);
+  if (!lock) return tl::unexpected(lock.error());
+  SlotCopy cur;
+  auto slot = impl_->find(name, cur);
+  if (!slot || cur.state != TopicState::kReady)
+    return make_error(Errc::kNotFound, fmt::format("topic '{}' does not exist on bus '{}'", name, name_));
+  impl_->write_slot(*slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kDeleting); });
+  for (std::uint32_t p = 0; p < cur.config.partitions; ++p) {
+    const std::string seg_name = partition_segment_name(name_, name, p);
+    // Tell attached producers and consumers before the name goes away.
+    if (auto seg = Segment::open(seg_name, shm::SegmentKind::kPartition, shm::kPartitionLayoutMajor, true)) {
+      shm::Ring ring(seg->data());
+      ring.ctl()->notify.closed.store(1, std::memory_order_release);
+      ring.ctl()->notify.seq.fetch_add(1, std::memory_order_release);
+      shm::futex_wake_all(&ring.ctl()->notify.seq);
+    }
+    (void)Segment::remove(seg_name);
+  }
+  impl_->write_slot(*slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kFree); });
+  impl_->topics.erase(name);
+  return {};
+}
+
+Result<std::shared_ptr<Topic>> Bus::topic(const std::string& name) {
+  std::lock_guard guard(impl_->mu);
+  if (auto it = impl_->topics.find(name); it != impl_->topics.end()) {
+    if (!it->second->deleted()) return it->second;
+    impl_->topics.erase(it);
+  }
+  if (auto ok = validate_name("topic", name); !ok) return tl::unexpected(ok.error());
+  for (int attempt = 0; attempt < 3; ++attempt) {
+    SlotCopy cur;
+    auto slot = impl_->find(name, cur);
+    if (!slot || cur.state != TopicState::kReady)
+      return make_error(Errc::kNotFound, fmt::format("topic '{}' does not exist on bus '{}'", name, name_));
+    auto t = std::make_shared<Topic>(name, cur.config, cur.epoch);
+    bool stale = false;
+    for (std::uint32_t p = 0; p < cur.config.partitions; ++p) {
+      auto seg = Segment::open(partition_segment_name(name_, name, p), shm::SegmentKind::kPartition,
+                               shm::kPartitionLayoutMajor, !read_only_);
+      if (!seg) {
+        if (seg.error().code == Errc::kNotFound) { stale = true; break; }  // deleted meanwhile
+        return tl::unexpected(seg.error());
+      }
+      if (auto ok = shm::ring_validate(*seg); !ok) return tl::unexpected(ok.error());
+      shm::Ring ring(seg->data());
+      if (ring.ctl()->config.topic_epoch != cur.epoch || ring.ctl()->config.partition != p) { stale = true; break; }
+      t->add(std::move(*seg));
+    }
+    if (stale) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      continue;
+    }
+    impl_->topics.emplace(name, t);
+    return t;
+  }
+  return make_error(Errc::kNotFound, fmt::format("topic '{}' on bus '{}' changed while it was being opened", name, name_));
+}
+
+namespace {
+
+TopicInfo info_of(const SlotCopy& s, const Topic* t) {
+  TopicInfo info;
+  info.name = s.name;
+  info.config = s.config;
+  info.epoch = s.epoch;
+  info.created_ns = s.created_ns;
+  info.shm_bytes = shm::ring_geometry(s.config.capacity).segment_size * s.config.partitions;
+  if (!t) return info;
+  for (std::uint32_t p = 0; p < t->partitions(); ++p) {
+    const shm::Ring& r = t->ring(p);
+    PartitionInfo pi{};
+    pi.partition = p;
+    pi.start_offset = r.start_offset();
+    pi.end_offset = r.end_offset();
+    const std::uint64_t tail = r.tail_position(), rec = r.reclaim_position();
+    pi.bytes_used = tail > rec ? tail - rec : 0;
+    pi.capacity = r.capacity();
+    pi.dead_claims_reclaimed = r.ctl()->stats.dead_claims_reclaimed.load(std::memory_order_relaxed);
+    for (std::uint32_t i = 0; i < shm::kWriterSlots; ++i)
+      pi.writers += r.writer_slot(i)->owner_pid.load(std::memory_order_relaxed) != 0;
+    for (std::uint32_t i = 0; i < shm::kGateSlots; ++i)
+      pi.gates += r.gate(i)->owner_pid.load(std::memory_order_relaxed) != 0;
+    info.partitions.push_back(pi);
+  }
+  return info;
+}
+
+}  // namespace
+
+std::vector<TopicInfo> Bus::list_topics() {
+  std::vector<TopicInfo> out;
+  SlotCopy cur;
+  for (std::uint32_t i = 0; i < kMaxTopics; ++i) {
+    if (impl_->slots[i].seq.load(std::memory_order_relaxed) == 0) continue;
+    if (impl_->read_slot(i, cur) && cur.state == TopicState::kReady) out.push_back(info_of(cur, nullptr));
+  }
+  std::sort(out.begin(), out.end(), [](const TopicInfo& a, const TopicInfo& b) { return a.name < b.name; });
+  return out;
+}
+
+Result<TopicInfo> Bus::describe_topic(const std::string& name) {
+  auto t = topic(name);
+  if (!t) return tl::unexpected(t.error());
+  SlotCopy cur;
+  if (!impl_->find(name, cur)) return make_error(Errc::kNotFound, fmt::format("topic '{}' does not exist on bus '{}'", name, name_));
+  return info_of(cur, t->get());
+}
+
+Status Bus::destroy(const std::string& bus_name) {
+  if (auto ok = validate_name("bus", bus_name); !ok) return ok;
+  const std::string prefix = bus_segment_prefix(bus_name);
+  DIR* d = ::opendir(shm::kShmDir);
+  if (!d) return make_error(Errc::kSystem, fmt::format("cannot list {}: {}", shm::kShmDir, std::strerror(errno)));
+  std::vector<std::string> names;
+  while (dirent* e = ::readdir(d)) {
+    std::string_view n(e->d_name);
+    if (n.substr(0, prefix.size()) == prefix) names.emplace_back(n);
+  }
+  ::closedir(d);
+  for (const auto& n : names)
+    if (auto ok = Segment::remove(n); !ok) return ok;
+  return {};
+}
+
+}  // namespace shmbus

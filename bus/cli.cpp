@@ -1,0 +1,355 @@
+#include "bus/cli.h"
+
+#include <csignal>
+#include <iostream>
+#include <string>
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "bus/units.h"
+#include "shmbus/bus.h"
+#include "shmbus/consumer.h"
+#include "shmbus/producer.h"
+
+namespace shmbus {
+namespace {
+
+using json = nlohmann::json;
+
+constexpr int kOk = 0, kRuntime = 1, kUsage = 2;
+
+volatile std::sig_atomic_t g_stop = 0;
+extern "C" void on_signal(int) { g_stop = 1; }
+
+struct Globals {
+  std::string bus;
+  bool json = false;
+};
+
+int fail(std::ostream& err, const Error& e) {
+  err << "busctl: " << e.message << "\n";
+  return e.code == Errc::kInvalidArgument ? kUsage : kRuntime;
+}
+
+const char* retention_name(RetentionMode r) { return r == RetentionMode::kBlock ? "block" : "overwrite"; }
+
+json topic_json(const TopicInfo& t) {
+  json j = {{"name", t.name},
+            {"partitions", t.config.partitions},
+            {"capacity", t.config.capacity},
+            {"max_record", t.config.max_record},
+            {"retention", retention_name(t.config.retention)},
+            {"shm_bytes", t.shm_bytes},
+            {"created_ns", t.created_ns}};
+  if (!t.partitions.empty()) {
+    json parts = json::array();
+    for (const auto& p : t.partitions)
+      parts.push_back({{"partition", p.partition},
+                       {"start_offset", p.start_offset},
+                       {"end_offset", p.end_offset},
+                       {"bytes_used", p.bytes_used},
+                       {"capacity", p.capacity},
+                       {"writers", p.writers},
+                       {"gates", p.gates},
+                       {"dead_claims_reclaimed", p.dead_claims_reclaimed}});
+    j["partition_info"] = parts;
+  }
+  return j;
+}
+
+Result<std::shared_ptr<Bus>> attach(const Globals& g, bool create) {
+  BusOptions o;
+  o.name = g.bus;
+  o.create = create;
+  return Bus::attach(o);
+}
+
+// kcat-like format: %t topic, %p partition, %o offset, %k key, %v value, %T timestamp (ms),
+// %h headers (k=v,...), \n \t \\ escapes.
+std::string render(const std::string& fmt_str, const ConsumedRecord& r) {
+  std::string out;
+  for (std::size_t i = 0; i < fmt_str.size(); ++i) {
+    const char c = fmt_str[i];
+    if (c == '\\' && i + 1 < fmt_str.size()) {
+      const char n = fmt_str[++i];
+      out += n == 'n' ? '\n' : n == 't' ? '\t' : n;
+      continue;
+    }
+    if (c != '%' || i + 1 == fmt_str.size()) {
+      out += c;
+      continue;
+    }
+    switch (fmt_str[++i]) {
+      case 't': out += r.topic; break;
+      case 'p': out += std::to_string(r.partition); break;
+      case 'o': out += std::to_string(r.offset); break;
+      case 'k': if (r.key) out += as_string(*r.key); break;
+      case 'v': out += as_string(r.value); break;
+      case 'T': out += std::to_string(r.timestamp_ns / 1'000'000); break;
+      case 'h': {
+        auto it = r.headers();
+        bool first = true;
+        while (auto h = it.next()) {
+          if (!first) out += ',';
+          first = false;
+          out += fmt::format("{}={}", h->key, as_string(h->value));
+        }
+        break;
+      }
+      case '%': out += '%'; break;
+      default: out += '%'; out += fmt_str[i];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostream& out, std::ostream& err) {
+  CLI::App app{"busctl: inspect and operate a shmbus bus"};
+  app.require_subcommand(1);
+  Globals g;
+  app.add_option("--bus", g.bus, "bus name (default: $SHMBUS_BUS or 'default')");
+  app.add_flag("--json", g.json, "machine-readable output");
+  auto sub = [&](CLI::App* parent, const char* name, const char* desc) {
+    CLI::App* s = parent->add_subcommand(name, desc);
+    s->fallthrough();  // --bus / --json after the command, like kubectl
+    return s;
+  };
+
+  CLI::App* topic = sub(&app, "topic", "create, list, describe, delete topics");
+  topic->require_subcommand(1);
+  std::string t_name, partitions_s = "1", capacity_s = "1MiB", max_record_s = "0", retention_s = "overwrite";
+  CLI::App* t_create = sub(topic, "create", "create a topic");
+  t_create->add_option("name", t_name, "topic name")->required();
+  t_create->add_option("--partitions", partitions_s, "number of partitions (default 1)");
+  t_create->add_option("--capacity", capacity_s, "ring bytes per partition, a power of two (default 1MiB)");
+  t_create->add_option("--max-record", max_record_s, "largest key+headers+value (default: capacity/4)");
+  t_create->add_option("--retention", retention_s, "overwrite | block (default overwrite)");
+  CLI::App* t_list = sub(topic, "list", "list topics");
+  CLI::App* t_describe = sub(topic, "describe", "partitions, offsets and bytes of a topic");
+  t_describe->add_option("name", t_name, "topic name")->required();
+  CLI::App* t_delete = sub(topic, "delete", "delete a topic");
+  t_delete->add_option("name", t_name, "topic name")->required();
+
+  std::string p_topic, p_sep, p_partition;
+  bool p_have_sep = false;
+  CLI::App* produce = sub(&app, "produce", "send one record per line of stdin");
+  produce->add_option("topic", p_topic, "topic")->required();
+  produce->add_option("--partition", p_partition, "partition (default: by key, else sticky)");
+  produce->add_option("--key-separator", p_sep, "split each line into key<SEP>value")->each([&](const std::string&) { p_have_sep = true; });
+
+  std::string c_topic, c_partition, c_from = "earliest", c_count, c_timeout, c_format = "%v\\n";
+  CLI::App* consume = sub(&app, "consume", "print records");
+  consume->add_option("topic", c_topic, "topic")->required();
+  consume->add_option("--partition", c_partition, "partition (default: all)");
+  consume->add_option("--from", c_from, "earliest | latest | OFFSET (default earliest)");
+  consume->add_option("--count", c_count, "stop after N records");
+  consume->add_option("--timeout-ms", c_timeout, "stop after MS without a record (default: wait)");
+  consume->add_option("--format", c_format, "kcat-like: %t %p %o %k %v %T %h, \\n \\t (default '%v\\n')");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    out << app.help();
+    return kOk;
+  } catch (const CLI::ParseError& e) {
+    if (e.get_exit_code() == 0) {
+      out << app.help();
+      return kOk;
+    }
+    err << "busctl: " << e.what() << "\n";
+    return kUsage;
+  }
+
+  if (t_create->parsed()) {
+    TopicConfig cfg;
+    auto parts = parse_count("--partitions", partitions_s);
+    if (!parts) return fail(err, parts.error());
+    auto cap = parse_size(capacity_s);
+    if (!cap) return fail(err, cap.error());
+    auto maxr = parse_size(max_record_s);
+    if (!maxr) return fail(err, maxr.error());
+    if (retention_s != "overwrite" && retention_s != "block")
+      return fail(err, Error{Errc::kInvalidArgument, fmt::format("--retention '{}': use overwrite or block", retention_s)});
+    if (*parts > UINT32_MAX || *maxr > UINT32_MAX)
+      return fail(err, Error{Errc::kInvalidArgument, "--partitions or --max-record is too large"});
+    cfg.partitions = static_cast<std::uint32_t>(*parts);
+    cfg.capacity = *cap;
+    cfg.max_record = static_cast<std::uint32_t>(*maxr);
+    cfg.retention = retention_s == "block" ? RetentionMode::kBlock : RetentionMode::kOverwrite;
+    auto bus = attach(g, true);
+    if (!bus) return fail(err, bus.error());
+    if (auto ok = (*bus)->create_topic(t_name, cfg); !ok) return fail(err, ok.error());
+    auto info = (*bus)->describe_topic(t_name);
+    if (!info) return fail(err, info.error());
+    if (g.json) out << topic_json(*info).dump() << "\n";
+    else out << fmt::format("created topic {} on bus {}: {} partitions x {} bytes, {} retention\n", t_name, (*bus)->name(),
+                            info->config.partitions, info->config.capacity, retention_name(info->config.retention));
+    return kOk;
+  }
+  if (t_list->parsed() || t_describe->parsed() || t_delete->parsed()) {
+    auto bus = attach(g, false);
+    if (!bus) return fail(err, bus.error());
+    if (t_list->parsed()) {
+      auto topics = (*bus)->list_topics();
+      if (g.json) {
+        json arr = json::array();
+        for (const auto& t : topics) arr.push_back(topic_json(t));
+        out << arr.dump() << "\n";
+      } else {
+        out << fmt::format("{:<32} {:>10} {:>12} {:>10}\n", "TOPIC", "PARTITIONS", "CAPACITY", "RETENTION");
+        for (const auto& t : topics)
+          out << fmt::format("{:<32} {:>10} {:>12} {:>10}\n", t.name, t.config.partitions, t.config.capacity,
+                             retention_name(t.config.retention));
+      }
+      return kOk;
+    }
+    if (t_describe->parsed()) {
+      auto info = (*bus)->describe_topic(t_name);
+      if (!info) return fail(err, info.error());
+      if (g.json) {
+        out << topic_json(*info).dump() << "\n";
+      } else {
+        out << fmt::format("topic {}  partitions {}  capacity {}  max record {}  retention {}  shared memory {} bytes\n",
+                           info->name, info->config.partitions, info->config.capacity, info->config.max_record,
+                           retention_name(info->config.retention), info->shm_bytes);
+        out << fmt::format("{:>9} {:>14} {:>14} {:>12} {:>12} {:>8} {:>6}\n", "PARTITION", "START", "END", "BYTES",
+                           "CAPACITY", "WRITERS", "GATES");
+        for (const auto& p : info->partitions)
+          out << fmt::format("{:>9} {:>14} {:>14} {:>12} {:>12} {:>8} {:>6}\n", p.partition, p.start_offset, p.end_offset,
+                             p.bytes_used, p.capacity, p.writers, p.gates);
+      }
+      return kOk;
+    }
+    if (auto ok = (*bus)->delete_topic(t_name); !ok) return fail(err, ok.error());
+    if (g.json) out << json{{"deleted", t_name}}.dump() << "\n";
+    else out << fmt::format("deleted topic {}\n", t_name);
+    return kOk;
+  }
+
+  if (produce->parsed()) {
+    std::optional<std::uint32_t> partition;
+    if (!p_partition.empty()) {
+      auto p = parse_count("--partition", p_partition);
+      if (!p) return fail(err, p.error());
+      partition = static_cast<std::uint32_t>(*p);
+    }
+    if (p_have_sep && p_sep.empty()) return fail(err, Error{Errc::kInvalidArgument, "--key-separator must not be empty"});
+    auto bus = attach(g, false);
+    if (!bus) return fail(err, bus.error());
+    auto producer = Producer::create(*bus);
+    if (!producer) return fail(err, producer.error());
+    std::string line;
+    std::uint64_t n = 0, lineno = 0;
+    while (std::getline(in, line)) {
+      ++lineno;
+      Message m;
+      std::string_view v = line;
+      if (p_have_sep) {
+        const auto at = line.find(p_sep);
+        if (at == std::string::npos) {
+          err << fmt::format("busctl: line {} has no key separator '{}'; {} records were sent before it\n", lineno, p_sep, n);
+          return kRuntime;
+        }
+        m.key = as_bytes(std::string_view(line).substr(0, at));
+        v = std::string_view(line).substr(at + p_sep.size());
+      }
+      m.value = as_bytes(v);
+      auto r = producer->send(p_topic, m, partition);
+      if (!r) {
+        err << fmt::format("busctl: line {}: {}; {} records were sent before it\n", lineno, r.error().message, n);
+        return r.error().code == Errc::kInvalidArgument ? kUsage : kRuntime;
+      }
+      ++n;
+    }
+    if (g.json) out << json{{"topic", p_topic}, {"records", n}}.dump() << "\n";
+    return kOk;
+  }
+
+  if (consume->parsed()) {
+    std::optional<std::uint64_t> count, from_offset;
+    std::int64_t timeout_ms = -1;
+    if (!c_count.empty()) {
+      auto c = parse_count("--count", c_count);
+      if (!c) return fail(err, c.error());
+      count = *c;
+    }
+    if (!c_timeout.empty()) {
+      auto t = parse_count("--timeout-ms", c_timeout);
+      if (!t) return fail(err, t.error());
+      timeout_ms = static_cast<std::int64_t>(*t);
+    }
+    if (c_from != "earliest" && c_from != "latest") {
+      auto o = parse_count("--from", c_from);
+      if (!o) return fail(err, Error{Errc::kInvalidArgument, fmt::format("--from '{}': use earliest, latest or an offset", c_from)});
+      from_offset = *o;
+    }
+    auto bus = attach(g, false);
+    if (!bus) return fail(err, bus.error());
+    auto t = (*bus)->describe_topic(c_topic);
+    if (!t) return fail(err, t.error());
+    std::vector<TopicPartition> tps;
+    if (!c_partition.empty()) {
+      auto p = parse_count("--partition", c_partition);
+      if (!p) return fail(err, p.error());
+      if (*p >= t->config.partitions)
+        return fail(err, Error{Errc::kInvalidArgument, fmt::format("topic '{}' has {} partitions, no partition {}", c_topic,
+                                                                   t->config.partitions, *p)});
+      tps.push_back({c_topic, static_cast<std::uint32_t>(*p)});
+    } else {
+      for (std::uint32_t p = 0; p < t->config.partitions; ++p) tps.push_back({c_topic, p});
+    }
+    ConsumerConfig cc;
+    cc.auto_offset_reset = c_from == "latest" ? OffsetReset::kLatest : OffsetReset::kEarliest;
+    auto consumer = Consumer::create(*bus, cc);
+    if (!consumer) return fail(err, consumer.error());
+    if (auto ok = consumer->assign(tps); !ok) return fail(err, ok.error());
+    if (from_offset)
+      for (const auto& tp : tps)
+        if (auto ok = consumer->seek(tp, *from_offset); !ok) return fail(err, ok.error());
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    std::signal(SIGPIPE, SIG_IGN);
+    std::uint64_t seen = 0;
+    const auto slice = std::chrono::milliseconds(100);
+    std::int64_t idle_ms = 0;
+    while (!g_stop && (!count || seen < *count)) {
+      auto batch = consumer->poll(timeout_ms >= 0 ? std::min<std::chrono::milliseconds>(slice, std::chrono::milliseconds(timeout_ms - idle_ms)) : slice);
+      if (!batch) return fail(err, batch.error());
+      if (batch->empty()) {
+        idle_ms += 100;
+        if (timeout_ms >= 0 && idle_ms >= timeout_ms) break;
+        continue;
+      }
+      idle_ms = 0;
+      for (const auto& r : *batch) {
+        if (count && seen >= *count) break;
+        if (g.json) {
+          json j = {{"topic", r.topic},         {"partition", r.partition}, {"offset", r.offset},
+                    {"key", nullptr},           {"value", std::string(as_string(r.value))},
+                    {"timestamp", r.timestamp_ns / 1'000'000}, {"timestamp_ns", r.timestamp_ns}};
+          if (r.key) j["key"] = std::string(as_string(*r.key));
+          json hs = json::array();
+          auto it = r.headers();
+          while (auto h = it.next()) hs.push_back({{"key", std::string(h->key)}, {"value", std::string(as_string(h->value))}});
+          j["headers"] = hs;
+          out << j.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+        } else {
+          out << render(c_format, r);
+        }
+        ++seen;
+      }
+      out.flush();
+      if (!out) return kRuntime;
+    }
+    if (consumer->lost() > 0)
+      err << fmt::format("busctl: {} records were overwritten before they could be read\n", consumer->lost());
+    return kOk;
+  }
+  return kUsage;
+}
+
+}  // namespace shmbus

@@ -1,0 +1,285 @@
+#include "shmbus/producer.h"
+
+#include <cstring>
+#include <map>
+#include <unistd.h>
+
+#include <fmt/format.h>
+
+#include "bus/partitioner.h"
+#include "bus/topic.h"
+#include "shm/process.h"
+#include "shm/ring.h"
+
+namespace shmbus {
+
+namespace {
+
+struct Layout {
+  std::uint32_t key_len;      // kNullKey for none
+  std::uint32_t headers_len;
+  std::uint32_t value_len;
+  std::uint32_t payload;      // key + headers + value bytes
+  std::uint32_t bytes;        // whole record in the ring
+};
+
+std::uint64_t headers_size(std::span<const Header> headers) {
+  std::uint64_t n = 0;
+  for (const auto& h : headers) n += 8 + h.key.size() + h.value.size();
+  return n;
+}
+
+// Writes header fields and payload; the word is published separately.
+void write_record(std::byte* at, const Layout& l, std::optional<Bytes> key, std::span<const Header> headers,
+                  Bytes value, std::int64_t ts, std::int32_t pid) {
+  auto* h = reinterpret_cast<shm::RecordHeader*>(at);
+  h->length = l.bytes;
+  h->writer_pid = pid;
+  h->timestamp_ns = ts;
+  h->key_len = l.key_len;
+  h->headers_len = l.headers_len;
+  h->value_len = l.value_len;
+  h->flags = 0;
+  std::byte* p = at + shm::kRecordHeaderSize;
+  if (key && !key->empty()) {
+    std::memcpy(p, key->data(), key->size());
+    p += key->size();
+  }
+  for (const auto& hd : headers) {
+    const auto kl = static_cast<std::uint32_t>(hd.key.size()), vl = static_cast<std::uint32_t>(hd.value.size());
+    std::memcpy(p, &kl, 4);
+    std::memcpy(p + 4, &vl, 4);
+    std::memcpy(p + 8, hd.key.data(), kl);
+    if (vl) std::memcpy(p + 8 + kl, hd.value.data(), vl);
+    p += 8 + kl + vl;
+  }
+  if (!value.empty()) std::memcpy(p, value.data(), value.size());
+}
+
+}  // namespace
+
+struct Producer::Impl {
+  struct TopicState {
+    std::shared_ptr<Topic> topic;
+    std::vector<std::unique_ptr<shm::RingWriter>> writers;  // opened on first use
+    std::uint32_t sticky = 0;
+    std::uint64_t sticky_bytes = 0;
+  };
+
+  std::shared_ptr<Bus> bus;
+  ProducerConfig config;
+  std::map<std::string, TopicState, std::less<>> topics;
+  TopicState* last = nullptr;
+  std::string last_name;
+  bool reservation_open = false;
+
+  Result<TopicState*> topic(std::string_view name) {
+    if (last && name == last_name && !last->topic->deleted()) return last;
+    auto it = topics.find(name);
+    if (it == topics.end() || it->second.topic->deleted()) {
+      if (it != topics.end()) topics.erase(it);
+      auto t = bus->topic(std::string(name));
+      if (!t) return tl::unexpected(t.error());
+      TopicState st;
+      st.topic = *t;
+      st.writers.resize((*t)->partitions());
+      st.sticky = static_cast<std::uint32_t>(shm::random_u64() % (*t)->partitions());
+      it = topics.insert_or_assign(std::string(name), std::move(st)).first;
+    }
+    last = &it->second;
+    last_name.assign(name);
+    return last;
+  }
+
+  Result<std::uint32_t> choose(TopicState& t, std::optional<Bytes> key, std::optional<std::uint32_t> partition,
+                               std::uint64_t bytes) {
+    const std::uint32_t n = t.topic->partitions();
+    if (partition) {
+      if (*partition >= n)
+        return make_error(Errc::kInvalidArgument,
+                          fmt::format("topic '{}' has {} partitions, no partition {}", t.topic->name(), n, *partition));
+      return *partition;
+    }
+    if (key) return partition_for_key(*key, n);
+    // Sticky: stay on one partition for sticky_bytes, then move on (Kafka's KIP-480 idea).
+    if (t.sticky_bytes >= config.sticky_bytes) {
+      t.sticky = (t.sticky + 1) % n;
+      t.sticky_bytes = 0;
+    }
+    t.sticky_bytes += bytes;
+    return t.sticky;
+  }
+
+  Result<shm::RingWriter*> writer(TopicState& t, std::uint32_t p) {
+    if (t.topic->ring(p).closed())
+      return make_error(Errc::kTopicDeleted, fmt::format("topic '{}' was deleted", t.topic->name()));
+    auto& w = t.writers[p];
+    if (!w) {
+      auto nw = std::make_unique<shm::RingWriter>(t.topic->ring(p));
+      if (auto ok = nw->open(); !ok) return tl::unexpected(ok.error());
+      w = std::move(nw);
+    }
+    return w.get();
+  }
+
+  Result<Layout> layout(const TopicState& t, std::optional<Bytes> key, std::span<const Header> headers,
+                        std::uint64_t value_size) const {
+    const std::uint64_t hl = headers_size(headers);
+    const std::uint64_t payload = (key ? key->size() : 0) + hl + value_size;
+    if (payload > t.topic->config().max_record)
+      return make_error(Errc::kRecordTooLarge,
+                        fmt::format("record of {} bytes (key+headers+value) is over topic '{}''s max record size of {} bytes",
+                                    payload, t.topic->name(), t.topic->config().max_record));
+    Layout l;
+    l.key_len = key ? static_cast<std::uint32_t>(key->size()) : shm::kNullKey;
+    l.headers_len = static_cast<std::uint32_t>(hl);
+    l.value_len = static_cast<std::uint32_t>(value_size);
+    l.payload = static_cast<std::uint32_t>(payload);
+    l.bytes = static_cast<std::uint32_t>(shm::align8(shm::kRecordHeaderSize + payload));
+    return l;
+  }
+
+  std::int64_t block_ns() const { return config.max_block_ms < 0 ? -1 : config.max_block_ms * 1'000'000; }
+};
+
+Producer::Producer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Producer::Producer(Producer&&) noexcept = default;
+Producer& Producer::operator=(Producer&&) noexcept = default;
+Producer::~Producer() = default;
+
+Result<Producer> Producer::create(std::shared_ptr<Bus> bus, ProducerConfig config) {
+  if (!bus) return make_error(Errc::kInvalidArgument, "producer needs a bus");
+  if (bus->read_only()) return make_error(Errc::kPermission, fmt::format("bus '{}' is attached read-only", bus->name()));
+  auto impl = std::make_unique<Impl>();
+  impl->bus = std::move(bus);
+  impl->config = config;
+  return Producer(std::move(impl));
+}
+
+Result<RecordMetadata> Producer::send(std::string_view topic, std::optional<std::string_view> key,
+                                      std::string_view value) noexcept {
+  Message m;
+  if (key) m.key = as_bytes(*key);
+  m.value = as_bytes(value);
+  return send(topic, m);
+}
+
+Result<RecordMetadata> Producer::send(std::string_view topic, const Message& m,
+                                      std::optional<std::uint32_t> partition) noexcept {
+  return send_batch(topic, std::span<const Message>(&m, 1), partition);
+}
+
+Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<const Message> messages,
+                                            std::optional<std::uint32_t> partition) noexcept {
+  if (messages.empty()) return make_error(Errc::kInvalidArgument, "empty batch");
+  auto t = impl_->topic(topic);
+  if (!t) return tl::unexpected(t.error());
+  Impl::TopicState& ts = **t;
+  constexpr std::size_t kInline = 64;
+  Layout inline_layouts[kInline];
+  std::uint32_t inline_sizes[kInline];
+  std::vector<Layout> heap_layouts;
+  std::vector<std::uint32_t> heap_sizes;
+  Layout* layouts = inline_layouts;
+  std::uint32_t* sizes = inline_sizes;
+  if (messages.size() > kInline) {
+    heap_layouts.resize(messages.size());
+    heap_sizes.resize(messages.size());
+    layouts = heap_layouts.data();
+    sizes = heap_sizes.data();
+  }
+  std::uint64_t total = 0;
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    auto l = impl_->layout(ts, messages[i].key, messages[i].headers, messages[i].value.size());
+    if (!l) return tl::unexpected(l.error());
+    layouts[i] = *l;
+    sizes[i] = l->bytes;
+    total += l->bytes;
+  }
+  const shm::Ring& ring0 = ts.topic->ring(0);
+  if (total > ring0.capacity() / 2)
+    return make_error(Errc::kRecordTooLarge, fmt::format("batch of {} bytes is over half of topic '{}''s ring ({} bytes)",
+                                                         total, ts.topic->name(), ring0.capacity()));
+  auto p = impl_->choose(ts, messages[0].key, partition, total);
+  if (!p) return tl::unexpected(p.error());
+  auto w = impl_->writer(ts, *p);
+  if (!w) return tl::unexpected(w.error());
+  shm::RingWriter& writer = **w;
+  auto claim = writer.claim(std::span<const std::uint32_t>(sizes, messages.size()), impl_->block_ns());
+  if (!claim) return tl::unexpected(claim.error());
+  const shm::Ring& ring = writer.ring();
+  const std::int32_t pid = shm::self_process().pid;
+  std::int64_t now = 0;
+  std::uint64_t cur = claim->position;
+  for (std::size_t i = 0; i < messages.size(); ++i) {
+    const std::uint64_t at = ring.place(cur, sizes[i]);
+    if (at != cur)  // the rest of the lap is padding; its offset is the next record's
+      ring.header_at(cur)->word.store(shm::encode_word(claim->offset + i, shm::RecordState::kPadding, ring.salt()),
+                                      std::memory_order_release);
+    std::int64_t ts_ns = messages[i].timestamp_ns;
+    if (ts_ns == 0) ts_ns = now ? now : (now = shm::realtime_ns());
+    write_record(reinterpret_cast<std::byte*>(ring.header_at(at)), layouts[i], messages[i].key, messages[i].headers,
+                 messages[i].value, ts_ns, pid);
+    writer.publish(at, claim->offset + i);
+    cur = at + sizes[i];
+  }
+  ring.notify();
+  return RecordMetadata{*p, claim->offset};
+}
+
+Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Bytes> key, std::size_t value_size,
+                                      std::optional<std::uint32_t> partition, std::span<const Header> headers) noexcept {
+  auto t = impl_->topic(topic);
+  if (!t) return tl::unexpected(t.error());
+  Impl::TopicState& ts = **t;
+  auto l = impl_->layout(ts, key, headers, value_size);
+  if (!l) return tl::unexpected(l.error());
+  auto p = impl_->choose(ts, key, partition, l->bytes);
+  if (!p) return tl::unexpected(p.error());
+  auto w = impl_->writer(ts, *p);
+  if (!w) return tl::unexpected(w.error());
+  auto claim = (*w)->claim_one(l->bytes, impl_->block_ns());
+  if (!claim) return tl::unexpected(claim.error());
+  const shm::Ring& ring = (*w)->ring();
+  const std::uint64_t at = ring.place(claim->position, l->bytes);
+  if (at != claim->position)
+    ring.header_at(claim->position)->word.store(shm::encode_word(claim->offset, shm::RecordState::kPadding, ring.salt()),
+                                                std::memory_order_release);
+  auto* rec = reinterpret_cast<std::byte*>(ring.header_at(at));
+  // Claimed, not yet readable: the state machine's first edge, for inspectors.
+  ring.header_at(at)->word.store(shm::encode_word(claim->offset, shm::RecordState::kClaimed, ring.salt()),
+                                 std::memory_order_relaxed);
+  write_record(rec, *l, key, headers, Bytes{}, shm::realtime_ns(), shm::self_process().pid);
+  Reservation r;
+  r.writer_ = *w;
+  r.position_ = at;
+  r.end_ = claim->end;
+  r.value_ = std::span<std::byte>(rec + shm::kRecordHeaderSize + (l->payload - l->value_len), value_size);
+  r.meta_ = RecordMetadata{*p, claim->offset};
+  r.open_ = true;
+  return r;
+}
+
+Reservation::Reservation(Reservation&& o) noexcept
+    : writer_(o.writer_), position_(o.position_), end_(o.end_), value_(o.value_), meta_(o.meta_), open_(std::exchange(o.open_, false)) {}
+
+Reservation::~Reservation() { abort(); }
+
+void Reservation::commit() noexcept {
+  if (!open_) return;
+  auto* w = static_cast<shm::RingWriter*>(writer_);
+  w->publish(position_, meta_.offset);
+  w->ring().notify();
+  open_ = false;
+}
+
+void Reservation::abort() noexcept {
+  if (!open_) return;
+  auto* w = static_cast<shm::RingWriter*>(writer_);
+  // From the record itself: a padding word before it, if any, is already final.
+  w->abort(shm::Claim{meta_.offset, position_, end_, 1});
+  w->ring().notify();
+  open_ = false;
+}
+
+}  // namespace shmbus

@@ -1,0 +1,66 @@
+// Consumer: read partitions at its own offsets. assign() needs no daemon.
+//
+// Thread safety: a Consumer belongs to one thread at a time.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "shmbus/bus.h"
+#include "shmbus/error.h"
+#include "shmbus/record.h"
+
+namespace shmbus {
+
+enum class OffsetReset { kEarliest, kLatest, kError };  // auto.offset.reset
+enum class WaitStrategy { kSpin, kYield, kBlock, kAdaptive };
+
+struct ConsumerConfig {
+  OffsetReset auto_offset_reset = OffsetReset::kLatest;  // Kafka's default
+  WaitStrategy wait = WaitStrategy::kAdaptive;
+  std::chrono::nanoseconds spin{50'000};     // adaptive/block: busy-spin this long first
+  std::chrono::nanoseconds yield{200'000};   // adaptive: then sched_yield this long, then sleep
+  std::uint32_t max_poll_records = 500;      // Kafka's max.poll.records
+  // In a `block` topic, producers wait for this consumer instead of overwriting what it has
+  // not read, and poll() returns views into the ring (no copy).
+  bool hold_producers = false;
+  std::chrono::nanoseconds stall{1'000'000};  // a claim unfinished this long: is its writer alive?
+};
+
+class Consumer {
+ public:
+  static Result<Consumer> create(std::shared_ptr<Bus> bus, ConsumerConfig config = {});
+  Consumer(Consumer&&) noexcept;
+  Consumer& operator=(Consumer&&) noexcept;
+  ~Consumer();
+
+  // Replaces the assignment. Each partition starts where auto_offset_reset says
+  // (earliest: the oldest record in the ring, latest: the next one written).
+  Status assign(const std::vector<TopicPartition>& partitions);
+  std::vector<TopicPartition> assignment() const;
+
+  Status seek(const TopicPartition& tp, std::uint64_t offset);
+  Status seek_to_beginning(const TopicPartition& tp);
+  Status seek_to_end(const TopicPartition& tp);
+  Result<std::uint64_t> position(const TopicPartition& tp) const;
+
+  // Up to max_poll_records records, waiting up to `timeout` for the first. The records stay
+  // valid until the next poll() of this consumer.
+  [[nodiscard]] Result<std::span<const ConsumedRecord>> poll(std::chrono::nanoseconds timeout);
+
+  // Records this consumer skipped because producers overwrote them before it read them.
+  std::uint64_t lost() const noexcept;
+  // Offsets skipped because they were aborted (dead producers, abandoned reservations).
+  std::uint64_t aborted() const noexcept;
+
+  struct Impl;
+
+ private:
+  explicit Consumer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shmbus

@@ -1,0 +1,80 @@
+// Producer: send records to topics. Keys choose partitions as in Kafka.
+//
+// Thread safety: a Producer belongs to one thread at a time (it owns one writer slot per
+// partition it writes); give each thread its own Producer. Any number of producers, in any
+// number of processes, may write to the same partition at once.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string_view>
+
+#include "shmbus/bus.h"
+#include "shmbus/error.h"
+#include "shmbus/record.h"
+
+namespace shmbus {
+
+struct ProducerConfig {
+  std::int64_t max_block_ms = 60'000;  // block topics: how long a send waits for room
+  std::uint32_t sticky_bytes = 16384;  // null keys stay on one partition for this many bytes
+};
+
+class Reservation;
+
+class Producer {
+ public:
+  static Result<Producer> create(std::shared_ptr<Bus> bus, ProducerConfig config = {});
+  Producer(Producer&&) noexcept;
+  Producer& operator=(Producer&&) noexcept;
+  ~Producer();
+
+  // Appends one record. Partition: the given one, else the key's, else the sticky one.
+  [[nodiscard]] Result<RecordMetadata> send(std::string_view topic, const Message& message,
+                                            std::optional<std::uint32_t> partition = std::nullopt) noexcept;
+  [[nodiscard]] Result<RecordMetadata> send(std::string_view topic, std::optional<std::string_view> key,
+                                            std::string_view value) noexcept;
+
+  // Appends records to one partition with a single claim; offsets are consecutive from the
+  // returned one. The partition: the given one, else the first message's key, else sticky.
+  [[nodiscard]] Result<RecordMetadata> send_batch(std::string_view topic, std::span<const Message> messages,
+                                                  std::optional<std::uint32_t> partition = std::nullopt) noexcept;
+
+  // Zero-copy: claims room for a record whose value the caller writes in place, then
+  // commit()s. One open reservation per producer at a time.
+  [[nodiscard]] Result<Reservation> reserve(std::string_view topic, std::optional<Bytes> key, std::size_t value_size,
+                                            std::optional<std::uint32_t> partition = std::nullopt,
+                                            std::span<const Header> headers = {}) noexcept;
+
+  struct Impl;
+
+ private:
+  explicit Producer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+  friend class Reservation;
+};
+
+class Reservation {
+ public:
+  Reservation(Reservation&&) noexcept;
+  Reservation& operator=(Reservation&&) = delete;
+  ~Reservation();  // aborts if neither committed nor aborted
+
+  std::span<std::byte> value() const noexcept { return value_; }
+  RecordMetadata metadata() const noexcept { return meta_; }
+  void commit() noexcept;
+  void abort() noexcept;
+
+ private:
+  friend class Producer;
+  Reservation() = default;
+  void* writer_ = nullptr;  // shm::RingWriter*
+  std::uint64_t position_ = 0, end_ = 0;
+  std::span<std::byte> value_;
+  RecordMetadata meta_{};
+  bool open_ = false;
+};
+
+}  // namespace shmbus

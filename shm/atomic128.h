@@ -1,0 +1,47 @@
+// The one 16-byte compare-and-swap of shmbus. A 16-byte std::atomic is not lock-free on
+// GCC 12 / clang 14 (it calls libatomic, which may take a process-local lock and so breaks
+// silently across processes). __sync_* on unsigned __int128 with -mcx16 emits
+// `lock cmpxchg16b`, which is atomic between processes sharing the mapping.
+#pragma once
+
+#include <cstdint>
+
+namespace shmbus::shm {
+
+__extension__ typedef unsigned __int128 u128;
+
+#if !defined(__GCC_HAVE_SYNC_COMPARE_AND_SWAP_16)
+#error "shmbus needs cmpxchg16b: build with -mcx16"
+#endif
+
+// Two 64-bit words that move together: {offset, position} for the tail and the
+// reclaim frontier. Low word first, as cmpxchg16b sees it.
+struct alignas(16) Pair64 {
+  std::uint64_t first;   // an offset
+  std::uint64_t second;  // a byte position
+};
+static_assert(sizeof(Pair64) == 16 && alignof(Pair64) == 16, "cmpxchg16b needs 16-byte alignment");
+
+inline u128 pack(Pair64 p) noexcept { return (static_cast<u128>(p.second) << 64) | p.first; }
+inline Pair64 unpack(u128 v) noexcept {
+  return Pair64{static_cast<std::uint64_t>(v), static_cast<std::uint64_t>(v >> 64)};
+}
+
+// Full-barrier CAS. On failure `expected` is refreshed with the current value.
+[[nodiscard]] inline bool cas128(Pair64* target, Pair64& expected, Pair64 desired) noexcept {
+  u128* p = reinterpret_cast<u128*>(target);
+  const u128 want = pack(expected);
+  const u128 seen = __sync_val_compare_and_swap(p, want, pack(desired));
+  if (seen == want) return true;
+  expected = unpack(seen);
+  return false;
+}
+
+// Atomic 16-byte read. cmpxchg16b always writes, so this needs a writable mapping and costs
+// a line ownership: only for slow paths. Read-only inspectors read the halves separately.
+inline Pair64 load128(Pair64* target) noexcept {
+  u128* p = reinterpret_cast<u128*>(target);
+  return unpack(__sync_val_compare_and_swap(p, 0, 0));
+}
+
+}  // namespace shmbus::shm

@@ -1,0 +1,29 @@
+// Process identity that survives pid reuse: (pid, start time in clock ticks since boot).
+// A writer or gate owner is "provably dead" only when its pid is gone or the process now
+// carrying that pid started at another time.
+#pragma once
+
+#include <cstdint>
+#include <sys/types.h>
+
+namespace shmbus::shm {
+
+struct ProcessId {
+  std::int32_t pid = 0;
+  std::uint64_t start_ticks = 0;
+};
+
+// This process, computed once.
+const ProcessId& self_process() noexcept;
+
+// Start time of `pid` from /proc/<pid>/stat (field 22), 0 if there is no such process.
+std::uint64_t process_start_ticks(pid_t pid) noexcept;
+
+// True unless the owner is provably dead. Slow (reads /proc): never on a hot path.
+bool process_alive(std::int32_t pid, std::uint64_t start_ticks) noexcept;
+
+// Monotonic nanoseconds (CLOCK_MONOTONIC) and wall-clock nanoseconds (CLOCK_REALTIME).
+std::uint64_t monotonic_ns() noexcept;
+std::int64_t realtime_ns() noexcept;
+
+}  // namespace shmbus::shm
