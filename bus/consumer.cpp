@@ -172,8 +172,9 @@ struct Consumer::Impl {
         return make_error(Errc::kBadSegment, fmt::format("{}-{}: corrupt record at offset {} (position {}) in {}", a.tp.topic,
                                                          a.tp.partition, a.reader.offset(), a.reader.position(),
                                                          shm::Segment::path_of(a.topic->segment(a.tp.partition).name())));
-      // Lapped before we got to the record.
-      pending.resize(first);
+      // Lapped before we got to the next record. What we copied so far is returned if it
+      // is intact; the next poll resets the position.
+      if (pending.size() > first) break;
       return reset(a);
     }
     if (!a.zero_copy && pending.size() > first && !a.reader.intact_from(start)) {

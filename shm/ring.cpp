@@ -310,12 +310,17 @@ Status RingWriter::make_room(std::uint64_t target, std::int64_t block_timeout_ns
           p = ring_.next_lap(p);
           continue;
         }
+        const bool sane = h->length >= kRecordHeaderSize && h->length <= ring_.max_record() && (h->length & 7) == 0 &&
+                          (p & ring_.mask()) + h->length <= ring_.capacity();
+        if ((st == RecordState::kCommitted || st == RecordState::kAborted) && !sane)
+          return make_error(Errc::kBadSegment, fmt::format("partition {}: record at offset {} (position {}) has a bad length {}",
+                                                           ring_.ctl()->config.partition, off, p, h->length));
         if (st == RecordState::kCommitted) {
           p += h->length;
           ++off;
           continue;
         }
-        if (st == RecordState::kAborted) {
+        if (st == RecordState::kAborted && h->key_len > 0) {
           p += h->length;
           off += h->key_len;
           continue;

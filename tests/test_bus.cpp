@@ -1,0 +1,425 @@
+// The bus in one process: topics, produce/consume, bad input, bad segments.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <set>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+
+#include <fmt/format.h>
+
+#include "bus/names.h"
+#include "shm/segment.h"
+#include "shmbus/consumer.h"
+#include "shmbus/producer.h"
+#include "test_util.h"
+
+using namespace shmbus;
+using namespace std::chrono_literals;
+
+namespace {
+
+TopicConfig small(std::uint32_t partitions = 1, std::uint64_t capacity = 65536,
+                  RetentionMode r = RetentionMode::kOverwrite) {
+  TopicConfig c;
+  c.partitions = partitions;
+  c.capacity = capacity;
+  c.retention = r;
+  return c;
+}
+
+Consumer consumer_at(std::shared_ptr<Bus> bus, std::vector<TopicPartition> tps, OffsetReset reset = OffsetReset::kEarliest) {
+  ConsumerConfig cfg;
+  cfg.auto_offset_reset = reset;
+  auto c = Consumer::create(std::move(bus), cfg);
+  EXPECT_TRUE(c);
+  EXPECT_TRUE(c->assign(tps));
+  return std::move(*c);
+}
+
+std::vector<std::string> drain(Consumer& c, std::size_t want, std::chrono::milliseconds limit = 5000ms) {
+  std::vector<std::string> out;
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (out.size() < want && std::chrono::steady_clock::now() < deadline) {
+    auto b = c.poll(50ms);
+    EXPECT_TRUE(b);
+    if (!b) break;
+    for (const auto& r : *b) out.emplace_back(as_string(r.value));
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST(Bus, CreateListDescribeDelete) {
+  test::TestBus bus("bus");
+  ASSERT_TRUE(bus->create_topic("orders", small(3)));
+  auto dup = bus->create_topic("orders", small(3));
+  ASSERT_FALSE(dup);
+  EXPECT_EQ(dup.error().code, Errc::kAlreadyExists);
+  auto list = bus->list_topics();
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0].name, "orders");
+  EXPECT_EQ(list[0].config.partitions, 3u);
+  auto d = bus->describe_topic("orders");
+  ASSERT_TRUE(d);
+  ASSERT_EQ(d->partitions.size(), 3u);
+  EXPECT_EQ(d->partitions[2].capacity, 65536u);
+  EXPECT_TRUE(shm::Segment::exists(partition_segment_name(bus.name(), "orders", 2)));
+  ASSERT_TRUE(bus->delete_topic("orders"));
+  EXPECT_FALSE(shm::Segment::exists(partition_segment_name(bus.name(), "orders", 2)));
+  EXPECT_TRUE(bus->list_topics().empty());
+  EXPECT_EQ(bus->delete_topic("orders").error().code, Errc::kNotFound);
+}
+
+TEST(Bus, SegmentsAreOwnerOnly) {
+  test::TestBus bus("perm");
+  ASSERT_TRUE(bus->create_topic("t", small()));
+  struct stat st{};
+  ASSERT_EQ(::stat(shm::Segment::path_of(registry_segment_name(bus.name())).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  ASSERT_EQ(::stat(shm::Segment::path_of(partition_segment_name(bus.name(), "t", 0)).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+}
+
+TEST(Bus, BadConfigsAreRefusedAndChangeNothing) {
+  test::TestBus bus("badcfg");
+  EXPECT_EQ(bus->create_topic("bad name", small()).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(bus->create_topic("t", small(0)).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(bus->create_topic("t", small(1, 5000)).error().code, Errc::kInvalidArgument);
+  EXPECT_EQ(bus->create_topic("t", small(1, 1024)).error().code, Errc::kInvalidArgument);
+  TopicConfig c = small();
+  c.max_record = 65536;
+  auto e = bus->create_topic("t", c);
+  ASSERT_FALSE(e);
+  EXPECT_NE(e.error().message.find("max record"), std::string::npos);
+  c = small(1, std::uint64_t{1} << 32);
+  c.partitions = 1024;  // 4 TiB of shared memory: refused before anything is created
+  auto nospace = bus->create_topic("huge", c);
+  ASSERT_FALSE(nospace);
+  EXPECT_EQ(nospace.error().code, Errc::kNoSpace);
+  EXPECT_NE(nospace.error().message.find("--capacity"), std::string::npos);
+  EXPECT_TRUE(bus->list_topics().empty());
+  EXPECT_FALSE(shm::Segment::exists(partition_segment_name(bus.name(), "huge", 0)));
+}
+
+TEST(Bus, KeyedRecordsGoToTheKafkaPartitionAndKeepTheirFields) {
+  test::TestBus bus("keys");
+  ASSERT_TRUE(bus->create_topic("t", small(4)));
+  auto p = Producer::create(bus.get());
+  ASSERT_TRUE(p);
+  Header hs[] = {{"trace", as_bytes("abc")}, {"empty", {}}};
+  Message m;
+  m.key = as_bytes("kafka");
+  m.value = as_bytes("hello");
+  m.headers = hs;
+  m.timestamp_ns = 1234567;
+  auto md = p->send("t", m);
+  ASSERT_TRUE(md);
+  EXPECT_EQ(md->partition, (0xd067cf64u & 0x7fffffffu) % 4);
+  EXPECT_EQ(md->offset, 0u);
+  auto c = consumer_at(bus.get(), {{"t", md->partition}});
+  auto b = c.poll(1s);
+  ASSERT_TRUE(b);
+  ASSERT_EQ(b->size(), 1u);
+  const auto& r = (*b)[0];
+  EXPECT_EQ(as_string(*r.key), "kafka");
+  EXPECT_EQ(as_string(r.value), "hello");
+  EXPECT_EQ(r.timestamp_ns, 1234567);
+  EXPECT_EQ(r.topic, "t");
+  auto it = r.headers();
+  auto h1 = it.next();
+  ASSERT_TRUE(h1);
+  EXPECT_EQ(h1->key, "trace");
+  EXPECT_EQ(as_string(h1->value), "abc");
+  auto h2 = it.next();
+  ASSERT_TRUE(h2);
+  EXPECT_EQ(h2->key, "empty");
+  EXPECT_TRUE(h2->value.empty());
+  EXPECT_FALSE(it.next());
+}
+
+TEST(Bus, NullKeysStickToOnePartitionThenMoveOn) {
+  test::TestBus bus("sticky");
+  ASSERT_TRUE(bus->create_topic("t", small(4)));
+  ProducerConfig pc;
+  pc.sticky_bytes = 1000;
+  auto p = Producer::create(bus.get(), pc);
+  ASSERT_TRUE(p);
+  std::vector<std::uint32_t> parts;
+  for (int i = 0; i < 40; ++i) parts.push_back(p->send("t", std::nullopt, std::string(100, 'x'))->partition);
+  // 1000 sticky bytes / ~144-byte records: runs of about 7, visiting every partition.
+  EXPECT_EQ(parts[0], parts[5]);
+  std::set<std::uint32_t> seen(parts.begin(), parts.end());
+  EXPECT_EQ(seen.size(), 4u);
+}
+
+TEST(Bus, OversizeRecordIsRefusedAndNothingIsWritten) {
+  test::TestBus bus("big");
+  TopicConfig c = small();
+  c.max_record = 100;
+  ASSERT_TRUE(bus->create_topic("t", c));
+  auto p = Producer::create(bus.get());
+  auto r = p->send("t", std::nullopt, std::string(101, 'x'));
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, Errc::kRecordTooLarge);
+  EXPECT_NE(r.error().message.find("101"), std::string::npos);
+  EXPECT_NE(r.error().message.find("100"), std::string::npos);
+  EXPECT_EQ(bus->describe_topic("t")->partitions[0].end_offset, 0u);
+  EXPECT_TRUE(p->send("t", std::nullopt, std::string(100, 'x')));
+  EXPECT_EQ(p->send("t", Message{std::nullopt, as_bytes("x")}, 7).error().code, Errc::kInvalidArgument) << "no partition 7";
+}
+
+TEST(Bus, BatchSendGetsConsecutiveOffsetsAndWrapsWithPadding) {
+  test::TestBus bus("batch");
+  ASSERT_TRUE(bus->create_topic("t", small(1, 4096)));
+  auto p = Producer::create(bus.get());
+  auto c = consumer_at(bus.get(), {{"t", 0}});
+  std::vector<std::string> values;
+  std::uint64_t next = 0;
+  for (int round = 0; round < 50; ++round) {
+    std::vector<std::string> vs;
+    std::vector<Message> ms;
+    for (int i = 0; i < 5; ++i) vs.push_back(fmt::format("r{}-{}-{}", round, i, std::string(round % 37, 'p')));
+    for (auto& v : vs) ms.push_back(Message{std::nullopt, as_bytes(v)});
+    auto md = p->send_batch("t", ms, 0);
+    ASSERT_TRUE(md) << md.error().message;
+    EXPECT_EQ(md->offset, next);
+    next += 5;
+    auto got = drain(c, 5);
+    EXPECT_EQ(got, vs);
+  }
+}
+
+TEST(Bus, ZeroCopyReserveCommitAndAbort) {
+  test::TestBus bus("reserve");
+  ASSERT_TRUE(bus->create_topic("t", small()));
+  auto p = Producer::create(bus.get());
+  auto c = consumer_at(bus.get(), {{"t", 0}});
+  {
+    auto r = p->reserve("t", as_bytes("k"), 5, 0);
+    ASSERT_TRUE(r);
+    std::memcpy(r->value().data(), "abcde", 5);
+    r->commit();
+  }
+  {
+    auto r = p->reserve("t", std::nullopt, 5, 0);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->metadata().offset, 1u);
+    // Dropped without commit: aborted, the offset is skipped.
+  }
+  ASSERT_TRUE(p->send("t", std::nullopt, "after"));
+  auto got = drain(c, 2);
+  EXPECT_EQ(got, (std::vector<std::string>{"abcde", "after"}));
+  EXPECT_EQ(c.aborted(), 1u);
+  EXPECT_EQ(*c.position({"t", 0}), 3u);
+}
+
+TEST(Bus, LappedConsumerAppliesAutoOffsetReset) {
+  test::TestBus bus("lap");
+  ASSERT_TRUE(bus->create_topic("t", small(1, 4096)));
+  auto p = Producer::create(bus.get());
+  auto earliest = consumer_at(bus.get(), {{"t", 0}}, OffsetReset::kEarliest);
+  auto latest = consumer_at(bus.get(), {{"t", 0}}, OffsetReset::kEarliest);
+  auto error = consumer_at(bus.get(), {{"t", 0}}, OffsetReset::kEarliest);
+  // Re-create with the policies under test; all start at offset 0.
+  ConsumerConfig lc;
+  lc.auto_offset_reset = OffsetReset::kLatest;
+  latest = std::move(*Consumer::create(bus.get(), lc));
+  ASSERT_TRUE(latest.assign({{"t", 0}}));
+  ASSERT_TRUE(latest.seek_to_beginning({"t", 0}));
+  ConsumerConfig ec;
+  ec.auto_offset_reset = OffsetReset::kError;
+  error = std::move(*Consumer::create(bus.get(), ec));
+  ASSERT_TRUE(error.assign({{"t", 0}}));
+  for (int i = 0; i < 1000; ++i) ASSERT_TRUE(p->send("t", std::nullopt, fmt::format("{:08}", i)));
+  const auto info = *bus->describe_topic("t");
+  const std::uint64_t start = info.partitions[0].start_offset;
+  ASSERT_GT(start, 0u);
+
+  auto b = earliest.poll(100ms);
+  ASSERT_TRUE(b);
+  auto again = drain(earliest, 1000 - start - b->size());
+  EXPECT_GT(earliest.lost(), 0u);
+  EXPECT_GE(*earliest.position({"t", 0}), start);
+  EXPECT_EQ(*earliest.position({"t", 0}), 1000u) << "caught up after the reset";
+
+  auto l = latest.poll(100ms);
+  ASSERT_TRUE(l);
+  EXPECT_TRUE(l->empty());
+  EXPECT_EQ(*latest.position({"t", 0}), 1000u);
+  EXPECT_EQ(latest.lost(), 1000u);
+
+  auto e = error.poll(100ms);
+  ASSERT_FALSE(e);
+  EXPECT_EQ(e.error().code, Errc::kOffsetOutOfRange);
+  EXPECT_NE(e.error().message.find("overwritten"), std::string::npos);
+}
+
+TEST(Bus, RecordsAfterALapAreDenseFromTheNewStart) {
+  test::TestBus bus("lap2");
+  ASSERT_TRUE(bus->create_topic("t", small(1, 4096)));
+  auto p = Producer::create(bus.get());
+  auto c = consumer_at(bus.get(), {{"t", 0}}, OffsetReset::kEarliest);
+  for (int i = 0; i < 500; ++i) ASSERT_TRUE(p->send("t", std::nullopt, fmt::format("{:08}", i)));
+  std::uint64_t expect = ~0ull;
+  for (int i = 0; i < 20; ++i) {
+    auto b = c.poll(10ms);
+    ASSERT_TRUE(b);
+    for (const auto& r : *b) {
+      if (expect != ~0ull) {
+        EXPECT_EQ(r.offset, expect);
+      }
+      EXPECT_EQ(as_string(r.value), fmt::format("{:08}", r.offset));
+      expect = r.offset + 1;
+    }
+  }
+  EXPECT_EQ(expect, 500u);
+}
+
+TEST(Bus, SeekAndPosition) {
+  test::TestBus bus("seek");
+  ASSERT_TRUE(bus->create_topic("t", small()));
+  auto p = Producer::create(bus.get());
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(p->send("t", std::nullopt, std::to_string(i)));
+  auto c = consumer_at(bus.get(), {{"t", 0}}, OffsetReset::kLatest);
+  EXPECT_EQ(*c.position({"t", 0}), 10u);
+  ASSERT_TRUE(c.seek({"t", 0}, 7));
+  EXPECT_EQ(drain(c, 3), (std::vector<std::string>{"7", "8", "9"}));
+  auto bad = c.seek({"t", 0}, 11);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, Errc::kOffsetOutOfRange);
+  EXPECT_FALSE(c.seek({"t", 1}, 0)) << "not assigned";
+  EXPECT_FALSE(c.assign({{"t", 1}})) << "no partition 1";
+  EXPECT_FALSE(c.assign({{"nope", 0}}));
+}
+
+TEST(Bus, DeletedTopicIsReportedToAttachedClients) {
+  test::TestBus bus("del");
+  ASSERT_TRUE(bus->create_topic("t", small()));
+  auto p = Producer::create(bus.get());
+  ASSERT_TRUE(p->send("t", std::nullopt, "x"));
+  auto c = consumer_at(bus.get(), {{"t", 0}});
+  ASSERT_EQ(drain(c, 1).size(), 1u);
+  // Another process would see the same: the partition's closed flag is shared.
+  BusOptions o;
+  o.name = bus.name();
+  auto other = Bus::attach(o);
+  ASSERT_TRUE(other);
+  ASSERT_TRUE((*other)->delete_topic("t"));
+  auto r = p->send("t", std::nullopt, "y");
+  ASSERT_FALSE(r);
+  EXPECT_TRUE(r.error().code == Errc::kTopicDeleted || r.error().code == Errc::kNotFound);
+  auto b = c.poll(10ms);
+  ASSERT_FALSE(b);
+  EXPECT_EQ(b.error().code, Errc::kTopicDeleted);
+  // The name can be used again at once, with fresh offsets.
+  ASSERT_TRUE(bus->create_topic("t", small()));
+  auto md = p->send("t", std::nullopt, "z");
+  ASSERT_TRUE(md) << md.error().message;
+  EXPECT_EQ(md->offset, 0u);
+}
+
+TEST(Bus, MissingBusIsNotCreatedWhenAskedNotTo) {
+  BusOptions o;
+  o.name = test::unique_bus("missing");
+  o.create = false;
+  auto b = Bus::attach(o);
+  ASSERT_FALSE(b);
+  EXPECT_EQ(b.error().code, Errc::kNotFound);
+  EXPECT_NE(b.error().message.find(o.name), std::string::npos);
+  o.name = "bad/bus";
+  EXPECT_EQ(Bus::attach(o).error().code, Errc::kInvalidArgument);
+}
+
+// Foreign and corrupt segments: a clear error naming the file, no crash, nothing changed.
+class BadSegment : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    bus_ = test::unique_bus("badseg");
+    path_ = shm::Segment::path_of(registry_segment_name(bus_));
+  }
+  void TearDown() override { (void)Bus::destroy(bus_); }
+  void write_file(const std::string& bytes) {
+    std::ofstream f(path_, std::ios::binary);
+    f << bytes;
+  }
+  Error attach_error() {
+    BusOptions o;
+    o.name = bus_;
+    auto b = Bus::attach(o);
+    EXPECT_FALSE(b);
+    return b ? Error{} : b.error();
+  }
+  std::string valid_registry() {
+    {
+      BusOptions o;
+      o.name = bus_;
+      EXPECT_TRUE(Bus::attach(o));
+    }
+    std::ifstream f(path_, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+  }
+  std::string bus_, path_;
+};
+
+TEST_F(BadSegment, TruncatedFileIsRefused) {
+  write_file(std::string(10, 'x'));
+  Error e = attach_error();
+  EXPECT_EQ(e.code, Errc::kBadSegment);
+  EXPECT_NE(e.message.find(path_), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("too small"), std::string::npos) << e.message;
+}
+
+TEST_F(BadSegment, ForeignMagicIsRefused) {
+  write_file(std::string(200000, 'z'));
+  Error e = attach_error();
+  EXPECT_EQ(e.code, Errc::kBadSegment);
+  EXPECT_NE(e.message.find("not a shmbus segment"), std::string::npos) << e.message;
+  EXPECT_EQ(std::ifstream(path_, std::ios::ate | std::ios::binary).tellg(), 200000) << "file left as it was";
+}
+
+TEST_F(BadSegment, WrongVersionIsRefusedNamingBoth) {
+  std::string bytes = valid_registry();
+  const std::uint32_t v = (7u << 16) | 3u;
+  std::memcpy(bytes.data() + 8, &v, 4);
+  write_file(bytes);
+  Error e = attach_error();
+  EXPECT_EQ(e.code, Errc::kBadSegment);
+  EXPECT_NE(e.message.find("7.3"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("version 1"), std::string::npos) << e.message;
+}
+
+TEST_F(BadSegment, CutShortAfterTheHeaderIsRefused) {
+  std::string bytes = valid_registry();
+  write_file(bytes.substr(0, 4096));
+  Error e = attach_error();
+  EXPECT_EQ(e.code, Errc::kBadSegment);
+  EXPECT_NE(e.message.find("truncated"), std::string::npos) << e.message;
+}
+
+TEST_F(BadSegment, CorruptPartitionSegmentIsRefusedWhenTheTopicIsOpened) {
+  BusOptions o;
+  o.name = bus_;
+  auto bus = Bus::attach(o);
+  ASSERT_TRUE(bus);
+  ASSERT_TRUE((*bus)->create_topic("t", small()));
+  const std::string part = shm::Segment::path_of(partition_segment_name(bus_, "t", 0));
+  {
+    std::fstream f(part, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(128);  // PartitionConfig.capacity
+    const std::uint64_t bad = 12345;
+    f.write(reinterpret_cast<const char*>(&bad), 8);
+  }
+  auto again = Bus::attach(o);
+  ASSERT_TRUE(again);
+  auto t = (*again)->topic("t");
+  ASSERT_FALSE(t);
+  EXPECT_EQ(t.error().code, Errc::kBadSegment);
+  EXPECT_NE(t.error().message.find(part), std::string::npos) << t.error().message;
+}

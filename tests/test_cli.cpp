@@ -1,0 +1,157 @@
+// busctl as a user runs it: arguments, output, exit codes (0 ok, 1 runtime, 2 usage).
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "bus/cli.h"
+#include "test_util.h"
+
+using namespace shmbus;
+using json = nlohmann::json;
+
+namespace {
+
+struct CliResult {
+  int code;
+  std::string out, err;
+};
+
+CliResult busctl(std::vector<std::string> args, const std::string& stdin_text = "") {
+  args.insert(args.begin(), "busctl");
+  std::vector<const char*> argv;
+  for (const auto& a : args) argv.push_back(a.c_str());
+  std::istringstream in(stdin_text);
+  std::ostringstream out, err;
+  const int code = busctl_main(static_cast<int>(argv.size()), argv.data(), in, out, err);
+  return {code, out.str(), err.str()};
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override { bus_ = test::unique_bus("cli"); }
+  void TearDown() override { (void)Bus::destroy(bus_); }
+  CliResult run(std::vector<std::string> args, const std::string& in = "") {
+    args.push_back("--bus");
+    args.push_back(bus_);
+    return busctl(args, in);
+  }
+  std::string bus_;
+};
+
+}  // namespace
+
+TEST_F(Cli, CreateProduceConsumeWithKeysAndFormat) {
+  auto r = run({"topic", "create", "orders", "--partitions", "3", "--capacity", "64KiB"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run({"produce", "orders", "--key-separator", ":"}, "a:1\nb:2\nc:3\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  r = run({"consume", "orders", "--count", "3", "--timeout-ms", "2000", "--format", "%k=%v@%t\\n"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  std::multiset<std::string> lines;
+  std::istringstream s(r.out);
+  for (std::string l; std::getline(s, l);) lines.insert(l);
+  EXPECT_EQ(lines, (std::multiset<std::string>{"a=1@orders", "b=2@orders", "c=3@orders"}));
+}
+
+TEST_F(Cli, GlobalOptionsGoBeforeOrAfterTheCommand) {
+  ASSERT_EQ(busctl({"--bus", bus_, "--json", "topic", "create", "t"}).code, 0);
+  auto r = busctl({"topic", "list", "--json", "--bus", bus_});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto j = json::parse(r.out);
+  ASSERT_EQ(j.size(), 1u);
+  EXPECT_EQ(j[0]["name"], "t");
+}
+
+TEST_F(Cli, JsonEverywhere) {
+  auto r = run({"--json", "topic", "create", "t", "--partitions", "2", "--capacity", "1MiB", "--retention", "block"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto created = json::parse(r.out);
+  EXPECT_EQ(created["retention"], "block");
+  EXPECT_EQ(created["capacity"], 1048576);
+  r = run({"--json", "produce", "t", "--partition", "1"}, "x\ny\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(json::parse(r.out)["records"], 2);
+  r = run({"--json", "topic", "describe", "t"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto d = json::parse(r.out);
+  EXPECT_EQ(d["partition_info"][1]["end_offset"], 2);
+  EXPECT_EQ(d["partition_info"][0]["end_offset"], 0);
+  r = run({"--json", "consume", "t", "--partition", "1", "--from", "1", "--count", "1", "--timeout-ms", "2000"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  auto rec = json::parse(r.out);
+  EXPECT_EQ(rec["value"], "y");
+  EXPECT_EQ(rec["offset"], 1);
+  EXPECT_EQ(rec["partition"], 1);
+  EXPECT_TRUE(rec["key"].is_null());
+  EXPECT_TRUE(rec.contains("timestamp"));
+  r = run({"--json", "topic", "delete", "t"});
+  ASSERT_EQ(r.code, 0) << r.err;
+}
+
+TEST_F(Cli, ConsumeFromLatestSeesOnlyNewRecordsAndTimesOut) {
+  ASSERT_EQ(run({"topic", "create", "t"}).code, 0);
+  ASSERT_EQ(run({"produce", "t"}, "old\n").code, 0);
+  auto r = run({"consume", "t", "--from", "latest", "--timeout-ms", "200"});
+  EXPECT_EQ(r.code, 0);
+  EXPECT_EQ(r.out, "");
+}
+
+struct BadInput {
+  std::vector<std::string> args;
+  std::string stdin_text;
+  int code;
+  std::string message;
+};
+
+TEST_F(Cli, BadInputGetsAClearMessageAndTheRightExitCode) {
+  ASSERT_EQ(run({"topic", "create", "t", "--max-record", "100"}).code, 0);
+  const std::vector<BadInput> cases = {
+      {{"topic", "create", "bad/name"}, "", 2, "'/'"},
+      {{"topic", "create", std::string(201, 'x')}, "", 2, "201 characters"},
+      {{"topic", "create", "u", "--capacity", "12XB"}, "", 2, "unknown unit"},
+      {{"topic", "create", "u", "--capacity", "1000"}, "", 2, "power of two"},
+      {{"topic", "create", "u", "--partitions", "-2"}, "", 2, "--partitions"},
+      {{"topic", "create", "u", "--retention", "forever"}, "", 2, "overwrite or block"},
+      {{"topic", "create", "t"}, "", 1, "already exists"},
+      {{"topic", "describe", "nope"}, "", 1, "'nope' does not exist"},
+      {{"topic", "delete", "nope"}, "", 1, "'nope' does not exist"},
+      {{"produce", "nope"}, "x\n", 1, "does not exist"},
+      {{"produce", "t"}, std::string(101, 'v') + "\n", 1, "max record"},
+      {{"produce", "t", "--key-separator", ":"}, "k:v\nno separator here\n", 1, "line 2 has no key separator"},
+      {{"produce", "t", "--partition", "9"}, "x\n", 2, "no partition 9"},
+      {{"consume", "t", "--count", "-1"}, "", 2, "--count"},
+      {{"consume", "t", "--from", "yesterday"}, "", 2, "--from 'yesterday'"},
+      {{"consume", "t", "--from", "99"}, "", 1, "offset 99 is not in the ring"},
+      {{"consume", "t", "--partition", "3"}, "", 2, "no partition 3"},
+      {{"frobnicate"}, "", 2, ""},
+      {{"topic", "create"}, "", 2, "name"},
+  };
+  for (const auto& c : cases) {
+    auto r = run(c.args, c.stdin_text);
+    std::string line;
+    for (const auto& a : c.args) line += a + " ";
+    EXPECT_EQ(r.code, c.code) << line << "\n" << r.err;
+    EXPECT_NE(r.err.find(c.message), std::string::npos) << line << "\nstderr: " << r.err;
+  }
+  // Nothing changed: still one topic, with the one record of line 1 of the separator case.
+  auto r = run({"--json", "topic", "list"});
+  EXPECT_EQ(json::parse(r.out).size(), 1u);
+}
+
+TEST(CliBinary, ExitCodesFromTheRealBinary) {
+  std::string out;
+  auto c = test::spawn({BUSCTL_PATH, "--help"});
+  EXPECT_EQ(test::finish(c, out), 0);
+  EXPECT_NE(out.find("topic"), std::string::npos);
+  out.clear();
+  c = test::spawn({BUSCTL_PATH, "topic", "describe", "x", "--bus", "bad/bus"});
+  int st = test::finish(c, out);
+  EXPECT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 2);
+  out.clear();
+  c = test::spawn({BUSCTL_PATH, "topic", "list", "--bus", test::unique_bus("nobus")});
+  st = test::finish(c, out);
+  EXPECT_EQ(WEXITSTATUS(st), 1) << "a bus that does not exist is a runtime error";
+}

@@ -1,0 +1,86 @@
+// Threads of one process on one ring: the TSan build runs this. Many producers, a reader
+// that checks every record's checksum, and a small ring that laps the reader on purpose.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstring>
+#include <thread>
+
+#include <xxhash.h>
+
+#include "shmbus/consumer.h"
+#include "shmbus/producer.h"
+#include "test_util.h"
+
+using namespace shmbus;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct Rec {
+  std::uint32_t producer;
+  std::uint32_t pad;
+  std::uint64_t seq;
+  std::uint64_t sum;
+  char filler[40];
+};
+
+void run(RetentionMode mode, bool hold, std::uint64_t capacity, std::uint64_t per_producer) {
+  test::TestBus bus("thr");
+  TopicConfig cfg;
+  cfg.capacity = capacity;
+  cfg.retention = mode;
+  ASSERT_TRUE(bus->create_topic("t", cfg));
+  ConsumerConfig cc;
+  cc.auto_offset_reset = OffsetReset::kEarliest;
+  cc.hold_producers = hold;
+  auto c = Consumer::create(bus.get(), cc);
+  ASSERT_TRUE(c->assign({{"t", 0}}));
+  constexpr int kProducers = 3;
+  std::atomic<int> done{0};
+  std::vector<std::thread> threads;
+  for (int id = 0; id < kProducers; ++id)
+    threads.emplace_back([&, id] {
+      auto p = Producer::create(bus.get());
+      for (std::uint64_t s = 0; s < per_producer; ++s) {
+        Rec r{static_cast<std::uint32_t>(id), 0, s, 0, {}};
+        std::memset(r.filler, static_cast<int>(s & 0xff), sizeof r.filler);
+        r.sum = XXH64(r.filler, sizeof r.filler, s ^ static_cast<std::uint64_t>(id));
+        auto md = p->send("t", Message{std::nullopt, std::as_bytes(std::span(&r, 1))});
+        ASSERT_TRUE(md) << md.error().message;
+      }
+      done.fetch_add(1);
+    });
+  std::uint64_t seen = 0, torn = 0, order = 0;
+  std::int64_t last[kProducers] = {-1, -1, -1};
+  const auto deadline = std::chrono::steady_clock::now() + 60s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto b = c->poll(1ms);
+    ASSERT_TRUE(b);
+    for (const auto& rec : *b) {
+      Rec r;
+      if (rec.value.size() != sizeof r) { ++torn; continue; }
+      std::memcpy(&r, rec.value.data(), sizeof r);
+      if (r.producer >= kProducers || XXH64(r.filler, sizeof r.filler, r.seq ^ r.producer) != r.sum) { ++torn; continue; }
+      if (static_cast<std::int64_t>(r.seq) <= last[r.producer]) ++order;
+      last[r.producer] = static_cast<std::int64_t>(r.seq);
+      ++seen;
+    }
+    if (done.load() == kProducers && *c->position({"t", 0}) == bus->describe_topic("t")->partitions[0].end_offset) break;
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(torn, 0u);
+  EXPECT_EQ(order, 0u);
+  if (hold) EXPECT_EQ(seen, kProducers * per_producer) << "block + hold: nothing lost";
+  else EXPECT_EQ(seen + c->lost(), kProducers * per_producer);
+}
+
+}  // namespace
+
+TEST(RingThreads, OverwriteSmallRingLapsTheReaderWithoutTornRecords) {
+  run(RetentionMode::kOverwrite, false, 8192, 20'000);
+}
+
+TEST(RingThreads, BlockRetentionWithAHoldingConsumerLosesNothing) {
+  run(RetentionMode::kBlock, true, 8192, 20'000);
+}

@@ -1,0 +1,101 @@
+// Pure functions: the partitioner, names, sizes.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <set>
+
+#include "bus/names.h"
+#include "bus/partitioner.h"
+#include "bus/units.h"
+#include "shmbus/record.h"
+
+using namespace shmbus;
+
+TEST(Murmur2, MatchesKafkaTestVectors) {
+  EXPECT_EQ(murmur2(as_bytes("kafka")), 0xd067cf64u);
+  EXPECT_EQ(murmur2(as_bytes("")), 0x106e08d9u);
+  // From Kafka's UtilsTest: "21" -> -973932308, "foobar" -> -790332482, "a-little-bit-long-string" -> -985981536
+  EXPECT_EQ(static_cast<std::int32_t>(murmur2(as_bytes("21"))), -973932308);
+  EXPECT_EQ(static_cast<std::int32_t>(murmur2(as_bytes("foobar"))), -790332482);
+  EXPECT_EQ(static_cast<std::int32_t>(murmur2(as_bytes("a-little-bit-long-string"))), -985981536);
+  EXPECT_EQ(static_cast<std::int32_t>(murmur2(as_bytes("a-little-bit-longer-string"))), -1486304829);
+  EXPECT_EQ(static_cast<std::int32_t>(murmur2(as_bytes("lkjh234lh9fiuh90y23oiuhsafujhadof229phr9h19h89h8"))), -58897971);
+  EXPECT_EQ(static_cast<std::int32_t>(murmur2(as_bytes("abc"))), 479470107);
+}
+
+TEST(Murmur2, PartitionIsPositiveModulo) {
+  // (murmur2 & 0x7fffffff) % n, as Kafka's DefaultPartitioner / BuiltInPartitioner.
+  EXPECT_EQ(partition_for_key(as_bytes("kafka"), 12), (0xd067cf64u & 0x7fffffffu) % 12);
+  for (std::uint32_t n = 1; n < 50; ++n) EXPECT_LT(partition_for_key(as_bytes("x"), n), n);
+}
+
+TEST(Names, AcceptsKafkaLikeNames) {
+  EXPECT_TRUE(validate_name("topic", "orders"));
+  EXPECT_TRUE(validate_name("topic", "a.b_c-D9"));
+  EXPECT_TRUE(validate_name("topic", std::string(200, 'x')));
+}
+
+TEST(Names, RefusesBadNamesWithAClearMessage) {
+  auto e = validate_name("topic", "a/b");
+  ASSERT_FALSE(e);
+  EXPECT_EQ(e.error().code, Errc::kInvalidArgument);
+  EXPECT_NE(e.error().message.find("'/'"), std::string::npos);
+  EXPECT_FALSE(validate_name("topic", ""));
+  EXPECT_FALSE(validate_name("topic", std::string(201, 'x')));
+  EXPECT_FALSE(validate_name("topic", "."));
+  EXPECT_FALSE(validate_name("topic", ".."));
+  EXPECT_FALSE(validate_name("bus", "a~b"));
+  EXPECT_FALSE(validate_name("bus", std::string("a\0b", 3)));
+  EXPECT_NE(validate_name("topic", std::string(201, 'x')).error().message.find("201"), std::string::npos);
+}
+
+TEST(Names, SegmentNamesAreUnambiguousAndFitNameMax) {
+  EXPECT_EQ(registry_segment_name("b"), "shmbus.b~registry");
+  EXPECT_EQ(partition_segment_name("b", "t.x", 3), "shmbus.b~t.x~3");
+  // bus "a.b" + topic "c" and bus "a" + topic "b.c" must not collide.
+  EXPECT_NE(partition_segment_name("a.b", "c", 0), partition_segment_name("a", "b.c", 0));
+  const std::string longest = partition_segment_name(std::string(200, 'b'), std::string(200, 't'), 1023);
+  EXPECT_LE(longest.size(), 255u);
+  EXPECT_NE(partition_segment_name(std::string(200, 'b'), std::string(199, 't') + "u", 0),
+            partition_segment_name(std::string(200, 'b'), std::string(199, 't') + "v", 0));
+}
+
+TEST(Sizes, ParsesBytesAndUnits) {
+  EXPECT_EQ(*parse_size("1048576"), 1048576u);
+  EXPECT_EQ(*parse_size("64KiB"), 65536u);
+  EXPECT_EQ(*parse_size("1MiB"), 1048576u);
+  EXPECT_EQ(*parse_size("1m"), 1048576u);
+  EXPECT_EQ(*parse_size("2GB"), 2000000000u);
+  EXPECT_EQ(*parse_size("10B"), 10u);
+}
+
+TEST(Sizes, RefusesBadSizes) {
+  EXPECT_FALSE(parse_size("-1"));
+  EXPECT_FALSE(parse_size("1.5MiB"));
+  EXPECT_FALSE(parse_size("12XB"));
+  EXPECT_FALSE(parse_size(""));
+  EXPECT_FALSE(parse_size("99999999999999999999"));
+  EXPECT_FALSE(parse_size("20000000000GiB"));
+  EXPECT_NE(parse_size("12XB").error().message.find("XB"), std::string::npos);
+  EXPECT_FALSE(parse_count("--count", "-3"));
+  EXPECT_FALSE(parse_count("--count", "3x"));
+  EXPECT_EQ(*parse_count("--count", "3"), 3u);
+}
+
+TEST(Headers, IteratorStopsOnMalformedBlocks) {
+  std::vector<std::byte> raw(8 + 2 + 3);
+  std::uint32_t kl = 2, vl = 3;
+  std::memcpy(raw.data(), &kl, 4);
+  std::memcpy(raw.data() + 4, &vl, 4);
+  std::memcpy(raw.data() + 8, "k1v11", 5);
+  HeaderIterator it{Bytes(raw)};
+  auto h = it.next();
+  ASSERT_TRUE(h);
+  EXPECT_EQ(h->key, "k1");
+  EXPECT_EQ(as_string(h->value), "v11");
+  EXPECT_FALSE(it.next());
+  vl = 1000;
+  std::memcpy(raw.data() + 4, &vl, 4);
+  HeaderIterator bad{Bytes(raw)};
+  EXPECT_FALSE(bad.next());
+}
