@@ -77,7 +77,10 @@ struct Producer::Impl {
     if (last && name == last_name && !last->topic->deleted()) return last;
     auto it = topics.find(name);
     if (it == topics.end() || it->second.topic->deleted()) {
-      if (it != topics.end()) topics.erase(it);
+      if (it != topics.end()) {
+        if (last == &it->second) last = nullptr;
+        topics.erase(it);
+      }
       auto t = bus->topic(std::string(name));
       if (!t) return tl::unexpected(t.error());
       TopicState st;
@@ -217,7 +220,7 @@ Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<co
       ring.header_at(cur)->word.store(shm::encode_word(claim->offset + i, shm::RecordState::kPadding, ring.salt()),
                                       std::memory_order_release);
     std::int64_t ts_ns = messages[i].timestamp_ns;
-    if (ts_ns == 0) ts_ns = now ? now : (now = shm::realtime_ns());
+    if (ts_ns == 0) ts_ns = now ? now : (now = shm::fast_realtime_ns());
     write_record(reinterpret_cast<std::byte*>(ring.header_at(at)), layouts[i], messages[i].key, messages[i].headers,
                  messages[i].value, ts_ns, pid);
     writer.publish(at, claim->offset + i);
@@ -249,7 +252,7 @@ Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Byte
   // Claimed, not yet readable: the state machine's first edge, for inspectors.
   ring.header_at(at)->word.store(shm::encode_word(claim->offset, shm::RecordState::kClaimed, ring.salt()),
                                  std::memory_order_relaxed);
-  write_record(rec, *l, key, headers, Bytes{}, shm::realtime_ns(), shm::self_process().pid);
+  write_record(rec, *l, key, headers, Bytes{}, shm::fast_realtime_ns(), shm::self_process().pid);
   Reservation r;
   r.writer_ = *w;
   r.position_ = at;

@@ -7,6 +7,12 @@
 #include <cstring>
 #include <ctime>
 #include <fcntl.h>
+#include <cpuid.h>
+#include <pthread.h>
+#include <x86intrin.h>
+
+#include <atomic>
+#include <mutex>
 #include <unistd.h>
 
 namespace shmbus::shm {
@@ -35,15 +41,30 @@ std::uint64_t process_start_ticks(pid_t pid) noexcept {
   return std::strtoull(p + 1, nullptr, 10);
 }
 
+namespace {
+
+// getpid() is a system call (glibc stopped caching it), far too slow for a send path: the
+// identity is computed once and again in the child after fork().
+ProcessId g_self;
+std::atomic<bool> g_self_valid{false};
+
+void invalidate_self() noexcept { g_self_valid.store(false, std::memory_order_relaxed); }
+
+}  // namespace
+
 const ProcessId& self_process() noexcept {
-  // Recomputed after fork: the cached pid is compared with getpid().
-  thread_local ProcessId cached;
-  const pid_t now = ::getpid();
-  if (cached.pid != now) {
-    cached.pid = now;
-    cached.start_ticks = process_start_ticks(now);
+  if (!g_self_valid.load(std::memory_order_acquire)) {
+    static std::once_flag atfork_once;
+    std::call_once(atfork_once, [] { ::pthread_atfork(nullptr, nullptr, invalidate_self); });
+    static std::mutex mu;
+    std::lock_guard lock(mu);
+    if (!g_self_valid.load(std::memory_order_relaxed)) {
+      g_self.pid = ::getpid();
+      g_self.start_ticks = process_start_ticks(g_self.pid);
+      g_self_valid.store(true, std::memory_order_release);
+    }
   }
-  return cached;
+  return g_self;
 }
 
 bool process_alive(std::int32_t pid, std::uint64_t start_ticks) noexcept {
@@ -64,6 +85,62 @@ std::int64_t realtime_ns() noexcept {
   timespec ts{};
   ::clock_gettime(CLOCK_REALTIME, &ts);
   return static_cast<std::int64_t>(ts.tv_sec) * 1'000'000'000ll + ts.tv_nsec;
+}
+
+namespace {
+
+struct TscClock {
+  std::atomic<bool> usable{false};
+  std::atomic<std::uint64_t> anchor_tsc{0};
+  std::atomic<std::int64_t> anchor_ns{0};
+  std::atomic<double> ns_per_tick{0};
+  std::uint64_t first_tsc = 0;
+  std::int64_t first_ns = 0;
+  std::mutex mu;
+};
+
+TscClock& tsc_clock() {
+  static TscClock c;
+  return c;
+}
+
+bool invariant_tsc() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(0x80000007, &a, &b, &c, &d)) return false;
+  return (d & (1u << 8)) != 0;  // CPUID.80000007H:EDX[8], invariant TSC
+}
+
+}  // namespace
+
+std::int64_t fast_realtime_ns() noexcept {
+  static const bool ok = invariant_tsc();
+  if (!ok) return realtime_ns();
+  TscClock& c = tsc_clock();
+  const std::uint64_t t = __rdtsc();
+  if (c.usable.load(std::memory_order_acquire)) {
+    const std::uint64_t at = c.anchor_tsc.load(std::memory_order_relaxed);
+    const double rate = c.ns_per_tick.load(std::memory_order_relaxed);
+    const double since = static_cast<double>(t - at) * rate;
+    if (t >= at && since < 10e6) return c.anchor_ns.load(std::memory_order_relaxed) + static_cast<std::int64_t>(since);
+  }
+  // Re-anchor (one thread at a time; the others use the system clock meanwhile).
+  std::unique_lock lock(c.mu, std::try_to_lock);
+  const std::int64_t now = realtime_ns();
+  if (!lock.owns_lock()) return now;
+  const std::uint64_t t2 = __rdtsc();
+  const std::uint64_t mid = t + (t2 - t) / 2;
+  if (c.first_tsc == 0) {
+    c.first_tsc = mid;
+    c.first_ns = now;
+    return now;
+  }
+  if (mid > c.first_tsc && now - c.first_ns >= 1'000'000) {
+    c.ns_per_tick.store(static_cast<double>(now - c.first_ns) / static_cast<double>(mid - c.first_tsc), std::memory_order_relaxed);
+    c.anchor_tsc.store(mid, std::memory_order_relaxed);
+    c.anchor_ns.store(now, std::memory_order_relaxed);
+    c.usable.store(true, std::memory_order_release);
+  }
+  return now;
 }
 
 }  // namespace shmbus::shm

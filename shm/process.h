@@ -26,4 +26,10 @@ bool process_alive(std::int32_t pid, std::uint64_t start_ticks) noexcept;
 std::uint64_t monotonic_ns() noexcept;
 std::int64_t realtime_ns() noexcept;
 
+// CLOCK_REALTIME from the TSC, for record timestamps on the send path: about 12 ns instead
+// of about 28 for the vDSO here. It re-anchors to clock_gettime every 10 ms and refines the
+// TSC rate from the first anchor, so it follows NTP within a microsecond; until two anchors
+// 1 ms apart exist (and on machines without an invariant TSC) it is realtime_ns() itself.
+std::int64_t fast_realtime_ns() noexcept;
+
 }  // namespace shmbus::shm

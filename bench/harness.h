@@ -1,0 +1,83 @@
+// Cross-process benchmark plumbing: a child process on its own CPU, shared scratch memory,
+// percentiles. Every row of a run goes through the same code, so rows compare as ratios.
+#pragma once
+
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace shmbus::bench {
+
+inline std::uint64_t now_ns() noexcept {
+  return static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+}
+
+inline void pin(int cpu) {
+  if (cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  (void)sched_setaffinity(0, sizeof set, &set);
+}
+
+// Anonymous shared memory that survives fork(): for barriers and results, not the data path.
+template <class T>
+T* shared_scratch() {
+  void* p = ::mmap(nullptr, sizeof(T), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  return new (p) T{};
+}
+template <class T>
+void free_scratch(T* p) {
+  p->~T();
+  ::munmap(p, sizeof(T));
+}
+
+// Runs `child` in a forked process pinned to cpu_b while `parent` runs here pinned to
+// cpu_a; returns the child's exit status. The child never returns into the caller.
+inline int run_pair(int cpu_a, int cpu_b, const std::function<void()>& parent, const std::function<int()>& child) {
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    pin(cpu_b);
+    ::_exit(child());
+  }
+  pin(cpu_a);
+  parent();
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  pin(-1);
+  return status;
+}
+
+struct Percentiles {
+  std::uint64_t samples = 0;
+  double p50 = 0, p90 = 0, p99 = 0, p999 = 0, p9999 = 0, max = 0, mean = 0;
+};
+
+inline Percentiles percentiles(std::vector<std::uint64_t> v) {
+  Percentiles p;
+  if (v.empty()) return p;
+  std::sort(v.begin(), v.end());
+  auto at = [&](double q) { return static_cast<double>(v[std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size())))]); };
+  p.samples = v.size();
+  p.p50 = at(0.50);
+  p.p90 = at(0.90);
+  p.p99 = at(0.99);
+  p.p999 = at(0.999);
+  p.p9999 = at(0.9999);
+  p.max = static_cast<double>(v.back());
+  double sum = 0;
+  for (auto x : v) sum += static_cast<double>(x);
+  p.mean = sum / static_cast<double>(v.size());
+  return p;
+}
+
+}  // namespace shmbus::bench

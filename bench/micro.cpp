@@ -1,0 +1,105 @@
+// Google Benchmark micro-benchmarks of the hot functions, single process.
+#include <benchmark/benchmark.h>
+
+#include <unistd.h>
+
+#include "bus/partitioner.h"
+#include "shm/process.h"
+#include "shmbus/bus.h"
+#include "shmbus/consumer.h"
+#include "shmbus/producer.h"
+
+using namespace shmbus;
+
+namespace {
+
+struct Fixture {
+  std::string name = "micro_" + std::to_string(::getpid());
+  std::shared_ptr<Bus> bus;
+  Fixture(RetentionMode mode = RetentionMode::kOverwrite) {
+    BusOptions o;
+    o.name = name;
+    bus = *Bus::attach(o);
+    TopicConfig c;
+    c.capacity = 1 << 22;
+    c.retention = mode;
+    (void)bus->create_topic("t", c);
+  }
+  ~Fixture() {
+    bus.reset();
+    (void)Bus::destroy(name);
+  }
+};
+
+void BM_Send(benchmark::State& state) {
+  Fixture f;
+  auto p = Producer::create(f.bus);
+  std::string value(static_cast<std::size_t>(state.range(0)), 'x');
+  Message m{std::nullopt, as_bytes(value)};
+  for (auto _ : state) benchmark::DoNotOptimize(p->send("t", m, 0));
+  state.SetItemsProcessed(state.iterations());
+  state.SetBytesProcessed(state.iterations() * state.range(0));
+}
+BENCHMARK(BM_Send)->Arg(64)->Arg(4096);
+
+void BM_SendBatch64(benchmark::State& state) {
+  Fixture f;
+  auto p = Producer::create(f.bus);
+  std::string value(static_cast<std::size_t>(state.range(0)), 'x');
+  std::vector<Message> batch(64, Message{std::nullopt, as_bytes(value)});
+  for (auto _ : state) benchmark::DoNotOptimize(p->send_batch("t", batch, 0));
+  state.SetItemsProcessed(state.iterations() * 64);
+}
+BENCHMARK(BM_SendBatch64)->Arg(64);
+
+void BM_ReserveCommit(benchmark::State& state) {
+  Fixture f;
+  auto p = Producer::create(f.bus);
+  for (auto _ : state) {
+    auto r = p->reserve("t", std::nullopt, 64, 0);
+    r->value()[0] = std::byte{1};
+    r->commit();
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_ReserveCommit);
+
+void BM_SendThenPoll(benchmark::State& state) {
+  Fixture f(state.range(0) ? RetentionMode::kBlock : RetentionMode::kOverwrite);
+  auto p = Producer::create(f.bus);
+  ConsumerConfig cc;
+  cc.hold_producers = state.range(0) != 0;
+  auto c = Consumer::create(f.bus, cc);
+  (void)c->assign({{"t", 0}});
+  std::string value(64, 'x');
+  Message m{std::nullopt, as_bytes(value)};
+  for (auto _ : state) {
+    (void)p->send("t", m, 0);
+    benchmark::DoNotOptimize(c->poll(std::chrono::nanoseconds(0)));
+  }
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_SendThenPoll)->Arg(0)->Arg(1);
+
+void BM_PollEmpty(benchmark::State& state) {
+  Fixture f;
+  auto c = Consumer::create(f.bus);
+  (void)c->assign({{"t", 0}});
+  for (auto _ : state) benchmark::DoNotOptimize(c->poll(std::chrono::nanoseconds(0)));
+}
+BENCHMARK(BM_PollEmpty);
+
+void BM_Murmur2(benchmark::State& state) {
+  std::string key(static_cast<std::size_t>(state.range(0)), 'k');
+  for (auto _ : state) benchmark::DoNotOptimize(murmur2(as_bytes(key)));
+}
+BENCHMARK(BM_Murmur2)->Arg(8)->Arg(64);
+
+void BM_ClockRealtime(benchmark::State& state) {
+  for (auto _ : state) benchmark::DoNotOptimize(shm::realtime_ns());
+}
+BENCHMARK(BM_ClockRealtime);
+
+}  // namespace
+
+BENCHMARK_MAIN();
