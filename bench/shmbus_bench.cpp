@@ -46,6 +46,7 @@ struct Options {
   std::string wait = "spin";
   std::uint64_t records = 10'000'000;
   std::uint32_t batch = 64;
+  std::uint64_t capacity = 1 << 20;
   bool json = false;
 };
 
@@ -257,7 +258,7 @@ void print_rows(const std::vector<Row>& rows, const Options& o) {
 
 // 1 producer process -> 1 consumer process. The consumer holds the producer back (block
 // retention) so every record is delivered; it reads views in place.
-json throughput(const Options& o, bool batched) {
+json throughput(const Options& o, bool batched, std::uint32_t alignment) {
   const std::string bus_name = bench_bus();
   g_bus_to_remove = bus_name;
   BusOptions bo;
@@ -265,7 +266,7 @@ json throughput(const Options& o, bool batched) {
   {
     auto bus = Bus::attach(bo);
     TopicConfig tc;
-    tc.capacity = 1 << 22;
+    tc.capacity = o.capacity;
     tc.retention = RetentionMode::kBlock;
     if (auto ok = (*bus)->create_topic("tp", tc); !ok) throw std::runtime_error(ok.error().message);
   }
@@ -277,7 +278,9 @@ json throughput(const Options& o, bool batched) {
       o.cpu_a, o.cpu_b,
       [&] {
         auto bus = Bus::attach(bo);
-        auto p = Producer::create(*bus);
+        ProducerConfig pc;
+        pc.record_alignment = alignment;
+        auto p = Producer::create(*bus, pc);
         std::vector<std::byte> value(o.size, std::byte{1});
         std::vector<Message> batch(batched ? o.batch : 1, Message{std::nullopt, Bytes(value)});
         while (sh->ready.load() < 1) __builtin_ia32_pause();
@@ -314,7 +317,7 @@ json throughput(const Options& o, bool batched) {
       });
   ::getrusage(RUSAGE_CHILDREN, &kid);
   const double secs = static_cast<double>(sh->end_ns.load() - start) / 1e9;
-  json j = {{"mechanism", fmt::format("shmbus 1->1 {}", batched ? fmt::format("batch {}", o.batch) : "single")},
+  json j = {{"mechanism", fmt::format("shmbus 1->1 {}, align {}", batched ? fmt::format("batch {}", o.batch) : "single", alignment)},
             {"size", o.size},
             {"records", n},
             {"seconds", secs},
@@ -399,6 +402,7 @@ int main(int argc, char** argv) {
   common(thr);
   thr->add_option("--records", o.records, "records to send (default 10M)");
   thr->add_option("--batch", o.batch, "records per batched send (default 64)");
+  thr->add_option("--capacity", o.capacity, "ring bytes (default 1 MiB)");
   CLI11_PARSE(app, argc, argv);
   if (std::sscanf(cpus.c_str(), "%d,%d", &o.cpu_a, &o.cpu_b) != 2) {
     std::cerr << "shmbus_bench: --cpus takes two CPU numbers, e.g. 0,1\n";
@@ -421,8 +425,10 @@ int main(int argc, char** argv) {
     } else {
       json rows = json::array();
       rows.push_back(spsc_reference(o));
-      rows.push_back(throughput(o, false));
-      rows.push_back(throughput(o, true));
+      for (std::uint32_t align : {8u, 64u}) {
+        rows.push_back(throughput(o, false, align));
+        rows.push_back(throughput(o, true, align));
+      }
       if (o.json) {
         std::cout << rows.dump(2) << "\n";
       } else {

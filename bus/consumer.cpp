@@ -35,6 +35,7 @@ struct Assigned {
   std::shared_ptr<Topic> topic;
   shm::RingReader reader;
   shm::GateSlot* gate = nullptr;  // when holding producers back
+  std::uint64_t gate_position = ~0ull;
   bool zero_copy = false;
   std::uint64_t empty_polls = 0;
   std::uint64_t stall_offset = ~0ull;
@@ -55,7 +56,23 @@ struct Consumer::Impl {
   std::shared_ptr<Bus> bus;
   ConsumerConfig config;
   std::vector<Assigned> assigned;
-  std::vector<std::byte> arena;
+  // Copies of records: grows by doubling and is never zero-filled (vector::resize would
+  // memset every byte before the copy overwrites it).
+  std::unique_ptr<std::byte[]> arena;
+  std::size_t arena_cap = 0, arena_used = 0;
+
+  std::byte* arena_take(std::size_t n) {
+    if (arena_used + n > arena_cap) {
+      std::size_t cap = std::max<std::size_t>(arena_cap * 2, std::max<std::size_t>(arena_used + n, 65536));
+      auto bigger = std::make_unique_for_overwrite<std::byte[]>(cap);
+      if (arena_used) std::memcpy(bigger.get(), arena.get(), arena_used);
+      arena = std::move(bigger);
+      arena_cap = cap;
+    }
+    std::byte* at = arena.get() + arena_used;
+    arena_used += n;
+    return at;
+  }
   std::vector<Pending> pending;
   std::vector<ConsumedRecord> batch;
   std::size_t rr = 0;
@@ -78,7 +95,11 @@ struct Consumer::Impl {
   }
 
   void set_gate(Assigned& a) {
-    if (a.gate) a.gate->position.store(a.reader.position(), std::memory_order_release);
+    // Store only when it moved: a store pulls the line back from a producer that read it.
+    if (a.gate && a.gate_position != a.reader.position()) {
+      a.gate_position = a.reader.position();
+      a.gate->position.store(a.gate_position, std::memory_order_release);
+    }
   }
 
   Status take_gate(Assigned& a) {
@@ -95,6 +116,7 @@ struct Consumer::Impl {
       g->kind = 1;
       g->position.store(a.reader.position(), std::memory_order_release);
       a.gate = g;
+      a.gate_position = a.reader.position();
       // A producer may have reclaimed past us between our read and the gate going up.
       if (ring.reclaim_position() > a.reader.position()) {
         a.reader.seek_earliest();
@@ -122,12 +144,14 @@ struct Consumer::Impl {
     return {};
   }
 
-  void check_stall(Assigned& a) {
-    // Reading the tail line costs a transfer the producer then pays back: look rarely.
-    if ((++a.empty_polls & 255) != 0) return;
+  // Every 256th empty look at a partition: lapped? a claim stuck? Both read lines that
+  // producers write, which a spinning reader must not pull on every look.
+  Status check_stall(Assigned& a) {
+    if ((++a.empty_polls & 255) != 0) return {};
+    if (a.reader.lapped()) return reset(a);
     if (!a.reader.claim_in_flight()) {
       a.stall_offset = ~0ull;
-      return;
+      return {};
     }
     const std::uint64_t now = shm::monotonic_ns();
     if (a.stall_offset != a.reader.offset()) {
@@ -137,6 +161,7 @@ struct Consumer::Impl {
       a.reader.ring().resolve_stall(a.reader.offset(), a.reader.position());
       a.stall_since = now;
     }
+    return {};
   }
 
   // Reads up to `limit` records of one partition into `pending`.
@@ -155,9 +180,8 @@ struct Consumer::Impl {
         if (a.zero_copy) {
           p.ring_at = reinterpret_cast<const std::byte*>(h);
         } else {
-          p.arena_at = arena.size();
-          arena.resize(arena.size() + len);
-          shm::racy_copy(arena.data() + p.arena_at, h, len);
+          p.arena_at = arena_used;
+          shm::racy_copy(arena_take(len), h, len);
         }
         pending.push_back(p);
         a.reader.advance(len);
@@ -165,7 +189,7 @@ struct Consumer::Impl {
         continue;
       }
       if (st == shm::ReadStatus::kNone) {
-        if (pending.size() == first) check_stall(a);
+        if (pending.size() == first) return check_stall(a);
         break;
       }
       if (st == shm::ReadStatus::kCorrupt)
@@ -180,7 +204,7 @@ struct Consumer::Impl {
     if (!a.zero_copy && pending.size() > first && !a.reader.intact_from(start)) {
       // A producer overwrote part of what we copied: none of it may be returned.
       a.reader.rewind(pending[first].offset, start);
-      arena.resize(pending[first].arena_at);
+      arena_used = pending[first].arena_at;
       pending.resize(first);
       return reset(a);
     }
@@ -189,7 +213,7 @@ struct Consumer::Impl {
 
   Status fetch() {
     pending.clear();
-    arena.clear();
+    arena_used = 0;
     const std::size_t n = assigned.size();
     for (std::size_t k = 0; k < n && pending.size() < config.max_poll_records; ++k) {
       const std::size_t idx = (rr + k) % n;
@@ -203,7 +227,7 @@ struct Consumer::Impl {
     batch.clear();
     for (const Pending& p : pending) {
       const Assigned& a = assigned[p.assigned];
-      const std::byte* rec = p.ring_at ? p.ring_at : arena.data() + p.arena_at;
+      const std::byte* rec = p.ring_at ? p.ring_at : arena.get() + p.arena_at;
       shm::RecordHeader h;
       std::memcpy(static_cast<void*>(&h), rec, sizeof h);
       const std::uint64_t klen = h.key_len == shm::kNullKey ? 0 : h.key_len;
@@ -227,34 +251,39 @@ struct Consumer::Impl {
   bool has_data() {
     for (auto& a : assigned) {
       const shm::RecordHeader* h = nullptr;
-      if (a.reader.next(h) != shm::ReadStatus::kNone) return true;
+      if (a.reader.next(h) != shm::ReadStatus::kNone || a.reader.lapped()) return true;
       if (a.reader.ring().closed()) return true;
     }
     return false;
   }
 
-  // Eventcount, consumer side: register, re-check, sleep. Pairs with Ring::notify().
+  // Eventcount, consumer side: register, look again, sleep. Pairs with the load of
+  // `waiters` right after a producer's claim CAS (RingWriter::claim).
   void block(std::int64_t max_ns) {
-    shm::FutexWaitItem items[shm::kWriterSlots];
+    shm::FutexWaitItem items[64];
     const std::size_t n = std::min<std::size_t>(assigned.size(), 64);
     bool in_flight = false;
     for (std::size_t i = 0; i < n; ++i) {
       auto& ctl = *assigned[i].reader.ring().ctl();
-      // SYNC POINT: seq_cst RMW; pairs with the fence in Ring::notify().
+      // SYNC POINT: seq_cst RMW, then the seq_cst load of the tail below.
       ctl.notify.waiters.fetch_add(1, std::memory_order_seq_cst);
       items[i] = {&ctl.notify.seq, ctl.notify.seq.load(std::memory_order_acquire)};
-      in_flight |= assigned[i].reader.claim_in_flight();
     }
-    // A claim in flight may be a dead writer's: come back soon enough to check.
-    if (in_flight) max_ns = std::min<std::int64_t>(max_ns, config.stall.count());
-    if (!has_data()) shm::futex_wait_any(std::span<const shm::FutexWaitItem>(items, n), std::min<std::int64_t>(max_ns, 100'000'000));
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto& r = assigned[i].reader;
+      in_flight |= r.ring().tail_position_seq_cst() > r.position();
+    }
+    if (in_flight) {
+      // A claim made before we registered may not wake us: its commit is imminent (or its
+      // writer is dead, which the stall check finds), so do not sleep on it.
+      sched_yield();
+    } else if (!has_data()) {
+      shm::futex_wait_any(std::span<const shm::FutexWaitItem>(items, n), std::min<std::int64_t>(max_ns, 100'000'000));
+    }
     for (std::size_t i = 0; i < n; ++i)
       assigned[i].reader.ring().ctl()->notify.waiters.fetch_sub(1, std::memory_order_relaxed);
-    if (in_flight)
-      for (auto& a : assigned) {
-        a.empty_polls = 255;
-        check_stall(a);
-      }
+    // Before sleeping again, look at what the spinning path looks at only now and then.
+    for (auto& a : assigned) a.empty_polls = 255;
   }
 };
 

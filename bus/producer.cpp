@@ -138,7 +138,8 @@ struct Producer::Impl {
     l.headers_len = static_cast<std::uint32_t>(hl);
     l.value_len = static_cast<std::uint32_t>(value_size);
     l.payload = static_cast<std::uint32_t>(payload);
-    l.bytes = static_cast<std::uint32_t>(shm::align8(shm::kRecordHeaderSize + payload));
+    const std::uint64_t align = config.record_alignment;
+    l.bytes = static_cast<std::uint32_t>((shm::kRecordHeaderSize + payload + align - 1) & ~(align - 1));
     return l;
   }
 
@@ -153,6 +154,10 @@ Producer::~Producer() = default;
 Result<Producer> Producer::create(std::shared_ptr<Bus> bus, ProducerConfig config) {
   if (!bus) return make_error(Errc::kInvalidArgument, "producer needs a bus");
   if (bus->read_only()) return make_error(Errc::kPermission, fmt::format("bus '{}' is attached read-only", bus->name()));
+  if (config.record_alignment != 8 && config.record_alignment != 16 && config.record_alignment != 32 &&
+      config.record_alignment != 64)
+    return make_error(Errc::kInvalidArgument,
+                      fmt::format("record_alignment {} must be 8, 16, 32 or 64", config.record_alignment));
   auto impl = std::make_unique<Impl>();
   impl->bus = std::move(bus);
   impl->config = config;
@@ -226,7 +231,12 @@ Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<co
     writer.publish(at, claim->offset + i);
     cur = at + sizes[i];
   }
-  ring.notify();
+  ring.notify(claim->wake);
+  // Ask for the lines of the next claim now (prefetch for write), so that their ownership
+  // moves while we return to the caller: the next claim's CAS, a full barrier, then waits
+  // less for our stores to drain (measured: docs/performance.md).
+  for (std::uint64_t at = cur, stop = cur + std::min<std::uint64_t>(total, 4096); at < stop; at += shm::kCacheLine)
+    __builtin_prefetch(ring.header_at(at), 1, 3);
   return RecordMetadata{*p, claim->offset};
 }
 
@@ -259,12 +269,19 @@ Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Byte
   r.end_ = claim->end;
   r.value_ = std::span<std::byte>(rec + shm::kRecordHeaderSize + (l->payload - l->value_len), value_size);
   r.meta_ = RecordMetadata{*p, claim->offset};
+  r.wake_ = claim->wake;
   r.open_ = true;
   return r;
 }
 
 Reservation::Reservation(Reservation&& o) noexcept
-    : writer_(o.writer_), position_(o.position_), end_(o.end_), value_(o.value_), meta_(o.meta_), open_(std::exchange(o.open_, false)) {}
+    : writer_(o.writer_),
+      position_(o.position_),
+      end_(o.end_),
+      value_(o.value_),
+      meta_(o.meta_),
+      wake_(o.wake_),
+      open_(std::exchange(o.open_, false)) {}
 
 Reservation::~Reservation() { abort(); }
 
@@ -272,7 +289,7 @@ void Reservation::commit() noexcept {
   if (!open_) return;
   auto* w = static_cast<shm::RingWriter*>(writer_);
   w->publish(position_, meta_.offset);
-  w->ring().notify();
+  w->ring().notify(wake_);
   open_ = false;
 }
 
@@ -281,7 +298,7 @@ void Reservation::abort() noexcept {
   auto* w = static_cast<shm::RingWriter*>(writer_);
   // From the record itself: a padding word before it, if any, is already final.
   w->abort(shm::Claim{meta_.offset, position_, end_, 1});
-  w->ring().notify();
+  w->ring().notify(wake_);
   open_ = false;
 }
 

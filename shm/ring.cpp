@@ -104,11 +104,8 @@ Ring::Ring(std::byte* base) noexcept {
   salt_ = ctl_->config.salt;
 }
 
-void Ring::notify() const noexcept {
-  // SYNC POINT: the full fence orders our commit store before the load of `waiters`; pairs
-  // with the waiter's increment before it re-checks for data (Dekker, docs/ring.md).
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (ctl_->notify.waiters.load(std::memory_order_relaxed) != 0) {
+void Ring::notify(bool wake) const noexcept {
+  if (wake) {
     ctl_->notify.seq.fetch_add(1, std::memory_order_release);
     futex_wake_all(&ctl_->notify.seq);
   }
@@ -274,7 +271,12 @@ Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64
     if (cas128(&ring_.ctl()->tail, cur, next)) {
       cached_tail_ = next;
       if (test_hooks::after_claim) test_hooks::after_claim();
-      return Claim{cur.first, cur.second, end, static_cast<std::uint32_t>(sizes.size())};
+      // SYNC POINT: seq_cst CAS above, then this seq_cst load: Dekker with the sleeper's
+      // seq_cst waiters++ followed by its seq_cst load of the tail (Consumer::Impl::block).
+      // Either we see its registration and wake it after the commit, or it sees our claim
+      // and does not sleep. No fence on the commit path (docs/ring.md, "Waiting").
+      const bool wake = ring_.ctl()->notify.waiters.load(std::memory_order_seq_cst) != 0;
+      return Claim{cur.first, cur.second, end, static_cast<std::uint32_t>(sizes.size()), wake};
     }
     // cur now holds the current tail; lay the batch out again from there.
   }

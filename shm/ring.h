@@ -93,6 +93,8 @@ class Ring {
 
   // Snapshots for readers and inspectors; each half alone is atomic, the pair is not.
   std::uint64_t tail_position() const noexcept { return __atomic_load_n(&ctl_->tail.second, __ATOMIC_ACQUIRE); }
+  // The tail with seq_cst order: the sleeper's half of the wake-up Dekker.
+  std::uint64_t tail_position_seq_cst() const noexcept { return __atomic_load_n(&ctl_->tail.second, __ATOMIC_SEQ_CST); }
   std::uint64_t end_offset() const noexcept { return __atomic_load_n(&ctl_->tail.first, __ATOMIC_ACQUIRE); }
   std::uint64_t reclaim_position() const noexcept { return __atomic_load_n(&ctl_->reclaim.second, __ATOMIC_ACQUIRE); }
   std::uint64_t start_offset() const noexcept { return __atomic_load_n(&ctl_->reclaim.first, __ATOMIC_ACQUIRE); }
@@ -111,8 +113,8 @@ class Ring {
   // `reap_dead_below` is above their position.
   std::uint64_t gate_min(std::uint64_t reap_dead_below = 0) const noexcept;
 
-  // Eventcount, producer side: wake sleepers if any registered. Pairs with Waiter.
-  void notify() const noexcept;
+  // Eventcount, producer side: wakes the sleepers a claim saw (Claim::wake).
+  void notify(bool wake) const noexcept;
 
  private:
   PartitionControl* ctl_ = nullptr;
@@ -128,6 +130,7 @@ struct Claim {
   std::uint64_t position;  // first byte (a PADDING word may stand here)
   std::uint64_t end;       // one past the last byte
   std::uint32_t count;     // records
+  bool wake = false;       // a consumer was registered to sleep when we claimed
 };
 
 class RingWriter {
@@ -216,9 +219,19 @@ class RingReader {
           continue;
         }
       }
-      return ring_.reclaim_position() > pos_ ? ReadStatus::kLapped : ReadStatus::kNone;
+      // Keep the record's second line fresh while we wait for its first: when the word
+      // turns up, the rest of a small record is then already on its way (measured:
+      // docs/performance.md).
+      __builtin_prefetch(reinterpret_cast<const char*>(h) + kCacheLine);
+      // Not written yet, or overwritten: telling the two apart needs the reclaim line,
+      // which producers write. A spinning reader must not pull that line on every empty
+      // look (it would slow the producer's reclaim CAS), so it asks lapped() now and then.
+      return ReadStatus::kNone;
     }
   }
+
+  // True when producers have overwritten the record at the cursor.
+  bool lapped() const noexcept { return ring_.reclaim_position() > pos_; }
 
   // Moves past the record just returned by next(), whose length the caller has read.
   void advance(std::uint32_t length) noexcept {

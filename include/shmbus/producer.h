@@ -20,6 +20,10 @@ namespace shmbus {
 struct ProducerConfig {
   std::int64_t max_block_ms = 60'000;  // block topics: how long a send waits for room
   std::uint32_t sticky_bytes = 16384;  // null keys stay on one partition for this many bytes
+  // Records start on this boundary in the ring (8, 16, 32 or 64). 64 gives each record its
+  // own cache lines, so a consumer reading one record does not pull the line a producer is
+  // writing the next one into; 8 packs small records tighter. docs/performance.md measures both.
+  std::uint32_t record_alignment = 64;
 };
 
 class Reservation;
@@ -74,6 +78,7 @@ class Reservation {
   std::uint64_t position_ = 0, end_ = 0;
   std::span<std::byte> value_;
   RecordMetadata meta_{};
+  bool wake_ = false;
   bool open_ = false;
 };
 
