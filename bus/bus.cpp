@@ -126,7 +126,7 @@ struct Bus::Impl {
       }
       TopicSlot copy;
       shm::racy_copy(&copy, &s, sizeof copy);  // seqlock read: validated below
-      std::atomic_thread_fence(std::memory_order_acquire);
+      shm::seqlock_read_fence();
       if (s.seq.load(std::memory_order_relaxed) != s1) continue;
       out.state = static_cast<TopicState>(copy.state);
       out.name.assign(copy.name, std::min<std::size_t>(copy.name_len, sizeof copy.name));
@@ -145,8 +145,7 @@ struct Bus::Impl {
   template <class F>
   void write_slot(std::uint32_t i, F&& fill) {
     TopicSlot& s = slots[i];
-    s.seq.fetch_add(1, std::memory_order_acq_rel);  // odd: readers retry
-    std::atomic_thread_fence(std::memory_order_release);
+    s.seq.fetch_add(1, std::memory_order_acq_rel);  // odd: readers retry; the acquire keeps fill() after it
     fill(s);
     s.seq.fetch_add(1, std::memory_order_release);  // SYNC POINT: pairs with read_slot's acquire
     control->changes.fetch_add(1, std::memory_order_release);

@@ -150,6 +150,10 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
   consume->add_option("--timeout-ms", c_timeout, "stop after MS without a record (default: wait)");
   consume->add_option("--format", c_format, "kcat-like: %t %p %o %k %v %T %h, \\n \\t (default '%v\\n')");
 
+  CLI::App* bus_cmd = sub(&app, "bus", "the bus itself");
+  bus_cmd->require_subcommand(1);
+  CLI::App* bus_delete = sub(bus_cmd, "delete", "remove every segment of the bus (attached processes keep their mappings)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -164,6 +168,16 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
     return kUsage;
   }
 
+  if (bus_delete->parsed()) {
+    auto bus = attach(g, false);
+    if (!bus) return fail(err, bus.error());
+    const std::string name = (*bus)->name();
+    bus->reset();
+    if (auto ok = Bus::destroy(name); !ok) return fail(err, ok.error());
+    if (g.json) out << json{{"deleted_bus", name}}.dump() << "\n";
+    else out << fmt::format("deleted bus {}\n", name);
+    return kOk;
+  }
   if (t_create->parsed()) {
     TopicConfig cfg;
     auto parts = parse_count("--partitions", partitions_s);

@@ -96,7 +96,13 @@ struct Consumer::Impl {
 
   void set_gate(Assigned& a) {
     // Store only when it moved: a store pulls the line back from a producer that read it.
-    if (a.gate && a.gate_position != a.reader.position()) {
+    if (!a.gate || a.gate_position == a.reader.position()) return;
+    const bool back = a.reader.position() < a.gate_position;
+    a.gate_position = a.reader.position();
+    a.gate->position.store(a.gate_position, std::memory_order_release);
+    // Moving back (seek) is like a new gate: a producer may already have reclaimed past it.
+    if (back && a.reader.ring().bump_gate_generation() > a.gate_position) {
+      a.reader.seek_earliest();
       a.gate_position = a.reader.position();
       a.gate->position.store(a.gate_position, std::memory_order_release);
     }
@@ -117,10 +123,13 @@ struct Consumer::Impl {
       g->position.store(a.reader.position(), std::memory_order_release);
       a.gate = g;
       a.gate_position = a.reader.position();
-      // A producer may have reclaimed past us between our read and the gate going up.
-      if (ring.reclaim_position() > a.reader.position()) {
+      // A producer that looked at the gates before ours went up may have reclaimed past
+      // us: the generation bump makes any such reclaim still in flight fail, and tells us
+      // where the ring starts now.
+      if (ring.bump_gate_generation() > a.reader.position()) {
         a.reader.seek_earliest();
-        set_gate(a);
+        a.gate_position = a.reader.position();
+        g->position.store(a.gate_position, std::memory_order_release);
       }
       return {};
     }

@@ -1,6 +1,16 @@
 #!/usr/bin/env bash
-# build.sh DIR [cmake args...]: configure and build with -j2 (the machines have 2 cores).
+# build.sh DIR [cmake args...] [-- targets...]: configure and build with -j2 (the machines
+# have 2 cores). Without targets, everything.
 set -euo pipefail
 dir=$1; shift
-cmake -S "$(dirname "$0")/.." -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
-cmake --build "$dir" -j2
+args=(); targets=()
+while [ $# -gt 0 ]; do
+  if [ "$1" = "--" ]; then shift; targets=("$@"); break; fi
+  args+=("$1"); shift
+done
+cmake -S "$(dirname "$0")/.." -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "${args[@]}" >/dev/null
+if [ ${#targets[@]} -gt 0 ]; then
+  cmake --build "$dir" -j2 --target "${targets[@]}"
+else
+  cmake --build "$dir" -j2
+fi

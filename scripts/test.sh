@@ -7,7 +7,7 @@ bash scripts/setup.sh
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
 
 echo "== build and test (RelWithDebInfo)"
-bash scripts/build.sh build
+bash scripts/build.sh build -DSHMBUS_TESTS=ON -DSHMBUS_BENCH=ON
 ctest --test-dir build --output-on-failure --timeout 300
 
 echo "== ASan + UBSan"

@@ -261,11 +261,11 @@ Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64
       if (auto st = make_room(end - cap, block_timeout_ns); !st) return tl::unexpected(st.error());
     }
     // The intent must be complete before the CAS makes the claim real (docs/ring.md).
+    // Release on each store keeps "none" ahead of the fields (plain moves on x86).
     slot_->intent_offset.store(kNoIntent, std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_release);
-    slot_->intent_position.store(cur.second, std::memory_order_relaxed);
-    slot_->intent_bytes.store(static_cast<std::uint32_t>(end - cur.second), std::memory_order_relaxed);
-    slot_->intent_count.store(static_cast<std::uint32_t>(sizes.size()), std::memory_order_relaxed);
+    slot_->intent_position.store(cur.second, std::memory_order_release);
+    slot_->intent_bytes.store(static_cast<std::uint32_t>(end - cur.second), std::memory_order_release);
+    slot_->intent_count.store(static_cast<std::uint32_t>(sizes.size()), std::memory_order_release);
     slot_->intent_offset.store(cur.first, std::memory_order_release);
     const Pair64 next{cur.first + sizes.size(), end};
     if (cas128(&ring_.ctl()->tail, cur, next)) {
@@ -289,6 +289,7 @@ Status RingWriter::make_room(std::uint64_t target, std::int64_t block_timeout_ns
   unsigned round = 0;
   for (;;) {
     Pair64 r = load128(&ring_.ctl()->reclaim);
+    const std::uint64_t gen = r.first & ~kReclaimOffsetMask;
     if (r.second >= target) {
       cached_reclaim_ = r.second;
       return {};
@@ -301,7 +302,7 @@ Status RingWriter::make_room(std::uint64_t target, std::int64_t block_timeout_ns
       if (g < target) gated = true;
       limit = std::min(limit, g);
     }
-    std::uint64_t p = r.second, off = r.first;
+    std::uint64_t p = r.second, off = r.first & kReclaimOffsetMask;
     bool writer_in_flight = false;
     while (p < goal && p < limit) {
       const RecordHeader* h = ring_.header_at(p);
@@ -312,19 +313,25 @@ Status RingWriter::make_room(std::uint64_t target, std::int64_t block_timeout_ns
           p = ring_.next_lap(p);
           continue;
         }
-        const bool sane = h->length >= kRecordHeaderSize && h->length <= ring_.max_record() && (h->length & 7) == 0 &&
-                          (p & ring_.mask()) + h->length <= ring_.capacity();
-        if ((st == RecordState::kCommitted || st == RecordState::kAborted) && !sane)
+        // If our view of `reclaim` is stale, another producer may already be writing the
+        // next lap here: these reads can race with it (racy_u32), and what they return only
+        // counts if our CAS on `reclaim` below succeeds, which it then cannot.
+        const std::uint32_t len = racy_u32(&h->length), count = racy_u32(&h->key_len);
+        const bool sane = len >= kRecordHeaderSize && len <= ring_.max_record() && (len & 7) == 0 &&
+                          (p & ring_.mask()) + len <= ring_.capacity();
+        if ((st == RecordState::kCommitted || st == RecordState::kAborted) && !sane) {
+          if (ring_.reclaim_position() != r.second) break;  // stale view: start again
           return make_error(Errc::kBadSegment, fmt::format("partition {}: record at offset {} (position {}) has a bad length {}",
-                                                           ring_.ctl()->config.partition, off, p, h->length));
+                                                           ring_.ctl()->config.partition, off, p, len));
+        }
         if (st == RecordState::kCommitted) {
-          p += h->length;
+          p += len;
           ++off;
           continue;
         }
-        if (st == RecordState::kAborted && h->key_len > 0) {
-          p += h->length;
-          off += h->key_len;
+        if (st == RecordState::kAborted && count > 0) {
+          p += len;
+          off += count;
           continue;
         }
       }
@@ -333,7 +340,8 @@ Status RingWriter::make_room(std::uint64_t target, std::int64_t block_timeout_ns
       break;
     }
     if (p > r.second) {
-      if (!cas128(&ring_.ctl()->reclaim, r, Pair64{off, p})) continue;  // another producer moved it
+      // Fails if another producer moved it, or a gate came (generation): look again.
+      if (!cas128(&ring_.ctl()->reclaim, r, Pair64{off | gen, p})) continue;
       if (p >= target) {
         cached_reclaim_ = p;
         return {};
@@ -359,8 +367,15 @@ void RingWriter::abort(const Claim& c) const noexcept {
 
 void RingReader::seek_earliest() noexcept {
   const Pair64 r = load128(&ring_.ctl()->reclaim);
-  offset_ = r.first;
+  offset_ = r.first & kReclaimOffsetMask;
   pos_ = r.second;
+}
+
+std::uint64_t Ring::bump_gate_generation() const noexcept {
+  Pair64 r = load128(&ctl_->reclaim);
+  while (!cas128(&ctl_->reclaim, r, Pair64{r.first + kGateGenOne, r.second})) {
+  }
+  return r.second;
 }
 
 void RingReader::seek_latest() noexcept {
@@ -371,7 +386,8 @@ void RingReader::seek_latest() noexcept {
 
 bool RingReader::seek(std::uint64_t offset) noexcept {
   for (int attempt = 0; attempt < 8; ++attempt) {
-    const Pair64 r = load128(&ring_.ctl()->reclaim);
+    Pair64 r = load128(&ring_.ctl()->reclaim);
+    r.first &= kReclaimOffsetMask;
     const Pair64 t = load128(&ring_.ctl()->tail);
     if (offset < r.first || offset > t.first) return false;
     if (offset == t.first) {

@@ -20,11 +20,27 @@ namespace shmbus::shm {
 // result is used only after the seqlock check (RingReader::intact_from), so the race is
 // benign by protocol; TSan cannot see that and is told to skip these two functions
 // (docs/ring.md, "torn reads").
-#if defined(__SANITIZE_THREAD__)
+#if defined(__SANITIZE_THREAD__) && defined(__clang__)
 #define SHMBUS_RACY __attribute__((no_sanitize("thread"), noinline))
+#elif defined(__SANITIZE_THREAD__)
+// noipa, not just noinline: GCC's IPA-SRA would otherwise move the load into the
+// (instrumented) caller and pass the value instead of the pointer.
+#define SHMBUS_RACY __attribute__((no_sanitize("thread"), noipa))
 #else
 #define SHMBUS_RACY
 #endif
+
+// The load-load barrier of a seqlock read: orders the racy reads before the check that
+// validates them (docs/ring.md). GCC's TSan cannot model thread fences (-Wtsan); on x86 an
+// acquire fence is only a compiler barrier, which is what TSan builds get instead, and the
+// reads it orders are the ones hidden from TSan above.
+inline void seqlock_read_fence() noexcept {
+#if defined(__SANITIZE_THREAD__)
+  std::atomic_signal_fence(std::memory_order_acquire);
+#else
+  std::atomic_thread_fence(std::memory_order_acquire);
+#endif
+}
 
 SHMBUS_RACY inline std::uint32_t racy_u32(const std::uint32_t* p) noexcept { return *p; }
 
@@ -97,7 +113,15 @@ class Ring {
   std::uint64_t tail_position_seq_cst() const noexcept { return __atomic_load_n(&ctl_->tail.second, __ATOMIC_SEQ_CST); }
   std::uint64_t end_offset() const noexcept { return __atomic_load_n(&ctl_->tail.first, __ATOMIC_ACQUIRE); }
   std::uint64_t reclaim_position() const noexcept { return __atomic_load_n(&ctl_->reclaim.second, __ATOMIC_ACQUIRE); }
-  std::uint64_t start_offset() const noexcept { return __atomic_load_n(&ctl_->reclaim.first, __ATOMIC_ACQUIRE); }
+  std::uint64_t start_offset() const noexcept {
+    return __atomic_load_n(&ctl_->reclaim.first, __ATOMIC_ACQUIRE) & kReclaimOffsetMask;
+  }
+
+  // A gate was added or moved back: bump the gate generation in `reclaim` so that any
+  // reclaim decided on an older view of the gates fails its CAS, and return the reclaim
+  // position after the bump. A gate at or above it is safe; below it, the consumer lost
+  // what lies between (docs/ring.md, "Gates").
+  std::uint64_t bump_gate_generation() const noexcept;
   bool closed() const noexcept { return ctl_->notify.closed.load(std::memory_order_acquire) != 0; }
 
   // A record that should have been written at (offset, pos) is not: if the claim belongs to
@@ -242,7 +266,7 @@ class RingReader {
   // True while nothing at or after `pos` can have been overwritten: call after copying,
   // with the acquire fence of the seqlock protocol (docs/ring.md).
   bool intact_from(std::uint64_t pos) const noexcept {
-    std::atomic_thread_fence(std::memory_order_acquire);
+    seqlock_read_fence();
     return ring_.reclaim_position() <= pos;
   }
 

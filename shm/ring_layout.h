@@ -14,8 +14,10 @@
 // PartitionControl, one concern per cache line:
 //   line 0  config   (immutable after creation)
 //   line 1  tail     {next_offset, position}   16-byte CAS by producers: one claim
-//   line 2  reclaim  {offset, position}        16-byte CAS: records before it may be
-//                                              overwritten; it is also the partition's start
+//   line 2  reclaim  {gate_gen:8|offset:56,    16-byte CAS: records before it may be
+//                     position}                overwritten; it is also the partition's start.
+//                                              gate_gen changes when a gate is added or moved
+//                                              back, so a reclaim that did not see it fails
 //   line 3  notify   seq (futex word), waiters, closed
 //   line 4  stats
 //
@@ -49,7 +51,7 @@
 
 namespace shmbus::shm {
 
-inline constexpr std::uint16_t kPartitionLayoutMajor = 1;
+inline constexpr std::uint16_t kPartitionLayoutMajor = 2;
 inline constexpr std::uint16_t kPartitionLayoutMinor = 0;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint32_t kWriterSlots = 64;
@@ -162,6 +164,10 @@ inline constexpr std::size_t kWriterSlotsOffset = kControlOffset + sizeof(Partit
 inline constexpr std::size_t kGateSlotsOffset = kWriterSlotsOffset + kWriterSlots * sizeof(WriterSlot);
 inline constexpr std::size_t kSlotsEnd = kGateSlotsOffset + kGateSlots * sizeof(GateSlot);
 static_assert(kWriterSlotsOffset == 448 && kGateSlotsOffset == 4544 && kSlotsEnd == 6592, "bump kPartitionLayoutMajor");
+
+// reclaim.first: the offset in the low 56 bits, the gate generation in the high 8.
+inline constexpr std::uint64_t kReclaimOffsetMask = (std::uint64_t{1} << 56) - 1;
+inline constexpr std::uint64_t kGateGenOne = std::uint64_t{1} << 56;
 
 constexpr std::uint64_t encode_word(std::uint64_t offset, RecordState s, std::uint64_t salt) {
   return ((offset << 8) | static_cast<std::uint64_t>(s)) ^ salt;

@@ -26,7 +26,8 @@ TEST(Layout, SegmentHeaderV1) {
 }
 
 TEST(Layout, PartitionV1) {
-  EXPECT_EQ(kPartitionLayoutMajor, 1) << "bump the version: update this test with the new layout";
+  EXPECT_EQ(kPartitionLayoutMajor, 2) << "bump the version: update this test with the new layout";
+  EXPECT_EQ(kReclaimOffsetMask, (std::uint64_t{1} << 56) - 1) << "reclaim.first: offset in 56 bits, gate generation in 8";
   EXPECT_EQ(sizeof(RecordHeader), 40u);
   EXPECT_EQ(offsetof(RecordHeader, word), 0u);
   EXPECT_EQ(offsetof(RecordHeader, length), 8u);

@@ -281,3 +281,25 @@ TEST(Ring, BlockRetentionWaitsForAGateAndTimesOut) {
   EXPECT_EQ(produced, 4096u / 112u) << "exactly one ring of records, nothing overwritten";
   g->owner_pid.store(0);
 }
+
+TEST(Ring, GateAddedDuringAReclaimMakesThatReclaimFail) {
+  ForgedRing f(4096, Retention::kBlock);
+  // A producer's reclaim decided on a view of the gates taken before this point...
+  Pair64 seen = load128(&f.ring.ctl()->reclaim);
+  // ...then a consumer puts up a gate and bumps the generation...
+  const std::uint64_t start = f.ring.bump_gate_generation();
+  EXPECT_EQ(start, 0u) << "nothing reclaimed yet: the gate at 0 is safe";
+  // ...so that reclaim's CAS fails, and the producer looks at the gates again.
+  Pair64 stale = seen;
+  EXPECT_FALSE(cas128(&f.ring.ctl()->reclaim, stale, Pair64{seen.first + 1, 64}));
+  EXPECT_EQ(f.ring.start_offset(), 0u) << "the generation is not part of the offset";
+}
+
+TEST(Ring, GateBelowAReclaimThatAlreadyHappenedIsTold) {
+  ForgedRing f(4096, Retention::kBlock);
+  RingWriter w(f.ring);
+  ASSERT_TRUE(w.open());
+  for (int i = 0; i < 200; ++i) f.produce(w, 100, 1);  // no gate yet: laps freely
+  ASSERT_GT(f.ring.reclaim_position(), 0u);
+  EXPECT_GT(f.ring.bump_gate_generation(), 0u) << "a gate at 0 now would be below the ring's start";
+}
