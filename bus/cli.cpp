@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "bus/group_client.h"
 #include "bus/units.h"
 #include "shmbus/bus.h"
 #include "shmbus/consumer.h"
@@ -149,6 +150,20 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
   consume->add_option("--count", c_count, "stop after N records");
   consume->add_option("--timeout-ms", c_timeout, "stop after MS without a record (default: wait)");
   consume->add_option("--format", c_format, "kcat-like: %t %p %o %k %v %T %h, \\n \\t (default '%v\\n')");
+  std::string c_group;
+  consume->add_option("--group", c_group, "consume as a member of this group (busd assigns partitions, offsets are committed)");
+
+  CLI::App* status = sub(&app, "status", "busd: pid, uptime, version, socket, state dir (does not start it)");
+  CLI::App* group_cmd = sub(&app, "group", "consumer groups (starts busd if it is not running)");
+  group_cmd->require_subcommand(1);
+  std::string g_name, g_topic, g_to;
+  CLI::App* g_list = sub(group_cmd, "list", "list groups");
+  CLI::App* g_describe = sub(group_cmd, "describe", "members, assignment, committed offsets and lag");
+  g_describe->add_option("name", g_name, "group")->required();
+  CLI::App* g_reset = sub(group_cmd, "reset-offsets", "set a group's committed offsets (refused while it has live members)");
+  g_reset->add_option("name", g_name, "group")->required();
+  g_reset->add_option("--topic", g_topic, "topic")->required();
+  g_reset->add_option("--to", g_to, "earliest | latest | OFFSET")->required();
 
   CLI::App* bus_cmd = sub(&app, "bus", "the bus itself");
   bus_cmd->require_subcommand(1);
@@ -168,6 +183,65 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
     return kUsage;
   }
 
+  if (status->parsed() || group_cmd->parsed()) {
+    auto bus = attach(g, false);
+    if (!bus) return fail(err, bus.error());
+    auto conn = BusdConnection::connect((*bus)->name(), std::chrono::seconds(5), /*autostart=*/!status->parsed());
+    if (!conn) {
+      if (status->parsed() && conn.error().code == Errc::kNotFound) {
+        if (g.json) out << json{{"running", false}, {"bus", (*bus)->name()}}.dump() << "\n";
+        else out << fmt::format("busd is not running for bus {}\n", (*bus)->name());
+        return kRuntime;
+      }
+      return fail(err, conn.error());
+    }
+    json req;
+    if (status->parsed()) req = {{"op", "status"}};
+    else if (g_list->parsed()) req = {{"op", "group_list"}};
+    else if (g_describe->parsed()) req = {{"op", "group_describe"}, {"group", g_name}};
+    else req = {{"op", "reset_offsets"}, {"group", g_name}, {"topic", g_topic}, {"to", g_to}};
+    auto r = (*conn)->request(req, std::chrono::seconds(5));
+    if (!r) return fail(err, r.error());
+    json j = *r;
+    j.erase("re");
+    j.erase("ok");
+    if (g.json) {
+      if (status->parsed()) j["running"] = true;
+      out << (g_list->parsed() ? j["groups"] : j).dump() << "\n";
+      return kOk;
+    }
+    if (status->parsed()) {
+      out << fmt::format("busd pid {}  version {}  protocol {}  uptime {:.1f} s\nbus {}  socket {}\nstate dir {}\ngroups {}  members {}\n",
+                         j["pid"].get<int>(), j["version"].get<std::string>(), j["protocol"].get<int>(),
+                         j["uptime_ms"].get<double>() / 1000, j["bus"].get<std::string>(), j["socket"].get<std::string>(),
+                         j["state_dir"].get<std::string>(), j["groups"].get<int>(), j["members"].get<int>());
+    } else if (g_list->parsed()) {
+      out << fmt::format("{:<32} {:>12} {:>8} {:>10}\n", "GROUP", "STATE", "MEMBERS", "GENERATION");
+      for (const auto& row : j["groups"])
+        out << fmt::format("{:<32} {:>12} {:>8} {:>10}\n", row["group"].get<std::string>(), row["state"].get<std::string>(),
+                           row["members"].get<int>(), row["generation"].get<std::uint64_t>());
+    } else if (g_describe->parsed()) {
+      out << fmt::format("group {}  state {}  generation {}  assignor {}\n", g_name, j["state"].get<std::string>(),
+                         j["generation"].get<std::uint64_t>(), j.value("assignor", "-"));
+      out << fmt::format("{:<36} {:>8} {:<16} {}\n", "MEMBER", "PID", "NAME", "PARTITIONS");
+      for (const auto& m : j["members"]) {
+        std::string parts;
+        for (const auto& tp : m["partitions"]) parts += fmt::format("{}{}-{}", parts.empty() ? "" : ",", tp[0].get<std::string>(), tp[1].get<int>());
+        out << fmt::format("{:<36} {:>8} {:<16} {}\n", m["member_id"].get<std::string>(), m["pid"].get<int>(),
+                           m["name"].get<std::string>(), parts);
+      }
+      out << fmt::format("{:<24} {:>9} {:>12} {:>12} {:>10}  {}\n", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "MEMBER");
+      for (const auto& p : j["partitions"])
+        out << fmt::format("{:<24} {:>9} {:>12} {:>12} {:>10}  {}\n", p["topic"].get<std::string>(), p["partition"].get<int>(),
+                           p["committed"].is_null() ? "-" : p["committed"].dump(), p["end_offset"].get<std::uint64_t>(),
+                           p["lag"].is_null() ? "-" : p["lag"].dump(), p["member_id"].is_null() ? "-" : p["member_id"].get<std::string>());
+    } else {
+      for (const auto& p : j["partitions"])
+        out << fmt::format("{} {}-{} committed offset now {}\n", g_name, p["topic"].get<std::string>(), p["partition"].get<int>(),
+                           p["committed"].get<std::uint64_t>());
+    }
+    return kOk;
+  }
   if (bus_delete->parsed()) {
     auto bus = attach(g, false);
     if (!bus) return fail(err, bus.error());
@@ -306,6 +380,8 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
     auto t = (*bus)->describe_topic(c_topic);
     if (!t) return fail(err, t.error());
     std::vector<TopicPartition> tps;
+    if (!c_group.empty() && (!c_partition.empty() || from_offset))
+      return fail(err, Error{Errc::kInvalidArgument, "--group takes partitions and offsets from the group: no --partition or --from OFFSET with it"});
     if (!c_partition.empty()) {
       auto p = parse_count("--partition", c_partition);
       if (!p) return fail(err, p.error());
@@ -318,9 +394,15 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
     }
     ConsumerConfig cc;
     cc.auto_offset_reset = c_from == "latest" ? OffsetReset::kLatest : OffsetReset::kEarliest;
+    cc.enable_auto_commit = false;  // we commit what we printed, no more
+    cc.client_name = "busctl";
     auto consumer = Consumer::create(*bus, cc);
     if (!consumer) return fail(err, consumer.error());
-    if (auto ok = consumer->assign(tps); !ok) return fail(err, ok.error());
+    if (!c_group.empty()) {
+      if (auto ok = consumer->subscribe({c_topic}, c_group); !ok) return fail(err, ok.error());
+    } else if (auto ok = consumer->assign(tps); !ok) {
+      return fail(err, ok.error());
+    }
     if (from_offset)
       for (const auto& tp : tps)
         if (auto ok = consumer->seek(tp, *from_offset); !ok) return fail(err, ok.error());
@@ -328,6 +410,7 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
     std::signal(SIGTERM, on_signal);
     std::signal(SIGPIPE, SIG_IGN);
     std::uint64_t seen = 0;
+    std::vector<std::pair<TopicPartition, std::uint64_t>> printed_next;
     const auto slice = std::chrono::milliseconds(100);
     std::int64_t idle_ms = 0;
     while (!g_stop && (!count || seen < *count)) {
@@ -355,9 +438,22 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
           out << render(c_format, r);
         }
         ++seen;
+        bool found = false;
+        for (auto& [tp, o] : printed_next)
+          if (tp.topic == r.topic && tp.partition == r.partition) {
+            o = r.offset + 1;
+            found = true;
+          }
+        if (!found) printed_next.push_back({TopicPartition{std::string(r.topic), r.partition}, r.offset + 1});
       }
       out.flush();
       if (!out) return kRuntime;
+      if (!c_group.empty() && !printed_next.empty()) (void)consumer->commit(printed_next);
+    }
+    if (!c_group.empty()) {
+      // Commit exactly what was printed: positions may be past records left in the batch.
+      if (auto ok = consumer->commit(printed_next); !ok) return fail(err, ok.error());
+      (void)consumer->close();
     }
     if (consumer->lost() > 0)
       err << fmt::format("busctl: {} records were overwritten before they could be read\n", consumer->lost());

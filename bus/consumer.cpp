@@ -8,10 +8,13 @@
 
 #include <fmt/format.h>
 
+#include "bus/busd_layout.h"
+#include "bus/group_client.h"
 #include "bus/topic.h"
 #include "shm/futex.h"
 #include "shm/process.h"
 #include "shm/ring.h"
+#include "bus/names.h"
 
 namespace shmbus {
 
@@ -52,9 +55,25 @@ struct Pending {
 
 }  // namespace
 
+struct GroupState {
+  std::string name;
+  std::vector<std::string> topics;
+  std::unique_ptr<BusdConnection> conn;
+  std::string member_id;
+  std::uint64_t generation = 0;
+  shm::Segment segment;
+  MemberSlot* slot = nullptr;
+  std::uint32_t seen_notice = 0;
+  std::uint64_t polls = 0;
+  std::uint64_t last_heartbeat = 0, last_check = 0, last_commit = 0, last_reconnect = 0;
+  bool assigned_once = false;
+  std::map<std::pair<std::string, std::uint32_t>, std::uint64_t> last_committed;
+};
+
 struct Consumer::Impl {
   std::shared_ptr<Bus> bus;
   ConsumerConfig config;
+  std::optional<GroupState> group;
   std::vector<Assigned> assigned;
   // Copies of records: grows by doubling and is never zero-filled (vector::resize would
   // memset every byte before the copy overwrites it).
@@ -80,6 +99,234 @@ struct Consumer::Impl {
   std::uint64_t aborted_base = 0;
 
   ~Impl() { release_gates(); }
+
+  Result<Assigned> make_assigned(const TopicPartition& tp, std::optional<std::uint64_t> start) {
+    auto t = bus->topic(tp.topic);
+    if (!t) return tl::unexpected(t.error());
+    if (tp.partition >= (*t)->partitions())
+      return make_error(Errc::kInvalidArgument, fmt::format("topic '{}' has {} partitions, no partition {}", tp.topic,
+                                                            (*t)->partitions(), tp.partition));
+    Assigned a;
+    a.tp = tp;
+    a.topic = *t;
+    a.reader = shm::RingReader((*t)->ring(tp.partition));
+    if (config.auto_offset_reset == OffsetReset::kEarliest) a.reader.seek_earliest();
+    else a.reader.seek_latest();
+    if (start && !a.reader.seek(*start)) {
+      // The committed offset is gone from the ring (or not written yet): auto.offset.reset.
+      if (config.auto_offset_reset == OffsetReset::kError)
+        return make_error(Errc::kOffsetOutOfRange, fmt::format("{}-{}: committed offset {} is not in the ring (it holds {}..{})",
+                                                               tp.topic, tp.partition, *start, a.reader.ring().start_offset(),
+                                                               a.reader.ring().end_offset()));
+      if (*start < a.reader.ring().start_offset()) lost += a.reader.ring().start_offset() - *start;
+    }
+    return a;
+  }
+
+  // Holds producers back where the topic asks for it: always for group members of block
+  // topics (what they have not committed must survive them), else on request.
+  Status arm(Assigned& a) {
+    const bool block = a.reader.ring().retention() == shm::Retention::kBlock;
+    if (block && (config.hold_producers || group) && !bus->read_only()) {
+      if (auto ok = take_gate(a); !ok) return ok;
+      a.zero_copy = true;
+    }
+    return {};
+  }
+
+  void drop(const TopicPartition& tp) {
+    for (auto it = assigned.begin(); it != assigned.end(); ++it)
+      if (it->tp == tp) {
+        if (it->gate) it->gate->owner_pid.store(0, std::memory_order_release);
+        assigned.erase(it);
+        break;
+      }
+    rr = 0;
+  }
+
+  // ---- consumer groups ----
+
+  proto::json join_request(bool with_owned) const {
+    proto::json owned = proto::json::array();
+    if (with_owned)
+      for (const auto& a : assigned) owned.push_back({a.tp.topic, a.tp.partition});
+    return proto::json{{"op", "join"},
+                       {"group", group->name},
+                       {"topics", group->topics},
+                       {"assignor", config.assignor},
+                       {"session_timeout_ms", config.session_timeout.count()},
+                       {"name", config.client_name},
+                       {"member_id", group->member_id},
+                       {"owned", owned}};
+  }
+
+  Status join(bool with_owned) {
+    auto conn = BusdConnection::connect(bus->name(), std::chrono::seconds(5));
+    if (!conn) return tl::unexpected(conn.error());
+    auto r = (*conn)->request(join_request(with_owned), std::chrono::seconds(5));
+    if (!r) return tl::unexpected(r.error());
+    auto seg = shm::Segment::open((*r).value("segment", ""), shm::SegmentKind::kBusd, kBusdLayoutMajor, true);
+    if (!seg) return tl::unexpected(seg.error());
+    const std::uint32_t slot = (*r).value("slot", 0u);
+    if (slot >= kMemberSlots) return make_error(Errc::kBadSegment, "busd gave a member slot out of range");
+    group->segment = std::move(*seg);
+    group->slot = group->segment.at<MemberSlot>(kMemberSlotsOffset) + slot;
+    group->seen_notice = group->slot->notice.load(std::memory_order_acquire);
+    group->member_id = (*r).value("member_id", "");
+    group->conn = std::move(*conn);
+    group->last_heartbeat = group->last_check = group->last_reconnect = shm::monotonic_ns();
+    group->slot->heartbeat_ns.store(group->last_heartbeat, std::memory_order_relaxed);
+    return {};
+  }
+
+  Status commit_offsets(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offs, bool sync) {
+    if (!group) return make_error(Errc::kInvalidArgument, "commit needs a group: call subscribe() first");
+    if (!group->conn) return make_error(Errc::kSystem, fmt::format("busd is not reachable; group '{}' cannot commit now", group->name));
+    proto::json arr = proto::json::array();
+    for (const auto& [tp, o] : offs) arr.push_back({tp.topic, tp.partition, o});
+    proto::json req{{"op", "commit"}, {"group", group->name}, {"member_id", group->member_id},
+                    {"generation", group->generation}, {"offsets", arr}, {"sync", sync}};
+    if (!sync) return group->conn->send(req);
+    auto r = group->conn->request(req, std::chrono::seconds(5));
+    if (!r) return tl::unexpected(r.error());
+    for (const auto& [tp, o] : offs) group->last_committed[{tp.topic, tp.partition}] = o;
+    return {};
+  }
+
+  std::vector<std::pair<TopicPartition, std::uint64_t>> positions(bool only_changed) {
+    std::vector<std::pair<TopicPartition, std::uint64_t>> out;
+    for (const auto& a : assigned) {
+      const auto key = std::make_pair(a.tp.topic, a.tp.partition);
+      auto it = group ? group->last_committed.find(key) : group->last_committed.end();
+      if (only_changed && group && it != group->last_committed.end() && it->second == a.reader.offset()) continue;
+      out.push_back({a.tp, a.reader.offset()});
+    }
+    return out;
+  }
+
+  Result<std::vector<std::optional<std::uint64_t>>> fetch_committed(const std::vector<TopicPartition>& tps) {
+    if (!group || !group->conn) return make_error(Errc::kInvalidArgument, "committed() needs a connected group");
+    proto::json arr = proto::json::array();
+    for (const auto& tp : tps) arr.push_back({tp.topic, tp.partition});
+    auto r = group->conn->request({{"op", "committed"}, {"group", group->name}, {"partitions", arr}}, std::chrono::seconds(5));
+    if (!r) return tl::unexpected(r.error());
+    std::vector<std::optional<std::uint64_t>> out;
+    for (const auto& o : (*r)["offsets"]) out.push_back(o.is_number_unsigned() ? std::optional(o.get<std::uint64_t>()) : std::nullopt);
+    return out;
+  }
+
+  static std::vector<TopicPartition> parse_tps(const proto::json& j) {
+    std::vector<TopicPartition> out;
+    if (j.is_array())
+      for (const auto& tp : j)
+        if (tp.is_array() && tp.size() == 2 && tp[0].is_string() && tp[1].is_number_unsigned())
+          out.push_back({tp[0].get<std::string>(), tp[1].get<std::uint32_t>()});
+    return out;
+  }
+
+  Status on_revoke(const std::vector<TopicPartition>& tps) {
+    std::vector<std::pair<TopicPartition, std::uint64_t>> offs;
+    for (const auto& a : assigned)
+      if (std::find(tps.begin(), tps.end(), a.tp) != tps.end()) offs.push_back({a.tp, a.reader.offset()});
+    if (config.enable_auto_commit && !offs.empty()) (void)commit_offsets(offs, true);
+    if (config.on_revoked) config.on_revoked(tps);
+    for (const auto& tp : tps) drop(tp);
+    proto::json arr = proto::json::array();
+    for (const auto& tp : tps) arr.push_back({tp.topic, tp.partition});
+    if (group->conn) (void)group->conn->send({{"op", "revoked"}, {"group", group->name}, {"partitions", arr}});
+    return {};
+  }
+
+  Status on_assign(std::uint64_t generation, const std::vector<TopicPartition>& tps) {
+    group->generation = generation;
+    group->assigned_once = true;
+    std::vector<TopicPartition> gone, added;
+    for (const auto& a : assigned)
+      if (std::find(tps.begin(), tps.end(), a.tp) == tps.end()) gone.push_back(a.tp);
+    for (const auto& tp : tps)
+      if (!find(tp)) added.push_back(tp);
+    if (!gone.empty()) {
+      if (config.on_revoked) config.on_revoked(gone);
+      for (const auto& tp : gone) drop(tp);
+    }
+    if (added.empty()) return {};
+    auto committed = fetch_committed(added);
+    for (std::size_t i = 0; i < added.size(); ++i) {
+      std::optional<std::uint64_t> start = committed && i < committed->size() ? (*committed)[i] : std::nullopt;
+      auto a = make_assigned(added[i], start);
+      if (!a) return tl::unexpected(a.error());
+      if (start) group->last_committed[{added[i].topic, added[i].partition}] = *start;
+      assigned.push_back(std::move(*a));
+      if (auto ok = arm(assigned.back()); !ok) return ok;
+    }
+    if (config.on_assigned) config.on_assigned(added);
+    return {};
+  }
+
+  Status process_pushes() {
+    auto& q = group->conn->pushes();
+    while (!q.empty()) {
+      proto::json m = std::move(q.front());
+      q.pop_front();
+      const std::string kind = m.value("push", "");
+      if (kind == "revoke") {
+        if (auto ok = on_revoke(parse_tps(m["partitions"])); !ok) return ok;
+      } else if (kind == "assign") {
+        if (auto ok = on_assign(m.value("generation", 0ull), parse_tps(m["partitions"])); !ok) return ok;
+      } else if (kind == "evicted") {
+        // Our partitions may already be someone else's: stop, and join again as new.
+        std::vector<TopicPartition> all;
+        for (const auto& a : assigned) all.push_back(a.tp);
+        if (config.on_revoked && !all.empty()) config.on_revoked(all);
+        release_gates();
+        assigned.clear();
+        group->member_id.clear();
+        group->conn.reset();
+        return {};
+      }
+    }
+    return {};
+  }
+
+  // Called on every poll: one load of the notice word; the rest every 64th poll.
+  Status group_tick() {
+    if (!group) return {};
+    bool check = group->slot && group->conn &&
+                 group->slot->notice.load(std::memory_order_acquire) != group->seen_notice;  // SYNC POINT: busd's release bump
+    if ((++group->polls & 63) != 0 && !check) return {};
+    const std::uint64_t now = shm::monotonic_ns();
+    if (group->slot && now - group->last_heartbeat >= 100'000'000) {
+      group->slot->heartbeat_ns.store(now, std::memory_order_relaxed);
+      group->last_heartbeat = now;
+    }
+    if (!group->conn) {
+      // busd went away (or evicted us): consume on, and join again every 100 ms, saying
+      // what we still own so that the group re-forms without moving a partition.
+      if (now - group->last_reconnect < 100'000'000) return {};
+      group->last_reconnect = now;
+      if (join(true)) group->last_check = 0;
+      return {};
+    }
+    if (check || now - group->last_check >= 100'000'000) {
+      group->last_check = now;
+      group->seen_notice = group->slot->notice.load(std::memory_order_acquire);
+      if (!group->conn->pump()) {
+        group->conn.reset();
+        group->slot = nullptr;
+        return {};
+      }
+      if (auto ok = process_pushes(); !ok) return ok;
+    }
+    if (config.enable_auto_commit && group->conn && now - group->last_commit >= static_cast<std::uint64_t>(config.auto_commit_interval.count()) * 1'000'000) {
+      group->last_commit = now;
+      auto offs = positions(true);
+      if (!offs.empty()) {
+        (void)commit_offsets(offs, false);
+        for (const auto& [tp, o] : offs) group->last_committed[{tp.topic, tp.partition}] = o;
+      }
+    }
+    return {};
+  }
 
   void release_gates() {
     for (auto& a : assigned) {
@@ -114,12 +361,14 @@ struct Consumer::Impl {
     for (std::uint32_t i = 0; i < shm::kGateSlots; ++i) {
       shm::GateSlot* g = ring.gate(i);
       std::int32_t pid = g->owner_pid.load(std::memory_order_acquire);
-      if (pid != 0 && shm::process_alive(pid, g->owner_start_ticks.load(std::memory_order_relaxed))) continue;
+      if (pid != 0 && (g->kind.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(shm::GateKind::kDurable) ||
+                       shm::process_alive(pid, g->owner_start_ticks.load(std::memory_order_relaxed))))
+        continue;
       // Publish a position before the owner, so producers never see an owner at position 0.
       g->position.store(a.reader.position(), std::memory_order_release);
       if (!g->owner_pid.compare_exchange_strong(pid, me.pid, std::memory_order_acq_rel)) continue;
       g->owner_start_ticks.store(me.start_ticks, std::memory_order_relaxed);
-      g->kind = 1;
+      g->kind.store(static_cast<std::uint32_t>(shm::GateKind::kProcess), std::memory_order_relaxed);
       g->position.store(a.reader.position(), std::memory_order_release);
       a.gate = g;
       a.gate_position = a.reader.position();
@@ -282,12 +531,14 @@ struct Consumer::Impl {
       const auto& r = assigned[i].reader;
       in_flight |= r.ring().tail_position_seq_cst() > r.position();
     }
+    std::size_t waits = n;
+    if (group && group->slot && waits < 64) items[waits++] = {&group->slot->notice, group->seen_notice};
     if (in_flight) {
       // A claim made before we registered may not wake us: its commit is imminent (or its
       // writer is dead, which the stall check finds), so do not sleep on it.
       sched_yield();
     } else if (!has_data()) {
-      shm::futex_wait_any(std::span<const shm::FutexWaitItem>(items, n), std::min<std::int64_t>(max_ns, 100'000'000));
+      shm::futex_wait_any(std::span<const shm::FutexWaitItem>(items, waits), std::min<std::int64_t>(max_ns, 100'000'000));
     }
     for (std::size_t i = 0; i < n; ++i)
       assigned[i].reader.ring().ctl()->notify.waiters.fetch_sub(1, std::memory_order_relaxed);
@@ -298,8 +549,16 @@ struct Consumer::Impl {
 
 Consumer::Consumer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Consumer::Consumer(Consumer&&) noexcept = default;
-Consumer& Consumer::operator=(Consumer&&) noexcept = default;
-Consumer::~Consumer() = default;
+Consumer& Consumer::operator=(Consumer&& o) noexcept {
+  if (this != &o) {
+    if (impl_) (void)close();
+    impl_ = std::move(o.impl_);
+  }
+  return *this;
+}
+Consumer::~Consumer() {
+  if (impl_) (void)close();
+}
 
 Result<Consumer> Consumer::create(std::shared_ptr<Bus> bus, ConsumerConfig config) {
   if (!bus) return make_error(Errc::kInvalidArgument, "consumer needs a bus");
@@ -311,37 +570,90 @@ Result<Consumer> Consumer::create(std::shared_ptr<Bus> bus, ConsumerConfig confi
 }
 
 Status Consumer::assign(const std::vector<TopicPartition>& partitions) {
+  if (impl_->group) return make_error(Errc::kInvalidArgument, "this consumer is subscribed to a group: assign() and subscribe() do not mix");
   std::vector<Assigned> next;
   for (const auto& tp : partitions) {
-    auto t = impl_->bus->topic(tp.topic);
-    if (!t) return tl::unexpected(t.error());
-    if (tp.partition >= (*t)->partitions())
-      return make_error(Errc::kInvalidArgument, fmt::format("topic '{}' has {} partitions, no partition {}", tp.topic,
-                                                            (*t)->partitions(), tp.partition));
-    Assigned a;
-    a.tp = tp;
-    a.topic = *t;
-    a.reader = shm::RingReader((*t)->ring(tp.partition));
-    if (impl_->config.auto_offset_reset == OffsetReset::kEarliest) a.reader.seek_earliest();
-    else a.reader.seek_latest();
-    next.push_back(std::move(a));
+    auto a = impl_->make_assigned(tp, std::nullopt);
+    if (!a) return tl::unexpected(a.error());
+    next.push_back(std::move(*a));
   }
   impl_->release_gates();
   impl_->assigned = std::move(next);
   impl_->rr = 0;
   for (auto& a : impl_->assigned) {
-    const bool block = a.reader.ring().retention() == shm::Retention::kBlock;
-    if (impl_->config.hold_producers && block && !impl_->bus->read_only()) {
-      if (auto ok = impl_->take_gate(a); !ok) {
-        impl_->release_gates();
-        impl_->assigned.clear();
-        return ok;
-      }
-      a.zero_copy = true;
+    if (auto ok = impl_->arm(a); !ok) {
+      impl_->release_gates();
+      impl_->assigned.clear();
+      return ok;
     }
   }
   return {};
 }
+
+Status Consumer::subscribe(const std::vector<std::string>& topics, const std::string& group) {
+  if (impl_->group) return make_error(Errc::kInvalidArgument, fmt::format("already subscribed to group '{}'", impl_->group->name));
+  if (!impl_->assigned.empty()) return make_error(Errc::kInvalidArgument, "this consumer has a manual assignment: assign() and subscribe() do not mix");
+  if (topics.empty()) return make_error(Errc::kInvalidArgument, "subscribe needs at least one topic");
+  if (auto ok = validate_name("group", group); !ok) return ok;
+  for (const auto& t : topics) {
+    auto topic = impl_->bus->topic(t);
+    if (!topic) return tl::unexpected(topic.error());
+  }
+  impl_->group.emplace();
+  impl_->group->name = group;
+  impl_->group->topics = topics;
+  if (auto ok = impl_->join(false); !ok) {
+    impl_->group.reset();
+    return ok;
+  }
+  // Wait for the first assignment (it may wait on other members giving partitions up).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (!impl_->group->assigned_once) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      impl_->group.reset();
+      return make_error(Errc::kTimedOut, fmt::format("group '{}': no assignment from busd within 15 s", group));
+    }
+    if (!impl_->group->conn || !impl_->group->conn->pump()) {
+      impl_->group.reset();
+      return make_error(Errc::kSystem, fmt::format("group '{}': busd closed the connection while joining", group));
+    }
+    if (auto ok = impl_->process_pushes(); !ok) return ok;
+    if (!impl_->group->assigned_once) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return {};
+}
+
+Status Consumer::commit() { return impl_->commit_offsets(impl_->positions(false), true); }
+
+Status Consumer::commit_async() { return impl_->commit_offsets(impl_->positions(false), false); }
+
+Status Consumer::commit(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offsets) {
+  return impl_->commit_offsets(offsets, true);
+}
+
+Result<std::vector<std::optional<std::uint64_t>>> Consumer::committed(const std::vector<TopicPartition>& partitions) {
+  return impl_->fetch_committed(partitions);
+}
+
+Status Consumer::close() {
+  if (!impl_->group) return {};
+  Status result;
+  if (impl_->group->conn) {
+    if (impl_->config.enable_auto_commit) {
+      auto offs = impl_->positions(true);
+      if (!offs.empty()) result = impl_->commit_offsets(offs, true);
+    }
+    (void)impl_->group->conn->request({{"op", "leave"}, {"group", impl_->group->name}}, std::chrono::seconds(2));
+  }
+  impl_->release_gates();
+  impl_->assigned.clear();
+  impl_->group.reset();
+  return result;
+}
+
+std::string Consumer::member_id() const { return impl_->group ? impl_->group->member_id : std::string(); }
+
+std::uint64_t Consumer::generation() const { return impl_->group ? impl_->group->generation : 0; }
 
 std::vector<TopicPartition> Consumer::assignment() const {
   std::vector<TopicPartition> out;
@@ -394,6 +706,7 @@ Result<std::span<const ConsumedRecord>> Consumer::poll(std::chrono::nanoseconds 
   Impl& im = *impl_;
   // Records returned by the previous poll are released now: producers may pass them.
   for (auto& a : im.assigned) im.set_gate(a);
+  if (auto ok = im.group_tick(); !ok) return tl::unexpected(ok.error());
   const std::int64_t limit = timeout.count();
   // The clock is read only once the first look found nothing: a poll that finds records
   // at once (the common case under load) pays for no clock read.
@@ -409,6 +722,8 @@ Result<std::span<const ConsumedRecord>> Consumer::poll(std::chrono::nanoseconds 
       im.batch.clear();
       return std::span<const ConsumedRecord>(im.batch);
     }
+    if (im.group && iter > 0)
+      if (auto ok = im.group_tick(); !ok) return tl::unexpected(ok.error());
     if (iter == 0) start = now = shm::monotonic_ns();
     else if (im.config.wait != WaitStrategy::kSpin || (iter & 63) == 0) now = shm::monotonic_ns();
     const std::int64_t elapsed = static_cast<std::int64_t>(now - start);

@@ -189,7 +189,8 @@ std::uint64_t Ring::gate_min(std::uint64_t reap_dead_below) const noexcept {
     std::int32_t pid = g.owner_pid.load(std::memory_order_acquire);
     if (pid == 0) continue;
     const std::uint64_t p = g.position.load(std::memory_order_acquire);
-    if (p < reap_dead_below && !process_alive(pid, g.owner_start_ticks.load(std::memory_order_relaxed))) {
+    if (p < reap_dead_below && g.kind.load(std::memory_order_relaxed) != static_cast<std::uint32_t>(GateKind::kDurable) &&
+        !process_alive(pid, g.owner_start_ticks.load(std::memory_order_relaxed))) {
       g.owner_pid.compare_exchange_strong(pid, 0, std::memory_order_acq_rel);
       continue;
     }

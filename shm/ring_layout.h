@@ -150,14 +150,21 @@ static_assert(sizeof(WriterSlot) == 64, "one writer slot per cache line: bump kP
 static_assert(offsetof(WriterSlot, intent_offset) == 16, "bump kPartitionLayoutMajor");
 
 // A consumer that producers of a `block` topic may not lap.
+enum class GateKind : std::uint32_t {
+  kProcess = 1,  // a live consumer process; released by producers when it is dead
+  kDurable = 2,  // a consumer group's committed offset, kept by busd; never reaped
+};
+
 struct alignas(kCacheLine) GateSlot {
   std::atomic<std::int32_t> owner_pid;  // 0: free
-  std::uint32_t kind;                   // 1: held by a live process
+  std::atomic<std::uint32_t> kind;      // GateKind, stored before owner_pid is taken
   std::atomic<std::uint64_t> owner_start_ticks;
   std::atomic<std::uint64_t> position;  // everything before it is consumed
-  std::uint8_t reserved[40];
+  std::atomic<std::uint64_t> owner_key; // durable gates: hash of the group name
+  std::uint8_t reserved[32];
 };
 static_assert(sizeof(GateSlot) == 64, "one gate per cache line: bump kPartitionLayoutMajor");
+static_assert(offsetof(GateSlot, position) == 16 && offsetof(GateSlot, owner_key) == 24, "bump kPartitionLayoutMajor");
 
 inline constexpr std::size_t kControlOffset = 128;
 inline constexpr std::size_t kWriterSlotsOffset = kControlOffset + sizeof(PartitionControl);

@@ -27,6 +27,7 @@ inline constexpr std::uint16_t kSegmentHeaderMajor = 1;
 enum class SegmentKind : std::uint32_t {
   kRegistry = 1,
   kPartition = 2,
+  kBusd = 3,  // busd's member notices (bus/busd_layout.h)
 };
 
 struct SegmentHeader {

@@ -64,7 +64,9 @@ TEST(Layout, PartitionV1) {
   EXPECT_EQ(offsetof(WriterSlot, intent_bytes), 32u);
   EXPECT_EQ(offsetof(WriterSlot, intent_count), 36u);
   EXPECT_EQ(sizeof(GateSlot), 64u);
+  EXPECT_EQ(offsetof(GateSlot, kind), 4u);
   EXPECT_EQ(offsetof(GateSlot, position), 16u);
+  EXPECT_EQ(offsetof(GateSlot, owner_key), 24u);
   EXPECT_EQ(kWriterSlots, 64u);
   EXPECT_EQ(kGateSlots, 32u);
   EXPECT_EQ(kWriterSlotsOffset, 448u);

@@ -5,6 +5,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
 #include <memory>
 #include <span>
 #include <vector>
@@ -28,6 +31,16 @@ struct ConsumerConfig {
   // not read, and poll() returns views into the ring (no copy).
   bool hold_producers = false;
   std::chrono::nanoseconds stall{1'000'000};  // a claim unfinished this long: is its writer alive?
+
+  // Consumer groups (subscribe): busd assigns partitions and keeps committed offsets.
+  std::string assignor = "sticky";                  // range | roundrobin | sticky
+  std::chrono::milliseconds session_timeout{10'000};  // no poll() for this long: evicted
+  bool enable_auto_commit = true;
+  std::chrono::milliseconds auto_commit_interval{1'000};  // Kafka: 5 s
+  std::string client_name = "consumer";             // shown by `busctl group describe`
+  // Called from poll() (and subscribe()) when busd gives or takes partitions.
+  std::function<void(const std::vector<TopicPartition>&)> on_assigned;
+  std::function<void(const std::vector<TopicPartition>&)> on_revoked;
 };
 
 class Consumer {
@@ -41,6 +54,20 @@ class Consumer {
   // (earliest: the oldest record in the ring, latest: the next one written).
   Status assign(const std::vector<TopicPartition>& partitions);
   std::vector<TopicPartition> assignment() const;
+
+  // Joins `group` (starting busd if none runs) and waits for the first assignment. Each
+  // partition starts at the group's committed offset, else where auto_offset_reset says.
+  // Assignments change from poll() as members come and go (on_assigned / on_revoked).
+  Status subscribe(const std::vector<std::string>& topics, const std::string& group);
+  // Commits the current positions of all assigned partitions (the next offsets to read).
+  Status commit();
+  Status commit_async();
+  Status commit(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offsets);
+  Result<std::vector<std::optional<std::uint64_t>>> committed(const std::vector<TopicPartition>& partitions);
+  // Leaves the group (committing first with auto-commit); also done by the destructor.
+  Status close();
+  std::string member_id() const;
+  std::uint64_t generation() const;
 
   Status seek(const TopicPartition& tp, std::uint64_t offset);
   Status seek_to_beginning(const TopicPartition& tp);

@@ -1,0 +1,27 @@
+// busd: one per bus. Consumer groups (join, leave, revoke, assign), committed offsets,
+// member liveness. Off the data path: producers and manually assigned consumers never
+// talk to it. tools/busd/main.cpp only parses arguments and calls run_busd().
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "shmbus/error.h"
+
+namespace shmbus {
+
+struct BusdOptions {
+  std::string bus;                       // empty: SHMBUS_BUS or "default"
+  std::optional<std::string> group;      // share the bus (0660) with this Unix group
+  int rebalance_timeout_ms = 5000;       // a member that does not give up revoked partitions
+                                         // by then is evicted
+  bool quiet = false;
+};
+
+// Runs until SIGTERM/SIGINT. Fails at once (and changes nothing) when another busd holds
+// the bus's lock, naming its pid and the lock file.
+Status run_busd(const BusdOptions& options);
+
+inline constexpr const char* kBusdVersion = "0.1.0";
+
+}  // namespace shmbus

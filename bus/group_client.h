@@ -1,0 +1,48 @@
+// A connection to busd: requests with replies, pushes queued, busd started on demand.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "bus/protocol.h"
+#include "shmbus/error.h"
+
+namespace shmbus {
+
+std::string busd_segment_name(const std::string& bus);
+
+// The busd binary: $SHMBUS_BUSD, else `busd` beside this executable or one directory up,
+// else the one this library was built with, else the installed one.
+std::string busd_binary();
+
+class BusdConnection {
+ public:
+  // Connects to the bus's busd. If none answers and autostart is allowed (not
+  // SHMBUS_NO_AUTOSTART=1), starts one in the background and waits for it.
+  static Result<std::unique_ptr<BusdConnection>> connect(const std::string& bus, std::chrono::milliseconds timeout,
+                                                         bool autostart = true);
+  ~BusdConnection();
+
+  // Sends and waits for the reply; pushes that arrive meanwhile are queued.
+  Result<proto::json> request(proto::json req, std::chrono::milliseconds timeout);
+  // Sends without waiting; the reply is dropped when it arrives.
+  Status send(proto::json req);
+  // Reads what is there without blocking. False once busd is gone.
+  bool pump();
+  std::deque<proto::json>& pushes() { return pushes_; }
+  int fd() const { return fd_; }
+
+ private:
+  bool read_some(int timeout_ms);
+  int fd_ = -1;
+  std::string in_;
+  std::uint64_t next_id_ = 1;
+  std::deque<proto::json> pushes_;
+  std::map<std::uint64_t, proto::json> replies_;
+  bool dead_ = false;
+};
+
+}  // namespace shmbus

@@ -1,0 +1,148 @@
+#include "bus/offset_store.h"
+
+#include <cerrno>
+#include <cstring>
+#include <fcntl.h>
+#include <sstream>
+#include <unistd.h>
+
+#include <boost/crc.hpp>
+#include <fmt/format.h>
+
+#include "bus/paths.h"
+
+namespace shmbus {
+namespace {
+
+std::uint32_t crc32c(std::string_view s) {
+  boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;  // Castagnoli
+  crc.process_bytes(s.data(), s.size());
+  return crc.checksum();
+}
+
+std::string line_for(const OffsetKey& k, std::uint64_t offset) {
+  const std::string body = fmt::format("{} {} {} {}", k.group, k.topic, k.partition, offset);
+  return fmt::format("{:08x} {}\n", crc32c(body), body);
+}
+
+}  // namespace
+
+OffsetStore::OffsetStore(OffsetStore&& o) noexcept { *this = std::move(o); }
+OffsetStore& OffsetStore::operator=(OffsetStore&& o) noexcept {
+  if (this != &o) {
+    if (fd_ >= 0) ::close(fd_);
+    path_ = std::move(o.path_);
+    fd_ = std::exchange(o.fd_, -1);
+    offsets_ = std::move(o.offsets_);
+    pending_ = std::move(o.pending_);
+    lines_ = o.lines_;
+    skipped_ = o.skipped_;
+  }
+  return *this;
+}
+OffsetStore::~OffsetStore() {
+  (void)flush();
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Result<OffsetStore> OffsetStore::open(const std::string& dir) {
+  if (auto ok = make_dirs(dir, 0700); !ok) return tl::unexpected(ok.error());
+  OffsetStore s;
+  s.path_ = dir + "/offsets.log";
+  s.fd_ = ::open(s.path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (s.fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot open {}: {}", s.path_, std::strerror(errno)));
+  std::string data;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::read(s.fd_, buf, sizeof buf);
+    if (n < 0) return make_error(Errc::kSystem, fmt::format("cannot read {}: {}", s.path_, std::strerror(errno)));
+    if (n == 0) break;
+    data.append(buf, static_cast<std::size_t>(n));
+  }
+  std::size_t at = 0;
+  while (at < data.size()) {
+    const std::size_t nl = data.find('\n', at);
+    if (nl == std::string::npos) {  // torn tail: a crash in the middle of an append
+      ++s.skipped_;
+      break;
+    }
+    const std::string line = data.substr(at, nl - at);
+    at = nl + 1;
+    std::istringstream in(line);
+    std::string crc, group, topic;
+    std::uint32_t partition = 0;
+    std::uint64_t offset = 0;
+    if (!(in >> crc >> group >> topic >> partition >> offset) || line.size() < 10 ||
+        fmt::format("{:08x}", crc32c(std::string_view(line).substr(9))) != crc) {
+      ++s.skipped_;
+      continue;
+    }
+    s.offsets_[OffsetKey{group, topic, partition}] = offset;
+    ++s.lines_;
+  }
+  // Rewrite whole: drops a torn tail and old lines.
+  if (auto ok = s.compact(); !ok) return tl::unexpected(ok.error());
+  return s;
+}
+
+std::optional<std::uint64_t> OffsetStore::get(const OffsetKey& k) const {
+  auto it = offsets_.find(k);
+  if (it == offsets_.end()) return std::nullopt;
+  return it->second;
+}
+
+void OffsetStore::put(const OffsetKey& k, std::uint64_t offset) {
+  auto it = offsets_.find(k);
+  if (it != offsets_.end() && it->second == offset) return;
+  offsets_[k] = offset;
+  pending_ += line_for(k, offset);
+  ++lines_;
+}
+
+void OffsetStore::erase_group_topic(const std::string& group, const std::string& topic) {
+  for (auto it = offsets_.begin(); it != offsets_.end();) {
+    if (it->first.group == group && it->first.topic == topic) it = offsets_.erase(it);
+    else ++it;
+  }
+  (void)compact();
+}
+
+Status OffsetStore::flush() {
+  if (fd_ < 0) return {};
+  if (lines_ > 4 * offsets_.size() + 1024) return compact();
+  if (pending_.empty()) return {};
+  std::size_t done = 0;
+  while (done < pending_.size()) {
+    const ssize_t n = ::write(fd_, pending_.data() + done, pending_.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return make_error(Errc::kSystem, fmt::format("cannot write {}: {}", path_, std::strerror(errno)));
+    done += static_cast<std::size_t>(n);
+  }
+  pending_.clear();
+  ::fdatasync(fd_);
+  return {};
+}
+
+Status OffsetStore::compact() {
+  // Write the live set to a new file, sync it, and rename it over the log: a crash leaves
+  // either the old log or the new one, never a mix.
+  const std::string tmp = path_ + ".tmp";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) return make_error(Errc::kSystem, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+  std::string all;
+  for (const auto& [k, o] : offsets_) all += line_for(k, o);
+  if (::write(fd, all.data(), all.size()) != static_cast<ssize_t>(all.size()) || ::fsync(fd) != 0) {
+    ::close(fd);
+    return make_error(Errc::kSystem, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+  }
+  ::close(fd);
+  if (::rename(tmp.c_str(), path_.c_str()) != 0)
+    return make_error(Errc::kSystem, fmt::format("cannot replace {}: {}", path_, std::strerror(errno)));
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  pending_.clear();
+  lines_ = offsets_.size();
+  return {};
+}
+
+}  // namespace shmbus
