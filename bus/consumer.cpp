@@ -643,8 +643,13 @@ Status Consumer::close() {
       auto offs = impl_->positions(true);
       if (!offs.empty()) result = impl_->commit_offsets(offs, true);
     }
-    (void)impl_->group->conn->request({{"op", "leave"}, {"group", impl_->group->name}}, std::chrono::seconds(2));
   }
+  // As Kafka's close(): the partitions are revoked before the member leaves.
+  std::vector<TopicPartition> all;
+  for (const auto& a : impl_->assigned) all.push_back(a.tp);
+  if (impl_->config.on_revoked && !all.empty()) impl_->config.on_revoked(all);
+  if (impl_->group->conn)
+    (void)impl_->group->conn->request({{"op", "leave"}, {"group", impl_->group->name}}, std::chrono::seconds(2));
   impl_->release_gates();
   impl_->assigned.clear();
   impl_->group.reset();

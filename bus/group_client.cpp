@@ -56,6 +56,7 @@ Status spawn_busd(const std::string& bus) {
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
   posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
   posix_spawn_file_actions_adddup2(&fa, 1, 2);
+  posix_spawn_file_actions_addclosefrom_np(&fa, 3);  // none of our descriptors outlive us in busd
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID);  // its own session: outlives us
@@ -190,7 +191,15 @@ bool BusdConnection::pump() {
 Result<json> BusdConnection::request(json req, std::chrono::milliseconds timeout) {
   const std::uint64_t id = next_id_++;
   req["id"] = id;
-  if (auto ok = send(req); !ok) return tl::unexpected(ok.error());
+  if (auto ok = send(req); !ok) {
+    // busd may have refused us and closed at once: its reason is waiting in the socket.
+    dead_ = false;
+    read_some(100);
+    dead_ = true;
+    for (const auto& p : pushes_)
+      if (p.contains("error") && !p.contains("push")) return make_error(Errc::kPermission, p.value("message", "refused by busd"));
+    return tl::unexpected(ok.error());
+  }
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
     auto it = replies_.find(id);

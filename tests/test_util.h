@@ -1,6 +1,7 @@
 // Helpers for tests: unique buses that clean up after themselves, child processes.
 #pragma once
 
+#include <fcntl.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -56,11 +57,12 @@ struct Child {
 
 inline Child spawn(const std::vector<std::string>& args) {
   int pipefd[2];
-  if (::pipe(pipefd) != 0) return {};
+  // O_CLOEXEC: only the child's fd 1 may hold the pipe, or a grandchild (busd, started on
+  // demand) would keep it open and we would never see EOF.
+  if (::pipe2(pipefd, O_CLOEXEC) != 0) return {};
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, pipefd[1], 1);
-  posix_spawn_file_actions_addclose(&fa, pipefd[0]);
   std::vector<char*> argv;
   for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
   argv.push_back(nullptr);

@@ -1,17 +1,22 @@
 // A separate process for multi-process tests: produces or consumes and reports as JSON.
 //
-//   worker produce BUS TOPIC ID COUNT MODE [SIZE]     MODE: p<N> (partition N) | keyed | batch<K>
+//   worker produce BUS TOPIC ID COUNT MODE [SIZE [RATE]]  MODE: p<N> (partition N) | keyed | batch<K>
+//   worker group-consume BUS TOPIC GROUP FILE [ASSIGNOR]  member of GROUP; logs to FILE (below)
 //   worker die-in-reserve BUS TOPIC PARTITION N       send N, reserve one, SIGKILL itself
 //   worker die-after-claim BUS TOPIC PARTITION N      send N, die right after the claim CAS
 //   worker consume BUS TOPIC PARTS EXPECT TIMEOUT_MS [hold]   PARTS: 0,1,2 ; prints a summary
 //                                         EXPECT 0: until SIGUSR1, then to the end offsets
+#include <fcntl.h>
+
 #include <csignal>
 #include <cstring>
+#include <thread>
 #include <iostream>
 #include <map>
 #include <string>
 #include <unistd.h>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 #include <xxhash.h>
 
@@ -59,7 +64,8 @@ std::shared_ptr<Bus> attach(const std::string& bus) {
 }
 
 int produce(const std::string& bus, const std::string& topic, std::uint32_t id, std::uint64_t count,
-            const std::string& mode, std::size_t size) {
+            const std::string& mode, std::size_t size, double rate) {
+  const auto t0 = std::chrono::steady_clock::now();
   auto p = Producer::create(attach(bus));
   if (!p) return 3;
   std::uint32_t batch = mode.rfind("batch", 0) == 0 ? static_cast<std::uint32_t>(std::stoul(mode.substr(5))) : 1;
@@ -73,6 +79,8 @@ int produce(const std::string& bus, const std::string& topic, std::uint32_t id, 
     values.clear();
     keys.clear();
     msgs.clear();
+    if (rate > 0)  // paced: a continuous load rather than a burst
+      std::this_thread::sleep_until(t0 + std::chrono::nanoseconds(static_cast<std::int64_t>(static_cast<double>(seq) * 1e9 / rate)));
     for (std::uint32_t k = 0; k < batch && seq < count; ++k, ++seq) {
       values.push_back(make_value(id, seq, size));
       keys.push_back(std::to_string(id) + ":" + std::to_string(seq));
@@ -187,13 +195,71 @@ int consume(const std::string& bus, const std::string& topic, const std::string&
   return 0;
 }
 
+// Logs to FILE, one line each, written before the next poll (so before any commit that
+// covers it): "A <ns> t:p,t:p" assigned, "R <ns> ..." revoked, "C <producer> <seq> <p> <o>"
+// consumed. Exits after SIGUSR1 once no record came for 500 ms.
+int group_consume(const std::string& bus, const std::string& topic, const std::string& group, const std::string& file,
+                  const std::string& assignor) {
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) return 3;
+  auto log_tps = [fd](char kind, const std::vector<TopicPartition>& tps) {
+    std::string line = fmt::format("{} {}", kind, std::chrono::steady_clock::now().time_since_epoch().count());
+    for (std::size_t i = 0; i < tps.size(); ++i) line += fmt::format("{}{}:{}", i ? "," : " ", tps[i].topic, tps[i].partition);
+    line += "\n";
+    (void)!::write(fd, line.data(), line.size());
+  };
+  ConsumerConfig cfg;
+  cfg.auto_offset_reset = OffsetReset::kEarliest;
+  cfg.assignor = assignor;
+  cfg.auto_commit_interval = std::chrono::milliseconds(100);
+  cfg.client_name = "worker";
+  cfg.on_assigned = [&](const std::vector<TopicPartition>& tps) { log_tps('A', tps); };
+  cfg.on_revoked = [&](const std::vector<TopicPartition>& tps) { log_tps('R', tps); };
+  ::signal(SIGUSR1, on_usr1);
+  auto c = Consumer::create(attach(bus), cfg);
+  if (!c) return 3;
+  if (auto ok = c->subscribe({topic}, group); !ok) {
+    std::cerr << "worker: subscribe: " << ok.error().message << "\n";
+    return 3;
+  }
+  std::cout << "ready" << std::endl;
+  std::uint64_t idle_since = 0, records = 0;
+  std::string buf;
+  for (;;) {
+    auto batch = c->poll(std::chrono::milliseconds(20));
+    if (!batch) {
+      std::cerr << "worker: poll: " << batch.error().message << "\n";
+      return 1;
+    }
+    buf.clear();
+    for (const auto& r : *batch) {
+      Payload p;
+      if (r.value.size() < sizeof p) continue;
+      std::memcpy(&p, r.value.data(), sizeof p);
+      buf += fmt::format("C {} {} {} {}\n", p.id, p.seq, r.partition, r.offset);
+      ++records;
+    }
+    if (!buf.empty()) (void)!::write(fd, buf.data(), buf.size());
+    const auto now = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    if (!batch->empty()) idle_since = 0;
+    else if (!idle_since) idle_since = now;
+    if (g_producers_done && idle_since && now - idle_since > 500'000'000) break;
+  }
+  (void)c->commit();
+  (void)c->close();
+  ::close(fd);
+  std::cout << json{{"records", records}}.dump() << std::endl;
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<std::string> a(argv + 1, argv + argc);
   if (a.size() >= 5 && a[0] == "produce")
     return produce(a[1], a[2], static_cast<std::uint32_t>(std::stoul(a[3])), std::stoull(a[4]), a.size() > 5 ? a[5] : "p0",
-                   a.size() > 6 ? std::stoul(a[6]) : 64);
+                   a.size() > 6 ? std::stoul(a[6]) : 64, a.size() > 7 ? std::stod(a[7]) : 0);
+  if (a.size() >= 5 && a[0] == "group-consume") return group_consume(a[1], a[2], a[3], a[4], a.size() > 5 ? a[5] : "sticky");
   if (a.size() == 5 && (a[0] == "die-in-reserve" || a[0] == "die-after-claim"))
     return die(a[1], a[2], static_cast<std::uint32_t>(std::stoul(a[3])), std::stoull(a[4]), a[0] == "die-after-claim");
   if (a.size() >= 6 && a[0] == "consume")

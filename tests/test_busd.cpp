@@ -1,0 +1,323 @@
+// busd and consumer groups across real processes: rebalance on SIGKILL with no record lost
+// and no partition owned twice, busd killed and restarted under load, fencing of stale
+// commits, one busd per bus, other uids refused.
+#include <gtest/gtest.h>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <tuple>
+
+#include <nlohmann/json.hpp>
+
+#include "bus/group_client.h"
+#include "bus/paths.h"
+#include "shmbus/consumer.h"
+#include "shmbus/producer.h"
+#include "test_util.h"
+
+using namespace shmbus;
+using namespace std::chrono_literals;
+using json = nlohmann::json;
+
+namespace {
+
+const std::string kWorker = SHMBUS_WORKER_PATH;
+
+std::uint64_t mono_ns() { return static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()); }
+
+// Each test gets its own SHMBUS_DIR (socket, lock, offsets) and bus; busd is killed after.
+class Busd : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = "/tmp/" + test::unique_bus("busd");
+    std::filesystem::create_directories(dir_);
+    ::setenv("SHMBUS_DIR", dir_.c_str(), 1);
+    ::setenv("SHMBUS_BUSD", SHMBUS_BUSD_PATH, 1);
+    bus_ = std::make_unique<test::TestBus>("grp");
+  }
+  void TearDown() override {
+    kill_busd(SIGKILL);
+    bus_.reset();
+    std::filesystem::remove_all(dir_);
+    ::unsetenv("SHMBUS_DIR");
+  }
+  pid_t busd_pid() {
+    std::ifstream f(bus_paths(bus_->name()).lock);
+    pid_t pid = 0;
+    f >> pid;
+    return pid;
+  }
+  void kill_busd(int sig) {
+    const pid_t pid = busd_pid();
+    if (pid > 0) ::kill(pid, sig);
+    // Wait until it is gone (its lock released), so that the next one can start.
+    for (int i = 0; i < 500 && pid > 0 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(2ms);
+  }
+  json describe(const std::string& group) {
+    auto c = BusdConnection::connect(bus_->name(), 5s);
+    if (!c) return json();
+    auto r = (*c)->request({{"op", "group_describe"}, {"group", group}}, 5s);
+    return r ? *r : json();
+  }
+  std::string file(const std::string& name) { return dir_ + "/" + name; }
+
+  std::string dir_;
+  std::unique_ptr<test::TestBus> bus_;
+};
+
+struct MemberLog {
+  std::set<std::pair<std::uint32_t, std::uint64_t>> consumed;  // (producer, seq)
+  // partition -> [start, end) ownership intervals
+  std::map<std::uint32_t, std::vector<std::pair<std::uint64_t, std::uint64_t>>> owned;
+  std::set<std::uint32_t> holding;  // at the end of the log
+};
+
+MemberLog read_log(const std::string& path, std::uint64_t end_ns) {
+  MemberLog m;
+  std::map<std::uint32_t, std::uint64_t> open;
+  std::ifstream f(path);
+  for (std::string line; std::getline(f, line);) {
+    std::istringstream in(line);
+    char kind;
+    in >> kind;
+    if (kind == 'C') {
+      std::uint32_t producer, partition;
+      std::uint64_t seq, offset;
+      in >> producer >> seq >> partition >> offset;
+      m.consumed.insert({producer, seq});
+      continue;
+    }
+    std::uint64_t ns;
+    std::string list;
+    in >> ns >> list;
+    std::stringstream parts(list);
+    for (std::string tp; std::getline(parts, tp, ',');) {
+      const auto p = static_cast<std::uint32_t>(std::stoul(tp.substr(tp.rfind(':') + 1)));
+      if (kind == 'A') open[p] = ns;
+      if (kind == 'R' && open.count(p)) {
+        m.owned[p].push_back({open[p], ns});
+        open.erase(p);
+      }
+    }
+  }
+  for (auto [p, since] : open) {
+    m.owned[p].push_back({since, end_ns});
+    m.holding.insert(p);
+  }
+  return m;
+}
+
+}  // namespace
+
+TEST_F(Busd, KilledMemberIsReplacedAtOnceWithNoRecordLostAndNoPartitionOwnedTwice) {
+  TopicConfig cfg;
+  cfg.partitions = 12;
+  cfg.capacity = 1 << 21;
+  ASSERT_TRUE((*bus_)->create_topic("t", cfg));
+  std::vector<test::Child> members;
+  std::vector<std::string> outs(3);
+  for (int i = 0; i < 3; ++i) {
+    members.push_back(test::spawn({kWorker, "group-consume", bus_->name(), "t", "g", file("m" + std::to_string(i))}));
+    ASSERT_TRUE(test::wait_line(members.back(), outs[i], "ready")) << "member " << i;
+  }
+  // A continuous keyed load: 2 producers x 30,000 records at 15,000/s.
+  std::vector<test::Child> producers;
+  for (int i = 0; i < 2; ++i)
+    producers.push_back(test::spawn({kWorker, "produce", bus_->name(), "t", std::to_string(i), "30000", "keyed", "64", "15000"}));
+  std::this_thread::sleep_for(700ms);
+  const std::uint64_t kill_ns = mono_ns();
+  ASSERT_EQ(::kill(members[0].pid, SIGKILL), 0);
+  std::string ignored;
+  test::finish(members[0], ignored);
+  for (auto& p : producers) {
+    std::string o;
+    const int st = test::finish(p, o);
+    ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "producer status " << st;
+  }
+  for (int i = 1; i < 3; ++i) ::kill(members[i].pid, SIGUSR1);
+  for (int i = 1; i < 3; ++i) {
+    const int st = test::finish(members[i], outs[i], 60s);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << outs[i];
+  }
+  const std::uint64_t end_ns = mono_ns();
+  MemberLog victim = read_log(file("m0"), kill_ns);
+  std::vector<MemberLog> logs = {victim, read_log(file("m1"), end_ns), read_log(file("m2"), end_ns)};
+
+  // At-least-once: every record sent was consumed by someone.
+  std::set<std::pair<std::uint32_t, std::uint64_t>> all;
+  for (const auto& l : logs) all.insert(l.consumed.begin(), l.consumed.end());
+  EXPECT_EQ(all.size(), 60000u) << "every produced record consumed at least once";
+
+  // Exclusive ownership: per partition, no two owners' intervals overlap.
+  std::uint64_t checked = 0;
+  for (std::uint32_t p = 0; p < 12; ++p) {
+    std::vector<std::tuple<std::uint64_t, std::uint64_t, std::size_t>> iv;  // from, to, member
+    for (std::size_t m = 0; m < logs.size(); ++m)
+      if (logs[m].owned.count(p))
+        for (auto [from, to] : logs[m].owned.at(p)) iv.push_back({from, to, m});
+    std::sort(iv.begin(), iv.end());
+    ASSERT_FALSE(iv.empty()) << "partition " << p << " never assigned";
+    for (std::size_t i = 1; i < iv.size(); ++i, ++checked)
+      EXPECT_LE(std::get<1>(iv[i - 1]), std::get<0>(iv[i]))
+          << "partition " << p << " had two owners at once: member " << std::get<2>(iv[i - 1]) << " ["
+          << std::get<0>(iv[i - 1]) - kill_ns << ", " << std::get<1>(iv[i - 1]) - kill_ns << ") and member "
+          << std::get<2>(iv[i]) << " from " << std::get<0>(iv[i]) - kill_ns << " (ns after the kill)";
+  }
+  EXPECT_GT(checked, 0u) << "ownership changed hands at least once";
+
+  // The victim's partitions went to the survivors; report how long after the kill.
+  ASSERT_FALSE(victim.holding.empty());
+  std::uint64_t last_taken = 0;
+  for (std::uint32_t p : victim.holding) {
+    std::uint64_t taken = 0;
+    for (std::size_t i = 1; i < logs.size(); ++i)
+      if (logs[i].owned.count(p))
+        for (auto [from, to] : logs[i].owned.at(p))
+          if (from >= kill_ns && (!taken || from < taken)) taken = from;
+    ASSERT_NE(taken, 0u) << "partition " << p << " of the killed member was never reassigned";
+    last_taken = std::max(last_taken, taken);
+  }
+  const double ms = static_cast<double>(last_taken - kill_ns) / 1e6;
+  std::printf("[ figures  ] SIGKILL -> survivors own all %zu of its partitions: %.2f ms; records checked: %zu\n",
+              victim.holding.size(), ms, all.size());
+  RecordProperty("reassign_ms", std::to_string(ms));
+}
+
+TEST_F(Busd, BusdKilledAndRestartedUnderLoadKeepsProducersOffsetsAndTheGroup) {
+  TopicConfig cfg;
+  cfg.partitions = 4;
+  cfg.capacity = 1 << 21;
+  ASSERT_TRUE((*bus_)->create_topic("t", cfg));
+  std::vector<test::Child> members;
+  std::vector<std::string> outs(2);
+  for (int i = 0; i < 2; ++i) {
+    members.push_back(test::spawn({kWorker, "group-consume", bus_->name(), "t", "g", file("m" + std::to_string(i))}));
+    ASSERT_TRUE(test::wait_line(members.back(), outs[i], "ready"));
+  }
+  const pid_t first = busd_pid();
+  ASSERT_GT(first, 0);
+  auto producer = test::spawn({kWorker, "produce", bus_->name(), "t", "0", "40000", "keyed", "64", "20000"});
+  std::this_thread::sleep_for(600ms);
+  json before = describe("g");
+  ASSERT_TRUE(before.contains("partitions")) << before.dump();
+  kill_busd(SIGKILL);
+  // The members notice, start a new busd and join again, saying what they own.
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  json after;
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(50ms);
+    if (busd_pid() == first || busd_pid() <= 0) continue;
+    after = describe("g");
+    if (after.contains("members") && after["members"].size() == 2) break;
+  }
+  ASSERT_NE(busd_pid(), first) << "a new busd was started on demand";
+  ASSERT_EQ(after["members"].size(), 2u) << "the group re-formed: " << after.dump();
+  std::string o;
+  const int st = test::finish(producer, o);
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "the producer never stopped";
+  // Committed offsets survived: none went backwards.
+  json now = describe("g");
+  for (const auto& p0 : before["partitions"])
+    for (const auto& p1 : now["partitions"])
+      if (p0["partition"] == p1["partition"] && !p0["committed"].is_null()) {
+        ASSERT_FALSE(p1["committed"].is_null());
+        EXPECT_GE(p1["committed"].get<std::uint64_t>(), p0["committed"].get<std::uint64_t>());
+      }
+  for (auto& m : members) ::kill(m.pid, SIGUSR1);
+  std::set<std::pair<std::uint32_t, std::uint64_t>> all;
+  for (int i = 0; i < 2; ++i) {
+    test::finish(members[i], outs[i], 60s);
+    auto l = read_log(file("m" + std::to_string(i)), mono_ns());
+    all.insert(l.consumed.begin(), l.consumed.end());
+  }
+  EXPECT_EQ(all.size(), 40000u) << "every record consumed at least once across the busd restart";
+}
+
+TEST_F(Busd, StaleGenerationAndForeignPartitionCommitsAreRefused) {
+  TopicConfig cfg;
+  cfg.partitions = 2;
+  ASSERT_TRUE((*bus_)->create_topic("t", cfg));
+  auto conn = BusdConnection::connect(bus_->name(), 5s);
+  ASSERT_TRUE(conn) << conn.error().message;
+  auto joined = (*conn)->request({{"op", "join"}, {"group", "g"}, {"topics", {"t"}}, {"name", "raw"}}, 5s);
+  ASSERT_TRUE(joined) << joined.error().message;
+  const std::string id = (*joined)["member_id"];
+  // Wait for the assign push: generation 1, both partitions.
+  std::uint64_t gen = 0;
+  for (int i = 0; i < 200 && !gen; ++i) {
+    (*conn)->pump();
+    for (auto& p : (*conn)->pushes())
+      if (p.value("push", "") == "assign") gen = p["generation"];
+    std::this_thread::sleep_for(5ms);
+  }
+  ASSERT_EQ(gen, 1u);
+  auto ok = (*conn)->request({{"op", "commit"}, {"group", "g"}, {"member_id", id}, {"generation", gen}, {"offsets", {{"t", 0, 5}}}}, 5s);
+  EXPECT_TRUE(ok) << ok.error().message;
+  auto stale = (*conn)->request({{"op", "commit"}, {"group", "g"}, {"member_id", id}, {"generation", gen - 1}, {"offsets", {{"t", 0, 9}}}}, 5s);
+  ASSERT_FALSE(stale);
+  EXPECT_NE(stale.error().message.find("stale generation"), std::string::npos) << stale.error().message;
+  auto unknown = (*conn)->request({{"op", "commit"}, {"group", "g"}, {"member_id", "someone-else"}, {"generation", gen}, {"offsets", {{"t", 0, 9}}}}, 5s);
+  ASSERT_FALSE(unknown);
+  EXPECT_NE(unknown.error().message.find("not a member"), std::string::npos);
+  auto foreign = (*conn)->request({{"op", "commit"}, {"group", "g"}, {"member_id", id}, {"generation", gen}, {"offsets", {{"t", 7, 1}}}}, 5s);
+  ASSERT_FALSE(foreign);
+  EXPECT_NE(foreign.error().message.find("not assigned"), std::string::npos);
+  // The refused commits changed nothing.
+  auto committed = (*conn)->request({{"op", "committed"}, {"group", "g"}, {"partitions", json::array({json::array({"t", 0})})}}, 5s);
+  ASSERT_TRUE(committed);
+  EXPECT_EQ((*committed)["offsets"][0], 5);
+  // Live members: reset-offsets is refused.
+  auto reset = (*conn)->request({{"op", "reset_offsets"}, {"group", "g"}, {"topic", "t"}, {"to", "earliest"}}, 5s);
+  ASSERT_FALSE(reset);
+  EXPECT_NE(reset.error().message.find("live members"), std::string::npos);
+}
+
+TEST_F(Busd, ASecondBusdRefusesToStartNamingTheFirst) {
+  auto conn = BusdConnection::connect(bus_->name(), 5s);  // starts the first one
+  ASSERT_TRUE(conn) << conn.error().message;
+  const pid_t first = busd_pid();
+  std::string out;
+  auto second = test::spawn({SHMBUS_BUSD_PATH, "--bus", bus_->name()});
+  const int st = test::finish(second, out, 10s);
+  EXPECT_TRUE(WIFEXITED(st));
+  EXPECT_EQ(WEXITSTATUS(st), 1);
+  EXPECT_EQ(busd_pid(), first) << "the first one still holds the lock";
+  auto status = (*conn)->request({{"op", "status"}}, 5s);
+  ASSERT_TRUE(status);
+  EXPECT_EQ((*status)["pid"], first);
+}
+
+TEST_F(Busd, ClientOfAnotherUidIsRefused) {
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to become another user";
+  auto conn = BusdConnection::connect(bus_->name(), 5s);
+  ASSERT_TRUE(conn);
+  const BusPaths paths = bus_paths(bus_->name());
+  for (int widened = 0; widened < 2; ++widened) {
+    if (widened) {
+      // Someone widened the socket's mode: SO_PEERCRED still keeps the stranger out.
+      ::chmod(dir_.c_str(), 0755);
+      ::chmod(paths.runtime_dir.c_str(), 0755);
+      ::chmod(paths.socket.c_str(), 0666);
+    }
+    const pid_t child = ::fork();
+    if (child == 0) {
+      if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(3);
+      ::setenv("SHMBUS_NO_AUTOSTART", "1", 1);
+      auto c = BusdConnection::connect(bus_->name(), 2s, false);
+      if (c) ::_exit(0);  // let in: the test fails
+      if (c.error().code != Errc::kPermission) std::fprintf(stderr, "refused, but as: %s\n", c.error().message.c_str());
+      ::_exit(c.error().code == Errc::kPermission ? 10 : 11);
+    }
+    int st = 0;
+    ::waitpid(child, &st, 0);
+    ASSERT_TRUE(WIFEXITED(st));
+    EXPECT_EQ(WEXITSTATUS(st), 10) << (widened ? "busd let another uid in" : "the socket let another uid in");
+  }
+}
