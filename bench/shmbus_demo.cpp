@@ -70,17 +70,18 @@ int produce(const std::string& bus, const std::string& topic, std::uint32_t id, 
   return 0;
 }
 
-int consume(const std::string& bus, const std::string& topic, std::uint32_t index, std::uint32_t consumers, Shared* sh,
-            int producers) {
+int consume(const std::string& bus, const std::string& topic, std::uint32_t index, Shared* sh, int producers) {
   auto b = attach(bus);
-  auto info = b->describe_topic(topic);
-  if (!info) return 1;
-  std::vector<TopicPartition> mine;
-  for (std::uint32_t p = index; p < info->config.partitions; p += consumers) mine.push_back({topic, p});
   ConsumerConfig cc;
   cc.auto_offset_reset = OffsetReset::kLatest;
+  cc.client_name = fmt::format("demo-consumer-{}", index);
   auto c = Consumer::create(b, cc);
-  if (!c || !c->assign(mine)) return 1;
+  if (!c) return 1;
+  // A consumer group: busd (started on demand) shares the partitions among the members.
+  if (auto ok = c->subscribe({topic}, "demo"); !ok) {
+    std::cerr << "demo: subscribe: " << ok.error().message << "\n";
+    return 1;
+  }
   sh->consumers_ready.fetch_add(1);
   std::vector<std::uint64_t> lat;
   std::uint64_t idle_since = 0;
@@ -103,9 +104,10 @@ int consume(const std::string& bus, const std::string& topic, std::uint32_t inde
     }
   }
   std::string parts;
-  for (const auto& tp : mine) parts += (parts.empty() ? "" : ",") + std::to_string(tp.partition);
+  for (const auto& tp : c->assignment()) parts += (parts.empty() ? "" : ",") + std::to_string(tp.partition);
+  (void)c->commit();
   const Percentiles p = percentiles(std::move(lat));
-  std::cout << fmt::format("consumer {} (pid {}, partitions {}): {:>8} records  p50 {:>6.1f} us  p90 {:>6.1f}  p99 {:>7.1f}  "
+  std::cout << fmt::format("consumer {} (pid {}, partitions {}): {:>6} records  p50 {:>6.1f} us  p90 {:>6.1f}  p99 {:>7.1f}  "
                            "p99.9 {:>7.1f}  max {:>8.1f}\n",
                            index, ::getpid(), parts, p.samples, p.p50 / 1e3, p.p90 / 1e3, p.p99 / 1e3, p.p999 / 1e3,
                            p.max / 1e3)
@@ -131,12 +133,12 @@ int main(int argc, char** argv) {
   std::vector<pid_t> kids;
   for (int i = 0; i < consumers; ++i) {
     pid_t pid = ::fork();
-    if (pid == 0) ::_exit(consume(bus, topic, static_cast<std::uint32_t>(i), static_cast<std::uint32_t>(consumers), sh, producers));
+    if (pid == 0) ::_exit(consume(bus, topic, static_cast<std::uint32_t>(i), sh, producers));
     kids.push_back(pid);
   }
   while (sh->consumers_ready.load() < consumers) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   std::cout << fmt::format("{} producer processes x {:.0f} records/s for {:.0f} s, keyed, 64-byte values; "
-                           "{} consumer processes share the partitions; latency from the intended send time:\n",
+                           "{} consumer processes in group 'demo' share the partitions; latency from the intended send time:\n",
                            producers, rate, seconds, consumers)
             << std::flush;
   for (int i = 0; i < producers; ++i) {

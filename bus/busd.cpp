@@ -120,6 +120,7 @@ class Daemon {
   std::int64_t started_ns_ = 0;
   std::uint64_t started_mono_ = 0;
   std::optional<unsigned> gid_;
+  bool stopping_ = false;
 };
 
 Daemon::~Daemon() {
@@ -230,6 +231,10 @@ Status Daemon::loop() {
   for (;;) {
     const int n = ::epoll_wait(epoll_fd_, events, 64, 1000);
     if (n < 0 && errno != EINTR) return make_error(Errc::kSystem, fmt::format("epoll_wait: {}", std::strerror(errno)));
+    if (stopping_) {
+      (void)offsets_.flush();
+      return {};
+    }
     for (int i = 0; i < n; ++i) {
       const int fd = events[i].data.fd;
       if (fd == listen_fd_) {
@@ -251,6 +256,10 @@ Status Daemon::loop() {
         }
         if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(fd);
       }
+    }
+    if (stopping_) {
+      (void)offsets_.flush();
+      return {};
     }
   }
 }
@@ -608,6 +617,12 @@ void Daemon::handle(Conn& c, const json& req) {
                       {"bus", bus_->name()}, {"uptime_ms", (shm::monotonic_ns() - started_mono_) / 1'000'000},
                       {"started_ns", started_ns_}, {"socket", paths_.socket}, {"runtime_dir", paths_.runtime_dir},
                       {"state_dir", paths_.state_dir}, {"groups", groups_.size()}, {"members", members}});
+  }
+  if (*op == "shutdown") {
+    reply(c, req, json{{"ok", true}});
+    log(fmt::format("shutdown asked by pid {}", c.pid));
+    stopping_ = true;
+    return;
   }
   if (*op == "join") return op_join(c, req);
   if (*op == "commit") return op_commit(c, req);

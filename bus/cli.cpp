@@ -246,6 +246,9 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
     auto bus = attach(g, false);
     if (!bus) return fail(err, bus.error());
     const std::string name = (*bus)->name();
+    // Stop its busd first (committed offsets stay in the state dir).
+    if (auto conn = BusdConnection::connect(name, std::chrono::seconds(2), /*autostart=*/false))
+      (void)(*conn)->request({{"op", "shutdown"}}, std::chrono::seconds(2));
     bus->reset();
     if (auto ok = Bus::destroy(name); !ok) return fail(err, ok.error());
     if (g.json) out << json{{"deleted_bus", name}}.dump() << "\n";

@@ -6,17 +6,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
-bash scripts/build.sh build -DSHMBUS_TESTS=ON -DSHMBUS_BENCH=ON -- busctl shmbus_bench shmbus_demo
+bash scripts/build.sh build -DSHMBUS_TESTS=ON -DSHMBUS_BENCH=ON -- busctl busd shmbus_bench shmbus_demo
 bus="demo_$$"
+# The demo's busd socket and committed offsets go to a scratch dir, removed at the end.
+export SHMBUS_DIR=$(mktemp -d /tmp/shmbus-demo.XXXXXX)
 busctl() { build/busctl --bus "$bus" "$@"; }
-trap 'build/busctl bus delete --bus "$bus" >/dev/null 2>&1 || true' EXIT
+trap 'build/busctl bus delete --bus "$bus" >/dev/null 2>&1 || true; rm -rf "$SHMBUS_DIR"' EXIT
 
 echo
 echo "== busctl topic create"
 busctl topic create demo.orders --partitions 4 --capacity 1MiB
 echo
-echo "== producers -> consumers, separate processes"
+echo "== producers -> a consumer group, separate processes (busd starts on demand)"
 build/bench/shmbus_demo --bus "$bus" --topic demo.orders --producers 2 --consumers 2 --rate 20000 --seconds 3
+echo
+echo "== busctl status / group describe"
+busctl status
+busctl group describe demo
 echo
 echo "== ping-pong between two processes, with reference rows measured in the same run"
 build/bench/shmbus_bench latency --samples 100000

@@ -14,8 +14,10 @@
 #include <sstream>
 #include <tuple>
 
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "bus/cli.h"
 #include "bus/group_client.h"
 #include "bus/paths.h"
 #include "shmbus/consumer.h"
@@ -320,4 +322,112 @@ TEST_F(Busd, ClientOfAnotherUidIsRefused) {
     ASSERT_TRUE(WIFEXITED(st));
     EXPECT_EQ(WEXITSTATUS(st), 10) << (widened ? "busd let another uid in" : "the socket let another uid in");
   }
+}
+
+TEST_F(Busd, BlockTopicKeepsWhatTheGroupHasNotCommittedWhileNoMemberIsAlive) {
+  TopicConfig cfg;
+  cfg.partitions = 1;
+  cfg.capacity = 1 << 14;
+  cfg.retention = RetentionMode::kBlock;
+  ASSERT_TRUE((*bus_)->create_topic("t", cfg));
+  ProducerConfig pc;
+  pc.max_block_ms = 200;
+  auto p = Producer::create(bus_->get(), pc);
+  auto send = [&](int i) { return p->send("t", std::nullopt, fmt::format("{:06}", i)); };
+  {
+    ConsumerConfig cc;
+    cc.auto_offset_reset = OffsetReset::kEarliest;
+    auto c = Consumer::create(bus_->get(), cc);
+    ASSERT_TRUE(c->subscribe({"t"}, "g"));
+    for (int i = 0; i < 10; ++i) ASSERT_TRUE(send(i));
+    std::size_t got = 0;
+    while (got < 10) {
+      auto b = c->poll(1s);
+      ASSERT_TRUE(b);
+      got += b->size();
+    }
+    ASSERT_TRUE(c->commit());  // offset 10
+    ASSERT_TRUE(c->close());
+  }
+  // No member now. Producers may fill the ring, but not overwrite offset 10 onwards.
+  int sent = 10;
+  for (; sent < 10000; ++sent) {
+    auto r = send(sent);
+    if (!r) {
+      EXPECT_EQ(r.error().code, Errc::kTimedOut) << r.error().message;
+      break;
+    }
+  }
+  ASSERT_LT(sent, 10000) << "the group's committed offset did not hold the producer back";
+  // A new member resumes at the committed offset and finds every record since.
+  ConsumerConfig cc;
+  cc.auto_offset_reset = OffsetReset::kLatest;  // must not matter: there is a committed offset
+  auto c = Consumer::create(bus_->get(), cc);
+  ASSERT_TRUE(c->subscribe({"t"}, "g"));
+  int next = 10;
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (next < sent && std::chrono::steady_clock::now() < deadline) {
+    auto b = c->poll(100ms);
+    ASSERT_TRUE(b);
+    for (const auto& r : *b) {
+      EXPECT_EQ(as_string(r.value), fmt::format("{:06}", next)) << "no gap, no reordering";
+      ++next;
+    }
+  }
+  EXPECT_EQ(next, sent);
+  EXPECT_EQ(c->lost(), 0u);
+}
+
+namespace {
+struct Cli {
+  int code;
+  std::string out, err;
+};
+Cli busctl(std::vector<std::string> args, const std::string& in = "") {
+  args.insert(args.begin(), "busctl");
+  std::vector<const char*> argv;
+  for (const auto& a : args) argv.push_back(a.c_str());
+  std::istringstream is(in);
+  std::ostringstream os, es;
+  const int code = busctl_main(static_cast<int>(argv.size()), argv.data(), is, os, es);
+  return {code, os.str(), es.str()};
+}
+}  // namespace
+
+TEST_F(Busd, BusctlGroupCommandsAndConsumeWithAGroup) {
+  const std::string& b = bus_->name();
+  auto st = busctl({"status", "--bus", b});
+  EXPECT_EQ(st.code, 1) << "status does not start busd";
+  EXPECT_NE(st.out.find("not running"), std::string::npos);
+  ASSERT_EQ(busctl({"topic", "create", "t", "--partitions", "2", "--bus", b}).code, 0);
+  ASSERT_EQ(busctl({"produce", "t", "--partition", "0", "--bus", b}, "a\nb\nc\n").code, 0);
+  auto c1 = busctl({"consume", "t", "--group", "g", "--count", "2", "--timeout-ms", "2000", "--bus", b});
+  ASSERT_EQ(c1.code, 0) << c1.err;
+  EXPECT_EQ(c1.out, "a\nb\n");
+  auto c2 = busctl({"consume", "t", "--group", "g", "--count", "5", "--timeout-ms", "500", "--bus", b});
+  ASSERT_EQ(c2.code, 0) << c2.err;
+  EXPECT_EQ(c2.out, "c\n") << "the second run resumes at the group's committed offset";
+  auto list = busctl({"group", "list", "--json", "--bus", b});
+  ASSERT_EQ(list.code, 0) << list.err;
+  auto lj = json::parse(list.out);
+  ASSERT_EQ(lj.size(), 1u);
+  EXPECT_EQ(lj[0]["group"], "g");
+  auto d = busctl({"--json", "group", "describe", "g", "--bus", b});
+  ASSERT_EQ(d.code, 0) << d.err;
+  auto dj = json::parse(d.out);
+  EXPECT_EQ(dj["partitions"][0]["committed"], 3);
+  EXPECT_EQ(dj["partitions"][0]["lag"], 0);
+  auto reset = busctl({"group", "reset-offsets", "g", "--topic", "t", "--to", "earliest", "--bus", b});
+  ASSERT_EQ(reset.code, 0) << reset.err;
+  auto c3 = busctl({"consume", "t", "--group", "g", "--count", "3", "--timeout-ms", "2000", "--bus", b});
+  EXPECT_EQ(c3.out, "a\nb\nc\n") << "after the reset, from the start again";
+  auto s = busctl({"status", "--json", "--bus", b});
+  ASSERT_EQ(s.code, 0) << s.err;
+  auto sj = json::parse(s.out);
+  EXPECT_EQ(sj["pid"], busd_pid());
+  EXPECT_TRUE(sj.contains("uptime_ms") && sj.contains("version") && sj.contains("socket") && sj.contains("state_dir"));
+  EXPECT_EQ(busctl({"group", "describe", "nope", "--bus", b}).code, 1);
+  EXPECT_EQ(busctl({"group", "describe", "bad/name", "--bus", b}).code, 2);
+  EXPECT_EQ(busctl({"group", "reset-offsets", "g", "--topic", "t", "--to", "sometime", "--bus", b}).code, 2);
+  EXPECT_EQ(busctl({"consume", "t", "--group", "g", "--partition", "0", "--bus", b}).code, 2);
 }
