@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <charconv>
 #include <cerrno>
 #include <cstring>
 #include <iostream>
@@ -65,6 +66,7 @@ struct Member {
   std::uint32_t slot = 0;
   std::int64_t session_timeout_ms = 10'000;
   bool revoking = false;  // asked to give partitions up, not answered yet
+  std::uint64_t revoke_deadline_ns = 0;  // evicted if still revoking then
 };
 
 struct Group {
@@ -73,6 +75,7 @@ struct Group {
   AssignorKind assignor = AssignorKind::kSticky;
   std::map<std::string, Member> members;
   std::uint64_t revoke_deadline_ns = 0;
+  bool pending_grace = false;  // rebalanced during the start-up grace: do it again after
 };
 
 class Daemon {
@@ -121,6 +124,9 @@ class Daemon {
   std::uint64_t started_mono_ = 0;
   std::optional<unsigned> gid_;
   bool stopping_ = false;
+  std::uint64_t grace_until_ns_ = 0;
+  std::set<std::int32_t> returning_;  // pids of the previous busd's live members
+  std::set<std::pair<std::string, TopicPartition>> dirty_gates_;  // move after the next flush
 };
 
 Daemon::~Daemon() {
@@ -137,6 +143,7 @@ Daemon::~Daemon() {
 Status Daemon::start() {
   started_ns_ = shm::realtime_ns();
   started_mono_ = shm::monotonic_ns();
+
   BusOptions bo;
   bo.name = opts_.bus;
   bo.group = opts_.group;
@@ -172,6 +179,20 @@ Status Daemon::start() {
   if (offsets_.skipped_lines())
     log(fmt::format("{}: skipped {} torn or corrupt lines", offsets_.path(), offsets_.skipped_lines()));
 
+  // A previous busd's members that are still alive will come back (they look every 100 ms)
+  // with the partitions they consume: until they have, or for a second at most, hand out
+  // no partition that may be theirs.
+  if (auto old = shm::Segment::open(busd_segment_name(bus_->name()), shm::SegmentKind::kBusd, kBusdLayoutMajor, false)) {
+    const auto* old_slots = old->at<const MemberSlot>(kMemberSlotsOffset);
+    for (std::uint32_t i = 0; i < kMemberSlots; ++i) {
+      const std::int32_t pid = old_slots[i].pid.load(std::memory_order_relaxed);
+      if (pid > 0 && shm::process_alive(pid, 0)) returning_.insert(pid);
+    }
+  }
+  if (!returning_.empty()) {
+    grace_until_ns_ = started_mono_ + 1'000'000'000;
+    log(fmt::format("{} members of the previous busd are alive: waiting up to 1 s for them to rejoin", returning_.size()));
+  }
   // Our segment: member notices and heartbeats. Replaced whole: a previous busd's members
   // reconnect and get slots in this one.
   shm::SegmentSpec spec{busd_segment_name(bus_->name()), shm::SegmentKind::kBusd, kBusdLayoutMajor, kBusdLayoutMinor,
@@ -270,7 +291,10 @@ void Daemon::accept_clients() {
     if (fd < 0) return;
     ucred cred{};
     socklen_t len = sizeof cred;
-    ::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len);
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+      ::close(fd);
+      continue;
+    }
     // The socket's mode already keeps others out; SO_PEERCRED is the second lock, for a
     // socket file whose mode someone widened.
     const bool allowed = cred.uid == ::geteuid() || cred.uid == 0 || (gid_ && cred.gid == *gid_);
@@ -325,7 +349,18 @@ void Daemon::on_readable(int fd) {
       return;
     }
     if (!*m) return;
-    handle(c->second, **m);
+    try {
+      handle(c->second, **m);
+    } catch (const std::exception& e) {
+      // A field of the wrong type in a well-framed message: refuse it, drop the client,
+      // never the daemon.
+      const json& req = **m;
+      if (conns_.count(fd)) {
+        reply_error(conns_.at(fd), req, Errc::kInvalidArgument, fmt::format("malformed request: {}", e.what()));
+        close_conn(fd, fmt::format("malformed request: {}", e.what()));
+      }
+      return;
+    }
   }
 }
 
@@ -347,6 +382,8 @@ void Daemon::send(int fd, const json& m) {
   if (it == conns_.end()) return;
   proto::encode(m, it->second.out);
   flush_out(it->second);
+  // A client that does not read its socket does not get to grow busd's memory.
+  if (it->second.out.size() > (16u << 20)) close_conn(fd, "not reading its replies");
 }
 
 void Daemon::flush_out(Conn& c) {
@@ -393,7 +430,14 @@ void Daemon::rebalance(Group& g) {
   if (g.members.empty()) return;
   std::vector<MemberSubscription> subs;
   for (const auto& [id, m] : g.members) subs.push_back({id, m.topics, m.owned});
-  const Assignment target = assign(g.assignor, counts_for(g), subs);
+  Assignment target = assign(g.assignor, counts_for(g), subs);
+  if (shm::monotonic_ns() < grace_until_ns_) {
+    // Just started: members of the previous busd are still coming back, each with the
+    // partitions it consumes. Until they had the time to, hand out nothing new (it may be
+    // theirs), and take nothing away. tick() rebalances when the grace ends.
+    for (auto& [id, m] : g.members) target[id] = m.owned;
+    g.pending_grace = true;
+  }
   bool waiting = false;
   for (auto& [id, m] : g.members) {
     if (m.revoking) {
@@ -407,15 +451,13 @@ void Daemon::rebalance(Group& g) {
     if (give_up.empty()) continue;
     // A partition moves only once its owner has stopped with it: never two owners at once.
     m.revoking = true;
+    m.revoke_deadline_ns = shm::monotonic_ns() + opts_.rebalance_timeout_ms * 1'000'000ull;
     waiting = true;
     send(m.fd, json{{"push", "revoke"}, {"group", g.name}, {"generation", g.generation}, {"partitions", tps_json(give_up)}});
     notify_member(m);
   }
-  if (waiting) {
-    if (!g.revoke_deadline_ns) g.revoke_deadline_ns = shm::monotonic_ns() + opts_.rebalance_timeout_ms * 1'000'000ull;
-    return;
-  }
-  g.revoke_deadline_ns = 0;
+  g.revoke_deadline_ns = waiting ? 1 : 0;  // "rebalancing", for describe
+  if (waiting) return;
   ++g.generation;
   for (auto& [id, m] : g.members) {
     m.owned = target.at(id);
@@ -501,7 +543,7 @@ void Daemon::op_join(Conn& c, const json& req) {
   std::optional<std::uint32_t> slot;
   for (std::uint32_t i = 0; i < kMemberSlots && !slot; ++i) {
     std::int32_t zero = 0;
-    if (slots_[i].pid.compare_exchange_strong(zero, c.pid)) slot = i;
+    if (slots_[i].pid.compare_exchange_strong(zero, c.pid > 0 ? c.pid : -1)) slot = i;
   }
   if (!slot) return reply_error(c, req, Errc::kTooManyClients, fmt::format("busd has no free member slot ({})", kMemberSlots));
   slots_[*slot].heartbeat_ns.store(shm::monotonic_ns(), std::memory_order_relaxed);
@@ -526,8 +568,9 @@ void Daemon::op_join(Conn& c, const json& req) {
   g.members[id] = m;
   c.group = group;
   c.member_id = id;
+  if (returning_.erase(c.pid) && returning_.empty()) grace_until_ns_ = 0;  // all are back
   reply(c, req, json{{"ok", true}, {"member_id", id}, {"slot", *slot}, {"segment", busd_segment_name(bus_->name())},
-                     {"generation", g.generation}});
+                     {"generation", g.generation}, {"owned", tps_json(m.owned)}});
   log(fmt::format("group '{}': member {} (pid {}) joined, topics {}", group, id, c.pid, json(topics).dump()));
   rebalance(g);
 }
@@ -560,9 +603,13 @@ void Daemon::op_commit(Conn& c, const json& req) {
   }
   for (const auto& [tp, off] : todo) {
     offsets_.put({group, tp.topic, tp.partition}, off);
-    update_gate(group, tp);
+    dirty_gates_.insert({group, tp});
   }
-  if (req.value("sync", false)) (void)offsets_.flush();
+  if (req.contains("sync") && req["sync"].is_boolean() && req["sync"].get<bool>()) {
+    if (auto ok = offsets_.flush(); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
+    for (const auto& [grp, tp] : dirty_gates_) update_gate(grp, tp);
+    dirty_gates_.clear();
+  }
   reply(c, req, json{{"ok", true}});
 }
 
@@ -700,11 +747,11 @@ void Daemon::handle(Conn& c, const json& req) {
     json result = json::array();
     for (std::uint32_t p = 0; p < (*t)->partitions(); ++p) {
       const shm::Ring& ring = (*t)->ring(p);
-      std::uint64_t off;
+      std::uint64_t off = 0;
       if (to == "earliest") off = ring.start_offset();
       else if (to == "latest") off = ring.end_offset();
-      else if (!to.empty() && std::all_of(to.begin(), to.end(), ::isdigit)) off = std::stoull(to);
-      else return reply_error(c, req, Errc::kInvalidArgument, fmt::format("--to '{}': use earliest, latest or an offset", to));
+      else if (auto [ptr, ec] = std::from_chars(to.data(), to.data() + to.size(), off); to.empty() || ec != std::errc() || ptr != to.data() + to.size())
+        return reply_error(c, req, Errc::kInvalidArgument, fmt::format("--to '{}': use earliest, latest or an offset", to));
       offsets_.put({group, topic, p}, off);
       update_gate(group, {topic, p});
       result.push_back({{"topic", topic}, {"partition", p}, {"committed", off}});
@@ -716,15 +763,29 @@ void Daemon::handle(Conn& c, const json& req) {
 }
 
 void Daemon::tick() {
-  (void)offsets_.flush();
+  // Durable gates move only once the offset they stand for is on disk.
+  if (offsets_.flush()) {
+    for (const auto& [group, tp] : dirty_gates_) update_gate(group, tp);
+    dirty_gates_.clear();
+  }
   const std::uint64_t now = shm::monotonic_ns();
+  if (grace_until_ns_ && now >= grace_until_ns_) {
+    grace_until_ns_ = 0;
+    returning_.clear();
+  }
+  if (!grace_until_ns_)
+    for (auto& [name, g] : groups_)
+      if (g.pending_grace) {
+        g.pending_grace = false;
+        rebalance(g);
+      }
   for (auto& [name, g] : groups_) {
     std::vector<std::pair<std::string, std::string>> evict;
     for (const auto& [id, m] : g.members) {
       const std::uint64_t hb = slots_[m.slot].heartbeat_ns.load(std::memory_order_relaxed);
       if (now > hb && now - hb > static_cast<std::uint64_t>(m.session_timeout_ms) * 1'000'000ull)
         evict.push_back({id, fmt::format("no heartbeat for {} ms (session timeout)", (now - hb) / 1'000'000)});
-      else if (m.revoking && g.revoke_deadline_ns && now > g.revoke_deadline_ns)
+      else if (m.revoking && now > m.revoke_deadline_ns)
         evict.push_back({id, "did not give up its revoked partitions in time"});
     }
     for (const auto& [id, why] : evict) {
@@ -732,9 +793,9 @@ void Daemon::tick() {
       auto c = conns_.find(fd);
       if (c != conns_.end()) {
         send(fd, json{{"push", "evicted"}, {"group", name}, {"message", why}});
+        notify_member(g.members.at(id));  // so that it stops at its next poll
         c->second.member_id.clear();
       }
-      g.revoke_deadline_ns = 0;
       remove_member(g, id, why);
     }
   }

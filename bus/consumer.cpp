@@ -67,6 +67,7 @@ struct GroupState {
   std::uint64_t polls = 0;
   std::uint64_t last_heartbeat = 0, last_check = 0, last_commit = 0, last_reconnect = 0;
   bool assigned_once = false;
+  std::uint64_t reconnect_backoff = 100'000'000;  // ns between attempts to reach busd again
   std::map<std::pair<std::string, std::uint32_t>, std::uint64_t> last_committed;
 };
 
@@ -118,7 +119,11 @@ struct Consumer::Impl {
         return make_error(Errc::kOffsetOutOfRange, fmt::format("{}-{}: committed offset {} is not in the ring (it holds {}..{})",
                                                                tp.topic, tp.partition, *start, a.reader.ring().start_offset(),
                                                                a.reader.ring().end_offset()));
-      if (*start < a.reader.ring().start_offset()) lost += a.reader.ring().start_offset() - *start;
+      if (*start < a.reader.ring().start_offset()) {
+        // Overwritten since it was committed: lose as little as possible.
+        a.reader.seek_earliest();
+        lost += a.reader.offset() - *start;
+      }
     }
     return a;
   }
@@ -161,7 +166,8 @@ struct Consumer::Impl {
   }
 
   Status join(bool with_owned) {
-    auto conn = BusdConnection::connect(bus->name(), std::chrono::seconds(5));
+    // From poll() (a rejoin) keep it short: the caller is waiting for records.
+    auto conn = BusdConnection::connect(bus->name(), with_owned ? std::chrono::milliseconds(500) : std::chrono::milliseconds(5000));
     if (!conn) return tl::unexpected(conn.error());
     auto r = (*conn)->request(join_request(with_owned), std::chrono::seconds(5));
     if (!r) return tl::unexpected(r.error());
@@ -174,6 +180,15 @@ struct Consumer::Impl {
     group->seen_notice = group->slot->notice.load(std::memory_order_acquire);
     group->member_id = (*r).value("member_id", "");
     group->conn = std::move(*conn);
+    if (with_owned && r->contains("owned")) {
+      // What busd did not let us keep is someone else's now: stop with it at once.
+      const auto kept = parse_tps((*r)["owned"]);
+      std::vector<TopicPartition> gone;
+      for (const auto& a : assigned)
+        if (std::find(kept.begin(), kept.end(), a.tp) == kept.end()) gone.push_back(a.tp);
+      if (!gone.empty() && config.on_revoked) config.on_revoked(gone);
+      for (const auto& tp : gone) drop(tp);
+    }
     group->last_heartbeat = group->last_check = group->last_reconnect = shm::monotonic_ns();
     group->slot->heartbeat_ns.store(group->last_heartbeat, std::memory_order_relaxed);
     return {};
@@ -251,13 +266,22 @@ struct Consumer::Impl {
     }
     if (added.empty()) return {};
     auto committed = fetch_committed(added);
+    auto give_back = [&](const Error& e) -> Status {
+      // Never guess a start: without the committed offsets (or a gate), leave the group
+      // and join again, so that busd gives these partitions to someone who can take them.
+      for (const auto& tp : added) drop(tp);
+      group->conn.reset();
+      group->slot = nullptr;
+      return make_error(e.code, fmt::format("group '{}': could not take partitions ({}); joining again", group->name, e.message));
+    };
+    if (!committed) return give_back(committed.error());
     for (std::size_t i = 0; i < added.size(); ++i) {
-      std::optional<std::uint64_t> start = committed && i < committed->size() ? (*committed)[i] : std::nullopt;
+      std::optional<std::uint64_t> start = i < committed->size() ? (*committed)[i] : std::nullopt;
       auto a = make_assigned(added[i], start);
-      if (!a) return tl::unexpected(a.error());
+      if (!a) return give_back(a.error());
       if (start) group->last_committed[{added[i].topic, added[i].partition}] = *start;
       assigned.push_back(std::move(*a));
-      if (auto ok = arm(assigned.back()); !ok) return ok;
+      if (auto ok = arm(assigned.back()); !ok) return give_back(ok.error());
     }
     if (config.on_assigned) config.on_assigned(added);
     return {};
@@ -282,18 +306,20 @@ struct Consumer::Impl {
         assigned.clear();
         group->member_id.clear();
         group->conn.reset();
+        group->slot = nullptr;  // busd freed it; it may be another member's now
         return {};
       }
     }
     return {};
   }
 
-  // Called on every poll: one load of the notice word; the rest every 64th poll.
+  // Called on every poll: one load of the notice word; the rest every 8th poll.
   Status group_tick() {
     if (!group) return {};
     bool check = group->slot && group->conn &&
                  group->slot->notice.load(std::memory_order_acquire) != group->seen_notice;  // SYNC POINT: busd's release bump
-    if ((++group->polls & 63) != 0 && !check) return {};
+    // The clock every 8th poll: a member busy with large batches still heartbeats in time.
+    if ((++group->polls & 7) != 0 && !check) return {};
     const std::uint64_t now = shm::monotonic_ns();
     if (group->slot && now - group->last_heartbeat >= 100'000'000) {
       group->slot->heartbeat_ns.store(now, std::memory_order_relaxed);
@@ -302,9 +328,14 @@ struct Consumer::Impl {
     if (!group->conn) {
       // busd went away (or evicted us): consume on, and join again every 100 ms, saying
       // what we still own so that the group re-forms without moving a partition.
-      if (now - group->last_reconnect < 100'000'000) return {};
+      if (now - group->last_reconnect < group->reconnect_backoff) return {};
       group->last_reconnect = now;
-      if (join(true)) group->last_check = 0;
+      if (join(true)) {
+        group->last_check = 0;
+        group->reconnect_backoff = 100'000'000;
+      } else {
+        group->reconnect_backoff = std::min<std::uint64_t>(group->reconnect_backoff * 2, 5'000'000'000);
+      }
       return {};
     }
     if (check || now - group->last_check >= 100'000'000) {
@@ -319,11 +350,10 @@ struct Consumer::Impl {
     }
     if (config.enable_auto_commit && group->conn && now - group->last_commit >= static_cast<std::uint64_t>(config.auto_commit_interval.count()) * 1'000'000) {
       group->last_commit = now;
+      // Asynchronous: not marked as committed (busd may refuse it, e.g. in a rebalance), so
+      // idle partitions are sent again next time and close() commits for sure.
       auto offs = positions(true);
-      if (!offs.empty()) {
-        (void)commit_offsets(offs, false);
-        for (const auto& [tp, o] : offs) group->last_committed[{tp.topic, tp.partition}] = o;
-      }
+      if (!offs.empty()) (void)commit_offsets(offs, false);
     }
     return {};
   }
@@ -361,15 +391,17 @@ struct Consumer::Impl {
     for (std::uint32_t i = 0; i < shm::kGateSlots; ++i) {
       shm::GateSlot* g = ring.gate(i);
       std::int32_t pid = g->owner_pid.load(std::memory_order_acquire);
+      if (pid < 0) continue;  // being taken by someone else
       if (pid != 0 && (g->kind.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(shm::GateKind::kDurable) ||
                        shm::process_alive(pid, g->owner_start_ticks.load(std::memory_order_relaxed))))
         continue;
-      // Publish a position before the owner, so producers never see an owner at position 0.
-      g->position.store(a.reader.position(), std::memory_order_release);
-      if (!g->owner_pid.compare_exchange_strong(pid, me.pid, std::memory_order_acq_rel)) continue;
-      g->owner_start_ticks.store(me.start_ticks, std::memory_order_relaxed);
+      // Take it first (-1: producers skip it), fill it in, then publish the owner: no field
+      // of ours can land on a gate another consumer won.
+      if (!g->owner_pid.compare_exchange_strong(pid, -1, std::memory_order_acq_rel)) continue;
       g->kind.store(static_cast<std::uint32_t>(shm::GateKind::kProcess), std::memory_order_relaxed);
+      g->owner_start_ticks.store(me.start_ticks, std::memory_order_relaxed);
       g->position.store(a.reader.position(), std::memory_order_release);
+      g->owner_pid.store(me.pid, std::memory_order_release);
       a.gate = g;
       a.gate_position = a.reader.position();
       // A producer that looked at the gates before ours went up may have reclaimed past
@@ -431,9 +463,9 @@ struct Consumer::Impl {
     const std::size_t first = pending.size();
     while (pending.size() - first < limit) {
       const shm::RecordHeader* h = nullptr;
-      const shm::ReadStatus st = a.reader.next(h);
+      std::uint32_t len = 0;  // checked by next(): never read the header's length again
+      const shm::ReadStatus st = a.reader.next(h, len);
       if (st == shm::ReadStatus::kRecord) {
-        const std::uint32_t len = shm::racy_u32(&h->length);
         Pending p{idx, a.reader.offset(), nullptr, 0};
         if (a.zero_copy) {
           p.ring_at = reinterpret_cast<const std::byte*>(h);
@@ -518,8 +550,8 @@ struct Consumer::Impl {
   // Eventcount, consumer side: register, look again, sleep. Pairs with the load of
   // `waiters` right after a producer's claim CAS (RingWriter::claim).
   void block(std::int64_t max_ns) {
-    shm::FutexWaitItem items[64];
-    const std::size_t n = std::min<std::size_t>(assigned.size(), 64);
+    shm::FutexWaitItem items[128];  // futex_waitv takes at most 128 words
+    const std::size_t n = std::min<std::size_t>(assigned.size(), 127);
     bool in_flight = false;
     for (std::size_t i = 0; i < n; ++i) {
       auto& ctl = *assigned[i].reader.ring().ctl();
@@ -532,7 +564,7 @@ struct Consumer::Impl {
       in_flight |= r.ring().tail_position_seq_cst() > r.position();
     }
     std::size_t waits = n;
-    if (group && group->slot && waits < 64) items[waits++] = {&group->slot->notice, group->seen_notice};
+    if (group && group->slot) items[waits++] = {&group->slot->notice, group->seen_notice};
     if (in_flight) {
       // A claim made before we registered may not wake us: its commit is imminent (or its
       // writer is dead, which the stall check finds), so do not sleep on it.

@@ -119,7 +119,7 @@ Status OffsetStore::flush() {
     done += static_cast<std::size_t>(n);
   }
   pending_.clear();
-  ::fdatasync(fd_);
+  if (::fdatasync(fd_) != 0) return make_error(Errc::kSystem, fmt::format("cannot sync {}: {}", path_, std::strerror(errno)));
   return {};
 }
 
@@ -138,8 +138,16 @@ Status OffsetStore::compact() {
   ::close(fd);
   if (::rename(tmp.c_str(), path_.c_str()) != 0)
     return make_error(Errc::kSystem, fmt::format("cannot replace {}: {}", path_, std::strerror(errno)));
+  // The rename is durable only once the directory is synced.
+  const std::string dir = path_.substr(0, path_.rfind('/'));
+  if (const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+  const int nfd = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (nfd < 0) return make_error(Errc::kSystem, fmt::format("cannot reopen {}: {}", path_, std::strerror(errno)));
   if (fd_ >= 0) ::close(fd_);
-  fd_ = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  fd_ = nfd;
   pending_.clear();
   lines_ = offsets_.size();
   return {};

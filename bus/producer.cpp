@@ -78,6 +78,7 @@ struct Producer::Impl {
     auto it = topics.find(name);
     if (it == topics.end() || it->second.topic->deleted()) {
       if (it != topics.end()) {
+        if (reservation_open) return make_error(Errc::kTopicDeleted, fmt::format("topic '{}' was deleted", name));
         if (last == &it->second) last = nullptr;
         topics.erase(it);
       }
@@ -140,6 +141,8 @@ struct Producer::Impl {
     l.payload = static_cast<std::uint32_t>(payload);
     const std::uint64_t align = config.record_alignment;
     l.bytes = static_cast<std::uint32_t>((shm::kRecordHeaderSize + payload + align - 1) & ~(align - 1));
+    // Near the topic's limit the alignment must not push a record past what the ring takes.
+    if (l.bytes > t.topic->ring(0).max_record()) l.bytes = static_cast<std::uint32_t>(shm::align8(shm::kRecordHeaderSize + payload));
     return l;
   }
 
@@ -180,6 +183,8 @@ Result<RecordMetadata> Producer::send(std::string_view topic, const Message& m,
 Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<const Message> messages,
                                             std::optional<std::uint32_t> partition) noexcept {
   if (messages.empty()) return make_error(Errc::kInvalidArgument, "empty batch");
+  if (impl_->reservation_open)
+    return make_error(Errc::kInvalidArgument, "a reservation of this producer is open: commit() or abort() it first");
   auto t = impl_->topic(topic);
   if (!t) return tl::unexpected(t.error());
   Impl::TopicState& ts = **t;
@@ -231,6 +236,7 @@ Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<co
     writer.publish(at, claim->offset + i);
     cur = at + sizes[i];
   }
+  writer.clear_intent();
   ring.notify(claim->wake);
   // Ask for the lines of the next claim now (prefetch for write), so that their ownership
   // moves while we return to the caller: the next claim's CAS, a full barrier, then waits
@@ -242,6 +248,10 @@ Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<co
 
 Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Bytes> key, std::size_t value_size,
                                       std::optional<std::uint32_t> partition, std::span<const Header> headers) noexcept {
+  // One claim per writer slot at a time: a second one would replace the intent that lets
+  // others finish this one if we die (docs/ring.md, "Dead writers").
+  if (impl_->reservation_open)
+    return make_error(Errc::kInvalidArgument, "a reservation of this producer is open: commit() or abort() it first");
   auto t = impl_->topic(topic);
   if (!t) return tl::unexpected(t.error());
   Impl::TopicState& ts = **t;
@@ -271,6 +281,8 @@ Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Byte
   r.meta_ = RecordMetadata{*p, claim->offset};
   r.wake_ = claim->wake;
   r.open_ = true;
+  r.producer_open_ = &impl_->reservation_open;
+  impl_->reservation_open = true;
   return r;
 }
 
@@ -281,7 +293,8 @@ Reservation::Reservation(Reservation&& o) noexcept
       value_(o.value_),
       meta_(o.meta_),
       wake_(o.wake_),
-      open_(std::exchange(o.open_, false)) {}
+      open_(std::exchange(o.open_, false)),
+      producer_open_(o.producer_open_) {}
 
 Reservation::~Reservation() { abort(); }
 
@@ -289,8 +302,10 @@ void Reservation::commit() noexcept {
   if (!open_) return;
   auto* w = static_cast<shm::RingWriter*>(writer_);
   w->publish(position_, meta_.offset);
+  w->clear_intent();
   w->ring().notify(wake_);
   open_ = false;
+  if (producer_open_) *producer_open_ = false;
 }
 
 void Reservation::abort() noexcept {
@@ -300,6 +315,7 @@ void Reservation::abort() noexcept {
   w->abort(shm::Claim{meta_.offset, position_, end_, 1});
   w->ring().notify(wake_);
   open_ = false;
+  if (producer_open_) *producer_open_ = false;
 }
 
 }  // namespace shmbus

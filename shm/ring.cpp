@@ -156,10 +156,14 @@ void Ring::finalize_claim(std::uint64_t offset, std::uint64_t pos, std::uint64_t
 
 bool Ring::resolve_stall(std::uint64_t offset, std::uint64_t pos) const noexcept {
   const ProcessId& me = self_process();
+  // First pass: is the claim a live writer's? Then wait, whatever other slots say.
+  WriterSlot* dead = nullptr;
+  std::int32_t dead_pid = 0;
   for (std::uint32_t i = 0; i < kWriterSlots; ++i) {
     WriterSlot& s = writers_[i];
-    std::int32_t pid = s.owner_pid.load(std::memory_order_acquire);
+    const std::int32_t pid = s.owner_pid.load(std::memory_order_acquire);
     if (pid == 0) continue;
+    if (pid < 0) return false;  // a slot changing hands: look again later
     const std::uint64_t io = s.intent_offset.load(std::memory_order_acquire);
     if (io == kNoIntent) continue;
     const std::uint64_t ipos = s.intent_position.load(std::memory_order_relaxed);
@@ -167,19 +171,27 @@ bool Ring::resolve_stall(std::uint64_t offset, std::uint64_t pos) const noexcept
     const std::uint32_t icount = s.intent_count.load(std::memory_order_relaxed);
     if (offset < io || offset >= io + icount || pos < ipos || pos >= ipos + ibytes) continue;
     if (process_alive(pid, s.owner_start_ticks.load(std::memory_order_relaxed))) return false;
-    // Take the dead writer's slot over so that exactly one process finishes its claim; if we
-    // die while doing it, our own pid is dead next time and somebody else takes over.
-    if (!s.owner_pid.compare_exchange_strong(pid, me.pid, std::memory_order_acq_rel)) return false;
-    s.owner_start_ticks.store(me.start_ticks, std::memory_order_relaxed);
-    if (reclaim_position() <= ipos || reclaim_position() <= pos) {
-      finalize_claim(io, ipos, ibytes, icount, pid);
-      ctl_->stats.dead_claims_reclaimed.fetch_add(1, std::memory_order_relaxed);
+    if (!dead) {
+      dead = &s;
+      dead_pid = pid;
     }
-    s.intent_offset.store(kNoIntent, std::memory_order_relaxed);
-    s.owner_pid.store(0, std::memory_order_release);
-    return true;
   }
-  return false;
+  if (!dead) return false;
+  // Take the dead writer's slot over so that exactly one process finishes its claim; if we
+  // die while doing it, our own pid is dead next time and somebody else takes over.
+  std::int32_t expect = dead_pid;
+  if (!dead->owner_pid.compare_exchange_strong(expect, -1, std::memory_order_acq_rel)) return false;
+  dead->owner_start_ticks.store(me.start_ticks, std::memory_order_relaxed);
+  dead->owner_pid.store(me.pid, std::memory_order_release);
+  const std::uint64_t io = dead->intent_offset.load(std::memory_order_acquire);
+  if (io != kNoIntent && reclaim_position() <= pos) {
+    finalize_claim(io, dead->intent_position.load(std::memory_order_relaxed), dead->intent_bytes.load(std::memory_order_relaxed),
+                   dead->intent_count.load(std::memory_order_relaxed), dead_pid);
+    ctl_->stats.dead_claims_reclaimed.fetch_add(1, std::memory_order_relaxed);
+  }
+  dead->intent_offset.store(kNoIntent, std::memory_order_relaxed);
+  dead->owner_pid.store(0, std::memory_order_release);
+  return true;
 }
 
 std::uint64_t Ring::gate_min(std::uint64_t reap_dead_below) const noexcept {
@@ -187,7 +199,7 @@ std::uint64_t Ring::gate_min(std::uint64_t reap_dead_below) const noexcept {
   for (std::uint32_t i = 0; i < kGateSlots; ++i) {
     GateSlot& g = gates_[i];
     std::int32_t pid = g.owner_pid.load(std::memory_order_acquire);
-    if (pid == 0) continue;
+    if (pid <= 0) continue;  // free, or being taken (its taker bumps the gate generation after)
     const std::uint64_t p = g.position.load(std::memory_order_acquire);
     if (p < reap_dead_below && g.kind.load(std::memory_order_relaxed) != static_cast<std::uint32_t>(GateKind::kDurable) &&
         !process_alive(pid, g.owner_start_ticks.load(std::memory_order_relaxed))) {
@@ -225,21 +237,24 @@ Status RingWriter::open() {
     for (std::uint32_t i = 0; i < kWriterSlots; ++i) {
       WriterSlot& s = *ring_.writer_slot(i);
       std::int32_t pid = s.owner_pid.load(std::memory_order_acquire);
+      if (pid < 0) continue;  // changing hands
       if (pid != 0) {
         // Second pass only: a dead owner's slot, once its claim (if any) is finished.
         if (pass == 0 || process_alive(pid, s.owner_start_ticks.load(std::memory_order_relaxed))) continue;
-        if (!s.owner_pid.compare_exchange_strong(pid, me.pid, std::memory_order_acq_rel)) continue;
-        s.owner_start_ticks.store(me.start_ticks, std::memory_order_relaxed);
-        const std::uint64_t io = s.intent_offset.load(std::memory_order_acquire);
-        if (io != kNoIntent && ring_.reclaim_position() <= s.intent_position.load(std::memory_order_relaxed))
-          ring_.finalize_claim(io, s.intent_position.load(std::memory_order_relaxed),
-                               s.intent_bytes.load(std::memory_order_relaxed),
-                               s.intent_count.load(std::memory_order_relaxed), pid);
-      } else if (!s.owner_pid.compare_exchange_strong(pid, me.pid, std::memory_order_acq_rel)) {
-        continue;
       }
-      s.owner_start_ticks.store(me.start_ticks, std::memory_order_relaxed);
+      // -1 while the slot changes hands: reclaimers wait, nobody judges its liveness.
+      const std::int32_t was = pid;
+      if (!s.owner_pid.compare_exchange_strong(pid, -1, std::memory_order_acq_rel)) continue;
+      if (was != 0) {
+        const std::uint64_t io = s.intent_offset.load(std::memory_order_acquire);
+        const std::uint64_t ipos = s.intent_position.load(std::memory_order_relaxed);
+        if (io != kNoIntent && ring_.reclaim_position() <= ipos)
+          ring_.finalize_claim(io, ipos, s.intent_bytes.load(std::memory_order_relaxed),
+                               s.intent_count.load(std::memory_order_relaxed), was);
+      }
       s.intent_offset.store(kNoIntent, std::memory_order_release);
+      s.owner_start_ticks.store(me.start_ticks, std::memory_order_relaxed);
+      s.owner_pid.store(me.pid, std::memory_order_release);
       slot_ = &s;
       cached_tail_ = load128(&ring_.ctl()->tail);
       cached_reclaim_ = ring_.reclaim_position();
@@ -279,7 +294,9 @@ Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64
       const bool wake = ring_.ctl()->notify.waiters.load(std::memory_order_seq_cst) != 0;
       return Claim{cur.first, cur.second, end, static_cast<std::uint32_t>(sizes.size()), wake};
     }
-    // cur now holds the current tail; lay the batch out again from there.
+    // cur now holds the current tail; lay the batch out again from there. The intent we
+    // published names an offset that is now someone else's: withdraw it before waiting.
+    slot_->intent_offset.store(kNoIntent, std::memory_order_release);
   }
 }
 
@@ -318,7 +335,8 @@ Status RingWriter::make_room(std::uint64_t target, std::int64_t block_timeout_ns
         // next lap here: these reads can race with it (racy_u32), and what they return only
         // counts if our CAS on `reclaim` below succeeds, which it then cannot.
         const std::uint32_t len = racy_u32(&h->length), count = racy_u32(&h->key_len);
-        const bool sane = len >= kRecordHeaderSize && len <= ring_.max_record() && (len & 7) == 0 &&
+        const std::uint64_t limit_len = st == RecordState::kAborted ? ring_.capacity() / 2 : ring_.max_record();
+        const bool sane = len >= kRecordHeaderSize && len <= limit_len && (len & 7) == 0 &&
                           (p & ring_.mask()) + len <= ring_.capacity();
         if ((st == RecordState::kCommitted || st == RecordState::kAborted) && !sane) {
           if (ring_.reclaim_position() != r.second) break;  // stale view: start again
@@ -364,6 +382,11 @@ Status RingWriter::make_room(std::uint64_t target, std::int64_t block_timeout_ns
 
 void RingWriter::abort(const Claim& c) const noexcept {
   ring_.finalize_claim(c.offset, c.position, c.end - c.position, c.count, self_process().pid);
+  clear_intent();
+}
+
+void RingWriter::clear_intent() const noexcept {
+  if (slot_) slot_->intent_offset.store(kNoIntent, std::memory_order_release);
 }
 
 void RingReader::seek_earliest() noexcept {
@@ -411,11 +434,12 @@ bool RingReader::seek(std::uint64_t offset) noexcept {
     offset_ = r.first;
     pos_ = r.second;
     const RecordHeader* h = nullptr;
+    std::uint32_t len = 0;
     bool lapped = false;
     while (offset_ < offset) {
-      ReadStatus st = next(h);
+      ReadStatus st = next(h, len);
       if (st == ReadStatus::kRecord) {
-        advance(racy_u32(&h->length));
+        advance(len);
         continue;
       }
       if (st == ReadStatus::kNone && offset_ >= offset) break;

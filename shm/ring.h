@@ -187,6 +187,10 @@ class RingWriter {
   // Turns an unfinished claim of ours into ABORTED records (a reservation given up).
   void abort(const Claim& c) const noexcept;
 
+  // The claim is finished (every record published or aborted): no intent stays behind for
+  // a reclaimer to match against someone else's claim at the same place.
+  void clear_intent() const noexcept;
+
  private:
   Status make_room(std::uint64_t target, std::int64_t block_timeout_ns) noexcept;
 
@@ -218,7 +222,9 @@ class RingReader {
   bool seek(std::uint64_t offset) noexcept;
 
   // The record at the cursor, skipping PADDING and ABORTED. Does not move past it.
-  ReadStatus next(const RecordHeader*& out) noexcept {
+  // `length` is the record's length as read and checked once: use it, never re-read it
+  // (a lapping producer may change the header between two reads).
+  ReadStatus next(const RecordHeader*& out, std::uint32_t& length) noexcept {
     for (;;) {
       const RecordHeader* h = ring_.header_at(pos_);
       // SYNC POINT: acquire; pairs with the release in RingWriter::publish().
@@ -226,7 +232,8 @@ class RingReader {
       if ((w >> 8) == offset_) {
         const auto state = static_cast<RecordState>(w & 0xff);
         if (state == RecordState::kCommitted) {
-          if (!sane(racy_u32(&h->length))) return insane();
+          length = racy_u32(&h->length);
+          if (!sane(length, ring_.max_record())) return insane();
           out = h;
           return ReadStatus::kRecord;
         }
@@ -236,7 +243,8 @@ class RingReader {
         }
         if (state == RecordState::kAborted) {
           const std::uint32_t len = racy_u32(&h->length), count = racy_u32(&h->key_len);
-          if (!sane(len) || count == 0) return insane();
+          // A dead writer's batch becomes one ABORTED record: up to half the ring long.
+          if (!sane(len, static_cast<std::uint32_t>(ring_.capacity() / 2)) || count == 0) return insane();
           pos_ += len;
           offset_ += count;
           aborted_ += count;
@@ -258,6 +266,11 @@ class RingReader {
   bool lapped() const noexcept { return ring_.reclaim_position() > pos_; }
 
   // Moves past the record just returned by next(), whose length the caller has read.
+  ReadStatus next(const RecordHeader*& out) noexcept {
+    std::uint32_t ignored;
+    return next(out, ignored);
+  }
+
   void advance(std::uint32_t length) noexcept {
     pos_ += length;
     ++offset_;
@@ -275,9 +288,8 @@ class RingReader {
   std::uint64_t aborted_skipped() const noexcept { return aborted_; }
 
  private:
-  bool sane(std::uint32_t len) const noexcept {
-    return len >= kRecordHeaderSize && len <= ring_.max_record() && (len & 7) == 0 &&
-           (pos_ & ring_.mask()) + len <= ring_.capacity();
+  bool sane(std::uint32_t len, std::uint32_t limit) const noexcept {
+    return len >= kRecordHeaderSize && len <= limit && (len & 7) == 0 && (pos_ & ring_.mask()) + len <= ring_.capacity();
   }
   ReadStatus insane() const noexcept {
     return ring_.reclaim_position() > pos_ ? ReadStatus::kLapped : ReadStatus::kCorrupt;

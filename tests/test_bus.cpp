@@ -175,6 +175,35 @@ TEST(Bus, OversizeRecordIsRefusedAndNothingIsWritten) {
   EXPECT_EQ(p->send("t", Message{std::nullopt, as_bytes("x")}, 7).error().code, Errc::kInvalidArgument) << "no partition 7";
 }
 
+TEST(Bus, RecordAtTheTopicsLimitIsReadableWhateverTheAlignment) {
+  test::TestBus bus("limit");
+  TopicConfig c = small(1, 4096);
+  c.max_record = 100;  // 140 bytes with the header; 64-byte alignment would make it 192
+  ASSERT_TRUE(bus->create_topic("t", c));
+  auto p = Producer::create(bus.get());
+  auto cons = consumer_at(bus.get(), {{"t", 0}});
+  for (int i = 0; i < 100; ++i) {
+    ASSERT_TRUE(p->send("t", std::nullopt, std::string(100, static_cast<char>('a' + i % 26))));
+    auto got = drain(cons, 1);
+    ASSERT_EQ(got.size(), 1u) << "record " << i;
+    EXPECT_EQ(got[0], std::string(100, static_cast<char>('a' + i % 26)));
+  }
+}
+
+TEST(Bus, SendsAreRefusedWhileAReservationIsOpen) {
+  test::TestBus bus("resopen");
+  ASSERT_TRUE(bus->create_topic("t", small()));
+  auto p = Producer::create(bus.get());
+  auto r = p->reserve("t", std::nullopt, 8, 0);
+  ASSERT_TRUE(r);
+  auto s = p->send("t", std::nullopt, "x");
+  ASSERT_FALSE(s);
+  EXPECT_NE(s.error().message.find("reservation"), std::string::npos);
+  EXPECT_FALSE(p->reserve("t", std::nullopt, 8, 0));
+  r->commit();
+  EXPECT_TRUE(p->send("t", std::nullopt, "x"));
+}
+
 TEST(Bus, BatchSendGetsConsecutiveOffsetsAndWrapsWithPadding) {
   test::TestBus bus("batch");
   ASSERT_TRUE(bus->create_topic("t", small(1, 4096)));

@@ -303,3 +303,50 @@ TEST(Ring, GateBelowAReclaimThatAlreadyHappenedIsTold) {
   ASSERT_GT(f.ring.reclaim_position(), 0u);
   EXPECT_GT(f.ring.bump_gate_generation(), 0u) << "a gate at 0 now would be below the ring's start";
 }
+
+TEST(Ring, DeadWritersBatchLongerThanAnyRecordIsSkippedWhole) {
+  ForgedRing f(8192);  // max record 2048, batches up to 4096
+  RingWriter w(f.ring);
+  ASSERT_TRUE(w.open());
+  pid_t child = ::fork();
+  if (child == 0) {
+    RingWriter dead(f.ring);
+    if (!dead.open()) ::_exit(3);
+    test_hooks::after_claim = [] { ::_exit(9); };
+    const std::uint32_t sizes[] = {1000, 1000, 1000};
+    (void)dead.claim(sizes, 0);
+    ::_exit(4);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_EQ(WEXITSTATUS(status), 9);
+  f.produce(w, 16, 5);  // offset 3, after the dead batch
+  RingReader r(f.ring);
+  r.seek_earliest();
+  ASSERT_TRUE(f.ring.resolve_stall(0, 0));
+  const RecordHeader* h = nullptr;
+  ASSERT_EQ(r.next(h), ReadStatus::kRecord) << "a 3000-byte ABORTED record is not corrupt";
+  EXPECT_EQ(r.offset(), 3u);
+  EXPECT_EQ(r.aborted_skipped(), 3u);
+}
+
+TEST(Ring, FailedClaimLeavesNoIntentThatCouldMatchAnotherWritersClaim) {
+  ForgedRing f;
+  RingWriter a(f.ring), b(f.ring);
+  ASSERT_TRUE(a.open());
+  ASSERT_TRUE(b.open());
+  // b claims offset 0 first; a, with a stale view of the tail, fails its CAS once and then
+  // claims offset 1. No slot may still claim offset 0 but b's.
+  auto cb = b.claim_one(64, 0);
+  ASSERT_TRUE(cb);
+  auto ca = a.claim_one(64, 0);
+  ASSERT_TRUE(ca);
+  EXPECT_EQ(ca->offset, 1u);
+  std::uint32_t covering = 0;
+  for (std::uint32_t i = 0; i < kWriterSlots; ++i) {
+    const WriterSlot* s = f.ring.writer_slot(i);
+    if (s->owner_pid.load() == 0 || s->intent_offset.load() == ~0ull) continue;
+    covering += s->intent_offset.load() <= 0 && 0 < s->intent_offset.load() + s->intent_count.load();
+  }
+  EXPECT_EQ(covering, 1u);
+}

@@ -47,7 +47,8 @@ class Producer {
                                                   std::optional<std::uint32_t> partition = std::nullopt) noexcept;
 
   // Zero-copy: claims room for a record whose value the caller writes in place, then
-  // commit()s. One open reservation per producer at a time.
+  // commit()s. One open reservation per producer at a time (sends are refused meanwhile);
+  // a Reservation must not outlive its Producer.
   [[nodiscard]] Result<Reservation> reserve(std::string_view topic, std::optional<Bytes> key, std::size_t value_size,
                                             std::optional<std::uint32_t> partition = std::nullopt,
                                             std::span<const Header> headers = {}) noexcept;
@@ -80,6 +81,7 @@ class Reservation {
   RecordMetadata meta_{};
   bool wake_ = false;
   bool open_ = false;
+  bool* producer_open_ = nullptr;  // the producer's "a reservation is open" flag
 };
 
 }  // namespace shmbus

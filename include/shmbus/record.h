@@ -33,7 +33,7 @@ struct Message {
 struct TopicPartition {
   std::string topic;
   std::uint32_t partition = 0;
-  bool operator==(const TopicPartition&) const = default;
+  auto operator<=>(const TopicPartition&) const = default;
 };
 
 struct RecordMetadata {
