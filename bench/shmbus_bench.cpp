@@ -9,9 +9,13 @@
 
 #include <csignal>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
+#include <sstream>
 #include <optional>
 
+#include <boost/interprocess/ipc/message_queue.hpp>
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -44,6 +48,9 @@ struct Options {
   std::size_t size = 64;
   int cpu_a = 0, cpu_b = 1;
   std::string wait = "spin";
+  double rate = 0;           // > 0: fixed-rate mode, one-way from the intended send time
+  std::string csv, plot;     // output files
+  std::string rows = "all";  // comma list: cacheline,spsc,shmbus,unix,pipe,mq
   std::uint64_t records = 10'000'000;
   std::uint32_t batch = 64;
   std::uint64_t capacity = 1 << 20;
@@ -53,9 +60,13 @@ struct Options {
 struct Row {
   std::string name;
   Percentiles p;      // one-way ns
-  double cpu_a = 0;   // % of one CPU, parent
-  double cpu_b = 0;   // % of one CPU, child
+  double cpu_a = 0;   // % of one CPU, measuring process
+  double cpu_b = 0;   // % of one CPU, echoing process
+  std::size_t size = 0;
+  std::vector<std::uint64_t> samples;  // kept for the plot
 };
+
+pid_t g_child = 0;  // killed on Ctrl-C with the segments
 
 double cpu_seconds(const rusage& r) {
   return static_cast<double>(r.ru_utime.tv_sec + r.ru_stime.tv_sec) + (r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
@@ -66,8 +77,10 @@ Row measure(const std::string& name, const Options& o, const std::function<void(
             const std::function<void(std::uint64_t)>& ping, const std::function<int()>& child) {
   std::vector<std::uint64_t> rtt;
   rtt.reserve(o.samples);
-  rusage before{}, after{}, kid{};
+  rusage before{}, after{}, kid_before{}, kid{};
+  ::getrusage(RUSAGE_CHILDREN, &kid_before);
   double wall = 0;
+  const std::uint64_t pair_start = now_ns();
   const int st = run_pair(o.cpu_a, o.cpu_b,
                           [&] {
                             setup_parent();
@@ -84,10 +97,13 @@ Row measure(const std::string& name, const Options& o, const std::function<void(
                           },
                           child);
   ::getrusage(RUSAGE_CHILDREN, &kid);
+  const double pair_wall = static_cast<double>(now_ns() - pair_start) / 1e9;
   if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) std::cerr << name << ": echo process failed (status " << st << ")\n";
   for (auto& r : rtt) r /= 2;  // one-way = round trip / 2
-  Row row{name, percentiles(std::move(rtt)), 0, 0};
+  Row row{name, percentiles(rtt), 0, 0, o.size, std::move(rtt)};
   row.cpu_a = 100.0 * (cpu_seconds(after) - cpu_seconds(before)) / wall;
+  // The echo process over its whole life (attach, warm-up, measurement).
+  row.cpu_b = 100.0 * (cpu_seconds(kid) - cpu_seconds(kid_before)) / std::max(pair_wall, 1e-9);
   return row;
 }
 
@@ -141,6 +157,109 @@ Row unix_socket(const Options& o) {
   return r;
 }
 
+Row pipe_row(const Options& o) {
+  int ab[2], ba[2];
+  if (::pipe(ab) != 0 || ::pipe(ba) != 0) throw std::runtime_error("pipe");
+  const std::uint64_t total = o.warmup + o.samples;
+  std::vector<char> buf(o.size, 'x');
+  auto full = [](int fd, char* p, std::size_t n, bool rd) {
+    while (n) {
+      ssize_t k = rd ? ::read(fd, p, n) : ::write(fd, p, n);
+      if (k <= 0) return false;
+      p += k;
+      n -= static_cast<std::size_t>(k);
+    }
+    return true;
+  };
+  Row r = measure(
+      "pipe ping-pong", o, [] {},
+      [&](std::uint64_t) {
+        full(ab[1], buf.data(), buf.size(), false);
+        full(ba[0], buf.data(), buf.size(), true);
+      },
+      [&] {
+        for (std::uint64_t i = 0; i < total; ++i)
+          if (!full(ab[0], buf.data(), buf.size(), true) || !full(ba[1], buf.data(), buf.size(), false)) return 1;
+        return 0;
+      });
+  for (int fd : {ab[0], ab[1], ba[0], ba[1]}) ::close(fd);
+  return r;
+}
+
+// Boost.Interprocess message_queue: a mutex and condition variables in shared memory,
+// blocking send and receive, as it is normally used.
+Row message_queue_row(const Options& o) {
+  namespace bip = boost::interprocess;
+  const std::string a = fmt::format("shmbus_bench_mq_a_{}", ::getpid()), b = fmt::format("shmbus_bench_mq_b_{}", ::getpid());
+  bip::message_queue::remove(a.c_str());
+  bip::message_queue::remove(b.c_str());
+  bip::message_queue qa(bip::create_only, a.c_str(), 64, o.size), qb(bip::create_only, b.c_str(), 64, o.size);
+  const std::uint64_t total = o.warmup + o.samples;
+  std::vector<char> buf(o.size, 'x');
+  Row r = measure(
+      "Boost message_queue ping-pong", o, [] {},
+      [&](std::uint64_t) {
+        bip::message_queue::size_type got;
+        unsigned prio;
+        qa.send(buf.data(), buf.size(), 0);
+        qb.receive(buf.data(), buf.size(), got, prio);
+      },
+      [&] {
+        bip::message_queue ca(bip::open_only, a.c_str()), cb(bip::open_only, b.c_str());
+        std::vector<char> in(o.size);
+        for (std::uint64_t i = 0; i < total; ++i) {
+          bip::message_queue::size_type got;
+          unsigned prio;
+          ca.receive(in.data(), in.size(), got, prio);
+          cb.send(in.data(), got, 0);
+        }
+        return 0;
+      });
+  bip::message_queue::remove(a.c_str());
+  bip::message_queue::remove(b.c_str());
+  return r;
+}
+
+// A plain SPSC ring of 64-byte-multiple slots each way, spinning: what a single-purpose
+// shared-memory queue costs, with nothing of a bus.
+Row spsc_row(const Options& o) {
+  constexpr std::size_t kSlots = 1024;
+  const std::size_t slot = std::max<std::size_t>(64, (o.size + 63) / 64 * 64);
+  struct alignas(64) Side {
+    std::atomic<std::uint64_t> tail{0};
+  };
+  struct Shared {
+    Side ab, ba;
+  };
+  auto* sh = shared_scratch<Shared>();
+  auto* data = static_cast<std::byte*>(::mmap(nullptr, 2 * kSlots * slot, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  std::byte* ring_ab = data;
+  std::byte* ring_ba = data + kSlots * slot;
+  const std::uint64_t total = o.warmup + o.samples;
+  std::vector<std::byte> buf(o.size, std::byte{1});
+  Row r = measure(
+      "plain SPSC ring ping-pong", o, [] {},
+      [&](std::uint64_t i) {
+        std::memcpy(ring_ab + (i % kSlots) * slot, buf.data(), buf.size());
+        sh->ab.tail.store(i + 1, std::memory_order_release);
+        while (sh->ba.tail.load(std::memory_order_acquire) < i + 1) __builtin_ia32_pause();
+        std::memcpy(buf.data(), ring_ba + (i % kSlots) * slot, buf.size());
+      },
+      [&] {
+        std::vector<std::byte> in(o.size);
+        for (std::uint64_t i = 0; i < total; ++i) {
+          while (sh->ab.tail.load(std::memory_order_acquire) < i + 1) __builtin_ia32_pause();
+          std::memcpy(in.data(), ring_ab + (i % kSlots) * slot, in.size());
+          std::memcpy(ring_ba + (i % kSlots) * slot, in.data(), in.size());
+          sh->ba.tail.store(i + 1, std::memory_order_release);
+        }
+        return 0;
+      });
+  ::munmap(data, 2 * kSlots * slot);
+  free_scratch(sh);
+  return r;
+}
+
 WaitStrategy parse_wait(const std::string& w) {
   if (w == "spin") return WaitStrategy::kSpin;
   if (w == "yield") return WaitStrategy::kYield;
@@ -153,6 +272,7 @@ std::string bench_bus() { return fmt::format("bench_{}", ::getpid()); }
 // Removes the bench's segments however the run ends (also on Ctrl-C).
 std::string g_bus_to_remove;
 extern "C" void on_interrupt(int sig) {
+  if (g_child > 0) ::kill(g_child, SIGKILL);
   if (!g_bus_to_remove.empty()) (void)Bus::destroy(g_bus_to_remove);
   std::signal(sig, SIG_DFL);
   std::raise(sig);
@@ -193,6 +313,66 @@ Row shmbus_row(const Options& o, RetentionMode mode, bool hold) {
   };
   const std::string name = fmt::format("shmbus {} ({}{})", o.wait, mode == RetentionMode::kBlock ? "block" : "overwrite",
                                        hold ? ", zero-copy" : "");
+  if (o.rate > 0) {
+    // Fixed rate: one process sends at the intended times, the other measures
+    // now - intended on the same monotonic clock. Queueing shows up; nothing is omitted.
+    struct Out {
+      std::atomic<int> ready{0};
+      std::atomic<std::uint64_t> n{0};
+    };
+    auto* out = shared_scratch<Out>();
+    const std::uint64_t total = o.warmup + o.samples;
+    auto* lat = static_cast<std::uint64_t*>(::mmap(nullptr, total * 8, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    rusage k0{}, k1{};
+    ::getrusage(RUSAGE_CHILDREN, &k0);
+    const std::uint64_t t_start = now_ns();
+    run_pair(o.cpu_a, o.cpu_b,
+             [&] {
+               BusOptions bo;
+               bo.name = bus_name;
+               auto bus = Bus::attach(bo);
+               auto p = Producer::create(*bus);
+               while (out->ready.load() < 1) __builtin_ia32_pause();
+               const std::uint64_t t0 = now_ns() + 1'000'000;
+               std::vector<std::byte> v(std::max<std::size_t>(o.size, 8));
+               for (std::uint64_t i = 0; i < total; ++i) {
+                 const std::uint64_t at = t0 + static_cast<std::uint64_t>(static_cast<double>(i) * 1e9 / o.rate);
+                 while (now_ns() < at) __builtin_ia32_pause();
+                 std::memcpy(v.data(), &at, 8);
+                 (void)p->send("ping", Message{std::nullopt, Bytes(v)}, 0);
+               }
+             },
+             [&] {
+               BusOptions bo;
+               bo.name = bus_name;
+               auto bus = Bus::attach(bo);
+               auto c = Consumer::create(*bus, cc);
+               (void)c->assign({{"ping", 0}});
+               out->ready.store(1);
+               std::uint64_t i = 0;
+               while (i < total) {
+                 auto b = c->poll(std::chrono::seconds(5));
+                 if (!b || b->empty()) return 1;
+                 const std::uint64_t now = now_ns();
+                 for (const auto& r : *b) {
+                   std::uint64_t at;
+                   std::memcpy(&at, r.value.data(), 8);
+                   lat[i++] = now - at;
+                 }
+               }
+               return 0;
+             });
+    ::getrusage(RUSAGE_CHILDREN, &k1);
+    const double wall = static_cast<double>(now_ns() - t_start) / 1e9;
+    std::vector<std::uint64_t> v(lat + o.warmup, lat + total);
+    ::munmap(lat, total * 8);
+    free_scratch(out);
+    (void)Bus::destroy(bus_name);
+    g_bus_to_remove.clear();
+    Row r{fmt::format("{} at {:.0f}/s", name, o.rate), percentiles(v), 0, 0, o.size, std::move(v)};
+    r.cpu_b = 100.0 * (cpu_seconds(k1) - cpu_seconds(k0)) / wall;
+    return r;
+  }
   Row r = measure(
       name, o,
       [&] {
@@ -235,25 +415,104 @@ Row shmbus_row(const Options& o, RetentionMode mode, bool hold) {
   return r;
 }
 
+double ref_p50(const std::vector<Row>& rows, std::size_t size) {
+  for (const auto& r : rows)
+    if (r.name == "cache-line ping-pong" && r.size == size) return r.p.p50;
+  return rows.empty() ? 1 : rows[0].p.p50;
+}
+
 void print_rows(const std::vector<Row>& rows, const Options& o) {
-  const double ref = rows.empty() ? 1 : rows[0].p.p50;
   if (o.json) {
     json arr = json::array();
     for (const auto& r : rows)
-      arr.push_back({{"mechanism", r.name}, {"samples", r.p.samples}, {"size", o.size}, {"p50_ns", r.p.p50},
+      arr.push_back({{"mechanism", r.name}, {"samples", r.p.samples}, {"size", r.size}, {"p50_ns", r.p.p50},
                      {"p90_ns", r.p.p90}, {"p99_ns", r.p.p99}, {"p99_9_ns", r.p.p999}, {"p99_99_ns", r.p.p9999},
-                     {"max_ns", r.p.max}, {"mean_ns", r.p.mean}, {"p50_ratio_to_cacheline", r.p.p50 / ref},
-                     {"cpu_percent_measuring_side", r.cpu_a}});
+                     {"max_ns", r.p.max}, {"mean_ns", r.p.mean}, {"p50_ratio_to_cacheline", r.p.p50 / ref_p50(rows, r.size)},
+                     {"cpu_percent_a", r.cpu_a}, {"cpu_percent_b", r.cpu_b}});
     std::cout << arr.dump(2) << "\n";
-    return;
+  } else {
+    std::cout << fmt::format("one-way latency, ns ({}), {} samples after {} warm-up, cpus {},{}\n",
+                             o.rate > 0 ? "from the intended send time, fixed rate" : "round trip / 2", o.samples, o.warmup,
+                             o.cpu_a, o.cpu_b);
+    std::cout << fmt::format("{:<44} {:>6} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9} {:>7} {:>8} {:>6} {:>6}\n", "mechanism", "size",
+                             "p50", "p90", "p99", "p99.9", "p99.99", "max", "mean", "p50/ref", "cpuA%", "cpuB%");
+    for (const auto& r : rows)
+      std::cout << fmt::format("{:<44} {:>6} {:>7.0f} {:>7.0f} {:>7.0f} {:>8.0f} {:>8.0f} {:>9.0f} {:>7.0f} {:>7.2f}x {:>6.0f} {:>6.0f}\n",
+                               r.name, r.size, r.p.p50, r.p.p90, r.p.p99, r.p.p999, r.p.p9999, r.p.max, r.p.mean,
+                               r.p.p50 / ref_p50(rows, r.size), r.cpu_a, r.cpu_b);
   }
-  std::cout << fmt::format("one-way latency, ns (round trip / 2), {} samples after {} warm-up, {}-byte messages, cpus {},{}\n",
-                           o.samples, o.warmup, o.size, o.cpu_a, o.cpu_b);
-  std::cout << fmt::format("{:<40} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9} {:>7} {:>9}\n", "mechanism", "p50", "p90", "p99",
-                           "p99.9", "p99.99", "max", "mean", "p50/ref");
-  for (const auto& r : rows)
-    std::cout << fmt::format("{:<40} {:>7.0f} {:>7.0f} {:>7.0f} {:>8.0f} {:>8.0f} {:>9.0f} {:>7.0f} {:>8.2f}x\n", r.name, r.p.p50,
-                             r.p.p90, r.p.p99, r.p.p999, r.p.p9999, r.p.max, r.p.mean, r.p.p50 / ref);
+  if (!o.csv.empty()) {
+    std::ofstream f(o.csv);
+    f << "mechanism,size,samples,p50_ns,p90_ns,p99_ns,p99_9_ns,p99_99_ns,max_ns,mean_ns,p50_ratio,cpu_a_percent,cpu_b_percent\n";
+    for (const auto& r : rows)
+      f << fmt::format("\"{}\",{},{},{},{},{},{},{},{},{:.1f},{:.3f},{:.1f},{:.1f}\n", r.name, r.size, r.p.samples, r.p.p50, r.p.p90,
+                       r.p.p99, r.p.p999, r.p.p9999, r.p.max, r.p.mean, r.p.p50 / ref_p50(rows, r.size), r.cpu_a, r.cpu_b);
+  }
+  if (!o.plot.empty()) {
+    // Percentile curves (x: percentile on a log "nines" axis, y: ns, log), drawn by gnuplot.
+    char dir_tmpl[] = "/tmp/shmbus-plot.XXXXXX";
+    const std::string dir = ::mkdtemp(dir_tmpl) ? dir_tmpl : "/tmp";
+    std::string script = fmt::format(
+        "set terminal {} size 1000,600\nset output '{}'\nset logscale xy\nset xlabel 'percentile'\n"
+        "set ylabel 'one-way latency, ns'\nset grid\nset key top left\n"
+        "set xtics ('50' 2, '90' 10, '99' 100, '99.9' 1000, '99.99' 10000, '99.999' 100000)\nplot ",
+        o.plot.ends_with(".png") ? "pngcairo" : "svg", o.plot);
+    for (std::size_t k = 0; k < rows.size(); ++k) {
+      auto v = rows[k].samples;
+      std::sort(v.begin(), v.end());
+      const std::string data = fmt::format("{}/row{}.dat", dir, k);
+      std::ofstream d(data);
+      for (double q : {0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999, 1.0}) {
+        if (v.empty()) break;
+        const std::size_t at = std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size())));
+        d << 1.0 / std::max(1e-6, 1.0 - q + 1e-9) << " " << std::max<std::uint64_t>(1, v[at]) << "\n";
+      }
+      script += fmt::format("{}'{}' using 1:2 with linespoints title '{} ({} B)'", k ? ", " : "", data, rows[k].name, rows[k].size);
+    }
+    script += "\n";
+    const std::string sp = dir + "/plot.gp";
+    std::ofstream(sp) << script;
+    const int rc = std::system(fmt::format("gnuplot '{}'", sp).c_str());
+    std::filesystem::remove_all(dir);
+    if (rc != 0) std::cerr << "shmbus_bench: gnuplot failed (is gnuplot installed?)\n";
+    else if (!o.json) std::cout << "plot: " << o.plot << "\n";
+  }
+}
+
+// A consumer with the given wait strategy on an idle topic: how much CPU does it burn?
+double idle_cpu(const Options& o, double seconds) {
+  const std::string bus_name = bench_bus();
+  g_bus_to_remove = bus_name;
+  BusOptions bo;
+  bo.name = bus_name;
+  {
+    auto bus = Bus::attach(bo);
+    if (auto ok = (*bus)->create_topic("idle", TopicConfig{}); !ok) throw std::runtime_error(ok.error().message);
+  }
+  auto bus = Bus::attach(bo);
+  ConsumerConfig cc;
+  cc.wait = parse_wait(o.wait);
+  auto c = Consumer::create(*bus, cc);
+  (void)c->assign({{"idle", 0}});
+  rusage a{}, b{};
+  ::getrusage(RUSAGE_SELF, &a);
+  const std::uint64_t t0 = now_ns();
+  while (static_cast<double>(now_ns() - t0) < seconds * 1e9) (void)c->poll(std::chrono::milliseconds(200));
+  ::getrusage(RUSAGE_SELF, &b);
+  const double wall = static_cast<double>(now_ns() - t0) / 1e9;
+  c = Consumer::create(*bus, cc);
+  bus->reset();
+  (void)Bus::destroy(bus_name);
+  g_bus_to_remove.clear();
+  return 100.0 * (cpu_seconds(b) - cpu_seconds(a)) / wall;
+}
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string x; std::getline(in, x, ',');)
+    if (!x.empty()) out.push_back(x);
+  return out;
 }
 
 // 1 producer process -> 1 consumer process. The consumer holds the producer back (block
@@ -393,11 +652,23 @@ int main(int argc, char** argv) {
     s->add_option("--cpus", cpus, "two CPUs A,B for the two processes (default 0,1)");
     s->add_flag("--json", o.json, "JSON output");
   };
-  CLI::App* lat = app.add_subcommand("latency", "one-way produce->consume latency, percentiles");
-  common(lat);
+  std::string sizes = "64";
+  double idle_seconds = 2;
+  CLI::App* lat = app.add_subcommand("latency", "one-way produce->consume latency, percentiles, with reference rows");
+  lat->add_option("--size", sizes, "message bytes, or a list: 64,1024,4096 (default 64)");
+  lat->add_option("--cpus", cpus, "two CPUs A,B for the two processes (default 0,1)");
+  lat->add_flag("--json", o.json, "JSON output");
   lat->add_option("--samples", o.samples, "measured round trips (default 100000)");
   lat->add_option("--warmup", o.warmup, "round trips before measuring (default 10000)");
-  lat->add_option("--wait", o.wait, "consumer wait: spin | yield | block | adaptive (default spin)");
+  lat->add_option("--wait", o.wait, "consumer wait, or a list: spin,yield,block,adaptive (default spin)");
+  lat->add_option("--rate", o.rate, "fixed rate, messages/s: one-way latency from the intended send time");
+  lat->add_option("--rows", o.rows, "cacheline,spsc,shmbus,unix,pipe,mq (default all)");
+  lat->add_option("--csv", o.csv, "also write the table as CSV to this file");
+  lat->add_option("--plot", o.plot, "also draw percentile curves with gnuplot (.svg or .png)");
+  CLI::App* idle = app.add_subcommand("idle", "CPU used by a consumer waiting on an idle topic");
+  idle->add_option("--wait", o.wait, "spin | yield | block | adaptive (default spin)");
+  idle->add_option("--seconds", idle_seconds, "how long (default 2)");
+  idle->add_flag("--json", o.json, "JSON output");
   CLI::App* thr = app.add_subcommand("throughput", "records/s and MB/s, 1 producer -> 1 consumer");
   common(thr);
   thr->add_option("--records", o.records, "records to send (default 10M)");
@@ -408,19 +679,39 @@ int main(int argc, char** argv) {
     std::cerr << "shmbus_bench: --cpus takes two CPU numbers, e.g. 0,1\n";
     return 2;
   }
-  if (o.size < 16 || o.size > 65536) {
+  if (thr->parsed() && (o.size < 16 || o.size > 65536)) {
     std::cerr << "shmbus_bench: --size must be from 16 to 65536 bytes\n";
     return 2;
   }
   std::signal(SIGINT, on_interrupt);
   std::signal(SIGTERM, on_interrupt);
   try {
-    if (lat->parsed()) {
+    if (idle->parsed()) {
+      const double pct = idle_cpu(o, idle_seconds);
+      if (o.json) std::cout << json{{"wait", o.wait}, {"seconds", idle_seconds}, {"cpu_percent", pct}}.dump() << "\n";
+      else std::cout << fmt::format("idle consumer, wait {}: {:.2f}% of one CPU over {:.1f} s\n", o.wait, pct, idle_seconds);
+    } else if (lat->parsed()) {
       std::vector<Row> rows;
-      rows.push_back(cacheline(o));
-      rows.push_back(shmbus_row(o, RetentionMode::kOverwrite, false));
-      rows.push_back(shmbus_row(o, RetentionMode::kBlock, true));
-      rows.push_back(unix_socket(o));
+      const auto want = split(o.rows);
+      auto on = [&](const char* r) { return o.rows == "all" || std::find(want.begin(), want.end(), r) != want.end(); };
+      for (const auto& size : split(sizes)) {
+        o.size = std::stoul(size);
+        if (o.size < 16 || o.size > 65536) throw std::runtime_error("--size must be from 16 to 65536 bytes");
+        if (on("cacheline")) rows.push_back(cacheline(o));
+        if (on("spsc")) rows.push_back(spsc_row(o));
+        if (on("shmbus")) {
+          const std::string waits = o.wait;
+          for (const auto& w : split(waits)) {
+            o.wait = w;
+            rows.push_back(shmbus_row(o, RetentionMode::kOverwrite, false));
+            if (o.rate <= 0) rows.push_back(shmbus_row(o, RetentionMode::kBlock, true));
+          }
+          o.wait = waits;
+        }
+        if (on("unix")) rows.push_back(unix_socket(o));
+        if (on("pipe")) rows.push_back(pipe_row(o));
+        if (on("mq")) rows.push_back(message_queue_row(o));
+      }
       print_rows(rows, o);
     } else {
       json rows = json::array();

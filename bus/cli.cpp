@@ -1,6 +1,9 @@
 #include "bus/cli.h"
 
+#include <unistd.h>
+
 #include <csignal>
+#include <cstring>
 #include <iostream>
 #include <string>
 
@@ -106,6 +109,20 @@ std::string render(const std::string& fmt_str, const ConsumedRecord& r) {
   return out;
 }
 
+// shmbus_bench beside busctl (installed), in the build tree's bench/, or $SHMBUS_BENCH_BIN.
+std::string bench_binary() {
+  if (const char* e = std::getenv("SHMBUS_BENCH_BIN"); e && *e) return e;
+  char self[4096] = {};
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n > 0) {
+    std::string dir(self, static_cast<std::size_t>(n));
+    dir = dir.substr(0, dir.rfind('/'));
+    for (const std::string& cand : {dir + "/shmbus_bench", dir + "/bench/shmbus_bench"})
+      if (::access(cand.c_str(), X_OK) == 0) return cand;
+  }
+  return "shmbus_bench";
+}
+
 }  // namespace
 
 int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostream& out, std::ostream& err) {
@@ -165,6 +182,9 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
   g_reset->add_option("--topic", g_topic, "topic")->required();
   g_reset->add_option("--to", g_to, "earliest | latest | OFFSET")->required();
 
+  CLI::App* bench = app.add_subcommand("bench", "latency / throughput / idle benchmarks (runs shmbus_bench; see its --help)");
+  bench->prefix_command();  // everything after `bench` goes to shmbus_bench as it is
+
   CLI::App* bus_cmd = sub(&app, "bus", "the bus itself");
   bus_cmd->require_subcommand(1);
   CLI::App* bus_delete = sub(bus_cmd, "delete", "remove every segment of the bus (attached processes keep their mappings)");
@@ -183,6 +203,19 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
     return kUsage;
   }
 
+  if (bench->parsed()) {
+    const std::string bin = bench_binary();
+    std::vector<std::string> args = {bin};
+    for (const auto& a : bench->remaining()) args.push_back(a);
+    if (args.size() == 1) args.push_back("--help");
+    std::vector<char*> argv2;
+    for (auto& a : args) argv2.push_back(a.data());
+    argv2.push_back(nullptr);
+    out.flush();
+    ::execv(bin.c_str(), argv2.data());
+    err << fmt::format("busctl: cannot run {}: {} (set SHMBUS_BENCH_BIN)\n", bin, std::strerror(errno));
+    return kRuntime;
+  }
   if (status->parsed() || group_cmd->parsed()) {
     auto bus = attach(g, false);
     if (!bus) return fail(err, bus.error());

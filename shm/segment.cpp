@@ -144,7 +144,7 @@ Result<Segment> Segment::create(const SegmentSpec& spec, const std::function<voi
     return fail(os_error(Errc::kSystem, "posix_fallocate " + tmp_path, rc));
   }
   // Our own mapping of the descriptor we own, so that a Segment has no Boost object lifetimes.
-  void* p = ::mmap(nullptr, spec.size, PROT_READ | PROT_WRITE, MAP_SHARED, seg.fd_, 0);
+  void* p = ::mmap(nullptr, spec.size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, seg.fd_, 0);
   if (p == MAP_FAILED) return fail(os_error(Errc::kSystem, "mmap " + tmp_path, errno));
   seg.base_ = static_cast<std::byte*>(p);
   seg.size_ = spec.size;
@@ -192,7 +192,9 @@ Result<Segment> Segment::open(const std::string& name, SegmentKind kind, std::ui
   if (file_size < sizeof(SegmentHeader))
     return make_error(Errc::kBadSegment, fmt::format("{} is {} bytes, too small for a shmbus segment header ({} bytes)",
                                                      path, file_size, sizeof(SegmentHeader)));
-  void* p = ::mmap(nullptr, file_size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, seg.fd_, 0);
+  // MAP_POPULATE: the page tables are filled now, not by page faults on the first lap of a
+  // ring, which showed as 10-20 µs spikes at p99 in the latency benchmark.
+  void* p = ::mmap(nullptr, file_size, writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED | MAP_POPULATE, seg.fd_, 0);
   if (p == MAP_FAILED) return tl::unexpected(os_error(Errc::kSystem, "mmap " + path, errno));
   seg.base_ = static_cast<std::byte*>(p);
   seg.size_ = file_size;
