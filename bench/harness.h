@@ -41,6 +41,9 @@ void free_scratch(T* p) {
   ::munmap(p, sizeof(T));
 }
 
+// The child of the pair now running, for a Ctrl-C handler to take down with us.
+inline std::atomic<pid_t> g_running_child{0};
+
 // Runs `child` in a forked process pinned to cpu_b while `parent` runs here pinned to
 // cpu_a; returns the child's exit status. The child never returns into the caller.
 inline int run_pair(int cpu_a, int cpu_b, const std::function<void()>& parent, const std::function<int()>& child) {
@@ -49,10 +52,12 @@ inline int run_pair(int cpu_a, int cpu_b, const std::function<void()>& parent, c
     pin(cpu_b);
     ::_exit(child());
   }
+  g_running_child.store(pid);
   pin(cpu_a);
   parent();
   int status = 0;
   ::waitpid(pid, &status, 0);
+  g_running_child.store(0);
   pin(-1);
   return status;
 }

@@ -13,12 +13,17 @@
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <thread>
 #include <optional>
 
 #include <boost/interprocess/ipc/message_queue.hpp>
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
+
+#ifdef SHMBUS_HAVE_ZMQ
+#include <zmq.h>
+#endif
 
 #include "harness.h"
 #include "shmbus/bus.h"
@@ -66,7 +71,6 @@ struct Row {
   std::vector<std::uint64_t> samples;  // kept for the plot
 };
 
-pid_t g_child = 0;  // killed on Ctrl-C with the segments
 
 double cpu_seconds(const rusage& r) {
   return static_cast<double>(r.ru_utime.tv_sec + r.ru_stime.tv_sec) + (r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
@@ -220,6 +224,45 @@ Row message_queue_row(const Options& o) {
   return r;
 }
 
+#ifdef SHMBUS_HAVE_ZMQ
+// ZeroMQ PAIR sockets over ipc:// (a Unix socket underneath, with ZeroMQ's I/O threads).
+Row zmq_row(const Options& o) {
+  const std::string ep = fmt::format("ipc:///tmp/shmbus_bench_zmq_{}", ::getpid());
+  const std::uint64_t total = o.warmup + o.samples;
+  void* ctx = nullptr;
+  void* sock = nullptr;
+  std::vector<char> buf(o.size, 'x');
+  Row r = measure(
+      "ZeroMQ ipc ping-pong", o,
+      [&] {
+        ctx = zmq_ctx_new();
+        sock = zmq_socket(ctx, ZMQ_PAIR);
+        zmq_bind(sock, ep.c_str());
+      },
+      [&](std::uint64_t) {
+        zmq_send(sock, buf.data(), buf.size(), 0);
+        zmq_recv(sock, buf.data(), buf.size(), 0);
+      },
+      [&] {
+        void* c = zmq_ctx_new();
+        void* s = zmq_socket(c, ZMQ_PAIR);
+        zmq_connect(s, ep.c_str());
+        std::vector<char> in(o.size);
+        for (std::uint64_t i = 0; i < total; ++i) {
+          if (zmq_recv(s, in.data(), in.size(), 0) < 0) return 1;
+          zmq_send(s, in.data(), in.size(), 0);
+        }
+        zmq_close(s);
+        zmq_ctx_term(c);
+        return 0;
+      });
+  zmq_close(sock);
+  zmq_ctx_term(ctx);
+  ::unlink(ep.substr(6).c_str());
+  return r;
+}
+#endif
+
 // A plain SPSC ring of 64-byte-multiple slots each way, spinning: what a single-purpose
 // shared-memory queue costs, with nothing of a bus.
 Row spsc_row(const Options& o) {
@@ -272,8 +315,14 @@ std::string bench_bus() { return fmt::format("bench_{}", ::getpid()); }
 // Removes the bench's segments however the run ends (also on Ctrl-C).
 std::string g_bus_to_remove;
 extern "C" void on_interrupt(int sig) {
-  if (g_child > 0) ::kill(g_child, SIGKILL);
+  // Leave nothing behind: the other process of the pair, the bus, the message queues.
+  if (const pid_t child = g_running_child.load(); child > 0) ::kill(child, SIGKILL);
   if (!g_bus_to_remove.empty()) (void)Bus::destroy(g_bus_to_remove);
+  for (const char* q : {"a", "b"}) {
+    char name[64];
+    std::snprintf(name, sizeof name, "/dev/shm/shmbus_bench_mq_%s_%d", q, static_cast<int>(::getpid()));
+    ::unlink(name);
+  }
   std::signal(sig, SIG_DFL);
   std::raise(sig);
 }
@@ -589,6 +638,93 @@ json throughput(const Options& o, bool batched, std::uint32_t alignment) {
   return j;
 }
 
+// N producer processes -> 1 consumer, or 1 producer -> N consumers each reading every
+// record (fan-out). Consumers hold the producers back, so nothing is lost; more processes
+// than CPUs share them, so consumers wait adaptively here.
+json fan(const Options& o, std::uint32_t producers, std::uint32_t consumers) {
+  const std::string bus_name = bench_bus();
+  g_bus_to_remove = bus_name;
+  BusOptions bo;
+  bo.name = bus_name;
+  {
+    auto bus = Bus::attach(bo);
+    TopicConfig tc;
+    tc.capacity = o.capacity;
+    tc.retention = RetentionMode::kBlock;
+    if (auto ok = (*bus)->create_topic("fan", tc); !ok) throw std::runtime_error(ok.error().message);
+  }
+  struct Sh {
+    std::atomic<std::uint32_t> ready{0};
+    std::atomic<std::uint64_t> start{0};
+    std::atomic<std::uint64_t> end{0};
+    std::atomic<int> failed{0};
+  };
+  auto* sh = shared_scratch<Sh>();
+  const std::uint64_t per_producer = o.records / producers, n = per_producer * producers;
+  std::vector<pid_t> kids;
+  for (std::uint32_t c = 0; c < consumers; ++c) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      auto bus = Bus::attach(bo);
+      ConsumerConfig cc;
+      cc.auto_offset_reset = OffsetReset::kEarliest;
+      cc.hold_producers = true;
+      cc.max_poll_records = 4096;
+      auto con = Consumer::create(*bus, cc);
+      (void)con->assign({{"fan", 0}});
+      sh->ready.fetch_add(1);
+      std::uint64_t got = 0;
+      while (got < n) {
+        auto b = con->poll(std::chrono::seconds(10));
+        if (!b || b->empty()) ::_exit(1);
+        got += b->size();
+      }
+      std::uint64_t now = now_ns(), prev = sh->end.load();
+      while (now > prev && !sh->end.compare_exchange_weak(prev, now)) {
+      }
+      ::_exit(0);
+    }
+    kids.push_back(pid);
+  }
+  while (sh->ready.load() < consumers) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  sh->start.store(now_ns());
+  for (std::uint32_t p = 0; p < producers; ++p) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      auto bus = Bus::attach(bo);
+      auto prod = Producer::create(*bus);
+      std::vector<std::byte> value(o.size, std::byte{1});
+      std::vector<Message> batch(o.batch, Message{std::nullopt, Bytes(value)});
+      for (std::uint64_t i = 0; i < per_producer;) {
+        const std::size_t k = std::min<std::uint64_t>(batch.size(), per_producer - i);
+        if (!prod->send_batch("fan", std::span<const Message>(batch.data(), k), 0)) ::_exit(1);
+        i += k;
+      }
+      ::_exit(0);
+    }
+    kids.push_back(pid);
+  }
+  int failed = 0;
+  for (pid_t k : kids) {
+    int st = 0;
+    ::waitpid(k, &st, 0);
+    failed += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  }
+  const double secs = static_cast<double>(sh->end.load() - sh->start.load()) / 1e9;
+  const double delivered = static_cast<double>(n) * consumers;
+  json j = {{"mechanism", fmt::format("shmbus {}->{} batch {}", producers, consumers, o.batch)},
+            {"size", o.size},
+            {"records", n},
+            {"seconds", secs},
+            {"records_per_s", delivered / secs},
+            {"mb_per_s", delivered * static_cast<double>(o.size) / secs / 1e6},
+            {"failed", failed != 0}};
+  free_scratch(sh);
+  (void)Bus::destroy(bus_name);
+  g_bus_to_remove.clear();
+  return j;
+}
+
 // Reference: a plain single-producer single-consumer ring of fixed slots in shared memory,
 // with cached indexes (the best case a general bus can be compared with).
 json spsc_reference(const Options& o) {
@@ -662,7 +798,7 @@ int main(int argc, char** argv) {
   lat->add_option("--warmup", o.warmup, "round trips before measuring (default 10000)");
   lat->add_option("--wait", o.wait, "consumer wait, or a list: spin,yield,block,adaptive (default spin)");
   lat->add_option("--rate", o.rate, "fixed rate, messages/s: one-way latency from the intended send time");
-  lat->add_option("--rows", o.rows, "cacheline,spsc,shmbus,unix,pipe,mq (default all)");
+  lat->add_option("--rows", o.rows, "cacheline,spsc,shmbus,unix,pipe,mq,zmq (default all; zmq when built with ZeroMQ)");
   lat->add_option("--csv", o.csv, "also write the table as CSV to this file");
   lat->add_option("--plot", o.plot, "also draw percentile curves with gnuplot (.svg or .png)");
   CLI::App* idle = app.add_subcommand("idle", "CPU used by a consumer waiting on an idle topic");
@@ -674,6 +810,8 @@ int main(int argc, char** argv) {
   thr->add_option("--records", o.records, "records to send (default 10M)");
   thr->add_option("--batch", o.batch, "records per batched send (default 64)");
   thr->add_option("--capacity", o.capacity, "ring bytes (default 1 MiB)");
+  std::uint32_t fan_n = 2;
+  thr->add_option("--fan", fan_n, "also N producers -> 1 consumer and 1 producer -> N consumers (default 2; 1: off)");
   CLI11_PARSE(app, argc, argv);
   if (std::sscanf(cpus.c_str(), "%d,%d", &o.cpu_a, &o.cpu_b) != 2) {
     std::cerr << "shmbus_bench: --cpus takes two CPU numbers, e.g. 0,1\n";
@@ -711,6 +849,9 @@ int main(int argc, char** argv) {
         if (on("unix")) rows.push_back(unix_socket(o));
         if (on("pipe")) rows.push_back(pipe_row(o));
         if (on("mq")) rows.push_back(message_queue_row(o));
+#ifdef SHMBUS_HAVE_ZMQ
+        if (on("zmq")) rows.push_back(zmq_row(o));
+#endif
       }
       print_rows(rows, o);
     } else {
@@ -719,6 +860,10 @@ int main(int argc, char** argv) {
       for (std::uint32_t align : {8u, 64u}) {
         rows.push_back(throughput(o, false, align));
         rows.push_back(throughput(o, true, align));
+      }
+      if (fan_n > 1) {
+        rows.push_back(fan(o, fan_n, 1));
+        rows.push_back(fan(o, 1, fan_n));
       }
       if (o.json) {
         std::cout << rows.dump(2) << "\n";
