@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <fstream>
 #include <thread>
 
 #include <fmt/format.h>
@@ -151,6 +152,14 @@ struct Consumer::Impl {
 
   // ---- consumer groups ----
 
+  std::string client_name() const {
+    if (!config.client_name.empty()) return config.client_name;
+    std::ifstream comm("/proc/self/comm");  // the process name, as ps shows it
+    std::string name;
+    std::getline(comm, name);
+    return name.empty() ? std::string("consumer") : name;
+  }
+
   proto::json join_request(bool with_owned) const {
     proto::json owned = proto::json::array();
     if (with_owned)
@@ -160,7 +169,7 @@ struct Consumer::Impl {
                        {"topics", group->topics},
                        {"assignor", config.assignor},
                        {"session_timeout_ms", config.session_timeout.count()},
-                       {"name", config.client_name},
+                       {"name", client_name()},
                        {"member_id", group->member_id},
                        {"owned", owned}};
   }
