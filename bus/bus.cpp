@@ -151,6 +151,14 @@ struct Bus::Impl {
     control->changes.fetch_add(1, std::memory_order_release);
   }
 
+  // Under the registry lock only: a slot left creating or deleting belongs to a process
+  // that is gone (it would hold the lock otherwise). Its partitions go, the slot is free.
+  void finish_half_done(const std::string& bus, std::uint32_t i, const SlotCopy& cur) {
+    for (std::uint32_t p = 0; p < cur.config.partitions && p < kMaxPartitions; ++p)
+      (void)Segment::remove(partition_segment_name(bus, cur.name, p));
+    write_slot(i, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kFree); });
+  }
+
   std::optional<std::uint32_t> find(std::string_view name, SlotCopy& out) const {
     for (std::uint32_t i = 0; i < kMaxTopics; ++i) {
       if (slots[i].seq.load(std::memory_order_relaxed) == 0) continue;  // never used
@@ -233,10 +241,7 @@ Status Bus::create_topic(const std::string& name, const TopicConfig& in) {
     if (cur.state == TopicState::kReady && cur.name == name)
       return make_error(Errc::kAlreadyExists, fmt::format("topic '{}' already exists on bus '{}'", name, name_));
     if (cur.state == TopicState::kCreating || cur.state == TopicState::kDeleting) {
-      // We hold the lock, so the process that left this slot half-done is gone: finish it.
-      for (std::uint32_t p = 0; p < cur.config.partitions && p < kMaxPartitions; ++p)
-        (void)Segment::remove(partition_segment_name(name_, cur.name, p));
-      impl_->write_slot(i, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kFree); });
+      impl_->finish_half_done(name_, i, cur);
       if (!free_slot) free_slot = i;
     }
   }
@@ -276,6 +281,22 @@ Status Bus::create_topic(const std::string& name, const TopicConfig& in) {
   }
   impl_->write_slot(slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kReady); });
   return {};
+}
+
+Result<std::vector<std::string>> Bus::repair() {
+  if (read_only_) return make_error(Errc::kPermission, "bus attached read-only");
+  std::lock_guard guard(impl_->mu);
+  auto lock = RegistryLock::take(impl_->registry);
+  if (!lock) return tl::unexpected(lock.error());
+  std::vector<std::string> done;
+  SlotCopy cur;
+  for (std::uint32_t i = 0; i < kMaxTopics; ++i) {
+    if (!impl_->read_slot(i, cur)) continue;
+    if (cur.state != TopicState::kCreating && cur.state != TopicState::kDeleting) continue;
+    impl_->finish_half_done(name_, i, cur);
+    done.push_back(cur.name);
+  }
+  return done;
 }
 
 Status Bus::delete_topic(const std::string& name) {

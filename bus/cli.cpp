@@ -11,7 +11,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "bus/doctor.h"
 #include "bus/group_client.h"
+#include "bus/names.h"
 #include "bus/units.h"
 #include "shmbus/bus.h"
 #include "shmbus/consumer.h"
@@ -185,6 +187,11 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
   CLI::App* bench = app.add_subcommand("bench", "latency / throughput / idle benchmarks (runs shmbus_bench; see its --help)");
   bench->prefix_command();  // everything after `bench` goes to shmbus_bench as it is
 
+  bool d_fix = false, d_all = false;
+  CLI::App* doctor = sub(&app, "doctor", "find stale or broken segments, dead consumers holding producers, a full /dev/shm");
+  doctor->add_flag("--fix", d_fix, "repair or remove what can be, saying what it did");
+  doctor->add_flag("--all", d_all, "every bus on the machine, not only --bus");
+
   CLI::App* bus_cmd = sub(&app, "bus", "the bus itself");
   bus_cmd->require_subcommand(1);
   CLI::App* bus_delete = sub(bus_cmd, "delete", "remove every segment of the bus (attached processes keep their mappings)");
@@ -203,6 +210,27 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
     return kUsage;
   }
 
+  if (doctor->parsed()) {
+    std::optional<std::string> only;
+    if (!d_all) {
+      only = g.bus.empty() ? default_bus_name() : g.bus;
+      if (auto ok = validate_name("bus", *only); !ok) return fail(err, ok.error());
+    }
+    const auto findings = run_doctor(only, d_fix);
+    bool unfixed = false;
+    json arr = json::array();
+    for (const auto& f : findings) {
+      unfixed |= f.severity == "problem" && !f.fixed;
+      arr.push_back({{"severity", f.severity}, {"bus", f.bus}, {"file", f.file}, {"problem", f.problem}, {"fix", f.fix}, {"fixed", f.fixed}});
+      if (g.json) continue;
+      if (f.severity == "ok") out << fmt::format("ok       {}\n", f.problem);
+      else
+        out << fmt::format("{:<8} {}{}\n         {}: {}\n", f.severity, f.problem, f.file.empty() ? "" : fmt::format(" ({})", f.file),
+                           f.fixed ? "fixed" : (d_fix ? "not fixed" : "fix"), f.fix);
+    }
+    if (g.json) out << arr.dump() << "\n";
+    return unfixed ? kRuntime : kOk;
+  }
   if (bench->parsed()) {
     const std::string bin = bench_binary();
     std::vector<std::string> args = {bin};

@@ -71,6 +71,10 @@ class Bus : public std::enable_shared_from_this<Bus> {
   // The mapped topic, opened once per Bus and shared by its producers and consumers.
   Result<std::shared_ptr<Topic>> topic(const std::string& name);
 
+  // Finishes topic creations and deletions that a dead process left half done (under the
+  // registry lock). Returns the topics it finished. busctl doctor --fix calls it.
+  Result<std::vector<std::string>> repair();
+
   // Removes every segment of the bus (registry included). Attached processes keep their
   // mappings; new attaches start from an empty bus.
   static Status destroy(const std::string& bus_name);

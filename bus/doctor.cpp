@@ -1,0 +1,181 @@
+#include "bus/doctor.h"
+
+#include <dirent.h>
+
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "bus/busd_layout.h"
+#include "bus/names.h"
+#include "bus/registry_layout.h"
+#include "shm/process.h"
+#include "shm/ring.h"
+#include "shm/segment.h"
+#include "shmbus/bus.h"
+
+namespace shmbus {
+namespace {
+
+using shm::Segment;
+
+std::vector<std::string> shm_files() {
+  std::vector<std::string> out;
+  if (DIR* d = ::opendir(shm::kShmDir)) {
+    while (dirent* e = ::readdir(d)) {
+      const std::string n = e->d_name;
+      if (n.rfind("shmbus.", 0) == 0) out.push_back(n);
+    }
+    ::closedir(d);
+  }
+  return out;
+}
+
+// "shmbus.<bus>~rest" -> bus, rest
+std::pair<std::string, std::string> split_name(const std::string& file) {
+  const auto tilde = file.find('~');
+  if (tilde == std::string::npos) return {file.substr(7), ""};
+  return {file.substr(7, tilde - 7), file.substr(tilde + 1)};
+}
+
+}  // namespace
+
+std::vector<Finding> run_doctor(const std::optional<std::string>& only_bus, bool fix) {
+  std::vector<Finding> out;
+  std::map<std::string, std::vector<std::string>> by_bus;
+  for (const auto& f : shm_files()) {
+    auto [bus, rest] = split_name(f);
+    if (only_bus && bus != *only_bus) continue;
+    by_bus[bus].push_back(f);
+  }
+  auto add = [&](std::string sev, const std::string& bus, const std::string& file, std::string problem, std::string what_fix,
+                 bool (*do_fix)(const std::string&) = nullptr) {
+    Finding fd{std::move(sev), bus, file.empty() ? "" : Segment::path_of(file), std::move(problem), std::move(what_fix)};
+    if (fix && do_fix && do_fix(file)) fd.fixed = true;
+    out.push_back(std::move(fd));
+  };
+  auto remove_file = +[](const std::string& f) { return static_cast<bool>(Segment::remove(f)); };
+
+  for (auto& [bus, files] : by_bus) {
+    // 1. Temporary segments: a creator that died between create and link.
+    std::set<std::string> live_files;
+    for (const auto& f : files) {
+      const auto tmp = f.find(".tmp.");
+      if (tmp == std::string::npos) {
+        live_files.insert(f);
+        continue;
+      }
+      const int pid = std::atoi(f.c_str() + tmp + 5);
+      if (shm::process_alive(pid, 0)) continue;  // still being created
+      add("problem", bus, f, fmt::format("half-created segment of pid {}, which is gone", pid), "remove it", remove_file);
+    }
+    // 2. The registry.
+    const std::string reg = registry_segment_name(bus);
+    auto seg = Segment::open(reg, shm::SegmentKind::kRegistry, kRegistryLayoutMajor, false);
+    std::set<std::string> owned;  // partition files that READY topics own
+    owned.insert(reg);
+    owned.insert(bus_segment_prefix(bus) + "busd");
+    if (!seg) {
+      if (seg.error().code == Errc::kNotFound) {
+        for (const auto& f : live_files)
+          add("problem", bus, f, "segment of a bus whose registry is gone", "remove it", remove_file);
+      } else {
+        add("problem", bus, reg, seg.error().message,
+            "nothing: remove the bus by hand (busctl bus delete) once no process uses it");
+      }
+      continue;
+    }
+    const auto* slots = seg->at<const TopicSlot>(kTopicSlotsOffset);
+    bool half_done = false;
+    for (std::uint32_t i = 0; i < kMaxTopics; ++i) {
+      const TopicSlot& s = slots[i];
+      const auto state = static_cast<TopicState>(s.state);
+      if (state == TopicState::kFree) continue;
+      const std::string topic(s.name, std::min<std::size_t>(s.name_len, sizeof s.name));
+      if (state != TopicState::kReady) {
+        if (!shm::process_alive(s.creator_pid, 0)) {
+          half_done = true;
+          add("problem", bus, "", fmt::format("topic '{}' was left half-{} by pid {}", topic,
+                                              state == TopicState::kCreating ? "created" : "deleted", s.creator_pid),
+              "finish it under the registry lock");
+        }
+        continue;
+      }
+      for (std::uint32_t p = 0; p < s.partitions; ++p) {
+        const std::string part = partition_segment_name(bus, topic, p);
+        owned.insert(part);
+        auto ps = Segment::open(part, shm::SegmentKind::kPartition, shm::kPartitionLayoutMajor, fix);
+        if (!ps) {
+          add("problem", bus, part, fmt::format("topic '{}' partition {}: {}", topic, p, ps.error().message),
+              "nothing: delete and re-create the topic");
+          continue;
+        }
+        if (auto ok = shm::ring_validate(*ps); !ok) {
+          add("problem", bus, part, ok.error().message, "nothing: delete and re-create the topic");
+          continue;
+        }
+        shm::Ring ring(ps->data());
+        std::uint32_t dead_writers = 0, dead_gates = 0;
+        for (std::uint32_t w = 0; w < shm::kWriterSlots; ++w) {
+          const auto* ws = ring.writer_slot(w);
+          const std::int32_t pid = ws->owner_pid.load(std::memory_order_relaxed);
+          if (pid > 0 && !shm::process_alive(pid, ws->owner_start_ticks.load(std::memory_order_relaxed))) ++dead_writers;
+        }
+        for (std::uint32_t g = 0; g < shm::kGateSlots; ++g) {
+          auto* gs = ring.gate(g);
+          const std::int32_t pid = gs->owner_pid.load(std::memory_order_relaxed);
+          if (pid <= 0 || gs->kind.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(shm::GateKind::kDurable)) continue;
+          if (shm::process_alive(pid, gs->owner_start_ticks.load(std::memory_order_relaxed))) continue;
+          ++dead_gates;
+          if (fix) {
+            std::int32_t expect = pid;
+            gs->owner_pid.compare_exchange_strong(expect, 0);
+          }
+        }
+        if (dead_writers)
+          add("warning", bus, part, fmt::format("topic '{}' partition {}: {} writer slots of dead producers", topic, p, dead_writers),
+              "nothing needed: the next producer that needs a slot reclaims them");
+        if (dead_gates) {
+          Finding fd{"problem", bus, Segment::path_of(part),
+                     fmt::format("topic '{}' partition {}: {} gates of dead consumers hold producers back", topic, p, dead_gates),
+                     "release them", fix};
+          out.push_back(fd);
+        }
+      }
+    }
+    if (half_done && fix) {
+      BusOptions o;
+      o.name = bus;
+      o.create = false;
+      if (auto b = Bus::attach(o)) {
+        if (auto r = (*b)->repair(); r) {
+          for (auto& f : out)
+            if (f.bus == bus && f.problem.find("was left half-") != std::string::npos) f.fixed = true;
+        }
+      }
+    }
+    // 3. Files no topic owns (a crash in the middle of a delete, or a stale bus's leftovers).
+    for (const auto& f : live_files)
+      if (!owned.count(f)) add("problem", bus, f, "partition segment that no topic owns", "remove it", remove_file);
+    // 4. busd's segment without a busd: harmless, the next busd replaces it.
+    if (live_files.count(bus_segment_prefix(bus) + "busd")) {
+      auto bs = Segment::open(bus_segment_prefix(bus) + "busd", shm::SegmentKind::kBusd, kBusdLayoutMajor, false);
+      if (bs && !shm::process_alive(bs->at<const BusdControl>(kBusdControlOffset)->pid, 0))
+        add("warning", bus, bus_segment_prefix(bus) + "busd", "busd is not running (its segment is left from the last one)",
+            "nothing needed: the next busd replaces it");
+    }
+    out.push_back({"ok", bus, Segment::path_of(reg), fmt::format("bus '{}' checked: {} segments", bus, live_files.size()), "", false});
+  }
+  // 5. Room in /dev/shm.
+  const std::uint64_t free_bytes = Segment::shm_free_bytes();
+  if (free_bytes < (64ull << 20))
+    out.push_back({"warning", "", shm::kShmDir,
+                   fmt::format("only {} bytes free in {}: new topics may not fit", free_bytes, shm::kShmDir),
+                   "enlarge /dev/shm (docker --shm-size, mount -o remount,size=...)", false});
+  else
+    out.push_back({"ok", "", shm::kShmDir, fmt::format("{} MiB free in {}", free_bytes >> 20, shm::kShmDir), "", false});
+  return out;
+}
+
+}  // namespace shmbus
