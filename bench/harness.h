@@ -62,6 +62,17 @@ inline int run_pair(int cpu_a, int cpu_b, const std::function<void()>& parent, c
   return status;
 }
 
+// Waits for every process; returns how many did not exit with status 0.
+inline int wait_all(const std::vector<pid_t>& pids) {
+  int failed = 0;
+  for (pid_t p : pids) {
+    int st = 0;
+    ::waitpid(p, &st, 0);
+    failed += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  }
+  return failed;
+}
+
 struct Percentiles {
   std::uint64_t samples = 0;
   double p50 = 0, p90 = 0, p99 = 0, p999 = 0, p9999 = 0, max = 0, mean = 0;

@@ -131,20 +131,22 @@ Row cacheline(const Options& o) {
   return r;
 }
 
+// Reads or writes all of n bytes (a stream socket or a pipe may move fewer at a time).
+bool full(int fd, char* p, std::size_t n, bool rd) {
+  while (n) {
+    const ssize_t k = rd ? ::read(fd, p, n) : ::write(fd, p, n);
+    if (k <= 0) return false;
+    p += k;
+    n -= static_cast<std::size_t>(k);
+  }
+  return true;
+}
+
 Row unix_socket(const Options& o) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) throw std::runtime_error("socketpair");
   const std::uint64_t total = o.warmup + o.samples;
   std::vector<char> buf(o.size, 'x');
-  auto full = [](int fd, char* p, std::size_t n, bool rd) {
-    while (n) {
-      ssize_t k = rd ? ::read(fd, p, n) : ::write(fd, p, n);
-      if (k <= 0) return false;
-      p += k;
-      n -= static_cast<std::size_t>(k);
-    }
-    return true;
-  };
   Row r = measure(
       "unix socket ping-pong", o, [&] { ::close(sv[1]); },
       [&](std::uint64_t) {
@@ -166,15 +168,6 @@ Row pipe_row(const Options& o) {
   if (::pipe(ab) != 0 || ::pipe(ba) != 0) throw std::runtime_error("pipe");
   const std::uint64_t total = o.warmup + o.samples;
   std::vector<char> buf(o.size, 'x');
-  auto full = [](int fd, char* p, std::size_t n, bool rd) {
-    while (n) {
-      ssize_t k = rd ? ::read(fd, p, n) : ::write(fd, p, n);
-      if (k <= 0) return false;
-      p += k;
-      n -= static_cast<std::size_t>(k);
-    }
-    return true;
-  };
   Row r = measure(
       "pipe ping-pong", o, [] {},
       [&](std::uint64_t) {
@@ -704,12 +697,7 @@ json fan(const Options& o, std::uint32_t producers, std::uint32_t consumers) {
     }
     kids.push_back(pid);
   }
-  int failed = 0;
-  for (pid_t k : kids) {
-    int st = 0;
-    ::waitpid(k, &st, 0);
-    failed += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-  }
+  const int failed = wait_all(kids);
   const double secs = static_cast<double>(sh->end.load() - sh->start.load()) / 1e9;
   const double delivered = static_cast<double>(n) * consumers;
   json j = {{"mechanism", fmt::format("shmbus {}->{} batch {}", producers, consumers, o.batch)},

@@ -146,12 +146,7 @@ int main(int argc, char** argv) {
     if (pid == 0) ::_exit(produce(bus, topic, static_cast<std::uint32_t>(i), rate, seconds, sh));
     kids.push_back(pid);
   }
-  int failed = 0;
-  for (pid_t k : kids) {
-    int st = 0;
-    ::waitpid(k, &st, 0);
-    failed += !(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-  }
+  const int failed = wait_all(kids);
   std::cout << fmt::format("produced {} records in all\n", sh->produced.load());
   free_scratch(sh);
   return failed ? 1 : 0;

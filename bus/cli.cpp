@@ -14,6 +14,7 @@
 #include "bus/doctor.h"
 #include "bus/group_client.h"
 #include "bus/names.h"
+#include "bus/paths.h"
 #include "bus/units.h"
 #include "shmbus/bus.h"
 #include "shmbus/consumer.h"
@@ -114,15 +115,8 @@ std::string render(const std::string& fmt_str, const ConsumedRecord& r) {
 // shmbus_bench beside busctl (installed), in the build tree's bench/, or $SHMBUS_BENCH_BIN.
 std::string bench_binary() {
   if (const char* e = std::getenv("SHMBUS_BENCH_BIN"); e && *e) return e;
-  char self[4096] = {};
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n > 0) {
-    std::string dir(self, static_cast<std::size_t>(n));
-    dir = dir.substr(0, dir.rfind('/'));
-    for (const std::string& cand : {dir + "/shmbus_bench", dir + "/bench/shmbus_bench"})
-      if (::access(cand.c_str(), X_OK) == 0) return cand;
-  }
-  return "shmbus_bench";
+  auto beside = executable_beside_self({"shmbus_bench", "bench/shmbus_bench"});
+  return beside.empty() ? std::string("shmbus_bench") : beside;
 }
 
 }  // namespace

@@ -380,6 +380,11 @@ struct Consumer::Impl {
     return nullptr;
   }
 
+  Result<Assigned*> require(const TopicPartition& tp) {
+    if (Assigned* a = find(tp)) return a;
+    return make_error(Errc::kInvalidArgument, fmt::format("{}-{} is not assigned to this consumer", tp.topic, tp.partition));
+  }
+
   void set_gate(Assigned& a) {
     // Store only when it moved: a store pulls the line back from a producer that read it.
     if (!a.gate || a.gate_position == a.reader.position()) return;
@@ -708,36 +713,36 @@ std::vector<TopicPartition> Consumer::assignment() const {
 }
 
 Status Consumer::seek(const TopicPartition& tp, std::uint64_t offset) {
-  Assigned* a = impl_->find(tp);
-  if (!a) return make_error(Errc::kInvalidArgument, fmt::format("{}-{} is not assigned to this consumer", tp.topic, tp.partition));
-  if (!a->reader.seek(offset))
+  auto a = impl_->require(tp);
+  if (!a) return tl::unexpected(a.error());
+  if (!(*a)->reader.seek(offset))
     return make_error(Errc::kOffsetOutOfRange, fmt::format("{}-{}: offset {} is not in the ring (it holds {}..{})", tp.topic,
-                                                           tp.partition, offset, a->reader.ring().start_offset(),
-                                                           a->reader.ring().end_offset()));
-  impl_->set_gate(*a);
+                                                           tp.partition, offset, (*a)->reader.ring().start_offset(),
+                                                           (*a)->reader.ring().end_offset()));
+  impl_->set_gate(**a);
   return {};
 }
 
 Status Consumer::seek_to_beginning(const TopicPartition& tp) {
-  Assigned* a = impl_->find(tp);
-  if (!a) return make_error(Errc::kInvalidArgument, fmt::format("{}-{} is not assigned to this consumer", tp.topic, tp.partition));
-  a->reader.seek_earliest();
-  impl_->set_gate(*a);
+  auto a = impl_->require(tp);
+  if (!a) return tl::unexpected(a.error());
+  (*a)->reader.seek_earliest();
+  impl_->set_gate(**a);
   return {};
 }
 
 Status Consumer::seek_to_end(const TopicPartition& tp) {
-  Assigned* a = impl_->find(tp);
-  if (!a) return make_error(Errc::kInvalidArgument, fmt::format("{}-{} is not assigned to this consumer", tp.topic, tp.partition));
-  a->reader.seek_latest();
-  impl_->set_gate(*a);
+  auto a = impl_->require(tp);
+  if (!a) return tl::unexpected(a.error());
+  (*a)->reader.seek_latest();
+  impl_->set_gate(**a);
   return {};
 }
 
 Result<std::uint64_t> Consumer::position(const TopicPartition& tp) const {
-  Assigned* a = impl_->find(tp);
-  if (!a) return make_error(Errc::kInvalidArgument, fmt::format("{}-{} is not assigned to this consumer", tp.topic, tp.partition));
-  return a->reader.offset();
+  auto a = impl_->require(tp);
+  if (!a) return tl::unexpected(a.error());
+  return (*a)->reader.offset();
 }
 
 std::uint64_t Consumer::lost() const noexcept { return impl_->lost; }

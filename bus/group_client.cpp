@@ -81,14 +81,7 @@ Status spawn_busd(const std::string& bus) {
 
 std::string busd_binary() {
   if (const char* e = std::getenv("SHMBUS_BUSD"); e && *e) return e;
-  char self[4096] = {};
-  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n > 0) {
-    std::string dir(self, static_cast<std::size_t>(n));
-    dir = dir.substr(0, dir.rfind('/'));
-    for (const std::string& cand : {dir + "/busd", dir + "/../busd"})
-      if (executable(cand)) return cand;
-  }
+  if (auto beside = executable_beside_self({"busd", "../busd"}); !beside.empty()) return beside;
 #ifdef SHMBUS_BUSD_BUILD_PATH
   if (executable(SHMBUS_BUSD_BUILD_PATH)) return SHMBUS_BUSD_BUILD_PATH;
 #endif

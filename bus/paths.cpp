@@ -47,6 +47,19 @@ BusPaths bus_paths(const std::string& bus) {
   return p;
 }
 
+std::string executable_beside_self(std::initializer_list<std::string_view> relative) {
+  char self[4096] = {};
+  const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);
+  if (n <= 0) return {};
+  std::string dir(self, static_cast<std::size_t>(n));
+  dir = dir.substr(0, dir.rfind('/'));
+  for (std::string_view rel : relative) {
+    const std::string cand = dir + "/" + std::string(rel);
+    if (::access(cand.c_str(), X_OK) == 0) return cand;
+  }
+  return {};
+}
+
 Status make_dirs(const std::string& path, unsigned mode) {
   std::string cur;
   std::size_t at = 0;

@@ -17,7 +17,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#include "bus/cli.h"
+#include "cli_util.h"
 #include "bus/group_client.h"
 #include "bus/paths.h"
 #include "shmbus/consumer.h"
@@ -378,21 +378,7 @@ TEST_F(Busd, BlockTopicKeepsWhatTheGroupHasNotCommittedWhileNoMemberIsAlive) {
   EXPECT_EQ(c->lost(), 0u);
 }
 
-namespace {
-struct Cli {
-  int code;
-  std::string out, err;
-};
-Cli busctl(std::vector<std::string> args, const std::string& in = "") {
-  args.insert(args.begin(), "busctl");
-  std::vector<const char*> argv;
-  for (const auto& a : args) argv.push_back(a.c_str());
-  std::istringstream is(in);
-  std::ostringstream os, es;
-  const int code = busctl_main(static_cast<int>(argv.size()), argv.data(), is, os, es);
-  return {code, os.str(), es.str()};
-}
-}  // namespace
+using test::busctl;
 
 TEST_F(Busd, BusctlGroupCommandsAndConsumeWithAGroup) {
   const std::string& b = bus_->name();

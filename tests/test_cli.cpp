@@ -5,7 +5,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "bus/cli.h"
+#include "cli_util.h"
 #include "test_util.h"
 
 using namespace shmbus;
@@ -13,20 +13,8 @@ using json = nlohmann::json;
 
 namespace {
 
-struct CliResult {
-  int code;
-  std::string out, err;
-};
-
-CliResult busctl(std::vector<std::string> args, const std::string& stdin_text = "") {
-  args.insert(args.begin(), "busctl");
-  std::vector<const char*> argv;
-  for (const auto& a : args) argv.push_back(a.c_str());
-  std::istringstream in(stdin_text);
-  std::ostringstream out, err;
-  const int code = busctl_main(static_cast<int>(argv.size()), argv.data(), in, out, err);
-  return {code, out.str(), err.str()};
-}
+using test::busctl;
+using test::CliResult;
 
 class Cli : public ::testing::Test {
  protected:

@@ -10,7 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "bus/cli.h"
+#include "cli_util.h"
 #include "bus/names.h"
 #include "bus/registry_layout.h"
 #include "shm/ring.h"
@@ -20,22 +20,9 @@
 using namespace shmbus;
 using json = nlohmann::json;
 
+using test::busctl;
+
 namespace {
-
-struct Out {
-  int code;
-  std::string out, err;
-};
-
-Out busctl(std::vector<std::string> args) {
-  args.insert(args.begin(), "busctl");
-  std::vector<const char*> argv;
-  for (const auto& a : args) argv.push_back(a.c_str());
-  std::istringstream in;
-  std::ostringstream out, err;
-  const int code = busctl_main(static_cast<int>(argv.size()), argv.data(), in, out, err);
-  return {code, out.str(), err.str()};
-}
 
 pid_t dead_pid() {
   const pid_t p = ::fork();

@@ -57,6 +57,22 @@ struct ForgedRing {
   Ring ring;
 };
 
+// A child process that claims records of these sizes and dies right after the claim CAS,
+// before writing a byte. Returns once it is dead and reaped.
+void claim_and_die(const Ring& ring, std::vector<std::uint32_t> sizes) {
+  pid_t child = ::fork();
+  if (child == 0) {
+    RingWriter dead(ring);
+    if (!dead.open()) ::_exit(3);
+    test_hooks::after_claim = [] { ::_exit(9); };
+    (void)dead.claim(sizes, 0);
+    ::_exit(4);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_EQ(WEXITSTATUS(status), 9);
+}
+
 }  // namespace
 
 TEST(Ring, CommittedRecordIsReadInOrder) {
@@ -140,17 +156,7 @@ TEST(Ring, DeadWritersClaimBecomesAbortedAndOffsetsStayDense) {
   ASSERT_TRUE(w.open());
   f.produce(w, 16, 1);  // offset 0
   // A child process claims offset 1 and dies before writing a byte of it.
-  pid_t child = ::fork();
-  if (child == 0) {
-    RingWriter dead(f.ring);
-    if (!dead.open()) ::_exit(3);
-    test_hooks::after_claim = [] { ::_exit(9); };
-    (void)dead.claim_one(64, 0);
-    ::_exit(4);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
-  ASSERT_EQ(WEXITSTATUS(status), 9);
+  claim_and_die(f.ring, {64});
   f.produce(w, 16, 3);  // offset 2, after the hole
   RingReader r(f.ring);
   r.seek_earliest();
@@ -168,16 +174,7 @@ TEST(Ring, DeadWritersClaimBecomesAbortedAndOffsetsStayDense) {
 
 TEST(Ring, DeadWritersSlotIsReusedAfterItsClaimIsFinished) {
   ForgedRing f;
-  pid_t child = ::fork();
-  if (child == 0) {
-    RingWriter dead(f.ring);
-    if (!dead.open()) ::_exit(3);
-    test_hooks::after_claim = [] { ::_exit(9); };
-    (void)dead.claim_one(64, 0);
-    ::_exit(4);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  claim_and_die(f.ring, {64});
   // Fill every other slot, so that the only way in is the dead writer's slot.
   std::vector<RingWriter> writers;
   for (std::uint32_t i = 0; i + 1 < kWriterSlots; ++i) {
@@ -308,18 +305,7 @@ TEST(Ring, DeadWritersBatchLongerThanAnyRecordIsSkippedWhole) {
   ForgedRing f(8192);  // max record 2048, batches up to 4096
   RingWriter w(f.ring);
   ASSERT_TRUE(w.open());
-  pid_t child = ::fork();
-  if (child == 0) {
-    RingWriter dead(f.ring);
-    if (!dead.open()) ::_exit(3);
-    test_hooks::after_claim = [] { ::_exit(9); };
-    const std::uint32_t sizes[] = {1000, 1000, 1000};
-    (void)dead.claim(sizes, 0);
-    ::_exit(4);
-  }
-  int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
-  ASSERT_EQ(WEXITSTATUS(status), 9);
+  claim_and_die(f.ring, {1000, 1000, 1000});
   f.produce(w, 16, 5);  // offset 3, after the dead batch
   RingReader r(f.ring);
   r.seek_earliest();

@@ -74,21 +74,25 @@ inline Child spawn(const std::vector<std::string>& args) {
   return c;
 }
 
+// Reads what the child printed within 100 ms into `out`. False at EOF.
+inline bool read_some(Child& c, std::string& out) {
+  struct timeval tv{0, 100'000};
+  fd_set fds;
+  FD_ZERO(&fds);
+  FD_SET(c.out_fd, &fds);
+  if (::select(c.out_fd + 1, &fds, nullptr, nullptr, &tv) <= 0) return true;
+  char buf[4096];
+  const ssize_t n = ::read(c.out_fd, buf, sizeof buf);
+  if (n <= 0) return false;
+  out.append(buf, static_cast<std::size_t>(n));
+  return true;
+}
+
 // Reads the child's stdout until EOF (or the deadline), then reaps it. Returns the exit
 // status as from waitpid; kills the child if it overstays.
 inline int finish(Child& c, std::string& out, std::chrono::seconds limit = std::chrono::seconds(120)) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
-  char buf[4096];
-  for (;;) {
-    struct timeval tv{0, 100'000};
-    fd_set fds;
-    FD_ZERO(&fds);
-    FD_SET(c.out_fd, &fds);
-    if (::select(c.out_fd + 1, &fds, nullptr, nullptr, &tv) > 0) {
-      ssize_t n = ::read(c.out_fd, buf, sizeof buf);
-      if (n <= 0) break;
-      out.append(buf, static_cast<std::size_t>(n));
-    }
+  while (read_some(c, out)) {
     if (std::chrono::steady_clock::now() > deadline) {
       ::kill(c.pid, SIGKILL);
       ADD_FAILURE() << "child " << c.pid << " overstayed its time limit";
@@ -104,18 +108,8 @@ inline int finish(Child& c, std::string& out, std::chrono::seconds limit = std::
 // Waits until the child printed a line containing `what`.
 inline bool wait_line(Child& c, std::string& out, const std::string& what, std::chrono::seconds limit = std::chrono::seconds(30)) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
-  char buf[4096];
   while (out.find(what) == std::string::npos) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    struct timeval tv{0, 100'000};
-    fd_set fds;
-    FD_ZERO(&fds);
-    FD_SET(c.out_fd, &fds);
-    if (::select(c.out_fd + 1, &fds, nullptr, nullptr, &tv) > 0) {
-      ssize_t n = ::read(c.out_fd, buf, sizeof buf);
-      if (n <= 0) return false;
-      out.append(buf, static_cast<std::size_t>(n));
-    }
+    if (std::chrono::steady_clock::now() > deadline || !read_some(c, out)) return false;
   }
   return true;
 }

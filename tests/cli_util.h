@@ -1,0 +1,27 @@
+// busctl run in-process, as a user would type it: arguments, stdin, stdout, stderr, code.
+#pragma once
+
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "bus/cli.h"
+
+namespace shmbus::test {
+
+struct CliResult {
+  int code;
+  std::string out, err;
+};
+
+inline CliResult busctl(std::vector<std::string> args, const std::string& stdin_text = "") {
+  args.insert(args.begin(), "busctl");
+  std::vector<const char*> argv;
+  for (const auto& a : args) argv.push_back(a.c_str());
+  std::istringstream in(stdin_text);
+  std::ostringstream out, err;
+  const int code = busctl_main(static_cast<int>(argv.size()), argv.data(), in, out, err);
+  return {code, out.str(), err.str()};
+}
+
+}  // namespace shmbus::test
