@@ -557,20 +557,25 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
+// A fresh bus for one throughput row, with one `block` topic; removed on Ctrl-C too.
+BusOptions bench_bus_with_block_topic(const std::string& topic, std::uint64_t capacity) {
+  BusOptions bo;
+  bo.name = bench_bus();
+  g_bus_to_remove = bo.name;
+  auto bus = Bus::attach(bo);
+  if (!bus) throw std::runtime_error(bus.error().message);
+  TopicConfig tc;
+  tc.capacity = capacity;
+  tc.retention = RetentionMode::kBlock;
+  if (auto ok = (*bus)->create_topic(topic, tc); !ok) throw std::runtime_error(ok.error().message);
+  return bo;
+}
+
 // 1 producer process -> 1 consumer process. The consumer holds the producer back (block
 // retention) so every record is delivered; it reads views in place.
 json throughput(const Options& o, bool batched, std::uint32_t alignment) {
-  const std::string bus_name = bench_bus();
-  g_bus_to_remove = bus_name;
-  BusOptions bo;
-  bo.name = bus_name;
-  {
-    auto bus = Bus::attach(bo);
-    TopicConfig tc;
-    tc.capacity = o.capacity;
-    tc.retention = RetentionMode::kBlock;
-    if (auto ok = (*bus)->create_topic("tp", tc); !ok) throw std::runtime_error(ok.error().message);
-  }
+  const BusOptions bo = bench_bus_with_block_topic("tp", o.capacity);
+  const std::string bus_name = bo.name;
   auto* sh = shared_scratch<Barrier>();
   std::uint64_t start = 0;
   const std::uint64_t n = o.records;
@@ -635,17 +640,8 @@ json throughput(const Options& o, bool batched, std::uint32_t alignment) {
 // record (fan-out). Consumers hold the producers back, so nothing is lost; more processes
 // than CPUs share them, so consumers wait adaptively here.
 json fan(const Options& o, std::uint32_t producers, std::uint32_t consumers) {
-  const std::string bus_name = bench_bus();
-  g_bus_to_remove = bus_name;
-  BusOptions bo;
-  bo.name = bus_name;
-  {
-    auto bus = Bus::attach(bo);
-    TopicConfig tc;
-    tc.capacity = o.capacity;
-    tc.retention = RetentionMode::kBlock;
-    if (auto ok = (*bus)->create_topic("fan", tc); !ok) throw std::runtime_error(ok.error().message);
-  }
+  const BusOptions bo = bench_bus_with_block_topic("fan", o.capacity);
+  const std::string bus_name = bo.name;
   struct Sh {
     std::atomic<std::uint32_t> ready{0};
     std::atomic<std::uint64_t> start{0};
