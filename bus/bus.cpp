@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <grp.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -281,6 +282,11 @@ Status Bus::create_topic(const std::string& name, const TopicConfig& in) {
   }
   impl_->write_slot(slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kReady); });
   return {};
+}
+
+bool Bus::still_exists() const {
+  struct stat st{};
+  return ::fstat(impl_->registry.fd(), &st) == 0 && st.st_nlink > 0;
 }
 
 Result<std::vector<std::string>> Bus::repair() {

@@ -124,6 +124,7 @@ class Daemon {
   std::uint64_t started_mono_ = 0;
   std::optional<unsigned> gid_;
   bool stopping_ = false;
+  std::uint64_t ticks_ = 0;
   std::uint64_t grace_until_ns_ = 0;
   std::set<std::int32_t> returning_;  // pids of the previous busd's live members
   std::set<std::pair<std::string, TopicPartition>> dirty_gates_;  // move after the next flush
@@ -763,6 +764,13 @@ void Daemon::handle(Conn& c, const json& req) {
 }
 
 void Daemon::tick() {
+  // Our bus was deleted (busctl bus delete, or its files removed by hand): nothing left to
+  // coordinate, and staying would keep a dead bus's socket alive.
+  if ((++ticks_ % 50) == 0 && !bus_->still_exists()) {
+    log(fmt::format("bus '{}' was deleted: exiting", bus_->name()));
+    stopping_ = true;
+    return;
+  }
   // Durable gates move only once the offset they stand for is on disk.
   if (offsets_.flush()) {
     for (const auto& [group, tp] : dirty_gates_) update_gate(group, tp);

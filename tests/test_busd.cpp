@@ -417,3 +417,17 @@ TEST_F(Busd, BusctlGroupCommandsAndConsumeWithAGroup) {
   EXPECT_EQ(busctl({"group", "reset-offsets", "g", "--topic", "t", "--to", "sometime", "--bus", b}).code, 2);
   EXPECT_EQ(busctl({"consume", "t", "--group", "g", "--partition", "0", "--bus", b}).code, 2);
 }
+
+TEST_F(Busd, BusdExitsWhenItsBusIsDeleted) {
+  auto conn = BusdConnection::connect(bus_->name(), 5s);
+  ASSERT_TRUE(conn) << conn.error().message;
+  const pid_t pid = busd_pid();
+  ASSERT_GT(pid, 0);
+  ASSERT_TRUE(Bus::destroy(bus_->name()));  // as `rm /dev/shm/shmbus.<bus>~*` would
+  bool gone = false;
+  for (int i = 0; i < 300 && !gone; ++i) {
+    std::this_thread::sleep_for(10ms);
+    gone = ::kill(pid, 0) != 0;
+  }
+  EXPECT_TRUE(gone) << "busd outlived its bus";
+}

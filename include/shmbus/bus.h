@@ -71,6 +71,10 @@ class Bus : public std::enable_shared_from_this<Bus> {
   // The mapped topic, opened once per Bus and shared by its producers and consumers.
   Result<std::shared_ptr<Topic>> topic(const std::string& name);
 
+  // False once the bus's registry file has been removed (bus deleted, or removed by hand):
+  // this Bus then talks to a bus that no longer exists.
+  bool still_exists() const;
+
   // Finishes topic creations and deletions that a dead process left half done (under the
   // registry lock). Returns the topics it finished. busctl doctor --fix calls it.
   Result<std::vector<std::string>> repair();
