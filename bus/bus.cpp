@@ -131,6 +131,13 @@ struct Bus::Impl {
       if (s.seq.load(std::memory_order_relaxed) != s1) continue;
       out.state = static_cast<TopicState>(copy.state);
       out.name.assign(copy.name, std::min<std::size_t>(copy.name_len, sizeof copy.name));
+      // A slot that does not hold a valid topic is corrupt: never act on it (its name
+      // becomes a file name to remove; its partition count a loop bound).
+      if (out.state != TopicState::kFree &&
+          (copy.state > static_cast<std::uint32_t>(TopicState::kDeleting) || !validate_name("topic", out.name) ||
+           copy.partitions == 0 || copy.partitions > kMaxPartitions || copy.capacity < 4096 ||
+           copy.capacity > kMaxCapacity || !std::has_single_bit(copy.capacity)))
+        return false;
       out.config.partitions = copy.partitions;
       out.config.capacity = copy.capacity;
       out.config.max_record = copy.max_record;
@@ -204,6 +211,9 @@ Result<std::shared_ptr<Bus>> Bus::attach(BusOptions options) {
         return make_error(Errc::kNotFound, fmt::format("bus '{}' does not exist ({} is missing)", name, Segment::path_of(reg)));
       return tl::unexpected(seg.error());
     }
+    if (seg->size() != kRegistrySize)
+      return make_error(Errc::kBadSegment, fmt::format("{} is {} bytes, a registry is {} bytes", Segment::path_of(reg),
+                                                       seg->size(), kRegistrySize));
     bus->impl_->registry = std::move(*seg);
     bus->impl_->control = bus->impl_->registry.at<RegistryControl>(kRegistryControlOffset);
     bus->impl_->slots = bus->impl_->registry.at<TopicSlot>(kTopicSlotsOffset);
@@ -262,7 +272,7 @@ Status Bus::create_topic(const std::string& name, const TopicConfig& in) {
     s.created_ns = shm::realtime_ns();
     s.creator_pid = ::getpid();
   });
-  const auto mode = impl_->control->mode;
+  const auto mode = impl_->control->mode & 0660u;  // never wider than the group, whatever the file says
   const auto gid = impl_->control->gid >= 0 ? std::optional<unsigned>(static_cast<unsigned>(impl_->control->gid)) : std::nullopt;
   for (std::uint32_t p = 0; p < cfg.partitions; ++p) {
     shm::SegmentSpec spec{partition_segment_name(name_, name, p), shm::SegmentKind::kPartition, shm::kPartitionLayoutMajor,
@@ -319,7 +329,8 @@ Status Bus::delete_topic(const std::string& name) {
   for (std::uint32_t p = 0; p < cur.config.partitions; ++p) {
     const std::string seg_name = partition_segment_name(name_, name, p);
     // Tell attached producers and consumers before the name goes away.
-    if (auto seg = Segment::open(seg_name, shm::SegmentKind::kPartition, shm::kPartitionLayoutMajor, true)) {
+    if (auto seg = Segment::open(seg_name, shm::SegmentKind::kPartition, shm::kPartitionLayoutMajor, true);
+        seg && shm::ring_validate(*seg)) {
       shm::Ring ring(seg->data());
       ring.ctl()->notify.closed.store(1, std::memory_order_release);
       ring.ctl()->notify.seq.fetch_add(1, std::memory_order_release);
@@ -356,6 +367,7 @@ Result<std::shared_ptr<Topic>> Bus::topic(const std::string& name) {
       if (auto ok = shm::ring_validate(*seg); !ok) return tl::unexpected(ok.error());
       shm::Ring ring(seg->data());
       if (ring.ctl()->config.topic_epoch != cur.epoch || ring.ctl()->config.partition != p) { stale = true; break; }
+      seg->drop_fd();
       t->add(std::move(*seg));
     }
     if (stale) {

@@ -15,6 +15,7 @@
 #include "bus/group_client.h"
 #include "bus/names.h"
 #include "bus/paths.h"
+#include "shm/segment.h"
 #include "bus/units.h"
 #include "shmbus/bus.h"
 #include "shmbus/consumer.h"
@@ -121,7 +122,9 @@ std::string bench_binary() {
 
 }  // namespace
 
-int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostream& out, std::ostream& err) {
+namespace {
+
+int busctl_run(int argc, const char* const* argv, std::istream& in, std::ostream& out, std::ostream& err) {
   CLI::App app{"busctl: inspect and operate a shmbus bus"};
   app.require_subcommand(1);
   Globals g;
@@ -298,13 +301,14 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
     return kOk;
   }
   if (bus_delete->parsed()) {
-    auto bus = attach(g, false);
-    if (!bus) return fail(err, bus.error());
-    const std::string name = (*bus)->name();
+    // No attach: a bus whose registry is corrupt or of another version must be deletable.
+    const std::string name = g.bus.empty() ? default_bus_name() : g.bus;
+    if (auto ok = validate_name("bus", name); !ok) return fail(err, ok.error());
+    if (!shm::Segment::exists(registry_segment_name(name)))
+      return fail(err, Error{Errc::kNotFound, fmt::format("bus '{}' does not exist", name)});
     // Stop its busd first (committed offsets stay in the state dir).
     if (auto conn = BusdConnection::connect(name, std::chrono::seconds(2), /*autostart=*/false))
       (void)(*conn)->request({{"op", "shutdown"}}, std::chrono::seconds(2));
-    bus->reset();
     if (auto ok = Bus::destroy(name); !ok) return fail(err, ok.error());
     if (g.json) out << json{{"deleted_bus", name}}.dump() << "\n";
     else out << fmt::format("deleted bus {}\n", name);
@@ -381,6 +385,7 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
     if (!p_partition.empty()) {
       auto p = parse_count("--partition", p_partition);
       if (!p) return fail(err, p.error());
+      if (*p > UINT32_MAX) return fail(err, Error{Errc::kInvalidArgument, fmt::format("--partition {} is out of range", *p)});
       partition = static_cast<std::uint32_t>(*p);
     }
     if (p_have_sep && p_sep.empty()) return fail(err, Error{Errc::kInvalidArgument, "--key-separator must not be empty"});
@@ -426,6 +431,7 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
     if (!c_timeout.empty()) {
       auto t = parse_count("--timeout-ms", c_timeout);
       if (!t) return fail(err, t.error());
+      if (*t > 86'400'000'000ull) return fail(err, Error{Errc::kInvalidArgument, "--timeout-ms is over a thousand days"});
       timeout_ms = static_cast<std::int64_t>(*t);
     }
     if (c_from != "earliest" && c_from != "latest") {
@@ -518,6 +524,18 @@ int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostrea
     return kOk;
   }
   return kUsage;
+}
+
+}  // namespace
+
+int busctl_main(int argc, const char* const* argv, std::istream& in, std::ostream& out, std::ostream& err) {
+  try {
+    return busctl_run(argc, argv, in, out, err);
+  } catch (const std::exception& e) {
+    // A reply of an unexpected shape (another busd version?) is an error, not an abort.
+    err << "busctl: " << e.what() << "\n";
+    return 1;
+  }
 }
 
 }  // namespace shmbus

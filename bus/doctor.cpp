@@ -1,6 +1,11 @@
 #include "bus/doctor.h"
 
 #include <dirent.h>
+#include <sys/file.h>
+
+#include <optional>
+#include <regex>
+#include <thread>
 
 #include <map>
 #include <set>
@@ -45,6 +50,7 @@ std::vector<Finding> run_doctor(const std::optional<std::string>& only_bus, bool
   std::vector<Finding> out;
   std::map<std::string, std::vector<std::string>> by_bus;
   for (const auto& f : shm_files()) {
+    if (f.find('~') == std::string::npos) continue;  // not one of ours: ours always have a '~'
     auto [bus, rest] = split_name(f);
     if (only_bus && bus != *only_bus) continue;
     by_bus[bus].push_back(f);
@@ -61,18 +67,40 @@ std::vector<Finding> run_doctor(const std::optional<std::string>& only_bus, bool
     // 1. Temporary segments: a creator that died between create and link.
     std::set<std::string> live_files;
     for (const auto& f : files) {
-      const auto tmp = f.find(".tmp.");
-      if (tmp == std::string::npos) {
+      // Names may contain ".tmp." themselves: only the part after the last '~' can be a
+      // temporary suffix, "<registry|busd|partition>.tmp.<pid>.<hex>" (shm/segment.cpp).
+      static const std::regex tmp_re(R"(^(registry|busd|[0-9]+)\.tmp\.([0-9]+)\.[0-9a-f]+$)");
+      std::smatch m;
+      const std::string last = f.substr(f.rfind('~') + 1);
+      if (!std::regex_match(last, m, tmp_re)) {
         live_files.insert(f);
         continue;
       }
-      const int pid = std::atoi(f.c_str() + tmp + 5);
+      const int pid = std::atoi(m[2].str().c_str());
       if (shm::process_alive(pid, 0)) continue;  // still being created
       add("problem", bus, f, fmt::format("half-created segment of pid {}, which is gone", pid), "remove it", remove_file);
     }
     // 2. The registry.
     const std::string reg = registry_segment_name(bus);
     auto seg = Segment::open(reg, shm::SegmentKind::kRegistry, kRegistryLayoutMajor, false);
+    if (seg && seg->size() != kRegistrySize) {
+      add("problem", bus, reg, fmt::format("registry is {} bytes, expected {}", seg->size(), kRegistrySize),
+          "nothing: remove the bus by hand (busctl bus delete) once no process uses it");
+      continue;
+    }
+    // Hold the registry lock while we look: no topic is being created or deleted meanwhile,
+    // so a slot left "creating" is a dead process's and no new partition file is missed.
+    std::optional<int> locked;
+    if (seg) {
+      for (int i = 0; i < 5000 && !locked; ++i) {
+        if (::flock(seg->fd(), LOCK_EX | LOCK_NB) == 0) locked = seg->fd();
+        else std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+      if (!locked) {
+        add("warning", bus, reg, "the registry stayed locked for 5 s (a topic being created?): bus not checked", "run doctor again");
+        continue;
+      }
+    }
     std::set<std::string> owned;  // partition files that READY topics own
     owned.insert(reg);
     owned.insert(bus_segment_prefix(bus) + "busd");
@@ -93,6 +121,12 @@ std::vector<Finding> run_doctor(const std::optional<std::string>& only_bus, bool
       const auto state = static_cast<TopicState>(s.state);
       if (state == TopicState::kFree) continue;
       const std::string topic(s.name, std::min<std::size_t>(s.name_len, sizeof s.name));
+      if (s.state > static_cast<std::uint32_t>(TopicState::kDeleting) || !validate_name("topic", topic) || s.partitions == 0 ||
+          s.partitions > 1024) {
+        add("problem", bus, reg, fmt::format("topic slot {} is corrupt (state {}, {} partitions)", i, s.state, s.partitions),
+            "nothing: the bus's registry is damaged; recreate the bus");
+        continue;
+      }
       if (state != TopicState::kReady) {
         if (!shm::process_alive(s.creator_pid, 0)) {
           half_done = true;
@@ -139,11 +173,15 @@ std::vector<Finding> run_doctor(const std::optional<std::string>& only_bus, bool
         if (dead_gates) {
           Finding fd{"problem", bus, Segment::path_of(part),
                      fmt::format("topic '{}' partition {}: {} gates of dead consumers hold producers back", topic, p, dead_gates),
-                     "release them", fix};
+                     "release them (consumers in another pid namespace look dead from here: run doctor where they run)", fix};
           out.push_back(fd);
         }
       }
     }
+    // 3. Files no topic owns (a crash in the middle of a delete, or a stale bus's leftovers).
+    for (const auto& f : live_files)
+      if (!owned.count(f)) add("problem", bus, f, "partition segment that no topic owns", "remove it", remove_file);
+    if (locked) ::flock(*locked, LOCK_UN);
     if (half_done && fix) {
       BusOptions o;
       o.name = bus;
@@ -152,12 +190,11 @@ std::vector<Finding> run_doctor(const std::optional<std::string>& only_bus, bool
         if (auto r = (*b)->repair(); r) {
           for (auto& f : out)
             if (f.bus == bus && f.problem.find("was left half-") != std::string::npos) f.fixed = true;
+        } else {
+          out.push_back({"problem", bus, "", fmt::format("repair failed: {}", r.error().message), "", false});
         }
       }
     }
-    // 3. Files no topic owns (a crash in the middle of a delete, or a stale bus's leftovers).
-    for (const auto& f : live_files)
-      if (!owned.count(f)) add("problem", bus, f, "partition segment that no topic owns", "remove it", remove_file);
     // 4. busd's segment without a busd: harmless, the next busd replaces it.
     if (live_files.count(bus_segment_prefix(bus) + "busd")) {
       auto bs = Segment::open(bus_segment_prefix(bus) + "busd", shm::SegmentKind::kBusd, kBusdLayoutMajor, false);

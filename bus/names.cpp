@@ -39,7 +39,9 @@ std::string bus_segment_prefix(std::string_view bus) { return fmt::format("shmbu
 std::string registry_segment_name(std::string_view bus) { return bus_segment_prefix(bus) + "registry"; }
 
 std::string partition_segment_name(std::string_view bus, std::string_view topic, std::uint32_t partition) {
-  constexpr std::size_t kNameMax = 255;
+  // NAME_MAX is 255, and a segment is first created as <name>.tmp.<pid>.<hex> (up to 20
+  // more characters, shm/segment.cpp).
+  constexpr std::size_t kNameMax = 255 - 20;
   std::string name = fmt::format("shmbus.{}~{}~{}", bus, topic, partition);
   if (name.size() <= kNameMax) return name;
   // '#' cannot occur in a topic name, so a shortened name never equals a real one.

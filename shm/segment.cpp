@@ -79,6 +79,11 @@ Segment& Segment::operator=(Segment&& o) noexcept {
 
 Segment::~Segment() { reset(); }
 
+void Segment::drop_fd() noexcept {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
 void Segment::reset() noexcept {
   if (base_) ::munmap(base_, size_);
   if (fd_ >= 0) ::close(fd_);
@@ -124,6 +129,11 @@ Result<Segment> Segment::create(const SegmentSpec& spec, const std::function<voi
     seg.fd_ = ::dup(shm.get_mapping_handle().handle);
   } catch (const bip::interprocess_exception& e) {
     return tl::unexpected(os_error(Errc::kSystem, fmt::format("cannot create {}", tmp_path), native_errno(e)));
+  }
+  if (seg.fd_ < 0) {
+    const int err = errno;
+    ::unlink(tmp_path.c_str());
+    return tl::unexpected(os_error(Errc::kSystem, fmt::format("cannot create {}", tmp_path), err));
   }
   seg.name_ = spec.name;
   seg.writable_ = true;
@@ -179,6 +189,7 @@ Result<Segment> Segment::open(const std::string& name, SegmentKind kind, std::ui
   try {
     bip::shared_memory_object shm(bip::open_only, name.c_str(), writable ? bip::read_write : bip::read_only);
     seg.fd_ = ::dup(shm.get_mapping_handle().handle);
+    if (seg.fd_ < 0) return tl::unexpected(os_error(Errc::kSystem, fmt::format("cannot open {}", path), errno));
   } catch (const bip::interprocess_exception& e) {
     const int err = native_errno(e);
     if (err == ENOENT) return make_error(Errc::kNotFound, fmt::format("{} does not exist", path));

@@ -62,6 +62,9 @@ class Segment {
   const SegmentHeader& header() const noexcept { return *reinterpret_cast<const SegmentHeader*>(base_); }
   std::uint16_t minor() const noexcept { return static_cast<std::uint16_t>(header().version.load(std::memory_order_acquire)); }
   int fd() const noexcept { return fd_; }
+  // Closes the descriptor; the mapping stays. For segments that need no flock or fstat
+  // later (partitions): a topic of 1024 partitions must not cost 1024 descriptors.
+  void drop_fd() noexcept;
 
   template <class T>
   T* at(std::size_t offset) const noexcept { return reinterpret_cast<T*>(base_ + offset); }
