@@ -4,7 +4,6 @@
 #include <sys/file.h>
 
 #include <optional>
-#include <regex>
 #include <thread>
 
 #include <map>
@@ -44,6 +43,29 @@ std::pair<std::string, std::string> split_name(const std::string& file) {
   return {file.substr(7, tilde - 7), file.substr(tilde + 1)};
 }
 
+bool all_of(std::string_view s, bool (*pred)(char)) {
+  if (s.empty()) return false;
+  for (char c : s)
+    if (!pred(c)) return false;
+  return true;
+}
+
+// "<registry|busd|partition>.tmp.<pid>.<hex>" -> pid; -1 for anything else.
+int temporary_segment_pid(std::string_view last) {
+  const auto at = last.find(".tmp.");
+  if (at == std::string_view::npos) return -1;
+  const std::string_view what = last.substr(0, at), rest = last.substr(at + 5);
+  const auto dot = rest.find('.');
+  if (dot == std::string_view::npos) return -1;
+  const std::string_view pid = rest.substr(0, dot), hex = rest.substr(dot + 1);
+  auto digit = +[](char c) { return c >= '0' && c <= '9'; };
+  auto hexdigit = +[](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); };
+  if (!(what == "registry" || what == "busd" || all_of(what, digit)) || !all_of(pid, digit) || pid.size() > 9 ||
+      !all_of(hex, hexdigit))
+    return -1;
+  return std::atoi(std::string(pid).c_str());
+}
+
 }  // namespace
 
 std::vector<Finding> run_doctor(const std::optional<std::string>& only_bus, bool fix) {
@@ -69,14 +91,11 @@ std::vector<Finding> run_doctor(const std::optional<std::string>& only_bus, bool
     for (const auto& f : files) {
       // Names may contain ".tmp." themselves: only the part after the last '~' can be a
       // temporary suffix, "<registry|busd|partition>.tmp.<pid>.<hex>" (shm/segment.cpp).
-      static const std::regex tmp_re(R"(^(registry|busd|[0-9]+)\.tmp\.([0-9]+)\.[0-9a-f]+$)");
-      std::smatch m;
-      const std::string last = f.substr(f.rfind('~') + 1);
-      if (!std::regex_match(last, m, tmp_re)) {
+      const int pid = temporary_segment_pid(f.substr(f.rfind('~') + 1));
+      if (pid < 0) {
         live_files.insert(f);
         continue;
       }
-      const int pid = std::atoi(m[2].str().c_str());
       if (shm::process_alive(pid, 0)) continue;  // still being created
       add("problem", bus, f, fmt::format("half-created segment of pid {}, which is gone", pid), "remove it", remove_file);
     }
