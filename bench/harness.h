@@ -4,6 +4,8 @@
 
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <csignal>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -41,14 +43,23 @@ void free_scratch(T* p) {
   ::munmap(p, sizeof(T));
 }
 
+// In a forked child: die when the parent dies (Ctrl-C, kill -9), whatever the child is
+// doing, so a benchmark never leaves a process spinning behind it.
+inline void die_with_parent(pid_t parent) {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != parent) ::_exit(1);  // it died before the line above
+}
+
 // The child of the pair now running, for a Ctrl-C handler to take down with us.
 inline std::atomic<pid_t> g_running_child{0};
 
 // Runs `child` in a forked process pinned to cpu_b while `parent` runs here pinned to
 // cpu_a; returns the child's exit status. The child never returns into the caller.
 inline int run_pair(int cpu_a, int cpu_b, const std::function<void()>& parent, const std::function<int()>& child) {
+  const pid_t parent_pid = ::getpid();
   const pid_t pid = ::fork();
   if (pid == 0) {
+    die_with_parent(parent_pid);
     pin(cpu_b);
     ::_exit(child());
   }

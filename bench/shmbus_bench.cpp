@@ -650,10 +650,12 @@ json fan(const Options& o, std::uint32_t producers, std::uint32_t consumers) {
   };
   auto* sh = shared_scratch<Sh>();
   const std::uint64_t per_producer = o.records / producers, n = per_producer * producers;
+  const pid_t self = ::getpid();
   std::vector<pid_t> kids;
   for (std::uint32_t c = 0; c < consumers; ++c) {
     const pid_t pid = ::fork();
     if (pid == 0) {
+      die_with_parent(self);
       auto bus = Bus::attach(bo);
       ConsumerConfig cc;
       cc.auto_offset_reset = OffsetReset::kEarliest;
@@ -680,6 +682,7 @@ json fan(const Options& o, std::uint32_t producers, std::uint32_t consumers) {
   for (std::uint32_t p = 0; p < producers; ++p) {
     const pid_t pid = ::fork();
     if (pid == 0) {
+      die_with_parent(self);
       auto bus = Bus::attach(bo);
       auto prod = Producer::create(*bus);
       std::vector<std::byte> value(o.size, std::byte{1});

@@ -130,9 +130,11 @@ int main(int argc, char** argv) {
   app.add_option("--seconds", seconds, "how long producers send");
   CLI11_PARSE(app, argc, argv);
   auto* sh = shared_scratch<Shared>();
+  const pid_t self = ::getpid();
   std::vector<pid_t> kids;
   for (int i = 0; i < consumers; ++i) {
     pid_t pid = ::fork();
+    if (pid == 0) die_with_parent(self);
     if (pid == 0) ::_exit(consume(bus, topic, static_cast<std::uint32_t>(i), sh, producers));
     kids.push_back(pid);
   }
@@ -143,6 +145,7 @@ int main(int argc, char** argv) {
             << std::flush;
   for (int i = 0; i < producers; ++i) {
     pid_t pid = ::fork();
+    if (pid == 0) die_with_parent(self);
     if (pid == 0) ::_exit(produce(bus, topic, static_cast<std::uint32_t>(i), rate, seconds, sh));
     kids.push_back(pid);
   }
