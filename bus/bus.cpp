@@ -2,6 +2,7 @@
 
 #include <cerrno>
 #include <dirent.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -10,11 +11,16 @@
 #include <algorithm>
 #include <bit>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <thread>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
+#include "bus/disk_log.h"
 #include "bus/names.h"
+#include "bus/paths.h"
 #include "bus/registry_layout.h"
 #include "bus/topic.h"
 #include "shm/futex.h"
@@ -105,7 +111,96 @@ Status validate_config(const std::string& topic, const TopicConfig& c) {
   if (c.max_record > limit)
     return make_error(Errc::kInvalidArgument, fmt::format("topic '{}': max record {} bytes is over a quarter of the capacity "
                                                           "({} bytes with the header); raise --capacity", topic, c.max_record, limit));
+  if (c.spill.enabled) {
+    if (c.spill.segment_bytes < 4096 || c.spill.segment_bytes > (std::uint64_t{1} << 31))
+      return make_error(Errc::kInvalidArgument, fmt::format("topic '{}': segment bytes {} must be from 4 KiB to 2 GiB", topic,
+                                                            c.spill.segment_bytes));
+    if (c.spill.retention_ms < 0)
+      return make_error(Errc::kInvalidArgument, fmt::format("topic '{}': retention ms {} is negative", topic, c.spill.retention_ms));
+    if (c.spill.fsync_interval_ms == 0 && c.spill.fsync == FsyncPolicy::kInterval)
+      return make_error(Errc::kInvalidArgument, fmt::format("topic '{}': an fsync interval of 0 ms; use --fsync always", topic));
+  }
   return {};
+}
+
+// ---- topic configs on disk: how spilled topics come back after a reboot ----
+
+std::string topics_dir(const std::string& bus) { return bus_paths(bus).state_dir + "/topics"; }
+std::string topic_config_path(const std::string& bus, const std::string& topic) { return topics_dir(bus) + "/" + topic + ".json"; }
+
+nlohmann::json config_json(const TopicConfig& c) {
+  return {{"version", 1},
+          {"partitions", c.partitions},
+          {"capacity", c.capacity},
+          {"max_record", c.max_record},
+          {"retention", c.retention == RetentionMode::kBlock ? "block" : "overwrite"},
+          {"spill",
+           {{"retention_bytes", c.spill.retention_bytes},
+            {"retention_ms", c.spill.retention_ms},
+            {"segment_bytes", c.spill.segment_bytes},
+            {"fsync", c.spill.fsync == FsyncPolicy::kNever ? "never" : c.spill.fsync == FsyncPolicy::kAlways ? "always" : "interval"},
+            {"fsync_interval_ms", c.spill.fsync_interval_ms}}}};
+}
+
+Result<TopicConfig> load_topic_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return make_error(Errc::kNotFound, fmt::format("cannot read {}", path));
+  try {
+    const auto j = nlohmann::json::parse(in);
+    if (j.value("version", 0) != 1) return make_error(Errc::kBadSegment, fmt::format("{}: unknown version", path));
+    TopicConfig c;
+    c.partitions = j.at("partitions").get<std::uint32_t>();
+    c.capacity = j.at("capacity").get<std::uint64_t>();
+    c.max_record = j.at("max_record").get<std::uint32_t>();
+    c.retention = j.at("retention").get<std::string>() == "block" ? RetentionMode::kBlock : RetentionMode::kOverwrite;
+    const auto& sp = j.at("spill");
+    c.spill.enabled = true;
+    c.spill.retention_bytes = sp.at("retention_bytes").get<std::uint64_t>();
+    c.spill.retention_ms = sp.at("retention_ms").get<std::int64_t>();
+    c.spill.segment_bytes = sp.at("segment_bytes").get<std::uint64_t>();
+    const std::string f = sp.at("fsync").get<std::string>();
+    c.spill.fsync = f == "never" ? FsyncPolicy::kNever : f == "always" ? FsyncPolicy::kAlways : FsyncPolicy::kInterval;
+    c.spill.fsync_interval_ms = sp.at("fsync_interval_ms").get<std::uint32_t>();
+    return c;
+  } catch (const std::exception& e) {
+    return make_error(Errc::kBadSegment, fmt::format("{}: not a topic config ({})", path, e.what()));
+  }
+}
+
+// Written whole (temporary file, fsync, rename, directory fsync): never half a config.
+Status save_topic_config(const std::string& bus, const std::string& topic, const TopicConfig& c, unsigned mode,
+                         std::optional<unsigned> gid) {
+  const std::string dir = topics_dir(bus);
+  if (auto ok = make_dirs(dir, (mode & 0060) ? 0770 : 0700); !ok) return ok;
+  const std::string path = topic_config_path(bus, topic), tmp = path + ".tmp";
+  const std::string body = config_json(c).dump(2) + "\n";
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (fd < 0) return make_error(Errc::kSystem, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+  if (gid) (void)!::fchown(fd, static_cast<uid_t>(-1), *gid);
+  const bool ok = ::write(fd, body.data(), body.size()) == static_cast<ssize_t>(body.size()) && ::fsync(fd) == 0;
+  ::close(fd);
+  if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
+    ::unlink(tmp.c_str());
+    return make_error(Errc::kSystem, fmt::format("cannot write {}: {}", path, std::strerror(errno)));
+  }
+  if (const int d = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC); d >= 0) {
+    (void)::fsync(d);
+    ::close(d);
+  }
+  return {};
+}
+
+bool has_topic_configs(const std::string& bus) {
+  std::error_code ec;
+  for (const auto& e : std::filesystem::directory_iterator(topics_dir(bus), ec))
+    if (e.path().extension() == ".json") return true;
+  return false;
+}
+
+void remove_topic_files(const std::string& bus, const std::string& topic, std::uint32_t partitions) {
+  const std::string state = bus_paths(bus).state_dir;
+  std::error_code ec;
+  for (std::uint32_t p = 0; p < partitions; ++p) std::filesystem::remove_all(disklog::partition_dir(state, topic, p), ec);
 }
 
 }  // namespace
@@ -142,6 +237,14 @@ struct Bus::Impl {
       out.config.capacity = copy.capacity;
       out.config.max_record = copy.max_record;
       out.config.retention = static_cast<RetentionMode>(copy.retention);
+      out.config.spill.enabled = copy.spill == 1;
+      if (out.config.spill.enabled) {
+        out.config.spill.fsync = static_cast<FsyncPolicy>(std::min<std::uint32_t>(copy.spill_fsync, 2));
+        out.config.spill.retention_bytes = copy.spill_retention_bytes;
+        out.config.spill.retention_ms = copy.spill_retention_ms;
+        out.config.spill.segment_bytes = copy.spill_segment_bytes;
+        out.config.spill.fsync_interval_ms = copy.spill_fsync_interval_ms;
+      }
       out.epoch = copy.epoch;
       out.created_ns = copy.created_ns;
       return true;
@@ -194,7 +297,10 @@ Result<std::shared_ptr<Bus>> Bus::attach(BusOptions options) {
   bus->read_only_ = options.read_only;
   for (int attempt = 0; attempt < 3; ++attempt) {
     auto seg = Segment::open(reg, shm::SegmentKind::kRegistry, kRegistryLayoutMajor, !options.read_only);
-    if (!seg && seg.error().code == Errc::kNotFound && options.create && !options.read_only) {
+    // A bus with spilled topics exists as long as their logs do: after a reboot, the
+    // first attach brings it back (below), even one that would not create a bus.
+    const bool on_disk = !seg && seg.error().code == Errc::kNotFound && !options.read_only && has_topic_configs(name);
+    if (!seg && seg.error().code == Errc::kNotFound && (options.create || on_disk) && !options.read_only) {
       shm::SegmentSpec spec{reg, shm::SegmentKind::kRegistry, kRegistryLayoutMajor, kRegistryLayoutMinor, kRegistrySize,
                             gid ? 0660u : 0600u, gid, false};
       seg = Segment::create(spec, [&](std::byte* base) {
@@ -220,12 +326,17 @@ Result<std::shared_ptr<Bus>> Bus::attach(BusOptions options) {
     if (bus->impl_->control->max_topics != kMaxTopics)
       return make_error(Errc::kBadSegment, fmt::format("{}: {} topic slots, this build expects {}", Segment::path_of(reg),
                                                        bus->impl_->control->max_topics, kMaxTopics));
+    // Spilled topics whose shared memory is gone (a reboot) come back from their logs. A
+    // log that cannot be continued is reported by busd and `busctl topic list`, not here.
+    if (!options.read_only) (void)bus->restore_spilled_topics();
     return bus;
   }
   return make_error(Errc::kSystem, fmt::format("could not create or open {}", Segment::path_of(reg)));
 }
 
-Status Bus::create_topic(const std::string& name, const TopicConfig& in) {
+Status Bus::create_topic(const std::string& name, const TopicConfig& in) { return create_topic_impl(name, in, false); }
+
+Status Bus::create_topic_impl(const std::string& name, const TopicConfig& in, bool restoring) {
   if (read_only_) return make_error(Errc::kPermission, "bus attached read-only");
   if (auto ok = validate_name("topic", name); !ok) return ok;
   TopicConfig cfg = in;
@@ -241,6 +352,21 @@ Status Bus::create_topic(const std::string& name, const TopicConfig& in) {
   std::lock_guard guard(impl_->mu);
   auto lock = RegistryLock::take(impl_->registry);
   if (!lock) return tl::unexpected(lock.error());
+  // A restore races topic deletes: only a config still on disk (under the lock) comes back.
+  if (restoring && ::access(topic_config_path(name_, name).c_str(), F_OK) != 0) return {};
+  // A spilled topic continues its disk log's offsets (after a reboot: the restore).
+  struct DiskState {
+    std::uint64_t next = 0, start = 0, bytes = 0;
+  };
+  std::vector<DiskState> bases(cfg.partitions);
+  if (cfg.spill.enabled) {
+    const std::string state = bus_paths(name_).state_dir;
+    for (std::uint32_t p = 0; p < cfg.partitions; ++p) {
+      auto sum = disklog::summarize(disklog::partition_dir(state, name, p));
+      if (!sum) return make_error(sum.error().code, fmt::format("topic '{}': its disk log cannot be continued: {}", name, sum.error().message));
+      if (sum->next_offset) bases[p] = {*sum->next_offset, sum->start_offset.value_or(*sum->next_offset), sum->bytes};
+    }
+  }
   SlotCopy cur;
   std::optional<std::uint32_t> free_slot;
   for (std::uint32_t i = 0; i < kMaxTopics; ++i) {
@@ -271,6 +397,12 @@ Status Bus::create_topic(const std::string& name, const TopicConfig& in) {
     s.epoch = epoch;
     s.created_ns = shm::realtime_ns();
     s.creator_pid = ::getpid();
+    s.spill = cfg.spill.enabled ? 1 : 0;
+    s.spill_fsync = static_cast<std::uint32_t>(cfg.spill.fsync);
+    s.spill_retention_bytes = cfg.spill.retention_bytes;
+    s.spill_retention_ms = cfg.spill.retention_ms;
+    s.spill_segment_bytes = cfg.spill.segment_bytes;
+    s.spill_fsync_interval_ms = cfg.spill.fsync_interval_ms;
   });
   const auto mode = impl_->control->mode & 0660u;  // never wider than the group, whatever the file says
   const auto gid = impl_->control->gid >= 0 ? std::optional<unsigned>(static_cast<unsigned>(impl_->control->gid)) : std::nullopt;
@@ -283,6 +415,10 @@ Status Bus::create_topic(const std::string& name, const TopicConfig& in) {
     rp.retention = static_cast<shm::Retention>(cfg.retention);
     rp.partition = p;
     rp.topic_epoch = epoch;
+    rp.base_offset = bases[p].next;
+    rp.spill = cfg.spill.enabled;
+    rp.spill_start = bases[p].start;
+    rp.spill_bytes = bases[p].bytes;
     auto seg = Segment::create(spec, [&](std::byte* base) { shm::ring_init(base, rp); });
     if (!seg) {
       for (std::uint32_t q = 0; q < p; ++q) (void)Segment::remove(partition_segment_name(name_, name, q));
@@ -290,8 +426,43 @@ Status Bus::create_topic(const std::string& name, const TopicConfig& in) {
       return tl::unexpected(seg.error());
     }
   }
+  if (cfg.spill.enabled) {
+    if (auto ok = save_topic_config(name_, name, cfg, mode, gid); !ok) {
+      for (std::uint32_t q = 0; q < cfg.partitions; ++q) (void)Segment::remove(partition_segment_name(name_, name, q));
+      impl_->write_slot(slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kFree); });
+      return ok;
+    }
+  }
   impl_->write_slot(slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kReady); });
   return {};
+}
+
+Result<std::vector<std::string>> Bus::restore_spilled_topics() {
+  std::vector<std::string> restored;
+  if (read_only_) return restored;
+  const std::string dir = topics_dir(name_);
+  std::error_code ec;
+  std::vector<std::string> names;
+  for (const auto& e : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string f = e.path().filename().string();
+    if (f.size() > 5 && f.substr(f.size() - 5) == ".json") names.push_back(f.substr(0, f.size() - 5));
+  }
+  Status first_error;
+  for (const auto& topic : names) {
+    if (!validate_name("topic", topic)) continue;
+    SlotCopy cur;
+    if (impl_->find(topic, cur) && cur.state == TopicState::kReady) continue;
+    auto cfg = load_topic_config(topic_config_path(name_, topic));
+    if (!cfg) {
+      if (first_error) first_error = tl::unexpected(cfg.error());
+      continue;
+    }
+    auto ok = create_topic_impl(topic, *cfg, true);
+    if (ok) restored.push_back(topic);
+    else if (ok.error().code != Errc::kAlreadyExists && first_error) first_error = ok;
+  }
+  if (restored.empty() && !first_error) return tl::unexpected(first_error.error());
+  return restored;
 }
 
 bool Bus::still_exists() const {
@@ -326,6 +497,7 @@ Status Bus::delete_topic(const std::string& name) {
   if (!slot || cur.state != TopicState::kReady)
     return make_error(Errc::kNotFound, fmt::format("topic '{}' does not exist on bus '{}'", name, name_));
   impl_->write_slot(*slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kDeleting); });
+  if (cur.config.spill.enabled) ::unlink(topic_config_path(name_, name).c_str());  // first: no restore after this
   for (std::uint32_t p = 0; p < cur.config.partitions; ++p) {
     const std::string seg_name = partition_segment_name(name_, name, p);
     // Tell attached producers and consumers before the name goes away.
@@ -338,6 +510,7 @@ Status Bus::delete_topic(const std::string& name) {
     }
     (void)Segment::remove(seg_name);
   }
+  if (cur.config.spill.enabled) remove_topic_files(name_, name, cur.config.partitions);
   impl_->write_slot(*slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kFree); });
   impl_->topics.erase(name);
   return {};
@@ -404,6 +577,12 @@ TopicInfo info_of(const SlotCopy& s, const Topic* t) {
       pi.writers += r.writer_slot(i)->owner_pid.load(std::memory_order_relaxed) != 0;
     for (std::uint32_t i = 0; i < shm::kGateSlots; ++i)
       pi.gates += r.gate(i)->owner_pid.load(std::memory_order_relaxed) != 0;
+    const auto& st = r.ctl()->stats;
+    pi.disk_start_offset = st.spill_start.load(std::memory_order_relaxed);
+    pi.disk_end_offset = st.spill_end.load(std::memory_order_acquire);
+    pi.disk_bytes = st.spill_bytes.load(std::memory_order_relaxed);
+    pi.spill_lost = st.spill_lost.load(std::memory_order_relaxed);
+    pi.spill_state = st.spill_state.load(std::memory_order_relaxed);
     info.partitions.push_back(pi);
   }
   return info;
@@ -430,7 +609,7 @@ Result<TopicInfo> Bus::describe_topic(const std::string& name) {
   return info_of(cur, t->get());
 }
 
-Status Bus::destroy(const std::string& bus_name) {
+Status Bus::destroy(const std::string& bus_name, bool purge_disk) {
   if (auto ok = validate_name("bus", bus_name); !ok) return ok;
   const std::string prefix = bus_segment_prefix(bus_name);
   DIR* d = ::opendir(shm::kShmDir);
@@ -443,6 +622,11 @@ Status Bus::destroy(const std::string& bus_name) {
   ::closedir(d);
   for (const auto& n : names)
     if (auto ok = Segment::remove(n); !ok) return ok;
+  if (purge_disk) {
+    std::error_code ec;
+    std::filesystem::remove_all(bus_paths(bus_name).state_dir, ec);
+    if (ec) return make_error(Errc::kSystem, fmt::format("cannot remove {}: {}", bus_paths(bus_name).state_dir, ec.message()));
+  }
   return {};
 }
 

@@ -24,6 +24,7 @@
 
 #include "bus/assignor.h"
 #include "bus/busd_layout.h"
+#include "bus/spiller.h"
 #include "bus/group_client.h"
 #include "bus/names.h"
 #include "bus/offset_store.h"
@@ -86,8 +87,11 @@ class Daemon {
   Status loop();
 
  private:
+  // Called from the spiller's threads too: one write(2) a line.
   void log(const std::string& s) {
-    if (!opts_.quiet) std::cerr << "busd[" << ::getpid() << "] " << s << std::endl;
+    if (opts_.quiet) return;
+    const std::string line = fmt::format("busd[{}] {}\n", ::getpid(), s);
+    (void)!::write(STDERR_FILENO, line.data(), line.size());
   }
   void accept_clients();
   void on_readable(int fd);
@@ -128,9 +132,11 @@ class Daemon {
   std::uint64_t grace_until_ns_ = 0;
   std::set<std::int32_t> returning_;  // pids of the previous busd's live members
   std::set<std::pair<std::string, TopicPartition>> dirty_gates_;  // move after the next flush
+  std::unique_ptr<Spiller> spiller_;  // declared last: stopped first
 };
 
 Daemon::~Daemon() {
+  if (spiller_) spiller_->stop();  // its last writes and syncs happen while we hold the lock
   for (auto& [fd, c] : conns_) ::close(fd);
   if (listen_fd_ >= 0) {
     ::close(listen_fd_);
@@ -244,6 +250,10 @@ Status Daemon::start() {
     ev.data.fd = fd;
     ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
   }
+  // Spilled topics whose shared memory is gone came back with Bus::attach; say what did not.
+  if (auto r = bus_->restore_spilled_topics(); !r) log(fmt::format("a spilled topic could not be restored: {}", r.error().message));
+  spiller_ = std::make_unique<Spiller>(bus_, paths_.state_dir, gid_ ? 0660u : 0600u, [this](const std::string& m) { log(m); });
+  spiller_->start();
   log(fmt::format("bus '{}' ready: socket {}, state {}", bus_->name(), paths_.socket, paths_.state_dir));
   return {};
 }

@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "bus/disk_log.h"
 #include "bus/doctor.h"
 #include "bus/group_client.h"
 #include "bus/names.h"
@@ -42,6 +43,8 @@ int fail(std::ostream& err, const Error& e) {
 }
 
 const char* retention_name(RetentionMode r) { return r == RetentionMode::kBlock ? "block" : "overwrite"; }
+const char* fsync_name(FsyncPolicy f) { return f == FsyncPolicy::kNever ? "never" : f == FsyncPolicy::kAlways ? "always" : "interval"; }
+const char* spill_state_name(std::uint32_t s) { return s == 1 ? "spilling" : s == 2 ? "error" : "waiting"; }
 
 json topic_json(const TopicInfo& t) {
   json j = {{"name", t.name},
@@ -50,7 +53,14 @@ json topic_json(const TopicInfo& t) {
             {"max_record", t.config.max_record},
             {"retention", retention_name(t.config.retention)},
             {"shm_bytes", t.shm_bytes},
-            {"created_ns", t.created_ns}};
+            {"created_ns", t.created_ns},
+            {"spill", nullptr}};
+  if (t.config.spill.enabled)
+    j["spill"] = {{"retention_bytes", t.config.spill.retention_bytes},
+                  {"retention_ms", t.config.spill.retention_ms},
+                  {"segment_bytes", t.config.spill.segment_bytes},
+                  {"fsync", fsync_name(t.config.spill.fsync)},
+                  {"fsync_interval_ms", t.config.spill.fsync_interval_ms}};
   if (!t.partitions.empty()) {
     json parts = json::array();
     for (const auto& p : t.partitions)
@@ -62,6 +72,16 @@ json topic_json(const TopicInfo& t) {
                        {"writers", p.writers},
                        {"gates", p.gates},
                        {"dead_claims_reclaimed", p.dead_claims_reclaimed}});
+    if (t.config.spill.enabled)
+      for (std::size_t i = 0; i < t.partitions.size(); ++i) {
+        const auto& p = t.partitions[i];
+        parts[i]["disk"] = {{"start_offset", p.disk_start_offset},
+                            {"end_offset", p.disk_end_offset},
+                            {"bytes", p.disk_bytes},
+                            {"lag", p.end_offset > p.disk_end_offset ? p.end_offset - p.disk_end_offset : 0},
+                            {"lost", p.spill_lost},
+                            {"state", spill_state_name(p.spill_state)}};
+      }
     j["partition_info"] = parts;
   }
   return j;
@@ -145,6 +165,16 @@ int busctl_run(int argc, const char* const* argv, std::istream& in, std::ostream
   t_create->add_option("--capacity", capacity_s, "ring bytes per partition, a power of two (default 1MiB)");
   t_create->add_option("--max-record", max_record_s, "largest key+headers+value (default: capacity/4)");
   t_create->add_option("--retention", retention_s, "overwrite | block (default overwrite)");
+  bool t_spill = false;
+  std::string sp_ret_bytes = "0", sp_ret_ms = "0", sp_segment = "64MiB", sp_fsync = "interval", sp_interval = "1000";
+  t_create->add_flag("--spill", t_spill, "busd appends every record to a disk log: replay from disk, restore after reboot");
+  t_create->add_option("--retention-bytes", sp_ret_bytes, "spill: disk bytes kept per partition, whole segments (default 0: no limit)");
+  t_create->add_option("--retention-ms", sp_ret_ms, "spill: segments older than this are deleted (default 0: no limit)");
+  t_create->add_option("--segment-bytes", sp_segment, "spill: a segment file rolls past this size (default 64MiB)");
+  t_create->add_option("--fsync", sp_fsync, "spill: never | interval | always (default interval)");
+  t_create->add_option("--fsync-interval-ms", sp_interval, "spill: with --fsync interval (default 1000)");
+  t_create->footer("Examples:\n  busctl topic create orders --partitions 8 --capacity 4MiB --retention block\n"
+                   "  busctl topic create audit --spill --retention-bytes 10GiB --fsync always");
   CLI::App* t_list = sub(topic, "list", "list topics");
   CLI::App* t_describe = sub(topic, "describe", "partitions, offsets and bytes of a topic");
   t_describe->add_option("name", t_name, "topic name")->required();
@@ -192,6 +222,17 @@ int busctl_run(int argc, const char* const* argv, std::istream& in, std::ostream
   CLI::App* bus_cmd = sub(&app, "bus", "the bus itself");
   bus_cmd->require_subcommand(1);
   CLI::App* bus_delete = sub(bus_cmd, "delete", "remove every segment of the bus (attached processes keep their mappings)");
+  bool b_purge = false;
+  bus_delete->add_flag("--purge", b_purge, "also remove its state dir: disk logs of spilled topics and committed offsets");
+
+  CLI::App* log_cmd = sub(&app, "log", "spilled topics' disk logs");
+  log_cmd->require_subcommand(1);
+  std::string l_file;
+  bool l_quiet = false;
+  CLI::App* log_dump = sub(log_cmd, "dump", "print a segment file's records and validate it (exit 1 if it is damaged)");
+  log_dump->add_option("file", l_file, "a segment file: <state dir>/<topic>-<partition>/<base offset>.log")->required();
+  log_dump->add_flag("--summary", l_quiet, "only the summary line");
+  log_dump->footer("Example:\n  busctl log dump ~/.local/state/shmbus/default/orders-0/00000000000000000000.log");
 
   try {
     app.parse(argc, argv);
@@ -309,7 +350,7 @@ int busctl_run(int argc, const char* const* argv, std::istream& in, std::ostream
     // Stop its busd first (committed offsets stay in the state dir).
     if (auto conn = BusdConnection::connect(name, std::chrono::seconds(2), /*autostart=*/false))
       (void)(*conn)->request({{"op", "shutdown"}}, std::chrono::seconds(2));
-    if (auto ok = Bus::destroy(name); !ok) return fail(err, ok.error());
+    if (auto ok = Bus::destroy(name, b_purge); !ok) return fail(err, ok.error());
     if (g.json) out << json{{"deleted_bus", name}}.dump() << "\n";
     else out << fmt::format("deleted bus {}\n", name);
     return kOk;
@@ -330,11 +371,39 @@ int busctl_run(int argc, const char* const* argv, std::istream& in, std::ostream
     cfg.capacity = *cap;
     cfg.max_record = static_cast<std::uint32_t>(*maxr);
     cfg.retention = retention_s == "block" ? RetentionMode::kBlock : RetentionMode::kOverwrite;
+    const bool spill_opts = sp_ret_bytes != "0" || sp_ret_ms != "0" || sp_segment != "64MiB" || sp_fsync != "interval" || sp_interval != "1000";
+    if (spill_opts && !t_spill)
+      return fail(err, Error{Errc::kInvalidArgument, "--retention-bytes, --retention-ms, --segment-bytes and --fsync need --spill"});
+    if (t_spill) {
+      cfg.spill.enabled = true;
+      auto rb = parse_size(sp_ret_bytes);
+      if (!rb) return fail(err, rb.error());
+      auto rm = parse_count("--retention-ms", sp_ret_ms);
+      if (!rm) return fail(err, rm.error());
+      auto sb = parse_size(sp_segment);
+      if (!sb) return fail(err, sb.error());
+      auto iv = parse_count("--fsync-interval-ms", sp_interval);
+      if (!iv) return fail(err, iv.error());
+      if (sp_fsync != "never" && sp_fsync != "interval" && sp_fsync != "always")
+        return fail(err, Error{Errc::kInvalidArgument, fmt::format("--fsync '{}': use never, interval or always", sp_fsync)});
+      if (*rm > static_cast<std::uint64_t>(INT64_MAX / 1'000'000) || *iv > UINT32_MAX)
+        return fail(err, Error{Errc::kInvalidArgument, "--retention-ms or --fsync-interval-ms is too large"});
+      cfg.spill.retention_bytes = *rb;
+      cfg.spill.retention_ms = static_cast<std::int64_t>(*rm);
+      cfg.spill.segment_bytes = *sb;
+      cfg.spill.fsync = sp_fsync == "never" ? FsyncPolicy::kNever : sp_fsync == "always" ? FsyncPolicy::kAlways : FsyncPolicy::kInterval;
+      cfg.spill.fsync_interval_ms = static_cast<std::uint32_t>(*iv);
+    }
     auto bus = attach(g, true);
     if (!bus) return fail(err, bus.error());
     if (auto ok = (*bus)->create_topic(t_name, cfg); !ok) return fail(err, ok.error());
     auto info = (*bus)->describe_topic(t_name);
     if (!info) return fail(err, info.error());
+    if (t_spill) {
+      // busd does the spilling: make sure one runs (SHMBUS_NO_AUTOSTART=1 leaves it to you).
+      if (auto conn = BusdConnection::connect((*bus)->name(), std::chrono::seconds(5)); !conn)
+        err << fmt::format("busctl: warning: busd is not running ({}); topic {} is spilled once it runs\n", conn.error().message, t_name);
+    }
     if (g.json) out << topic_json(*info).dump() << "\n";
     else out << fmt::format("created topic {} on bus {}: {} partitions x {} bytes, {} retention\n", t_name, (*bus)->name(),
                             info->config.partitions, info->config.capacity, retention_name(info->config.retention));
@@ -366,11 +435,25 @@ int busctl_run(int argc, const char* const* argv, std::istream& in, std::ostream
         out << fmt::format("topic {}  partitions {}  capacity {}  max record {}  retention {}  shared memory {} bytes\n",
                            info->name, info->config.partitions, info->config.capacity, info->config.max_record,
                            retention_name(info->config.retention), info->shm_bytes);
-        out << fmt::format("{:>9} {:>14} {:>14} {:>12} {:>12} {:>8} {:>6}\n", "PARTITION", "START", "END", "BYTES",
+        const auto& sp = info->config.spill;
+        if (sp.enabled)
+          out << fmt::format("spill: segment {} bytes  retention {} bytes, {} ms (0: none)  fsync {}{}  dir {}\n",
+                             sp.segment_bytes, sp.retention_bytes, sp.retention_ms, fsync_name(sp.fsync),
+                             sp.fsync == FsyncPolicy::kInterval ? fmt::format(" every {} ms", sp.fsync_interval_ms) : "",
+                             fmt::format("{}/{}-<partition>", bus_paths((*bus)->name()).state_dir, info->name));
+        out << fmt::format("{:>9} {:>14} {:>14} {:>12} {:>12} {:>8} {:>6}", "PARTITION", "START", "END", "BYTES",
                            "CAPACITY", "WRITERS", "GATES");
-        for (const auto& p : info->partitions)
-          out << fmt::format("{:>9} {:>14} {:>14} {:>12} {:>12} {:>8} {:>6}\n", p.partition, p.start_offset, p.end_offset,
+        if (sp.enabled) out << fmt::format(" {:>14} {:>14} {:>10} {:>8} {:>9}", "DISK-START", "DISK-BYTES", "SPILL-LAG", "LOST", "SPILL");
+        out << "\n";
+        for (const auto& p : info->partitions) {
+          out << fmt::format("{:>9} {:>14} {:>14} {:>12} {:>12} {:>8} {:>6}", p.partition, p.start_offset, p.end_offset,
                              p.bytes_used, p.capacity, p.writers, p.gates);
+          if (sp.enabled)
+            out << fmt::format(" {:>14} {:>14} {:>10} {:>8} {:>9}", p.disk_start_offset, p.disk_bytes,
+                               p.end_offset > p.disk_end_offset ? p.end_offset - p.disk_end_offset : 0, p.spill_lost,
+                               spill_state_name(p.spill_state));
+          out << "\n";
+        }
       }
       return kOk;
     }
@@ -378,6 +461,47 @@ int busctl_run(int argc, const char* const* argv, std::istream& in, std::ostream
     if (g.json) out << json{{"deleted", t_name}}.dump() << "\n";
     else out << fmt::format("deleted topic {}\n", t_name);
     return kOk;
+  }
+
+  if (log_dump->parsed()) {
+    json records = json::array();
+    auto r = disklog::scan_segment(l_file, [&](const disklog::FrameView& v) {
+      if (l_quiet) return;
+      const auto& h = v.header;
+      const std::uint64_t klen = h.key_len == disklog::kNullKeyLen ? 0 : h.key_len;
+      const std::string_view key(reinterpret_cast<const char*>(v.payload.data()), klen);
+      const std::string_view value(reinterpret_cast<const char*>(v.payload.data()) + klen + h.headers_len, h.value_len);
+      if (g.json) {
+        records.push_back({{"offset", h.offset}, {"position", v.position}, {"size", h.size}, {"timestamp_ns", h.timestamp_ns},
+                           {"key", h.key_len == disklog::kNullKeyLen ? json(nullptr) : json(std::string(key))},
+                           {"headers_bytes", h.headers_len}, {"value_bytes", h.value_len},
+                           {"value", std::string(value.substr(0, 64))}});
+      } else {
+        std::string shown(value.substr(0, 48));
+        for (char& c : shown)
+          if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '.';
+        out << fmt::format("offset {:>12}  position {:>10}  size {:>7}  ts {}  key {}  value {}{}\n", h.offset, v.position, h.size,
+                           h.timestamp_ns, h.key_len == disklog::kNullKeyLen ? std::string("(null)") : fmt::format("'{}'", key),
+                           shown, value.size() > 48 ? "..." : "");
+      }
+    });
+    if (!r) return fail(err, r.error());
+    const bool ok = r->end == disklog::ScanEnd::kClean;
+    const char* verdict = r->end == disklog::ScanEnd::kClean ? "ok" : r->end == disklog::ScanEnd::kTornTail ? "torn-tail" : "corrupt";
+    if (g.json) {
+      json j = {{"file", l_file}, {"base_offset", r->base_offset}, {"bytes", r->file_size}, {"valid_bytes", r->valid_bytes},
+                {"records", r->records}, {"first_offset", r->first_offset ? json(*r->first_offset) : json(nullptr)},
+                {"last_offset", r->last_offset ? json(*r->last_offset) : json(nullptr)}, {"status", verdict},
+                {"problem", r->problem.empty() ? json(nullptr) : json(r->problem)}};
+      if (!l_quiet) j["records_list"] = records;
+      out << j.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
+    } else {
+      out << fmt::format("{}: base offset {}, {} records ({}..{}), {} bytes, {} valid: {}\n", l_file, r->base_offset, r->records,
+                         r->first_offset ? std::to_string(*r->first_offset) : "-", r->last_offset ? std::to_string(*r->last_offset) : "-",
+                         r->file_size, r->valid_bytes, verdict);
+    }
+    if (!ok) err << "busctl: " << r->problem << "\n";
+    return ok ? kOk : kRuntime;
   }
 
   if (produce->parsed()) {

@@ -10,6 +10,8 @@
 #include <fmt/format.h>
 
 #include "bus/busd_layout.h"
+#include "bus/disk_log.h"
+#include "bus/paths.h"
 #include "bus/group_client.h"
 #include "bus/topic.h"
 #include "shm/futex.h"
@@ -44,6 +46,13 @@ struct Assigned {
   std::uint64_t empty_polls = 0;
   std::uint64_t stall_offset = ~0ull;
   std::uint64_t stall_since = 0;
+  // Spilled topics: offsets older than the ring come from the disk log. While disk_next is
+  // set, records come from there; the ring reader waits at the ring's start (its gate, if
+  // any, too) until the disk catches up with it.
+  std::unique_ptr<disklog::LogReader> disk;
+  std::uint64_t disk_next = kFromRing;
+  static constexpr std::uint64_t kFromRing = ~0ull;
+  std::uint64_t next_offset() const noexcept { return disk_next != kFromRing ? disk_next : reader.offset(); }
 };
 
 // A record in the batch before the arena stops growing: offsets into the arena.
@@ -112,8 +121,9 @@ struct Consumer::Impl {
     a.tp = tp;
     a.topic = *t;
     a.reader = shm::RingReader((*t)->ring(tp.partition));
-    if (config.auto_offset_reset == OffsetReset::kEarliest) a.reader.seek_earliest();
+    if (config.auto_offset_reset == OffsetReset::kEarliest) seek_beginning(a);
     else a.reader.seek_latest();
+    if (start && *start < a.reader.ring().start_offset() && to_disk(a, *start)) return a;
     if (start && !a.reader.seek(*start)) {
       // The committed offset is gone from the ring (or not written yet): auto.offset.reset.
       if (config.auto_offset_reset == OffsetReset::kError)
@@ -122,8 +132,8 @@ struct Consumer::Impl {
                                                                a.reader.ring().end_offset()));
       if (*start < a.reader.ring().start_offset()) {
         // Overwritten since it was committed: lose as little as possible.
-        a.reader.seek_earliest();
-        lost += a.reader.offset() - *start;
+        seek_beginning(a);
+        if (a.next_offset() > *start) lost += a.next_offset() - *start;
       }
     }
     return a;
@@ -222,8 +232,8 @@ struct Consumer::Impl {
     for (const auto& a : assigned) {
       const auto key = std::make_pair(a.tp.topic, a.tp.partition);
       auto it = group ? group->last_committed.find(key) : group->last_committed.end();
-      if (only_changed && group && it != group->last_committed.end() && it->second == a.reader.offset()) continue;
-      out.push_back({a.tp, a.reader.offset()});
+      if (only_changed && group && it != group->last_committed.end() && it->second == a.next_offset()) continue;
+      out.push_back({a.tp, a.next_offset()});
     }
     return out;
   }
@@ -251,7 +261,7 @@ struct Consumer::Impl {
   Status on_revoke(const std::vector<TopicPartition>& tps) {
     std::vector<std::pair<TopicPartition, std::uint64_t>> offs;
     for (const auto& a : assigned)
-      if (std::find(tps.begin(), tps.end(), a.tp) != tps.end()) offs.push_back({a.tp, a.reader.offset()});
+      if (std::find(tps.begin(), tps.end(), a.tp) != tps.end()) offs.push_back({a.tp, a.next_offset()});
     if (config.enable_auto_commit && !offs.empty()) (void)commit_offsets(offs, true);
     if (config.on_revoked) config.on_revoked(tps);
     for (const auto& tp : tps) drop(tp);
@@ -432,8 +442,76 @@ struct Consumer::Impl {
                                                          a.tp.partition, shm::kGateSlots));
   }
 
+  // The oldest record: on disk for a spilled topic, else the ring's start.
+  void seek_beginning(Assigned& a) {
+    a.disk_next = Assigned::kFromRing;
+    a.reader.seek_earliest();
+    if (a.topic->config().spill.enabled) {
+      const auto& st = a.reader.ring().ctl()->stats;
+      const std::uint64_t start = st.spill_start.load(std::memory_order_acquire);
+      if (start < a.reader.offset()) (void)to_disk(a, start);
+    }
+  }
+
+  // Reads on from the disk log at `offset`, if the topic spills and its log has it.
+  bool to_disk(Assigned& a, std::uint64_t offset) {
+    if (!a.topic->config().spill.enabled) return false;
+    const auto& st = a.reader.ring().ctl()->stats;
+    const std::uint64_t start = st.spill_start.load(std::memory_order_acquire), end = st.spill_end.load(std::memory_order_acquire);
+    if (end <= start || offset >= end) return false;
+    if (offset < start) {  // gone to retention too
+      lost += start - offset;
+      offset = start;
+    }
+    if (!a.disk)
+      a.disk = std::make_unique<disklog::LogReader>(disklog::partition_dir(bus_paths(bus->name()).state_dir, a.tp.topic, a.tp.partition));
+    a.disk_next = offset;
+    a.reader.seek_earliest();  // where the disk will hand over; a gate waits here
+    return true;
+  }
+
+  // Up to `limit` records of a partition read from its disk log, into the arena.
+  Status fetch_disk(std::size_t idx, std::size_t limit) {
+    Assigned& a = assigned[idx];
+    const shm::Ring& ring = a.reader.ring();
+    const std::uint64_t end = ring.ctl()->stats.spill_end.load(std::memory_order_acquire);
+    const std::size_t first = pending.size();
+    auto next = a.disk->read(a.disk_next, end, 4u << 20, [&](const disklog::FrameView& v) {
+      const std::size_t at = arena_used;
+      std::byte* rec = arena_take(shm::kRecordHeaderSize + v.payload.size());
+      shm::RecordHeader h{};
+      h.length = static_cast<std::uint32_t>(shm::kRecordHeaderSize + v.payload.size());
+      h.timestamp_ns = v.header.timestamp_ns;
+      h.key_len = v.header.key_len;  // kNullKeyLen == kNullKey
+      h.headers_len = v.header.headers_len;
+      h.value_len = v.header.value_len;
+      std::memcpy(static_cast<void*>(rec), &h, sizeof h);
+      if (!v.payload.empty()) std::memcpy(rec + shm::kRecordHeaderSize, v.payload.data(), v.payload.size());
+      pending.push_back(Pending{idx, v.header.offset, nullptr, at});
+      return pending.size() - first < limit;
+    });
+    if (!next)
+      return make_error(next.error().code, fmt::format("{}-{}: reading offset {} from disk: {}", a.tp.topic, a.tp.partition,
+                                                       a.disk_next, next.error().message));
+    a.disk_next = std::max(a.disk_next, *next);
+    if (pending.size() > first || a.disk_next < end) return {};
+    // The disk has nothing more: on to the ring.
+    if (a.reader.seek(a.disk_next)) {
+      a.disk_next = Assigned::kFromRing;
+    } else if (a.disk_next < ring.start_offset()) {
+      // Overwritten before busd spilled it (an overwrite topic whose spiller fell behind).
+      const std::uint64_t was = a.disk_next;
+      a.disk_next = Assigned::kFromRing;
+      a.reader.seek_earliest();
+      lost += a.reader.offset() - was;
+    }
+    return {};
+  }
+
   Status reset(Assigned& a) {
     const std::uint64_t was = a.reader.offset();
+    // Overwritten before we read it: a spilled topic still has it on disk.
+    if (to_disk(a, was)) return {};
     switch (config.auto_offset_reset) {
       case OffsetReset::kEarliest: a.reader.seek_earliest(); break;
       case OffsetReset::kLatest: a.reader.seek_latest(); break;
@@ -473,6 +551,9 @@ struct Consumer::Impl {
     Assigned& a = assigned[idx];
     if (a.reader.ring().closed())
       return make_error(Errc::kTopicDeleted, fmt::format("topic '{}' was deleted", a.tp.topic));
+    if (a.disk_next != Assigned::kFromRing) {
+      if (auto ok = fetch_disk(idx, limit); !ok || a.disk_next != Assigned::kFromRing) return ok;
+    }
     const std::uint64_t start = a.reader.position();
     const std::size_t first = pending.size();
     while (pending.size() - first < limit) {
@@ -554,6 +635,7 @@ struct Consumer::Impl {
 
   bool has_data() {
     for (auto& a : assigned) {
+      if (a.disk_next != Assigned::kFromRing) return true;
       const shm::RecordHeader* h = nullptr;
       if (a.reader.next(h) != shm::ReadStatus::kNone || a.reader.lapped()) return true;
       if (a.reader.ring().closed()) return true;
@@ -715,10 +797,21 @@ std::vector<TopicPartition> Consumer::assignment() const {
 Status Consumer::seek(const TopicPartition& tp, std::uint64_t offset) {
   auto a = impl_->require(tp);
   if (!a) return tl::unexpected(a.error());
-  if (!(*a)->reader.seek(offset))
-    return make_error(Errc::kOffsetOutOfRange, fmt::format("{}-{}: offset {} is not in the ring (it holds {}..{})", tp.topic,
+  (*a)->disk_next = Assigned::kFromRing;
+  if (!(*a)->reader.seek(offset)) {
+    if (offset < (*a)->reader.ring().start_offset() && impl_->to_disk(**a, offset)) {
+      impl_->set_gate(**a);
+      return {};
+    }
+    const auto& st = (*a)->reader.ring().ctl()->stats;
+    const std::string disk = (*a)->topic->config().spill.enabled
+                                 ? fmt::format(", its disk log {}..{}", st.spill_start.load(std::memory_order_relaxed),
+                                               st.spill_end.load(std::memory_order_relaxed))
+                                 : std::string();
+    return make_error(Errc::kOffsetOutOfRange, fmt::format("{}-{}: offset {} is not in the ring (it holds {}..{}{})", tp.topic,
                                                            tp.partition, offset, (*a)->reader.ring().start_offset(),
-                                                           (*a)->reader.ring().end_offset()));
+                                                           (*a)->reader.ring().end_offset(), disk));
+  }
   impl_->set_gate(**a);
   return {};
 }
@@ -726,7 +819,7 @@ Status Consumer::seek(const TopicPartition& tp, std::uint64_t offset) {
 Status Consumer::seek_to_beginning(const TopicPartition& tp) {
   auto a = impl_->require(tp);
   if (!a) return tl::unexpected(a.error());
-  (*a)->reader.seek_earliest();
+  impl_->seek_beginning(**a);
   impl_->set_gate(**a);
   return {};
 }
@@ -734,6 +827,7 @@ Status Consumer::seek_to_beginning(const TopicPartition& tp) {
 Status Consumer::seek_to_end(const TopicPartition& tp) {
   auto a = impl_->require(tp);
   if (!a) return tl::unexpected(a.error());
+  (*a)->disk_next = Assigned::kFromRing;
   (*a)->reader.seek_latest();
   impl_->set_gate(**a);
   return {};
@@ -742,7 +836,7 @@ Status Consumer::seek_to_end(const TopicPartition& tp) {
 Result<std::uint64_t> Consumer::position(const TopicPartition& tp) const {
   auto a = impl_->require(tp);
   if (!a) return tl::unexpected(a.error());
-  return (*a)->reader.offset();
+  return (*a)->next_offset();
 }
 
 std::uint64_t Consumer::lost() const noexcept { return impl_->lost; }

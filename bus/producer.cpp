@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "bus/group_client.h"
 #include "bus/partitioner.h"
 #include "bus/topic.h"
 #include "shm/process.h"
@@ -84,6 +85,9 @@ struct Producer::Impl {
       }
       auto t = bus->topic(std::string(name));
       if (!t) return tl::unexpected(t.error());
+      // A spilled topic needs busd: it spills, and in a block topic its gate holds us back
+      // until it has. Start one if none runs (SHMBUS_NO_AUTOSTART=1 opts out).
+      if ((*t)->config().spill.enabled) (void)BusdConnection::connect(bus->name(), std::chrono::seconds(2));
       TopicState st;
       st.topic = *t;
       st.writers.resize((*t)->partitions());

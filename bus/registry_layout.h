@@ -17,7 +17,7 @@
 namespace shmbus {
 
 inline constexpr std::uint16_t kRegistryLayoutMajor = 1;
-inline constexpr std::uint16_t kRegistryLayoutMinor = 0;
+inline constexpr std::uint16_t kRegistryLayoutMinor = 1;  // 1: spill config in TopicSlot
 inline constexpr std::uint32_t kMaxTopics = 256;
 
 enum class TopicState : std::uint32_t { kFree = 0, kCreating = 1, kReady = 2, kDeleting = 3 };
@@ -45,12 +45,21 @@ struct alignas(64) TopicSlot {
   std::int32_t creator_pid;
   std::uint32_t flags;
   char name[208];                  // not NUL-terminated past name_len
-  std::uint8_t reserved[248];
+  // Minor 1: the disk log (SpillConfig); all zero in slots of minor 0 (no spill).
+  std::uint32_t spill;             // 1: spilled
+  std::uint32_t spill_fsync;       // FsyncPolicy
+  std::uint64_t spill_retention_bytes;
+  std::int64_t spill_retention_ms;
+  std::uint64_t spill_segment_bytes;
+  std::uint32_t spill_fsync_interval_ms;
+  std::uint32_t reserved0;
+  std::uint8_t reserved[208];
 };
 static_assert(sizeof(TopicSlot) == 512, "bump kRegistryLayoutMajor");
 static_assert(offsetof(TopicSlot, capacity) == 16, "bump kRegistryLayoutMajor");
 static_assert(offsetof(TopicSlot, epoch) == 32, "bump kRegistryLayoutMajor");
 static_assert(offsetof(TopicSlot, name) == 56, "bump kRegistryLayoutMajor");
+static_assert(offsetof(TopicSlot, spill) == 264 && offsetof(TopicSlot, spill_fsync_interval_ms) == 296, "bump kRegistryLayoutMajor");
 static_assert(std::is_standard_layout_v<TopicSlot>, "slots are read by other processes");
 
 inline constexpr std::size_t kRegistryControlOffset = 128;

@@ -71,6 +71,20 @@ void ring_init(std::byte* base, const RingParams& p) {
     s->intent_offset.store(kNoIntent, std::memory_order_relaxed);
   }
   for (std::uint32_t i = 0; i < kGateSlots; ++i) new (base + kGateSlotsOffset + i * sizeof(GateSlot)) GateSlot{};
+  if (p.spill) {
+    ctl->stats.spill_start.store(p.spill_start, std::memory_order_relaxed);
+    ctl->stats.spill_end.store(p.base_offset, std::memory_order_relaxed);
+    ctl->stats.spill_bytes.store(p.spill_bytes, std::memory_order_relaxed);
+    if (p.retention == Retention::kBlock) {
+      // The spiller's gate: durable (never reaped), found again by busd through its key.
+      auto* g = reinterpret_cast<GateSlot*>(base + kGateSlotsOffset);
+      g->kind.store(static_cast<std::uint32_t>(GateKind::kDurable), std::memory_order_relaxed);
+      g->owner_key.store(kSpillGateKey, std::memory_order_relaxed);
+      g->position.store(0, std::memory_order_relaxed);
+      g->owner_start_ticks.store(self_process().start_ticks, std::memory_order_relaxed);
+      g->owner_pid.store(self_process().pid, std::memory_order_relaxed);
+    }
+  }
   // posix_fallocate zeroed the index and the data; zero decodes to noise under the salt.
 }
 

@@ -61,6 +61,12 @@ struct RingParams {
   std::uint32_t partition = 0;
   std::uint64_t topic_epoch = 0;
   std::uint64_t base_offset = 0;     // first offset (a topic restored from disk continues)
+  // A topic with a disk log: block topics start with the spiller's durable gate at the
+  // first position, so nothing is overwritten before busd has spilled it, even before busd
+  // runs. The disk log's range is published for consumers from the start.
+  bool spill = false;
+  std::uint64_t spill_start = 0;
+  std::uint64_t spill_bytes = 0;
 };
 
 struct RingGeometry {

@@ -52,7 +52,7 @@
 namespace shmbus::shm {
 
 inline constexpr std::uint16_t kPartitionLayoutMajor = 2;
-inline constexpr std::uint16_t kPartitionLayoutMinor = 0;
+inline constexpr std::uint16_t kPartitionLayoutMinor = 1;  // 1: spill fields in StatsLine
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint32_t kWriterSlots = 64;
 inline constexpr std::uint32_t kGateSlots = 32;
@@ -112,12 +112,23 @@ struct alignas(kCacheLine) NotifyLine {
 };
 static_assert(sizeof(NotifyLine) == 64, "bump kPartitionLayoutMajor");
 
+// Spill state of a partition whose topic has a disk log.
+enum class SpillState : std::uint32_t { kOff = 0, kRunning = 1, kError = 2 };
+
 struct alignas(kCacheLine) StatsLine {
   std::atomic<std::uint64_t> dead_claims_reclaimed;  // claims of dead writers turned into ABORTED
   std::atomic<std::uint64_t> producer_blocked_ns;    // block mode: time producers waited for room
-  std::uint64_t reserved[6];
+  // Written by busd's spiller only (minor 1; zero in segments of minor 0):
+  std::atomic<std::uint64_t> spill_end;    // every offset below it is on disk (or was lost)
+  std::atomic<std::uint64_t> spill_start;  // the oldest offset on disk
+  std::atomic<std::uint64_t> spill_bytes;  // bytes of the partition's log files
+  std::atomic<std::uint64_t> spill_lost;   // overwrite topics: records lapped before they were spilled
+  std::atomic<std::uint32_t> spill_state;  // SpillState
+  std::uint32_t reserved0;
+  std::uint64_t reserved[1];
 };
 static_assert(sizeof(StatsLine) == 64, "bump kPartitionLayoutMajor");
+static_assert(offsetof(StatsLine, spill_end) == 16 && offsetof(StatsLine, spill_state) == 48, "bump kPartitionLayoutMajor");
 
 struct alignas(kCacheLine) PartitionControl {
   PartitionConfig config;
@@ -152,8 +163,11 @@ static_assert(offsetof(WriterSlot, intent_offset) == 16, "bump kPartitionLayoutM
 // A consumer that producers of a `block` topic may not lap.
 enum class GateKind : std::uint32_t {
   kProcess = 1,  // a live consumer process; released by producers when it is dead
-  kDurable = 2,  // a consumer group's committed offset, kept by busd; never reaped
+  kDurable = 2,  // a consumer group's committed offset, or the spiller's; kept by busd; never reaped
 };
+
+// owner_key of the spiller's durable gate (group gates use a hash of the group name).
+inline constexpr std::uint64_t kSpillGateKey = 0x7370696c6c676174ull;  // "spillgat"
 
 struct alignas(kCacheLine) GateSlot {
   std::atomic<std::int32_t> owner_pid;  // 0: free

@@ -21,11 +21,26 @@ class Topic;
 
 enum class RetentionMode : std::uint32_t { kOverwrite = 0, kBlock = 1 };
 
+enum class FsyncPolicy : std::uint32_t { kNever = 0, kInterval = 1, kAlways = 2 };
+
+// The disk log of a topic (docs/spill.md): busd appends every partition's records to
+// <state dir>/<topic>-<partition>/<base offset>.log, and consumers read offsets older than
+// the ring from there.
+struct SpillConfig {
+  bool enabled = false;
+  std::uint64_t retention_bytes = 0;           // per partition; 0: no limit
+  std::int64_t retention_ms = 0;               // 0: no limit
+  std::uint64_t segment_bytes = 64ull << 20;   // a segment file rolls past this size
+  FsyncPolicy fsync = FsyncPolicy::kInterval;
+  std::uint32_t fsync_interval_ms = 1000;      // kInterval
+};
+
 struct TopicConfig {
   std::uint32_t partitions = 1;
   std::uint64_t capacity = 1 << 20;  // ring bytes per partition, a power of two >= 4096
   std::uint32_t max_record = 0;      // largest key+value+headers; 0: capacity / 4 minus the header
   RetentionMode retention = RetentionMode::kOverwrite;
+  SpillConfig spill;
 };
 
 struct PartitionInfo {
@@ -37,6 +52,12 @@ struct PartitionInfo {
   std::uint64_t dead_claims_reclaimed;
   std::uint32_t writers;       // producers attached
   std::uint32_t gates;         // consumers holding producers back
+  // Spilled topics (what busd published in the partition segment):
+  std::uint64_t disk_start_offset = 0;  // oldest offset on disk
+  std::uint64_t disk_end_offset = 0;    // every offset below it is on disk (or was lost)
+  std::uint64_t disk_bytes = 0;
+  std::uint64_t spill_lost = 0;         // overwrite topics: records overwritten before busd spilled them
+  std::uint32_t spill_state = 0;        // 0 not spilling, 1 spilling, 2 stopped on an error
 };
 
 struct TopicInfo {
@@ -81,12 +102,19 @@ class Bus : public std::enable_shared_from_this<Bus> {
 
   // Removes every segment of the bus (registry included). Attached processes keep their
   // mappings; new attaches start from an empty bus.
-  static Status destroy(const std::string& bus_name);
+  // The disk logs of spilled topics stay (they are how topics come back after a reboot)
+  // unless `purge_disk` is set.
+  static Status destroy(const std::string& bus_name, bool purge_disk = false);
+
+  // Topics with a disk log but no shared memory (after a reboot, or a bus delete) are
+  // created again from their logs, offsets continuing; attach() does this. Returns them.
+  Result<std::vector<std::string>> restore_spilled_topics();
 
   struct Impl;
 
  private:
   Bus();
+  Status create_topic_impl(const std::string& name, const TopicConfig& config, bool restoring);
   std::string name_;
   bool read_only_ = false;
   std::unique_ptr<Impl> impl_;

@@ -1,0 +1,628 @@
+#include "bus/disk_log.h"
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+#include <boost/crc.hpp>
+#include <fmt/format.h>
+
+#include "bus/paths.h"
+
+namespace shmbus::disklog {
+
+// ---- CRC32C ----
+
+std::uint32_t crc32c_boost(const void* data, std::size_t n) noexcept {
+  boost::crc_optimal<32, 0x1EDC6F41, 0xFFFFFFFF, 0xFFFFFFFF, true, true> crc;  // Castagnoli
+  crc.process_bytes(data, n);
+  return crc.checksum();
+}
+
+namespace {
+
+__attribute__((target("sse4.2"))) std::uint32_t crc32c_sse42(const void* data, std::size_t n) noexcept {
+  const auto* p = static_cast<const unsigned char*>(data);
+  std::uint64_t crc = 0xFFFFFFFFu;
+  for (; n >= 8; n -= 8, p += 8) {
+    std::uint64_t v;
+    std::memcpy(&v, p, 8);
+    crc = __builtin_ia32_crc32di(crc, v);
+  }
+  auto c = static_cast<std::uint32_t>(crc);
+  for (; n > 0; --n, ++p) c = __builtin_ia32_crc32qi(c, *p);
+  return ~c;
+}
+
+const bool kHardware = __builtin_cpu_supports("sse4.2");
+
+}  // namespace
+
+bool crc32c_is_hardware() noexcept { return kHardware; }
+
+std::uint32_t crc32c(const void* data, std::size_t n) noexcept {
+  return kHardware ? crc32c_sse42(data, n) : crc32c_boost(data, n);
+}
+
+// ---- names ----
+
+std::string partition_dir(const std::string& state_dir, const std::string& topic, std::uint32_t partition) {
+  return fmt::format("{}/{}-{}", state_dir, topic, partition);
+}
+
+std::string segment_path(const std::string& dir, std::uint64_t base, const char* ext) {
+  return fmt::format("{}/{:020}.{}", dir, base, ext);
+}
+
+Result<std::vector<std::uint64_t>> list_segments(const std::string& dir) {
+  std::vector<std::uint64_t> out;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) {
+    if (errno == ENOENT) return out;
+    return make_error(Errc::kSystem, fmt::format("cannot list {}: {}", dir, std::strerror(errno)));
+  }
+  while (dirent* e = ::readdir(d)) {
+    std::string_view n(e->d_name);
+    if (n.size() != 24 || n.substr(20) != ".log") continue;
+    std::uint64_t base = 0;
+    bool digits = true;
+    for (char c : n.substr(0, 20)) {
+      if (c < '0' || c > '9') digits = false;
+      else base = base * 10 + static_cast<std::uint64_t>(c - '0');
+    }
+    if (digits) out.push_back(base);
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+// ---- frames ----
+
+namespace {
+
+std::uint32_t frame_crc(const std::byte* frame, std::uint32_t size) noexcept { return crc32c(frame + 8, size - 8); }
+
+FileHeader make_file_header(std::uint64_t base) {
+  FileHeader h{};
+  std::memcpy(h.magic, kMagic, sizeof kMagic);
+  h.major = kLogMajor;
+  h.minor = kLogMinor;
+  h.header_size = sizeof(FileHeader);
+  h.base_offset = base;
+  h.crc = crc32c(&h, offsetof(FileHeader, crc));
+  return h;
+}
+
+// Why a file header is not ours, or "" when it is.
+std::string check_file_header(const FileHeader& h, std::uint64_t expected_base) {
+  if (std::memcmp(h.magic, kMagic, sizeof kMagic) != 0) return "not a shmbus log segment (bad magic)";
+  if (h.crc != crc32c(&h, offsetof(FileHeader, crc))) return "its file header is corrupt (CRC mismatch)";
+  if (h.major != kLogMajor) return fmt::format("log format version {}.{}, this build reads {}.x", h.major, h.minor, kLogMajor);
+  if (h.header_size != sizeof(FileHeader)) return fmt::format("file header of {} bytes", h.header_size);
+  if (h.base_offset != expected_base) return fmt::format("base offset {} does not match its name", h.base_offset);
+  return {};
+}
+
+// A frame header that could be real: sizes that add up, an offset at or past `min_offset`.
+bool plausible(const FrameHeader& h, std::uint64_t min_offset) noexcept {
+  const std::uint64_t klen = h.key_len == kNullKeyLen ? 0 : h.key_len;
+  return h.size >= kFrameHeaderSize && h.size <= kMaxFrame && h.attributes == 0 &&
+         std::uint64_t{kFrameHeaderSize} + klen + h.headers_len + h.value_len == h.size && h.offset >= min_offset;
+}
+
+// Sequential reads of a file through a buffer, with random access forward.
+class Window {
+ public:
+  Window(int fd, std::uint64_t size) : fd_(fd), size_(size) {}
+  std::uint64_t size() const noexcept { return size_; }
+  // [pos, pos + n) of the file, or nullptr past its end (or on a read error).
+  const std::byte* get(std::uint64_t pos, std::uint64_t n) {
+    if (pos + n > size_ || pos + n < pos) return nullptr;
+    if (pos >= start_ && pos + n <= start_ + len_) return buf_.data() + (pos - start_);
+    const std::uint64_t want = std::max<std::uint64_t>(n, std::min<std::uint64_t>(size_ - pos, 1 << 20));
+    if (buf_.size() < want) buf_.resize(want);
+    std::uint64_t got = 0;
+    while (got < want) {
+      const ssize_t r = ::pread(fd_, buf_.data() + got, want - got, static_cast<off_t>(pos + got));
+      if (r < 0 && errno == EINTR) continue;
+      if (r <= 0) break;
+      got += static_cast<std::uint64_t>(r);
+    }
+    start_ = pos;
+    len_ = got;
+    return got >= n ? buf_.data() : nullptr;
+  }
+
+ private:
+  int fd_;
+  std::uint64_t size_;
+  std::vector<std::byte> buf_;
+  std::uint64_t start_ = 0, len_ = 0;
+};
+
+enum class FrameCheck { kOk, kPartial, kBad };
+
+// The frame at `pos`: whole and valid, cut short by the end of the file, or invalid.
+FrameCheck check_frame(Window& w, std::uint64_t pos, std::uint64_t min_offset, FrameView& out) {
+  const std::byte* p = w.get(pos, kFrameHeaderSize);
+  if (!p) return FrameCheck::kPartial;
+  FrameHeader h;
+  std::memcpy(&h, p, sizeof h);
+  if (!plausible(h, min_offset)) return FrameCheck::kBad;
+  p = w.get(pos, h.size);
+  if (!p) return FrameCheck::kPartial;
+  if (frame_crc(p, h.size) != h.crc) return FrameCheck::kBad;
+  out.position = pos;
+  out.header = h;
+  out.payload = Bytes(p + kFrameHeaderSize, h.size - kFrameHeaderSize);
+  return FrameCheck::kOk;
+}
+
+// Is there a valid frame anywhere after the bad one at `pos`? Then the damage is in the
+// middle of the file (corruption); else it is a write cut short (a torn tail).
+bool valid_frame_after(Window& w, std::uint64_t pos, std::uint64_t min_offset) {
+  FrameView v;
+  for (std::uint64_t q = pos + 1; q + kFrameHeaderSize <= w.size(); ++q)
+    if (check_frame(w, q, min_offset, v) == FrameCheck::kOk) return true;
+  return false;
+}
+
+struct Fd {
+  int fd = -1;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+Status write_all(int fd, const void* data, std::size_t n, const std::string& path) {
+  const auto* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w < 0)
+      return make_error(errno == ENOSPC ? Errc::kNoSpace : Errc::kSystem, fmt::format("write {}: {}", path, std::strerror(errno)));
+    p += w;
+    n -= static_cast<std::size_t>(w);
+  }
+  return {};
+}
+
+}  // namespace
+
+void append_frame(std::vector<std::byte>& out, std::uint64_t offset, std::int64_t timestamp_ns, std::uint32_t key_len,
+                  std::uint32_t headers_len, std::uint32_t value_len, const std::byte* payload) {
+  const std::uint64_t klen = key_len == kNullKeyLen ? 0 : key_len;
+  const std::uint64_t n = klen + headers_len + value_len;
+  FrameHeader h{static_cast<std::uint32_t>(kFrameHeaderSize + n), 0, offset, timestamp_ns, key_len, headers_len, value_len, 0};
+  const std::size_t at = out.size();
+  out.resize(at + h.size);
+  std::memcpy(out.data() + at, &h, sizeof h);
+  if (n) std::memcpy(out.data() + at + kFrameHeaderSize, payload, n);
+  h.crc = frame_crc(out.data() + at, h.size);
+  std::memcpy(out.data() + at + 4, &h.crc, 4);
+}
+
+// ---- scan ----
+
+Result<ScanResult> scan_segment(const std::string& path, const std::function<void(const FrameView&)>& each) {
+  Fd f{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  if (f.fd < 0) return make_error(errno == ENOENT ? Errc::kNotFound : Errc::kSystem, fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+  struct stat st{};
+  if (::fstat(f.fd, &st) != 0) return make_error(Errc::kSystem, fmt::format("stat {}: {}", path, std::strerror(errno)));
+  ScanResult r;
+  r.file_size = static_cast<std::uint64_t>(st.st_size);
+  const std::string name = path.substr(path.find_last_of('/') + 1);
+  r.base_offset = std::strtoull(name.c_str(), nullptr, 10);
+  Window w(f.fd, r.file_size);
+  const std::byte* hp = w.get(0, sizeof(FileHeader));
+  if (!hp) {
+    r.end = ScanEnd::kTornTail;  // created, never finished: nothing in it
+    r.problem = fmt::format("{}: {} bytes, shorter than a file header", path, r.file_size);
+    return r;
+  }
+  FileHeader fh;
+  std::memcpy(&fh, hp, sizeof fh);
+  if (auto why = check_file_header(fh, r.base_offset); !why.empty()) {
+    r.end = ScanEnd::kCorrupt;
+    r.problem = fmt::format("{}: {}", path, why);
+    return r;
+  }
+  std::uint64_t pos = sizeof(FileHeader), since_index = kIndexInterval;
+  r.valid_bytes = pos;
+  while (pos < r.file_size) {
+    FrameView v;
+    const std::uint64_t min_offset = r.last_offset ? *r.last_offset + 1 : r.base_offset;
+    const FrameCheck c = check_frame(w, pos, min_offset, v);
+    if (c != FrameCheck::kOk) {
+      const bool middle = valid_frame_after(w, pos, min_offset);
+      r.end = middle ? ScanEnd::kCorrupt : ScanEnd::kTornTail;
+      r.bad_position = pos;
+      const std::string expected = r.last_offset ? fmt::format("after offset {}", *r.last_offset) : std::string("the first record");
+      r.problem = middle ? fmt::format("{}: corrupt record at byte {} ({}): {}", path, pos, expected,
+                                       c == FrameCheck::kPartial ? "cut short" : "bad length or CRC")
+                         : fmt::format("{}: torn tail at byte {} ({}): {} bytes that are not a whole record", path, pos,
+                                       expected, r.file_size - pos);
+      return r;
+    }
+    if (since_index >= kIndexInterval) {
+      r.index.push_back({static_cast<std::uint32_t>(v.header.offset - r.base_offset), static_cast<std::uint32_t>(pos)});
+      since_index = 0;
+    }
+    if (each) each(v);
+    if (!r.first_offset) r.first_offset = v.header.offset;
+    r.last_offset = v.header.offset;
+    ++r.records;
+    pos += v.header.size;
+    since_index += v.header.size;
+    r.valid_bytes = pos;
+  }
+  return r;
+}
+
+Result<LogSummary> summarize(const std::string& dir) {
+  LogSummary s;
+  auto segs = list_segments(dir);
+  if (!segs) return tl::unexpected(segs.error());
+  s.segments = *segs;
+  for (auto base : s.segments) {
+    struct stat st{};
+    if (::stat(segment_path(dir, base, "log").c_str(), &st) == 0) s.bytes += static_cast<std::uint64_t>(st.st_size);
+  }
+  for (auto it = s.segments.rbegin(); it != s.segments.rend() && !s.next_offset; ++it) {
+    auto r = scan_segment(segment_path(dir, *it, "log"));
+    if (!r) return tl::unexpected(r.error());
+    if (r->end == ScanEnd::kCorrupt && !r->last_offset) return make_error(Errc::kBadSegment, r->problem);
+    if (r->last_offset) s.next_offset = *r->last_offset + 1;
+  }
+  if (!s.segments.empty() && s.next_offset) s.start_offset = s.segments.front();
+  return s;
+}
+
+// ---- reader ----
+
+LogReader::LogReader(LogReader&& o) noexcept
+    : dir_(std::move(o.dir_)), segments_(std::move(o.segments_)), fd_(std::exchange(o.fd_, -1)), base_(o.base_),
+      pos_(o.pos_), next_(o.next_), buf_(std::move(o.buf_)) {}
+
+LogReader& LogReader::operator=(LogReader&& o) noexcept {
+  if (this != &o) {
+    close_segment();
+    dir_ = std::move(o.dir_);
+    segments_ = std::move(o.segments_);
+    fd_ = std::exchange(o.fd_, -1);
+    base_ = o.base_;
+    pos_ = o.pos_;
+    next_ = o.next_;
+    buf_ = std::move(o.buf_);
+  }
+  return *this;
+}
+
+LogReader::~LogReader() { close_segment(); }
+
+void LogReader::close_segment() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+}
+
+Result<std::optional<std::uint64_t>> LogReader::start_offset() {
+  auto segs = list_segments(dir_);
+  if (!segs) return tl::unexpected(segs.error());
+  segments_ = *segs;
+  if (segments_.empty()) return std::optional<std::uint64_t>();
+  return std::optional<std::uint64_t>(segments_.front());
+}
+
+Status LogReader::open_segment(std::uint64_t base, std::uint64_t from) {
+  close_segment();
+  const std::string path = segment_path(dir_, base, "log");
+  fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd_ < 0) return make_error(errno == ENOENT ? Errc::kNotFound : Errc::kSystem, fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+  base_ = base;
+  pos_ = sizeof(FileHeader);
+  next_ = base;
+  FileHeader fh{};
+  const ssize_t n = ::pread(fd_, &fh, sizeof fh, 0);
+  if (n < static_cast<ssize_t>(sizeof fh)) return {};  // being created: empty for now
+  if (auto why = check_file_header(fh, base); !why.empty()) return make_error(Errc::kBadSegment, fmt::format("{}: {}", path, why));
+  // The sparse index: the last entry at or before `from`. Entries are hints; the frame
+  // found there is checked like any other (a bad hint falls back to the file's start).
+  Fd idx{::open(segment_path(dir_, base, "index").c_str(), O_RDONLY | O_CLOEXEC)};
+  if (idx.fd >= 0 && from > base) {
+    struct stat st{};
+    if (::fstat(idx.fd, &st) == 0 && st.st_size >= static_cast<off_t>(sizeof(IndexEntry))) {
+      std::vector<IndexEntry> entries(static_cast<std::size_t>(st.st_size) / sizeof(IndexEntry));
+      const ssize_t got = ::pread(idx.fd, entries.data(), entries.size() * sizeof(IndexEntry), 0);
+      entries.resize(got > 0 ? static_cast<std::size_t>(got) / sizeof(IndexEntry) : 0);
+      for (const auto& e : entries) {
+        if (base + e.relative_offset > from || e.position < pos_) break;
+        FrameHeader h{};
+        if (::pread(fd_, &h, sizeof h, e.position) != static_cast<ssize_t>(sizeof h) || h.offset != base + e.relative_offset ||
+            !plausible(h, base))
+          break;
+        pos_ = e.position;
+        next_ = h.offset;
+      }
+    }
+  }
+  return {};
+}
+
+Result<std::uint64_t> LogReader::read(std::uint64_t from, std::uint64_t limit, std::size_t max_bytes,
+                                      const std::function<bool(const FrameView&)>& each) {
+  if (from >= limit) return from;
+  // Where to start: the open segment if we are reading on from it, else a fresh look.
+  if (fd_ < 0 || from != next_ || from < base_) {
+    for (int attempt = 0;; ++attempt) {
+      auto segs = list_segments(dir_);
+      if (!segs) return tl::unexpected(segs.error());
+      segments_ = *segs;
+      if (segments_.empty()) return from;
+      auto it = std::upper_bound(segments_.begin(), segments_.end(), from);
+      const std::uint64_t base = it == segments_.begin() ? segments_.front() : *std::prev(it);
+      auto ok = open_segment(base, from);
+      if (ok) break;
+      // Retention may remove a segment between the listing and the open: look again.
+      if (ok.error().code != Errc::kNotFound || attempt == 2) return tl::unexpected(ok.error());
+    }
+  }
+  std::uint64_t next = from;
+  std::size_t bytes = 0;
+  for (;;) {
+    struct stat st{};
+    if (::fstat(fd_, &st) != 0) return make_error(Errc::kSystem, fmt::format("stat: {}", std::strerror(errno)));
+    Window w(fd_, static_cast<std::uint64_t>(st.st_size));
+    const std::string path = segment_path(dir_, base_, "log");
+    while (pos_ < w.size()) {
+      FrameView v;
+      const FrameCheck c = check_frame(w, pos_, next_, v);
+      if (c != FrameCheck::kOk) {
+        if (valid_frame_after(w, pos_, next_))
+          return make_error(Errc::kBadSegment, fmt::format("{}: corrupt record at byte {} (after offset {}): {}; the log "
+                                                           "cannot be read past it",
+                                                           path, pos_, next_ ? next_ - 1 : 0,
+                                                           c == FrameCheck::kPartial ? "cut short" : "bad length or CRC"));
+        break;  // the tail: not written yet (or torn, for busd to truncate)
+      }
+      if (v.header.offset >= limit) return std::max(next, limit);
+      pos_ += v.header.size;
+      next_ = v.header.offset + 1;
+      if (v.header.offset < from) continue;
+      next = next_;
+      bytes += v.header.size;
+      if (!each(v) || bytes >= max_bytes) return next;
+    }
+    // The end of this segment: on to the next one, if there is one.
+    auto it = std::upper_bound(segments_.begin(), segments_.end(), base_);
+    if (it == segments_.end()) {
+      auto segs = list_segments(dir_);
+      if (!segs) return tl::unexpected(segs.error());
+      segments_ = *segs;
+      it = std::upper_bound(segments_.begin(), segments_.end(), base_);
+      if (it == segments_.end()) return next;
+    }
+    if (pos_ < w.size()) {
+      // An unfinished frame that is not the last segment's: the file was cut short.
+      return make_error(Errc::kBadSegment, fmt::format("{}: truncated at byte {} ({} bytes of a record; a newer segment follows)",
+                                                       path, pos_, w.size() - pos_));
+    }
+    const std::uint64_t keep = next_;
+    if (auto ok = open_segment(*it, *it); !ok) {
+      if (ok.error().code == Errc::kNotFound) return next;  // retention removed it meanwhile
+      return tl::unexpected(ok.error());
+    }
+    if (next_ < keep) next_ = keep;
+    if (next < *it && next == from) next = std::min(*it, limit);
+  }
+}
+
+// ---- writer ----
+
+LogWriter::LogWriter(LogWriter&& o) noexcept
+    : dir_(std::move(o.dir_)), config_(o.config_), mode_(o.mode_), segments_(std::move(o.segments_)),
+      log_fd_(std::exchange(o.log_fd_, -1)), index_fd_(std::exchange(o.index_fd_, -1)), since_index_(o.since_index_),
+      pending_index_(std::move(o.pending_index_)), next_(o.next_) {}
+
+LogWriter& LogWriter::operator=(LogWriter&& o) noexcept {
+  if (this != &o) {
+    close_files();
+    dir_ = std::move(o.dir_);
+    config_ = o.config_;
+    mode_ = o.mode_;
+    segments_ = std::move(o.segments_);
+    log_fd_ = std::exchange(o.log_fd_, -1);
+    index_fd_ = std::exchange(o.index_fd_, -1);
+    since_index_ = o.since_index_;
+    pending_index_ = std::move(o.pending_index_);
+    next_ = o.next_;
+  }
+  return *this;
+}
+
+LogWriter::~LogWriter() {
+  (void)flush_index();
+  close_files();
+}
+
+void LogWriter::close_files() noexcept {
+  if (log_fd_ >= 0) ::close(log_fd_);
+  if (index_fd_ >= 0) ::close(index_fd_);
+  log_fd_ = index_fd_ = -1;
+}
+
+std::optional<std::uint64_t> LogWriter::start_offset() const noexcept {
+  if (segments_.empty() || !next_) return std::nullopt;
+  return segments_.front().base;
+}
+
+std::uint64_t LogWriter::bytes() const noexcept {
+  std::uint64_t n = 0;
+  for (const auto& s : segments_) n += s.bytes;
+  return n;
+}
+
+namespace {
+
+void fsync_dir(const std::string& dir) {
+  Fd d{::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)};
+  if (d.fd >= 0) (void)::fsync(d.fd);
+}
+
+void remove_segment(const std::string& dir, std::uint64_t base) {
+  ::unlink(segment_path(dir, base, "index").c_str());
+  ::unlink(segment_path(dir, base, "log").c_str());
+}
+
+}  // namespace
+
+Result<LogWriter> LogWriter::open(const std::string& dir, const SpillConfig& config, unsigned file_mode,
+                                  const std::function<void(const std::string&)>& report) {
+  if (auto ok = make_dirs(dir, (file_mode & 0060) ? 0770 : 0700); !ok) return tl::unexpected(ok.error());
+  LogWriter w;
+  w.dir_ = dir;
+  w.config_ = config;
+  w.mode_ = file_mode;
+  auto segs = list_segments(dir);
+  if (!segs) return tl::unexpected(segs.error());
+  std::vector<std::uint64_t> bases = *segs;
+  // Recover the last segment; an empty one (header only, or less) is dropped.
+  std::optional<ScanResult> last;
+  while (!bases.empty()) {
+    const std::string path = segment_path(dir, bases.back(), "log");
+    auto r = scan_segment(path);
+    if (!r) return tl::unexpected(r.error());
+    if (r->end == ScanEnd::kCorrupt)
+      return make_error(Errc::kBadSegment, fmt::format("{}; busd will not append to this log until it is repaired "
+                                                       "(busctl log dump shows it)", r->problem));
+    if (r->end == ScanEnd::kTornTail) {
+      if (report) report(fmt::format("{}; truncated to {} bytes, the last whole record", r->problem, r->valid_bytes));
+      if (r->valid_bytes >= sizeof(FileHeader) && ::truncate(path.c_str(), static_cast<off_t>(r->valid_bytes)) != 0)
+        return make_error(Errc::kSystem, fmt::format("cannot truncate {}: {}", path, std::strerror(errno)));
+      r->file_size = r->valid_bytes;
+    }
+    if (r->records == 0) {
+      remove_segment(dir, bases.back());
+      bases.pop_back();
+      continue;
+    }
+    last = std::move(*r);
+    break;
+  }
+  for (std::size_t i = 0; i < bases.size(); ++i) {
+    struct stat st{};
+    const std::uint64_t size = ::stat(segment_path(dir, bases[i], "log").c_str(), &st) == 0 ? static_cast<std::uint64_t>(st.st_size) : 0;
+    w.segments_.push_back({bases[i], size});
+  }
+  if (last) {
+    w.next_ = *last->last_offset + 1;
+    const std::string path = segment_path(dir, last->base_offset, "log");
+    w.log_fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (w.log_fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot open {}: {}", path, std::strerror(errno)));
+    // The index of the open segment is rebuilt from the scan: it may lag or run past a
+    // truncated tail.
+    const std::string ipath = segment_path(dir, last->base_offset, "index");
+    w.index_fd_ = ::open(ipath.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, file_mode);
+    if (w.index_fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot open {}: {}", ipath, std::strerror(errno)));
+    if (auto ok = write_all(w.index_fd_, last->index.data(), last->index.size() * sizeof(IndexEntry), ipath); !ok)
+      return tl::unexpected(ok.error());
+    w.since_index_ = last->valid_bytes - (last->index.empty() ? 0 : last->index.back().position);
+  }
+  return w;
+}
+
+Status LogWriter::flush_index() {
+  if (pending_index_.empty() || index_fd_ < 0) return {};
+  auto ok = write_all(index_fd_, pending_index_.data(), pending_index_.size() * sizeof(IndexEntry),
+                      segment_path(dir_, segments_.back().base, "index"));
+  pending_index_.clear();
+  return ok;
+}
+
+Status LogWriter::roll(std::uint64_t base) {
+  if (auto ok = flush_index(); !ok) return ok;
+  if (log_fd_ >= 0 && config_.fsync != FsyncPolicy::kNever) (void)sync();
+  close_files();
+  const std::string path = segment_path(dir_, base, "log"), ipath = segment_path(dir_, base, "index");
+  // O_EXCL: a file of that name would be a log we did not list; never write over it.
+  log_fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, mode_);
+  if (log_fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot create {}: {}", path, std::strerror(errno)));
+  index_fd_ = ::open(ipath.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, mode_);
+  if (index_fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot create {}: {}", ipath, std::strerror(errno)));
+  const FileHeader h = make_file_header(base);
+  if (auto ok = write_all(log_fd_, &h, sizeof h, path); !ok) return ok;
+  if (config_.fsync != FsyncPolicy::kNever) fsync_dir(dir_);
+  segments_.push_back({base, sizeof h});
+  since_index_ = kIndexInterval;
+  return {};
+}
+
+Status LogWriter::append(std::span<const std::byte> frames) {
+  std::size_t i = 0;
+  while (i < frames.size()) {
+    // One run of frames that fits the open segment, written with one write(2).
+    std::size_t j = i;
+    while (j + kFrameHeaderSize <= frames.size()) {
+      FrameHeader h;
+      std::memcpy(&h, frames.data() + j, sizeof h);
+      if (h.size < kFrameHeaderSize || j + h.size > frames.size() || (next_ && h.offset < *next_))
+        return make_error(Errc::kInvalidArgument, fmt::format("{}: append of a malformed or out-of-order frame", dir_));
+      const bool fresh = log_fd_ < 0 || segments_.empty();
+      const bool full = !fresh && segments_.back().bytes + (j - i) + h.size > config_.segment_bytes &&
+                        segments_.back().bytes + (j - i) > sizeof(FileHeader);
+      if (fresh || full) {
+        if (j > i) break;  // write what we have first
+        if (auto ok = roll(h.offset); !ok) return ok;
+      }
+      if (since_index_ >= kIndexInterval) {
+        pending_index_.push_back({static_cast<std::uint32_t>(h.offset - segments_.back().base),
+                                  static_cast<std::uint32_t>(segments_.back().bytes + (j - i))});
+        since_index_ = 0;
+      }
+      since_index_ += h.size;
+      next_ = h.offset + 1;
+      j += h.size;
+    }
+    if (j == i) return make_error(Errc::kInvalidArgument, fmt::format("{}: append of a partial frame", dir_));
+    if (auto ok = write_all(log_fd_, frames.data() + i, j - i, segment_path(dir_, segments_.back().base, "log")); !ok) return ok;
+    segments_.back().bytes += j - i;
+    if (auto ok = flush_index(); !ok) return ok;
+    i = j;
+  }
+  return {};
+}
+
+Status LogWriter::sync() {
+  if (log_fd_ >= 0 && ::fdatasync(log_fd_) != 0)
+    return make_error(Errc::kSystem, fmt::format("fdatasync {}: {}", dir_, std::strerror(errno)));
+  if (index_fd_ >= 0) (void)::fdatasync(index_fd_);
+  return {};
+}
+
+std::size_t LogWriter::enforce_retention(std::int64_t now_ns) {
+  std::size_t removed = 0;
+  while (segments_.size() > 1) {
+    const Segment& oldest = segments_.front();
+    bool drop = config_.retention_bytes && bytes() - oldest.bytes >= config_.retention_bytes;
+    if (!drop && config_.retention_ms > 0) {
+      // A sealed segment's last write is its newest record: older than retention, it goes.
+      struct stat st{};
+      if (::stat(segment_path(dir_, oldest.base, "log").c_str(), &st) == 0) {
+        const std::int64_t mtime = static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+        drop = now_ns - mtime > config_.retention_ms * 1'000'000;
+      }
+    }
+    if (!drop) break;
+    remove_segment(dir_, oldest.base);
+    segments_.erase(segments_.begin());
+    ++removed;
+  }
+  return removed;
+}
+
+}  // namespace shmbus::disklog

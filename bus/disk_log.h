@@ -1,0 +1,198 @@
+// The spill log on disk: per partition, Kafka-like segment files
+// <state dir>/<topic>-<partition>/<base offset, 20 digits>.log with a sparse .index beside
+// each. Format and recovery rules: docs/spill.md.
+//
+//   .log    FileHeader (32 B), then frames back to back:
+//           0   u32 size       whole frame, header included
+//           4   u32 crc        CRC32C (Castagnoli) of bytes 8 .. size
+//           8   u64 offset     ascending; gaps where records were aborted or lost
+//           16  i64 timestamp  ns since the epoch
+//           24  u32 key length (0xffffffff: null key)
+//           28  u32 headers length
+//           32  u32 value length
+//           36  u32 attributes (0)
+//           40  key | headers | value
+//   .index  {u32 offset - base, u32 byte position} every kIndexInterval bytes of log
+//
+// Thread safety: a LogReader or LogWriter belongs to one thread at a time. Files are shared
+// between processes: one writer (busd) appends, readers (consumers, busctl) read what is
+// there; a frame that is not complete yet looks like a torn tail and ends a read.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "shmbus/bus.h"
+#include "shmbus/error.h"
+#include "shmbus/record.h"
+
+namespace shmbus::disklog {
+
+// CRC32C with the SSE4.2 instruction where the CPU has it, else Boost.CRC.
+std::uint32_t crc32c(const void* data, std::size_t n) noexcept;
+std::uint32_t crc32c_boost(const void* data, std::size_t n) noexcept;  // the portable path
+bool crc32c_is_hardware() noexcept;
+
+inline constexpr char kMagic[8] = {'S', 'H', 'M', 'B', 'L', 'O', 'G', '1'};
+inline constexpr std::uint16_t kLogMajor = 1;
+inline constexpr std::uint16_t kLogMinor = 0;
+
+struct FileHeader {
+  char magic[8];
+  std::uint16_t major;
+  std::uint16_t minor;
+  std::uint32_t header_size;  // 32
+  std::uint64_t base_offset;  // as in the file name
+  std::uint32_t reserved;
+  std::uint32_t crc;          // CRC32C of the 28 bytes before it
+};
+static_assert(sizeof(FileHeader) == 32, "bump kLogMajor");
+
+struct FrameHeader {
+  std::uint32_t size;
+  std::uint32_t crc;
+  std::uint64_t offset;
+  std::int64_t timestamp_ns;
+  std::uint32_t key_len;
+  std::uint32_t headers_len;
+  std::uint32_t value_len;
+  std::uint32_t attributes;
+};
+static_assert(sizeof(FrameHeader) == 40, "bump kLogMajor");
+inline constexpr std::uint32_t kFrameHeaderSize = 40;
+inline constexpr std::uint32_t kNullKeyLen = 0xffff'ffffu;
+inline constexpr std::uint64_t kMaxFrame = std::uint64_t{1} << 31;
+
+struct IndexEntry {
+  std::uint32_t relative_offset;
+  std::uint32_t position;
+};
+inline constexpr std::uint32_t kIndexInterval = 4096;
+
+std::string partition_dir(const std::string& state_dir, const std::string& topic, std::uint32_t partition);
+std::string segment_path(const std::string& dir, std::uint64_t base, const char* ext);
+// Base offsets of the segment files in `dir`, ascending; empty when there is no such dir.
+Result<std::vector<std::uint64_t>> list_segments(const std::string& dir);
+
+// Appends one frame; `payload` is key | headers | value (key_len kNullKeyLen: no key).
+void append_frame(std::vector<std::byte>& out, std::uint64_t offset, std::int64_t timestamp_ns, std::uint32_t key_len,
+                  std::uint32_t headers_len, std::uint32_t value_len, const std::byte* payload);
+
+// A frame as read: valid while the reader's buffer is not touched again.
+struct FrameView {
+  std::uint64_t position;  // byte position in its file
+  FrameHeader header;
+  Bytes payload;           // key | headers | value
+};
+
+enum class ScanEnd {
+  kClean,     // every byte belongs to a whole, valid frame
+  kTornTail,  // a partial or invalid frame with no valid frame after it: a write cut short
+  kCorrupt,   // an invalid frame with valid frames after it (or a bad file header)
+};
+
+struct ScanResult {
+  std::uint64_t base_offset = 0;
+  std::uint64_t file_size = 0;
+  std::uint64_t valid_bytes = 0;  // whole valid frames end here
+  std::uint64_t records = 0;
+  std::optional<std::uint64_t> first_offset, last_offset;
+  ScanEnd end = ScanEnd::kClean;
+  std::uint64_t bad_position = 0;  // kTornTail / kCorrupt
+  std::string problem;             // names the file, the byte position and the offset expected
+  std::vector<IndexEntry> index;   // as the writer would have written it
+};
+
+// Reads a whole segment file, checking every frame; `each` sees the valid ones in order.
+// An error only when the file cannot be read at all.
+Result<ScanResult> scan_segment(const std::string& path, const std::function<void(const FrameView&)>& each = {});
+
+// What a partition's log holds, from the file names and a scan of the last segment.
+struct LogSummary {
+  std::vector<std::uint64_t> segments;
+  std::optional<std::uint64_t> start_offset;  // first offset of the first segment
+  std::optional<std::uint64_t> next_offset;   // last whole record's offset + 1
+  std::uint64_t bytes = 0;
+};
+Result<LogSummary> summarize(const std::string& dir);
+
+// Reads records of one partition's log by offset, for consumers and busctl.
+class LogReader {
+ public:
+  explicit LogReader(std::string dir) : dir_(std::move(dir)) {}
+  LogReader(LogReader&&) noexcept;
+  LogReader& operator=(LogReader&&) noexcept;
+  ~LogReader();
+
+  // Calls `each` for records with from <= offset < limit, in order, until it returns
+  // false, `max_bytes` of frames were read or the log ends. Returns the offset to read
+  // next (past the last record seen, or past `limit`'s gap, or `from` when nothing was
+  // there). A corrupt frame is an error naming the file and byte position.
+  Result<std::uint64_t> read(std::uint64_t from, std::uint64_t limit, std::size_t max_bytes,
+                             const std::function<bool(const FrameView&)>& each);
+
+  // First offset on disk, if any (lists the directory).
+  Result<std::optional<std::uint64_t>> start_offset();
+
+ private:
+  Status open_segment(std::uint64_t base, std::uint64_t from);
+  void close_segment();
+
+  std::string dir_;
+  std::vector<std::uint64_t> segments_;
+  int fd_ = -1;
+  std::uint64_t base_ = 0;      // of the open segment
+  std::uint64_t pos_ = 0;       // next frame's byte position in it
+  std::uint64_t next_ = 0;      // the offset a read starting at pos_ expects
+  std::vector<std::byte> buf_;
+};
+
+// Appends a partition's records; busd's spiller owns one per spilled partition.
+class LogWriter {
+ public:
+  // Opens (creating `dir`), recovering the last segment: a torn tail is truncated to the
+  // last whole record and reported through `report`; a corrupt last segment is an error.
+  static Result<LogWriter> open(const std::string& dir, const SpillConfig& config, unsigned file_mode,
+                                const std::function<void(const std::string&)>& report);
+  LogWriter(LogWriter&&) noexcept;
+  LogWriter& operator=(LogWriter&&) noexcept;
+  ~LogWriter();
+
+  std::optional<std::uint64_t> next_offset() const noexcept { return next_; }
+  std::optional<std::uint64_t> start_offset() const noexcept;
+  std::uint64_t bytes() const noexcept;
+  const std::string& dir() const noexcept { return dir_; }
+
+  // Whole frames with ascending offsets above next_offset(). Rolls segments on the way.
+  Status append(std::span<const std::byte> frames);
+  // fdatasync of the open segment and its index.
+  Status sync();
+  // Deletes whole segments (never the open one) past the retention limits; returns how many.
+  std::size_t enforce_retention(std::int64_t now_ns);
+
+ private:
+  LogWriter() = default;
+  struct Segment {
+    std::uint64_t base;
+    std::uint64_t bytes;
+  };
+  Status roll(std::uint64_t base);
+  Status flush_index();
+  void close_files() noexcept;
+
+  std::string dir_;
+  SpillConfig config_;
+  unsigned mode_ = 0600;
+  std::vector<Segment> segments_;   // the last one is open
+  int log_fd_ = -1, index_fd_ = -1;
+  std::uint64_t since_index_ = 0;   // log bytes since the last index entry
+  std::vector<IndexEntry> pending_index_;
+  std::optional<std::uint64_t> next_;
+};
+
+}  // namespace shmbus::disklog

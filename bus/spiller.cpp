@@ -1,0 +1,416 @@
+#include "bus/spiller.h"
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <thread>
+#include <vector>
+
+#include <concurrentqueue/blockingconcurrentqueue.h>
+#include <concurrentqueue/concurrentqueue.h>
+#include <fmt/format.h>
+
+#include "bus/disk_log.h"
+#include "bus/topic.h"
+#include "shm/process.h"
+#include "shm/ring.h"
+
+namespace shmbus {
+
+namespace {
+
+constexpr std::size_t kChunkBytes = 1 << 20;  // a tailer hand-off: up to this many frame bytes
+constexpr std::size_t kMaxChunks = 32;        // in flight at once: the spiller's memory bound
+constexpr auto kGateKindDurable = static_cast<std::uint32_t>(shm::GateKind::kDurable);
+
+// One spilled partition, shared by the two threads. Each field says who writes it.
+struct Part {
+  std::string topic;
+  std::uint32_t partition = 0;
+  std::uint64_t epoch = 0;
+  std::shared_ptr<Topic> t;  // keeps the mapping
+  shm::Ring ring;
+  shm::GateSlot* gate = nullptr;  // block topics: set up by the tailer before the writer sees the part
+  SpillConfig config;
+  std::atomic<bool> failed{false};  // either thread; the tailer stops reading it
+  // Tailer only:
+  shm::RingReader reader;
+  std::uint64_t stall_offset = ~0ull, stall_since = 0;
+  std::uint64_t empty_looks = 0;
+};
+
+struct Chunk {
+  std::vector<std::byte> frames;
+  std::uint64_t next_offset = 0;   // the reader's offset after these records
+  std::uint64_t end_position = 0;  // and its ring position
+  std::uint64_t lost = 0;          // overwritten before they were read (overwrite topics)
+};
+
+struct Msg {
+  enum Kind { kOpen, kData, kClose, kStop } kind = kData;
+  std::shared_ptr<Part> part;
+  std::unique_ptr<disklog::LogWriter> writer;
+  std::unique_ptr<Chunk> chunk;
+};
+
+void set_state(const Part& p, shm::SpillState s) {
+  p.ring.ctl()->stats.spill_state.store(static_cast<std::uint32_t>(s), std::memory_order_release);
+}
+
+}  // namespace
+
+struct Spiller::Impl {
+  std::shared_ptr<Bus> bus;
+  std::string state_dir;
+  unsigned file_mode;
+  std::function<void(const std::string&)> log;
+  std::atomic<bool> stopping{false};
+  std::thread tailer, writer;
+  moodycamel::BlockingConcurrentQueue<Msg> work;     // tailer -> writer
+  moodycamel::ConcurrentQueue<std::unique_ptr<Chunk>> free_chunks;  // writer -> tailer
+  std::size_t chunks_made = 0;                        // tailer only
+
+  // ---- tailer ----
+  std::map<std::pair<std::string, std::uint32_t>, std::shared_ptr<Part>> parts;  // tailer only
+  std::map<std::string, std::uint64_t> failed_topics;  // name -> epoch it failed to set up at
+
+  void tail_loop() {
+    std::uint64_t last_scan = 0;
+    std::vector<std::byte> stage;
+    while (!stopping.load(std::memory_order_acquire)) {
+      const std::uint64_t now = shm::monotonic_ns();
+      if (now - last_scan >= 200'000'000) {
+        scan_topics();
+        last_scan = now;
+      }
+      bool busy = false;
+      for (auto& [key, p] : parts)
+        if (!p->failed.load(std::memory_order_relaxed)) busy |= pump(p, stage);
+      // Idle: look again soon. Never registered as a sleeper on the ring: that would make
+      // every producer's claim pay for a futex wake.
+      if (!busy) std::this_thread::sleep_for(std::chrono::microseconds(500));
+    }
+  }
+
+  void scan_topics() {
+    std::map<std::pair<std::string, std::uint32_t>, bool> seen;
+    for (const TopicInfo& info : bus->list_topics()) {
+      if (!info.config.spill.enabled) continue;
+      if (auto f = failed_topics.find(info.name); f != failed_topics.end() && f->second == info.epoch) {
+        for (std::uint32_t p = 0; p < info.config.partitions; ++p) seen[{info.name, p}] = true;
+        continue;
+      }
+      auto t = bus->topic(info.name);
+      if (!t || (*t)->epoch() != info.epoch) continue;  // changing under us: next scan
+      for (std::uint32_t p = 0; p < (*t)->partitions(); ++p) {
+        seen[{info.name, p}] = true;
+        auto it = parts.find({info.name, p});
+        if (it != parts.end() && it->second->epoch == info.epoch && !(*t)->deleted()) continue;
+        if (it != parts.end()) close_part(it);
+        if (auto part = open_part(*t, p, info.config.spill)) parts[{info.name, p}] = std::move(part);
+      }
+    }
+    for (auto it = parts.begin(); it != parts.end();) {
+      auto next = std::next(it);
+      if (!seen.count(it->first) || it->second->t->deleted()) close_part(it);
+      it = next;
+    }
+  }
+
+  void close_part(std::map<std::pair<std::string, std::uint32_t>, std::shared_ptr<Part>>::iterator it) {
+    work.enqueue(Msg{Msg::kClose, it->second, nullptr, nullptr});
+    parts.erase(it);
+  }
+
+  std::shared_ptr<Part> open_part(const std::shared_ptr<Topic>& t, std::uint32_t p, const SpillConfig& config) {
+    auto part = std::make_shared<Part>();
+    part->topic = t->name();
+    part->partition = p;
+    part->epoch = t->epoch();
+    part->t = t;
+    part->ring = t->ring(p);
+    part->config = config;
+    part->reader = shm::RingReader(part->ring);
+    const std::string dir = disklog::partition_dir(state_dir, t->name(), p);
+    auto w = disklog::LogWriter::open(dir, config, file_mode, log);
+    if (!w) {
+      log(fmt::format("spill {}-{}: {}", t->name(), p, w.error().message));
+      set_state(*part, shm::SpillState::kError);
+      part->failed = true;
+      failed_topics[t->name()] = t->epoch();
+      return nullptr;
+    }
+    auto& stats = part->ring.ctl()->stats;
+    std::uint64_t lost = 0;
+    if (auto next = w->next_offset()) {
+      if (!part->reader.seek(*next)) {
+        if (*next < part->ring.start_offset()) {
+          lost = part->ring.start_offset() - *next;
+          part->reader.seek_earliest();
+        } else {
+          log(fmt::format("spill {}-{}: the disk log ends at offset {} but the ring only at {}: not spilling this "
+                          "partition (its log belongs to another incarnation of the topic?)",
+                          t->name(), p, *next, part->ring.end_offset()));
+          set_state(*part, shm::SpillState::kError);
+          failed_topics[t->name()] = t->epoch();
+          return nullptr;
+        }
+      }
+    } else {
+      part->reader.seek_earliest();
+    }
+    if (part->ring.retention() == shm::Retention::kBlock && !take_gate(*part)) {
+      log(fmt::format("spill {}-{}: no free gate slot; records may be overwritten before they are spilled", t->name(), p));
+    }
+    if (lost) log(fmt::format("spill {}-{}: offsets {}..{} were overwritten before they could be spilled", t->name(), p,
+                              part->reader.offset() - lost, part->reader.offset() - 1));
+    stats.spill_lost.fetch_add(lost, std::memory_order_relaxed);
+    stats.spill_start.store(w->start_offset().value_or(part->reader.offset()), std::memory_order_relaxed);
+    stats.spill_bytes.store(w->bytes(), std::memory_order_relaxed);
+    stats.spill_end.store(part->reader.offset(), std::memory_order_release);
+    set_state(*part, shm::SpillState::kRunning);
+    work.enqueue(Msg{Msg::kOpen, part, std::make_unique<disklog::LogWriter>(std::move(*w)), nullptr});
+    return part;
+  }
+
+  // The spiller's durable gate at the reader's position: the one created with the topic,
+  // or one left by an earlier busd, or a free slot.
+  bool take_gate(Part& part) {
+    const shm::Ring& ring = part.ring;
+    shm::GateSlot* free_slot = nullptr;
+    for (std::uint32_t i = 0; i < shm::kGateSlots; ++i) {
+      shm::GateSlot* g = ring.gate(i);
+      const std::int32_t pid = g->owner_pid.load(std::memory_order_acquire);
+      if (pid > 0 && g->kind.load(std::memory_order_relaxed) == kGateKindDurable &&
+          g->owner_key.load(std::memory_order_relaxed) == shm::kSpillGateKey) {
+        const std::uint64_t old = g->position.load(std::memory_order_relaxed);
+        g->position.store(part.reader.position(), std::memory_order_release);
+        if (part.reader.position() < old && ring.bump_gate_generation() > part.reader.position()) part.reader.seek_earliest();
+        part.gate = g;
+        return true;
+      }
+      if (!free_slot && pid == 0) free_slot = g;
+    }
+    if (!free_slot) return false;
+    std::int32_t zero = 0;
+    if (!free_slot->owner_pid.compare_exchange_strong(zero, -1, std::memory_order_acq_rel)) return false;
+    free_slot->kind.store(kGateKindDurable, std::memory_order_relaxed);
+    free_slot->owner_key.store(shm::kSpillGateKey, std::memory_order_relaxed);
+    free_slot->owner_start_ticks.store(shm::self_process().start_ticks, std::memory_order_relaxed);
+    free_slot->position.store(part.reader.position(), std::memory_order_release);
+    free_slot->owner_pid.store(shm::self_process().pid, std::memory_order_release);
+    part.gate = free_slot;
+    if (ring.bump_gate_generation() > part.reader.position()) {
+      // Producers reclaimed past us before the gate went up: start where the ring starts.
+      const std::uint64_t was = part.reader.offset();
+      part.reader.seek_earliest();
+      ring.ctl()->stats.spill_lost.fetch_add(part.reader.offset() - was, std::memory_order_relaxed);
+      free_slot->position.store(part.reader.position(), std::memory_order_release);
+    }
+    return true;
+  }
+
+  std::unique_ptr<Chunk> take_chunk() {
+    std::unique_ptr<Chunk> c;
+    if (free_chunks.try_dequeue(c)) return c;
+    if (chunks_made >= kMaxChunks) return nullptr;  // the writer is behind: wait for it
+    ++chunks_made;
+    c = std::make_unique<Chunk>();
+    c->frames.reserve(kChunkBytes + (1 << 16));
+    return c;
+  }
+
+  // Reads what the partition has into one chunk for the writer. True if it found any.
+  bool pump(const std::shared_ptr<Part>& part, std::vector<std::byte>& stage) {
+    Part& p = *part;
+    shm::RingReader& r = p.reader;
+    if (p.ring.closed()) return false;
+    const std::uint64_t first_offset = r.offset(), first_pos = r.position();
+    const bool block = p.ring.retention() == shm::Retention::kBlock && p.gate;  // gated: nothing laps us
+    // Copy out first (a lapping producer may overwrite what we copy in an overwrite
+    // topic: checked below), then frame.
+    stage.clear();
+    std::vector<std::pair<std::uint64_t, std::size_t>> at;  // offset, stage position
+    std::uint64_t lost = 0;
+    while (stage.size() < kChunkBytes) {
+      const shm::RecordHeader* h = nullptr;
+      std::uint32_t len = 0;
+      const shm::ReadStatus st = r.next(h, len);
+      if (st == shm::ReadStatus::kRecord) {
+        at.push_back({r.offset(), stage.size()});
+        stage.resize(stage.size() + len);
+        shm::racy_copy(stage.data() + at.back().second, h, len);
+        r.advance(len);
+        continue;
+      }
+      if (st == shm::ReadStatus::kNone) {
+        if (at.empty()) check_stall(p);
+        break;
+      }
+      if (st == shm::ReadStatus::kCorrupt) {
+        log(fmt::format("spill {}-{}: corrupt record at offset {} in the ring; spilling of this partition stopped", p.topic,
+                        p.partition, r.offset()));
+        set_state(p, shm::SpillState::kError);
+        p.failed = true;
+        return false;
+      }
+      if (!at.empty()) break;  // lapped: keep what we have if it is intact, the next pump resets
+      const std::uint64_t was = r.offset();
+      r.seek_earliest();
+      lost = r.offset() - was;
+      break;
+    }
+    if (!block && !at.empty() && !r.intact_from(first_pos)) {
+      // Overwritten while we copied: none of it can be trusted; start again at the ring's start.
+      r.seek_earliest();
+      lost = r.offset() > first_offset ? r.offset() - first_offset : 0;
+      at.clear();
+    }
+    if (at.empty() && lost == 0 && r.offset() == first_offset) return false;
+    auto chunk = take_chunk();
+    if (!chunk) {
+      r.rewind(first_offset, first_pos);  // the writer is behind: read again later
+      return false;
+    }
+    chunk->frames.clear();
+    for (const auto& [offset, pos] : at) {
+      shm::RecordHeader h;
+      std::memcpy(static_cast<void*>(&h), stage.data() + pos, sizeof h);
+      const std::uint64_t klen = h.key_len == shm::kNullKey ? 0 : h.key_len;
+      if (shm::kRecordHeaderSize + klen + h.headers_len + h.value_len > h.length) {
+        log(fmt::format("spill {}-{}: record at offset {} has lengths that do not fit its size; skipped", p.topic, p.partition, offset));
+        continue;
+      }
+      disklog::append_frame(chunk->frames, offset, h.timestamp_ns, h.key_len, h.headers_len, h.value_len,
+                            stage.data() + pos + shm::kRecordHeaderSize);
+    }
+    chunk->next_offset = r.offset();
+    chunk->end_position = r.position();
+    chunk->lost = lost;
+    work.enqueue(Msg{Msg::kData, part, nullptr, std::move(chunk)});
+    return true;
+  }
+
+  // A claim that stays unfinished: its writer may be dead (as consumers do).
+  void check_stall(Part& p) {
+    if ((++p.empty_looks & 255) != 0) return;
+    if (!p.reader.claim_in_flight()) {
+      p.stall_offset = ~0ull;
+      return;
+    }
+    const std::uint64_t now = shm::monotonic_ns();
+    if (p.stall_offset != p.reader.offset()) {
+      p.stall_offset = p.reader.offset();
+      p.stall_since = now;
+    } else if (now - p.stall_since >= 1'000'000'000) {
+      p.ring.resolve_stall(p.reader.offset(), p.reader.position());
+      p.stall_since = now;
+    }
+  }
+
+  // ---- writer ----
+  struct Open {
+    std::shared_ptr<Part> part;
+    std::unique_ptr<disklog::LogWriter> log;
+    std::uint64_t last_sync = 0;
+    std::uint64_t last_retention = 0;
+    bool dirty = false;
+  };
+
+  void write_loop() {
+    std::map<Part*, Open> open;
+    for (;;) {
+      Msg m;
+      const bool got = work.wait_dequeue_timed(m, std::chrono::milliseconds(50));
+      const std::uint64_t now = shm::monotonic_ns();
+      if (got) {
+        if (m.kind == Msg::kStop) break;
+        if (m.kind == Msg::kOpen) {
+          open[m.part.get()] = Open{m.part, std::move(m.writer), now, now, false};
+        } else if (m.kind == Msg::kClose) {
+          if (auto it = open.find(m.part.get()); it != open.end()) {
+            if (it->second.dirty && it->second.part->config.fsync != FsyncPolicy::kNever) (void)it->second.log->sync();
+            open.erase(it);
+          }
+        } else if (m.chunk) {
+          write_chunk(open, *m.chunk, m.part, now);
+          m.chunk->frames.clear();
+          free_chunks.enqueue(std::move(m.chunk));
+        }
+      }
+      for (auto& [raw, o] : open) {
+        const auto& cfg = o.part->config;
+        if (o.dirty && cfg.fsync == FsyncPolicy::kInterval && now - o.last_sync >= std::uint64_t{cfg.fsync_interval_ms} * 1'000'000) {
+          (void)o.log->sync();
+          o.last_sync = now;
+          o.dirty = false;
+        }
+        if (cfg.retention_ms > 0 && now - o.last_retention >= 1'000'000'000) retention(o, now);
+      }
+    }
+    for (auto& [raw, o] : open)
+      if (o.dirty && o.part->config.fsync != FsyncPolicy::kNever) (void)o.log->sync();
+  }
+
+  void retention(Open& o, std::uint64_t now) {
+    o.last_retention = now;
+    if (o.log->enforce_retention(shm::realtime_ns()) == 0) return;
+    auto& stats = o.part->ring.ctl()->stats;
+    if (auto s = o.log->start_offset()) stats.spill_start.store(*s, std::memory_order_release);
+    stats.spill_bytes.store(o.log->bytes(), std::memory_order_relaxed);
+  }
+
+  void write_chunk(std::map<Part*, Open>& open, Chunk& c, const std::shared_ptr<Part>& part, std::uint64_t now) {
+    auto it = open.find(part.get());
+    if (it == open.end() || part->failed.load(std::memory_order_relaxed)) return;
+    Open& o = it->second;
+    if (!c.frames.empty()) {
+      if (auto ok = o.log->append(c.frames); !ok) {
+        log(fmt::format("spill {}-{}: {}; spilling of this partition stopped", part->topic, part->partition, ok.error().message));
+        set_state(*part, shm::SpillState::kError);
+        part->failed = true;
+        return;
+      }
+      o.dirty = true;
+      if (part->config.fsync == FsyncPolicy::kAlways) {
+        if (auto ok = o.log->sync(); !ok) log(ok.error().message);
+        o.last_sync = now;
+        o.dirty = false;
+      }
+    }
+    // On disk (in the page cache, or synced with fsync=always): producers may pass it now.
+    auto& stats = part->ring.ctl()->stats;
+    if (c.lost) stats.spill_lost.fetch_add(c.lost, std::memory_order_relaxed);
+    stats.spill_bytes.store(o.log->bytes(), std::memory_order_relaxed);
+    if (auto s = o.log->start_offset()) stats.spill_start.store(*s, std::memory_order_relaxed);
+    stats.spill_end.store(c.next_offset, std::memory_order_release);
+    if (part->gate) part->gate->position.store(c.end_position, std::memory_order_release);
+    if (part->config.retention_bytes && o.log->bytes() > part->config.retention_bytes) retention(o, now);
+  }
+};
+
+Spiller::Spiller(std::shared_ptr<Bus> bus, std::string state_dir, unsigned file_mode, std::function<void(const std::string&)> log)
+    : impl_(std::make_unique<Impl>()) {
+  impl_->bus = std::move(bus);
+  impl_->state_dir = std::move(state_dir);
+  impl_->file_mode = file_mode;
+  impl_->log = std::move(log);
+}
+
+Spiller::~Spiller() { stop(); }
+
+void Spiller::start() {
+  impl_->tailer = std::thread([this] { impl_->tail_loop(); });
+  impl_->writer = std::thread([this] { impl_->write_loop(); });
+}
+
+void Spiller::stop() {
+  if (!impl_->tailer.joinable()) return;
+  impl_->stopping.store(true, std::memory_order_release);
+  impl_->tailer.join();
+  impl_->work.enqueue(Msg{Msg::kStop, nullptr, nullptr, nullptr});
+  impl_->writer.join();
+}
+
+}  // namespace shmbus

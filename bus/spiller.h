@@ -1,0 +1,34 @@
+// busd's spiller: tails the ring of every partition of spilled topics and appends its
+// records to the partition's disk log (bus/disk_log.h). Two threads: a tailer that copies
+// records out of the rings and frames them (CRC32C), and a writer that appends, fsyncs as
+// the topic asks, enforces retention and then moves the spill position on: the spiller's
+// durable gate in `block` topics, and the partition's published disk range. Buffers go
+// from tailer to writer and back through moodycamel queues. docs/spill.md.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "shmbus/bus.h"
+
+namespace shmbus {
+
+class Spiller {
+ public:
+  Spiller(std::shared_ptr<Bus> bus, std::string state_dir, unsigned file_mode, std::function<void(const std::string&)> log);
+  ~Spiller();
+  Spiller(const Spiller&) = delete;
+  Spiller& operator=(const Spiller&) = delete;
+
+  void start();
+  // Writes out what the tailer has read, syncs every log, joins the threads.
+  void stop();
+
+  struct Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace shmbus

@@ -1,0 +1,319 @@
+// The spill log's files: CRC32C, frames across segments, index seeks, recovery of a torn
+// tail cut at every byte of the last two records, corruption in the middle named by file and
+// byte, foreign files, retention.
+#include <gtest/gtest.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "bus/disk_log.h"
+#include "cli_util.h"
+#include "test_util.h"
+
+using namespace shmbus;
+using namespace shmbus::disklog;
+
+namespace {
+
+class DiskLog : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = "/tmp/" + test::unique_bus("disklog");
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  static std::string value_of(std::uint64_t offset) { return fmt::format("value-{}-{}", offset, std::string(offset % 37, 'x')); }
+
+  // Frames for offsets in [from, to), keyed "k<offset>" (every 5th: null key).
+  static std::vector<std::byte> frames(std::uint64_t from, std::uint64_t to, std::uint64_t step = 1) {
+    std::vector<std::byte> out;
+    for (std::uint64_t o = from; o < to; o += step) {
+      const std::string key = fmt::format("k{}", o), value = value_of(o);
+      std::string payload = (o % 5 == 0 ? std::string() : key) + value;
+      append_frame(out, o, static_cast<std::int64_t>(o) * 1000, o % 5 == 0 ? kNullKeyLen : static_cast<std::uint32_t>(key.size()), 0,
+                   static_cast<std::uint32_t>(value.size()), reinterpret_cast<const std::byte*>(payload.data()));
+    }
+    return out;
+  }
+
+  LogWriter writer(const std::string& dir, std::uint64_t segment_bytes = 64 << 20, std::vector<std::string>* reports = nullptr) {
+    SpillConfig c;
+    c.enabled = true;
+    c.segment_bytes = segment_bytes;
+    c.fsync = FsyncPolicy::kNever;
+    auto w = LogWriter::open(dir, c, 0600, [&](const std::string& m) {
+      if (reports) reports->push_back(m);
+    });
+    EXPECT_TRUE(w) << w.error().message;
+    return std::move(*w);
+  }
+
+  // Every record from `from` on, as (offset, value).
+  static std::vector<std::pair<std::uint64_t, std::string>> read_all(LogReader& r, std::uint64_t from, std::uint64_t limit = ~0ull) {
+    std::vector<std::pair<std::uint64_t, std::string>> out;
+    for (int guard = 0; guard < 100000; ++guard) {
+      auto next = r.read(from, limit, 1 << 16, [&](const FrameView& v) {
+        const std::uint64_t klen = v.header.key_len == kNullKeyLen ? 0 : v.header.key_len;
+        out.push_back({v.header.offset, std::string(reinterpret_cast<const char*>(v.payload.data()) + klen, v.header.value_len)});
+        return true;
+      });
+      EXPECT_TRUE(next) << next.error().message;
+      if (!next || *next == from) break;
+      from = *next;
+    }
+    return out;
+  }
+
+  std::string dir_;
+};
+
+TEST(Crc32c, KnownVectorAndTheHardwarePathAgreesWithBoost) {
+  const std::string s = "123456789";
+  EXPECT_EQ(crc32c(s.data(), s.size()), 0xE3069283u);  // the CRC-32C check value
+  EXPECT_EQ(crc32c_boost(s.data(), s.size()), 0xE3069283u);
+  std::mt19937_64 rng(7);
+  for (std::size_t n : {0u, 1u, 7u, 8u, 9u, 63u, 64u, 1000u, 4097u}) {
+    std::vector<unsigned char> buf(n);
+    for (auto& b : buf) b = static_cast<unsigned char>(rng());
+    EXPECT_EQ(crc32c(buf.data(), n), crc32c_boost(buf.data(), n)) << n;
+  }
+}
+
+TEST_F(DiskLog, RecordsRoundTripAcrossSegmentsAndSeeksUseTheIndex) {
+  {
+    LogWriter w = writer(dir_, 8192);
+    // Two appends, and a gap (offsets 3000..3099 aborted, never spilled).
+    ASSERT_TRUE(w.append(frames(0, 3000)));
+    ASSERT_TRUE(w.append(frames(3100, 5000)));
+    EXPECT_EQ(w.next_offset(), 5000u);
+    EXPECT_EQ(w.start_offset(), 0u);
+  }
+  auto segs = list_segments(dir_);
+  ASSERT_TRUE(segs);
+  EXPECT_GT(segs->size(), 10u) << "segments roll at 8 KiB";
+  for (auto base : *segs) {
+    auto r = scan_segment(segment_path(dir_, base, "log"));
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->end, ScanEnd::kClean) << r->problem;
+    EXPECT_LE(r->file_size, 8192u + 200);
+    EXPECT_EQ(r->first_offset, base);
+  }
+  LogReader reader(dir_);
+  auto all = read_all(reader, 0);
+  ASSERT_EQ(all.size(), 4900u);
+  for (std::size_t i = 0; i < all.size(); ++i) {
+    const std::uint64_t want = i < 3000 ? i : i + 100;
+    ASSERT_EQ(all[i].first, want);
+    ASSERT_EQ(all[i].second, value_of(want));
+  }
+  // Starting anywhere: in the middle of a segment, in the gap, at the end.
+  LogReader r2(dir_);
+  for (std::uint64_t from : {1u, 777u, 2999u, 3000u, 3050u, 3100u, 4999u}) {
+    auto got = read_all(r2, from);
+    ASSERT_FALSE(got.empty()) << from;
+    EXPECT_EQ(got.front().first, from >= 3000 && from < 3100 ? 3100u : from);
+    EXPECT_EQ(got.back().first, 4999u);
+  }
+  EXPECT_TRUE(read_all(r2, 5000).empty());
+  // A limit stops the read before it.
+  auto limited = read_all(r2, 10, 20);
+  ASSERT_EQ(limited.size(), 10u);
+  EXPECT_EQ(limited.back().first, 19u);
+  // Reopened, the writer continues after the last record.
+  LogWriter w = writer(dir_, 8192);
+  EXPECT_EQ(w.next_offset(), 5000u);
+  ASSERT_TRUE(w.append(frames(5000, 5010)));
+  EXPECT_EQ(read_all(r2, 4995).size(), 15u);
+}
+
+TEST_F(DiskLog, ATornTailCutAtEveryByteOfTheLastTwoRecordsRecoversExactlyTheWholeRecordsBeforeTheCut) {
+  const std::string src = dir_ + "/src";
+  {
+    LogWriter w = writer(src);
+    ASSERT_TRUE(w.append(frames(0, 20)));
+  }
+  const std::string seg = segment_path(src, 0, "log");
+  std::vector<std::uint64_t> starts;  // byte position of each record
+  auto full = scan_segment(seg, [&](const FrameView& v) { starts.push_back(v.position); });
+  ASSERT_TRUE(full);
+  ASSERT_EQ(starts.size(), 20u);
+  const std::uint64_t size = full->file_size;
+  int cuts = 0;
+  for (std::uint64_t cut = starts[18]; cut < size; ++cut) {
+    const std::string d = fmt::format("{}/cut{}", dir_, cut);
+    std::filesystem::create_directories(d);
+    std::filesystem::copy_file(seg, segment_path(d, 0, "log"));
+    ASSERT_EQ(::truncate(segment_path(d, 0, "log").c_str(), static_cast<off_t>(cut)), 0);
+    const std::uint64_t whole = cut >= starts[19] ? 19 : 18;  // records wholly before the cut
+    const std::uint64_t boundary = starts[whole];
+    std::vector<std::string> reports;
+    {
+      LogWriter w = writer(d, 64 << 20, &reports);
+      EXPECT_EQ(w.next_offset(), whole) << "cut at " << cut;
+      // A reader stops at the torn tail without an error.
+      LogReader r(d);
+      EXPECT_EQ(read_all(r, 0).size(), whole) << "cut at " << cut;
+    }
+    struct stat st{};
+    ASSERT_EQ(::stat(segment_path(d, 0, "log").c_str(), &st), 0);
+    EXPECT_EQ(static_cast<std::uint64_t>(st.st_size), boundary) << "cut at " << cut;
+    if (cut != boundary) {
+      ASSERT_EQ(reports.size(), 1u) << "cut at " << cut;
+      EXPECT_NE(reports[0].find("torn tail at byte " + std::to_string(boundary)), std::string::npos) << reports[0];
+    } else {
+      EXPECT_TRUE(reports.empty()) << "a cut on a record boundary is a clean file";
+    }
+    auto again = scan_segment(segment_path(d, 0, "log"));
+    ASSERT_TRUE(again);
+    EXPECT_EQ(again->end, ScanEnd::kClean);
+    EXPECT_EQ(again->records, whole);
+    // The next append continues at the next offset, right after the last whole record.
+    {
+      LogWriter w = writer(d);
+      ASSERT_TRUE(w.append(frames(whole, whole + 1)));
+    }
+    LogReader r(d);
+    auto all = read_all(r, 0);
+    ASSERT_EQ(all.size(), whole + 1);
+    EXPECT_EQ(all.back().first, whole);
+    std::filesystem::remove_all(d);
+    ++cuts;
+  }
+  EXPECT_EQ(cuts, static_cast<int>(size - starts[18]));
+}
+
+TEST_F(DiskLog, AFlippedByteInTheMiddleIsAnErrorNamingTheFileAndTheByte) {
+  {
+    LogWriter w = writer(dir_);
+    ASSERT_TRUE(w.append(frames(0, 40)));
+  }
+  const std::string seg = segment_path(dir_, 0, "log");
+  std::vector<std::uint64_t> starts;
+  ASSERT_TRUE(scan_segment(seg, [&](const FrameView& v) { starts.push_back(v.position); }));
+  for (std::uint64_t flip : {starts[20] + 45, starts[20] + 2, starts[20] + 9}) {  // value, size, offset
+    std::filesystem::remove(dir_ + "/copy.log");
+    const std::string d = dir_ + "/flip";
+    std::filesystem::remove_all(d);
+    std::filesystem::create_directories(d);
+    const std::string path = segment_path(d, 0, "log");
+    std::filesystem::copy_file(seg, path);
+    {
+      std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekg(static_cast<std::streamoff>(flip));
+      char c = 0;
+      f.read(&c, 1);
+      c = static_cast<char>(c ^ 0x10);
+      f.seekp(static_cast<std::streamoff>(flip));
+      f.write(&c, 1);
+    }
+    const std::string where = fmt::format("{}: corrupt record at byte {}", path, starts[20]);
+    auto r = scan_segment(path);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->end, ScanEnd::kCorrupt) << "flip at " << flip;
+    EXPECT_EQ(r->records, 20u);
+    EXPECT_NE(r->problem.find(where), std::string::npos) << r->problem;
+    EXPECT_NE(r->problem.find("after offset 19"), std::string::npos) << r->problem;
+    // A reader returns the good records, then stops with the error (never bad data).
+    LogReader reader(d);
+    std::vector<std::uint64_t> got;
+    Result<std::uint64_t> res = std::uint64_t{0};
+    std::uint64_t from = 0;
+    for (int i = 0; i < 100; ++i) {
+      res = reader.read(from, ~0ull, 1 << 20, [&](const FrameView& v) {
+        got.push_back(v.header.offset);
+        return true;
+      });
+      if (!res || *res == from) break;
+      from = *res;
+    }
+    ASSERT_FALSE(res);
+    EXPECT_NE(res.error().message.find(where), std::string::npos) << res.error().message;
+    EXPECT_EQ(got.size(), 20u);
+    // busd refuses to append after it, and says why.
+    SpillConfig c;
+    c.enabled = true;
+    auto w = LogWriter::open(d, c, 0600, {});
+    ASSERT_FALSE(w);
+    EXPECT_NE(w.error().message.find(where), std::string::npos) << w.error().message;
+    // busctl log dump: exit 1 and the same words.
+    auto cli = test::busctl({"log", "dump", path, "--summary"});
+    EXPECT_EQ(cli.code, 1);
+    EXPECT_NE(cli.err.find(where), std::string::npos) << cli.err;
+    EXPECT_NE(cli.out.find("corrupt"), std::string::npos) << cli.out;
+  }
+  auto ok = test::busctl({"log", "dump", seg});
+  EXPECT_EQ(ok.code, 0) << ok.err;
+  EXPECT_NE(ok.out.find("offset           39"), std::string::npos) << ok.out;
+  EXPECT_NE(ok.out.find("40 records (0..39)"), std::string::npos) << ok.out;
+}
+
+TEST_F(DiskLog, ForeignAndWrongVersionFilesAreRefusedNotParsed) {
+  const std::string path = segment_path(dir_, 0, "log");
+  {
+    std::ofstream f(path, std::ios::binary);
+    f << std::string(100, 'z');
+  }
+  auto r = scan_segment(path);
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->end, ScanEnd::kCorrupt);
+  EXPECT_NE(r->problem.find("not a shmbus log segment"), std::string::npos) << r->problem;
+  auto cli = test::busctl({"log", "dump", path});
+  EXPECT_EQ(cli.code, 1);
+  EXPECT_NE(cli.err.find("bad magic"), std::string::npos) << cli.err;
+  auto missing = test::busctl({"log", "dump", dir_ + "/nope.log"});
+  EXPECT_EQ(missing.code, 1);
+  EXPECT_NE(missing.err.find("nope.log"), std::string::npos) << missing.err;
+  // A file header of another version.
+  {
+    LogWriter w = writer(dir_ + "/v");
+    ASSERT_TRUE(w.append(frames(0, 3)));
+  }
+  const std::string v = segment_path(dir_ + "/v", 0, "log");
+  {
+    std::fstream f(v, std::ios::in | std::ios::out | std::ios::binary);
+    FileHeader h{};
+    f.read(reinterpret_cast<char*>(&h), sizeof h);
+    h.major = 9;
+    h.crc = crc32c(&h, offsetof(FileHeader, crc));
+    f.seekp(0);
+    f.write(reinterpret_cast<const char*>(&h), sizeof h);
+  }
+  auto rv = scan_segment(v);
+  ASSERT_TRUE(rv);
+  EXPECT_EQ(rv->end, ScanEnd::kCorrupt);
+  EXPECT_NE(rv->problem.find("version 9"), std::string::npos) << rv->problem;
+}
+
+TEST_F(DiskLog, RetentionByBytesDeletesWholeOldSegmentsAndReadersMoveOn) {
+  SpillConfig c;
+  c.enabled = true;
+  c.segment_bytes = 4096;
+  c.retention_bytes = 16384;
+  c.fsync = FsyncPolicy::kNever;
+  auto w = LogWriter::open(dir_, c, 0600, {});
+  ASSERT_TRUE(w);
+  ASSERT_TRUE(w->append(frames(0, 2000)));
+  const std::size_t removed = w->enforce_retention(0);
+  EXPECT_GT(removed, 0u);
+  EXPECT_GE(w->bytes(), 16384u - 4096);
+  EXPECT_LE(w->bytes(), 16384u + 4096 + 200);
+  const std::uint64_t start = *w->start_offset();
+  EXPECT_GT(start, 0u);
+  auto segs = list_segments(dir_);
+  ASSERT_TRUE(segs);
+  EXPECT_EQ(segs->front(), start);
+  LogReader r(dir_);
+  auto got = read_all(r, 0);  // from before the start: begins at the oldest kept
+  ASSERT_FALSE(got.empty());
+  EXPECT_EQ(got.front().first, start);
+  EXPECT_EQ(got.back().first, 1999u);
+}
+
+}  // namespace
