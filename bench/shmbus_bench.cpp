@@ -25,6 +25,11 @@
 #include <zmq.h>
 #endif
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "bus/group_client.h"
+#include "bus/paths.h"
 #include "harness.h"
 #include "shmbus/bus.h"
 #include "shmbus/consumer.h"
@@ -60,6 +65,7 @@ struct Options {
   std::uint32_t batch = 64;
   std::uint64_t capacity = 1 << 20;
   bool json = false;
+  bool spill = false;        // latency: shmbus rows on spilled topics (busd running)
 };
 
 struct Row {
@@ -310,7 +316,7 @@ std::string g_bus_to_remove;
 extern "C" void on_interrupt(int sig) {
   // Leave nothing behind: the other process of the pair, the bus, the message queues.
   if (const pid_t child = g_running_child.load(); child > 0) ::kill(child, SIGKILL);
-  if (!g_bus_to_remove.empty()) (void)Bus::destroy(g_bus_to_remove);
+  if (!g_bus_to_remove.empty()) (void)Bus::destroy(g_bus_to_remove, /*purge_disk=*/true);
   for (const char* q : {"a", "b"}) {
     char name[64];
     std::snprintf(name, sizeof name, "/dev/shm/shmbus_bench_mq_%s_%d", q, static_cast<int>(::getpid()));
@@ -320,19 +326,39 @@ extern "C" void on_interrupt(int sig) {
   std::raise(sig);
 }
 
+// The bench's bus is gone with its busd (spilled rows start one) and its disk logs.
+void remove_bench_bus(const std::string& bus_name) {
+  if (auto c = BusdConnection::connect(bus_name, std::chrono::seconds(1), /*autostart=*/false)) {
+    (void)(*c)->request({{"op", "shutdown"}}, std::chrono::seconds(2));
+    // Until it is gone: the next row's bus has the same name and must get a busd of its own.
+    for (int i = 0; i < 400 && BusdConnection::connect(bus_name, std::chrono::milliseconds(100), false); ++i)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  (void)Bus::destroy(bus_name, /*purge_disk=*/true);
+  g_bus_to_remove.clear();
+}
+
+// The bench's bus, created fresh and removed however the run ends.
+std::shared_ptr<Bus> new_bench_bus() {
+  BusOptions bo;
+  bo.name = bench_bus();
+  g_bus_to_remove = bo.name;
+  auto bus = Bus::attach(bo);
+  if (!bus) throw std::runtime_error(bus.error().message);
+  return *bus;
+}
+
 Row shmbus_row(const Options& o, RetentionMode mode, bool hold) {
   const std::string bus_name = bench_bus();
-  g_bus_to_remove = bus_name;
   {
-    BusOptions bo;
-    bo.name = bus_name;
-    auto bus = Bus::attach(bo);
-    if (!bus) throw std::runtime_error(bus.error().message);
+    auto bus = new_bench_bus();
     TopicConfig tc;
     tc.capacity = 1 << 20;
     tc.retention = mode;
+    tc.spill.enabled = o.spill;
+    tc.spill.fsync = FsyncPolicy::kInterval;
     for (const char* t : {"ping", "pong"})
-      if (auto ok = (*bus)->create_topic(t, tc); !ok) throw std::runtime_error(ok.error().message);
+      if (auto ok = bus->create_topic(t, tc); !ok) throw std::runtime_error(ok.error().message);
   }
   const std::uint64_t total = o.warmup + o.samples;
   ConsumerConfig cc;
@@ -353,8 +379,13 @@ Row shmbus_row(const Options& o, RetentionMode mode, bool hold) {
     // Open the writer and the topic mapping before the clock runs.
     (void)out;
   };
-  const std::string name = fmt::format("shmbus {} ({}{})", o.wait, mode == RetentionMode::kBlock ? "block" : "overwrite",
-                                       hold ? ", zero-copy" : "");
+  const std::string name = fmt::format("shmbus {} ({}{}{})", o.wait, mode == RetentionMode::kBlock ? "block" : "overwrite",
+                                       hold ? ", zero-copy" : "", o.spill ? ", spilled" : "");
+  if (o.spill) {
+    // busd spills these topics: have it running (and spilling) before the clock starts.
+    auto c = BusdConnection::connect(bus_name, std::chrono::seconds(5));
+    if (!c) throw std::runtime_error("spilled rows need busd: " + c.error().message);
+  }
   if (o.rate > 0) {
     // Fixed rate: one process sends at the intended times, the other measures
     // now - intended on the same monotonic clock. Queueing shows up; nothing is omitted.
@@ -409,8 +440,7 @@ Row shmbus_row(const Options& o, RetentionMode mode, bool hold) {
     std::vector<std::uint64_t> v(lat + o.warmup, lat + total);
     ::munmap(lat, total * 8);
     free_scratch(out);
-    (void)Bus::destroy(bus_name);
-    g_bus_to_remove.clear();
+    remove_bench_bus(bus_name);
     Row r{fmt::format("{} at {:.0f}/s", name, o.rate), percentiles(v), 0, 0, o.size, std::move(v)};
     r.cpu_b = 100.0 * (cpu_seconds(k1) - cpu_seconds(k0)) / wall;
     return r;
@@ -452,8 +482,7 @@ Row shmbus_row(const Options& o, RetentionMode mode, bool hold) {
   cons.reset();
   if (ready->failed) std::cerr << name << ": a round trip failed\n";
   free_scratch(ready);
-  (void)Bus::destroy(bus_name);
-  g_bus_to_remove.clear();
+  remove_bench_bus(bus_name);
   return r;
 }
 
@@ -714,6 +743,83 @@ json fan(const Options& o, std::uint32_t producers, std::uint32_t consumers) {
 
 // Reference: a plain single-producer single-consumer ring of fixed slots in shared memory,
 // with cached indexes (the best case a general bus can be compared with).
+// The disk's own sequential write speed, in the directory the spill logs go to: 1 MiB
+// write(2)s, then one fdatasync. The reference row of `spill`.
+// Two rows: the speed before the sync (what fsync=never compares with) and with it.
+json raw_write(const std::string& dir, std::uint64_t bytes) {
+  if (auto ok = make_dirs(dir, 0700); !ok) throw std::runtime_error(ok.error().message);
+  const std::string path = dir + "/raw-write.bench";
+  const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+  if (fd < 0) throw std::runtime_error(fmt::format("cannot write {}: {}", path, std::strerror(errno)));
+  std::vector<char> block(1 << 20, 'r');
+  const std::uint64_t t0 = now_ns();
+  for (std::uint64_t done = 0; done < bytes; done += block.size())
+    if (::write(fd, block.data(), block.size()) != static_cast<ssize_t>(block.size())) {
+      ::close(fd);
+      ::unlink(path.c_str());
+      throw std::runtime_error(fmt::format("write {}: {}", path, std::strerror(errno)));
+    }
+  const double cached = static_cast<double>(now_ns() - t0) / 1e9;
+  ::fdatasync(fd);
+  const double synced = static_cast<double>(now_ns() - t0) / 1e9;
+  ::close(fd);
+  ::unlink(path.c_str());
+  return json::array({{{"mechanism", "raw write(2) 1 MiB blocks, no sync"}, {"bytes", bytes}, {"seconds", cached},
+                       {"mb_per_s", static_cast<double>(bytes) / 1e6 / cached}},
+                      {{"mechanism", "raw write(2) 1 MiB blocks + fdatasync"}, {"bytes", bytes}, {"seconds", synced},
+                       {"mb_per_s", static_cast<double>(bytes) / 1e6 / synced}}});
+}
+
+// Spill throughput: one producer sends `bytes` of records into a spilled block topic; the
+// clock stops when busd has every record in its log (the spill position reaches the end).
+json spill_throughput(const Options& o, FsyncPolicy fsync, std::uint64_t bytes) {
+  const std::string bus_name = bench_bus();
+  std::optional<std::shared_ptr<Bus>> bus = new_bench_bus();
+  TopicConfig tc;
+  tc.capacity = o.capacity;
+  tc.retention = RetentionMode::kBlock;
+  tc.spill.enabled = true;
+  tc.spill.fsync = fsync;
+  if (auto ok = (*bus)->create_topic("spill", tc); !ok) throw std::runtime_error(ok.error().message);
+  std::optional<Producer> prod;
+  {
+    auto p = Producer::create(*bus);
+    if (!p) throw std::runtime_error(p.error().message);
+    prod.emplace(std::move(*p));
+  }
+  std::vector<std::byte> value(o.size, std::byte{0x42});
+  std::vector<Message> batch(o.batch, Message{std::nullopt, Bytes(value)});
+  const std::uint64_t t0 = now_ns();
+  std::uint64_t sent = 0, records = 0;
+  while (sent < bytes) {
+    auto r = prod->send_batch("spill", batch, 0);
+    if (!r) throw std::runtime_error(r.error().message);
+    sent += o.batch * o.size;
+    records += o.batch;
+  }
+  const std::uint64_t t_sent = now_ns();
+  std::uint64_t disk = 0;
+  for (;;) {
+    auto info = (*bus)->describe_topic("spill");
+    if (!info) throw std::runtime_error(info.error().message);
+    const auto& p = info->partitions[0];
+    disk = p.disk_bytes;
+    if (p.disk_end_offset >= p.end_offset) break;
+    if (p.spill_state == 2) throw std::runtime_error("busd stopped spilling (see its log)");
+    if (now_ns() - t0 > 600'000'000'000ull) throw std::runtime_error("spill did not finish in 10 minutes");
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  const double secs = static_cast<double>(now_ns() - t0) / 1e9;
+  prod.reset();
+  const char* f = fsync == FsyncPolicy::kNever ? "never" : fsync == FsyncPolicy::kAlways ? "always" : "interval";
+  json row = {{"mechanism", fmt::format("shmbus spill, fsync {}", f)}, {"records", records}, {"bytes", disk}, {"seconds", secs},
+              {"mb_per_s", static_cast<double>(disk) / 1e6 / secs},
+              {"producer_mb_per_s", static_cast<double>(sent) / 1e6 / (static_cast<double>(t_sent - t0) / 1e9)}};
+  bus->reset();
+  remove_bench_bus(bus_name);
+  return row;
+}
+
 json spsc_reference(const Options& o) {
   constexpr std::size_t kSlots = 1 << 14;
   const std::size_t slot = std::max<std::size_t>(64, (o.size + 63) / 64 * 64);
@@ -788,6 +894,15 @@ int main(int argc, char** argv) {
   lat->add_option("--rows", o.rows, "cacheline,spsc,shmbus,unix,pipe,mq,zmq (default all; zmq when built with ZeroMQ)");
   lat->add_option("--csv", o.csv, "also write the table as CSV to this file");
   lat->add_option("--plot", o.plot, "also draw percentile curves with gnuplot (.svg or .png)");
+  lat->add_flag("--spill", o.spill, "shmbus rows also on spilled topics (busd spilling to disk during the run)");
+  CLI::App* sp = app.add_subcommand("spill", "spill-to-disk MB/s beside the disk's own sequential write speed");
+  std::uint64_t spill_mb = 256;
+  std::string spill_fsync = "never,interval,always";
+  sp->add_option("--size", o.size, "record bytes (default 1024)");
+  sp->add_option("--mb", spill_mb, "MB to write in each row (default 256)");
+  sp->add_option("--fsync", spill_fsync, "fsync policies to measure (default never,interval,always)");
+  sp->add_option("--capacity", o.capacity, "ring bytes (default 16 MiB)");
+  sp->add_flag("--json", o.json, "JSON output");
   CLI::App* idle = app.add_subcommand("idle", "CPU used by a consumer waiting on an idle topic");
   idle->add_option("--wait", o.wait, "spin | yield | block | adaptive (default spin)");
   idle->add_option("--seconds", idle_seconds, "how long (default 2)");
@@ -800,6 +915,10 @@ int main(int argc, char** argv) {
   std::uint32_t fan_n = 2;
   thr->add_option("--fan", fan_n, "also N producers -> 1 consumer and 1 producer -> N consumers (default 2; 1: off)");
   CLI11_PARSE(app, argc, argv);
+  if (sp->parsed()) {
+    if (sp->count("--size") == 0) o.size = 1024;
+    if (sp->count("--capacity") == 0) o.capacity = 16 << 20;
+  }
   if (std::sscanf(cpus.c_str(), "%d,%d", &o.cpu_a, &o.cpu_b) != 2) {
     std::cerr << "shmbus_bench: --cpus takes two CPU numbers, e.g. 0,1\n";
     return 2;
@@ -815,6 +934,33 @@ int main(int argc, char** argv) {
       const double pct = idle_cpu(o, idle_seconds);
       if (o.json) std::cout << json{{"wait", o.wait}, {"seconds", idle_seconds}, {"cpu_percent", pct}}.dump() << "\n";
       else std::cout << fmt::format("idle consumer, wait {}: {:.2f}% of one CPU over {:.1f} s\n", o.wait, pct, idle_seconds);
+    } else if (sp->parsed()) {
+      if (o.size < 16 || o.size > 65536) throw std::runtime_error("--size must be from 16 to 65536 bytes");
+      const std::uint64_t bytes = spill_mb << 20;
+      // The disk's speed drifts with its cache and writeback state: measured before and after
+      // the spill rows, and the faster of the two is the reference (the harder comparison).
+      json rows = raw_write(bus_paths(bench_bus()).state_dir, bytes);
+      for (const auto& f : split(spill_fsync)) {
+        if (f != "never" && f != "interval" && f != "always") throw std::runtime_error("--fsync takes never, interval, always");
+        rows.push_back(spill_throughput(o, f == "never" ? FsyncPolicy::kNever : f == "always" ? FsyncPolicy::kAlways : FsyncPolicy::kInterval, bytes));
+      }
+      const json after = raw_write(bus_paths(bench_bus()).state_dir, bytes);
+      for (std::size_t i = 0; i < 2; ++i)
+        if (after[i]["mb_per_s"].get<double>() > rows[i]["mb_per_s"].get<double>()) rows[i] = after[i];
+      (void)Bus::destroy(bench_bus(), true);
+      // The disk's speed is the synced row; the unsynced one is the page cache's (a copy).
+      const double raw_synced = rows[1]["mb_per_s"].get<double>();
+      for (auto& r : rows) r["vs_raw"] = r["mb_per_s"].get<double>() / raw_synced;
+      if (o.json) {
+        std::cout << rows.dump(2) << "\n";
+      } else {
+        std::cout << fmt::format("spill to disk, {}-byte records, {} MB a row, state dir {}\n", o.size, bytes >> 20,
+                                 bus_paths(bench_bus()).state_dir);
+        std::cout << fmt::format("{:<42} {:>10} {:>10} {:>9}\n", "mechanism", "MB", "MB/s", "vs raw");
+        for (const auto& r : rows)
+          std::cout << fmt::format("{:<42} {:>10.0f} {:>10.0f} {:>8.2f}x\n", r["mechanism"].get<std::string>(),
+                                   r["bytes"].get<double>() / 1e6, r["mb_per_s"].get<double>(), r["vs_raw"].get<double>());
+      }
     } else if (lat->parsed()) {
       std::vector<Row> rows;
       const auto want = split(o.rows);
@@ -826,11 +972,17 @@ int main(int argc, char** argv) {
         if (on("spsc")) rows.push_back(spsc_row(o));
         if (on("shmbus")) {
           const std::string waits = o.wait;
+          const bool with_spill = o.spill;
           for (const auto& w : split(waits)) {
             o.wait = w;
-            rows.push_back(shmbus_row(o, RetentionMode::kOverwrite, false));
-            if (o.rate <= 0) rows.push_back(shmbus_row(o, RetentionMode::kBlock, true));
+            // --spill: each row twice, without and with busd spilling the topics to disk.
+            for (int sp = 0; sp <= (with_spill ? 1 : 0); ++sp) {
+              o.spill = sp == 1;
+              rows.push_back(shmbus_row(o, RetentionMode::kOverwrite, false));
+              if (o.rate <= 0) rows.push_back(shmbus_row(o, RetentionMode::kBlock, true));
+            }
           }
+          o.spill = with_spill;
           o.wait = waits;
         }
         if (on("unix")) rows.push_back(unix_socket(o));

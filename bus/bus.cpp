@@ -623,9 +623,12 @@ Status Bus::destroy(const std::string& bus_name, bool purge_disk) {
   for (const auto& n : names)
     if (auto ok = Segment::remove(n); !ok) return ok;
   if (purge_disk) {
-    std::error_code ec;
-    std::filesystem::remove_all(bus_paths(bus_name).state_dir, ec);
-    if (ec) return make_error(Errc::kSystem, fmt::format("cannot remove {}: {}", bus_paths(bus_name).state_dir, ec.message()));
+    const BusPaths paths = bus_paths(bus_name);
+    for (const auto& dir : {paths.state_dir, paths.runtime_dir}) {
+      std::error_code ec;
+      std::filesystem::remove_all(dir, ec);
+      if (ec) return make_error(Errc::kSystem, fmt::format("cannot remove {}: {}", dir, ec.message()));
+    }
   }
   return {};
 }

@@ -193,6 +193,8 @@ class LogWriter {
   std::uint64_t since_index_ = 0;   // log bytes since the last index entry
   std::vector<IndexEntry> pending_index_;
   std::optional<std::uint64_t> next_;
+  std::uint64_t writeback_from_ = 0;  // open segment: bytes before it were handed to writeback
+  std::vector<int> unsynced_;         // sealed segments' descriptors, synced by the next sync()
 };
 
 }  // namespace shmbus::disklog

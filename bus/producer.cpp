@@ -151,6 +151,26 @@ struct Producer::Impl {
   }
 
   std::int64_t block_ns() const { return config.max_block_ms < 0 ? -1 : config.max_block_ms * 1'000'000; }
+
+  // A claim, waiting for room up to max_block_ms in a block topic. In a spilled block topic
+  // the room comes from busd's spiller: wait in slices, and between them make sure a busd
+  // runs (one killed is started again), so a dead busd never wedges producers for good.
+  Result<shm::Claim> claim(const TopicState& ts, shm::RingWriter& w, std::span<const std::uint32_t> sizes) {
+    const std::int64_t total = block_ns();
+    if (!ts.topic->config().spill.enabled || w.ring().retention() != shm::Retention::kBlock) return w.claim(sizes, total);
+    constexpr std::int64_t kSlice = 500'000'000;
+    for (std::int64_t waited = 0;;) {
+      const std::int64_t slice = total < 0 ? kSlice : std::min(kSlice, total - waited);
+      auto c = w.claim(sizes, slice);
+      if (c || c.error().code != Errc::kTimedOut) return c;
+      waited += slice;
+      if (total >= 0 && waited >= total)
+        return make_error(Errc::kTimedOut, fmt::format("topic '{}' partition {} is full for {} ms: busd spills it to disk and has "
+                                                       "not caught up (is it running? busctl status, busd.log)",
+                                                       ts.topic->name(), w.ring().ctl()->config.partition, total / 1'000'000));
+      (void)BusdConnection::connect(bus->name(), std::chrono::seconds(2));
+    }
+  }
 };
 
 Producer::Producer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -222,7 +242,7 @@ Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<co
   auto w = impl_->writer(ts, *p);
   if (!w) return tl::unexpected(w.error());
   shm::RingWriter& writer = **w;
-  auto claim = writer.claim(std::span<const std::uint32_t>(sizes, messages.size()), impl_->block_ns());
+  auto claim = impl_->claim(ts, writer, std::span<const std::uint32_t>(sizes, messages.size()));
   if (!claim) return tl::unexpected(claim.error());
   const shm::Ring& ring = writer.ring();
   const std::int32_t pid = shm::self_process().pid;
@@ -265,7 +285,7 @@ Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Byte
   if (!p) return tl::unexpected(p.error());
   auto w = impl_->writer(ts, *p);
   if (!w) return tl::unexpected(w.error());
-  auto claim = (*w)->claim_one(l->bytes, impl_->block_ns());
+  auto claim = impl_->claim(ts, **w, std::span<const std::uint32_t>(&l->bytes, 1));
   if (!claim) return tl::unexpected(claim.error());
   const shm::Ring& ring = (*w)->ring();
   const std::uint64_t at = ring.place(claim->position, l->bytes);

@@ -315,42 +315,87 @@ struct Spiller::Impl {
     std::unique_ptr<disklog::LogWriter> log;
     std::uint64_t last_sync = 0;
     std::uint64_t last_retention = 0;
-    bool dirty = false;
+    bool dirty = false;  // appended since the last fdatasync
+    // Written but not yet published (group commit: one fsync for everything dequeued).
+    bool pending = false;
+    std::uint64_t next_offset = 0, end_position = 0, lost = 0;
   };
 
   void write_loop() {
     std::map<Part*, Open> open;
-    for (;;) {
-      Msg m;
-      const bool got = work.wait_dequeue_timed(m, std::chrono::milliseconds(50));
-      const std::uint64_t now = shm::monotonic_ns();
-      if (got) {
-        if (m.kind == Msg::kStop) break;
-        if (m.kind == Msg::kOpen) {
-          open[m.part.get()] = Open{m.part, std::move(m.writer), now, now, false};
+    constexpr std::size_t kBulk = 64;
+    std::vector<Msg> msgs(kBulk);
+    bool stop = false;
+    while (!stop) {
+      const std::size_t n = work.wait_dequeue_bulk_timed(msgs.begin(), kBulk, std::chrono::milliseconds(50));
+      for (std::size_t i = 0; i < n; ++i) {
+        Msg& m = msgs[i];
+        if (m.kind == Msg::kStop) {
+          stop = true;
+        } else if (m.kind == Msg::kOpen) {
+          const std::uint64_t now = shm::monotonic_ns();
+          open[m.part.get()] = Open{m.part, std::move(m.writer), now, now};
         } else if (m.kind == Msg::kClose) {
           if (auto it = open.find(m.part.get()); it != open.end()) {
-            if (it->second.dirty && it->second.part->config.fsync != FsyncPolicy::kNever) (void)it->second.log->sync();
+            publish(it->second, shm::monotonic_ns(), true);
             open.erase(it);
           }
         } else if (m.chunk) {
-          write_chunk(open, *m.chunk, m.part, now);
+          if (auto it = open.find(m.part.get()); it != open.end()) append(it->second, *m.chunk);
           m.chunk->frames.clear();
           free_chunks.enqueue(std::move(m.chunk));
         }
+        m = Msg{};
       }
+      const std::uint64_t now = shm::monotonic_ns();
       for (auto& [raw, o] : open) {
-        const auto& cfg = o.part->config;
-        if (o.dirty && cfg.fsync == FsyncPolicy::kInterval && now - o.last_sync >= std::uint64_t{cfg.fsync_interval_ms} * 1'000'000) {
-          (void)o.log->sync();
-          o.last_sync = now;
-          o.dirty = false;
-        }
-        if (cfg.retention_ms > 0 && now - o.last_retention >= 1'000'000'000) retention(o, now);
+        publish(o, now, stop);
+        if (o.part->config.retention_ms > 0 && now - o.last_retention >= 1'000'000'000) retention(o, now);
       }
     }
-    for (auto& [raw, o] : open)
-      if (o.dirty && o.part->config.fsync != FsyncPolicy::kNever) (void)o.log->sync();
+  }
+
+  void append(Open& o, const Chunk& c) {
+    Part& part = *o.part;
+    if (part.failed.load(std::memory_order_relaxed)) return;
+    if (!c.frames.empty()) {
+      if (auto ok = o.log->append(c.frames); !ok) {
+        log(fmt::format("spill {}-{}: {}; spilling of this partition stopped", part.topic, part.partition, ok.error().message));
+        set_state(part, shm::SpillState::kError);
+        part.failed = true;
+        return;
+      }
+      o.dirty = true;
+    }
+    o.pending = true;
+    o.next_offset = c.next_offset;
+    o.end_position = c.end_position;
+    o.lost += c.lost;
+  }
+
+  // Syncs as the topic asks, then lets producers past what is on disk (in the page cache,
+  // or synced with fsync=always) and tells consumers how far the log goes.
+  void publish(Open& o, std::uint64_t now, bool final) {
+    Part& part = *o.part;
+    const auto& cfg = part.config;
+    const bool due = cfg.fsync == FsyncPolicy::kAlways ||
+                     (cfg.fsync == FsyncPolicy::kInterval && now - o.last_sync >= std::uint64_t{cfg.fsync_interval_ms} * 1'000'000) ||
+                     (final && cfg.fsync != FsyncPolicy::kNever);
+    if (o.dirty && due && !part.failed.load(std::memory_order_relaxed)) {
+      if (auto ok = o.log->sync(); !ok) log(ok.error().message);
+      o.last_sync = now;
+      o.dirty = false;
+    }
+    if (!o.pending || part.failed.load(std::memory_order_relaxed)) return;
+    o.pending = false;
+    auto& stats = part.ring.ctl()->stats;
+    if (o.lost) stats.spill_lost.fetch_add(o.lost, std::memory_order_relaxed);
+    o.lost = 0;
+    stats.spill_bytes.store(o.log->bytes(), std::memory_order_relaxed);
+    if (auto s = o.log->start_offset()) stats.spill_start.store(*s, std::memory_order_relaxed);
+    stats.spill_end.store(o.next_offset, std::memory_order_release);
+    if (part.gate) part.gate->position.store(o.end_position, std::memory_order_release);
+    if (cfg.retention_bytes && o.log->bytes() > cfg.retention_bytes) retention(o, now);
   }
 
   void retention(Open& o, std::uint64_t now) {
@@ -359,34 +404,6 @@ struct Spiller::Impl {
     auto& stats = o.part->ring.ctl()->stats;
     if (auto s = o.log->start_offset()) stats.spill_start.store(*s, std::memory_order_release);
     stats.spill_bytes.store(o.log->bytes(), std::memory_order_relaxed);
-  }
-
-  void write_chunk(std::map<Part*, Open>& open, Chunk& c, const std::shared_ptr<Part>& part, std::uint64_t now) {
-    auto it = open.find(part.get());
-    if (it == open.end() || part->failed.load(std::memory_order_relaxed)) return;
-    Open& o = it->second;
-    if (!c.frames.empty()) {
-      if (auto ok = o.log->append(c.frames); !ok) {
-        log(fmt::format("spill {}-{}: {}; spilling of this partition stopped", part->topic, part->partition, ok.error().message));
-        set_state(*part, shm::SpillState::kError);
-        part->failed = true;
-        return;
-      }
-      o.dirty = true;
-      if (part->config.fsync == FsyncPolicy::kAlways) {
-        if (auto ok = o.log->sync(); !ok) log(ok.error().message);
-        o.last_sync = now;
-        o.dirty = false;
-      }
-    }
-    // On disk (in the page cache, or synced with fsync=always): producers may pass it now.
-    auto& stats = part->ring.ctl()->stats;
-    if (c.lost) stats.spill_lost.fetch_add(c.lost, std::memory_order_relaxed);
-    stats.spill_bytes.store(o.log->bytes(), std::memory_order_relaxed);
-    if (auto s = o.log->start_offset()) stats.spill_start.store(*s, std::memory_order_relaxed);
-    stats.spill_end.store(c.next_offset, std::memory_order_release);
-    if (part->gate) part->gate->position.store(c.end_position, std::memory_order_release);
-    if (part->config.retention_bytes && o.log->bytes() > part->config.retention_bytes) retention(o, now);
   }
 };
 
