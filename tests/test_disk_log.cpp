@@ -3,9 +3,12 @@
 // byte, foreign files, retention.
 #include <gtest/gtest.h>
 
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -314,6 +317,38 @@ TEST_F(DiskLog, RetentionByBytesDeletesWholeOldSegmentsAndReadersMoveOn) {
   ASSERT_FALSE(got.empty());
   EXPECT_EQ(got.front().first, start);
   EXPECT_EQ(got.back().first, 1999u);
+}
+
+}  // namespace
+
+namespace {
+
+TEST_F(DiskLog, RetentionByAgeDeletesSealedSegmentsOlderThanItNeverTheOpenOne) {
+  SpillConfig c;
+  c.enabled = true;
+  c.segment_bytes = 4096;
+  c.retention_ms = 60'000;
+  c.fsync = FsyncPolicy::kNever;
+  auto w = LogWriter::open(dir_, c, 0600, {});
+  ASSERT_TRUE(w);
+  ASSERT_TRUE(w->append(frames(0, 300)));
+  auto segs = list_segments(dir_);
+  ASSERT_TRUE(segs);
+  ASSERT_GE(segs->size(), 4u);
+  const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  EXPECT_EQ(w->enforce_retention(now), 0u) << "nothing is a minute old yet";
+  // The first two segments were last written two minutes ago.
+  const timespec old[2] = {{time(nullptr) - 120, 0}, {time(nullptr) - 120, 0}};
+  for (std::size_t i = 0; i < 2; ++i) ASSERT_EQ(::utimensat(AT_FDCWD, segment_path(dir_, (*segs)[i], "log").c_str(), old, 0), 0);
+  EXPECT_EQ(w->enforce_retention(now), 2u);
+  EXPECT_EQ(w->start_offset(), (*segs)[2]);
+  EXPECT_FALSE(std::filesystem::exists(segment_path(dir_, (*segs)[0], "index")));
+  // Even the open segment aged: it stays (retention deletes whole sealed segments only).
+  for (std::size_t i = 2; i < segs->size(); ++i)
+    ASSERT_EQ(::utimensat(AT_FDCWD, segment_path(dir_, (*segs)[i], "log").c_str(), old, 0), 0);
+  EXPECT_EQ(w->enforce_retention(now), segs->size() - 3);
+  EXPECT_EQ(list_segments(dir_)->size(), 1u);
+  EXPECT_EQ(w->next_offset(), 300u);
 }
 
 }  // namespace
