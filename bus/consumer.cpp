@@ -475,8 +475,12 @@ struct Consumer::Impl {
     Assigned& a = assigned[idx];
     const shm::Ring& ring = a.reader.ring();
     const std::uint64_t end = ring.ctl()->stats.spill_end.load(std::memory_order_acquire);
+    const std::uint64_t disk_start = ring.ctl()->stats.spill_start.load(std::memory_order_acquire);
     const std::size_t first = pending.size();
     auto next = a.disk->read(a.disk_next, end, 4u << 20, [&](const disklog::FrameView& v) {
+      // Retention removed the segment we were reading: what it held is lost to us. (Other
+      // gaps are offsets that were never records: aborted claims.)
+      if (pending.size() == first && a.disk_next < disk_start) lost += std::min(v.header.offset, disk_start) - a.disk_next;
       const std::size_t at = arena_used;
       std::byte* rec = arena_take(shm::kRecordHeaderSize + v.payload.size());
       shm::RecordHeader h{};

@@ -509,16 +509,6 @@ void expect_exactly(const Expect& e, const std::map<std::uint32_t, std::vector<s
   }
 }
 
-TopicConfig spilled_block_topic(std::uint32_t partitions, std::uint64_t segment_bytes) {
-  TopicConfig cfg;
-  cfg.partitions = partitions;
-  cfg.capacity = 64 << 10;
-  cfg.retention = RetentionMode::kBlock;
-  cfg.spill.enabled = true;
-  cfg.spill.segment_bytes = segment_bytes;
-  return cfg;
-}
-
 std::uint64_t spill_lag(const std::shared_ptr<Bus>& bus, const std::string& topic) {
   auto info = bus->describe_topic(topic);
   if (!info) return ~0ull;
@@ -535,7 +525,7 @@ void wait_spilled(const std::shared_ptr<Bus>& bus, const std::string& topic) {
 }  // namespace
 
 TEST_F(Busd, SpilledBlockTopicTenRingsDeepIsConsumedFromEarliestEveryRecordOnceInOrder) {
-  TopicConfig cfg = spilled_block_topic(2, 256 << 10);
+  TopicConfig cfg = test::spilled_topic(2, 256 << 10);
   ASSERT_TRUE((*bus_)->create_topic("spilled", cfg));
   // ~20 x 64 KiB per partition: producers can only get this far if busd spills (the
   // spiller's gate holds them back otherwise). The first send starts busd.
@@ -581,7 +571,7 @@ TEST_F(Busd, SpilledBlockTopicTenRingsDeepIsConsumedFromEarliestEveryRecordOnceI
 }
 
 TEST_F(Busd, SpilledTopicComesBackFromDiskWhenSharedMemoryIsGoneAndOffsetsContinue) {
-  TopicConfig cfg = spilled_block_topic(2, 128 << 10);
+  TopicConfig cfg = test::spilled_topic(2, 128 << 10);
   cfg.spill.fsync = FsyncPolicy::kAlways;
   ASSERT_TRUE((*bus_)->create_topic("durable", cfg));
   const int n = 8000;
@@ -621,7 +611,7 @@ TEST_F(Busd, SpilledTopicComesBackFromDiskWhenSharedMemoryIsGoneAndOffsetsContin
 }
 
 TEST_F(Busd, BusdKilledWhileSpillingLosesNothingAndTheNextOneContinuesTheLog) {
-  TopicConfig cfg = spilled_block_topic(1, 64 << 10);
+  TopicConfig cfg = test::spilled_topic(1, 64 << 10);
   ASSERT_TRUE((*bus_)->create_topic("k", cfg));
   // A producer process writes 100,000 records (the ring holds ~400): busd is SIGKILLed three
   // times while it spills; the producer starts a new one each time (it waits for the
@@ -664,12 +654,7 @@ TEST_F(Busd, BusdKilledWhileSpillingLosesNothingAndTheNextOneContinuesTheLog) {
 }
 
 TEST_F(Busd, SpilledOverwriteTopicNeverBlocksProducersAndAConsumerLappedInTheRingReadsOnFromDisk) {
-  TopicConfig cfg;
-  cfg.partitions = 1;
-  cfg.capacity = 64 << 10;
-  cfg.retention = RetentionMode::kOverwrite;
-  cfg.spill.enabled = true;
-  cfg.spill.segment_bytes = 64 << 10;
+  TopicConfig cfg = test::spilled_topic(1, 64 << 10, RetentionMode::kOverwrite);
   ASSERT_TRUE((*bus_)->create_topic("ow", cfg));
   ASSERT_TRUE(BusdConnection::connect(bus_->name(), 5s));
   // A reader that starts now and then sleeps: producers lap it in the ring many times.

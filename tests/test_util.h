@@ -22,6 +22,18 @@ extern char** environ;
 
 namespace shmbus::test {
 
+// A topic of 64 KiB rings that busd spills to disk.
+inline TopicConfig spilled_topic(std::uint32_t partitions, std::uint64_t segment_bytes,
+                                 RetentionMode retention = RetentionMode::kBlock) {
+  TopicConfig cfg;
+  cfg.partitions = partitions;
+  cfg.capacity = 64 << 10;
+  cfg.retention = retention;
+  cfg.spill.enabled = true;
+  cfg.spill.segment_bytes = segment_bytes;
+  return cfg;
+}
+
 inline std::string unique_bus(const char* tag) {
   static std::atomic<int> n{0};
   return std::string("test_") + tag + "_" + std::to_string(::getpid()) + "_" + std::to_string(n++);

@@ -1,6 +1,7 @@
 // A separate process for multi-process tests: produces or consumes and reports as JSON.
 //
 //   worker produce BUS TOPIC ID COUNT MODE [SIZE [RATE]]  MODE: p<N> (partition N) | keyed | batch<K>
+//   worker chaos-produce BUS TOPIC ID COUNT RATE FILE       keyed; logs each acknowledged record
 //   worker group-consume BUS TOPIC GROUP FILE [ASSIGNOR]  member of GROUP; logs to FILE (below)
 //   worker die-in-reserve BUS TOPIC PARTITION N       send N, reserve one, SIGKILL itself
 //   worker die-after-claim BUS TOPIC PARTITION N      send N, die right after the claim CAS
@@ -223,14 +224,21 @@ int group_consume(const std::string& bus, const std::string& topic, const std::s
     return 3;
   }
   std::cout << "ready" << std::endl;
-  std::uint64_t idle_since = 0, records = 0;
+  std::uint64_t idle_since = 0, records = 0, failing_since = 0;
   std::string buf;
   for (;;) {
     auto batch = c->poll(std::chrono::milliseconds(20));
     if (!batch) {
+      // As an application would: say it and poll on (a busd that went away in the middle of
+      // a rebalance is a transient error); give up only if it lasts.
       std::cerr << "worker: poll: " << batch.error().message << "\n";
-      return 1;
+      const auto now = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+      if (!failing_since) failing_since = now;
+      if (now - failing_since > 20'000'000'000ull) return 1;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      continue;
     }
+    failing_since = 0;
     buf.clear();
     for (const auto& r : *batch) {
       Payload p;
@@ -252,6 +260,31 @@ int group_consume(const std::string& bus, const std::string& topic, const std::s
   return 0;
 }
 
+// Keyed sends at a steady rate; after each acknowledged send, one line "P id seq partition
+// offset" is written to `file` with write(2): what a SIGKILL cannot take back.
+int chaos_produce(const std::string& bus, const std::string& topic, std::uint32_t id, std::uint64_t count, double rate,
+                  const std::string& file) {
+  const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+  if (fd < 0) return 3;
+  auto p = Producer::create(attach(bus));
+  if (!p) return 3;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (std::uint64_t seq = 0; seq < count; ++seq) {
+    std::this_thread::sleep_until(t0 + std::chrono::nanoseconds(static_cast<std::int64_t>(static_cast<double>(seq) * 1e9 / rate)));
+    const std::string key = fmt::format("{}:{}", id, seq % 4);
+    const auto value = make_value(id, seq, 48);
+    auto md = p->send(topic, Message{as_bytes(key), Bytes(value)});
+    if (!md) {
+      std::cerr << "worker: send: " << md.error().message << "\n";
+      return 1;
+    }
+    const std::string line = fmt::format("P {} {} {} {}\n", id, seq, md->partition, md->offset);
+    (void)!::write(fd, line.data(), line.size());
+  }
+  ::close(fd);
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -259,6 +292,8 @@ int main(int argc, char** argv) {
   if (a.size() >= 5 && a[0] == "produce")
     return produce(a[1], a[2], static_cast<std::uint32_t>(std::stoul(a[3])), std::stoull(a[4]), a.size() > 5 ? a[5] : "p0",
                    a.size() > 6 ? std::stoul(a[6]) : 64, a.size() > 7 ? std::stod(a[7]) : 0);
+  if (a.size() == 7 && a[0] == "chaos-produce")
+    return chaos_produce(a[1], a[2], static_cast<std::uint32_t>(std::stoul(a[3])), std::stoull(a[4]), std::stod(a[5]), a[6]);
   if (a.size() >= 5 && a[0] == "group-consume") return group_consume(a[1], a[2], a[3], a[4], a.size() > 5 ? a[5] : "sticky");
   if (a.size() == 5 && (a[0] == "die-in-reserve" || a[0] == "die-after-claim"))
     return die(a[1], a[2], static_cast<std::uint32_t>(std::stoul(a[3])), std::stoull(a[4]), a[0] == "die-after-claim");
