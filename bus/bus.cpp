@@ -626,7 +626,11 @@ Status Bus::destroy(const std::string& bus_name, bool purge_disk) {
     const BusPaths paths = bus_paths(bus_name);
     for (const auto& dir : {paths.state_dir, paths.runtime_dir}) {
       std::error_code ec;
-      std::filesystem::remove_all(dir, ec);
+      // A busd that is exiting may still add its last log line: a second pass then finishes.
+      for (int attempt = 0; attempt < 3 && (attempt == 0 || ec); ++attempt) {
+        ec.clear();
+        std::filesystem::remove_all(dir, ec);
+      }
       if (ec) return make_error(Errc::kSystem, fmt::format("cannot remove {}: {}", dir, ec.message()));
     }
   }

@@ -468,6 +468,15 @@ int busctl_run(int argc, const char* const* argv, std::istream& in, std::ostream
     auto r = disklog::scan_segment(l_file, [&](const disklog::FrameView& v) {
       if (l_quiet) return;
       const auto& h = v.header;
+      if (h.attributes != 0) {  // a gap frame: offsets that are not records, and why
+        const char* why = h.attributes == disklog::kAttrLost ? "lost" : "aborted";
+        if (g.json)
+          records.push_back({{"offset", h.offset}, {"position", v.position}, {"gap", why}, {"count", disklog::frame_last(h) - h.offset + 1}});
+        else
+          out << fmt::format("offsets {:>12}..{}  position {:>10}  {} ({})\n", h.offset, disklog::frame_last(h), v.position, why,
+                             h.attributes == disklog::kAttrLost ? "overwritten in the ring before busd spilled them" : "never records");
+        return;
+      }
       const std::uint64_t klen = h.key_len == disklog::kNullKeyLen ? 0 : h.key_len;
       const std::string_view key(reinterpret_cast<const char*>(v.payload.data()), klen);
       const std::string_view value(reinterpret_cast<const char*>(v.payload.data()) + klen + h.headers_len, h.value_len);

@@ -477,10 +477,16 @@ struct Consumer::Impl {
     const std::uint64_t end = ring.ctl()->stats.spill_end.load(std::memory_order_acquire);
     const std::uint64_t disk_start = ring.ctl()->stats.spill_start.load(std::memory_order_acquire);
     const std::size_t first = pending.size();
+    std::uint64_t at = a.disk_next;  // the next offset not accounted for
     auto next = a.disk->read(a.disk_next, end, 4u << 20, [&](const disklog::FrameView& v) {
-      // Retention removed the segment we were reading: what it held is lost to us. (Other
-      // gaps are offsets that were never records: aborted claims.)
-      if (pending.size() == first && a.disk_next < disk_start) lost += std::min(v.header.offset, disk_start) - a.disk_next;
+      // Retention removed the segment we were reading: what it held is lost to us.
+      if (v.header.offset > at && at < disk_start) lost += std::min(v.header.offset, disk_start) - at;
+      at = disklog::frame_last(v.header) + 1;
+      if (v.header.attributes == disklog::kAttrLost) {  // overwritten before busd spilled it
+        lost += disklog::frame_last(v.header) + 1 - std::max(v.header.offset, a.disk_next);
+        return true;
+      }
+      if (v.header.attributes != 0) return true;  // aborted offsets: never records
       const std::size_t at = arena_used;
       std::byte* rec = arena_take(shm::kRecordHeaderSize + v.payload.size());
       shm::RecordHeader h{};
@@ -497,6 +503,13 @@ struct Consumer::Impl {
     if (!next)
       return make_error(next.error().code, fmt::format("{}-{}: reading offset {} from disk: {}", a.tp.topic, a.tp.partition,
                                                        a.disk_next, next.error().message));
+    if (*next == a.disk_next && a.disk_next < end) {
+      // Nothing on disk between here and the spill position, which busd publishes only
+      // after writing (a log of an older version without gap frames, or damaged by hand):
+      // those offsets are gone.
+      lost += end - a.disk_next;
+      *next = end;
+    }
     a.disk_next = std::max(a.disk_next, *next);
     if (pending.size() > first || a.disk_next < end) return {};
     // The disk has nothing more: on to the ring.

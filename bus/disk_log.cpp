@@ -112,7 +112,11 @@ std::string check_file_header(const FileHeader& h, std::uint64_t expected_base) 
 // A frame header that could be real: sizes that add up, an offset at or past `min_offset`.
 bool plausible(const FrameHeader& h, std::uint64_t min_offset) noexcept {
   const std::uint64_t klen = h.key_len == kNullKeyLen ? 0 : h.key_len;
-  return h.size >= kFrameHeaderSize && h.size <= kMaxFrame && h.attributes == 0 &&
+  if (h.attributes != 0)  // a gap frame: nothing but the header, a positive count
+    return (h.attributes == kAttrLost || h.attributes == kAttrAborted) && h.size == kFrameHeaderSize &&
+           h.key_len == kNullKeyLen && h.headers_len == 0 && h.value_len == 0 && h.timestamp_ns > 0 &&
+           h.offset >= min_offset && h.offset + static_cast<std::uint64_t>(h.timestamp_ns) > h.offset;
+  return h.size >= kFrameHeaderSize && h.size <= kMaxFrame &&
          std::uint64_t{kFrameHeaderSize} + klen + h.headers_len + h.value_len == h.size && h.offset >= min_offset;
 }
 
@@ -208,6 +212,15 @@ void append_frame(std::vector<std::byte>& out, std::uint64_t offset, std::int64_
   std::memcpy(out.data() + at + 4, &h.crc, 4);
 }
 
+void append_gap(std::vector<std::byte>& out, std::uint64_t offset, std::uint64_t count, std::uint32_t attr) {
+  FrameHeader h{kFrameHeaderSize, 0, offset, static_cast<std::int64_t>(count), kNullKeyLen, 0, 0, attr};
+  const std::size_t at = out.size();
+  out.resize(at + kFrameHeaderSize);
+  std::memcpy(out.data() + at, &h, sizeof h);
+  h.crc = frame_crc(out.data() + at, h.size);
+  std::memcpy(out.data() + at + 4, &h.crc, 4);
+}
+
 // ---- scan ----
 
 Result<ScanResult> scan_segment(const std::string& path, const std::function<void(const FrameView&)>& each) {
@@ -256,7 +269,7 @@ Result<ScanResult> scan_segment(const std::string& path, const std::function<voi
     }
     if (each) each(v);
     if (!r.first_offset) r.first_offset = v.header.offset;
-    r.last_offset = v.header.offset;
+    r.last_offset = frame_last(v.header);
     ++r.records;
     pos += v.header.size;
     since_index += v.header.size;
@@ -392,8 +405,8 @@ Result<std::uint64_t> LogReader::read(std::uint64_t from, std::uint64_t limit, s
       }
       if (v.header.offset >= limit) return std::max(next, limit);
       pos_ += v.header.size;
-      next_ = v.header.offset + 1;
-      if (v.header.offset < from) continue;
+      next_ = frame_last(v.header) + 1;
+      if (next_ <= from) continue;  // a gap frame reaching past `from` is shown
       next = next_;
       bytes += v.header.size;
       if (!each(v) || bytes >= max_bytes) return next;
@@ -598,7 +611,7 @@ Status LogWriter::append(std::span<const std::byte> frames) {
         since_index_ = 0;
       }
       since_index_ += h.size;
-      next_ = h.offset + 1;
+      next_ = frame_last(h) + 1;
       j += h.size;
     }
     if (j == i) return make_error(Errc::kInvalidArgument, fmt::format("{}: append of a partial frame", dir_));

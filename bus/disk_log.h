@@ -10,7 +10,7 @@
 //           24  u32 key length (0xffffffff: null key)
 //           28  u32 headers length
 //           32  u32 value length
-//           36  u32 attributes (0)
+//           36  u32 attributes (0: a record; kAttrLost/kAttrAborted: a gap frame)
 //           40  key | headers | value
 //   .index  {u32 offset - base, u32 byte position} every kIndexInterval bytes of log
 //
@@ -65,6 +65,16 @@ struct FrameHeader {
 };
 static_assert(sizeof(FrameHeader) == 40, "bump kLogMajor");
 inline constexpr std::uint32_t kFrameHeaderSize = 40;
+
+// Gap frames: offsets below the spill position that are not records, so that a reader of
+// the log can tell what happened to every offset. No key, headers or value; the number of
+// offsets covered is in the timestamp field.
+inline constexpr std::uint32_t kAttrLost = 1;     // overwritten in the ring before busd spilled them
+inline constexpr std::uint32_t kAttrAborted = 2;  // never records: claims of dead producers, aborted reservations
+// The last offset a frame covers.
+inline std::uint64_t frame_last(const FrameHeader& h) noexcept {
+  return h.attributes ? h.offset + static_cast<std::uint64_t>(h.timestamp_ns) - 1 : h.offset;
+}
 inline constexpr std::uint32_t kNullKeyLen = 0xffff'ffffu;
 inline constexpr std::uint64_t kMaxFrame = std::uint64_t{1} << 31;
 
@@ -82,6 +92,9 @@ Result<std::vector<std::uint64_t>> list_segments(const std::string& dir);
 // Appends one frame; `payload` is key | headers | value (key_len kNullKeyLen: no key).
 void append_frame(std::vector<std::byte>& out, std::uint64_t offset, std::int64_t timestamp_ns, std::uint32_t key_len,
                   std::uint32_t headers_len, std::uint32_t value_len, const std::byte* payload);
+
+// Appends a gap frame covering [offset, offset + count).
+void append_gap(std::vector<std::byte>& out, std::uint64_t offset, std::uint64_t count, std::uint32_t attr);
 
 // A frame as read: valid while the reader's buffer is not touched again.
 struct FrameView {

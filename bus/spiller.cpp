@@ -244,7 +244,9 @@ struct Spiller::Impl {
         r.advance(len);
         continue;
       }
-      if (st == shm::ReadStatus::kNone) {
+      // Nothing at the cursor: not written yet, or overwritten (the spiller looks only every
+      // 500 µs when idle, so it can afford to read the reclaim line each time).
+      if (st == shm::ReadStatus::kNone && !(at.empty() && r.lapped())) {
         if (at.empty()) check_stall(p);
         break;
       }
@@ -274,17 +276,25 @@ struct Spiller::Impl {
       return false;
     }
     chunk->frames.clear();
+    // Every offset below the spill position gets a frame: a record, or a gap frame saying
+    // why it is not one (lost to a lapping producer, or aborted), so that readers of the log
+    // account for each offset as a reader of the ring would.
+    if (lost) disklog::append_gap(chunk->frames, first_offset, lost, disklog::kAttrLost);
+    std::uint64_t expect = first_offset + lost;
     for (const auto& [offset, pos] : at) {
       shm::RecordHeader h;
       std::memcpy(static_cast<void*>(&h), stage.data() + pos, sizeof h);
       const std::uint64_t klen = h.key_len == shm::kNullKey ? 0 : h.key_len;
       if (shm::kRecordHeaderSize + klen + h.headers_len + h.value_len > h.length) {
         log(fmt::format("spill {}-{}: record at offset {} has lengths that do not fit its size; skipped", p.topic, p.partition, offset));
-        continue;
+        continue;  // covered by the gap frame before the next record
       }
+      if (offset > expect) disklog::append_gap(chunk->frames, expect, offset - expect, disklog::kAttrAborted);
       disklog::append_frame(chunk->frames, offset, h.timestamp_ns, h.key_len, h.headers_len, h.value_len,
                             stage.data() + pos + shm::kRecordHeaderSize);
+      expect = offset + 1;
     }
+    if (r.offset() > expect) disklog::append_gap(chunk->frames, expect, r.offset() - expect, disklog::kAttrAborted);
     chunk->next_offset = r.offset();
     chunk->end_position = r.position();
     chunk->lost = lost;

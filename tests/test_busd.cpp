@@ -519,6 +519,10 @@ std::uint64_t spill_lag(const std::shared_ptr<Bus>& bus, const std::string& topi
 
 void wait_spilled(const std::shared_ptr<Bus>& bus, const std::string& topic) {
   for (int i = 0; i < 1000 && spill_lag(bus, topic) != 0; ++i) std::this_thread::sleep_for(5ms);
+  if (spill_lag(bus, topic) != 0) {
+    std::ifstream log(bus_paths(bus->name()).runtime_dir + "/busd.log");
+    std::cerr << "busd.log:\n" << log.rdbuf();
+  }
   ASSERT_EQ(spill_lag(bus, topic), 0u) << "busd did not spill everything";
 }
 
@@ -641,6 +645,7 @@ TEST_F(Busd, BusdKilledWhileSpillingLosesNothingAndTheNextOneContinuesTheLog) {
   std::uint64_t from = 0, n = 0;
   for (int i = 0; i < 100000; ++i) {
     auto next = r.read(from, ~0ull, 1 << 20, [&](const disklog::FrameView& v) {
+      EXPECT_EQ(v.header.attributes, 0u) << "no gap: nothing was lost or aborted";
       EXPECT_EQ(v.header.offset, n);
       ++n;
       return true;
@@ -691,4 +696,42 @@ TEST_F(Busd, SpilledOverwriteTopicNeverBlocksProducersAndAConsumerLappedInTheRin
   EXPECT_EQ(slow->lost(), spill_lost) << "what the reader lost is exactly what busd could not spill";
   std::cout << "overwrite topic: " << offsets.size() << " records read by a lapped reader (from disk, then the ring), "
             << spill_lost << " lapped before busd spilled them\n";
+}
+
+TEST_F(Busd, SpillerLappedInAnOverwriteTopicWritesTheLossDownAndReadersCountIt) {
+  ASSERT_TRUE((*bus_)->create_topic("lapped", test::spilled_topic(1, 64 << 10, RetentionMode::kOverwrite)));
+  ASSERT_TRUE(BusdConnection::connect(bus_->name(), 5s));
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  auto send = [&](int from, int to) {
+    for (int i = from; i < to; ++i) {
+      const std::string v = fmt::format("{}:{}", i, std::string(100, 'l'));
+      ASSERT_TRUE(p->send("lapped", Message{std::nullopt, as_bytes(v)}));
+    }
+  };
+  send(0, 1000);
+  wait_spilled(bus_->get(), "lapped");
+  // busd frozen: producers lap its spiller by ~10 rings; it never blocks them.
+  const pid_t busd = busd_pid();
+  ASSERT_EQ(::kill(busd, SIGSTOP), 0);
+  send(1000, 6000);
+  ASSERT_EQ(::kill(busd, SIGCONT), 0);
+  send(6000, 7000);
+  wait_spilled(bus_->get(), "lapped");
+  auto info = (*bus_)->describe_topic("lapped");
+  ASSERT_TRUE(info);
+  const std::uint64_t spill_lost = info->partitions[0].spill_lost;
+  EXPECT_GT(spill_lost, 4000u);
+  std::uint64_t lost = 0;
+  auto got = consume_all(bus_->get(), "lapped", 1, 7000 - spill_lost, &lost);
+  EXPECT_EQ(lost, spill_lost) << "the reader counts exactly what the spiller wrote down as lost";
+  EXPECT_EQ(got[0].size() + lost, 7000u);
+  for (std::size_t i = 1; i < got[0].size(); ++i) ASSERT_GT(got[0][i].first, got[0][i - 1].first);
+  for (const auto& [off, v] : got[0]) ASSERT_EQ(v.substr(0, v.find(':')), std::to_string(off));
+  // busctl log dump shows the gap.
+  auto segs = disklog::list_segments(disklog::partition_dir(bus_paths(bus_->name()).state_dir, "lapped", 0));
+  ASSERT_TRUE(segs);
+  std::string all;
+  for (auto base : *segs) all += test::busctl({"log", "dump", disklog::segment_path(disklog::partition_dir(bus_paths(bus_->name()).state_dir, "lapped", 0), base, "log")}).out;
+  EXPECT_NE(all.find("lost (overwritten in the ring before busd spilled them)"), std::string::npos);
 }

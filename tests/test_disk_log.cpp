@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <tuple>
 
 #include <fmt/format.h>
 
@@ -349,6 +350,45 @@ TEST_F(DiskLog, RetentionByAgeDeletesSealedSegmentsOlderThanItNeverTheOpenOne) {
   EXPECT_EQ(w->enforce_retention(now), segs->size() - 3);
   EXPECT_EQ(list_segments(dir_)->size(), 1u);
   EXPECT_EQ(w->next_offset(), 300u);
+}
+
+}  // namespace
+
+namespace {
+
+TEST_F(DiskLog, GapFramesAccountForLostAndAbortedOffsets) {
+  {
+    LogWriter w = writer(dir_);
+    std::vector<std::byte> f = frames(0, 10);
+    append_gap(f, 10, 5, kAttrAborted);  // 10..14: dead producers' claims
+    auto more = frames(15, 20);
+    f.insert(f.end(), more.begin(), more.end());
+    append_gap(f, 20, 100, kAttrLost);  // 20..119: lapped before they were spilled
+    ASSERT_TRUE(w.append(f));
+    EXPECT_EQ(w.next_offset(), 120u);
+  }
+  auto r = scan_segment(segment_path(dir_, 0, "log"));
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->end, ScanEnd::kClean) << r->problem;
+  EXPECT_EQ(r->last_offset, 119u);
+  LogWriter w = writer(dir_);
+  EXPECT_EQ(w.next_offset(), 120u) << "a gap at the end still moves the next offset";
+  LogReader reader(dir_);
+  std::vector<std::tuple<std::uint64_t, std::uint64_t, std::uint32_t>> seen;  // first, last, attributes
+  auto next = reader.read(12, ~0ull, 1 << 20, [&](const FrameView& v) {
+    seen.emplace_back(v.header.offset, frame_last(v.header), v.header.attributes);
+    return true;
+  });
+  ASSERT_TRUE(next);
+  EXPECT_EQ(*next, 120u);
+  ASSERT_EQ(seen.size(), 7u);  // the aborted gap reaching past 12, records 15..19, the lost gap
+  EXPECT_EQ(seen.front(), std::make_tuple(10ull, 14ull, kAttrAborted));
+  EXPECT_EQ(seen.back(), std::make_tuple(20ull, 119ull, kAttrLost));
+  auto dump = test::busctl({"log", "dump", segment_path(dir_, 0, "log")});
+  EXPECT_EQ(dump.code, 0) << dump.err;
+  EXPECT_NE(dump.out.find("10..14"), std::string::npos) << dump.out;
+  EXPECT_NE(dump.out.find("aborted"), std::string::npos) << dump.out;
+  EXPECT_NE(dump.out.find("20..119"), std::string::npos) << dump.out;
 }
 
 }  // namespace
