@@ -124,6 +124,7 @@ struct Consumer::Impl {
     if (config.auto_offset_reset == OffsetReset::kEarliest) seek_beginning(a);
     else a.reader.seek_latest();
     if (start && *start < a.reader.ring().start_offset() && to_disk(a, *start)) return a;
+    if (start) a.disk_next = Assigned::kFromRing;  // not the reset's choice: the committed offset
     if (start && !a.reader.seek(*start)) {
       // The committed offset is gone from the ring (or not written yet): auto.offset.reset.
       if (config.auto_offset_reset == OffsetReset::kError)
@@ -512,13 +513,16 @@ struct Consumer::Impl {
     }
     a.disk_next = std::max(a.disk_next, *next);
     if (pending.size() > first || a.disk_next < end) return {};
-    // The disk has nothing more: on to the ring.
+    // The disk has nothing more: on to the ring (and its log file closed, so that
+    // retention can free it).
     if (a.reader.seek(a.disk_next)) {
       a.disk_next = Assigned::kFromRing;
+      a.disk.reset();
     } else if (a.disk_next < ring.start_offset()) {
       // Overwritten before busd spilled it (an overwrite topic whose spiller fell behind).
       const std::uint64_t was = a.disk_next;
       a.disk_next = Assigned::kFromRing;
+      a.disk.reset();
       a.reader.seek_earliest();
       lost += a.reader.offset() - was;
     }

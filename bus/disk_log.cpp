@@ -425,10 +425,17 @@ Result<std::uint64_t> LogReader::read(std::uint64_t from, std::uint64_t limit, s
       return make_error(Errc::kBadSegment, fmt::format("{}: truncated at byte {} ({} bytes of a record; a newer segment follows)",
                                                        path, pos_, w.size() - pos_));
     }
-    const std::uint64_t keep = next_;
-    if (auto ok = open_segment(*it, *it); !ok) {
-      if (ok.error().code == Errc::kNotFound) return next;  // retention removed it meanwhile
-      return tl::unexpected(ok.error());
+    const std::uint64_t keep = next_, was = base_;
+    for (;;) {
+      auto ok = open_segment(*it, *it);
+      if (ok) break;
+      if (ok.error().code != Errc::kNotFound) return tl::unexpected(ok.error());
+      // Retention removed it between the listing and the open: on to the next one left.
+      auto segs = list_segments(dir_);
+      if (!segs) return tl::unexpected(segs.error());
+      segments_ = *segs;
+      it = std::upper_bound(segments_.begin(), segments_.end(), was);
+      if (it == segments_.end()) return next;
     }
     if (next_ < keep) next_ = keep;
     if (next < *it && next == from) next = std::min(*it, limit);

@@ -34,6 +34,8 @@ struct Part {
   shm::GateSlot* gate = nullptr;  // block topics: set up by the tailer before the writer sees the part
   SpillConfig config;
   std::atomic<bool> failed{false};  // either thread; the tailer stops reading it
+  std::atomic<std::uint64_t> failed_since{0};  // monotonic ns; the tailer retries after a while
+  std::uint64_t initial_lost = 0;   // tailer: offsets lost before it started, for a gap frame
   // Tailer only:
   shm::RingReader reader;
   std::uint64_t stall_offset = ~0ull, stall_since = 0;
@@ -73,7 +75,9 @@ struct Spiller::Impl {
 
   // ---- tailer ----
   std::map<std::pair<std::string, std::uint32_t>, std::shared_ptr<Part>> parts;  // tailer only
-  std::map<std::string, std::uint64_t> failed_topics;  // name -> epoch it failed to set up at
+  // name -> (epoch, when) of a topic whose log could not be opened; tried again later.
+  std::map<std::string, std::pair<std::uint64_t, std::uint64_t>> failed_topics;
+  static constexpr std::uint64_t kRetryNs = 10'000'000'000;
 
   void tail_loop() {
     std::uint64_t last_scan = 0;
@@ -97,7 +101,7 @@ struct Spiller::Impl {
     std::map<std::pair<std::string, std::uint32_t>, bool> seen;
     for (const TopicInfo& info : bus->list_topics()) {
       if (!info.config.spill.enabled) continue;
-      if (auto f = failed_topics.find(info.name); f != failed_topics.end() && f->second == info.epoch) {
+      if (auto f = failed_topics.find(info.name); f != failed_topics.end() && f->second.first == info.epoch) {
         for (std::uint32_t p = 0; p < info.config.partitions; ++p) seen[{info.name, p}] = true;
         continue;
       }
@@ -111,9 +115,19 @@ struct Spiller::Impl {
         if (auto part = open_part(*t, p, info.config.spill)) parts[{info.name, p}] = std::move(part);
       }
     }
+    const std::uint64_t now = shm::monotonic_ns();
     for (auto it = parts.begin(); it != parts.end();) {
       auto next = std::next(it);
-      if (!seen.count(it->first) || it->second->t->deleted()) close_part(it);
+      // A partition that failed (disk full, an I/O error) is closed and, at the next scan,
+      // opened again: recovery truncates what was half written, and spilling resumes.
+      const Part& p = *it->second;
+      const bool retry = p.failed.load(std::memory_order_acquire) && now - p.failed_since.load(std::memory_order_relaxed) > kRetryNs;
+      if (!seen.count(it->first) || p.t->deleted() || retry) close_part(it);
+      it = next;
+    }
+    for (auto it = failed_topics.begin(); it != failed_topics.end();) {
+      auto next = std::next(it);
+      if (now - it->second.second > kRetryNs) failed_topics.erase(it);
       it = next;
     }
   }
@@ -138,7 +152,7 @@ struct Spiller::Impl {
       log(fmt::format("spill {}-{}: {}", t->name(), p, w.error().message));
       set_state(*part, shm::SpillState::kError);
       part->failed = true;
-      failed_topics[t->name()] = t->epoch();
+      failed_topics[t->name()] = {t->epoch(), shm::monotonic_ns()};
       return nullptr;
     }
     auto& stats = part->ring.ctl()->stats;
@@ -153,7 +167,7 @@ struct Spiller::Impl {
                           "partition (its log belongs to another incarnation of the topic?)",
                           t->name(), p, *next, part->ring.end_offset()));
           set_state(*part, shm::SpillState::kError);
-          failed_topics[t->name()] = t->epoch();
+          failed_topics[t->name()] = {t->epoch(), shm::monotonic_ns()};
           return nullptr;
         }
       }
@@ -166,6 +180,7 @@ struct Spiller::Impl {
     if (lost) log(fmt::format("spill {}-{}: offsets {}..{} were overwritten before they could be spilled", t->name(), p,
                               part->reader.offset() - lost, part->reader.offset() - 1));
     stats.spill_lost.fetch_add(lost, std::memory_order_relaxed);
+    part->initial_lost = lost;  // written down as a gap frame with the first chunk
     stats.spill_start.store(w->start_offset().value_or(part->reader.offset()), std::memory_order_relaxed);
     stats.spill_bytes.store(w->bytes(), std::memory_order_relaxed);
     stats.spill_end.store(part->reader.offset(), std::memory_order_release);
@@ -254,6 +269,7 @@ struct Spiller::Impl {
         log(fmt::format("spill {}-{}: corrupt record at offset {} in the ring; spilling of this partition stopped", p.topic,
                         p.partition, r.offset()));
         set_state(p, shm::SpillState::kError);
+        p.failed_since = shm::monotonic_ns();
         p.failed = true;
         return false;
       }
@@ -269,7 +285,7 @@ struct Spiller::Impl {
       lost = r.offset() > first_offset ? r.offset() - first_offset : 0;
       at.clear();
     }
-    if (at.empty() && lost == 0 && r.offset() == first_offset) return false;
+    if (at.empty() && lost == 0 && p.initial_lost == 0 && r.offset() == first_offset) return false;
     auto chunk = take_chunk();
     if (!chunk) {
       r.rewind(first_offset, first_pos);  // the writer is behind: read again later
@@ -279,6 +295,10 @@ struct Spiller::Impl {
     // Every offset below the spill position gets a frame: a record, or a gap frame saying
     // why it is not one (lost to a lapping producer, or aborted), so that readers of the log
     // account for each offset as a reader of the ring would.
+    if (p.initial_lost) {  // lost while no busd spilled: between the log's end and the ring's start
+      disklog::append_gap(chunk->frames, first_offset - p.initial_lost, p.initial_lost, disklog::kAttrLost);
+      p.initial_lost = 0;
+    }
     if (lost) disklog::append_gap(chunk->frames, first_offset, lost, disklog::kAttrLost);
     std::uint64_t expect = first_offset + lost;
     for (const auto& [offset, pos] : at) {
@@ -372,6 +392,7 @@ struct Spiller::Impl {
       if (auto ok = o.log->append(c.frames); !ok) {
         log(fmt::format("spill {}-{}: {}; spilling of this partition stopped", part.topic, part.partition, ok.error().message));
         set_state(part, shm::SpillState::kError);
+        part.failed_since = shm::monotonic_ns();
         part.failed = true;
         return;
       }
@@ -392,7 +413,14 @@ struct Spiller::Impl {
                      (cfg.fsync == FsyncPolicy::kInterval && now - o.last_sync >= std::uint64_t{cfg.fsync_interval_ms} * 1'000'000) ||
                      (final && cfg.fsync != FsyncPolicy::kNever);
     if (o.dirty && due && !part.failed.load(std::memory_order_relaxed)) {
-      if (auto ok = o.log->sync(); !ok) log(ok.error().message);
+      if (auto ok = o.log->sync(); !ok) {
+        // Not on disk: producers must not pass it. The partition is retried later.
+        log(fmt::format("spill {}-{}: {}; spilling of this partition stopped", part.topic, part.partition, ok.error().message));
+        set_state(part, shm::SpillState::kError);
+        part.failed_since = now;
+        part.failed = true;
+        return;
+      }
       o.last_sync = now;
       o.dirty = false;
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test: the plain build, then ASan+UBSan,
-# then TSan on the ring's threaded tests. Exits non-zero on the first failure.
+# then TSan on the ring's threaded tests, then the libFuzzer targets for a few seconds each.
+# Exits non-zero on the first failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -19,3 +20,19 @@ echo "== TSan (the ring under threads)"
 bash scripts/build.sh build-tsan -DSHMBUS_SANITIZE=thread -DSHMBUS_BENCH=OFF
 TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
   ctest --test-dir build-tsan --output-on-failure --timeout 600 -L threads
+
+echo "== libFuzzer targets (clang, ASan+UBSan), briefly from their seed corpora"
+CC=clang CXX=clang++ bash scripts/build.sh build-fuzz -DSHMBUS_FUZZ=ON -DSHMBUS_TESTS=OFF -DSHMBUS_BENCH=OFF
+for t in disk_log segment protocol busctl_args; do
+  # A copy of the corpus: what the fuzzer adds stays out of the tree; crashes land in build-fuzz/.
+  work=$(mktemp -d)
+  cp tests/fuzz/corpus/$t/* "$work"/
+  if ! "build-fuzz/tests/fuzz/fuzz_$t" -max_total_time="${SHMBUS_FUZZ_SECONDS:-15}" -rss_limit_mb=2048 \
+      -artifact_prefix="$PWD/build-fuzz/crash-$t-" "$work" > "$work.log" 2>&1; then
+    tail -60 "$work.log"
+    echo "fuzz_$t failed: the input is in build-fuzz/crash-$t-*"
+    exit 1
+  fi
+  echo "fuzz_$t: $(grep -E '^Done' "$work.log")"
+  rm -rf "$work" "$work.log"
+done

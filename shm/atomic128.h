@@ -44,4 +44,18 @@ inline Pair64 load128(Pair64* target) noexcept {
   return unpack(__sync_val_compare_and_swap(p, 0, 0));
 }
 
+// A consistent {first, second} without writing: for readers, whose mapping may be
+// read-only (cmpxchg16b faults there) and who should not take the line from producers.
+// Sound for the tail and the reclaim frontier because every CAS on them changes `first`
+// (the tail's next offset grows; the reclaim offset grows or its gate generation is bumped),
+// except a reclaim that only steps over a PADDING word, and both positions of that step are
+// valid for the same offset.
+inline Pair64 snapshot128(const Pair64* target) noexcept {
+  for (;;) {
+    const std::uint64_t f1 = __atomic_load_n(&target->first, __ATOMIC_ACQUIRE);
+    const std::uint64_t s = __atomic_load_n(&target->second, __ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&target->first, __ATOMIC_ACQUIRE) == f1) return Pair64{f1, s};
+  }
+}
+
 }  // namespace shmbus::shm

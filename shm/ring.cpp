@@ -404,7 +404,7 @@ void RingWriter::clear_intent() const noexcept {
 }
 
 void RingReader::seek_earliest() noexcept {
-  const Pair64 r = load128(&ring_.ctl()->reclaim);
+  const Pair64 r = snapshot128(&ring_.ctl()->reclaim);
   offset_ = r.first & kReclaimOffsetMask;
   pos_ = r.second;
 }
@@ -417,16 +417,16 @@ std::uint64_t Ring::bump_gate_generation() const noexcept {
 }
 
 void RingReader::seek_latest() noexcept {
-  const Pair64 t = load128(&ring_.ctl()->tail);
+  const Pair64 t = snapshot128(&ring_.ctl()->tail);
   offset_ = t.first;
   pos_ = t.second;
 }
 
 bool RingReader::seek(std::uint64_t offset) noexcept {
   for (int attempt = 0; attempt < 8; ++attempt) {
-    Pair64 r = load128(&ring_.ctl()->reclaim);
+    Pair64 r = snapshot128(&ring_.ctl()->reclaim);
     r.first &= kReclaimOffsetMask;
-    const Pair64 t = load128(&ring_.ctl()->tail);
+    const Pair64 t = snapshot128(&ring_.ctl()->tail);
     if (offset < r.first || offset > t.first) return false;
     if (offset == t.first) {
       offset_ = t.first;

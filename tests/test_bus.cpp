@@ -452,3 +452,29 @@ TEST_F(BadSegment, CorruptPartitionSegmentIsRefusedWhenTheTopicIsOpened) {
   EXPECT_EQ(t.error().code, Errc::kBadSegment);
   EXPECT_NE(t.error().message.find(part), std::string::npos) << t.error().message;
 }
+
+// Found by fuzz_segment: readers snapshotted the ring's offset/position pairs with
+// cmpxchg16b, which writes, and died of SIGSEGV on a read-only mapping.
+TEST(Bus, AConsumerOnAReadOnlyMappingReadsWithoutWriting) {
+  test::TestBus bus("ro");
+  ASSERT_TRUE(bus->create_topic("t", TopicConfig{}));
+  auto p = Producer::create(bus.get());
+  ASSERT_TRUE(p);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(p->send("t", Message{std::nullopt, as_bytes(std::to_string(i))}));
+  BusOptions o;
+  o.name = bus.name();
+  o.read_only = true;
+  auto ro = Bus::attach(o);
+  ASSERT_TRUE(ro);
+  ConsumerConfig cc;
+  cc.auto_offset_reset = OffsetReset::kEarliest;
+  auto c = Consumer::create(*ro, cc);
+  ASSERT_TRUE(c);
+  ASSERT_TRUE(c->assign({{"t", 0}}));
+  auto b = c->poll(std::chrono::milliseconds(100));
+  ASSERT_TRUE(b) << b.error().message;
+  EXPECT_EQ(b->size(), 10u);
+  ASSERT_TRUE(c->seek({"t", 0}, 5));
+  ASSERT_TRUE(c->seek_to_end({"t", 0}));
+  EXPECT_EQ(*c->position({"t", 0}), 10u);
+}
