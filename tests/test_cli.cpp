@@ -1,6 +1,7 @@
 // busctl as a user runs it: arguments, output, exit codes (0 ok, 1 runtime, 2 usage).
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -142,4 +143,54 @@ TEST(CliBinary, ExitCodesFromTheRealBinary) {
   c = test::spawn({BUSCTL_PATH, "topic", "list", "--bus", test::unique_bus("nobus")});
   st = test::finish(c, out);
   EXPECT_EQ(WEXITSTATUS(st), 1) << "a bus that does not exist is a runtime error";
+}
+
+TEST_F(Cli, TopOnceShowsTopicsRatesAndBusdHealth) {
+  ASSERT_EQ(run({"topic", "create", "live", "--partitions", "2", "--capacity", "64KiB"}).code, 0);
+  ASSERT_EQ(run({"produce", "live"}, "a\nb\nc\n").code, 0);
+  ::setenv("SHMBUS_NO_AUTOSTART", "1", 1);  // top never starts busd; here none runs
+  auto r = run({"top", "--once", "--interval-ms", "50"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_NE(r.out.find("busd not running"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("live"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("PRODUCE/s"), std::string::npos) << r.out;
+  auto j = run({"top", "--once", "--interval-ms", "50", "--json"});
+  ASSERT_EQ(j.code, 0) << j.err;
+  auto f = json::parse(j.out);
+  EXPECT_EQ(f["busd"]["running"], false);
+  ASSERT_EQ(f["topics"].size(), 1u);
+  EXPECT_EQ(f["topics"][0]["name"], "live");
+  std::uint64_t end = 0;
+  for (const auto& p : f["topics"][0]["partition_info"]) end += p["end_offset"].get<std::uint64_t>();
+  EXPECT_EQ(end, 3u);
+  EXPECT_TRUE(f["topics"][0].contains("produce_rate"));
+  EXPECT_EQ(run({"top", "--once", "--interval-ms", "0"}).code, 2);
+  ::unsetenv("SHMBUS_NO_AUTOSTART");
+}
+
+TEST(CliDocs, ReferenceAndCompletionAreGeneratedFromTheCommandTree) {
+  auto md = busctl({"help-markdown"});
+  ASSERT_EQ(md.code, 0);
+  std::ifstream f(std::string(SHMBUS_SOURCE_DIR) + "/docs/busctl.md");
+  std::stringstream file;
+  file << f.rdbuf();
+  EXPECT_EQ(file.str(), md.out) << "docs/busctl.md is stale: regenerate it with `build/busctl help-markdown > docs/busctl.md`";
+  // Every command answers --help, and the reference has an example for each leaf command.
+  for (const char* cmd : {"topic create", "topic list", "topic describe", "topic delete", "produce", "consume", "status",
+                          "group list", "group describe", "group reset-offsets", "doctor", "bus delete", "log dump", "top",
+                          "completion"}) {
+    std::vector<std::string> args;
+    std::istringstream words(cmd);
+    for (std::string w; words >> w;) args.push_back(w);
+    args.push_back("--help");
+    auto h = busctl(args);
+    EXPECT_EQ(h.code, 0) << cmd;
+    EXPECT_NE(h.out.find("Example"), std::string::npos) << cmd << " --help has no example:\n" << h.out;
+    EXPECT_NE(md.out.find(std::string("## `busctl ") + cmd + "`"), std::string::npos) << cmd;
+  }
+  auto c = busctl({"completion", "bash"});
+  ASSERT_EQ(c.code, 0);
+  EXPECT_NE(c.out.find("complete -o default -F _busctl busctl"), std::string::npos);
+  EXPECT_NE(c.out.find("\"topic\") words=\"create list describe delete"), std::string::npos) << c.out;
+  EXPECT_EQ(busctl({"completion", "zsh"}).code, 2);
 }
