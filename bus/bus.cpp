@@ -169,14 +169,14 @@ Result<TopicConfig> load_topic_config(const std::string& path) {
 
 // Written whole (temporary file, fsync, rename, directory fsync): never half a config.
 Status save_topic_config(const std::string& bus, const std::string& topic, const TopicConfig& c, unsigned mode,
-                         std::optional<unsigned> gid) {
+                         std::int64_t gid) {  // -1: no group
   const std::string dir = topics_dir(bus);
   if (auto ok = make_dirs(dir, (mode & 0060) ? 0770 : 0700); !ok) return ok;
   const std::string path = topic_config_path(bus, topic), tmp = path + ".tmp";
   const std::string body = config_json(c).dump(2) + "\n";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
   if (fd < 0) return make_error(Errc::kSystem, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
-  if (gid) (void)!::fchown(fd, static_cast<uid_t>(-1), *gid);
+  if (gid >= 0) (void)!::fchown(fd, static_cast<uid_t>(-1), static_cast<gid_t>(gid));
   const bool ok = ::write(fd, body.data(), body.size()) == static_cast<ssize_t>(body.size()) && ::fsync(fd) == 0;
   ::close(fd);
   if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {
@@ -268,6 +268,28 @@ struct Bus::Impl {
     for (std::uint32_t p = 0; p < cur.config.partitions && p < kMaxPartitions; ++p)
       (void)Segment::remove(partition_segment_name(bus, cur.name, p));
     write_slot(i, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kFree); });
+  }
+
+  // Runs `f(slot, topic)` on the ready topic `name` under the registry lock.
+  template <class F>
+  Status with_ready_topic(const std::string& bus, const std::string& name, bool read_only, F&& f) {
+    if (read_only) return make_error(Errc::kPermission, "bus attached read-only");
+    if (auto ok = validate_name("topic", name); !ok) return ok;
+    std::lock_guard guard(mu);
+    auto lock = RegistryLock::take(registry);
+    if (!lock) return tl::unexpected(lock.error());
+    SlotCopy cur;
+    auto slot = find_ready(bus, name, cur);
+    if (!slot) return tl::unexpected(slot.error());
+    return f(*slot, cur);
+  }
+
+  // The slot of the ready topic `name`, or NotFound.
+  Result<std::uint32_t> find_ready(const std::string& bus, const std::string& name, SlotCopy& out) const {
+    auto slot = find(name, out);
+    if (!slot || out.state != TopicState::kReady)
+      return make_error(Errc::kNotFound, fmt::format("topic '{}' does not exist on bus '{}'", name, bus));
+    return *slot;
   }
 
   std::optional<std::uint32_t> find(std::string_view name, SlotCopy& out) const {
@@ -427,7 +449,7 @@ Status Bus::create_topic_impl(const std::string& name, const TopicConfig& in, bo
     }
   }
   if (cfg.spill.enabled) {
-    if (auto ok = save_topic_config(name_, name, cfg, mode, gid); !ok) {
+    if (auto ok = save_topic_config(name_, name, cfg, mode, impl_->control->gid); !ok) {
       for (std::uint32_t q = 0; q < cfg.partitions; ++q) (void)Segment::remove(partition_segment_name(name_, name, q));
       impl_->write_slot(slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kFree); });
       return ok;
@@ -435,6 +457,31 @@ Status Bus::create_topic_impl(const std::string& name, const TopicConfig& in, bo
   }
   impl_->write_slot(slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kReady); });
   return {};
+}
+
+
+Status Bus::alter_topic(const std::string& name, const SpillConfig& spill) {
+  return impl_->with_ready_topic(name_, name, read_only_, [&](std::uint32_t slot, const SlotCopy& cur) -> Status {
+    if (cur.config.spill.enabled && !spill.enabled)
+      return make_error(Errc::kInvalidArgument, fmt::format("topic '{}' spills to disk: spilling cannot be turned off (delete "
+                                                            "the topic to drop its log)", name));
+    TopicConfig cfg = cur.config;
+    cfg.spill = spill;
+    if (auto ok = validate_config(name, cfg); !ok) return ok;
+    const auto mode = impl_->control->mode & 0660u;
+    if (spill.enabled)
+      if (auto ok = save_topic_config(name_, name, cfg, mode, impl_->control->gid); !ok) return ok;
+    impl_->write_slot(slot, [&](TopicSlot& s) {
+      s.spill = spill.enabled ? 1 : 0;
+      s.spill_fsync = static_cast<std::uint32_t>(spill.fsync);
+      s.spill_retention_bytes = spill.retention_bytes;
+      s.spill_retention_ms = spill.retention_ms;
+      s.spill_segment_bytes = spill.segment_bytes;
+      s.spill_fsync_interval_ms = spill.fsync_interval_ms;
+    });
+    impl_->topics.erase(name);  // this process's handle re-reads the config
+    return {};
+  });
 }
 
 Result<std::vector<std::string>> Bus::restore_spilled_topics() {
@@ -487,33 +534,26 @@ Result<std::vector<std::string>> Bus::repair() {
 }
 
 Status Bus::delete_topic(const std::string& name) {
-  if (read_only_) return make_error(Errc::kPermission, "bus attached read-only");
-  if (auto ok = validate_name("topic", name); !ok) return ok;
-  std::lock_guard guard(impl_->mu);
-  auto lock = RegistryLock::take(impl_->registry);
-  if (!lock) return tl::unexpected(lock.error());
-  SlotCopy cur;
-  auto slot = impl_->find(name, cur);
-  if (!slot || cur.state != TopicState::kReady)
-    return make_error(Errc::kNotFound, fmt::format("topic '{}' does not exist on bus '{}'", name, name_));
-  impl_->write_slot(*slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kDeleting); });
-  if (cur.config.spill.enabled) ::unlink(topic_config_path(name_, name).c_str());  // first: no restore after this
-  for (std::uint32_t p = 0; p < cur.config.partitions; ++p) {
-    const std::string seg_name = partition_segment_name(name_, name, p);
-    // Tell attached producers and consumers before the name goes away.
-    if (auto seg = Segment::open(seg_name, shm::SegmentKind::kPartition, shm::kPartitionLayoutMajor, true);
-        seg && shm::ring_validate(*seg)) {
-      shm::Ring ring(seg->data());
-      ring.ctl()->notify.closed.store(1, std::memory_order_release);
-      ring.ctl()->notify.seq.fetch_add(1, std::memory_order_release);
-      shm::futex_wake_all(&ring.ctl()->notify.seq);
+  return impl_->with_ready_topic(name_, name, read_only_, [&](std::uint32_t slot, const SlotCopy& cur) -> Status {
+    impl_->write_slot(slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kDeleting); });
+    if (cur.config.spill.enabled) ::unlink(topic_config_path(name_, name).c_str());  // first: no restore after this
+    for (std::uint32_t p = 0; p < cur.config.partitions; ++p) {
+      const std::string seg_name = partition_segment_name(name_, name, p);
+      // Tell attached producers and consumers before the name goes away.
+      if (auto seg = Segment::open(seg_name, shm::SegmentKind::kPartition, shm::kPartitionLayoutMajor, true);
+          seg && shm::ring_validate(*seg)) {
+        shm::Ring ring(seg->data());
+        ring.ctl()->notify.closed.store(1, std::memory_order_release);
+        ring.ctl()->notify.seq.fetch_add(1, std::memory_order_release);
+        shm::futex_wake_all(&ring.ctl()->notify.seq);
+      }
+      (void)Segment::remove(seg_name);
     }
-    (void)Segment::remove(seg_name);
-  }
-  if (cur.config.spill.enabled) remove_topic_files(name_, name, cur.config.partitions);
-  impl_->write_slot(*slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kFree); });
-  impl_->topics.erase(name);
-  return {};
+    if (cur.config.spill.enabled) remove_topic_files(name_, name, cur.config.partitions);
+    impl_->write_slot(slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kFree); });
+    impl_->topics.erase(name);
+    return {};
+  });
 }
 
 Result<std::shared_ptr<Topic>> Bus::topic(const std::string& name) {

@@ -45,11 +45,45 @@ int fail(std::ostream& err, const Error& e) {
 }
 
 
-Result<std::shared_ptr<Bus>> attach(const Globals& g, bool create) {
+Result<std::shared_ptr<Bus>> attach(const Globals& g, bool create, const std::string& unix_group = "") {
   BusOptions o;
   o.name = g.bus;
   o.create = create;
+  if (!unix_group.empty()) o.group = unix_group;
   return Bus::attach(o);
+}
+
+// Spill options as typed; an empty string leaves the setting as it is.
+Status apply_spill_options(SpillConfig& c, const std::string& ret_bytes, const std::string& ret_ms, const std::string& segment,
+                           const std::string& fsync, const std::string& interval) {
+  if (!ret_bytes.empty()) {
+    auto v = parse_size(ret_bytes);
+    if (!v) return tl::unexpected(v.error());
+    c.retention_bytes = *v;
+  }
+  if (!ret_ms.empty()) {
+    auto v = parse_count("--retention-ms", ret_ms);
+    if (!v) return tl::unexpected(v.error());
+    if (*v > static_cast<std::uint64_t>(INT64_MAX / 1'000'000)) return make_error(Errc::kInvalidArgument, "--retention-ms is too large");
+    c.retention_ms = static_cast<std::int64_t>(*v);
+  }
+  if (!segment.empty()) {
+    auto v = parse_size(segment);
+    if (!v) return tl::unexpected(v.error());
+    c.segment_bytes = *v;
+  }
+  if (!interval.empty()) {
+    auto v = parse_count("--fsync-interval-ms", interval);
+    if (!v) return tl::unexpected(v.error());
+    if (*v > UINT32_MAX) return make_error(Errc::kInvalidArgument, "--fsync-interval-ms is too large");
+    c.fsync_interval_ms = static_cast<std::uint32_t>(*v);
+  }
+  if (!fsync.empty()) {
+    if (fsync != "never" && fsync != "interval" && fsync != "always")
+      return make_error(Errc::kInvalidArgument, fmt::format("--fsync '{}': use never, interval or always", fsync));
+    c.fsync = fsync == "never" ? FsyncPolicy::kNever : fsync == "always" ? FsyncPolicy::kAlways : FsyncPolicy::kInterval;
+  }
+  return {};
 }
 
 // kcat-like format: %t topic, %p partition, %o offset, %k key, %v value, %T timestamp (ms),
@@ -176,8 +210,21 @@ int busctl_run(int argc, const char* const* argv, std::istream& in, std::ostream
   t_create->add_option("--segment-bytes", sp_segment, "spill: a segment file rolls past this size (default 64MiB)");
   t_create->add_option("--fsync", sp_fsync, "spill: never | interval | always (default interval)");
   t_create->add_option("--fsync-interval-ms", sp_interval, "spill: with --fsync interval (default 1000)");
+  std::string t_unix_group;
+  t_create->add_option("--group", t_unix_group, "a bus this creates is shared with this Unix group (mode 0660), else owner-only");
   t_create->footer("Examples:\n  busctl topic create orders --partitions 8 --capacity 4MiB --retention block\n"
                    "  busctl topic create audit --spill --retention-bytes 10GiB --fsync always");
+  CLI::App* t_alter = sub(topic, "alter", "change a topic's spill settings, or turn spilling on");
+  t_alter->add_option("name", t_name, "topic name")->required();
+  bool a_spill = false;
+  std::string a_ret_bytes, a_ret_ms, a_segment, a_fsync, a_interval;
+  t_alter->add_flag("--spill", a_spill, "turn spilling on (it cannot be turned off)");
+  t_alter->add_option("--retention-bytes", a_ret_bytes, "disk bytes kept per partition (0: no limit)");
+  t_alter->add_option("--retention-ms", a_ret_ms, "segments older than this are deleted (0: no limit)");
+  t_alter->add_option("--segment-bytes", a_segment, "segment size, from the next segment on");
+  t_alter->add_option("--fsync", a_fsync, "never | interval | always");
+  t_alter->add_option("--fsync-interval-ms", a_interval, "with --fsync interval");
+  t_alter->footer("Examples:\n  busctl topic alter audit --retention-bytes 1GiB --retention-ms 86400000\n  busctl topic alter orders --spill --fsync always");
   CLI::App* t_list = sub(topic, "list", "list topics");
   t_list->footer("Example:\n  busctl topic list --json");
   CLI::App* t_describe = sub(topic, "describe", "partitions, offsets and bytes of a topic");
@@ -479,25 +526,10 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
       return fail(err, Error{Errc::kInvalidArgument, "--retention-bytes, --retention-ms, --segment-bytes and --fsync need --spill"});
     if (t_spill) {
       cfg.spill.enabled = true;
-      auto rb = parse_size(sp_ret_bytes);
-      if (!rb) return fail(err, rb.error());
-      auto rm = parse_count("--retention-ms", sp_ret_ms);
-      if (!rm) return fail(err, rm.error());
-      auto sb = parse_size(sp_segment);
-      if (!sb) return fail(err, sb.error());
-      auto iv = parse_count("--fsync-interval-ms", sp_interval);
-      if (!iv) return fail(err, iv.error());
-      if (sp_fsync != "never" && sp_fsync != "interval" && sp_fsync != "always")
-        return fail(err, Error{Errc::kInvalidArgument, fmt::format("--fsync '{}': use never, interval or always", sp_fsync)});
-      if (*rm > static_cast<std::uint64_t>(INT64_MAX / 1'000'000) || *iv > UINT32_MAX)
-        return fail(err, Error{Errc::kInvalidArgument, "--retention-ms or --fsync-interval-ms is too large"});
-      cfg.spill.retention_bytes = *rb;
-      cfg.spill.retention_ms = static_cast<std::int64_t>(*rm);
-      cfg.spill.segment_bytes = *sb;
-      cfg.spill.fsync = sp_fsync == "never" ? FsyncPolicy::kNever : sp_fsync == "always" ? FsyncPolicy::kAlways : FsyncPolicy::kInterval;
-      cfg.spill.fsync_interval_ms = static_cast<std::uint32_t>(*iv);
+      if (auto ok = apply_spill_options(cfg.spill, sp_ret_bytes, sp_ret_ms, sp_segment, sp_fsync, sp_interval); !ok)
+        return fail(err, ok.error());
     }
-    auto bus = attach(g, true);
+    auto bus = attach(g, true, t_unix_group);
     if (!bus) return fail(err, bus.error());
     if (auto ok = (*bus)->create_topic(t_name, cfg); !ok) return fail(err, ok.error());
     auto info = (*bus)->describe_topic(t_name);
@@ -510,6 +542,28 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
     if (g.json) out << topic_json(*info).dump() << "\n";
     else out << fmt::format("created topic {} on bus {}: {} partitions x {} bytes, {} retention\n", t_name, (*bus)->name(),
                             info->config.partitions, info->config.capacity, retention_name(info->config.retention));
+    return kOk;
+  }
+  if (t_alter->parsed()) {
+    auto bus = attach(g, false);
+    if (!bus) return fail(err, bus.error());
+    auto info = (*bus)->describe_topic(t_name);
+    if (!info) return fail(err, info.error());
+    SpillConfig spill = info->config.spill;
+    const bool any = !a_ret_bytes.empty() || !a_ret_ms.empty() || !a_segment.empty() || !a_fsync.empty() || !a_interval.empty();
+    if (!a_spill && !any) return fail(err, Error{Errc::kInvalidArgument, "nothing to alter: give --spill or a spill setting"});
+    if (!spill.enabled && !a_spill)
+      return fail(err, Error{Errc::kInvalidArgument, fmt::format("topic '{}' does not spill: add --spill to turn it on", t_name)});
+    spill.enabled = true;
+    if (auto ok = apply_spill_options(spill, a_ret_bytes, a_ret_ms, a_segment, a_fsync, a_interval); !ok) return fail(err, ok.error());
+    if (auto ok = (*bus)->alter_topic(t_name, spill); !ok) return fail(err, ok.error());
+    if (auto conn = BusdConnection::connect((*bus)->name(), std::chrono::seconds(5)); !conn)
+      err << fmt::format("busctl: warning: busd is not running ({}); the new settings apply once it runs\n", conn.error().message);
+    auto now = (*bus)->describe_topic(t_name);
+    if (!now) return fail(err, now.error());
+    if (g.json) out << topic_json(*now).dump() << "\n";
+    else out << fmt::format("altered topic {}: spill retention {} bytes, {} ms, segment {} bytes, fsync {}\n", t_name,
+                            spill.retention_bytes, spill.retention_ms, spill.segment_bytes, fsync_name(spill.fsync));
     return kOk;
   }
   if (t_list->parsed() || t_describe->parsed() || t_delete->parsed()) {

@@ -185,6 +185,8 @@ class LogWriter {
   Status append(std::span<const std::byte> frames);
   // fdatasync of the open segment and its index.
   Status sync();
+  // New retention / segment size / fsync settings (busctl topic alter): from the next append.
+  void set_config(const SpillConfig& config) noexcept { config_ = config; }
   // Deletes whole segments (never the open one) past the retention limits; returns how many.
   std::size_t enforce_retention(std::int64_t now_ns);
 

@@ -36,6 +36,7 @@ struct Part {
   std::atomic<bool> failed{false};  // either thread; the tailer stops reading it
   std::atomic<std::uint64_t> failed_since{0};  // monotonic ns; the tailer retries after a while
   std::uint64_t initial_lost = 0;   // tailer: offsets lost before it started, for a gap frame
+  SpillConfig seen_config;          // tailer: the config the writer was last given
   // Tailer only:
   shm::RingReader reader;
   std::uint64_t stall_offset = ~0ull, stall_since = 0;
@@ -50,10 +51,11 @@ struct Chunk {
 };
 
 struct Msg {
-  enum Kind { kOpen, kData, kClose, kStop } kind = kData;
+  enum Kind { kOpen, kData, kClose, kStop, kConfig } kind = kData;
   std::shared_ptr<Part> part;
   std::unique_ptr<disklog::LogWriter> writer;
   std::unique_ptr<Chunk> chunk;
+  SpillConfig config;  // kConfig
 };
 
 void set_state(const Part& p, shm::SpillState s) {
@@ -110,7 +112,14 @@ struct Spiller::Impl {
       for (std::uint32_t p = 0; p < (*t)->partitions(); ++p) {
         seen[{info.name, p}] = true;
         auto it = parts.find({info.name, p});
-        if (it != parts.end() && it->second->epoch == info.epoch && !(*t)->deleted()) continue;
+        if (it != parts.end() && it->second->epoch == info.epoch && !(*t)->deleted()) {
+          // busctl topic alter: the writer, who reads the config, takes the new one.
+          if (it->second->seen_config != info.config.spill) {
+            it->second->seen_config = info.config.spill;
+            work.enqueue(Msg{Msg::kConfig, it->second, nullptr, nullptr, info.config.spill});
+          }
+          continue;
+        }
         if (it != parts.end()) close_part(it);
         if (auto part = open_part(*t, p, info.config.spill)) parts[{info.name, p}] = std::move(part);
       }
@@ -133,7 +142,7 @@ struct Spiller::Impl {
   }
 
   void close_part(std::map<std::pair<std::string, std::uint32_t>, std::shared_ptr<Part>>::iterator it) {
-    work.enqueue(Msg{Msg::kClose, it->second, nullptr, nullptr});
+    work.enqueue(Msg{Msg::kClose, it->second, nullptr, nullptr, {}});
     parts.erase(it);
   }
 
@@ -145,6 +154,7 @@ struct Spiller::Impl {
     part->t = t;
     part->ring = t->ring(p);
     part->config = config;
+    part->seen_config = config;
     part->reader = shm::RingReader(part->ring);
     const std::string dir = disklog::partition_dir(state_dir, t->name(), p);
     auto w = disklog::LogWriter::open(dir, config, file_mode, log);
@@ -185,7 +195,7 @@ struct Spiller::Impl {
     stats.spill_bytes.store(w->bytes(), std::memory_order_relaxed);
     stats.spill_end.store(part->reader.offset(), std::memory_order_release);
     set_state(*part, shm::SpillState::kRunning);
-    work.enqueue(Msg{Msg::kOpen, part, std::make_unique<disklog::LogWriter>(std::move(*w)), nullptr});
+    work.enqueue(Msg{Msg::kOpen, part, std::make_unique<disklog::LogWriter>(std::move(*w)), nullptr, {}});
     return part;
   }
 
@@ -318,7 +328,7 @@ struct Spiller::Impl {
     chunk->next_offset = r.offset();
     chunk->end_position = r.position();
     chunk->lost = lost;
-    work.enqueue(Msg{Msg::kData, part, nullptr, std::move(chunk)});
+    work.enqueue(Msg{Msg::kData, part, nullptr, std::move(chunk), {}});
     return true;
   }
 
@@ -365,6 +375,14 @@ struct Spiller::Impl {
         } else if (m.kind == Msg::kOpen) {
           const std::uint64_t now = shm::monotonic_ns();
           open[m.part.get()] = Open{m.part, std::move(m.writer), now, now};
+        } else if (m.kind == Msg::kConfig) {
+          if (auto it = open.find(m.part.get()); it != open.end()) {
+            it->second.part->config = m.config;
+            it->second.log->set_config(m.config);
+            log(fmt::format("spill {}-{}: new settings (retention {} bytes, {} ms; segment {} bytes)", m.part->topic,
+                            m.part->partition, m.config.retention_bytes, m.config.retention_ms, m.config.segment_bytes));
+            retention(it->second, shm::monotonic_ns());
+          }
         } else if (m.kind == Msg::kClose) {
           if (auto it = open.find(m.part.get()); it != open.end()) {
             publish(it->second, shm::monotonic_ns(), true);
@@ -464,7 +482,7 @@ void Spiller::stop() {
   if (!impl_->tailer.joinable()) return;
   impl_->stopping.store(true, std::memory_order_release);
   impl_->tailer.join();
-  impl_->work.enqueue(Msg{Msg::kStop, nullptr, nullptr, nullptr});
+  impl_->work.enqueue(Msg{Msg::kStop, nullptr, nullptr, nullptr, {}});
   impl_->writer.join();
 }
 

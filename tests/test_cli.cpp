@@ -176,7 +176,7 @@ TEST(CliDocs, ReferenceAndCompletionAreGeneratedFromTheCommandTree) {
   file << f.rdbuf();
   EXPECT_EQ(file.str(), md.out) << "docs/busctl.md is stale: regenerate it with `build/busctl help-markdown > docs/busctl.md`";
   // Every command answers --help, and the reference has an example for each leaf command.
-  for (const char* cmd : {"topic create", "topic list", "topic describe", "topic delete", "produce", "consume", "status",
+  for (const char* cmd : {"topic create", "topic alter", "topic list", "topic describe", "topic delete", "produce", "consume", "status",
                           "group list", "group describe", "group reset-offsets", "doctor", "bus delete", "log dump", "top",
                           "completion"}) {
     std::vector<std::string> args;
@@ -191,6 +191,19 @@ TEST(CliDocs, ReferenceAndCompletionAreGeneratedFromTheCommandTree) {
   auto c = busctl({"completion", "bash"});
   ASSERT_EQ(c.code, 0);
   EXPECT_NE(c.out.find("complete -o default -F _busctl busctl"), std::string::npos);
-  EXPECT_NE(c.out.find("\"topic\") words=\"create list describe delete"), std::string::npos) << c.out;
+  EXPECT_NE(c.out.find("\"topic\") words=\"create alter list describe delete"), std::string::npos) << c.out;
   EXPECT_EQ(busctl({"completion", "zsh"}).code, 2);
+}
+
+TEST_F(Cli, TopicCreateWithGroupMakesTheBusGroupShared) {
+  auto r = run({"topic", "create", "shared", "--group", "root"});
+  ASSERT_EQ(r.code, 0) << r.err;
+  struct stat st{};
+  ASSERT_EQ(::stat(("/dev/shm/shmbus." + bus_ + "~registry").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  ASSERT_EQ(::stat(("/dev/shm/shmbus." + bus_ + "~shared~0").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  auto bad = run({"topic", "create", "other", "--group", "no-such-group-xyz"});
+  EXPECT_EQ(bad.code, 2);
+  EXPECT_NE(bad.err.find("no such Unix group 'no-such-group-xyz'"), std::string::npos) << bad.err;
 }

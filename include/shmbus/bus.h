@@ -33,6 +33,7 @@ struct SpillConfig {
   std::uint64_t segment_bytes = 64ull << 20;   // a segment file rolls past this size
   FsyncPolicy fsync = FsyncPolicy::kInterval;
   std::uint32_t fsync_interval_ms = 1000;      // kInterval
+  bool operator==(const SpillConfig&) const = default;
 };
 
 struct TopicConfig {
@@ -86,6 +87,10 @@ class Bus : public std::enable_shared_from_this<Bus> {
 
   Status create_topic(const std::string& name, const TopicConfig& config);
   Status delete_topic(const std::string& name);
+  // Changes what can change safely while the topic is in use: its spill settings (retention,
+  // segment size, fsync), or turning spilling on. Spilling cannot be turned off (its log
+  // would be orphaned), nor the partitions, capacity or retention mode changed.
+  Status alter_topic(const std::string& name, const SpillConfig& spill);
   std::vector<TopicInfo> list_topics();
   Result<TopicInfo> describe_topic(const std::string& name);
 
