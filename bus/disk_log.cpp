@@ -444,6 +444,44 @@ Result<std::uint64_t> LogReader::read(std::uint64_t from, std::uint64_t limit, s
 
 // ---- writer ----
 
+namespace {
+
+struct Watermark {
+  std::uint64_t base;   // segment
+  std::uint64_t bytes;  // synced length of that segment
+};
+
+std::string watermark_path(const std::string& dir) { return dir + "/synced"; }
+
+}  // namespace
+
+void write_watermark(const std::string& dir, std::pair<std::uint64_t, std::uint64_t> wm) {
+  unsigned char buf[20];
+  std::memcpy(buf, &wm.first, 8);
+  std::memcpy(buf + 8, &wm.second, 8);
+  const std::uint32_t crc = crc32c(buf, 16);
+  std::memcpy(buf + 16, &crc, 4);
+  Fd f{::open(watermark_path(dir).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600)};
+  if (f.fd >= 0) (void)!::pwrite(f.fd, buf, sizeof buf, 0);
+}
+
+namespace {
+
+std::optional<Watermark> read_watermark(const std::string& dir) {
+  unsigned char buf[20];
+  Fd f{::open(watermark_path(dir).c_str(), O_RDONLY | O_CLOEXEC)};
+  if (f.fd < 0 || ::pread(f.fd, buf, sizeof buf, 0) != static_cast<ssize_t>(sizeof buf)) return std::nullopt;
+  std::uint32_t crc;
+  std::memcpy(&crc, buf + 16, 4);
+  if (crc != crc32c(buf, 16)) return std::nullopt;
+  Watermark w;
+  std::memcpy(&w.base, buf, 8);
+  std::memcpy(&w.bytes, buf + 8, 8);
+  return w;
+}
+
+}  // namespace
+
 LogWriter::LogWriter(LogWriter&& o) noexcept
     : dir_(std::move(o.dir_)), config_(o.config_), mode_(o.mode_), segments_(std::move(o.segments_)),
       log_fd_(std::exchange(o.log_fd_, -1)), index_fd_(std::exchange(o.index_fd_, -1)), since_index_(o.since_index_),
@@ -522,6 +560,18 @@ Result<LogWriter> LogWriter::open(const std::string& dir, const SpillConfig& con
     const std::string path = segment_path(dir, bases.back(), "log");
     auto r = scan_segment(path);
     if (!r) return tl::unexpected(r.error());
+    if (r->end == ScanEnd::kCorrupt && r->bad_position >= sizeof(FileHeader)) {
+      // Damage past the last fsync is what a power loss leaves with fsync=interval (unsynced
+      // pages reach the disk in any order): a torn tail, not corruption. (fsync=never writes
+      // no watermark: there, damage stays an operator's call.)
+      const auto wm = read_watermark(dir);
+      const bool unsynced = wm && (wm->base < bases.back() || (wm->base == bases.back() && r->bad_position >= wm->bytes));
+      if (unsynced) {
+        r->end = ScanEnd::kTornTail;
+        r->problem += fmt::format(" — past the last fsync{}: lost in a crash of the machine",
+                                  wm ? fmt::format(" (byte {} of segment {})", wm->bytes, wm->base) : std::string());
+      }
+    }
     if (r->end == ScanEnd::kCorrupt)
       return make_error(Errc::kBadSegment, fmt::format("{}; busd will not append to this log until it is repaired "
                                                        "(busctl log dump shows it)", r->problem));
@@ -638,14 +688,18 @@ Status LogWriter::append(std::span<const std::byte> frames) {
 }
 
 Status LogWriter::sync() {
+  bool failed = false;
   for (int fd : unsynced_) {
-    (void)::fdatasync(fd);
+    failed |= ::fdatasync(fd) != 0;
     ::close(fd);
   }
   unsynced_.clear();
-  if (log_fd_ >= 0 && ::fdatasync(log_fd_) != 0)
+  if (failed || (log_fd_ >= 0 && ::fdatasync(log_fd_) != 0))
     return make_error(Errc::kSystem, fmt::format("fdatasync {}: {}", dir_, std::strerror(errno)));
   if (index_fd_ >= 0) (void)::fdatasync(index_fd_);
+  // The watermark: everything before it is on the disk. Written after the sync returned,
+  // so it is never ahead of the data; recovery treats damage past it as a torn tail.
+  if (!segments_.empty()) write_watermark(dir_, {segments_.back().base, segments_.back().bytes});
   return {};
 }
 

@@ -24,6 +24,7 @@
 #include <functional>
 #include <optional>
 #include <span>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,9 @@ std::string partition_dir(const std::string& state_dir, const std::string& topic
 std::string segment_path(const std::string& dir, std::uint64_t base, const char* ext);
 // Base offsets of the segment files in `dir`, ascending; empty when there is no such dir.
 Result<std::vector<std::uint64_t>> list_segments(const std::string& dir);
+
+// Records that a partition's log is on disk up to `bytes` of segment `base` ({base, bytes}).
+void write_watermark(const std::string& dir, std::pair<std::uint64_t, std::uint64_t> synced);
 
 // Appends one frame; `payload` is key | headers | value (key_len kNullKeyLen: no key).
 void append_frame(std::vector<std::byte>& out, std::uint64_t offset, std::int64_t timestamp_ns, std::uint32_t key_len,

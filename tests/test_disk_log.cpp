@@ -392,3 +392,47 @@ TEST_F(DiskLog, GapFramesAccountForLostAndAbortedOffsets) {
 }
 
 }  // namespace
+
+namespace {
+
+// With fsync=interval a power loss can leave damage anywhere after the last fsync, with
+// valid frames after it: recovery truncates there (a torn tail) instead of refusing the log;
+// damage before the last fsync is still corruption.
+TEST_F(DiskLog, DamagePastTheLastFsyncIsATornTailDamageBeforeItIsCorruption) {
+  std::vector<std::uint64_t> starts;
+  for (const bool before_sync : {false, true}) {
+    const std::string d = dir_ + (before_sync ? "/before" : "/after");
+    SpillConfig c;
+    c.enabled = true;
+    c.fsync = FsyncPolicy::kInterval;
+    {
+      auto w = LogWriter::open(d, c, 0600, {});
+      ASSERT_TRUE(w);
+      ASSERT_TRUE(w->append(frames(0, 20)));
+      ASSERT_TRUE(w->sync());  // the watermark: 20 records are on the disk
+      ASSERT_TRUE(w->append(frames(20, 40)));
+    }
+    const std::string path = segment_path(d, 0, "log");
+    starts.clear();
+    ASSERT_TRUE(scan_segment(path, [&](const FrameView& v) { starts.push_back(v.position); }));
+    const std::uint64_t victim = before_sync ? 10 : 30;
+    {
+      std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+      f.seekp(static_cast<std::streamoff>(starts[victim] + 44));
+      f.write("\0\0\0\0", 4);  // a zeroed page, as a power loss leaves
+    }
+    std::vector<std::string> reports;
+    auto w = LogWriter::open(d, c, 0600, [&](const std::string& m) { reports.push_back(m); });
+    if (before_sync) {
+      ASSERT_FALSE(w) << "damage in synced data is corruption";
+      EXPECT_NE(w.error().message.find("corrupt record at byte " + std::to_string(starts[10])), std::string::npos) << w.error().message;
+    } else {
+      ASSERT_TRUE(w) << w.error().message;
+      EXPECT_EQ(w->next_offset(), 30u) << "truncated at the damaged record, which was never synced";
+      ASSERT_EQ(reports.size(), 1u);
+      EXPECT_NE(reports[0].find("past the last fsync"), std::string::npos) << reports[0];
+    }
+  }
+}
+
+}  // namespace
