@@ -41,7 +41,6 @@ namespace {
 
 using proto::json;
 
-constexpr auto kGateKindDurable = static_cast<std::uint32_t>(shm::GateKind::kDurable);
 
 json tps_json(const std::vector<TopicPartition>& tps) {
   json a = json::array();
@@ -504,30 +503,7 @@ void Daemon::update_gate(const std::string& group, const TopicPartition& tp) {
   if (!committed) return;
   shm::RingReader reader(ring);
   if (!reader.seek(*committed)) reader.seek_earliest();
-  const std::uint64_t key = std::hash<std::string>{}(group);
-  shm::GateSlot* free_slot = nullptr;
-  for (std::uint32_t i = 0; i < shm::kGateSlots; ++i) {
-    shm::GateSlot* gs = ring.gate(i);
-    if (gs->kind.load(std::memory_order_relaxed) == kGateKindDurable && gs->owner_pid.load(std::memory_order_acquire) != 0 &&
-        gs->owner_key.load(std::memory_order_relaxed) == key) {
-      const std::uint64_t old = gs->position.load(std::memory_order_relaxed);
-      gs->position.store(reader.position(), std::memory_order_release);
-      if (reader.position() < old) (void)ring.bump_gate_generation();
-      return;
-    }
-    if (!free_slot && gs->owner_pid.load(std::memory_order_relaxed) == 0) free_slot = gs;
-  }
-  if (!free_slot) return;
-  std::int32_t zero = 0;
-  free_slot->position.store(reader.position(), std::memory_order_release);
-  free_slot->kind.store(kGateKindDurable, std::memory_order_relaxed);
-  free_slot->owner_key.store(key, std::memory_order_relaxed);
-  if (!free_slot->owner_pid.compare_exchange_strong(zero, ::getpid(), std::memory_order_acq_rel)) return;
-  free_slot->owner_start_ticks.store(shm::self_process().start_ticks, std::memory_order_relaxed);
-  if (ring.bump_gate_generation() > reader.position()) {
-    reader.seek_earliest();
-    free_slot->position.store(reader.position(), std::memory_order_release);
-  }
+  (void)shm::hold_durable_gate(ring, std::hash<std::string>{}(group), reader);
 }
 
 void Daemon::op_join(Conn& c, const json& req) {

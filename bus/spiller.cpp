@@ -22,7 +22,6 @@ namespace {
 
 constexpr std::size_t kChunkBytes = 1 << 20;  // a tailer hand-off: up to this many frame bytes
 constexpr std::size_t kMaxChunks = 32;        // in flight at once: the spiller's memory bound
-constexpr auto kGateKindDurable = static_cast<std::uint32_t>(shm::GateKind::kDurable);
 
 // One spilled partition, shared by the two threads. Each field says who writes it.
 struct Part {
@@ -202,38 +201,12 @@ struct Spiller::Impl {
   // The spiller's durable gate at the reader's position: the one created with the topic,
   // or one left by an earlier busd, or a free slot.
   bool take_gate(Part& part) {
-    const shm::Ring& ring = part.ring;
-    shm::GateSlot* free_slot = nullptr;
-    for (std::uint32_t i = 0; i < shm::kGateSlots; ++i) {
-      shm::GateSlot* g = ring.gate(i);
-      const std::int32_t pid = g->owner_pid.load(std::memory_order_acquire);
-      if (pid > 0 && g->kind.load(std::memory_order_relaxed) == kGateKindDurable &&
-          g->owner_key.load(std::memory_order_relaxed) == shm::kSpillGateKey) {
-        const std::uint64_t old = g->position.load(std::memory_order_relaxed);
-        g->position.store(part.reader.position(), std::memory_order_release);
-        if (part.reader.position() < old && ring.bump_gate_generation() > part.reader.position()) part.reader.seek_earliest();
-        part.gate = g;
-        return true;
-      }
-      if (!free_slot && pid == 0) free_slot = g;
-    }
-    if (!free_slot) return false;
-    std::int32_t zero = 0;
-    if (!free_slot->owner_pid.compare_exchange_strong(zero, -1, std::memory_order_acq_rel)) return false;
-    free_slot->kind.store(kGateKindDurable, std::memory_order_relaxed);
-    free_slot->owner_key.store(shm::kSpillGateKey, std::memory_order_relaxed);
-    free_slot->owner_start_ticks.store(shm::self_process().start_ticks, std::memory_order_relaxed);
-    free_slot->position.store(part.reader.position(), std::memory_order_release);
-    free_slot->owner_pid.store(shm::self_process().pid, std::memory_order_release);
-    part.gate = free_slot;
-    if (ring.bump_gate_generation() > part.reader.position()) {
-      // Producers reclaimed past us before the gate went up: start where the ring starts.
-      const std::uint64_t was = part.reader.offset();
-      part.reader.seek_earliest();
-      ring.ctl()->stats.spill_lost.fetch_add(part.reader.offset() - was, std::memory_order_relaxed);
-      free_slot->position.store(part.reader.position(), std::memory_order_release);
-    }
-    return true;
+    const std::uint64_t was = part.reader.offset();
+    part.gate = shm::hold_durable_gate(part.ring, shm::kSpillGateKey, part.reader);
+    // Producers reclaimed past us before the gate went up: those offsets are lost.
+    if (part.reader.offset() > was)
+      part.ring.ctl()->stats.spill_lost.fetch_add(part.reader.offset() - was, std::memory_order_relaxed);
+    return part.gate != nullptr;
   }
 
   std::unique_ptr<Chunk> take_chunk() {

@@ -409,6 +409,41 @@ void RingReader::seek_earliest() noexcept {
   pos_ = r.second;
 }
 
+GateSlot* hold_durable_gate(const Ring& ring, std::uint64_t key, RingReader& reader) noexcept {
+  constexpr auto kDurable = static_cast<std::uint32_t>(GateKind::kDurable);
+  GateSlot* gate = nullptr;
+  GateSlot* free_slot = nullptr;
+  for (std::uint32_t i = 0; i < kGateSlots && !gate; ++i) {
+    GateSlot* g = ring.gate(i);
+    const std::int32_t pid = g->owner_pid.load(std::memory_order_acquire);
+    if (pid > 0 && g->kind.load(std::memory_order_relaxed) == kDurable && g->owner_key.load(std::memory_order_relaxed) == key)
+      gate = g;
+    else if (!free_slot && pid == 0)
+      free_slot = g;
+  }
+  bool back = true;  // a new gate is like one moved back: a reclaim may already have passed it
+  if (gate) {
+    back = reader.position() < gate->position.load(std::memory_order_relaxed);
+    gate->position.store(reader.position(), std::memory_order_release);
+  } else {
+    if (!free_slot) return nullptr;
+    // Taken first (-1: producers skip it), filled in, then published under our pid.
+    std::int32_t zero = 0;
+    if (!free_slot->owner_pid.compare_exchange_strong(zero, -1, std::memory_order_acq_rel)) return nullptr;
+    free_slot->kind.store(kDurable, std::memory_order_relaxed);
+    free_slot->owner_key.store(key, std::memory_order_relaxed);
+    free_slot->owner_start_ticks.store(self_process().start_ticks, std::memory_order_relaxed);
+    free_slot->position.store(reader.position(), std::memory_order_release);
+    free_slot->owner_pid.store(self_process().pid, std::memory_order_release);
+    gate = free_slot;
+  }
+  if (back && ring.bump_gate_generation() > reader.position()) {
+    reader.seek_earliest();
+    gate->position.store(reader.position(), std::memory_order_release);
+  }
+  return gate;
+}
+
 std::uint64_t Ring::bump_gate_generation() const noexcept {
   Pair64 r = load128(&ctl_->reclaim);
   while (!cas128(&ctl_->reclaim, r, Pair64{r.first + kGateGenOne, r.second})) {

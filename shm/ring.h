@@ -307,4 +307,11 @@ class RingReader {
   std::uint64_t aborted_ = 0;
 };
 
+// Holds producers back at `reader`'s position with this process's durable gate named `key`
+// (GateKind::kDurable: never reaped; busd's group gates and its spiller's): the existing one
+// is moved there, else a free slot is taken. Where producers had already reclaimed past
+// that position, `reader` moves to the ring's start and the gate with it (the caller sees
+// the offsets it lost in reader.offset()). nullptr when every gate slot is taken.
+GateSlot* hold_durable_gate(const Ring& ring, std::uint64_t key, RingReader& reader) noexcept;
+
 }  // namespace shmbus::shm
