@@ -912,6 +912,7 @@ int main(int argc, char** argv) {
   thr->add_option("--records", o.records, "records to send (default 10M)");
   thr->add_option("--batch", o.batch, "records per batched send (default 64)");
   thr->add_option("--capacity", o.capacity, "ring bytes (default 1 MiB)");
+  thr->add_option("--rows", o.rows, "spsc,single,batch,fan (default all)");
   std::uint32_t fan_n = 2;
   thr->add_option("--fan", fan_n, "also N producers -> 1 consumer and 1 producer -> N consumers (default 2; 1: off)");
   CLI11_PARSE(app, argc, argv);
@@ -995,12 +996,17 @@ int main(int argc, char** argv) {
       print_rows(rows, o);
     } else {
       json rows = json::array();
-      rows.push_back(spsc_reference(o));
+      const auto want = split(o.rows);
+      auto on = [&](const char* r) { return o.rows == "all" || std::find(want.begin(), want.end(), r) != want.end(); };
+      for (const auto& r : want)
+        if (o.rows != "all" && r != "spsc" && r != "single" && r != "batch" && r != "fan")
+          throw std::runtime_error(fmt::format("--rows: unknown row '{}' (spsc, single, batch, fan)", r));
+      if (on("spsc")) rows.push_back(spsc_reference(o));
       for (std::uint32_t align : {8u, 64u}) {
-        rows.push_back(throughput(o, false, align));
-        rows.push_back(throughput(o, true, align));
+        if (on("single")) rows.push_back(throughput(o, false, align));
+        if (on("batch")) rows.push_back(throughput(o, true, align));
       }
-      if (fan_n > 1) {
+      if (fan_n > 1 && on("fan")) {
         rows.push_back(fan(o, fan_n, 1));
         rows.push_back(fan(o, 1, fan_n));
       }

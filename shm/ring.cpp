@@ -234,6 +234,8 @@ RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
     slot_ = std::exchange(o.slot_, nullptr);
     cached_tail_ = o.cached_tail_;
     cached_reclaim_ = o.cached_reclaim_;
+    cached_gate_min_ = o.cached_gate_min_;
+    cached_gate_gen_ = o.cached_gate_gen_;
   }
   return *this;
 }
@@ -320,7 +322,9 @@ Status RingWriter::make_room(std::uint64_t target, std::int64_t block_timeout_ns
   std::uint64_t waited_since = 0;
   unsigned round = 0;
   for (;;) {
-    Pair64 r = load128(&ring_.ctl()->reclaim);
+    // A snapshot, not a locked read: a locked instruction is a full barrier that would wait
+    // for the whole previous batch's stores to drain, and the CAS below checks it anyway.
+    Pair64 r = snapshot128(&ring_.ctl()->reclaim);
     const std::uint64_t gen = r.first & ~kReclaimOffsetMask;
     if (r.second >= target) {
       cached_reclaim_ = r.second;
@@ -330,7 +334,15 @@ Status RingWriter::make_room(std::uint64_t target, std::int64_t block_timeout_ns
     std::uint64_t limit = ring_.tail_position();
     bool gated = false;
     if (block) {
-      const std::uint64_t g = ring_.gate_min(waited_since ? target : 0);
+      // Gates only move forward, except a gate added or moved back, which bumps the gate
+      // generation. So a minimum scanned under this generation is still a lower bound, and
+      // the 32 gate lines (which consumers write) are scanned again only when it is in the
+      // way: about once a lap while consumers keep up, not once a chunk.
+      if (cached_gate_gen_ != gen || cached_gate_min_ < goal || waited_since) {
+        cached_gate_min_ = ring_.gate_min(waited_since ? target : 0);
+        cached_gate_gen_ = gen;
+      }
+      const std::uint64_t g = cached_gate_min_;
       if (g < target) gated = true;
       limit = std::min(limit, g);
     }
