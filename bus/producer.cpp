@@ -21,7 +21,8 @@ struct Layout {
   std::uint32_t headers_len;
   std::uint32_t value_len;
   std::uint32_t payload;      // key + headers + value bytes
-  std::uint32_t bytes;        // whole record in the ring
+  std::uint32_t bytes;        // whole record in the ring, 8-byte aligned (the last of a send
+                              // may be longer: RingWriter::claim's end_align)
 };
 
 std::uint64_t headers_size(std::span<const Header> headers) {
@@ -47,8 +48,8 @@ std::uint64_t headers_size(std::span<const Header> headers) {
 // Writes header fields and payload; the word is published separately. Inlined into the
 // batch loop: a call per record with the message spread over the stack cost more than the
 // copy of a 64-byte value (measured: docs/performance.md).
-[[gnu::always_inline]] inline void write_record(std::byte* at, const Layout& l, const Message& m, std::int64_t ts,
-                                                std::int32_t pid) noexcept {
+[[gnu::always_inline]] inline void write_record(std::byte* at, const Layout& l, std::uint32_t length, const Message& m,
+                                                std::int64_t ts, std::int32_t pid) noexcept {
   // The header after its word, as one 32-byte block (RecordHeader's fields at 8..40).
   struct Fields {
     std::uint32_t length;
@@ -57,7 +58,7 @@ std::uint64_t headers_size(std::span<const Header> headers) {
     std::uint32_t key_len, headers_len, value_len, flags;
   };
   static_assert(sizeof(Fields) == shm::kRecordHeaderSize - 8);
-  const Fields f{l.bytes, pid, ts, l.key_len, l.headers_len, l.value_len, 0};
+  const Fields f{length, pid, ts, l.key_len, l.headers_len, l.value_len, 0};
   std::memcpy(at + 8, &f, sizeof f);
   std::byte* p = at + shm::kRecordHeaderSize;
   if (m.key && !m.key->empty()) {
@@ -165,10 +166,7 @@ struct Producer::Impl {
     l.headers_len = static_cast<std::uint32_t>(hl);
     l.value_len = static_cast<std::uint32_t>(value_size);
     l.payload = static_cast<std::uint32_t>(payload);
-    const std::uint64_t align = config.record_alignment;
-    l.bytes = static_cast<std::uint32_t>((shm::kRecordHeaderSize + payload + align - 1) & ~(align - 1));
-    // Near the topic's limit the alignment must not push a record past what the ring takes.
-    if (l.bytes > t.topic->ring(0).max_record()) l.bytes = static_cast<std::uint32_t>(shm::align8(shm::kRecordHeaderSize + payload));
+    l.bytes = static_cast<std::uint32_t>(shm::align8(shm::kRecordHeaderSize + payload));
     return true;
   }
 
@@ -187,11 +185,12 @@ struct Producer::Impl {
   // runs (one killed is started again), so a dead busd never wedges producers for good.
   Result<shm::Claim> claim(const TopicState& ts, shm::RingWriter& w, std::span<const std::uint32_t> sizes) {
     const std::int64_t total = block_ns();
-    if (!ts.topic->config().spill.enabled || w.ring().retention() != shm::Retention::kBlock) return w.claim(sizes, total);
+    const std::uint32_t align = config.record_alignment;
+    if (!ts.topic->config().spill.enabled || w.ring().retention() != shm::Retention::kBlock) return w.claim(sizes, total, align);
     constexpr std::int64_t kSlice = 500'000'000;
     for (std::int64_t waited = 0;;) {
       const std::int64_t slice = total < 0 ? kSlice : std::min(kSlice, total - waited);
-      auto c = w.claim(sizes, slice);
+      auto c = w.claim(sizes, slice, align);
       if (c || c.error().code != Errc::kTimedOut) return c;
       waited += slice;
       if (total >= 0 && waited >= total)
@@ -285,7 +284,9 @@ Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<co
                                       std::memory_order_release);
     std::int64_t ts_ns = messages[i].timestamp_ns;
     if (ts_ns == 0) ts_ns = now ? now : (now = shm::fast_realtime_ns());
-    write_record(reinterpret_cast<std::byte*>(ring.header_at(at)), layouts[i], messages[i], ts_ns, pid);
+    // The last record ends where the claim does (it takes the alignment's slack).
+    const auto length = static_cast<std::uint32_t>(i + 1 == messages.size() ? claim->end - at : sizes[i]);
+    write_record(reinterpret_cast<std::byte*>(ring.header_at(at)), layouts[i], length, messages[i], ts_ns, pid);
     writer.publish(at, claim->offset + i);
     cur = at + sizes[i];
   }
@@ -294,7 +295,7 @@ Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<co
   // Ask for the lines of the next claim now (prefetch for write), so that their ownership
   // moves while we return to the caller: the next claim's CAS, a full barrier, then waits
   // less for our stores to drain (measured: docs/performance.md).
-  for (std::uint64_t at = cur, stop = cur + std::min<std::uint64_t>(total, 4096); at < stop; at += shm::kCacheLine)
+  for (std::uint64_t at = claim->end, stop = at + std::min<std::uint64_t>(total, 4096); at < stop; at += shm::kCacheLine)
     __builtin_prefetch(ring.header_at(at), 1, 3);
   return RecordMetadata{*p, claim->offset};
 }
@@ -328,7 +329,7 @@ Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Byte
   Message m;
   m.key = key;
   m.headers = headers;
-  write_record(rec, *l, m, shm::fast_realtime_ns(), shm::self_process().pid);
+  write_record(rec, *l, static_cast<std::uint32_t>(claim->end - at), m, shm::fast_realtime_ns(), shm::self_process().pid);
   Reservation r;
   r.writer_ = *w;
   r.position_ = at;

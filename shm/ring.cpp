@@ -282,12 +282,19 @@ Status RingWriter::open() {
                                 ring_.ctl()->config.partition, kWriterSlots));
 }
 
-Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64_t block_timeout_ns) noexcept {
+Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64_t block_timeout_ns,
+                                std::uint32_t end_align) noexcept {
   const std::uint64_t cap = ring_.capacity();
+  const std::uint64_t align_mask = std::uint64_t{end_align} - 1;
   Pair64 cur = cached_tail_;
   for (;;) {
-    std::uint64_t end = cur.second;
-    for (std::uint32_t s : sizes) end = ring_.place(end, s) + s;
+    std::uint64_t end = cur.second, last = cur.second;
+    for (std::uint32_t s : sizes) {
+      last = ring_.place(end, s);
+      end = last + s;
+    }
+    // The capacity is a multiple of 64, so the rounded end never crosses the end of a lap.
+    if (const std::uint64_t aligned = (end + align_mask) & ~align_mask; aligned - last <= ring_.max_record()) end = aligned;
     // Bytes [end - cap, ...) of the previous lap must be reclaimed before we may write.
     if (end > cached_reclaim_ + cap) {
       if (auto st = make_room(end - cap, block_timeout_ns); !st) return tl::unexpected(st.error());

@@ -14,6 +14,8 @@
 #include <fmt/format.h>
 
 #include "bus/names.h"
+#include "bus/topic.h"
+#include "shm/ring.h"
 #include "shm/segment.h"
 #include "shmbus/consumer.h"
 #include "shmbus/producer.h"
@@ -187,6 +189,44 @@ TEST(Bus, RecordAtTheTopicsLimitIsReadableWhateverTheAlignment) {
     auto got = drain(cons, 1);
     ASSERT_EQ(got.size(), 1u) << "record " << i;
     EXPECT_EQ(got[0], std::string(100, static_cast<char>('a' + i % 26)));
+  }
+}
+
+TEST(Bus, EverySendStartsOnTheAlignmentAndABatchIsPackedInside) {
+  test::TestBus bus("align");
+  ASSERT_TRUE(bus->create_topic("t", small(1, 1 << 16)));
+  ProducerConfig pc;
+  pc.record_alignment = 64;
+  auto p = Producer::create(bus.get(), pc);
+  auto cons = consumer_at(bus.get(), {{"t", 0}});
+  const std::string v(64, 'v');  // 104-byte records: 40 of header, 64 of value
+  std::vector<Message> three(3, Message{std::nullopt, as_bytes(v)});
+  for (int round = 0; round < 200; ++round) {  // 384 bytes a round: wraps the 64 KiB ring once
+    ASSERT_TRUE(p->send_batch("t", three, 0));
+    ASSERT_TRUE(p->send("t", std::nullopt, "single"));
+    auto got = drain(cons, 4);
+    ASSERT_EQ(got.size(), 4u);
+    EXPECT_EQ(got[0], v);
+    EXPECT_EQ(got[2], v);
+    EXPECT_EQ(got[3], "single");
+  }
+  // Where the records lie: a batch's records 8-byte packed, each send's start 64-aligned.
+  const shm::Ring ring = bus->topic("t").value()->ring(0);
+  shm::RingReader r(ring);
+  ASSERT_TRUE(r.seek(ring.end_offset() - 8));
+  std::vector<std::uint64_t> at;
+  const shm::RecordHeader* h = nullptr;
+  std::uint32_t len = 0;
+  while (r.next(h, len) == shm::ReadStatus::kRecord) {
+    at.push_back(r.position());
+    r.advance(len);
+  }
+  ASSERT_EQ(at.size(), 8u);
+  for (std::size_t i = 0; i < 8; i += 4) {
+    EXPECT_EQ(at[i] % 64, 0u) << "a batch starts aligned";
+    EXPECT_EQ(at[i + 1] - at[i], 104u) << "records inside a batch are packed";
+    EXPECT_EQ(at[i + 2] - at[i + 1], 104u);
+    EXPECT_EQ(at[i + 3] % 64, 0u) << "the single send after it starts aligned";
   }
 }
 

@@ -94,6 +94,32 @@ TEST(Ring, CommittedRecordIsReadInOrder) {
   EXPECT_EQ(r.next(h), ReadStatus::kNone);
 }
 
+TEST(Ring, ClaimEndIsRoundedUpByItsLastRecordUnlessThatWouldPassTheLimit) {
+  ForgedRing f;  // max_record = 1024
+  RingWriter w(f.ring);
+  ASSERT_TRUE(w.open());
+  const std::uint32_t two[] = {104, 104};
+  auto c = w.claim(two, 0, 64);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->position, 0u);
+  EXPECT_EQ(c->end, 256u) << "208 bytes rounded up to 64: the last record takes 48 more";
+  w.clear_intent();
+  auto next = w.claim_one(48, 0, 64);
+  ASSERT_TRUE(next);
+  EXPECT_EQ(next->position, 256u) << "the next claim starts aligned";
+  EXPECT_EQ(next->end, 320u);
+  w.clear_intent();
+  auto packed = w.claim_one(48, 0, 8);
+  ASSERT_TRUE(packed);
+  EXPECT_EQ(packed->end, 368u) << "end_align 8: nothing added";
+  w.clear_intent();
+  // 1016 + 56 bytes of slack would be over the ring's max record of 1024: left unaligned.
+  auto big = w.claim_one(1016, 0, 64);
+  ASSERT_TRUE(big);
+  EXPECT_EQ(big->end - big->position, 1016u);
+  w.clear_intent();
+}
+
 TEST(Ring, PartWrittenRecordIsNotReturnedUntilCommitted) {
   ForgedRing f;
   RingWriter w(f.ring);

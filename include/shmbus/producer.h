@@ -20,9 +20,11 @@ namespace shmbus {
 struct ProducerConfig {
   std::int64_t max_block_ms = 60'000;  // block topics: how long a send waits for room
   std::uint32_t sticky_bytes = 16384;  // null keys stay on one partition for this many bytes
-  // Records start on this boundary in the ring (8, 16, 32 or 64). 64 gives each record its
-  // own cache lines, so a consumer reading one record does not pull the line a producer is
-  // writing the next one into; 8 packs small records tighter. docs/performance.md measures both.
+  // Each send (one record, or a whole batch) starts on this boundary in the ring (8, 16, 32
+  // or 64): its last record is padded up to it. 64 gives every send its own cache lines, so
+  // a consumer reading one send does not pull the line a producer is writing the next one
+  // into; the records inside a batch are packed 8-byte aligned, as tight as they come.
+  // docs/performance.md measures both.
   std::uint32_t record_alignment = 64;
 };
 
