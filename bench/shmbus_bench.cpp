@@ -24,6 +24,9 @@
 #ifdef SHMBUS_HAVE_ZMQ
 #include <zmq.h>
 #endif
+#ifdef SHMBUS_HAVE_ICEORYX
+#include "iceoryx_peer.h"
+#endif
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -60,7 +63,7 @@ struct Options {
   std::string wait = "spin";
   double rate = 0;           // > 0: fixed-rate mode, one-way from the intended send time
   std::string csv, plot;     // output files
-  std::string rows = "all";  // comma list: cacheline,spsc,shmbus,unix,pipe,mq
+  std::string rows = "all";  // comma list: cacheline,spsc,shmbus,unix,pipe,mq,zmq,iceoryx
   std::uint64_t records = 10'000'000;
   std::uint32_t batch = 64;
   std::uint64_t capacity = 1 << 20;
@@ -262,6 +265,89 @@ Row zmq_row(const Options& o) {
 }
 #endif
 
+#ifdef SHMBUS_HAVE_ICEORYX
+// Eclipse iceoryx: untyped publisher/subscriber pairs through a RouDi started for the row,
+// each side copying the sample in and out as the other rows do. Both ends run in forked
+// processes (iceoryx_peer.h says why); the samples come back through shared memory.
+// Skipped, with the reason on stderr, where RouDi cannot be started.
+std::optional<Row> iceoryx_row(const Options& o) {
+  std::string why;
+  auto roudi = iceoryx::Roudi::start(why);
+  if (!roudi) {
+    std::cerr << "shmbus_bench: iceoryx row skipped: " << why << "\n";
+    return std::nullopt;
+  }
+  const std::uint64_t total = o.warmup + o.samples;
+  struct Out {
+    std::atomic<int> ok{0};
+    double cpu_a = 0, cpu_b = 0;
+    std::uint64_t n = 0;
+  };
+  auto* out = shared_scratch<Out>();
+  auto* samples = static_cast<std::uint64_t*>(
+      ::mmap(nullptr, o.samples * sizeof(std::uint64_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  const std::string ping_app = roudi->app_name("ping"), pong_app = roudi->app_name("pong");
+  const std::string name = "Eclipse iceoryx ping-pong";
+  std::fflush(nullptr);
+  std::cout.flush();
+  const pid_t self = ::getpid();
+  const pid_t measurer = ::fork();
+  if (measurer == 0) {
+    die_with_parent(self);
+    int rc = 1;
+    try {
+      std::unique_ptr<iceoryx::Endpoint> ep;
+      std::vector<std::byte> buf(o.size, std::byte{0x5a});
+      std::atomic<bool> failed{false};
+      Row r = measure(
+          name, o, [&] { ep = std::make_unique<iceoryx::Endpoint>(ping_app, "ping", "pong", o.size); },
+          [&](std::uint64_t) {
+            if (!ep->send(buf.data()) || !ep->receive(buf.data())) failed = true;
+          },
+          [&]() -> int {
+            int echo_rc = 1;
+            try {
+              iceoryx::Endpoint e(pong_app, "pong", "ping", o.size);
+              std::vector<std::byte> in(o.size);
+              std::uint64_t i = 0;
+              while (i < total && e.receive(in.data()) && e.send(in.data())) ++i;
+              echo_rc = i == total ? 0 : 1;
+            } catch (const std::exception& e) {
+              std::cerr << e.what() << "\n";
+            }
+            iceoryx::exit_process(echo_rc);
+          });
+      if (!failed && r.samples.size() == o.samples) {
+        std::copy(r.samples.begin(), r.samples.end(), samples);
+        out->n = r.samples.size();
+        out->cpu_a = r.cpu_a;
+        out->cpu_b = r.cpu_b;
+        out->ok = 1;
+        rc = 0;
+      }
+    } catch (const std::exception& e) {
+      std::cerr << e.what() << "\n";
+    }
+    iceoryx::exit_process(rc);
+  }
+  g_running_child.store(measurer);
+  int st = 0;
+  ::waitpid(measurer, &st, 0);
+  g_running_child.store(0);
+  roudi->stop();
+  std::optional<Row> row;
+  if (out->ok.load()) {
+    std::vector<std::uint64_t> v(samples, samples + out->n);
+    row = Row{name, percentiles(v), out->cpu_a, out->cpu_b, o.size, std::move(v)};
+  } else {
+    std::cerr << "shmbus_bench: iceoryx row failed (status " << st << ")\n";
+  }
+  ::munmap(samples, o.samples * sizeof(std::uint64_t));
+  free_scratch(out);
+  return row;
+}
+#endif
+
 // A plain SPSC ring of 64-byte-multiple slots each way, spinning: what a single-purpose
 // shared-memory queue costs, with nothing of a bus.
 Row spsc_row(const Options& o) {
@@ -316,6 +402,9 @@ std::string g_bus_to_remove;
 extern "C" void on_interrupt(int sig) {
   // Leave nothing behind: the other process of the pair, the bus, the message queues.
   if (const pid_t child = g_running_child.load(); child > 0) ::kill(child, SIGKILL);
+#ifdef SHMBUS_HAVE_ICEORYX
+  iceoryx::Roudi::emergency_stop();
+#endif
   if (!g_bus_to_remove.empty()) (void)Bus::destroy(g_bus_to_remove, /*purge_disk=*/true);
   for (const char* q : {"a", "b"}) {
     char name[64];
@@ -891,7 +980,7 @@ int main(int argc, char** argv) {
   lat->add_option("--warmup", o.warmup, "round trips before measuring (default 10000)");
   lat->add_option("--wait", o.wait, "consumer wait, or a list: spin,yield,block,adaptive (default spin)");
   lat->add_option("--rate", o.rate, "fixed rate, messages/s: one-way latency from the intended send time");
-  lat->add_option("--rows", o.rows, "cacheline,spsc,shmbus,unix,pipe,mq,zmq (default all; zmq when built with ZeroMQ)");
+  lat->add_option("--rows", o.rows, "cacheline,spsc,shmbus,unix,pipe,mq,zmq,iceoryx (default all; zmq and iceoryx when built with them)");
   lat->add_option("--csv", o.csv, "also write the table as CSV to this file");
   lat->add_option("--plot", o.plot, "also draw percentile curves with gnuplot (.svg or .png)");
   lat->add_flag("--spill", o.spill, "shmbus rows also on spilled topics (busd spilling to disk during the run)");
@@ -991,6 +1080,10 @@ int main(int argc, char** argv) {
         if (on("mq")) rows.push_back(message_queue_row(o));
 #ifdef SHMBUS_HAVE_ZMQ
         if (on("zmq")) rows.push_back(zmq_row(o));
+#endif
+#ifdef SHMBUS_HAVE_ICEORYX
+        if (on("iceoryx"))
+          if (auto r = iceoryx_row(o)) rows.push_back(std::move(*r));
 #endif
       }
       print_rows(rows, o);

@@ -6,7 +6,7 @@ packages=(
   libboost-dev libconcurrentqueue-dev libexpected-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libfmt-dev nlohmann-json3-dev libxxhash-dev
-  gnuplot-nox libzmq3-dev
+  gnuplot-nox libzmq3-dev iceoryx libiceoryx-posh-dev
 )
 missing=()
 for p in "${packages[@]}"; do

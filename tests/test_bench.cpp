@@ -6,6 +6,14 @@
 #include <signal.h>
 
 #include <fstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <unistd.h>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "test_util.h"
 
@@ -30,6 +38,14 @@ std::vector<pid_t> children_of(pid_t parent) {
   return out;
 }
 
+bool entries_with_prefix(const char* dir, const std::string& prefix) {
+  DIR* d = ::opendir(dir);
+  bool found = false;
+  while (dirent* e = d ? ::readdir(d) : nullptr) found |= std::string(e->d_name).rfind(prefix, 0) == 0;
+  if (d) ::closedir(d);
+  return found;
+}
+
 bool segments_with_prefix(const std::string& prefix) {
   DIR* d = ::opendir("/dev/shm");
   bool found = false;
@@ -38,7 +54,100 @@ bool segments_with_prefix(const std::string& prefix) {
   return found;
 }
 
+// "pid (parent ppid)" of the processes with this name, "" when none: for messages.
+std::string process_named(const std::string& comm) {
+  std::string found;
+  DIR* d = ::opendir("/proc");
+  while (dirent* e = d ? ::readdir(d) : nullptr) {
+    if (std::atoi(e->d_name) <= 0) continue;
+    std::ifstream f(std::string("/proc/") + e->d_name + "/stat");
+    std::string line;
+    std::getline(f, line);
+    const auto open = line.find('('), close = line.rfind(')');
+    if (open == std::string::npos || close == std::string::npos || line.substr(open + 1, close - open - 1) != comm) continue;
+    char state = 0;
+    int ppid = 0;
+    std::sscanf(line.c_str() + close + 1, " %c %d", &state, &ppid);
+    found += fmt::format("{}{} (state {}, parent {})", found.empty() ? "" : ", ", e->d_name, state, ppid);
+  }
+  if (d) ::closedir(d);
+  return found;
+}
+
+// What iceoryx 2.0's RouDi and apps leave when they are not shut down tidily.
+std::vector<std::string> iceoryx_leftovers(pid_t bench) {
+  std::vector<std::string> left;
+  const std::vector<std::string> files = {"/dev/shm/iceoryx_mgmt", "/tmp/roudi", "/tmp/roudi.lock", "/tmp/iox-unique-roudi.lock",
+                                          "/tmp/shmbus_bench_iox_ping_" + std::to_string(bench),
+                                          "/tmp/shmbus_bench_iox_pong_" + std::to_string(bench)};
+  for (const auto& f : files)
+    if (::access(f.c_str(), F_OK) == 0) left.push_back(f);
+  return left;
+}
+
+// Ctrl-C to the benchmark: it dies of SIGINT, and so do the processes it had started.
+void interrupt_and_expect_gone(shmbus::test::Child& bench, const std::vector<pid_t>& procs) {
+  ::kill(bench.pid, SIGINT);
+  std::string out;
+  const int st = shmbus::test::finish(bench, out, std::chrono::seconds(20));
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGINT) << "status " << st;
+  for (pid_t k : procs) {
+    bool gone = false;
+    for (int i = 0; i < 200 && !gone; ++i) {
+      gone = ::kill(k, 0) != 0;
+      if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_TRUE(gone) << "process " << k << " outlived the interrupted benchmark";
+  }
+}
+
 }  // namespace
+
+#ifdef SHMBUS_BENCH_HAS_ICEORYX
+TEST(Bench, IceoryxRowIsMeasuredAgainstTheCacheLineRowAndItsRoudiIsGoneAfter) {
+  if (!process_named("iox-roudi").empty()) GTEST_SKIP() << "an iox-roudi of someone else runs here; the bench leaves it alone";
+  auto bench = shmbus::test::spawn({SHMBUS_BENCH_PATH, "latency", "--samples", "3000", "--warmup", "300", "--rows",
+                                    "cacheline,iceoryx", "--json"});
+  std::string out;
+  const int st = shmbus::test::finish(bench, out, std::chrono::seconds(60));
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << out;
+  const auto rows = nlohmann::json::parse(out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(rows.is_array()) << out;
+  const nlohmann::json* iox = nullptr;
+  for (const auto& r : rows)
+    if (r.value("mechanism", "") == "Eclipse iceoryx ping-pong") iox = &r;
+  ASSERT_NE(iox, nullptr) << out;
+  EXPECT_EQ((*iox)["samples"].get<std::uint64_t>(), 3000u);
+  EXPECT_GT((*iox)["p50_ns"].get<double>(), 0.0);
+  EXPECT_GT((*iox)["p50_ratio_to_cacheline"].get<double>(), 0.0) << "measured in the same run as the reference row";
+  EXPECT_EQ(process_named("iox-roudi"), "") << "RouDi outlived the benchmark " << bench.pid;
+  EXPECT_FALSE(entries_with_prefix("/tmp", "shmbus_bench_iox_")) << "RouDi's config directory left behind";
+  EXPECT_EQ(iceoryx_leftovers(bench.pid), std::vector<std::string>{});
+}
+
+TEST(Bench, InterruptedIceoryxRowLeavesNoRoudiAndNoFilesBehind) {
+  if (!process_named("iox-roudi").empty()) GTEST_SKIP() << "an iox-roudi of someone else runs here; the bench leaves it alone";
+  auto bench = shmbus::test::spawn({SHMBUS_BENCH_PATH, "latency", "--samples", "50000000", "--rows", "iceoryx"});
+  // Interrupted once both ends are registered with RouDi and ping-ponging.
+  bool running = false;
+  for (int i = 0; i < 1000 && !running; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    running = ::access(("/tmp/shmbus_bench_iox_pong_" + std::to_string(bench.pid)).c_str(), F_OK) == 0 &&
+              ::access(("/tmp/shmbus_bench_iox_ping_" + std::to_string(bench.pid)).c_str(), F_OK) == 0;
+  }
+  ASSERT_TRUE(running) << "the iceoryx ping-pong did not start";
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // RouDi and the measuring process, and the measuring process's echo process.
+  std::vector<pid_t> procs = children_of(bench.pid);
+  for (pid_t k : std::vector<pid_t>(procs))
+    for (pid_t g : children_of(k)) procs.push_back(g);
+  EXPECT_GE(procs.size(), 3u);
+  interrupt_and_expect_gone(bench, procs);
+  EXPECT_EQ(process_named("iox-roudi"), "") << "RouDi outlived the benchmark " << bench.pid;
+  EXPECT_EQ(iceoryx_leftovers(bench.pid), std::vector<std::string>{});
+  EXPECT_FALSE(entries_with_prefix("/tmp", "shmbus_bench_iox_")) << "RouDi's config directory left behind";
+}
+#endif
 
 TEST(Bench, InterruptedRunLeavesNoProcessOrSegmentBehind) {
   auto bench = shmbus::test::spawn({SHMBUS_BENCH_PATH, "latency", "--samples", "50000000", "--rows", "shmbus"});
@@ -50,17 +159,6 @@ TEST(Bench, InterruptedRunLeavesNoProcessOrSegmentBehind) {
   }
   ASSERT_FALSE(kids.empty()) << "the benchmark's second process did not start";
   ASSERT_TRUE(segments_with_prefix(prefix));
-  ::kill(bench.pid, SIGINT);
-  std::string out;
-  const int st = shmbus::test::finish(bench, out, std::chrono::seconds(20));
-  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGINT) << "status " << st;
-  for (pid_t k : kids) {
-    bool gone = false;
-    for (int i = 0; i < 200 && !gone; ++i) {
-      gone = ::kill(k, 0) != 0;
-      if (!gone) std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    EXPECT_TRUE(gone) << "process " << k << " outlived the interrupted benchmark";
-  }
+  interrupt_and_expect_gone(bench, kids);
   EXPECT_FALSE(segments_with_prefix(prefix)) << "segments left behind";
 }
