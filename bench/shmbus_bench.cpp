@@ -581,6 +581,8 @@ double ref_p50(const std::vector<Row>& rows, std::size_t size) {
   return rows.empty() ? 1 : rows[0].p.p50;
 }
 
+bool plot_rows(const std::vector<Row>& rows, const std::string& file);
+
 void print_rows(const std::vector<Row>& rows, const Options& o) {
   if (o.json) {
     json arr = json::array();
@@ -608,35 +610,57 @@ void print_rows(const std::vector<Row>& rows, const Options& o) {
       f << fmt::format("\"{}\",{},{},{},{},{},{},{},{},{:.1f},{:.3f},{:.1f},{:.1f}\n", r.name, r.size, r.p.samples, r.p.p50, r.p.p90,
                        r.p.p99, r.p.p999, r.p.p9999, r.p.max, r.p.mean, r.p.p50 / ref_p50(rows, r.size), r.cpu_a, r.cpu_b);
   }
-  if (!o.plot.empty()) {
-    // Percentile curves (x: percentile on a log "nines" axis, y: ns, log), drawn by gnuplot.
-    char dir_tmpl[] = "/tmp/shmbus-plot.XXXXXX";
-    const std::string dir = ::mkdtemp(dir_tmpl) ? dir_tmpl : "/tmp";
-    std::string script = fmt::format(
-        "set terminal {} size 1000,600\nset output '{}'\nset logscale xy\nset xlabel 'percentile'\n"
-        "set ylabel 'one-way latency, ns'\nset grid\nset key top left\n"
-        "set xtics ('50' 2, '90' 10, '99' 100, '99.9' 1000, '99.99' 10000, '99.999' 100000)\nplot ",
-        o.plot.ends_with(".png") ? "pngcairo" : "svg", o.plot);
+  if (!o.plot.empty() && plot_rows(rows, o.plot) && !o.json) std::cout << "plot: " << o.plot << "\n";
+}
+
+// Percentile curves drawn by gnuplot (x: percentile on a log "nines" axis, y: ns, log):
+// one panel per record size, each mechanism in the same colour in every panel, the
+// shmbus rows solid and the others dashed.
+bool plot_rows(const std::vector<Row>& rows, const std::string& file) {
+  char dir_tmpl[] = "/tmp/shmbus-plot.XXXXXX";
+  const std::string dir = ::mkdtemp(dir_tmpl) ? dir_tmpl : "/tmp";
+  std::vector<std::size_t> sizes;
+  std::vector<std::string> names;
+  for (const auto& r : rows) {
+    if (std::find(sizes.begin(), sizes.end(), r.size) == sizes.end()) sizes.push_back(r.size);
+    if (std::find(names.begin(), names.end(), r.name) == names.end()) names.push_back(r.name);
+  }
+  static constexpr const char* kColours[] = {"#000000", "#808080", "#d62728", "#ff7f0e", "#2ca02c", "#17becf",
+                                             "#1f77b4", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f"};
+  std::string script = fmt::format(
+      "set terminal {} size 1300,{} noenhanced\nset output '{}'\nset multiplot layout {},1\nset logscale xy\n"
+      "set xlabel 'percentile'\nset ylabel 'one-way latency, ns'\nset grid\nset key outside right top\n"
+      "set xrange [1.6:1.6e6]\nset xtics ('50' 2, '90' 10, '99' 100, '99.9' 1000, '99.99' 10000, '99.999' 100000, 'max' 1e6)\n",
+      file.ends_with(".png") ? "pngcairo" : "svg", 360 * sizes.size(), file, sizes.size());
+  for (const std::size_t size : sizes) {
+    script += fmt::format("set title '{}-byte records'\nplot ", size);
+    bool first = true;
     for (std::size_t k = 0; k < rows.size(); ++k) {
+      if (rows[k].size != size) continue;
       auto v = rows[k].samples;
       std::sort(v.begin(), v.end());
       const std::string data = fmt::format("{}/row{}.dat", dir, k);
       std::ofstream d(data);
-      for (double q : {0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999, 1.0}) {
+      for (double q : {0.5, 0.75, 0.9, 0.95, 0.99, 0.995, 0.999, 0.9995, 0.9999, 0.99999}) {
         if (v.empty()) break;
         const std::size_t at = std::min(v.size() - 1, static_cast<std::size_t>(q * static_cast<double>(v.size())));
-        d << 1.0 / std::max(1e-6, 1.0 - q + 1e-9) << " " << std::max<std::uint64_t>(1, v[at]) << "\n";
+        d << 1.0 / (1.0 - q) << " " << std::max<std::uint64_t>(1, v[at]) << "\n";
       }
-      script += fmt::format("{}'{}' using 1:2 with linespoints title '{} ({} B)'", k ? ", " : "", data, rows[k].name, rows[k].size);
+      if (!v.empty()) d << 1e6 << " " << std::max<std::uint64_t>(1, v.back()) << "\n";  // the max, at its own tic
+      const std::size_t colour = static_cast<std::size_t>(std::find(names.begin(), names.end(), rows[k].name) - names.begin());
+      script += fmt::format("{}'{}' using 1:2 with linespoints lw 1.5 lc rgb '{}' dt {} title '{}'", first ? "" : ", ", data,
+                            kColours[colour % std::size(kColours)], rows[k].name.starts_with("shmbus") ? 1 : 2, rows[k].name);
+      first = false;
     }
     script += "\n";
-    const std::string sp = dir + "/plot.gp";
-    std::ofstream(sp) << script;
-    const int rc = std::system(fmt::format("gnuplot '{}'", sp).c_str());
-    std::filesystem::remove_all(dir);
-    if (rc != 0) std::cerr << "shmbus_bench: gnuplot failed (is gnuplot installed?)\n";
-    else if (!o.json) std::cout << "plot: " << o.plot << "\n";
   }
+  script += "unset multiplot\n";
+  const std::string sp = dir + "/plot.gp";
+  std::ofstream(sp) << script;
+  const int rc = std::system(fmt::format("gnuplot '{}'", sp).c_str());
+  std::filesystem::remove_all(dir);
+  if (rc != 0) std::cerr << "shmbus_bench: gnuplot failed (is gnuplot installed?)\n";
+  return rc == 0;
 }
 
 // A consumer with the given wait strategy on an idle topic: how much CPU does it burn?
