@@ -663,6 +663,8 @@ struct Consumer::Impl {
     arena_used = 0;
     const std::size_t n = assigned.size();
     // Round robin without a division (two of them were a tenth of a poll's instructions).
+    // The assignment may have shrunk since rr was last moved (an eviction clears it).
+    if (rr >= n) rr = 0;
     std::size_t idx = rr;
     for (std::size_t k = 0; k < n && batch.size() < config.max_poll_records; ++k) {
       if (auto ok = fetch_one(idx, config.max_poll_records - batch.size()); !ok) return ok;

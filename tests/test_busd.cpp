@@ -381,6 +381,54 @@ TEST_F(Busd, BlockTopicKeepsWhatTheGroupHasNotCommittedWhileNoMemberIsAlive) {
   EXPECT_EQ(c->lost(), 0u);
 }
 
+// An evicted member comes back with fewer partitions than it had: its poll must read only
+// what it owns now (its round robin once pointed past the end of the smaller assignment).
+TEST_F(Busd, EvictedMemberRejoinsWithFewerPartitionsAndReadsOnlyThose) {
+  TopicConfig cfg;
+  cfg.partitions = 4;
+  cfg.capacity = 1 << 16;
+  ASSERT_TRUE((*bus_)->create_topic("t", cfg));
+  ConsumerConfig cc;
+  cc.auto_offset_reset = OffsetReset::kEarliest;
+  cc.enable_auto_commit = false;
+  ConsumerConfig short_session = cc;
+  short_session.session_timeout = 300ms;
+  auto a = Consumer::create(bus_->get(), short_session);
+  ASSERT_TRUE(a->subscribe({"t"}, "g"));
+  ASSERT_EQ(a->assignment().size(), 4u);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(a->poll(0ns));  // its round robin moves to the 4th partition
+  // a does not poll (nor heartbeat) for twice its session: busd evicts it; b takes everything.
+  std::this_thread::sleep_for(700ms);
+  auto b = Consumer::create(bus_->get(), cc);
+  ASSERT_TRUE(b->subscribe({"t"}, "g"));
+  ASSERT_EQ(b->assignment().size(), 4u);
+  // a polls again, learns it was evicted, joins again; the group settles on 2 + 2.
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (!(a->assignment().size() == 2 && b->assignment().size() == 2) && std::chrono::steady_clock::now() < deadline) {
+    ASSERT_TRUE(a->poll(10ms));
+    ASSERT_TRUE(b->poll(10ms));
+  }
+  ASSERT_EQ(a->assignment().size(), 2u);
+  ASSERT_EQ(b->assignment().size(), 2u);
+  auto p = Producer::create(bus_->get());
+  for (int i = 0; i < 400; ++i) ASSERT_TRUE(p->send("t", Message{std::nullopt, as_bytes(fmt::format("{}", i))}, i % 4));
+  std::set<std::pair<std::uint32_t, std::uint64_t>> seen;
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (seen.size() < 400 && std::chrono::steady_clock::now() < until) {
+    for (Consumer* c : {&*a, &*b}) {
+      const auto owned = c->assignment();
+      auto batch = c->poll(10ms);
+      ASSERT_TRUE(batch) << batch.error().message;
+      for (const auto& r : *batch) {
+        EXPECT_NE(std::find(owned.begin(), owned.end(), TopicPartition{"t", r.partition}), owned.end())
+            << "a record of partition " << r.partition << ", which this member does not own";
+        EXPECT_TRUE(seen.insert({r.partition, r.offset}).second) << "read twice: " << r.partition << "/" << r.offset;
+      }
+    }
+  }
+  EXPECT_EQ(seen.size(), 400u);
+}
+
 using test::busctl;
 
 TEST_F(Busd, BusctlGroupCommandsAndConsumeWithAGroup) {
