@@ -234,8 +234,6 @@ RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
     slot_ = std::exchange(o.slot_, nullptr);
     cached_tail_ = o.cached_tail_;
     cached_reclaim_ = o.cached_reclaim_;
-    cached_gate_min_ = o.cached_gate_min_;
-    cached_gate_gen_ = o.cached_gate_gen_;
   }
   return *this;
 }
@@ -341,15 +339,9 @@ Status RingWriter::make_room(std::uint64_t target, std::int64_t block_timeout_ns
     std::uint64_t limit = ring_.tail_position();
     bool gated = false;
     if (block) {
-      // Gates only move forward, except a gate added or moved back, which bumps the gate
-      // generation. So a minimum scanned under this generation is still a lower bound, and
-      // the 32 gate lines (which consumers write) are scanned again only when it is in the
-      // way: about once a lap while consumers keep up, not once a chunk.
-      if (cached_gate_gen_ != gen || cached_gate_min_ < goal || waited_since) {
-        cached_gate_min_ = ring_.gate_min(waited_since ? target : 0);
-        cached_gate_gen_ = gen;
-      }
-      const std::uint64_t g = cached_gate_min_;
+      // Scanned anew every time: a minimum kept from an earlier scan would be trusted on
+      // the gate generation alone, whose 8 bits wrap (docs/ring.md, "Gates").
+      const std::uint64_t g = ring_.gate_min(waited_since ? target : 0);
       if (g < target) gated = true;
       limit = std::min(limit, g);
     }

@@ -208,8 +208,6 @@ class RingWriter {
   WriterSlot* slot_ = nullptr;
   Pair64 cached_tail_{0, 0};
   std::uint64_t cached_reclaim_ = 0;
-  std::uint64_t cached_gate_min_ = 0;        // block topics: gate_min() as last scanned,
-  std::uint64_t cached_gate_gen_ = ~0ull;    // under this gate generation
 };
 
 enum class ReadStatus { kRecord, kNone, kLapped, kCorrupt };
