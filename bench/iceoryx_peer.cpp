@@ -200,6 +200,13 @@ std::string Roudi::app_name(const char* role) const {
 }
 
 void Roudi::stop() {
+  // Ctrl-C waits until RouDi is reaped and forgotten: emergency_stop() must never signal a
+  // pid that is no longer RouDi's. Bounded: 12 s at worst, a few ms as a rule.
+  sigset_t block, old;
+  sigemptyset(&block);
+  sigaddset(&block, SIGINT);
+  sigaddset(&block, SIGTERM);
+  ::pthread_sigmask(SIG_BLOCK, &block, &old);
   if (pid_ > 0) {
     // A tidy shutdown removes RouDi's files; one that fails (RouDi 2.0 aborts when an app
     // it still lists died) or hangs is cut short, and the files go below.
@@ -221,25 +228,29 @@ void Roudi::stop() {
     dir_.clear();
     g_dir[0] = 0;
   }
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
 }
 
 Roudi::~Roudi() { stop(); }
 
 void Roudi::emergency_stop() noexcept {
   if (const pid_t pid = g_roudi.exchange(0); pid > 0) {
+    bool reaped = false;
     if (!g_roudi_ready.load()) {
       // Still starting, no app registered: its own shutdown is quick and tidy, and the
       // files it may have made are not yet known to be ours.
       ::kill(pid, SIGTERM);
-      for (int i = 0; i < 400 && ::waitpid(pid, nullptr, WNOHANG) != pid; ++i) {
+      for (int i = 0; i < 400 && !(reaped = ::waitpid(pid, nullptr, WNOHANG) == pid); ++i) {
         const timespec five_ms{0, 5'000'000};
         ::nanosleep(&five_ms, nullptr);
       }
     }
     // Ready: apps were registered and are being killed with us, and RouDi 2.0's shutdown
     // aborts on a dead app, leaving its files; so it is killed and its files removed.
-    ::kill(pid, SIGKILL);
-    ::waitpid(pid, nullptr, 0);
+    if (!reaped) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, nullptr, 0);
+    }
     unlink_remembered();
   }
   remove_dir(g_dir);

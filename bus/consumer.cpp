@@ -606,8 +606,12 @@ struct Consumer::Impl {
           r.partition = a.tp.partition;
           r.offset = a.reader.offset();
           if (!decode(reinterpret_cast<const std::byte*>(h), r)) [[unlikely]] {
+            // The records before it are returned now; the next poll reports this one once
+            // and steps over it (a gate left on it would hold producers back for good).
             Status bad = bad_lengths(r);
             batch.pop_back();
+            if (batch.size() > first) break;
+            a.reader.advance(len);
             return bad;
           }
         } else {

@@ -292,7 +292,12 @@ Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64
       end = last + s;
     }
     // The capacity is a multiple of 64, so the rounded end never crosses the end of a lap.
-    if (const std::uint64_t aligned = (end + align_mask) & ~align_mask; aligned - last <= ring_.max_record()) end = aligned;
+    // Neither the last record nor the whole claim may grow past what readers accept: a
+    // record over max_record, or a claim over half the ring (what a dead writer's claim
+    // becomes: one ABORTED record).
+    if (const std::uint64_t aligned = (end + align_mask) & ~align_mask;
+        aligned - last <= ring_.max_record() && aligned - cur.second <= cap / 2)
+      end = aligned;
     // Bytes [end - cap, ...) of the previous lap must be reclaimed before we may write.
     if (end > cached_reclaim_ + cap) {
       if (auto st = make_room(end - cap, block_timeout_ns); !st) return tl::unexpected(st.error());

@@ -228,6 +228,48 @@ TEST(Bus, EverySendStartsOnTheAlignmentAndABatchIsPackedInside) {
     EXPECT_EQ(at[i + 2] - at[i + 1], 104u);
     EXPECT_EQ(at[i + 3] % 64, 0u) << "the single send after it starts aligned";
   }
+  // Tiny records are not packed under a cache line: the offset index (one entry per 64
+  // ring bytes) must keep finding every offset without walking the ring.
+  std::vector<Message> tiny(5, Message{std::nullopt, as_bytes(std::string_view("x"))});
+  auto md = p->send_batch("t", tiny, 0);
+  ASSERT_TRUE(md);
+  std::uint64_t prev = 0;
+  for (std::uint64_t o = md->offset; o < md->offset + 5; ++o) {
+    const std::uint64_t pos = ring.index_at(o).load();
+    if (o > md->offset) {
+      EXPECT_EQ(pos - prev, 64u) << "offset " << o;
+    }
+    prev = pos;
+  }
+}
+
+TEST(Bus, RecordWithLengthsThatDoNotFitIsReportedOnceAndSteppedOverByAnInPlaceReader) {
+  test::TestBus bus("badlen");
+  ASSERT_TRUE(bus->create_topic("t", small(1, 65536, RetentionMode::kBlock)));
+  ConsumerConfig cfg;
+  cfg.auto_offset_reset = OffsetReset::kEarliest;
+  cfg.hold_producers = true;  // reads in place, holds producers back at its position
+  auto c = Consumer::create(bus.get(), cfg);
+  ASSERT_TRUE(c);
+  ASSERT_TRUE(c->assign({{"t", 0}}));
+  auto p = Producer::create(bus.get());
+  for (const char* v : {"a", "b", "c"}) ASSERT_TRUE(p->send("t", std::nullopt, v));
+  // Offset 1 claims a value longer than its record (a damaged segment, or a bad writer).
+  const shm::Ring ring = bus->topic("t").value()->ring(0);
+  ring.header_at(ring.index_at(1).load())->value_len = 1u << 20;
+  auto first = c->poll(1s);
+  ASSERT_TRUE(first) << first.error().message;
+  ASSERT_EQ(first->size(), 1u) << "what comes before the bad record is returned";
+  EXPECT_EQ(as_string((*first)[0].value), "a");
+  auto bad = c->poll(1s);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, Errc::kBadSegment);
+  EXPECT_NE(bad.error().message.find("offset 1"), std::string::npos) << bad.error().message;
+  auto rest = c->poll(1s);
+  ASSERT_TRUE(rest) << rest.error().message;
+  ASSERT_EQ(rest->size(), 1u) << "the reader stepped over it";
+  EXPECT_EQ(as_string((*rest)[0].value), "c");
+  EXPECT_EQ((*rest)[0].offset, 2u);
 }
 
 TEST(Bus, SendsAreRefusedWhileAReservationIsOpen) {

@@ -120,6 +120,22 @@ TEST(Ring, ClaimEndIsRoundedUpByItsLastRecordUnlessThatWouldPassTheLimit) {
   w.clear_intent();
 }
 
+TEST(Ring, ClaimEndIsNotRoundedPastHalfTheRing) {
+  ForgedRing f;  // capacity 4096, max_record 1024
+  RingWriter w(f.ring);
+  ASSERT_TRUE(w.open());
+  ASSERT_TRUE(w.claim_one(48, 0, 8));  // leaves the tail off a 64-byte boundary
+  w.clear_intent();
+  // 2048 bytes from 48: rounding to 2112 would make the claim 2064 bytes, more than half
+  // the ring, which is what a dead writer's claim may become as one ABORTED record.
+  const std::uint32_t sizes[] = {1024, 984, 40};
+  auto c = w.claim(sizes, 0, 64);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(c->position, 48u);
+  EXPECT_EQ(c->end - c->position, 2048u);
+  w.clear_intent();
+}
+
 TEST(Ring, PartWrittenRecordIsNotReturnedUntilCommitted) {
   ForgedRing f;
   RingWriter w(f.ring);
