@@ -15,6 +15,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -137,6 +138,7 @@ std::unique_ptr<Roudi> Roudi::start(std::string& why_not) {
     return nullptr;
   }
   std::unique_ptr<Roudi> r(new Roudi());
+  r->owner_ = ::getpid();
   char dir[] = "/tmp/shmbus_bench_iox_XXXXXX";
   if (!::mkdtemp(dir)) {
     why_not = fmt::format("cannot make a directory for RouDi's config: {}", std::strerror(errno));
@@ -196,7 +198,7 @@ std::unique_ptr<Roudi> Roudi::start(std::string& why_not) {
 }
 
 std::string Roudi::app_name(const char* role) const {
-  return fmt::format("shmbus_bench_iox_{}_{}", role, ::getpid());
+  return fmt::format("shmbus_bench_iox_{}_{}", role, owner_);
 }
 
 void Roudi::stop() {
@@ -257,8 +259,8 @@ void Roudi::emergency_stop() noexcept {
 }
 
 struct Endpoint::Ports {
-  iox::popo::UntypedPublisher pub;
-  iox::popo::UntypedSubscriber sub;
+  std::optional<iox::popo::UntypedPublisher> pub;
+  std::optional<iox::popo::UntypedSubscriber> sub;
 };
 
 namespace {
@@ -267,17 +269,24 @@ iox::capro::ServiceDescription service(const char* name) {
 }
 }  // namespace
 
-Endpoint::Endpoint(const std::string& app, const char* out, const char* in, std::size_t size) : size_(size) {
+Endpoint::Endpoint(const std::string& app, const char* out, const char* in, std::size_t size, bool lossless)
+    : ports_(new Ports), size_(size) {
   iox::log::LogManager::GetLogManager().SetDefaultLogLevel(iox::log::LogLevel::kWarn, iox::log::LogLevelOutput::kHideLogLevel);
   iox::runtime::PoshRuntime::initRuntime(iox::RuntimeName_t(iox::cxx::TruncateToCapacity, app.c_str()));
   iox::popo::PublisherOptions po;
   po.historyCapacity = 0;
   iox::popo::SubscriberOptions so;
-  so.queueCapacity = 16;
+  so.queueCapacity = lossless ? 256 : 16;  // 256: iceoryx's largest queue
   so.historyRequest = 0;
-  ports_.reset(new Ports{iox::popo::UntypedPublisher(service(out), po), iox::popo::UntypedSubscriber(service(in), so)});
+  if (lossless) {
+    po.subscriberTooSlowPolicy = iox::popo::ConsumerTooSlowPolicy::WAIT_FOR_CONSUMER;
+    so.queueFullPolicy = iox::popo::QueueFullPolicy::BLOCK_PRODUCER;
+  }
+  if (out) ports_->pub.emplace(service(out), po);
+  if (in) ports_->sub.emplace(service(in), so);
   const auto until = Clock::now() + std::chrono::seconds(10);
-  while (!(ports_->pub.hasSubscribers() && ports_->sub.getSubscriptionState() == iox::SubscribeState::SUBSCRIBED)) {
+  while (!((!ports_->pub || ports_->pub->hasSubscribers()) &&
+           (!ports_->sub || ports_->sub->getSubscriptionState() == iox::SubscribeState::SUBSCRIBED))) {
     if (Clock::now() > until) throw std::runtime_error(fmt::format("iceoryx: {} not connected after 10 s", app));
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
@@ -286,11 +295,11 @@ Endpoint::Endpoint(const std::string& app, const char* out, const char* in, std:
 Endpoint::~Endpoint() = default;
 
 bool Endpoint::send(const void* data) {
-  auto loan = ports_->pub.loan(static_cast<std::uint32_t>(size_), 8);
+  auto loan = ports_->pub->loan(static_cast<std::uint32_t>(size_), 8);
   if (loan.has_error()) return false;
   void* chunk = loan.value();
   std::memcpy(chunk, data, size_);
-  ports_->pub.publish(chunk);
+  ports_->pub->publish(chunk);
   return true;
 }
 
@@ -298,11 +307,11 @@ bool Endpoint::receive(void* into) {
   std::uint32_t spins = 0;
   const auto give_up = Clock::now() + std::chrono::seconds(10);
   for (;;) {
-    auto got = ports_->sub.take();
+    auto got = ports_->sub->take();
     if (!got.has_error()) {
       const void* chunk = got.value();
       std::memcpy(into, chunk, size_);
-      ports_->sub.release(chunk);
+      ports_->sub->release(chunk);
       return true;
     }
     if (got.get_error() != iox::popo::ChunkReceiveResult::NO_CHUNK_AVAILABLE) return false;

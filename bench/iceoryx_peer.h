@@ -29,7 +29,8 @@ class Roudi {
   Roudi& operator=(const Roudi&) = delete;
   void stop();
 
-  // The name of an app runtime of this run (its /tmp files are removed by stop()).
+  // The name of an app runtime of this run, the same in every process it forks (its /tmp
+  // files are removed by stop()).
   std::string app_name(const char* role) const;
 
   // For a SIGINT/SIGTERM handler: kills the running RouDi and unlinks the files it and the
@@ -39,15 +40,18 @@ class Roudi {
  private:
   Roudi() = default;
   pid_t pid_ = 0;
+  pid_t owner_ = 0;  // the process that started RouDi: names the apps
   std::string dir_;  // config and log
 };
 
-// One side of a ping-pong: publishes `size`-byte samples on service `out`, takes them
-// from `in`. The constructor registers this process's runtime under `app` and waits until
-// both ports are connected (RouDi's discovery runs every 100 ms).
+// One side of a ping-pong or a stream: publishes `size`-byte samples on service `out`,
+// takes them from `in` (either may be null: that port is not made). The constructor
+// registers this process's runtime under `app` and waits until its ports are connected
+// (RouDi's discovery runs every 100 ms). `lossless`: a publisher waits for a full
+// subscriber queue instead of dropping its oldest sample (throughput runs).
 class Endpoint {
  public:
-  Endpoint(const std::string& app, const char* out, const char* in, std::size_t size);
+  Endpoint(const std::string& app, const char* out, const char* in, std::size_t size, bool lossless = false);
   ~Endpoint();
   Endpoint(const Endpoint&) = delete;
   Endpoint& operator=(const Endpoint&) = delete;

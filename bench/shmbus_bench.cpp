@@ -266,17 +266,42 @@ Row zmq_row(const Options& o) {
 #endif
 
 #ifdef SHMBUS_HAVE_ICEORYX
-// Eclipse iceoryx: untyped publisher/subscriber pairs through a RouDi started for the row,
-// each side copying the sample in and out as the other rows do. Both ends run in forked
-// processes (iceoryx_peer.h says why); the samples come back through shared memory.
-// Skipped, with the reason on stderr, where RouDi cannot be started.
-std::optional<Row> iceoryx_row(const Options& o) {
+// Runs `body` in a forked process while a RouDi started for it runs, then stops RouDi.
+// Both ends of an iceoryx row live in forked processes (iceoryx_peer.h says why); `body`
+// returns the process's exit status. False, with the reason on stderr, when RouDi cannot
+// be started; `status` is the forked process's wait status.
+bool with_roudi(const std::function<int(const iceoryx::Roudi&)>& body, int& status) {
   std::string why;
   auto roudi = iceoryx::Roudi::start(why);
   if (!roudi) {
     std::cerr << "shmbus_bench: iceoryx row skipped: " << why << "\n";
-    return std::nullopt;
+    return false;
   }
+  std::fflush(nullptr);
+  std::cout.flush();
+  const pid_t self = ::getpid();
+  const pid_t measurer = ::fork();
+  if (measurer == 0) {
+    die_with_parent(self);
+    int rc = 1;
+    try {
+      rc = body(*roudi);
+    } catch (const std::exception& e) {
+      std::cerr << e.what() << "\n";
+    }
+    iceoryx::exit_process(rc);  // never unwinds to `roudi`'s destructor here
+  }
+  g_running_child.store(measurer);
+  ::waitpid(measurer, &status, 0);
+  g_running_child.store(0);
+  roudi->stop();
+  return true;
+}
+
+// Eclipse iceoryx: untyped publisher/subscriber pairs through a RouDi started for the row,
+// each side copying the sample in and out as the other rows do; the samples come back
+// through shared memory.
+std::optional<Row> iceoryx_row(const Options& o) {
   const std::uint64_t total = o.warmup + o.samples;
   struct Out {
     std::atomic<int> ok{0};
@@ -286,63 +311,107 @@ std::optional<Row> iceoryx_row(const Options& o) {
   auto* out = shared_scratch<Out>();
   auto* samples = static_cast<std::uint64_t*>(
       ::mmap(nullptr, o.samples * sizeof(std::uint64_t), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-  const std::string ping_app = roudi->app_name("ping"), pong_app = roudi->app_name("pong");
   const std::string name = "Eclipse iceoryx ping-pong";
-  std::fflush(nullptr);
-  std::cout.flush();
-  const pid_t self = ::getpid();
-  const pid_t measurer = ::fork();
-  if (measurer == 0) {
-    die_with_parent(self);
-    int rc = 1;
-    try {
-      std::unique_ptr<iceoryx::Endpoint> ep;
-      std::vector<std::byte> buf(o.size, std::byte{0x5a});
-      std::atomic<bool> failed{false};
-      Row r = measure(
-          name, o, [&] { ep = std::make_unique<iceoryx::Endpoint>(ping_app, "ping", "pong", o.size); },
-          [&](std::uint64_t) {
-            if (!ep->send(buf.data()) || !ep->receive(buf.data())) failed = true;
-          },
-          [&]() -> int {
-            int echo_rc = 1;
-            try {
-              iceoryx::Endpoint e(pong_app, "pong", "ping", o.size);
-              std::vector<std::byte> in(o.size);
-              std::uint64_t i = 0;
-              while (i < total && e.receive(in.data()) && e.send(in.data())) ++i;
-              echo_rc = i == total ? 0 : 1;
-            } catch (const std::exception& e) {
-              std::cerr << e.what() << "\n";
-            }
-            iceoryx::exit_process(echo_rc);
-          });
-      if (!failed && r.samples.size() == o.samples) {
+  int st = 0;
+  const bool ran = with_roudi(
+      [&](const iceoryx::Roudi& roudi) {
+        const std::string ping_app = roudi.app_name("ping"), pong_app = roudi.app_name("pong");
+        std::unique_ptr<iceoryx::Endpoint> ep;
+        std::vector<std::byte> buf(o.size, std::byte{0x5a});
+        std::atomic<bool> failed{false};
+        Row r = measure(
+            name, o, [&] { ep = std::make_unique<iceoryx::Endpoint>(ping_app, "ping", "pong", o.size); },
+            [&](std::uint64_t) {
+              if (!ep->send(buf.data()) || !ep->receive(buf.data())) failed = true;
+            },
+            [&]() -> int {
+              int echo_rc = 1;
+              try {
+                iceoryx::Endpoint e(pong_app, "pong", "ping", o.size);
+                std::vector<std::byte> in(o.size);
+                std::uint64_t i = 0;
+                while (i < total && e.receive(in.data()) && e.send(in.data())) ++i;
+                echo_rc = i == total ? 0 : 1;
+              } catch (const std::exception& e) {
+                std::cerr << e.what() << "\n";
+              }
+              iceoryx::exit_process(echo_rc);
+            });
+        if (failed || r.samples.size() != o.samples) return 1;
         std::copy(r.samples.begin(), r.samples.end(), samples);
         out->n = r.samples.size();
         out->cpu_a = r.cpu_a;
         out->cpu_b = r.cpu_b;
         out->ok = 1;
-        rc = 0;
-      }
-    } catch (const std::exception& e) {
-      std::cerr << e.what() << "\n";
-    }
-    iceoryx::exit_process(rc);
-  }
-  g_running_child.store(measurer);
-  int st = 0;
-  ::waitpid(measurer, &st, 0);
-  g_running_child.store(0);
-  roudi->stop();
+        return 0;
+      },
+      st);
   std::optional<Row> row;
   if (out->ok.load()) {
     std::vector<std::uint64_t> v(samples, samples + out->n);
     row = Row{name, percentiles(v), out->cpu_a, out->cpu_b, o.size, std::move(v)};
-  } else {
+  } else if (ran) {
     std::cerr << "shmbus_bench: iceoryx row failed (status " << st << ")\n";
   }
   ::munmap(samples, o.samples * sizeof(std::uint64_t));
+  free_scratch(out);
+  return row;
+}
+
+// Eclipse iceoryx throughput, 1 publisher process -> 1 subscriber process: lossless
+// (the publisher waits for a full subscriber queue), one loan and publish per record,
+// each side copying as the shmbus rows' producer does. At most 2M records (it is slow).
+std::optional<json> iceoryx_throughput(const Options& o) {
+  const std::uint64_t n = std::min<std::uint64_t>(o.records, 2'000'000);
+  struct Out {
+    std::atomic<int> ready{0};
+    std::atomic<std::uint64_t> start{0}, end{0}, got{0};
+  };
+  auto* out = shared_scratch<Out>();
+  int st = 0;
+  const bool ran = with_roudi(
+      [&](const iceoryx::Roudi& roudi) {
+        const std::string tx = roudi.app_name("ping"), rx = roudi.app_name("pong");
+        const int pair = run_pair(
+            o.cpu_a, o.cpu_b,
+            [&] {
+              iceoryx::Endpoint e(tx, "stream", nullptr, o.size, /*lossless=*/true);
+              std::vector<std::byte> buf(o.size, std::byte{1});
+              out->ready.fetch_add(1);
+              while (out->ready.load() < 2) __builtin_ia32_pause();
+              out->start.store(now_ns());
+              for (std::uint64_t i = 0; i < n && e.send(buf.data()); ++i) {
+              }
+              // The publisher stays until its last samples are taken.
+              while (out->end.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            },
+            [&]() -> int {
+              std::uint64_t got = 0;
+              try {
+                iceoryx::Endpoint e(rx, nullptr, "stream", o.size, /*lossless=*/true);
+                std::vector<std::byte> in(o.size);
+                out->ready.fetch_add(1);
+                while (got < n && e.receive(in.data())) ++got;
+              } catch (const std::exception& e) {
+                std::cerr << e.what() << "\n";
+              }
+              out->got.store(got);
+              out->end.store(now_ns());
+              iceoryx::exit_process(got == n ? 0 : 1);
+            });
+        return WIFEXITED(pair) && WEXITSTATUS(pair) == 0 ? 0 : 1;
+      },
+      st);
+  std::optional<json> row;
+  if (ran && WIFEXITED(st) && WEXITSTATUS(st) == 0 && out->got.load() == n) {
+    const double secs = static_cast<double>(out->end.load() - out->start.load()) / 1e9;
+    row = json{{"mechanism", "Eclipse iceoryx 1->1, publish per record"}, {"size", o.size}, {"records", n},
+               {"seconds", secs}, {"records_per_s", static_cast<double>(n) / secs},
+               {"mb_per_s", static_cast<double>(n * o.size) / secs / 1e6}};
+  } else if (ran) {
+    std::cerr << "shmbus_bench: iceoryx throughput row failed (status " << st << ", " << out->got.load() << " of " << n
+              << " records)\n";
+  }
   free_scratch(out);
   return row;
 }
@@ -1025,7 +1094,7 @@ int main(int argc, char** argv) {
   thr->add_option("--records", o.records, "records to send (default 10M)");
   thr->add_option("--batch", o.batch, "records per batched send (default 64)");
   thr->add_option("--capacity", o.capacity, "ring bytes (default 1 MiB)");
-  thr->add_option("--rows", o.rows, "spsc,single,batch,fan (default all)");
+  thr->add_option("--rows", o.rows, "spsc,single,batch,fan,iceoryx (default all; iceoryx when built with it)");
   std::uint32_t fan_n = 2;
   thr->add_option("--fan", fan_n, "also N producers -> 1 consumer and 1 producer -> N consumers (default 2; 1: off)");
   CLI11_PARSE(app, argc, argv);
@@ -1116,13 +1185,17 @@ int main(int argc, char** argv) {
       const auto want = split(o.rows);
       auto on = [&](const char* r) { return o.rows == "all" || std::find(want.begin(), want.end(), r) != want.end(); };
       for (const auto& r : want)
-        if (o.rows != "all" && r != "spsc" && r != "single" && r != "batch" && r != "fan")
-          throw std::runtime_error(fmt::format("--rows: unknown row '{}' (spsc, single, batch, fan)", r));
+        if (o.rows != "all" && r != "spsc" && r != "single" && r != "batch" && r != "fan" && r != "iceoryx")
+          throw std::runtime_error(fmt::format("--rows: unknown row '{}' (spsc, single, batch, fan, iceoryx)", r));
       if (on("spsc")) rows.push_back(spsc_reference(o));
       for (std::uint32_t align : {8u, 64u}) {
         if (on("single")) rows.push_back(throughput(o, false, align));
         if (on("batch")) rows.push_back(throughput(o, true, align));
       }
+#ifdef SHMBUS_HAVE_ICEORYX
+      if (on("iceoryx"))
+        if (auto r = iceoryx_throughput(o)) rows.push_back(std::move(*r));
+#endif
       if (fan_n > 1 && on("fan")) {
         rows.push_back(fan(o, fan_n, 1));
         rows.push_back(fan(o, 1, fan_n));
@@ -1132,9 +1205,9 @@ int main(int argc, char** argv) {
       } else {
         std::cout << fmt::format("throughput, 1 producer process -> 1 consumer process, {}-byte records, cpus {},{}\n", o.size,
                                  o.cpu_a, o.cpu_b);
-        std::cout << fmt::format("{:<36} {:>12} {:>14} {:>10}\n", "mechanism", "records", "records/s", "MB/s");
+        std::cout << fmt::format("{:<42} {:>12} {:>14} {:>10}\n", "mechanism", "records", "records/s", "MB/s");
         for (const auto& r : rows)
-          std::cout << fmt::format("{:<36} {:>12} {:>14.0f} {:>10.0f}\n", r["mechanism"].get<std::string>(),
+          std::cout << fmt::format("{:<42} {:>12} {:>14.0f} {:>10.0f}\n", r["mechanism"].get<std::string>(),
                                    r["records"].get<std::uint64_t>(), r["records_per_s"].get<double>(),
                                    r["mb_per_s"].get<double>());
       }

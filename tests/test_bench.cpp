@@ -125,6 +125,21 @@ TEST(Bench, IceoryxRowIsMeasuredAgainstTheCacheLineRowAndItsRoudiIsGoneAfter) {
   EXPECT_EQ(iceoryx_leftovers(bench.pid), std::vector<std::string>{});
 }
 
+TEST(Bench, IceoryxThroughputRowDeliversEveryRecordAndLeavesNothing) {
+  if (!process_named("iox-roudi").empty()) GTEST_SKIP() << "an iox-roudi of someone else runs here; the bench leaves it alone";
+  auto bench = shmbus::test::spawn({SHMBUS_BENCH_PATH, "throughput", "--records", "20000", "--rows", "iceoryx", "--json"});
+  std::string out;
+  const int st = shmbus::test::finish(bench, out, std::chrono::seconds(60));
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << out;
+  const auto rows = nlohmann::json::parse(out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(rows.is_array() && rows.size() == 1) << out;
+  EXPECT_EQ(rows[0]["mechanism"], "Eclipse iceoryx 1->1, publish per record");
+  EXPECT_EQ(rows[0]["records"].get<std::uint64_t>(), 20000u) << "lossless: every record taken";
+  EXPECT_GT(rows[0]["records_per_s"].get<double>(), 0.0);
+  EXPECT_EQ(process_named("iox-roudi"), "") << "RouDi outlived the benchmark " << bench.pid;
+  EXPECT_EQ(iceoryx_leftovers(bench.pid), std::vector<std::string>{});
+}
+
 TEST(Bench, InterruptedIceoryxRowLeavesNoRoudiAndNoFilesBehind) {
   if (!process_named("iox-roudi").empty()) GTEST_SKIP() << "an iox-roudi of someone else runs here; the bench leaves it alone";
   auto bench = shmbus::test::spawn({SHMBUS_BENCH_PATH, "latency", "--samples", "50000000", "--rows", "iceoryx"});
@@ -135,7 +150,12 @@ TEST(Bench, InterruptedIceoryxRowLeavesNoRoudiAndNoFilesBehind) {
     running = ::access(("/tmp/shmbus_bench_iox_pong_" + std::to_string(bench.pid)).c_str(), F_OK) == 0 &&
               ::access(("/tmp/shmbus_bench_iox_ping_" + std::to_string(bench.pid)).c_str(), F_OK) == 0;
   }
-  ASSERT_TRUE(running) << "the iceoryx ping-pong did not start";
+  if (!running) {
+    ::kill(bench.pid, SIGINT);
+    std::string out;
+    (void)shmbus::test::finish(bench, out, std::chrono::seconds(20));
+    FAIL() << "the iceoryx ping-pong did not start";
+  }
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
   // RouDi and the measuring process, and the measuring process's echo process.
   std::vector<pid_t> procs = children_of(bench.pid);
