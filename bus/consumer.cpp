@@ -59,15 +59,23 @@ struct Assigned {
 struct ArenaRecord {
   std::size_t index;     // in the batch
   std::size_t arena_at;  // the record's bytes in the arena
+  std::uint64_t pos = 0;  // copies of the ring: where it was, and its length
+  std::uint32_t len = 0;
 };
+
+// Key, headers and value fit in the record's length.
+inline bool lengths_fit(const shm::RecordHeader& h) noexcept {
+  const std::uint64_t klen = h.key_len == shm::kNullKey ? 0 : h.key_len;
+  return shm::kRecordHeaderSize + klen + h.headers_len + h.value_len <= h.length;
+}
 
 // The fields of a record's bytes (header and payload, in the ring or a copy) into `r`;
 // false when its lengths do not fit its size.
 [[gnu::always_inline]] inline bool decode(const std::byte* rec, ConsumedRecord& r) noexcept {
   shm::RecordHeader h;
   std::memcpy(static_cast<void*>(&h), rec, sizeof h);
+  if (!lengths_fit(h)) return false;
   const std::uint64_t klen = h.key_len == shm::kNullKey ? 0 : h.key_len;
-  if (shm::kRecordHeaderSize + klen + h.headers_len + h.value_len > h.length) return false;
   const std::byte* payload = rec + shm::kRecordHeaderSize;
   r.timestamp_ns = h.timestamp_ns;
   if (h.key_len != shm::kNullKey) r.key = Bytes(payload, klen);
@@ -618,6 +626,8 @@ struct Consumer::Impl {
           const std::size_t at = arena_used;
           shm::racy_copy(arena_take(len), h, len);
           take_copied(a, a.reader.offset(), at);
+          arena_records.back().pos = a.reader.position();
+          arena_records.back().len = len;
         }
         a.reader.advance(len);
         a.empty_polls = 0;
@@ -643,6 +653,31 @@ struct Consumer::Impl {
       batch.resize(first);
       while (!arena_records.empty() && arena_records.back().index >= first) arena_records.pop_back();
       return reset(a);
+    }
+    if (!a.zero_copy && batch.size() > first) return check_copied_lengths(a, first);
+    return {};
+  }
+
+  // The intact copies of one partition's records (from batch index `first`), judged now: a
+  // torn copy could have looked malformed. As the in-place reader does, the records before
+  // a bad one are returned now, and the next poll reports it once and steps over it.
+  Status check_copied_lengths(Assigned& a, std::size_t first) {
+    std::size_t ar = arena_records.size();
+    while (ar > 0 && arena_records[ar - 1].index >= first) --ar;
+    for (; ar < arena_records.size(); ++ar) {
+      const ArenaRecord c = arena_records[ar];
+      shm::RecordHeader h;
+      std::memcpy(static_cast<void*>(&h), arena.get() + c.arena_at, sizeof h);
+      if (lengths_fit(h)) continue;
+      Status bad = bad_lengths(batch[c.index]);
+      const std::uint64_t offset = batch[c.index].offset;
+      const bool alone = c.index == first;
+      if (alone) a.reader.rewind(offset + 1, c.pos + c.len);  // stepped over, reported now
+      else a.reader.rewind(offset, c.pos);                     // read again by the next poll
+      arena_used = c.arena_at;
+      batch.resize(c.index);
+      arena_records.resize(ar);
+      return alone ? bad : Status{};
     }
     return {};
   }

@@ -243,12 +243,16 @@ TEST(Bus, EverySendStartsOnTheAlignmentAndABatchIsPackedInside) {
   }
 }
 
-TEST(Bus, RecordWithLengthsThatDoNotFitIsReportedOnceAndSteppedOverByAnInPlaceReader) {
+// Both readers: in place (a block topic, holding producers back) and copying.
+class BadLengths : public ::testing::TestWithParam<bool> {};
+
+TEST_P(BadLengths, RecordWhoseLengthsDoNotFitIsReportedOnceAndSteppedOver) {
+  const bool in_place = GetParam();
   test::TestBus bus("badlen");
-  ASSERT_TRUE(bus->create_topic("t", small(1, 65536, RetentionMode::kBlock)));
+  ASSERT_TRUE(bus->create_topic("t", small(1, 65536, in_place ? RetentionMode::kBlock : RetentionMode::kOverwrite)));
   ConsumerConfig cfg;
   cfg.auto_offset_reset = OffsetReset::kEarliest;
-  cfg.hold_producers = true;  // reads in place, holds producers back at its position
+  cfg.hold_producers = in_place;
   auto c = Consumer::create(bus.get(), cfg);
   ASSERT_TRUE(c);
   ASSERT_TRUE(c->assign({{"t", 0}}));
@@ -271,6 +275,8 @@ TEST(Bus, RecordWithLengthsThatDoNotFitIsReportedOnceAndSteppedOverByAnInPlaceRe
   EXPECT_EQ(as_string((*rest)[0].value), "c");
   EXPECT_EQ((*rest)[0].offset, 2u);
 }
+INSTANTIATE_TEST_SUITE_P(Bus, BadLengths, ::testing::Values(true, false),
+                         [](const auto& info) { return info.param ? "InPlace" : "Copying"; });
 
 TEST(Bus, SendsAreRefusedWhileAReservationIsOpen) {
   test::TestBus bus("resopen");
