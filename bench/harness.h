@@ -23,11 +23,16 @@ inline std::uint64_t now_ns() noexcept {
   return static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
 }
 
+// Pins the calling process to `cpu`; a negative cpu lets it run on every online CPU again.
 inline void pin(int cpu) {
-  if (cpu < 0) return;
   cpu_set_t set;
   CPU_ZERO(&set);
-  CPU_SET(cpu, &set);
+  if (cpu >= 0) {
+    CPU_SET(cpu, &set);
+  } else {
+    const long n = ::sysconf(_SC_NPROCESSORS_ONLN);
+    for (long c = 0; c < n && c < CPU_SETSIZE; ++c) CPU_SET(static_cast<int>(c), &set);
+  }
   (void)sched_setaffinity(0, sizeof set, &set);
 }
 

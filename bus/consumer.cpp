@@ -129,6 +129,7 @@ struct Consumer::Impl {
   // copied ones (arena) once the arena stops growing.
   std::vector<ConsumedRecord> batch;
   std::vector<ArenaRecord> arena_records;
+  std::optional<Error> deferred;  // an error met after other records of the same poll
   std::size_t rr = 0;
   std::uint64_t lost = 0;
   std::uint64_t aborted_base = 0;
@@ -706,7 +707,13 @@ struct Consumer::Impl {
     if (rr >= n) rr = 0;
     std::size_t idx = rr;
     for (std::size_t k = 0; k < n && batch.size() < config.max_poll_records; ++k) {
-      if (auto ok = fetch_one(idx, config.max_poll_records - batch.size()); !ok) return ok;
+      if (auto ok = fetch_one(idx, config.max_poll_records - batch.size()); !ok) {
+        // Other partitions' records already read are returned first; the error is the
+        // next poll's (their readers have moved past them).
+        if (batch.empty()) return ok;
+        deferred = ok.error();
+        break;
+      }
       if (++idx == n) idx = 0;
     }
     if (n && ++rr >= n) rr = 0;
@@ -941,6 +948,12 @@ Result<std::span<const ConsumedRecord>> Consumer::poll(std::chrono::nanoseconds 
   // Records returned by the previous poll are released now: producers may pass them.
   for (auto& a : im.assigned) im.set_gate(a);
   if (auto ok = im.group_tick(); !ok) return tl::unexpected(ok.error());
+  if (im.deferred) {
+    Error e = std::move(*im.deferred);
+    im.deferred.reset();
+    im.batch.clear();
+    return tl::unexpected(std::move(e));
+  }
   const std::int64_t limit = timeout.count();
   // The clock is read only once the first look found nothing: a poll that finds records
   // at once (the common case under load) pays for no clock read.

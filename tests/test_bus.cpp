@@ -275,6 +275,41 @@ TEST_P(BadLengths, RecordWhoseLengthsDoNotFitIsReportedOnceAndSteppedOver) {
   EXPECT_EQ(as_string((*rest)[0].value), "c");
   EXPECT_EQ((*rest)[0].offset, 2u);
 }
+// The bad record is the first of the second partition polled: the first partition's
+// records, already read in the same poll, are returned before the error.
+TEST_P(BadLengths, RecordsOfOtherPartitionsReadInTheSamePollAreNotLost) {
+  const bool in_place = GetParam();
+  test::TestBus bus("badlen2");
+  ASSERT_TRUE(bus->create_topic("t", small(2, 65536, in_place ? RetentionMode::kBlock : RetentionMode::kOverwrite)));
+  ConsumerConfig cfg;
+  cfg.auto_offset_reset = OffsetReset::kEarliest;
+  cfg.hold_producers = in_place;
+  auto c = Consumer::create(bus.get(), cfg);
+  ASSERT_TRUE(c);
+  ASSERT_TRUE(c->assign({{"t", 0}, {"t", 1}}));
+  auto p = Producer::create(bus.get());
+  ASSERT_TRUE(p->send("t", Message{std::nullopt, as_bytes(std::string_view("p0-a"))}, 0));
+  ASSERT_TRUE(p->send("t", Message{std::nullopt, as_bytes(std::string_view("p0-b"))}, 0));
+  ASSERT_TRUE(p->send("t", Message{std::nullopt, as_bytes(std::string_view("p1-bad"))}, 1));
+  ASSERT_TRUE(p->send("t", Message{std::nullopt, as_bytes(std::string_view("p1-ok"))}, 1));
+  const shm::Ring ring1 = bus->topic("t").value()->ring(1);
+  ring1.header_at(ring1.index_at(0).load())->value_len = 1u << 20;
+  std::vector<std::string> got;
+  bool reported = false;
+  for (int i = 0; i < 6 && got.size() < 3; ++i) {
+    auto b = c->poll(100ms);
+    if (!b) {
+      EXPECT_FALSE(reported) << "reported once";
+      EXPECT_NE(b.error().message.find("t-1: record at offset 0"), std::string::npos) << b.error().message;
+      reported = true;
+      continue;
+    }
+    for (const auto& r : *b) got.emplace_back(as_string(r.value));
+  }
+  EXPECT_TRUE(reported);
+  EXPECT_EQ(got, (std::vector<std::string>{"p0-a", "p0-b", "p1-ok"}));
+}
+
 INSTANTIATE_TEST_SUITE_P(Bus, BadLengths, ::testing::Values(true, false),
                          [](const auto& info) { return info.param ? "InPlace" : "Copying"; });
 
