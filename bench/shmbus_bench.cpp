@@ -19,6 +19,7 @@
 #include <boost/interprocess/ipc/message_queue.hpp>
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 #ifdef SHMBUS_HAVE_ZMQ
@@ -663,7 +664,9 @@ void print_rows(const std::vector<Row>& rows, const Options& o) {
     std::cout << arr.dump(2) << "\n";
   } else {
     std::cout << fmt::format("one-way latency, ns ({}), {} samples after {} warm-up, cpus {},{}\n",
-                             o.rate > 0 ? "from the intended send time, fixed rate" : "round trip / 2", o.samples, o.warmup,
+                             o.rate > 0 ? "rows 'at N/s': from the intended send time at that rate; the others: round trip / 2"
+                                        : "round trip / 2",
+                             o.samples, o.warmup,
                              o.cpu_a, o.cpu_b);
     std::cout << fmt::format("{:<44} {:>6} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9} {:>7} {:>8} {:>6} {:>6}\n", "mechanism", "size",
                              "p50", "p90", "p99", "p99.9", "p99.99", "max", "mean", "p50/ref", "cpuA%", "cpuB%");
@@ -1148,6 +1151,17 @@ int main(int argc, char** argv) {
       std::vector<Row> rows;
       const auto want = split(o.rows);
       auto on = [&](const char* r) { return o.rows == "all" || std::find(want.begin(), want.end(), r) != want.end(); };
+      const std::vector<std::string> known = {"cacheline", "spsc", "shmbus", "unix", "pipe", "mq",
+#ifdef SHMBUS_HAVE_ZMQ
+                                              "zmq",
+#endif
+#ifdef SHMBUS_HAVE_ICEORYX
+                                              "iceoryx",
+#endif
+      };
+      for (const auto& r : want)
+        if (o.rows != "all" && std::find(known.begin(), known.end(), r) == known.end())
+          throw std::runtime_error(fmt::format("--rows: no row '{}' in this build (rows: {})", r, fmt::join(known, ",")));
       for (const auto& size : split(sizes)) {
         o.size = std::stoul(size);
         if (o.size < 16 || o.size > 65536) throw std::runtime_error("--size must be from 16 to 65536 bytes");
