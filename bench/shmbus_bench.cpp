@@ -1214,16 +1214,23 @@ int main(int argc, char** argv) {
         rows.push_back(fan(o, fan_n, 1));
         rows.push_back(fan(o, 1, fan_n));
       }
+      // Every row also as a ratio to the plain SPSC ring of the same run, when it ran.
+      double spsc = 0;
+      for (const auto& r : rows)
+        if (r["mechanism"] == "plain SPSC ring (reference)") spsc = r["records_per_s"].get<double>();
+      if (spsc > 0)
+        for (auto& r : rows) r["ratio_to_spsc"] = r["records_per_s"].get<double>() / spsc;
       if (o.json) {
         std::cout << rows.dump(2) << "\n";
       } else {
         std::cout << fmt::format("throughput, 1 producer process -> 1 consumer process, {}-byte records, cpus {},{}\n", o.size,
                                  o.cpu_a, o.cpu_b);
-        std::cout << fmt::format("{:<42} {:>12} {:>14} {:>10}\n", "mechanism", "records", "records/s", "MB/s");
+        std::cout << fmt::format("{:<42} {:>12} {:>14} {:>10} {:>9}\n", "mechanism", "records", "records/s", "MB/s", "vs SPSC");
         for (const auto& r : rows)
-          std::cout << fmt::format("{:<42} {:>12} {:>14.0f} {:>10.0f}\n", r["mechanism"].get<std::string>(),
+          std::cout << fmt::format("{:<42} {:>12} {:>14.0f} {:>10.0f} {:>9}\n", r["mechanism"].get<std::string>(),
                                    r["records"].get<std::uint64_t>(), r["records_per_s"].get<double>(),
-                                   r["mb_per_s"].get<double>());
+                                   r["mb_per_s"].get<double>(),
+                                   r.contains("ratio_to_spsc") ? fmt::format("{:.2f}x", r["ratio_to_spsc"].get<double>()) : "");
       }
     }
   } catch (const std::exception& e) {
