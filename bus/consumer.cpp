@@ -626,9 +626,7 @@ struct Consumer::Impl {
         } else {
           const std::size_t at = arena_used;
           shm::racy_copy(arena_take(len), h, len);
-          take_copied(a, a.reader.offset(), at);
-          arena_records.back().pos = a.reader.position();
-          arena_records.back().len = len;
+          take_copied(a, a.reader.offset(), at, a.reader.position(), len);
         }
         a.reader.advance(len);
         a.empty_polls = 0;
@@ -684,12 +682,14 @@ struct Consumer::Impl {
   }
 
   // A record copied into the arena at `arena_at`: its place in the batch, decoded later.
-  void take_copied(const Assigned& a, std::uint64_t offset, std::size_t arena_at) {
+  // A copy of the ring also says where it was and how long (0 for records from disk).
+  void take_copied(const Assigned& a, std::uint64_t offset, std::size_t arena_at, std::uint64_t pos = 0,
+                   std::uint32_t len = 0) {
     ConsumedRecord& r = batch.emplace_back();
     r.topic = a.tp.topic;
     r.partition = a.tp.partition;
     r.offset = offset;
-    arena_records.push_back(ArenaRecord{batch.size() - 1, arena_at});
+    arena_records.push_back(ArenaRecord{batch.size() - 1, arena_at, pos, len});
   }
 
   [[gnu::cold, gnu::noinline]] static Status bad_lengths(const ConsumedRecord& r) {

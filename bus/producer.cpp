@@ -155,7 +155,7 @@ struct Producer::Impl {
                              payload, t.topic->name(), t.topic->config().max_record)};
   }
 
-  // False (and `error` set) when the record is over the topic's limit.
+  // False when the record is over the topic's limit (`payload_out` says by how much: too_large()).
   [[gnu::always_inline]] bool layout(const TopicState& t, const std::optional<Bytes>& key, std::span<const Header> headers,
                                      std::uint64_t value_size, Layout& l, std::uint64_t& payload_out) const {
     const std::uint64_t hl = headers.empty() ? 0 : headers_size(headers);

@@ -179,7 +179,8 @@ class RingWriter {
   // with Ring::place(). In a block topic waits up to block_timeout_ns for room.
   // `end_align` (8..64, a power of two): the claim's end is rounded up to it, the last
   // record taking the slack (its length is then Claim::end minus its position), unless
-  // that would make it longer than max_record. Claims that all end aligned all start aligned.
+  // that would make it longer than max_record or the claim longer than half the ring.
+  // Claims that all end aligned all start aligned.
   Result<Claim> claim(std::span<const std::uint32_t> sizes, std::int64_t block_timeout_ns,
                       std::uint32_t end_align = 8) noexcept;
   Result<Claim> claim_one(std::uint32_t bytes, std::int64_t block_timeout_ns, std::uint32_t end_align = 8) noexcept {
