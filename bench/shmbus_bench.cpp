@@ -771,6 +771,35 @@ std::vector<std::string> split(const std::string& s) {
   return out;
 }
 
+// The rows `--rows` asks for ("all", or a comma list), checked against those this build has.
+class RowFilter {
+ public:
+  RowFilter(const std::string& rows, std::vector<std::string> known) : all_(rows == "all"), want_(split(rows)) {
+    for (const auto& r : want_)
+      if (!all_ && std::find(known.begin(), known.end(), r) == known.end())
+        throw std::runtime_error(fmt::format("--rows: no row '{}' in this build (rows: {})", r, fmt::join(known, ",")));
+  }
+  // Whether to run the row named `r`.
+  bool operator()(const char* r) const { return all_ || std::find(want_.begin(), want_.end(), r) != want_.end(); }
+
+ private:
+  bool all_;
+  std::vector<std::string> want_;
+};
+
+// Rows that exist only when the peer's library was found at build time.
+std::vector<std::string> with_peers(std::vector<std::string> rows, bool zmq) {
+#ifdef SHMBUS_HAVE_ZMQ
+  if (zmq) rows.push_back("zmq");
+#else
+  (void)zmq;
+#endif
+#ifdef SHMBUS_HAVE_ICEORYX
+  rows.push_back("iceoryx");
+#endif
+  return rows;
+}
+
 // A fresh bus for one throughput row, with one `block` topic; removed on Ctrl-C too.
 BusOptions bench_bus_with_block_topic(const std::string& topic, std::uint64_t capacity) {
   BusOptions bo;
@@ -1149,19 +1178,7 @@ int main(int argc, char** argv) {
       }
     } else if (lat->parsed()) {
       std::vector<Row> rows;
-      const auto want = split(o.rows);
-      auto on = [&](const char* r) { return o.rows == "all" || std::find(want.begin(), want.end(), r) != want.end(); };
-      const std::vector<std::string> known = {"cacheline", "spsc", "shmbus", "unix", "pipe", "mq",
-#ifdef SHMBUS_HAVE_ZMQ
-                                              "zmq",
-#endif
-#ifdef SHMBUS_HAVE_ICEORYX
-                                              "iceoryx",
-#endif
-      };
-      for (const auto& r : want)
-        if (o.rows != "all" && std::find(known.begin(), known.end(), r) == known.end())
-          throw std::runtime_error(fmt::format("--rows: no row '{}' in this build (rows: {})", r, fmt::join(known, ",")));
+      const RowFilter on(o.rows, with_peers({"cacheline", "spsc", "shmbus", "unix", "pipe", "mq"}, /*zmq=*/true));
       for (const auto& size : split(sizes)) {
         o.size = std::stoul(size);
         if (o.size < 16 || o.size > 65536) throw std::runtime_error("--size must be from 16 to 65536 bytes");
@@ -1196,11 +1213,7 @@ int main(int argc, char** argv) {
       print_rows(rows, o);
     } else {
       json rows = json::array();
-      const auto want = split(o.rows);
-      auto on = [&](const char* r) { return o.rows == "all" || std::find(want.begin(), want.end(), r) != want.end(); };
-      for (const auto& r : want)
-        if (o.rows != "all" && r != "spsc" && r != "single" && r != "batch" && r != "fan" && r != "iceoryx")
-          throw std::runtime_error(fmt::format("--rows: unknown row '{}' (spsc, single, batch, fan, iceoryx)", r));
+      const RowFilter on(o.rows, with_peers({"spsc", "single", "batch", "fan"}, /*zmq=*/false));
       if (on("spsc")) rows.push_back(spsc_reference(o));
       for (std::uint32_t align : {8u, 64u}) {
         if (on("single")) rows.push_back(throughput(o, false, align));
