@@ -19,8 +19,9 @@
 
 namespace {
 
-std::vector<pid_t> children_of(pid_t parent) {
-  std::vector<pid_t> out;
+// Calls fn(pid, name, state, parent) for every process, from /proc/<pid>/stat.
+template <class Fn>
+void for_each_process(Fn fn) {
   DIR* d = ::opendir("/proc");
   while (dirent* e = d ? ::readdir(d) : nullptr) {
     const pid_t pid = std::atoi(e->d_name);
@@ -28,14 +29,31 @@ std::vector<pid_t> children_of(pid_t parent) {
     std::ifstream f(std::string("/proc/") + e->d_name + "/stat");
     std::string line;
     std::getline(f, line);
-    const auto close = line.rfind(')');
-    if (close == std::string::npos) continue;
-    char state;
+    const auto open = line.find('('), close = line.rfind(')');
+    if (open == std::string::npos || close == std::string::npos) continue;
+    char state = 0;
     pid_t ppid = 0;
-    if (std::sscanf(line.c_str() + close + 1, " %c %d", &state, &ppid) == 2 && ppid == parent) out.push_back(pid);
+    if (std::sscanf(line.c_str() + close + 1, " %c %d", &state, &ppid) == 2)
+      fn(pid, line.substr(open + 1, close - open - 1), state, ppid);
   }
   if (d) ::closedir(d);
+}
+
+std::vector<pid_t> children_of(pid_t parent) {
+  std::vector<pid_t> out;
+  for_each_process([&](pid_t pid, const std::string&, char, pid_t ppid) {
+    if (ppid == parent) out.push_back(pid);
+  });
   return out;
+}
+
+// "pid (state s, parent ppid)" of the processes with this name, "" when none: for messages.
+std::string process_named(const std::string& comm) {
+  std::string found;
+  for_each_process([&](pid_t pid, const std::string& name, char state, pid_t ppid) {
+    if (name == comm) found += fmt::format("{}{} (state {}, parent {})", found.empty() ? "" : ", ", pid, state, ppid);
+  });
+  return found;
 }
 
 bool entries_with_prefix(const char* dir, const std::string& prefix) {
@@ -46,33 +64,7 @@ bool entries_with_prefix(const char* dir, const std::string& prefix) {
   return found;
 }
 
-bool segments_with_prefix(const std::string& prefix) {
-  DIR* d = ::opendir("/dev/shm");
-  bool found = false;
-  while (dirent* e = d ? ::readdir(d) : nullptr) found |= std::string(e->d_name).rfind(prefix, 0) == 0;
-  if (d) ::closedir(d);
-  return found;
-}
-
-// "pid (parent ppid)" of the processes with this name, "" when none: for messages.
-std::string process_named(const std::string& comm) {
-  std::string found;
-  DIR* d = ::opendir("/proc");
-  while (dirent* e = d ? ::readdir(d) : nullptr) {
-    if (std::atoi(e->d_name) <= 0) continue;
-    std::ifstream f(std::string("/proc/") + e->d_name + "/stat");
-    std::string line;
-    std::getline(f, line);
-    const auto open = line.find('('), close = line.rfind(')');
-    if (open == std::string::npos || close == std::string::npos || line.substr(open + 1, close - open - 1) != comm) continue;
-    char state = 0;
-    int ppid = 0;
-    std::sscanf(line.c_str() + close + 1, " %c %d", &state, &ppid);
-    found += fmt::format("{}{} (state {}, parent {})", found.empty() ? "" : ", ", e->d_name, state, ppid);
-  }
-  if (d) ::closedir(d);
-  return found;
-}
+bool segments_with_prefix(const std::string& prefix) { return entries_with_prefix("/dev/shm", prefix); }
 
 // What iceoryx 2.0's RouDi and apps leave when they are not shut down tidily.
 std::vector<std::string> iceoryx_leftovers(pid_t bench) {

@@ -244,23 +244,37 @@ TEST(Bus, EverySendStartsOnTheAlignmentAndABatchIsPackedInside) {
 }
 
 // Both readers: in place (a block topic, holding producers back) and copying.
-class BadLengths : public ::testing::TestWithParam<bool> {};
+class BadLengths : public ::testing::TestWithParam<bool> {
+ protected:
+  // Topic "t" with `partitions` partitions, and a reader of all of them from the start.
+  void make_reader(test::TestBus& bus, std::uint32_t partitions, std::optional<Consumer>& out) {
+    const bool in_place = GetParam();
+    ASSERT_TRUE(bus->create_topic("t", small(partitions, 65536, in_place ? RetentionMode::kBlock : RetentionMode::kOverwrite)));
+    ConsumerConfig cfg;
+    cfg.auto_offset_reset = OffsetReset::kEarliest;
+    cfg.hold_producers = in_place;
+    auto c = Consumer::create(bus.get(), cfg);
+    ASSERT_TRUE(c);
+    std::vector<TopicPartition> all;
+    for (std::uint32_t p = 0; p < partitions; ++p) all.push_back({"t", p});
+    ASSERT_TRUE(c->assign(all));
+    out.emplace(std::move(*c));
+  }
+  // The record at `offset` of `partition` claims a value longer than itself (a damaged
+  // segment, or a writer that is not ours).
+  static void overstate_value(test::TestBus& bus, std::uint32_t partition, std::uint64_t offset) {
+    const shm::Ring ring = bus->topic("t").value()->ring(partition);
+    ring.header_at(ring.index_at(offset).load())->value_len = 1u << 20;
+  }
+};
 
 TEST_P(BadLengths, RecordWhoseLengthsDoNotFitIsReportedOnceAndSteppedOver) {
-  const bool in_place = GetParam();
   test::TestBus bus("badlen");
-  ASSERT_TRUE(bus->create_topic("t", small(1, 65536, in_place ? RetentionMode::kBlock : RetentionMode::kOverwrite)));
-  ConsumerConfig cfg;
-  cfg.auto_offset_reset = OffsetReset::kEarliest;
-  cfg.hold_producers = in_place;
-  auto c = Consumer::create(bus.get(), cfg);
-  ASSERT_TRUE(c);
-  ASSERT_TRUE(c->assign({{"t", 0}}));
+  std::optional<Consumer> c;
+  ASSERT_NO_FATAL_FAILURE(make_reader(bus, 1, c));
   auto p = Producer::create(bus.get());
   for (const char* v : {"a", "b", "c"}) ASSERT_TRUE(p->send("t", std::nullopt, v));
-  // Offset 1 claims a value longer than its record (a damaged segment, or a bad writer).
-  const shm::Ring ring = bus->topic("t").value()->ring(0);
-  ring.header_at(ring.index_at(1).load())->value_len = 1u << 20;
+  overstate_value(bus, 0, 1);
   auto first = c->poll(1s);
   ASSERT_TRUE(first) << first.error().message;
   ASSERT_EQ(first->size(), 1u) << "what comes before the bad record is returned";
@@ -278,22 +292,15 @@ TEST_P(BadLengths, RecordWhoseLengthsDoNotFitIsReportedOnceAndSteppedOver) {
 // The bad record is the first of the second partition polled: the first partition's
 // records, already read in the same poll, are returned before the error.
 TEST_P(BadLengths, RecordsOfOtherPartitionsReadInTheSamePollAreNotLost) {
-  const bool in_place = GetParam();
   test::TestBus bus("badlen2");
-  ASSERT_TRUE(bus->create_topic("t", small(2, 65536, in_place ? RetentionMode::kBlock : RetentionMode::kOverwrite)));
-  ConsumerConfig cfg;
-  cfg.auto_offset_reset = OffsetReset::kEarliest;
-  cfg.hold_producers = in_place;
-  auto c = Consumer::create(bus.get(), cfg);
-  ASSERT_TRUE(c);
-  ASSERT_TRUE(c->assign({{"t", 0}, {"t", 1}}));
+  std::optional<Consumer> c;
+  ASSERT_NO_FATAL_FAILURE(make_reader(bus, 2, c));
   auto p = Producer::create(bus.get());
   ASSERT_TRUE(p->send("t", Message{std::nullopt, as_bytes(std::string_view("p0-a"))}, 0));
   ASSERT_TRUE(p->send("t", Message{std::nullopt, as_bytes(std::string_view("p0-b"))}, 0));
   ASSERT_TRUE(p->send("t", Message{std::nullopt, as_bytes(std::string_view("p1-bad"))}, 1));
   ASSERT_TRUE(p->send("t", Message{std::nullopt, as_bytes(std::string_view("p1-ok"))}, 1));
-  const shm::Ring ring1 = bus->topic("t").value()->ring(1);
-  ring1.header_at(ring1.index_at(0).load())->value_len = 1u << 20;
+  overstate_value(bus, 1, 0);
   std::vector<std::string> got;
   bool reported = false;
   for (int i = 0; i < 6 && got.size() < 3; ++i) {
