@@ -69,7 +69,7 @@ void BM_ReserveCommit(benchmark::State& state) {
   for (auto _ : state) {
     auto r = p->reserve("t", std::nullopt, 64, 0);
     r->value()[0] = std::byte{1};
-    r->commit();
+    if (!r->commit()) state.SkipWithError("commit failed");
   }
   state.SetItemsProcessed(state.iterations());
 }

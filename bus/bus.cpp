@@ -111,6 +111,9 @@ Status validate_config(const std::string& topic, const TopicConfig& c) {
   if (c.max_record > limit)
     return make_error(Errc::kInvalidArgument, fmt::format("topic '{}': max record {} bytes is over a quarter of the capacity "
                                                           "({} bytes with the header); raise --capacity", topic, c.max_record, limit));
+  if (c.claim_timeout_ms == 0 || c.claim_timeout_ms > 3'600'000)
+    return make_error(Errc::kInvalidArgument,
+                      fmt::format("topic '{}': claim timeout {} ms must be from 1 ms to 3600000 ms", topic, c.claim_timeout_ms));
   if (c.spill.enabled) {
     if (c.spill.segment_bytes < 4096 || c.spill.segment_bytes > (std::uint64_t{1} << 31))
       return make_error(Errc::kInvalidArgument, fmt::format("topic '{}': segment bytes {} must be from 4 KiB to 2 GiB", topic,
@@ -134,6 +137,7 @@ nlohmann::json config_json(const TopicConfig& c) {
           {"capacity", c.capacity},
           {"max_record", c.max_record},
           {"retention", c.retention == RetentionMode::kBlock ? "block" : "overwrite"},
+          {"claim_timeout_ms", c.claim_timeout_ms},
           {"spill",
            {{"retention_bytes", c.spill.retention_bytes},
             {"retention_ms", c.spill.retention_ms},
@@ -153,6 +157,7 @@ Result<TopicConfig> load_topic_config(const std::string& path) {
     c.capacity = j.at("capacity").get<std::uint64_t>();
     c.max_record = j.at("max_record").get<std::uint32_t>();
     c.retention = j.at("retention").get<std::string>() == "block" ? RetentionMode::kBlock : RetentionMode::kOverwrite;
+    c.claim_timeout_ms = j.value("claim_timeout_ms", 1000u);
     const auto& sp = j.at("spill");
     c.spill.enabled = true;
     c.spill.retention_bytes = sp.at("retention_bytes").get<std::uint64_t>();
@@ -237,6 +242,7 @@ struct Bus::Impl {
       out.config.capacity = copy.capacity;
       out.config.max_record = copy.max_record;
       out.config.retention = static_cast<RetentionMode>(copy.retention);
+      out.config.claim_timeout_ms = copy.claim_timeout_ms ? copy.claim_timeout_ms : 1000;
       out.config.spill.enabled = copy.spill == 1;
       if (out.config.spill.enabled) {
         out.config.spill.fsync = static_cast<FsyncPolicy>(std::min<std::uint32_t>(copy.spill_fsync, 2));
@@ -425,6 +431,7 @@ Status Bus::create_topic_impl(const std::string& name, const TopicConfig& in, bo
     s.spill_retention_ms = cfg.spill.retention_ms;
     s.spill_segment_bytes = cfg.spill.segment_bytes;
     s.spill_fsync_interval_ms = cfg.spill.fsync_interval_ms;
+    s.claim_timeout_ms = cfg.claim_timeout_ms;
   });
   const auto mode = impl_->control->mode & 0660u;  // never wider than the group, whatever the file says
   const auto gid = impl_->control->gid >= 0 ? std::optional<unsigned>(static_cast<unsigned>(impl_->control->gid)) : std::nullopt;
@@ -435,6 +442,7 @@ Status Bus::create_topic_impl(const std::string& name, const TopicConfig& in, bo
     rp.capacity = cfg.capacity;
     rp.max_record = ring_max_record(cfg.max_record);
     rp.retention = static_cast<shm::Retention>(cfg.retention);
+    rp.claim_timeout_ns = std::uint64_t{cfg.claim_timeout_ms} * 1'000'000;
     rp.partition = p;
     rp.topic_epoch = epoch;
     rp.base_offset = bases[p].next;
@@ -613,10 +621,16 @@ TopicInfo info_of(const SlotCopy& s, const Topic* t) {
     pi.bytes_used = tail > rec ? tail - rec : 0;
     pi.capacity = r.capacity();
     pi.dead_claims_reclaimed = r.ctl()->stats.dead_claims_reclaimed.load(std::memory_order_relaxed);
-    for (std::uint32_t i = 0; i < shm::kWriterSlots; ++i)
-      pi.writers += r.writer_slot(i)->owner_pid.load(std::memory_order_relaxed) != 0;
+    const auto& cs = r.ctl()->claim_stats;
+    pi.claims_timed_out = cs.claims_timed_out.load(std::memory_order_relaxed);
+    pi.late_commits_refused = cs.late_commits_refused.load(std::memory_order_relaxed);
+    pi.waiters_reaped = cs.waiters_reaped.load(std::memory_order_relaxed);
+    pi.gates_reaped = cs.gates_reaped.load(std::memory_order_relaxed);
+    // A writer is attached while it holds its slot's lock (shm/ofd_lock.h).
+    if (auto lock = shm::SegmentLock::open(t->segment(p)); lock)
+      for (std::uint32_t i = 0; i < shm::kWriterSlots; ++i) pi.writers += lock->held_by_other(shm::writer_lock_byte(i));
     for (std::uint32_t i = 0; i < shm::kGateSlots; ++i)
-      pi.gates += r.gate(i)->owner_pid.load(std::memory_order_relaxed) != 0;
+      pi.gates += r.gate(i)->kind.load(std::memory_order_relaxed) != static_cast<std::uint32_t>(shm::GateKind::kFree);
     const auto& st = r.ctl()->stats;
     pi.disk_start_offset = st.spill_start.load(std::memory_order_relaxed);
     pi.disk_end_offset = st.spill_end.load(std::memory_order_acquire);

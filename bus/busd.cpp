@@ -501,9 +501,11 @@ void Daemon::update_gate(const std::string& group, const TopicPartition& tp) {
   if (ring.retention() != shm::Retention::kBlock) return;
   auto committed = offsets_.get({group, tp.topic, tp.partition});
   if (!committed) return;
+  auto lock = shm::SegmentLock::open((*t)->segment(tp.partition));
+  if (!lock) return;
   shm::RingReader reader(ring);
-  if (!reader.seek(*committed)) reader.seek_earliest();
-  (void)shm::hold_durable_gate(ring, std::hash<std::string>{}(group), reader);
+  if (reader.seek(*committed) == shm::ReadStatus::kLapped) reader.seek_earliest();
+  (void)shm::hold_durable_gate(ring, *lock, std::hash<std::string>{}(group), reader);
 }
 
 void Daemon::op_join(Conn& c, const json& req) {

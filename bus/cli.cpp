@@ -202,6 +202,9 @@ int busctl_run(int argc, const char* const* argv, std::istream& in, std::ostream
   t_create->add_option("--capacity", capacity_s, "ring bytes per partition, a power of two (default 1MiB)");
   t_create->add_option("--max-record", max_record_s, "largest key+headers+value (default: capacity/4)");
   t_create->add_option("--retention", retention_s, "overwrite | block (default overwrite)");
+  std::string claim_timeout_s = "1000";
+  t_create->add_option("--claim-timeout-ms", claim_timeout_s,
+                       "a send unfinished this long (its producer stopped, slow or dead) is aborted (default 1000)");
   bool t_spill = false;
   std::string sp_ret_bytes = "0", sp_ret_ms = "0", sp_segment = "64MiB", sp_fsync = "interval", sp_interval = "1000";
   t_create->add_flag("--spill", t_spill, "busd appends every record to a disk log: replay from disk, restore after reboot");
@@ -340,10 +343,11 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
 
 - `topic create | describe`, `topic list` (an array of these): `name`, `partitions`,
   `capacity` (ring bytes per partition), `max_record`, `retention` (`overwrite`|`block`),
-  `shm_bytes`, `created_ns`, `spill` (null, or `retention_bytes`, `retention_ms`,
+  `claim_timeout_ms`, `shm_bytes`, `created_ns`, `spill` (null, or `retention_bytes`, `retention_ms`,
   `segment_bytes`, `fsync`, `fsync_interval_ms`), and with describe `partition_info`: per
   partition `partition`, `start_offset` (oldest in the ring), `end_offset` (next to be
-  written), `bytes_used`, `capacity`, `writers`, `gates`, `dead_claims_reclaimed`, and for
+  written), `bytes_used`, `capacity`, `writers`, `gates`, `dead_claims_reclaimed`,
+  `claims_timed_out`, `late_commits_refused`, `waiters_reaped`, `gates_reaped`, and for
   spilled topics `disk`: `start_offset`, `end_offset` (everything below is on disk),
   `bytes`, `lag` (end_offset minus disk end), `lost`, `state` (`waiting`|`spilling`|`error`).
 - `topic delete`: `deleted`. `bus delete`: `deleted_bus`. `produce`: `topic`, `records`.
@@ -521,6 +525,12 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
     cfg.capacity = *cap;
     cfg.max_record = static_cast<std::uint32_t>(*maxr);
     cfg.retention = retention_s == "block" ? RetentionMode::kBlock : RetentionMode::kOverwrite;
+    auto claim_timeout = parse_count("--claim-timeout-ms", claim_timeout_s);
+    if (!claim_timeout) return fail(err, claim_timeout.error());
+    if (*claim_timeout == 0 || *claim_timeout > 3'600'000)
+      return fail(err, Error{Errc::kInvalidArgument,
+                             fmt::format("--claim-timeout-ms {}: use 1 to 3600000", *claim_timeout)});
+    cfg.claim_timeout_ms = static_cast<std::uint32_t>(*claim_timeout);
     const bool spill_opts = sp_ret_bytes != "0" || sp_ret_ms != "0" || sp_segment != "64MiB" || sp_fsync != "interval" || sp_interval != "1000";
     if (spill_opts && !t_spill)
       return fail(err, Error{Errc::kInvalidArgument, "--retention-bytes, --retention-ms, --segment-bytes and --fsync need --spill"});

@@ -40,12 +40,15 @@ struct Assigned {
   TopicPartition tp;
   std::shared_ptr<Topic> topic;
   shm::RingReader reader;
+  // Our own open file description of the partition: its locks hold our gate and waiter
+  // slot, and the kernel drops them if we die (shm/ofd_lock.h). Invalid on read-only buses.
+  shm::SegmentLock lock;
+  int waiter = -1;                // our waiter slot (bit in NotifyLine::waiters), -1: none
   shm::GateSlot* gate = nullptr;  // when holding producers back
   std::uint64_t gate_position = ~0ull;
   bool zero_copy = false;
   std::uint64_t empty_polls = 0;
-  std::uint64_t stall_offset = ~0ull;
-  std::uint64_t stall_since = 0;
+  std::uint64_t skip_below = 0;   // a seek past an unfinished claim: records below it are not returned
   // Spilled topics: offsets older than the ring come from the disk log. While disk_next is
   // set, records come from there; the ring reader waits at the ring's start (its gate, if
   // any, too) until the disk catches up with it.
@@ -146,11 +149,17 @@ struct Consumer::Impl {
     a.tp = tp;
     a.topic = *t;
     a.reader = shm::RingReader((*t)->ring(tp.partition));
+    if (!bus->read_only()) {
+      auto l = shm::SegmentLock::open((*t)->segment(tp.partition));
+      if (!l) return tl::unexpected(l.error());
+      a.lock = std::move(*l);
+      a.waiter = shm::take_waiter_slot(a.reader.ring(), a.lock);
+    }
     if (config.auto_offset_reset == OffsetReset::kEarliest) seek_beginning(a);
     else a.reader.seek_latest();
     if (start && *start < a.reader.ring().start_offset() && to_disk(a, *start)) return a;
     if (start) a.disk_next = Assigned::kFromRing;  // not the reset's choice: the committed offset
-    if (start && !a.reader.seek(*start)) {
+    if (start && !seek_ring(a, *start)) {
       // The committed offset is gone from the ring (or not written yet): auto.offset.reset.
       if (config.auto_offset_reset == OffsetReset::kError)
         return make_error(Errc::kOffsetOutOfRange, fmt::format("{}-{}: committed offset {} is not in the ring (it holds {}..{})",
@@ -179,11 +188,28 @@ struct Consumer::Impl {
   void drop(const TopicPartition& tp) {
     for (auto it = assigned.begin(); it != assigned.end(); ++it)
       if (it->tp == tp) {
-        if (it->gate) it->gate->owner_pid.store(0, std::memory_order_release);
+        release_slots(*it);
         assigned.erase(it);
         break;
       }
     rr = 0;
+  }
+
+  static void release_slots(Assigned& a) {
+    shm::release_process_gate(a.reader.ring(), a.lock, a.gate);
+    a.gate = nullptr;
+    shm::release_waiter_slot(a.reader.ring(), a.lock, a.waiter);
+    a.waiter = -1;
+  }
+
+  // Positions the ring reader at `offset`; false when the ring no longer (or not yet) holds
+  // it. Past a claim still unfinished, the reader waits at that claim and the records
+  // below `offset` are dropped as they arrive (the claim may still commit or abort).
+  static bool seek_ring(Assigned& a, std::uint64_t offset) {
+    a.skip_below = 0;
+    const shm::ReadStatus st = a.reader.seek(offset);
+    if (st == shm::ReadStatus::kNone) a.skip_below = offset;
+    return st == shm::ReadStatus::kRecord || st == shm::ReadStatus::kNone;
   }
 
   // ---- consumer groups ----
@@ -404,10 +430,7 @@ struct Consumer::Impl {
   }
 
   void release_gates() {
-    for (auto& a : assigned) {
-      if (a.gate) a.gate->owner_pid.store(0, std::memory_order_release);
-      a.gate = nullptr;
-    }
+    for (auto& a : assigned) release_slots(a);
   }
 
   Assigned* find(const TopicPartition& tp) {
@@ -436,41 +459,18 @@ struct Consumer::Impl {
   }
 
   Status take_gate(Assigned& a) {
-    const shm::Ring& ring = a.reader.ring();
-    const shm::ProcessId& me = shm::self_process();
-    for (std::uint32_t i = 0; i < shm::kGateSlots; ++i) {
-      shm::GateSlot* g = ring.gate(i);
-      std::int32_t pid = g->owner_pid.load(std::memory_order_acquire);
-      if (pid < 0) continue;  // being taken by someone else
-      if (pid != 0 && (g->kind.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(shm::GateKind::kDurable) ||
-                       shm::process_alive(pid, g->owner_start_ticks.load(std::memory_order_relaxed))))
-        continue;
-      // Take it first (-1: producers skip it), fill it in, then publish the owner: no field
-      // of ours can land on a gate another consumer won.
-      if (!g->owner_pid.compare_exchange_strong(pid, -1, std::memory_order_acq_rel)) continue;
-      g->kind.store(static_cast<std::uint32_t>(shm::GateKind::kProcess), std::memory_order_relaxed);
-      g->owner_start_ticks.store(me.start_ticks, std::memory_order_relaxed);
-      g->position.store(a.reader.position(), std::memory_order_release);
-      g->owner_pid.store(me.pid, std::memory_order_release);
-      a.gate = g;
-      a.gate_position = a.reader.position();
-      // A producer that looked at the gates before ours went up may have reclaimed past
-      // us: the generation bump makes any such reclaim still in flight fail, and tells us
-      // where the ring starts now.
-      if (ring.bump_gate_generation() > a.reader.position()) {
-        a.reader.seek_earliest();
-        a.gate_position = a.reader.position();
-        g->position.store(a.gate_position, std::memory_order_release);
-      }
-      return {};
-    }
-    return make_error(Errc::kTooManyClients, fmt::format("partition {}-{} has no free gate slot ({} in use)", a.tp.topic,
-                                                         a.tp.partition, shm::kGateSlots));
+    a.gate = shm::take_process_gate(a.reader.ring(), a.lock, a.reader);
+    if (!a.gate)
+      return make_error(Errc::kTooManyClients, fmt::format("partition {}-{} has no free gate slot ({} in use)", a.tp.topic,
+                                                           a.tp.partition, shm::kGateSlots));
+    a.gate_position = a.gate->position.load(std::memory_order_relaxed);
+    return {};
   }
 
   // The oldest record: on disk for a spilled topic, else the ring's start.
   void seek_beginning(Assigned& a) {
     a.disk_next = Assigned::kFromRing;
+    a.skip_below = 0;
     a.reader.seek_earliest();
     if (a.topic->config().spill.enabled) {
       const auto& st = a.reader.ring().ctl()->stats;
@@ -492,6 +492,7 @@ struct Consumer::Impl {
     if (!a.disk)
       a.disk = std::make_unique<disklog::LogReader>(disklog::partition_dir(bus_paths(bus->name()).state_dir, a.tp.topic, a.tp.partition));
     a.disk_next = offset;
+    a.skip_below = 0;
     a.reader.seek_earliest();  // where the disk will hand over; a gate waits here
     return true;
   }
@@ -540,7 +541,7 @@ struct Consumer::Impl {
     if (batch.size() > first || a.disk_next < end) return {};
     // The disk has nothing more: on to the ring (and its log file closed, so that
     // retention can free it).
-    if (a.reader.seek(a.disk_next)) {
+    if (seek_ring(a, a.disk_next)) {
       a.disk_next = Assigned::kFromRing;
       a.disk.reset();
     } else if (a.disk_next < ring.start_offset()) {
@@ -558,6 +559,7 @@ struct Consumer::Impl {
     const std::uint64_t was = a.reader.offset();
     // Overwritten before we read it: a spilled topic still has it on disk.
     if (to_disk(a, was)) return {};
+    a.skip_below = 0;
     switch (config.auto_offset_reset) {
       case OffsetReset::kEarliest: a.reader.seek_earliest(); break;
       case OffsetReset::kLatest: a.reader.seek_latest(); break;
@@ -572,24 +574,29 @@ struct Consumer::Impl {
     return {};
   }
 
-  // Every 256th empty look at a partition: lapped? a claim stuck? Both read lines that
-  // producers write, which a spinning reader must not pull on every look.
-  Status check_stall(Assigned& a) {
+  // Every 256th empty look at a partition: lapped? a claim stuck, aborted, or committed
+  // before its first word was stored? These read lines that producers write, which a
+  // spinning reader must not pull on every look. `moved`: the reader can read on.
+  Status check_stall(Assigned& a, bool& moved) {
+    moved = false;
     if ((++a.empty_polls & 255) != 0) return {};
     if (a.reader.lapped()) return reset(a);
-    if (!a.reader.claim_in_flight()) {
-      a.stall_offset = ~0ull;
-      return {};
+    switch (a.reader.unstick(a.lock.valid() ? &a.lock : nullptr, shm::monotonic_ns())) {
+      case shm::ReadStatus::kRecord:
+        moved = true;
+        a.empty_polls = 0;
+        return {};
+      case shm::ReadStatus::kLapped: return reset(a);
+      case shm::ReadStatus::kCorrupt: return corrupt(a);
+      default: return {};
     }
-    const std::uint64_t now = shm::monotonic_ns();
-    if (a.stall_offset != a.reader.offset()) {
-      a.stall_offset = a.reader.offset();
-      a.stall_since = now;
-    } else if (now - a.stall_since >= static_cast<std::uint64_t>(config.stall.count())) {
-      a.reader.ring().resolve_stall(a.reader.offset(), a.reader.position());
-      a.stall_since = now;
-    }
-    return {};
+  }
+
+  [[gnu::cold]] Status corrupt(const Assigned& a) const {
+    return make_error(Errc::kBadSegment, fmt::format("{}-{}: at offset {} (position {}) in {}: {}", a.tp.topic, a.tp.partition,
+                                                     a.reader.offset(), a.reader.position(),
+                                                     shm::Segment::path_of(a.topic->segment(a.tp.partition).name()),
+                                                     a.reader.problem()));
   }
 
   // Reads up to `limit` records of one partition into the batch.
@@ -608,6 +615,10 @@ struct Consumer::Impl {
       std::uint32_t len = 0;  // checked by next(): never read the header's length again
       const shm::ReadStatus st = a.reader.next(h, len);
       if (st == shm::ReadStatus::kRecord) {
+        if (a.reader.offset() < a.skip_below) [[unlikely]] {  // before the offset sought
+          a.reader.advance(len);
+          continue;
+        }
         if (a.zero_copy) {
           // Held back by our gate, the record cannot change under us: decode it in place.
           ConsumedRecord& r = batch.emplace_back();
@@ -633,13 +644,12 @@ struct Consumer::Impl {
         continue;
       }
       if (st == shm::ReadStatus::kNone) {
-        if (batch.size() == first) return check_stall(a);
-        break;
+        if (batch.size() > first) break;
+        bool moved = false;
+        if (auto ok = check_stall(a, moved); !ok || !moved) return ok;
+        continue;  // stepped over an aborted claim, or found a committed one: read on
       }
-      if (st == shm::ReadStatus::kCorrupt)
-        return make_error(Errc::kBadSegment, fmt::format("{}-{}: corrupt record at offset {} (position {}) in {}", a.tp.topic,
-                                                         a.tp.partition, a.reader.offset(), a.reader.position(),
-                                                         shm::Segment::path_of(a.topic->segment(a.tp.partition).name())));
+      if (st == shm::ReadStatus::kCorrupt) return corrupt(a);
       // Lapped before we got to the next record. What we copied so far is returned if it
       // is intact; the next poll resets the position.
       if (batch.size() > first) break;
@@ -740,15 +750,16 @@ struct Consumer::Impl {
   }
 
   // Eventcount, consumer side: register, look again, sleep. Pairs with the load of
-  // `waiters` right after a producer's claim CAS (RingWriter::claim).
+  // `waiters` right after a producer's claim (RingWriter::claim).
   void block(std::int64_t max_ns) {
     shm::FutexWaitItem items[128];  // futex_waitv takes at most 128 words
     const std::size_t n = std::min<std::size_t>(assigned.size(), 127);
-    bool in_flight = false;
+    bool in_flight = false, unregistered = false;
     for (std::size_t i = 0; i < n; ++i) {
       auto& ctl = *assigned[i].reader.ring().ctl();
       // SYNC POINT: seq_cst RMW, then the seq_cst load of the tail below.
-      ctl.notify.waiters.fetch_add(1, std::memory_order_seq_cst);
+      if (assigned[i].waiter >= 0) ctl.notify.waiters.fetch_or(std::uint64_t{1} << assigned[i].waiter, std::memory_order_seq_cst);
+      else unregistered = true;  // no waiter slot: no producer wakes us, so sleep briefly
       items[i] = {&ctl.notify.seq, ctl.notify.seq.load(std::memory_order_acquire)};
     }
     for (std::size_t i = 0; i < n; ++i) {
@@ -759,13 +770,16 @@ struct Consumer::Impl {
     if (group && group->slot) items[waits++] = {&group->slot->notice, group->seen_notice};
     if (in_flight) {
       // A claim made before we registered may not wake us: its commit is imminent (or its
-      // writer is dead, which the stall check finds), so do not sleep on it.
+      // writer is dead or stopped, which the stall check finds), so do not sleep on it.
       sched_yield();
     } else if (!has_data()) {
-      shm::futex_wait_any(std::span<const shm::FutexWaitItem>(items, waits), std::min<std::int64_t>(max_ns, 100'000'000));
+      const std::int64_t cap = unregistered ? 1'000'000 : 100'000'000;
+      shm::futex_wait_any(std::span<const shm::FutexWaitItem>(items, waits), std::min<std::int64_t>(max_ns, cap));
     }
     for (std::size_t i = 0; i < n; ++i)
-      assigned[i].reader.ring().ctl()->notify.waiters.fetch_sub(1, std::memory_order_relaxed);
+      if (assigned[i].waiter >= 0)
+        assigned[i].reader.ring().ctl()->notify.waiters.fetch_and(~(std::uint64_t{1} << assigned[i].waiter),
+                                                                  std::memory_order_relaxed);
     // Before sleeping again, look at what the spinning path looks at only now and then.
     for (auto& a : assigned) a.empty_polls = 255;
   }
@@ -894,7 +908,7 @@ Status Consumer::seek(const TopicPartition& tp, std::uint64_t offset) {
   auto a = impl_->require(tp);
   if (!a) return tl::unexpected(a.error());
   (*a)->disk_next = Assigned::kFromRing;
-  if (!(*a)->reader.seek(offset)) {
+  if (!Impl::seek_ring(**a, offset)) {
     if (offset < (*a)->reader.ring().start_offset() && impl_->to_disk(**a, offset)) {
       impl_->set_gate(**a);
       return {};
@@ -924,6 +938,7 @@ Status Consumer::seek_to_end(const TopicPartition& tp) {
   auto a = impl_->require(tp);
   if (!a) return tl::unexpected(a.error());
   (*a)->disk_next = Assigned::kFromRing;
+  (*a)->skip_below = 0;
   (*a)->reader.seek_latest();
   impl_->set_gate(**a);
   return {};

@@ -170,29 +170,36 @@ std::vector<Finding> run_doctor(const std::optional<std::string>& only_bus, bool
         }
         shm::Ring ring(ps->data());
         std::uint32_t dead_writers = 0, dead_gates = 0;
+        // Liveness is a lock test (shm/ofd_lock.h): a slot or gate whose lock is free has no
+        // live owner, whatever pid it names.
+        auto lock = shm::SegmentLock::open(*ps);
+        if (!lock) {
+          add("warning", bus, part, fmt::format("topic '{}' partition {}: {}", topic, p, lock.error().message), "nothing");
+          continue;
+        }
         for (std::uint32_t w = 0; w < shm::kWriterSlots; ++w) {
           const auto* ws = ring.writer_slot(w);
-          const std::int32_t pid = ws->owner_pid.load(std::memory_order_relaxed);
-          if (pid > 0 && !shm::process_alive(pid, ws->owner_start_ticks.load(std::memory_order_relaxed))) ++dead_writers;
+          if (ws->claim_position.load(std::memory_order_relaxed) != shm::kNoClaim && !lock->held_by_other(shm::writer_lock_byte(w)))
+            ++dead_writers;
         }
         for (std::uint32_t g = 0; g < shm::kGateSlots; ++g) {
           auto* gs = ring.gate(g);
-          const std::int32_t pid = gs->owner_pid.load(std::memory_order_relaxed);
-          if (pid <= 0 || gs->kind.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(shm::GateKind::kDurable)) continue;
-          if (shm::process_alive(pid, gs->owner_start_ticks.load(std::memory_order_relaxed))) continue;
+          if (gs->kind.load(std::memory_order_acquire) != static_cast<std::uint32_t>(shm::GateKind::kProcess)) continue;
+          if (lock->held_by_other(shm::gate_lock_byte(g))) continue;
           ++dead_gates;
-          if (fix) {
-            std::int32_t expect = pid;
-            gs->owner_pid.compare_exchange_strong(expect, 0);
+          if (fix && lock->try_lock(shm::gate_lock_byte(g))) {
+            std::uint32_t expect = static_cast<std::uint32_t>(shm::GateKind::kProcess);
+            gs->kind.compare_exchange_strong(expect, static_cast<std::uint32_t>(shm::GateKind::kFree));
+            lock->unlock(shm::gate_lock_byte(g));
           }
         }
         if (dead_writers)
           add("warning", bus, part, fmt::format("topic '{}' partition {}: {} writer slots of dead producers", topic, p, dead_writers),
-              "nothing needed: the next producer that needs a slot reclaims them");
+              "nothing needed: the next reader or producer that meets their claims aborts them");
         if (dead_gates) {
           Finding fd{"problem", bus, Segment::path_of(part),
                      fmt::format("topic '{}' partition {}: {} gates of dead consumers hold producers back", topic, p, dead_gates),
-                     "release them (consumers in another pid namespace look dead from here: run doctor where they run)", fix};
+                     "release them", fix};
           out.push_back(fd);
         }
       }

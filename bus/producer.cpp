@@ -49,16 +49,16 @@ std::uint64_t headers_size(std::span<const Header> headers) {
 // batch loop: a call per record with the message spread over the stack cost more than the
 // copy of a 64-byte value (measured: docs/performance.md).
 [[gnu::always_inline]] inline void write_record(std::byte* at, const Layout& l, std::uint32_t length, const Message& m,
-                                                std::int64_t ts, std::int32_t pid) noexcept {
+                                                std::int64_t ts) noexcept {
   // The header after its word, as one 32-byte block (RecordHeader's fields at 8..40).
   struct Fields {
     std::uint32_t length;
-    std::int32_t writer_pid;
+    std::uint32_t reserved;
     std::int64_t timestamp_ns;
     std::uint32_t key_len, headers_len, value_len, flags;
   };
   static_assert(sizeof(Fields) == shm::kRecordHeaderSize - 8);
-  const Fields f{length, pid, ts, l.key_len, l.headers_len, l.value_len, 0};
+  const Fields f{length, 0, ts, l.key_len, l.headers_len, l.value_len, 0};
   std::memcpy(at + 8, &f, sizeof f);
   std::byte* p = at + shm::kRecordHeaderSize;
   if (m.key && !m.key->empty()) {
@@ -143,7 +143,7 @@ struct Producer::Impl {
     auto& w = t.writers[p];
     if (!w) {
       auto nw = std::make_unique<shm::RingWriter>(t.topic->ring(p));
-      if (auto ok = nw->open(); !ok) return tl::unexpected(ok.error());
+      if (auto ok = nw->open(t.topic->segment(p)); !ok) return tl::unexpected(ok.error());
       w = std::move(nw);
     }
     return w.get();
@@ -278,27 +278,32 @@ Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<co
   auto claim = impl_->claim(ts, writer, std::span<const std::uint32_t>(sizes, messages.size()));
   if (!claim) return tl::unexpected(claim.error());
   const shm::Ring& ring = writer.ring();
-  const std::int32_t pid = shm::self_process().pid;
   std::int64_t now = 0;
   std::uint64_t cur = claim->position;
   for (std::size_t i = 0; i < messages.size(); ++i) {
     const std::uint64_t at = ring.place(cur, sizes[i]);
-    if (at != cur)  // the rest of the lap is padding; its offset is the next record's
-      ring.header_at(cur)->word.store(shm::encode_word(claim->offset + i, shm::RecordState::kPadding, ring.salt()),
-                                      std::memory_order_release);
+    // The rest of the lap is padding; its offset is the next record's. One at the claim's
+    // start is stored by finish(), with the first record's word.
+    if (at != cur && i > 0) writer.publish_padding(cur, claim->offset + i);
     std::int64_t ts_ns = messages[i].timestamp_ns;
     if (ts_ns == 0) ts_ns = now ? now : (now = shm::fast_realtime_ns());
     // The last record ends where the claim does (it takes the alignment's slack).
     const auto length = static_cast<std::uint32_t>(i + 1 == messages.size() ? claim->end - at : sizes[i]);
-    write_record(reinterpret_cast<std::byte*>(ring.header_at(at)), layouts[i], length, messages[i], ts_ns, pid);
+    write_record(reinterpret_cast<std::byte*>(ring.header_at(at)), layouts[i], length, messages[i], ts_ns);
+    cur = at + sizes[i];
+  }
+  if (auto ok = writer.commit(*claim); !ok) return tl::unexpected(ok.error());
+  // Committed: the words, the first one last (docs/ring.md, "Producing").
+  cur = claim->first_at + sizes[0];
+  for (std::size_t i = 1; i < messages.size(); ++i) {
+    const std::uint64_t at = ring.place(cur, sizes[i]);
     writer.publish(at, claim->offset + i);
     cur = at + sizes[i];
   }
-  writer.clear_intent();
-  ring.notify(claim->wake);
+  writer.finish(*claim);
+  writer.notify(*claim);
   // Ask for the lines of the next claim now (prefetch for write), so that their ownership
-  // moves while we return to the caller: the next claim's CAS, a full barrier, then waits
-  // less for our stores to drain (measured: docs/performance.md).
+  // moves while we return to the caller (measured: docs/performance.md).
   for (std::uint64_t at = claim->end, stop = at + std::min<std::uint64_t>(total, 4096); at < stop; at += shm::kCacheLine)
     __builtin_prefetch(ring.header_at(at), 1, 3);
   return RecordMetadata{*p, claim->offset};
@@ -322,22 +327,17 @@ Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Byte
   auto claim = impl_->claim(ts, **w, std::span<const std::uint32_t>(&l->bytes, 1));
   if (!claim) return tl::unexpected(claim.error());
   const shm::Ring& ring = (*w)->ring();
-  const std::uint64_t at = ring.place(claim->position, l->bytes);
-  if (at != claim->position)
-    ring.header_at(claim->position)->word.store(shm::encode_word(claim->offset, shm::RecordState::kPadding, ring.salt()),
-                                                std::memory_order_release);
+  const std::uint64_t at = claim->first_at;  // a padding word before it is stored by finish()
   auto* rec = reinterpret_cast<std::byte*>(ring.header_at(at));
-  // Claimed, not yet readable: the state machine's first edge, for inspectors.
-  ring.header_at(at)->word.store(shm::encode_word(claim->offset, shm::RecordState::kClaimed, ring.salt()),
-                                 std::memory_order_relaxed);
   Message m;
   m.key = key;
   m.headers = headers;
-  write_record(rec, *l, static_cast<std::uint32_t>(claim->end - at), m, shm::fast_realtime_ns(), shm::self_process().pid);
+  write_record(rec, *l, static_cast<std::uint32_t>(claim->end - at), m, shm::fast_realtime_ns());
   Reservation r;
   r.writer_ = *w;
-  r.position_ = at;
+  r.position_ = claim->position;
   r.end_ = claim->end;
+  r.first_at_ = at;
   r.value_ = std::span<std::byte>(rec + shm::kRecordHeaderSize + (l->payload - l->value_len), value_size);
   r.meta_ = RecordMetadata{*p, claim->offset};
   r.wake_ = claim->wake;
@@ -351,6 +351,7 @@ Reservation::Reservation(Reservation&& o) noexcept
     : writer_(o.writer_),
       position_(o.position_),
       end_(o.end_),
+      first_at_(o.first_at_),
       value_(o.value_),
       meta_(o.meta_),
       wake_(o.wake_),
@@ -359,22 +360,22 @@ Reservation::Reservation(Reservation&& o) noexcept
 
 Reservation::~Reservation() { abort(); }
 
-void Reservation::commit() noexcept {
-  if (!open_) return;
+Status Reservation::commit() noexcept {
+  if (!open_) return make_error(Errc::kInvalidArgument, "the reservation was already committed or aborted");
   auto* w = static_cast<shm::RingWriter*>(writer_);
-  w->publish(position_, meta_.offset);
-  w->clear_intent();
-  w->ring().notify(wake_);
+  const shm::Claim c{meta_.offset, position_, end_, 1, first_at_, wake_};
   open_ = false;
   if (producer_open_) *producer_open_ = false;
+  if (auto ok = w->commit(c); !ok) return ok;
+  w->finish(c);
+  w->notify(c);
+  return {};
 }
 
 void Reservation::abort() noexcept {
   if (!open_) return;
   auto* w = static_cast<shm::RingWriter*>(writer_);
-  // From the record itself: a padding word before it, if any, is already final.
-  w->abort(shm::Claim{meta_.offset, position_, end_, 1});
-  w->ring().notify(wake_);
+  w->abort(shm::Claim{meta_.offset, position_, end_, 1, first_at_, wake_});
   open_ = false;
   if (producer_open_) *producer_open_ = false;
 }

@@ -17,7 +17,7 @@
 namespace shmbus {
 
 inline constexpr std::uint16_t kRegistryLayoutMajor = 1;
-inline constexpr std::uint16_t kRegistryLayoutMinor = 1;  // 1: spill config in TopicSlot
+inline constexpr std::uint16_t kRegistryLayoutMinor = 2;  // 1: spill config in TopicSlot; 2: claim timeout
 inline constexpr std::uint32_t kMaxTopics = 256;
 
 enum class TopicState : std::uint32_t { kFree = 0, kCreating = 1, kReady = 2, kDeleting = 3 };
@@ -52,7 +52,7 @@ struct alignas(64) TopicSlot {
   std::int64_t spill_retention_ms;
   std::uint64_t spill_segment_bytes;
   std::uint32_t spill_fsync_interval_ms;
-  std::uint32_t reserved0;
+  std::uint32_t claim_timeout_ms;  // minor 2; 0 in older slots: the default, 1000
   std::uint8_t reserved[208];
 };
 static_assert(sizeof(TopicSlot) == 512, "bump kRegistryLayoutMajor");

@@ -30,6 +30,7 @@ struct Part {
   std::uint64_t epoch = 0;
   std::shared_ptr<Topic> t;  // keeps the mapping
   shm::Ring ring;
+  shm::SegmentLock lock;          // our open file description: liveness tests, gate set-up (shm/ofd_lock.h)
   shm::GateSlot* gate = nullptr;  // block topics: set up by the tailer before the writer sees the part
   SpillConfig config;
   std::atomic<bool> failed{false};  // either thread; the tailer stops reading it
@@ -38,7 +39,6 @@ struct Part {
   SpillConfig seen_config;          // tailer: the config the writer was last given
   // Tailer only:
   shm::RingReader reader;
-  std::uint64_t stall_offset = ~0ull, stall_since = 0;
   std::uint64_t empty_looks = 0;
 };
 
@@ -155,6 +155,12 @@ struct Spiller::Impl {
     part->config = config;
     part->seen_config = config;
     part->reader = shm::RingReader(part->ring);
+    if (auto l = shm::SegmentLock::open(t->segment(p)); l) {
+      part->lock = std::move(*l);
+    } else {
+      log(fmt::format("spill {}-{}: {}", t->name(), p, l.error().message));
+      return nullptr;
+    }
     const std::string dir = disklog::partition_dir(state_dir, t->name(), p);
     auto w = disklog::LogWriter::open(dir, config, file_mode, log);
     if (!w) {
@@ -167,7 +173,7 @@ struct Spiller::Impl {
     auto& stats = part->ring.ctl()->stats;
     std::uint64_t lost = 0;
     if (auto next = w->next_offset()) {
-      if (!part->reader.seek(*next)) {
+      if (part->reader.seek(*next) != shm::ReadStatus::kRecord) {
         if (*next < part->ring.start_offset()) {
           lost = part->ring.start_offset() - *next;
           part->reader.seek_earliest();
@@ -202,7 +208,7 @@ struct Spiller::Impl {
   // or one left by an earlier busd, or a free slot.
   bool take_gate(Part& part) {
     const std::uint64_t was = part.reader.offset();
-    part.gate = shm::hold_durable_gate(part.ring, shm::kSpillGateKey, part.reader);
+    part.gate = shm::hold_durable_gate(part.ring, part.lock, shm::kSpillGateKey, part.reader);
     // Producers reclaimed past us before the gate went up: those offsets are lost.
     if (part.reader.offset() > was)
       part.ring.ctl()->stats.spill_lost.fetch_add(part.reader.offset() - was, std::memory_order_relaxed);
@@ -245,7 +251,7 @@ struct Spiller::Impl {
       // Nothing at the cursor: not written yet, or overwritten (the spiller looks only every
       // 500 µs when idle, so it can afford to read the reclaim line each time).
       if (st == shm::ReadStatus::kNone && !(at.empty() && r.lapped())) {
-        if (at.empty()) check_stall(p);
+        if (at.empty() && check_stall(p)) continue;  // stepped over an aborted claim: read on
         break;
       }
       if (st == shm::ReadStatus::kCorrupt) {
@@ -305,21 +311,14 @@ struct Spiller::Impl {
     return true;
   }
 
-  // A claim that stays unfinished: its writer may be dead (as consumers do).
-  void check_stall(Part& p) {
-    if ((++p.empty_looks & 255) != 0) return;
-    if (!p.reader.claim_in_flight()) {
-      p.stall_offset = ~0ull;
-      return;
-    }
-    const std::uint64_t now = shm::monotonic_ns();
-    if (p.stall_offset != p.reader.offset()) {
-      p.stall_offset = p.reader.offset();
-      p.stall_since = now;
-    } else if (now - p.stall_since >= 1'000'000'000) {
-      p.ring.resolve_stall(p.reader.offset(), p.reader.position());
-      p.stall_since = now;
-    }
+  // No record at the cursor for a while: an aborted claim to step over, a committed one to
+  // read by its entry, or a dead or stalled writer's claim to finish (as consumers do).
+  // True when the reader moved.
+  bool check_stall(Part& p) {
+    if ((++p.empty_looks & 255) != 0) return false;
+    if (p.reader.unstick(&p.lock, shm::monotonic_ns()) != shm::ReadStatus::kRecord) return false;
+    p.empty_looks = 0;
+    return true;
   }
 
   // ---- writer ----

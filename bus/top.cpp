@@ -22,6 +22,7 @@ nlohmann::json topic_json(const TopicInfo& t) {
             {"capacity", t.config.capacity},
             {"max_record", t.config.max_record},
             {"retention", retention_name(t.config.retention)},
+            {"claim_timeout_ms", t.config.claim_timeout_ms},
             {"shm_bytes", t.shm_bytes},
             {"created_ns", t.created_ns},
             {"spill", nullptr}};
@@ -41,7 +42,11 @@ nlohmann::json topic_json(const TopicInfo& t) {
                        {"capacity", p.capacity},
                        {"writers", p.writers},
                        {"gates", p.gates},
-                       {"dead_claims_reclaimed", p.dead_claims_reclaimed}});
+                       {"dead_claims_reclaimed", p.dead_claims_reclaimed},
+                       {"claims_timed_out", p.claims_timed_out},
+                       {"late_commits_refused", p.late_commits_refused},
+                       {"waiters_reaped", p.waiters_reaped},
+                       {"gates_reaped", p.gates_reaped}});
     if (t.config.spill.enabled)
       for (std::size_t i = 0; i < t.partitions.size(); ++i) {
         const auto& p = t.partitions[i];

@@ -29,8 +29,9 @@ bool futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected, std::i
   return !(rc != 0 && errno == ETIMEDOUT);
 }
 
-void futex_wake_all(std::atomic<std::uint32_t>* word) noexcept {
-  ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+int futex_wake_all(std::atomic<std::uint32_t>* word) noexcept {
+  const long n = ::syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+  return n > 0 ? static_cast<int>(n) : 0;
 }
 
 bool futex_wait_any(std::span<const FutexWaitItem> items, std::int64_t timeout_ns) noexcept {

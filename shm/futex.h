@@ -10,8 +10,8 @@ namespace shmbus::shm {
 // Sleeps while *word == expected, at most timeout_ns (< 0: no limit). Returns false on timeout.
 bool futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected, std::int64_t timeout_ns) noexcept;
 
-// Wakes every waiter on `word`.
-void futex_wake_all(std::atomic<std::uint32_t>* word) noexcept;
+// Wakes every waiter on `word`; returns how many were asleep on it.
+int futex_wake_all(std::atomic<std::uint32_t>* word) noexcept;
 
 struct FutexWaitItem {
   std::atomic<std::uint32_t>* word;

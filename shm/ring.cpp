@@ -1,3 +1,5 @@
+// The partition ring's protocol (docs/ring.md): claims, commits, aborts, recovery, gates
+// and waiter registrations.
 #include "shm/ring.h"
 
 #include <sched.h>
@@ -14,13 +16,21 @@
 namespace shmbus::shm {
 
 namespace test_hooks {
+void (*after_entry_claim)() = nullptr;
 void (*after_claim)() = nullptr;
-}
+void (*before_commit)() = nullptr;
+void (*after_commit)() = nullptr;
+}  // namespace test_hooks
 
 namespace {
 
-constexpr std::uint64_t kNoIntent = ~std::uint64_t{0};
 constexpr std::size_t kPage = 4096;
+// A reclaim walk steps over at most this many records or claims per look: a producer makes
+// its room in several looks rather than walking without bound.
+constexpr std::uint32_t kMaxWalkSteps = 1u << 16;
+// Consecutive wake-ups that found nobody asleep before a producer looks for dead waiters.
+constexpr std::uint32_t kFutileWakesBeforeReap = 64;
+
 constexpr std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
 
 inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
@@ -37,15 +47,39 @@ void backoff(unsigned& round) noexcept {
   ++round;
 }
 
+// A consistent view of a claim entry without writing (readers may map read-only). Every CAS
+// on an entry changes its tag (state or offset), so a tag seen twice around the info read
+// proves the pair. Bounded: a writer that keeps changing it makes us answer "unchanged
+// tag never seen", which callers treat as "look again later".
+bool snapshot_entry(const ClaimEntry* e, Pair64& out) noexcept {
+  for (int i = 0; i < 4; ++i) {
+    const std::uint64_t t1 = __atomic_load_n(&e->tag, __ATOMIC_ACQUIRE);
+    const std::uint64_t info = __atomic_load_n(&e->info, __ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&e->tag, __ATOMIC_ACQUIRE) == t1) {
+      out = Pair64{t1, info};
+      return true;
+    }
+  }
+  return false;
+}
+
+Pair64* as_pair(ClaimEntry* e) noexcept { return reinterpret_cast<Pair64*>(e); }
+
+std::string claim_name(const Ring& r, std::uint64_t offset, std::uint64_t pos) {
+  return fmt::format("partition {}: claim at offset {} (position {})", r.partition(), offset, pos);
+}
+
 }  // namespace
 
 RingGeometry ring_geometry(std::uint64_t capacity) {
   RingGeometry g{};
-  // One index entry per 64 data bytes: enough while records average >= 64 bytes; for
-  // smaller ones seek() falls back to a walk from the start of the ring.
+  // One index entry (and one claim-table entry) per 64 data bytes: enough while records
+  // average >= 64 bytes; for smaller ones seek() falls back to a walk from the start of the
+  // ring, and a claim waits until the claim that last used its table entry is reclaimed.
   g.index_capacity = std::max<std::uint64_t>(64, capacity / 64);
   g.index_offset = round_up(kSlotsEnd, kPage);
-  g.data_offset = round_up(g.index_offset + g.index_capacity * sizeof(std::uint64_t), kPage);
+  g.claims_offset = round_up(g.index_offset + g.index_capacity * sizeof(std::uint64_t), kPage);
+  g.data_offset = round_up(g.claims_offset + g.index_capacity * sizeof(ClaimEntry), kPage);
   g.segment_size = g.data_offset + capacity;
   return g;
 }
@@ -64,45 +98,53 @@ void ring_init(std::byte* base, const RingParams& p) {
   ctl->config.partition = p.partition;
   // Reclaiming ahead in chunks keeps the reclaim line (which readers check) quiet.
   ctl->config.reclaim_chunk = static_cast<std::uint32_t>(std::min<std::uint64_t>(p.capacity / 32, 4096));
+  ctl->limits.claims_offset = g.claims_offset;
+  ctl->limits.claim_timeout_ns = p.claim_timeout_ns ? p.claim_timeout_ns : kDefaultClaimTimeoutNs;
   ctl->tail = Pair64{p.base_offset, 0};
   ctl->reclaim = Pair64{p.base_offset, 0};
   for (std::uint32_t i = 0; i < kWriterSlots; ++i) {
     auto* s = new (base + kWriterSlotsOffset + i * sizeof(WriterSlot)) WriterSlot{};
-    s->intent_offset.store(kNoIntent, std::memory_order_relaxed);
+    s->claim_position.store(kNoClaim, std::memory_order_relaxed);
   }
   for (std::uint32_t i = 0; i < kGateSlots; ++i) new (base + kGateSlotsOffset + i * sizeof(GateSlot)) GateSlot{};
+  for (std::uint32_t i = 0; i < kWaiterSlots; ++i) new (base + kWaiterSlotsOffset + i * sizeof(WaiterSlot)) WaiterSlot{};
+  // Every entry starts older than any claim (offset -1, finished).
+  auto* claims = reinterpret_cast<ClaimEntry*>(base + g.claims_offset);
+  for (std::uint64_t i = 0; i < g.index_capacity; ++i)
+    claims[i] = ClaimEntry{kInitialTagDecoded ^ ctl->config.salt, 0};
   if (p.spill) {
     ctl->stats.spill_start.store(p.spill_start, std::memory_order_relaxed);
     ctl->stats.spill_end.store(p.base_offset, std::memory_order_relaxed);
     ctl->stats.spill_bytes.store(p.spill_bytes, std::memory_order_relaxed);
     if (p.retention == Retention::kBlock) {
       // The spiller's gate: durable (never reaped), found again by busd through its key.
-      auto* g = reinterpret_cast<GateSlot*>(base + kGateSlotsOffset);
-      g->kind.store(static_cast<std::uint32_t>(GateKind::kDurable), std::memory_order_relaxed);
-      g->owner_key.store(kSpillGateKey, std::memory_order_relaxed);
-      g->position.store(0, std::memory_order_relaxed);
-      g->owner_start_ticks.store(self_process().start_ticks, std::memory_order_relaxed);
-      g->owner_pid.store(self_process().pid, std::memory_order_relaxed);
+      auto* gs = reinterpret_cast<GateSlot*>(base + kGateSlotsOffset);
+      gs->owner_key.store(kSpillGateKey, std::memory_order_relaxed);
+      gs->position.store(0, std::memory_order_relaxed);
+      gs->owner_pid.store(self_process().pid, std::memory_order_relaxed);
+      gs->kind.store(static_cast<std::uint32_t>(GateKind::kDurable), std::memory_order_relaxed);
     }
   }
   // posix_fallocate zeroed the index and the data; zero decodes to noise under the salt.
 }
 
 Status ring_validate(const Segment& seg) {
-  const auto* ctl = seg.at<const PartitionControl>(kControlOffset);
-  const auto& c = ctl->config;
   const std::string path = Segment::path_of(seg.name());
   if (seg.size() < kSlotsEnd) return make_error(Errc::kBadSegment, fmt::format("{} is too small for a partition ({} bytes)", path, seg.size()));
-  if (c.capacity < 4096 || !std::has_single_bit(c.capacity))
-    return make_error(Errc::kBadSegment, fmt::format("{}: capacity {} is not a power of two >= 4096", path, c.capacity));
+  const auto* ctl = seg.at<const PartitionControl>(kControlOffset);
+  const auto& c = ctl->config;
+  if (c.capacity < 4096 || !std::has_single_bit(c.capacity) || c.capacity > (std::uint64_t{1} << 40))
+    return make_error(Errc::kBadSegment, fmt::format("{}: capacity {} is not a power of two in [4096, 2^40]", path, c.capacity));
   const RingGeometry g = ring_geometry(c.capacity);
   if (c.index_capacity != g.index_capacity || c.index_offset != g.index_offset || c.data_offset != g.data_offset ||
-      g.segment_size != seg.size())
+      ctl->limits.claims_offset != g.claims_offset || g.segment_size != seg.size())
     return make_error(Errc::kBadSegment, fmt::format("{}: layout does not match its capacity {} (segment {} bytes, expected {})",
                                                      path, c.capacity, seg.size(), g.segment_size));
   if (c.max_record < kRecordHeaderSize || c.max_record > c.capacity / 4 || (c.max_record & 7) != 0)
     return make_error(Errc::kBadSegment, fmt::format("{}: max record {} out of range", path, c.max_record));
   if (c.retention > 1) return make_error(Errc::kBadSegment, fmt::format("{}: unknown retention {}", path, c.retention));
+  if (ctl->limits.claim_timeout_ns == 0 || ctl->limits.claim_timeout_ns > 3'600'000'000'000ull)
+    return make_error(Errc::kBadSegment, fmt::format("{}: claim timeout {} ns out of range", path, ctl->limits.claim_timeout_ns));
   return {};
 }
 
@@ -110,7 +152,9 @@ Ring::Ring(std::byte* base) noexcept {
   ctl_ = reinterpret_cast<PartitionControl*>(base + kControlOffset);
   writers_ = reinterpret_cast<WriterSlot*>(base + kWriterSlotsOffset);
   gates_ = reinterpret_cast<GateSlot*>(base + kGateSlotsOffset);
+  waiters_ = reinterpret_cast<WaiterSlot*>(base + kWaiterSlotsOffset);
   index_ = reinterpret_cast<std::atomic<std::uint64_t>*>(base + ctl_->config.index_offset);
+  claims_ = reinterpret_cast<ClaimEntry*>(base + ctl_->limits.claims_offset);
   data_ = base + ctl_->config.data_offset;
   cap_ = ctl_->config.capacity;
   mask_ = cap_ - 1;
@@ -118,106 +162,112 @@ Ring::Ring(std::byte* base) noexcept {
   salt_ = ctl_->config.salt;
 }
 
-void Ring::notify(bool wake) const noexcept {
-  if (wake) {
-    ctl_->notify.seq.fetch_add(1, std::memory_order_release);
-    futex_wake_all(&ctl_->notify.seq);
-  }
+int Ring::notify(bool wake) const noexcept {
+  if (!wake) return 0;
+  ctl_->notify.seq.fetch_add(1, std::memory_order_release);
+  return futex_wake_all(&ctl_->notify.seq);
 }
 
-void Ring::finalize_claim(std::uint64_t offset, std::uint64_t pos, std::uint64_t bytes, std::uint32_t count,
-                          std::int32_t pid) const noexcept {
-  std::uint64_t cur = pos, off = offset;
-  const std::uint64_t end = pos + bytes, last = offset + count;
-  while (cur < end && off < last) {
-    RecordHeader* h = header_at(cur);
-    const std::uint64_t w = h->word.load(std::memory_order_acquire) ^ salt_;
-    if ((w >> 8) == off) {
-      const auto st = static_cast<RecordState>(w & 0xff);
-      if (st == RecordState::kPadding) {
-        cur = next_lap(cur);
-        continue;
-      }
-      if (st == RecordState::kCommitted) {
-        cur += h->length;
-        ++off;
-        continue;
-      }
-      if (st == RecordState::kAborted) {
-        cur += h->length;
-        off += h->key_len;
-        continue;
-      }
-    }
-    // The first unfinished record: everything from here to the end of the claim goes.
-    if ((cur & mask_) + (end - cur) > cap_) {
-      h->word.store(encode_word(off, RecordState::kPadding, salt_), std::memory_order_release);
-      cur = next_lap(cur);
-      h = header_at(cur);
-    }
-    h->length = static_cast<std::uint32_t>(end - cur);
-    h->writer_pid = pid;
-    h->timestamp_ns = 0;
-    h->key_len = static_cast<std::uint32_t>(last - off);
-    h->headers_len = 0;
-    h->value_len = 0;
-    h->flags = 0;
-    // SYNC POINT: release; readers acquire the word, then read length and count.
-    h->word.store(encode_word(off, RecordState::kAborted, salt_), std::memory_order_release);
-    return;
-  }
-}
-
-bool Ring::resolve_stall(std::uint64_t offset, std::uint64_t pos) const noexcept {
-  const ProcessId& me = self_process();
-  // First pass: is the claim a live writer's? Then wait, whatever other slots say.
-  WriterSlot* dead = nullptr;
-  std::int32_t dead_pid = 0;
-  for (std::uint32_t i = 0; i < kWriterSlots; ++i) {
-    WriterSlot& s = writers_[i];
-    const std::int32_t pid = s.owner_pid.load(std::memory_order_acquire);
-    if (pid == 0) continue;
-    if (pid < 0) return false;  // a slot changing hands: look again later
-    const std::uint64_t io = s.intent_offset.load(std::memory_order_acquire);
-    if (io == kNoIntent) continue;
-    const std::uint64_t ipos = s.intent_position.load(std::memory_order_relaxed);
-    const std::uint64_t ibytes = s.intent_bytes.load(std::memory_order_relaxed);
-    const std::uint32_t icount = s.intent_count.load(std::memory_order_relaxed);
-    if (offset < io || offset >= io + icount || pos < ipos || pos >= ipos + ibytes) continue;
-    if (process_alive(pid, s.owner_start_ticks.load(std::memory_order_relaxed))) return false;
-    if (!dead) {
-      dead = &s;
-      dead_pid = pid;
-    }
-  }
-  if (!dead) return false;
-  // Take the dead writer's slot over so that exactly one process finishes its claim; if we
-  // die while doing it, our own pid is dead next time and somebody else takes over.
-  std::int32_t expect = dead_pid;
-  if (!dead->owner_pid.compare_exchange_strong(expect, -1, std::memory_order_acq_rel)) return false;
-  dead->owner_start_ticks.store(me.start_ticks, std::memory_order_relaxed);
-  dead->owner_pid.store(me.pid, std::memory_order_release);
-  const std::uint64_t io = dead->intent_offset.load(std::memory_order_acquire);
-  if (io != kNoIntent && reclaim_position() <= pos) {
-    finalize_claim(io, dead->intent_position.load(std::memory_order_relaxed), dead->intent_bytes.load(std::memory_order_relaxed),
-                   dead->intent_count.load(std::memory_order_relaxed), dead_pid);
-    ctl_->stats.dead_claims_reclaimed.fetch_add(1, std::memory_order_relaxed);
-  }
-  dead->intent_offset.store(kNoIntent, std::memory_order_relaxed);
-  dead->owner_pid.store(0, std::memory_order_release);
+bool Ring::help_tail(Pair64 seen) const noexcept {
+  Pair64 e;
+  if (!snapshot_entry(entry(seen.first), e)) return false;
+  const std::uint64_t d = e.first ^ salt_;
+  if ((d >> 8) != seen.first + 1) return false;
+  const std::uint32_t bytes = info_bytes(e.second), count = info_count(e.second);
+  if (bytes < kRecordHeaderSize || bytes > cap_ / 2 || (bytes & 7) != 0 || count == 0) return false;
+  Pair64 expect = seen;
+  // Fails when the claimant (or another helper) moved it first: the same move.
+  (void)cas128(&ctl_->tail, expect, Pair64{seen.first + count, seen.second + bytes});
   return true;
 }
 
-std::uint64_t Ring::gate_min(std::uint64_t reap_dead_below) const noexcept {
+Unstuck Ring::abort_claim(std::uint64_t offset, Pair64 seen, ClaimWhy why) const noexcept {
+  Pair64 expect = seen;
+  const Pair64 aborted{encode_tag(offset, ClaimState::kAborted, salt_), with_why(seen.second, why)};
+  // SYNC POINT: the CAS that takes the claim from its writer; its commit CAS then fails.
+  if (!cas128(as_pair(entry(offset)), expect, aborted)) return Unstuck{};  // changed meanwhile: look again
+  if (why == ClaimWhy::kDead) ctl_->stats.dead_claims_reclaimed.fetch_add(1, std::memory_order_relaxed);
+  if (why == ClaimWhy::kTimedOut) ctl_->claim_stats.claims_timed_out.fetch_add(1, std::memory_order_relaxed);
+  return Unstuck{Unstuck::kSkip, info_bytes(seen.second), info_count(seen.second), 0, info_slot(seen.second), why};
+}
+
+namespace {
+Unstuck corrupt(const char* what) {
+  Unstuck u{Unstuck::kCorrupt};
+  u.problem = what;
+  return u;
+}
+}  // namespace
+
+Unstuck Ring::unstick(std::uint64_t offset, std::uint64_t pos, const SegmentLock* lock, std::uint64_t stalled_ns) const noexcept {
+  // The tail first: a claim wins its entry before it moves the tail, so an entry read after
+  // a tail that is past `offset` names the claim at `offset` (SYNC POINT: the acquire of the
+  // tail pairs with the release of the tail CAS, which follows the entry CAS).
+  const Pair64 t0 = snapshot128(&ctl_->tail);
+  Pair64 e;
+  if (!snapshot_entry(entry(offset), e)) return Unstuck{};
+  const std::uint64_t d = e.first ^ salt_;
+  const std::uint64_t named = d >> 8;  // offset + 1 of the claim the entry is about
+  if (named < offset + 1) {
+    // Nothing claimed at this offset yet, unless the tail says otherwise.
+    if (t0.first <= offset) return Unstuck{};
+    return reclaim_position() > pos ? Unstuck{} : corrupt("no claim names this offset, yet the tail is past it");
+  }
+  if (named > offset + 1) return reclaim_position() > pos ? Unstuck{} : corrupt("the claim table names a later offset here");
+  const auto state = static_cast<ClaimState>(d & 0xff);
+  const std::uint32_t bytes = info_bytes(e.second), count = info_count(e.second), slot = info_slot(e.second);
+  // Checked against the ring before any use: a forged entry cannot send anyone past the tail.
+  if (bytes < kRecordHeaderSize || bytes > cap_ / 2 || (bytes & 7) != 0 || count == 0 || (pos & 7) != 0)
+    return corrupt("its claim-table entry has an impossible size or count");
+  Pair64 t = snapshot128(&ctl_->tail);
+  if (t.first == offset && t.second == pos) {
+    // The claimant won the entry but has not moved the tail (dead or stopped in between).
+    if (!lock) return Unstuck{};  // a read-only view cannot help
+    (void)help_tail(t);
+    t = snapshot128(&ctl_->tail);
+  }
+  if (t.first < offset + count || t.second < pos + bytes) return corrupt("its claim reaches past the tail");
+  switch (state) {
+    case ClaimState::kAborted:
+      return Unstuck{Unstuck::kSkip, bytes, count, 0, slot, info_why(e.second)};
+    case ClaimState::kCommitted: {
+      // Its writer committed the entry and has not stored the first word yet (or died).
+      const std::uint64_t at = info_lead_padding(e.second) ? next_lap(pos) : pos;
+      if (at != pos && ((pos & mask_) == 0 || at >= pos + bytes)) return corrupt("its claim's padding does not fit");
+      if (lock) ctl_->claim_stats.commits_by_entry.fetch_add(1, std::memory_order_relaxed);
+      return Unstuck{Unstuck::kCommitted, bytes, count, at, slot, info_why(e.second)};
+    }
+    case ClaimState::kClaimed:
+      if (!lock) return Unstuck{};
+      if (!lock->held_by_other(writer_lock_byte(slot))) return abort_claim(offset, e, ClaimWhy::kDead);
+      if (stalled_ns >= claim_timeout_ns()) return abort_claim(offset, e, ClaimWhy::kTimedOut);
+      return Unstuck{};
+    default:
+      return corrupt("its claim-table entry has an unknown state");
+  }
+}
+
+bool Ring::writer_inside(const SegmentLock& lock, std::uint32_t slot, std::uint64_t pos) const noexcept {
+  if (slot >= kWriterSlots) return false;
+  if (writers_[slot].claim_position.load(std::memory_order_acquire) != pos) return false;
+  return lock.held_by_other(writer_lock_byte(slot));
+}
+
+std::uint64_t Ring::gate_min(const SegmentLock* lock, std::uint64_t reap_dead_below) const noexcept {
   std::uint64_t m = UINT64_MAX;
   for (std::uint32_t i = 0; i < kGateSlots; ++i) {
     GateSlot& g = gates_[i];
-    std::int32_t pid = g.owner_pid.load(std::memory_order_acquire);
-    if (pid <= 0) continue;  // free, or being taken (its taker bumps the gate generation after)
+    // SYNC POINT: acquire; pairs with the release of `kind` when a gate is set up.
+    const std::uint32_t kind = g.kind.load(std::memory_order_acquire);
+    if (kind == static_cast<std::uint32_t>(GateKind::kFree)) continue;
     const std::uint64_t p = g.position.load(std::memory_order_acquire);
-    if (p < reap_dead_below && g.kind.load(std::memory_order_relaxed) != static_cast<std::uint32_t>(GateKind::kDurable) &&
-        !process_alive(pid, g.owner_start_ticks.load(std::memory_order_relaxed))) {
-      g.owner_pid.compare_exchange_strong(pid, 0, std::memory_order_acq_rel);
+    if (lock && p < reap_dead_below && kind == static_cast<std::uint32_t>(GateKind::kProcess) &&
+        const_cast<SegmentLock*>(lock)->try_lock(gate_lock_byte(i))) {
+      // We hold its lock, so its owner is gone: nobody else can be setting it up either.
+      std::uint32_t expect = kind;
+      if (g.kind.compare_exchange_strong(expect, static_cast<std::uint32_t>(GateKind::kFree), std::memory_order_acq_rel))
+        ctl_->claim_stats.gates_reaped.fetch_add(1, std::memory_order_relaxed);
+      const_cast<SegmentLock*>(lock)->unlock(gate_lock_byte(i));
       continue;
     }
     m = std::min(m, p);
@@ -225,239 +275,17 @@ std::uint64_t Ring::gate_min(std::uint64_t reap_dead_below) const noexcept {
   return m;
 }
 
-RingWriter::RingWriter(RingWriter&& o) noexcept { *this = std::move(o); }
-
-RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
-  if (this != &o) {
-    if (slot_) slot_->owner_pid.store(0, std::memory_order_release);
-    ring_ = o.ring_;
-    slot_ = std::exchange(o.slot_, nullptr);
-    cached_tail_ = o.cached_tail_;
-    cached_reclaim_ = o.cached_reclaim_;
+void Ring::reap_waiters(const SegmentLock& lock) const noexcept {
+  std::uint64_t bits = ctl_->notify.waiters.load(std::memory_order_acquire);
+  while (bits) {
+    const int i = std::countr_zero(bits);
+    bits &= bits - 1;
+    auto& l = const_cast<SegmentLock&>(lock);
+    if (!l.try_lock(waiter_lock_byte(static_cast<std::uint32_t>(i)))) continue;  // a live consumer
+    if (ctl_->notify.waiters.fetch_and(~(std::uint64_t{1} << i), std::memory_order_acq_rel) & (std::uint64_t{1} << i))
+      ctl_->claim_stats.waiters_reaped.fetch_add(1, std::memory_order_relaxed);
+    l.unlock(waiter_lock_byte(static_cast<std::uint32_t>(i)));
   }
-  return *this;
-}
-
-RingWriter::~RingWriter() {
-  if (slot_) {
-    slot_->intent_offset.store(kNoIntent, std::memory_order_relaxed);
-    slot_->owner_pid.store(0, std::memory_order_release);
-  }
-}
-
-Status RingWriter::open() {
-  const ProcessId& me = self_process();
-  for (int pass = 0; pass < 2; ++pass) {
-    for (std::uint32_t i = 0; i < kWriterSlots; ++i) {
-      WriterSlot& s = *ring_.writer_slot(i);
-      std::int32_t pid = s.owner_pid.load(std::memory_order_acquire);
-      if (pid < 0) continue;  // changing hands
-      if (pid != 0) {
-        // Second pass only: a dead owner's slot, once its claim (if any) is finished.
-        if (pass == 0 || process_alive(pid, s.owner_start_ticks.load(std::memory_order_relaxed))) continue;
-      }
-      // -1 while the slot changes hands: reclaimers wait, nobody judges its liveness.
-      const std::int32_t was = pid;
-      if (!s.owner_pid.compare_exchange_strong(pid, -1, std::memory_order_acq_rel)) continue;
-      if (was != 0) {
-        const std::uint64_t io = s.intent_offset.load(std::memory_order_acquire);
-        const std::uint64_t ipos = s.intent_position.load(std::memory_order_relaxed);
-        if (io != kNoIntent && ring_.reclaim_position() <= ipos)
-          ring_.finalize_claim(io, ipos, s.intent_bytes.load(std::memory_order_relaxed),
-                               s.intent_count.load(std::memory_order_relaxed), was);
-      }
-      s.intent_offset.store(kNoIntent, std::memory_order_release);
-      s.owner_start_ticks.store(me.start_ticks, std::memory_order_relaxed);
-      s.owner_pid.store(me.pid, std::memory_order_release);
-      slot_ = &s;
-      cached_tail_ = load128(&ring_.ctl()->tail);
-      cached_reclaim_ = ring_.reclaim_position();
-      return {};
-    }
-  }
-  return make_error(Errc::kTooManyClients,
-                    fmt::format("partition {} has no free writer slot ({} producers attached)",
-                                ring_.ctl()->config.partition, kWriterSlots));
-}
-
-Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64_t block_timeout_ns,
-                                std::uint32_t end_align) noexcept {
-  const std::uint64_t cap = ring_.capacity();
-  const std::uint64_t align_mask = std::uint64_t{end_align} - 1;
-  Pair64 cur = cached_tail_;
-  for (;;) {
-    std::uint64_t end = cur.second, last = cur.second;
-    for (std::uint32_t s : sizes) {
-      last = ring_.place(end, s);
-      end = last + s;
-    }
-    // The capacity is a multiple of 64, so the rounded end never crosses the end of a lap.
-    // Neither the last record nor the whole claim may grow past what readers accept: a
-    // record over max_record, or a claim over half the ring (what a dead writer's claim
-    // becomes: one ABORTED record).
-    if (const std::uint64_t aligned = (end + align_mask) & ~align_mask;
-        aligned - last <= ring_.max_record() && aligned - cur.second <= cap / 2)
-      end = aligned;
-    // Bytes [end - cap, ...) of the previous lap must be reclaimed before we may write.
-    if (end > cached_reclaim_ + cap) {
-      if (auto st = make_room(end - cap, block_timeout_ns); !st) return tl::unexpected(st.error());
-    }
-    // The intent must be complete before the CAS makes the claim real (docs/ring.md).
-    // Release on each store keeps "none" ahead of the fields (plain moves on x86).
-    slot_->intent_offset.store(kNoIntent, std::memory_order_relaxed);
-    slot_->intent_position.store(cur.second, std::memory_order_release);
-    slot_->intent_bytes.store(static_cast<std::uint32_t>(end - cur.second), std::memory_order_release);
-    slot_->intent_count.store(static_cast<std::uint32_t>(sizes.size()), std::memory_order_release);
-    slot_->intent_offset.store(cur.first, std::memory_order_release);
-    const Pair64 next{cur.first + sizes.size(), end};
-    if (cas128(&ring_.ctl()->tail, cur, next)) {
-      cached_tail_ = next;
-      if (test_hooks::after_claim) test_hooks::after_claim();
-      // SYNC POINT: seq_cst CAS above, then this seq_cst load: Dekker with the sleeper's
-      // seq_cst waiters++ followed by its seq_cst load of the tail (Consumer::Impl::block).
-      // Either we see its registration and wake it after the commit, or it sees our claim
-      // and does not sleep. No fence on the commit path (docs/ring.md, "Waiting").
-      const bool wake = ring_.ctl()->notify.waiters.load(std::memory_order_seq_cst) != 0;
-      return Claim{cur.first, cur.second, end, static_cast<std::uint32_t>(sizes.size()), wake};
-    }
-    // cur now holds the current tail; lay the batch out again from there. The intent we
-    // published names an offset that is now someone else's: withdraw it before waiting.
-    slot_->intent_offset.store(kNoIntent, std::memory_order_release);
-  }
-}
-
-Status RingWriter::make_room(std::uint64_t target, std::int64_t block_timeout_ns) noexcept {
-  const bool block = ring_.retention() == Retention::kBlock;
-  const std::uint64_t chunk = ring_.ctl()->config.reclaim_chunk;
-  std::uint64_t waited_since = 0;
-  unsigned round = 0;
-  for (;;) {
-    // A snapshot, not a locked read: a locked instruction is a full barrier that would wait
-    // for the whole previous batch's stores to drain, and the CAS below checks it anyway.
-    Pair64 r = snapshot128(&ring_.ctl()->reclaim);
-    const std::uint64_t gen = r.first & ~kReclaimOffsetMask;
-    if (r.second >= target) {
-      cached_reclaim_ = r.second;
-      return {};
-    }
-    std::uint64_t goal = std::max(target, r.second + chunk);
-    std::uint64_t limit = ring_.tail_position();
-    bool gated = false;
-    if (block) {
-      // Scanned anew every time: a minimum kept from an earlier scan would be trusted on
-      // the gate generation alone, whose 8 bits wrap (docs/ring.md, "Gates").
-      const std::uint64_t g = ring_.gate_min(waited_since ? target : 0);
-      if (g < target) gated = true;
-      limit = std::min(limit, g);
-    }
-    std::uint64_t p = r.second, off = r.first & kReclaimOffsetMask;
-    bool writer_in_flight = false;
-    while (p < goal && p < limit) {
-      const RecordHeader* h = ring_.header_at(p);
-      const std::uint64_t w = h->word.load(std::memory_order_acquire) ^ ring_.salt();
-      if ((w >> 8) == off) {
-        const auto st = static_cast<RecordState>(w & 0xff);
-        if (st == RecordState::kPadding) {
-          p = ring_.next_lap(p);
-          continue;
-        }
-        // If our view of `reclaim` is stale, another producer may already be writing the
-        // next lap here: these reads can race with it (racy_u32), and what they return only
-        // counts if our CAS on `reclaim` below succeeds, which it then cannot.
-        const std::uint32_t len = racy_u32(&h->length), count = racy_u32(&h->key_len);
-        const std::uint64_t limit_len = st == RecordState::kAborted ? ring_.capacity() / 2 : ring_.max_record();
-        const bool sane = len >= kRecordHeaderSize && len <= limit_len && (len & 7) == 0 &&
-                          (p & ring_.mask()) + len <= ring_.capacity();
-        if ((st == RecordState::kCommitted || st == RecordState::kAborted) && !sane) {
-          if (ring_.reclaim_position() != r.second) break;  // stale view: start again
-          return make_error(Errc::kBadSegment, fmt::format("partition {}: record at offset {} (position {}) has a bad length {}",
-                                                           ring_.ctl()->config.partition, off, p, len));
-        }
-        if (st == RecordState::kCommitted) {
-          p += len;
-          ++off;
-          continue;
-        }
-        if (st == RecordState::kAborted && count > 0) {
-          p += len;
-          off += count;
-          continue;
-        }
-      }
-      // An unfinished claim one lap behind us: wait for its writer, or finish it if dead.
-      if (p < target) writer_in_flight = true;
-      break;
-    }
-    if (p > r.second) {
-      // Fails if another producer moved it, or a gate came (generation): look again.
-      if (!cas128(&ring_.ctl()->reclaim, r, Pair64{off | gen, p})) continue;
-      if (p >= target) {
-        cached_reclaim_ = p;
-        return {};
-      }
-    }
-    const std::uint64_t now = monotonic_ns();
-    if (waited_since == 0) waited_since = now;
-    if (writer_in_flight && now - waited_since > 1'000'000) ring_.resolve_stall(off, p);
-    if (gated && block_timeout_ns >= 0 && now - waited_since > static_cast<std::uint64_t>(block_timeout_ns)) {
-      ring_.ctl()->stats.producer_blocked_ns.fetch_add(now - waited_since, std::memory_order_relaxed);
-      return make_error(Errc::kTimedOut,
-                        fmt::format("partition {} is full: a consumer holding it has not moved for {} ms "
-                                    "(retention=block)",
-                                    ring_.ctl()->config.partition, block_timeout_ns / 1'000'000));
-    }
-    backoff(round);
-  }
-}
-
-void RingWriter::abort(const Claim& c) const noexcept {
-  ring_.finalize_claim(c.offset, c.position, c.end - c.position, c.count, self_process().pid);
-  clear_intent();
-}
-
-void RingWriter::clear_intent() const noexcept {
-  if (slot_) slot_->intent_offset.store(kNoIntent, std::memory_order_release);
-}
-
-void RingReader::seek_earliest() noexcept {
-  const Pair64 r = snapshot128(&ring_.ctl()->reclaim);
-  offset_ = r.first & kReclaimOffsetMask;
-  pos_ = r.second;
-}
-
-GateSlot* hold_durable_gate(const Ring& ring, std::uint64_t key, RingReader& reader) noexcept {
-  constexpr auto kDurable = static_cast<std::uint32_t>(GateKind::kDurable);
-  GateSlot* gate = nullptr;
-  GateSlot* free_slot = nullptr;
-  for (std::uint32_t i = 0; i < kGateSlots && !gate; ++i) {
-    GateSlot* g = ring.gate(i);
-    const std::int32_t pid = g->owner_pid.load(std::memory_order_acquire);
-    if (pid > 0 && g->kind.load(std::memory_order_relaxed) == kDurable && g->owner_key.load(std::memory_order_relaxed) == key)
-      gate = g;
-    else if (!free_slot && pid == 0)
-      free_slot = g;
-  }
-  bool back = true;  // a new gate is like one moved back: a reclaim may already have passed it
-  if (gate) {
-    back = reader.position() < gate->position.load(std::memory_order_relaxed);
-    gate->position.store(reader.position(), std::memory_order_release);
-  } else {
-    if (!free_slot) return nullptr;
-    // Taken first (-1: producers skip it), filled in, then published under our pid.
-    std::int32_t zero = 0;
-    if (!free_slot->owner_pid.compare_exchange_strong(zero, -1, std::memory_order_acq_rel)) return nullptr;
-    free_slot->kind.store(kDurable, std::memory_order_relaxed);
-    free_slot->owner_key.store(key, std::memory_order_relaxed);
-    free_slot->owner_start_ticks.store(self_process().start_ticks, std::memory_order_relaxed);
-    free_slot->position.store(reader.position(), std::memory_order_release);
-    free_slot->owner_pid.store(self_process().pid, std::memory_order_release);
-    gate = free_slot;
-  }
-  if (back && ring.bump_gate_generation() > reader.position()) {
-    reader.seek_earliest();
-    gate->position.store(reader.position(), std::memory_order_release);
-  }
-  return gate;
 }
 
 std::uint64_t Ring::bump_gate_generation() const noexcept {
@@ -467,56 +295,502 @@ std::uint64_t Ring::bump_gate_generation() const noexcept {
   return r.second;
 }
 
+// ---- writers ----
+
+RingWriter::RingWriter(RingWriter&& o) noexcept { *this = std::move(o); }
+
+RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
+  if (this != &o) {
+    release();
+    ring_ = o.ring_;
+    lock_ = std::move(o.lock_);
+    slot_ = std::exchange(o.slot_, nullptr);
+    slot_index_ = o.slot_index_;
+    cached_tail_ = o.cached_tail_;
+    cached_reclaim_ = o.cached_reclaim_;
+    cached_reclaim_offset_ = o.cached_reclaim_offset_;
+    futile_wakes_ = o.futile_wakes_;
+  }
+  return *this;
+}
+
+RingWriter::~RingWriter() { release(); }
+
+void RingWriter::release() noexcept {
+  if (!slot_) return;
+  slot_->claim_position.store(kNoClaim, std::memory_order_release);
+  slot_->owner_pid.store(0, std::memory_order_relaxed);
+  lock_.unlock(writer_lock_byte(slot_index_));
+  slot_ = nullptr;
+}
+
+Status RingWriter::open(const Segment& seg) {
+  auto l = SegmentLock::open(seg);
+  if (!l) return tl::unexpected(l.error());
+  lock_ = std::move(*l);
+  for (std::uint32_t i = 0; i < kWriterSlots; ++i) {
+    if (!lock_.try_lock(writer_lock_byte(i))) continue;
+    WriterSlot& s = *ring_.writer_slot(i);
+    // A slot whose lock was free: its last owner closed it, or died. A dead owner may have
+    // left a claim that readers would now take for ours (the lock is held again): abort it.
+    const std::uint64_t cp = s.claim_position.load(std::memory_order_acquire);
+    if (cp != kNoClaim) {
+      const std::uint64_t co = s.claim_offset.load(std::memory_order_relaxed);
+      Pair64 e;
+      if (snapshot_entry(ring_.entry(co), e)) {
+        const std::uint64_t d = e.first ^ ring_.salt();
+        if ((d >> 8) == co + 1 && static_cast<ClaimState>(d & 0xff) == ClaimState::kClaimed && info_slot(e.second) == i) {
+          Pair64 expect = e;
+          if (cas128(as_pair(ring_.entry(co)), expect,
+                     Pair64{encode_tag(co, ClaimState::kAborted, ring_.salt()), with_why(e.second, ClaimWhy::kDead)}))
+            ring_.ctl()->stats.dead_claims_reclaimed.fetch_add(1, std::memory_order_relaxed);
+        }
+      }
+      ring_.ctl()->claim_stats.slots_recovered.fetch_add(1, std::memory_order_relaxed);
+    }
+    s.claim_position.store(kNoClaim, std::memory_order_relaxed);
+    s.owner_pid.store(self_process().pid, std::memory_order_relaxed);
+    slot_ = &s;
+    slot_index_ = i;
+    cached_tail_ = snapshot128(&ring_.ctl()->tail);
+    const Pair64 r = snapshot128(&ring_.ctl()->reclaim);
+    cached_reclaim_ = r.second;
+    cached_reclaim_offset_ = r.first & kReclaimOffsetMask;
+    return {};
+  }
+  return make_error(Errc::kTooManyClients, fmt::format("partition {} has no free writer slot ({} producers attached)",
+                                                       ring_.partition(), kWriterSlots));
+}
+
+Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64_t block_timeout_ns,
+                                std::uint32_t end_align) noexcept {
+  if (!slot_) return make_error(Errc::kInvalidArgument, "writer is not open");
+  if (sizes.empty() || sizes.size() > kMaxClaimCount)
+    return make_error(Errc::kInvalidArgument, fmt::format("a claim holds 1 to {} records, not {}", kMaxClaimCount, sizes.size()));
+  const std::uint64_t cap = ring_.capacity();
+  const std::uint64_t icap = ring_.index_capacity();
+  const std::uint64_t align_mask = std::uint64_t{std::max<std::uint32_t>(end_align, 8)} - 1;
+  const auto n = static_cast<std::uint32_t>(sizes.size());
+  Pair64 cur = cached_tail_;
+  for (;;) {
+    std::uint64_t end = cur.second, last = cur.second, first_at = 0;
+    for (std::uint32_t s : sizes) {
+      last = ring_.place(end, s);
+      if (end == cur.second) first_at = last;
+      end = last + s;
+    }
+    // Neither the last record nor the whole claim may grow past what readers accept.
+    if (const std::uint64_t aligned = (end + align_mask) & ~align_mask;
+        aligned - last <= ring_.max_record() && aligned - cur.second <= cap / 2)
+      end = aligned;
+    // Bytes [end - cap, ...) of the previous lap must be reclaimed before we may write, and
+    // the claim whose table entry we take (index_capacity offsets back) must be finished.
+    const std::uint64_t min_offset = cur.first >= icap ? cur.first - icap + 1 : 0;
+    if (end > cached_reclaim_ + cap || min_offset > cached_reclaim_offset_) {
+      if (auto st = make_room(end > cap ? end - cap : 0, min_offset, block_timeout_ns); !st) return tl::unexpected(st.error());
+    }
+    // Named before the entry is won, so that a takeover of this slot after our death can
+    // find the claim, and a reclaimer can tell whether we may still be writing it.
+    slot_->claim_offset.store(cur.first, std::memory_order_relaxed);
+    slot_->claim_position.store(cur.second, std::memory_order_release);
+    ClaimEntry* e = ring_.entry(cur.first);
+    Pair64 seen;
+    if (!snapshot_entry(e, seen)) {
+      cur = snapshot128(&ring_.ctl()->tail);
+      continue;
+    }
+    const std::uint64_t named = (seen.first ^ ring_.salt()) >> 8;
+    if (named >= cur.first + 1) {
+      // Won by someone else: our tail was stale. Move the tail past their claim if they
+      // have not, then lay out again from the tail.
+      if (named == cur.first + 1 && !ring_.help_tail(cur)) {
+        const Pair64 t = snapshot128(&ring_.ctl()->tail);
+        if (t.first == cur.first && t.second == cur.second)
+          return make_error(Errc::kBadSegment, fmt::format("{}: its claim-table entry is damaged",
+                                                           claim_name(ring_, cur.first, cur.second)));
+      }
+      cur = snapshot128(&ring_.ctl()->tail);
+      continue;
+    }
+    const Pair64 mine{encode_tag(cur.first, ClaimState::kClaimed, ring_.salt()),
+                      encode_info(static_cast<std::uint32_t>(end - cur.second), n, first_at != cur.second, slot_index_,
+                                  ClaimWhy::kOwner)};
+    // SYNC POINT: the claim. Tags only grow, so a CAS expecting an older tag cannot succeed
+    // late (a writer stalled for laps fails here instead of writing).
+    if (!cas128(as_pair(e), seen, mine)) {
+      cur = snapshot128(&ring_.ctl()->tail);
+      continue;
+    }
+    if (test_hooks::after_entry_claim) test_hooks::after_entry_claim();
+    const Pair64 next{cur.first + n, end};
+    Pair64 expect = cur;
+    // Fails only when a helper moved it for us (Ring::help_tail), to the same place.
+    (void)cas128(&ring_.ctl()->tail, expect, next);
+    cached_tail_ = next;
+    if (test_hooks::after_claim) test_hooks::after_claim();
+    // SYNC POINT: seq_cst RMWs above (entry, tail), then this seq_cst load: Dekker with the
+    // sleeper's seq_cst fetch_or of its waiter bit followed by its seq_cst load of the tail
+    // (docs/ring.md, "Waiting").
+    const bool wake = ring_.ctl()->notify.waiters.load(std::memory_order_seq_cst) != 0;
+    return Claim{cur.first, cur.second, end, n, first_at, wake};
+  }
+}
+
+Status RingWriter::commit(const Claim& c) noexcept {
+  if (test_hooks::before_commit) test_hooks::before_commit();
+  ClaimEntry* e = ring_.entry(c.offset);
+  Pair64 expect{encode_tag(c.offset, ClaimState::kClaimed, ring_.salt()),
+                encode_info(static_cast<std::uint32_t>(c.end - c.position), c.count, c.first_at != c.position, slot_index_,
+                            ClaimWhy::kOwner)};
+  const Pair64 committed{encode_tag(c.offset, ClaimState::kCommitted, ring_.salt()), expect.second};
+  // SYNC POINT: release (full barrier); every byte of the claim is written before it. Pairs
+  // with readers' acquire of the entry (Ring::unstick) and of the words stored after it.
+  if (cas128(as_pair(e), expect, committed)) {
+    if (test_hooks::after_commit) test_hooks::after_commit();
+    return {};
+  }
+  ring_.ctl()->claim_stats.late_commits_refused.fetch_add(1, std::memory_order_relaxed);
+  slot_->claim_position.store(kNoClaim, std::memory_order_release);
+  const auto why = info_why(expect.second);
+  return make_error(Errc::kTimedOut,
+                    why == ClaimWhy::kTimedOut
+                        ? fmt::format("{}: not committed: it was unfinished for longer than the claim timeout ({} ms) and "
+                                      "another process aborted it; nothing of it is read",
+                                      claim_name(ring_, c.offset, c.position), ring_.claim_timeout_ns() / 1'000'000)
+                        : fmt::format("{}: not committed: another process aborted it (its writer was taken for dead); "
+                                      "nothing of it is read",
+                                      claim_name(ring_, c.offset, c.position)));
+}
+
+void RingWriter::finish(const Claim& c) noexcept {
+  if (c.first_at == c.position) {
+    publish(c.position, c.offset);
+  } else {
+    ring_.index_at(c.offset).store(c.first_at, std::memory_order_relaxed);
+    publish(c.first_at, c.offset);
+    publish_padding(c.position, c.offset);
+  }
+  // SYNC POINT: release; a reclaimer that reads it (acquire) knows we no longer write here.
+  slot_->claim_position.store(kNoClaim, std::memory_order_release);
+}
+
+void RingWriter::abort(const Claim& c) noexcept {
+  Pair64 expect{encode_tag(c.offset, ClaimState::kClaimed, ring_.salt()),
+                encode_info(static_cast<std::uint32_t>(c.end - c.position), c.count, c.first_at != c.position, slot_index_,
+                            ClaimWhy::kOwner)};
+  (void)cas128(as_pair(ring_.entry(c.offset)), expect, Pair64{encode_tag(c.offset, ClaimState::kAborted, ring_.salt()), expect.second});
+  slot_->claim_position.store(kNoClaim, std::memory_order_release);
+}
+
+void RingWriter::notify(const Claim& c) noexcept {
+  if (!c.wake) return;
+  if (ring_.notify(true) > 0) {
+    futile_wakes_ = 0;
+  } else if (++futile_wakes_ >= kFutileWakesBeforeReap) {
+    // A consumer killed while registered to sleep leaves its bit set: every send would pay
+    // a wake-up for good. Its waiter slot's lock is free now; clear its bit.
+    futile_wakes_ = 0;
+    ring_.reap_waiters(lock_);
+  }
+}
+
+Status RingWriter::make_room(std::uint64_t target, std::uint64_t min_offset, std::int64_t block_timeout_ns) noexcept {
+  const bool block = ring_.retention() == Retention::kBlock;
+  const std::uint64_t chunk = ring_.ctl()->config.reclaim_chunk;
+  std::uint64_t waited_since = 0, stall_offset = kNoClaim, stall_since = 0;
+  unsigned round = 0;
+  for (;;) {
+    // A snapshot, not a locked read: a locked instruction is a full barrier that would wait
+    // for the whole previous batch's stores to drain, and the CAS below checks it anyway.
+    Pair64 r = snapshot128(&ring_.ctl()->reclaim);
+    const std::uint64_t gen = r.first & ~kReclaimOffsetMask;
+    std::uint64_t off = r.first & kReclaimOffsetMask, p = r.second;
+    if (p >= target && off >= min_offset) {
+      cached_reclaim_ = p;
+      cached_reclaim_offset_ = off;
+      return {};
+    }
+    const std::uint64_t goal = std::max(target, p + chunk);
+    std::uint64_t limit = ring_.tail_position();
+    bool gated = false;
+    if (block) {
+      // Scanned anew every time: a minimum kept from an earlier scan would be trusted on
+      // the gate generation alone, whose 8 bits wrap (docs/ring.md, "Gates").
+      const std::uint64_t g = ring_.gate_min(&lock_, waited_since ? target : 0);
+      if (g < target || (g <= p && off < min_offset)) gated = true;
+      limit = std::min(limit, g);
+    }
+    enum { kFree, kInFlight, kLate } stuck = kFree;
+    std::uint32_t stuck_slot = 0;
+    for (std::uint32_t steps = 0; (p < goal || off < min_offset) && p < limit && steps < kMaxWalkSteps; ++steps) {
+      const std::uint64_t w = ring_.word_at(p);
+      if (w == Ring::decoded(off, RecordState::kCommitted)) {
+        // If our view of `reclaim` is stale, another producer may already be writing the
+        // next lap here: what we read only counts if our CAS on `reclaim` below succeeds.
+        const std::uint32_t len = ring_.header_at(p)->length.load(std::memory_order_relaxed);
+        if (len < kRecordHeaderSize || len > ring_.max_record() || (len & 7) != 0 || (p & ring_.mask()) + len > ring_.capacity()) {
+          if (ring_.reclaim_position() != r.second) break;  // stale view: look again
+          ring_.ctl()->claim_stats.corrupt_seen.fetch_add(1, std::memory_order_relaxed);
+          return make_error(Errc::kBadSegment, fmt::format("partition {}: record at offset {} (position {}) has a bad length {}",
+                                                           ring_.partition(), off, p, len));
+        }
+        p += len;
+        ++off;
+        continue;
+      }
+      if (w == Ring::decoded(off, RecordState::kPadding) && (p & ring_.mask()) != 0) {
+        p = ring_.next_lap(p);
+        continue;
+      }
+      const std::uint64_t now = monotonic_ns();
+      if (stall_offset != off) {
+        stall_offset = off;
+        stall_since = now;
+      }
+      const Unstuck u = ring_.unstick(off, p, &lock_, now - stall_since);
+      if (u.kind == Unstuck::kSkip || u.kind == Unstuck::kCommitted) {
+        // A claim finished by others (aborted, or read by its entry) while its writer may
+        // still be writing it: its bytes are not ours to reuse until it leaves or dies.
+        if ((u.kind == Unstuck::kCommitted || u.why == ClaimWhy::kTimedOut) && ring_.writer_inside(lock_, u.slot, p)) {
+          stuck = kLate;
+          stuck_slot = u.slot;
+          break;
+        }
+        p += u.bytes;
+        off += u.count;
+        continue;
+      }
+      if (u.kind == Unstuck::kCorrupt) {
+        if (ring_.reclaim_position() != r.second) break;
+        ring_.ctl()->claim_stats.corrupt_seen.fetch_add(1, std::memory_order_relaxed);
+        return make_error(Errc::kBadSegment, fmt::format("{}: {} (damaged or forged bytes)", claim_name(ring_, off, p), u.problem));
+      }
+      stuck = kInFlight;  // an unfinished claim one lap behind: its writer finishes, or unstick() will
+      break;
+    }
+    if (p > r.second) {
+      // Fails if another producer moved it, or a gate came (generation): look again.
+      if (!cas128(&ring_.ctl()->reclaim, r, Pair64{off | gen, p})) continue;
+      if (p >= target && off >= min_offset) {
+        cached_reclaim_ = p;
+        cached_reclaim_offset_ = off;
+        return {};
+      }
+    }
+    const std::uint64_t now = monotonic_ns();
+    if (waited_since == 0) {
+      waited_since = now;
+      if (stuck == kLate) ring_.ctl()->claim_stats.quarantine_waits.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (block_timeout_ns >= 0 && now - waited_since > static_cast<std::uint64_t>(block_timeout_ns) &&
+        (gated || stuck != kFree)) {
+      ring_.ctl()->stats.producer_blocked_ns.fetch_add(now - waited_since, std::memory_order_relaxed);
+      const std::uint64_t ms = static_cast<std::uint64_t>(block_timeout_ns) / 1'000'000;
+      if (stuck == kLate)
+        return make_error(Errc::kTimedOut,
+                          fmt::format("partition {} is full: a producer (pid {}) is stopped inside its claim at offset {}, "
+                                      "which was aborted; its bytes cannot be reused until it runs or dies (waited {} ms)",
+                                      ring_.partition(), ring_.writer_slot(stuck_slot)->owner_pid.load(std::memory_order_relaxed),
+                                      off, ms));
+      if (stuck == kInFlight)
+        return make_error(Errc::kTimedOut, fmt::format("partition {} is full: the {} is unfinished (waited {} ms; it is "
+                                                       "aborted after the claim timeout of {} ms)",
+                                                       ring_.partition(), claim_name(ring_, off, p), ms,
+                                                       ring_.claim_timeout_ns() / 1'000'000));
+      return make_error(Errc::kTimedOut,
+                        fmt::format("partition {} is full: a consumer holding it has not moved for {} ms (retention=block)",
+                                    ring_.partition(), ms));
+    }
+    backoff(round);
+  }
+}
+
+// ---- readers ----
+
+ReadStatus RingReader::unstick(const SegmentLock* lock, std::uint64_t now_ns) noexcept {
+  if (stall_offset_ != offset_) {
+    stall_offset_ = offset_;
+    stall_since_ = now_ns;
+  }
+  const Unstuck u = ring_.unstick(offset_, pos_, lock, now_ns - stall_since_);
+  switch (u.kind) {
+    case Unstuck::kSkip:
+      pos_ += u.bytes;
+      offset_ += u.count;
+      aborted_ += u.count;
+      return ReadStatus::kRecord;
+    case Unstuck::kCommitted:
+      committed_until_ = pos_ + u.bytes;
+      pos_ = u.at;
+      return ReadStatus::kRecord;
+    case Unstuck::kCorrupt:
+      if (lapped()) return ReadStatus::kLapped;
+      problem_ = u.problem;
+      if (lock) ring_.ctl()->claim_stats.corrupt_seen.fetch_add(1, std::memory_order_relaxed);
+      return ReadStatus::kCorrupt;
+    default:
+      return ReadStatus::kNone;
+  }
+}
+
+void RingReader::seek_earliest() noexcept {
+  const Pair64 r = snapshot128(&ring_.ctl()->reclaim);
+  offset_ = r.first & kReclaimOffsetMask;
+  pos_ = r.second;
+  committed_until_ = 0;
+}
+
 void RingReader::seek_latest() noexcept {
   const Pair64 t = snapshot128(&ring_.ctl()->tail);
   offset_ = t.first;
   pos_ = t.second;
+  committed_until_ = 0;
 }
 
-bool RingReader::seek(std::uint64_t offset) noexcept {
+ReadStatus RingReader::seek(std::uint64_t offset) noexcept {
   for (int attempt = 0; attempt < 8; ++attempt) {
     Pair64 r = snapshot128(&ring_.ctl()->reclaim);
     r.first &= kReclaimOffsetMask;
     const Pair64 t = snapshot128(&ring_.ctl()->tail);
-    if (offset < r.first || offset > t.first) return false;
+    if (offset < r.first || offset > t.first) return ReadStatus::kLapped;
+    committed_until_ = 0;
     if (offset == t.first) {
       offset_ = t.first;
       pos_ = t.second;
-      return true;
+      return ReadStatus::kRecord;
     }
-    // Fast: the index; a hit is proved by the word, which names its own offset.
+    // Fast: the index; a hit is proved by the word, which names its own offset (words are
+    // stored only once their claim committed).
     const std::uint64_t p = ring_.index_at(offset).load(std::memory_order_relaxed);
-    if (p >= r.second && p < t.second) {
-      const std::uint64_t w = ring_.header_at(p)->word.load(std::memory_order_acquire) ^ ring_.salt();
-      if (w == ((offset << 8) | static_cast<std::uint64_t>(RecordState::kCommitted)) && ring_.reclaim_position() <= p) {
-        offset_ = offset;
-        pos_ = p;
-        return true;
-      }
+    if (p >= r.second && p < t.second && (p & 7) == 0 &&
+        ring_.word_at(p) == Ring::decoded(offset, RecordState::kCommitted) && ring_.reclaim_position() <= p) {
+      offset_ = offset;
+      pos_ = p;
+      return ReadStatus::kRecord;
     }
     // Slow: walk from the start of the ring (tiny records overran the index, or the offset
-    // lies inside an aborted range or an unfinished claim).
+    // lies inside an aborted claim, or after an unfinished one). Bounded by the ring.
     offset_ = r.first;
     pos_ = r.second;
     const RecordHeader* h = nullptr;
     std::uint32_t len = 0;
-    bool lapped = false;
-    while (offset_ < offset) {
+    bool again = false;
+    for (std::uint64_t steps = 0; offset_ < offset && !again; ++steps) {
+      if (steps > ring_.capacity() / 8) return ReadStatus::kCorrupt;
       ReadStatus st = next(h, len);
       if (st == ReadStatus::kRecord) {
         advance(len);
         continue;
       }
-      if (st == ReadStatus::kNone && offset_ >= offset) break;
-      if (st == ReadStatus::kNone) {  // an unfinished claim before the target: stop there
-        return true;
+      if (st == ReadStatus::kNone) {
+        st = unstick(nullptr, 0);
+        if (st == ReadStatus::kRecord) continue;
+        // An unfinished claim before the target: where the target lies is not known yet.
+        if (st == ReadStatus::kNone) return ReadStatus::kNone;
       }
-      lapped = true;
-      break;
+      again = true;  // lapped while walking (or damaged): start over from the new start
     }
-    if (!lapped) return true;
+    if (!again) return ReadStatus::kRecord;  // at the target, or just past it (it was aborted)
   }
-  return false;
+  return ReadStatus::kLapped;
+}
+
+// ---- gates and waiter registrations ----
+
+namespace {
+
+// Sets up gate `g` (its lock held by the caller) at `reader`'s position and publishes it.
+void publish_gate(const Ring& ring, GateSlot* g, GateKind kind, std::uint64_t key, RingReader& reader) {
+  g->owner_key.store(key, std::memory_order_relaxed);
+  g->owner_pid.store(self_process().pid, std::memory_order_relaxed);
+  g->position.store(reader.position(), std::memory_order_relaxed);
+  // SYNC POINT: release; pairs with the acquire of `kind` in Ring::gate_min.
+  g->kind.store(static_cast<std::uint32_t>(kind), std::memory_order_release);
+  // A producer that looked at the gates before ours went up may have reclaimed past us:
+  // the generation bump makes any such reclaim still in flight fail, and tells us where
+  // the ring starts now.
+  if (ring.bump_gate_generation() > reader.position()) {
+    reader.seek_earliest();
+    g->position.store(reader.position(), std::memory_order_release);
+  }
+}
+
+}  // namespace
+
+GateSlot* take_process_gate(const Ring& ring, SegmentLock& lock, RingReader& reader) noexcept {
+  for (std::uint32_t i = 0; i < kGateSlots; ++i) {
+    GateSlot* g = ring.gate(i);
+    if (g->kind.load(std::memory_order_acquire) == static_cast<std::uint32_t>(GateKind::kDurable)) continue;
+    if (!lock.try_lock(gate_lock_byte(i))) continue;  // a live consumer's
+    const std::uint32_t kind = g->kind.load(std::memory_order_acquire);
+    if (kind == static_cast<std::uint32_t>(GateKind::kDurable)) {
+      lock.unlock(gate_lock_byte(i));
+      continue;
+    }
+    if (kind == static_cast<std::uint32_t>(GateKind::kProcess))  // its owner died holding it
+      ring.ctl()->claim_stats.gates_reaped.fetch_add(1, std::memory_order_relaxed);
+    publish_gate(ring, g, GateKind::kProcess, 0, reader);
+    return g;
+  }
+  return nullptr;
+}
+
+void release_process_gate(const Ring& ring, SegmentLock& lock, GateSlot* gate) noexcept {
+  if (!gate) return;
+  gate->kind.store(static_cast<std::uint32_t>(GateKind::kFree), std::memory_order_release);
+  lock.unlock(gate_lock_byte(static_cast<std::uint32_t>(gate - ring.gate(0))));
+}
+
+GateSlot* hold_durable_gate(const Ring& ring, const SegmentLock& lock_in, std::uint64_t key, RingReader& reader) noexcept {
+  constexpr auto kDurable = static_cast<std::uint32_t>(GateKind::kDurable);
+  for (std::uint32_t i = 0; i < kGateSlots; ++i) {
+    GateSlot* g = ring.gate(i);
+    if (g->kind.load(std::memory_order_acquire) == kDurable && g->owner_key.load(std::memory_order_relaxed) == key) {
+      const bool back = reader.position() < g->position.load(std::memory_order_relaxed);
+      g->position.store(reader.position(), std::memory_order_release);
+      if (back && ring.bump_gate_generation() > reader.position()) {
+        reader.seek_earliest();
+        g->position.store(reader.position(), std::memory_order_release);
+      }
+      return g;
+    }
+  }
+  auto& lock = const_cast<SegmentLock&>(lock_in);
+  for (std::uint32_t i = 0; i < kGateSlots; ++i) {
+    GateSlot* g = ring.gate(i);
+    if (g->kind.load(std::memory_order_acquire) == kDurable) continue;
+    // Held only while we set it up: a durable gate outlives its maker, busd.
+    if (!lock.try_lock(gate_lock_byte(i))) continue;
+    const std::uint32_t kind = g->kind.load(std::memory_order_acquire);
+    if (kind != kDurable) {
+      if (kind == static_cast<std::uint32_t>(GateKind::kProcess))
+        ring.ctl()->claim_stats.gates_reaped.fetch_add(1, std::memory_order_relaxed);
+      publish_gate(ring, g, GateKind::kDurable, key, reader);
+      lock.unlock(gate_lock_byte(i));
+      return g;
+    }
+    lock.unlock(gate_lock_byte(i));
+  }
+  return nullptr;
+}
+
+int take_waiter_slot(const Ring& ring, SegmentLock& lock) noexcept {
+  for (std::uint32_t i = 0; i < kWaiterSlots; ++i) {
+    if (!lock.try_lock(waiter_lock_byte(i))) continue;
+    // A bit left by a consumer that died asleep: ours now, and clear.
+    if (ring.ctl()->notify.waiters.fetch_and(~(std::uint64_t{1} << i), std::memory_order_acq_rel) & (std::uint64_t{1} << i))
+      ring.ctl()->claim_stats.waiters_reaped.fetch_add(1, std::memory_order_relaxed);
+    ring.waiter_slot(i)->owner_pid.store(self_process().pid, std::memory_order_relaxed);
+    return static_cast<int>(i);
+  }
+  return -1;
+}
+
+void release_waiter_slot(const Ring& ring, SegmentLock& lock, int slot) noexcept {
+  if (slot < 0) return;
+  ring.ctl()->notify.waiters.fetch_and(~(std::uint64_t{1} << slot), std::memory_order_acq_rel);
+  ring.waiter_slot(static_cast<std::uint32_t>(slot))->owner_pid.store(0, std::memory_order_relaxed);
+  lock.unlock(waiter_lock_byte(static_cast<std::uint32_t>(slot)));
 }
 
 }  // namespace shmbus::shm

@@ -1,5 +1,6 @@
-// The partition ring: multi-producer claim by one 16-byte CAS, commit by a release store,
-// readers at their own positions, reclaim of dead writers' claims. Protocols: docs/ring.md.
+// The partition ring: multi-producer claims won in a claim table (one 16-byte CAS on the
+// claim's entry, then the tail), commit and abort by CAS on that entry, readers at their
+// own positions, and recovery of claims whose writer died or stalled. Protocol: docs/ring.md.
 //
 // Thread safety: a Ring is a view and may be shared. A RingWriter and a RingReader belong to
 // one thread at a time (one writer slot / one cursor each); use one per thread.
@@ -11,6 +12,7 @@
 #include <span>
 
 #include "shmbus/error.h"
+#include "shm/ofd_lock.h"
 #include "shm/ring_layout.h"
 #include "shm/segment.h"
 
@@ -18,8 +20,8 @@ namespace shmbus::shm {
 
 // Reads of record bytes that a lapping writer may be overwriting at the same moment. Their
 // result is used only after the seqlock check (RingReader::intact_from), so the race is
-// benign by protocol; TSan cannot see that and is told to skip these two functions
-// (docs/ring.md, "torn reads").
+// benign by protocol; TSan cannot see that and is told to skip this function
+// (docs/ring.md, "torn reads"). Words and lengths are relaxed atomic loads instead.
 #if defined(__SANITIZE_THREAD__) && defined(__clang__)
 #define SHMBUS_RACY __attribute__((no_sanitize("thread"), noinline))
 #elif defined(__SANITIZE_THREAD__)
@@ -42,8 +44,6 @@ inline void seqlock_read_fence() noexcept {
 #endif
 }
 
-SHMBUS_RACY inline std::uint32_t racy_u32(const std::uint32_t* p) noexcept { return *p; }
-
 SHMBUS_RACY inline void racy_copy(void* dst, const void* src, std::size_t n) noexcept {
 #if defined(__SANITIZE_THREAD__)
   const auto* s = static_cast<const unsigned char*>(src);
@@ -61,6 +61,7 @@ struct RingParams {
   std::uint32_t partition = 0;
   std::uint64_t topic_epoch = 0;
   std::uint64_t base_offset = 0;     // first offset (a topic restored from disk continues)
+  std::uint64_t claim_timeout_ns = kDefaultClaimTimeoutNs;
   // A topic with a disk log: block topics start with the spiller's durable gate at the
   // first position, so nothing is overwritten before busd has spilled it, even before busd
   // runs. The disk log's range is published for consumers from the start.
@@ -72,6 +73,7 @@ struct RingParams {
 struct RingGeometry {
   std::uint64_t index_capacity;
   std::size_t index_offset;
+  std::size_t claims_offset;
   std::size_t data_offset;
   std::size_t segment_size;
 };
@@ -82,10 +84,35 @@ void ring_init(std::byte* segment_base, const RingParams& params);
 // Checks the config of a mapped partition segment against its size; names the file.
 Status ring_validate(const Segment& seg);
 
-// Hooks for tests that must stop a writer at an exact instruction (nullptr in production).
+// Hooks for tests that must stop a writer at an exact step (nullptr in production).
 namespace test_hooks {
-extern void (*after_claim)();
+extern void (*after_entry_claim)();  // the claim entry is ours, the tail not moved yet
+extern void (*after_claim)();        // the tail moved, nothing written yet
+extern void (*before_commit)();      // every record written, the entry not committed yet
+extern void (*after_commit)();       // the entry committed, the first word not stored yet
 }
+
+// Lock bytes of the slots in the segment file (ofd_lock.h).
+constexpr std::size_t writer_lock_byte(std::uint32_t i) { return kWriterSlotsOffset + i * sizeof(WriterSlot); }
+constexpr std::size_t gate_lock_byte(std::uint32_t i) { return kGateSlotsOffset + i * sizeof(GateSlot); }
+constexpr std::size_t waiter_lock_byte(std::uint32_t i) { return kWaiterSlotsOffset + i * sizeof(WaiterSlot); }
+
+// What a reader or reclaimer stuck at (offset, position) learns from the claim table.
+struct Unstuck {
+  enum Kind {
+    kWait,       // a claim in flight (or nothing claimed yet): look again later
+    kSkip,       // an aborted claim: step over `bytes` and `count` offsets
+    kCommitted,  // a committed claim whose first word is not stored yet: its record is at `at`
+    kLate,       // a claim aborted or finished by others while its writer may still write it
+    kCorrupt,    // the entry or the ring contradicts the protocol (forged or damaged bytes)
+  } kind = kWait;
+  std::uint64_t bytes = 0;
+  std::uint32_t count = 0;
+  std::uint64_t at = 0;
+  std::uint32_t slot = 0;
+  ClaimWhy why = ClaimWhy::kOwner;
+  const char* problem = nullptr;  // kCorrupt: which check failed
+};
 
 class Ring {
  public:
@@ -96,21 +123,34 @@ class Ring {
   std::uint64_t capacity() const noexcept { return cap_; }
   std::uint64_t mask() const noexcept { return mask_; }
   std::uint64_t salt() const noexcept { return salt_; }
+  std::uint64_t index_capacity() const noexcept { return imask_ + 1; }
   std::uint32_t max_record() const noexcept { return ctl_->config.max_record; }
+  std::uint32_t partition() const noexcept { return ctl_->config.partition; }
+  std::uint64_t claim_timeout_ns() const noexcept { return ctl_->limits.claim_timeout_ns; }
   Retention retention() const noexcept { return static_cast<Retention>(ctl_->config.retention); }
   WriterSlot* writer_slot(std::uint32_t i) const noexcept { return writers_ + i; }
   GateSlot* gate(std::uint32_t i) const noexcept { return gates_ + i; }
+  WaiterSlot* waiter_slot(std::uint32_t i) const noexcept { return waiters_ + i; }
 
   RecordHeader* header_at(std::uint64_t pos) const noexcept {
     return reinterpret_cast<RecordHeader*>(data_ + (pos & mask_));
   }
   std::atomic<std::uint64_t>& index_at(std::uint64_t offset) const noexcept { return index_[offset & imask_]; }
+  ClaimEntry* entry(std::uint64_t offset) const noexcept { return claims_ + (offset & imask_); }
   std::uint64_t next_lap(std::uint64_t pos) const noexcept { return (pos | mask_) + 1; }
 
   // Where a record of `bytes` goes when the free space starts at `cur`: cur itself, or the
   // start of the next lap when it would cross the end (a PADDING word then covers the rest).
   std::uint64_t place(std::uint64_t cur, std::uint32_t bytes) const noexcept {
     return ((cur & mask_) + bytes > cap_) ? next_lap(cur) : cur;
+  }
+
+  // The word at `pos` decoded (salt removed): (offset << 8) | state.
+  std::uint64_t word_at(std::uint64_t pos, std::memory_order order = std::memory_order_acquire) const noexcept {
+    return header_at(pos)->word.load(order) ^ salt_;
+  }
+  static constexpr std::uint64_t decoded(std::uint64_t offset, RecordState s) noexcept {
+    return (offset << 8) | static_cast<std::uint64_t>(s);
   }
 
   // Snapshots for readers and inspectors; each half alone is atomic, the pair is not.
@@ -130,27 +170,39 @@ class Ring {
   std::uint64_t bump_gate_generation() const noexcept;
   bool closed() const noexcept { return ctl_->notify.closed.load(std::memory_order_acquire) != 0; }
 
-  // A record that should have been written at (offset, pos) is not: if the claim belongs to
-  // a dead writer, turn it into ABORTED and return true. Slow path (reads /proc).
-  bool resolve_stall(std::uint64_t offset, std::uint64_t pos) const noexcept;
+  // A reader or reclaimer that finds no record at (offset, pos) asks the claim table why.
+  // With `lock` (a writable attacher), it also finishes what it may: a claim whose writer is
+  // dead is aborted at once, one unfinished for claim_timeout (`stalled_ns`, measured by the
+  // caller) is aborted as timed out. Bounded: no loop over shared bytes.
+  Unstuck unstick(std::uint64_t offset, std::uint64_t pos, const SegmentLock* lock, std::uint64_t stalled_ns) const noexcept;
 
-  // Finishes a claim whose writer will never finish it: committed records stay, the rest
-  // becomes one ABORTED record (after a PADDING word where it crosses the end).
-  void finalize_claim(std::uint64_t offset, std::uint64_t pos, std::uint64_t bytes, std::uint32_t count,
-                      std::int32_t pid) const noexcept;
+  // Moves the tail past a claim whose entry is won but whose writer has not moved the tail
+  // yet (it may be dead or stopped between the two CASes). True when it moved or had moved.
+  bool help_tail(Pair64 seen) const noexcept;
 
-  // The lowest position a live gate holds, UINT64_MAX if none. Releases dead gates when
-  // `reap_dead_below` is above their position.
-  std::uint64_t gate_min(std::uint64_t reap_dead_below = 0) const noexcept;
+  // True while the writer of the claim at `pos` (slot `slot`) may still write its bytes: its
+  // slot lock is held and its slot still names that claim.
+  bool writer_inside(const SegmentLock& lock, std::uint32_t slot, std::uint64_t pos) const noexcept;
 
-  // Eventcount, producer side: wakes the sleepers a claim saw (Claim::wake).
-  void notify(bool wake) const noexcept;
+  // The lowest position a live gate holds, UINT64_MAX if none. With `lock`, releases gates
+  // of dead consumers whose position is below `reap_dead_below`.
+  std::uint64_t gate_min(const SegmentLock* lock = nullptr, std::uint64_t reap_dead_below = 0) const noexcept;
+
+  // Clears the waiter bits of consumers that died while registered to sleep.
+  void reap_waiters(const SegmentLock& lock) const noexcept;
+
+  // Eventcount, producer side: wakes the sleepers a claim saw. Returns how many woke.
+  int notify(bool wake) const noexcept;
 
  private:
+  Unstuck abort_claim(std::uint64_t offset, Pair64 seen, ClaimWhy why) const noexcept;
+
   PartitionControl* ctl_ = nullptr;
   WriterSlot* writers_ = nullptr;
   GateSlot* gates_ = nullptr;
+  WaiterSlot* waiters_ = nullptr;
   std::atomic<std::uint64_t>* index_ = nullptr;
+  ClaimEntry* claims_ = nullptr;
   std::byte* data_ = nullptr;
   std::uint64_t cap_ = 0, mask_ = 0, imask_ = 0, salt_ = 0;
 };
@@ -160,6 +212,7 @@ struct Claim {
   std::uint64_t position;  // first byte (a PADDING word may stand here)
   std::uint64_t end;       // one past the last byte
   std::uint32_t count;     // records
+  std::uint64_t first_at;  // where the first record is: `position`, or the next lap's start
   bool wake = false;       // a consumer was registered to sleep when we claimed
 };
 
@@ -171,44 +224,60 @@ class RingWriter {
   RingWriter& operator=(RingWriter&&) noexcept;
   ~RingWriter();
 
-  // Takes a writer slot (reclaiming a dead owner's, after finishing its claim).
-  Status open();
+  // Takes a free writer slot (its lock): one whose owner died is taken over, after aborting
+  // the claim it may have left.
+  Status open(const Segment& seg);
   const Ring& ring() const noexcept { return ring_; }
+  std::uint32_t slot_index() const noexcept { return slot_index_; }
 
   // Claims `count` records of the given whole sizes (each align8'ed, <= max_record), laid out
-  // with Ring::place(). In a block topic waits up to block_timeout_ns for room.
-  // `end_align` (8..64, a power of two): the claim's end is rounded up to it, the last
-  // record taking the slack (its length is then Claim::end minus its position), unless
-  // that would make it longer than max_record or the claim longer than half the ring.
-  // Claims that all end aligned all start aligned.
+  // with Ring::place(). Waits up to block_timeout_ns for room (gates in a block topic, a
+  // claim one lap behind whose writer has not finished).
+  // `end_align` (8..64, a power of two): the claim's end is rounded up to
+  // it, the last record taking the slack (its length is then Claim::end minus its position),
+  // unless that would make it longer than max_record or the claim longer than half the ring.
   Result<Claim> claim(std::span<const std::uint32_t> sizes, std::int64_t block_timeout_ns,
                       std::uint32_t end_align = 8) noexcept;
   Result<Claim> claim_one(std::uint32_t bytes, std::int64_t block_timeout_ns, std::uint32_t end_align = 8) noexcept {
     return claim(std::span<const std::uint32_t>(&bytes, 1), block_timeout_ns, end_align);
   }
 
-  // Publishes one record: index entry, then the word with release order.
+  // Stores a record's index entry and word (release). After commit() succeeded only: words
+  // of an uncommitted claim would be found by seek() through the index.
   void publish(std::uint64_t pos, std::uint64_t offset) const noexcept {
     ring_.index_at(offset).store(pos, std::memory_order_relaxed);
     // SYNC POINT: release; pairs with the acquire load of the word in RingReader::next().
-    ring_.header_at(pos)->word.store(encode_word(offset, RecordState::kCommitted, ring_.salt()),
-                                     std::memory_order_release);
+    ring_.header_at(pos)->word.store(encode_word(offset, RecordState::kCommitted, ring_.salt()), std::memory_order_release);
+  }
+  // A PADDING word inside the claim (not at its start): before commit(), so that a reader
+  // that reads a committed claim by its entry finds it (RingReader::unstick).
+  void publish_padding(std::uint64_t pos, std::uint64_t offset) const noexcept {
+    ring_.header_at(pos)->word.store(encode_word(offset, RecordState::kPadding, ring_.salt()), std::memory_order_release);
   }
 
-  // Turns an unfinished claim of ours into ABORTED records (a reservation given up).
-  void abort(const Claim& c) const noexcept;
-
-  // The claim is finished (every record published or aborted): no intent stays behind for
-  // a reclaimer to match against someone else's claim at the same place.
-  void clear_intent() const noexcept;
+  // Commits the claim: CLAIMED -> COMMITTED on its entry. Fails (timed_out, naming the
+  // claim) when others aborted it first: nothing it wrote is ever read. After it succeeded
+  // the caller publishes the records but the first, then finish() stores the first word.
+  Status commit(const Claim& c) noexcept;
+  void finish(const Claim& c) noexcept;
+  // Wakes the consumers the claim saw registered; clears the bits of dead ones when wakes
+  // keep finding nobody.
+  void notify(const Claim& c) noexcept;
+  // Gives the claim up: CLAIMED -> ABORTED on its entry (already aborted: nothing to do).
+  void abort(const Claim& c) noexcept;
 
  private:
-  Status make_room(std::uint64_t target, std::int64_t block_timeout_ns) noexcept;
+  Status make_room(std::uint64_t target, std::uint64_t min_offset, std::int64_t block_timeout_ns) noexcept;
+  void release() noexcept;
 
   Ring ring_;
+  SegmentLock lock_;
   WriterSlot* slot_ = nullptr;
+  std::uint32_t slot_index_ = 0;
   Pair64 cached_tail_{0, 0};
   std::uint64_t cached_reclaim_ = 0;
+  std::uint64_t cached_reclaim_offset_ = 0;
+  std::uint32_t futile_wakes_ = 0;
 };
 
 enum class ReadStatus { kRecord, kNone, kLapped, kCorrupt };
@@ -227,65 +296,65 @@ class RingReader {
   void rewind(std::uint64_t offset, std::uint64_t pos) noexcept {
     offset_ = offset;
     pos_ = pos;
+    committed_until_ = 0;
   }
   void seek_latest() noexcept;
-  // False when the offset is no longer (or not yet) in the ring.
-  bool seek(std::uint64_t offset) noexcept;
+  // kRecord: the cursor is at `offset`. kNone: `offset` is past an unfinished claim, try
+  // again. kLapped: no longer (or not yet) in the ring.
+  ReadStatus seek(std::uint64_t offset) noexcept;
 
-  // The record at the cursor, skipping PADDING and ABORTED. Does not move past it.
-  // `length` is the record's length as read and checked once: use it, never re-read it
-  // (a lapping producer may change the header between two reads).
+  // The record at the cursor, stepping over PADDING. Does not move past it. `length` is the
+  // record's length as read and checked once: use it, never re-read it (a lapping producer
+  // may change the header between two reads). Bounded: at most one padding step.
   ReadStatus next(const RecordHeader*& out, std::uint32_t& length) noexcept {
-    for (;;) {
+    for (int step = 0; step < 2; ++step) {
       const RecordHeader* h = ring_.header_at(pos_);
-      // SYNC POINT: acquire; pairs with the release in RingWriter::publish().
+      // SYNC POINT: acquire; pairs with the release in RingWriter::publish() / commit().
       const std::uint64_t w = h->word.load(std::memory_order_acquire) ^ ring_.salt();
-      if ((w >> 8) == offset_) {
-        const auto state = static_cast<RecordState>(w & 0xff);
-        if (state == RecordState::kCommitted) {
-          length = racy_u32(&h->length);
-          if (!sane(length, ring_.max_record())) return insane();
-          out = h;
-          return ReadStatus::kRecord;
-        }
-        if (state == RecordState::kPadding) {
-          pos_ = ring_.next_lap(pos_);
-          continue;
-        }
-        if (state == RecordState::kAborted) {
-          const std::uint32_t len = racy_u32(&h->length), count = racy_u32(&h->key_len);
-          // A dead writer's batch becomes one ABORTED record: up to half the ring long.
-          if (!sane(len, static_cast<std::uint32_t>(ring_.capacity() / 2)) || count == 0) return insane();
-          pos_ += len;
-          offset_ += count;
-          aborted_ += count;
-          continue;
-        }
+      if (w == Ring::decoded(offset_, RecordState::kCommitted) ||
+          (pos_ < committed_until_ && w != Ring::decoded(offset_, RecordState::kPadding))) [[likely]] {
+        length = h->length.load(std::memory_order_relaxed);
+        if (!sane(length)) [[unlikely]] return insane();
+        out = h;
+        return ReadStatus::kRecord;
+      }
+      if (w == Ring::decoded(offset_, RecordState::kPadding)) {
+        // Padding is never the first byte of a lap (a forged one there would loop).
+        if ((pos_ & ring_.mask()) == 0) [[unlikely]] return insane();
+        pos_ = ring_.next_lap(pos_);
+        continue;
       }
       // Keep the record's second line fresh while we wait for its first: when the word
-      // turns up, the rest of a small record is then already on its way (measured:
-      // docs/performance.md).
+      // turns up, the rest of a small record is then already on its way.
       __builtin_prefetch(reinterpret_cast<const char*>(h) + kCacheLine);
-      // Not written yet, or overwritten: telling the two apart needs the reclaim line,
-      // which producers write. A spinning reader must not pull that line on every empty
-      // look (it would slow the producer's reclaim CAS), so it asks lapped() now and then.
+      // Not written yet, aborted, or overwritten: telling them apart needs lines that
+      // producers write, which a spinning reader must not pull on every empty look; the
+      // caller asks lapped() and unstick() now and then.
       return ReadStatus::kNone;
     }
+    return insane();
+  }
+
+  ReadStatus next(const RecordHeader*& out) noexcept {
+    std::uint32_t ignored;
+    return next(out, ignored);
   }
 
   // True when producers have overwritten the record at the cursor.
   bool lapped() const noexcept { return ring_.reclaim_position() > pos_; }
 
   // Moves past the record just returned by next(), whose length the caller has read.
-  ReadStatus next(const RecordHeader*& out) noexcept {
-    std::uint32_t ignored;
-    return next(out, ignored);
-  }
-
   void advance(std::uint32_t length) noexcept {
     pos_ += length;
     ++offset_;
   }
+
+  // Called after next() said kNone for a while (a few hundred empty looks): steps over an
+  // aborted claim, reads a committed one whose first word is missing, and with `lock`
+  // finishes a dead or timed-out writer's claim (the reader's own stall clock decides when).
+  // Returns kRecord when the cursor can move on (next() again), kNone to keep waiting,
+  // kCorrupt for bytes that contradict the protocol.
+  ReadStatus unstick(const SegmentLock* lock, std::uint64_t now_ns) noexcept;
 
   // True while nothing at or after `pos` can have been overwritten: call after copying,
   // with the acquire fence of the seqlock protocol (docs/ring.md).
@@ -297,10 +366,13 @@ class RingReader {
   // A claim is in flight at the cursor (reserved, not yet published).
   bool claim_in_flight() const noexcept { return ring_.tail_position() > pos_; }
   std::uint64_t aborted_skipped() const noexcept { return aborted_; }
+  // After kCorrupt: what was wrong, for the error message.
+  const char* problem() const noexcept { return problem_; }
 
  private:
-  bool sane(std::uint32_t len, std::uint32_t limit) const noexcept {
-    return len >= kRecordHeaderSize && len <= limit && (len & 7) == 0 && (pos_ & ring_.mask()) + len <= ring_.capacity();
+  bool sane(std::uint32_t len) const noexcept {
+    return len >= kRecordHeaderSize && len <= ring_.max_record() && (len & 7) == 0 &&
+           (pos_ & ring_.mask()) + len <= ring_.capacity();
   }
   ReadStatus insane() const noexcept {
     return ring_.reclaim_position() > pos_ ? ReadStatus::kLapped : ReadStatus::kCorrupt;
@@ -310,13 +382,27 @@ class RingReader {
   std::uint64_t pos_ = 0;
   std::uint64_t offset_ = 0;
   std::uint64_t aborted_ = 0;
+  std::uint64_t committed_until_ = 0;     // end of a claim the table says is committed, read by lengths
+  std::uint64_t stall_offset_ = kNoClaim;  // where unstick() started its stall clock
+  std::uint64_t stall_since_ = 0;
+  const char* problem_ = "a record's word or length is damaged";
 };
 
 // Holds producers back at `reader`'s position with this process's durable gate named `key`
 // (GateKind::kDurable: never reaped; busd's group gates and its spiller's): the existing one
-// is moved there, else a free slot is taken. Where producers had already reclaimed past
-// that position, `reader` moves to the ring's start and the gate with it (the caller sees
-// the offsets it lost in reader.offset()). nullptr when every gate slot is taken.
-GateSlot* hold_durable_gate(const Ring& ring, std::uint64_t key, RingReader& reader) noexcept;
+// is moved there, else a free slot is taken (through `lock`). Where producers had already
+// reclaimed past that position, `reader` moves to the ring's start and the gate with it (the
+// caller sees the offsets it lost in reader.offset()). nullptr when every gate slot is taken.
+GateSlot* hold_durable_gate(const Ring& ring, const SegmentLock& lock, std::uint64_t key, RingReader& reader) noexcept;
+
+// A consumer's own gate (GateKind::kProcess), held through `lock` until release_process_gate.
+// Same reclaim rule as above. nullptr when every gate slot is taken.
+GateSlot* take_process_gate(const Ring& ring, SegmentLock& lock, RingReader& reader) noexcept;
+void release_process_gate(const Ring& ring, SegmentLock& lock, GateSlot* gate) noexcept;
+
+// A consumer's waiter slot (its bit in NotifyLine::waiters), held through `lock`. -1 when
+// every slot is taken (the consumer then sleeps in short slices instead).
+int take_waiter_slot(const Ring& ring, SegmentLock& lock) noexcept;
+void release_waiter_slot(const Ring& ring, SegmentLock& lock, int slot) noexcept;
 
 }  // namespace shmbus::shm

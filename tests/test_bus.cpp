@@ -213,7 +213,7 @@ TEST(Bus, EverySendStartsOnTheAlignmentAndABatchIsPackedInside) {
   // Where the records lie: a batch's records 8-byte packed, each send's start 64-aligned.
   const shm::Ring ring = bus->topic("t").value()->ring(0);
   shm::RingReader r(ring);
-  ASSERT_TRUE(r.seek(ring.end_offset() - 8));
+  ASSERT_EQ(r.seek(ring.end_offset() - 8), shm::ReadStatus::kRecord);
   std::vector<std::uint64_t> at;
   const shm::RecordHeader* h = nullptr;
   std::uint32_t len = 0;
@@ -330,7 +330,7 @@ TEST(Bus, SendsAreRefusedWhileAReservationIsOpen) {
   ASSERT_FALSE(s);
   EXPECT_NE(s.error().message.find("reservation"), std::string::npos);
   EXPECT_FALSE(p->reserve("t", std::nullopt, 8, 0));
-  r->commit();
+  ASSERT_TRUE(r->commit());
   EXPECT_TRUE(p->send("t", std::nullopt, "x"));
 }
 
@@ -364,7 +364,7 @@ TEST(Bus, ZeroCopyReserveCommitAndAbort) {
     auto r = p->reserve("t", as_bytes("k"), 5, 0);
     ASSERT_TRUE(r);
     std::memcpy(r->value().data(), "abcde", 5);
-    r->commit();
+    ASSERT_TRUE(r->commit());
   }
   {
     auto r = p->reserve("t", std::nullopt, 5, 0);

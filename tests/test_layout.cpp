@@ -25,24 +25,29 @@ TEST(Layout, SegmentHeaderV1) {
   EXPECT_EQ(kSegmentMagic, 0x3130'5355'424d'4853ull);
 }
 
-TEST(Layout, PartitionV1) {
-  EXPECT_EQ(kPartitionLayoutMajor, 2) << "bump the version: update this test with the new layout";
+TEST(Layout, PartitionV3) {
+  EXPECT_EQ(kPartitionLayoutMajor, 3) << "bump the version: update this test with the new layout";
   EXPECT_EQ(kReclaimOffsetMask, (std::uint64_t{1} << 56) - 1) << "reclaim.first: offset in 56 bits, gate generation in 8";
   EXPECT_EQ(sizeof(RecordHeader), 40u);
   EXPECT_EQ(offsetof(RecordHeader, word), 0u);
   EXPECT_EQ(offsetof(RecordHeader, length), 8u);
-  EXPECT_EQ(offsetof(RecordHeader, writer_pid), 12u);
+  EXPECT_EQ(offsetof(RecordHeader, reserved), 12u);
   EXPECT_EQ(offsetof(RecordHeader, timestamp_ns), 16u);
   EXPECT_EQ(offsetof(RecordHeader, key_len), 24u);
   EXPECT_EQ(offsetof(RecordHeader, headers_len), 28u);
   EXPECT_EQ(offsetof(RecordHeader, value_len), 32u);
   EXPECT_EQ(offsetof(RecordHeader, flags), 36u);
-  EXPECT_EQ(sizeof(PartitionControl), 320u);
+  EXPECT_EQ(sizeof(ClaimEntry), 16u);
+  EXPECT_EQ(offsetof(ClaimEntry, tag), 0u);
+  EXPECT_EQ(offsetof(ClaimEntry, info), 8u);
+  EXPECT_EQ(sizeof(PartitionControl), 448u);
   EXPECT_EQ(offsetof(PartitionControl, config), 0u);
-  EXPECT_EQ(offsetof(PartitionControl, tail), 64u);
-  EXPECT_EQ(offsetof(PartitionControl, reclaim), 128u);
-  EXPECT_EQ(offsetof(PartitionControl, notify), 192u);
-  EXPECT_EQ(offsetof(PartitionControl, stats), 256u);
+  EXPECT_EQ(offsetof(PartitionControl, limits), 64u);
+  EXPECT_EQ(offsetof(PartitionControl, tail), 128u);
+  EXPECT_EQ(offsetof(PartitionControl, reclaim), 192u);
+  EXPECT_EQ(offsetof(PartitionControl, notify), 256u);
+  EXPECT_EQ(offsetof(PartitionControl, stats), 320u);
+  EXPECT_EQ(offsetof(PartitionControl, claim_stats), 384u);
   EXPECT_EQ(offsetof(PartitionConfig, capacity), 0u);
   EXPECT_EQ(offsetof(PartitionConfig, index_capacity), 8u);
   EXPECT_EQ(offsetof(PartitionConfig, salt), 16u);
@@ -53,29 +58,38 @@ TEST(Layout, PartitionV1) {
   EXPECT_EQ(offsetof(PartitionConfig, retention), 52u);
   EXPECT_EQ(offsetof(PartitionConfig, partition), 56u);
   EXPECT_EQ(offsetof(PartitionConfig, reclaim_chunk), 60u);
+  EXPECT_EQ(offsetof(LimitsLine, claims_offset), 0u);
+  EXPECT_EQ(offsetof(LimitsLine, claim_timeout_ns), 8u);
   EXPECT_EQ(offsetof(NotifyLine, seq), 0u);
-  EXPECT_EQ(offsetof(NotifyLine, waiters), 4u);
-  EXPECT_EQ(offsetof(NotifyLine, closed), 8u);
+  EXPECT_EQ(offsetof(NotifyLine, closed), 4u);
+  EXPECT_EQ(offsetof(NotifyLine, waiters), 8u);
+  EXPECT_EQ(offsetof(ClaimStatsLine, claims_timed_out), 0u);
+  EXPECT_EQ(offsetof(ClaimStatsLine, corrupt_seen), 56u);
   EXPECT_EQ(sizeof(WriterSlot), 64u);
   EXPECT_EQ(offsetof(WriterSlot, owner_pid), 0u);
-  EXPECT_EQ(offsetof(WriterSlot, owner_start_ticks), 8u);
-  EXPECT_EQ(offsetof(WriterSlot, intent_offset), 16u);
-  EXPECT_EQ(offsetof(WriterSlot, intent_position), 24u);
-  EXPECT_EQ(offsetof(WriterSlot, intent_bytes), 32u);
-  EXPECT_EQ(offsetof(WriterSlot, intent_count), 36u);
+  EXPECT_EQ(offsetof(WriterSlot, claim_position), 8u);
+  EXPECT_EQ(offsetof(WriterSlot, claim_offset), 16u);
   EXPECT_EQ(sizeof(GateSlot), 64u);
-  EXPECT_EQ(offsetof(GateSlot, kind), 4u);
-  EXPECT_EQ(offsetof(GateSlot, position), 16u);
-  EXPECT_EQ(offsetof(GateSlot, owner_key), 24u);
+  EXPECT_EQ(offsetof(GateSlot, kind), 0u);
+  EXPECT_EQ(offsetof(GateSlot, owner_pid), 4u);
+  EXPECT_EQ(offsetof(GateSlot, position), 8u);
+  EXPECT_EQ(offsetof(GateSlot, owner_key), 16u);
+  EXPECT_EQ(sizeof(WaiterSlot), 64u);
   EXPECT_EQ(kWriterSlots, 64u);
   EXPECT_EQ(kGateSlots, 32u);
-  EXPECT_EQ(kWriterSlotsOffset, 448u);
-  EXPECT_EQ(kGateSlotsOffset, 4544u);
-  EXPECT_EQ(static_cast<int>(RecordState::kClaimed), 1);
+  EXPECT_EQ(kWaiterSlots, 64u);
+  EXPECT_EQ(kWriterSlotsOffset, 576u);
+  EXPECT_EQ(kGateSlotsOffset, 4672u);
+  EXPECT_EQ(kWaiterSlotsOffset, 6720u);
   EXPECT_EQ(static_cast<int>(RecordState::kCommitted), 2);
   EXPECT_EQ(static_cast<int>(RecordState::kPadding), 3);
-  EXPECT_EQ(static_cast<int>(RecordState::kAborted), 4);
+  EXPECT_EQ(static_cast<int>(ClaimState::kClaimed), 1);
+  EXPECT_EQ(static_cast<int>(ClaimState::kCommitted), 2);
+  EXPECT_EQ(static_cast<int>(ClaimState::kAborted), 3);
   EXPECT_EQ(encode_word(5, RecordState::kCommitted, 0), (5u << 8) | 2u);
+  EXPECT_EQ(encode_tag(5, ClaimState::kClaimed, 0), (6u << 8) | 1u) << "a tag holds offset + 1";
+  EXPECT_EQ(encode_info(4096, 3, true, 7, ClaimWhy::kTimedOut),
+            4096u | (std::uint64_t{3} << 32) | (std::uint64_t{1} << 55) | (std::uint64_t{7} << 56) | (std::uint64_t{2} << 62));
 }
 
 TEST(Layout, RegistryV1) {

@@ -1,11 +1,15 @@
-// The ring's state machine, one edge per test, with states forged in raw bytes:
-// part-written records, padding at the wrap, a dead writer's claim, a lapped reader.
+// The ring's protocol, one edge or failure class per test: states forged in raw bytes, and
+// writer processes killed or stopped at each step of a claim (test hooks in shm/ring.h).
 #include <gtest/gtest.h>
 
+#include <pthread.h>
+#include <signal.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
+#include <thread>
 
 #include "shm/process.h"
 #include "shm/ring.h"
@@ -14,16 +18,19 @@
 
 using namespace shmbus;
 using namespace shmbus::shm;
+using namespace std::chrono_literals;
 
 namespace {
 
 // A private partition segment, not registered on any bus.
 struct ForgedRing {
-  explicit ForgedRing(std::uint64_t capacity = 4096, Retention retention = Retention::kOverwrite) {
+  explicit ForgedRing(std::uint64_t capacity = 4096, Retention retention = Retention::kOverwrite,
+                      std::uint64_t claim_timeout_ns = kDefaultClaimTimeoutNs) {
     name = test::unique_bus("ring") + "~forged~0";
     RingParams p;
     p.capacity = capacity;
     p.retention = retention;
+    p.claim_timeout_ns = claim_timeout_ns;
     const RingGeometry g = ring_geometry(capacity);
     auto s = Segment::create(SegmentSpec{name, SegmentKind::kPartition, kPartitionLayoutMajor, kPartitionLayoutMinor,
                                          g.segment_size, 0600, std::nullopt, false},
@@ -31,54 +38,135 @@ struct ForgedRing {
     EXPECT_TRUE(s) << s.error().message;
     seg = std::move(*s);
     ring = Ring(seg.data());
+    auto l = SegmentLock::open(seg);
+    EXPECT_TRUE(l);
+    lock = std::move(*l);
   }
   ~ForgedRing() { (void)Segment::remove(name); }
 
-  // Writes a committed record of `value` bytes through the real writer.
-  std::uint64_t produce(RingWriter& w, std::uint32_t value_len, std::uint8_t fill) {
-    const std::uint32_t bytes = static_cast<std::uint32_t>(align8(kRecordHeaderSize + value_len));
-    auto c = w.claim_one(bytes, 0);
-    EXPECT_TRUE(c);
-    const std::uint64_t at = ring.place(c->position, bytes);
-    if (at != c->position)
-      ring.header_at(c->position)->word.store(encode_word(c->offset, RecordState::kPadding, ring.salt()));
-    RecordHeader* h = ring.header_at(at);
-    h->length = bytes;
+  RingWriter writer() {
+    RingWriter w(ring);
+    EXPECT_TRUE(w.open(seg));
+    return w;
+  }
+
+  // A record of `value_len` bytes of `fill`, at its place in the claim (headers only).
+  void write(const Claim& c, std::uint32_t value_len, std::uint8_t fill) {
+    RecordHeader* h = ring.header_at(c.first_at);
+    h->length.store(static_cast<std::uint32_t>(c.end - c.first_at));
     h->key_len = kNullKey;
     h->headers_len = 0;
     h->value_len = value_len;
     std::memset(reinterpret_cast<std::byte*>(h) + kRecordHeaderSize, fill, value_len);
-    w.publish(at, c->offset);
+  }
+
+  // A committed record through the real writer.
+  std::uint64_t produce(RingWriter& w, std::uint32_t value_len, std::uint8_t fill) {
+    auto c = w.claim_one(static_cast<std::uint32_t>(align8(kRecordHeaderSize + value_len)), 1'000'000'000);
+    EXPECT_TRUE(c) << c.error().message;
+    write(*c, value_len, fill);
+    EXPECT_TRUE(w.commit(*c));
+    w.finish(*c);
     return c->offset;
   }
+
+  // Reads on until `n` records came or nothing moves; the reader unsticks as a consumer does.
+  std::vector<std::uint64_t> read(RingReader& r, std::size_t n, bool with_lock = true) {
+    std::vector<std::uint64_t> offsets;
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (offsets.size() < n && std::chrono::steady_clock::now() < deadline) {
+      const RecordHeader* h = nullptr;
+      std::uint32_t len = 0;
+      const ReadStatus st = r.next(h, len);
+      if (st == ReadStatus::kRecord) {
+        offsets.push_back(r.offset());
+        r.advance(len);
+        continue;
+      }
+      if (st != ReadStatus::kNone) break;
+      if (r.unstick(with_lock ? &lock : nullptr, monotonic_ns()) == ReadStatus::kNone) std::this_thread::sleep_for(1ms);
+    }
+    return offsets;
+  }
+
+  const ClaimStatsLine& stats() const { return ring.ctl()->claim_stats; }
 
   std::string name;
   Segment seg;
   Ring ring;
+  SegmentLock lock;  // the reader's own description, as a consumer has
 };
 
-// A child process that claims records of these sizes and dies right after the claim CAS,
-// before writing a byte. Returns once it is dead and reaped.
-void claim_and_die(const Ring& ring, std::vector<std::uint32_t> sizes) {
+// What a writer child does when it reaches the hooked step.
+enum class Fate { kDie, kStop };
+Fate g_fate;
+void at_hook() {
+  if (g_fate == Fate::kDie) ::_exit(9);
+  ::raise(SIGSTOP);
+}
+
+enum class Step { kAfterEntryClaim, kAfterClaim, kBeforeCommit, kAfterCommit };
+
+// A child process that claims records of these sizes and, at `step`, dies or stops itself.
+// A stopped child, once continued, finishes: exit 0 when its commit went through, 7 when it
+// was refused. Returns the child's pid once it is dead (and reaped) or stopped.
+pid_t writer_child(ForgedRing& f, std::vector<std::uint32_t> sizes, Step step, Fate fate) {
   pid_t child = ::fork();
   if (child == 0) {
-    RingWriter dead(ring);
-    if (!dead.open()) ::_exit(3);
-    test_hooks::after_claim = [] { ::_exit(9); };
-    (void)dead.claim(sizes, 0);
-    ::_exit(4);
+    RingWriter w(f.ring);
+    if (!w.open(f.seg)) ::_exit(3);
+    g_fate = fate;
+    switch (step) {
+      case Step::kAfterEntryClaim: test_hooks::after_entry_claim = at_hook; break;
+      case Step::kAfterClaim: test_hooks::after_claim = at_hook; break;
+      case Step::kBeforeCommit: test_hooks::before_commit = at_hook; break;
+      case Step::kAfterCommit: test_hooks::after_commit = at_hook; break;
+    }
+    auto c = w.claim(sizes, 0);
+    if (!c) ::_exit(4);
+    std::uint64_t cur = c->position;
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+      const std::uint64_t at = f.ring.place(cur, sizes[i]);
+      if (at != cur && i > 0) w.publish_padding(cur, c->offset + i);
+      RecordHeader* h = f.ring.header_at(at);
+      h->length.store(i + 1 == sizes.size() ? static_cast<std::uint32_t>(c->end - at) : sizes[i]);
+      h->key_len = kNullKey;
+      h->headers_len = 0;
+      h->value_len = 8;
+      std::memset(reinterpret_cast<std::byte*>(h) + kRecordHeaderSize, 0x5a, 8);
+      cur = at + sizes[i];
+    }
+    if (!w.commit(*c)) ::_exit(7);
+    cur = c->first_at + sizes[0];
+    for (std::size_t i = 1; i < sizes.size(); ++i) {
+      const std::uint64_t at = f.ring.place(cur, sizes[i]);
+      w.publish(at, c->offset + i);
+      cur = at + sizes[i];
+    }
+    w.finish(*c);
+    ::_exit(0);
   }
   int status = 0;
-  ASSERT_EQ(::waitpid(child, &status, 0), child);
-  ASSERT_EQ(WEXITSTATUS(status), 9);
+  EXPECT_EQ(::waitpid(child, &status, WUNTRACED), child);
+  if (fate == Fate::kDie) EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 9) << status;
+  else EXPECT_TRUE(WIFSTOPPED(status)) << status;
+  return child;
+}
+
+int continue_and_reap(pid_t child) {
+  ::kill(child, SIGCONT);
+  int status = 0;
+  EXPECT_EQ(::waitpid(child, &status, 0), child);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 }  // namespace
 
+// ---- the ordinary edges ----
+
 TEST(Ring, CommittedRecordIsReadInOrder) {
   ForgedRing f;
-  RingWriter w(f.ring);
-  ASSERT_TRUE(w.open());
+  RingWriter w = f.writer();
   EXPECT_EQ(f.produce(w, 10, 1), 0u);
   EXPECT_EQ(f.produce(w, 20, 2), 1u);
   RingReader r(f.ring);
@@ -96,66 +184,60 @@ TEST(Ring, CommittedRecordIsReadInOrder) {
 
 TEST(Ring, ClaimEndIsRoundedUpByItsLastRecordUnlessThatWouldPassTheLimit) {
   ForgedRing f;  // max_record = 1024
-  RingWriter w(f.ring);
-  ASSERT_TRUE(w.open());
+  RingWriter w = f.writer();
   const std::uint32_t two[] = {104, 104};
   auto c = w.claim(two, 0, 64);
   ASSERT_TRUE(c);
   EXPECT_EQ(c->position, 0u);
   EXPECT_EQ(c->end, 256u) << "208 bytes rounded up to 64: the last record takes 48 more";
-  w.clear_intent();
+  w.abort(*c);
   auto next = w.claim_one(48, 0, 64);
   ASSERT_TRUE(next);
   EXPECT_EQ(next->position, 256u) << "the next claim starts aligned";
   EXPECT_EQ(next->end, 320u);
-  w.clear_intent();
+  w.abort(*next);
   auto packed = w.claim_one(48, 0, 8);
   ASSERT_TRUE(packed);
   EXPECT_EQ(packed->end, 368u) << "end_align 8: nothing added";
-  w.clear_intent();
+  w.abort(*packed);
   // 1016 + 56 bytes of slack would be over the ring's max record of 1024: left unaligned.
   auto big = w.claim_one(1016, 0, 64);
   ASSERT_TRUE(big);
   EXPECT_EQ(big->end - big->position, 1016u);
-  w.clear_intent();
+  w.abort(*big);
 }
 
 TEST(Ring, ClaimEndIsNotRoundedPastHalfTheRing) {
   ForgedRing f;  // capacity 4096, max_record 1024
-  RingWriter w(f.ring);
-  ASSERT_TRUE(w.open());
-  ASSERT_TRUE(w.claim_one(48, 0, 8));  // leaves the tail off a 64-byte boundary
-  w.clear_intent();
-  // 2048 bytes from 48: rounding to 2112 would make the claim 2064 bytes, more than half
-  // the ring, which is what a dead writer's claim may become as one ABORTED record.
+  RingWriter w = f.writer();
+  auto first = w.claim_one(48, 0, 8);  // leaves the tail off a 64-byte boundary
+  ASSERT_TRUE(first);
+  w.abort(*first);
   const std::uint32_t sizes[] = {1024, 984, 40};
   auto c = w.claim(sizes, 0, 64);
   ASSERT_TRUE(c);
   EXPECT_EQ(c->position, 48u);
   EXPECT_EQ(c->end - c->position, 2048u);
-  w.clear_intent();
+  w.abort(*c);
 }
 
-TEST(Ring, PartWrittenRecordIsNotReturnedUntilCommitted) {
+TEST(Ring, ClaimedRecordIsNotReturnedUntilCommittedAndALiveWriterKeepsIt) {
   ForgedRing f;
-  RingWriter w(f.ring);
-  ASSERT_TRUE(w.open());
+  RingWriter w = f.writer();
   auto c = w.claim_one(64, 0);
   ASSERT_TRUE(c);
-  RecordHeader* h = f.ring.header_at(c->position);
-  // Forge a half-written record: claimed word, length set, payload partly there.
-  h->word.store(encode_word(0, RecordState::kClaimed, f.ring.salt()));
-  h->length = 64;
+  f.write(*c, 24, 7);
   RingReader r(f.ring);
   r.seek_earliest();
   const RecordHeader* out = nullptr;
   EXPECT_EQ(r.next(out), ReadStatus::kNone);
   EXPECT_TRUE(r.claim_in_flight());
-  // Our own process is alive: the claim is not taken away from it.
-  EXPECT_FALSE(f.ring.resolve_stall(0, c->position));
-  h->key_len = kNullKey;
-  h->value_len = 24;
-  w.publish(c->position, 0);
+  // Its writer holds its slot lock: the claim is not taken from it before the timeout.
+  EXPECT_EQ(r.unstick(&f.lock, monotonic_ns()), ReadStatus::kNone);
+  EXPECT_EQ(r.unstick(&f.lock, monotonic_ns() + kDefaultClaimTimeoutNs / 2), ReadStatus::kNone);
+  ASSERT_TRUE(w.commit(*c));
+  EXPECT_EQ(r.next(out), ReadStatus::kNone) << "committed, first word not stored yet";
+  w.finish(*c);
   EXPECT_EQ(r.next(out), ReadStatus::kRecord);
 }
 
@@ -164,7 +246,7 @@ TEST(Ring, StaleBytesOfAnOldLapAreNeverAHeader) {
   // Without the salt, these bytes would read as "offset 0, committed".
   auto* h = f.ring.header_at(0);
   h->word.store((0u << 8) | 2u);
-  h->length = 48;
+  h->length.store(48);
   RingReader r(f.ring);
   r.seek_earliest();
   const RecordHeader* out = nullptr;
@@ -173,8 +255,7 @@ TEST(Ring, StaleBytesOfAnOldLapAreNeverAHeader) {
 
 TEST(Ring, RecordThatWouldCrossTheEndIsPrecededByPadding) {
   ForgedRing f(4096);
-  RingWriter w(f.ring);
-  ASSERT_TRUE(w.open());
+  RingWriter w = f.writer();
   // 4096 = 4 x 1000 + 96: four 1000-byte records, then a 200-byte one must wrap.
   RingReader r(f.ring);
   r.seek_earliest();
@@ -185,61 +266,16 @@ TEST(Ring, RecordThatWouldCrossTheEndIsPrecededByPadding) {
     r.advance(h->length);
   }
   f.produce(w, 200 - kRecordHeaderSize, 2);
-  EXPECT_EQ(f.ring.header_at(4000)->word.load() ^ f.ring.salt(), (4u << 8) | 3u) << "padding word with the next offset";
+  EXPECT_EQ(f.ring.word_at(4000), Ring::decoded(4, RecordState::kPadding)) << "padding word with the next offset";
   ASSERT_EQ(r.next(h), ReadStatus::kRecord);
   EXPECT_EQ(r.position(), 4096u) << "the reader skipped the padding to the next lap";
   EXPECT_EQ(r.offset(), 4u);
   EXPECT_EQ(h->value_len, 200 - kRecordHeaderSize);
 }
 
-TEST(Ring, DeadWritersClaimBecomesAbortedAndOffsetsStayDense) {
-  ForgedRing f;
-  RingWriter w(f.ring);
-  ASSERT_TRUE(w.open());
-  f.produce(w, 16, 1);  // offset 0
-  // A child process claims offset 1 and dies before writing a byte of it.
-  claim_and_die(f.ring, {64});
-  f.produce(w, 16, 3);  // offset 2, after the hole
-  RingReader r(f.ring);
-  r.seek_earliest();
-  const RecordHeader* h = nullptr;
-  ASSERT_EQ(r.next(h), ReadStatus::kRecord);
-  r.advance(h->length);
-  EXPECT_EQ(r.next(h), ReadStatus::kNone) << "offset 1 is claimed, not written";
-  EXPECT_TRUE(r.claim_in_flight());
-  EXPECT_TRUE(f.ring.resolve_stall(r.offset(), r.position())) << "the claim's writer is dead";
-  ASSERT_EQ(r.next(h), ReadStatus::kRecord) << "the aborted offset is skipped";
-  EXPECT_EQ(r.offset(), 2u);
-  EXPECT_EQ(r.aborted_skipped(), 1u);
-  EXPECT_EQ(f.ring.ctl()->stats.dead_claims_reclaimed.load(), 1u);
-}
-
-TEST(Ring, DeadWritersSlotIsReusedAfterItsClaimIsFinished) {
-  ForgedRing f;
-  claim_and_die(f.ring, {64});
-  // Fill every other slot, so that the only way in is the dead writer's slot.
-  std::vector<RingWriter> writers;
-  for (std::uint32_t i = 0; i + 1 < kWriterSlots; ++i) {
-    writers.emplace_back(f.ring);
-    ASSERT_TRUE(writers.back().open());
-  }
-  RingWriter last(f.ring);
-  ASSERT_TRUE(last.open()) << "the dead writer's slot is taken over";
-  RingReader r(f.ring);
-  r.seek_earliest();
-  const RecordHeader* h = nullptr;
-  EXPECT_EQ(r.next(h), ReadStatus::kNone);
-  EXPECT_EQ(r.offset(), 1u) << "its claim (offset 0) was finished as aborted";
-  RingWriter one_too_many(f.ring);
-  auto st = one_too_many.open();
-  ASSERT_FALSE(st);
-  EXPECT_EQ(st.error().code, Errc::kTooManyClients);
-}
-
 TEST(Ring, LappedReaderIsTold) {
   ForgedRing f(4096);
-  RingWriter w(f.ring);
-  ASSERT_TRUE(w.open());
+  RingWriter w = f.writer();
   RingReader r(f.ring);
   r.seek_earliest();
   for (int i = 0; i < 200; ++i) f.produce(w, 100, static_cast<std::uint8_t>(i));
@@ -254,8 +290,7 @@ TEST(Ring, LappedReaderIsTold) {
 
 TEST(Ring, CopyIsDetectedAsTornWhenTheWriterLapsDuringIt) {
   ForgedRing f(4096);
-  RingWriter w(f.ring);
-  ASSERT_TRUE(w.open());
+  RingWriter w = f.writer();
   f.produce(w, 100, 7);
   RingReader r(f.ring);
   r.seek_earliest();
@@ -263,72 +298,95 @@ TEST(Ring, CopyIsDetectedAsTornWhenTheWriterLapsDuringIt) {
   ASSERT_EQ(r.next(h), ReadStatus::kRecord);
   const std::uint64_t start = r.position();
   EXPECT_TRUE(r.intact_from(start));
-  // "During the copy", the producers go round the ring.
-  for (int i = 0; i < 100; ++i) f.produce(w, 100, 8);
+  for (int i = 0; i < 100; ++i) f.produce(w, 100, 8);  // "during the copy", a lap goes by
   EXPECT_FALSE(r.intact_from(start));
 }
 
 TEST(Ring, SeekFindsOffsetsThroughTheIndexAndRefusesGoneOnes) {
   ForgedRing f(4096);
-  RingWriter w(f.ring);
-  ASSERT_TRUE(w.open());
+  RingWriter w = f.writer();
   for (int i = 0; i < 100; ++i) f.produce(w, 60, static_cast<std::uint8_t>(i));
   RingReader r(f.ring);
   const std::uint64_t start = f.ring.start_offset(), end = f.ring.end_offset();
   EXPECT_EQ(end, 100u);
   for (std::uint64_t o = start; o < end; ++o) {
-    ASSERT_TRUE(r.seek(o)) << o;
+    ASSERT_EQ(r.seek(o), ReadStatus::kRecord) << o;
     const RecordHeader* h = nullptr;
     ASSERT_EQ(r.next(h), ReadStatus::kRecord);
     EXPECT_EQ(r.offset(), o);
     EXPECT_EQ(reinterpret_cast<const std::uint8_t*>(h)[kRecordHeaderSize], o);
   }
-  EXPECT_TRUE(r.seek(end));
-  EXPECT_FALSE(r.seek(end + 1));
-  if (start > 0) {
-    EXPECT_FALSE(r.seek(start - 1));
-  }
+  EXPECT_EQ(r.seek(end), ReadStatus::kRecord);
+  EXPECT_EQ(r.seek(end + 1), ReadStatus::kLapped);
+  ASSERT_GT(start, 0u);
+  EXPECT_EQ(r.seek(start - 1), ReadStatus::kLapped);
 }
+
+TEST(Ring, SeekPastAnUnfinishedClaimIsPendingNotAWrongPosition) {
+  ForgedRing f(8192);
+  RingWriter a = f.writer(), b = f.writer();
+  auto open = a.claim_one(64, 0);  // offset 0, unfinished
+  ASSERT_TRUE(open);
+  f.write(*open, 24, 1);
+  f.produce(b, 24, 2);  // offset 1
+  f.produce(b, 24, 3);  // offset 2
+  f.ring.index_at(2).store(~0ull);  // the index misses (as with records under 64 bytes)
+  RingReader r(f.ring);
+  EXPECT_EQ(r.seek(2), ReadStatus::kNone) << "where offset 2 lies is not known before offset 0 is finished";
+  ASSERT_TRUE(a.commit(*open));
+  a.finish(*open);
+  ASSERT_EQ(r.seek(2), ReadStatus::kRecord);
+  EXPECT_EQ(r.offset(), 2u);
+  const RecordHeader* h = nullptr;
+  ASSERT_EQ(r.next(h), ReadStatus::kRecord);
+  EXPECT_EQ(reinterpret_cast<const std::uint8_t*>(h)[kRecordHeaderSize], 3);
+}
+
+TEST(Ring, SeekIntoAnAbortedClaimLandsAfterIt) {
+  ForgedRing f(8192);
+  RingWriter w = f.writer();
+  const std::uint32_t three[] = {64, 64, 64};
+  auto c = w.claim(three, 0);
+  ASSERT_TRUE(c);
+  w.abort(*c);
+  f.produce(w, 24, 9);  // offset 3
+  RingReader r(f.ring);
+  ASSERT_EQ(r.seek(1), ReadStatus::kRecord);
+  EXPECT_EQ(r.offset(), 3u) << "offsets 0..2 were aborted: the next record is 3";
+}
+
+// ---- gates ----
 
 TEST(Ring, BlockRetentionWaitsForAGateAndTimesOut) {
   ForgedRing f(4096, Retention::kBlock);
-  RingWriter w(f.ring);
-  ASSERT_TRUE(w.open());
-  // A gate at position 0, held by this (live) process.
-  GateSlot* g = f.ring.gate(0);
-  g->position.store(0);
-  g->owner_start_ticks.store(self_process().start_ticks);
-  g->owner_pid.store(self_process().pid);
+  RingWriter w = f.writer();
+  RingReader gate_reader(f.ring);
+  gate_reader.seek_earliest();
+  GateSlot* g = take_process_gate(f.ring, f.lock, gate_reader);
+  ASSERT_NE(g, nullptr);
   std::uint64_t produced = 0;
   for (;;) {
-    const std::uint32_t bytes = 112;
-    auto c = w.claim_one(bytes, 20'000'000);
-    if (c) {
-      RecordHeader* h = f.ring.header_at(c->position);
-      h->length = bytes;
-      h->key_len = kNullKey;
-    }
+    auto c = w.claim_one(112, 20'000'000);
     if (!c) {
       EXPECT_EQ(c.error().code, Errc::kTimedOut);
-      EXPECT_NE(c.error().message.find("retention=block"), std::string::npos);
+      EXPECT_NE(c.error().message.find("retention=block"), std::string::npos) << c.error().message;
       break;
     }
-    w.publish(c->position, c->offset);
+    f.write(*c, 16, 1);
+    ASSERT_TRUE(w.commit(*c));
+    w.finish(*c);
     ++produced;
     ASSERT_LT(produced, 100u) << "the gate did not hold the producer back";
   }
   EXPECT_EQ(produced, 4096u / 112u) << "exactly one ring of records, nothing overwritten";
-  g->owner_pid.store(0);
+  release_process_gate(f.ring, f.lock, g);
 }
 
 TEST(Ring, GateAddedDuringAReclaimMakesThatReclaimFail) {
   ForgedRing f(4096, Retention::kBlock);
-  // A producer's reclaim decided on a view of the gates taken before this point...
-  Pair64 seen = load128(&f.ring.ctl()->reclaim);
-  // ...then a consumer puts up a gate and bumps the generation...
+  Pair64 seen = load128(&f.ring.ctl()->reclaim);  // a reclaim decided before the gate
   const std::uint64_t start = f.ring.bump_gate_generation();
   EXPECT_EQ(start, 0u) << "nothing reclaimed yet: the gate at 0 is safe";
-  // ...so that reclaim's CAS fails, and the producer looks at the gates again.
   Pair64 stale = seen;
   EXPECT_FALSE(cas128(&f.ring.ctl()->reclaim, stale, Pair64{seen.first + 1, 64}));
   EXPECT_EQ(f.ring.start_offset(), 0u) << "the generation is not part of the offset";
@@ -336,45 +394,353 @@ TEST(Ring, GateAddedDuringAReclaimMakesThatReclaimFail) {
 
 TEST(Ring, GateBelowAReclaimThatAlreadyHappenedIsTold) {
   ForgedRing f(4096, Retention::kBlock);
-  RingWriter w(f.ring);
-  ASSERT_TRUE(w.open());
+  RingWriter w = f.writer();
   for (int i = 0; i < 200; ++i) f.produce(w, 100, 1);  // no gate yet: laps freely
   ASSERT_GT(f.ring.reclaim_position(), 0u);
   EXPECT_GT(f.ring.bump_gate_generation(), 0u) << "a gate at 0 now would be below the ring's start";
 }
 
-TEST(Ring, DeadWritersBatchLongerThanAnyRecordIsSkippedWhole) {
-  ForgedRing f(8192);  // max record 2048, batches up to 4096
-  RingWriter w(f.ring);
-  ASSERT_TRUE(w.open());
-  claim_and_die(f.ring, {1000, 1000, 1000});
+TEST(Ring, GateOfADeadConsumerIsReleasedByTheProducerItBlocks) {
+  ForgedRing f(4096, Retention::kBlock);
+  pid_t child = ::fork();
+  if (child == 0) {
+    auto l = SegmentLock::open(f.seg);
+    RingReader r(f.ring);
+    r.seek_earliest();
+    ::_exit(l && take_process_gate(f.ring, *l, r) ? 0 : 1);  // dies holding its gate
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  RingWriter w = f.writer();
+  for (int i = 0; i < 100; ++i) ASSERT_NE(f.produce(w, 100, 1), ~0ull);  // laps: the dead gate went away
+  EXPECT_GT(f.ring.start_offset(), 0u);
+  EXPECT_EQ(f.stats().gates_reaped.load(), 1u);
+}
+
+// ---- producers killed or stopped at each step of a claim ----
+
+TEST(Ring, WriterKilledBetweenItsEntryAndTheTailIsAbortedAndTheTailMoved) {
+  ForgedRing f;
+  RingWriter w = f.writer();
+  f.produce(w, 16, 1);  // offset 0
+  writer_child(f, {64, 64}, Step::kAfterEntryClaim, Fate::kDie);  // offsets 1, 2: the tail still says 1
+  EXPECT_EQ(f.ring.end_offset(), 1u);
+  f.produce(w, 16, 3);  // the producer helps the tail past the dead claim: offset 3
+  EXPECT_EQ(f.ring.end_offset(), 4u);
+  RingReader r(f.ring);
+  r.seek_earliest();
+  EXPECT_EQ(f.read(r, 2), (std::vector<std::uint64_t>{0, 3}));
+  EXPECT_EQ(r.aborted_skipped(), 2u);
+  EXPECT_EQ(f.ring.ctl()->stats.dead_claims_reclaimed.load(), 1u);
+}
+
+TEST(Ring, WriterKilledRightAfterItsClaimIsAbortedAtOnce) {
+  ForgedRing f;
+  RingWriter w = f.writer();
+  f.produce(w, 16, 1);
+  writer_child(f, {64}, Step::kAfterClaim, Fate::kDie);
+  f.produce(w, 16, 3);
+  RingReader r(f.ring);
+  r.seek_earliest();
+  EXPECT_EQ(f.read(r, 2), (std::vector<std::uint64_t>{0, 2}));
+  EXPECT_EQ(r.aborted_skipped(), 1u);
+  EXPECT_EQ(f.ring.ctl()->stats.dead_claims_reclaimed.load(), 1u);
+}
+
+TEST(Ring, WriterKilledWithEveryByteWrittenButNotCommittedIsAborted) {
+  ForgedRing f(8192);  // max record 2048: a batch of 3000 bytes is fine
+  RingWriter w = f.writer();
+  writer_child(f, {1000, 1000, 1000}, Step::kBeforeCommit, Fate::kDie);
   f.produce(w, 16, 5);  // offset 3, after the dead batch
   RingReader r(f.ring);
   r.seek_earliest();
-  ASSERT_TRUE(f.ring.resolve_stall(0, 0));
-  const RecordHeader* h = nullptr;
-  ASSERT_EQ(r.next(h), ReadStatus::kRecord) << "a 3000-byte ABORTED record is not corrupt";
-  EXPECT_EQ(r.offset(), 3u);
+  EXPECT_EQ(f.read(r, 1), (std::vector<std::uint64_t>{3})) << "a 3000-byte aborted claim is skipped whole";
   EXPECT_EQ(r.aborted_skipped(), 3u);
 }
 
-TEST(Ring, FailedClaimLeavesNoIntentThatCouldMatchAnotherWritersClaim) {
-  ForgedRing f;
-  RingWriter a(f.ring), b(f.ring);
-  ASSERT_TRUE(a.open());
-  ASSERT_TRUE(b.open());
-  // b claims offset 0 first; a, with a stale view of the tail, fails its CAS once and then
-  // claims offset 1. No slot may still claim offset 0 but b's.
-  auto cb = b.claim_one(64, 0);
-  ASSERT_TRUE(cb);
-  auto ca = a.claim_one(64, 0);
-  ASSERT_TRUE(ca);
-  EXPECT_EQ(ca->offset, 1u);
-  std::uint32_t covering = 0;
-  for (std::uint32_t i = 0; i < kWriterSlots; ++i) {
-    const WriterSlot* s = f.ring.writer_slot(i);
-    if (s->owner_pid.load() == 0 || s->intent_offset.load() == ~0ull) continue;
-    covering += s->intent_offset.load() <= 0 && 0 < s->intent_offset.load() + s->intent_count.load();
+TEST(Ring, WriterKilledAfterItsCommitLosesNothingItCommitted) {
+  ForgedRing f(8192);
+  RingWriter w = f.writer();
+  writer_child(f, {64, 64, 64}, Step::kAfterCommit, Fate::kDie);  // committed, no word stored
+  f.produce(w, 16, 5);  // offset 3
+  RingReader r(f.ring);
+  r.seek_earliest();
+  EXPECT_EQ(f.read(r, 4), (std::vector<std::uint64_t>{0, 1, 2, 3})) << "the committed batch is read by its entry";
+  EXPECT_EQ(r.aborted_skipped(), 0u);
+  // A reader on a read-only view reads it too (it needs no lock for this).
+  RingReader ro(f.ring);
+  ro.seek_earliest();
+  EXPECT_EQ(f.read(ro, 4, false).size(), 4u);
+  // And producers go round the ring past it.
+  for (int i = 0; i < 200; ++i) f.produce(w, 100, 6);
+  EXPECT_GT(f.ring.start_offset(), 3u);
+}
+
+TEST(Ring, WriterKilledAfterCommittingAClaimThatStartsWithPaddingLosesNothing) {
+  ForgedRing f(4096);
+  RingWriter w = f.writer();
+  for (int i = 0; i < 4; ++i) f.produce(w, 1000 - kRecordHeaderSize, 1);  // up to 4000
+  writer_child(f, {200}, Step::kAfterCommit, Fate::kDie);                 // at 4096, padding at 4000
+  RingReader r(f.ring);
+  r.seek_earliest();
+  EXPECT_EQ(f.read(r, 4), (std::vector<std::uint64_t>{1, 2, 3, 4})) << "offset 0 made room for the claim";
+  EXPECT_EQ(r.position(), 4096u + 200u);
+}
+
+TEST(Ring, StoppedWriterIsTimedOutItsLateCommitFailsAndItsBytesWaitForIt) {
+  ForgedRing f(4096, Retention::kOverwrite, 50'000'000);  // claim timeout 50 ms
+  RingWriter w = f.writer();
+  f.produce(w, 16, 1);  // offset 0
+  const pid_t child = writer_child(f, {512}, Step::kBeforeCommit, Fate::kStop);  // offset 1, stopped
+  f.produce(w, 16, 2);  // offset 2
+  RingReader r(f.ring);
+  r.seek_earliest();
+  // Readers are held for the claim timeout, not for as long as the writer is stopped.
+  const auto t0 = std::chrono::steady_clock::now();
+  EXPECT_EQ(f.read(r, 2), (std::vector<std::uint64_t>{0, 2}));
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 50ms);
+  EXPECT_EQ(f.stats().claims_timed_out.load(), 1u);
+  // A lap later, its bytes are not reused while it may still write them: producers wait
+  // (here up to 100 ms) and say who holds them.
+  std::string error;
+  for (int i = 0; i < 100 && error.empty(); ++i) {
+    auto c = w.claim_one(256, 100'000'000);
+    if (!c) {
+      error = c.error().message;
+      break;
+    }
+    f.write(*c, 16, 3);
+    ASSERT_TRUE(w.commit(*c));
+    w.finish(*c);
   }
-  EXPECT_EQ(covering, 1u);
+  EXPECT_NE(error.find("pid " + std::to_string(child)), std::string::npos) << error;
+  EXPECT_NE(error.find("stopped inside its claim"), std::string::npos) << error;
+  EXPECT_GE(f.stats().quarantine_waits.load(), 1u);
+  // Continued, the writer learns that it lost, and its bytes are free.
+  EXPECT_EQ(continue_and_reap(child), 7) << "its commit was refused";
+  EXPECT_EQ(f.stats().late_commits_refused.load(), 1u);
+  for (int i = 0; i < 100; ++i) f.produce(w, 100, 4);
+  RingReader fresh(f.ring);
+  fresh.seek_earliest();
+  EXPECT_FALSE(f.read(fresh, 10).empty());
+}
+
+TEST(Ring, WriterStoppedBetweenEntryAndTailDoesNotStopOthers) {
+  ForgedRing f(4096, Retention::kOverwrite, 50'000'000);
+  RingWriter w = f.writer();
+  const pid_t child = writer_child(f, {64}, Step::kAfterEntryClaim, Fate::kStop);
+  f.produce(w, 16, 2);  // helps the tail past the stopped claim: offset 1
+  RingReader r(f.ring);
+  r.seek_earliest();
+  EXPECT_EQ(f.read(r, 1), (std::vector<std::uint64_t>{1}));
+  EXPECT_EQ(f.stats().claims_timed_out.load(), 1u);
+  EXPECT_EQ(continue_and_reap(child), 7);
+}
+
+TEST(Ring, WriterStoppedBrieflyKeepsItsClaim) {
+  ForgedRing f;  // claim timeout 1 s
+  RingWriter w = f.writer();
+  const pid_t child = writer_child(f, {64}, Step::kBeforeCommit, Fate::kStop);
+  RingReader r(f.ring);
+  r.seek_earliest();
+  const RecordHeader* h = nullptr;
+  EXPECT_EQ(r.next(h), ReadStatus::kNone);
+  EXPECT_EQ(r.unstick(&f.lock, monotonic_ns()), ReadStatus::kNone) << "alive (lock held): not aborted";
+  EXPECT_EQ(continue_and_reap(child), 0) << "its commit went through";
+  EXPECT_EQ(f.read(r, 1), (std::vector<std::uint64_t>{0}));
+}
+
+TEST(Ring, SlotOfADeadWriterIsTakenOverAndItsClaimAborted) {
+  ForgedRing f;
+  writer_child(f, {64}, Step::kAfterClaim, Fate::kDie);
+  // Fill every other slot, so that the only way in is the dead writer's slot.
+  std::vector<RingWriter> writers;
+  for (std::uint32_t i = 0; i + 1 < kWriterSlots; ++i) writers.push_back(f.writer());
+  RingWriter last(f.ring);
+  ASSERT_TRUE(last.open(f.seg)) << "the dead writer's slot is taken over";
+  EXPECT_EQ(f.stats().slots_recovered.load(), 1u);
+  EXPECT_EQ(f.ring.ctl()->stats.dead_claims_reclaimed.load(), 1u) << "its claim was aborted, not left to look alive";
+  f.produce(last, 16, 1);
+  RingReader r(f.ring);
+  r.seek_earliest();
+  EXPECT_EQ(f.read(r, 1), (std::vector<std::uint64_t>{1}));
+  RingWriter one_too_many(f.ring);
+  auto st = one_too_many.open(f.seg);
+  ASSERT_FALSE(st);
+  EXPECT_EQ(st.error().code, Errc::kTooManyClients);
+}
+
+TEST(Ring, TakingOverADeadSlotNeverAbortsALiveWritersClaim) {
+  ForgedRing f;
+  RingWriter live = f.writer();  // slot 0
+  // A writer (slot 1) dies after naming offset 0 in its slot, before it won the entry...
+  pid_t child = ::fork();
+  if (child == 0) {
+    RingWriter dead(f.ring);
+    if (!dead.open(f.seg) || dead.slot_index() == live.slot_index()) ::_exit(3);
+    f.ring.writer_slot(dead.slot_index())->claim_offset.store(0);
+    f.ring.writer_slot(dead.slot_index())->claim_position.store(0);
+    ::_exit(9);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_EQ(WEXITSTATUS(status), 9);
+  // ...and the live writer wins offset 0 at position 0.
+  auto c = live.claim_one(64, 0);
+  ASSERT_TRUE(c);
+  ASSERT_EQ(c->offset, 0u);
+  std::vector<RingWriter> others;
+  for (std::uint32_t i = 0; i + 1 < kWriterSlots; ++i) others.push_back(f.writer());  // one takes the dead slot
+  EXPECT_EQ(f.stats().slots_recovered.load(), 1u);
+  EXPECT_EQ(f.ring.ctl()->stats.dead_claims_reclaimed.load(), 0u);
+  f.write(*c, 24, 1);
+  EXPECT_TRUE(live.commit(*c)) << "the live writer's claim was not taken for the dead one's";
+}
+
+TEST(Ring, ForkedChildDoesNotKeepItsParentsClaimAlive) {
+  ForgedRing f;
+  pid_t parent = ::fork();
+  if (parent == 0) {
+    RingWriter w(f.ring);
+    if (!w.open(f.seg) || !w.claim_one(64, 0)) ::_exit(3);
+    if (::fork() == 0) {  // the grandchild lives on, with copies of every descriptor
+      ::sleep(2);
+      ::_exit(0);
+    }
+    ::_exit(9);  // dies inside its claim
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(parent, &status, 0), parent);
+  ASSERT_EQ(WEXITSTATUS(status), 9);
+  RingReader r(f.ring);
+  r.seek_earliest();
+  EXPECT_EQ(r.unstick(&f.lock, monotonic_ns()), ReadStatus::kRecord) << "aborted at once: its writer is dead";
+  EXPECT_EQ(f.ring.ctl()->stats.dead_claims_reclaimed.load(), 1u);
+}
+
+TEST(Ring, WriterWhoseMainThreadExitedIsStillAlive) {
+  ForgedRing f;
+  pid_t child = ::fork();
+  if (child == 0) {
+    static ForgedRing* ring = &f;
+    pthread_t t;
+    ::pthread_create(&t, nullptr, [](void*) -> void* {
+      RingWriter w(ring->ring);
+      if (!w.open(ring->seg)) ::_exit(3);
+      auto c = w.claim_one(64, 0);
+      if (!c) ::_exit(4);
+      ::usleep(300'000);  // a slow writer, its process a zombie leader meanwhile
+      ring->write(*c, 24, 1);
+      if (!w.commit(*c)) ::_exit(7);
+      w.finish(*c);
+      ::_exit(0);
+    }, nullptr);
+    // The main thread alone ends (the exit system call, not exit_group): the process is a
+    // zombie leader whose other thread still writes. (pthread_exit would unwind through
+    // gtest's handlers.)
+    ::syscall(SYS_exit, 0);
+  }
+  RingReader r(f.ring);
+  r.seek_earliest();
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(r.unstick(&f.lock, monotonic_ns()), ReadStatus::kNone) << "not judged dead";
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_EQ(f.read(r, 1), (std::vector<std::uint64_t>{0}));
+  EXPECT_EQ(f.ring.ctl()->stats.dead_claims_reclaimed.load(), 0u);
+}
+
+// ---- consumers that die asleep ----
+
+TEST(Ring, WaiterBitOfAConsumerKilledAsleepIsClearedByProducers) {
+  ForgedRing f;
+  pid_t child = ::fork();
+  if (child == 0) {
+    auto l = SegmentLock::open(f.seg);
+    const int slot = l ? take_waiter_slot(f.ring, *l) : -1;
+    if (slot < 0) ::_exit(1);
+    f.ring.ctl()->notify.waiters.fetch_or(std::uint64_t{1} << slot);
+    ::_exit(0);  // "killed while asleep in poll()"
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  ASSERT_NE(f.ring.ctl()->notify.waiters.load(), 0u);
+  RingWriter w = f.writer();
+  for (int i = 0; i < 200; ++i) {
+    auto c = w.claim_one(64, 0);
+    ASSERT_TRUE(c);
+    f.write(*c, 24, 1);
+    ASSERT_TRUE(w.commit(*c));
+    w.finish(*c);
+    w.notify(*c);
+  }
+  EXPECT_EQ(f.ring.ctl()->notify.waiters.load(), 0u) << "sends stopped paying a futex wake-up";
+  EXPECT_EQ(f.stats().waiters_reaped.load(), 1u);
+}
+
+TEST(Ring, WaiterSlotOfADeadConsumerIsCleanWhenTakenAgain) {
+  ForgedRing f;
+  pid_t child = ::fork();
+  if (child == 0) {
+    auto l = SegmentLock::open(f.seg);
+    const int slot = l ? take_waiter_slot(f.ring, *l) : -1;
+    if (slot != 0) ::_exit(1);
+    f.ring.ctl()->notify.waiters.fetch_or(1);
+    ::_exit(0);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_EQ(take_waiter_slot(f.ring, f.lock), 0);
+  EXPECT_EQ(f.ring.ctl()->notify.waiters.load(), 0u);
+}
+
+// ---- forged bytes: an error naming the place, never a hang or a wrong record ----
+
+TEST(Ring, ForgedPaddingAtTheStartOfALapIsCorruptNotALoop) {
+  ForgedRing f;
+  f.ring.header_at(0)->word.store(encode_word(0, RecordState::kPadding, f.ring.salt()));
+  f.ring.ctl()->tail = Pair64{2, 128};
+  RingReader r(f.ring);
+  r.seek_earliest();
+  const RecordHeader* h = nullptr;
+  EXPECT_EQ(r.next(h), ReadStatus::kCorrupt);
+  EXPECT_EQ(r.next(h), ReadStatus::kCorrupt) << "and again: the reader does not move on it";
+  EXPECT_NE(r.seek(1), ReadStatus::kRecord) << "a seek walking over it ends too";
+}
+
+TEST(Ring, ForgedAbortedEntryCoveringNothingOrPastTheTailIsCorrupt) {
+  ForgedRing f;
+  RingWriter w = f.writer();
+  auto c = w.claim_one(64, 0);
+  ASSERT_TRUE(c);
+  auto* e = reinterpret_cast<Pair64*>(f.ring.entry(0));
+  const std::uint64_t aborted = encode_tag(0, ClaimState::kAborted, f.ring.salt());
+  for (const std::uint64_t info : {encode_info(0, 1, false, 0, ClaimWhy::kDead),             // 0 bytes
+                                   encode_info(64, 0, false, 0, ClaimWhy::kDead),            // 0 offsets
+                                   encode_info(64, kMaxClaimCount, false, 0, ClaimWhy::kDead),  // past the tail
+                                   encode_info(4096, 1, false, 0, ClaimWhy::kDead)}) {       // past the tail
+    *e = Pair64{aborted, info};
+    RingReader r(f.ring);
+    r.seek_earliest();
+    EXPECT_EQ(r.unstick(&f.lock, monotonic_ns()), ReadStatus::kCorrupt) << std::hex << info;
+    EXPECT_EQ(r.offset(), 0u) << "nothing skipped";
+  }
+  auto w2 = f.writer();
+  auto next = w2.claim_one(64, 0, 8);
+  (void)next;  // whatever a producer does next, it does not hang (the entry names offset 0)
+}
+
+TEST(Ring, ForgedCommittedWordWithABadLengthIsCorrupt) {
+  ForgedRing f;
+  RingWriter w = f.writer();
+  f.produce(w, 16, 1);
+  f.ring.header_at(0)->length.store(3);
+  RingReader r(f.ring);
+  r.seek_earliest();
+  const RecordHeader* h = nullptr;
+  EXPECT_EQ(r.next(h), ReadStatus::kCorrupt);
 }

@@ -42,6 +42,10 @@ struct TopicConfig {
   std::uint32_t max_record = 0;      // largest key+value+headers; 0: capacity / 4 minus the header
   RetentionMode retention = RetentionMode::kOverwrite;
   SpillConfig spill;
+  // A claim (a send in progress, or an open Reservation) unfinished this long is aborted by
+  // the consumers and producers waiting on it, whether its producer is stopped, slow or
+  // dead; the producer's late commit then fails with timed_out. 1..3600000.
+  std::uint32_t claim_timeout_ms = 1000;
 };
 
 struct PartitionInfo {
@@ -50,7 +54,11 @@ struct PartitionInfo {
   std::uint64_t end_offset;    // next offset to be written
   std::uint64_t bytes_used;    // ring bytes between start and end
   std::uint64_t capacity;
-  std::uint64_t dead_claims_reclaimed;
+  std::uint64_t dead_claims_reclaimed;  // claims of dead producers aborted
+  std::uint64_t claims_timed_out;       // claims of live producers aborted after the claim timeout
+  std::uint64_t late_commits_refused;   // commits that found their claim aborted (the send failed)
+  std::uint64_t waiters_reaped;         // sleep registrations of dead consumers cleared
+  std::uint64_t gates_reaped;           // gates of dead consumers released
   std::uint32_t writers;       // producers attached
   std::uint32_t gates;         // consumers holding producers back
   // Spilled topics (what busd published in the partition segment):

@@ -51,7 +51,8 @@ class Producer {
 
   // Zero-copy: claims room for a record whose value the caller writes in place, then
   // commit()s. One open reservation per producer at a time (sends are refused meanwhile);
-  // a Reservation must not outlive its Producer.
+  // a Reservation must not outlive its Producer. Commit within the topic's claim timeout
+  // (1 s by default): a claim left open longer is aborted by the consumers waiting on it.
   [[nodiscard]] Result<Reservation> reserve(std::string_view topic, std::optional<Bytes> key, std::size_t value_size,
                                             std::optional<std::uint32_t> partition = std::nullopt,
                                             std::span<const Header> headers = {}) noexcept;
@@ -72,14 +73,16 @@ class Reservation {
 
   std::span<std::byte> value() const noexcept { return value_; }
   RecordMetadata metadata() const noexcept { return meta_; }
-  void commit() noexcept;
+  // Publishes the record. Fails (timed_out) when it was open longer than the topic's claim
+  // timeout and consumers aborted it: the record is then never read.
+  [[nodiscard]] Status commit() noexcept;
   void abort() noexcept;
 
  private:
   friend class Producer;
   Reservation() = default;
   void* writer_ = nullptr;  // shm::RingWriter*
-  std::uint64_t position_ = 0, end_ = 0;
+  std::uint64_t position_ = 0, end_ = 0, first_at_ = 0;
   std::span<std::byte> value_;
   RecordMetadata meta_{};
   bool wake_ = false;

@@ -37,11 +37,21 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       shm::RingReader r{shm::Ring(seg->data())};
       r.seek_earliest();
       const shm::RecordHeader* h = nullptr;
-      for (int i = 0; i < 16 && r.next(h) == shm::ReadStatus::kRecord; ++i) {
+      // Read on as a consumer of a read-only mapping does: records, and when none comes the
+      // claim table (aborted claims, committed ones without their first word). Any write
+      // here would fault: the mapping is read-only.
+      for (int i = 0; i < 64; ++i) {
         std::uint32_t len = 0;
-        (void)r.next(h, len);
-        r.advance(len);
+        const shm::ReadStatus st = r.next(h, len);
+        if (st == shm::ReadStatus::kRecord) {
+          r.advance(len);
+          continue;
+        }
+        if (st != shm::ReadStatus::kNone || r.unstick(nullptr, 0) != shm::ReadStatus::kRecord) break;
       }
+      const shm::Ring ring(seg->data());
+      shm::RingReader s(ring);
+      (void)s.seek(ring.start_offset() + (data[0] >> 1));
     }
     (void)shm::Segment::remove(name);
   } else {
