@@ -12,7 +12,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
 unset SHMBUS_BUSD SHMBUS_BUS SHMBUS_NO_AUTOSTART CMAKE_PREFIX_PATH PKG_CONFIG_PATH
 tmp=$(mktemp -d /tmp/shmbus-consumer.XXXXXX)
-trap 'rm -rf "$tmp"' EXIT
+# The busd a check started exits on its own once its bus is deleted (within a second or
+# so): wait for it before removing the directory it runs from.
+cleanup() {
+  for _ in $(seq 50); do pgrep -f "^$tmp/" >/dev/null || break; sleep 0.1; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
 prefix=$tmp/prefix
 launcher=()
 if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache); fi
