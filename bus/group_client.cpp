@@ -15,6 +15,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>  // fmt::join
 
 #include "bus/names.h"
 #include "bus/paths.h"
@@ -29,8 +30,6 @@ std::string busd_segment_name(const std::string& bus) { return bus_segment_prefi
 
 namespace {
 
-bool executable(const std::string& p) { return !p.empty() && ::access(p.c_str(), X_OK) == 0; }
-
 int try_connect(const std::string& path) {
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_un addr{};
@@ -44,10 +43,12 @@ int try_connect(const std::string& path) {
 }
 
 Status spawn_busd(const std::string& bus) {
-  const std::string bin = busd_binary();
-  if (!executable(bin))
-    return make_error(Errc::kNotFound, fmt::format("busd is not running for bus '{}' and no busd binary was found "
-                                                   "(set SHMBUS_BUSD, or start `busd --bus {}`)", bus, bus));
+  const BusdSearch found = find_busd();
+  if (found.path.empty())
+    return make_error(Errc::kNotFound, fmt::format("busd is not running for bus '{}' and no busd binary was found; "
+                                                   "looked at: {} (set SHMBUS_BUSD, or start `busd --bus {}`)",
+                                                   bus, fmt::join(found.tried, ", "), bus));
+  const std::string& bin = found.path;
   const BusPaths paths = bus_paths(bus);
   if (auto ok = make_dirs(paths.runtime_dir, 0700); !ok) return ok;
   const std::string log = paths.runtime_dir + "/busd.log";
@@ -78,19 +79,6 @@ Status spawn_busd(const std::string& bus) {
 }
 
 }  // namespace
-
-std::string busd_binary() {
-  if (const char* e = std::getenv("SHMBUS_BUSD"); e && *e) return e;
-  if (auto beside = executable_beside_self({"busd", "../busd"}); !beside.empty()) return beside;
-#ifdef SHMBUS_BUSD_BUILD_PATH
-  if (executable(SHMBUS_BUSD_BUILD_PATH)) return SHMBUS_BUSD_BUILD_PATH;
-#endif
-#ifdef SHMBUS_BUSD_INSTALL_PATH
-  return SHMBUS_BUSD_INSTALL_PATH;
-#else
-  return "busd";
-#endif
-}
 
 Result<std::unique_ptr<BusdConnection>> BusdConnection::connect(const std::string& bus, std::chrono::milliseconds timeout,
                                                                 bool autostart) {

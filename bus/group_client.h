@@ -6,6 +6,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "bus/protocol.h"
 #include "shmbus/error.h"
@@ -14,9 +15,17 @@ namespace shmbus {
 
 std::string busd_segment_name(const std::string& bus);
 
-// The busd binary: $SHMBUS_BUSD, else `busd` beside this executable or one directory up,
-// else the one this library was built with, else the installed one.
-std::string busd_binary();
+// Where the busd binary is: $SHMBUS_BUSD if set (nothing else is tried); else, for a
+// program inside the build tree this library was built in, the busd of that build; else the
+// installed one (<prefix>/libexec/shmbus/busd); else `busd` or `../libexec/shmbus/busd`
+// beside the running executable; else `busd` on PATH. `path` is empty if none was found, and
+// `tried` lists every place looked at, for the error message.
+struct BusdSearch {
+  std::string path;
+  std::vector<std::string> tried;
+};
+BusdSearch find_busd();
+std::string busd_binary();  // find_busd().path
 
 class BusdConnection {
  public:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs every test: the plain build, then ASan+UBSan,
+# Installs what is missing, builds, and runs every test: the plain build, then a project
+# using the library three ways (tests/consumer/run.sh), then ASan+UBSan,
 # then TSan on the ring's threaded tests, then the libFuzzer targets for a few seconds each.
 # Exits non-zero on the first failure.
 set -euo pipefail
@@ -11,6 +12,9 @@ echo "== build and test (RelWithDebInfo)"
 bash scripts/build.sh build -DSHMBUS_TESTS=ON -DSHMBUS_BENCH=ON
 # -LE soak: the 10-minute kill-stress runs only when asked for (ctest -L soak).
 ctest --test-dir build --output-on-failure --timeout 300 -LE soak
+
+echo "== the library from another project: find_package, add_subdirectory, pkg-config"
+bash tests/consumer/run.sh
 
 echo "== ASan + UBSan"
 bash scripts/build.sh build-asan -DSHMBUS_SANITIZE=address -DSHMBUS_BENCH=OFF

@@ -604,10 +604,17 @@ TEST(Ring, ForkedChildDoesNotKeepItsParentsClaimAlive) {
   if (parent == 0) {
     RingWriter w(f.ring);
     if (!w.open(f.seg) || !w.claim_one(64, 0)) ::_exit(3);
+    int ready[2];
+    if (::pipe(ready) != 0) ::_exit(5);
     if (::fork() == 0) {  // the grandchild lives on, with copies of every descriptor
+      ::close(STDOUT_FILENO);  // nor does it hold the test's output open
+      ::close(STDERR_FILENO);
+      (void)!::write(ready[1], "r", 1);  // running: its fork handlers have run
       ::sleep(2);
       ::_exit(0);
     }
+    char c;
+    (void)!::read(ready[0], &c, 1);
     ::_exit(9);  // dies inside its claim
   }
   int status = 0;
