@@ -136,6 +136,9 @@ struct Consumer::Impl {
   std::size_t rr = 0;
   std::uint64_t lost = 0;
   std::uint64_t aborted_base = 0;
+  // The process that made it: gates and waiter slots are this process's (a forked child
+  // that inherits the consumer must neither use nor release them).
+  std::int32_t pid = shm::self_process().pid;
 
   ~Impl() { release_gates(); }
 
@@ -430,6 +433,7 @@ struct Consumer::Impl {
   }
 
   void release_gates() {
+    if (shm::self_process().pid != pid) return;
     for (auto& a : assigned) release_slots(a);
   }
 
@@ -960,6 +964,9 @@ std::uint64_t Consumer::aborted() const noexcept {
 
 Result<std::span<const ConsumedRecord>> Consumer::poll(std::chrono::nanoseconds timeout) {
   Impl& im = *impl_;
+  if (shm::self_process().pid != im.pid) [[unlikely]]
+    return make_error(Errc::kInvalidArgument,
+                      fmt::format("this consumer was made by process {}; a forked child must create its own", im.pid));
   // Records returned by the previous poll are released now: producers may pass them.
   for (auto& a : im.assigned) im.set_gate(a);
   if (auto ok = im.group_tick(); !ok) return tl::unexpected(ok.error());

@@ -133,8 +133,9 @@ Status ring_validate(const Segment& seg) {
   if (seg.size() < kSlotsEnd) return make_error(Errc::kBadSegment, fmt::format("{} is too small for a partition ({} bytes)", path, seg.size()));
   const auto* ctl = seg.at<const PartitionControl>(kControlOffset);
   const auto& c = ctl->config;
-  if (c.capacity < 4096 || !std::has_single_bit(c.capacity) || c.capacity > (std::uint64_t{1} << 40))
-    return make_error(Errc::kBadSegment, fmt::format("{}: capacity {} is not a power of two in [4096, 2^40]", path, c.capacity));
+  // Up to 4 GiB: a claim (at most half the ring) fits the 32 bits of its entry's size.
+  if (c.capacity < 4096 || !std::has_single_bit(c.capacity) || c.capacity > (std::uint64_t{1} << 32))
+    return make_error(Errc::kBadSegment, fmt::format("{}: capacity {} is not a power of two in [4096, 2^32]", path, c.capacity));
   const RingGeometry g = ring_geometry(c.capacity);
   if (c.index_capacity != g.index_capacity || c.index_offset != g.index_offset || c.data_offset != g.data_offset ||
       ctl->limits.claims_offset != g.claims_offset || g.segment_size != seg.size())
@@ -200,6 +201,9 @@ Unstuck corrupt(const char* what) {
 }  // namespace
 
 Unstuck Ring::unstick(std::uint64_t offset, std::uint64_t pos, const SegmentLock* lock, std::uint64_t stalled_ns) const noexcept {
+  // `stalled_ns`: how long the caller has seen this very claim in flight (its own clock,
+  // started when it first saw the claim: a reader that waited at an unclaimed offset has
+  // not waited on the claim that comes there later).
   // The tail first: a claim wins its entry before it moves the tail, so an entry read after
   // a tail that is past `offset` names the claim at `offset` (SYNC POINT: the acquire of the
   // tail pairs with the release of the tail CAS, which follows the entry CAS).
@@ -238,10 +242,9 @@ Unstuck Ring::unstick(std::uint64_t offset, std::uint64_t pos, const SegmentLock
       return Unstuck{Unstuck::kCommitted, bytes, count, at, slot, info_why(e.second)};
     }
     case ClaimState::kClaimed:
-      if (!lock) return Unstuck{};
-      if (!lock->held_by_other(writer_lock_byte(slot))) return abort_claim(offset, e, ClaimWhy::kDead);
-      if (stalled_ns >= claim_timeout_ns()) return abort_claim(offset, e, ClaimWhy::kTimedOut);
-      return Unstuck{};
+      if (lock && !lock->held_by_other(writer_lock_byte(slot))) return abort_claim(offset, e, ClaimWhy::kDead);
+      if (lock && stalled_ns >= claim_timeout_ns()) return abort_claim(offset, e, ClaimWhy::kTimedOut);
+      return Unstuck{Unstuck::kInFlight};
     default:
       return corrupt("its claim-table entry has an unknown state");
   }
@@ -306,6 +309,7 @@ RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
     lock_ = std::move(o.lock_);
     slot_ = std::exchange(o.slot_, nullptr);
     slot_index_ = o.slot_index_;
+    owner_pid_ = o.owner_pid_;
     cached_tail_ = o.cached_tail_;
     cached_reclaim_ = o.cached_reclaim_;
     cached_reclaim_offset_ = o.cached_reclaim_offset_;
@@ -317,7 +321,8 @@ RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
 RingWriter::~RingWriter() { release(); }
 
 void RingWriter::release() noexcept {
-  if (!slot_) return;
+  // In a forked child the slot is the parent's: leave it alone.
+  if (!slot_ || self_process().pid != owner_pid_) return;
   slot_->claim_position.store(kNoClaim, std::memory_order_release);
   slot_->owner_pid.store(0, std::memory_order_relaxed);
   lock_.unlock(writer_lock_byte(slot_index_));
@@ -350,6 +355,7 @@ Status RingWriter::open(const Segment& seg) {
     }
     s.claim_position.store(kNoClaim, std::memory_order_relaxed);
     s.owner_pid.store(self_process().pid, std::memory_order_relaxed);
+    owner_pid_ = self_process().pid;
     slot_ = &s;
     slot_index_ = i;
     cached_tail_ = snapshot128(&ring_.ctl()->tail);
@@ -365,6 +371,10 @@ Status RingWriter::open(const Segment& seg) {
 Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64_t block_timeout_ns,
                                 std::uint32_t end_align) noexcept {
   if (!slot_) return make_error(Errc::kInvalidArgument, "writer is not open");
+  if (self_process().pid != owner_pid_) [[unlikely]]
+    return make_error(Errc::kInvalidArgument,
+                      fmt::format("partition {}: this producer was opened by process {}; a forked child must create its own",
+                                  ring_.partition(), owner_pid_));
   if (sizes.empty() || sizes.size() > kMaxClaimCount)
     return make_error(Errc::kInvalidArgument, fmt::format("a claim holds 1 to {} records, not {}", kMaxClaimCount, sizes.size()));
   const std::uint64_t cap = ring_.capacity();
@@ -387,7 +397,10 @@ Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64
     // the claim whose table entry we take (index_capacity offsets back) must be finished.
     const std::uint64_t min_offset = cur.first >= icap ? cur.first - icap + 1 : 0;
     if (end > cached_reclaim_ + cap || min_offset > cached_reclaim_offset_) {
-      if (auto st = make_room(end > cap ? end - cap : 0, min_offset, block_timeout_ns); !st) return tl::unexpected(st.error());
+      if (auto st = make_room(end > cap ? end - cap : 0, min_offset, block_timeout_ns); !st) {
+        slot_->claim_position.store(kNoClaim, std::memory_order_release);
+        return tl::unexpected(st.error());
+      }
     }
     // Named before the entry is won, so that a takeover of this slot after our death can
     // find the claim, and a reclaimer can tell whether we may still be writing it.
@@ -403,13 +416,19 @@ Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64
     if (named >= cur.first + 1) {
       // Won by someone else: our tail was stale. Move the tail past their claim if they
       // have not, then lay out again from the tail.
-      if (named == cur.first + 1 && !ring_.help_tail(cur)) {
-        const Pair64 t = snapshot128(&ring_.ctl()->tail);
-        if (t.first == cur.first && t.second == cur.second)
-          return make_error(Errc::kBadSegment, fmt::format("{}: its claim-table entry is damaged",
-                                                           claim_name(ring_, cur.first, cur.second)));
+      if (named == cur.first + 1) (void)ring_.help_tail(cur);
+      const Pair64 t = snapshot128(&ring_.ctl()->tail);
+      if (t.first == cur.first && t.second == cur.second) {
+        // The tail stays where the entry says a claim was won: only damaged or forged bytes
+        // do that (a won entry moves the tail, and a later offset's entry cannot be reused
+        // before the tail passed it).
+        slot_->claim_position.store(kNoClaim, std::memory_order_release);
+        ring_.ctl()->claim_stats.corrupt_seen.fetch_add(1, std::memory_order_relaxed);
+        return make_error(Errc::kBadSegment,
+                          fmt::format("{}: its claim-table entry names offset {} with {} bytes: damaged or forged",
+                                      claim_name(ring_, cur.first, cur.second), named - 1, info_bytes(seen.second)));
       }
-      cur = snapshot128(&ring_.ctl()->tail);
+      cur = t;
       continue;
     }
     const Pair64 mine{encode_tag(cur.first, ClaimState::kClaimed, ring_.salt()),
@@ -543,11 +562,11 @@ Status RingWriter::make_room(std::uint64_t target, std::uint64_t min_offset, std
         continue;
       }
       const std::uint64_t now = monotonic_ns();
-      if (stall_offset != off) {
+      const Unstuck u = ring_.unstick(off, p, &lock_, stall_offset == off ? now - stall_since : 0);
+      if (u.kind == Unstuck::kInFlight && stall_offset != off) {  // its clock starts now
         stall_offset = off;
         stall_since = now;
       }
-      const Unstuck u = ring_.unstick(off, p, &lock_, now - stall_since);
       if (u.kind == Unstuck::kSkip || u.kind == Unstuck::kCommitted) {
         // A claim finished by others (aborted, or read by its entry) while its writer may
         // still be writing it: its bytes are not ours to reuse until it leaves or dies.
@@ -608,11 +627,18 @@ Status RingWriter::make_room(std::uint64_t target, std::uint64_t min_offset, std
 // ---- readers ----
 
 ReadStatus RingReader::unstick(const SegmentLock* lock, std::uint64_t now_ns) noexcept {
-  if (stall_offset_ != offset_) {
-    stall_offset_ = offset_;
-    stall_since_ = now_ns;
+  const bool timing = stall_offset_ == offset_ && lock;
+  const Unstuck u = ring_.unstick(offset_, pos_, lock, timing ? now_ns - stall_since_ : 0);
+  // The clock runs from the first look that saw this claim in flight, with a lock (a seek's
+  // walk has none, and no time).
+  if (u.kind == Unstuck::kInFlight && lock) {
+    if (!timing) {
+      stall_offset_ = offset_;
+      stall_since_ = now_ns;
+    }
+  } else {
+    stall_offset_ = kNoClaim;
   }
-  const Unstuck u = ring_.unstick(offset_, pos_, lock, now_ns - stall_since_);
   switch (u.kind) {
     case Unstuck::kSkip:
       pos_ += u.bytes;
@@ -620,6 +646,7 @@ ReadStatus RingReader::unstick(const SegmentLock* lock, std::uint64_t now_ns) no
       aborted_ += u.count;
       return ReadStatus::kRecord;
     case Unstuck::kCommitted:
+      committed_from_ = pos_;
       committed_until_ = pos_ + u.bytes;
       pos_ = u.at;
       return ReadStatus::kRecord;
@@ -638,6 +665,7 @@ void RingReader::seek_earliest() noexcept {
   offset_ = r.first & kReclaimOffsetMask;
   pos_ = r.second;
   committed_until_ = 0;
+  stall_offset_ = kNoClaim;
 }
 
 void RingReader::seek_latest() noexcept {
@@ -645,6 +673,7 @@ void RingReader::seek_latest() noexcept {
   offset_ = t.first;
   pos_ = t.second;
   committed_until_ = 0;
+  stall_offset_ = kNoClaim;
 }
 
 ReadStatus RingReader::seek(std::uint64_t offset) noexcept {
@@ -686,12 +715,19 @@ ReadStatus RingReader::seek(std::uint64_t offset) noexcept {
         st = unstick(nullptr, 0);
         if (st == ReadStatus::kRecord) continue;
         // An unfinished claim before the target: where the target lies is not known yet.
-        if (st == ReadStatus::kNone) return ReadStatus::kNone;
+        if (st == ReadStatus::kNone) {
+          stall_offset_ = kNoClaim;
+          return ReadStatus::kNone;
+        }
       }
       again = true;  // lapped while walking (or damaged): start over from the new start
     }
-    if (!again) return ReadStatus::kRecord;  // at the target, or just past it (it was aborted)
+    if (!again) {
+      stall_offset_ = kNoClaim;
+      return ReadStatus::kRecord;  // at the target, or just past it (it was aborted)
+    }
   }
+  stall_offset_ = kNoClaim;
   return ReadStatus::kLapped;
 }
 

@@ -100,7 +100,8 @@ constexpr std::size_t waiter_lock_byte(std::uint32_t i) { return kWaiterSlotsOff
 // What a reader or reclaimer stuck at (offset, position) learns from the claim table.
 struct Unstuck {
   enum Kind {
-    kWait,       // a claim in flight (or nothing claimed yet): look again later
+    kWait,       // nothing claimed here yet (or the entry changed meanwhile): look again later
+    kInFlight,   // a claim in flight whose writer may finish it: look again later
     kSkip,       // an aborted claim: step over `bytes` and `count` offsets
     kCommitted,  // a committed claim whose first word is not stored yet: its record is at `at`
     kLate,       // a claim aborted or finished by others while its writer may still write it
@@ -220,6 +221,8 @@ class RingWriter {
  public:
   RingWriter() = default;
   explicit RingWriter(Ring ring) noexcept : ring_(ring) {}
+  // Not copyable; a forked child that inherits one cannot claim with it (claim() refuses:
+  // its slot and liveness lock are the parent's).
   RingWriter(RingWriter&&) noexcept;
   RingWriter& operator=(RingWriter&&) noexcept;
   ~RingWriter();
@@ -272,6 +275,7 @@ class RingWriter {
 
   Ring ring_;
   SegmentLock lock_;
+  std::int32_t owner_pid_ = 0;  // the process that opened it
   WriterSlot* slot_ = nullptr;
   std::uint32_t slot_index_ = 0;
   Pair64 cached_tail_{0, 0};
@@ -293,10 +297,11 @@ class RingReader {
 
   void seek_earliest() noexcept;
   // Back to a place this reader has been (a copy that turned out torn is given back).
+  // A claim read by its entry stays so (committed_from_.. committed_until_).
   void rewind(std::uint64_t offset, std::uint64_t pos) noexcept {
     offset_ = offset;
     pos_ = pos;
-    committed_until_ = 0;
+    stall_offset_ = kNoClaim;
   }
   void seek_latest() noexcept;
   // kRecord: the cursor is at `offset`. kNone: `offset` is past an unfinished claim, try
@@ -312,7 +317,8 @@ class RingReader {
       // SYNC POINT: acquire; pairs with the release in RingWriter::publish() / commit().
       const std::uint64_t w = h->word.load(std::memory_order_acquire) ^ ring_.salt();
       if (w == Ring::decoded(offset_, RecordState::kCommitted) ||
-          (pos_ < committed_until_ && w != Ring::decoded(offset_, RecordState::kPadding))) [[likely]] {
+          (pos_ < committed_until_ && pos_ >= committed_from_ && w != Ring::decoded(offset_, RecordState::kPadding)))
+          [[likely]] {
         length = h->length.load(std::memory_order_relaxed);
         if (!sane(length)) [[unlikely]] return insane();
         out = h;
@@ -382,7 +388,8 @@ class RingReader {
   std::uint64_t pos_ = 0;
   std::uint64_t offset_ = 0;
   std::uint64_t aborted_ = 0;
-  std::uint64_t committed_until_ = 0;     // end of a claim the table says is committed, read by lengths
+  // A claim the table says is committed, read by lengths (its words may be missing).
+  std::uint64_t committed_from_ = 0, committed_until_ = 0;
   std::uint64_t stall_offset_ = kNoClaim;  // where unstick() started its stall clock
   std::uint64_t stall_since_ = 0;
   const char* problem_ = "a record's word or length is damaged";

@@ -751,3 +751,31 @@ TEST(Ring, ForgedCommittedWordWithABadLengthIsCorrupt) {
   const RecordHeader* h = nullptr;
   EXPECT_EQ(r.next(h), ReadStatus::kCorrupt);
 }
+
+// ---- the stall clock ----
+
+TEST(Ring, ReaderThatWaitedLongOnAnIdleTopicDoesNotAbortAClaimMadeNow) {
+  ForgedRing f(4096, Retention::kOverwrite, 50'000'000);  // claim timeout 50 ms
+  RingReader r(f.ring);
+  r.seek_earliest();
+  const std::uint64_t t0 = monotonic_ns();
+  EXPECT_EQ(r.unstick(&f.lock, t0), ReadStatus::kNone) << "nothing claimed: the reader waits at offset 0";
+  // 100 ms later (two timeouts) a producer claims offset 0 and is writing it.
+  RingWriter w = f.writer();
+  auto c = w.claim_one(64, 0);
+  ASSERT_TRUE(c);
+  EXPECT_EQ(r.unstick(&f.lock, t0 + 100'000'000), ReadStatus::kNone) << "the claim is new: its clock starts now";
+  EXPECT_EQ(f.stats().claims_timed_out.load(), 0u);
+  f.write(*c, 24, 1);
+  EXPECT_TRUE(w.commit(*c));
+  // The clock does run from the first look that saw the claim.
+  auto c2 = w.claim_one(64, 0);
+  ASSERT_TRUE(c2);
+  w.finish(*c);
+  const RecordHeader* h = nullptr;
+  ASSERT_EQ(r.next(h), ReadStatus::kRecord);
+  r.advance(h->length.load());
+  EXPECT_EQ(r.unstick(&f.lock, t0 + 200'000'000), ReadStatus::kNone);
+  EXPECT_EQ(r.unstick(&f.lock, t0 + 260'000'000), ReadStatus::kRecord) << "unfinished for 60 ms of its own: aborted";
+  EXPECT_EQ(f.stats().claims_timed_out.load(), 1u);
+}
