@@ -407,11 +407,8 @@ Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64
     slot_->claim_offset.store(cur.first, std::memory_order_relaxed);
     slot_->claim_position.store(cur.second, std::memory_order_release);
     ClaimEntry* e = ring_.entry(cur.first);
-    Pair64 seen;
-    if (!snapshot_entry(e, seen)) {
-      cur = snapshot128(&ring_.ctl()->tail);
-      continue;
-    }
+    // Two plain loads: the CAS below compares both halves, so a torn pair only fails it.
+    Pair64 seen{__atomic_load_n(&e->tag, __ATOMIC_ACQUIRE), __atomic_load_n(&e->info, __ATOMIC_RELAXED)};
     const std::uint64_t named = (seen.first ^ ring_.salt()) >> 8;
     if (named >= cur.first + 1) {
       // Won by someone else: our tail was stale. Move the tail past their claim if they
