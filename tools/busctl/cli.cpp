@@ -1,4 +1,5 @@
-#include "bus/cli.h"
+// busctl's command tree and its commands.
+#include "tools/busctl/cli.h"
 
 #include <unistd.h>
 
@@ -13,13 +14,13 @@
 #include <nlohmann/json.hpp>
 
 #include "bus/disk_log.h"
-#include "bus/doctor.h"
+#include "tools/busctl/doctor.h"
 #include "bus/group_client.h"
 #include "bus/names.h"
 #include "bus/paths.h"
-#include "bus/top.h"
+#include "tools/busctl/top.h"
 #include "shm/segment.h"
-#include "bus/units.h"
+#include "tools/busctl/units.h"
 #include "shmbus/bus.h"
 #include "shmbus/consumer.h"
 #include "shmbus/producer.h"

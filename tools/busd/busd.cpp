@@ -1,4 +1,5 @@
-#include "bus/busd.h"
+// busd's loop: the socket, the group coordinator, busd's status segment, and the spiller beside them.
+#include "tools/busd/busd.h"
 
 #include <fcntl.h>
 #include <grp.h>
@@ -22,12 +23,12 @@
 
 #include <fmt/format.h>
 
-#include "bus/assignor.h"
+#include "tools/busd/assignor.h"
 #include "bus/busd_layout.h"
-#include "bus/spiller.h"
+#include "tools/busd/spiller.h"
 #include "bus/group_client.h"
 #include "bus/names.h"
-#include "bus/offset_store.h"
+#include "tools/busd/offset_store.h"
 #include "bus/paths.h"
 #include "bus/protocol.h"
 #include "bus/topic.h"

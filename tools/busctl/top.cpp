@@ -1,4 +1,5 @@
-#include "bus/top.h"
+// busctl top: rates, lag and fill from two looks at a bus.
+#include "tools/busctl/top.h"
 
 #include <chrono>
 #include <map>

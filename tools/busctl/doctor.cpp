@@ -1,4 +1,5 @@
-#include "bus/doctor.h"
+// busctl doctor: finds (and with --fix mends) stale or broken segments of the buses on this machine.
+#include "tools/busctl/doctor.h"
 
 #include <dirent.h>
 #include <sys/file.h>
