@@ -1,3 +1,4 @@
+// busctl: the operator's tool. Only calls busctl_main() (tools/busctl/cli.cpp dispatches).
 #include <iostream>
 
 #include "tools/busctl/cli.h"
