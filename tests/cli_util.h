@@ -5,7 +5,7 @@
 #include <string>
 #include <vector>
 
-#include "bus/cli.h"
+#include "tools/busctl/cli.h"
 
 namespace shmbus::test {
 

@@ -4,7 +4,7 @@
 
 #include <set>
 
-#include "bus/assignor.h"
+#include "tools/busd/assignor.h"
 
 using namespace shmbus;
 

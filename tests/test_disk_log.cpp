@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 
 #include "bus/disk_log.h"
+#include "tools/busd/log_writer.h"
 #include "cli_util.h"
 #include "test_util.h"
 

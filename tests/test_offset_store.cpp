@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <fstream>
 
-#include "bus/offset_store.h"
+#include "tools/busd/offset_store.h"
 #include "test_util.h"
 
 using namespace shmbus;

@@ -6,7 +6,7 @@
 
 #include "bus/names.h"
 #include "bus/partitioner.h"
-#include "bus/units.h"
+#include "tools/busctl/units.h"
 #include "shmbus/record.h"
 
 using namespace shmbus;

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "bus/cli.h"
-#include "bus/units.h"
+#include "tools/busctl/cli.h"
+#include "tools/busctl/units.h"
 
 using namespace shmbus;
 

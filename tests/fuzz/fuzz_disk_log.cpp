@@ -10,6 +10,7 @@
 #include <string>
 
 #include "bus/disk_log.h"
+#include "tools/busd/log_writer.h"
 
 using namespace shmbus;
 using namespace shmbus::disklog;

@@ -1,9 +1,9 @@
-// busd: the bus daemon (groups, committed offsets). Logic in bus/busd.cpp.
+// busd: the bus daemon (groups, committed offsets). Logic in tools/busd/busd.cpp.
 #include <iostream>
 
 #include <CLI/CLI.hpp>
 
-#include "bus/busd.h"
+#include "tools/busd/busd.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"busd: consumer groups and committed offsets for a shmbus bus"};

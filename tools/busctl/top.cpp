@@ -1,4 +1,10 @@
-#include "bus/top.h"
+// busctl top: rates, lag and fill from two looks at a bus.
+#include "tools/busctl/top.h"
+
+#include <csignal>
+#include <thread>
+#include "tools/busctl/command.h"
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <map>
@@ -188,5 +194,58 @@ std::string top_render(const json& f) {
   }
   return out;
 }
+
+namespace busctl {
+namespace {
+
+using json = nlohmann::json;
+
+class TopCommand final : public Command {
+ public:
+  explicit TopCommand(CLI::App& app) {
+    top = sub(&app, "top", "live view: topics, partitions, produce/consume rates, lag, spill, busd health");
+    top->add_flag("--once", top_once, "print one frame (two looks --interval-ms apart) and exit");
+    top->add_option("--interval-ms", top_interval, "time between looks (default 1000)");
+    top->footer("Examples:\n  busctl top\n  busctl top --once --json | jq '.groups[].lag'");
+  }
+
+  bool parsed() const override { return top->parsed(); }
+
+  int run(const Context& ctx) override {
+    const Globals& g = ctx.g;
+    std::ostream& out = ctx.out;
+    std::ostream& err = ctx.err;
+    if (top_interval < 10 || top_interval > 3'600'000)
+      return fail(err, Error{Errc::kInvalidArgument, "--interval-ms must be from 10 to 3600000"});
+    auto bus = attach(g, false);
+    if (!bus) return fail(err, bus.error());
+    catch_stop_signals();
+    TopSample before = top_sample(**bus);
+    for (bool first = true; !g_stop; first = false) {
+      for (std::uint64_t slept = 0; slept < top_interval && !g_stop; slept += 10) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      if (g_stop && !first) break;
+      TopSample after = top_sample(**bus);
+      json frame = top_frame(before, after);
+      frame["bus"] = (*bus)->name();
+      if (g.json) out << frame.dump() << "\n";
+      else out << (top_once ? "" : "\x1b[H\x1b[2J") << fmt::format("bus {}\n", (*bus)->name()) << top_render(frame);
+      out.flush();
+      if (top_once || !out) break;
+      before = std::move(after);
+    }
+    return kOk;
+  }
+
+ private:
+  CLI::App* top;
+  bool top_once = false;
+  std::uint64_t top_interval = 1000;
+};
+
+}  // namespace
+
+std::unique_ptr<Command> top_command(CLI::App& app) { return std::make_unique<TopCommand>(app); }
+
+}  // namespace busctl
 
 }  // namespace shmbus

@@ -1,4 +1,5 @@
-#include "bus/units.h"
+// busctl's parsing of sizes and counts as operators type them.
+#include "tools/busctl/units.h"
 
 #include <cctype>
 #include <charconv>

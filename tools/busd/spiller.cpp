@@ -1,4 +1,5 @@
-#include "bus/spiller.h"
+// busd's spiller: tails spilled topics' rings and appends their records to the disk log.
+#include "tools/busd/spiller.h"
 
 #include <atomic>
 #include <chrono>
@@ -12,6 +13,7 @@
 #include <fmt/format.h>
 
 #include "bus/disk_log.h"
+#include "tools/busd/log_writer.h"
 #include "bus/topic.h"
 #include "shm/process.h"
 #include "shm/ring.h"

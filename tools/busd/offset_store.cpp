@@ -1,4 +1,5 @@
-#include "bus/offset_store.h"
+// busd's store of committed offsets: an append-only log in the state dir, compacted as it grows.
+#include "tools/busd/offset_store.h"
 
 #include <cerrno>
 #include <cstring>

@@ -1,4 +1,4 @@
-// busctl's logic: parse arguments, call the bus, print. tools/busctl/main.cpp only calls this.
+// busctl as a function (tests and the fuzzer call it too); tools/busctl/main.cpp only calls this.
 #pragma once
 
 #include <iosfwd>

@@ -1,4 +1,5 @@
-#include "bus/assignor.h"
+// busd's partition assignors (range, roundrobin, sticky): pure functions over members and partitions.
+#include "tools/busd/assignor.h"
 
 #include <algorithm>
 #include <set>

@@ -1,0 +1,300 @@
+// The consumer as a member of a group: joining through busd, taking and giving up
+// partitions as busd pushes them, heartbeats, commits, rejoining after busd restarts.
+#include "bus/consumer_impl.h"
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "bus/names.h"
+
+namespace shmbus {
+
+std::string Consumer::Impl::client_name() const {
+  if (!config.client_name.empty()) return config.client_name;
+  std::ifstream comm("/proc/self/comm");  // the process name, as ps shows it
+  std::string name;
+  std::getline(comm, name);
+  return name.empty() ? std::string("consumer") : name;
+}
+
+proto::json Consumer::Impl::join_request(bool with_owned) const {
+  proto::json owned = proto::json::array();
+  if (with_owned)
+    for (const auto& a : assigned) owned.push_back({a.tp.topic, a.tp.partition});
+  return proto::json{{"op", "join"},
+                     {"group", group->name},
+                     {"topics", group->topics},
+                     {"assignor", config.assignor},
+                     {"session_timeout_ms", config.session_timeout.count()},
+                     {"name", client_name()},
+                     {"member_id", group->member_id},
+                     {"owned", owned}};
+}
+
+Status Consumer::Impl::join(bool with_owned) {
+  // From poll() (a rejoin) keep it short: the caller is waiting for records.
+  auto conn = BusdConnection::connect(bus->name(), with_owned ? std::chrono::milliseconds(500) : std::chrono::milliseconds(5000));
+  if (!conn) return tl::unexpected(conn.error());
+  auto r = (*conn)->request(join_request(with_owned), std::chrono::seconds(5));
+  if (!r) return tl::unexpected(r.error());
+  auto seg = shm::Segment::open((*r).value("segment", ""), shm::SegmentKind::kBusd, kBusdLayoutMajor, true);
+  if (!seg) return tl::unexpected(seg.error());
+  const std::uint32_t slot = (*r).value("slot", 0u);
+  if (slot >= kMemberSlots) return make_error(Errc::kBadSegment, "busd gave a member slot out of range");
+  group->segment = std::move(*seg);
+  group->slot = group->segment.at<MemberSlot>(kMemberSlotsOffset) + slot;
+  group->seen_notice = group->slot->notice.load(std::memory_order_acquire);
+  group->member_id = (*r).value("member_id", "");
+  group->conn = std::move(*conn);
+  if (with_owned && r->contains("owned")) {
+    // What busd did not let us keep is someone else's now: stop with it at once.
+    const auto kept = parse_tps((*r)["owned"]);
+    std::vector<TopicPartition> gone;
+    for (const auto& a : assigned)
+      if (std::find(kept.begin(), kept.end(), a.tp) == kept.end()) gone.push_back(a.tp);
+    if (!gone.empty() && config.on_revoked) config.on_revoked(gone);
+    for (const auto& tp : gone) drop(tp);
+  }
+  group->last_heartbeat = group->last_check = group->last_reconnect = shm::monotonic_ns();
+  group->slot->heartbeat_ns.store(group->last_heartbeat, std::memory_order_relaxed);
+  return {};
+}
+
+Status Consumer::Impl::commit_offsets(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offs, bool sync) {
+  if (!group) return make_error(Errc::kInvalidArgument, "commit needs a group: call subscribe() first");
+  if (!group->conn) return make_error(Errc::kSystem, fmt::format("busd is not reachable; group '{}' cannot commit now", group->name));
+  proto::json arr = proto::json::array();
+  for (const auto& [tp, o] : offs) arr.push_back({tp.topic, tp.partition, o});
+  proto::json req{{"op", "commit"}, {"group", group->name}, {"member_id", group->member_id},
+                  {"generation", group->generation}, {"offsets", arr}, {"sync", sync}};
+  if (!sync) return group->conn->send(req);
+  auto r = group->conn->request(req, std::chrono::seconds(5));
+  if (!r) return tl::unexpected(r.error());
+  for (const auto& [tp, o] : offs) group->last_committed[{tp.topic, tp.partition}] = o;
+  return {};
+}
+
+std::vector<std::pair<TopicPartition, std::uint64_t>> Consumer::Impl::positions(bool only_changed) {
+  std::vector<std::pair<TopicPartition, std::uint64_t>> out;
+  for (const auto& a : assigned) {
+    const auto key = std::make_pair(a.tp.topic, a.tp.partition);
+    auto it = group ? group->last_committed.find(key) : group->last_committed.end();
+    if (only_changed && group && it != group->last_committed.end() && it->second == a.next_offset()) continue;
+    out.push_back({a.tp, a.next_offset()});
+  }
+  return out;
+}
+
+Result<std::vector<std::optional<std::uint64_t>>> Consumer::Impl::fetch_committed(const std::vector<TopicPartition>& tps) {
+  if (!group || !group->conn) return make_error(Errc::kInvalidArgument, "committed() needs a connected group");
+  proto::json arr = proto::json::array();
+  for (const auto& tp : tps) arr.push_back({tp.topic, tp.partition});
+  auto r = group->conn->request({{"op", "committed"}, {"group", group->name}, {"partitions", arr}}, std::chrono::seconds(5));
+  if (!r) return tl::unexpected(r.error());
+  std::vector<std::optional<std::uint64_t>> out;
+  for (const auto& o : (*r)["offsets"]) out.push_back(o.is_number_unsigned() ? std::optional(o.get<std::uint64_t>()) : std::nullopt);
+  return out;
+}
+
+std::vector<TopicPartition> Consumer::Impl::parse_tps(const proto::json& j) {
+  std::vector<TopicPartition> out;
+  if (j.is_array())
+    for (const auto& tp : j)
+      if (tp.is_array() && tp.size() == 2 && tp[0].is_string() && tp[1].is_number_unsigned())
+        out.push_back({tp[0].get<std::string>(), tp[1].get<std::uint32_t>()});
+  return out;
+}
+
+Status Consumer::Impl::on_revoke(const std::vector<TopicPartition>& tps) {
+  std::vector<std::pair<TopicPartition, std::uint64_t>> offs;
+  for (const auto& a : assigned)
+    if (std::find(tps.begin(), tps.end(), a.tp) != tps.end()) offs.push_back({a.tp, a.next_offset()});
+  if (config.enable_auto_commit && !offs.empty()) (void)commit_offsets(offs, true);
+  if (config.on_revoked) config.on_revoked(tps);
+  for (const auto& tp : tps) drop(tp);
+  proto::json arr = proto::json::array();
+  for (const auto& tp : tps) arr.push_back({tp.topic, tp.partition});
+  if (group->conn) (void)group->conn->send({{"op", "revoked"}, {"group", group->name}, {"partitions", arr}});
+  return {};
+}
+
+Status Consumer::Impl::on_assign(std::uint64_t generation, const std::vector<TopicPartition>& tps) {
+  group->generation = generation;
+  group->assigned_once = true;
+  std::vector<TopicPartition> gone, added;
+  for (const auto& a : assigned)
+    if (std::find(tps.begin(), tps.end(), a.tp) == tps.end()) gone.push_back(a.tp);
+  for (const auto& tp : tps)
+    if (!find(tp)) added.push_back(tp);
+  if (!gone.empty()) {
+    if (config.on_revoked) config.on_revoked(gone);
+    for (const auto& tp : gone) drop(tp);
+  }
+  if (added.empty()) return {};
+  auto committed = fetch_committed(added);
+  auto give_back = [&](const Error& e) -> Status {
+    // Never guess a start: without the committed offsets (or a gate), leave the group
+    // and join again, so that busd gives these partitions to someone who can take them.
+    for (const auto& tp : added) drop(tp);
+    group->conn.reset();
+    group->slot = nullptr;
+    return make_error(e.code, fmt::format("group '{}': could not take partitions ({}); joining again", group->name, e.message));
+  };
+  if (!committed) return give_back(committed.error());
+  for (std::size_t i = 0; i < added.size(); ++i) {
+    std::optional<std::uint64_t> start = i < committed->size() ? (*committed)[i] : std::nullopt;
+    auto a = make_assigned(added[i], start);
+    if (!a) return give_back(a.error());
+    if (start) group->last_committed[{added[i].topic, added[i].partition}] = *start;
+    assigned.push_back(std::move(*a));
+    if (auto ok = arm(assigned.back()); !ok) return give_back(ok.error());
+  }
+  if (config.on_assigned) config.on_assigned(added);
+  return {};
+}
+
+Status Consumer::Impl::process_pushes() {
+  auto& q = group->conn->pushes();
+  while (!q.empty()) {
+    proto::json m = std::move(q.front());
+    q.pop_front();
+    const std::string kind = m.value("push", "");
+    if (kind == "revoke") {
+      if (auto ok = on_revoke(parse_tps(m["partitions"])); !ok) return ok;
+    } else if (kind == "assign") {
+      if (auto ok = on_assign(m.value("generation", 0ull), parse_tps(m["partitions"])); !ok) return ok;
+    } else if (kind == "evicted") {
+      // Our partitions may already be someone else's: stop, and join again as new.
+      std::vector<TopicPartition> all;
+      for (const auto& a : assigned) all.push_back(a.tp);
+      if (config.on_revoked && !all.empty()) config.on_revoked(all);
+      release_gates();
+      assigned.clear();
+      group->member_id.clear();
+      group->conn.reset();
+      group->slot = nullptr;  // busd freed it; it may be another member's now
+      return {};
+    }
+  }
+  return {};
+}
+
+// Called on every poll: one load of the notice word; the rest every 8th poll.
+Status Consumer::Impl::group_tick() {
+  if (!group) return {};
+  bool check = group->slot && group->conn &&
+               group->slot->notice.load(std::memory_order_acquire) != group->seen_notice;  // SYNC POINT: busd's release bump
+  // The clock every 8th poll: a member busy with large batches still heartbeats in time.
+  if ((++group->polls & 7) != 0 && !check) return {};
+  const std::uint64_t now = shm::monotonic_ns();
+  if (group->slot && now - group->last_heartbeat >= 100'000'000) {
+    group->slot->heartbeat_ns.store(now, std::memory_order_relaxed);
+    group->last_heartbeat = now;
+  }
+  if (!group->conn) {
+    // busd went away (or evicted us): consume on, and join again every 100 ms, saying
+    // what we still own so that the group re-forms without moving a partition.
+    if (now - group->last_reconnect < group->reconnect_backoff) return {};
+    group->last_reconnect = now;
+    if (join(true)) {
+      group->last_check = 0;
+      group->reconnect_backoff = 100'000'000;
+    } else {
+      group->reconnect_backoff = std::min<std::uint64_t>(group->reconnect_backoff * 2, 5'000'000'000);
+    }
+    return {};
+  }
+  if (check || now - group->last_check >= 100'000'000) {
+    group->last_check = now;
+    group->seen_notice = group->slot->notice.load(std::memory_order_acquire);
+    if (!group->conn->pump()) {
+      group->conn.reset();
+      group->slot = nullptr;
+      return {};
+    }
+    if (auto ok = process_pushes(); !ok) return ok;
+  }
+  if (config.enable_auto_commit && group->conn && now - group->last_commit >= static_cast<std::uint64_t>(config.auto_commit_interval.count()) * 1'000'000) {
+    group->last_commit = now;
+    // Asynchronous: not marked as committed (busd may refuse it, e.g. in a rebalance), so
+    // idle partitions are sent again next time and close() commits for sure.
+    auto offs = positions(true);
+    if (!offs.empty()) (void)commit_offsets(offs, false);
+  }
+  return {};
+}
+
+Status Consumer::subscribe(const std::vector<std::string>& topics, const std::string& group) {
+  if (impl_->group) return make_error(Errc::kInvalidArgument, fmt::format("already subscribed to group '{}'", impl_->group->name));
+  if (!impl_->assigned.empty()) return make_error(Errc::kInvalidArgument, "this consumer has a manual assignment: assign() and subscribe() do not mix");
+  if (topics.empty()) return make_error(Errc::kInvalidArgument, "subscribe needs at least one topic");
+  if (auto ok = validate_name("group", group); !ok) return ok;
+  for (const auto& t : topics) {
+    auto topic = impl_->bus->topic(t);
+    if (!topic) return tl::unexpected(topic.error());
+  }
+  impl_->group.emplace();
+  impl_->group->name = group;
+  impl_->group->topics = topics;
+  if (auto ok = impl_->join(false); !ok) {
+    impl_->group.reset();
+    return ok;
+  }
+  // Wait for the first assignment (it may wait on other members giving partitions up).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(15);
+  while (!impl_->group->assigned_once) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      impl_->group.reset();
+      return make_error(Errc::kTimedOut, fmt::format("group '{}': no assignment from busd within 15 s", group));
+    }
+    if (!impl_->group->conn || !impl_->group->conn->pump()) {
+      impl_->group.reset();
+      return make_error(Errc::kSystem, fmt::format("group '{}': busd closed the connection while joining", group));
+    }
+    if (auto ok = impl_->process_pushes(); !ok) return ok;
+    if (!impl_->group->assigned_once) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  return {};
+}
+
+Status Consumer::commit() { return impl_->commit_offsets(impl_->positions(false), true); }
+
+Status Consumer::commit_async() { return impl_->commit_offsets(impl_->positions(false), false); }
+
+Status Consumer::commit(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offsets) {
+  return impl_->commit_offsets(offsets, true);
+}
+
+Result<std::vector<std::optional<std::uint64_t>>> Consumer::committed(const std::vector<TopicPartition>& partitions) {
+  return impl_->fetch_committed(partitions);
+}
+
+Status Consumer::close() {
+  if (!impl_->group) return {};
+  Status result;
+  if (impl_->group->conn) {
+    if (impl_->config.enable_auto_commit) {
+      auto offs = impl_->positions(true);
+      if (!offs.empty()) result = impl_->commit_offsets(offs, true);
+    }
+  }
+  // As Kafka's close(): the partitions are revoked before the member leaves.
+  std::vector<TopicPartition> all;
+  for (const auto& a : impl_->assigned) all.push_back(a.tp);
+  if (impl_->config.on_revoked && !all.empty()) impl_->config.on_revoked(all);
+  if (impl_->group->conn)
+    (void)impl_->group->conn->request({{"op", "leave"}, {"group", impl_->group->name}}, std::chrono::seconds(2));
+  impl_->release_gates();
+  impl_->assigned.clear();
+  impl_->group.reset();
+  return result;
+}
+
+std::string Consumer::member_id() const { return impl_->group ? impl_->group->member_id : std::string(); }
+
+std::uint64_t Consumer::generation() const { return impl_->group ? impl_->group->generation : 0; }
+
+}  // namespace shmbus

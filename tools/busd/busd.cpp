@@ -1,0 +1,440 @@
+// busd's loop: start-up, the event loop, connections and requests; the group coordinator
+// (coordinator.cpp) and the spiller (spiller.cpp) run inside it.
+#include "tools/busd/daemon.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/file.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/timerfd.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <cerrno>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <set>
+
+#include <fmt/format.h>
+
+#include "tools/busd/assignor.h"
+#include "bus/busd_layout.h"
+#include "tools/busd/spiller.h"
+#include "bus/group_client.h"
+#include "bus/names.h"
+#include "tools/busd/offset_store.h"
+#include "bus/paths.h"
+#include "bus/protocol.h"
+#include "bus/topic.h"
+#include "shm/futex.h"
+#include "shm/process.h"
+#include "shm/ring.h"
+#include "shm/segment.h"
+
+namespace shmbus {
+namespace daemon {
+
+Daemon::~Daemon() {
+  if (spiller_) spiller_->stop();  // its last writes and syncs happen while we hold the lock
+  for (auto& [fd, c] : conns_) ::close(fd);
+  if (listen_fd_ >= 0) {
+    ::close(listen_fd_);
+    ::unlink(paths_.socket.c_str());
+  }
+  for (int fd : {epoll_fd_, timer_fd_, signal_fd_})
+    if (fd >= 0) ::close(fd);
+  if (lock_fd_ >= 0) ::close(lock_fd_);  // releases the lock last
+}
+
+Status Daemon::start() {
+  started_ns_ = shm::realtime_ns();
+  started_mono_ = shm::monotonic_ns();
+
+  BusOptions bo;
+  bo.name = opts_.bus;
+  bo.group = opts_.group;
+  auto bus = Bus::attach(bo);
+  if (!bus) return tl::unexpected(bus.error());
+  bus_ = *bus;
+  paths_ = bus_paths(bus_->name());
+  if (auto ok = join_unix_group(); !ok) return ok;
+  const unsigned dir_mode = gid_ ? 0770 : 0700;
+  if (auto ok = make_dirs(paths_.runtime_dir, dir_mode); !ok) return ok;
+  if (auto ok = take_lock(); !ok) return ok;
+
+  auto store = OffsetStore::open(paths_.state_dir);
+  if (!store) return tl::unexpected(store.error());
+  offsets_ = std::move(*store);
+  if (offsets_.skipped_lines())
+    log(fmt::format("{}: skipped {} torn or corrupt lines", offsets_.path(), offsets_.skipped_lines()));
+
+  note_returning_members();
+  if (auto ok = create_segment(); !ok) return ok;
+  if (auto ok = listen_socket(); !ok) return ok;
+  watch_events();
+  // Spilled topics whose shared memory is gone came back with Bus::attach; say what did not.
+  if (auto r = bus_->restore_spilled_topics(); !r) log(fmt::format("a spilled topic could not be restored: {}", r.error().message));
+  spiller_ = std::make_unique<Spiller>(bus_, paths_.state_dir, gid_ ? 0660u : 0600u, [this](const std::string& m) { log(m); });
+  spiller_->start();
+  log(fmt::format("bus '{}' ready: socket {}, state {}", bus_->name(), paths_.socket, paths_.state_dir));
+  return {};
+}
+
+Status Daemon::join_unix_group() {
+  if (!opts_.group) return {};
+  struct group gr{}, *res = nullptr;
+  std::vector<char> buf(16384);
+  if (::getgrnam_r(opts_.group->c_str(), &gr, buf.data(), buf.size(), &res) != 0 || !res)
+    return make_error(Errc::kInvalidArgument, fmt::format("no such Unix group '{}'", *opts_.group));
+  gid_ = gr.gr_gid;
+  return {};
+}
+
+Status Daemon::take_lock() {
+  // One busd per bus: an exclusive flock that the kernel drops when we die.
+  lock_fd_ = ::open(paths_.lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (lock_fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot open {}: {}", paths_.lock, std::strerror(errno)));
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    char buf[32] = {};
+    (void)!::pread(lock_fd_, buf, sizeof buf - 1, 0);
+    return make_error(Errc::kAlreadyExists, fmt::format("busd is already running for bus '{}' (pid {}, lock {})",
+                                                        bus_->name(), std::atoi(buf), paths_.lock));
+  }
+  const std::string pid = std::to_string(::getpid()) + "\n";
+  (void)!::ftruncate(lock_fd_, 0);
+  (void)!::pwrite(lock_fd_, pid.data(), pid.size(), 0);
+  return {};
+}
+
+void Daemon::note_returning_members() {
+  // A previous busd's members that are still alive will come back (they look every 100 ms)
+  // with the partitions they consume: until they have, or for a second at most, hand out
+  // no partition that may be theirs.
+  if (auto old = shm::Segment::open(busd_segment_name(bus_->name()), shm::SegmentKind::kBusd, kBusdLayoutMajor, false)) {
+    const auto* old_slots = old->at<const MemberSlot>(kMemberSlotsOffset);
+    for (std::uint32_t i = 0; i < kMemberSlots; ++i) {
+      const std::int32_t pid = old_slots[i].pid.load(std::memory_order_relaxed);
+      if (pid > 0 && shm::process_alive(pid, 0)) returning_.insert(pid);
+    }
+  }
+  if (!returning_.empty()) {
+    grace_until_ns_ = started_mono_ + 1'000'000'000;
+    log(fmt::format("{} members of the previous busd are alive: waiting up to 1 s for them to rejoin", returning_.size()));
+  }
+}
+
+Status Daemon::create_segment() {
+  // Our segment: member notices and heartbeats. Replaced whole: a previous busd's members
+  // reconnect and get slots in this one.
+  shm::SegmentSpec spec{busd_segment_name(bus_->name()), shm::SegmentKind::kBusd, kBusdLayoutMajor, kBusdLayoutMinor,
+                        kBusdSegmentSize, gid_ ? 0660u : 0600u, gid_, /*replace=*/true};
+  auto seg = shm::Segment::create(spec, [&](std::byte* base) {
+    auto* c = new (base + kBusdControlOffset) BusdControl{};
+    c->pid = ::getpid();
+    c->member_slots = kMemberSlots;
+    c->started_ns = started_ns_;
+    for (std::uint32_t i = 0; i < kMemberSlots; ++i) new (base + kMemberSlotsOffset + i * sizeof(MemberSlot)) MemberSlot{};
+  });
+  if (!seg) return tl::unexpected(seg.error());
+  seg_ = std::move(*seg);
+  slots_ = seg_.at<MemberSlot>(kMemberSlotsOffset);
+  return {};
+}
+
+Status Daemon::listen_socket() {
+  // The socket. A stale one (busd killed) is ours to remove: we hold the lock.
+  ::unlink(paths_.socket.c_str());
+  listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", paths_.socket.c_str());
+  const mode_t old = ::umask(gid_ ? 0007 : 0077);
+  const int rc = ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  ::umask(old);
+  if (rc != 0) return make_error(Errc::kSystem, fmt::format("cannot bind {}: {}", paths_.socket, std::strerror(errno)));
+  if (gid_) {
+    (void)!::chown(paths_.socket.c_str(), static_cast<uid_t>(-1), *gid_);
+    ::chmod(paths_.socket.c_str(), 0660);
+  } else {
+    ::chmod(paths_.socket.c_str(), 0600);
+  }
+  if (::listen(listen_fd_, 128) != 0) return make_error(Errc::kSystem, fmt::format("listen: {}", std::strerror(errno)));
+  return {};
+}
+
+void Daemon::watch_events() {
+  epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+  timer_fd_ = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  itimerspec its{{0, 20'000'000}, {0, 20'000'000}};
+  ::timerfd_settime(timer_fd_, 0, &its, nullptr);
+  sigset_t mask;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGTERM);
+  sigaddset(&mask, SIGINT);
+  ::sigprocmask(SIG_BLOCK, &mask, nullptr);
+  signal_fd_ = ::signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+  ::signal(SIGPIPE, SIG_IGN);
+  for (int fd : {listen_fd_, timer_fd_, signal_fd_}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+  }
+}
+
+Status Daemon::loop() {
+  epoll_event events[64];
+  for (;;) {
+    const int n = ::epoll_wait(epoll_fd_, events, 64, 1000);
+    if (n < 0 && errno != EINTR) return make_error(Errc::kSystem, fmt::format("epoll_wait: {}", std::strerror(errno)));
+    if (stopping_) {
+      (void)offsets_.flush();
+      return {};
+    }
+    for (int i = 0; i < n; ++i) {
+      const int fd = events[i].data.fd;
+      if (fd == listen_fd_) {
+        accept_clients();
+      } else if (fd == timer_fd_) {
+        std::uint64_t expirations;
+        (void)!::read(timer_fd_, &expirations, sizeof expirations);
+        tick();
+      } else if (fd == signal_fd_) {
+        signalfd_siginfo si{};
+        (void)!::read(signal_fd_, &si, sizeof si);
+        log(fmt::format("signal {}: flushing offsets and exiting", si.ssi_signo));
+        (void)offsets_.flush();
+        return {};
+      } else {
+        if (events[i].events & EPOLLOUT) {
+          auto it = conns_.find(fd);
+          if (it != conns_.end()) flush_out(it->second);
+        }
+        if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(fd);
+      }
+    }
+    if (stopping_) {
+      (void)offsets_.flush();
+      return {};
+    }
+  }
+}
+
+void Daemon::accept_clients() {
+  for (;;) {
+    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+      ::close(fd);
+      continue;
+    }
+    // The socket's mode already keeps others out; SO_PEERCRED is the second lock, for a
+    // socket file whose mode someone widened.
+    const bool allowed = cred.uid == ::geteuid() || cred.uid == 0 || (gid_ && cred.gid == *gid_);
+    if (!allowed) {
+      std::string out;
+      proto::encode(json{{"error", "permission"},
+                         {"message", fmt::format("uid {} may not use bus '{}' (owner uid {}{})", cred.uid, bus_->name(),
+                                                 ::geteuid(), gid_ ? fmt::format(", group {}", *gid_) : "")}},
+                    out);
+      (void)!::send(fd, out.data(), out.size(), MSG_NOSIGNAL);
+      ::close(fd);
+      log(fmt::format("refused a client of uid {} (pid {})", cred.uid, cred.pid));
+      continue;
+    }
+    Conn c;
+    c.fd = fd;
+    c.uid = cred.uid;
+    c.pid = cred.pid;
+    conns_[fd] = std::move(c);
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+  }
+}
+
+void Daemon::on_readable(int fd) {
+  auto it = conns_.find(fd);
+  if (it == conns_.end()) return;
+  char buf[65536];
+  for (;;) {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n > 0) {
+      it->second.in.append(buf, static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n == 0) {
+      close_conn(fd, "connection closed");
+      return;
+    }
+    if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+    if (errno == EINTR) continue;
+    close_conn(fd, fmt::format("recv: {}", std::strerror(errno)));
+    return;
+  }
+  for (;;) {
+    auto c = conns_.find(fd);
+    if (c == conns_.end()) return;
+    auto m = proto::decode(c->second.in);
+    if (!m) {
+      close_conn(fd, m.error().message);
+      return;
+    }
+    if (!*m) return;
+    try {
+      handle(c->second, **m);
+    } catch (const std::exception& e) {
+      // A field of the wrong type in a well-framed message: refuse it, drop the client,
+      // never the daemon.
+      const json& req = **m;
+      if (conns_.count(fd)) {
+        reply_error(conns_.at(fd), req, Errc::kInvalidArgument, fmt::format("malformed request: {}", e.what()));
+        close_conn(fd, fmt::format("malformed request: {}", e.what()));
+      }
+      return;
+    }
+  }
+}
+
+void Daemon::close_conn(int fd, const std::string& why) {
+  auto it = conns_.find(fd);
+  if (it == conns_.end()) return;
+  const std::string group = it->second.group, member = it->second.member_id;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+  ::close(fd);
+  conns_.erase(it);
+  if (!member.empty()) {
+    auto g = groups_.find(group);
+    if (g != groups_.end() && g->second.members.count(member)) remove_member(g->second, member, why);
+  }
+}
+
+void Daemon::send(int fd, const json& m) {
+  auto it = conns_.find(fd);
+  if (it == conns_.end()) return;
+  proto::encode(m, it->second.out);
+  flush_out(it->second);
+  // A client that does not read its socket does not get to grow busd's memory.
+  if (it->second.out.size() > (16u << 20)) close_conn(fd, "not reading its replies");
+}
+
+void Daemon::flush_out(Conn& c) {
+  while (!c.out.empty()) {
+    const ssize_t n = ::send(c.fd, c.out.data(), c.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      c.out.erase(0, static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    return;  // the read side will see the error and close
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN | (c.out.empty() ? 0u : static_cast<unsigned>(EPOLLOUT));
+  ev.data.fd = c.fd;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, c.fd, &ev);
+}
+
+void Daemon::reply(Conn& c, const json& req, json body) {
+  if (req.contains("id")) body["re"] = req["id"];
+  send(c.fd, body);
+}
+
+void Daemon::reply_error(Conn& c, const json& req, Errc code, const std::string& msg) {
+  reply(c, req, json{{"error", errc_name(code)}, {"message", msg}});
+}
+
+void Daemon::handle(Conn& c, const json& req) {
+  auto op = proto::check_request(req);
+  if (!op) return reply_error(c, req, op.error().code, op.error().message);
+  if (*op == "hello" || *op == "status") {
+    std::size_t members = 0;
+    for (const auto& [n, g] : groups_) members += g.members.size();
+    return reply(c, req,
+                 json{{"ok", true}, {"version", kBusdVersion}, {"protocol", proto::kProtocolVersion}, {"pid", ::getpid()},
+                      {"bus", bus_->name()}, {"uptime_ms", (shm::monotonic_ns() - started_mono_) / 1'000'000},
+                      {"started_ns", started_ns_}, {"socket", paths_.socket}, {"runtime_dir", paths_.runtime_dir},
+                      {"state_dir", paths_.state_dir}, {"groups", groups_.size()}, {"members", members}});
+  }
+  if (*op == "shutdown") {
+    reply(c, req, json{{"ok", true}});
+    log(fmt::format("shutdown asked by pid {}", c.pid));
+    stopping_ = true;
+    return;
+  }
+  if (*op == "join") return op_join(c, req);
+  if (*op == "commit") return op_commit(c, req);
+  if (*op == "heartbeat") return reply(c, req, json{{"ok", true}});
+  if (*op == "leave") return op_leave(c, req);
+  if (*op == "revoked") return op_revoked(c, req);
+  if (*op == "committed") return op_committed(c, req);
+  if (*op == "group_list") return op_group_list(c, req);
+  if (*op == "group_describe") return op_group_describe(c, req);
+  if (*op == "reset_offsets") return op_reset_offsets(c, req);
+  reply_error(c, req, Errc::kInvalidArgument, fmt::format("unknown operation '{}'", *op));
+}
+
+void Daemon::tick() {
+  // Our bus was deleted (busctl bus delete, or its files removed by hand): nothing left to
+  // coordinate, and staying would keep a dead bus's socket alive.
+  if ((++ticks_ % 50) == 0 && !bus_->still_exists()) {
+    log(fmt::format("bus '{}' was deleted: exiting", bus_->name()));
+    stopping_ = true;
+    return;
+  }
+  // Durable gates move only once the offset they stand for is on disk.
+  if (offsets_.flush()) {
+    for (const auto& [group, tp] : dirty_gates_) update_gate(group, tp);
+    dirty_gates_.clear();
+  }
+  const std::uint64_t now = shm::monotonic_ns();
+  if (grace_until_ns_ && now >= grace_until_ns_) {
+    grace_until_ns_ = 0;
+    returning_.clear();
+  }
+  if (!grace_until_ns_)
+    for (auto& [name, g] : groups_)
+      if (g.pending_grace) {
+        g.pending_grace = false;
+        rebalance(g);
+      }
+  for (auto& [name, g] : groups_) {
+    std::vector<std::pair<std::string, std::string>> evict;
+    for (const auto& [id, m] : g.members) {
+      const std::uint64_t hb = slots_[m.slot].heartbeat_ns.load(std::memory_order_relaxed);
+      if (now > hb && now - hb > static_cast<std::uint64_t>(m.session_timeout_ms) * 1'000'000ull)
+        evict.push_back({id, fmt::format("no heartbeat for {} ms (session timeout)", (now - hb) / 1'000'000)});
+      else if (m.revoking && now > m.revoke_deadline_ns)
+        evict.push_back({id, "did not give up its revoked partitions in time"});
+    }
+    for (const auto& [id, why] : evict) {
+      const int fd = g.members.count(id) ? g.members.at(id).fd : -1;
+      auto c = conns_.find(fd);
+      if (c != conns_.end()) {
+        send(fd, json{{"push", "evicted"}, {"group", name}, {"message", why}});
+        notify_member(g.members.at(id));  // so that it stops at its next poll
+        c->second.member_id.clear();
+      }
+      remove_member(g, id, why);
+    }
+  }
+}
+
+}  // namespace daemon
+
+Status run_busd(const BusdOptions& options) {
+  daemon::Daemon d(options);
+  if (auto ok = d.start(); !ok) return ok;
+  return d.loop();
+}
+
+}  // namespace shmbus

@@ -1,0 +1,334 @@
+// busd's group coordinator: members join and leave, partitions are assigned and revoked
+// (assignor.h), committed offsets kept (offset_store.h), block topics' gates moved to them.
+#include <algorithm>
+#include <charconv>
+#include <set>
+
+#include "bus/group_client.h"
+#include "bus/names.h"
+#include "bus/topic.h"
+#include "shm/futex.h"
+#include "shm/process.h"
+#include "shm/ring.h"
+#include "tools/busd/daemon.h"
+
+namespace shmbus::daemon {
+
+json tps_json(const std::vector<TopicPartition>& tps) {
+  json a = json::array();
+  for (const auto& tp : tps) a.push_back({tp.topic, tp.partition});
+  return a;
+}
+
+TopicPartitionCounts Daemon::counts_for(const Group& g) {
+  TopicPartitionCounts counts;
+  for (const auto& [id, m] : g.members)
+    for (const auto& t : m.topics)
+      if (!counts.count(t))
+        if (auto topic = bus_->topic(t)) counts[t] = (*topic)->partitions();
+  return counts;
+}
+
+void Daemon::notify_member(const Member& m) {
+  MemberSlot& s = slots_[m.slot];
+  s.notice.fetch_add(1, std::memory_order_release);  // SYNC POINT: the member acquires it in poll
+  shm::futex_wake_all(&s.notice);
+}
+
+void Daemon::rebalance(Group& g) {
+  if (g.members.empty()) return;
+  std::vector<MemberSubscription> subs;
+  for (const auto& [id, m] : g.members) subs.push_back({id, m.topics, m.owned});
+  Assignment target = assign(g.assignor, counts_for(g), subs);
+  if (shm::monotonic_ns() < grace_until_ns_) {
+    // Just started: members of the previous busd are still coming back, each with the
+    // partitions it consumes. Until they had the time to, hand out nothing new (it may be
+    // theirs), and take nothing away. tick() rebalances when the grace ends.
+    for (auto& [id, m] : g.members) target[id] = m.owned;
+    g.pending_grace = true;
+  }
+  bool waiting = false;
+  for (auto& [id, m] : g.members) {
+    if (m.revoking) {
+      waiting = true;
+      continue;
+    }
+    const auto& want = target.at(id);
+    std::vector<TopicPartition> give_up;
+    for (const auto& tp : m.owned)
+      if (std::find(want.begin(), want.end(), tp) == want.end()) give_up.push_back(tp);
+    if (give_up.empty()) continue;
+    // A partition moves only once its owner has stopped with it: never two owners at once.
+    m.revoking = true;
+    m.revoke_deadline_ns = shm::monotonic_ns() + opts_.rebalance_timeout_ms * 1'000'000ull;
+    waiting = true;
+    send(m.fd, json{{"push", "revoke"}, {"group", g.name}, {"generation", g.generation}, {"partitions", tps_json(give_up)}});
+    notify_member(m);
+  }
+  g.revoke_deadline_ns = waiting ? 1 : 0;  // "rebalancing", for describe
+  if (waiting) return;
+  ++g.generation;
+  for (auto& [id, m] : g.members) {
+    m.owned = target.at(id);
+    send(m.fd, json{{"push", "assign"}, {"group", g.name}, {"generation", g.generation}, {"partitions", tps_json(m.owned)}});
+    notify_member(m);
+    for (const auto& tp : m.owned) update_gate(g.name, tp);
+  }
+  log(fmt::format("group '{}' generation {}: {} members", g.name, g.generation, g.members.size()));
+}
+
+void Daemon::remove_member(Group& g, const std::string& id, const std::string& why) {
+  auto it = g.members.find(id);
+  if (it == g.members.end()) return;
+  const std::uint32_t slot = it->second.slot;
+  const int fd = it->second.fd;
+  log(fmt::format("group '{}': member {} (pid {}) left: {}", g.name, id, it->second.pid, why));
+  g.members.erase(it);
+  slots_[slot].pid.store(0, std::memory_order_release);
+  auto c = conns_.find(fd);
+  if (c != conns_.end()) c->second.member_id.clear();
+  // Its partitions are free at once (the process is gone or gave them up by leaving).
+  rebalance(g);
+}
+
+void Daemon::update_gate(const std::string& group, const TopicPartition& tp) {
+  // In a `block` topic the group's committed offset holds producers back even while the
+  // group has no live member: a durable gate, owned by busd and never reaped by producers.
+  auto t = bus_->topic(tp.topic);
+  if (!t || tp.partition >= (*t)->partitions()) return;
+  const shm::Ring& ring = (*t)->ring(tp.partition);
+  if (ring.retention() != shm::Retention::kBlock) return;
+  auto committed = offsets_.get({group, tp.topic, tp.partition});
+  if (!committed) return;
+  auto lock = shm::SegmentLock::open((*t)->segment(tp.partition));
+  if (!lock) return;
+  shm::RingReader reader(ring);
+  if (reader.seek(*committed) == shm::ReadStatus::kLapped) reader.seek_earliest();
+  (void)shm::hold_durable_gate(ring, *lock, std::hash<std::string>{}(group), reader);
+}
+
+void Daemon::op_join(Conn& c, const json& req) {
+  const std::string group = req.value("group", "");
+  if (auto ok = validate_name("group", group); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
+  if (!req.contains("topics") || !req["topics"].is_array() || req["topics"].empty())
+    return reply_error(c, req, Errc::kInvalidArgument, "join needs a non-empty list of topics");
+  std::vector<std::string> topics;
+  for (const auto& t : req["topics"]) {
+    if (!t.is_string()) return reply_error(c, req, Errc::kInvalidArgument, "topic names are strings");
+    auto topic = bus_->topic(t.get<std::string>());
+    if (!topic) return reply_error(c, req, topic.error().code, topic.error().message);
+    topics.push_back(t.get<std::string>());
+  }
+  auto kind = parse_assignor(req.value("assignor", "sticky"));
+  if (!kind) return reply_error(c, req, kind.error().code, kind.error().message);
+  if (!c.member_id.empty()) return reply_error(c, req, Errc::kInvalidArgument, "this connection is already a group member");
+  Group& g = groups_[group];
+  g.name = group;
+  if (g.members.empty()) g.assignor = *kind;
+  std::string id = req.value("member_id", "");
+  if (id.empty() || g.members.count(id))
+    id = fmt::format("{}-{}-{:06x}", req.value("name", "member"), c.pid, shm::random_u64() & 0xffffff);
+  std::optional<std::uint32_t> slot;
+  for (std::uint32_t i = 0; i < kMemberSlots && !slot; ++i) {
+    std::int32_t zero = 0;
+    if (slots_[i].pid.compare_exchange_strong(zero, c.pid > 0 ? c.pid : -1)) slot = i;
+  }
+  if (!slot) return reply_error(c, req, Errc::kTooManyClients, fmt::format("busd has no free member slot ({})", kMemberSlots));
+  slots_[*slot].heartbeat_ns.store(shm::monotonic_ns(), std::memory_order_relaxed);
+  Member m;
+  m.id = id;
+  m.fd = c.fd;
+  m.topics = topics;
+  m.pid = c.pid;
+  m.name = req.value("name", "");
+  m.slot = *slot;
+  m.session_timeout_ms = std::max<std::int64_t>(100, req.value("session_timeout_ms", 10'000));
+  // A member that rejoins (busd restarted) says what it still consumes; it keeps what
+  // nobody else owns, so the group re-forms without moving a partition.
+  std::set<std::pair<std::string, std::uint32_t>> taken;
+  for (const auto& [oid, om] : g.members)
+    for (const auto& tp : om.owned) taken.insert({tp.topic, tp.partition});
+  if (req.contains("owned") && req["owned"].is_array())
+    for (const auto& tp : req["owned"])
+      if (tp.is_array() && tp.size() == 2 && tp[0].is_string() && tp[1].is_number_unsigned() &&
+          !taken.count({tp[0].get<std::string>(), tp[1].get<std::uint32_t>()}))
+        m.owned.push_back({tp[0].get<std::string>(), tp[1].get<std::uint32_t>()});
+  g.members[id] = m;
+  c.group = group;
+  c.member_id = id;
+  if (returning_.erase(c.pid) && returning_.empty()) grace_until_ns_ = 0;  // all are back
+  reply(c, req, json{{"ok", true}, {"member_id", id}, {"slot", *slot}, {"segment", busd_segment_name(bus_->name())},
+                     {"generation", g.generation}, {"owned", tps_json(m.owned)}});
+  log(fmt::format("group '{}': member {} (pid {}) joined, topics {}", group, id, c.pid, json(topics).dump()));
+  rebalance(g);
+}
+
+void Daemon::op_commit(Conn& c, const json& req) {
+  const std::string group = req.value("group", "");
+  auto g = groups_.find(group);
+  const std::string id = req.value("member_id", "");
+  if (g == groups_.end() || !g->second.members.count(id))
+    return reply_error(c, req, Errc::kInvalidArgument,
+                       fmt::format("commit refused: {} is not a member of group '{}' (evicted or stale)", id, group));
+  const Member& m = g->second.members.at(id);
+  const std::uint64_t gen = req.value("generation", ~0ull);
+  if (gen != g->second.generation)
+    return reply_error(c, req, Errc::kInvalidArgument,
+                       fmt::format("commit refused: stale generation {} (group '{}' is at generation {})", gen, group,
+                                   g->second.generation));
+  if (!req.contains("offsets") || !req["offsets"].is_array())
+    return reply_error(c, req, Errc::kInvalidArgument, "commit needs offsets");
+  std::vector<std::pair<TopicPartition, std::uint64_t>> todo;
+  for (const auto& e : req["offsets"]) {
+    if (!e.is_array() || e.size() != 3 || !e[0].is_string() || !e[1].is_number_unsigned() || !e[2].is_number_unsigned())
+      return reply_error(c, req, Errc::kInvalidArgument, "offsets are [topic, partition, offset]");
+    TopicPartition tp{e[0].get<std::string>(), e[1].get<std::uint32_t>()};
+    if (std::find(m.owned.begin(), m.owned.end(), tp) == m.owned.end())
+      return reply_error(c, req, Errc::kInvalidArgument,
+                         fmt::format("commit refused: {}-{} is not assigned to {} in generation {}", tp.topic, tp.partition,
+                                     id, g->second.generation));
+    todo.push_back({tp, e[2].get<std::uint64_t>()});
+  }
+  for (const auto& [tp, off] : todo) {
+    offsets_.put({group, tp.topic, tp.partition}, off);
+    dirty_gates_.insert({group, tp});
+  }
+  if (req.contains("sync") && req["sync"].is_boolean() && req["sync"].get<bool>()) {
+    if (auto ok = offsets_.flush(); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
+    for (const auto& [grp, tp] : dirty_gates_) update_gate(grp, tp);
+    dirty_gates_.clear();
+  }
+  reply(c, req, json{{"ok", true}});
+}
+
+json Daemon::describe_group(const std::string& name) {
+  json out = {{"group", name}, {"members", json::array()}, {"partitions", json::array()}};
+  std::map<std::pair<std::string, std::uint32_t>, std::string> owner;
+  std::set<std::string> topics;
+  auto g = groups_.find(name);
+  if (g != groups_.end()) {
+    out["generation"] = g->second.generation;
+    out["assignor"] = assignor_name(g->second.assignor);
+    out["state"] = g->second.members.empty() ? "empty" : (g->second.revoke_deadline_ns ? "rebalancing" : "stable");
+    for (const auto& [id, m] : g->second.members) {
+      out["members"].push_back({{"member_id", id}, {"pid", m.pid}, {"name", m.name}, {"topics", m.topics},
+                                {"partitions", tps_json(m.owned)}});
+      for (const auto& tp : m.owned) owner[{tp.topic, tp.partition}] = id;
+      for (const auto& t : m.topics) topics.insert(t);
+    }
+  } else {
+    out["state"] = "empty";
+    out["generation"] = 0;
+  }
+  for (const auto& [k, o] : offsets_.all())
+    if (k.group == name) topics.insert(k.topic);
+  for (const auto& t : topics) {
+    auto topic = bus_->topic(t);
+    if (!topic) continue;
+    for (std::uint32_t p = 0; p < (*topic)->partitions(); ++p) {
+      const auto committed = offsets_.get({name, t, p});
+      const std::uint64_t end = (*topic)->ring(p).end_offset();
+      json row = {{"topic", t}, {"partition", p}, {"end_offset", end}, {"committed", nullptr}, {"lag", nullptr}};
+      if (committed) {
+        row["committed"] = *committed;
+        row["lag"] = end > *committed ? end - *committed : 0;
+      }
+      auto o = owner.find({t, p});
+      row["member_id"] = o == owner.end() ? json(nullptr) : json(o->second);
+      out["partitions"].push_back(row);
+    }
+  }
+  return out;
+}
+
+void Daemon::op_leave(Conn& c, const json& req) {
+  auto g = groups_.find(c.group);
+  if (g != groups_.end() && !c.member_id.empty()) remove_member(g->second, c.member_id, "left the group");
+  c.member_id.clear();
+  return reply(c, req, json{{"ok", true}});
+}
+
+void Daemon::op_revoked(Conn& c, const json& req) {
+  auto g = groups_.find(c.group);
+  if (g == groups_.end() || !g->second.members.count(c.member_id))
+    return reply_error(c, req, Errc::kInvalidArgument, "not a group member");
+  Member& m = g->second.members.at(c.member_id);
+  std::vector<TopicPartition> gone;
+  if (req.contains("partitions") && req["partitions"].is_array())
+    for (const auto& tp : req["partitions"])
+      if (tp.is_array() && tp.size() == 2 && tp[0].is_string() && tp[1].is_number_unsigned())
+        gone.push_back({tp[0].get<std::string>(), tp[1].get<std::uint32_t>()});
+  std::erase_if(m.owned, [&](const TopicPartition& tp) { return std::find(gone.begin(), gone.end(), tp) != gone.end(); });
+  m.revoking = false;
+  reply(c, req, json{{"ok", true}});
+  bool still = false;
+  for (const auto& [id, mm] : g->second.members) still |= mm.revoking;
+  if (!still) {
+    g->second.revoke_deadline_ns = 0;
+    rebalance(g->second);
+  }
+}
+
+void Daemon::op_committed(Conn& c, const json& req) {
+  const std::string group = req.value("group", "");
+  json offs = json::array();
+  if (req.contains("partitions") && req["partitions"].is_array())
+    for (const auto& tp : req["partitions"])
+      if (tp.is_array() && tp.size() == 2 && tp[0].is_string() && tp[1].is_number_unsigned()) {
+        auto o = offsets_.get({group, tp[0].get<std::string>(), tp[1].get<std::uint32_t>()});
+        offs.push_back(o ? json(*o) : json(nullptr));
+      }
+  return reply(c, req, json{{"ok", true}, {"offsets", offs}});
+}
+
+void Daemon::op_group_list(Conn& c, const json& req) {
+  std::set<std::string> names;
+  for (const auto& [n, g] : groups_) names.insert(n);
+  for (const auto& [k, o] : offsets_.all()) names.insert(k.group);
+  json arr = json::array();
+  for (const auto& n : names) {
+    json d = describe_group(n);
+    arr.push_back({{"group", n}, {"state", d["state"]}, {"members", d["members"].size()}, {"generation", d["generation"]}});
+  }
+  return reply(c, req, json{{"ok", true}, {"groups", arr}});
+}
+
+void Daemon::op_group_describe(Conn& c, const json& req) {
+  const std::string group = req.value("group", "");
+  if (auto ok = validate_name("group", group); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
+  bool known = groups_.count(group) > 0;
+  for (const auto& [k, o] : offsets_.all()) known |= k.group == group;
+  if (!known) return reply_error(c, req, Errc::kNotFound, fmt::format("group '{}' does not exist on bus '{}'", group, bus_->name()));
+  json d = describe_group(group);
+  d["ok"] = true;
+  return reply(c, req, d);
+}
+
+void Daemon::op_reset_offsets(Conn& c, const json& req) {
+  const std::string group = req.value("group", ""), topic = req.value("topic", "");
+  if (auto ok = validate_name("group", group); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
+  auto g = groups_.find(group);
+  if (g != groups_.end() && !g->second.members.empty())
+    return reply_error(c, req, Errc::kInvalidArgument,
+                       fmt::format("group '{}' has {} live members: stop them before resetting its offsets", group,
+                                   g->second.members.size()));
+  auto t = bus_->topic(topic);
+  if (!t) return reply_error(c, req, t.error().code, t.error().message);
+  const std::string to = req.value("to", "");
+  json result = json::array();
+  for (std::uint32_t p = 0; p < (*t)->partitions(); ++p) {
+    const shm::Ring& ring = (*t)->ring(p);
+    std::uint64_t off = 0;
+    if (to == "earliest") off = ring.start_offset();
+    else if (to == "latest") off = ring.end_offset();
+    else if (auto [ptr, ec] = std::from_chars(to.data(), to.data() + to.size(), off); to.empty() || ec != std::errc() || ptr != to.data() + to.size())
+      return reply_error(c, req, Errc::kInvalidArgument, fmt::format("--to '{}': use earliest, latest or an offset", to));
+    offsets_.put({group, topic, p}, off);
+    update_gate(group, {topic, p});
+    result.push_back({{"topic", topic}, {"partition", p}, {"committed", off}});
+  }
+  (void)offsets_.flush();
+  return reply(c, req, json{{"ok", true}, {"partitions", result}});
+}
+
+}  // namespace shmbus::daemon

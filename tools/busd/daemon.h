@@ -1,0 +1,135 @@
+// busd's inside, shared by its rooms: tools/busd/busd.cpp (start-up, the event loop,
+// connections, requests) and tools/busd/coordinator.cpp (groups: join, rebalance, commits,
+// offsets). Internal to busd.
+#pragma once
+
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "bus/busd_layout.h"
+#include "bus/paths.h"
+#include "bus/protocol.h"
+#include "shm/segment.h"
+#include "shmbus/bus.h"
+#include "tools/busd/assignor.h"
+#include "tools/busd/busd.h"
+#include "tools/busd/offset_store.h"
+#include "tools/busd/spiller.h"
+
+namespace shmbus::daemon {
+
+using proto::json;
+
+json tps_json(const std::vector<TopicPartition>& tps);
+
+struct Conn {
+  int fd = -1;
+  uid_t uid = 0;
+  pid_t pid = 0;
+  std::string in, out;
+  std::string group, member_id;  // when this connection is a group member
+};
+
+struct Member {
+  std::string id;
+  int fd = -1;
+  std::vector<std::string> topics;
+  std::vector<TopicPartition> owned;  // what it consumes now (confirmed)
+  std::int32_t pid = 0;
+  std::string name;
+  std::uint32_t slot = 0;
+  std::int64_t session_timeout_ms = 10'000;
+  bool revoking = false;  // asked to give partitions up, not answered yet
+  std::uint64_t revoke_deadline_ns = 0;  // evicted if still revoking then
+};
+
+struct Group {
+  std::string name;
+  std::uint64_t generation = 0;
+  AssignorKind assignor = AssignorKind::kSticky;
+  std::map<std::string, Member> members;
+  std::uint64_t revoke_deadline_ns = 0;
+  bool pending_grace = false;  // rebalanced during the start-up grace: do it again after
+};
+
+class Daemon {
+ public:
+  explicit Daemon(BusdOptions o) : opts_(std::move(o)) {}
+  ~Daemon();
+  Status start();
+  Status loop();
+
+ private:
+  // Called from the spiller's threads too: one write(2) a line.
+  void log(const std::string& s) {
+    if (opts_.quiet) return;
+    const std::string line = fmt::format("busd[{}] {}\n", ::getpid(), s);
+    (void)!::write(STDERR_FILENO, line.data(), line.size());
+  }
+  void accept_clients();
+  void on_readable(int fd);
+  void close_conn(int fd, const std::string& why);
+  void send(int fd, const json& m);
+  void flush_out(Conn& c);
+  void reply(Conn& c, const json& req, json body);
+  void reply_error(Conn& c, const json& req, Errc code, const std::string& msg);
+  void handle(Conn& c, const json& req);
+  // start()'s steps, in order.
+  Status join_unix_group();
+  Status take_lock();
+  void note_returning_members();
+  Status create_segment();
+  Status listen_socket();
+  void watch_events();
+  void tick();
+
+  // Groups.
+  void rebalance(Group& g);
+  void finalize(Group& g);
+  void remove_member(Group& g, const std::string& id, const std::string& why);
+  void notify_member(const Member& m);
+  TopicPartitionCounts counts_for(const Group& g);
+  void update_gate(const std::string& group, const TopicPartition& tp);
+
+  void op_join(Conn& c, const json& req);
+  void op_commit(Conn& c, const json& req);
+  void op_leave(Conn& c, const json& req);
+  void op_revoked(Conn& c, const json& req);
+  void op_committed(Conn& c, const json& req);
+  void op_group_list(Conn& c, const json& req);
+  void op_group_describe(Conn& c, const json& req);
+  void op_reset_offsets(Conn& c, const json& req);
+  json describe_group(const std::string& name);
+
+  BusdOptions opts_;
+  BusPaths paths_;
+  int lock_fd_ = -1, listen_fd_ = -1, epoll_fd_ = -1, timer_fd_ = -1, signal_fd_ = -1;
+  std::shared_ptr<Bus> bus_;
+  shm::Segment seg_;
+  MemberSlot* slots_ = nullptr;
+  OffsetStore offsets_;
+  std::map<int, Conn> conns_;
+  std::map<std::string, Group> groups_;
+  std::int64_t started_ns_ = 0;
+  std::uint64_t started_mono_ = 0;
+  std::optional<unsigned> gid_;
+  bool stopping_ = false;
+  std::uint64_t ticks_ = 0;
+  std::uint64_t grace_until_ns_ = 0;
+  std::set<std::int32_t> returning_;  // pids of the previous busd's live members
+  std::set<std::pair<std::string, TopicPartition>> dirty_gates_;  // move after the next flush
+  std::unique_ptr<Spiller> spiller_;  // declared last: stopped first
+};
+
+}  // namespace shmbus::daemon
