@@ -14,6 +14,7 @@
 #include "shm/segment.h"
 #include "shmbus/consumer.h"
 #include "shmbus/producer.h"
+#include "ring_fixture.h"
 #include "test_util.h"
 
 using namespace shmbus;
@@ -22,58 +23,7 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// A private partition segment (as in test_ring.cpp).
-struct AttackRing {
-  explicit AttackRing(std::uint64_t capacity = 4096, Retention retention = Retention::kOverwrite,
-                      std::uint64_t claim_timeout_ns = kDefaultClaimTimeoutNs) {
-    name = test::unique_bus("attack") + "~forged~0";
-    RingParams p;
-    p.capacity = capacity;
-    p.retention = retention;
-    p.claim_timeout_ns = claim_timeout_ns;
-    const RingGeometry g = ring_geometry(capacity);
-    auto s = Segment::create(SegmentSpec{name, SegmentKind::kPartition, kPartitionLayoutMajor, kPartitionLayoutMinor,
-                                         g.segment_size, 0600, std::nullopt, false},
-                             [&](std::byte* base) { ring_init(base, p); });
-    EXPECT_TRUE(s) << s.error().message;
-    seg = std::move(*s);
-    ring = Ring(seg.data());
-    auto l = SegmentLock::open(seg);
-    EXPECT_TRUE(l);
-    lock = std::move(*l);
-  }
-  ~AttackRing() { (void)Segment::remove(name); }
-
-  RingWriter writer() {
-    RingWriter w(ring);
-    EXPECT_TRUE(w.open(seg));
-    return w;
-  }
-
-  void write(const Claim& c, std::uint32_t value_len, std::uint8_t fill) {
-    RecordHeader* h = ring.header_at(c.first_at);
-    h->length.store(static_cast<std::uint32_t>(c.end - c.first_at));
-    h->key_len = kNullKey;
-    h->headers_len = 0;
-    h->value_len = value_len;
-    std::memset(reinterpret_cast<std::byte*>(h) + kRecordHeaderSize, fill, value_len);
-  }
-
-  std::uint64_t produce(RingWriter& w, std::uint32_t value_len, std::uint8_t fill) {
-    auto c = w.claim_one(static_cast<std::uint32_t>(align8(kRecordHeaderSize + value_len)), 1'000'000'000);
-    EXPECT_TRUE(c) << c.error().message;
-    if (!c) return ~0ull;
-    write(*c, value_len, fill);
-    EXPECT_TRUE(w.commit(*c));
-    w.finish(*c);
-    return c->offset;
-  }
-
-  std::string name;
-  Segment seg;
-  Ring ring;
-  SegmentLock lock;
-};
+using AttackRing = test::ForgedRing;
 
 }  // namespace
 
