@@ -30,7 +30,10 @@ struct ConsumerConfig {
   // In a `block` topic, producers wait for this consumer instead of overwriting what it has
   // not read, and poll() returns views into the ring (no copy).
   bool hold_producers = false;
-  std::chrono::nanoseconds stall{1'000'000};  // a claim unfinished this long: is its writer alive?
+  // Ignored since partition layout 3, kept so that code setting it still compiles: a dead
+  // producer's claim is aborted as soon as a reader meets it (its lock tells), a stopped
+  // one's after the topic's claim_timeout_ms (TopicConfig).
+  std::chrono::nanoseconds stall{1'000'000};
 
   // Consumer groups (subscribe): busd assigns partitions and keeps committed offsets.
   std::string assignor = "sticky";                  // range | roundrobin | sticky
