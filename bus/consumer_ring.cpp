@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "shm/futex.h"
+#include "shm/process.h"
 
 namespace shmbus {
 
@@ -228,6 +229,12 @@ void Consumer::Impl::block(std::int64_t max_ns) {
     else unregistered = true;  // no waiter slot: no producer wakes us, so sleep briefly
     items[i] = {&ctl.notify.seq, ctl.notify.seq.load(std::memory_order_acquire)};
   }
+  // An exclusive writer reads `waiters` after its tail store with no fence between: our
+  // heavy fence stands in for it (membarrier). Its flag was published before its first
+  // claim, with a fence, so a flag we miss here means its claims see our bit.
+  bool light = false;
+  for (std::size_t i = 0; i < n; ++i) light |= assigned[i].reader.ring().ctl()->notify.light_fence.load(std::memory_order_acquire) != 0;
+  if (light && !shm::heavy_fence()) unregistered = true;  // refused here: sleep in short slices
   for (std::size_t i = 0; i < n; ++i) {
     const auto& r = assigned[i].reader;
     in_flight |= r.ring().tail_position_seq_cst() > r.position();

@@ -143,7 +143,7 @@ struct Producer::Impl {
     auto& w = t.writers[p];
     if (!w) {
       auto nw = std::make_unique<shm::RingWriter>(t.topic->ring(p));
-      if (auto ok = nw->open(t.topic->segment(p)); !ok) return tl::unexpected(ok.error());
+      if (auto ok = nw->open(t.topic->segment(p), config.exclusive); !ok) return tl::unexpected(ok.error());
       w = std::move(nw);
     }
     return w.get();
@@ -184,13 +184,18 @@ struct Producer::Impl {
 
   std::int64_t block_ns() const { return config.max_block_ms < 0 ? -1 : config.max_block_ms * 1'000'000; }
 
+  // A claim that needs claim() below: a spilled block topic, whose room comes from busd.
+  bool slow_claim(const TopicState& ts, const shm::RingWriter& w) const {
+    return ts.topic->config().spill.enabled && w.ring().retention() == shm::Retention::kBlock;
+  }
+
   // A claim, waiting for room up to max_block_ms in a block topic. In a spilled block topic
   // the room comes from busd's spiller: wait in slices, and between them make sure a busd
   // runs (one killed is started again), so a dead busd never wedges producers for good.
   Result<shm::Claim> claim(const TopicState& ts, shm::RingWriter& w, std::span<const std::uint32_t> sizes) {
     const std::int64_t total = block_ns();
     const std::uint32_t align = config.record_alignment;
-    if (!ts.topic->config().spill.enabled || w.ring().retention() != shm::Retention::kBlock) return w.claim(sizes, total, align);
+    if (!slow_claim(ts, w)) return w.claim(sizes, total, align);
     constexpr std::int64_t kSlice = 500'000'000;
     for (std::int64_t waited = 0;;) {
       const std::int64_t slice = total < 0 ? kSlice : std::min(kSlice, total - waited);
@@ -234,7 +239,32 @@ Result<RecordMetadata> Producer::send(std::string_view topic, std::optional<std:
 
 Result<RecordMetadata> Producer::send(std::string_view topic, const Message& m,
                                       std::optional<std::uint32_t> partition) noexcept {
-  return send_batch(topic, std::span<const Message>(&m, 1), partition);
+  // The single-record path (most sends): the topic and writer of the last send, one claim,
+  // no loops over a batch. Anything unusual (another topic, a first send to a partition, a
+  // spilled block topic, an error) goes the general way.
+  Impl& im = *impl_;
+  Impl::TopicState* ts = im.last;
+  if (!ts || im.reservation_open || topic != im.last_name) [[unlikely]]
+    return send_batch(topic, std::span<const Message>(&m, 1), partition);
+  Layout l;
+  std::uint64_t payload = 0;
+  if (!im.layout(*ts, m.key, m.headers, m.value.size(), l, payload)) [[unlikely]]
+    return tl::unexpected(Impl::too_large(*ts, payload));
+  auto p = im.choose(*ts, m.key, partition, l.bytes);
+  if (!p) [[unlikely]] return tl::unexpected(p.error());
+  shm::RingWriter* w = ts->writers[*p].get();
+  if (!w || w->ring().closed() || im.slow_claim(*ts, *w)) [[unlikely]]
+    return send_batch(topic, std::span<const Message>(&m, 1), *p);
+  auto claim = w->claim_one(l.bytes, im.block_ns(), im.config.record_alignment);
+  if (!claim) [[unlikely]] return tl::unexpected(claim.error());
+  const shm::Ring& ring = w->ring();
+  const std::int64_t ts_ns = m.timestamp_ns ? m.timestamp_ns : shm::fast_realtime_ns();
+  write_record(reinterpret_cast<std::byte*>(ring.header_at(claim->first_at)), l,
+               static_cast<std::uint32_t>(claim->end - claim->first_at), m, ts_ns);
+  if (auto ok = w->commit(*claim); !ok) [[unlikely]] return tl::unexpected(ok.error());
+  w->finish(*claim);
+  if (claim->wake) w->notify(*claim);
+  return RecordMetadata{*p, claim->offset};
 }
 
 Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<const Message> messages,

@@ -6,6 +6,10 @@
 
 #include <cstdint>
 
+#if !defined(__SANITIZE_THREAD__)
+#include <immintrin.h>
+#endif
+
 namespace shmbus::shm {
 
 __extension__ typedef unsigned __int128 u128;
@@ -42,6 +46,35 @@ inline Pair64 unpack(u128 v) noexcept {
 inline Pair64 load128(Pair64* target) noexcept {
   u128* p = reinterpret_cast<u128*>(target);
   return unpack(__sync_val_compare_and_swap(p, 0, 0));
+}
+
+// Whether an aligned 16-byte SSE store is atomic on this CPU. Intel's SDM (vol. 3A, 9.1.1)
+// and AMD's APM (vol. 2, 7.3.2) guarantee it for MOVDQA on processors that enumerate AVX.
+bool plain_store128_is_atomic() noexcept;
+
+// Atomic 16-byte store without a locked instruction (no store-buffer drain) where the CPU
+// guarantees it, else a CAS loop. For a location only this thread writes, except for CASes
+// that write the same value (Ring::help_tail) or that happen only once its writer is dead.
+// Ordered after earlier stores and before later ones (x86 TSO; the compiler is told).
+inline void store128(Pair64* target, Pair64 v) noexcept {
+#if !defined(__SANITIZE_THREAD__)
+  static const bool plain = plain_store128_is_atomic();
+  if (plain) [[likely]] {
+    __asm__ __volatile__("" ::: "memory");
+    _mm_store_si128(reinterpret_cast<__m128i*>(target), _mm_set_epi64x(static_cast<long long>(v.second),
+                                                                       static_cast<long long>(v.first)));
+    __asm__ __volatile__("" ::: "memory");
+    return;
+  }
+#endif
+  Pair64 seen{__atomic_load_n(&target->first, __ATOMIC_RELAXED), __atomic_load_n(&target->second, __ATOMIC_RELAXED)};
+  u128* p = reinterpret_cast<u128*>(target);
+  for (;;) {
+    const u128 want = pack(seen);
+    const u128 got = __sync_val_compare_and_swap(p, want, pack(v));
+    if (got == want) return;
+    seen = unpack(got);
+  }
 }
 
 // A consistent {first, second} without writing: for readers, whose mapping may be

@@ -118,6 +118,12 @@ bool SegmentLock::try_lock(std::size_t byte) noexcept {
   return ::fcntl(fd_->fd, F_OFD_SETLK, &fl) == 0;
 }
 
+bool SegmentLock::try_lock_shared(std::size_t byte) noexcept {
+  if (!valid()) return false;
+  struct flock fl = byte_lock(F_RDLCK, byte);
+  return ::fcntl(fd_->fd, F_OFD_SETLK, &fl) == 0;
+}
+
 void SegmentLock::unlock(std::size_t byte) noexcept {
   if (!valid()) return;
   struct flock fl = byte_lock(F_UNLCK, byte);

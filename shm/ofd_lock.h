@@ -35,6 +35,9 @@ class SegmentLock {
   // Takes the lock on `byte` without waiting. False when another description holds it (or
   // this one was closed by fork()).
   [[nodiscard]] bool try_lock(std::size_t byte) noexcept;
+  // A shared (read) lock: any number of descriptors may hold one; it excludes try_lock().
+  // Needs only a readable descriptor.
+  [[nodiscard]] bool try_lock_shared(std::size_t byte) noexcept;
   void unlock(std::size_t byte) noexcept;
   // True when a description other than this one holds a lock on `byte`. A failed test
   // answers true: a lock we cannot see is treated as held (the safe side).

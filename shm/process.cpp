@@ -8,7 +8,9 @@
 #include <ctime>
 #include <fcntl.h>
 #include <cpuid.h>
+#include <linux/membarrier.h>
 #include <pthread.h>
+#include <sys/syscall.h>
 #include <x86intrin.h>
 
 #include <atomic>
@@ -141,6 +143,23 @@ std::int64_t fast_realtime_ns() noexcept {
     c.usable.store(true, std::memory_order_release);
   }
   return now;
+}
+
+bool register_light_fence() noexcept {
+  static const bool ok = [] {
+    const long cmds = ::syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+    if (cmds < 0 || !(cmds & MEMBARRIER_CMD_GLOBAL_EXPEDITED)) return false;
+    return ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0;
+  }();
+  return ok;
+}
+
+bool heavy_fence() noexcept { return ::syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0; }
+
+bool plain_store128_is_atomic() noexcept {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  return (c & (1u << 28)) != 0;  // CPUID.01H:ECX[28], AVX
 }
 
 }  // namespace shmbus::shm

@@ -32,4 +32,12 @@ std::int64_t realtime_ns() noexcept;
 // 1 ms apart exist (and on machines without an invariant TSC) it is realtime_ns() itself.
 std::int64_t fast_realtime_ns() noexcept;
 
+// The asymmetric fence between processes (membarrier(2), MEMBARRIER_CMD_GLOBAL_EXPEDITED):
+// a process that registers pays nothing on its fast path, and a heavy_fence() in another
+// process acts as a full barrier on every CPU running a registered one. Registration is once
+// per process; false where the kernel or a seccomp filter refuses it.
+bool register_light_fence() noexcept;
+// False when the call failed: the caller cannot rely on it.
+bool heavy_fence() noexcept;
+
 }  // namespace shmbus::shm

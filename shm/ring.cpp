@@ -243,7 +243,10 @@ Unstuck Ring::unstick(std::uint64_t offset, std::uint64_t pos, const SegmentLock
     }
     case ClaimState::kClaimed:
       if (lock && !lock->held_by_other(writer_lock_byte(slot))) return abort_claim(offset, e, ClaimWhy::kDead);
-      if (lock && stalled_ns >= claim_timeout_ns()) return abort_claim(offset, e, ClaimWhy::kTimedOut);
+      // An exclusive writer's claim waits for its writer however long it is stopped: it is
+      // the partition's only writer, and its commit is a plain store that an abort would race.
+      if (lock && stalled_ns >= claim_timeout_ns() && info_why(e.second) != ClaimWhy::kExclusive)
+        return abort_claim(offset, e, ClaimWhy::kTimedOut);
       return Unstuck{Unstuck::kInFlight};
     default:
       return corrupt("its claim-table entry has an unknown state");
@@ -314,6 +317,8 @@ RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
     cached_reclaim_ = o.cached_reclaim_;
     cached_reclaim_offset_ = o.cached_reclaim_offset_;
     futile_wakes_ = o.futile_wakes_;
+    exclusive_ = o.exclusive_;
+    light_fence_ = o.light_fence_;
   }
   return *this;
 }
@@ -326,13 +331,48 @@ void RingWriter::release() noexcept {
   slot_->claim_position.store(kNoClaim, std::memory_order_release);
   slot_->owner_pid.store(0, std::memory_order_relaxed);
   lock_.unlock(writer_lock_byte(slot_index_));
+  if (exclusive_) {
+    ring_.ctl()->notify.light_fence.store(0, std::memory_order_relaxed);
+    ring_.ctl()->notify.exclusive_pid.store(0, std::memory_order_release);
+  }
+  lock_.unlock(write_side_lock_byte());
   slot_ = nullptr;
 }
 
-Status RingWriter::open(const Segment& seg) {
+Status RingWriter::take_write_side(bool exclusive) noexcept {
+  const std::size_t byte = write_side_lock_byte();
+  if (exclusive ? lock_.try_lock(byte) : lock_.try_lock_shared(byte)) return {};
+  const std::int32_t owner = ring_.ctl()->notify.exclusive_pid.load(std::memory_order_acquire);
+  if (exclusive)
+    return make_error(Errc::kTooManyClients,
+                      fmt::format("partition {} has other producers open: an exclusive producer must be its only one{}",
+                                  ring_.partition(), owner ? fmt::format(" (pid {} holds it exclusively)", owner) : ""));
+  return make_error(Errc::kTooManyClients, fmt::format("partition {} is written by an exclusive producer{}: no other "
+                                                       "producer may open it until that one closes or dies",
+                                                       ring_.partition(), owner ? fmt::format(" (pid {})", owner) : ""));
+}
+
+// An exclusive writer starts at the tail. A claim won at the tail whose writer never moved
+// the tail is a dead writer's (no other writer is open): move the tail past it, so that no
+// reader helps it there while we claim the same entry (readers abort it as dead).
+void RingWriter::settle_tail() noexcept {
+  for (int i = 0; i < 64; ++i) {
+    const Pair64 t = snapshot128(&ring_.ctl()->tail);
+    Pair64 e;
+    if (!snapshot_entry(ring_.entry(t.first), e)) continue;
+    if (((e.first ^ ring_.salt()) >> 8) != t.first + 1 || !ring_.help_tail(t)) break;
+  }
+  cached_tail_ = snapshot128(&ring_.ctl()->tail);
+}
+
+Status RingWriter::open(const Segment& seg, bool exclusive) {
   auto l = SegmentLock::open(seg);
   if (!l) return tl::unexpected(l.error());
   lock_ = std::move(*l);
+  if (auto ok = take_write_side(exclusive); !ok) {
+    lock_ = SegmentLock{};
+    return ok;
+  }
   for (std::uint32_t i = 0; i < kWriterSlots; ++i) {
     if (!lock_.try_lock(writer_lock_byte(i))) continue;
     WriterSlot& s = *ring_.writer_slot(i);
@@ -362,8 +402,20 @@ Status RingWriter::open(const Segment& seg) {
     const Pair64 r = snapshot128(&ring_.ctl()->reclaim);
     cached_reclaim_ = r.second;
     cached_reclaim_offset_ = r.first & kReclaimOffsetMask;
+    exclusive_ = exclusive;
+    if (exclusive) {
+      // Sleepers fence for us if the kernel lets us register; else we fence before reading
+      // `waiters` (docs/ring.md, "Exclusive writers"). Published before our first claim,
+      // and the full fence orders it before our first read of `waiters`.
+      light_fence_ = register_light_fence();
+      ring_.ctl()->notify.light_fence.store(light_fence_ ? 1 : 0, std::memory_order_relaxed);
+      ring_.ctl()->notify.exclusive_pid.store(owner_pid_, std::memory_order_release);
+      std::atomic_thread_fence(std::memory_order_seq_cst);
+      settle_tail();
+    }
     return {};
   }
+  lock_.unlock(write_side_lock_byte());
   return make_error(Errc::kTooManyClients, fmt::format("partition {} has no free writer slot ({} producers attached)",
                                                        ring_.partition(), kWriterSlots));
 }
@@ -410,7 +462,17 @@ Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64
     // Two plain loads: the CAS below compares both halves, so a torn pair only fails it.
     Pair64 seen{__atomic_load_n(&e->tag, __ATOMIC_ACQUIRE), __atomic_load_n(&e->info, __ATOMIC_RELAXED)};
     const std::uint64_t named = (seen.first ^ ring_.salt()) >> 8;
+    if (exclusive_ && named < cur.first + 1) [[likely]]
+      return claim_exclusive(e, cur, end, n, first_at);
     if (named >= cur.first + 1) {
+      if (exclusive_) {
+        // Nobody else claims while we are the only writer: only damaged or forged bytes.
+        slot_->claim_position.store(kNoClaim, std::memory_order_release);
+        ring_.ctl()->claim_stats.corrupt_seen.fetch_add(1, std::memory_order_relaxed);
+        return make_error(Errc::kBadSegment,
+                          fmt::format("{}: its claim-table entry names offset {} before it was claimed: damaged or forged",
+                                      claim_name(ring_, cur.first, cur.second), named - 1));
+      }
       // Won by someone else: our tail was stale. Move the tail past their claim if they
       // have not, then lay out again from the tail.
       if (named == cur.first + 1) (void)ring_.help_tail(cur);
@@ -452,16 +514,44 @@ Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64
   }
 }
 
+Result<Claim> RingWriter::claim_exclusive(ClaimEntry* e, Pair64 cur, std::uint64_t end, std::uint32_t n,
+                                          std::uint64_t first_at) noexcept {
+  // SYNC POINT: plain atomic stores, entry before tail (x86 keeps stores in order; store128
+  // tells the compiler). Readers find the entry by the tail as with a CAS (Ring::unstick).
+  store128(as_pair(e), Pair64{encode_tag(cur.first, ClaimState::kClaimed, ring_.salt()),
+                              encode_info(static_cast<std::uint32_t>(end - cur.second), n, first_at != cur.second,
+                                          slot_index_, ClaimWhy::kExclusive)});
+  if (test_hooks::after_entry_claim) test_hooks::after_entry_claim();
+  const Pair64 next{cur.first + n, end};
+  store128(&ring_.ctl()->tail, next);
+  cached_tail_ = next;
+  if (test_hooks::after_claim) test_hooks::after_claim();
+  // SYNC POINT: the waker's half of the wake-up Dekker. Without a fence here, the sleeper's
+  // heavy fence (membarrier) orders our tail store before this load (Consumer::Impl::block).
+  if (!light_fence_) std::atomic_thread_fence(std::memory_order_seq_cst);
+  const bool wake = ring_.ctl()->notify.waiters.load(std::memory_order_relaxed) != 0;
+  return Claim{cur.first, cur.second, end, n, first_at, wake};
+}
+
 Status RingWriter::commit(const Claim& c) noexcept {
   if (test_hooks::before_commit) test_hooks::before_commit();
   ClaimEntry* e = ring_.entry(c.offset);
   Pair64 expect{encode_tag(c.offset, ClaimState::kClaimed, ring_.salt()),
                 encode_info(static_cast<std::uint32_t>(c.end - c.position), c.count, c.first_at != c.position, slot_index_,
-                            ClaimWhy::kOwner)};
+                            exclusive_ ? ClaimWhy::kExclusive : ClaimWhy::kOwner)};
   const Pair64 committed{encode_tag(c.offset, ClaimState::kCommitted, ring_.salt()), expect.second};
-  // SYNC POINT: release (full barrier); every byte of the claim is written before it. Pairs
-  // with readers' acquire of the entry (Ring::unstick) and of the words stored after it.
-  if (cas128(as_pair(e), expect, committed)) {
+  if (exclusive_) {
+    // Nobody aborts a live exclusive writer's claim; a tag that is not ours is forged.
+    if (__atomic_load_n(&e->tag, __ATOMIC_RELAXED) == expect.first) [[likely]] {
+      // SYNC POINT: release (a plain store on x86); every byte of the claim is stored before it.
+      __atomic_store_n(&e->tag, committed.first, __ATOMIC_RELEASE);
+      if (test_hooks::after_commit) test_hooks::after_commit();
+      return {};
+    }
+    expect.second = __atomic_load_n(&e->info, __ATOMIC_RELAXED);
+  } else if (cas128(as_pair(e), expect, committed)) {
+    // SYNC POINT (the CAS): release (full barrier); every byte of the claim is written before
+    // it. Pairs with readers' acquire of the entry (Ring::unstick) and of the words after it.
     if (test_hooks::after_commit) test_hooks::after_commit();
     return {};
   }
@@ -493,7 +583,14 @@ void RingWriter::finish(const Claim& c) noexcept {
 void RingWriter::abort(const Claim& c) noexcept {
   Pair64 expect{encode_tag(c.offset, ClaimState::kClaimed, ring_.salt()),
                 encode_info(static_cast<std::uint32_t>(c.end - c.position), c.count, c.first_at != c.position, slot_index_,
-                            ClaimWhy::kOwner)};
+                            exclusive_ ? ClaimWhy::kExclusive : ClaimWhy::kOwner)};
+  if (exclusive_) {
+    if (__atomic_load_n(&ring_.entry(c.offset)->tag, __ATOMIC_RELAXED) == expect.first)
+      store128(as_pair(ring_.entry(c.offset)), Pair64{encode_tag(c.offset, ClaimState::kAborted, ring_.salt()),
+                                                      with_why(expect.second, ClaimWhy::kOwner)});
+    slot_->claim_position.store(kNoClaim, std::memory_order_release);
+    return;
+  }
   (void)cas128(as_pair(ring_.entry(c.offset)), expect, Pair64{encode_tag(c.offset, ClaimState::kAborted, ring_.salt()), expect.second});
   slot_->claim_position.store(kNoClaim, std::memory_order_release);
 }

@@ -96,6 +96,9 @@ extern void (*after_commit)();       // the entry committed, the first word not 
 constexpr std::size_t writer_lock_byte(std::uint32_t i) { return kWriterSlotsOffset + i * sizeof(WriterSlot); }
 constexpr std::size_t gate_lock_byte(std::uint32_t i) { return kGateSlotsOffset + i * sizeof(GateSlot); }
 constexpr std::size_t waiter_lock_byte(std::uint32_t i) { return kWaiterSlotsOffset + i * sizeof(WaiterSlot); }
+// The partition's write side: every shared writer holds a shared lock on it, an exclusive
+// writer the exclusive lock (the limits line's first byte; no slot lives there).
+constexpr std::size_t write_side_lock_byte() { return kControlOffset + offsetof(PartitionControl, limits); }
 
 // What a reader or reclaimer stuck at (offset, position) learns from the claim table.
 struct Unstuck {
@@ -228,8 +231,12 @@ class RingWriter {
   ~RingWriter();
 
   // Takes a free writer slot (its lock): one whose owner died is taken over, after aborting
-  // the claim it may have left.
-  Status open(const Segment& seg);
+  // the claim it may have left. `exclusive`: the partition's only writer for as long as it
+  // is open (refused while other writers are open, and they are refused meanwhile): it
+  // claims, commits and wakes with plain stores, no locked instruction (docs/ring.md,
+  // "Exclusive writers"); its claims are never timed out, only aborted once it is dead.
+  Status open(const Segment& seg, bool exclusive = false);
+  bool exclusive() const noexcept { return exclusive_; }
   const Ring& ring() const noexcept { return ring_; }
   std::uint32_t slot_index() const noexcept { return slot_index_; }
 
@@ -271,6 +278,10 @@ class RingWriter {
 
  private:
   Status make_room(std::uint64_t target, std::uint64_t min_offset, std::int64_t block_timeout_ns) noexcept;
+  Status take_write_side(bool exclusive) noexcept;
+  void settle_tail() noexcept;
+  Result<Claim> claim_exclusive(ClaimEntry* e, Pair64 cur, std::uint64_t end, std::uint32_t n,
+                                std::uint64_t first_at) noexcept;
   void release() noexcept;
 
   Ring ring_;
@@ -282,6 +293,8 @@ class RingWriter {
   std::uint64_t cached_reclaim_ = 0;
   std::uint64_t cached_reclaim_offset_ = 0;
   std::uint32_t futile_wakes_ = 0;
+  bool exclusive_ = false;
+  bool light_fence_ = false;  // exclusive: sleepers fence for us (Ring::heavy fence, membarrier)
 };
 
 enum class ReadStatus { kRecord, kNone, kLapped, kCorrupt };

@@ -71,7 +71,7 @@
 namespace shmbus::shm {
 
 inline constexpr std::uint16_t kPartitionLayoutMajor = 3;
-inline constexpr std::uint16_t kPartitionLayoutMinor = 0;
+inline constexpr std::uint16_t kPartitionLayoutMinor = 1;  // 1: exclusive writers (NotifyLine)
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint32_t kWriterSlots = 64;
 inline constexpr std::uint32_t kGateSlots = 32;
@@ -98,6 +98,7 @@ enum class ClaimWhy : std::uint8_t {
   kOwner = 0,     // its writer gave it up (Reservation::abort) or committed it itself
   kDead = 1,      // its writer's slot lock was free: the writer is dead
   kTimedOut = 2,  // unfinished for claim_timeout while its writer's lock was held (stopped or slow)
+  kExclusive = 3, // CLAIMED by an exclusive writer: aborted only once it is dead, never timed out
 };
 
 enum class Retention : std::uint32_t { kOverwrite = 0, kBlock = 1 };
@@ -156,7 +157,11 @@ struct alignas(kCacheLine) NotifyLine {
   std::atomic<std::uint32_t> seq;      // futex word: bumped by a producer that saw waiters
   std::atomic<std::uint32_t> closed;   // 1 once the topic is deleted
   std::atomic<std::uint64_t> waiters;  // bit i: WaiterSlot i's consumer is about to sleep
-  std::uint64_t reserved[6];
+  // Minor 1: an exclusive writer's pid (0: none), and 1 when it relies on sleepers' heavy
+  // fence (membarrier) instead of a fence of its own before it reads `waiters`.
+  std::atomic<std::int32_t> exclusive_pid;
+  std::atomic<std::uint32_t> light_fence;
+  std::uint64_t reserved[5];
 };
 static_assert(sizeof(NotifyLine) == 64 && offsetof(NotifyLine, waiters) == 8, "bump kPartitionLayoutMajor");
 static_assert(kWaiterSlots == 64, "one bit of NotifyLine::waiters per waiter slot");

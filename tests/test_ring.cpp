@@ -37,11 +37,11 @@ enum class Step { kAfterEntryClaim, kAfterClaim, kBeforeCommit, kAfterCommit };
 // A child process that claims records of these sizes and, at `step`, dies or stops itself.
 // A stopped child, once continued, finishes: exit 0 when its commit went through, 7 when it
 // was refused. Returns the child's pid once it is dead (and reaped) or stopped.
-pid_t writer_child(ForgedRing& f, std::vector<std::uint32_t> sizes, Step step, Fate fate) {
+pid_t writer_child(ForgedRing& f, std::vector<std::uint32_t> sizes, Step step, Fate fate, bool exclusive = false) {
   pid_t child = ::fork();
   if (child == 0) {
     RingWriter w(f.ring);
-    if (!w.open(f.seg)) ::_exit(3);
+    if (!w.open(f.seg, exclusive)) ::_exit(3);
     g_fate = fate;
     switch (step) {
       case Step::kAfterEntryClaim: test_hooks::after_entry_claim = at_hook; break;
@@ -706,3 +706,84 @@ TEST(Ring, ReaderThatWaitedLongOnAnIdleTopicDoesNotAbortAClaimMadeNow) {
   EXPECT_EQ(r.unstick(&f.lock, t0 + 260'000'000), ReadStatus::kRecord) << "unfinished for 60 ms of its own: aborted";
   EXPECT_EQ(f.stats().claims_timed_out.load(), 1u);
 }
+
+// ---- exclusive writers (ProducerConfig::exclusive) ----
+
+TEST(Ring, ExclusiveWriterIsTheOnlyWriterAndSaysWhoHoldsThePartition) {
+  ForgedRing f;
+  {
+    RingWriter shared = f.writer();
+    RingWriter ex(f.ring);
+    auto st = ex.open(f.seg, true);
+    ASSERT_FALSE(st);
+    EXPECT_EQ(st.error().code, Errc::kTooManyClients);
+    EXPECT_NE(st.error().message.find("other producers open"), std::string::npos) << st.error().message;
+  }
+  RingWriter ex(f.ring);
+  ASSERT_TRUE(ex.open(f.seg, true));
+  EXPECT_TRUE(ex.exclusive());
+  EXPECT_EQ(f.ring.ctl()->notify.exclusive_pid.load(), ::getpid());
+  for (bool exclusive : {false, true}) {
+    RingWriter other(f.ring);
+    auto st = other.open(f.seg, exclusive);
+    ASSERT_FALSE(st);
+    EXPECT_NE(st.error().message.find("pid " + std::to_string(::getpid())), std::string::npos) << st.error().message;
+  }
+  f.produce(ex, 16, 1);
+  ex = RingWriter{};  // closed: others may write again
+  EXPECT_EQ(f.ring.ctl()->notify.exclusive_pid.load(), 0);
+  RingWriter shared = f.writer();
+  f.produce(shared, 16, 2);
+  RingReader r(f.ring);
+  r.seek_earliest();
+  EXPECT_EQ(f.read(r, 2), (std::vector<std::uint64_t>{0, 1}));
+}
+
+TEST(Ring, ExclusiveWriterKilledAtAnyStepIsReplacedAndNothingCommittedIsLost) {
+  struct Case {
+    Step step;
+    std::vector<std::uint64_t> read;  // offsets a reader gets: the dead claim is 1..2
+    std::uint64_t aborted;
+  };
+  for (const Case& c : {Case{Step::kAfterEntryClaim, {0, 3}, 2}, Case{Step::kAfterClaim, {0, 3}, 2},
+                        Case{Step::kBeforeCommit, {0, 3}, 2}, Case{Step::kAfterCommit, {0, 1, 2, 3}, 0}}) {
+    SCOPED_TRACE(static_cast<int>(c.step));
+    ForgedRing f;
+    {
+      RingWriter first(f.ring);
+      ASSERT_TRUE(first.open(f.seg, true));
+      f.produce(first, 16, 1);  // offset 0
+    }
+    writer_child(f, {64, 64}, c.step, Fate::kDie, /*exclusive=*/true);
+    // Its successor opens at once: the kernel dropped the dead one's lock.
+    RingWriter next(f.ring);
+    ASSERT_TRUE(next.open(f.seg, true));
+    EXPECT_EQ(f.produce(next, 16, 3), 3u);
+    RingReader r(f.ring);
+    r.seek_earliest();
+    EXPECT_EQ(f.read(r, c.read.size()), c.read);
+    EXPECT_EQ(r.aborted_skipped(), c.aborted);
+    EXPECT_EQ(f.ring.ctl()->stats.dead_claims_reclaimed.load(), c.aborted ? 1u : 0u);
+    // And it goes on round the ring past the dead claim.
+    for (int i = 0; i < 200; ++i) f.produce(next, 100, 4);
+    EXPECT_GT(f.ring.start_offset(), 3u);
+  }
+}
+
+TEST(Ring, StoppedExclusiveWritersClaimIsNeverTimedOut) {
+  ForgedRing f(4096, Retention::kOverwrite, 20'000'000);  // claim timeout 20 ms
+  const pid_t child = writer_child(f, {64}, Step::kBeforeCommit, Fate::kStop, /*exclusive=*/true);
+  RingReader r(f.ring);
+  r.seek_earliest();
+  const std::uint64_t t0 = monotonic_ns();
+  const RecordHeader* h = nullptr;
+  while (monotonic_ns() - t0 < 100'000'000) {
+    EXPECT_EQ(r.next(h), ReadStatus::kNone);
+    EXPECT_EQ(r.unstick(&f.lock, monotonic_ns()), ReadStatus::kNone) << "a live exclusive writer's claim is not aborted";
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ(f.stats().claims_timed_out.load(), 0u);
+  EXPECT_EQ(continue_and_reap(child), 0) << "its commit went through";
+  EXPECT_EQ(f.read(r, 1), (std::vector<std::uint64_t>{0}));
+}
+

@@ -42,10 +42,14 @@ using namespace shmbus;
 namespace {
 // A retention mode, and the claim timeout: `timeout` aborts the claims of producers stopped
 // for more than 5 ms, so that late commits and the quarantine of their bytes run too.
+// `exclusive*`: the producers are exclusive (ProducerConfig::exclusive): one owns the
+// partition, the others retry until it is killed and one of them takes over; a stopped
+// owner's claims must never be timed out, whatever the claim timeout.
 struct Mode {
   RetentionMode retention;
   std::uint32_t claim_timeout_ms;
   const char* name;
+  bool exclusive = false;
 };
 // gtest prints the parameter in ctest's test list; bytes would say nothing.
 [[maybe_unused]] void PrintTo(const Mode& m, std::ostream* os) { *os << m.name; }
@@ -86,7 +90,7 @@ std::uint64_t env_u64(const char* name, std::uint64_t dflt) {
 
 // --- the producer process -------------------------------------------------------------
 
-int produce(const std::string& bus_name, const std::string& topic, std::uint32_t id, std::uint64_t seed) {
+int produce(const std::string& bus_name, const std::string& topic, std::uint32_t id, std::uint64_t seed, bool exclusive) {
   BusOptions o;
   o.name = bus_name;
   o.create = false;
@@ -99,6 +103,7 @@ int produce(const std::string& bus_name, const std::string& topic, std::uint32_t
   // A wedged block topic should show as send errors that the loop retries, not as a
   // producer sitting a minute in one send.
   pc.max_block_ms = 1000;
+  pc.exclusive = exclusive;
   auto producer = Producer::create(*bus, pc);
   if (!producer) {
     std::cerr << "stress producer " << id << ": create: " << producer.error().message << "\n";
@@ -127,6 +132,11 @@ int produce(const std::string& bus_name, const std::string& topic, std::uint32_t
     for (;;) {
       auto r = producer->send_batch(topic, msgs, 0u);
       if (r) break;
+      // A standby exclusive producer: refused while the owner lives, quietly.
+      if (exclusive && r.error().code == Errc::kTooManyClients) {
+        std::this_thread::sleep_for(std::chrono::microseconds(200));
+        continue;
+      }
       if (errors_said < 3) {
         ++errors_said;
         std::cerr << "stress producer " << id << ": send: " << errc_name(r.error().code) << ": " << r.error().message
@@ -145,6 +155,7 @@ struct Verdict {
   std::uint64_t failure_count = 0;
   std::uint64_t corrupt = 0, order = 0, offset_back = 0, poll_errors = 0;
   std::uint64_t records = 0, last_offset = 0, lost = 0, aborted = 0;
+  std::uint64_t owners = 0, owner_back = 0;  // exclusive: producers seen in turn, and an old one seen again
   bool wedged = false;
   double wedged_at_s = 0;  // the last progress before the wedge
   std::int64_t end_moved = -1;  // offsets the partition's end moved by in 1 s of the wedge
@@ -181,7 +192,8 @@ TEST_P(Stress, RandomKillsAndStopsOfUnpacedBatchProducers) {
   const std::uint32_t claim_timeout_ms = GetParam().claim_timeout_ms;
   const std::uint64_t seconds = env_u64("SHMBUS_STRESS_SECONDS", 30);
   const std::uint64_t ring_bytes = env_u64("SHMBUS_STRESS_RING_BYTES", 8192);
-  const std::uint64_t nproducers = env_u64("SHMBUS_STRESS_PRODUCERS", 3);
+  const bool exclusive = GetParam().exclusive;
+  const std::uint64_t nproducers = env_u64("SHMBUS_STRESS_PRODUCERS", exclusive ? 2 : 3);
   const std::uint64_t kill_percent = env_u64("SHMBUS_STRESS_KILL_PERCENT", 50);  // the rest are stops
   const std::uint64_t seed = env_u64("SHMBUS_STRESS_SEED", std::random_device{}() | (std::uint64_t{std::random_device{}()} << 32));
   std::cout << fmt::format("stress: mode {}, {} s, ring {} bytes, {} producers, {}% kills, seed {} (SHMBUS_STRESS_SEED={} replays "
@@ -215,6 +227,7 @@ TEST_P(Stress, RandomKillsAndStopsOfUnpacedBatchProducers) {
 
   auto consume = [&] {
     std::map<std::uint32_t, std::uint64_t> last_seq;  // producer id -> seq
+    std::uint32_t owner = ~0u;  // exclusive: the producer whose records come now
     bool any = false;
     std::uint64_t last_offset = 0;
     auto progress = Clock::now();
@@ -243,6 +256,17 @@ TEST_P(Stress, RandomKillsAndStopsOfUnpacedBatchProducers) {
                              fits ? checksum(r.value.data(), r.value.size()) : 0, hex(r.value)),
                  &Verdict::corrupt);
           continue;
+        }
+        if (exclusive && p.id != owner) {
+          // One writer at a time: once another producer's records came, an earlier one's
+          // never come again (it was killed before the next one could open the partition).
+          if (last_seq.count(p.id))
+            v.fail(fmt::format("exclusive: producer {} wrote again at offset {} after producer {} had taken over", p.id,
+                               r.offset, owner),
+                   &Verdict::owner_back);
+          owner = p.id;
+          std::lock_guard lk(v.mu);
+          ++v.owners;
         }
         auto [it, fresh] = last_seq.try_emplace(p.id, p.seq);
         if (!fresh) {
@@ -286,7 +310,8 @@ TEST_P(Stress, RandomKillsAndStopsOfUnpacedBatchProducers) {
   std::vector<Slot> slots(nproducers);
   std::uint32_t next_id = 0;
   auto start_producer = [&](Slot& s) {
-    s.child = test::spawn({g_self, "produce", bus.name(), kTopic, std::to_string(next_id++), std::to_string(seed)});
+    s.child = test::spawn({g_self, "produce", bus.name(), kTopic, std::to_string(next_id++), std::to_string(seed),
+                           exclusive ? "exclusive" : "shared"});
     if (s.child.out_fd >= 0) ::close(s.child.out_fd);  // producers say things on stderr only
     s.child.out_fd = -1;
     s.stopped = false;
@@ -409,7 +434,11 @@ TEST_P(Stress, RandomKillsAndStopsOfUnpacedBatchProducers) {
   EXPECT_GT(chaos.stops, 0u);
   // Without these the run did not test what it is for.
   EXPECT_GT(p.dead_claims_reclaimed, 0u) << "no dead claim was reclaimed: recovery was never exercised";
-  if (claim_timeout_ms < 1000) {
+  if (exclusive) {
+    EXPECT_EQ(v.owner_back, 0u);
+    EXPECT_GE(v.owners, 3u) << "the partition did not change hands: exclusive takeover was never exercised";
+    EXPECT_EQ(p.claims_timed_out, 0u) << "a live exclusive producer's claim was timed out";
+  } else if (claim_timeout_ms < 1000) {
     EXPECT_GT(p.claims_timed_out, 0u) << "no stopped producer's claim was timed out";
     EXPECT_GT(p.late_commits_refused, 0u) << "no late commit was refused: the late-writer path was never exercised";
   }
@@ -422,15 +451,18 @@ TEST_P(Stress, RandomKillsAndStopsOfUnpacedBatchProducers) {
 INSTANTIATE_TEST_SUITE_P(Ring, Stress,
                          ::testing::Values(Mode{RetentionMode::kOverwrite, 1000, "overwrite"},
                                            Mode{RetentionMode::kBlock, 1000, "block"},
-                                           Mode{RetentionMode::kOverwrite, 5, "timeout"}),
+                                           Mode{RetentionMode::kOverwrite, 5, "timeout"},
+                                           Mode{RetentionMode::kOverwrite, 5, "exclusive", true},
+                                           Mode{RetentionMode::kBlock, 5, "exclusive_block", true}),
                          [](const auto& info) { return std::string(info.param.name); });
 
 }  // namespace
 
 int main(int argc, char** argv) {
   g_self = "/proc/self/exe";
-  if (argc == 6 && std::strcmp(argv[1], "produce") == 0)
-    return produce(argv[2], argv[3], static_cast<std::uint32_t>(std::stoul(argv[4])), std::stoull(argv[5]));
+  if (argc == 7 && std::strcmp(argv[1], "produce") == 0)
+    return produce(argv[2], argv[3], static_cast<std::uint32_t>(std::stoul(argv[4])), std::stoull(argv[5]),
+                   std::strcmp(argv[6], "exclusive") == 0);
   // The children exec this file, not /proc/self/exe of whoever they are.
   char buf[4096];
   const ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);

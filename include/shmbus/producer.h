@@ -2,7 +2,8 @@
 //
 // Thread safety: a Producer belongs to one thread at a time (it owns one writer slot per
 // partition it writes); give each thread its own Producer. Any number of producers, in any
-// number of processes, may write to the same partition at once.
+// number of processes, may write to the same partition at once, unless one of them is
+// exclusive (ProducerConfig::exclusive).
 #pragma once
 
 #include <cstdint>
@@ -27,6 +28,12 @@ struct ProducerConfig {
   // the default, which keeps seek's offset index exact).
   // docs/performance.md measures both.
   std::uint32_t record_alignment = 64;
+  // The only producer of every partition it writes (Aeron's exclusive publication): sends
+  // need no locked instruction (docs/ring.md, "Exclusive writers"). Opening a partition
+  // fails (too_many_clients) while another producer has it open, and other producers are
+  // refused until this one is destroyed or its process dies. Its claims are never timed
+  // out: a stopped exclusive producer holds its partitions until it runs again or dies.
+  bool exclusive = false;
 };
 
 class Reservation;
