@@ -85,7 +85,7 @@ struct Options {
   std::size_t size = 64;
   int cpu_a = 0, cpu_b = 1;
   std::string wait = "spin";
-  double rate = 0;           // > 0: fixed-rate mode, one-way from the intended send time
+  double rate = 0;           // > 0: pings start at this rate; (end - intended start) / 2
   std::string csv, plot;     // output files
   std::string rows = "all";  // comma list: cacheline,lines,spsc,shmbus,unix,pipe,mq,zmq,iceoryx
   std::uint64_t records = 10'000'000;
