@@ -1,7 +1,10 @@
 // Google Benchmark micro-benchmarks of the hot functions, single process.
+// bench/instructions.sh counts the instructions of the send and poll ones under callgrind.
 #include <benchmark/benchmark.h>
 
 #include <unistd.h>
+
+#include <cstdlib>
 
 #include <vector>
 
@@ -15,6 +18,12 @@
 using namespace shmbus;
 
 namespace {
+
+// SHMBUS_MICRO_ITERATIONS=N: the send and poll benchmarks run exactly N iterations, so two
+// runs with different N differ only by the loop (bench/instructions.sh subtracts them).
+void fixed_iterations(benchmark::internal::Benchmark* b) {
+  if (const char* n = std::getenv("SHMBUS_MICRO_ITERATIONS")) b->Iterations(std::strtoll(n, nullptr, 10));
+}
 
 struct Fixture {
   std::string name = "micro_" + std::to_string(::getpid());
@@ -51,7 +60,7 @@ void BM_Send(benchmark::State& state) {
   state.SetItemsProcessed(state.iterations());
   state.SetBytesProcessed(state.iterations() * state.range(0));
 }
-BENCHMARK(BM_Send)->Args({64, 8})->Args({64, 64})->Args({4096, 8})->Args({4096, 64});
+BENCHMARK(BM_Send)->Args({64, 8})->Args({64, 64})->Args({4096, 8})->Args({4096, 64})->Apply(fixed_iterations);
 
 void BM_SendBatch64(benchmark::State& state) {
   Fixture f;
@@ -61,7 +70,7 @@ void BM_SendBatch64(benchmark::State& state) {
   for (auto _ : state) benchmark::DoNotOptimize(p.send_batch("t", batch, 0));
   state.SetItemsProcessed(state.iterations() * 64);
 }
-BENCHMARK(BM_SendBatch64)->Args({64, 8})->Args({64, 64});
+BENCHMARK(BM_SendBatch64)->Args({64, 8})->Args({64, 64})->Apply(fixed_iterations);
 
 void BM_ReserveCommit(benchmark::State& state) {
   Fixture f;
@@ -90,7 +99,7 @@ void BM_SendThenPoll(benchmark::State& state) {
   }
   state.SetItemsProcessed(state.iterations());
 }
-BENCHMARK(BM_SendThenPoll)->Arg(0)->Arg(1);
+BENCHMARK(BM_SendThenPoll)->Arg(0)->Arg(1)->Apply(fixed_iterations);
 
 // One batch of 64 x 64 B sent, then polled back: the per-record cost of both sides of the
 // throughput path, without a second CPU. Arg: 1 = block topic read in place, 0 = copying.
@@ -113,7 +122,7 @@ void BM_BatchRoundTrip(benchmark::State& state) {
   benchmark::DoNotOptimize(bytes);
   state.SetItemsProcessed(state.iterations() * 64);
 }
-BENCHMARK(BM_BatchRoundTrip)->Arg(0)->Arg(1);
+BENCHMARK(BM_BatchRoundTrip)->Arg(0)->Arg(1)->Apply(fixed_iterations);
 
 void BM_PollEmpty(benchmark::State& state) {
   Fixture f;

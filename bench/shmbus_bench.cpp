@@ -1,8 +1,30 @@
 // shmbus_bench: cross-process latency and throughput, with reference rows measured in the
 // same run on the same CPUs. See docs/performance.md for how to read the output.
 //
-//   shmbus_bench latency    [--samples N] [--warmup N] [--size B] [--cpus A,B] [--wait W] [--json]
+//   shmbus_bench latency    [--samples N] [--warmup N] [--size B] [--cpus A,B] [--wait W] [--rate R] [--json]
 //   shmbus_bench throughput [--records N] [--size B] [--batch K] [--cpus A,B] [--json]
+//
+// What a latency sample is. Every row is a ping-pong between two processes pinned to two
+// CPUs, driven by the same code (measure()): the measuring process stamps message i into
+// its payload, sends it, waits for the echo and reads the echo's every byte (a checksum);
+// the echoing process reads every byte of what it receives (a checksum) and sends it back.
+// A sample is that round trip, timed with the TSC (harness.h: lfence-ordered rdtsc before
+// the send, rdtscp after the echo is read), minus the clock's own cost measured at start,
+// halved: "one-way" below means round trip / 2, reads on both sides included.
+// With --rate R the pings start at fixed intended times (R per second) and a sample is
+// (end of the round trip - intended start) / 2, so a late ping's wait is in its sample and
+// nothing is omitted; the warm-up round trips run back to back.
+// Both sides' checksum sums are checked against what was sent; a row that did not deliver
+// every message intact fails the run (exit status 1), it is never printed as a result.
+//
+// Reference rows: "cache-line" bounces one fixed 64-byte line (a sequence word, no payload):
+// what no ring can reach, since a ring writes a new line per message. "ring of lines" is
+// the floor for any ring: a new slot of 64-byte lines per message, payload first, the
+// sequence word in the slot's first line released last, the reader spinning on it.
+//
+// What a throughput row is: records sent back to back by one process, read (every byte,
+// checksummed and checked) by another; records/s over the whole run from the consumer's
+// first to its last record, so clock reads are not per record.
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -53,6 +75,7 @@ struct Barrier {
   std::atomic<int> ready{0};
   std::atomic<std::uint64_t> end_ns{0};
   std::atomic<std::uint64_t> count{0};
+  std::atomic<std::uint64_t> sum{0};  // the consumer's checksum of what it read
   std::atomic<int> failed{0};
 };
 
@@ -62,9 +85,9 @@ struct Options {
   std::size_t size = 64;
   int cpu_a = 0, cpu_b = 1;
   std::string wait = "spin";
-  double rate = 0;           // > 0: fixed-rate mode, one-way from the intended send time
+  double rate = 0;           // > 0: pings start at this rate; (end - intended start) / 2
   std::string csv, plot;     // output files
-  std::string rows = "all";  // comma list: cacheline,spsc,shmbus,unix,pipe,mq,zmq,iceoryx
+  std::string rows = "all";  // comma list: cacheline,lines,spsc,shmbus,unix,pipe,mq,zmq,iceoryx
   std::uint64_t records = 10'000'000;
   std::uint32_t batch = 64;
   std::uint64_t capacity = 1 << 20;
@@ -72,8 +95,13 @@ struct Options {
   bool spill = false;        // latency: shmbus rows on spilled topics (busd running)
 };
 
+// Added to every expected checksum by the hidden --test-expect-skew: how the bench's tests
+// see that a row which read the wrong bytes fails the run instead of printing numbers.
+std::uint64_t g_expect_skew = 0;
+
 struct Row {
   std::string name;
+  std::string error;  // not empty: the row failed (its numbers are not a result)
   Percentiles p;      // one-way ns
   double cpu_a = 0;   // % of one CPU, measuring process
   double cpu_b = 0;   // % of one CPU, echoing process
@@ -86,11 +114,19 @@ double cpu_seconds(const rusage& r) {
   return static_cast<double>(r.ru_utime.tv_sec + r.ru_stime.tv_sec) + (r.ru_utime.tv_usec + r.ru_stime.tv_usec) / 1e6;
 }
 
-// Measures round trips in the parent; `ping` sends and waits for the echo.
-Row measure(const std::string& name, const Options& o, const std::function<void()>& setup_parent,
-            const std::function<void(std::uint64_t)>& ping, const std::function<int()>& child) {
-  std::vector<std::uint64_t> rtt;
-  rtt.reserve(o.samples);
+// Measures round trips in the parent. `ping(i)` sends message i, waits for the echo and
+// returns the checksum of what came back; `child(sum)` echoes every message, adding up the
+// checksums of what it received, and returns its exit status. Each side's sum over all
+// warmup + samples messages must equal what `expect()` returns (measuring side, echoing
+// side), asked after the run.
+template <class Expect, class Setup, class Ping, class Child>
+Row measure(const std::string& name, const Options& o, Expect&& expect, Setup&& setup_parent, Ping&& ping, Child&& child) {
+  struct Result {
+    std::uint64_t child_sum = 0;  // written by the echo process only, read after it exits
+  };
+  auto* res = shared_scratch<Result>();
+  std::vector<std::uint64_t> ticks(o.samples);
+  std::uint64_t parent_sum = 0;
   rusage before{}, after{}, kid_before{}, kid{};
   ::getrusage(RUSAGE_CHILDREN, &kid_before);
   double wall = 0;
@@ -98,41 +134,95 @@ Row measure(const std::string& name, const Options& o, const std::function<void(
   const int st = run_pair(o.cpu_a, o.cpu_b,
                           [&] {
                             setup_parent();
-                            for (std::uint64_t i = 0; i < o.warmup; ++i) ping(i);
+                            for (std::uint64_t i = 0; i < o.warmup; ++i) parent_sum += ping(i);
                             ::getrusage(RUSAGE_SELF, &before);
                             const std::uint64_t t_start = now_ns();
-                            for (std::uint64_t i = 0; i < o.samples; ++i) {
-                              const std::uint64_t t0 = now_ns();
-                              ping(o.warmup + i);
-                              rtt.push_back(now_ns() - t0);
+                            if (o.rate > 0) {
+                              const double interval = 1e9 / o.rate / g_tsc.ns_per_tick;
+                              const std::uint64_t t0 = tsc_begin() + g_tsc.ticks(1e6);
+                              for (std::uint64_t i = 0; i < o.samples; ++i) {
+                                const std::uint64_t at = t0 + static_cast<std::uint64_t>(static_cast<double>(i) * interval);
+                                while (tsc_begin() < at) __builtin_ia32_pause();
+                                parent_sum += ping(o.warmup + i);
+                                ticks[i] = tsc_end() - at;
+                              }
+                            } else {
+                              for (std::uint64_t i = 0; i < o.samples; ++i) {
+                                const std::uint64_t t0 = tsc_begin();
+                                parent_sum += ping(o.warmup + i);
+                                ticks[i] = tsc_end() - t0;
+                              }
                             }
                             wall = static_cast<double>(now_ns() - t_start) / 1e9;
                             ::getrusage(RUSAGE_SELF, &after);
                           },
-                          child);
+                          [&]() -> int { return child(res->child_sum); });
   ::getrusage(RUSAGE_CHILDREN, &kid);
   const double pair_wall = static_cast<double>(now_ns() - pair_start) / 1e9;
-  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) std::cerr << name << ": echo process failed (status " << st << ")\n";
-  for (auto& r : rtt) r /= 2;  // one-way = round trip / 2
-  Row row{name, percentiles(rtt), 0, 0, o.size, std::move(rtt)};
+  std::vector<std::uint64_t> one_way(o.samples);
+  for (std::size_t k = 0; k < ticks.size(); ++k)
+    one_way[k] = static_cast<std::uint64_t>(g_tsc.sample_ns(ticks[k]) / 2 + 0.5);  // round trip / 2
+  Row row{o.rate > 0 ? fmt::format("{} at {:.0f}/s", name, o.rate) : name, "", percentiles(one_way), 0, 0, o.size,
+          std::move(one_way)};
+  const auto [parent_expect, child_expect] = expect();
+  if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+    row.error = fmt::format("echo process failed (wait status {})", st);
+  else if (res->child_sum != child_expect + g_expect_skew)
+    row.error = fmt::format("the echoing side read checksum {:#x}, expected {:#x}", res->child_sum, child_expect + g_expect_skew);
+  else if (parent_sum != parent_expect + g_expect_skew)
+    row.error = fmt::format("the measuring side read checksum {:#x}, expected {:#x}", parent_sum, parent_expect + g_expect_skew);
+  free_scratch(res);
   row.cpu_a = 100.0 * (cpu_seconds(after) - cpu_seconds(before)) / wall;
   // The echo process over its whole life (attach, warm-up, measurement).
   row.cpu_b = 100.0 * (cpu_seconds(kid) - cpu_seconds(kid_before)) / std::max(pair_wall, 1e-9);
   return row;
 }
 
+// A throughput row's consumer-side checksum against what was sent: a mismatch fails the row.
+void check_sum(json& row, std::uint64_t got, std::uint64_t expect) {
+  row["checksum"] = got;
+  expect += g_expect_skew;
+  if (got != expect) {
+    row["failed"] = true;
+    row["error"] = fmt::format("consumer read checksum {:#x}, expected {:#x}", got, expect);
+  }
+}
+
+// The same expected sum on both sides: the payloads of messages [0, warmup + samples).
+template <class Setup, class Ping, class Child>
+Row measure_payload(const std::string& name, const Options& o, Setup&& setup_parent, Ping&& ping, Child&& child) {
+  auto expect = [&] {
+    const std::uint64_t e = expected_checksum(o.size, o.warmup + o.samples);
+    return std::pair(e, e);
+  };
+  return measure(name, o, expect, setup_parent, ping, child);
+}
+
 Row cacheline(const Options& o) {
   auto* line = shared_scratch<Line>();
   const std::uint64_t total = o.warmup + o.samples;
+  // What each side reads is the sequence word: the measurer reads 2i+2, the echoer 2i+1.
+  auto expect = [&] {
+    std::uint64_t parent = 0, child = 0;
+    for (std::uint64_t i = 0; i < total; ++i) {
+      parent += 2 * i + 2;
+      child += 2 * i + 1;
+    }
+    return std::pair(parent, child);
+  };
   Row r = measure(
-      "cache-line ping-pong", o, [] {},
-      [&](std::uint64_t i) {
+      "cache-line ping-pong", o, expect, [] {},
+      [&](std::uint64_t i) -> std::uint64_t {
         line->v.store(2 * i + 1, std::memory_order_release);
-        while (line->v.load(std::memory_order_acquire) != 2 * i + 2) __builtin_ia32_pause();
+        std::uint64_t v;
+        while ((v = line->v.load(std::memory_order_acquire)) != 2 * i + 2) __builtin_ia32_pause();
+        return v;
       },
-      [&] {
+      [&](std::uint64_t& sum) {
         for (std::uint64_t i = 0; i < total; ++i) {
-          while (line->v.load(std::memory_order_acquire) != 2 * i + 1) __builtin_ia32_pause();
+          std::uint64_t v;
+          while ((v = line->v.load(std::memory_order_acquire)) != 2 * i + 1) __builtin_ia32_pause();
+          sum += v;
           line->v.store(2 * i + 2, std::memory_order_release);
         }
         return 0;
@@ -140,6 +230,77 @@ Row cacheline(const Options& o) {
   free_scratch(line);
   return r;
 }
+
+// A ring of slots of 64-byte lines in shared memory, one slot per message: the payload at
+// byte 8, then the sequence word (message index + 1) at byte 0 stored last. No shared
+// index: the reader spins on the next slot's sequence word. One line per message up to
+// 56-byte payloads; a 64-byte payload takes two (the row's name says how many).
+class RingOfLines {
+ public:
+  static_assert(std::atomic_ref<std::uint64_t>::is_always_lock_free, "the sequence word is read by another process");
+
+  // `slots`: a power of two.
+  RingOfLines(std::size_t payload, std::size_t slots) : payload_(payload), slot_((8 + payload + 63) / 64 * 64), slots_(slots) {
+    mem_ = static_cast<std::byte*>(::mmap(nullptr, bytes(), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+    if (mem_ == MAP_FAILED) throw std::runtime_error("mmap ring of lines");
+  }
+  ~RingOfLines() { ::munmap(mem_, bytes()); }
+  RingOfLines(const RingOfLines&) = delete;
+  RingOfLines& operator=(const RingOfLines&) = delete;
+
+  std::size_t lines_per_message() const noexcept { return slot_ / 64; }
+  std::size_t slots() const noexcept { return slots_; }
+  std::string name() const {
+    return fmt::format("ring of lines ({} line{}/msg)", lines_per_message(), lines_per_message() > 1 ? "s" : "");
+  }
+
+  void publish(std::uint64_t i, const std::byte* payload) noexcept {
+    std::byte* s = slot(i);
+    std::memcpy(s + 8, payload, payload_);
+    // SYNC POINT: pairs with the acquire in wait(); the payload above is visible after it.
+    seq(s).store(i + 1, std::memory_order_release);
+  }
+  // Waits for message i; its payload, valid until the writer comes round the ring again.
+  const std::byte* wait(std::uint64_t i) noexcept {
+    std::byte* s = slot(i);
+    // SYNC POINT: pairs with the release in publish().
+    while (seq(s).load(std::memory_order_acquire) != i + 1) __builtin_ia32_pause();
+    return s + 8;
+  }
+
+ private:
+  std::size_t bytes() const noexcept { return slots_ * slot_; }
+  std::byte* slot(std::uint64_t i) const noexcept { return mem_ + (i & (slots_ - 1)) * slot_; }
+  static std::atomic_ref<std::uint64_t> seq(std::byte* s) noexcept {
+    return std::atomic_ref<std::uint64_t>(*reinterpret_cast<std::uint64_t*>(s));
+  }
+  std::size_t payload_, slot_, slots_;
+  std::byte* mem_;
+};
+
+Row ring_of_lines(const Options& o) {
+  RingOfLines ab(o.size, 1024), ba(o.size, 1024);
+  const std::uint64_t total = o.warmup + o.samples;
+  std::vector<std::byte> buf(o.size);
+  fill_payload(buf.data(), buf.size(), 0);
+  return measure_payload(
+      "ring of lines ping-pong" + ab.name().substr(std::string_view("ring of lines").size()), o, [] {},
+      [&](std::uint64_t i) {
+        stamp_payload(buf.data(), i);
+        ab.publish(i, buf.data());
+        return checksum(ba.wait(i), o.size);
+      },
+      [&](std::uint64_t& sum) {
+        for (std::uint64_t i = 0; i < total; ++i) {
+          const std::byte* in = ab.wait(i);
+          sum += checksum(in, o.size);
+          ba.publish(i, in);
+        }
+        return 0;
+      });
+}
+
+std::byte* bytes_of(std::vector<char>& v) { return reinterpret_cast<std::byte*>(v.data()); }
 
 // Reads or writes all of n bytes (a stream socket or a pipe may move fewer at a time).
 bool full(int fd, char* p, std::size_t n, bool rd) {
@@ -156,17 +317,23 @@ Row unix_socket(const Options& o) {
   int sv[2];
   if (::socketpair(AF_UNIX, SOCK_STREAM, 0, sv) != 0) throw std::runtime_error("socketpair");
   const std::uint64_t total = o.warmup + o.samples;
-  std::vector<char> buf(o.size, 'x');
-  Row r = measure(
+  std::vector<char> buf(o.size);
+  fill_payload(bytes_of(buf), buf.size(), 0);
+  Row r = measure_payload(
       "unix socket ping-pong", o, [&] { ::close(sv[1]); },
-      [&](std::uint64_t) {
+      [&](std::uint64_t i) {
+        stamp_payload(bytes_of(buf), i);
         full(sv[0], buf.data(), buf.size(), false);
         full(sv[0], buf.data(), buf.size(), true);
+        return checksum(bytes_of(buf), buf.size());
       },
-      [&] {
+      [&](std::uint64_t& sum) {
         ::close(sv[0]);
-        for (std::uint64_t i = 0; i < total; ++i)
-          if (!full(sv[1], buf.data(), buf.size(), true) || !full(sv[1], buf.data(), buf.size(), false)) return 1;
+        for (std::uint64_t i = 0; i < total; ++i) {
+          if (!full(sv[1], buf.data(), buf.size(), true)) return 1;
+          sum += checksum(bytes_of(buf), buf.size());
+          if (!full(sv[1], buf.data(), buf.size(), false)) return 1;
+        }
         return 0;
       });
   ::close(sv[0]);
@@ -177,16 +344,22 @@ Row pipe_row(const Options& o) {
   int ab[2], ba[2];
   if (::pipe(ab) != 0 || ::pipe(ba) != 0) throw std::runtime_error("pipe");
   const std::uint64_t total = o.warmup + o.samples;
-  std::vector<char> buf(o.size, 'x');
-  Row r = measure(
+  std::vector<char> buf(o.size);
+  fill_payload(bytes_of(buf), buf.size(), 0);
+  Row r = measure_payload(
       "pipe ping-pong", o, [] {},
-      [&](std::uint64_t) {
+      [&](std::uint64_t i) {
+        stamp_payload(bytes_of(buf), i);
         full(ab[1], buf.data(), buf.size(), false);
         full(ba[0], buf.data(), buf.size(), true);
+        return checksum(bytes_of(buf), buf.size());
       },
-      [&] {
-        for (std::uint64_t i = 0; i < total; ++i)
-          if (!full(ab[0], buf.data(), buf.size(), true) || !full(ba[1], buf.data(), buf.size(), false)) return 1;
+      [&](std::uint64_t& sum) {
+        for (std::uint64_t i = 0; i < total; ++i) {
+          if (!full(ab[0], buf.data(), buf.size(), true)) return 1;
+          sum += checksum(bytes_of(buf), buf.size());
+          if (!full(ba[1], buf.data(), buf.size(), false)) return 1;
+        }
         return 0;
       });
   for (int fd : {ab[0], ab[1], ba[0], ba[1]}) ::close(fd);
@@ -202,22 +375,26 @@ Row message_queue_row(const Options& o) {
   bip::message_queue::remove(b.c_str());
   bip::message_queue qa(bip::create_only, a.c_str(), 64, o.size), qb(bip::create_only, b.c_str(), 64, o.size);
   const std::uint64_t total = o.warmup + o.samples;
-  std::vector<char> buf(o.size, 'x');
-  Row r = measure(
+  std::vector<char> buf(o.size);
+  fill_payload(bytes_of(buf), buf.size(), 0);
+  Row r = measure_payload(
       "Boost message_queue ping-pong", o, [] {},
-      [&](std::uint64_t) {
+      [&](std::uint64_t i) {
         bip::message_queue::size_type got;
         unsigned prio;
+        stamp_payload(bytes_of(buf), i);
         qa.send(buf.data(), buf.size(), 0);
         qb.receive(buf.data(), buf.size(), got, prio);
+        return checksum(bytes_of(buf), got);
       },
-      [&] {
+      [&](std::uint64_t& sum) {
         bip::message_queue ca(bip::open_only, a.c_str()), cb(bip::open_only, b.c_str());
         std::vector<char> in(o.size);
         for (std::uint64_t i = 0; i < total; ++i) {
           bip::message_queue::size_type got;
           unsigned prio;
           ca.receive(in.data(), in.size(), got, prio);
+          sum += checksum(bytes_of(in), got);
           cb.send(in.data(), got, 0);
         }
         return 0;
@@ -234,25 +411,30 @@ Row zmq_row(const Options& o) {
   const std::uint64_t total = o.warmup + o.samples;
   void* ctx = nullptr;
   void* sock = nullptr;
-  std::vector<char> buf(o.size, 'x');
-  Row r = measure(
+  std::vector<char> buf(o.size);
+  fill_payload(bytes_of(buf), buf.size(), 0);
+  Row r = measure_payload(
       "ZeroMQ ipc ping-pong", o,
       [&] {
         ctx = zmq_ctx_new();
         sock = zmq_socket(ctx, ZMQ_PAIR);
         zmq_bind(sock, ep.c_str());
       },
-      [&](std::uint64_t) {
+      [&](std::uint64_t i) {
+        stamp_payload(bytes_of(buf), i);
         zmq_send(sock, buf.data(), buf.size(), 0);
-        zmq_recv(sock, buf.data(), buf.size(), 0);
+        const int got = zmq_recv(sock, buf.data(), buf.size(), 0);
+        return got < 0 ? 0 : checksum(bytes_of(buf), static_cast<std::size_t>(got));
       },
-      [&] {
+      [&](std::uint64_t& sum) {
         void* c = zmq_ctx_new();
         void* s = zmq_socket(c, ZMQ_PAIR);
         zmq_connect(s, ep.c_str());
         std::vector<char> in(o.size);
         for (std::uint64_t i = 0; i < total; ++i) {
-          if (zmq_recv(s, in.data(), in.size(), 0) < 0) return 1;
+          const int got = zmq_recv(s, in.data(), in.size(), 0);
+          if (got < 0) return 1;
+          sum += checksum(bytes_of(in), static_cast<std::size_t>(got));
           zmq_send(s, in.data(), in.size(), 0);
         }
         zmq_close(s);
@@ -318,27 +500,34 @@ std::optional<Row> iceoryx_row(const Options& o) {
       [&](const iceoryx::Roudi& roudi) {
         const std::string ping_app = roudi.app_name("ping"), pong_app = roudi.app_name("pong");
         std::unique_ptr<iceoryx::Endpoint> ep;
-        std::vector<std::byte> buf(o.size, std::byte{0x5a});
+        std::vector<std::byte> buf(o.size);
+        fill_payload(buf.data(), buf.size(), 0);
         std::atomic<bool> failed{false};
-        Row r = measure(
+        Row r = measure_payload(
             name, o, [&] { ep = std::make_unique<iceoryx::Endpoint>(ping_app, "ping", "pong", o.size); },
-            [&](std::uint64_t) {
+            [&](std::uint64_t i) {
+              stamp_payload(buf.data(), i);
               if (!ep->send(buf.data()) || !ep->receive(buf.data())) failed = true;
+              return checksum(buf.data(), buf.size());
             },
-            [&]() -> int {
+            [&](std::uint64_t& sum) -> int {
               int echo_rc = 1;
               try {
                 iceoryx::Endpoint e(pong_app, "pong", "ping", o.size);
                 std::vector<std::byte> in(o.size);
                 std::uint64_t i = 0;
-                while (i < total && e.receive(in.data()) && e.send(in.data())) ++i;
+                for (; i < total && e.receive(in.data()); ++i) {
+                  sum += checksum(in.data(), in.size());
+                  if (!e.send(in.data())) break;
+                }
                 echo_rc = i == total ? 0 : 1;
               } catch (const std::exception& e) {
                 std::cerr << e.what() << "\n";
               }
               iceoryx::exit_process(echo_rc);
             });
-        if (failed || r.samples.size() != o.samples) return 1;
+        if (!r.error.empty()) std::cerr << name << ": " << r.error << "\n";
+        if (failed || !r.error.empty() || r.samples.size() != o.samples) return 1;
         std::copy(r.samples.begin(), r.samples.end(), samples);
         out->n = r.samples.size();
         out->cpu_a = r.cpu_a;
@@ -350,9 +539,10 @@ std::optional<Row> iceoryx_row(const Options& o) {
   std::optional<Row> row;
   if (out->ok.load()) {
     std::vector<std::uint64_t> v(samples, samples + out->n);
-    row = Row{name, percentiles(v), out->cpu_a, out->cpu_b, o.size, std::move(v)};
+    row = Row{o.rate > 0 ? fmt::format("{} at {:.0f}/s", name, o.rate) : name, "", percentiles(v), out->cpu_a, out->cpu_b,
+              o.size, std::move(v)};
   } else if (ran) {
-    std::cerr << "shmbus_bench: iceoryx row failed (status " << st << ")\n";
+    row = Row{name, fmt::format("failed (wait status {})", st), {}, 0, 0, o.size, {}};
   }
   ::munmap(samples, o.samples * sizeof(std::uint64_t));
   free_scratch(out);
@@ -366,9 +556,11 @@ std::optional<json> iceoryx_throughput(const Options& o) {
   const std::uint64_t n = std::min<std::uint64_t>(o.records, 2'000'000);
   struct Out {
     std::atomic<int> ready{0};
-    std::atomic<std::uint64_t> start{0}, end{0}, got{0};
+    std::atomic<std::uint64_t> start{0}, end{0}, got{0}, sum{0};
   };
   auto* out = shared_scratch<Out>();
+  std::vector<std::byte> value(o.size, std::byte{1});
+  const std::uint64_t expect = n * checksum(value.data(), value.size());
   int st = 0;
   const bool ran = with_roudi(
       [&](const iceoryx::Roudi& roudi) {
@@ -377,25 +569,25 @@ std::optional<json> iceoryx_throughput(const Options& o) {
             o.cpu_a, o.cpu_b,
             [&] {
               iceoryx::Endpoint e(tx, "stream", nullptr, o.size, /*lossless=*/true);
-              std::vector<std::byte> buf(o.size, std::byte{1});
               out->ready.fetch_add(1);
               while (out->ready.load() < 2) __builtin_ia32_pause();
               out->start.store(now_ns());
-              for (std::uint64_t i = 0; i < n && e.send(buf.data()); ++i) {
+              for (std::uint64_t i = 0; i < n && e.send(value.data()); ++i) {
               }
               // The publisher stays until its last samples are taken.
               while (out->end.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
             },
             [&]() -> int {
-              std::uint64_t got = 0;
+              std::uint64_t got = 0, sum = 0;
               try {
                 iceoryx::Endpoint e(rx, nullptr, "stream", o.size, /*lossless=*/true);
                 std::vector<std::byte> in(o.size);
                 out->ready.fetch_add(1);
-                while (got < n && e.receive(in.data())) ++got;
+                for (; got < n && e.receive(in.data()); ++got) sum += checksum(in.data(), in.size());
               } catch (const std::exception& e) {
                 std::cerr << e.what() << "\n";
               }
+              out->sum.store(sum);
               out->got.store(got);
               out->end.store(now_ns());
               iceoryx::exit_process(got == n ? 0 : 1);
@@ -409,9 +601,11 @@ std::optional<json> iceoryx_throughput(const Options& o) {
     row = json{{"mechanism", "Eclipse iceoryx 1->1, publish per record"}, {"size", o.size}, {"records", n},
                {"seconds", secs}, {"records_per_s", static_cast<double>(n) / secs},
                {"mb_per_s", static_cast<double>(n * o.size) / secs / 1e6}};
+    check_sum(*row, out->sum.load(), expect);
   } else if (ran) {
-    std::cerr << "shmbus_bench: iceoryx throughput row failed (status " << st << ", " << out->got.load() << " of " << n
-              << " records)\n";
+    row = json{{"mechanism", "Eclipse iceoryx 1->1, publish per record"}, {"size", o.size}, {"records", n},
+               {"failed", true},
+               {"error", fmt::format("wait status {}, {} of {} records", st, out->got.load(), n)}};
   }
   free_scratch(out);
   return row;
@@ -434,21 +628,25 @@ Row spsc_row(const Options& o) {
   std::byte* ring_ab = data;
   std::byte* ring_ba = data + kSlots * slot;
   const std::uint64_t total = o.warmup + o.samples;
-  std::vector<std::byte> buf(o.size, std::byte{1});
-  Row r = measure(
+  std::vector<std::byte> buf(o.size);
+  fill_payload(buf.data(), buf.size(), 0);
+  // As in the ring-of-lines row: each side reads the payload in place, the echo copies it
+  // from one ring to the other.
+  Row r = measure_payload(
       "plain SPSC ring ping-pong", o, [] {},
       [&](std::uint64_t i) {
+        stamp_payload(buf.data(), i);
         std::memcpy(ring_ab + (i % kSlots) * slot, buf.data(), buf.size());
         sh->ab.tail.store(i + 1, std::memory_order_release);
         while (sh->ba.tail.load(std::memory_order_acquire) < i + 1) __builtin_ia32_pause();
-        std::memcpy(buf.data(), ring_ba + (i % kSlots) * slot, buf.size());
+        return checksum(ring_ba + (i % kSlots) * slot, buf.size());
       },
-      [&] {
-        std::vector<std::byte> in(o.size);
+      [&](std::uint64_t& sum) {
         for (std::uint64_t i = 0; i < total; ++i) {
           while (sh->ab.tail.load(std::memory_order_acquire) < i + 1) __builtin_ia32_pause();
-          std::memcpy(in.data(), ring_ab + (i % kSlots) * slot, in.size());
-          std::memcpy(ring_ba + (i % kSlots) * slot, in.data(), in.size());
+          const std::byte* in = ring_ab + (i % kSlots) * slot;
+          sum += checksum(in, o.size);
+          std::memcpy(ring_ba + (i % kSlots) * slot, in, o.size);
           sh->ba.tail.store(i + 1, std::memory_order_release);
         }
         return 0;
@@ -524,7 +722,8 @@ Row shmbus_row(const Options& o, RetentionMode mode, bool hold) {
   cc.auto_offset_reset = OffsetReset::kEarliest;
   cc.wait = parse_wait(o.wait);
   cc.hold_producers = hold;
-  std::vector<std::byte> value(o.size, std::byte{0x5a});
+  std::vector<std::byte> value(o.size);
+  fill_payload(value.data(), value.size(), 0);
   auto* ready = shared_scratch<Barrier>();
   std::optional<Producer> prod;
   std::optional<Consumer> cons;
@@ -545,85 +744,30 @@ Row shmbus_row(const Options& o, RetentionMode mode, bool hold) {
     auto c = BusdConnection::connect(bus_name, std::chrono::seconds(5));
     if (!c) throw std::runtime_error("spilled rows need busd: " + c.error().message);
   }
-  if (o.rate > 0) {
-    // Fixed rate: one process sends at the intended times, the other measures
-    // now - intended on the same monotonic clock. Queueing shows up; nothing is omitted.
-    struct Out {
-      std::atomic<int> ready{0};
-      std::atomic<std::uint64_t> n{0};
-    };
-    auto* out = shared_scratch<Out>();
-    const std::uint64_t total = o.warmup + o.samples;
-    auto* lat = static_cast<std::uint64_t*>(::mmap(nullptr, total * 8, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
-    rusage k0{}, k1{};
-    ::getrusage(RUSAGE_CHILDREN, &k0);
-    const std::uint64_t t_start = now_ns();
-    run_pair(o.cpu_a, o.cpu_b,
-             [&] {
-               BusOptions bo;
-               bo.name = bus_name;
-               auto bus = Bus::attach(bo);
-               auto p = Producer::create(*bus);
-               while (out->ready.load() < 1) __builtin_ia32_pause();
-               const std::uint64_t t0 = now_ns() + 1'000'000;
-               std::vector<std::byte> v(std::max<std::size_t>(o.size, 8));
-               for (std::uint64_t i = 0; i < total; ++i) {
-                 const std::uint64_t at = t0 + static_cast<std::uint64_t>(static_cast<double>(i) * 1e9 / o.rate);
-                 while (now_ns() < at) __builtin_ia32_pause();
-                 std::memcpy(v.data(), &at, 8);
-                 (void)p->send("ping", Message{std::nullopt, Bytes(v)}, 0);
-               }
-             },
-             [&] {
-               BusOptions bo;
-               bo.name = bus_name;
-               auto bus = Bus::attach(bo);
-               auto c = Consumer::create(*bus, cc);
-               (void)c->assign({{"ping", 0}});
-               out->ready.store(1);
-               std::uint64_t i = 0;
-               while (i < total) {
-                 auto b = c->poll(std::chrono::seconds(5));
-                 if (!b || b->empty()) return 1;
-                 const std::uint64_t now = now_ns();
-                 for (const auto& r : *b) {
-                   std::uint64_t at;
-                   std::memcpy(&at, r.value.data(), 8);
-                   lat[i++] = now - at;
-                 }
-               }
-               return 0;
-             });
-    ::getrusage(RUSAGE_CHILDREN, &k1);
-    const double wall = static_cast<double>(now_ns() - t_start) / 1e9;
-    std::vector<std::uint64_t> v(lat + o.warmup, lat + total);
-    ::munmap(lat, total * 8);
-    free_scratch(out);
-    remove_bench_bus(bus_name);
-    Row r{fmt::format("{} at {:.0f}/s", name, o.rate), percentiles(v), 0, 0, o.size, std::move(v)};
-    r.cpu_b = 100.0 * (cpu_seconds(k1) - cpu_seconds(k0)) / wall;
-    return r;
-  }
-  Row r = measure(
+  // Each side reads what it polls (key and value, in place) before anything else; the echo
+  // sends back the value it received.
+  auto read = [](const ConsumedRecord& r) {
+    return checksum(r.value.data(), r.value.size()) + (r.key ? checksum(r.key->data(), r.key->size()) : 0);
+  };
+  Row r = measure_payload(
       name, o,
       [&] {
         attach("pong", "ping");
         ready->ready.fetch_add(1);
         while (ready->ready.load() < 2) __builtin_ia32_pause();
       },
-      [&](std::uint64_t) {
+      [&](std::uint64_t i) -> std::uint64_t {
+        stamp_payload(value.data(), i);
         Message m{std::nullopt, Bytes(value)};
         if (!prod->send("ping", m, 0)) ready->failed = 1;
-        for (;;) {
-          auto b = cons->poll(std::chrono::seconds(5));
-          if (!b || b->empty()) {
-            ready->failed = 1;
-            return;
-          }
-          break;
+        auto b = cons->poll(std::chrono::seconds(5));
+        if (!b || b->size() != 1) {
+          ready->failed = 1;
+          return 0;
         }
+        return read((*b)[0]);
       },
-      [&] {
+      [&](std::uint64_t& sum) {
         attach("ping", "pong");
         ready->ready.fetch_add(1);
         while (ready->ready.load() < 2) __builtin_ia32_pause();
@@ -631,6 +775,7 @@ Row shmbus_row(const Options& o, RetentionMode mode, bool hold) {
           auto b = cons->poll(std::chrono::seconds(5));
           if (!b || b->empty()) return 1;
           for (std::size_t k = 0; k < b->size(); ++k, ++i) {
+            sum += read((*b)[k]);
             Message m{std::nullopt, (*b)[k].value};
             if (!prod->send("pong", m, 0)) return 1;
           }
@@ -639,50 +784,79 @@ Row shmbus_row(const Options& o, RetentionMode mode, bool hold) {
       });
   prod.reset();
   cons.reset();
-  if (ready->failed) std::cerr << name << ": a round trip failed\n";
+  if (ready->failed && r.error.empty()) r.error = "a send or a poll failed";
   free_scratch(ready);
   remove_bench_bus(bus_name);
   return r;
 }
 
-double ref_p50(const std::vector<Row>& rows, std::size_t size) {
+// The p50 of the reference row named `prefix` with this size (rate runs add " at N/s"),
+// 0 when it did not run: then no ratio is printed, rather than one to some other row.
+double ref_p50(const std::vector<Row>& rows, std::size_t size, std::string_view prefix) {
   for (const auto& r : rows)
-    if (r.name == "cache-line ping-pong" && r.size == size) return r.p.p50;
-  return rows.empty() ? 1 : rows[0].p.p50;
+    if (r.error.empty() && r.name.starts_with(prefix) && r.size == size) return r.p.p50;
+  return 0;
 }
+constexpr std::string_view kCacheLineRow = "cache-line ping-pong", kRingOfLinesRow = "ring of lines ping-pong";
+
+json ratio_json(double p50, double ref) { return ref > 0 ? json(p50 / ref) : json(nullptr); }
+std::string ratio_text(double p50, double ref) { return ref > 0 ? fmt::format("{:.2f}x", p50 / ref) : "-"; }
 
 bool plot_rows(const std::vector<Row>& rows, const std::string& file);
 
-void print_rows(const std::vector<Row>& rows, const Options& o) {
+// Prints the rows that delivered every message; those that did not go to stderr. Returns
+// how many failed.
+int print_rows(const std::vector<Row>& all, const Options& o) {
+  std::vector<Row> rows;
+  int failed = 0;
+  for (const auto& r : all) {
+    if (r.error.empty() && r.p.samples == o.samples) {
+      rows.push_back(r);
+    } else {
+      std::cerr << fmt::format("shmbus_bench: row '{}' ({} B) FAILED: {}\n", r.name, r.size,
+                               r.error.empty() ? fmt::format("{} of {} samples", r.p.samples, o.samples) : r.error);
+      ++failed;
+    }
+  }
   if (o.json) {
     json arr = json::array();
     for (const auto& r : rows)
       arr.push_back({{"mechanism", r.name}, {"samples", r.p.samples}, {"size", r.size}, {"p50_ns", r.p.p50},
                      {"p90_ns", r.p.p90}, {"p99_ns", r.p.p99}, {"p99_9_ns", r.p.p999}, {"p99_99_ns", r.p.p9999},
-                     {"max_ns", r.p.max}, {"mean_ns", r.p.mean}, {"p50_ratio_to_cacheline", r.p.p50 / ref_p50(rows, r.size)},
+                     {"max_ns", r.p.max}, {"mean_ns", r.p.mean},
+                     {"p50_ratio_to_cacheline", ratio_json(r.p.p50, ref_p50(rows, r.size, kCacheLineRow))},
+                     {"p50_ratio_to_ring_of_lines", ratio_json(r.p.p50, ref_p50(rows, r.size, kRingOfLinesRow))},
                      {"cpu_percent_a", r.cpu_a}, {"cpu_percent_b", r.cpu_b}});
     std::cout << arr.dump(2) << "\n";
   } else {
-    std::cout << fmt::format("one-way latency, ns ({}), {} samples after {} warm-up, cpus {},{}\n",
-                             o.rate > 0 ? "rows 'at N/s': from the intended send time at that rate; the others: round trip / 2"
-                                        : "round trip / 2",
-                             o.samples, o.warmup,
-                             o.cpu_a, o.cpu_b);
-    std::cout << fmt::format("{:<44} {:>6} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9} {:>7} {:>8} {:>6} {:>6}\n", "mechanism", "size",
-                             "p50", "p90", "p99", "p99.9", "p99.99", "max", "mean", "p50/ref", "cpuA%", "cpuB%");
+    std::cout << fmt::format(
+        "one-way latency, ns ({}; TSC-timed, clock cost {:.1f} ns taken off each sample), {} samples after {} warm-up, cpus {},{}\n",
+        o.rate > 0 ? fmt::format("round trip from the intended start at {:.0f}/s, / 2", o.rate) : "round trip / 2",
+        static_cast<double>(g_tsc.overhead_ticks) * g_tsc.ns_per_tick, o.samples, o.warmup, o.cpu_a, o.cpu_b);
+    std::cout << fmt::format("{:<56} {:>6} {:>7} {:>7} {:>7} {:>8} {:>8} {:>9} {:>7} {:>8} {:>8} {:>6} {:>6}\n", "mechanism",
+                             "size B", "p50", "p90", "p99", "p99.9", "p99.99", "max", "mean", "p50/line", "p50/ring",
+                             "cpuA%", "cpuB%");
     for (const auto& r : rows)
-      std::cout << fmt::format("{:<44} {:>6} {:>7.0f} {:>7.0f} {:>7.0f} {:>8.0f} {:>8.0f} {:>9.0f} {:>7.0f} {:>7.2f}x {:>6.0f} {:>6.0f}\n",
+      std::cout << fmt::format("{:<56} {:>6} {:>7.0f} {:>7.0f} {:>7.0f} {:>8.0f} {:>8.0f} {:>9.0f} {:>7.0f} {:>8} {:>8} {:>6.0f} {:>6.0f}\n",
                                r.name, r.size, r.p.p50, r.p.p90, r.p.p99, r.p.p999, r.p.p9999, r.p.max, r.p.mean,
-                               r.p.p50 / ref_p50(rows, r.size), r.cpu_a, r.cpu_b);
+                               ratio_text(r.p.p50, ref_p50(rows, r.size, kCacheLineRow)),
+                               ratio_text(r.p.p50, ref_p50(rows, r.size, kRingOfLinesRow)), r.cpu_a, r.cpu_b);
+    std::cout << "p50/line: to the cache-line row (one fixed line); p50/ring: to the ring-of-lines row (a new line per message)\n";
   }
   if (!o.csv.empty()) {
     std::ofstream f(o.csv);
-    f << "mechanism,size,samples,p50_ns,p90_ns,p99_ns,p99_9_ns,p99_99_ns,max_ns,mean_ns,p50_ratio,cpu_a_percent,cpu_b_percent\n";
-    for (const auto& r : rows)
-      f << fmt::format("\"{}\",{},{},{},{},{},{},{},{},{:.1f},{:.3f},{:.1f},{:.1f}\n", r.name, r.size, r.p.samples, r.p.p50, r.p.p90,
-                       r.p.p99, r.p.p999, r.p.p9999, r.p.max, r.p.mean, r.p.p50 / ref_p50(rows, r.size), r.cpu_a, r.cpu_b);
+    f << "mechanism,size,samples,p50_ns,p90_ns,p99_ns,p99_9_ns,p99_99_ns,max_ns,mean_ns,p50_ratio_to_cacheline,"
+         "p50_ratio_to_ring_of_lines,cpu_a_percent,cpu_b_percent\n";
+    for (const auto& r : rows) {
+      const double line = ref_p50(rows, r.size, kCacheLineRow), ring = ref_p50(rows, r.size, kRingOfLinesRow);
+      f << fmt::format("\"{}\",{},{},{},{},{},{},{},{},{:.1f},{},{},{:.1f},{:.1f}\n", r.name, r.size, r.p.samples, r.p.p50,
+                       r.p.p90, r.p.p99, r.p.p999, r.p.p9999, r.p.max, r.p.mean,
+                       line > 0 ? fmt::format("{:.3f}", r.p.p50 / line) : "", ring > 0 ? fmt::format("{:.3f}", r.p.p50 / ring) : "",
+                       r.cpu_a, r.cpu_b);
+    }
   }
   if (!o.plot.empty() && plot_rows(rows, o.plot) && !o.json) std::cout << "plot: " << o.plot << "\n";
+  return failed;
 }
 
 // Percentile curves drawn by gnuplot (x: percentile on a log "nines" axis, y: ns, log):
@@ -823,7 +997,8 @@ json throughput(const Options& o, bool batched, std::uint32_t alignment) {
   std::uint64_t start = 0;
   const std::uint64_t n = o.records;
   rusage kid{};
-  run_pair(
+  const std::vector<std::byte> sent(o.size, std::byte{1});
+  const int st = run_pair(
       o.cpu_a, o.cpu_b,
       [&] {
         auto bus = Bus::attach(bo);
@@ -853,15 +1028,19 @@ json throughput(const Options& o, bool batched, std::uint32_t alignment) {
         auto c = Consumer::create(*bus, cc);
         (void)c->assign({{"tp", 0}});
         sh->ready.store(1);
-        std::uint64_t got = 0, bytes = 0;
+        std::uint64_t got = 0, bytes = 0, sum = 0;
         while (got < n) {
           auto b = c->poll(std::chrono::seconds(5));
           if (!b || b->empty()) return 1;
           got += b->size();
-          for (const auto& r : *b) bytes += r.value.size();
+          for (const auto& r : *b) {
+            sum += checksum(r.value.data(), r.value.size()) + (r.key ? checksum(r.key->data(), r.key->size()) : 0);
+            bytes += r.value.size();
+          }
         }
         sh->end_ns.store(now_ns());
         sh->count.store(bytes);
+        sh->sum.store(sum);
         return 0;
       });
   ::getrusage(RUSAGE_CHILDREN, &kid);
@@ -872,7 +1051,8 @@ json throughput(const Options& o, bool batched, std::uint32_t alignment) {
             {"seconds", secs},
             {"records_per_s", static_cast<double>(n) / secs},
             {"mb_per_s", static_cast<double>(sh->count.load()) / secs / 1e6},
-            {"failed", sh->failed.load() != 0}};
+            {"failed", sh->failed.load() != 0 || !WIFEXITED(st) || WEXITSTATUS(st) != 0}};
+  check_sum(j, sh->sum.load(), n * checksum(sent.data(), sent.size()));
   free_scratch(sh);
   (void)Bus::destroy(bus_name);
   g_bus_to_remove.clear();
@@ -890,8 +1070,10 @@ json fan(const Options& o, std::uint32_t producers, std::uint32_t consumers) {
     std::atomic<std::uint64_t> start{0};
     std::atomic<std::uint64_t> end{0};
     std::atomic<int> failed{0};
+    std::atomic<std::uint64_t> sum{0};  // all consumers' checksums of what they read
   };
   auto* sh = shared_scratch<Sh>();
+  const std::vector<std::byte> value(o.size, std::byte{1});
   const std::uint64_t per_producer = o.records / producers, n = per_producer * producers;
   const pid_t self = ::getpid();
   std::vector<pid_t> kids;
@@ -907,12 +1089,15 @@ json fan(const Options& o, std::uint32_t producers, std::uint32_t consumers) {
       auto con = Consumer::create(*bus, cc);
       (void)con->assign({{"fan", 0}});
       sh->ready.fetch_add(1);
-      std::uint64_t got = 0;
+      std::uint64_t got = 0, sum = 0;
       while (got < n) {
         auto b = con->poll(std::chrono::seconds(10));
         if (!b || b->empty()) ::_exit(1);
         got += b->size();
+        for (const auto& r : *b)
+          sum += checksum(r.value.data(), r.value.size()) + (r.key ? checksum(r.key->data(), r.key->size()) : 0);
       }
+      sh->sum.fetch_add(sum);
       std::uint64_t now = now_ns(), prev = sh->end.load();
       while (now > prev && !sh->end.compare_exchange_weak(prev, now)) {
       }
@@ -928,7 +1113,6 @@ json fan(const Options& o, std::uint32_t producers, std::uint32_t consumers) {
       die_with_parent(self);
       auto bus = Bus::attach(bo);
       auto prod = Producer::create(*bus);
-      std::vector<std::byte> value(o.size, std::byte{1});
       std::vector<Message> batch(o.batch, Message{std::nullopt, Bytes(value)});
       for (std::uint64_t i = 0; i < per_producer;) {
         const std::size_t k = std::min<std::uint64_t>(batch.size(), per_producer - i);
@@ -949,6 +1133,7 @@ json fan(const Options& o, std::uint32_t producers, std::uint32_t consumers) {
             {"records_per_s", delivered / secs},
             {"mb_per_s", delivered * static_cast<double>(o.size) / secs / 1e6},
             {"failed", failed != 0}};
+  check_sum(j, sh->sum.load(), n * consumers * checksum(value.data(), value.size()));
   free_scratch(sh);
   (void)Bus::destroy(bus_name);
   g_bus_to_remove.clear();
@@ -1034,6 +1219,45 @@ json spill_throughput(const Options& o, FsyncPolicy fsync, std::uint64_t bytes) 
   return row;
 }
 
+// A reference row streaming o.records 64-byte-filled records back to back: `write(i)` in
+// one process, `read(i)` (the checksum of record i, read in place) in the other; records/s
+// from the writer's start to the reader's last record.
+template <class Write, class Read>
+json reference_stream(const Options& o, const std::string& name, Write&& write, Read&& read) {
+  struct Result {
+    std::atomic<int> ready{0};
+    std::atomic<std::uint64_t> end_ns{0}, sum{0};
+  };
+  auto* res = shared_scratch<Result>();
+  const std::uint64_t n = o.records;
+  std::uint64_t start = 0;
+  const int st = run_pair(
+      o.cpu_a, o.cpu_b,
+      [&] {
+        while (res->ready.load() < 1) __builtin_ia32_pause();
+        start = now_ns();
+        for (std::uint64_t i = 0; i < n; ++i) write(i);
+      },
+      [&] {
+        std::uint64_t sum = 0;
+        res->ready.store(1);
+        for (std::uint64_t i = 0; i < n; ++i) sum += read(i);
+        res->end_ns.store(now_ns());
+        res->sum.store(sum);
+        return 0;
+      });
+  const double secs = static_cast<double>(res->end_ns.load() - start) / 1e9;
+  json j = {{"mechanism", name}, {"size", o.size}, {"records", n}, {"seconds", secs},
+            {"records_per_s", static_cast<double>(n) / secs}, {"mb_per_s", static_cast<double>(n * o.size) / secs / 1e6},
+            {"failed", !WIFEXITED(st) || WEXITSTATUS(st) != 0}};
+  const std::vector<std::byte> value(o.size, std::byte{1});
+  check_sum(j, res->sum.load(), n * checksum(value.data(), value.size()));
+  free_scratch(res);
+  return j;
+}
+
+// Reference: a plain single-producer single-consumer ring of fixed slots, a shared tail
+// index, cached indexes on both sides; the reader reads in place, as the shmbus rows do.
 json spsc_reference(const Options& o) {
   constexpr std::size_t kSlots = 1 << 14;
   const std::size_t slot = std::max<std::size_t>(64, (o.size + 63) / 64 * 64);
@@ -1042,43 +1266,53 @@ json spsc_reference(const Options& o) {
     char pad1[56];
     std::atomic<std::uint64_t> tail{0};
     char pad2[56];
-    std::atomic<std::uint64_t> end_ns{0};
-    std::atomic<int> ready{0};
   };
   auto* ctl = shared_scratch<Control>();
-  void* mem = ::mmap(nullptr, kSlots * slot, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-  auto* data = static_cast<std::byte*>(mem);
-  const std::uint64_t n = o.records;
-  std::uint64_t start = 0;
-  run_pair(
-      o.cpu_a, o.cpu_b,
-      [&] {
-        std::vector<std::byte> value(o.size, std::byte{1});
-        std::uint64_t cached_head = 0;
-        while (ctl->ready.load() < 1) __builtin_ia32_pause();
-        start = now_ns();
-        for (std::uint64_t i = 0; i < n; ++i) {
-          while (i - cached_head >= kSlots) cached_head = ctl->head.load(std::memory_order_acquire);
-          std::memcpy(data + (i % kSlots) * slot, value.data(), value.size());
-          ctl->tail.store(i + 1, std::memory_order_release);
-        }
+  auto* data = static_cast<std::byte*>(::mmap(nullptr, kSlots * slot, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  const std::vector<std::byte> value(o.size, std::byte{1});
+  std::uint64_t cached_head = 0, cached_tail = 0;  // each used in one of the two processes
+  json j = reference_stream(
+      o, "plain SPSC ring (reference)",
+      [&](std::uint64_t i) {
+        while (i - cached_head >= kSlots) cached_head = ctl->head.load(std::memory_order_acquire);
+        std::memcpy(data + (i % kSlots) * slot, value.data(), value.size());
+        ctl->tail.store(i + 1, std::memory_order_release);
       },
-      [&] {
-        std::vector<std::byte> out(o.size);
-        std::uint64_t cached_tail = 0;
-        ctl->ready.store(1);
-        for (std::uint64_t i = 0; i < n; ++i) {
-          while (i >= cached_tail) cached_tail = ctl->tail.load(std::memory_order_acquire);
-          std::memcpy(out.data(), data + (i % kSlots) * slot, out.size());
-          ctl->head.store(i + 1, std::memory_order_release);
-        }
-        ctl->end_ns.store(now_ns());
-        return 0;
+      [&](std::uint64_t i) {
+        while (i >= cached_tail) cached_tail = ctl->tail.load(std::memory_order_acquire);
+        const std::uint64_t sum = checksum(data + (i % kSlots) * slot, o.size);
+        ctl->head.store(i + 1, std::memory_order_release);
+        return sum;
       });
-  const double secs = static_cast<double>(ctl->end_ns.load() - start) / 1e9;
-  json j = {{"mechanism", "plain SPSC ring (reference)"}, {"size", o.size}, {"records", n}, {"seconds", secs},
-            {"records_per_s", static_cast<double>(n) / secs}, {"mb_per_s", static_cast<double>(n * o.size) / secs / 1e6}};
-  ::munmap(mem, kSlots * slot);
+  ::munmap(data, kSlots * slot);
+  free_scratch(ctl);
+  return j;
+}
+
+// Reference: the ring of lines streaming, no shared tail index: the writer fills the next
+// slot and releases its sequence word, the reader spins on that word. The reader's position
+// goes back on its own line for the writer's flow control, read only when its cached copy
+// says the ring is full.
+json ring_of_lines_reference(const Options& o) {
+  RingOfLines ring(o.size, 1 << 14);
+  struct alignas(64) Control {
+    std::atomic<std::uint64_t> head{0};
+  };
+  auto* ctl = shared_scratch<Control>();
+  const std::vector<std::byte> value(o.size, std::byte{1});
+  std::uint64_t cached_head = 0;
+  json j = reference_stream(
+      o, ring.name() + " (reference)",
+      [&](std::uint64_t i) {
+        // SYNC POINT: pairs with the reader's release of head: the slot is free to reuse.
+        while (i - cached_head >= ring.slots()) cached_head = ctl->head.load(std::memory_order_acquire);
+        ring.publish(i, value.data());
+      },
+      [&](std::uint64_t i) {
+        const std::uint64_t sum = checksum(ring.wait(i), o.size);
+        ctl->head.store(i + 1, std::memory_order_release);
+        return sum;
+      });
   free_scratch(ctl);
   return j;
 }
@@ -1104,8 +1338,8 @@ int main(int argc, char** argv) {
   lat->add_option("--samples", o.samples, "measured round trips (default 100000)");
   lat->add_option("--warmup", o.warmup, "round trips before measuring (default 10000)");
   lat->add_option("--wait", o.wait, "consumer wait, or a list: spin,yield,block,adaptive (default spin)");
-  lat->add_option("--rate", o.rate, "fixed rate, messages/s: one-way latency from the intended send time");
-  lat->add_option("--rows", o.rows, "cacheline,spsc,shmbus,unix,pipe,mq,zmq,iceoryx (default all; zmq and iceoryx when built with them)");
+  lat->add_option("--rate", o.rate, "fixed rate, round trips/s, every row: (round trip from its intended start) / 2");
+  lat->add_option("--rows", o.rows, "cacheline,lines,spsc,shmbus,unix,pipe,mq,zmq,iceoryx (default all; zmq and iceoryx when built with them)");
   lat->add_option("--csv", o.csv, "also write the table as CSV to this file");
   lat->add_option("--plot", o.plot, "also draw percentile curves with gnuplot (.svg or .png)");
   lat->add_flag("--spill", o.spill, "shmbus rows also on spilled topics (busd spilling to disk during the run)");
@@ -1126,9 +1360,10 @@ int main(int argc, char** argv) {
   thr->add_option("--records", o.records, "records to send (default 10M)");
   thr->add_option("--batch", o.batch, "records per batched send (default 64)");
   thr->add_option("--capacity", o.capacity, "ring bytes (default 1 MiB)");
-  thr->add_option("--rows", o.rows, "spsc,single,batch,fan,iceoryx (default all; iceoryx when built with it)");
+  thr->add_option("--rows", o.rows, "spsc,lines,single,batch,fan,iceoryx (default all; iceoryx when built with it)");
   std::uint32_t fan_n = 2;
   thr->add_option("--fan", fan_n, "also N producers -> 1 consumer and 1 producer -> N consumers (default 2; 1: off)");
+  for (CLI::App* s : {lat, thr}) s->add_option("--test-expect-skew", g_expect_skew)->group("");  // hidden: tests only
   CLI11_PARSE(app, argc, argv);
   if (sp->parsed()) {
     if (sp->count("--size") == 0) o.size = 1024;
@@ -1144,6 +1379,7 @@ int main(int argc, char** argv) {
   }
   std::signal(SIGINT, on_interrupt);
   std::signal(SIGTERM, on_interrupt);
+  g_tsc = TscClock::calibrate();
   try {
     if (idle->parsed()) {
       const double pct = idle_cpu(o, idle_seconds);
@@ -1178,11 +1414,12 @@ int main(int argc, char** argv) {
       }
     } else if (lat->parsed()) {
       std::vector<Row> rows;
-      const RowFilter on(o.rows, with_peers({"cacheline", "spsc", "shmbus", "unix", "pipe", "mq"}, /*zmq=*/true));
+      const RowFilter on(o.rows, with_peers({"cacheline", "lines", "spsc", "shmbus", "unix", "pipe", "mq"}, /*zmq=*/true));
       for (const auto& size : split(sizes)) {
         o.size = std::stoul(size);
         if (o.size < 16 || o.size > 65536) throw std::runtime_error("--size must be from 16 to 65536 bytes");
         if (on("cacheline")) rows.push_back(cacheline(o));
+        if (on("lines")) rows.push_back(ring_of_lines(o));
         if (on("spsc")) rows.push_back(spsc_row(o));
         if (on("shmbus")) {
           const std::string waits = o.wait;
@@ -1193,7 +1430,7 @@ int main(int argc, char** argv) {
             for (int sp = 0; sp <= (with_spill ? 1 : 0); ++sp) {
               o.spill = sp == 1;
               rows.push_back(shmbus_row(o, RetentionMode::kOverwrite, false));
-              if (o.rate <= 0) rows.push_back(shmbus_row(o, RetentionMode::kBlock, true));
+              rows.push_back(shmbus_row(o, RetentionMode::kBlock, true));
             }
           }
           o.spill = with_spill;
@@ -1210,41 +1447,61 @@ int main(int argc, char** argv) {
           if (auto r = iceoryx_row(o)) rows.push_back(std::move(*r));
 #endif
       }
-      print_rows(rows, o);
+      if (print_rows(rows, o) > 0) return 1;
     } else {
-      json rows = json::array();
-      const RowFilter on(o.rows, with_peers({"spsc", "single", "batch", "fan"}, /*zmq=*/false));
-      if (on("spsc")) rows.push_back(spsc_reference(o));
+      json all = json::array();
+      const RowFilter on(o.rows, with_peers({"spsc", "lines", "single", "batch", "fan"}, /*zmq=*/false));
+      if (on("spsc")) all.push_back(spsc_reference(o));
+      if (on("lines")) all.push_back(ring_of_lines_reference(o));
       for (std::uint32_t align : {8u, 64u}) {
-        if (on("single")) rows.push_back(throughput(o, false, align));
-        if (on("batch")) rows.push_back(throughput(o, true, align));
+        if (on("single")) all.push_back(throughput(o, false, align));
+        if (on("batch")) all.push_back(throughput(o, true, align));
       }
 #ifdef SHMBUS_HAVE_ICEORYX
       if (on("iceoryx"))
-        if (auto r = iceoryx_throughput(o)) rows.push_back(std::move(*r));
+        if (auto r = iceoryx_throughput(o)) all.push_back(std::move(*r));
 #endif
       if (fan_n > 1 && on("fan")) {
-        rows.push_back(fan(o, fan_n, 1));
-        rows.push_back(fan(o, 1, fan_n));
+        all.push_back(fan(o, fan_n, 1));
+        all.push_back(fan(o, 1, fan_n));
       }
-      // Every row also as a ratio to the plain SPSC ring of the same run, when it ran.
-      double spsc = 0;
-      for (const auto& r : rows)
+      // A row that lost, or misread, a record is not a result: on stderr, and the run fails.
+      json rows = json::array();
+      int failed = 0;
+      for (auto& r : all) {
+        if (r.value("failed", false)) {
+          std::cerr << fmt::format("shmbus_bench: row '{}' FAILED: {}\n", r["mechanism"].get<std::string>(),
+                                   r.value("error", std::string("a process failed")));
+          ++failed;
+        } else {
+          rows.push_back(std::move(r));
+        }
+      }
+      // Every row also as a ratio to the reference rows of the same run, when they ran.
+      double spsc = 0, lines = 0;
+      for (const auto& r : rows) {
         if (r["mechanism"] == "plain SPSC ring (reference)") spsc = r["records_per_s"].get<double>();
-      if (spsc > 0)
-        for (auto& r : rows) r["ratio_to_spsc"] = r["records_per_s"].get<double>() / spsc;
+        if (r["mechanism"].get<std::string>().starts_with("ring of lines")) lines = r["records_per_s"].get<double>();
+      }
+      for (auto& r : rows) {
+        if (spsc > 0) r["ratio_to_spsc"] = r["records_per_s"].get<double>() / spsc;
+        if (lines > 0) r["ratio_to_ring_of_lines"] = r["records_per_s"].get<double>() / lines;
+      }
       if (o.json) {
         std::cout << rows.dump(2) << "\n";
       } else {
-        std::cout << fmt::format("throughput, 1 producer process -> 1 consumer process, {}-byte records, cpus {},{}\n", o.size,
-                                 o.cpu_a, o.cpu_b);
-        std::cout << fmt::format("{:<42} {:>12} {:>14} {:>10} {:>9}\n", "mechanism", "records", "records/s", "MB/s", "vs SPSC");
+        std::cout << fmt::format("throughput, 1 producer process -> 1 consumer process, {}-byte records, cpus {},{}; "
+                                 "every consumer reads every byte (checksum checked)\n",
+                                 o.size, o.cpu_a, o.cpu_b);
+        std::cout << fmt::format("{:<42} {:>12} {:>14} {:>10} {:>9} {:>9}\n", "mechanism", "records", "records/s", "MB/s",
+                                 "vs SPSC", "vs lines");
+        auto ratio = [](const json& r, const char* k) { return r.contains(k) ? fmt::format("{:.2f}x", r[k].get<double>()) : "-"; };
         for (const auto& r : rows)
-          std::cout << fmt::format("{:<42} {:>12} {:>14.0f} {:>10.0f} {:>9}\n", r["mechanism"].get<std::string>(),
+          std::cout << fmt::format("{:<42} {:>12} {:>14.0f} {:>10.0f} {:>9} {:>9}\n", r["mechanism"].get<std::string>(),
                                    r["records"].get<std::uint64_t>(), r["records_per_s"].get<double>(),
-                                   r["mb_per_s"].get<double>(),
-                                   r.contains("ratio_to_spsc") ? fmt::format("{:.2f}x", r["ratio_to_spsc"].get<double>()) : "");
+                                   r["mb_per_s"].get<double>(), ratio(r, "ratio_to_spsc"), ratio(r, "ratio_to_ring_of_lines"));
       }
+      if (failed > 0) return 1;
     }
   } catch (const std::exception& e) {
     std::cerr << "shmbus_bench: " << e.what() << "\n";

@@ -93,6 +93,45 @@ void interrupt_and_expect_gone(shmbus::test::Child& bench, const std::vector<pid
   }
 }
 
+// Runs the bench with `args` + --json; its exit status and the rows it printed.
+int run_bench(std::vector<std::string> args, nlohmann::json& rows, std::string& out) {
+  args.insert(args.begin(), SHMBUS_BENCH_PATH);
+  args.push_back("--json");
+  auto bench = shmbus::test::spawn(args);
+  const int st = shmbus::test::finish(bench, out, std::chrono::seconds(50));
+  rows = nlohmann::json::parse(out, nullptr, /*allow_exceptions=*/false);
+  return st;
+}
+
+const nlohmann::json* row_starting(const nlohmann::json& rows, const std::string& prefix) {
+  for (const auto& r : rows)
+    if (r.value("mechanism", "").rfind(prefix, 0) == 0) return &r;
+  return nullptr;
+}
+
+// The latency rows without a peer library, in a short run: each is printed with every
+// sample and both reference ratios, so none can silently measure nothing.
+void expect_latency_rows(const std::vector<std::string>& extra, const std::string& suffix) {
+  std::vector<std::string> args = {"latency", "--samples", "2000", "--warmup", "200", "--rows",
+                                   "cacheline,lines,spsc,shmbus,unix,pipe,mq"};
+  args.insert(args.end(), extra.begin(), extra.end());
+  nlohmann::json rows;
+  std::string out;
+  const int st = run_bench(args, rows, out);
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << out;
+  ASSERT_TRUE(rows.is_array()) << out;
+  for (const char* name : {"cache-line ping-pong", "ring of lines ping-pong (2 lines/msg)", "plain SPSC ring ping-pong",
+                           "shmbus spin (overwrite)", "shmbus spin (block, zero-copy)", "unix socket ping-pong",
+                           "pipe ping-pong", "Boost message_queue ping-pong"}) {
+    const auto* r = row_starting(rows, name + suffix);
+    ASSERT_NE(r, nullptr) << name << suffix << " missing in " << out;
+    EXPECT_EQ((*r)["samples"].get<std::uint64_t>(), 2000u) << name;
+    EXPECT_GT((*r)["p50_ns"].get<double>(), 0.0) << name;
+    EXPECT_GT((*r)["p50_ratio_to_cacheline"].get<double>(), 0.0) << name;
+    EXPECT_GT((*r)["p50_ratio_to_ring_of_lines"].get<double>(), 0.0) << name;
+  }
+}
+
 }  // namespace
 
 #ifdef SHMBUS_BENCH_HAS_ICEORYX
@@ -160,6 +199,42 @@ TEST(Bench, InterruptedIceoryxRowLeavesNoRoudiAndNoFilesBehind) {
   EXPECT_FALSE(entries_with_prefix("/tmp", "shmbus_bench_iox_")) << "RouDi's config directory left behind";
 }
 #endif
+
+TEST(Bench, EveryLatencyRowDeliversEveryMessageIntactInAShortRun) { expect_latency_rows({}, ""); }
+
+TEST(Bench, EveryLatencyRowRunsAtAFixedRate) { expect_latency_rows({"--rate", "20000"}, " at 20000/s"); }
+
+TEST(Bench, EveryThroughputRowReadsEveryRecordInAShortRun) {
+  nlohmann::json rows;
+  std::string out;
+  const int st = run_bench({"throughput", "--records", "100000", "--rows", "spsc,lines,single,batch,fan"}, rows, out);
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << out;
+  ASSERT_TRUE(rows.is_array()) << out;
+  for (const char* name : {"plain SPSC ring (reference)", "ring of lines (2 lines/msg) (reference)", "shmbus 1->1 single, align 8",
+                           "shmbus 1->1 batch 64, align 8", "shmbus 1->1 single, align 64", "shmbus 1->1 batch 64, align 64",
+                           "shmbus 2->1 batch 64", "shmbus 1->2 batch 64"}) {
+    const auto* r = row_starting(rows, name);
+    ASSERT_NE(r, nullptr) << name << " missing in " << out;
+    EXPECT_EQ((*r)["records"].get<std::uint64_t>(), 100000u) << name;
+    EXPECT_TRUE(r->contains("checksum")) << name << ": the consumer's checksum was not checked";
+    EXPECT_GT((*r)["records_per_s"].get<double>(), 0.0) << name;
+    EXPECT_GT((*r)["ratio_to_ring_of_lines"].get<double>(), 0.0) << name;
+  }
+}
+
+// A row whose consumer read other bytes than were sent is not a result: the run fails and
+// the row is not among those printed. (The hidden option makes every expected sum wrong.)
+TEST(Bench, ARowThatReadTheWrongBytesFailsTheRun) {
+  for (const std::vector<std::string>& args :
+       {std::vector<std::string>{"latency", "--samples", "500", "--warmup", "50", "--rows", "lines,shmbus", "--test-expect-skew", "1"},
+        std::vector<std::string>{"throughput", "--records", "20000", "--rows", "lines,single", "--test-expect-skew", "1"}}) {
+    nlohmann::json rows;
+    std::string out;
+    const int st = run_bench(args, rows, out);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 1) << args[0] << ": status " << st << "\n" << out;
+    EXPECT_TRUE(rows.is_array() && rows.empty()) << args[0] << ": " << out;
+  }
+}
 
 TEST(Bench, InterruptedRunLeavesNoProcessOrSegmentBehind) {
   auto bench = shmbus::test::spawn({SHMBUS_BENCH_PATH, "latency", "--samples", "50000000", "--rows", "shmbus"});
