@@ -705,7 +705,8 @@ std::shared_ptr<Bus> new_bench_bus() {
   return *bus;
 }
 
-Row shmbus_row(const Options& o, RetentionMode mode, bool hold) {
+// `exclusive`: each side is its topic's only producer (ProducerConfig::exclusive).
+Row shmbus_row(const Options& o, RetentionMode mode, bool hold, bool exclusive = false) {
   const std::string bus_name = bench_bus();
   {
     auto bus = new_bench_bus();
@@ -731,14 +732,16 @@ Row shmbus_row(const Options& o, RetentionMode mode, bool hold) {
     BusOptions bo;
     bo.name = bus_name;
     auto bus = Bus::attach(bo);
-    prod.emplace(std::move(*Producer::create(*bus)));
+    ProducerConfig pc;
+    pc.exclusive = exclusive;
+    prod.emplace(std::move(*Producer::create(*bus, pc)));
     cons.emplace(std::move(*Consumer::create(*bus, cc)));
     (void)cons->assign({{in, 0}});
     // Open the writer and the topic mapping before the clock runs.
     (void)out;
   };
-  const std::string name = fmt::format("shmbus {} ({}{}{})", o.wait, mode == RetentionMode::kBlock ? "block" : "overwrite",
-                                       hold ? ", zero-copy" : "", o.spill ? ", spilled" : "");
+  const std::string name = fmt::format("shmbus {} ({}{}{}{})", o.wait, mode == RetentionMode::kBlock ? "block" : "overwrite",
+                                       hold ? ", zero-copy" : "", exclusive ? ", exclusive" : "", o.spill ? ", spilled" : "");
   if (o.spill) {
     // busd spills these topics: have it running (and spilling) before the clock starts.
     auto c = BusdConnection::connect(bus_name, std::chrono::seconds(5));
@@ -990,7 +993,7 @@ BusOptions bench_bus_with_block_topic(const std::string& topic, std::uint64_t ca
 
 // 1 producer process -> 1 consumer process. The consumer holds the producer back (block
 // retention) so every record is delivered; it reads views in place.
-json throughput(const Options& o, bool batched, std::uint32_t alignment) {
+json throughput(const Options& o, bool batched, std::uint32_t alignment, bool exclusive = false) {
   const BusOptions bo = bench_bus_with_block_topic("tp", o.capacity);
   const std::string bus_name = bo.name;
   auto* sh = shared_scratch<Barrier>();
@@ -1004,6 +1007,7 @@ json throughput(const Options& o, bool batched, std::uint32_t alignment) {
         auto bus = Bus::attach(bo);
         ProducerConfig pc;
         pc.record_alignment = alignment;
+        pc.exclusive = exclusive;
         auto p = Producer::create(*bus, pc);
         std::vector<std::byte> value(o.size, std::byte{1});
         std::vector<Message> batch(batched ? o.batch : 1, Message{std::nullopt, Bytes(value)});
@@ -1045,7 +1049,8 @@ json throughput(const Options& o, bool batched, std::uint32_t alignment) {
       });
   ::getrusage(RUSAGE_CHILDREN, &kid);
   const double secs = static_cast<double>(sh->end_ns.load() - start) / 1e9;
-  json j = {{"mechanism", fmt::format("shmbus 1->1 {}, align {}", batched ? fmt::format("batch {}", o.batch) : "single", alignment)},
+  json j = {{"mechanism", fmt::format("shmbus 1->1 {}, align {}{}", batched ? fmt::format("batch {}", o.batch) : "single",
+                                      alignment, exclusive ? ", exclusive" : "")},
             {"size", o.size},
             {"records", n},
             {"seconds", secs},
@@ -1430,6 +1435,7 @@ int main(int argc, char** argv) {
             for (int sp = 0; sp <= (with_spill ? 1 : 0); ++sp) {
               o.spill = sp == 1;
               rows.push_back(shmbus_row(o, RetentionMode::kOverwrite, false));
+              rows.push_back(shmbus_row(o, RetentionMode::kOverwrite, false, /*exclusive=*/true));
               rows.push_back(shmbus_row(o, RetentionMode::kBlock, true));
             }
           }
@@ -1457,6 +1463,9 @@ int main(int argc, char** argv) {
         if (on("single")) all.push_back(throughput(o, false, align));
         if (on("batch")) all.push_back(throughput(o, true, align));
       }
+      // The partition's only producer (ProducerConfig::exclusive), with the default alignment.
+      if (on("single")) all.push_back(throughput(o, false, 64, true));
+      if (on("batch")) all.push_back(throughput(o, true, 64, true));
 #ifdef SHMBUS_HAVE_ICEORYX
       if (on("iceoryx"))
         if (auto r = iceoryx_throughput(o)) all.push_back(std::move(*r));

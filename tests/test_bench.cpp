@@ -121,7 +121,7 @@ void expect_latency_rows(const std::vector<std::string>& extra, const std::strin
   ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << out;
   ASSERT_TRUE(rows.is_array()) << out;
   for (const char* name : {"cache-line ping-pong", "ring of lines ping-pong (2 lines/msg)", "plain SPSC ring ping-pong",
-                           "shmbus spin (overwrite)", "shmbus spin (block, zero-copy)", "unix socket ping-pong",
+                           "shmbus spin (overwrite)", "shmbus spin (overwrite, exclusive)", "shmbus spin (block, zero-copy)", "unix socket ping-pong",
                            "pipe ping-pong", "Boost message_queue ping-pong"}) {
     const auto* r = row_starting(rows, name + suffix);
     ASSERT_NE(r, nullptr) << name << suffix << " missing in " << out;
@@ -212,6 +212,7 @@ TEST(Bench, EveryThroughputRowReadsEveryRecordInAShortRun) {
   ASSERT_TRUE(rows.is_array()) << out;
   for (const char* name : {"plain SPSC ring (reference)", "ring of lines (2 lines/msg) (reference)", "shmbus 1->1 single, align 8",
                            "shmbus 1->1 batch 64, align 8", "shmbus 1->1 single, align 64", "shmbus 1->1 batch 64, align 64",
+                           "shmbus 1->1 single, align 64, exclusive", "shmbus 1->1 batch 64, align 64, exclusive",
                            "shmbus 2->1 batch 64", "shmbus 1->2 batch 64"}) {
     const auto* r = row_starting(rows, name);
     ASSERT_NE(r, nullptr) << name << " missing in " << out;
