@@ -77,6 +77,7 @@ inline bool lengths_fit(const shm::RecordHeader& h) noexcept {
   else r.key.reset();
   r.raw_headers = Bytes(payload + klen, h.headers_len);
   r.value = Bytes(payload + klen + h.headers_len, h.value_len);
+  r.null_value = (h.flags & shm::kRecordNullValue) != 0;
   return true;
 }
 

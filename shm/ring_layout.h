@@ -48,7 +48,7 @@
 //   24      +------------------------------+------------------------------+
 //           | key length (kNullKey: none)  | headers length               |
 //   32      +------------------------------+------------------------------+
-//           | value length                 | flags (0)                    |
+//           | value length                 | flags (kRecordNullValue)     |
 //   40      +------------------------------+------------------------------+
 //           | key | headers | value | pad to 8                            |
 //           +-------------------------------------------------------------+
@@ -71,12 +71,15 @@
 namespace shmbus::shm {
 
 inline constexpr std::uint16_t kPartitionLayoutMajor = 3;
-inline constexpr std::uint16_t kPartitionLayoutMinor = 0;
+inline constexpr std::uint16_t kPartitionLayoutMinor = 1;  // 1: RecordHeader::flags kRecordNullValue
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint32_t kWriterSlots = 64;
 inline constexpr std::uint32_t kGateSlots = 32;
 inline constexpr std::uint32_t kWaiterSlots = 64;
 inline constexpr std::uint32_t kNullKey = 0xffff'ffffu;
+// RecordHeader::flags: the value is null (a tombstone), not empty; value length is 0.
+// Readers of minor 0 ignore flags and see an empty value.
+inline constexpr std::uint32_t kRecordNullValue = 1u << 0;
 inline constexpr std::uint32_t kMaxClaimCount = (1u << 23) - 1;
 inline constexpr std::uint64_t kDefaultClaimTimeoutNs = 1'000'000'000;
 

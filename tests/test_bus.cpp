@@ -146,6 +146,38 @@ TEST(Bus, KeyedRecordsGoToTheKafkaPartitionAndKeepTheirFields) {
   EXPECT_FALSE(it.next());
 }
 
+TEST(Bus, NullValueIsToldApartFromAnEmptyOneInCopiesAndInRingViews) {
+  test::TestBus bus("tombstone");
+  ASSERT_TRUE(bus->create_topic("t", small()));
+  auto p = Producer::create(bus.get());
+  ASSERT_TRUE(p);
+  Message tombstone{as_bytes("k"), {}};
+  tombstone.null_value = true;
+  ASSERT_TRUE(p->send("t", tombstone));
+  ASSERT_TRUE(p->send("t", Message{as_bytes("k"), {}}));  // empty, not null
+  std::vector<Message> batch(2, tombstone);
+  batch[1].null_value = false;
+  ASSERT_TRUE(p->send_batch("t", batch));
+  for (bool hold : {false, true}) {
+    ConsumerConfig cfg;
+    cfg.auto_offset_reset = OffsetReset::kEarliest;
+    cfg.hold_producers = hold;
+    auto c = Consumer::create(bus.get(), cfg);
+    ASSERT_TRUE(c);
+    ASSERT_TRUE(c->assign({{"t", 0}}));
+    std::vector<bool> nulls;
+    for (int i = 0; i < 50 && nulls.size() < 4; ++i) {
+      auto b = c->poll(50ms);
+      ASSERT_TRUE(b);
+      for (const auto& r : *b) {
+        EXPECT_TRUE(r.value.empty());
+        nulls.push_back(r.null_value);
+      }
+    }
+    EXPECT_EQ(nulls, (std::vector<bool>{true, false, true, false})) << "hold_producers " << hold;
+  }
+}
+
 TEST(Bus, NullKeysStickToOnePartitionThenMoveOn) {
   test::TestBus bus("sticky");
   ASSERT_TRUE(bus->create_topic("t", small(4)));
