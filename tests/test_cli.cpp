@@ -17,17 +17,7 @@ namespace {
 using test::busctl;
 using test::CliResult;
 
-class Cli : public ::testing::Test {
- protected:
-  void SetUp() override { bus_ = test::unique_bus("cli"); }
-  void TearDown() override { (void)Bus::destroy(bus_); }
-  CliResult run(std::vector<std::string> args, const std::string& in = "") {
-    args.push_back("--bus");
-    args.push_back(bus_);
-    return busctl(args, in);
-  }
-  std::string bus_;
-};
+using Cli = test::CliTest;
 
 }  // namespace
 
