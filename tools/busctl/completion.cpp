@@ -130,7 +130,7 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
 - `log dump`: `file`, `base_offset`, `bytes`, `valid_bytes`, `records` (frames), `first_offset`,
   `last_offset`, `status` (`ok`|`torn-tail`|`corrupt`), `problem`, and unless `--summary`
   `records_list`: `offset`, `position`, `size`, `timestamp_ns`, `key`, `headers_bytes`,
-  `value_bytes`, `value` (first 64 bytes), or for gap frames `offset`, `position`, `gap`
+  `value_bytes`, `value` (first 64 bytes; `key_b64` / `value_b64` as in `consume`), or for gap frames `offset`, `position`, `gap`
   (`lost`|`aborted`), `count`.
 
 ## produce: input formats

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bus/disk_log.h"
+#include "tools/busctl/bytes.h"
 #include "tools/busctl/command.h"
 
 namespace shmbus::busctl {
@@ -50,10 +51,12 @@ class LogCommands final : public Command {
       const std::string_view value(reinterpret_cast<const char*>(v.payload.data()) + klen + h.headers_len, h.value_len);
       const bool null_value = h.attributes == disklog::kAttrNullValue;
       if (g.json) {
-        records.push_back({{"offset", h.offset}, {"position", v.position}, {"size", h.size}, {"timestamp_ns", h.timestamp_ns},
-                           {"key", h.key_len == disklog::kNullKeyLen ? json(nullptr) : json(std::string(key))},
-                           {"headers_bytes", h.headers_len}, {"value_bytes", h.value_len},
-                           {"value", null_value ? json(nullptr) : json(std::string(value.substr(0, 64)))}});
+        json rec = {{"offset", h.offset},           {"position", v.position},       {"size", h.size},
+                    {"timestamp_ns", h.timestamp_ns}, {"headers_bytes", h.headers_len}, {"value_bytes", h.value_len}};
+        // Bytes as consume --json gives them: a string when UTF-8, else *_b64.
+        put_bytes(rec, "key", h.key_len == disklog::kNullKeyLen ? std::nullopt : std::optional<Bytes>(as_bytes(key)));
+        put_bytes(rec, "value", null_value ? std::nullopt : std::optional<Bytes>(as_bytes(value.substr(0, 64))));
+        records.push_back(std::move(rec));
       } else {
         std::string shown(null_value ? "(null)" : value.substr(0, 48));
         for (char& c : shown)
