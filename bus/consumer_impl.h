@@ -77,7 +77,7 @@ inline bool lengths_fit(const shm::RecordHeader& h) noexcept {
   else r.key.reset();
   r.raw_headers = Bytes(payload + klen, h.headers_len);
   r.value = Bytes(payload + klen + h.headers_len, h.value_len);
-  r.null_value = (h.flags & shm::kRecordNullValue) != 0;
+  r.null_value = (h.flags & shm::kRecordNullValue) != 0 && h.value_len == 0;  // as the spiller writes it to disk
   return true;
 }
 

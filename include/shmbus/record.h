@@ -28,7 +28,8 @@ struct Message {
   Bytes value;
   std::span<const Header> headers = {};
   std::int64_t timestamp_ns = 0;  // 0: the producer stamps CLOCK_REALTIME
-  // A null value (Kafka's tombstone), told apart from an empty one; `value` must be empty.
+  // A null value (Kafka's tombstone), told apart from an empty one; `value` must be empty
+  // (a record with value bytes is never read back as null).
   bool null_value = false;
 };
 
