@@ -710,6 +710,10 @@ TEST_F(Busd, NullValuesStayNullThroughTheDiskLog) {
     }
   }
   EXPECT_EQ(nulls, (std::vector<bool>{true, false, true, false, true, false}));
+  // busctl's --from -N counts back from the end into the disk log; %S is -1 for null.
+  auto r = test::busctl({"consume", "tombstones", "--from", "-4", "-e", "--format", "%o:%S ", "--bus", bus_->name()});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "2:-1 3:0 4:-1 5:0 ");
 }
 
 TEST_F(Busd, BusdKilledWhileSpillingLosesNothingAndTheNextOneContinuesTheLog) {
