@@ -130,8 +130,8 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
 - `log dump`: `file`, `base_offset`, `bytes`, `valid_bytes`, `records` (frames), `first_offset`,
   `last_offset`, `status` (`ok`|`torn-tail`|`corrupt`), `problem`, and unless `--summary`
   `records_list`: `offset`, `position`, `size`, `timestamp_ns`, `key`, `headers_bytes`,
-  `value_bytes`, `value` (first 64 bytes; `key_b64` / `value_b64` as in `consume`), or for gap frames `offset`, `position`, `gap`
-  (`lost`|`aborted`), `count`.
+  `value_bytes`, `value` (first 64 bytes; `key_b64` / `value_b64` as in `consume`), or for
+  gap frames `offset`, `position`, `gap` (`lost`|`aborted`), `count`.
 
 ## produce: input formats
 
@@ -155,7 +155,7 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
 - `-e`: stops once every partition reached the end offset it had when consume started.
 - `--from -N`: N records before each partition's end (from its first record if it has fewer,
   the disk log's first for a spilled topic).
-- Several topics: name them, or `--pattern REGEX` (ECMAScript, matched anywhere in the name:
+- Several topics: name them, or `--pattern REGEX` (POSIX extended, matched anywhere in the name:
   anchor it) for the topics that match when consume starts.
 )";
     out << md;
