@@ -54,7 +54,7 @@ Status Consumer::Impl::fetch_disk(std::size_t idx, std::size_t limit) {
       lost += disklog::frame_last(v.header) + 1 - std::max(v.header.offset, a.disk_next);
       return true;
     }
-    if (v.header.attributes != 0) return true;  // aborted offsets: never records
+    if (disklog::is_gap(v.header)) return true;  // aborted offsets: never records
     const std::size_t at = arena_used;
     std::byte* rec = arena_take(shm::kRecordHeaderSize + v.payload.size());
     shm::RecordHeader h{};
@@ -63,6 +63,7 @@ Status Consumer::Impl::fetch_disk(std::size_t idx, std::size_t limit) {
     h.key_len = v.header.key_len;  // kNullKeyLen == kNullKey
     h.headers_len = v.header.headers_len;
     h.value_len = v.header.value_len;
+    h.flags = v.header.attributes == disklog::kAttrNullValue ? shm::kRecordNullValue : 0;
     std::memcpy(static_cast<void*>(rec), &h, sizeof h);
     if (!v.payload.empty()) std::memcpy(rec + shm::kRecordHeaderSize, v.payload.data(), v.payload.size());
     take_copied(a, v.header.offset, at);

@@ -77,6 +77,7 @@ inline bool lengths_fit(const shm::RecordHeader& h) noexcept {
   else r.key.reset();
   r.raw_headers = Bytes(payload + klen, h.headers_len);
   r.value = Bytes(payload + klen + h.headers_len, h.value_len);
+  r.null_value = (h.flags & shm::kRecordNullValue) != 0 && h.value_len == 0;  // as the spiller writes it to disk
   return true;
 }
 
@@ -186,6 +187,7 @@ struct Consumer::Impl {
   Status finish_batch();
   bool has_data();
   void block(std::int64_t max_ns);
+  std::uint32_t in_flight_waits = 0;  // block() calls in a row that found a claim in flight
 
   // bus/consumer_disk.cpp: reading the disk log
   void seek_beginning(Assigned& a);

@@ -229,22 +229,36 @@ void Consumer::Impl::block(std::int64_t max_ns) {
     else unregistered = true;  // no waiter slot: no producer wakes us, so sleep briefly
     items[i] = {&ctl.notify.seq, ctl.notify.seq.load(std::memory_order_acquire)};
   }
-  // An exclusive writer reads `waiters` after its tail store with no fence between: our
-  // heavy fence stands in for it (membarrier). Its flag was published before its first
-  // claim, with a fence, so a flag we miss here means its claims see our bit.
-  bool light = false;
-  for (std::size_t i = 0; i < n; ++i) light |= assigned[i].reader.ring().ctl()->notify.light_fence.load(std::memory_order_acquire) != 0;
-  if (light && !shm::heavy_fence()) unregistered = true;  // refused here: sleep in short slices
-  for (std::size_t i = 0; i < n; ++i) {
-    const auto& r = assigned[i].reader;
-    in_flight |= r.ring().tail_position_seq_cst() > r.position();
+  auto claim_in_flight = [&] {
+    for (std::size_t i = 0; i < n; ++i) {
+      const auto& r = assigned[i].reader;
+      if (r.ring().tail_position_seq_cst() > r.position()) return true;
+    }
+    return false;
+  };
+  in_flight = claim_in_flight();
+  if (!in_flight) {
+    // An exclusive writer reads `waiters` after its tail store with no fence between: our
+    // heavy fence stands in for it (membarrier), and the tails are read again after it.
+    // Its flag was published before its first claim, with a fence, so a flag we miss here
+    // means its claims see our bit. Only on the way to sleep: it interrupts CPUs.
+    bool light = false;
+    for (std::size_t i = 0; i < n; ++i)
+      light |= assigned[i].reader.ring().ctl()->notify.light_fence.load(std::memory_order_acquire) != 0;
+    if (light) {
+      if (!shm::heavy_fence()) unregistered = true;  // refused here: sleep in short slices
+      in_flight = claim_in_flight();
+    }
   }
+  if (!in_flight) in_flight_waits = 0;
   std::size_t waits = n;
   if (group && group->slot) items[waits++] = {&group->slot->notice, group->seen_notice};
   if (in_flight) {
-    // A claim made before we registered may not wake us: its commit is imminent (or its
-    // writer is dead or stopped, which the stall check finds), so do not sleep on it.
-    sched_yield();
+    // A claim made before we registered may not wake us: its commit is imminent, so do not
+    // sleep on it, at first. Its writer may be stopped (an exclusive writer's claim waits
+    // for it however long): after a while, sleep in 1 ms slices instead of spinning.
+    if (++in_flight_waits < 64) sched_yield();
+    else shm::futex_wait_any(std::span<const shm::FutexWaitItem>(items, waits), std::min<std::int64_t>(max_ns, 1'000'000));
   } else if (!has_data()) {
     const std::int64_t cap = unregistered ? 1'000'000 : 100'000'000;
     shm::futex_wait_any(std::span<const shm::FutexWaitItem>(items, waits), std::min<std::int64_t>(max_ns, cap));

@@ -10,7 +10,7 @@
 //           24  u32 key length (0xffffffff: null key)
 //           28  u32 headers length
 //           32  u32 value length
-//           36  u32 attributes (0: a record; kAttrLost/kAttrAborted: a gap frame)
+//           36  u32 attributes (0 or kAttrNullValue: a record; kAttrLost/kAttrAborted: a gap frame)
 //           40  key | headers | value
 //   .index  {u32 offset - base, u32 byte position} every kIndexInterval bytes of log
 //
@@ -44,7 +44,7 @@ bool crc32c_is_hardware() noexcept;
 
 inline constexpr char kMagic[8] = {'S', 'H', 'M', 'B', 'L', 'O', 'G', '1'};
 inline constexpr std::uint16_t kLogMajor = 1;
-inline constexpr std::uint16_t kLogMinor = 0;
+inline constexpr std::uint16_t kLogMinor = 1;  // 1: kAttrNullValue
 
 struct FileHeader {
   char magic[8];
@@ -75,9 +75,13 @@ inline constexpr std::uint32_t kFrameHeaderSize = 40;
 // offsets covered is in the timestamp field.
 inline constexpr std::uint32_t kAttrLost = 1;     // overwritten in the ring before busd spilled them
 inline constexpr std::uint32_t kAttrAborted = 2;  // never records: claims of dead producers, aborted reservations
+// A record whose value is null (a tombstone), not empty: value length 0. A reader of
+// minor 0 takes such a frame for a damaged one.
+inline constexpr std::uint32_t kAttrNullValue = 4;
+inline bool is_gap(const FrameHeader& h) noexcept { return h.attributes == kAttrLost || h.attributes == kAttrAborted; }
 // The last offset a frame covers.
 inline std::uint64_t frame_last(const FrameHeader& h) noexcept {
-  return h.attributes ? h.offset + static_cast<std::uint64_t>(h.timestamp_ns) - 1 : h.offset;
+  return is_gap(h) ? h.offset + static_cast<std::uint64_t>(h.timestamp_ns) - 1 : h.offset;
 }
 inline constexpr std::uint32_t kNullKeyLen = 0xffff'ffffu;
 inline constexpr std::uint64_t kMaxFrame = std::uint64_t{1} << 31;
@@ -93,9 +97,10 @@ std::string segment_path(const std::string& dir, std::uint64_t base, const char*
 // Base offsets of the segment files in `dir`, ascending; empty when there is no such dir.
 Result<std::vector<std::uint64_t>> list_segments(const std::string& dir);
 
-// Appends one frame; `payload` is key | headers | value (key_len kNullKeyLen: no key).
+// Appends one frame; `payload` is key | headers | value (key_len kNullKeyLen: no key;
+// attributes 0 or kAttrNullValue).
 void append_frame(std::vector<std::byte>& out, std::uint64_t offset, std::int64_t timestamp_ns, std::uint32_t key_len,
-                  std::uint32_t headers_len, std::uint32_t value_len, const std::byte* payload);
+                  std::uint32_t headers_len, std::uint32_t value_len, const std::byte* payload, std::uint32_t attributes = 0);
 
 // Appends a gap frame covering [offset, offset + count).
 void append_gap(std::vector<std::byte>& out, std::uint64_t offset, std::uint64_t count, std::uint32_t attr);

@@ -58,7 +58,7 @@ std::uint64_t headers_size(std::span<const Header> headers) {
     std::uint32_t key_len, headers_len, value_len, flags;
   };
   static_assert(sizeof(Fields) == shm::kRecordHeaderSize - 8);
-  const Fields f{length, 0, ts, l.key_len, l.headers_len, l.value_len, 0};
+  const Fields f{length, 0, ts, l.key_len, l.headers_len, l.value_len, m.null_value ? shm::kRecordNullValue : 0u};
   std::memcpy(at + 8, &f, sizeof f);
   std::byte* p = at + shm::kRecordHeaderSize;
   if (m.key && !m.key->empty()) {

@@ -60,10 +60,9 @@ inline void store128(Pair64* target, Pair64 v) noexcept {
 #if !defined(__SANITIZE_THREAD__)
   static const bool plain = plain_store128_is_atomic();
   if (plain) [[likely]] {
-    __asm__ __volatile__("" ::: "memory");
-    _mm_store_si128(reinterpret_cast<__m128i*>(target), _mm_set_epi64x(static_cast<long long>(v.second),
-                                                                       static_cast<long long>(v.first)));
-    __asm__ __volatile__("" ::: "memory");
+    // One MOVDQA, spelled out: a compiler may split an intrinsic store into two halves.
+    const __m128i x = _mm_set_epi64x(static_cast<long long>(v.second), static_cast<long long>(v.first));
+    __asm__ __volatile__("movdqa %1, %0" : "=m"(*reinterpret_cast<__m128i*>(target)) : "x"(x) : "memory");
     return;
   }
 #endif

@@ -130,6 +130,13 @@ void SegmentLock::unlock(std::size_t byte) noexcept {
   (void)::fcntl(fd_->fd, F_OFD_SETLK, &fl);
 }
 
+bool SegmentLock::held_exclusively_by_other(std::size_t byte) const noexcept {
+  if (!valid()) return false;
+  struct flock fl = byte_lock(F_RDLCK, byte);  // conflicts with write locks only
+  if (::fcntl(fd_->fd, F_OFD_GETLK, &fl) != 0) return false;
+  return fl.l_type == F_WRLCK;
+}
+
 bool SegmentLock::held_by_other(std::size_t byte) const noexcept {
   if (!valid()) return true;
   struct flock fl = byte_lock(F_WRLCK, byte);

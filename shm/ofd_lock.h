@@ -42,6 +42,9 @@ class SegmentLock {
   // True when a description other than this one holds a lock on `byte`. A failed test
   // answers true: a lock we cannot see is treated as held (the safe side).
   bool held_by_other(std::size_t byte) const noexcept;
+  // True when a description other than this one holds the exclusive lock on `byte` (a
+  // shared lock does not count). A failed test answers false.
+  bool held_exclusively_by_other(std::size_t byte) const noexcept;
 
   struct Fd;  // a registered descriptor (closed in forked children)
 

@@ -146,18 +146,26 @@ std::int64_t fast_realtime_ns() noexcept {
 }
 
 bool register_light_fence() noexcept {
-  static const bool ok = [] {
-    const long cmds = ::syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
-    if (cmds < 0 || !(cmds & MEMBARRIER_CMD_GLOBAL_EXPEDITED)) return false;
-    return ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0;
-  }();
-  return ok;
+  // Asked each time (a writer's open, not a send): it is idempotent, and a forked child
+  // must not trust what its parent registered.
+  const long cmds = ::syscall(SYS_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
+  if (cmds < 0 || !(cmds & MEMBARRIER_CMD_GLOBAL_EXPEDITED)) return false;
+  return ::syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_GLOBAL_EXPEDITED, 0, 0) == 0;
 }
 
 bool heavy_fence() noexcept { return ::syscall(SYS_membarrier, MEMBARRIER_CMD_GLOBAL_EXPEDITED, 0, 0) == 0; }
 
 bool plain_store128_is_atomic() noexcept {
   unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+  char vendor[13] = {};
+  std::memcpy(vendor, &b, 4);
+  std::memcpy(vendor + 4, &d, 4);
+  std::memcpy(vendor + 8, &c, 4);
+  // Only these vendors document the guarantee.
+  if (std::strcmp(vendor, "GenuineIntel") != 0 && std::strcmp(vendor, "AuthenticAMD") != 0 &&
+      std::strcmp(vendor, "HygonGenuine") != 0)
+    return false;
   if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
   return (c & (1u << 28)) != 0;  // CPUID.01H:ECX[28], AVX
 }

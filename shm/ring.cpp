@@ -245,12 +245,20 @@ Unstuck Ring::unstick(std::uint64_t offset, std::uint64_t pos, const SegmentLock
       if (lock && !lock->held_by_other(writer_lock_byte(slot))) return abort_claim(offset, e, ClaimWhy::kDead);
       // An exclusive writer's claim waits for its writer however long it is stopped: it is
       // the partition's only writer, and its commit is a plain store that an abort would race.
-      if (lock && stalled_ns >= claim_timeout_ns() && info_why(e.second) != ClaimWhy::kExclusive)
+      // Only while that is so: an exclusive writer holds the write side and is inside this
+      // claim. A forged or stale `exclusive` mark is timed out like any claim.
+      if (lock && stalled_ns >= claim_timeout_ns() &&
+          !(info_why(e.second) == ClaimWhy::kExclusive && exclusive_writer_inside(*lock, slot, pos)))
         return abort_claim(offset, e, ClaimWhy::kTimedOut);
       return Unstuck{Unstuck::kInFlight};
     default:
       return corrupt("its claim-table entry has an unknown state");
   }
+}
+
+bool Ring::exclusive_writer_inside(const SegmentLock& lock, std::uint32_t slot, std::uint64_t pos) const noexcept {
+  return slot < kWriterSlots && writers_[slot].claim_position.load(std::memory_order_acquire) == pos &&
+         lock.held_exclusively_by_other(write_side_lock_byte()) && lock.held_by_other(writer_lock_byte(slot));
 }
 
 bool Ring::writer_inside(const SegmentLock& lock, std::uint32_t slot, std::uint64_t pos) const noexcept {
@@ -403,7 +411,12 @@ Status RingWriter::open(const Segment& seg, bool exclusive) {
     cached_reclaim_ = r.second;
     cached_reclaim_offset_ = r.first & kReclaimOffsetMask;
     exclusive_ = exclusive;
-    if (exclusive) {
+    if (!exclusive) {
+      // Our shared lock proves no exclusive writer lives: clear what a killed one left, or
+      // every sleeper would go on fencing for it.
+      ring_.ctl()->notify.light_fence.store(0, std::memory_order_relaxed);
+      ring_.ctl()->notify.exclusive_pid.store(0, std::memory_order_relaxed);
+    } else {
       // Sleepers fence for us if the kernel lets us register; else we fence before reading
       // `waiters` (docs/ring.md, "Exclusive writers"). Published before our first claim,
       // and the full fence orders it before our first read of `waiters`.
@@ -465,14 +478,8 @@ Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64
     if (exclusive_ && named < cur.first + 1) [[likely]]
       return claim_exclusive(e, cur, end, n, first_at);
     if (named >= cur.first + 1) {
-      if (exclusive_) {
-        // Nobody else claims while we are the only writer: only damaged or forged bytes.
-        slot_->claim_position.store(kNoClaim, std::memory_order_release);
-        ring_.ctl()->claim_stats.corrupt_seen.fetch_add(1, std::memory_order_relaxed);
-        return make_error(Errc::kBadSegment,
-                          fmt::format("{}: its claim-table entry names offset {} before it was claimed: damaged or forged",
-                                      claim_name(ring_, cur.first, cur.second), named - 1));
-      }
+      // (An exclusive writer meets this only through a dead predecessor's claim left at the
+      // tail, or forged bytes: it helps and reads the tail again as anyone would.)
       // Won by someone else: our tail was stale. Move the tail past their claim if they
       // have not, then lay out again from the tail.
       if (named == cur.first + 1) (void)ring_.help_tail(cur);

@@ -187,6 +187,8 @@ class Ring {
   // True while the writer of the claim at `pos` (slot `slot`) may still write its bytes: its
   // slot lock is held and its slot still names that claim.
   bool writer_inside(const SegmentLock& lock, std::uint32_t slot, std::uint64_t pos) const noexcept;
+  // The same, for an exclusive writer: it also holds the write side exclusively.
+  bool exclusive_writer_inside(const SegmentLock& lock, std::uint32_t slot, std::uint64_t pos) const noexcept;
 
   // The lowest position a live gate holds, UINT64_MAX if none. With `lock`, releases gates
   // of dead consumers whose position is below `reap_dead_below`.

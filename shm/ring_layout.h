@@ -1,7 +1,7 @@
 // Bytes only: the partition segment, one lock-free ring of records. Behaviour: ring.h,
 // protocol: docs/ring.md.
 //
-// Partition segment (major 3)
+// Partition segment (major 4)
 //   0       SegmentHeader (128 B, segment_layout.h)
 //   128     PartitionControl (7 cache lines, below)
 //   576     WriterSlot[kWriterSlots]     one line each: a producer and the claim it is making
@@ -48,7 +48,7 @@
 //   24      +------------------------------+------------------------------+
 //           | key length (kNullKey: none)  | headers length               |
 //   32      +------------------------------+------------------------------+
-//           | value length                 | flags (0)                    |
+//           | value length                 | flags (kRecordNullValue)     |
 //   40      +------------------------------+------------------------------+
 //           | key | headers | value | pad to 8                            |
 //           +-------------------------------------------------------------+
@@ -70,13 +70,16 @@
 
 namespace shmbus::shm {
 
-inline constexpr std::uint16_t kPartitionLayoutMajor = 3;
-inline constexpr std::uint16_t kPartitionLayoutMinor = 1;  // 1: exclusive writers (NotifyLine)
+inline constexpr std::uint16_t kPartitionLayoutMajor = 4;  // 4: exclusive writers, null values
+inline constexpr std::uint16_t kPartitionLayoutMinor = 0;
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint32_t kWriterSlots = 64;
 inline constexpr std::uint32_t kGateSlots = 32;
 inline constexpr std::uint32_t kWaiterSlots = 64;
 inline constexpr std::uint32_t kNullKey = 0xffff'ffffu;
+// RecordHeader::flags: the value is null (a tombstone), not empty; value length is 0.
+// Readers of minor 0 ignore flags and see an empty value.
+inline constexpr std::uint32_t kRecordNullValue = 1u << 0;
 inline constexpr std::uint32_t kMaxClaimCount = (1u << 23) - 1;
 inline constexpr std::uint64_t kDefaultClaimTimeoutNs = 1'000'000'000;
 
@@ -157,8 +160,9 @@ struct alignas(kCacheLine) NotifyLine {
   std::atomic<std::uint32_t> seq;      // futex word: bumped by a producer that saw waiters
   std::atomic<std::uint32_t> closed;   // 1 once the topic is deleted
   std::atomic<std::uint64_t> waiters;  // bit i: WaiterSlot i's consumer is about to sleep
-  // Minor 1: an exclusive writer's pid (0: none), and 1 when it relies on sleepers' heavy
-  // fence (membarrier) instead of a fence of its own before it reads `waiters`.
+  // An exclusive writer's pid (0: none), and 1 when it relies on sleepers' heavy fence
+  // (membarrier) instead of a fence of its own before it reads `waiters`. Major 4: a binary
+  // that knows neither must not attach (it would write beside an exclusive writer).
   std::atomic<std::int32_t> exclusive_pid;
   std::atomic<std::uint32_t> light_fence;
   std::uint64_t reserved[5];

@@ -5,6 +5,8 @@
 #include <set>
 #include <thread>
 
+#include <csignal>
+#include <sys/wait.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -145,6 +147,41 @@ TEST(Bus, KeyedRecordsGoToTheKafkaPartitionAndKeepTheirFields) {
   EXPECT_EQ(h2->key, "empty");
   EXPECT_TRUE(h2->value.empty());
   EXPECT_FALSE(it.next());
+}
+
+TEST(Bus, NullValueIsToldApartFromAnEmptyOneInCopiesAndInRingViews) {
+  test::TestBus bus("tombstone");
+  ASSERT_TRUE(bus->create_topic("t", small()));
+  auto p = Producer::create(bus.get());
+  ASSERT_TRUE(p);
+  Message tombstone{as_bytes("k"), {}};
+  tombstone.null_value = true;
+  ASSERT_TRUE(p->send("t", tombstone));
+  ASSERT_TRUE(p->send("t", Message{as_bytes("k"), {}}));  // empty, not null
+  std::vector<Message> batch(2, tombstone);
+  batch[1].null_value = false;
+  ASSERT_TRUE(p->send_batch("t", batch));
+  Message misuse{as_bytes("k"), as_bytes("x")};  // null with bytes: read back as the bytes
+  misuse.null_value = true;
+  ASSERT_TRUE(p->send("t", misuse));
+  for (bool hold : {false, true}) {
+    ConsumerConfig cfg;
+    cfg.auto_offset_reset = OffsetReset::kEarliest;
+    cfg.hold_producers = hold;
+    auto c = Consumer::create(bus.get(), cfg);
+    ASSERT_TRUE(c);
+    ASSERT_TRUE(c->assign({{"t", 0}}));
+    std::vector<bool> nulls;
+    for (int i = 0; i < 50 && nulls.size() < 5; ++i) {
+      auto b = c->poll(50ms);
+      ASSERT_TRUE(b);
+      for (const auto& r : *b) {
+        EXPECT_EQ(as_string(r.value), nulls.size() == 4 ? "x" : "");
+        nulls.push_back(r.null_value);
+      }
+    }
+    EXPECT_EQ(nulls, (std::vector<bool>{true, false, true, false, false})) << "hold_producers " << hold;
+  }
 }
 
 TEST(Bus, NullKeysStickToOnePartitionThenMoveOn) {
@@ -548,6 +585,47 @@ TEST(Bus, ConsumerAsleepIsWokenByAnExclusiveProducer) {
   reader.join();
   EXPECT_EQ(received.load(), kRecords);
   EXPECT_LT(worst_ns.load(), 90'000'000) << "a record waited out a sleep slice: a wake-up was lost";
+}
+
+// A stopped exclusive producer's claim is never timed out; the consumer waiting on it must
+// sleep, not spin (found by attacking the exclusive path: it yielded in a loop, with a
+// membarrier each time, for as long as the producer was stopped).
+TEST(Bus, ConsumerWaitingOnAStoppedExclusiveProducersClaimSleeps) {
+  test::TestBus bus("exclstop");
+  ASSERT_TRUE(bus->create_topic("t", small()));
+  ConsumerConfig cfg;
+  cfg.auto_offset_reset = OffsetReset::kEarliest;
+  cfg.wait = WaitStrategy::kBlock;
+  auto c = Consumer::create(bus.get(), cfg);
+  ASSERT_TRUE(c->assign({{"t", 0}}));
+  const pid_t child = ::fork();
+  if (child == 0) {
+    BusOptions o;
+    o.name = bus.name();
+    auto b = Bus::attach(o);
+    ProducerConfig ex;
+    ex.exclusive = true;
+    auto p = Producer::create(*b, ex);
+    shm::test_hooks::before_commit = [] { ::raise(SIGSTOP); };
+    ::_exit(p && p->send("t", Message{std::nullopt, as_bytes("late")}, 0u) ? 0 : 1);
+  }
+  int st = 0;
+  ASSERT_EQ(::waitpid(child, &st, WUNTRACED), child);
+  ASSERT_TRUE(WIFSTOPPED(st));
+  timespec c0{}, c1{};
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c0);
+  auto b = c->poll(400ms);
+  ::clock_gettime(CLOCK_THREAD_CPUTIME_ID, &c1);
+  ASSERT_TRUE(b) << b.error().message;
+  EXPECT_TRUE(b->empty());
+  const double cpu_ms = (c1.tv_sec - c0.tv_sec) * 1e3 + (c1.tv_nsec - c0.tv_nsec) / 1e6;
+  EXPECT_LT(cpu_ms, 200.0) << "the consumer spun while the claim stayed open";
+  ::kill(child, SIGCONT);
+  ASSERT_EQ(::waitpid(child, &st, 0), child);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+  auto got = drain(*c, 1);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0], "late");
 }
 
 TEST(Bus, MissingBusIsNotCreatedWhenAskedNotTo) {

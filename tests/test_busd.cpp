@@ -676,6 +676,46 @@ TEST_F(Busd, SpilledTopicComesBackFromDiskWhenSharedMemoryIsGoneAndOffsetsContin
   wait_spilled(*bus, "durable");
 }
 
+TEST_F(Busd, NullValuesStayNullThroughTheDiskLog) {
+  ASSERT_TRUE((*bus_)->create_topic("tombstones", test::spilled_topic(1, 64 << 10)));
+  {
+    auto p = Producer::create(bus_->get());
+    ASSERT_TRUE(p);
+    for (int i = 0; i < 6; ++i) {
+      Message m{as_bytes("k"), {}};
+      m.null_value = i % 2 == 0;  // null, empty, null, ...
+      ASSERT_TRUE(p->send("tombstones", m));
+    }
+  }
+  wait_spilled(bus_->get(), "tombstones");
+  kill_busd(SIGTERM);
+  ASSERT_TRUE(Bus::destroy(bus_->name()));  // the ring is gone: what is read comes from disk
+  BusOptions o;
+  o.name = bus_->name();
+  o.create = false;
+  auto bus = Bus::attach(o);
+  ASSERT_TRUE(bus) << bus.error().message;
+  ConsumerConfig cfg;
+  cfg.auto_offset_reset = OffsetReset::kEarliest;
+  auto c = Consumer::create(*bus, cfg);
+  ASSERT_TRUE(c);
+  ASSERT_TRUE(c->assign({{"tombstones", 0}}));
+  std::vector<bool> nulls;
+  for (const auto deadline = std::chrono::steady_clock::now() + 10s; nulls.size() < 6 && std::chrono::steady_clock::now() < deadline;) {
+    auto b = c->poll(50ms);
+    ASSERT_TRUE(b) << b.error().message;
+    for (const auto& r : *b) {
+      EXPECT_TRUE(r.value.empty());
+      nulls.push_back(r.null_value);
+    }
+  }
+  EXPECT_EQ(nulls, (std::vector<bool>{true, false, true, false, true, false}));
+  // busctl's --from -N counts back from the end into the disk log; %S is -1 for null.
+  auto r = test::busctl({"consume", "tombstones", "--from", "-4", "-e", "--format", "%o:%S ", "--bus", bus_->name()});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "2:-1 3:0 4:-1 5:0 ");
+}
+
 TEST_F(Busd, BusdKilledWhileSpillingLosesNothingAndTheNextOneContinuesTheLog) {
   TopicConfig cfg = test::spilled_topic(1, 64 << 10);
   ASSERT_TRUE((*bus_)->create_topic("k", cfg));

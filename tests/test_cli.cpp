@@ -1,6 +1,10 @@
 // busctl as a user runs it: arguments, output, exit codes (0 ok, 1 runtime, 2 usage).
 #include <gtest/gtest.h>
 
+#include <signal.h>
+
+#include <chrono>
+#include <cstdlib>
 #include <fstream>
 #include <sstream>
 
@@ -17,17 +21,7 @@ namespace {
 using test::busctl;
 using test::CliResult;
 
-class Cli : public ::testing::Test {
- protected:
-  void SetUp() override { bus_ = test::unique_bus("cli"); }
-  void TearDown() override { (void)Bus::destroy(bus_); }
-  CliResult run(std::vector<std::string> args, const std::string& in = "") {
-    args.push_back("--bus");
-    args.push_back(bus_);
-    return busctl(args, in);
-  }
-  std::string bus_;
-};
+using Cli = test::CliTest;
 
 }  // namespace
 
@@ -114,7 +108,7 @@ TEST_F(Cli, BadInputGetsAClearMessageAndTheRightExitCode) {
       {{"consume", "t", "--from", "yesterday"}, "", 2, "--from 'yesterday'"},
       {{"consume", "t", "--from", "99"}, "", 1, "offset 99 is not in the ring"},
       {{"consume", "t", "--partition", "3"}, "", 2, "no partition 3"},
-      {{"frobnicate"}, "", 2, ""},
+      {{"frobnicate"}, "", 2, "unknown command 'frobnicate'"},
       {{"topic", "create"}, "", 2, "name"},
   };
   for (const auto& c : cases) {
@@ -206,4 +200,50 @@ TEST_F(Cli, TopicCreateWithGroupMakesTheBusGroupShared) {
   auto bad = run({"topic", "create", "other", "--group", "no-such-group-xyz"});
   EXPECT_EQ(bad.code, 2);
   EXPECT_NE(bad.err.find("no such Unix group 'no-such-group-xyz'"), std::string::npos) << bad.err;
+}
+
+TEST(CliRules, VersionIsTheProjectsAndUnknownCommandsAreNamed) {
+  auto v = test::busctl({"--version"});
+  EXPECT_EQ(v.code, 0);
+  EXPECT_EQ(v.out, "busctl " SHMBUS_PROJECT_VERSION "\n");
+  auto r = test::busctl({"frobnicate"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "busctl: unknown command 'frobnicate' (see busctl --help)\n");
+  r = test::busctl({"--bus", "x", "topic", "frob"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_EQ(r.err, "busctl: unknown command 'topic frob' (see busctl topic --help)\n");
+}
+
+TEST(CliRules, BenchRefusesCpusThatDoNotExist) {
+  ::setenv("SHMBUS_BENCH_BIN", "/nonexistent/shmbus_bench", 1);  // never runs a benchmark here
+  auto r = test::busctl({"bench", "latency", "--cpus", "0,4096"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("CPU 4096 does not exist or is not available"), std::string::npos) << r.err;
+  r = test::busctl({"bench", "latency", "--cpus=0,x"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("'x' is not a CPU number"), std::string::npos) << r.err;
+  r = test::busctl({"bench", "latency", "--cpus", "0,0"});
+  EXPECT_EQ(r.code, 1) << "valid CPUs pass the check (then the missing binary fails)";
+  ::unsetenv("SHMBUS_BENCH_BIN");
+}
+
+TEST_F(Cli, TopWritesNoEscapeCodesWhenStdoutIsNotATerminal) {
+  ASSERT_EQ(run({"topic", "create", "live"}).code, 0);
+  ::setenv("SHMBUS_NO_AUTOSTART", "1", 1);
+  auto c = test::spawn({BUSCTL_PATH, "top", "--interval-ms", "20", "--bus", bus_});
+  ::unsetenv("SHMBUS_NO_AUTOSTART");
+  std::string out;
+  auto frames = [&] {
+    std::size_t n = 0;
+    for (auto at = out.find("PRODUCE/s"); at != std::string::npos; at = out.find("PRODUCE/s", at + 1)) ++n;
+    return n;
+  };
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (frames() < 2 && std::chrono::steady_clock::now() < deadline && test::read_some(c, out)) {
+  }
+  ::kill(c.pid, SIGTERM);
+  const int status = test::finish(c, out, std::chrono::seconds(10));
+  EXPECT_GE(frames(), 2u) << out;
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_EQ(out.find('\x1b'), std::string::npos) << out;
 }

@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "bus/disk_log.h"
 #include "tools/busd/log_writer.h"
@@ -356,6 +357,49 @@ TEST_F(DiskLog, RetentionByAgeDeletesSealedSegmentsOlderThanItNeverTheOpenOne) {
 }  // namespace
 
 namespace {
+
+TEST_F(DiskLog, NullValueFrameIsARecordAndAnyOtherAttributeIsDamage) {
+  std::vector<std::byte> f;
+  const std::string key = "k";
+  append_frame(f, 0, 1, 1, 0, 0, reinterpret_cast<const std::byte*>(key.data()), kAttrNullValue);
+  append_frame(f, 1, 1, 1, 0, 0, reinterpret_cast<const std::byte*>(key.data()));
+  const std::string binary = "k\xff\xfe";  // key "k", a value that is not UTF-8
+  append_frame(f, 2, 1, 1, 0, 2, reinterpret_cast<const std::byte*>(binary.data()));
+  {
+    LogWriter w = writer(dir_);
+    ASSERT_TRUE(w.append(f));
+  }
+  std::vector<std::pair<std::uint64_t, std::uint32_t>> seen;
+  LogReader reader(dir_);
+  auto next = reader.read(0, ~0ull, 1 << 20, [&](const FrameView& v) {
+    seen.emplace_back(frame_last(v.header), v.header.attributes);
+    return true;
+  });
+  ASSERT_TRUE(next);
+  EXPECT_EQ(*next, 3u);
+  EXPECT_EQ(seen, (std::vector<std::pair<std::uint64_t, std::uint32_t>>{{0, kAttrNullValue}, {1, 0}, {2, 0}}));
+  auto dump = test::busctl({"--json", "log", "dump", segment_path(dir_, 0, "log")});
+  ASSERT_EQ(dump.code, 0) << dump.err;
+  auto j = nlohmann::json::parse(dump.out);
+  EXPECT_TRUE(j["records_list"][0]["value"].is_null());
+  EXPECT_EQ(j["records_list"][1]["value"], "");
+  EXPECT_EQ(j["records_list"][2]["value_b64"], "//4=") << "bytes are never turned into U+FFFD";
+  EXPECT_FALSE(j["records_list"][2].contains("value"));
+  // An attribute that is neither a gap nor kAttrNullValue, or a null value with bytes: damage.
+  for (std::uint32_t attr : {8u, kAttrNullValue}) {
+    const std::string kv = "kv", sub = fmt::format("{}/bad{}", dir_, attr);
+    std::vector<std::byte> whole = f;
+    append_frame(whole, 3, 1, 1, 0, 1, reinterpret_cast<const std::byte*>(kv.data()), attr);
+    {
+      LogWriter w = writer(sub);
+      ASSERT_TRUE(w.append(whole));
+    }
+    auto r = scan_segment(segment_path(sub, 0, "log"));
+    ASSERT_TRUE(r);
+    EXPECT_NE(r->end, ScanEnd::kClean) << "attributes " << attr;
+    EXPECT_EQ(r->records, 3u) << "attributes " << attr;
+  }
+}
 
 TEST_F(DiskLog, GapFramesAccountForLostAndAbortedOffsets) {
   {

@@ -37,6 +37,8 @@ TEST(Layout, PartitionV3) {
   EXPECT_EQ(offsetof(RecordHeader, headers_len), 28u);
   EXPECT_EQ(offsetof(RecordHeader, value_len), 32u);
   EXPECT_EQ(offsetof(RecordHeader, flags), 36u);
+  EXPECT_EQ(kPartitionLayoutMinor, 1) << "minor 1: a flag in RecordHeader::flags; bump it for another";
+  EXPECT_EQ(kRecordNullValue, 1u) << "the null-value flag is in every ring: bump the version to move it";
   EXPECT_EQ(sizeof(ClaimEntry), 16u);
   EXPECT_EQ(offsetof(ClaimEntry, tag), 0u);
   EXPECT_EQ(offsetof(ClaimEntry, info), 8u);

@@ -787,3 +787,50 @@ TEST(Ring, StoppedExclusiveWritersClaimIsNeverTimedOut) {
   EXPECT_EQ(f.read(r, 1), (std::vector<std::uint64_t>{0}));
 }
 
+// Found by attacking the exclusive path: the mark `exclusive` on a claim is shared bytes.
+// Trusted alone, a forged or stale one would hold readers, then producers, for ever.
+TEST(Ring, ForgedExclusiveMarkOnAShareWritersClaimIsStillTimedOut) {
+  ForgedRing f(4096, Retention::kOverwrite, 20'000'000);
+  RingWriter w = f.writer();
+  f.produce(w, 16, 1);  // offset 0
+  // A claim at offset 1 "by an exclusive writer" in slot w's (a live, idle writer's) slot.
+  const Pair64 t = snapshot128(&f.ring.ctl()->tail);
+  auto* e = reinterpret_cast<Pair64*>(f.ring.entry(t.first));
+  *e = Pair64{encode_tag(t.first, ClaimState::kClaimed, f.ring.salt()), encode_info(64, 1, false, w.slot_index(), ClaimWhy::kExclusive)};
+  f.ring.ctl()->tail = Pair64{t.first + 1, t.second + 64};
+  f.produce(w, 16, 2);  // offset 2
+  RingReader r(f.ring);
+  r.seek_earliest();
+  EXPECT_EQ(f.read(r, 2), (std::vector<std::uint64_t>{0, 2})) << "the forged claim was timed out";
+  EXPECT_EQ(f.stats().claims_timed_out.load(), 1u);
+  for (int i = 0; i < 100; ++i) f.produce(w, 100, 3);  // and producers lap it
+  EXPECT_GT(f.ring.start_offset(), 2u);
+}
+
+TEST(Ring, ExclusiveWriterHelpsAClaimLeftAtTheTailInsteadOfFailingForEver) {
+  ForgedRing f;
+  RingWriter ex(f.ring);
+  ASSERT_TRUE(ex.open(f.seg, true));
+  f.produce(ex, 16, 1);  // offset 0
+  // A claim won at the tail by a writer of slot 9 (nobody holds it: dead) that never moved
+  // the tail; our cached tail is the one before it.
+  const Pair64 t = snapshot128(&f.ring.ctl()->tail);
+  *reinterpret_cast<Pair64*>(f.ring.entry(t.first)) =
+      Pair64{encode_tag(t.first, ClaimState::kClaimed, f.ring.salt()), encode_info(64, 1, false, 9, ClaimWhy::kOwner)};
+  EXPECT_EQ(f.produce(ex, 16, 2), 2u);
+  EXPECT_EQ(f.produce(ex, 16, 3), 3u);
+  RingReader r(f.ring);
+  r.seek_earliest();
+  EXPECT_EQ(f.read(r, 3), (std::vector<std::uint64_t>{0, 2, 3}));
+  EXPECT_EQ(f.ring.ctl()->stats.dead_claims_reclaimed.load(), 1u);
+}
+
+TEST(Ring, SharedWriterClearsWhatAKilledExclusiveWriterLeftInTheNotifyLine) {
+  ForgedRing f;
+  writer_child(f, {64}, Step::kAfterCommit, Fate::kDie, /*exclusive=*/true);
+  EXPECT_NE(f.ring.ctl()->notify.exclusive_pid.load(), 0);
+  RingWriter w = f.writer();
+  EXPECT_EQ(f.ring.ctl()->notify.exclusive_pid.load(), 0);
+  EXPECT_EQ(f.ring.ctl()->notify.light_fence.load(), 0u) << "sleepers would fence for a dead writer for ever";
+}
+

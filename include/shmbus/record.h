@@ -28,6 +28,9 @@ struct Message {
   Bytes value;
   std::span<const Header> headers = {};
   std::int64_t timestamp_ns = 0;  // 0: the producer stamps CLOCK_REALTIME
+  // A null value (Kafka's tombstone), told apart from an empty one; `value` must be empty
+  // (a record with value bytes is never read back as null).
+  bool null_value = false;
 };
 
 struct TopicPartition {
@@ -63,6 +66,7 @@ struct ConsumedRecord {
   std::optional<Bytes> key;
   Bytes value;
   Bytes raw_headers;
+  bool null_value = false;  // a null value (a tombstone): `value` is empty
   HeaderIterator headers() const noexcept { return HeaderIterator(raw_headers); }
 };
 

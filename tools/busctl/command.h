@@ -5,7 +5,9 @@
 #include <csignal>
 #include <iosfwd>
 #include <memory>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include <CLI/CLI.hpp>
 
@@ -27,6 +29,7 @@ struct Context {
   std::istream& in;
   std::ostream& out;
   std::ostream& err;
+  bool out_is_terminal = false;  // `out` is the process's stdout and a tty: top may redraw the screen
 };
 
 // Set by SIGINT/SIGTERM once catch_stop_signals() ran: consume and top end their loops.
@@ -34,6 +37,12 @@ extern volatile std::sig_atomic_t g_stop;
 void catch_stop_signals();
 
 int fail(std::ostream& err, const Error& e);
+// A usage error (exit 2).
+Error usage(std::string message);
+// An option that takes a count, or nothing when it was not given (empty text).
+Result<std::optional<std::uint64_t>> parse_optional_count(std::string_view what, std::string_view text);
+// A partition of `topic`, which has `partitions`: past the last one is refused, naming both.
+Result<std::uint32_t> parse_partition(std::string_view text, const std::string& topic, std::uint32_t partitions);
 Result<std::shared_ptr<Bus>> attach(const Globals& g, bool create, const std::string& unix_group = "");
 // A subcommand that accepts --bus / --json after it, like kubectl.
 CLI::App* sub(CLI::App* parent, const char* name, const char* desc);

@@ -1,4 +1,7 @@
-// busctl consume: prints records of a topic's partitions, or as a member of a group.
+// busctl consume: prints records of topics' partitions (named, or matching a pattern), or
+// as a member of a group; can stop at the end that was there when it started (-e).
+#include <regex.h>
+
 #include <algorithm>
 #include <chrono>
 #include <csignal>
@@ -14,136 +17,178 @@
 
 #include "shmbus/consumer.h"
 #include "tools/busctl/command.h"
+#include "tools/busctl/record_format.h"
 #include "tools/busctl/units.h"
 
 namespace shmbus::busctl {
 namespace {
 
 using json = nlohmann::json;
+using Offsets = std::vector<std::pair<TopicPartition, std::uint64_t>>;
 
-std::string render(const std::string& fmt_str, const ConsumedRecord& r) {
-  std::string out;
-  for (std::size_t i = 0; i < fmt_str.size(); ++i) {
-    const char c = fmt_str[i];
-    if (c == '\\' && i + 1 < fmt_str.size()) {
-      const char n = fmt_str[++i];
-      out += n == 'n' ? '\n' : n == 't' ? '\t' : n;
-      continue;
-    }
-    if (c != '%' || i + 1 == fmt_str.size()) {
-      out += c;
-      continue;
-    }
-    switch (fmt_str[++i]) {
-      case 't': out += r.topic; break;
-      case 'p': out += std::to_string(r.partition); break;
-      case 'o': out += std::to_string(r.offset); break;
-      case 'k': if (r.key) out += as_string(*r.key); break;
-      case 'v': out += as_string(r.value); break;
-      case 'T': out += std::to_string(r.timestamp_ns / 1'000'000); break;
-      case 'h': {
-        auto it = r.headers();
-        bool first = true;
-        while (auto h = it.next()) {
-          if (!first) out += ',';
-          first = false;
-          out += fmt::format("{}={}", h->key, as_string(h->value));
-        }
-        break;
-      }
-      case '%': out += '%'; break;
-      default: out += '%'; out += fmt_str[i];
-    }
-  }
-  return out;
+// Where each partition starts: --from earliest | latest | OFFSET | -N.
+struct From {
+  enum { kEarliest, kLatest, kOffset, kBeforeEnd } kind = kEarliest;
+  std::uint64_t n = 0;
+};
+
+Result<From> parse_from(const std::string& text) {
+  if (text == "earliest") return From{};
+  if (text == "latest") return From{From::kLatest, 0};
+  const bool relative = !text.empty() && text[0] == '-';
+  auto n = parse_count("--from", relative ? text.substr(1) : text);
+  if (!n) return tl::unexpected(usage(fmt::format("--from '{}': use earliest, latest, an offset or -N (N before the end)", text)));
+  return From{relative ? From::kBeforeEnd : From::kOffset, *n};
 }
+
+// The offset N records before the end of a partition, or its first readable one (the disk
+// log's first for a spilled topic).
+std::uint64_t before_end(const TopicInfo& t, const PartitionInfo& p, std::uint64_t n) {
+  std::uint64_t first = p.start_offset;
+  if (t.config.spill.enabled && p.disk_end_offset > p.disk_start_offset) first = std::min(first, p.disk_start_offset);
+  return p.end_offset - std::min(p.end_offset - first, n);
+}
+
+bool same(const TopicPartition& tp, const ConsumedRecord& r) { return tp.partition == r.partition && tp.topic == r.topic; }
 
 class ConsumeCommand final : public Command {
  public:
   explicit ConsumeCommand(CLI::App& app) {
     consume = sub(&app, "consume", "print records");
-    consume->add_option("topic", c_topic, "topic")->required();
-    consume->add_option("--partition", c_partition, "partition (default: all)");
-    consume->add_option("--from", c_from, "earliest | latest | OFFSET (default earliest)");
-    consume->add_option("--count", c_count, "stop after N records");
+    consume->add_option("topics", c_topics, "topic(s)");
+    consume->add_option("--pattern", c_pattern, "every topic whose name matches this regex (POSIX extended; anchor it: '^orders-')");
+    consume->add_option("--partition,-p", c_partition, "partition (default: all; with one topic)");
+    consume->add_option("--from,-o", c_from, "earliest | latest | OFFSET | -N: N records before the end, per partition (default earliest)");
+    consume->add_option("--count,-c", c_count, "stop after N records");
+    consume->add_flag("--exit-at-end,-e", c_exit_at_end, "stop once every partition's end at the start was reached");
     consume->add_option("--timeout-ms", c_timeout, "stop after MS without a record (default: wait)");
-    consume->add_option("--format", c_format, "kcat-like: %t %p %o %k %v %T %h, \\n \\t (default '%v\\n')");
+    consume->add_option("--format,-f", c_format, "kcat-like: %t %p %o %k %v %T %K %S %h %%, \\n \\t (default '%v\\n'); "
+                                                 "%K %S: key, value size (-1 null)");
+    consume->add_option("--encode", c_encode, "raw | hex | base64: how --format prints keys, values, header values (default raw)");
     consume->add_option("--group", c_group, "consume as a member of this group (busd assigns partitions, offsets are committed)");
     consume->footer("Examples:\n  busctl consume orders --from earliest --count 10 --format '%t/%p@%o %k=%v\\n'\n"
+                    "  busctl consume orders --from -5 -e --encode hex --format '%p %o %k %v\\n'\n"
+                    "  busctl consume --pattern '^orders-' -e --json\n"
                     "  busctl consume orders --group billing --timeout-ms 500 --json");
   }
 
   bool parsed() const override { return consume->parsed(); }
 
   int run(const Context& ctx) override {
-    const Globals& g = ctx.g;
-    std::ostream& err = ctx.err;
-    std::optional<std::uint64_t> count, from_offset;
-    std::int64_t timeout_ms = -1;
-    if (!c_count.empty()) {
-      auto c = parse_count("--count", c_count);
-      if (!c) return fail(err, c.error());
-      count = *c;
-    }
-    if (!c_timeout.empty()) {
-      auto t = parse_count("--timeout-ms", c_timeout);
-      if (!t) return fail(err, t.error());
-      if (*t > 86'400'000'000ull) return fail(err, Error{Errc::kInvalidArgument, "--timeout-ms is over a thousand days"});
-      timeout_ms = static_cast<std::int64_t>(*t);
-    }
-    if (c_from != "earliest" && c_from != "latest") {
-      auto o = parse_count("--from", c_from);
-      if (!o) return fail(err, Error{Errc::kInvalidArgument, fmt::format("--from '{}': use earliest, latest or an offset", c_from)});
-      from_offset = *o;
-    }
-    auto bus = attach(g, false);
-    if (!bus) return fail(err, bus.error());
-    auto t = (*bus)->describe_topic(c_topic);
-    if (!t) return fail(err, t.error());
-    std::vector<TopicPartition> tps;
-    if (!c_group.empty() && (!c_partition.empty() || from_offset))
-      return fail(err, Error{Errc::kInvalidArgument, "--group takes partitions and offsets from the group: no --partition or --from OFFSET with it"});
-    if (!c_partition.empty()) {
-      auto p = parse_count("--partition", c_partition);
-      if (!p) return fail(err, p.error());
-      if (*p >= t->config.partitions)
-        return fail(err, Error{Errc::kInvalidArgument, fmt::format("topic '{}' has {} partitions, no partition {}", c_topic,
-                                                                   t->config.partitions, *p)});
-      tps.push_back({c_topic, static_cast<std::uint32_t>(*p)});
-    } else {
-      for (std::uint32_t p = 0; p < t->config.partitions; ++p) tps.push_back({c_topic, p});
-    }
+    if (auto ok = options(); !ok) return fail(ctx.err, ok.error());
+    auto bus = attach(ctx.g, false);
+    if (!bus) return fail(ctx.err, bus.error());
+    auto topics = resolve(**bus);
+    if (!topics) return fail(ctx.err, topics.error());
     ConsumerConfig cc;
-    cc.auto_offset_reset = c_from == "latest" ? OffsetReset::kLatest : OffsetReset::kEarliest;
+    cc.auto_offset_reset = from.kind == From::kLatest ? OffsetReset::kLatest : OffsetReset::kEarliest;
     cc.enable_auto_commit = false;  // we commit what we printed, no more
     cc.client_name = "busctl";
     auto consumer = Consumer::create(*bus, cc);
-    if (!consumer) return fail(err, consumer.error());
-    if (!c_group.empty()) {
-      if (auto ok = consumer->subscribe({c_topic}, c_group); !ok) return fail(err, ok.error());
-    } else if (auto ok = consumer->assign(tps); !ok) {
-      return fail(err, ok.error());
-    }
-    if (from_offset)
-      for (const auto& tp : tps)
-        if (auto ok = consumer->seek(tp, *from_offset); !ok) return fail(err, ok.error());
+    if (!consumer) return fail(ctx.err, consumer.error());
+    if (auto ok = start(*consumer, *topics); !ok) return fail(ctx.err, ok.error());
     catch_stop_signals();
     std::signal(SIGPIPE, SIG_IGN);
-    return poll_loop(ctx, consumer, count, timeout_ms);
+    return poll_loop(ctx, *consumer);
   }
 
  private:
-  // Prints until --count, --timeout-ms or a signal; as a group member, commits what it printed.
-  int poll_loop(const Context& ctx, Result<Consumer>& consumer, std::optional<std::uint64_t> count, std::int64_t timeout_ms) {
-    std::ostream& out = ctx.out;
-    std::ostream& err = ctx.err;
+  Status options() {
+    auto c = parse_optional_count("--count", c_count);
+    if (!c) return tl::unexpected(c.error());
+    count = *c;
+    auto t = parse_optional_count("--timeout-ms", c_timeout);
+    if (!t) return tl::unexpected(t.error());
+    if (*t && **t > 86'400'000'000ull) return tl::unexpected(usage("--timeout-ms is over a thousand days"));
+    timeout_ms = *t ? static_cast<std::int64_t>(**t) : -1;
+    auto f = parse_from(c_from);
+    if (!f) return tl::unexpected(f.error());
+    from = *f;
+    auto e = parse_encoding(c_encode);
+    if (!e) return tl::unexpected(e.error());
+    auto rf = RecordFormat::compile(c_format, *e);
+    if (!rf) return tl::unexpected(rf.error());
+    format = std::move(*rf);
+    if (c_topics.empty() == c_pattern.empty()) return tl::unexpected(usage("give topics or --pattern REGEX (one of the two)"));
+    if (!c_partition.empty() && c_topics.size() != 1) return tl::unexpected(usage("--partition needs exactly one topic"));
+    if (!c_group.empty() && (!c_partition.empty() || from.kind == From::kOffset || from.kind == From::kBeforeEnd || c_exit_at_end))
+      return tl::unexpected(usage("--group takes partitions and offsets from the group: no --partition, --from OFFSET | -N or -e with it"));
+    return {};
+  }
+
+  // The topics named, or those matching --pattern now (topics created later are not picked up).
+  Result<std::vector<TopicInfo>> resolve(Bus& bus) {
+    std::vector<TopicInfo> out;
+    if (c_pattern.empty()) {
+      for (const auto& name : c_topics) {
+        auto t = bus.describe_topic(name);
+        if (!t) return tl::unexpected(t.error());
+        out.push_back(std::move(*t));
+      }
+      return out;
+    }
+    // POSIX regcomp, not std::regex: GCC 12's <regex> warns (maybe-uninitialized) under ASan.
+    regex_t re;
+    if (const int rc = ::regcomp(&re, c_pattern.c_str(), REG_EXTENDED | REG_NOSUB); rc != 0) {
+      char why[256];
+      ::regerror(rc, &re, why, sizeof why);
+      return tl::unexpected(usage(fmt::format("--pattern '{}' is not a regex: {}", c_pattern, why)));
+    }
+    std::vector<std::string> matched;
+    for (const auto& listed : bus.list_topics())
+      if (::regexec(&re, listed.name.c_str(), 0, nullptr, 0) == 0) matched.push_back(listed.name);
+    ::regfree(&re);
+    for (const auto& name : matched) {
+      auto t = bus.describe_topic(name);  // with its partitions' offsets
+      if (t) out.push_back(std::move(*t));  // else deleted since it was listed
+    }
+    if (out.empty()) return make_error(Errc::kNotFound, fmt::format("no topic matches --pattern '{}'", c_pattern));
+    return out;
+  }
+
+  // Assigns (or joins the group), moves to --from, and notes the ends for -e.
+  Status start(Consumer& consumer, const std::vector<TopicInfo>& topics) {
+    std::vector<std::string> names;
+    std::vector<TopicPartition> tps;
+    for (const auto& t : topics) {
+      names.push_back(t.name);
+      for (std::uint32_t p = 0; p < t.config.partitions; ++p) tps.push_back({t.name, p});
+    }
+    if (!c_partition.empty()) {
+      auto p = parse_partition(c_partition, topics[0].name, topics[0].config.partitions);
+      if (!p) return tl::unexpected(p.error());
+      tps = {{topics[0].name, *p}};
+    }
+    if (!c_group.empty()) return consumer.subscribe(names, c_group);
+    if (auto ok = consumer.assign(tps); !ok) return ok;
+    for (const auto& tp : tps) {
+      const TopicInfo& t = *std::find_if(topics.begin(), topics.end(), [&](const TopicInfo& i) { return i.name == tp.topic; });
+      const PartitionInfo& p = t.partitions.at(tp.partition);
+      if (from.kind == From::kOffset || from.kind == From::kBeforeEnd)
+        if (auto ok = consumer.seek(tp, from.kind == From::kOffset ? from.n : before_end(t, p, from.n)); !ok) return ok;
+      if (c_exit_at_end) ends.push_back({tp, p.end_offset});
+    }
+    return {};
+  }
+
+  // -e: true once every partition's position reached the end noted at the start.
+  bool at_end(const Consumer& consumer) {
+    std::erase_if(ends, [&](const auto& e) {
+      auto pos = consumer.position(e.first);
+      return !pos || *pos >= e.second;
+    });
+    return ends.empty();
+  }
+
+  // Prints until --count, -e, --timeout-ms or a signal; as a group member, commits what it printed.
+  int poll_loop(const Context& ctx, Consumer& consumer) {
     std::uint64_t seen = 0;
-    std::vector<std::pair<TopicPartition, std::uint64_t>> printed_next;
+    Offsets printed_next;
     const auto slice = std::chrono::milliseconds(100);
     std::int64_t idle_ms = 0;
-    while (!g_stop && (!count || seen < *count)) {
-      auto batch = consumer->poll(timeout_ms >= 0 ? std::min<std::chrono::milliseconds>(slice, std::chrono::milliseconds(timeout_ms - idle_ms)) : slice);
-      if (!batch) return fail(err, batch.error());
+    while (!g_stop && (!count || seen < *count) && !(c_exit_at_end && at_end(consumer))) {
+      auto batch = consumer.poll(timeout_ms >= 0 ? std::min<std::chrono::milliseconds>(slice, std::chrono::milliseconds(timeout_ms - idle_ms)) : slice);
+      if (!batch) return fail(ctx.err, batch.error());
       if (batch->empty()) {
         idle_ms += 100;
         if (timeout_ms >= 0 && idle_ms >= timeout_ms) break;
@@ -152,51 +197,35 @@ class ConsumeCommand final : public Command {
       idle_ms = 0;
       for (const auto& r : *batch) {
         if (count && seen >= *count) break;
-        print_record(ctx, r);
+        ctx.out << (ctx.g.json ? record_json(r).dump() + "\n" : format.render(r));
         ++seen;
-        bool found = false;
-        for (auto& [tp, o] : printed_next)
-          if (tp.topic == r.topic && tp.partition == r.partition) {
-            o = r.offset + 1;
-            found = true;
-          }
-        if (!found) printed_next.push_back({TopicPartition{std::string(r.topic), r.partition}, r.offset + 1});
+        auto at = std::find_if(printed_next.begin(), printed_next.end(), [&](const auto& e) { return same(e.first, r); });
+        if (at == printed_next.end()) printed_next.push_back({TopicPartition{std::string(r.topic), r.partition}, r.offset + 1});
+        else at->second = r.offset + 1;
       }
-      out.flush();
-      if (!out) return kRuntime;
-      if (!c_group.empty() && !printed_next.empty()) (void)consumer->commit(printed_next);
+      ctx.out.flush();
+      if (!ctx.out) return kRuntime;
+      if (!c_group.empty() && !printed_next.empty()) (void)consumer.commit(printed_next);
     }
     if (!c_group.empty()) {
       // Commit exactly what was printed: positions may be past records left in the batch.
-      if (auto ok = consumer->commit(printed_next); !ok) return fail(err, ok.error());
-      (void)consumer->close();
+      if (auto ok = consumer.commit(printed_next); !ok) return fail(ctx.err, ok.error());
+      (void)consumer.close();
     }
-    if (consumer->lost() > 0)
-      err << fmt::format("busctl: {} records were overwritten before they could be read\n", consumer->lost());
+    if (consumer.lost() > 0)
+      ctx.err << fmt::format("busctl: {} records were overwritten before they could be read\n", consumer.lost());
     return kOk;
   }
 
-  void print_record(const Context& ctx, const ConsumedRecord& r) {
-    const Globals& g = ctx.g;
-    std::ostream& out = ctx.out;
-    if (g.json) {
-      json j = {{"topic", r.topic},         {"partition", r.partition}, {"offset", r.offset},
-                {"key", nullptr},           {"value", std::string(as_string(r.value))},
-                {"timestamp", r.timestamp_ns / 1'000'000}, {"timestamp_ns", r.timestamp_ns}};
-      if (r.key) j["key"] = std::string(as_string(*r.key));
-      json hs = json::array();
-      auto it = r.headers();
-      while (auto h = it.next()) hs.push_back({{"key", std::string(h->key)}, {"value", std::string(as_string(h->value))}});
-      j["headers"] = hs;
-      out << j.dump(-1, ' ', false, json::error_handler_t::replace) << "\n";
-    } else {
-      out << render(c_format, r);
-    }
-  }
-
   CLI::App* consume;
-  std::string c_topic, c_partition, c_from = "earliest", c_count, c_timeout, c_format = "%v\\n";
-  std::string c_group;
+  std::vector<std::string> c_topics;
+  std::string c_pattern, c_partition, c_from = "earliest", c_count, c_timeout, c_format = "%v\\n", c_encode = "raw", c_group;
+  bool c_exit_at_end = false;
+  std::optional<std::uint64_t> count;
+  std::int64_t timeout_ms = -1;
+  From from;
+  RecordFormat format;
+  Offsets ends;  // -e: partitions not yet at their end, and that end
 };
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bus/disk_log.h"
+#include "tools/busctl/bytes.h"
 #include "tools/busctl/command.h"
 
 namespace shmbus::busctl {
@@ -36,7 +37,7 @@ class LogCommands final : public Command {
     auto r = disklog::scan_segment(l_file, [&](const disklog::FrameView& v) {
       if (l_quiet) return;
       const auto& h = v.header;
-      if (h.attributes != 0) {  // a gap frame: offsets that are not records, and why
+      if (disklog::is_gap(h)) {  // offsets that are not records, and why
         const char* why = h.attributes == disklog::kAttrLost ? "lost" : "aborted";
         if (g.json)
           records.push_back({{"offset", h.offset}, {"position", v.position}, {"gap", why}, {"count", disklog::frame_last(h) - h.offset + 1}});
@@ -48,13 +49,16 @@ class LogCommands final : public Command {
       const std::uint64_t klen = h.key_len == disklog::kNullKeyLen ? 0 : h.key_len;
       const std::string_view key(reinterpret_cast<const char*>(v.payload.data()), klen);
       const std::string_view value(reinterpret_cast<const char*>(v.payload.data()) + klen + h.headers_len, h.value_len);
+      const bool null_value = h.attributes == disklog::kAttrNullValue;
       if (g.json) {
-        records.push_back({{"offset", h.offset}, {"position", v.position}, {"size", h.size}, {"timestamp_ns", h.timestamp_ns},
-                           {"key", h.key_len == disklog::kNullKeyLen ? json(nullptr) : json(std::string(key))},
-                           {"headers_bytes", h.headers_len}, {"value_bytes", h.value_len},
-                           {"value", std::string(value.substr(0, 64))}});
+        json rec = {{"offset", h.offset},           {"position", v.position},       {"size", h.size},
+                    {"timestamp_ns", h.timestamp_ns}, {"headers_bytes", h.headers_len}, {"value_bytes", h.value_len}};
+        // Bytes as consume --json gives them: a string when UTF-8, else *_b64.
+        put_bytes(rec, "key", h.key_len == disklog::kNullKeyLen ? std::nullopt : std::optional<Bytes>(as_bytes(key)));
+        put_bytes(rec, "value", null_value ? std::nullopt : std::optional<Bytes>(as_bytes(value.substr(0, 64))));
+        records.push_back(std::move(rec));
       } else {
-        std::string shown(value.substr(0, 48));
+        std::string shown(null_value ? "(null)" : value.substr(0, 48));
         for (char& c : shown)
           if (static_cast<unsigned char>(c) < 0x20 || static_cast<unsigned char>(c) >= 0x7f) c = '.';
         out << fmt::format("offset {:>12}  position {:>10}  size {:>7}  ts {}  key {}  value {}{}\n", h.offset, v.position, h.size,

@@ -228,7 +228,9 @@ class TopCommand final : public Command {
       json frame = top_frame(before, after);
       frame["bus"] = (*bus)->name();
       if (g.json) out << frame.dump() << "\n";
-      else out << (top_once ? "" : "\x1b[H\x1b[2J") << fmt::format("bus {}\n", (*bus)->name()) << top_render(frame);
+      // Redraw in place on a terminal; elsewhere (a pipe, a file) frames follow each other, plain.
+      else if (!top_once && ctx.out_is_terminal) out << "\x1b[H\x1b[2J" << fmt::format("bus {}\n", (*bus)->name()) << top_render(frame);
+      else out << (first ? "" : "\n") << fmt::format("bus {}\n", (*bus)->name()) << top_render(frame);
       out.flush();
       if (top_once || !out) break;
       before = std::move(after);

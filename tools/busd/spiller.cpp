@@ -301,8 +301,9 @@ struct Spiller::Impl {
         continue;  // covered by the gap frame before the next record
       }
       if (offset > expect) disklog::append_gap(chunk->frames, expect, offset - expect, disklog::kAttrAborted);
+      const std::uint32_t null_value = (h.flags & shm::kRecordNullValue) && h.value_len == 0 ? disklog::kAttrNullValue : 0;
       disklog::append_frame(chunk->frames, offset, h.timestamp_ns, h.key_len, h.headers_len, h.value_len,
-                            stage.data() + pos + shm::kRecordHeaderSize);
+                            stage.data() + pos + shm::kRecordHeaderSize, null_value);
       expect = offset + 1;
     }
     if (r.offset() > expect) disklog::append_gap(chunk->frames, expect, r.offset() - expect, disklog::kAttrAborted);
