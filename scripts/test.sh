@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs every test: the plain build, then a project
-# using the library three ways (tests/consumer/run.sh), then ASan+UBSan,
+# using the library three ways (tests/consumer/run.sh), the Debian package
+# (tests/package/run.sh), then ASan+UBSan,
 # then TSan on the ring's threaded tests, then the libFuzzer targets for a few seconds each.
 # Exits non-zero on the first failure.
 set -euo pipefail
@@ -15,6 +16,9 @@ ctest --test-dir build --output-on-failure --timeout 300 -LE soak
 
 echo "== the library from another project: find_package, add_subdirectory, pkg-config"
 bash tests/consumer/run.sh
+
+echo "== the Debian package: cpack, dpkg -i, use it, dpkg -r"
+bash tests/package/run.sh
 
 echo "== ASan + UBSan"
 bash scripts/build.sh build-asan -DSHMBUS_SANITIZE=address -DSHMBUS_BENCH=OFF
