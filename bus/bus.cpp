@@ -176,6 +176,7 @@ Result<TopicConfig> load_topic_config(const std::string& path) {
 Status save_topic_config(const std::string& bus, const std::string& topic, const TopicConfig& c, unsigned mode,
                          std::int64_t gid) {  // -1: no group
   const std::string dir = topics_dir(bus);
+  if (auto ok = secure_bases(bus_paths(bus)); !ok) return ok;
   if (auto ok = make_dirs(dir, (mode & 0060) ? 0770 : 0700); !ok) return ok;
   const std::string path = topic_config_path(bus, topic), tmp = path + ".tmp";
   const std::string body = config_json(c).dump(2) + "\n";
@@ -679,6 +680,11 @@ Status Bus::destroy(const std::string& bus_name, bool purge_disk) {
   if (purge_disk) {
     const BusPaths paths = bus_paths(bus_name);
     for (const auto& dir : {paths.state_dir, paths.runtime_dir}) {
+      // Never follow a planted /tmp/shmbus-<uid> (a link, or someone else's) to delete.
+      const bool planted = std::any_of(paths.private_bases.begin(), paths.private_bases.end(), [&dir](const std::string& b) {
+        return dir.starts_with(b + "/") && !private_dir(b, /*create=*/false);
+      });
+      if (planted) continue;
       std::error_code ec;
       // A busd that is exiting may still add its last log line: a second pass then finishes.
       for (int attempt = 0; attempt < 3 && (attempt == 0 || ec); ++attempt) {

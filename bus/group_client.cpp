@@ -50,6 +50,7 @@ Status spawn_busd(const std::string& bus) {
                                                    bus, fmt::join(found.tried, ", "), bus));
   const std::string& bin = found.path;
   const BusPaths paths = bus_paths(bus);
+  if (auto ok = secure_bases(paths); !ok) return ok;
   if (auto ok = make_dirs(paths.runtime_dir, 0700); !ok) return ok;
   const std::string log = paths.runtime_dir + "/busd.log";
   posix_spawn_file_actions_t fa;

@@ -18,6 +18,16 @@ std::string env(const char* name) {
   return v && *v ? std::string(v) : std::string();
 }
 
+// A directory only we should use inside a world-writable one (sticky /tmp, /var/tmp).
+std::string per_uid(std::string_view parent) { return fmt::format("{}/shmbus-{}", parent, ::geteuid()); }
+
+// A service account's $HOME is often unset, /nonexistent, or / (root's): only a directory
+// of our own is a home to keep state in.
+bool own_directory(const std::string& path) {
+  struct stat st {};
+  return !path.empty() && ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == ::geteuid();
+}
+
 }  // namespace
 
 BusPaths bus_paths(const std::string& bus) {
@@ -30,10 +40,22 @@ BusPaths bus_paths(const std::string& bus) {
     state_base = "/var/lib/shmbus";
   } else {
     run_base = env("XDG_RUNTIME_DIR");
-    run_base = run_base.empty() ? fmt::format("/tmp/shmbus-{}", ::geteuid()) : run_base + "/shmbus";
+    if (run_base.empty()) {
+      run_base = per_uid("/tmp");
+      p.private_bases.push_back(run_base);
+    } else {
+      run_base += "/shmbus";
+    }
+    // State outlives a reboot (offsets, spilled logs): on disk, never in a tmpfs.
     state_base = env("XDG_STATE_HOME");
-    if (state_base.empty()) state_base = env("HOME") + "/.local/state";
-    state_base += "/shmbus";
+    if (const std::string home = env("HOME"); !state_base.empty()) {
+      state_base += "/shmbus";
+    } else if (own_directory(home)) {
+      state_base = home + "/.local/state/shmbus";
+    } else {
+      state_base = per_uid("/var/tmp");
+      p.private_bases.push_back(state_base);
+    }
   }
   p.runtime_dir = run_base + "/" + bus;
   p.state_dir = state_base + "/" + bus;
@@ -57,6 +79,32 @@ std::string executable_beside_self(std::initializer_list<std::string_view> relat
     const std::string cand = dir + "/" + std::string(rel);
     if (::access(cand.c_str(), X_OK) == 0) return cand;
   }
+  return {};
+}
+
+Status private_dir(const std::string& dir, bool create) {
+  if (create && ::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
+    return make_error(errno == EACCES ? Errc::kPermission : Errc::kSystem,
+                      fmt::format("cannot create directory {}: {}", dir, std::strerror(errno)));
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0)
+    return make_error(Errc::kSystem, fmt::format("cannot stat {}: {}", dir, std::strerror(errno)));
+  const auto refuse = [&dir](std::string_view why) {
+    return make_error(Errc::kPermission, fmt::format("refusing to use {}: {}; remove it, or set SHMBUS_DIR or "
+                                                     "XDG_RUNTIME_DIR to a directory of your own (docs/naming.md)",
+                                                     dir, why));
+  };
+  if (S_ISLNK(st.st_mode)) return refuse("it is a symbolic link");
+  if (!S_ISDIR(st.st_mode)) return refuse("it is not a directory");
+  if (st.st_uid != ::geteuid())
+    return refuse(fmt::format("it belongs to uid {}, not to us (uid {})", st.st_uid, ::geteuid()));
+  if ((st.st_mode & 077) != 0) return refuse(fmt::format("its mode is {:04o}, not 0700", st.st_mode & 07777));
+  return {};
+}
+
+Status secure_bases(const BusPaths& p) {
+  for (const auto& dir : p.private_bases)
+    if (auto ok = private_dir(dir); !ok) return ok;
   return {};
 }
 

@@ -48,9 +48,33 @@ install(FILES ${CMAKE_CURRENT_BINARY_DIR}/shmbus.pc DESTINATION ${CMAKE_INSTALL_
 # with systemd's /usr/bin/busctl (nor shadow it from /usr/local/bin): shmbus-busctl.
 install(TARGETS busd busctl RUNTIME DESTINATION ${CMAKE_INSTALL_LIBEXECDIR}/shmbus)
 file(RELATIVE_PATH _shmbus_busctl_target ${CMAKE_INSTALL_FULL_BINDIR} ${CMAKE_INSTALL_FULL_LIBEXECDIR}/shmbus/busctl)
+# The prefix of the install itself (cpack installs into a staging prefix, without DESTDIR),
+# never the configured one.
 install(CODE "
-  set(_link \"\$ENV{DESTDIR}${CMAKE_INSTALL_FULL_BINDIR}/${SHMBUS_BUSCTL_INSTALL_NAME}\")
-  file(MAKE_DIRECTORY \"\$ENV{DESTDIR}${CMAKE_INSTALL_FULL_BINDIR}\")
+  set(_link \"\$ENV{DESTDIR}\${CMAKE_INSTALL_PREFIX}/${CMAKE_INSTALL_BINDIR}/${SHMBUS_BUSCTL_INSTALL_NAME}\")
+  get_filename_component(_dir \"\${_link}\" DIRECTORY)
+  file(MAKE_DIRECTORY \"\${_dir}\")
   message(STATUS \"Installing: \${_link} -> ${_shmbus_busctl_target}\")
   file(CREATE_LINK \"${_shmbus_busctl_target}\" \"\${_link}\" SYMBOLIC)
+  list(APPEND CMAKE_INSTALL_MANIFEST_FILES \"\${_link}\")
 ")
+
+# Manual pages from the programs' own command trees (tools/manpage.h), at build time.
+set(_shmbus_man ${PROJECT_BINARY_DIR}/man)
+add_custom_command(OUTPUT ${_shmbus_man}/shmbus-busctl.1 ${_shmbus_man}/busd.8
+  COMMAND ${CMAKE_COMMAND} -DPROGRAM=$<TARGET_FILE:busctl> -DARGS=help-man -DOUT=${_shmbus_man}/shmbus-busctl.1
+          -P ${CMAKE_CURRENT_LIST_DIR}/run_to_file.cmake
+  COMMAND ${CMAKE_COMMAND} -DPROGRAM=$<TARGET_FILE:busd> -DARGS=--help-man -DOUT=${_shmbus_man}/busd.8
+          -P ${CMAKE_CURRENT_LIST_DIR}/run_to_file.cmake
+  DEPENDS busctl busd ${CMAKE_CURRENT_LIST_DIR}/run_to_file.cmake
+  COMMENT "Generating the manual pages shmbus-busctl.1 and busd.8" VERBATIM)
+add_custom_target(shmbus_man ALL DEPENDS ${_shmbus_man}/shmbus-busctl.1 ${_shmbus_man}/busd.8)
+install(FILES ${_shmbus_man}/shmbus-busctl.1 DESTINATION ${CMAKE_INSTALL_MANDIR}/man1)
+install(FILES ${_shmbus_man}/busd.8 DESTINATION ${CMAKE_INSTALL_MANDIR}/man8)
+
+# systemd: busd@NAME.service runs busd for bus NAME (docs/busd.md). Relative to the prefix:
+# /usr/lib/systemd/system for a package, /usr/local/lib/systemd/system for a local install
+# (systemd reads both).
+set(SHMBUS_SYSTEMD_UNIT_DIR "lib/systemd/system" CACHE STRING "where busd@.service is installed (relative to the prefix)")
+configure_file(${CMAKE_CURRENT_LIST_DIR}/busd@.service.in ${PROJECT_BINARY_DIR}/busd@.service @ONLY)
+install(FILES ${PROJECT_BINARY_DIR}/busd@.service DESTINATION ${SHMBUS_SYSTEMD_UNIT_DIR})

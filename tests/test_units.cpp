@@ -1,11 +1,18 @@
-// Pure functions: the partitioner, names, sizes.
+// Pure functions: the partitioner, names, sizes; where a bus's files go.
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <optional>
 #include <set>
 
 #include "bus/names.h"
 #include "bus/partitioner.h"
+#include "bus/paths.h"
 #include "tools/busctl/units.h"
 #include "shmbus/record.h"
 
@@ -98,4 +105,79 @@ TEST(Headers, IteratorStopsOnMalformedBlocks) {
   std::memcpy(raw.data() + 4, &vl, 4);
   HeaderIterator bad{Bytes(raw)};
   EXPECT_FALSE(bad.next());
+}
+
+namespace {
+
+// Sets (or, with nullopt, unsets) an environment variable for one scope.
+class ScopedEnv {
+ public:
+  ScopedEnv(const char* name, std::optional<std::string> value) : name_(name) {
+    if (const char* old = std::getenv(name)) old_ = old;
+    value ? ::setenv(name, value->c_str(), 1) : ::unsetenv(name);
+  }
+  ~ScopedEnv() { old_ ? ::setenv(name_, old_->c_str(), 1) : ::unsetenv(name_); }
+
+ private:
+  const char* name_;
+  std::optional<std::string> old_;
+};
+
+}  // namespace
+
+TEST(Paths, WithoutAHomeNonRootStateGoesToAPrivateVarTmpDirectory) {
+  if (::geteuid() == 0) GTEST_SKIP() << "root keeps state in /var/lib/shmbus";
+  ScopedEnv dir("SHMBUS_DIR", std::nullopt), run("XDG_RUNTIME_DIR", std::nullopt), state("XDG_STATE_HOME", std::nullopt);
+  const std::string uid = std::to_string(::geteuid());
+  for (const char* home : {"", "/nonexistent", "/"}) {
+    ScopedEnv h("HOME", *home ? std::optional<std::string>(home) : std::nullopt);
+    const BusPaths p = bus_paths("b");
+    EXPECT_EQ(p.runtime_dir, "/tmp/shmbus-" + uid + "/b") << "HOME=" << home;
+    EXPECT_EQ(p.state_dir, "/var/tmp/shmbus-" + uid + "/b") << "HOME=" << home;
+    EXPECT_EQ(p.private_bases, (std::vector<std::string>{"/tmp/shmbus-" + uid, "/var/tmp/shmbus-" + uid}));
+  }
+}
+
+TEST(Paths, RootUsesRunAndVarLibWithNoPrivateBases) {
+  if (::geteuid() != 0) GTEST_SKIP() << "not root";
+  ScopedEnv dir("SHMBUS_DIR", std::nullopt), home("HOME", std::nullopt);
+  const BusPaths p = bus_paths("b");
+  EXPECT_EQ(p.runtime_dir, "/run/shmbus/b");
+  EXPECT_EQ(p.state_dir, "/var/lib/shmbus/b");
+  EXPECT_TRUE(p.private_bases.empty());
+}
+
+TEST(Paths, PrivateDirIsCreated0700AndRefusedWhenLinkedOpenOrSomeoneElses) {
+  const std::string base = std::filesystem::temp_directory_path() / ("shmbus-units-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(base);
+  ASSERT_TRUE(private_dir(base));
+  struct stat st {};
+  ASSERT_EQ(::lstat(base.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 0700u);
+  EXPECT_TRUE(private_dir(base)) << "an existing directory of ours is fine";
+  EXPECT_FALSE(private_dir(base + "-absent", /*create=*/false));
+
+  ASSERT_EQ(::chmod(base.c_str(), 0755), 0);
+  auto open = private_dir(base);
+  ASSERT_FALSE(open);
+  EXPECT_NE(open.error().message.find("its mode is 0755, not 0700"), std::string::npos) << open.error().message;
+  ASSERT_EQ(::chmod(base.c_str(), 0700), 0);
+
+  const std::string link = base + "-link";
+  ASSERT_EQ(::symlink(base.c_str(), link.c_str()), 0);
+  auto linked = private_dir(link);
+  ASSERT_FALSE(linked);
+  EXPECT_EQ(linked.error().code, Errc::kPermission);
+  EXPECT_NE(linked.error().message.find("refusing to use " + link + ": it is a symbolic link"), std::string::npos)
+      << linked.error().message;
+  ::unlink(link.c_str());
+
+  if (::geteuid() == 0) {
+    ASSERT_EQ(::chown(base.c_str(), 65534, 65534), 0);
+    auto theirs = private_dir(base);
+    ASSERT_FALSE(theirs);
+    EXPECT_NE(theirs.error().message.find("it belongs to uid 65534, not to us (uid 0)"), std::string::npos)
+        << theirs.error().message;
+  }
+  std::filesystem::remove_all(base);
 }

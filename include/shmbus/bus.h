@@ -41,7 +41,8 @@ struct TopicConfig {
   std::uint64_t capacity = 1 << 20;  // ring bytes per partition, a power of two >= 4096
   std::uint32_t max_record = 0;      // largest key+value+headers; 0: capacity / 4 minus the header
   RetentionMode retention = RetentionMode::kOverwrite;
-  SpillConfig spill;
+  SpillConfig spill{};  // `{}` on members without one: designated initializers that leave them out
+                        // compile under -Wextra (-Wmissing-field-initializers), as README.md's do
   // A claim (a send in progress, or an open Reservation) unfinished this long is aborted by
   // the consumers and producers waiting on it, whether its producer is stopped, slow or
   // dead; the producer's late commit then fails with timed_out. 1..3600000.
@@ -79,10 +80,10 @@ struct TopicInfo {
 };
 
 struct BusOptions {
-  std::string name;                  // empty: SHMBUS_BUS, else "default"
-  std::optional<std::string> group;  // share the bus with this Unix group (mode 0660)
-  bool create = true;                // create the bus if it does not exist
-  bool read_only = false;            // map read-only (inspection)
+  std::string name{};                  // empty: SHMBUS_BUS, else "default"
+  std::optional<std::string> group{};  // share the bus with this Unix group (mode 0660)
+  bool create = true;                  // create the bus if it does not exist
+  bool read_only = false;              // map read-only (inspection)
 };
 
 class Bus : public std::enable_shared_from_this<Bus> {

@@ -40,10 +40,10 @@ struct ConsumerConfig {
   std::chrono::milliseconds session_timeout{10'000};  // no poll() for this long: evicted
   bool enable_auto_commit = true;
   std::chrono::milliseconds auto_commit_interval{1'000};  // Kafka: 5 s
-  std::string client_name;  // shown by `busctl group describe`; empty: the process name
+  std::string client_name{};  // shown by `busctl group describe`; empty: the process name
   // Called from poll() (and subscribe()) when busd gives or takes partitions.
-  std::function<void(const std::vector<TopicPartition>&)> on_assigned;
-  std::function<void(const std::vector<TopicPartition>&)> on_revoked;
+  std::function<void(const std::vector<TopicPartition>&)> on_assigned{};
+  std::function<void(const std::vector<TopicPartition>&)> on_revoked{};
 };
 
 class Consumer {

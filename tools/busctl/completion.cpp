@@ -1,12 +1,14 @@
-// busctl completion and help-markdown: the bash completion and docs/busctl.md, generated from
-// the command tree so that they cannot drift from it (a test compares the file with the
-// output of `busctl help-markdown`).
+// busctl completion, help-markdown and help-man: the bash completion, docs/busctl.md and the
+// manual page shmbus-busctl.1, generated from the command tree so that they cannot drift
+// from it (a test compares the file with the output of `busctl help-markdown`; the build
+// writes the manual page with `busctl help-man`).
 #include <ostream>
 #include <string>
 
 #include <fmt/format.h>
 
 #include "tools/busctl/command.h"
+#include "tools/manpage.h"
 
 namespace shmbus::busctl {
 namespace {
@@ -62,12 +64,15 @@ class CompletionCommands final : public Command {
     completion->footer("Example:\n  busctl completion bash > /etc/bash_completion.d/busctl");
     help_md = app.add_subcommand("help-markdown", "print the command reference (docs/busctl.md) in Markdown");
     help_md->group("");  // hidden
+    help_man = app.add_subcommand("help-man", "print the manual page shmbus-busctl(1) in roff");
+    help_man->group("");
   }
 
-  bool parsed() const override { return completion->parsed() || help_md->parsed(); }
+  bool parsed() const override { return completion->parsed() || help_md->parsed() || help_man->parsed(); }
 
   int run(const Context& ctx) override {
     if (help_md->parsed()) return help_markdown(ctx);
+    if (help_man->parsed()) return help_roff(ctx);
     std::ostream& out = ctx.out;
     std::ostream& err = ctx.err;
     const CLI::App& app = ctx.app;
@@ -162,7 +167,30 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
     return kOk;
   }
 
-  CLI::App *completion, *help_md;
+  int help_roff(const Context& ctx) {
+    man::Page p;
+    p.name = "shmbus-busctl";
+    p.section = 1;
+    p.summary = "inspect and use shmbus buses: topics, produce, consume, groups, disk logs";
+    p.synopsis = ".B shmbus-busctl\n.I COMMAND\n.RB [ \\-\\-bus\n.IR NAME ]\n.RB [ \\-\\-json ]\n.RI [ ARGS ...]";
+    p.description =
+        "busctl is the operator's tool for shmbus, Kafka's programming model over shared memory on one machine. "
+        "It is installed as shmbus-busctl so as not to collide with systemd's busctl(1).\n\n"
+        "Every command takes --bus NAME (default $SHMBUS_BUS, else 'default') and --json (machine-readable output on "
+        "stdout) before or after it, and --help.";
+    p.tail =
+        ".SH EXIT STATUS\n0: done. 1: a runtime error (the message on stderr names the object). 2: a usage error.\n"
+        ".SH ENVIRONMENT\n"
+        ".TP\n.B SHMBUS_BUS\nthe bus when --bus is not given\n"
+        ".TP\n.B SHMBUS_DIR\nwhere busd keeps its socket and state (see busd(8))\n"
+        ".TP\n.B SHMBUS_BUSD\nthe busd binary to start for group commands\n"
+        ".TP\n.B SHMBUS_NO_AUTOSTART\n1: never start busd\n"
+        ".SH SEE ALSO\nbusd(8)\n";
+    ctx.out << man::page(ctx.app, p, {"--help", "--bus", "--json"});
+    return kOk;
+  }
+
+  CLI::App *completion, *help_md, *help_man;
   std::string shell = "bash";
 };
 

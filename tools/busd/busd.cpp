@@ -66,6 +66,7 @@ Status Daemon::start() {
   paths_ = bus_paths(bus_->name());
   if (auto ok = join_unix_group(); !ok) return ok;
   const unsigned dir_mode = gid_ ? 0770 : 0700;
+  if (auto ok = secure_bases(paths_); !ok) return ok;  // the offset store and spiller's too
   if (auto ok = make_dirs(paths_.runtime_dir, dir_mode); !ok) return ok;
   if (auto ok = take_lock(); !ok) return ok;
 

@@ -4,6 +4,40 @@
 #include <CLI/CLI.hpp>
 
 #include "tools/busd/busd.h"
+#include "tools/manpage.h"
+
+namespace {
+
+// busd.8, which the build generates with `busd --help-man` and installs.
+std::string manual(const CLI::App& app) {
+  shmbus::man::Page p;
+  p.name = "busd";
+  p.section = 8;
+  p.summary = "the shmbus bus daemon: consumer groups and committed offsets";
+  p.synopsis = ".B busd\n.RB [ \\-\\-bus\n.IR NAME ]\n.RI [ OPTIONS ]";
+  p.description =
+      "One busd runs per bus, off the data path: producers and manually assigned consumers never talk to it. It runs "
+      "consumer groups (membership, assignment, rebalancing), keeps committed offsets and spills topics to disk.\n\n"
+      "Nobody has to start it by hand: the first group consumer that finds none starts one (installed as "
+      "libexec/shmbus/busd). For systemd, the unit template busd@.service runs one per bus as root: "
+      "systemctl enable --now busd@NAME.\n\n"
+      "A second busd for the same bus exits at once with status 1.";
+  p.tail =
+      ".SH FILES\n"
+      ".TP\n.I /run/shmbus/BUS, /var/lib/shmbus/BUS\nroot's socket, lock and log; committed offsets and spilled logs\n"
+      ".TP\n.I $XDG_RUNTIME_DIR/shmbus/BUS or /tmp/shmbus\\-UID/BUS\nanother user's socket, lock and log\n"
+      ".TP\n.I $XDG_STATE_HOME/shmbus/BUS, ~/.local/state/shmbus/BUS or /var/tmp/shmbus\\-UID/BUS\n"
+      "another user's committed offsets and spilled logs\n"
+      ".SH ENVIRONMENT\n"
+      ".TP\n.B SHMBUS_DIR\nboth directories are SHMBUS_DIR/BUS (for buses shared with a Unix group)\n"
+      ".TP\n.B SHMBUS_BUS\nthe bus when --bus is not given\n"
+      ".SH EXIT STATUS\n0: stopped on request. 1: it could not start (another busd runs for the bus, a directory "
+      "was refused). 2: a usage error.\n"
+      ".SH SEE ALSO\nshmbus\\-busctl(1)\n";
+  return shmbus::man::page(app, p);
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   CLI::App app{"busd: consumer groups and committed offsets for a shmbus bus"};
@@ -15,7 +49,13 @@ int main(int argc, char** argv) {
   app.add_option("--rebalance-timeout-ms", o.rebalance_timeout_ms, "evict a member that keeps revoked partitions longer");
   app.add_flag("--foreground", foreground, "accepted for systemd units; busd never daemonizes itself");
   app.add_flag("--quiet", o.quiet, "log nothing");
+  bool help_man = false;
+  app.add_flag("--help-man", help_man, "print this manual page (busd.8) in roff and exit")->group("");
   CLI11_PARSE(app, argc, argv);
+  if (help_man) {
+    std::cout << manual(app);
+    return 0;
+  }
   if (!group.empty()) o.group = group;
   if (auto ok = shmbus::run_busd(o); !ok) {
     std::cerr << "busd: " << ok.error().message << "\n";
