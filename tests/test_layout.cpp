@@ -25,8 +25,8 @@ TEST(Layout, SegmentHeaderV1) {
   EXPECT_EQ(kSegmentMagic, 0x3130'5355'424d'4853ull);
 }
 
-TEST(Layout, PartitionV3) {
-  EXPECT_EQ(kPartitionLayoutMajor, 3) << "bump the version: update this test with the new layout";
+TEST(Layout, PartitionV4) {
+  EXPECT_EQ(kPartitionLayoutMajor, 4) << "bump the version: update this test with the new layout";
   EXPECT_EQ(kReclaimOffsetMask, (std::uint64_t{1} << 56) - 1) << "reclaim.first: offset in 56 bits, gate generation in 8";
   EXPECT_EQ(sizeof(RecordHeader), 40u);
   EXPECT_EQ(offsetof(RecordHeader, word), 0u);
@@ -37,7 +37,7 @@ TEST(Layout, PartitionV3) {
   EXPECT_EQ(offsetof(RecordHeader, headers_len), 28u);
   EXPECT_EQ(offsetof(RecordHeader, value_len), 32u);
   EXPECT_EQ(offsetof(RecordHeader, flags), 36u);
-  EXPECT_EQ(kPartitionLayoutMinor, 1) << "minor 1: a flag in RecordHeader::flags; bump it for another";
+  EXPECT_EQ(kPartitionLayoutMinor, 0) << "major 4 (exclusive writers, the null-value flag): bump it for an addition";
   EXPECT_EQ(kRecordNullValue, 1u) << "the null-value flag is in every ring: bump the version to move it";
   EXPECT_EQ(sizeof(ClaimEntry), 16u);
   EXPECT_EQ(offsetof(ClaimEntry, tag), 0u);
@@ -65,6 +65,8 @@ TEST(Layout, PartitionV3) {
   EXPECT_EQ(offsetof(NotifyLine, seq), 0u);
   EXPECT_EQ(offsetof(NotifyLine, closed), 4u);
   EXPECT_EQ(offsetof(NotifyLine, waiters), 8u);
+  EXPECT_EQ(offsetof(NotifyLine, exclusive_pid), 16u);
+  EXPECT_EQ(offsetof(NotifyLine, light_fence), 20u);
   EXPECT_EQ(offsetof(ClaimStatsLine, claims_timed_out), 0u);
   EXPECT_EQ(offsetof(ClaimStatsLine, corrupt_seen), 56u);
   EXPECT_EQ(sizeof(WriterSlot), 64u);
