@@ -35,6 +35,17 @@ constexpr std::size_t round_up(std::size_t n, std::size_t to) { return (n + to -
 
 inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
 
+// A full barrier. GCC's TSan rejects thread fences (-Wtsan): there, a seq_cst RMW, which
+// on x86 is the same full barrier (a locked instruction).
+inline void full_fence() noexcept {
+#if defined(__SANITIZE_THREAD__)
+  static std::atomic<std::uint32_t> word{0};
+  word.fetch_add(0, std::memory_order_seq_cst);
+#else
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+#endif
+}
+
 // Backoff for slow-path waits: spin, then yield, then short sleeps.
 void backoff(unsigned& round) noexcept {
   if (round < 64) {
@@ -423,7 +434,7 @@ Status RingWriter::open(const Segment& seg, bool exclusive) {
       light_fence_ = register_light_fence();
       ring_.ctl()->notify.light_fence.store(light_fence_ ? 1 : 0, std::memory_order_relaxed);
       ring_.ctl()->notify.exclusive_pid.store(owner_pid_, std::memory_order_release);
-      std::atomic_thread_fence(std::memory_order_seq_cst);
+      full_fence();
       settle_tail();
     }
     return {};
@@ -535,7 +546,7 @@ Result<Claim> RingWriter::claim_exclusive(ClaimEntry* e, Pair64 cur, std::uint64
   if (test_hooks::after_claim) test_hooks::after_claim();
   // SYNC POINT: the waker's half of the wake-up Dekker. Without a fence here, the sleeper's
   // heavy fence (membarrier) orders our tail store before this load (Consumer::Impl::block).
-  if (!light_fence_) std::atomic_thread_fence(std::memory_order_seq_cst);
+  if (!light_fence_) full_fence();
   const bool wake = ring_.ctl()->notify.waiters.load(std::memory_order_relaxed) != 0;
   return Claim{cur.first, cur.second, end, n, first_at, wake};
 }
