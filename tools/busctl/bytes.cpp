@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include "tools/busctl/command.h"
+
 namespace shmbus::busctl {
 namespace {
 
@@ -17,8 +19,6 @@ int hex_digit(char c) noexcept {
   if (c >= 'A' && c <= 'F') return c - 'A' + 10;
   return -1;
 }
-
-Error usage(std::string message) { return Error{Errc::kInvalidArgument, std::move(message)}; }
 
 }  // namespace
 
