@@ -551,12 +551,17 @@ Result<Claim> RingWriter::claim_exclusive(ClaimEntry* e, Pair64 cur, std::uint64
   return Claim{cur.first, cur.second, end, n, first_at, wake};
 }
 
+// The entry of our claim `c` as we won it: what commit() and abort() expect to find there.
+Pair64 RingWriter::claimed_entry(const Claim& c) const noexcept {
+  return Pair64{encode_tag(c.offset, ClaimState::kClaimed, ring_.salt()),
+                encode_info(static_cast<std::uint32_t>(c.end - c.position), c.count, c.first_at != c.position, slot_index_,
+                            exclusive_ ? ClaimWhy::kExclusive : ClaimWhy::kOwner)};
+}
+
 Status RingWriter::commit(const Claim& c) noexcept {
   if (test_hooks::before_commit) test_hooks::before_commit();
   ClaimEntry* e = ring_.entry(c.offset);
-  Pair64 expect{encode_tag(c.offset, ClaimState::kClaimed, ring_.salt()),
-                encode_info(static_cast<std::uint32_t>(c.end - c.position), c.count, c.first_at != c.position, slot_index_,
-                            exclusive_ ? ClaimWhy::kExclusive : ClaimWhy::kOwner)};
+  Pair64 expect = claimed_entry(c);
   const Pair64 committed{encode_tag(c.offset, ClaimState::kCommitted, ring_.salt()), expect.second};
   if (exclusive_) {
     // Nobody aborts a live exclusive writer's claim; a tag that is not ours is forged.
@@ -599,9 +604,7 @@ void RingWriter::finish(const Claim& c) noexcept {
 }
 
 void RingWriter::abort(const Claim& c) noexcept {
-  Pair64 expect{encode_tag(c.offset, ClaimState::kClaimed, ring_.salt()),
-                encode_info(static_cast<std::uint32_t>(c.end - c.position), c.count, c.first_at != c.position, slot_index_,
-                            exclusive_ ? ClaimWhy::kExclusive : ClaimWhy::kOwner)};
+  Pair64 expect = claimed_entry(c);
   if (exclusive_) {
     if (__atomic_load_n(&ring_.entry(c.offset)->tag, __ATOMIC_RELAXED) == expect.first)
       store128(as_pair(ring_.entry(c.offset)), Pair64{encode_tag(c.offset, ClaimState::kAborted, ring_.salt()),

@@ -281,6 +281,7 @@ class RingWriter {
  private:
   Status make_room(std::uint64_t target, std::uint64_t min_offset, std::int64_t block_timeout_ns) noexcept;
   Status take_write_side(bool exclusive) noexcept;
+  Pair64 claimed_entry(const Claim& c) const noexcept;
   void settle_tail() noexcept;
   Result<Claim> claim_exclusive(ClaimEntry* e, Pair64 cur, std::uint64_t end, std::uint32_t n,
                                 std::uint64_t first_at) noexcept;
