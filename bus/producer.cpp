@@ -398,20 +398,22 @@ Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<co
   if (!t) return tl::unexpected(t.error());
   Impl::TopicState& ts = **t;
   const std::uint32_t n = ts.topic->partitions();
+  std::uint32_t p = 0;
+  bool any_null = false;
   if (partition) {
-    if (*partition >= n)
-      return make_error(Errc::kInvalidArgument,
-                        fmt::format("topic '{}' has {} partitions, no partition {}", ts.topic->name(), n, *partition));
-    return impl_->send_one_claim(ts, *partition, messages, false);
-  }
-  // Every record goes where send() would put it. The common case, all on the first one's
-  // partition, is one claim without allocating; any other is split (send_split).
-  bool any_null = !messages[0].key;
-  const std::uint32_t p = n == 1 ? 0 : impl_->partition_of(ts, messages[0]);
-  for (std::size_t i = 1; i < messages.size(); ++i) {
-    any_null |= !messages[i].key;
-    if (n > 1 && impl_->partition_of(ts, messages[i]) != p) [[unlikely]]
-      return impl_->send_split(ts, messages);
+    auto given = impl_->choose(ts, std::nullopt, partition, 0);  // checks it
+    if (!given) return tl::unexpected(given.error());
+    p = *given;
+  } else {
+    // Every record goes where send() would put it. The common case, all on the first one's
+    // partition, is one claim without allocating; any other is split (send_split).
+    any_null = !messages[0].key;
+    if (n > 1) p = impl_->partition_of(ts, messages[0]);
+    for (std::size_t i = 1; i < messages.size(); ++i) {
+      any_null |= !messages[i].key;
+      if (n > 1 && impl_->partition_of(ts, messages[i]) != p) [[unlikely]]
+        return impl_->send_split(ts, messages);
+    }
   }
   return impl_->send_one_claim(ts, p, messages, any_null);
 }
