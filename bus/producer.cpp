@@ -6,6 +6,7 @@
 
 #include <fmt/format.h>
 
+#include "bus/gate_names.h"
 #include "bus/group_client.h"
 #include "bus/partitioner.h"
 #include "bus/topic.h"
@@ -189,18 +190,25 @@ struct Producer::Impl {
     return ts.topic->config().spill.enabled && w.ring().retention() == shm::Retention::kBlock;
   }
 
+  // A claim that timed out behind gates says whose they are (a group by name, a pid).
+  Result<shm::Claim> name_holders(const shm::RingWriter& w, Result<shm::Claim> c) const {
+    if (c || c.error().code != Errc::kTimedOut || !w.gated_timeout()) return c;
+    return make_error(Errc::kTimedOut, fmt::format("{}; held by {}", c.error().message, gate_holders(bus->name(), w.ring())));
+  }
+
   // A claim, waiting for room up to max_block_ms in a block topic. In a spilled block topic
   // the room comes from busd's spiller: wait in slices, and between them make sure a busd
   // runs (one killed is started again), so a dead busd never wedges producers for good.
   Result<shm::Claim> claim(const TopicState& ts, shm::RingWriter& w, std::span<const std::uint32_t> sizes) {
     const std::int64_t total = block_ns();
     const std::uint32_t align = config.record_alignment;
-    if (!slow_claim(ts, w)) return w.claim(sizes, total, align);
+    if (!slow_claim(ts, w)) return name_holders(w, w.claim(sizes, total, align));
     constexpr std::int64_t kSlice = 500'000'000;
     for (std::int64_t waited = 0;;) {
       const std::int64_t slice = total < 0 ? kSlice : std::min(kSlice, total - waited);
       auto c = w.claim(sizes, slice, align);
       if (c || c.error().code != Errc::kTimedOut) return c;
+      if (w.gated_timeout() && total >= 0 && waited + slice >= total) return name_holders(w, std::move(c));
       waited += slice;
       if (total >= 0 && waited >= total)
         return make_error(Errc::kTimedOut, fmt::format("topic '{}' partition {} is full for {} ms: busd spills it to disk and has "
