@@ -460,7 +460,7 @@ TEST_F(Busd, BusctlGroupCommandsAndConsumeWithAGroup) {
   auto dj = json::parse(d.out);
   EXPECT_EQ(dj["partitions"][0]["committed"], 3);
   EXPECT_EQ(dj["partitions"][0]["lag"], 0);
-  auto reset = busctl({"group", "reset-offsets", "g", "--topic", "t", "--to", "earliest", "--bus", b});
+  auto reset = busctl({"group", "reset-offsets", "g", "--topic", "t", "--to-earliest", "--execute", "--bus", b});
   ASSERT_EQ(reset.code, 0) << reset.err;
   auto c3 = busctl({"consume", "t", "--group", "g", "--count", "3", "--timeout-ms", "2000", "--bus", b});
   EXPECT_EQ(c3.out, "a\nb\nc\n") << "after the reset, from the start again";
