@@ -215,18 +215,23 @@ struct Producer::Impl {
   }
 
   // Waits until busd's spiller has published partition p of `ts` as written (kSpilled) or
-  // synced (kFsynced) up to `end`, or the deadline (monotonic ns; < 0: none). No spinning:
-  // the spiller polls the rings every 500 µs, so the wait is that long anyway; it sleeps on
-  // the published offset's futex word, which busd wakes. Every 500 ms without the offset it
+  // synced (kFsynced) up to `end`, or the deadline (monotonic ns; < 0: none). It rings the
+  // partition's ack bell (busd's idle tailer sleeps on it), then sleeps on the published
+  // offset's futex word, which busd wakes; no spinning: the spiller's round trip (tailer,
+  // writer, write(2), fdatasync) takes tens of microseconds at least. Every 500 ms without the offset it
   // makes sure a busd runs (one killed is started again, unless SHMBUS_NO_AUTOSTART=1).
   Status wait_durable(const TopicState& ts, std::uint32_t p, std::uint64_t end, Acks acks, std::int64_t deadline) {
     if (acks == Acks::kMemory) return {};
     const shm::Ring& ring = ts.topic->ring(p);
     const bool synced = acks == Acks::kFsynced;
+    auto& limits = ring.ctl()->limits;
     if (synced) {  // ask busd to sync up to `end` now, whatever the topic's fsync policy
-      auto& wanted = ring.ctl()->limits.sync_wanted;
-      for (std::uint64_t w = wanted.load(std::memory_order_relaxed); w < end && !wanted.compare_exchange_weak(w, end);) {
+      for (std::uint64_t w = limits.sync_wanted.load(std::memory_order_relaxed); w < end && !limits.sync_wanted.compare_exchange_weak(w, end);) {
       }
+    }
+    if (ring.durable_end(synced).value_or(0) < end) {  // wake the spiller's tailer if it idles
+      limits.ack_bell.fetch_add(1, std::memory_order_seq_cst);
+      shm::futex_wake_all(&limits.ack_bell);
     }
     std::atomic<std::uint32_t>* word = ring.durable_word(synced);
     constexpr std::int64_t kSlice = 500'000'000;

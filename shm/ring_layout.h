@@ -20,8 +20,8 @@
 //
 // PartitionControl, one concern per cache line:
 //   line 0  config   (immutable after creation)
-//   line 1  limits   (immutable after creation), and sync_wanted (minor 1: producers ask busd
-//                    for an fdatasync up to an offset; rarely written)
+//   line 1  limits   (immutable after creation), and sync_wanted, ack_bell (minor 1: producers
+//                    waiting for durable acks call busd's spiller; rarely written)
 //   line 2  tail     {next_offset, position}   16-byte CAS; moved after a claim entry is won
 //   line 3  reclaim  {gate_gen:8|offset:56,    16-byte CAS: records before it may be
 //                     position}                overwritten; it is also the partition's start
@@ -157,7 +157,11 @@ struct alignas(kCacheLine) LimitsLine {
   // busd's spiller fdatasyncs the partition's log while it is above synced_end, whatever the
   // topic's fsync policy (raised by producers, read by busd, never trusted past what busd wrote).
   std::atomic<std::uint64_t> sync_wanted;
-  std::uint64_t reserved[5];
+  // Minor 1: a futex word busd's spiller sleeps on while idle; a producer about to wait for a
+  // durable ack bumps and wakes it, so that the spiller reads its record at once.
+  std::atomic<std::uint32_t> ack_bell;
+  std::uint32_t reserved0;
+  std::uint64_t reserved[4];
 };
 static_assert(sizeof(LimitsLine) == 64, "bump kPartitionLayoutMajor");
 
@@ -194,7 +198,8 @@ struct alignas(kCacheLine) StatsLine {
 };
 static_assert(sizeof(StatsLine) == 64, "bump kPartitionLayoutMajor");
 static_assert(offsetof(StatsLine, spill_end) == 16 && offsetof(StatsLine, spill_state) == 48, "bump kPartitionLayoutMajor");
-static_assert(offsetof(StatsLine, synced_end) == 56 && offsetof(LimitsLine, sync_wanted) == 16, "bump kPartitionLayoutMajor");
+static_assert(offsetof(StatsLine, synced_end) == 56 && offsetof(LimitsLine, sync_wanted) == 16 && offsetof(LimitsLine, ack_bell) == 24,
+              "bump kPartitionLayoutMajor");
 
 struct alignas(kCacheLine) ClaimStatsLine {
   std::atomic<std::uint64_t> claims_timed_out;     // live writers' claims aborted after claim_timeout

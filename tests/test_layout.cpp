@@ -63,6 +63,7 @@ TEST(Layout, PartitionV4) {
   EXPECT_EQ(offsetof(LimitsLine, claims_offset), 0u);
   EXPECT_EQ(offsetof(LimitsLine, claim_timeout_ns), 8u);
   EXPECT_EQ(offsetof(LimitsLine, sync_wanted), 16u);
+  EXPECT_EQ(offsetof(LimitsLine, ack_bell), 24u);
   EXPECT_EQ(offsetof(StatsLine, spill_end), 16u);
   EXPECT_EQ(offsetof(StatsLine, spill_state), 48u);
   EXPECT_EQ(offsetof(StatsLine, synced_end), 56u);

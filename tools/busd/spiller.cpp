@@ -89,21 +89,33 @@ struct Spiller::Impl {
   void tail_loop() {
     std::uint64_t last_scan = 0;
     std::vector<std::byte> stage;
+    std::vector<shm::FutexWaitItem> bells;
     while (!stopping.load(std::memory_order_acquire)) {
       const std::uint64_t now = shm::monotonic_ns();
       if (now - last_scan >= 200'000'000) {
         scan_topics();
         last_scan = now;
       }
+      // The ack bells, read before the rings: a producer that rings after this wakes the wait below.
+      bells.clear();
+      for (auto& [key, p] : parts)
+        if (!p->failed.load(std::memory_order_relaxed))
+          bells.push_back({&p->ring.ctl()->limits.ack_bell, p->ring.ctl()->limits.ack_bell.load(std::memory_order_seq_cst)});
       bool busy = false;
       for (auto& [key, p] : parts)
         if (!p->failed.load(std::memory_order_relaxed)) {
           busy |= pump(p, stage);
           nudge_sync(p);
         }
-      // Idle: look again soon. Never registered as a sleeper on the ring: that would make
-      // every producer's claim pay for a futex wake.
-      if (!busy) std::this_thread::sleep_for(std::chrono::microseconds(500));
+      // Idle: look again in 500 µs, or at once when a producer waiting for a durable ack
+      // rings a partition's bell (futex_waitv: up to 128 partitions; beyond, only the first
+      // one's bell is heard). Never registered as a sleeper on the ring itself: that would
+      // make every producer's claim pay for a futex wake; only producers that wait for the
+      // disk ring the bell.
+      if (!busy) {
+        if (bells.empty()) std::this_thread::sleep_for(std::chrono::microseconds(500));
+        else (void)shm::futex_wait_any(bells, 500'000);
+      }
     }
   }
 
