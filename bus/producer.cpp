@@ -218,15 +218,17 @@ struct Producer::Impl {
   // synced (kFsynced) up to `end`, or the deadline (monotonic ns; < 0: none). It rings the
   // partition's ack bell (busd's idle tailer sleeps on it), then sleeps on the published
   // offset's futex word, which busd wakes; no spinning: the spiller's round trip (tailer,
-  // writer, write(2), fdatasync) takes tens of microseconds at least. Every 500 ms without the offset it
-  // makes sure a busd runs (one killed is started again, unless SHMBUS_NO_AUTOSTART=1).
+  // writer, write(2), fdatasync) takes tens of microseconds at least. Every 500 ms without
+  // the offset it makes sure a busd runs (one killed is started again, unless
+  // SHMBUS_NO_AUTOSTART=1).
   Status wait_durable(const TopicState& ts, std::uint32_t p, std::uint64_t end, Acks acks, std::int64_t deadline) {
     if (acks == Acks::kMemory) return {};
     const shm::Ring& ring = ts.topic->ring(p);
     const bool synced = acks == Acks::kFsynced;
     auto& limits = ring.ctl()->limits;
     if (synced) {  // ask busd to sync up to `end` now, whatever the topic's fsync policy
-      for (std::uint64_t w = limits.sync_wanted.load(std::memory_order_relaxed); w < end && !limits.sync_wanted.compare_exchange_weak(w, end);) {
+      std::uint64_t w = limits.sync_wanted.load(std::memory_order_relaxed);
+      while (w < end && !limits.sync_wanted.compare_exchange_weak(w, end)) {
       }
     }
     if (ring.durable_end(synced).value_or(0) < end) {  // wake the spiller's tailer if it idles
