@@ -126,6 +126,7 @@ void ring_init(std::byte* base, const RingParams& p) {
   if (p.spill) {
     ctl->stats.spill_start.store(p.spill_start, std::memory_order_relaxed);
     ctl->stats.spill_end.store(p.base_offset, std::memory_order_relaxed);
+    ctl->stats.synced_end.store(p.base_offset, std::memory_order_relaxed);  // what is below came back from the disk
     ctl->stats.spill_bytes.store(p.spill_bytes, std::memory_order_relaxed);
     if (p.retention == Retention::kBlock) {
       // The spiller's gate: durable (never reaped), found again by busd through its key.
@@ -311,6 +312,19 @@ void Ring::reap_waiters(const SegmentLock& lock) const noexcept {
       ctl_->claim_stats.waiters_reaped.fetch_add(1, std::memory_order_relaxed);
     l.unlock(waiter_lock_byte(static_cast<std::uint32_t>(i)));
   }
+}
+
+std::optional<std::uint64_t> Ring::durable_end(bool synced) const noexcept {
+  const auto& w = synced ? ctl_->stats.synced_end : ctl_->stats.spill_end;
+  const std::uint64_t v = w.load(std::memory_order_acquire);
+  if (v > end_offset()) return std::nullopt;  // busd never publishes past what was claimed
+  return v;
+}
+
+std::atomic<std::uint32_t>* Ring::durable_word(bool synced) const noexcept {
+  static_assert(std::endian::native == std::endian::little, "the futex word is the offset's low half");
+  auto& w = synced ? ctl_->stats.synced_end : ctl_->stats.spill_end;
+  return reinterpret_cast<std::atomic<std::uint32_t>*>(&w);
 }
 
 std::uint64_t Ring::bump_gate_generation() const noexcept {

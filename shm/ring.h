@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 
 #include "shmbus/error.h"
@@ -173,6 +174,13 @@ class Ring {
   // what lies between (docs/ring.md, "Gates").
   std::uint64_t bump_gate_generation() const noexcept;
   bool closed() const noexcept { return ctl_->notify.closed.load(std::memory_order_acquire) != 0; }
+
+  // How far busd's spiller has written the partition's disk log (`synced`: and fdatasynced
+  // it): every offset below is on disk (or was lost). A value past the ring's end is forged or
+  // damaged and never trusted: nullopt then.
+  std::optional<std::uint64_t> durable_end(bool synced) const noexcept;
+  // Its futex word (the low half of the 64-bit offset): busd wakes it when the offset moves.
+  std::atomic<std::uint32_t>* durable_word(bool synced) const noexcept;
 
   // A reader or reclaimer that finds no record at (offset, pos) asks the claim table why.
   // With `lock` (a writable attacher), it also finishes what it may: a claim whose writer is
