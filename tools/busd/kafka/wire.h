@@ -32,6 +32,7 @@ class Reader {
   explicit Reader(std::span<const std::uint8_t> in, bool flexible = false) : p_(in.data()), end_(in.data() + in.size()), flexible_(flexible) {}
   Reader(const std::string& in, bool flexible = false)
       : Reader(std::span(reinterpret_cast<const std::uint8_t*>(in.data()), in.size()), flexible) {}
+  Reader(std::string&&, bool = false) = delete;  // would read a destroyed temporary
 
   bool ok() const { return error_.empty(); }
   const std::string& error() const { return error_; }
