@@ -530,6 +530,86 @@ TEST(KafkaClientFrames, KafkaPythonProbeFrames) {
   EXPECT_EQ(m1->header.api_version, 1);
 }
 
+TEST(KafkaClientFrames, KcatFetchV11) {
+  // kcat -C -p 0 -o 5: librdkafka's defaults (KAFKA.md §2: read_committed, no session).
+  auto r = decode_frame(corpus("kcat-fetch-v11"));
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->header.api_version, 11);
+  auto& f = std::get<FetchRequest>(r->body);
+  EXPECT_EQ(f.replica_id, -1);
+  EXPECT_EQ(f.max_wait_ms, 500);
+  EXPECT_EQ(f.min_bytes, 1);
+  EXPECT_EQ(f.isolation_level, 1);
+  EXPECT_EQ(f.session_id, 0);
+  EXPECT_EQ(f.session_epoch, -1);
+  ASSERT_EQ(f.topics.size(), 1u);
+  EXPECT_EQ(f.topics[0].topic, "t");
+  ASSERT_EQ(f.topics[0].partitions.size(), 1u);
+  const auto& p = f.topics[0].partitions[0];
+  EXPECT_EQ(p.partition, 0);
+  EXPECT_EQ(p.current_leader_epoch, -1);
+  EXPECT_EQ(p.fetch_offset, 5);
+  EXPECT_EQ(p.log_start_offset, -1);
+  EXPECT_GT(p.partition_max_bytes, 0);
+  EXPECT_TRUE(f.forgotten_topics_data.empty());
+  EXPECT_EQ(f.rack_id, "");
+}
+
+TEST(KafkaClientFrames, KafkaPythonFetchV4) {
+  auto r = decode_frame(corpus("kafka-python-fetch-v4"));
+  ASSERT_TRUE(r) << r.error().message;
+  EXPECT_EQ(r->header.api_version, 4);
+  auto& f = std::get<FetchRequest>(r->body);
+  EXPECT_EQ(f.replica_id, -1);
+  EXPECT_EQ(f.max_wait_ms, 500);
+  EXPECT_EQ(f.isolation_level, 0);
+  ASSERT_EQ(f.topics.size(), 1u);
+  EXPECT_EQ(f.topics[0].partitions.at(0).fetch_offset, 5);
+  EXPECT_EQ(f.topics[0].partitions.at(0).partition_max_bytes, 1048576);
+}
+
+TEST(KafkaClientFrames, GroupJoinOfKcatAndKafkaPython) {
+  auto fc2 = decode_frame(corpus("kcat-findcoordinator-v2"));
+  ASSERT_TRUE(fc2) << fc2.error().message;
+  EXPECT_EQ(std::get<FindCoordinatorRequest>(fc2->body).key, "grp");
+  EXPECT_EQ(std::get<FindCoordinatorRequest>(fc2->body).key_type, 0);
+  auto fc0 = decode_frame(corpus("kafka-python-findcoordinator-v0"));
+  ASSERT_TRUE(fc0) << fc0.error().message;
+  EXPECT_EQ(fc0->header.api_version, 0);
+  EXPECT_EQ(std::get<FindCoordinatorRequest>(fc0->body).key, "grp");
+
+  // KAFKA.md §3: librdkafka session 45000, rebalance 300000, subscription v1;
+  // kafka-python session 10000, rebalance 300000, subscription v0; both range, roundrobin.
+  struct Want {
+    const char* file;
+    int version, session, subscription_version;
+  };
+  for (auto w : {Want{"kcat-joingroup-v5", 5, 45000, 1}, Want{"kafka-python-joingroup-v2", 2, 10000, 0}}) {
+    auto r = decode_frame(corpus(w.file));
+    ASSERT_TRUE(r) << w.file << ": " << r.error().message;
+    EXPECT_EQ(r->header.api_version, w.version);
+    auto& j = std::get<JoinGroupRequest>(r->body);
+    EXPECT_EQ(j.group_id, "grp");
+    EXPECT_EQ(j.session_timeout_ms, w.session) << w.file;
+    EXPECT_EQ(j.rebalance_timeout_ms, 300000) << w.file;
+    EXPECT_EQ(j.member_id, "");
+    EXPECT_FALSE(j.group_instance_id);
+    EXPECT_EQ(j.protocol_type, "consumer");
+    ASSERT_EQ(j.protocols.size(), 2u);
+    EXPECT_EQ(j.protocols[0].name, "range");
+    EXPECT_EQ(j.protocols[1].name, "roundrobin");
+    // The subscription: version i16, then topics ["t"].
+    Reader sub(j.protocols[0].metadata);
+    std::int16_t version;
+    std::vector<std::string> topics;
+    sub.i16(version, "version");
+    sub.string_array(topics, "topics");
+    ASSERT_TRUE(sub.ok()) << sub.error();
+    EXPECT_EQ(version, w.subscription_version) << w.file;
+    EXPECT_EQ(topics, std::vector<std::string>{"t"});
+  }
+}
+
 namespace {
 
 // The records of the one batch of a captured Produce v7 frame.
