@@ -7,6 +7,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libfmt-dev nlohmann-json3-dev libxxhash-dev
   gnuplot-nox libzmq3-dev iceoryx libiceoryx-posh-dev
+  zlib1g-dev libsnappy-dev liblz4-dev libzstd-dev
+  kcat python3-kafka python3-confluent-kafka
 )
 missing=()
 for p in "${packages[@]}"; do

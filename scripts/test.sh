@@ -62,7 +62,7 @@ TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 stage "build (libFuzzer targets: clang RelWithDebInfo, ASan+UBSan)"
 CC=clang CXX=clang++ bash scripts/build.sh build-fuzz -DSHMBUS_FUZZ=ON -DSHMBUS_TESTS=OFF -DSHMBUS_BENCH=OFF
 stage "fuzz (briefly, from the seed corpora)"
-for t in disk_log segment protocol busctl_args; do
+for t in disk_log segment protocol busctl_args kafka; do
   # A copy of the corpus: what the fuzzer adds stays out of the tree; crashes land in build-fuzz/.
   work=$(mktemp -d)
   cp tests/fuzz/corpus/$t/* "$work"/
