@@ -16,6 +16,9 @@ struct BusdOptions {
   int rebalance_timeout_ms = 5000;       // a member that does not give up revoked partitions
                                          // by then is evicted
   bool quiet = false;
+  // --existing: exit if the bus does not exist, never make it. How a group consumer starts
+  // busd: a bus deleted under it must stay deleted.
+  bool existing_only = false;
 };
 
 // Runs until SIGTERM/SIGINT. Fails at once (and changes nothing) when another busd holds
