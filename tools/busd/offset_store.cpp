@@ -117,6 +117,16 @@ std::size_t OffsetStore::drop_topic(const std::string& topic, std::uint64_t keep
   return n;
 }
 
+void OffsetStore::erase_group_topic(const std::string& group, const std::string& topic) {
+  std::erase_if(offsets_, [&](const auto& kv) { return kv.first.group == group && kv.first.topic == topic; });
+  (void)compact();
+}
+
+void OffsetStore::erase_group(const std::string& group) {
+  std::erase_if(offsets_, [&](const auto& kv) { return kv.first.group == group; });
+  (void)compact();
+}
+
 Status OffsetStore::flush() {
   if (fd_ < 0) return {};
   if (lines_ > 4 * offsets_.size() + 1024) return compact();

@@ -49,6 +49,8 @@ class OffsetStore {
   // Forgets every group's offsets of `topic` that were committed for another creation than
   // `keep_epoch` (0: all of them; epoch-0 lines are kept otherwise). Returns how many went.
   std::size_t drop_topic(const std::string& topic, std::uint64_t keep_epoch);
+  void erase_group_topic(const std::string& group, const std::string& topic);
+  void erase_group(const std::string& group);  // every offset of it, compacted to disk at once
   Status flush();
   std::uint64_t skipped_lines() const { return skipped_; }
   const std::string& path() const { return path_; }
