@@ -129,11 +129,12 @@ Status validate_config(const std::string& topic, const TopicConfig& c) {
 
 // ---- topic configs on disk: how spilled topics come back after a reboot ----
 
-std::string topics_dir(const std::string& bus) { return bus_paths(bus).state_dir + "/topics"; }
-std::string topic_config_path(const std::string& bus, const std::string& topic) { return topics_dir(bus) + "/" + topic + ".json"; }
 
-nlohmann::json config_json(const TopicConfig& c) {
+// `epoch`: the topic's creation (TopicSlot::epoch), kept across restores so that its groups'
+// committed offsets stay its own; a config without it (older) gets a new one.
+nlohmann::json config_json(const TopicConfig& c, std::uint64_t epoch) {
   return {{"version", 1},
+          {"epoch", epoch},
           {"partitions", c.partitions},
           {"capacity", c.capacity},
           {"max_record", c.max_record},
@@ -147,7 +148,7 @@ nlohmann::json config_json(const TopicConfig& c) {
             {"fsync_interval_ms", c.spill.fsync_interval_ms}}}};
 }
 
-Result<TopicConfig> load_topic_config(const std::string& path) {
+Result<TopicConfig> load_topic_config(const std::string& path, std::uint64_t& epoch) {
   std::ifstream in(path);
   if (!in) return make_error(Errc::kNotFound, fmt::format("cannot read {}", path));
   try {
@@ -159,6 +160,7 @@ Result<TopicConfig> load_topic_config(const std::string& path) {
     c.max_record = j.at("max_record").get<std::uint32_t>();
     c.retention = j.at("retention").get<std::string>() == "block" ? RetentionMode::kBlock : RetentionMode::kOverwrite;
     c.claim_timeout_ms = j.value("claim_timeout_ms", 1000u);
+    epoch = j.value("epoch", std::uint64_t{0});
     const auto& sp = j.at("spill");
     c.spill.enabled = true;
     c.spill.retention_bytes = sp.at("retention_bytes").get<std::uint64_t>();
@@ -174,13 +176,13 @@ Result<TopicConfig> load_topic_config(const std::string& path) {
 }
 
 // Written whole (temporary file, fsync, rename, directory fsync): never half a config.
-Status save_topic_config(const std::string& bus, const std::string& topic, const TopicConfig& c, unsigned mode,
-                         std::int64_t gid) {  // -1: no group
+Status save_topic_config(const std::string& bus, const std::string& topic, const TopicConfig& c, std::uint64_t epoch,
+                         unsigned mode, std::int64_t gid) {  // -1: no group
   const std::string dir = topics_dir(bus);
   if (auto ok = secure_bases(bus_paths(bus)); !ok) return ok;
   if (auto ok = make_dirs(dir, (mode & 0060) ? 0770 : 0700, gid >= 0 ? std::optional<unsigned>(static_cast<unsigned>(gid)) : std::nullopt); !ok) return ok;
   const std::string path = topic_config_path(bus, topic), tmp = path + ".tmp";
-  const std::string body = config_json(c).dump(2) + "\n";
+  const std::string body = config_json(c, epoch).dump(2) + "\n";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
   if (fd < 0) return make_error(Errc::kSystem, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
   if (gid >= 0) (void)!::fchown(fd, static_cast<uid_t>(-1), static_cast<gid_t>(gid));
@@ -364,9 +366,9 @@ Result<std::shared_ptr<Bus>> Bus::attach(BusOptions options) {
   return make_error(Errc::kSystem, fmt::format("could not create or open {}", Segment::path_of(reg)));
 }
 
-Status Bus::create_topic(const std::string& name, const TopicConfig& in) { return create_topic_impl(name, in, false); }
+Status Bus::create_topic(const std::string& name, const TopicConfig& in) { return create_topic_impl(name, in, false, 0); }
 
-Status Bus::create_topic_impl(const std::string& name, const TopicConfig& in, bool restoring) {
+Status Bus::create_topic_impl(const std::string& name, const TopicConfig& in, bool restoring, std::uint64_t restored_epoch) {
   if (read_only_) return make_error(Errc::kPermission, "bus attached read-only");
   if (auto ok = validate_name("topic", name); !ok) return ok;
   TopicConfig cfg = in;
@@ -413,7 +415,10 @@ Status Bus::create_topic_impl(const std::string& name, const TopicConfig& in, bo
     }
   }
   if (!free_slot) return make_error(Errc::kTooManyClients, fmt::format("bus '{}' already has {} topics", name_, kMaxTopics));
-  const std::uint64_t epoch = shm::random_u64();
+  // A new creation gets a new epoch (never 0: "unknown" to busd's offset store); a restored
+  // spilled topic keeps the one of its config.
+  std::uint64_t epoch = restored_epoch;
+  while (epoch == 0) epoch = shm::random_u64();
   const std::uint32_t slot = *free_slot;
   impl_->write_slot(slot, [&](TopicSlot& s) {
     s.state = static_cast<std::uint32_t>(TopicState::kCreating);
@@ -459,7 +464,7 @@ Status Bus::create_topic_impl(const std::string& name, const TopicConfig& in, bo
     }
   }
   if (cfg.spill.enabled) {
-    if (auto ok = save_topic_config(name_, name, cfg, mode, impl_->control->gid); !ok) {
+    if (auto ok = save_topic_config(name_, name, cfg, epoch, mode, impl_->control->gid); !ok) {
       for (std::uint32_t q = 0; q < cfg.partitions; ++q) (void)Segment::remove(partition_segment_name(name_, name, q));
       impl_->write_slot(slot, [](TopicSlot& s) { s.state = static_cast<std::uint32_t>(TopicState::kFree); });
       return ok;
@@ -480,7 +485,7 @@ Status Bus::alter_topic(const std::string& name, const SpillConfig& spill) {
     if (auto ok = validate_config(name, cfg); !ok) return ok;
     const auto mode = impl_->control->mode & 0660u;
     if (spill.enabled)
-      if (auto ok = save_topic_config(name_, name, cfg, mode, impl_->control->gid); !ok) return ok;
+      if (auto ok = save_topic_config(name_, name, cfg, cur.epoch, mode, impl_->control->gid); !ok) return ok;
     impl_->write_slot(slot, [&](TopicSlot& s) {
       s.spill = spill.enabled ? 1 : 0;
       s.spill_fsync = static_cast<std::uint32_t>(spill.fsync);
@@ -508,13 +513,22 @@ Result<std::vector<std::string>> Bus::restore_spilled_topics() {
   for (const auto& topic : names) {
     if (!validate_name("topic", topic)) continue;
     SlotCopy cur;
-    if (impl_->find(topic, cur) && cur.state == TopicState::kReady) continue;
-    auto cfg = load_topic_config(topic_config_path(name_, topic));
+    std::uint64_t epoch = 0;
+    auto cfg = load_topic_config(topic_config_path(name_, topic), epoch);
+    if (impl_->find(topic, cur) && cur.state == TopicState::kReady) {
+      // A config written before it kept the epoch gets it now, while the topic is there:
+      // restored after a reboot, the topic is then the same one to its groups.
+      if (cfg && epoch == 0)
+        (void)impl_->with_ready_topic(name_, topic, false, [&](std::uint32_t, const SlotCopy& now) {
+          return save_topic_config(name_, topic, now.config, now.epoch, impl_->control->mode & 0660u, impl_->control->gid);
+        });
+      continue;
+    }
     if (!cfg) {
       if (first_error) first_error = tl::unexpected(cfg.error());
       continue;
     }
-    auto ok = create_topic_impl(topic, *cfg, true);
+    auto ok = create_topic_impl(topic, *cfg, true, epoch);
     if (ok) restored.push_back(topic);
     else if (ok.error().code != Errc::kAlreadyExists && first_error) first_error = ok;
   }

@@ -34,7 +34,15 @@ proto::json Consumer::Impl::join_request(bool with_owned) const {
                      {"owned", owned}};
 }
 
+Status Consumer::Impl::bus_alive() const {
+  // `busctl bus delete` (or the segments removed by hand) unlinks the registry we mapped.
+  if (bus->still_exists()) return {};
+  return make_error(Errc::kNotFound, fmt::format("bus '{}' was deleted: group '{}' cannot go on", bus->name(), group->name));
+}
+
 Status Consumer::Impl::join(bool with_owned) {
+  // Joining starts busd when none runs: never for a deleted bus (it would make it again).
+  if (auto ok = bus_alive(); !ok) return ok;
   // From poll() (a rejoin) keep it short: the caller is waiting for records.
   auto conn = BusdConnection::connect(bus->name(), with_owned ? std::chrono::milliseconds(500) : std::chrono::milliseconds(5000));
   if (!conn) return tl::unexpected(conn.error());
@@ -48,6 +56,9 @@ Status Consumer::Impl::join(bool with_owned) {
   group->slot = group->segment.at<MemberSlot>(kMemberSlotsOffset) + slot;
   group->seen_notice = group->slot->notice.load(std::memory_order_acquire);
   group->member_id = (*r).value("member_id", "");
+  // The generation of this busd (one that restarted counts from 0 again): commits of the
+  // partitions it let us keep are accepted in it until its next assignment.
+  group->generation = (*r).value("generation", std::uint64_t{0});
   group->conn = std::move(*conn);
   if (with_owned && r->contains("owned")) {
     // What busd did not let us keep is someone else's now: stop with it at once.
@@ -63,9 +74,25 @@ Status Consumer::Impl::join(bool with_owned) {
   return {};
 }
 
-Status Consumer::Impl::commit_offsets(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offs, bool sync) {
+Status Consumer::Impl::commit_offsets(const std::vector<std::pair<TopicPartition, std::uint64_t>>& all, bool sync) {
   if (!group) return make_error(Errc::kInvalidArgument, "commit needs a group: call subscribe() first");
   if (!group->conn) return make_error(Errc::kSystem, fmt::format("busd is not reachable; group '{}' cannot commit now", group->name));
+  // Only partitions we own go to busd (it would refuse the others): one revoked in a
+  // rebalance is its new owner's to commit. The rest are committed, the others named.
+  std::vector<std::pair<TopicPartition, std::uint64_t>> offs;
+  std::string not_ours;
+  for (const auto& e : all) {
+    if (find(e.first)) offs.push_back(e);
+    else not_ours += fmt::format("{}{}-{}", not_ours.empty() ? "" : ", ", e.first.topic, e.first.partition);
+  }
+  if (!not_ours.empty()) {
+    if (!offs.empty())
+      if (auto ok = commit_offsets(offs, sync); !ok) return ok;
+    return make_error(Errc::kInvalidArgument, fmt::format("commit refused: {} not assigned to this member of group '{}' "
+                                                          "(revoked in a rebalance?){}", not_ours, group->name,
+                                                          offs.empty() ? "" : "; the others were committed"));
+  }
+  if (offs.empty()) return {};
   proto::json arr = proto::json::array();
   for (const auto& [tp, o] : offs) arr.push_back({tp.topic, tp.partition, o});
   proto::json req{{"op", "commit"}, {"group", group->name}, {"member_id", group->member_id},
@@ -197,6 +224,7 @@ Status Consumer::Impl::group_tick() {
   if (!group->conn) {
     // busd went away (or evicted us): consume on, and join again every 100 ms, saying
     // what we still own so that the group re-forms without moving a partition.
+    if (auto ok = bus_alive(); !ok) return ok;  // busd went away because the bus was deleted
     if (now - group->last_reconnect < group->reconnect_backoff) return {};
     group->last_reconnect = now;
     if (join(true)) {

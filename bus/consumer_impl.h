@@ -198,6 +198,7 @@ struct Consumer::Impl {
   std::string client_name() const;
   proto::json join_request(bool with_owned) const;
   Status join(bool with_owned);
+  Status bus_alive() const;
   Status commit_offsets(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offs, bool sync);
   std::vector<std::pair<TopicPartition, std::uint64_t>> positions(bool only_changed);
   Result<std::vector<std::optional<std::uint64_t>>> fetch_committed(const std::vector<TopicPartition>& tps);

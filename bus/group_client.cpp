@@ -66,7 +66,8 @@ Status spawn_busd(const std::string& bus) {
   posix_spawnattr_t attr;
   posix_spawnattr_init(&attr);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID);  // its own session: outlives us
-  std::vector<std::string> args = {bin, "--bus", bus};
+  // --existing: a consumer of a bus that was deleted meanwhile must not bring it back.
+  std::vector<std::string> args = {bin, "--bus", bus, "--existing"};
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);

@@ -116,6 +116,10 @@ BusPaths bus_paths(const std::string& bus) {
   return p;
 }
 
+std::string topics_dir(const std::string& bus) { return bus_paths(bus).state_dir + "/topics"; }
+
+std::string topic_config_path(const std::string& bus, const std::string& topic) { return topics_dir(bus) + "/" + topic + ".json"; }
+
 std::string executable_beside_self(std::initializer_list<std::string_view> relative) {
   char self[4096] = {};
   const ssize_t n = ::readlink("/proc/self/exe", self, sizeof self - 1);

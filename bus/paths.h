@@ -41,6 +41,11 @@ std::optional<unsigned> bus_group(const std::string& bus);
 // /var/tmp/shmbus-g<gid>/<bus>. docs/naming.md.
 BusPaths bus_paths(const std::string& bus);
 
+// Where a spilled topic's config is kept (how it comes back after a reboot): its directory
+// in the state dir, and the file of one topic.
+std::string topics_dir(const std::string& bus);
+std::string topic_config_path(const std::string& bus, const std::string& topic);
+
 // Creates `dir` (0700) if it is missing (and `create`) and refuses it, naming it and what is wrong, unless
 // it is a directory, not a symbolic link, owned by our effective uid, with no group or
 // other permission bits: a directory in /tmp may have been made by someone else first.

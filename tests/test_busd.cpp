@@ -1050,6 +1050,135 @@ void SharedBus::share_one_busd(bool member_first) {
 TEST_F(SharedBus, RootAndAGroupMemberShareOneBusd) { share_one_busd(false); }
 TEST_F(SharedBus, AGroupMemberAndRootShareTheMembersBusd) { share_one_busd(true); }
 
+// ---- groups and offsets that never silently lose, skip or duplicate (issue 14: 1, 2, 9) ----
+
+// Finding 1: A reads both partitions, B joins and takes one, A prints more of the one it
+// kept and is stopped with Ctrl-C. A must commit what it printed of the partition it gave up
+// (before giving it up) and of the one it kept, and never the one it lost: B then starts
+// after everything A printed.
+TEST_F(Busd, Finding1ConsumeGroupCommitsWhatItPrintedAroundARebalanceAndNothingItLost) {
+  TopicConfig cfg;
+  cfg.partitions = 2;
+  ASSERT_TRUE((*bus_)->create_topic("t", cfg));
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  auto send = [&](std::uint32_t partition, int n) {
+    for (int i = 0; i < n; ++i) ASSERT_TRUE(p->send("t", Message{std::nullopt, as_bytes("v")}, partition));
+  };
+  send(0, 3);
+  send(1, 3);
+  auto a = test::spawn({BUSCTL_PATH, "--bus", bus_->name(), "consume", "t", "--group", "g", "--format", "%p@%o\\n"});
+  std::string a_out;
+  ASSERT_TRUE(test::wait_line(a, a_out, "0@2\n") && test::wait_line(a, a_out, "1@2\n")) << a_out;
+  ConsumerConfig cc;
+  cc.enable_auto_commit = false;
+  auto b = Consumer::create(bus_->get(), cc);
+  ASSERT_TRUE(b);
+  ASSERT_TRUE(b->subscribe({"t"}, "g"));  // waits until A gave one partition up
+  ASSERT_EQ(b->assignment().size(), 1u);
+  const std::uint32_t given = b->assignment()[0].partition, kept = 1 - given;
+  send(kept, 3);
+  ASSERT_TRUE(test::wait_line(a, a_out, fmt::format("{}@5\n", kept))) << a_out;
+  ASSERT_EQ(::kill(a.pid, SIGINT), 0);
+  const int st = test::finish(a, a_out, 30s);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "busctl exit status " << st << ", printed:\n" << a_out;
+  // Both partitions' committed offsets are past what A printed.
+  const json d = describe("g");
+  ASSERT_TRUE(d.contains("partitions")) << d.dump();
+  for (const auto& row : d["partitions"]) {
+    const std::uint64_t want = row["partition"] == kept ? 6 : 3;
+    EXPECT_EQ(row["committed"], want) << "partition " << row["partition"] << ": " << d.dump();
+  }
+  // B takes the partition A kept and starts after what A printed: a marker at 6 is the first.
+  send(kept, 1);
+  std::vector<std::uint64_t> offsets_of_kept;
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (std::find(offsets_of_kept.begin(), offsets_of_kept.end(), 6u) == offsets_of_kept.end() &&
+         std::chrono::steady_clock::now() < deadline) {
+    auto batch = b->poll(50ms);
+    ASSERT_TRUE(batch) << batch.error().message;
+    for (const auto& r : *batch)
+      if (r.partition == kept) offsets_of_kept.push_back(r.offset);
+  }
+  EXPECT_EQ(offsets_of_kept, std::vector<std::uint64_t>{6}) << "records A had printed were read again";
+}
+
+// Finding 2: a group's offsets belong to one creation of a topic. Deleted and created again
+// (or the bus deleted without --purge and made again, as after a reboot), the topic starts
+// at offset 0 and so must the group.
+TEST_F(Busd, Finding2ARecreatedTopicDoesNotInheritTheGroupsOldOffsets) {
+  TopicConfig cfg;
+  ASSERT_TRUE((*bus_)->create_topic("t", cfg));
+  auto produce = [](const std::shared_ptr<Bus>& bus, const std::string& prefix, int n) {
+    auto p = Producer::create(bus);
+    ASSERT_TRUE(p);
+    for (int i = 0; i < n; ++i) ASSERT_TRUE(p->send("t", std::nullopt, fmt::format("{}{}", prefix, i)));
+  };
+  // Reads as group g until `n` records came; returns the first one's value.
+  auto first_of_group = [](const std::shared_ptr<Bus>& bus, std::size_t n) {
+    ConsumerConfig cc;
+    cc.auto_offset_reset = OffsetReset::kEarliest;
+    cc.enable_auto_commit = false;
+    auto c = Consumer::create(bus, cc);
+    EXPECT_TRUE(c);
+    auto sub = c->subscribe({"t"}, "g");
+    EXPECT_TRUE(sub) << sub.error().message;
+    std::vector<std::string> got;
+    const auto deadline = std::chrono::steady_clock::now() + 5s;
+    while (got.size() < n && std::chrono::steady_clock::now() < deadline) {
+      auto b = c->poll(50ms);
+      EXPECT_TRUE(b);
+      if (!b) break;
+      for (const auto& r : *b) got.emplace_back(as_string(r.value));
+    }
+    EXPECT_TRUE(c->commit());
+    EXPECT_TRUE(c->close());
+    return got.size() < n ? std::string("(only ") + std::to_string(got.size()) + " records)" : got[0];
+  };
+  produce(bus_->get(), "old", 5);
+  ASSERT_EQ(first_of_group(bus_->get(), 5), "old0");  // commits 5
+  ASSERT_TRUE((*bus_)->delete_topic("t"));
+  ASSERT_TRUE((*bus_)->create_topic("t", cfg));
+  produce(bus_->get(), "new", 8);  // past where the group was in the old topic
+  EXPECT_EQ(first_of_group(bus_->get(), 8), "new0") << "the group started part-way into the re-created topic";
+  // The bus deleted (its busd stopped, the committed offsets left in the state dir) and made again.
+  ASSERT_EQ(busctl({"bus", "delete", "--bus", bus_->name()}).code, 0);
+  auto again = Bus::attach(BusOptions{.name = bus_->name()});
+  ASSERT_TRUE(again) << again.error().message;
+  ASSERT_TRUE((*again)->create_topic("t", cfg));
+  produce(*again, "newer", 10);
+  EXPECT_EQ(first_of_group(*again, 10), "newer0") << "the group started part-way into the topic of the new bus";
+}
+
+// Finding 9: `busctl bus delete` while a group consumer runs. The consumer must stop with a
+// clear error, not start busd again and with it the bus's segments.
+TEST_F(Busd, Finding9BusDeleteStopsAGroupConsumerInsteadOfBeingUndoneByIt) {
+  ASSERT_TRUE((*bus_)->create_topic("t", TopicConfig{}));
+  ConsumerConfig cc;
+  cc.enable_auto_commit = false;
+  auto c = Consumer::create(bus_->get(), cc);
+  ASSERT_TRUE(c);
+  ASSERT_TRUE(c->subscribe({"t"}, "g"));
+  ASSERT_TRUE(c->poll(10ms));
+  auto del = busctl({"bus", "delete", "--bus", bus_->name()});
+  ASSERT_EQ(del.code, 0) << del.err;
+  std::optional<Error> stopped;
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!stopped && std::chrono::steady_clock::now() < deadline) {
+    auto b = c->poll(20ms);
+    if (!b) stopped = b.error();
+  }
+  ASSERT_TRUE(stopped) << "poll() went on as if the bus were there";
+  EXPECT_EQ(stopped->code, Errc::kNotFound);
+  EXPECT_NE(stopped->message.find("deleted"), std::string::npos) << stopped->message;
+  // Nothing came back: no registry, no busd segment, no busd.
+  const pid_t pid = busd_pid();
+  for (int i = 0; i < 300 && pid > 0 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_FALSE(pid > 0 && ::kill(pid, 0) == 0) << "a busd runs for the deleted bus";
+  EXPECT_FALSE(shm::Segment::exists(registry_segment_name(bus_->name()))) << "the registry was made again";
+  EXPECT_FALSE(shm::Segment::exists(busd_segment_name(bus_->name()))) << "busd's segment was made again";
+}
+
 // ---- groups and offsets that never silently lose, skip or duplicate (issue 14: 4, 6, 7) ----
 
 namespace {

@@ -25,16 +25,16 @@ TEST(OffsetStore, SurvivesReopenAndKeepsTheLastValue) {
   {
     auto s = OffsetStore::open(d.path);
     ASSERT_TRUE(s);
-    s->put({"g", "t", 0}, 5);
-    s->put({"g", "t", 0}, 9);
-    s->put({"g", "t", 1}, 3);
+    s->put({"g", "t", 0}, 5, 7);
+    s->put({"g", "t", 0}, 9, 7);
+    s->put({"g", "t", 1}, 3, 7);
     ASSERT_TRUE(s->flush());
   }
   auto s = OffsetStore::open(d.path);
   ASSERT_TRUE(s);
-  EXPECT_EQ(s->get({"g", "t", 0}), 9u);
-  EXPECT_EQ(s->get({"g", "t", 1}), 3u);
-  EXPECT_FALSE(s->get({"g", "t", 2}));
+  EXPECT_EQ(s->get({"g", "t", 0}, 7), 9u);
+  EXPECT_EQ(s->get({"g", "t", 1}, 7), 3u);
+  EXPECT_FALSE(s->get({"g", "t", 2}, 7));
   EXPECT_EQ(s->skipped_lines(), 0u);
 }
 
@@ -42,7 +42,7 @@ TEST(OffsetStore, TornTailAndCorruptLinesAreSkipped) {
   TempDir d;
   {
     auto s = OffsetStore::open(d.path);
-    s->put({"g", "t", 0}, 7);
+    s->put({"g", "t", 0}, 7, 7);
     ASSERT_TRUE(s->flush());
   }
   {
@@ -52,19 +52,19 @@ TEST(OffsetStore, TornTailAndCorruptLinesAreSkipped) {
   }
   auto s = OffsetStore::open(d.path);
   ASSERT_TRUE(s);
-  EXPECT_EQ(s->get({"g", "t", 0}), 7u) << "neither the corrupt line nor the torn one counts";
+  EXPECT_EQ(s->get({"g", "t", 0}, 7), 7u) << "neither the corrupt line nor the torn one counts";
   EXPECT_EQ(s->skipped_lines(), 2u);
   // The log was rewritten clean.
   auto again = OffsetStore::open(d.path);
   EXPECT_EQ(again->skipped_lines(), 0u);
-  EXPECT_EQ(again->get({"g", "t", 0}), 7u);
+  EXPECT_EQ(again->get({"g", "t", 0}, 7), 7u);
 }
 
 TEST(OffsetStore, CompactsWhenItGrows) {
   TempDir d;
   auto s = OffsetStore::open(d.path);
   for (std::uint64_t i = 0; i < 5000; ++i) {
-    s->put({"g", "t", 0}, i);
+    s->put({"g", "t", 0}, i, 7);
     if (i % 100 == 0) {
       ASSERT_TRUE(s->flush());
     }
@@ -72,5 +72,34 @@ TEST(OffsetStore, CompactsWhenItGrows) {
   ASSERT_TRUE(s->flush());
   EXPECT_LT(std::filesystem::file_size(d.path + "/offsets.log"), 100'000u);
   auto again = OffsetStore::open(d.path);
-  EXPECT_EQ(again->get({"g", "t", 0}), 4999u);
+  EXPECT_EQ(again->get({"g", "t", 0}, 7), 4999u);
+}
+
+// Issue 14, finding 2: an offset belongs to one creation of its topic (its epoch).
+TEST(OffsetStore, Finding2AnOffsetOfAnotherCreationOfTheTopicIsNone) {
+  TempDir d;
+  {
+    auto s = OffsetStore::open(d.path);
+    ASSERT_TRUE(s);
+    s->put({"g", "t", 0}, 5, 0xaa);
+    s->put({"g", "u", 0}, 9, 0xbb);
+    ASSERT_TRUE(s->flush());
+  }
+  {
+    std::ofstream f(d.path + "/offsets.log", std::ios::app);
+    // A line of the format without the epoch, CRC of "g old 0 4".
+    f << "05fab8f0 g old 0 4\n";
+  }
+  auto s = OffsetStore::open(d.path);
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->get({"g", "t", 0}, 0xaa), 5u) << "the epoch survives a reopen";
+  EXPECT_FALSE(s->get({"g", "t", 0}, 0xcc)) << "t was deleted and created again";
+  EXPECT_EQ(s->drop_topic("t", 0xcc), 1u);
+  EXPECT_EQ(s->drop_topic("u", 0xbb), 0u) << "u is the same creation";
+  EXPECT_EQ(s->drop_topic("u", 0), 1u) << "u was deleted";
+  auto again = OffsetStore::open(d.path);
+  EXPECT_FALSE(again->get({"g", "t", 0}, 0xaa)) << "dropped from the log too";
+  EXPECT_FALSE(again->get({"g", "u", 0}, 0xbb));
+  EXPECT_EQ(again->skipped_lines(), 0u);
+  EXPECT_EQ(again->get({"g", "old", 0}, 0x1234), 4u) << "an old line's epoch is unknown: kept";
 }

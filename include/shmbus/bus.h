@@ -131,7 +131,7 @@ class Bus : public std::enable_shared_from_this<Bus> {
 
  private:
   Bus();
-  Status create_topic_impl(const std::string& name, const TopicConfig& config, bool restoring);
+  Status create_topic_impl(const std::string& name, const TopicConfig& config, bool restoring, std::uint64_t restored_epoch);
   std::string name_;
   bool read_only_ = false;
   std::unique_ptr<Impl> impl_;

@@ -65,7 +65,8 @@ class ConsumeCommand final : public Command {
     consume->add_option("--format,-f", c_format, "kcat-like: %t %p %o %k %v %T %K %S %h %%, \\n \\t (default '%v\\n'); "
                                                  "%K %S: key, value size (-1 null)");
     consume->add_option("--encode", c_encode, "raw | hex | base64: how --format prints keys, values, header values (default raw)");
-    consume->add_option("--group", c_group, "consume as a member of this group (busd assigns partitions, offsets are committed)");
+    consume->add_option("--group", c_group, "consume as a member of this group (busd assigns partitions; what was printed is committed, "
+                                            "a partition's before it is given up in a rebalance; a refused commit is said on stderr, exit 1)");
     consume->footer("Examples:\n  busctl consume orders --from earliest --count 10 --format '%t/%p@%o %k=%v\\n'\n"
                     "  busctl consume orders --from -5 -e --encode hex --format '%p %o %k %v\\n'\n"
                     "  busctl consume --pattern '^orders-' -e --json\n"
@@ -84,8 +85,12 @@ class ConsumeCommand final : public Command {
     cc.auto_offset_reset = from.kind == From::kLatest ? OffsetReset::kLatest : OffsetReset::kEarliest;
     cc.enable_auto_commit = false;  // we commit what we printed, no more
     cc.client_name = "busctl";
+    // A partition taken away: what we printed of it is committed first, so that its next
+    // owner starts after it (and it is never committed again: it is not ours any more).
+    cc.on_revoked = [this, &ctx](const std::vector<TopicPartition>& tps) { commit_printed(ctx, &tps, false); };
     auto consumer = Consumer::create(*bus, cc);
     if (!consumer) return fail(ctx.err, consumer.error());
+    self = &*consumer;
     if (auto ok = start(*consumer, *topics); !ok) return fail(ctx.err, ok.error());
     catch_stop_signals();
     std::signal(SIGPIPE, SIG_IGN);
@@ -180,10 +185,32 @@ class ConsumeCommand final : public Command {
     return ends.empty();
   }
 
+  // Commits the next offset after what was printed of `only` (or of every partition) and
+  // forgets it. A failure is said on stderr and makes the exit status 1 (the records may be
+  // printed again by the partition's next owner), except one that `retry` leaves for the
+  // next commit: busd not reachable (restarting) while the partitions are still ours.
+  void commit_printed(const Context& ctx, const std::vector<TopicPartition>* only, bool retry) {
+    Offsets todo;
+    std::erase_if(printed_next, [&](const auto& e) {
+      if (only && std::find(only->begin(), only->end(), e.first) == only->end()) return false;
+      todo.push_back(e);
+      return true;
+    });
+    if (todo.empty() || !self) return;
+    auto ok = self->commit(todo);
+    if (ok) return;
+    if (retry && ok.error().code != Errc::kInvalidArgument) {
+      for (auto& e : todo) printed_next.push_back(std::move(e));  // again next time
+      return;
+    }
+    ctx.err << fmt::format("busctl: {}; records printed after the committed offsets may be printed again by another member\n",
+                           ok.error().message);
+    commit_failed = true;
+  }
+
   // Prints until --count, -e, --timeout-ms or a signal; as a group member, commits what it printed.
   int poll_loop(const Context& ctx, Consumer& consumer) {
     std::uint64_t seen = 0;
-    Offsets printed_next;
     const auto slice = std::chrono::milliseconds(100);
     std::int64_t idle_ms = 0;
     while (!g_stop && (!count || seen < *count) && !(c_exit_at_end && at_end(consumer))) {
@@ -205,16 +232,16 @@ class ConsumeCommand final : public Command {
       }
       ctx.out.flush();
       if (!ctx.out) return kRuntime;
-      if (!c_group.empty() && !printed_next.empty()) (void)consumer.commit(printed_next);
+      if (!c_group.empty()) commit_printed(ctx, nullptr, true);
     }
     if (!c_group.empty()) {
       // Commit exactly what was printed: positions may be past records left in the batch.
-      if (auto ok = consumer.commit(printed_next); !ok) return fail(ctx.err, ok.error());
+      commit_printed(ctx, nullptr, false);
       (void)consumer.close();
     }
     if (consumer.lost() > 0)
       ctx.err << fmt::format("busctl: {} records were overwritten before they could be read\n", consumer.lost());
-    return kOk;
+    return commit_failed ? kRuntime : kOk;
   }
 
   CLI::App* consume;
@@ -226,6 +253,10 @@ class ConsumeCommand final : public Command {
   From from;
   RecordFormat format;
   Offsets ends;  // -e: partitions not yet at their end, and that end
+  // --group: the offset after the last record printed of each partition we own, not yet committed.
+  Offsets printed_next;
+  Consumer* self = nullptr;
+  bool commit_failed = false;
 };
 
 }  // namespace

@@ -1,7 +1,13 @@
 // busctl topic (create, alter, list, describe, delete) and busctl bus delete.
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <chrono>
 #include <cstdint>
 #include <ostream>
 #include <string>
+#include <thread>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -243,12 +249,28 @@ class TopicCommands final : public Command {
   std::string a_ret_bytes, a_ret_ms, a_segment, a_fsync, a_interval;
 };
 
+// True once no busd holds the bus's lock (busd takes it for its whole life).
+bool wait_busd_gone(const std::string& bus, std::chrono::milliseconds limit) {
+  const std::string lock = bus_paths(bus).lock;
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    const int fd = ::open(lock.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return true;
+    const bool free = ::flock(fd, LOCK_SH | LOCK_NB) == 0;
+    ::close(fd);
+    if (free) return true;
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
 class BusCommands final : public Command {
  public:
   explicit BusCommands(CLI::App& app) {
     bus_cmd = sub(&app, "bus", "the bus itself");
     bus_cmd->require_subcommand(1);
-    bus_delete = sub(bus_cmd, "delete", "remove every segment of the bus (attached processes keep their mappings)");
+    bus_delete = sub(bus_cmd, "delete", "stop the bus's busd, then remove every segment of the bus (attached processes keep their "
+                                        "mappings; group consumers' poll fails: the bus was deleted)");
     bus_delete->add_flag("--purge", b_purge, "also remove its state dir: disk logs of spilled topics and committed offsets");
     bus_delete->footer("Example:\n  busctl --bus test bus delete --purge");
   }
@@ -264,9 +286,13 @@ class BusCommands final : public Command {
     if (auto ok = validate_name("bus", name); !ok) return fail(err, ok.error());
     if (!shm::Segment::exists(registry_segment_name(name)))
       return fail(err, Error{Errc::kNotFound, fmt::format("bus '{}' does not exist", name)});
-    // Stop its busd first (committed offsets stay in the state dir).
-    if (auto conn = BusdConnection::connect(name, std::chrono::seconds(2), /*autostart=*/false))
+    // Stop its busd first (committed offsets stay in the state dir), and wait until it is
+    // gone: a busd still exiting would answer (and drop) a client of the next bus of the name.
+    if (auto conn = BusdConnection::connect(name, std::chrono::seconds(2), /*autostart=*/false)) {
       (void)(*conn)->request({{"op", "shutdown"}}, std::chrono::seconds(2));
+      if (!wait_busd_gone(name, std::chrono::seconds(5)))
+        err << fmt::format("busctl: busd of bus '{}' did not exit within 5 s; deleting the bus anyway\n", name);
+    }
     if (auto ok = Bus::destroy(name, b_purge); !ok) return fail(err, ok.error());
     if (g.json) out << json{{"deleted_bus", name}}.dump() << "\n";
     else out << fmt::format("deleted bus {}\n", name);

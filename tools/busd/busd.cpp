@@ -60,6 +60,13 @@ Status Daemon::start() {
   BusOptions bo;
   bo.name = opts_.bus;
   bo.group = opts_.group;
+  bo.create = !opts_.existing_only;
+  if (opts_.existing_only) {
+    const std::string name = bo.name.empty() ? default_bus_name() : bo.name;
+    if (auto ok = validate_name("bus", name); !ok) return ok;
+    if (!shm::Segment::exists(registry_segment_name(name)))
+      return make_error(Errc::kNotFound, fmt::format("bus '{}' does not exist (deleted?): busd --existing does not make it", name));
+  }
   auto bus = Bus::attach(bo);
   if (!bus) return tl::unexpected(bus.error());
   bus_ = *bus;
@@ -76,6 +83,7 @@ Status Daemon::start() {
   if (offsets_.skipped_lines())
     log(fmt::format("{}: skipped {} torn or corrupt lines", offsets_.path(), offsets_.skipped_lines()));
 
+  drop_stale_offsets();  // a topic deleted while no busd ran (or lost with /dev/shm)
   note_returning_members();
   if (auto ok = create_segment(); !ok) return ok;
   if (auto ok = listen_socket(); !ok) return ok;
@@ -402,10 +410,16 @@ void Daemon::handle(Conn& c, const json& req) {
 void Daemon::tick() {
   // Our bus was deleted (busctl bus delete, or its files removed by hand): nothing left to
   // coordinate, and staying would keep a dead bus's socket alive.
-  if ((++ticks_ % 50) == 0 && !bus_->still_exists()) {
-    log(fmt::format("bus '{}' was deleted: exiting", bus_->name()));
-    stopping_ = true;
-    return;
+  if ((++ticks_ % 50) == 0) {
+    if (!bus_->still_exists()) {
+      log(fmt::format("bus '{}' was deleted: exiting", bus_->name()));
+      // Ours may have been made after the delete removed the bus's segments (we started
+      // while it ran): leave nothing of the bus behind.
+      (void)shm::Segment::remove(busd_segment_name(bus_->name()));
+      stopping_ = true;
+      return;
+    }
+    drop_stale_offsets();
   }
   // Durable gates move only once the offset they stand for is on disk.
   if (offsets_.flush()) {

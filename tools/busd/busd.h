@@ -19,6 +19,9 @@ struct BusdOptions {
   // empty (Kafka's offsets.retention.minutes, 7 days); its gates are released with them.
   std::int64_t offsets_retention_ms = 7 * 24 * 3600 * 1000ll;
   bool quiet = false;
+  // --existing: exit if the bus does not exist, never make it. How a group consumer starts
+  // busd: a bus deleted under it must stay deleted.
+  bool existing_only = false;
 };
 
 // Runs until SIGTERM/SIGINT. Fails at once (and changes nothing) when another busd holds

@@ -4,6 +4,8 @@
 #include <charconv>
 #include <set>
 
+#include <unistd.h>
+
 #include "bus/gate_names.h"
 #include "bus/group_client.h"
 #include "bus/names.h"
@@ -70,6 +72,12 @@ void Daemon::rebalance(Group& g) {
   if (waiting) return;
   ++g.generation;
   for (auto& [id, m] : g.members) {
+    std::map<TopicPartition, std::uint64_t> since;
+    for (const auto& tp : target.at(id)) {
+      auto kept = m.owned_since.find(tp);
+      since[tp] = kept != m.owned_since.end() ? kept->second : g.generation;
+    }
+    m.owned_since = std::move(since);
     m.owned = target.at(id);
     send(m.fd, json{{"push", "assign"}, {"group", g.name}, {"generation", g.generation}, {"partitions", tps_json(m.owned)}});
     notify_member(m);
@@ -100,13 +108,29 @@ void Daemon::update_gate(const std::string& group, const TopicPartition& tp) {
   if (!t || tp.partition >= (*t)->partitions()) return;
   const shm::Ring& ring = (*t)->ring(tp.partition);
   if (ring.retention() != shm::Retention::kBlock) return;
-  auto committed = offsets_.get({group, tp.topic, tp.partition});
+  auto committed = offsets_.get({group, tp.topic, tp.partition}, (*t)->epoch());
   if (!committed) return;
   auto lock = shm::SegmentLock::open((*t)->segment(tp.partition));
   if (!lock) return;
   shm::RingReader reader(ring);
   if (reader.seek(*committed) == shm::ReadStatus::kLapped) reader.seek_earliest();
   note_gate(group, tp, shm::hold_durable_gate(ring, *lock, group_gate_key(group), reader) != nullptr);
+}
+
+void Daemon::drop_stale_offsets() {
+  // A topic deleted (and perhaps created again) takes its groups' offsets with it, as in
+  // Kafka. A missing topic that has a config on disk is a spilled one whose restore failed:
+  // its offsets wait for it.
+  std::set<std::string> topics;
+  for (const auto& [k, o] : offsets_.all()) topics.insert(k.topic);
+  for (const auto& name : topics) {
+    auto t = bus_->topic(name);
+    std::size_t dropped = 0;
+    if (t) dropped = offsets_.drop_topic(name, (*t)->epoch());
+    else if (t.error().code == Errc::kNotFound && ::access(topic_config_path(bus_->name(), name).c_str(), F_OK) != 0) dropped = offsets_.drop_topic(name, 0);
+    if (dropped) log(fmt::format("dropped {} committed offsets of topic '{}': it was deleted{}", dropped, name,
+                                 t ? " and created again" : ""));
+  }
 }
 
 void Daemon::op_join(Conn& c, const json& req) {
@@ -155,6 +179,7 @@ void Daemon::op_join(Conn& c, const json& req) {
       if (tp.is_array() && tp.size() == 2 && tp[0].is_string() && tp[1].is_number_unsigned() &&
           !taken.count({tp[0].get<std::string>(), tp[1].get<std::uint32_t>()}))
         m.owned.push_back({tp[0].get<std::string>(), tp[1].get<std::uint32_t>()});
+  for (const auto& tp : m.owned) m.owned_since[tp] = g.generation;  // its commits count from now
   g.members[id] = m;
   group_changed(g);
   c.group = group;
@@ -174,26 +199,36 @@ void Daemon::op_commit(Conn& c, const json& req) {
     return reply_error(c, req, Errc::kInvalidArgument,
                        fmt::format("commit refused: {} is not a member of group '{}' (evicted or stale)", id, group));
   const Member& m = g->second.members.at(id);
-  const std::uint64_t gen = req.value("generation", ~0ull);
-  if (gen != g->second.generation)
+  const std::uint64_t gen = req.value("generation", ~0ull), now = g->second.generation;
+  if (gen > now)
     return reply_error(c, req, Errc::kInvalidArgument,
-                       fmt::format("commit refused: stale generation {} (group '{}' is at generation {})", gen, group,
-                                   g->second.generation));
+                       fmt::format("commit refused: stale generation {} (group '{}' is at generation {})", gen, group, now));
   if (!req.contains("offsets") || !req["offsets"].is_array())
     return reply_error(c, req, Errc::kInvalidArgument, "commit needs offsets");
+  // As Kafka's OffsetCommit, each partition is answered alone: those the member holds are
+  // committed, the others refused and named. A member holds a partition for a commit of
+  // generation `gen` if it has held it without a break since then: a commit sent before
+  // the member learnt of a rebalance that left it the partition still counts; one of a
+  // partition it has given up since (or got back since) does not.
   std::vector<std::pair<TopicPartition, std::uint64_t>> todo;
+  std::string refused;
   for (const auto& e : req["offsets"]) {
     if (!e.is_array() || e.size() != 3 || !e[0].is_string() || !e[1].is_number_unsigned() || !e[2].is_number_unsigned())
       return reply_error(c, req, Errc::kInvalidArgument, "offsets are [topic, partition, offset]");
     TopicPartition tp{e[0].get<std::string>(), e[1].get<std::uint32_t>()};
-    if (std::find(m.owned.begin(), m.owned.end(), tp) == m.owned.end())
-      return reply_error(c, req, Errc::kInvalidArgument,
-                         fmt::format("commit refused: {}-{} is not assigned to {} in generation {}", tp.topic, tp.partition,
-                                     id, g->second.generation));
-    todo.push_back({tp, e[2].get<std::uint64_t>()});
+    auto since = m.owned_since.find(tp);
+    if (std::find(m.owned.begin(), m.owned.end(), tp) == m.owned.end() || since == m.owned_since.end())
+      refused += fmt::format("; {}-{} is not assigned to {} in generation {}", tp.topic, tp.partition, id, now);
+    else if (since->second > gen)
+      refused += fmt::format("; {}-{}: stale generation {} (held by {} since generation {})", tp.topic, tp.partition, gen, id,
+                             since->second);
+    else
+      todo.push_back({tp, e[2].get<std::uint64_t>()});
   }
   for (const auto& [tp, off] : todo) {
-    offsets_.put({group, tp.topic, tp.partition}, off);
+    auto t = bus_->topic(tp.topic);
+    if (!t) continue;  // deleted since it was assigned: its offsets went with it
+    offsets_.put({group, tp.topic, tp.partition}, off, (*t)->epoch());
     dirty_gates_.insert({group, tp});
   }
   if (req.contains("sync") && req["sync"].is_boolean() && req["sync"].get<bool>()) {
@@ -203,6 +238,9 @@ void Daemon::op_commit(Conn& c, const json& req) {
     for (const auto& [tp, off] : todo)
       if (auto why = gate_error(group, tp)) return reply_error(c, req, Errc::kTooManyClients, *why);
   }
+  if (!refused.empty())
+    return reply_error(c, req, Errc::kInvalidArgument,
+                       fmt::format("commit refused: {}{}", refused.substr(2), todo.empty() ? "" : " (the other partitions were committed)"));
   reply(c, req, json{{"ok", true}});
 }
 
@@ -231,7 +269,7 @@ json Daemon::describe_group(const std::string& name) {
     auto topic = bus_->topic(t);
     if (!topic) continue;
     for (std::uint32_t p = 0; p < (*topic)->partitions(); ++p) {
-      const auto committed = offsets_.get({name, t, p});
+      const auto committed = offsets_.get({name, t, p}, (*topic)->epoch());
       const std::uint64_t end = (*topic)->ring(p).end_offset();
       json row = {{"topic", t}, {"partition", p}, {"end_offset", end}, {"committed", nullptr}, {"lag", nullptr}};
       if (committed) {
@@ -265,6 +303,7 @@ void Daemon::op_revoked(Conn& c, const json& req) {
       if (tp.is_array() && tp.size() == 2 && tp[0].is_string() && tp[1].is_number_unsigned())
         gone.push_back({tp[0].get<std::string>(), tp[1].get<std::uint32_t>()});
   std::erase_if(m.owned, [&](const TopicPartition& tp) { return std::find(gone.begin(), gone.end(), tp) != gone.end(); });
+  for (const auto& tp : gone) m.owned_since.erase(tp);
   m.revoking = false;
   reply(c, req, json{{"ok", true}});
   bool still = false;
@@ -281,7 +320,9 @@ void Daemon::op_committed(Conn& c, const json& req) {
   if (req.contains("partitions") && req["partitions"].is_array())
     for (const auto& tp : req["partitions"])
       if (tp.is_array() && tp.size() == 2 && tp[0].is_string() && tp[1].is_number_unsigned()) {
-        auto o = offsets_.get({group, tp[0].get<std::string>(), tp[1].get<std::uint32_t>()});
+        // An offset of an earlier topic of the same name (deleted, created again) is none.
+        auto t = bus_->topic(tp[0].get<std::string>());
+        auto o = t ? offsets_.get({group, tp[0].get<std::string>(), tp[1].get<std::uint32_t>()}, (*t)->epoch()) : std::nullopt;
         offs.push_back(o ? json(*o) : json(nullptr));
       }
   return reply(c, req, json{{"ok", true}, {"offsets", offs}});

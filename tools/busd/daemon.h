@@ -46,6 +46,7 @@ struct Member {
   int fd = -1;
   std::vector<std::string> topics;
   std::vector<TopicPartition> owned;  // what it consumes now (confirmed)
+  std::map<TopicPartition, std::uint64_t> owned_since;  // the generation from which it has held each
   std::int32_t pid = 0;
   std::string name;
   std::uint32_t slot = 0;
@@ -101,6 +102,7 @@ class Daemon {
   void notify_member(const Member& m);
   TopicPartitionCounts counts_for(const Group& g);
   void update_gate(const std::string& group, const TopicPartition& tp);
+  void drop_stale_offsets();
 
   void op_join(Conn& c, const json& req);
   void op_commit(Conn& c, const json& req);

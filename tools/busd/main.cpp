@@ -56,6 +56,8 @@ int main(int argc, char** argv) {
                  "(default 7d; e.g. 12h, 30m, P7D)");
   app.add_flag("--foreground", foreground, "accepted for systemd units; busd never daemonizes itself");
   app.add_flag("--quiet", o.quiet, "log nothing");
+  app.add_flag("--existing", o.existing_only, "exit (status 1) if the bus does not exist instead of making it; "
+                                              "group consumers start busd so");
   bool help_man = false;
   app.add_flag("--help-man", help_man, "print this manual page (busd.8) in roff and exit")->group("");
   CLI11_PARSE(app, argc, argv);

@@ -21,8 +21,8 @@ std::uint32_t crc32c(std::string_view s) {
   return crc.checksum();
 }
 
-std::string line_for(const OffsetKey& k, std::uint64_t offset) {
-  const std::string body = fmt::format("{} {} {} {}", k.group, k.topic, k.partition, offset);
+std::string line_for(const OffsetKey& k, const CommittedOffset& c) {
+  const std::string body = fmt::format("{} {} {} {} {:x}", k.group, k.topic, k.partition, c.offset, c.topic_epoch);
   return fmt::format("{:08x} {}\n", crc32c(body), body);
 }
 
@@ -73,13 +73,14 @@ Result<OffsetStore> OffsetStore::open(const std::string& dir, std::optional<unsi
     std::istringstream in(line);
     std::string crc, group, topic;
     std::uint32_t partition = 0;
-    std::uint64_t offset = 0;
+    std::uint64_t offset = 0, epoch = 0;
     if (!(in >> crc >> group >> topic >> partition >> offset) || line.size() < 10 ||
         fmt::format("{:08x}", crc32c(std::string_view(line).substr(9))) != crc) {
       ++s.skipped_;
       continue;
     }
-    s.offsets_[OffsetKey{group, topic, partition}] = offset;
+    if (!(in >> std::hex >> epoch)) epoch = 0;  // a line of the format without the topic epoch
+    s.offsets_[OffsetKey{group, topic, partition}] = CommittedOffset{offset, epoch};
     ++s.lines_;
   }
   // Rewrite whole: drops a torn tail and old lines.
@@ -87,18 +88,34 @@ Result<OffsetStore> OffsetStore::open(const std::string& dir, std::optional<unsi
   return s;
 }
 
-std::optional<std::uint64_t> OffsetStore::get(const OffsetKey& k) const {
+std::optional<std::uint64_t> OffsetStore::get(const OffsetKey& k, std::uint64_t topic_epoch) const {
   auto it = offsets_.find(k);
-  if (it == offsets_.end()) return std::nullopt;
-  return it->second;
+  if (it == offsets_.end() || (it->second.topic_epoch != 0 && it->second.topic_epoch != topic_epoch)) return std::nullopt;
+  return it->second.offset;
 }
 
-void OffsetStore::put(const OffsetKey& k, std::uint64_t offset) {
+void OffsetStore::put(const OffsetKey& k, std::uint64_t offset, std::uint64_t topic_epoch) {
+  const CommittedOffset c{offset, topic_epoch};
   auto it = offsets_.find(k);
-  if (it != offsets_.end() && it->second == offset) return;
-  offsets_[k] = offset;
-  pending_ += line_for(k, offset);
+  if (it != offsets_.end() && it->second == c) return;
+  offsets_[k] = c;
+  pending_ += line_for(k, c);
   ++lines_;
+}
+
+std::size_t OffsetStore::drop_topic(const std::string& topic, std::uint64_t keep_epoch) {
+  std::size_t n = 0;
+  for (auto it = offsets_.begin(); it != offsets_.end();) {
+    const auto& c = it->second;
+    if (it->first.topic == topic && (keep_epoch == 0 || (c.topic_epoch != 0 && c.topic_epoch != keep_epoch))) {
+      it = offsets_.erase(it);
+      ++n;
+    } else {
+      ++it;
+    }
+  }
+  if (n) (void)compact();  // the log forgets them too: a reopen must not bring them back
+  return n;
 }
 
 void OffsetStore::erase_group_topic(const std::string& group, const std::string& topic) {

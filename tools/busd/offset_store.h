@@ -1,7 +1,10 @@
 // Committed offsets of consumer groups, persisted in the bus's state dir as an append-only
 // log that is compacted when it grows. Each line: "<crc32c> <group> <topic> <partition>
-// <offset>\n". A torn or corrupt line (a crash mid-append) is skipped and reported; the
-// last good line for a key wins.
+// <offset> <topic epoch, hex>\n". A torn or corrupt line (a crash mid-append) is skipped and
+// reported; the last good line for a key wins. The topic epoch names the creation of the
+// topic the offset was committed for (a deleted and re-created topic has another): an
+// offset of another creation is none. Lines without it (written before it was kept) read
+// as epoch 0, taken as the current creation's.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +25,12 @@ struct OffsetKey {
   auto operator<=>(const OffsetKey&) const = default;
 };
 
+struct CommittedOffset {
+  std::uint64_t offset = 0;
+  std::uint64_t topic_epoch = 0;  // 0: unknown (an old line)
+  bool operator==(const CommittedOffset&) const = default;
+};
+
 class OffsetStore {
  public:
   // Loads `dir`/offsets.log (creating the directory). `skipped` counts bad lines.
@@ -33,10 +42,15 @@ class OffsetStore {
   OffsetStore& operator=(OffsetStore&&) noexcept;
   ~OffsetStore();
 
-  const std::map<OffsetKey, std::uint64_t>& all() const { return offsets_; }
-  std::optional<std::uint64_t> get(const OffsetKey& k) const;
+  const std::map<OffsetKey, CommittedOffset>& all() const { return offsets_; }
+  // The offset committed for `k` in the creation `topic_epoch` of its topic (or in an
+  // unknown one: epoch 0), else none.
+  std::optional<std::uint64_t> get(const OffsetKey& k, std::uint64_t topic_epoch) const;
   // Appends (buffered); flush() writes and fdatasyncs.
-  void put(const OffsetKey& k, std::uint64_t offset);
+  void put(const OffsetKey& k, std::uint64_t offset, std::uint64_t topic_epoch);
+  // Forgets every group's offsets of `topic` that were committed for another creation than
+  // `keep_epoch` (0: all of them; epoch-0 lines are kept otherwise). Returns how many went.
+  std::size_t drop_topic(const std::string& topic, std::uint64_t keep_epoch);
   void erase_group_topic(const std::string& group, const std::string& topic);
   void erase_group(const std::string& group);  // every offset of it, compacted to disk at once
   Status flush();
@@ -47,7 +61,7 @@ class OffsetStore {
   Status compact();
   std::string path_;
   int fd_ = -1;
-  std::map<OffsetKey, std::uint64_t> offsets_;
+  std::map<OffsetKey, CommittedOffset> offsets_;
   std::string pending_;
   std::uint64_t lines_ = 0;
   std::uint64_t skipped_ = 0;

@@ -89,7 +89,7 @@ void Daemon::op_reset_offsets(Conn& c, const json& req) {
   for (std::uint32_t p : parts) {
     const shm::Ring& ring = (*t)->ring(p);
     const std::uint64_t first = earliest_offset(ring, spilled), end = ring.end_offset();
-    const auto current = offsets_.get({group, topic, p});
+    const auto current = offsets_.get({group, topic, p}, (*t)->epoch());
     std::int64_t want = 0;
     if (plan->mode == "earliest") {
       want = static_cast<std::int64_t>(first);
@@ -120,7 +120,7 @@ void Daemon::op_reset_offsets(Conn& c, const json& req) {
   }
   json out{{"ok", true}, {"group", group}, {"executed", plan->execute}, {"partitions", rows}};
   if (!plan->execute) return reply(c, req, out);
-  for (const auto& [p, off] : todo) offsets_.put({group, topic, p}, off);
+  for (const auto& [p, off] : todo) offsets_.put({group, topic, p}, off, (*t)->epoch());
   if (auto ok = offsets_.flush(); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
   json gate_errors = json::array();
   for (const auto& [p, off] : todo) {
