@@ -4,6 +4,7 @@ import base64
 import json
 import os
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -115,3 +116,74 @@ def test_sigkill_mid_poll_wedges_nothing(bus):
     m = c.poll(10.0)
     assert m is not None and m.error() is None
     c.close()
+
+
+def test_a_group_of_two_python_processes_and_a_native_member(bus, tmp_path):
+    from conftest import WORKER
+    make_topic(bus, "t", 6)
+    stop = tmp_path / "stop"
+    native_log = tmp_path / "native.log"
+    native = subprocess.Popen([WORKER, "group-consume", bus, "t", "g", str(native_log), "sticky"],
+                              stdout=subprocess.PIPE)
+    members = []
+    try:
+        assert native.stdout.readline().strip() == b"ready"
+        for n in range(2):
+            members.append(python(f"""
+                import os, shmbus
+                c = shmbus.Consumer({{"bus": {bus!r}, "group.id": "g", "auto.offset.reset": "earliest",
+                                     "auto.commit.interval.ms": 100, "client.id": "py-{n}"}})
+                c.subscribe(["t"])
+                print("ready", flush=True)
+                with open({str(tmp_path / f"py{n}.log")!r}, "a") as f:
+                    while not os.path.exists({str(stop)!r}):
+                        m = c.poll(0.05)
+                        if m is not None and m.error() is None:
+                            f.write("%d %d\\n" % (m.partition(), m.offset()))
+                            f.flush()
+                c.close()
+            """, stdout=subprocess.PIPE))
+        for m in members:
+            assert m.stdout.readline().strip() == b"ready"
+        admin = shmbus.AdminClient({"bus": bus})
+
+        def balanced():
+            g = admin.describe_groups(["g"])["g"].result()
+            owned = [len(m.assignment) for m in g.members]
+            return len(owned) == 3 and sorted(owned) == [2, 2, 2]
+
+        wait_for(balanced, 30, "three members with two partitions each")
+        p = Producer({"bus": bus})
+        for i in range(600):  # the worker's record layout: id u32, pad u32, seq u64, checksum u64
+            p.produce("t", struct.pack("<IIQQ", 1, 0, i, 0), key=b"key-%d" % i)
+        p.flush()
+
+        def consumed():
+            seen = {}
+            for name in ("py0.log", "py1.log"):
+                path = tmp_path / name
+                if path.exists():
+                    for line in path.read_text().splitlines():
+                        part, off = map(int, line.split())
+                        seen.setdefault(name, set()).add((part, off))
+            if native_log.exists():
+                for line in native_log.read_text().splitlines():
+                    f = line.split()
+                    if f[0] == "C":
+                        seen.setdefault("native", set()).add((int(f[3]), int(f[4])))
+            return seen
+
+        ends = {pm.id: pm.high for pm in admin.list_topics("t").topics["t"].partitions.values()}
+        want = {(part, off) for part, end in ends.items() for off in range(end)}
+        assert len(want) == 600
+        wait_for(lambda: set().union(*consumed().values()) >= want, 30, "every record consumed")
+        assert set(consumed()) == {"py0.log", "py1.log", "native"}, "each member consumed its share"
+    finally:
+        stop.touch()
+        native.send_signal(signal.SIGUSR1)
+        for proc in members + [native]:
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    assert all(proc.returncode == 0 for proc in members)
