@@ -61,6 +61,7 @@ class PyConsumer {
 
   ~PyConsumer() {
     dying_ = true;  // no Python callbacks from the destructor
+    release_views();  // they point into what is about to be freed
     if (consumer_) {
       pb::gil_scoped_release nogil;
       consumer_.reset();

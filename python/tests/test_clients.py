@@ -150,6 +150,12 @@ def test_memoryview_values_live_until_the_next_poll(bus):
     c.close()
     with pytest.raises(ValueError):
         bytes(batch[0].value())
+    # A consumer dropped without close() releases its views too.
+    c = consumer_at(bus, [TopicPartition("t", 0)], **{"shmbus.value.memoryview": True})
+    v = c.poll(5.0).value()
+    del c
+    with pytest.raises(ValueError):
+        bytes(v)
 
 
 def test_context_managers_and_closed_clients_raise(bus):
