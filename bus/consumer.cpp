@@ -108,6 +108,13 @@ Result<Assigned*> Consumer::Impl::require(const TopicPartition& tp) {
   return make_error(Errc::kInvalidArgument, fmt::format("{}-{} is not assigned to this consumer", tp.topic, tp.partition));
 }
 
+Status Consumer::Impl::set_paused(const std::vector<TopicPartition>& tps, bool paused) {
+  for (const auto& tp : tps)
+    if (auto a = require(tp); !a) return tl::unexpected(a.error());
+  for (const auto& tp : tps) find(tp)->paused = paused;
+  return {};
+}
+
 Consumer::Consumer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Consumer::Consumer(Consumer&&) noexcept = default;
 Consumer& Consumer::operator=(Consumer&& o) noexcept {
@@ -201,6 +208,17 @@ Result<std::uint64_t> Consumer::position(const TopicPartition& tp) const {
   auto a = impl_->require(tp);
   if (!a) return tl::unexpected(a.error());
   return (*a)->next_offset();
+}
+
+Status Consumer::pause(const std::vector<TopicPartition>& partitions) { return impl_->set_paused(partitions, true); }
+
+Status Consumer::resume(const std::vector<TopicPartition>& partitions) { return impl_->set_paused(partitions, false); }
+
+std::vector<TopicPartition> Consumer::paused() const {
+  std::vector<TopicPartition> out;
+  for (const auto& a : impl_->assigned)
+    if (a.paused) out.push_back(a.tp);
+  return out;
 }
 
 std::uint64_t Consumer::lost() const noexcept { return impl_->lost; }

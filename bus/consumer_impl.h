@@ -41,6 +41,7 @@ struct Assigned {
   bool zero_copy = false;
   std::uint64_t empty_polls = 0;
   std::uint64_t skip_below = 0;   // a seek past an unfinished claim: records below it are not returned
+  bool paused = false;            // Consumer::pause(): poll() skips it
   // Spilled topics: offsets older than the ring come from the disk log. While disk_next is
   // set, records come from there; the ring reader waits at the ring's start (its gate, if
   // any, too) until the disk catches up with it.
@@ -173,6 +174,7 @@ struct Consumer::Impl {
   void release_gates();
   Assigned* find(const TopicPartition& tp);
   Result<Assigned*> require(const TopicPartition& tp);
+  Status set_paused(const std::vector<TopicPartition>& tps, bool paused);
 
   // bus/consumer_ring.cpp: reading rings
   static bool seek_ring(Assigned& a, std::uint64_t offset);

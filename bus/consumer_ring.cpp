@@ -184,6 +184,10 @@ Status Consumer::Impl::fetch() {
   if (rr >= n) rr = 0;
   std::size_t idx = rr;
   for (std::size_t k = 0; k < n && batch.size() < config.max_poll_records; ++k) {
+    if (assigned[idx].paused) [[unlikely]] {
+      if (++idx == n) idx = 0;
+      continue;
+    }
     if (auto ok = fetch_one(idx, config.max_poll_records - batch.size()); !ok) {
       // Other partitions' records already read are returned first; the error is the
       // next poll's (their readers have moved past them).
@@ -208,6 +212,7 @@ Status Consumer::Impl::finish_batch() {
 
 bool Consumer::Impl::has_data() {
   for (auto& a : assigned) {
+    if (a.paused) continue;
     if (a.disk_next != Assigned::kFromRing) return true;
     const shm::RecordHeader* h = nullptr;
     if (a.reader.next(h) != shm::ReadStatus::kNone || a.reader.lapped()) return true;
@@ -224,6 +229,10 @@ void Consumer::Impl::block(std::int64_t max_ns) {
   bool in_flight = false, unregistered = false;
   for (std::size_t i = 0; i < n; ++i) {
     auto& ctl = *assigned[i].reader.ring().ctl();
+    if (assigned[i].paused) {  // not registered: its producers need not wake us
+      items[i] = {&ctl.notify.seq, ctl.notify.seq.load(std::memory_order_acquire)};
+      continue;
+    }
     // SYNC POINT: seq_cst RMW, then the seq_cst load of the tail below.
     if (assigned[i].waiter >= 0) ctl.notify.waiters.fetch_or(std::uint64_t{1} << assigned[i].waiter, std::memory_order_seq_cst);
     else unregistered = true;  // no waiter slot: no producer wakes us, so sleep briefly
@@ -232,6 +241,7 @@ void Consumer::Impl::block(std::int64_t max_ns) {
   auto claim_in_flight = [&] {
     for (std::size_t i = 0; i < n; ++i) {
       const auto& r = assigned[i].reader;
+      if (assigned[i].paused) continue;
       if (r.ring().tail_position_seq_cst() > r.position()) return true;
     }
     return false;

@@ -11,7 +11,8 @@ set(CPACK_PACKAGE_DESCRIPTION_SUMMARY "Kafka's programming model over shared mem
 set(CPACK_PACKAGE_DESCRIPTION
     "libshmbus (static, C++20) with its headers, CMake package and pkg-config file; busd, the bus daemon that
 runs consumer groups and keeps committed offsets (libexec/shmbus/busd, busd@.service); and
-shmbus-busctl, the operator's tool.")
+shmbus-busctl, the operator's tool; and the Python module shmbus (confluent-kafka's API) when
+it was built (SHMBUS_PYTHON).")
 set(CPACK_PACKAGING_INSTALL_PREFIX ${CMAKE_INSTALL_PREFIX})
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION libdevel)
@@ -19,4 +20,10 @@ set(CPACK_DEBIAN_PACKAGE_SECTION libdevel)
 # a static libshmbus needs, to be linked, what its CMake package and shmbus.pc name.
 set(CPACK_DEBIAN_PACKAGE_SHLIBDEPS ON)
 set(CPACK_DEBIAN_PACKAGE_DEPENDS "libexpected-dev, libfmt-dev, libxxhash-dev")
+if(SHMBUS_PYTHON)
+  # The module is built for one Python ABI (its file name says which).
+  math(EXPR _shmbus_py_next "${Python3_VERSION_MINOR} + 1")
+  string(APPEND CPACK_DEBIAN_PACKAGE_DEPENDS
+    ", python3 (>= ${Python3_VERSION_MAJOR}.${Python3_VERSION_MINOR}), python3 (<< ${Python3_VERSION_MAJOR}.${_shmbus_py_next})")
+endif()
 include(CPack)

@@ -9,6 +9,7 @@ packages=(
   gnuplot-nox libzmq3-dev iceoryx libiceoryx-posh-dev
   zlib1g-dev libsnappy-dev liblz4-dev libzstd-dev
   kcat python3-kafka python3-confluent-kafka
+  pybind11-dev python3-dev python3-pytest
 )
 missing=()
 for p in "${packages[@]}"; do

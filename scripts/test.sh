@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs every test: the plain build, then a project
+# Installs what is missing, builds, and runs every test: the plain build, then the Python
+# module's pytest tests (python/tests), then a project
 # using the library three ways (tests/consumer/run.sh), the Debian package
 # (tests/package/run.sh), then ASan+UBSan, then TSan on the ring's threaded tests, then the
 # libFuzzer targets for a few seconds each, then the build types and compilers the plain
@@ -37,7 +38,12 @@ bash scripts/build.sh build -DSHMBUS_TESTS=ON -DSHMBUS_BENCH=ON
 stage "test (RelWithDebInfo)"
 # -LE soak: the 10-minute kill-stress runs only when asked for (ctest -L soak).
 # The kill-stress test 20 s a mode here (5 modes; 30 s when run alone).
-SHMBUS_STRESS_SECONDS=20 ctest --test-dir build --output-on-failure --timeout 300 -LE soak
+SHMBUS_STRESS_SECONDS=20 ctest --test-dir build --output-on-failure --timeout 300 -LE 'soak|python'
+
+stage "test (the Python module: pytest, python/tests)"
+# Registered as the ctest test `python` (label python) with the build's busd and busctl.
+ctest --test-dir build --output-on-failure --timeout 600 -L python
+grep -q '^SHMBUS_PYTHON:BOOL=ON' build/CMakeCache.txt || { echo "the Python module was not built (pybind11-dev, python3-dev?)"; exit 1; }
 
 stage "the library from another project: find_package, add_subdirectory, pkg-config"
 bash tests/consumer/run.sh

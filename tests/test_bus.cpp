@@ -590,6 +590,36 @@ TEST(Bus, SeekAndPosition) {
   EXPECT_FALSE(c.assign({{"nope", 0}}));
 }
 
+TEST(Bus, PausedPartitionsAreSkippedByPollUntilResumed) {
+  test::TestBus bus("pause");
+  auto cfg = small();
+  cfg.partitions = 2;
+  ASSERT_TRUE(bus->create_topic("t", cfg));
+  auto p = Producer::create(bus.get());
+  for (std::uint32_t part = 0; part < 2; ++part)
+    for (int i = 0; i < 3; ++i) {
+      const std::string v = std::string(1, static_cast<char>('a' + part)) + std::to_string(i);
+      ASSERT_TRUE(p->send("t", Message{.key = std::nullopt, .value = as_bytes(v)}, part));
+    }
+  auto c = consumer_at(bus.get(), {{"t", 0}, {"t", 1}}, OffsetReset::kEarliest);
+  ASSERT_TRUE(c.pause({{"t", 0}}));
+  EXPECT_EQ(c.paused(), (std::vector<TopicPartition>{{"t", 0}}));
+  EXPECT_EQ(drain(c, 3), (std::vector<std::string>{"b0", "b1", "b2"}));
+  auto none = c.poll(std::chrono::milliseconds(20));
+  ASSERT_TRUE(none);
+  EXPECT_TRUE(none->empty()) << "a paused partition's records are not returned";
+  EXPECT_EQ(*c.position({"t", 0}), 0u);
+  ASSERT_TRUE(c.resume({{"t", 0}}));
+  EXPECT_TRUE(c.paused().empty());
+  EXPECT_EQ(drain(c, 3), (std::vector<std::string>{"a0", "a1", "a2"}));
+  auto bad = c.pause({{"t", 5}});
+  ASSERT_FALSE(bad) << "not assigned";
+  EXPECT_EQ(bad.error().code, Errc::kInvalidArgument);
+  ASSERT_TRUE(c.pause({{"t", 1}}));
+  ASSERT_TRUE(c.assign({{"t", 1}}));
+  EXPECT_TRUE(c.paused().empty()) << "a new assignment starts unpaused";
+}
+
 TEST(Bus, DeletedTopicIsReportedToAttachedClients) {
   test::TestBus bus("del");
   ASSERT_TRUE(bus->create_topic("t", small()));

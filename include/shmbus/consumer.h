@@ -77,6 +77,13 @@ class Consumer {
   Status seek_to_end(const TopicPartition& tp);
   Result<std::uint64_t> position(const TopicPartition& tp) const;
 
+  // Kafka's pause/resume: paused partitions stay assigned (positions, gates and all) but
+  // poll() skips them until resumed. Fails, changing nothing, if one is not assigned. A new
+  // assignment (assign(), a rebalance) starts unpaused.
+  Status pause(const std::vector<TopicPartition>& partitions);
+  Status resume(const std::vector<TopicPartition>& partitions);
+  std::vector<TopicPartition> paused() const;
+
   // Up to max_poll_records records, waiting up to `timeout` for the first. The records stay
   // valid until the next poll() of this consumer.
   [[nodiscard]] Result<std::span<const ConsumedRecord>> poll(std::chrono::nanoseconds timeout);

@@ -50,6 +50,8 @@ grep -q '/libshmbus\.a$' "$tmp/contents" || fail "the package has no libshmbus.a
 grep -q '/cmake/shmbus/shmbusConfig\.cmake$' "$tmp/contents" || fail "the package has no shmbusConfig.cmake"
 grep -q '/pkgconfig/shmbus\.pc$' "$tmp/contents" || fail "the package has no shmbus.pc"
 ! grep -qx /usr/bin/busctl "$tmp/contents" || fail "the package would overwrite systemd's /usr/bin/busctl"
+grep -q '^/usr/lib/python3/dist-packages/shmbus\.cpython-.*\.so$' "$tmp/contents" || fail "the package has no Python module"
+grep -qx /usr/lib/python3/dist-packages/shmbus.pyi "$tmp/contents" || fail "the package has no shmbus.pyi"
 for lib in libfmt9 libxxhash0; do
   dpkg-deb -f "$deb" Depends | grep -q "$lib" || fail "Depends does not name $lib"
 done
@@ -78,6 +80,21 @@ quiet shmbus-busctl --bus "$bus" topic create t --partitions 2
 printf 'a\nb\nc\n' | quiet shmbus-busctl --bus "$bus" produce t
 shmbus-busctl --bus "$bus" consume t --from earliest --count 3 --timeout-ms 5000 > "$tmp/out"
 [ "$(sort "$tmp/out" | tr '\n' ' ')" = "a b c " ] || fail "consume printed: $(cat "$tmp/out")"
+
+echo "== the Python module: the system python3 imports it, produces and consumes"
+(cd "$tmp" && PYTHONPATH= /usr/bin/python3 - "$bus" > "$tmp/out") <<'EOF2' || fail "the Python module failed: $(cat "$tmp/out")"
+import sys, shmbus
+assert shmbus.__file__.startswith("/usr/lib/python3/dist-packages/"), shmbus.__file__
+bus = {"bus": sys.argv[1]}
+shmbus.AdminClient(bus).create_topics([shmbus.NewTopic("py", 1)])["py"].result()
+shmbus.Producer(bus).produce("py", b"from-python")
+c = shmbus.Consumer(bus)
+c.assign([shmbus.TopicPartition("py", 0, shmbus.OFFSET_BEGINNING)])
+m = c.poll(5.0)
+assert m is not None and m.value() == b"from-python", m
+print("ok")
+EOF2
+grep -qx ok "$tmp/out" || fail "the Python module printed: $(cat "$tmp/out")"
 
 echo "== a group consumer starts the installed busd"
 shmbus-busctl --bus "$bus" consume t --group g --count 3 --timeout-ms 10000 > "$tmp/out"

@@ -1,0 +1,521 @@
+// shmbus.Consumer: confluent-kafka's Consumer over shmbus::Consumer. The C++ consumer
+// fetches a batch; poll() hands its records out one at a time and consume() several. The
+// records of a batch not handed out yet are given back (the partitions sought back to
+// them) before anything that reads or moves positions, so that positions, commits and
+// seeks are those of what Python has seen. Every wait releases the GIL; a wait with no
+// end is cut into slices that let signals (Ctrl-C) through.
+#include <map>
+#include <span>
+#include <variant>
+#include <thread>
+
+#include <fmt/format.h>
+
+#include "module.h"
+#include "shmbus/consumer.h"
+
+namespace shmbus::py {
+
+namespace {
+
+using namespace std::chrono_literals;
+
+class PyConsumer {
+ public:
+  explicit PyConsumer(const pb::dict& conf) {
+    Conf c(conf, Client::kConsumer);
+    ConsumerConfig cc;
+    const std::string reset = c.str("auto.offset.reset", "latest");
+    if (reset == "earliest" || reset == "smallest" || reset == "beginning") cc.auto_offset_reset = OffsetReset::kEarliest;
+    else if (reset == "latest" || reset == "largest" || reset == "end") cc.auto_offset_reset = OffsetReset::kLatest;
+    else if (reset == "error") cc.auto_offset_reset = OffsetReset::kError;
+    else raise(kErrInvalidArg, fmt::format("configuration key 'auto.offset.reset' = '{}': earliest, latest or error", reset));
+    cc.enable_auto_commit = c.boolean("enable.auto.commit", cc.enable_auto_commit);
+    cc.auto_commit_interval = std::chrono::milliseconds(c.integer("auto.commit.interval.ms", cc.auto_commit_interval.count()));
+    cc.session_timeout = std::chrono::milliseconds(c.integer("session.timeout.ms", cc.session_timeout.count()));
+    std::string assignor = c.str("partition.assignment.strategy", "cooperative-sticky");
+    assignor = assignor.substr(0, assignor.find(','));
+    if (assignor == "cooperative-sticky" || assignor == "sticky") cc.assignor = "sticky";
+    else if (assignor == "range" || assignor == "roundrobin") cc.assignor = assignor;
+    else raise(kErrInvalidArg, fmt::format("configuration key 'partition.assignment.strategy' = '{}': range, roundrobin or cooperative-sticky", assignor));
+    cc.client_name = c.str("client.id", "");
+    if (c.boolean("enable.partition.eof", false))
+      raise(kErrNotImplemented, "configuration key 'enable.partition.eof' = true: no partition-EOF events (use get_watermark_offsets)");
+    const std::string wait = c.str("shmbus.wait", "adaptive");
+    if (wait == "spin") cc.wait = WaitStrategy::kSpin;
+    else if (wait == "yield") cc.wait = WaitStrategy::kYield;
+    else if (wait == "block") cc.wait = WaitStrategy::kBlock;
+    else if (wait == "adaptive") cc.wait = WaitStrategy::kAdaptive;
+    else raise(kErrInvalidArg, fmt::format("configuration key 'shmbus.wait' = '{}': spin, yield, block or adaptive", wait));
+    cc.hold_producers = c.boolean("shmbus.hold.producers", false);
+    const std::int64_t mpr = c.integer("shmbus.max.poll.records", cc.max_poll_records);
+    if (mpr < 1 || mpr > 1'000'000) raise(kErrInvalidArg, "configuration key 'shmbus.max.poll.records': 1..1000000");
+    cc.max_poll_records = static_cast<std::uint32_t>(mpr);
+    memoryview_ = c.boolean("shmbus.value.memoryview", false);
+    group_ = c.str("group.id", "");
+    cc.on_assigned = [this](const std::vector<TopicPartition>& tps) { call_back(on_assign_, tps); };
+    cc.on_revoked = [this](const std::vector<TopicPartition>& tps) { call_back(on_revoke_, tps); };
+    bus_ = c.attach_bus();
+    consumer_.emplace(take(Consumer::create(bus_, cc)));
+  }
+
+  ~PyConsumer() {
+    dying_ = true;  // no Python callbacks from the destructor
+    release_views();  // they point into what is about to be freed
+    if (consumer_) {
+      pb::gil_scoped_release nogil;
+      consumer_.reset();
+    }
+  }
+
+  // ---- subscription and assignment ----
+  void subscribe(const std::vector<std::string>& topics, pb::object on_assign, pb::object on_revoke, pb::object on_lost) {
+    Consumer& c = open(true);
+    if (!on_lost.is_none())
+      raise(kErrNotImplemented, "subscribe(on_lost=...): libshmbus has no lost-partitions callback yet (branch g3); "
+                                "lost partitions are reported to on_revoke");
+    if (group_.empty()) raise(kErrInvalidArg, "subscribe() needs 'group.id' in the configuration");
+    for (const auto& t : topics)
+      if (t.starts_with("^")) raise(kErrNotImplemented, fmt::format("subscribe('{}'): regex subscriptions are not supported", t));
+    for (const auto* f : {&on_assign, &on_revoke})
+      if (!f->is_none() && !PyCallable_Check(f->ptr())) throw pb::type_error("on_assign and on_revoke must be callable");
+    on_assign_ = std::move(on_assign);
+    on_revoke_ = std::move(on_revoke);
+    Status s;
+    {
+      Busy b(*this);
+      pb::gil_scoped_release nogil;  // waits for busd's first assignment
+      s = c.subscribe(topics, group_);
+    }
+    rethrow_callback_error();
+    check(s);
+  }
+
+  void unsubscribe() {
+    Consumer& c = open(true);
+    give_back();
+    Status s;
+    {
+      Busy b(*this);
+      pb::gil_scoped_release nogil;
+      s = c.close();  // leaves the group; the consumer may subscribe or assign again
+    }
+    rethrow_callback_error();
+    check(s);
+  }
+
+  void assign(const pb::object& partitions) {
+    Consumer& c = open(true);
+    auto tps = to_tps(partitions, "partitions");
+    give_back();
+    check(c.assign(tps));
+    for (auto item : partitions) apply_offset(c, item.cast<const PyTopicPartition&>());
+  }
+
+  void unassign() {
+    Consumer& c = open(true);
+    give_back();
+    check(c.assign({}));
+  }
+
+  pb::list assignment() {
+    Consumer& c = open(false);
+    return tp_list(c.assignment(), nullptr);
+  }
+
+  // ---- reading ----
+  pb::object poll(const pb::object& timeout) {
+    Consumer& c = open(true);
+    release_views();
+    if (next_ >= batch_.size() && !fetch(c, to_timeout(timeout))) return error_message();
+    if (next_ >= batch_.size()) return pb::none();
+    return message(batch_[next_++]);
+  }
+
+  pb::list consume(std::int64_t num_messages, const pb::object& timeout) {
+    Consumer& c = open(true);
+    if (num_messages < 0 || num_messages > 1'000'000) throw pb::value_error("num_messages must be 0..1000000");
+    release_views();
+    pb::list out;
+    if (num_messages == 0) return out;
+    if (next_ >= batch_.size() && !fetch(c, to_timeout(timeout))) {
+      out.append(error_message());
+      return out;
+    }
+    // What the first fetch brought, then what is there at once (no further waiting).
+    while (static_cast<std::int64_t>(out.size()) < num_messages) {
+      if (next_ >= batch_.size()) {
+        if (!views_.empty()) break;  // a new fetch would end the views already handed out
+        if (!fetch(c, 0ns)) {
+          out.append(error_message());
+          break;
+        }
+        if (batch_.empty()) break;
+      }
+      out.append(message(batch_[next_++]));
+    }
+    return out;
+  }
+
+  // ---- positions and commits ----
+  pb::object commit(const pb::object& message, const pb::object& offsets, bool asynchronous) {
+    Consumer& c = open(true);
+    if (!message.is_none() && !offsets.is_none()) throw pb::value_error("commit(): message and offsets are exclusive");
+    std::vector<std::pair<TopicPartition, std::uint64_t>> offs;
+    if (!message.is_none()) {
+      if (!pb::isinstance<PyMessage>(message)) throw pb::type_error("commit(message=...) takes a Message");
+      const auto& m = message.cast<const PyMessage&>();
+      if (m.offset < 0 || m.topic.is_none()) raise(kErrInvalidArg, "commit(): the message has no offset");
+      offs.push_back({TopicPartition{m.topic.cast<std::string>(), static_cast<std::uint32_t>(m.partition)},
+                      static_cast<std::uint64_t>(m.offset) + 1});
+    } else if (!offsets.is_none()) {
+      auto tps = to_tps(offsets, "offsets");
+      std::size_t i = 0;
+      for (auto item : offsets) {
+        const auto& tp = item.cast<const PyTopicPartition&>();
+        if (tp.offset < 0) raise(kErrInvalidArg, fmt::format("commit(): {}-{} has no offset", tp.topic, tp.partition));
+        offs.push_back({tps[i++], static_cast<std::uint64_t>(tp.offset)});
+      }
+    } else {
+      give_back();
+      for (const auto& tp : c.assignment()) offs.push_back({tp, take(c.position(tp))});
+    }
+    const bool positions = message.is_none() && offsets.is_none();
+    Status s;
+    {
+      Busy b(*this);
+      pb::gil_scoped_release nogil;
+      // Explicit offsets are always committed synchronously: the library has no asynchronous
+      // commit of given offsets (nor a commit callback) yet (branch g3).
+      if (positions && asynchronous) s = c.commit_async();
+      else s = c.commit(offs);
+    }
+    check(s);
+    if (asynchronous) return pb::none();
+    pb::list out;
+    for (const auto& [tp, off] : offs) out.append(PyTopicPartition{tp.topic, static_cast<std::int32_t>(tp.partition), static_cast<std::int64_t>(off), pb::none()});
+    return out;
+  }
+
+  pb::list committed(const pb::object& partitions, const pb::object& timeout) {
+    Consumer& c = open(true);
+    (void)timeout;
+    auto tps = to_tps(partitions, "partitions");
+    Result<std::vector<std::optional<std::uint64_t>>> r;
+    {
+      Busy b(*this);
+      pb::gil_scoped_release nogil;  // asks busd
+      r = c.committed(tps);
+    }
+    auto offs = take(std::move(r));
+    pb::list out;
+    for (std::size_t i = 0; i < tps.size(); ++i) {
+      const std::int64_t off = i < offs.size() && offs[i] ? static_cast<std::int64_t>(*offs[i]) : kOffsetInvalid;
+      out.append(PyTopicPartition{tps[i].topic, static_cast<std::int32_t>(tps[i].partition), off, pb::none()});
+    }
+    return out;
+  }
+
+  pb::list position(const pb::object& partitions) {
+    Consumer& c = open(false);
+    auto tps = to_tps(partitions, "partitions");
+    give_back();
+    pb::list out;
+    for (const auto& tp : tps) {
+      auto p = c.position(tp);
+      out.append(PyTopicPartition{tp.topic, static_cast<std::int32_t>(tp.partition),
+                                  p ? static_cast<std::int64_t>(*p) : kOffsetInvalid,
+                                  p ? pb::object(pb::none()) : kafka_error(static_cast<int>(p.error().code), p.error().message)});
+    }
+    return out;
+  }
+
+  void seek(const pb::object& partition) {
+    Consumer& c = open(false);
+    if (!pb::isinstance<PyTopicPartition>(partition)) throw pb::type_error("seek() takes a TopicPartition");
+    const auto& tp = partition.cast<const PyTopicPartition&>();
+    give_back();
+    if (tp.offset < 0 && tp.offset != kOffsetBeginning && tp.offset != kOffsetEnd)
+      raise(kErrInvalidArg, fmt::format("seek(): offset {} of {}-{}: an offset, OFFSET_BEGINNING or OFFSET_END", tp.offset, tp.topic, tp.partition));
+    apply_offset(c, tp);
+  }
+
+  void pause(const pb::object& partitions) {
+    Consumer& c = open(false);
+    auto tps = to_tps(partitions, "partitions");
+    give_back();
+    check(c.pause(tps));
+  }
+
+  void resume(const pb::object& partitions) {
+    Consumer& c = open(false);
+    check(c.resume(to_tps(partitions, "partitions")));
+  }
+
+  pb::tuple watermarks(const pb::object& partition, const pb::object& timeout, bool cached) {
+    open(false);
+    (void)timeout, (void)cached;  // read from shared memory: always current, never waits
+    if (!pb::isinstance<PyTopicPartition>(partition)) throw pb::type_error("get_watermark_offsets() takes a TopicPartition");
+    const TopicPartition tp = partition.cast<const PyTopicPartition&>().tp();
+    TopicInfo info = take(bus_->describe_topic(tp.topic));
+    if (tp.partition >= info.partitions.size())
+      raise(static_cast<int>(Errc::kInvalidArgument), fmt::format("topic '{}' has {} partitions, no partition {}", tp.topic, info.partitions.size(), tp.partition));
+    const PartitionInfo& p = info.partitions[tp.partition];
+    std::uint64_t low = p.start_offset;
+    if (info.config.spill.enabled && p.disk_bytes > 0) low = std::min(low, p.disk_start_offset);
+    return pb::make_tuple(low, p.end_offset);
+  }
+
+  pb::object list_topics(const pb::object& topic, const pb::object& timeout) {
+    open(false);
+    (void)timeout;
+    return cluster_metadata(*bus_, topic);
+  }
+
+  pb::object memberid() {
+    Consumer& c = open(false);
+    const std::string id = c.member_id();
+    return id.empty() ? pb::object(pb::none()) : pb::object(pb::str(id));
+  }
+
+  void close() {
+    if (!consumer_) return;
+    if (busy_ && !in_callback_) raise(kErrState, "Consumer is in use by another thread");
+    if (in_callback_) raise(kErrState, "close() from a rebalance callback");
+    release_views();
+    give_back();
+    Status s;
+    {
+      Busy b(*this);
+      pb::gil_scoped_release nogil;
+      s = consumer_->close();
+    }
+    {
+      pb::gil_scoped_release nogil;
+      consumer_.reset();
+    }
+    bus_.reset();
+    rethrow_callback_error();
+    check(s);
+  }
+
+ private:
+  // Marks the consumer busy around a section that releases the GIL: another thread's call
+  // meanwhile raises (a Consumer belongs to one thread at a time) instead of racing.
+  struct Busy {
+    explicit Busy(PyConsumer& c) : c(c) { c.busy_ = true; }
+    ~Busy() { c.busy_ = false; }
+    PyConsumer& c;
+  };
+
+  // `full`: a call that may wait or change the assignment, refused from rebalance callbacks.
+  Consumer& open(bool full) {
+    if (!consumer_) raise_closed("Consumer");
+    if (busy_ && !in_callback_) raise(kErrState, "Consumer is in use by another thread (a Consumer belongs to one thread at a time)");
+    if (busy_ && full) raise(kErrState, "this call cannot be made from a rebalance callback (seek, pause, resume, position and assignment can)");
+    return *consumer_;
+  }
+
+  void apply_offset(Consumer& c, const PyTopicPartition& tp) {
+    if (tp.offset == kOffsetBeginning) check(c.seek_to_beginning(tp.tp()));
+    else if (tp.offset == kOffsetEnd) check(c.seek_to_end(tp.tp()));
+    else if (tp.offset >= 0) check(c.seek(tp.tp(), static_cast<std::uint64_t>(tp.offset)));
+  }
+
+  // Fetches a new batch, waiting up to `timeout` (nullopt: forever) for its first record.
+  // False when the fetch failed (error_ holds it).
+  bool fetch(Consumer& c, std::optional<std::chrono::nanoseconds> timeout) {
+    batch_ = {};
+    next_ = 0;
+    const auto deadline = timeout ? std::chrono::steady_clock::now() + *timeout : std::chrono::steady_clock::time_point::max();
+    for (;;) {
+      std::chrono::nanoseconds slice = 100ms;  // then signals are looked at
+      if (timeout) slice = std::min<std::chrono::nanoseconds>(slice, std::max<std::chrono::nanoseconds>(0ns, deadline - std::chrono::steady_clock::now()));
+      Result<std::span<const ConsumedRecord>> r;
+      {
+        Busy b(*this);
+        pb::gil_scoped_release nogil;
+        r = c.poll(slice);
+      }
+      rethrow_callback_error();
+      if (!r) {
+        error_ = r.error();
+        return false;
+      }
+      batch_ = *r;
+      if (!batch_.empty() || (timeout && std::chrono::steady_clock::now() >= deadline)) return true;
+      if (PyErr_CheckSignals() != 0) throw pb::error_already_set();
+    }
+  }
+
+  pb::object error_message() {
+    PyMessage m;
+    m.error = kafka_error(static_cast<int>(error_.code), error_.message);
+    return pb::cast(std::move(m));
+  }
+
+  // The records of the batch not handed out: their partitions go back to them.
+  void give_back() {
+    if (next_ >= batch_.size()) {
+      batch_ = {};
+      next_ = 0;
+      return;
+    }
+    std::map<TopicPartition, std::uint64_t> first;
+    for (std::size_t i = next_; i < batch_.size(); ++i)
+      first.try_emplace(TopicPartition{std::string(batch_[i].topic), batch_[i].partition}, batch_[i].offset);
+    batch_ = {};
+    next_ = 0;
+    for (const auto& [tp, off] : first) check(consumer_->seek(tp, off));
+  }
+
+  void release_views() {
+    for (auto& v : views_) {
+      PyObject* r = PyObject_CallMethod(v.ptr(), "release", nullptr);
+      if (r) Py_DECREF(r);
+      else PyErr_Clear();  // still exported (a numpy array over it): left as it is
+    }
+    views_.clear();
+  }
+
+  pb::object bytes_of(Bytes b) {
+    if (memoryview_) {
+      pb::object v = pb::reinterpret_steal<pb::object>(PyMemoryView_FromMemory(
+          const_cast<char*>(reinterpret_cast<const char*>(b.data())), static_cast<Py_ssize_t>(b.size()), PyBUF_READ));
+      if (!v) throw pb::error_already_set();
+      views_.push_back(v);
+      return v;
+    }
+    return pb::bytes(reinterpret_cast<const char*>(b.data()), b.size());
+  }
+
+  pb::object message(const ConsumedRecord& r) {
+    PyMessage m;
+    auto it = topics_.find(r.topic);
+    if (it == topics_.end()) it = topics_.emplace(std::string(r.topic), pb::str(std::string(r.topic))).first;
+    m.topic = it->second;
+    m.partition = static_cast<std::int32_t>(r.partition);
+    m.offset = static_cast<std::int64_t>(r.offset);
+    m.timestamp_type = 1;
+    m.timestamp_ms = r.timestamp_ns / 1'000'000;
+    if (r.key) m.key = pb::bytes(reinterpret_cast<const char*>(r.key->data()), r.key->size());
+    if (!r.null_value) m.value = bytes_of(r.value);
+    if (!r.raw_headers.empty()) {
+      pb::list hs;
+      auto h = r.headers();
+      while (auto one = h.next())
+        hs.append(pb::make_tuple(pb::str(std::string(one->key)), pb::bytes(reinterpret_cast<const char*>(one->value.data()), one->value.size())));
+      m.headers = hs;
+    }
+    return pb::cast(std::move(m));
+  }
+
+  pb::list tp_list(const std::vector<TopicPartition>& tps, const std::vector<std::int64_t>* offsets) {
+    pb::list out;
+    for (std::size_t i = 0; i < tps.size(); ++i)
+      out.append(PyTopicPartition{tps[i].topic, static_cast<std::int32_t>(tps[i].partition),
+                                  offsets ? (*offsets)[i] : kOffsetInvalid, pb::none()});
+    return out;
+  }
+
+  // From the C++ consumer's poll/subscribe/close, without the GIL.
+  void call_back(const pb::object& fn, const std::vector<TopicPartition>& tps) {
+    if (dying_) return;
+    pb::gil_scoped_acquire gil;
+    if (fn.is_none() || callback_error_) return;
+    in_callback_ = true;
+    try {
+      fn(pb::cast(this, pb::return_value_policy::reference), tp_list(tps, nullptr));
+    } catch (pb::error_already_set& e) {
+      callback_error_ = std::move(e);
+    } catch (const KafkaFailure& f) {
+      callback_error_ = f;
+    }
+    in_callback_ = false;
+  }
+
+  void rethrow_callback_error() {
+    if (!callback_error_) return;
+    auto e = std::move(*callback_error_);
+    callback_error_.reset();
+    if (auto* p = std::get_if<pb::error_already_set>(&e)) throw std::move(*p);
+    throw std::get<KafkaFailure>(e);
+  }
+
+  std::shared_ptr<Bus> bus_;
+  std::optional<Consumer> consumer_;
+  std::string group_;
+  bool memoryview_ = false;
+  std::span<const ConsumedRecord> batch_;
+  std::size_t next_ = 0;
+  Error error_;
+  std::vector<pb::object> views_;
+  std::map<std::string, pb::str, std::less<>> topics_;
+  pb::object on_assign_ = pb::none(), on_revoke_ = pb::none();
+  std::optional<std::variant<pb::error_already_set, KafkaFailure>> callback_error_;
+  bool busy_ = false, in_callback_ = false, dying_ = false;
+};
+
+}  // namespace
+
+void bind_consumer(pb::module_& m) {
+  pb::class_<PyConsumer>(m, "Consumer",
+                         "Consumer(conf): reads partitions at its own offsets; assign() needs no daemon, subscribe()\n"
+                         "joins conf['group.id'] through busd (started on demand), which assigns partitions and keeps\n"
+                         "committed offsets. Belongs to one thread at a time; a call from another thread while one\n"
+                         "waits raises KafkaException(_STATE). Closed, every method raises RuntimeError.\n"
+                         "conf: 'bus', 'group.id', 'auto.offset.reset' (latest), 'enable.auto.commit' (true),\n"
+                         "'auto.commit.interval.ms' (1000), 'session.timeout.ms' (10000),\n"
+                         "'partition.assignment.strategy', 'client.id', 'shmbus.value.memoryview',\n"
+                         "'shmbus.hold.producers', 'shmbus.wait', 'shmbus.max.poll.records'.")
+      .def(pb::init<const pb::dict&>(), pb::arg("conf") = pb::dict())
+      .def("subscribe", &PyConsumer::subscribe, pb::arg("topics"), pb::arg("on_assign") = pb::none(),
+           pb::arg("on_revoke") = pb::none(), pb::arg("on_lost") = pb::none(),
+           "Joins conf['group.id'] for these topics and waits (without the GIL) for the first assignment.\n"
+           "on_assign(consumer, partitions) / on_revoke(consumer, partitions) are called from poll() as\n"
+           "members come and go, with the partitions added or taken (incremental, as cooperative-sticky).\n"
+           "Each partition starts at the group's committed offset, else where auto.offset.reset says.")
+      .def("unsubscribe", &PyConsumer::unsubscribe, "Leaves the group (committing first with auto-commit).")
+      .def("assign", &PyConsumer::assign, pb::arg("partitions"),
+           "Replaces the assignment (no group). A TopicPartition's offset, if set (an offset, OFFSET_BEGINNING,\n"
+           "OFFSET_END), is where it starts; else auto.offset.reset says.")
+      .def("unassign", &PyConsumer::unassign, "Drops the manual assignment.")
+      .def("assignment", &PyConsumer::assignment, "The assigned partitions.")
+      .def("poll", &PyConsumer::poll, pb::arg("timeout") = pb::none(),
+           "The next record as a Message, waiting up to `timeout` seconds (None: forever) without the GIL;\n"
+           "None when none came. A failure (offset out of range, topic deleted) is a Message whose error() is set.")
+      .def("consume", &PyConsumer::consume, pb::arg("num_messages") = 1, pb::arg("timeout") = -1,
+           "Up to num_messages records: waits up to `timeout` seconds (-1: forever) for the first, then takes\n"
+           "what is there without waiting more.")
+      .def("commit", &PyConsumer::commit, pb::arg("message") = pb::none(), pb::arg("offsets") = pb::none(),
+           pb::arg("asynchronous") = true,
+           "Commits (group consumers): the message's offset + 1, the given TopicPartition offsets, or the\n"
+           "current positions. asynchronous=True returns None; False waits and returns the committed\n"
+           "TopicPartitions. Given offsets are always committed synchronously (no async commit of given\n"
+           "offsets in libshmbus yet).")
+      .def("committed", &PyConsumer::committed, pb::arg("partitions"), pb::arg("timeout") = pb::none(),
+           "The group's committed offsets (OFFSET_INVALID where none), asked of busd.")
+      .def("position", &PyConsumer::position, pb::arg("partitions"),
+           "The next offset to be returned for each partition (that of what poll() has handed out).")
+      .def("seek", &PyConsumer::seek, pb::arg("partition"),
+           "Moves an assigned partition to partition.offset (or OFFSET_BEGINNING / OFFSET_END).")
+      .def("pause", &PyConsumer::pause, pb::arg("partitions"), "poll() skips these (still assigned) until resumed.")
+      .def("resume", &PyConsumer::resume, pb::arg("partitions"), "Undoes pause().")
+      .def("get_watermark_offsets", &PyConsumer::watermarks, pb::arg("partition"), pb::arg("timeout") = pb::none(),
+           pb::arg("cached") = false,
+           "(low, high): the oldest offset still readable (ring, or disk log of a spilled topic) and the next\n"
+           "offset to be written. Read from shared memory: never waits.")
+      .def("offsets_for_times", [](PyConsumer&, pb::object, pb::object) -> pb::list {
+             raise(kErrNotImplemented, "offsets_for_times(): libshmbus has no lookup by timestamp yet");
+           }, pb::arg("partitions"), pb::arg("timeout") = pb::none(), "Not implemented yet: raises KafkaException(_NOT_IMPLEMENTED).")
+      .def("list_topics", &PyConsumer::list_topics, pb::arg("topic") = pb::none(), pb::arg("timeout") = -1,
+           "ClusterMetadata of the bus (as AdminClient.list_topics).")
+      .def("memberid", &PyConsumer::memberid, "The group member id, or None.")
+      .def("close", &PyConsumer::close,
+           "Gives back what poll() has not handed out, commits (auto-commit), leaves the group and releases\n"
+           "the consumer; later calls raise RuntimeError. Closing twice is allowed.")
+      .def("__enter__", [](pb::object self) { return self; })
+      .def("__exit__", [](PyConsumer& c, pb::args) { c.close(); return false; });
+}
+
+}  // namespace shmbus::py

@@ -1,0 +1,384 @@
+// The Python module shmbus: confluent-kafka-python's API over libshmbus's shared-memory
+// path. This file: the module, errors, the configuration table, Message, TopicPartition
+// and delete_bus; the clients are in producer.cpp, consumer.cpp and admin.cpp.
+#include "module.h"
+
+#include <cctype>
+#include <cstdlib>
+#include <tuple>
+
+#include <fmt/format.h>
+
+namespace shmbus::py {
+
+namespace {
+
+PyObject* g_kafka_exception = nullptr;  // shmbus.KafkaException (owned by the module)
+
+struct PyKafkaError {
+  int code = 0;
+  std::string message;
+  std::string name() const {
+    switch (code) {
+      case kErrNotImplemented: return "_NOT_IMPLEMENTED";
+      case kErrState: return "_STATE";
+      case kErrInvalidArg: return "_INVALID_ARG";
+      default: break;
+    }
+    if (code > 0 && code <= static_cast<int>(Errc::kSystem)) {
+      std::string n = errc_name(static_cast<Errc>(code));
+      for (auto& ch : n) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+      return n;
+    }
+    return fmt::format("ERR_{}", code);
+  }
+};
+
+}  // namespace
+
+void raise(int code, std::string message) { throw KafkaFailure{code, std::move(message)}; }
+
+pb::object kafka_error(int code, const std::string& message) { return pb::cast(PyKafkaError{code, message}); }
+
+pb::object kafka_exception(int code, const std::string& message) {
+  return pb::reinterpret_borrow<pb::object>(g_kafka_exception)(kafka_error(code, message));
+}
+
+void raise_closed(const char* what) { throw std::runtime_error(fmt::format("{} closed", what)); }
+
+// ---- the configuration table ----
+// One row a key: which clients take it, whether it is used, and where it goes. A later
+// libshmbus feature turns a kPending row into kUsed (and its mapping in the client's file).
+const std::vector<ConfigKey>& config_keys() {
+  constexpr unsigned P = static_cast<unsigned>(Client::kProducer), C = static_cast<unsigned>(Client::kConsumer),
+                     A = static_cast<unsigned>(Client::kAdmin), T = static_cast<unsigned>(Client::kTopic),
+                     ALL = P | C | A;
+  static const std::vector<ConfigKey> keys = {
+      {"bus", ALL, Support::kUsed, "the bus name (BusOptions::name); default $SHMBUS_BUS, else 'default'"},
+      {"bootstrap.servers", ALL, Support::kIgnored, "Kafka brokers: shared memory has none"},
+      {"client.id", ALL, Support::kUsed, "consumers: ConsumerConfig::client_name (busctl group describe)"},
+      {"error_cb", ALL, Support::kIgnored, "errors are raised where they happen"},
+      {"logger", ALL, Support::kIgnored, "the library does not log"},
+      {"socket.timeout.ms", ALL, Support::kIgnored, "no sockets on the data path"},
+      {"statistics.interval.ms", ALL, Support::kPending, "statistics callbacks (libshmbus lacks them; branch g6)"},
+      {"stats_cb", ALL, Support::kPending, "statistics callbacks (libshmbus lacks them; branch g6)"},
+      // producer
+      {"acks", P, Support::kPending,
+       "ProducerConfig::acks (branch g5); today a send is acknowledged once it is in the ring: acks=1"},
+      {"partitioner", P, Support::kUsed, "murmur2_random (default) or murmur2: Kafka's Java partitioner, as libshmbus"},
+      {"linger.ms", P, Support::kIgnored, "sends are written at once"},
+      {"queue.buffering.max.ms", P, Support::kIgnored, "sends are written at once"},
+      {"batch.num.messages", P, Support::kIgnored, "sends are written at once"},
+      {"queue.buffering.max.messages", P, Support::kIgnored, "no local queue"},
+      {"message.timeout.ms", P, Support::kIgnored, "see shmbus.max.block.ms"},
+      {"enable.idempotence", P, Support::kIgnored, "a send is written once"},
+      {"compression.type", P, Support::kUsed, "none only"},
+      {"on_delivery", P, Support::kUsed, "default delivery callback of produce()"},
+      {"delivery.report.only.error", P, Support::kUsed, "serve only failed deliveries"},
+      {"shmbus.max.block.ms", P, Support::kUsed, "ProducerConfig::max_block_ms: block topics wait this long for room"},
+      {"shmbus.record.alignment", P, Support::kUsed, "ProducerConfig::record_alignment (8, 16, 32, 64)"},
+      {"shmbus.exclusive", P, Support::kUsed, "ProducerConfig::exclusive"},
+      // consumer
+      {"group.id", C, Support::kUsed, "the group subscribe() joins"},
+      {"auto.offset.reset", C, Support::kUsed,
+       "ConsumerConfig::auto_offset_reset: earliest|smallest|beginning, latest|largest|end, error"},
+      {"enable.auto.commit", C, Support::kUsed, "ConsumerConfig::enable_auto_commit"},
+      {"auto.commit.interval.ms", C, Support::kUsed, "ConsumerConfig::auto_commit_interval"},
+      {"session.timeout.ms", C, Support::kUsed, "ConsumerConfig::session_timeout"},
+      {"partition.assignment.strategy", C, Support::kUsed,
+       "ConsumerConfig::assignor: range, roundrobin, cooperative-sticky (sticky)"},
+      {"max.poll.interval.ms", C, Support::kPending, "ConsumerConfig::max_poll_interval (branch g3)"},
+      {"group.instance.id", C, Support::kPending, "static membership, ConsumerConfig::group_instance_id (branch g3)"},
+      {"on_commit", C, Support::kPending, "commit_async with a callback (branch g3)"},
+      {"enable.partition.eof", C, Support::kIgnored, "false only: no partition-EOF events"},
+      {"heartbeat.interval.ms", C, Support::kIgnored, "members heartbeat from poll()"},
+      {"fetch.min.bytes", C, Support::kIgnored, "records are read where they are"},
+      {"fetch.wait.max.ms", C, Support::kIgnored, "records are read where they are"},
+      {"isolation.level", C, Support::kIgnored, "no transactions"},
+      {"shmbus.value.memoryview", C, Support::kUsed,
+       "Message.value() a memoryview into the consumer's buffer or the ring, valid until the next poll()/consume()"},
+      {"shmbus.hold.producers", C, Support::kUsed, "ConsumerConfig::hold_producers (block topics: zero-copy views)"},
+      {"shmbus.wait", C, Support::kUsed, "ConsumerConfig::wait: spin, yield, block, adaptive (default)"},
+      {"shmbus.max.poll.records", C, Support::kUsed, "ConsumerConfig::max_poll_records (records per fetch)"},
+      // topics: AdminClient.create_topics(NewTopic(..., config={...}))
+      {"shmbus.capacity", T, Support::kUsed, "TopicConfig::capacity: ring bytes per partition (power of two >= 4096)"},
+      {"max.message.bytes", T, Support::kUsed, "TopicConfig::max_record"},
+      {"shmbus.retention", T, Support::kUsed, "TopicConfig::retention: overwrite (default) or block"},
+      {"shmbus.claim.timeout.ms", T, Support::kUsed, "TopicConfig::claim_timeout_ms"},
+      {"shmbus.spill", T, Support::kUsed, "SpillConfig::enabled: busd writes the topic to disk"},
+      {"retention.bytes", T, Support::kUsed, "SpillConfig::retention_bytes (spilled topics)"},
+      {"retention.ms", T, Support::kUsed, "SpillConfig::retention_ms (spilled topics)"},
+      {"segment.bytes", T, Support::kUsed, "SpillConfig::segment_bytes (spilled topics)"},
+      {"shmbus.fsync", T, Support::kUsed, "SpillConfig::fsync: never, interval (default), always"},
+  };
+  return keys;
+}
+
+namespace {
+
+// The value a pending key may take today (what the library already does), as a string.
+bool pending_value_ok(const std::string& key, const pb::handle& v) {
+  if (key == "acks") {
+    const std::string s = pb::str(v);
+    return s == "1" || s == "leader";
+  }
+  if (key == "statistics.interval.ms") return pb::isinstance<pb::int_>(v) && v.cast<std::int64_t>() == 0;
+  return v.is_none();
+}
+
+}  // namespace
+
+Conf::Conf(const pb::dict& conf, Client client) {
+  for (auto [k, v] : conf) {
+    if (!pb::isinstance<pb::str>(k)) throw pb::type_error("configuration keys must be str");
+    const std::string key = k.cast<std::string>();
+    const ConfigKey* row = nullptr;
+    for (const auto& r : config_keys())
+      if (key == r.key && (r.clients & static_cast<unsigned>(client))) row = &r;
+    if (!row) raise(kErrInvalidArg, fmt::format("unknown {}configuration key '{}'", client == Client::kTopic ? "topic " : "", key));
+    if (row->support == Support::kPending && !pending_value_ok(key, v))
+      raise(kErrNotImplemented, fmt::format("configuration key '{}' = {}: not implemented yet: {}", key,
+                                            pb::repr(v).cast<std::string>(), row->doc));
+    values_[key] = pb::reinterpret_borrow<pb::object>(v);
+  }
+}
+
+pb::object Conf::object(const std::string& key) const {
+  auto it = values_.find(key);
+  return it == values_.end() ? pb::object(pb::none()) : it->second;
+}
+
+std::string Conf::str(const std::string& key, const std::string& def) const {
+  auto it = values_.find(key);
+  if (it == values_.end()) return def;
+  if (pb::isinstance<pb::bool_>(it->second)) return it->second.cast<bool>() ? "true" : "false";
+  return pb::str(it->second).cast<std::string>();
+}
+
+std::int64_t Conf::integer(const std::string& key, std::int64_t def) const {
+  auto it = values_.find(key);
+  if (it == values_.end()) return def;
+  const pb::object& v = it->second;
+  if (pb::isinstance<pb::int_>(v) && !pb::isinstance<pb::bool_>(v)) return v.cast<std::int64_t>();
+  if (pb::isinstance<pb::str>(v)) {
+    const std::string s = v.cast<std::string>();
+    char* end = nullptr;
+    const long long n = std::strtoll(s.c_str(), &end, 10);
+    if (!s.empty() && end && *end == 0) return n;
+  }
+  raise(kErrInvalidArg, fmt::format("configuration key '{}': {} is not an integer", key, pb::repr(v).cast<std::string>()));
+}
+
+bool Conf::boolean(const std::string& key, bool def) const {
+  auto it = values_.find(key);
+  if (it == values_.end()) return def;
+  if (pb::isinstance<pb::bool_>(it->second)) return it->second.cast<bool>();
+  const std::string s = pb::str(it->second);
+  if (s == "true" || s == "1") return true;
+  if (s == "false" || s == "0") return false;
+  raise(kErrInvalidArg, fmt::format("configuration key '{}': {} is not true or false", key, s));
+}
+
+std::shared_ptr<Bus> Conf::attach_bus() const {
+  BusOptions o;
+  o.name = str("bus", "");
+  Result<std::shared_ptr<Bus>> r;
+  {
+    pb::gil_scoped_release nogil;  // the registry lock may be held by another process
+    r = Bus::attach(o);
+  }
+  return take(std::move(r));
+}
+
+BorrowedBytes::BorrowedBytes(pb::handle obj, const char* what) {
+  if (PyUnicode_Check(obj.ptr())) {
+    Py_ssize_t n = 0;
+    const char* s = PyUnicode_AsUTF8AndSize(obj.ptr(), &n);  // cached in the str object
+    if (!s) throw pb::error_already_set();
+    bytes_ = Bytes(reinterpret_cast<const std::byte*>(s), static_cast<std::size_t>(n));
+    return;
+  }
+  if (PyBytes_Check(obj.ptr())) {
+    bytes_ = Bytes(reinterpret_cast<const std::byte*>(PyBytes_AS_STRING(obj.ptr())),
+                   static_cast<std::size_t>(PyBytes_GET_SIZE(obj.ptr())));
+    return;
+  }
+  if (PyObject_CheckBuffer(obj.ptr()) && PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_C_CONTIGUOUS) == 0) {
+    has_view_ = true;
+    bytes_ = Bytes(static_cast<const std::byte*>(view_.buf), static_cast<std::size_t>(view_.len));
+    return;
+  }
+  PyErr_Clear();
+  throw pb::type_error(fmt::format("{} must be str, bytes, a contiguous buffer or None, not {}", what,
+                                   pb::str(pb::type::handle_of(obj).attr("__name__")).cast<std::string>()));
+}
+
+BorrowedBytes::~BorrowedBytes() {
+  if (has_view_) PyBuffer_Release(&view_);
+}
+
+TopicPartition PyTopicPartition::tp() const {
+  if (partition < 0) raise(kErrInvalidArg, fmt::format("TopicPartition('{}', {}): no partition", topic, partition));
+  return TopicPartition{topic, static_cast<std::uint32_t>(partition)};
+}
+
+std::optional<std::chrono::nanoseconds> to_timeout(const pb::object& seconds) {
+  if (seconds.is_none()) return std::nullopt;
+  if (!pb::isinstance<pb::int_>(seconds) && !pb::isinstance<pb::float_>(seconds))
+    throw pb::type_error("timeout must be a number of seconds or None");
+  const double s = seconds.cast<double>();
+  if (s < 0) return std::nullopt;
+  return std::chrono::nanoseconds(static_cast<std::int64_t>(s * 1e9));
+}
+
+std::vector<TopicPartition> to_tps(const pb::handle& list, const char* what) {
+  if (!pb::isinstance<pb::list>(list) && !pb::isinstance<pb::tuple>(list))
+    throw pb::type_error(fmt::format("{} must be a list of TopicPartition", what));
+  std::vector<TopicPartition> out;
+  for (auto item : list) {
+    if (!pb::isinstance<PyTopicPartition>(item)) throw pb::type_error(fmt::format("{} must be a list of TopicPartition", what));
+    out.push_back(item.cast<const PyTopicPartition&>().tp());
+  }
+  return out;
+}
+
+}  // namespace shmbus::py
+
+using namespace shmbus::py;
+
+PYBIND11_MODULE(shmbus, m) {
+  m.doc() =
+      "shmbus: Kafka's programming model over shared memory, with confluent-kafka-python's API.\n\n"
+      "from shmbus import Producer, Consumer, TopicPartition, KafkaException, AdminClient\n"
+      "Every client takes a conf dict; 'bus' names the bus (default $SHMBUS_BUS, else 'default').\n"
+      "Keys a client does not know raise KafkaException naming the key. See docs/python.md.";
+  m.attr("__version__") = SHMBUS_PY_VERSION;
+  m.attr("TIMESTAMP_NOT_AVAILABLE") = 0;
+  m.attr("TIMESTAMP_CREATE_TIME") = 1;
+  m.attr("TIMESTAMP_LOG_APPEND_TIME") = 2;
+  m.attr("OFFSET_BEGINNING") = kOffsetBeginning;
+  m.attr("OFFSET_END") = kOffsetEnd;
+  m.attr("OFFSET_STORED") = kOffsetStored;
+  m.attr("OFFSET_INVALID") = kOffsetInvalid;
+
+  auto ke = pb::class_<PyKafkaError>(m, "KafkaError",
+                                     "An error: code() is the bus's error code (shmbus.Errc in C++) or one of\n"
+                                     "librdkafka's local codes (_NOT_IMPLEMENTED, _STATE, _INVALID_ARG).")
+                .def(pb::init([](int code, const std::string& reason) { return PyKafkaError{code, reason}; }),
+                     pb::arg("error"), pb::arg("reason") = "")
+                .def("code", [](const PyKafkaError& e) { return e.code; })
+                .def("name", &PyKafkaError::name)
+                .def("str", [](const PyKafkaError& e) { return e.message; })
+                .def("fatal", [](const PyKafkaError&) { return false; })
+                .def("retriable", [](const PyKafkaError& e) { return e.code == static_cast<int>(shmbus::Errc::kTimedOut); })
+                .def("txn_requires_abort", [](const PyKafkaError&) { return false; })
+                .def("__str__", [](const PyKafkaError& e) { return fmt::format("KafkaError{{code={},val={},str=\"{}\"}}", e.name(), e.code, e.message); })
+                .def("__repr__", [](const PyKafkaError& e) { return fmt::format("KafkaError{{code={},val={},str=\"{}\"}}", e.name(), e.code, e.message); })
+                .def("__eq__", [](const PyKafkaError& e, const pb::object& o) {
+                  if (pb::isinstance<PyKafkaError>(o)) return e.code == o.cast<const PyKafkaError&>().code;
+                  if (pb::isinstance<pb::int_>(o)) return e.code == o.cast<int>();
+                  return false;
+                })
+                .def("__hash__", [](const PyKafkaError& e) { return e.code; });
+  ke.attr("_NOT_IMPLEMENTED") = kErrNotImplemented;
+  ke.attr("_STATE") = kErrState;
+  ke.attr("_INVALID_ARG") = kErrInvalidArg;
+  for (int c = 1; c <= static_cast<int>(shmbus::Errc::kSystem); ++c) {
+    std::string n = shmbus::errc_name(static_cast<shmbus::Errc>(c));
+    for (auto& ch : n) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    ke.attr(n.c_str()) = c;
+  }
+
+  g_kafka_exception = PyErr_NewExceptionWithDoc("shmbus.KafkaException",
+                                                "Raised by shmbus; args[0] is the KafkaError.", PyExc_Exception, nullptr);
+  m.attr("KafkaException") = pb::handle(g_kafka_exception);
+  pb::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const KafkaFailure& f) {
+      pb::object err = kafka_error(f.code, f.message);
+      PyErr_SetObject(g_kafka_exception, err.ptr());
+    }
+  });
+
+  pb::class_<PyTopicPartition>(m, "TopicPartition",
+                               "TopicPartition(topic, partition=-1, offset=OFFSET_INVALID): a partition of a topic,\n"
+                               "and an offset where one is meant (the next to read, for commits and seeks).")
+      .def(pb::init([](std::string topic, std::int32_t partition, std::int64_t offset) {
+             return PyTopicPartition{std::move(topic), partition, offset, pb::none()};
+           }),
+           pb::arg("topic"), pb::arg("partition") = -1, pb::arg("offset") = kOffsetInvalid)
+      .def_readwrite("topic", &PyTopicPartition::topic)
+      .def_readwrite("partition", &PyTopicPartition::partition)
+      .def_readwrite("offset", &PyTopicPartition::offset)
+      .def_readwrite("error", &PyTopicPartition::error)
+      .def("__repr__", [](const PyTopicPartition& t) {
+        return fmt::format("TopicPartition{{topic={},partition={},offset={},error={}}}", t.topic, t.partition, t.offset,
+                           pb::str(t.error).cast<std::string>());
+      })
+      .def("__eq__", [](const PyTopicPartition& a, const pb::object& o) {
+        if (!pb::isinstance<PyTopicPartition>(o)) return false;
+        const auto& b = o.cast<const PyTopicPartition&>();
+        return a.topic == b.topic && a.partition == b.partition;
+      })
+      .def("__lt__", [](const PyTopicPartition& a, const PyTopicPartition& b) {
+        return std::tie(a.topic, a.partition) < std::tie(b.topic, b.partition);
+      })
+      .def("__hash__", [](const PyTopicPartition& t) { return pb::hash(pb::make_tuple(t.topic, t.partition)); });
+
+  pb::class_<PyMessage>(m, "Message",
+                        "A consumed record (or a consumer error: error() is then set), or the record of a delivery\n"
+                        "report. value() is bytes, or a memoryview with 'shmbus.value.memoryview' (valid until the\n"
+                        "consumer's next poll()/consume()/close(); it is released then and raises ValueError).")
+      .def("topic", [](const PyMessage& m) { return m.topic; })
+      .def("partition", [](const PyMessage& m) { return m.partition; })
+      .def("offset", [](const PyMessage& m) { return m.offset; })
+      .def("key", [](const PyMessage& m) { return m.key; })
+      .def("value", [](const PyMessage& m) { return m.value; })
+      .def("headers", [](const PyMessage& m) { return m.headers; }, "A list of (str, bytes) tuples, or None.")
+      .def("timestamp", [](const PyMessage& m) { return pb::make_tuple(m.timestamp_type, m.timestamp_ms); },
+           "(TIMESTAMP_CREATE_TIME, milliseconds since the epoch), or (TIMESTAMP_NOT_AVAILABLE, 0).")
+      .def("error", [](const PyMessage& m) { return m.error; })
+      .def("set_key", [](PyMessage& m, pb::object k) { m.key = std::move(k); })
+      .def("set_value", [](PyMessage& m, pb::object v) { m.value = std::move(v); })
+      .def("set_headers", [](PyMessage& m, pb::object h) { m.headers = std::move(h); })
+      .def("len", [](const PyMessage& m) { return m.value.is_none() ? 0 : pb::len(m.value); })
+      .def("__len__", [](const PyMessage& m) { return m.value.is_none() ? 0 : pb::len(m.value); })
+      .def("__repr__", [](const PyMessage& m) {
+        return fmt::format("<shmbus.Message {}[{}]@{}>", pb::str(m.topic).cast<std::string>(), m.partition, m.offset);
+      });
+
+  m.def(
+      "delete_bus",
+      [](const std::string& name, bool purge_disk) {
+        shmbus::Status s;
+        {
+          pb::gil_scoped_release nogil;
+          s = shmbus::Bus::destroy(name, purge_disk);
+        }
+        check(s);
+      },
+      pb::arg("name"), pb::arg("purge_disk") = false,
+      "Removes every segment of bus `name` (Bus::destroy); attached clients keep their mappings.\n"
+      "Disk logs of spilled topics stay unless purge_disk.");
+  m.def(
+      "config_keys",
+      []() {
+        pb::list out;
+        for (const auto& r : config_keys()) {
+          pb::list clients;
+          if (r.clients & static_cast<unsigned>(Client::kProducer)) clients.append("producer");
+          if (r.clients & static_cast<unsigned>(Client::kConsumer)) clients.append("consumer");
+          if (r.clients & static_cast<unsigned>(Client::kAdmin)) clients.append("admin");
+          if (r.clients & static_cast<unsigned>(Client::kTopic)) clients.append("topic");
+          const char* s = r.support == Support::kUsed ? "used" : r.support == Support::kIgnored ? "ignored" : "pending";
+          out.append(pb::make_tuple(r.key, clients, s, r.doc));
+        }
+        return out;
+      },
+      "The configuration table: (key, clients, 'used'|'ignored'|'pending', what it maps to).");
+
+  bind_producer(m);
+  bind_consumer(m);
+  bind_admin(m);
+}

@@ -1,0 +1,193 @@
+// shmbus.Producer: confluent-kafka's Producer over shmbus::Producer. A send is written to
+// the ring before produce() returns; delivery reports (with the offset) wait in a local
+// queue until poll() or flush() serves their callbacks, as confluent-kafka's do.
+#include <chrono>
+#include <deque>
+#include <unordered_map>
+
+#include <fmt/format.h>
+
+#include "bus/topic.h"
+#include "module.h"
+#include "shmbus/producer.h"
+
+namespace shmbus::py {
+
+namespace {
+
+struct Report {
+  pb::object callback;
+  PyMessage msg;
+};
+
+class PyProducer {
+ public:
+  explicit PyProducer(const pb::dict& conf) {
+    Conf c(conf, Client::kProducer);
+    const std::string part = c.str("partitioner", "murmur2_random");
+    if (part != "murmur2_random" && part != "murmur2")
+      raise(kErrInvalidArg, fmt::format("configuration key 'partitioner' = '{}': murmur2_random or murmur2 only", part));
+    if (c.str("compression.type", "none") != "none")
+      raise(kErrInvalidArg, "configuration key 'compression.type': 'none' only (records are not compressed)");
+    ProducerConfig pc;
+    pc.max_block_ms = c.integer("shmbus.max.block.ms", pc.max_block_ms);
+    pc.record_alignment = static_cast<std::uint32_t>(c.integer("shmbus.record.alignment", pc.record_alignment));
+    pc.exclusive = c.boolean("shmbus.exclusive", false);
+    only_errors_ = c.boolean("delivery.report.only.error", false);
+    default_cb_ = c.object("on_delivery");
+    bus_ = c.attach_bus();
+    producer_.emplace(take(Producer::create(bus_, pc)));
+  }
+
+  void produce(const std::string& topic, pb::handle value, pb::handle key, std::int64_t partition, pb::object on_delivery,
+               std::int64_t timestamp, pb::handle headers, pb::object callback) {
+    Producer& p = open();
+    if (!callback.is_none()) on_delivery = std::move(callback);  // confluent's alias
+    if (on_delivery.is_none()) on_delivery = default_cb_;
+    if (!on_delivery.is_none() && !PyCallable_Check(on_delivery.ptr())) throw pb::type_error("on_delivery must be callable");
+    if (partition < -1 || partition > 0xffffffffll) throw pb::value_error(fmt::format("partition {} is out of range", partition));
+    if (timestamp < 0) throw pb::value_error("timestamp must be milliseconds since the epoch, or 0");
+    std::optional<BorrowedBytes> v, k;  // borrowed until the send returns
+    Message m;
+    if (value.is_none()) m.null_value = true;
+    else m.value = v.emplace(value, "value").bytes();
+    if (!key.is_none()) m.key = k.emplace(key, "key").bytes();
+    m.timestamp_ns = timestamp * 1'000'000;
+    // Headers: a dict or a list of (str, value) pairs; borrowed like the value.
+    std::vector<Header> hs;
+    std::vector<std::unique_ptr<BorrowedBytes>> hvals;  // (no allocation without headers)
+    std::vector<pb::object> hkeys;  // keep the key objects alive for their UTF-8
+    if (!headers.is_none()) {
+      pb::object items;
+      if (pb::isinstance<pb::dict>(headers)) items = headers.attr("items")();
+      else if (pb::isinstance<pb::list>(headers) || pb::isinstance<pb::tuple>(headers)) items = pb::reinterpret_borrow<pb::object>(headers);
+      else throw pb::type_error("headers must be a dict or a list of (str, value) tuples");
+      for (auto item : items) {
+        if (!pb::isinstance<pb::tuple>(item) || pb::len(item) != 2) throw pb::type_error("headers must be (str, value) tuples");
+        pb::object hk = item.cast<pb::tuple>()[0], hv = item.cast<pb::tuple>()[1];
+        if (!pb::isinstance<pb::str>(hk)) throw pb::type_error("header keys must be str");
+        Py_ssize_t n = 0;
+        const char* ks = PyUnicode_AsUTF8AndSize(hk.ptr(), &n);
+        if (!ks) throw pb::error_already_set();
+        hkeys.push_back(hk);
+        Bytes hb{};
+        if (!hv.is_none()) hb = hvals.emplace_back(std::make_unique<BorrowedBytes>(hv, "header value"))->bytes();
+        hs.push_back(Header{std::string_view(ks, static_cast<std::size_t>(n)), hb});
+      }
+      m.headers = hs;
+    }
+    std::optional<std::uint32_t> part;
+    if (partition >= 0) part = static_cast<std::uint32_t>(partition);
+    Result<RecordMetadata> r;
+    if (may_wait(topic)) {
+      pb::gil_scoped_release nogil;  // a block topic may wait for room (max_block_ms)
+      r = p.send(topic, m, part);
+    } else {
+      r = p.send(topic, m, part);
+    }
+    if (!r) raise(r.error());
+    ++produced_;
+    if (on_delivery.is_none() || only_errors_) return;
+    Report rep{std::move(on_delivery), {}};
+    rep.msg.topic = pb::str(topic);
+    rep.msg.partition = static_cast<std::int32_t>(r->partition);
+    rep.msg.offset = static_cast<std::int64_t>(r->offset);
+    rep.msg.timestamp_type = timestamp ? 1 : 0;
+    rep.msg.timestamp_ms = timestamp;
+    rep.msg.key = key.is_none() ? pb::object(pb::none()) : pb::object(pb::bytes(as_string(*m.key).data(), m.key->size()));
+    rep.msg.value = value.is_none() ? pb::object(pb::none()) : pb::object(pb::bytes(as_string(m.value).data(), m.value.size()));
+    rep.msg.headers = headers.is_none() ? pb::object(pb::none()) : pb::reinterpret_borrow<pb::object>(headers);
+    reports_.push_back(std::move(rep));
+  }
+
+  // Serves queued delivery callbacks; returns how many.
+  int poll(pb::object timeout) {
+    open();
+    (void)timeout;  // every report is ready: nothing is waited for
+    return serve();
+  }
+
+  int flush(pb::object timeout) {
+    open();
+    (void)timeout;  // sends are in the ring already; only callbacks are left to serve
+    serve();
+    return static_cast<int>(reports_.size());
+  }
+
+  std::size_t len() const { return reports_.size(); }
+
+  void close() {
+    if (!producer_) return;
+    serve();
+    producer_.reset();
+    bus_.reset();
+  }
+
+  Producer& open() {
+    if (!producer_) raise_closed("Producer");
+    return *producer_;
+  }
+
+ private:
+  int serve() {
+    int n = 0;
+    while (!reports_.empty()) {
+      Report r = std::move(reports_.front());
+      reports_.pop_front();
+      ++n;
+      r.callback(pb::none(), pb::cast(std::move(r.msg)));  // an exception propagates; the rest stay queued
+    }
+    return n;
+  }
+
+  // Whether a send to `topic` may wait (a block topic): only then is the GIL released.
+  bool may_wait(const std::string& topic) {
+    auto it = block_.find(topic);
+    if (it != block_.end()) return it->second;
+    auto t = bus_->topic(topic);
+    if (!t) return false;  // the send reports it
+    const bool b = (*t)->config().retention == RetentionMode::kBlock;
+    block_.emplace(topic, b);
+    return b;
+  }
+
+  std::shared_ptr<Bus> bus_;
+  std::optional<Producer> producer_;
+  std::deque<Report> reports_;
+  std::unordered_map<std::string, bool> block_;
+  pb::object default_cb_ = pb::none();
+  bool only_errors_ = false;
+  std::uint64_t produced_ = 0;
+};
+
+}  // namespace
+
+void bind_producer(pb::module_& m) {
+  pb::class_<PyProducer>(m, "Producer",
+                         "Producer(conf): sends records to topics; keys choose partitions as in Kafka (murmur2).\n\n"
+                         "A send is in the ring (readable by consumers) when produce() returns; its delivery report\n"
+                         "(with the offset) is served by the next poll() or flush(). Belongs to one thread at a time.\n"
+                         "conf: 'bus', 'shmbus.max.block.ms', 'shmbus.record.alignment', 'shmbus.exclusive',\n"
+                         "'on_delivery', 'delivery.report.only.error'; confluent keys with no meaning here are\n"
+                         "accepted (shmbus.config_keys() lists them all).")
+      .def(pb::init<const pb::dict&>(), pb::arg("conf") = pb::dict())
+      .def("produce", &PyProducer::produce, pb::arg("topic"), pb::arg("value") = pb::none(), pb::arg("key") = pb::none(),
+           pb::arg("partition") = -1, pb::arg("on_delivery") = pb::none(), pb::arg("timestamp") = 0,
+           pb::arg("headers") = pb::none(), pb::kw_only(), pb::arg("callback") = pb::none(),
+           "produce(topic, value=None, key=None, partition=-1, on_delivery=None, timestamp=0, headers=None)\n\n"
+           "Appends one record. value/key: str (UTF-8), bytes or any contiguous buffer, read in place (no\n"
+           "copy); value None is a tombstone (a null value). partition -1: the key's (murmur2), else the\n"
+           "sticky one. timestamp: ms since the epoch, 0: now. headers: dict or list of (str, value).\n"
+           "on_delivery(err, msg) is called from poll()/flush(). Raises KafkaException when the send fails\n"
+           "(unknown topic, record too large, block topic full for shmbus.max.block.ms, ...).")
+      .def("poll", &PyProducer::poll, pb::arg("timeout") = pb::none(),
+           "Serves queued delivery callbacks; returns how many. Never waits: every report is ready.")
+      .def("flush", &PyProducer::flush, pb::arg("timeout") = pb::none(),
+           "Serves every queued delivery callback; returns how many are left (0).")
+      .def("__len__", &PyProducer::len, "Delivery reports not yet served.")
+      .def("close", &PyProducer::close, "Serves what is queued and releases the producer; later calls raise RuntimeError.")
+      .def("__enter__", [](pb::object self) { return self; })
+      .def("__exit__", [](PyProducer& p, pb::args) { p.close(); return false; });
+}
+
+}  // namespace shmbus::py

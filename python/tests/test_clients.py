@@ -1,0 +1,319 @@
+# Producer, Consumer and Message: every method, on one process.
+import threading
+import time
+
+import pytest
+import shmbus
+from shmbus import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+
+from conftest import drain, make_topic
+
+
+def murmur2(data: bytes) -> int:  # Kafka's, for the expected partitions
+    m, r = 0x5BD1E995, 24
+    length = len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i:i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = (h * m) & 0xFFFFFFFF
+        h ^= k
+    rest = length % 4
+    tail = data[length - rest:]
+    if rest == 3:
+        h ^= tail[2] << 16
+    if rest >= 2:
+        h ^= tail[1] << 8
+    if rest >= 1:
+        h ^= tail[0]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
+
+
+def consumer_at(bus, tps, **conf):
+    c = Consumer({"bus": bus, "auto.offset.reset": "earliest", **conf})
+    c.assign(tps)
+    return c
+
+
+def test_produce_then_consume_keeps_every_field(bus):
+    make_topic(bus, "t", 2)
+    reports = []
+    p = Producer({"bus": bus})
+    p.produce("t", b"v0", key=b"k0", partition=0, headers={"h": b"x", "s": "y"}, timestamp=1700000000123,
+              on_delivery=lambda err, msg: reports.append((err, msg)))
+    p.produce("t", "str-value", key="str-key", partition=1, headers=[("a", b"1"), ("a", None)])
+    p.produce("t", bytearray(b"from-bytearray"), partition=0, callback=lambda e, m: reports.append((e, m)))
+    p.produce("t", memoryview(b"xxfrom-memoryview")[2:], partition=1)
+    p.produce("t", None, key=b"gone", partition=0)  # a tombstone
+    assert len(p) == 2, "two sends asked for delivery reports"
+    assert p.poll(0) == 2
+    assert len(p) == 0
+    assert p.flush(1.0) == 0
+    err, msg = reports[0]
+    assert err is None and msg.topic() == "t" and msg.partition() == 0 and msg.offset() == 0
+    assert msg.key() == b"k0" and msg.value() == b"v0"
+    assert reports[1][1].offset() == 1
+
+    c = consumer_at(bus, [TopicPartition("t", 0), TopicPartition("t", 1)])
+    got = {(m.partition(), m.offset()): m for m in drain(c, 5)}
+    m = got[(0, 0)]
+    assert (m.topic(), m.key(), m.value(), m.len(), len(m)) == ("t", b"k0", b"v0", 2, 2)
+    assert m.headers() == [("h", b"x"), ("s", b"y")]
+    assert m.timestamp() == (shmbus.TIMESTAMP_CREATE_TIME, 1700000000123)
+    assert m.error() is None
+    assert got[(1, 0)].key() == b"str-key" and got[(1, 0)].value() == b"str-value"
+    assert got[(1, 0)].headers() == [("a", b"1"), ("a", b"")]
+    assert got[(0, 1)].value() == b"from-bytearray" and got[(0, 1)].key() is None and got[(0, 1)].headers() is None
+    assert got[(1, 1)].value() == b"from-memoryview"
+    tomb = got[(0, 2)]
+    assert tomb.value() is None and tomb.key() == b"gone" and tomb.len() == 0
+    now_ms = time.time() * 1000
+    assert abs(got[(1, 0)].timestamp()[1] - now_ms) < 60_000, "timestamp 0: stamped by the producer"
+    c.close()
+    p.close()
+
+
+def test_keys_go_to_the_kafka_partition(bus):
+    make_topic(bus, "k", 5)
+    p = Producer({"bus": bus, "partitioner": "murmur2_random", "linger.ms": 5, "acks": 1})
+    seen = {}
+    for key in [b"a", b"order-17", b"\x00\xff", b"customer-123456"]:
+        p.produce("k", b"v", key=key, on_delivery=lambda e, m, key=key: seen.__setitem__(key, m.partition()))
+    p.flush()
+    for key, part in seen.items():
+        assert part == (murmur2(key) & 0x7FFFFFFF) % 5, key
+
+
+def test_consumer_positions_seek_pause_and_watermarks(bus):
+    make_topic(bus, "t", 2)
+    p = Producer({"bus": bus})
+    for i in range(10):
+        p.produce("t", str(i), partition=0)
+        p.produce("t", "b" + str(i), partition=1)
+    c = Consumer({"bus": bus, "auto.offset.reset": "latest"})
+    c.assign([TopicPartition("t", 0, 3), TopicPartition("t", 1, shmbus.OFFSET_BEGINNING)])
+    assert sorted(c.assignment()) == [TopicPartition("t", 0), TopicPartition("t", 1)]
+    assert [tp.offset for tp in c.position([TopicPartition("t", 0), TopicPartition("t", 1)])] == [3, 0]
+    assert c.get_watermark_offsets(TopicPartition("t", 0)) == (0, 10)
+
+    m = c.poll(5.0)
+    # One record handed out: the rest of the fetched batch is given back, positions are Python's.
+    assert c.position([TopicPartition("t", m.partition())])[0].offset == m.offset() + 1
+
+    c.seek(TopicPartition("t", 0, 8))
+    c.pause([TopicPartition("t", 1)])
+    vals = [m.value() for m in drain(c, 2)]
+    assert vals == [b"8", b"9"]
+    assert c.poll(0.05) is None, "partition 1 is paused"
+    c.resume([TopicPartition("t", 1)])
+    rest = drain(c, 9)
+    assert [m.partition() for m in rest] == [1] * 9
+    c.seek(TopicPartition("t", 1, shmbus.OFFSET_END))
+    assert c.position([TopicPartition("t", 1)])[0].offset == 10
+    assert c.poll(0.05) is None
+
+    c.seek(TopicPartition("t", 0, 0))
+    batch = c.consume(num_messages=4, timeout=5.0)
+    assert [m.value() for m in batch] == [b"0", b"1", b"2", b"3"]
+    assert c.consume(0, 0) == []
+    c.seek(TopicPartition("t", 0, shmbus.OFFSET_BEGINNING))
+    assert c.poll(5.0).offset() == 0
+    c.unassign()
+    assert c.assignment() == []
+    assert c.poll(0.01) is None
+    md = c.list_topics()
+    assert set(md.topics) == {"t"} and md.topics["t"].partitions[1].high == 10
+    assert c.memberid() is None
+    c.close()
+
+
+def test_memoryview_values_live_until_the_next_poll(bus):
+    make_topic(bus, "t", 1, **{"shmbus.retention": "block"})
+    p = Producer({"bus": bus})
+    for i in range(3):
+        p.produce("t", b"value-%d" % i, partition=0)
+    c = consumer_at(bus, [TopicPartition("t", 0)], **{"shmbus.value.memoryview": True, "shmbus.hold.producers": True})
+    m = c.poll(5.0)
+    v = m.value()
+    assert isinstance(v, memoryview) and v.readonly and bytes(v) == b"value-0"
+    assert bytes(c.poll(5.0).value()) == b"value-1"
+    with pytest.raises(ValueError):
+        bytes(v)  # released by the poll after it: raises, never reads freed memory
+    batch = c.consume(5, 1.0)
+    assert [bytes(m.value()) for m in batch] == [b"value-2"]
+    c.close()
+    with pytest.raises(ValueError):
+        bytes(batch[0].value())
+    # A consumer dropped without close() releases its views too.
+    c = consumer_at(bus, [TopicPartition("t", 0)], **{"shmbus.value.memoryview": True})
+    v = c.poll(5.0).value()
+    del c
+    with pytest.raises(ValueError):
+        bytes(v)
+
+
+def test_context_managers_and_closed_clients_raise(bus):
+    make_topic(bus, "t")
+    with Producer({"bus": bus}) as p:
+        p.produce("t", b"x")
+    with pytest.raises(RuntimeError, match="Producer closed"):
+        p.produce("t", b"x")
+    with pytest.raises(RuntimeError):
+        p.flush()
+    with Consumer({"bus": bus}) as c:
+        c.assign([TopicPartition("t", 0)])
+    for call in (lambda: c.poll(0), lambda: c.consume(1, 0), lambda: c.assignment(), lambda: c.assign([]),
+                 lambda: c.commit(), lambda: c.position([TopicPartition("t", 0)]), lambda: c.subscribe(["t"])):
+        with pytest.raises(RuntimeError, match="Consumer closed"):
+            call()
+    c.close()  # twice: allowed
+    a = shmbus.AdminClient({"bus": bus})
+    a.close()
+    with pytest.raises(RuntimeError):
+        a.list_topics()
+
+
+def test_the_gil_is_released_while_poll_waits(bus):
+    make_topic(bus, "t")
+    c = consumer_at(bus, [TopicPartition("t", 0)])
+    ticks = [0]
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            ticks[0] += 1
+
+    t = threading.Thread(target=spin)
+    t.start()
+    before = ticks[0]
+    assert c.poll(0.3) is None
+    during = ticks[0] - before
+    stop.set()
+    t.join()
+    assert during > 1000, "another thread ran while poll() waited"
+
+
+def test_a_consumer_waiting_in_one_thread_refuses_another(bus):
+    make_topic(bus, "t")
+    c = consumer_at(bus, [TopicPartition("t", 0)])
+    t = threading.Thread(target=lambda: c.poll(1.0))
+    t.start()
+    time.sleep(0.1)
+    with pytest.raises(KafkaException) as e:
+        c.poll(0)
+    assert e.value.args[0].code() == KafkaError._STATE
+    t.join()
+    c.close()
+
+
+def test_errors_of_the_library_are_kafka_exceptions(bus):
+    make_topic(bus, "t", 2)
+    p = Producer({"bus": bus})
+    with pytest.raises(KafkaException) as e:
+        p.produce("nope", b"x")
+    err = e.value.args[0]
+    assert isinstance(err, KafkaError) and err.code() == KafkaError.NOT_FOUND and err.name() == "NOT_FOUND"
+    assert "nope" in err.str() and not err.fatal() and err == KafkaError.NOT_FOUND
+    with pytest.raises(KafkaException) as e:
+        p.produce("t", b"x", partition=7)
+    assert e.value.args[0].code() == KafkaError.INVALID_ARGUMENT
+    c = Consumer({"bus": bus})
+    with pytest.raises(KafkaException):
+        c.assign([TopicPartition("t", 9)])
+    c.assign([TopicPartition("t", 0)])
+    with pytest.raises(KafkaException) as e:
+        c.seek(TopicPartition("t", 0, 100))
+    assert e.value.args[0].code() == KafkaError.OFFSET_OUT_OF_RANGE
+    with pytest.raises(KafkaException) as e:
+        c.pause([TopicPartition("t", 1)])
+    assert "not assigned" in e.value.args[0].str()
+    with pytest.raises(KafkaException) as e:
+        c.commit(asynchronous=False)
+    with pytest.raises(KafkaException) as e:
+        c.offsets_for_times([TopicPartition("t", 0, 0)])
+    assert e.value.args[0].code() == KafkaError._NOT_IMPLEMENTED
+
+
+def test_bad_arguments_raise_the_documented_exceptions(bus):
+    make_topic(bus, "t")
+    with pytest.raises(KafkaException, match="unknown configuration key 'no.such.key'") as e:
+        Producer({"bus": bus, "no.such.key": 1})
+    assert e.value.args[0].code() == KafkaError._INVALID_ARG
+    with pytest.raises(KafkaException, match="'group.id'"):
+        Producer({"bus": bus, "group.id": "g"})  # a consumer's key
+    with pytest.raises(KafkaException, match="'acks'.*g5") as e:
+        Producer({"bus": bus, "acks": "all"})
+    assert e.value.args[0].code() == KafkaError._NOT_IMPLEMENTED
+    for conf in ({"max.poll.interval.ms": 1000}, {"group.instance.id": "x"}, {"on_commit": print},
+                 {"statistics.interval.ms": 1000}, {"enable.partition.eof": True}):
+        with pytest.raises(KafkaException) as e:
+            Consumer({"bus": bus, **conf})
+        assert e.value.args[0].code() == KafkaError._NOT_IMPLEMENTED, conf
+    with pytest.raises(KafkaException, match="auto.offset.reset"):
+        Consumer({"bus": bus, "auto.offset.reset": "sometimes"})
+    with pytest.raises(KafkaException, match="not an integer"):
+        Consumer({"bus": bus, "session.timeout.ms": "soon"})
+    with pytest.raises(TypeError):
+        Producer({1: 2})
+    with pytest.raises(TypeError):
+        Producer("bus=x")
+    p = Producer({"bus": bus})
+    with pytest.raises(TypeError, match="value must be str, bytes"):
+        p.produce("t", 123)
+    with pytest.raises(TypeError, match="key must be"):
+        p.produce("t", b"x", key=1.5)
+    with pytest.raises(TypeError):
+        p.produce("t", b"x", headers=5)
+    with pytest.raises(TypeError):
+        p.produce("t", b"x", headers=[("k",)])
+    with pytest.raises(TypeError):
+        p.produce("t", b"x", on_delivery=3)
+    with pytest.raises(ValueError):
+        p.produce("t", b"x", partition=-5)
+    with pytest.raises(ValueError):
+        p.produce("t", b"x", timestamp=-1)
+    with pytest.raises(TypeError):
+        p.produce(5, b"x")
+    c = Consumer({"bus": bus})
+    with pytest.raises(TypeError):
+        c.assign("t")
+    with pytest.raises(TypeError):
+        c.assign([("t", 0)])
+    with pytest.raises(TypeError):
+        c.poll("soon")
+    with pytest.raises(ValueError):
+        c.consume(-1)
+    with pytest.raises(KafkaException, match="group.id"):
+        c.subscribe(["t"])
+    c2 = Consumer({"bus": bus, "group.id": "g"})
+    with pytest.raises(KafkaException) as e:
+        c2.subscribe(["t"], on_lost=lambda c, p: None)
+    assert e.value.args[0].code() == KafkaError._NOT_IMPLEMENTED
+    with pytest.raises(TypeError):
+        c2.subscribe(["t"], on_assign=5)
+    with pytest.raises(KafkaException):
+        c.commit(offsets=[TopicPartition("t", 0)])  # no offset
+    with pytest.raises(TypeError):
+        c.commit(message="m")
+    with pytest.raises(KafkaException):
+        c.seek(TopicPartition("t", 0, -7))
+
+
+def test_config_table_lists_every_key_once():
+    rows = shmbus.config_keys()
+    keys = [(k, tuple(c)) for k, c, _, _ in rows]
+    assert len(keys) == len(set(keys))
+    assert {s for _, _, s, _ in rows} == {"used", "ignored", "pending"}
+    assert "pending" == {k: s for k, _, s, _ in rows}["acks"]
+
+
+def test_help_reads_like_the_header():
+    assert "produce(topic, value=None, key=None, partition=-1" in shmbus.Producer.produce.__doc__
+    assert "GIL" in shmbus.Consumer.subscribe.__doc__
+    assert "memoryview" in shmbus.Message.__doc__
