@@ -8,6 +8,7 @@
 
 #include "bus/group_client.h"
 #include "bus/partitioner.h"
+#include "bus/statistics.h"
 #include "bus/topic.h"
 #include "shm/process.h"
 #include "shm/ring.h"
@@ -92,6 +93,16 @@ struct Producer::Impl {
   TopicState* last = nullptr;
   std::string last_name;
   bool reservation_open = false;
+  std::unique_ptr<stats::ProducerStats> stats;  // statistics_interval > 0 only
+  std::shared_ptr<Topic> reserved_topic;         // with stats: the open reservation's topic
+  std::uint64_t reserved_bytes = 0;              // and its key, headers and value bytes
+
+  // The open reservation ended: committed (counted as sent) or aborted.
+  void reservation_done(const Reservation& r, const shm::RingWriter& w, bool committed) {
+    if (committed) stats->sent(reserved_topic, r.metadata().partition, 1, reserved_bytes, w);
+    else stats->aborted(reserved_topic, r.metadata().partition, 1);
+    reserved_topic.reset();
+  }
 
   Result<TopicState*> topic(std::string_view name) {
     if (last && name == last_name && !last->topic->deleted()) return last;
@@ -223,9 +234,13 @@ Result<Producer> Producer::create(std::shared_ptr<Bus> bus, ProducerConfig confi
       config.record_alignment != 64)
     return make_error(Errc::kInvalidArgument,
                       fmt::format("record_alignment {} must be 8, 16, 32 or 64", config.record_alignment));
+  if (auto ok = stats::check("ProducerConfig", config.statistics_interval, config.statistics_cb); !ok)
+    return tl::unexpected(ok.error());
   auto impl = std::make_unique<Impl>();
   impl->bus = std::move(bus);
-  impl->config = config;
+  if (config.statistics_interval.count() > 0)
+    impl->stats = std::make_unique<stats::ProducerStats>(config.statistics_interval, config.statistics_cb);
+  impl->config = std::move(config);
   return Producer(std::move(impl));
 }
 
@@ -299,7 +314,10 @@ Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<co
     write_record(reinterpret_cast<std::byte*>(ring.header_at(at)), layouts[i], length, messages[i], ts_ns);
     cur = at + sizes[i];
   }
-  if (auto ok = writer.commit(*claim); !ok) return tl::unexpected(ok.error());
+  if (auto ok = writer.commit(*claim); !ok) {
+    if (impl_->stats) [[unlikely]] impl_->stats->aborted(ts.topic, *p, messages.size());
+    return tl::unexpected(ok.error());
+  }
   // Committed: the words, the first one last (docs/ring.md, "Producing").
   cur = claim->first_at + sizes[0];
   for (std::size_t i = 1; i < messages.size(); ++i) {
@@ -313,6 +331,7 @@ Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<co
   // moves while we return to the caller (measured: docs/performance.md).
   for (std::uint64_t at = claim->end, stop = at + std::min<std::uint64_t>(total, 4096); at < stop; at += shm::kCacheLine)
     __builtin_prefetch(ring.header_at(at), 1, 3);
+  if (impl_->stats) [[unlikely]] impl_->stats->sent(ts.topic, *p, messages, writer);
   return RecordMetadata{*p, claim->offset};
 }
 
@@ -351,6 +370,11 @@ Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Byte
   r.open_ = true;
   r.producer_open_ = &impl_->reservation_open;
   impl_->reservation_open = true;
+  if (impl_->stats) [[unlikely]] {
+    r.stats_ = impl_.get();
+    impl_->reserved_topic = ts.topic;
+    impl_->reserved_bytes = l->payload;
+  }
   return r;
 }
 
@@ -363,7 +387,8 @@ Reservation::Reservation(Reservation&& o) noexcept
       meta_(o.meta_),
       wake_(o.wake_),
       open_(std::exchange(o.open_, false)),
-      producer_open_(o.producer_open_) {}
+      producer_open_(o.producer_open_),
+      stats_(o.stats_) {}
 
 Reservation::~Reservation() { abort(); }
 
@@ -373,9 +398,13 @@ Status Reservation::commit() noexcept {
   const shm::Claim c{meta_.offset, position_, end_, 1, first_at_, wake_};
   open_ = false;
   if (producer_open_) *producer_open_ = false;
-  if (auto ok = w->commit(c); !ok) return ok;
+  if (auto ok = w->commit(c); !ok) {
+    if (stats_) stats_->reservation_done(*this, *w, false);
+    return ok;
+  }
   w->finish(c);
   w->notify(c);
+  if (stats_) stats_->reservation_done(*this, *w, true);
   return {};
 }
 
@@ -385,6 +414,7 @@ void Reservation::abort() noexcept {
   w->abort(shm::Claim{meta_.offset, position_, end_, 1, first_at_, wake_});
   open_ = false;
   if (producer_open_) *producer_open_ = false;
+  if (stats_) stats_->reservation_done(*this, *w, false);
 }
 
 }  // namespace shmbus

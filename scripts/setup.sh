@@ -7,6 +7,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libcli11-dev libfmt-dev nlohmann-json3-dev libxxhash-dev
   gnuplot-nox libzmq3-dev iceoryx libiceoryx-posh-dev
+  curl
 )
 missing=()
 for p in "${packages[@]}"; do

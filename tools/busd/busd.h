@@ -16,6 +16,10 @@ struct BusdOptions {
   int rebalance_timeout_ms = 5000;       // a member that does not give up revoked partitions
                                          // by then is evicted
   bool quiet = false;
+  // --metrics-listen HOST:PORT: serve Prometheus metrics there for this run (the listeners
+  // file in the state dir, which `busctl metrics start` writes, is left as it is).
+  std::optional<std::string> metrics_listen;
+  bool allow_remote = false;  // listeners may bind addresses other than loopback
 };
 
 // Runs until SIGTERM/SIGINT. Fails at once (and changes nothing) when another busd holds

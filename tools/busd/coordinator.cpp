@@ -68,6 +68,7 @@ void Daemon::rebalance(Group& g) {
   g.revoke_deadline_ns = waiting ? 1 : 0;  // "rebalancing", for describe
   if (waiting) return;
   ++g.generation;
+  ++g.rebalances;
   for (auto& [id, m] : g.members) {
     m.owned = target.at(id);
     send(m.fd, json{{"push", "assign"}, {"group", g.name}, {"generation", g.generation}, {"partitions", tps_json(m.owned)}});

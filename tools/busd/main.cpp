@@ -24,10 +24,10 @@ std::string manual(const CLI::App& app) {
       "A second busd for the same bus exits at once with status 1.";
   p.tail =
       ".SH FILES\n"
-      ".TP\n.I /run/shmbus/BUS, /var/lib/shmbus/BUS\nroot's socket, lock and log; committed offsets and spilled logs\n"
+      ".TP\n.I /run/shmbus/BUS, /var/lib/shmbus/BUS\nroot's socket, lock and log; committed offsets, spilled logs and the listeners file\n"
       ".TP\n.I $XDG_RUNTIME_DIR/shmbus/BUS or /tmp/shmbus\\-UID/BUS\nanother user's socket, lock and log\n"
       ".TP\n.I $XDG_STATE_HOME/shmbus/BUS, ~/.local/state/shmbus/BUS or /var/tmp/shmbus\\-UID/BUS\n"
-      "another user's committed offsets and spilled logs\n"
+      "another user's committed offsets, spilled logs and the listeners file\n"
       ".SH ENVIRONMENT\n"
       ".TP\n.B SHMBUS_DIR\nboth directories are SHMBUS_DIR/BUS (for buses shared with a Unix group)\n"
       ".TP\n.B SHMBUS_BUS\nthe bus when --bus is not given\n"
@@ -49,6 +49,11 @@ int main(int argc, char** argv) {
   app.add_option("--rebalance-timeout-ms", o.rebalance_timeout_ms, "evict a member that keeps revoked partitions longer");
   app.add_flag("--foreground", foreground, "accepted for systemd units; busd never daemonizes itself");
   app.add_flag("--quiet", o.quiet, "log nothing");
+  std::string metrics_listen;
+  app.add_option("--metrics-listen", metrics_listen,
+                 "serve Prometheus metrics (GET /metrics) on HOST:PORT, loopback unless --allow-remote; port 0 picks one "
+                 "(busctl status shows it)");
+  app.add_flag("--allow-remote", o.allow_remote, "let listeners bind addresses other than loopback");
   bool help_man = false;
   app.add_flag("--help-man", help_man, "print this manual page (busd.8) in roff and exit")->group("");
   CLI11_PARSE(app, argc, argv);
@@ -57,6 +62,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (!group.empty()) o.group = group;
+  if (!metrics_listen.empty()) o.metrics_listen = metrics_listen;
   if (auto ok = shmbus::run_busd(o); !ok) {
     std::cerr << "busd: " << ok.error().message << "\n";
     return ok.error().code == shmbus::Errc::kInvalidArgument ? 2 : 1;
