@@ -1100,6 +1100,11 @@ TEST_F(BusdMetrics, BadHttpGetsAnErrorAndBusdStaysUp) {
   EXPECT_EQ(curl(address_, "/").out.find("not found"), 0u);
   EXPECT_TRUE(child_alive());
   EXPECT_EQ(status()["pid"], child_.pid);
+  // The silent one is closed after busd's 5 s request timeout.
+  pollfd pf{silent, POLLIN, 0};
+  char byte;
+  ASSERT_EQ(::poll(&pf, 1, 10'000), 1) << "still open after 10 s";
+  EXPECT_EQ(::recv(silent, &byte, 1, 0), 0);
   ::close(silent);
 }
 
@@ -1149,4 +1154,31 @@ TEST_F(BusdMetrics, BusctlMetricsStartIsKeptAcrossRestartsAndStopToo) {
   kill_busd(SIGTERM);
   EXPECT_EQ(metrics_address(status(/*autostart=*/true)), "");
   EXPECT_EQ(test::busctl({"--bus", b, "metrics", "stop"}).out, "metrics: were not running\n");
+}
+
+TEST_F(BusdMetrics, SpilledTopicsShowTheirSpillOffsetAndWrites) {
+  ASSERT_TRUE((*bus_)->create_topic("s", test::spilled_topic(1, 1 << 20)));
+  start_busd_with_metrics();
+  produce_keyed(bus_->get(), "s", 100);
+  wait_spilled(bus_->get(), "s");
+  auto r = curl(address_);
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const std::string& line : std::vector<std::string>{
+           "shmbus_topic_info{topic=\"s\",retention=\"block\",spill=\"true\"} 1\n",
+           "shmbus_spill_offset{topic=\"s\",partition=\"0\"} 100\n",
+           "shmbus_spill_start_offset{topic=\"s\",partition=\"0\"} 0\n",
+           "shmbus_spill_state{topic=\"s\",partition=\"0\"} 1\n",
+           "shmbus_spill_errors_total{topic=\"s\",partition=\"0\"} 0\n",
+       })
+    EXPECT_NE(r.out.find(line), std::string::npos) << "missing: " << line << "\nin:\n" << r.out;
+  // Bytes written: the 100 records' frames (values of 100 bytes and more), which the log
+  // files hold with their segment header.
+  auto value_of = [&](const std::string& sample) {
+    const auto at = r.out.find(sample + "{topic=\"s\",partition=\"0\"} ");
+    return at == std::string::npos ? 0 : std::stoull(r.out.substr(r.out.find("} ", at) + 2));
+  };
+  const std::uint64_t written = value_of("shmbus_spill_written_bytes_total"), disk = value_of("shmbus_spill_disk_bytes");
+  EXPECT_GT(written, 100u * 100) << r.out;
+  EXPECT_LE(written, disk);
+  EXPECT_LT(disk - written, 4096u);
 }
