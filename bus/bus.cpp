@@ -20,6 +20,7 @@
 
 #include "bus/disk_log.h"
 #include "bus/names.h"
+#include "bus/offset_lookup.h"
 #include "bus/paths.h"
 #include "bus/registry_layout.h"
 #include "bus/topic.h"
@@ -638,6 +639,7 @@ TopicInfo info_of(const SlotCopy& s, const Topic* t) {
     pi.disk_bytes = st.spill_bytes.load(std::memory_order_relaxed);
     pi.spill_lost = st.spill_lost.load(std::memory_order_relaxed);
     pi.spill_state = st.spill_state.load(std::memory_order_relaxed);
+    pi.earliest_offset = earliest_offset(r, s.config.spill.enabled);
     info.partitions.push_back(pi);
   }
   return info;

@@ -1,15 +1,18 @@
 #include "shmbus/producer.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <unistd.h>
 
 #include <fmt/format.h>
 
+#include "bus/gate_names.h"
 #include "bus/group_client.h"
 #include "bus/partitioner.h"
 #include "bus/statistics.h"
 #include "bus/topic.h"
+#include "shm/futex.h"
 #include "shm/process.h"
 #include "shm/ring.h"
 
@@ -77,6 +80,25 @@ std::uint64_t headers_size(std::span<const Header> headers) {
   copy_payload(p, m.value.data(), m.value.size());
 }
 
+const char* acks_name(Acks a) {
+  return a == Acks::kMemory ? "memory" : a == Acks::kSpilled ? "spilled" : "fsynced";
+}
+
+// Durable acks need busd to spill every record: a topic with a disk log whose producers
+// cannot overwrite what busd has not spilled yet.
+Status durable_acks_ok(const Topic& t, Acks acks) {
+  if (acks == Acks::kMemory) return {};
+  if (!t.config().spill.enabled)
+    return make_error(Errc::kInvalidArgument, fmt::format("topic '{}' does not spill to disk: acks={} needs a topic created with --spill",
+                                                          t.name(), acks_name(acks)));
+  if (t.config().retention != RetentionMode::kBlock)
+    return make_error(Errc::kInvalidArgument,
+                      fmt::format("topic '{}' has retention overwrite: its producers may overwrite a record before busd "
+                                  "spills it; acks={} needs --retention block",
+                                  t.name(), acks_name(acks)));
+  return {};
+}
+
 }  // namespace
 
 struct Producer::Impl {
@@ -85,6 +107,7 @@ struct Producer::Impl {
     std::vector<std::unique_ptr<shm::RingWriter>> writers;  // opened on first use
     std::uint32_t sticky = 0;
     std::uint64_t sticky_bytes = 0;
+    std::vector<std::uint64_t> sent_end;  // per partition: our last sent offset + 1 (0: none)
   };
 
   std::shared_ptr<Bus> bus;
@@ -115,12 +138,14 @@ struct Producer::Impl {
       }
       auto t = bus->topic(std::string(name));
       if (!t) return tl::unexpected(t.error());
+      if (auto ok = durable_acks_ok(**t, config.acks); !ok) return tl::unexpected(ok.error());
       // A spilled topic needs busd: it spills, and in a block topic its gate holds us back
       // until it has. Start one if none runs (SHMBUS_NO_AUTOSTART=1 opts out).
       if ((*t)->config().spill.enabled) (void)BusdConnection::connect(bus->name(), std::chrono::seconds(2));
       TopicState st;
       st.topic = *t;
       st.writers.resize((*t)->partitions());
+      st.sent_end.resize((*t)->partitions());
       st.sticky = static_cast<std::uint32_t>(shm::random_u64() % (*t)->partitions());
       it = topics.insert_or_assign(std::string(name), std::move(st)).first;
     }
@@ -193,11 +218,80 @@ struct Producer::Impl {
     return l;
   }
 
+  // Sent: note it for flush(), then wait for busd as the producer's acks say.
+  Status sent(TopicState& ts, std::uint32_t p, std::uint64_t end) {
+    ts.sent_end[p] = std::max(ts.sent_end[p], end);
+    if (config.acks == Acks::kMemory) return {};
+    const std::int64_t now = static_cast<std::int64_t>(shm::monotonic_ns());
+    return wait_durable(ts, p, end, config.acks, config.ack_timeout_ms < 0 ? -1 : now + config.ack_timeout_ms * 1'000'000);
+  }
+
+  // Waits until busd's spiller has published partition p of `ts` as written (kSpilled) or
+  // synced (kFsynced) up to `end`, or the deadline (monotonic ns; < 0: none). It rings the
+  // partition's ack bell (busd's idle tailer sleeps on it), then sleeps on the published
+  // offset's futex word, which busd wakes; no spinning: the spiller's round trip (tailer,
+  // writer, write(2), fdatasync) takes tens of microseconds at least. Every 500 ms without
+  // the offset it makes sure a busd runs (one killed is started again, unless
+  // SHMBUS_NO_AUTOSTART=1).
+  Status wait_durable(const TopicState& ts, std::uint32_t p, std::uint64_t end, Acks acks, std::int64_t deadline) {
+    if (acks == Acks::kMemory) return {};
+    const shm::Ring& ring = ts.topic->ring(p);
+    const bool synced = acks == Acks::kFsynced;
+    auto& limits = ring.ctl()->limits;
+    if (synced) {  // ask busd to sync up to `end` now, whatever the topic's fsync policy
+      std::uint64_t w = limits.sync_wanted.load(std::memory_order_relaxed);
+      while (w < end && !limits.sync_wanted.compare_exchange_weak(w, end)) {
+      }
+    }
+    if (ring.durable_end(synced).value_or(0) < end) {  // wake the spiller's tailer if it idles
+      limits.ack_bell.fetch_add(1, std::memory_order_seq_cst);
+      shm::futex_wake_all(&limits.ack_bell);
+    }
+    std::atomic<std::uint32_t>* word = ring.durable_word(synced);
+    constexpr std::int64_t kSlice = 500'000'000;
+    std::int64_t next_check = static_cast<std::int64_t>(shm::monotonic_ns()) + kSlice;
+    for (;;) {
+      const std::uint32_t seen = word->load(std::memory_order_acquire);  // before the check: a publish after it wakes us
+      const auto durable = ring.durable_end(synced);
+      if (durable && *durable >= end) return {};
+      if (ring.closed())
+        return make_error(Errc::kTopicDeleted, fmt::format("topic '{}' was deleted before offset {} of partition {} was {}",
+                                                           ts.topic->name(), end - 1, p, acks_name(acks)));
+      const auto now = static_cast<std::int64_t>(shm::monotonic_ns());
+      if (deadline >= 0 && now >= deadline) return tl::unexpected(not_durable(ts, p, end, acks, durable.has_value()));
+      if (now >= next_check) {
+        (void)BusdConnection::connect(bus->name(), std::chrono::seconds(2));
+        next_check = static_cast<std::int64_t>(shm::monotonic_ns()) + kSlice;
+        continue;
+      }
+      const std::int64_t until = deadline < 0 ? next_check : std::min(next_check, deadline);
+      (void)shm::futex_wait(word, seen, until - now);
+    }
+  }
+
+  [[gnu::cold]] static Error not_durable(const TopicState& ts, std::uint32_t p, std::uint64_t end, Acks acks, bool believable) {
+    const shm::Ring& ring = ts.topic->ring(p);
+    std::string why = "busd writes it to the disk log and has not (is it running? busctl status, busd.log)";
+    if (!believable)
+      why = "the offset published in the partition segment is past the ring's end (forged or damaged bytes; busctl doctor)";
+    else if (ring.ctl()->stats.spill_state.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(shm::SpillState::kError))
+      why = "busd's spilling of this partition failed (busctl topic describe: SPILL error; busd.log says why)";
+    return Error{Errc::kTimedOut, fmt::format("offset {} of topic '{}' partition {} is not {} on disk: {}; the record is in "
+                                              "the ring, flush() waits for it again",
+                                              end - 1, ts.topic->name(), p, acks == Acks::kFsynced ? "synced" : "written", why)};
+  }
+
   std::int64_t block_ns() const { return config.max_block_ms < 0 ? -1 : config.max_block_ms * 1'000'000; }
 
   // A claim that needs claim() below: a spilled block topic, whose room comes from busd.
   bool slow_claim(const TopicState& ts, const shm::RingWriter& w) const {
     return ts.topic->config().spill.enabled && w.ring().retention() == shm::Retention::kBlock;
+  }
+
+  // A claim that timed out behind gates says whose they are (a group by name, a pid).
+  Result<shm::Claim> name_holders(const shm::RingWriter& w, Result<shm::Claim> c) const {
+    if (c || c.error().code != Errc::kTimedOut || !w.gated_timeout()) return c;
+    return make_error(Errc::kTimedOut, fmt::format("{}; held by {}", c.error().message, gate_holders(bus->name(), w.ring())));
   }
 
   // A claim, waiting for room up to max_block_ms in a block topic. In a spilled block topic
@@ -206,12 +300,13 @@ struct Producer::Impl {
   Result<shm::Claim> claim(const TopicState& ts, shm::RingWriter& w, std::span<const std::uint32_t> sizes) {
     const std::int64_t total = block_ns();
     const std::uint32_t align = config.record_alignment;
-    if (!slow_claim(ts, w)) return w.claim(sizes, total, align);
+    if (!slow_claim(ts, w)) return name_holders(w, w.claim(sizes, total, align));
     constexpr std::int64_t kSlice = 500'000'000;
     for (std::int64_t waited = 0;;) {
       const std::int64_t slice = total < 0 ? kSlice : std::min(kSlice, total - waited);
       auto c = w.claim(sizes, slice, align);
       if (c || c.error().code != Errc::kTimedOut) return c;
+      if (w.gated_timeout() && total >= 0 && waited + slice >= total) return name_holders(w, std::move(c));
       waited += slice;
       if (total >= 0 && waited >= total)
         return make_error(Errc::kTimedOut, fmt::format("topic '{}' partition {} is full for {} ms: busd spills it to disk and has "
@@ -242,6 +337,23 @@ Result<Producer> Producer::create(std::shared_ptr<Bus> bus, ProducerConfig confi
     impl->stats = std::make_unique<stats::ProducerStats>(config.statistics_interval, config.statistics_cb);
   impl->config = std::move(config);
   return Producer(std::move(impl));
+}
+
+Status Producer::flush(std::chrono::milliseconds timeout, std::optional<Acks> acks) noexcept {
+  if (impl_->stats) [[unlikely]] impl_->stats->tick();  // reports if due, like a send
+  const Acks mode = acks.value_or(impl_->config.acks);
+  const std::int64_t deadline = static_cast<std::int64_t>(shm::monotonic_ns()) + timeout.count() * 1'000'000;
+  for (auto& [name, ts] : impl_->topics) {
+    if (mode == Acks::kMemory) break;  // sends commit before they return
+    if (auto ok = durable_acks_ok(*ts.topic, mode); !ok) {
+      if (std::all_of(ts.sent_end.begin(), ts.sent_end.end(), [](std::uint64_t e) { return e == 0; })) continue;
+      return ok;
+    }
+    for (std::uint32_t p = 0; p < ts.sent_end.size(); ++p)
+      if (ts.sent_end[p])
+        if (auto ok = impl_->wait_durable(ts, p, ts.sent_end[p], mode, deadline); !ok) return ok;
+  }
+  return {};
 }
 
 Result<RecordMetadata> Producer::send(std::string_view topic, std::optional<std::string_view> key,
@@ -332,6 +444,7 @@ Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<co
   for (std::uint64_t at = claim->end, stop = at + std::min<std::uint64_t>(total, 4096); at < stop; at += shm::kCacheLine)
     __builtin_prefetch(ring.header_at(at), 1, 3);
   if (impl_->stats) [[unlikely]] impl_->stats->sent(ts.topic, *p, messages, writer);
+  if (auto ok = impl_->sent(ts, *p, claim->offset + messages.size()); !ok) return tl::unexpected(ok.error());
   return RecordMetadata{*p, claim->offset};
 }
 
@@ -368,10 +481,10 @@ Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Byte
   r.meta_ = RecordMetadata{*p, claim->offset};
   r.wake_ = claim->wake;
   r.open_ = true;
-  r.producer_open_ = &impl_->reservation_open;
+  r.producer_ = impl_.get();
+  r.topic_ = &ts;
   impl_->reservation_open = true;
   if (impl_->stats) [[unlikely]] {
-    r.stats_ = impl_.get();
     impl_->reserved_topic = ts.topic;
     impl_->reserved_bytes = l->payload;
   }
@@ -387,8 +500,8 @@ Reservation::Reservation(Reservation&& o) noexcept
       meta_(o.meta_),
       wake_(o.wake_),
       open_(std::exchange(o.open_, false)),
-      producer_open_(o.producer_open_),
-      stats_(o.stats_) {}
+      producer_(o.producer_),
+      topic_(o.topic_) {}
 
 Reservation::~Reservation() { abort(); }
 
@@ -397,15 +510,16 @@ Status Reservation::commit() noexcept {
   auto* w = static_cast<shm::RingWriter*>(writer_);
   const shm::Claim c{meta_.offset, position_, end_, 1, first_at_, wake_};
   open_ = false;
-  if (producer_open_) *producer_open_ = false;
+  if (producer_) producer_->reservation_open = false;
   if (auto ok = w->commit(c); !ok) {
-    if (stats_) stats_->reservation_done(*this, *w, false);
+    if (producer_ && producer_->stats) producer_->reservation_done(*this, *w, false);
     return ok;
   }
   w->finish(c);
   w->notify(c);
-  if (stats_) stats_->reservation_done(*this, *w, true);
-  return {};
+  if (!producer_) return {};
+  if (producer_->stats) producer_->reservation_done(*this, *w, true);
+  return producer_->sent(*static_cast<Producer::Impl::TopicState*>(topic_), meta_.partition, meta_.offset + 1);
 }
 
 void Reservation::abort() noexcept {
@@ -413,8 +527,10 @@ void Reservation::abort() noexcept {
   auto* w = static_cast<shm::RingWriter*>(writer_);
   w->abort(shm::Claim{meta_.offset, position_, end_, 1, first_at_, wake_});
   open_ = false;
-  if (producer_open_) *producer_open_ = false;
-  if (stats_) stats_->reservation_done(*this, *w, false);
+  if (producer_) {
+    producer_->reservation_open = false;
+    if (producer_->stats) producer_->reservation_done(*this, *w, false);
+  }
 }
 
 }  // namespace shmbus

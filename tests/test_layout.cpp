@@ -37,7 +37,7 @@ TEST(Layout, PartitionV4) {
   EXPECT_EQ(offsetof(RecordHeader, headers_len), 28u);
   EXPECT_EQ(offsetof(RecordHeader, value_len), 32u);
   EXPECT_EQ(offsetof(RecordHeader, flags), 36u);
-  EXPECT_EQ(kPartitionLayoutMinor, 0) << "major 4 (exclusive writers, the null-value flag): bump it for an addition";
+  EXPECT_EQ(kPartitionLayoutMinor, 1) << "minor 1: synced_end, sync_wanted (durable acks); bump it for an addition";
   EXPECT_EQ(kRecordNullValue, 1u) << "the null-value flag is in every ring: bump the version to move it";
   EXPECT_EQ(sizeof(ClaimEntry), 16u);
   EXPECT_EQ(offsetof(ClaimEntry, tag), 0u);
@@ -62,6 +62,11 @@ TEST(Layout, PartitionV4) {
   EXPECT_EQ(offsetof(PartitionConfig, reclaim_chunk), 60u);
   EXPECT_EQ(offsetof(LimitsLine, claims_offset), 0u);
   EXPECT_EQ(offsetof(LimitsLine, claim_timeout_ns), 8u);
+  EXPECT_EQ(offsetof(LimitsLine, sync_wanted), 16u);
+  EXPECT_EQ(offsetof(LimitsLine, ack_bell), 24u);
+  EXPECT_EQ(offsetof(StatsLine, spill_end), 16u);
+  EXPECT_EQ(offsetof(StatsLine, spill_state), 48u);
+  EXPECT_EQ(offsetof(StatsLine, synced_end), 56u);
   EXPECT_EQ(offsetof(NotifyLine, seq), 0u);
   EXPECT_EQ(offsetof(NotifyLine, closed), 4u);
   EXPECT_EQ(offsetof(NotifyLine, waiters), 8u);

@@ -21,6 +21,22 @@
 
 namespace shmbus {
 
+// How durable a record is when send() returns: Kafka's `acks`, for one machine. The loss
+// window of each: docs/reliability.md, "Durable acknowledgements"; their cost:
+// docs/performance.md, "Durable acknowledgements".
+enum class Acks : std::uint8_t {
+  // Committed in the partition's ring (shared memory). Survives the death of any process,
+  // but not the loss of the shared memory (reboot, busctl bus delete) before busd spilled it.
+  kMemory,
+  // busd's spiller has written it to the partition's disk log (write(2): the page cache).
+  // Survives the loss of the shared memory and a crash of busd; not a power loss or a
+  // kernel crash before the next fsync.
+  kSpilled,
+  // And fdatasync'ed: survives a power loss. busd syncs at once for a waiting producer,
+  // whatever the topic's fsync policy; one fdatasync covers every producer then waiting.
+  kFsynced,
+};
+
 struct ProducerConfig {
   std::int64_t max_block_ms = 60'000;  // block topics: how long a send waits for room
   std::uint32_t sticky_bytes = 16384;  // null keys stay on one partition for this many bytes
@@ -37,11 +53,18 @@ struct ProducerConfig {
   // refused until this one is destroyed or its process dies. Its claims are never timed
   // out: a stopped exclusive producer holds its partitions until it runs again or dies.
   bool exclusive = false;
+  // kSpilled and kFsynced: send() (and Reservation::commit()) return only once busd has
+  // written (and synced) the record, waiting up to ack_timeout_ms; busd is started again
+  // meanwhile if it is gone. Only for topics that spill (--spill) with retention block:
+  // the first send to another topic fails (invalid_argument, naming the topic), since there
+  // a record may be overwritten before busd spills it.
+  Acks acks = Acks::kMemory;
+  std::int64_t ack_timeout_ms = 30'000;
 
   // Statistics (librdkafka's statistics.interval.ms and stats_cb): every statistics_interval
   // (0, the default: never) statistics_cb gets a JSON object. It is called from this
-  // producer's own send(), send_batch() and Reservation::commit()/abort(), on the calling
-  // thread, once the interval has passed: a producer that sends nothing reports nothing.
+  // producer's own send(), send_batch(), flush() and Reservation::commit()/abort(), on the
+  // calling thread, once the interval has passed: a producer that calls none reports nothing.
   // It must not throw (an exception is dropped) nor use this producer. Fields, with
   // librdkafka's names where the meaning is the same:
   //   name ("shmbus#producer-N"), client_id (the process name), type ("producer"),
@@ -85,6 +108,14 @@ class Producer {
                                             std::optional<std::uint32_t> partition = std::nullopt,
                                             std::span<const Header> headers = {}) noexcept;
 
+  // Waits until every record this producer sent is acknowledged as `acks` (default: the
+  // producer's own) says, at most `timeout`. With acks=memory every sent record already is
+  // (sends commit before they return). Useful after a send whose wait for busd timed out
+  // (its record is in the ring and may still reach the disk), and to send many records with
+  // acks=memory, then wait once for all of them with flush(t, Acks::kFsynced) (one fsync).
+  // Fails with timed_out naming the first partition still waiting and busd.
+  [[nodiscard]] Status flush(std::chrono::milliseconds timeout, std::optional<Acks> acks = std::nullopt) noexcept;
+
   struct Impl;
 
  private:
@@ -102,7 +133,8 @@ class Reservation {
   std::span<std::byte> value() const noexcept { return value_; }
   RecordMetadata metadata() const noexcept { return meta_; }
   // Publishes the record. Fails (timed_out) when it was open longer than the topic's claim
-  // timeout and consumers aborted it: the record is then never read.
+  // timeout and consumers aborted it: the record is then never read. With acks spilled or
+  // fsynced it then waits as send() does (timed_out then: published, not yet acknowledged).
   [[nodiscard]] Status commit() noexcept;
   void abort() noexcept;
 
@@ -115,8 +147,8 @@ class Reservation {
   RecordMetadata meta_{};
   bool wake_ = false;
   bool open_ = false;
-  bool* producer_open_ = nullptr;  // the producer's "a reservation is open" flag
-  Producer::Impl* stats_ = nullptr;  // the producer, when it keeps statistics
+  Producer::Impl* producer_ = nullptr;
+  void* topic_ = nullptr;  // the producer's state of the topic (acks, flush)
 };
 
 }  // namespace shmbus

@@ -146,10 +146,14 @@ Status Daemon::create_segment() {
     c->member_slots = kMemberSlots;
     c->started_ns = started_ns_;
     for (std::uint32_t i = 0; i < kMemberSlots; ++i) new (base + kMemberSlotsOffset + i * sizeof(MemberSlot)) MemberSlot{};
+    for (std::uint32_t i = 0; i < kGroupNameSlots; ++i)
+      new (base + kGroupNamesOffset + i * sizeof(GroupNameSlot)) GroupNameSlot{};
   });
   if (!seg) return tl::unexpected(seg.error());
   seg_ = std::move(*seg);
   slots_ = seg_.at<MemberSlot>(kMemberSlotsOffset);
+  names_ = seg_.at<GroupNameSlot>(kGroupNamesOffset);
+  publish_known_groups();
   return {};
 }
 
@@ -390,6 +394,7 @@ void Daemon::handle(Conn& c, const json& req) {
   if (*op == "reset_offsets") return op_reset_offsets(c, req);
   if (*op == "listener_start") return op_listener_start(c, req);
   if (*op == "listener_stop") return op_listener_stop(c, req);
+  if (*op == "group_delete") return op_group_delete(c, req);
   reply_error(c, req, Errc::kInvalidArgument, fmt::format("unknown operation '{}'", *op));
 }
 
@@ -406,6 +411,8 @@ void Daemon::tick() {
     for (const auto& [group, tp] : dirty_gates_) update_gate(group, tp);
     dirty_gates_.clear();
   }
+  retry_failed_gates();
+  expire_idle_groups();
   const std::uint64_t now = shm::monotonic_ns();
   for (auto& [kind, service] : services_) service->tick(now);
   if (grace_until_ns_ && now >= grace_until_ns_) {

@@ -123,6 +123,17 @@ class Daemon {
   void op_listener_start(Conn& c, const json& req);
   void op_listener_stop(Conn& c, const json& req);
   std::string metrics_text();  // metrics.cpp
+  // Groups' lifetime and who their gates are (group_admin.cpp).
+  void group_changed(const Group& g);  // a member joined or left: the name table, the idle clock
+  void publish_group(const std::string& name);
+  void publish_known_groups();
+  void note_gate(const std::string& group, const TopicPartition& tp, bool held);
+  std::optional<std::string> gate_error(const std::string& group, const TopicPartition& tp) const;
+  void annotate_gates(json& described);
+  void retry_failed_gates();
+  void forget_group(const std::string& name, const std::string& why);
+  void expire_idle_groups();
+  void op_group_delete(Conn& c, const json& req);
 
   BusdOptions opts_;
   BusPaths paths_;
@@ -143,6 +154,9 @@ class Daemon {
   std::set<std::pair<std::string, TopicPartition>> dirty_gates_;  // move after the next flush
   std::map<std::string, std::unique_ptr<TcpService>> services_;  // by kind
   std::map<std::string, ListenerSpec> listener_specs_;             // what each runs on
+  GroupNameSlot* names_ = nullptr;  // in seg_: who each group's durable gates are
+  std::map<std::string, std::int64_t> empty_since_ns_;  // CLOCK_REALTIME; groups with no member
+  std::map<std::pair<std::string, TopicPartition>, std::string> gate_failures_;  // gates not held, why
   std::unique_ptr<Spiller> spiller_;  // declared last: stopped first
 };
 

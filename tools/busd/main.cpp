@@ -5,6 +5,7 @@
 
 #include "tools/busd/busd.h"
 #include "tools/manpage.h"
+#include "tools/time_text.h"
 
 namespace {
 
@@ -47,6 +48,10 @@ int main(int argc, char** argv) {
   app.add_option("--bus", o.bus, "bus name (default: $SHMBUS_BUS or 'default')");
   app.add_option("--group", group, "share the bus with this Unix group (mode 0660)");
   app.add_option("--rebalance-timeout-ms", o.rebalance_timeout_ms, "evict a member that keeps revoked partitions longer");
+  std::string retention;
+  app.add_option("--offsets-retention", retention,
+                 "committed offsets of a group with no live member expire this long after it became empty "
+                 "(default 7d; e.g. 12h, 30m, P7D)");
   app.add_flag("--foreground", foreground, "accepted for systemd units; busd never daemonizes itself");
   app.add_flag("--quiet", o.quiet, "log nothing");
   std::string metrics_listen;
@@ -63,6 +68,14 @@ int main(int argc, char** argv) {
   }
   if (!group.empty()) o.group = group;
   if (!metrics_listen.empty()) o.metrics_listen = metrics_listen;
+  if (!retention.empty()) {
+    auto ns = shmbus::timetext::parse_duration_ns(retention);
+    if (!ns || *ns < 1'000'000) {
+      std::cerr << "busd: --offsets-retention: " << (ns ? "at least 1ms" : ns.error().message) << "\n";
+      return 2;
+    }
+    o.offsets_retention_ms = *ns / 1'000'000;
+  }
   if (auto ok = shmbus::run_busd(o); !ok) {
     std::cerr << "busd: " << ok.error().message << "\n";
     return ok.error().code == shmbus::Errc::kInvalidArgument ? 2 : 1;

@@ -101,10 +101,12 @@ void OffsetStore::put(const OffsetKey& k, std::uint64_t offset) {
 }
 
 void OffsetStore::erase_group_topic(const std::string& group, const std::string& topic) {
-  for (auto it = offsets_.begin(); it != offsets_.end();) {
-    if (it->first.group == group && it->first.topic == topic) it = offsets_.erase(it);
-    else ++it;
-  }
+  std::erase_if(offsets_, [&](const auto& kv) { return kv.first.group == group && kv.first.topic == topic; });
+  (void)compact();
+}
+
+void OffsetStore::erase_group(const std::string& group) {
+  std::erase_if(offsets_, [&](const auto& kv) { return kv.first.group == group; });
   (void)compact();
 }
 

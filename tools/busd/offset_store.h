@@ -36,6 +36,7 @@ class OffsetStore {
   // Appends (buffered); flush() writes and fdatasyncs.
   void put(const OffsetKey& k, std::uint64_t offset);
   void erase_group_topic(const std::string& group, const std::string& topic);
+  void erase_group(const std::string& group);  // every offset of it, compacted to disk at once
   Status flush();
   std::uint64_t skipped_lines() const { return skipped_; }
   const std::string& path() const { return path_; }
