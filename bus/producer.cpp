@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "bus/gate_names.h"
 #include "bus/group_client.h"
@@ -79,6 +80,31 @@ std::uint64_t headers_size(std::span<const Header> headers) {
   }
   copy_payload(p, m.value.data(), m.value.size());
 }
+
+// The records of one claim and their layouts (inline up to 64, so that the batches of the
+// hot path never allocate). Points into itself: not movable.
+struct Batch {
+  static constexpr std::size_t kInline = 64;
+  std::span<const Message> messages;
+  Layout inline_layouts[kInline];
+  std::uint32_t inline_sizes[kInline];
+  std::vector<Layout> heap_layouts;
+  std::vector<std::uint32_t> heap_sizes;
+  Layout* layouts = inline_layouts;
+  std::uint32_t* sizes = inline_sizes;
+  std::uint64_t total = 0;
+
+  explicit Batch(std::span<const Message> m) : messages(m) {
+    if (m.size() > kInline) {
+      heap_layouts.resize(m.size());
+      heap_sizes.resize(m.size());
+      layouts = heap_layouts.data();
+      sizes = heap_sizes.data();
+    }
+  }
+  Batch(const Batch&) = delete;
+  Batch& operator=(const Batch&) = delete;
+};
 
 const char* acks_name(Acks a) {
   return a == Acks::kMemory ? "memory" : a == Acks::kSpilled ? "spilled" : "fsynced";
@@ -164,13 +190,24 @@ struct Producer::Impl {
       return *partition;
     }
     if (key) return partition_for_key(*key, n);
-    // Sticky: stay on one partition for sticky_bytes, then move on (Kafka's KIP-480 idea).
+    const std::uint32_t s = sticky(t);
+    t.sticky_bytes += bytes;
+    return s;
+  }
+
+  // The partition of null keys now. Sticky: stay on one partition for sticky_bytes, then
+  // move on (Kafka's KIP-480 idea); the sends count their bytes into sticky_bytes.
+  std::uint32_t sticky(TopicState& t) const {
     if (t.sticky_bytes >= config.sticky_bytes) {
-      t.sticky = (t.sticky + 1) % n;
+      t.sticky = (t.sticky + 1) % t.topic->partitions();
       t.sticky_bytes = 0;
     }
-    t.sticky_bytes += bytes;
     return t.sticky;
+  }
+
+  // A record's partition in a batch sent without one: its key's, else the sticky one.
+  [[gnu::always_inline]] std::uint32_t partition_of(TopicState& t, const Message& m) const {
+    return m.key ? partition_for_key(*m.key, t.topic->partitions()) : sticky(t);
   }
 
   Result<shm::RingWriter*> writer(TopicState& t, std::uint32_t p) {
@@ -315,6 +352,127 @@ struct Producer::Impl {
       (void)BusdConnection::connect(bus->name(), std::chrono::seconds(2));
     }
   }
+
+  // The layouts of a batch's records, checked against the topic's limits.
+  [[gnu::always_inline]] Status prepare(const TopicState& ts, Batch& b) const {
+    for (std::size_t i = 0; i < b.messages.size(); ++i) {
+      const Message& m = b.messages[i];
+      std::uint64_t payload = 0;
+      if (!layout(ts, m.key, m.headers, m.value.size(), b.layouts[i], payload)) [[unlikely]]
+        return tl::unexpected(too_large(ts, payload));
+      b.sizes[i] = b.layouts[i].bytes;
+      b.total += b.layouts[i].bytes;
+    }
+    const shm::Ring& ring0 = ts.topic->ring(0);
+    if (b.total > ring0.capacity() / 2)
+      return make_error(Errc::kRecordTooLarge, fmt::format("batch of {} bytes is over half of topic '{}''s ring ({} bytes)",
+                                                           b.total, ts.topic->name(), ring0.capacity()));
+    return {};
+  }
+
+  // Appends a prepared batch to partition `p` with one claim. `sticky`: it holds null keys, whose
+  // bytes count toward moving the sticky partition on.
+  [[gnu::always_inline]] Result<RecordMetadata> append(TopicState& ts, std::uint32_t p, Batch& b, bool sticky) {
+    if (sticky) ts.sticky_bytes += b.total;
+    auto w = writer(ts, p);
+    if (!w) return tl::unexpected(w.error());
+    shm::RingWriter& writer = **w;
+    const std::span<const Message> messages = b.messages;
+    const std::uint32_t* sizes = b.sizes;
+    auto claim = this->claim(ts, writer, std::span<const std::uint32_t>(sizes, messages.size()));
+    if (!claim) return tl::unexpected(claim.error());
+    const shm::Ring& ring = writer.ring();
+    std::int64_t now = 0;
+    std::uint64_t cur = claim->position;
+    for (std::size_t i = 0; i < messages.size(); ++i) {
+      const std::uint64_t at = ring.place(cur, sizes[i]);
+      // The rest of the lap is padding; its offset is the next record's. One at the claim's
+      // start is stored by finish(), with the first record's word.
+      if (at != cur && i > 0) writer.publish_padding(cur, claim->offset + i);
+      std::int64_t ts_ns = messages[i].timestamp_ns;
+      if (ts_ns == 0) ts_ns = now ? now : (now = shm::fast_realtime_ns());
+      // The last record ends where the claim does (it takes the alignment's slack).
+      const auto length = static_cast<std::uint32_t>(i + 1 == messages.size() ? claim->end - at : sizes[i]);
+      write_record(reinterpret_cast<std::byte*>(ring.header_at(at)), b.layouts[i], length, messages[i], ts_ns);
+      cur = at + sizes[i];
+    }
+    if (auto ok = writer.commit(*claim); !ok) {
+      if (stats) [[unlikely]] stats->aborted(ts.topic, p, messages.size());
+      return tl::unexpected(ok.error());
+    }
+    // Committed: the words, the first one last (docs/ring.md, "Producing").
+    cur = claim->first_at + sizes[0];
+    for (std::size_t i = 1; i < messages.size(); ++i) {
+      const std::uint64_t at = ring.place(cur, sizes[i]);
+      writer.publish(at, claim->offset + i);
+      cur = at + sizes[i];
+    }
+    writer.finish(*claim);
+    writer.notify(*claim);
+    // Ask for the lines of the next claim now (prefetch for write), so that their ownership
+    // moves while we return to the caller (measured: docs/performance.md).
+    for (std::uint64_t at = claim->end, stop = at + std::min<std::uint64_t>(b.total, 4096); at < stop; at += shm::kCacheLine)
+      __builtin_prefetch(ring.header_at(at), 1, 3);
+    ts.sent_end[p] = std::max(ts.sent_end[p], claim->offset + messages.size());  // for flush()
+    if (stats) [[unlikely]] stats->sent(ts.topic, p, messages, writer);
+    return RecordMetadata{p, claim->offset};
+  }
+
+  [[gnu::always_inline]] Result<RecordMetadata> send_one_claim(TopicState& ts, std::uint32_t p,
+                                                             std::span<const Message> messages, bool sticky) {
+    Batch b(messages);
+    if (auto ok = prepare(ts, b); !ok) [[unlikely]]
+      return tl::unexpected(ok.error());
+    auto md = append(ts, p, b, sticky);
+    if (!md) return md;
+    if (auto ok = sent(ts, p, md->offset + messages.size()); !ok) return tl::unexpected(ok.error());
+    return md;
+  }
+
+  // A batch whose records go to several partitions: one claim per partition, for its
+  // records in send order, the partitions in the order of their first record. Whatever can
+  // fail before a claim (sizes, writers) is checked for all of them first; a claim that
+  // fails (a full block topic, a deleted topic) leaves the partitions before it appended.
+  [[gnu::cold, gnu::noinline]] Result<RecordMetadata> send_split(TopicState& ts, std::span<const Message> messages) {
+    const std::uint32_t n = ts.topic->partitions(), sticky_p = sticky(ts);
+    std::vector<std::vector<Message>> by_partition(n);
+    std::vector<std::uint32_t> order;  // partitions, by their first record
+    bool sticky_used = false;
+    for (const Message& m : messages) {
+      const std::uint32_t p = m.key ? partition_for_key(*m.key, n) : sticky_p;
+      sticky_used |= !m.key;
+      if (by_partition[p].empty()) order.push_back(p);
+      by_partition[p].push_back(m);
+    }
+    std::vector<std::unique_ptr<Batch>> runs;
+    for (std::uint32_t p : order) {
+      runs.push_back(std::make_unique<Batch>(by_partition[p]));
+      if (auto ok = prepare(ts, *runs.back()); !ok) return tl::unexpected(ok.error());
+      if (auto w = writer(ts, p); !w) return tl::unexpected(w.error());
+    }
+    RecordMetadata first{};
+    std::vector<std::uint64_t> ends;  // each run's last offset + 1
+    std::size_t appended = 0;
+    for (std::size_t r = 0; r < order.size(); ++r) {
+      auto md = append(ts, order[r], *runs[r], sticky_used && order[r] == sticky_p);
+      if (!md) {
+        if (appended == 0) return md;
+        return make_error(md.error().code,
+                          fmt::format("{}; {} of the batch's {} records were appended before (partitions {}), "
+                                      "the partitions from {} on were not",
+                                      md.error().message, appended, messages.size(),
+                                      fmt::join(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(r), ", "),
+                                      order[r]));
+      }
+      if (r == 0) first = *md;
+      ends.push_back(md->offset + runs[r]->messages.size());
+      appended += runs[r]->messages.size();
+    }
+    // All appended: now wait for the producer's acks, partition by partition.
+    for (std::size_t r = 0; r < order.size(); ++r)
+      if (auto ok = sent(ts, order[r], ends[r]); !ok) return tl::unexpected(ok.error());
+    return first;
+  }
 };
 
 Producer::Producer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -379,73 +537,25 @@ Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<co
   auto t = impl_->topic(topic);
   if (!t) return tl::unexpected(t.error());
   Impl::TopicState& ts = **t;
-  constexpr std::size_t kInline = 64;
-  Layout inline_layouts[kInline];
-  std::uint32_t inline_sizes[kInline];
-  std::vector<Layout> heap_layouts;
-  std::vector<std::uint32_t> heap_sizes;
-  Layout* layouts = inline_layouts;
-  std::uint32_t* sizes = inline_sizes;
-  if (messages.size() > kInline) {
-    heap_layouts.resize(messages.size());
-    heap_sizes.resize(messages.size());
-    layouts = heap_layouts.data();
-    sizes = heap_sizes.data();
+  const std::uint32_t n = ts.topic->partitions();
+  std::uint32_t p = 0;
+  bool any_null = false;
+  if (partition) {
+    auto given = impl_->choose(ts, std::nullopt, partition, 0);  // checks it
+    if (!given) return tl::unexpected(given.error());
+    p = *given;
+  } else {
+    // Every record goes where send() would put it. The common case, all on the first one's
+    // partition, is one claim without allocating; any other is split (send_split).
+    any_null = !messages[0].key;
+    if (n > 1) p = impl_->partition_of(ts, messages[0]);
+    for (std::size_t i = 1; i < messages.size(); ++i) {
+      any_null |= !messages[i].key;
+      if (n > 1 && impl_->partition_of(ts, messages[i]) != p) [[unlikely]]
+        return impl_->send_split(ts, messages);
+    }
   }
-  std::uint64_t total = 0;
-  for (std::size_t i = 0; i < messages.size(); ++i) {
-    std::uint64_t payload = 0;
-    if (!impl_->layout(ts, messages[i].key, messages[i].headers, messages[i].value.size(), layouts[i], payload)) [[unlikely]]
-      return tl::unexpected(Impl::too_large(ts, payload));
-    sizes[i] = layouts[i].bytes;
-    total += layouts[i].bytes;
-  }
-  const shm::Ring& ring0 = ts.topic->ring(0);
-  if (total > ring0.capacity() / 2)
-    return make_error(Errc::kRecordTooLarge, fmt::format("batch of {} bytes is over half of topic '{}''s ring ({} bytes)",
-                                                         total, ts.topic->name(), ring0.capacity()));
-  auto p = impl_->choose(ts, messages[0].key, partition, total);
-  if (!p) return tl::unexpected(p.error());
-  auto w = impl_->writer(ts, *p);
-  if (!w) return tl::unexpected(w.error());
-  shm::RingWriter& writer = **w;
-  auto claim = impl_->claim(ts, writer, std::span<const std::uint32_t>(sizes, messages.size()));
-  if (!claim) return tl::unexpected(claim.error());
-  const shm::Ring& ring = writer.ring();
-  std::int64_t now = 0;
-  std::uint64_t cur = claim->position;
-  for (std::size_t i = 0; i < messages.size(); ++i) {
-    const std::uint64_t at = ring.place(cur, sizes[i]);
-    // The rest of the lap is padding; its offset is the next record's. One at the claim's
-    // start is stored by finish(), with the first record's word.
-    if (at != cur && i > 0) writer.publish_padding(cur, claim->offset + i);
-    std::int64_t ts_ns = messages[i].timestamp_ns;
-    if (ts_ns == 0) ts_ns = now ? now : (now = shm::fast_realtime_ns());
-    // The last record ends where the claim does (it takes the alignment's slack).
-    const auto length = static_cast<std::uint32_t>(i + 1 == messages.size() ? claim->end - at : sizes[i]);
-    write_record(reinterpret_cast<std::byte*>(ring.header_at(at)), layouts[i], length, messages[i], ts_ns);
-    cur = at + sizes[i];
-  }
-  if (auto ok = writer.commit(*claim); !ok) {
-    if (impl_->stats) [[unlikely]] impl_->stats->aborted(ts.topic, *p, messages.size());
-    return tl::unexpected(ok.error());
-  }
-  // Committed: the words, the first one last (docs/ring.md, "Producing").
-  cur = claim->first_at + sizes[0];
-  for (std::size_t i = 1; i < messages.size(); ++i) {
-    const std::uint64_t at = ring.place(cur, sizes[i]);
-    writer.publish(at, claim->offset + i);
-    cur = at + sizes[i];
-  }
-  writer.finish(*claim);
-  writer.notify(*claim);
-  // Ask for the lines of the next claim now (prefetch for write), so that their ownership
-  // moves while we return to the caller (measured: docs/performance.md).
-  for (std::uint64_t at = claim->end, stop = at + std::min<std::uint64_t>(total, 4096); at < stop; at += shm::kCacheLine)
-    __builtin_prefetch(ring.header_at(at), 1, 3);
-  if (impl_->stats) [[unlikely]] impl_->stats->sent(ts.topic, *p, messages, writer);
-  if (auto ok = impl_->sent(ts, *p, claim->offset + messages.size()); !ok) return tl::unexpected(ok.error());
-  return RecordMetadata{*p, claim->offset};
+  return impl_->send_one_claim(ts, p, messages, any_null);
 }
 
 Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Bytes> key, std::size_t value_size,

@@ -7,6 +7,8 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -914,6 +916,146 @@ TEST_F(Busd, TopicAlterChangesRetentionOfALiveSpilledTopicAndTurnsSpillingOn) {
   EXPECT_GT((*bus_)->describe_topic("plain")->partitions[0].disk_bytes, 0u);
   EXPECT_TRUE(std::filesystem::exists(bus_paths(bus_->name()).state_dir + "/topics/plain.json"));
 }
+
+// A bus shared with a Unix group has one busd whoever starts it: root and a member of the
+// group (another uid, in the group only as a supplementary group) find the same socket,
+// join one group coordinator and get disjoint partitions; busd's segment is the group's.
+// Needs root (it makes a user and a group, removed after).
+class SharedBus : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root (creates a Unix user and group)";
+    for (const char* tool : {"/usr/sbin/groupadd", "/usr/sbin/useradd", "/usr/bin/setpriv"})
+      if (::access(tool, X_OK) != 0) GTEST_SKIP() << tool << " is missing";
+    name_ = fmt::format("sbt{}", ::getpid());
+    ASSERT_EQ(std::system(fmt::format("/usr/sbin/groupadd {} && /usr/sbin/useradd -M -N -G {} -s /bin/false {}", name_, name_,
+                                      name_).c_str()), 0);
+    made_ = true;
+    const group* g = ::getgrnam(name_.c_str());
+    const passwd* u = ::getpwnam(name_.c_str());
+    ASSERT_TRUE(g && u);
+    gid_ = g->gr_gid;
+    uid_ = u->pw_uid;
+    user_gid_ = u->pw_gid;
+    ASSERT_NE(user_gid_, gid_) << "the member's primary group must be another one";
+    ::unsetenv("SHMBUS_DIR");
+    ::setenv("SHMBUS_BUSD", SHMBUS_BUSD_PATH, 1);
+    bus_name_ = test::unique_bus("shared");
+    BusOptions o;
+    o.name = bus_name_;
+    o.group = name_;
+    auto bus = Bus::attach(o);
+    ASSERT_TRUE(bus) << bus.error().message;
+    bus_ = *bus;
+  }
+  void TearDown() override {
+    if (bus_) {
+      const pid_t pid = lock_pid();
+      if (pid > 0) ::kill(pid, SIGKILL);
+      for (int i = 0; i < 500 && pid > 0 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(2ms);
+      bus_.reset();
+      (void)Bus::destroy(bus_name_, /*purge_disk=*/true);
+    }
+    for (const auto& f : files_) std::filesystem::remove(f);
+    if (made_) {
+      for (const char* base : {"/tmp", "/var/tmp"}) {
+        std::filesystem::remove_all(fmt::format("{}/shmbus-g{}", base, gid_));
+        std::filesystem::remove_all(fmt::format("{}/shmbus-{}", base, uid_));  // where a member's own busd went before
+      }
+      (void)!std::system(fmt::format("/usr/sbin/userdel {} 2>/dev/null; /usr/sbin/groupdel {} 2>/dev/null", name_, name_).c_str());
+    }
+    ::unsetenv("SHMBUS_BUSD");
+  }
+  pid_t lock_pid() {
+    std::ifstream f(bus_paths(bus_name_).lock);
+    pid_t pid = 0;
+    f >> pid;
+    return pid;
+  }
+  // argv run as the member: its own uid, primary group and supplementary groups.
+  std::vector<std::string> as_member(std::vector<std::string> argv) {
+    std::vector<std::string> a = {"/usr/bin/setpriv", "--reuid", std::to_string(uid_), "--regid", std::to_string(user_gid_),
+                                  "--init-groups", "--"};
+    a.insert(a.end(), argv.begin(), argv.end());
+    return a;
+  }
+  std::string log_file(const std::string& who) {
+    files_.push_back(fmt::format("/tmp/{}-{}", bus_name_, who));
+    return files_.back();
+  }
+
+  void share_one_busd(bool member_first);
+
+  std::string name_, bus_name_;
+  bool made_ = false;
+  gid_t gid_ = 0, user_gid_ = 0;
+  uid_t uid_ = 0;
+  std::shared_ptr<Bus> bus_;
+  std::vector<std::string> files_;
+};
+
+// Root's consumer and a member's join one group; `member_first`: the member's starts busd.
+void SharedBus::share_one_busd(bool member_first) {
+  TopicConfig cfg;
+  cfg.partitions = 4;
+  ASSERT_TRUE(bus_->create_topic("t", cfg));
+  std::vector<test::Child> members;
+  std::vector<std::string> outs(2);
+  const std::vector<std::string> root = {kWorker, "group-consume", bus_name_, "t", "g", log_file("root")};
+  const std::vector<std::string> member = as_member({kWorker, "group-consume", bus_name_, "t", "g", log_file("member")});
+  members.push_back(test::spawn(member_first ? member : root));
+  ASSERT_TRUE(test::wait_line(members.back(), outs[0], "ready")) << outs[0];
+  members.push_back(test::spawn(member_first ? root : member));
+  const bool member_ready = test::wait_line(members.back(), outs[1], "ready");
+  // One busd, root's: the member found it. Both are members of its group, with disjoint
+  // partitions covering the topic.
+  json d;
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto c = BusdConnection::connect(bus_name_, 5s);
+    ASSERT_TRUE(c) << c.error().message;
+    auto r = (*c)->request({{"op", "group_describe"}, {"group", "g"}}, 5s);
+    ASSERT_TRUE(r) << r.error().message;
+    d = *r;
+    std::size_t owned = 0;
+    for (const auto& m : d["members"]) owned += m["partitions"].size();
+    if (d["members"].size() == 2 && owned == 4 && d["state"] == "stable") break;
+    std::this_thread::sleep_for(20ms);
+  }
+  for (auto& m : members) ::kill(m.pid, SIGUSR1);
+  for (std::size_t i = 0; i < members.size(); ++i) test::finish(members[i], outs[i], 30s);
+  ASSERT_TRUE(member_ready) << "the second consumer never joined: " << outs[1];
+  ASSERT_EQ(d["members"].size(), 2u) << d.dump();
+  std::set<std::uint32_t> seen;
+  for (const auto& m : d["members"]) {
+    EXPECT_FALSE(m["partitions"].empty()) << d.dump();
+    for (const auto& tp : m["partitions"]) EXPECT_TRUE(seen.insert(tp[1].get<std::uint32_t>()).second) << d.dump();
+  }
+  EXPECT_EQ(seen.size(), 4u) << d.dump();
+  // busd's segment, socket and lock are the group's.
+  struct stat st{};
+  ASSERT_EQ(::stat(shm::Segment::path_of(busd_segment_name(bus_name_)).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  EXPECT_EQ(st.st_gid, gid_);
+  const BusPaths paths = bus_paths(bus_name_);
+  for (const auto& f : {paths.socket, paths.lock}) {
+    ASSERT_EQ(::stat(f.c_str(), &st), 0) << f;
+    EXPECT_EQ(st.st_mode & 0777, 0660u) << f;
+    EXPECT_EQ(st.st_gid, gid_) << f;
+  }
+  // A second busd, started by the other user, finds the first and exits.
+  const pid_t first = lock_pid();
+  const std::vector<std::string> busd = {SHMBUS_BUSD_PATH, "--bus", bus_name_};
+  auto second = test::spawn(member_first ? busd : as_member(busd));
+  std::string out;
+  const int status = test::finish(second, out, 10s);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << status;
+  EXPECT_EQ(lock_pid(), first);
+  EXPECT_EQ(::kill(first, 0), 0) << "the first busd still runs";
+}
+
+TEST_F(SharedBus, RootAndAGroupMemberShareOneBusd) { share_one_busd(false); }
+TEST_F(SharedBus, AGroupMemberAndRootShareTheMembersBusd) { share_one_busd(true); }
 
 // ---- groups and offsets that never silently lose, skip or duplicate (issue 14: 4, 6, 7) ----
 

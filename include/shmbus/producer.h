@@ -95,8 +95,20 @@ class Producer {
   [[nodiscard]] Result<RecordMetadata> send(std::string_view topic, std::optional<std::string_view> key,
                                             std::string_view value) noexcept;
 
-  // Appends records to one partition with a single claim; offsets are consecutive from the
-  // returned one. The partition: the given one, else the first message's key, else sticky.
+  // Appends records, each where send() would put it. With `partition`, all go there with
+  // one claim, at consecutive offsets from the returned one. Without, a keyed record goes to
+  // its key's partition and a null key to the sticky one; records that all land on one
+  // partition (any batch of a single-partition topic) take one claim, at consecutive
+  // offsets, without allocating. Otherwise the batch is split: one claim per partition for
+  // its records in send order, partitions in the order of their first record; the returned
+  // metadata is the first record's. Everything checked before a claim (record sizes, each
+  // partition's share over half its ring, opening the partitions) fails the whole batch
+  // with nothing appended. A claim that fails later (a full block topic after max_block_ms,
+  // a deleted topic) leaves the partitions before it appended and none from it on: the
+  // error keeps that claim's code, and its message says how many of the batch's records
+  // were appended and to which partitions. No batch is atomic across partitions. With
+  // acks spilled or fsynced, it returns once every partition's records are acknowledged;
+  // an ack that times out is that error, with all the batch's records in the rings.
   [[nodiscard]] Result<RecordMetadata> send_batch(std::string_view topic, std::span<const Message> messages,
                                                   std::optional<std::uint32_t> partition = std::nullopt) noexcept;
 

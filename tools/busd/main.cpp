@@ -27,6 +27,8 @@ std::string manual(const CLI::App& app) {
       ".SH FILES\n"
       ".TP\n.I /run/shmbus/BUS, /var/lib/shmbus/BUS\nroot's socket, lock and log; committed offsets, spilled logs and the listeners file\n"
       ".TP\n.I $XDG_RUNTIME_DIR/shmbus/BUS or /tmp/shmbus\\-UID/BUS\nanother user's socket, lock and log\n"
+      ".TP\n.I /tmp/shmbus\\-gGID/BUS, /var/tmp/shmbus\\-gGID/BUS\nfor a bus shared with a Unix group, everyone's (root's "
+      "too): socket, lock and log; committed offsets and spilled logs\n"
       ".TP\n.I $XDG_STATE_HOME/shmbus/BUS, ~/.local/state/shmbus/BUS or /var/tmp/shmbus\\-UID/BUS\n"
       "another user's committed offsets, spilled logs and the listeners file\n"
       ".SH ENVIRONMENT\n"
@@ -46,7 +48,7 @@ int main(int argc, char** argv) {
   std::string group;
   bool foreground = false;
   app.add_option("--bus", o.bus, "bus name (default: $SHMBUS_BUS or 'default')");
-  app.add_option("--group", group, "share the bus with this Unix group (mode 0660)");
+  app.add_option("--group", group, "share a bus busd creates with this Unix group (mode 0660); an existing bus must be that group's");
   app.add_option("--rebalance-timeout-ms", o.rebalance_timeout_ms, "evict a member that keeps revoked partitions longer");
   std::string retention;
   app.add_option("--offsets-retention", retention,

@@ -25,7 +25,9 @@ struct OffsetKey {
 class OffsetStore {
  public:
   // Loads `dir`/offsets.log (creating the directory). `skipped` counts bad lines.
-  static Result<OffsetStore> open(const std::string& dir);
+  // With `gid` (a bus shared with a Unix group): the directory and file are the group's,
+  // so that a busd of another member continues them.
+  static Result<OffsetStore> open(const std::string& dir, std::optional<unsigned> gid = std::nullopt);
   OffsetStore() = default;
   OffsetStore(OffsetStore&&) noexcept;
   OffsetStore& operator=(OffsetStore&&) noexcept;
