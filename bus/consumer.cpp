@@ -58,7 +58,7 @@ Result<Assigned> Consumer::Impl::make_assigned(const TopicPartition& tp, std::op
     if (*start < a.reader.ring().start_offset()) {
       // Overwritten since it was committed: lose as little as possible.
       seek_beginning(a);
-      if (a.next_offset() > *start) lost += a.next_offset() - *start;
+      if (a.next_offset() > *start) add_lost(a, a.next_offset() - *start);
     }
   }
   return a;
@@ -131,9 +131,14 @@ Consumer::~Consumer() {
 Result<Consumer> Consumer::create(std::shared_ptr<Bus> bus, ConsumerConfig config) {
   if (!bus) return make_error(Errc::kInvalidArgument, "consumer needs a bus");
   if (config.max_poll_records == 0) return make_error(Errc::kInvalidArgument, "max_poll_records must be at least 1");
+  if (auto ok = stats::check("ConsumerConfig", config.statistics_interval, config.statistics_cb); !ok)
+    return tl::unexpected(ok.error());
   auto impl = std::make_unique<Impl>();
   impl->bus = std::move(bus);
-  impl->config = config;
+  impl->config = std::move(config);
+  if (impl->config.statistics_interval.count() > 0)
+    impl->stats = std::make_unique<stats::ConsumerStats>(impl->config.statistics_interval, impl->config.statistics_cb,
+                                                         impl->config.client_name);
   return Consumer(std::move(impl));
 }
 
@@ -236,6 +241,7 @@ Result<std::span<const ConsumedRecord>> Consumer::poll(std::chrono::nanoseconds 
                       fmt::format("this consumer was made by process {}; a forked child must create its own", im.pid));
   // Records returned by the previous poll are released now: producers may pass them.
   for (auto& a : im.assigned) im.set_gate(a);
+  if (im.stats) [[unlikely]] im.statistics_tick();  // before group_tick(): it may revoke partitions
   if (auto ok = im.group_tick(); !ok) return tl::unexpected(ok.error());
   if (im.deferred) {
     Error e = std::move(*im.deferred);
@@ -251,6 +257,7 @@ Result<std::span<const ConsumedRecord>> Consumer::poll(std::chrono::nanoseconds 
     if (auto ok = im.fetch(); !ok) return tl::unexpected(ok.error());
     if (!im.batch.empty()) {
       if (auto ok = im.finish_batch(); !ok) return tl::unexpected(ok.error());
+      if (im.stats) [[unlikely]] im.stats->received(im.batch);
       return std::span<const ConsumedRecord>(im.batch);
     }
     if (limit <= 0 || im.assigned.empty()) {
@@ -260,7 +267,10 @@ Result<std::span<const ConsumedRecord>> Consumer::poll(std::chrono::nanoseconds 
     }
     if (im.group && iter > 0)
       if (auto ok = im.group_tick(); !ok) return tl::unexpected(ok.error());
-    if (iter == 0) start = now = shm::monotonic_ns();
+    if (iter == 0) {
+      start = now = shm::monotonic_ns();
+      if (im.stats) [[unlikely]] ++im.stats->waits;
+    }
     else if (im.config.wait != WaitStrategy::kSpin || (iter & 63) == 0) now = shm::monotonic_ns();
     const std::int64_t elapsed = static_cast<std::int64_t>(now - start);
     if (elapsed >= limit) {

@@ -27,7 +27,7 @@ bool Consumer::Impl::to_disk(Assigned& a, std::uint64_t offset) {
   const std::uint64_t start = st.spill_start.load(std::memory_order_acquire), end = st.spill_end.load(std::memory_order_acquire);
   if (end <= start || offset >= end) return false;
   if (offset < start) {  // gone to retention too
-    lost += start - offset;
+    add_lost(a, start - offset);
     offset = start;
   }
   if (!a.disk)
@@ -48,10 +48,10 @@ Status Consumer::Impl::fetch_disk(std::size_t idx, std::size_t limit) {
   std::uint64_t at = a.disk_next;  // the next offset not accounted for
   auto next = a.disk->read(a.disk_next, end, 4u << 20, [&](const disklog::FrameView& v) {
     // Retention removed the segment we were reading: what it held is lost to us.
-    if (v.header.offset > at && at < disk_start) lost += std::min(v.header.offset, disk_start) - at;
+    if (v.header.offset > at && at < disk_start) add_lost(a, std::min(v.header.offset, disk_start) - at);
     at = disklog::frame_last(v.header) + 1;
     if (v.header.attributes == disklog::kAttrLost) {  // overwritten before busd spilled it
-      lost += disklog::frame_last(v.header) + 1 - std::max(v.header.offset, a.disk_next);
+      add_lost(a, disklog::frame_last(v.header) + 1 - std::max(v.header.offset, a.disk_next));
       return true;
     }
     if (disklog::is_gap(v.header)) return true;  // aborted offsets: never records
@@ -76,7 +76,7 @@ Status Consumer::Impl::fetch_disk(std::size_t idx, std::size_t limit) {
     // Nothing on disk between here and the spill position, which busd publishes only
     // after writing (a log of an older version without gap frames, or damaged by hand):
     // those offsets are gone.
-    lost += end - a.disk_next;
+    add_lost(a, end - a.disk_next);
     *next = end;
   }
   a.disk_next = std::max(a.disk_next, *next);
@@ -92,7 +92,7 @@ Status Consumer::Impl::fetch_disk(std::size_t idx, std::size_t limit) {
     a.disk_next = Assigned::kFromRing;
     a.disk.reset();
     a.reader.seek_earliest();
-    lost += a.reader.offset() - was;
+    add_lost(a, a.reader.offset() - was);
   }
   return {};
 }

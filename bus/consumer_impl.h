@@ -17,6 +17,7 @@
 #include "bus/busd_layout.h"
 #include "bus/disk_log.h"
 #include "bus/group_client.h"
+#include "bus/statistics.h"
 #include "bus/topic.h"
 #include "shm/process.h"
 #include "shm/ring.h"
@@ -47,6 +48,8 @@ struct Assigned {
   // any, too) until the disk catches up with it.
   std::unique_ptr<disklog::LogReader> disk;
   std::uint64_t disk_next = kFromRing;
+  std::uint64_t lost = 0;          // records skipped here, for the statistics (which take them)
+  std::uint64_t aborted_seen = 0;  // reader.aborted_skipped() the statistics have counted
   static constexpr std::uint64_t kFromRing = ~0ull;
   std::uint64_t next_offset() const noexcept { return disk_next != kFromRing ? disk_next : reader.offset(); }
 };
@@ -121,6 +124,7 @@ struct Consumer::Impl {
   std::size_t rr = 0;
   std::uint64_t lost = 0;
   std::uint64_t aborted_base = 0;
+  std::unique_ptr<stats::ConsumerStats> stats;  // statistics_interval > 0 only
   // The process that made it: gates and waiter slots are this process's (a forked child
   // that inherits the consumer must neither use nor release them).
   std::int32_t pid = shm::self_process().pid;
@@ -165,6 +169,14 @@ struct Consumer::Impl {
     r.offset = offset;
     arena_records.push_back(ArenaRecord{batch.size() - 1, arena_at, pos, len});
   }
+
+  // Records of `a` skipped: lost to this consumer.
+  void add_lost(Assigned& a, std::uint64_t n) noexcept {
+    lost += n;
+    a.lost += n;
+  }
+  // bus/consumer_stats.cpp: takes the partitions' counts; reports when due.
+  void statistics_tick();
 
   // bus/consumer.cpp: assignment
   Result<Assigned> make_assigned(const TopicPartition& tp, std::optional<std::uint64_t> start);

@@ -47,7 +47,7 @@ Status Consumer::Impl::reset(Assigned& a) {
                                     "(auto.offset.reset=error)",
                                     a.tp.topic, a.tp.partition, was, a.reader.ring().start_offset()));
   }
-  if (a.reader.offset() > was) lost += a.reader.offset() - was;
+  if (a.reader.offset() > was) add_lost(a, a.reader.offset() - was);
   set_gate(a);
   return {};
 }

@@ -11,6 +11,7 @@
 #include "bus/gate_names.h"
 #include "bus/group_client.h"
 #include "bus/partitioner.h"
+#include "bus/statistics.h"
 #include "bus/topic.h"
 #include "shm/futex.h"
 #include "shm/process.h"
@@ -141,6 +142,16 @@ struct Producer::Impl {
   TopicState* last = nullptr;
   std::string last_name;
   bool reservation_open = false;
+  std::unique_ptr<stats::ProducerStats> stats;  // statistics_interval > 0 only
+  std::shared_ptr<Topic> reserved_topic;         // with stats: the open reservation's topic
+  std::uint64_t reserved_bytes = 0;              // and its key, headers and value bytes
+
+  // The open reservation ended: committed (counted as sent) or aborted.
+  void reservation_done(const Reservation& r, const shm::RingWriter& w, bool committed) {
+    if (committed) stats->sent(reserved_topic, r.metadata().partition, 1, reserved_bytes, w);
+    else stats->aborted(reserved_topic, r.metadata().partition, 1);
+    reserved_topic.reset();
+  }
 
   Result<TopicState*> topic(std::string_view name) {
     if (last && name == last_name && !last->topic->deleted()) return last;
@@ -385,7 +396,10 @@ struct Producer::Impl {
       write_record(reinterpret_cast<std::byte*>(ring.header_at(at)), b.layouts[i], length, messages[i], ts_ns);
       cur = at + sizes[i];
     }
-    if (auto ok = writer.commit(*claim); !ok) return tl::unexpected(ok.error());
+    if (auto ok = writer.commit(*claim); !ok) {
+      if (stats) [[unlikely]] stats->aborted(ts.topic, p, messages.size());
+      return tl::unexpected(ok.error());
+    }
     // Committed: the words, the first one last (docs/ring.md, "Producing").
     cur = claim->first_at + sizes[0];
     for (std::size_t i = 1; i < messages.size(); ++i) {
@@ -400,6 +414,7 @@ struct Producer::Impl {
     for (std::uint64_t at = claim->end, stop = at + std::min<std::uint64_t>(b.total, 4096); at < stop; at += shm::kCacheLine)
       __builtin_prefetch(ring.header_at(at), 1, 3);
     ts.sent_end[p] = std::max(ts.sent_end[p], claim->offset + messages.size());  // for flush()
+    if (stats) [[unlikely]] stats->sent(ts.topic, p, messages, writer);
     return RecordMetadata{p, claim->offset};
   }
 
@@ -472,13 +487,18 @@ Result<Producer> Producer::create(std::shared_ptr<Bus> bus, ProducerConfig confi
       config.record_alignment != 64)
     return make_error(Errc::kInvalidArgument,
                       fmt::format("record_alignment {} must be 8, 16, 32 or 64", config.record_alignment));
+  if (auto ok = stats::check("ProducerConfig", config.statistics_interval, config.statistics_cb); !ok)
+    return tl::unexpected(ok.error());
   auto impl = std::make_unique<Impl>();
   impl->bus = std::move(bus);
-  impl->config = config;
+  if (config.statistics_interval.count() > 0)
+    impl->stats = std::make_unique<stats::ProducerStats>(config.statistics_interval, config.statistics_cb);
+  impl->config = std::move(config);
   return Producer(std::move(impl));
 }
 
 Status Producer::flush(std::chrono::milliseconds timeout, std::optional<Acks> acks) noexcept {
+  if (impl_->stats) [[unlikely]] impl_->stats->tick();  // reports if due, like a send
   const Acks mode = acks.value_or(impl_->config.acks);
   const std::int64_t deadline = static_cast<std::int64_t>(shm::monotonic_ns()) + timeout.count() * 1'000'000;
   for (auto& [name, ts] : impl_->topics) {
@@ -574,6 +594,10 @@ Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Byte
   r.producer_ = impl_.get();
   r.topic_ = &ts;
   impl_->reservation_open = true;
+  if (impl_->stats) [[unlikely]] {
+    impl_->reserved_topic = ts.topic;
+    impl_->reserved_bytes = l->payload;
+  }
   return r;
 }
 
@@ -597,10 +621,14 @@ Status Reservation::commit() noexcept {
   const shm::Claim c{meta_.offset, position_, end_, 1, first_at_, wake_};
   open_ = false;
   if (producer_) producer_->reservation_open = false;
-  if (auto ok = w->commit(c); !ok) return ok;
+  if (auto ok = w->commit(c); !ok) {
+    if (producer_ && producer_->stats) producer_->reservation_done(*this, *w, false);
+    return ok;
+  }
   w->finish(c);
   w->notify(c);
   if (!producer_) return {};
+  if (producer_->stats) producer_->reservation_done(*this, *w, true);
   return producer_->sent(*static_cast<Producer::Impl::TopicState*>(topic_), meta_.partition, meta_.offset + 1);
 }
 
@@ -609,7 +637,10 @@ void Reservation::abort() noexcept {
   auto* w = static_cast<shm::RingWriter*>(writer_);
   w->abort(shm::Claim{meta_.offset, position_, end_, 1, first_at_, wake_});
   open_ = false;
-  if (producer_) producer_->reservation_open = false;
+  if (producer_) {
+    producer_->reservation_open = false;
+    if (producer_->stats) producer_->reservation_done(*this, *w, false);
+  }
 }
 
 }  // namespace shmbus

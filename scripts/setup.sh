@@ -10,6 +10,7 @@ packages=(
   zlib1g-dev libsnappy-dev liblz4-dev libzstd-dev
   kcat python3-kafka python3-confluent-kafka
   pybind11-dev python3-dev python3-pytest
+  curl
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -350,6 +350,7 @@ RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
     cached_reclaim_ = o.cached_reclaim_;
     cached_reclaim_offset_ = o.cached_reclaim_offset_;
     futile_wakes_ = o.futile_wakes_;
+    waits_ = o.waits_;
     exclusive_ = o.exclusive_;
     light_fence_ = o.light_fence_;
   }
@@ -729,6 +730,7 @@ Status RingWriter::make_room(std::uint64_t target, std::uint64_t min_offset, std
     const std::uint64_t now = monotonic_ns();
     if (waited_since == 0) {
       waited_since = now;
+      ++waits_;
       if (stuck == kLate) ring_.ctl()->claim_stats.quarantine_waits.fetch_add(1, std::memory_order_relaxed);
     }
     if (block_timeout_ns >= 0 && now - waited_since > static_cast<std::uint64_t>(block_timeout_ns) &&

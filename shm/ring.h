@@ -288,6 +288,9 @@ class RingWriter {
   void notify(const Claim& c) noexcept;
   // Gives the claim up: CLAIMED -> ABORTED on its entry (already aborted: nothing to do).
   void abort(const Claim& c) noexcept;
+  // Claims that had to wait for room (a gate, a claim one lap behind): this writer's own
+  // count, a plain counter (the producer's statistics read it).
+  std::uint64_t waits() const noexcept { return waits_; }
 
  private:
   Status make_room(std::uint64_t target, std::uint64_t min_offset, std::int64_t block_timeout_ns) noexcept;
@@ -307,6 +310,7 @@ class RingWriter {
   std::uint64_t cached_reclaim_ = 0;
   std::uint64_t cached_reclaim_offset_ = 0;
   std::uint32_t futile_wakes_ = 0;
+  std::uint64_t waits_ = 0;
   bool exclusive_ = false;
   bool gated_timeout_ = false;
   bool light_fence_ = false;  // exclusive: sleepers fence for us (Ring::heavy fence, membarrier)

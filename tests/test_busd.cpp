@@ -1,15 +1,22 @@
 // busd and consumer groups across real processes: rebalance on SIGKILL with no record lost
 // and no partition owned twice, busd killed and restarted under load, fencing of stale
 // commits, one busd per bus, other uids refused; gates that cannot be held, stalled producers
-// naming their group, group delete, offsets retention, reset-offsets.
+// naming their group, group delete, offsets retention, reset-offsets; the Prometheus endpoint
+// scraped with curl.
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <pwd.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -1436,4 +1443,276 @@ TEST_F(Busd, ResetOffsetsToEarliestAndByTimeReachIntoTheDiskLogOfASpilledTopic) 
   EXPECT_EQ(target({"--to-offset", "0"}), 0) << "offset 0 is on disk: not clamped to the ring's start";
   EXPECT_EQ(target({"--to-datetime", "2026-01-01T00:00:00.050Z"}), 50);
   EXPECT_EQ(target({"--to-datetime", "2026-01-01T00:00:03.999Z"}), 3999);
+}
+
+// ---- busd's Prometheus endpoint: busd --metrics-listen scraped with curl, bad HTTP answered
+// and survived, busctl metrics start|stop kept across restarts (the listeners file). ----
+
+namespace {
+
+struct Run {
+  int code;
+  std::string out;
+};
+
+Run sh(const std::string& cmd) {
+  Run r{-1, ""};
+  FILE* f = ::popen(cmd.c_str(), "r");
+  if (!f) return r;
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) r.out.append(buf, n);
+  const int st = ::pclose(f);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+Run curl(const std::string& address, const std::string& path = "/metrics") {
+  return sh("curl -s -S --max-time 10 http://" + address + path + " 2>&1");
+}
+
+std::uint16_t port_of(const std::string& address) {
+  return static_cast<std::uint16_t>(std::stoul(address.substr(address.rfind(':') + 1)));
+}
+
+// Sends `bytes` to 127.0.0.1:port and returns what comes back until busd closes (10 s at most).
+std::string http_raw(std::uint16_t port, const std::string& bytes) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0) {
+    (void)!::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    char buf[4096];
+    while (std::chrono::steady_clock::now() < deadline) {
+      pollfd p{fd, POLLIN, 0};
+      if (::poll(&p, 1, 100) <= 0) continue;
+      const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+      if (n <= 0) break;
+      out.append(buf, static_cast<std::size_t>(n));
+    }
+  }
+  ::close(fd);
+  return out;
+}
+
+// busd started by the test with --metrics-listen (child_), or on demand.
+class BusdMetrics : public Busd {
+ protected:
+  void TearDown() override {
+    if (child_.pid > 0) {  // ours: reaped here, so that Busd's TearDown finds it gone
+      ::kill(child_.pid, SIGKILL);
+      std::string out;
+      test::finish(child_, out, 10s);
+    }
+    Busd::TearDown();
+  }
+  // busd's status, once it answers.
+  json status(bool autostart = false) {
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (auto c = BusdConnection::connect(bus_->name(), 2s, autostart))
+        if (auto r = (*c)->request({{"op", "status"}}, 5s)) return *r;
+      std::this_thread::sleep_for(10ms);
+    }
+    ADD_FAILURE() << "busd did not answer";
+    return json();
+  }
+  std::string metrics_address(const json& st) {
+    if (!st.contains("listeners") || !st["listeners"].contains("metrics")) return "";
+    return st["listeners"]["metrics"]["address"].get<std::string>();
+  }
+  void start_busd_with_metrics() {
+    child_ = test::spawn({SHMBUS_BUSD_PATH, "--bus", bus_->name(), "--metrics-listen", "127.0.0.1:0"});
+    ASSERT_GT(child_.pid, 0);
+    address_ = metrics_address(status());
+    ASSERT_EQ(address_.rfind("127.0.0.1:", 0), 0u) << address_;
+    ASSERT_NE(port_of(address_), 0);
+  }
+  bool child_alive() { return ::waitpid(child_.pid, nullptr, WNOHANG) == 0; }
+
+  std::string address_;
+  test::Child child_{};
+};
+
+}  // namespace
+
+TEST_F(BusdMetrics, CurlSeesEndOffsetsCommittedOffsetsAndLag) {
+  TopicConfig cfg;
+  cfg.partitions = 2;
+  ASSERT_TRUE((*bus_)->create_topic("t", cfg));
+  start_busd_with_metrics();
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(p->send("t", Message{std::nullopt, as_bytes("v")}, 0u));
+  for (int i = 0; i < 4; ++i) ASSERT_TRUE(p->send("t", Message{std::nullopt, as_bytes("v")}, 1u));
+  ConsumerConfig cc;
+  cc.auto_offset_reset = OffsetReset::kEarliest;
+  cc.enable_auto_commit = false;
+  auto c = Consumer::create(bus_->get(), cc);
+  ASSERT_TRUE(c);
+  ASSERT_TRUE(c->subscribe({"t"}, "g"));
+  std::size_t got = 0;
+  for (int i = 0; i < 200 && got < 14; ++i) {
+    auto recs = c->poll(50ms);
+    ASSERT_TRUE(recs) << recs.error().message;
+    got += recs->size();
+  }
+  ASSERT_EQ(got, 14u);
+  ASSERT_TRUE(c->commit({{{"t", 0}, 7}, {{"t", 1}, 4}}));
+
+  auto r = curl(address_);
+  ASSERT_EQ(r.code, 0) << r.out;
+  const std::string& m = r.out;
+  for (const std::string& line : std::vector<std::string>{
+           "# TYPE shmbus_partition_end_offset gauge",
+           "shmbus_partition_end_offset{topic=\"t\",partition=\"0\"} 10\n",
+           "shmbus_partition_end_offset{topic=\"t\",partition=\"1\"} 4\n",
+           "shmbus_partition_start_offset{topic=\"t\",partition=\"0\"} 0\n",
+           "shmbus_partition_records_written_total{topic=\"t\",partition=\"0\"} 10\n",
+           "shmbus_partition_capacity_bytes{topic=\"t\",partition=\"0\"} 1048576\n",
+           "shmbus_topic_info{topic=\"t\",retention=\"overwrite\",spill=\"false\"} 1\n",
+           "shmbus_topic_partitions{topic=\"t\"} 2\n",
+           "# TYPE shmbus_group_committed_offset gauge",
+           "shmbus_group_committed_offset{group=\"g\",topic=\"t\",partition=\"0\"} 7\n",
+           "shmbus_group_committed_offset{group=\"g\",topic=\"t\",partition=\"1\"} 4\n",
+           "shmbus_group_lag{group=\"g\",topic=\"t\",partition=\"0\"} 3\n",
+           "shmbus_group_lag{group=\"g\",topic=\"t\",partition=\"1\"} 0\n",
+           "shmbus_group_members{group=\"g\"} 1\n",
+           "shmbus_group_generation{group=\"g\"} 1\n",
+           "shmbus_group_rebalances_total{group=\"g\"} 1\n",
+           "# TYPE shmbus_group_rebalances_total counter",
+           "shmbus_busd_up{bus=\"" + bus_->name() + "\"} 1\n",
+           "shmbus_busd_clients{bus=\"" + bus_->name() + "\"} ",
+       })
+    EXPECT_NE(m.find(line), std::string::npos) << "missing: " << line << "\nin:\n" << m;
+  // Every sample line names a family declared before it.
+  std::istringstream in(m);
+  std::set<std::string> typed;
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("# TYPE ", 0) == 0) {
+      typed.insert(line.substr(7, line.find(' ', 7) - 7));
+    } else if (line.rfind("#", 0) != 0) {
+      EXPECT_TRUE(typed.count(line.substr(0, line.find_first_of("{ ")))) << line;
+    }
+  }
+  // HEAD: the headers, no body; the content type of the text format.
+  auto head = sh("curl -s -S -I --max-time 10 http://" + address_ + "/metrics 2>&1");
+  EXPECT_NE(head.out.find("Content-Type: text/plain; version=0.0.4"), std::string::npos) << head.out;
+}
+
+TEST_F(BusdMetrics, BadHttpGetsAnErrorAndBusdStaysUp) {
+  // A bad address is refused before busd touches anything.
+  auto bad = test::spawn({SHMBUS_BUSD_PATH, "--bus", bus_->name(), "--metrics-listen", "10.1.2.3:9"});
+  std::string out;
+  const int st = test::finish(bad, out, 20s);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 2) << st;
+  EXPECT_FALSE(std::filesystem::exists(bus_paths(bus_->name()).lock));
+
+  start_busd_with_metrics();
+  const std::uint16_t port = port_of(address_);
+  // A client that connects and says nothing holds no one up.
+  const int silent = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::connect(silent, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+
+  EXPECT_EQ(http_raw(port, std::string("\x16\x03\x01\x00\x05hello\r\n", 12)).rfind("HTTP/1.1 400 ", 0), 0u);
+  EXPECT_EQ(http_raw(port, "GET /metrics SPDY/3\r\n\r\n").rfind("HTTP/1.1 400 ", 0), 0u);
+  EXPECT_EQ(http_raw(port, "GET /nope HTTP/1.1\r\nHost: x\r\n\r\n").rfind("HTTP/1.1 404 ", 0), 0u);
+  EXPECT_EQ(http_raw(port, "DELETE /metrics HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 405 ", 0), 0u);
+  EXPECT_EQ(http_raw(port, "GET /" + std::string(9000, 'a')).rfind("HTTP/1.1 431 ", 0), 0u);
+  EXPECT_EQ(http_raw(port, "GET /metrics HTTP/1.1\r\n\r\n").rfind("HTTP/1.1 200 OK\r\n", 0), 0u);
+
+  auto r = curl(address_);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("shmbus_busd_up{"), std::string::npos) << r.out;
+  EXPECT_EQ(curl(address_, "/").out.find("not found"), 0u);
+  EXPECT_TRUE(child_alive());
+  EXPECT_EQ(status()["pid"], child_.pid);
+  // The silent one is closed after busd's 5 s request timeout.
+  pollfd pf{silent, POLLIN, 0};
+  char byte;
+  ASSERT_EQ(::poll(&pf, 1, 10'000), 1) << "still open after 10 s";
+  EXPECT_EQ(::recv(silent, &byte, 1, 0), 0);
+  ::close(silent);
+}
+
+TEST_F(BusdMetrics, BusctlMetricsStartIsKeptAcrossRestartsAndStopToo) {
+  const std::string b = bus_->name();
+  ASSERT_TRUE(status(/*autostart=*/true).is_object());
+  auto start = test::busctl({"--bus", b, "metrics", "start", "--listen", "127.0.0.1:0"});
+  ASSERT_EQ(start.code, 0) << start.err;
+  ASSERT_EQ(start.out.rfind("metrics: http://127.0.0.1:", 0), 0u) << start.out;
+  const std::string address = metrics_address(status());
+  ASSERT_NE(port_of(address), 0);
+  EXPECT_NE(start.out.find(address), std::string::npos);
+  EXPECT_EQ(curl(address).code, 0);
+  EXPECT_NE(test::busctl({"--bus", b, "status"}).out.find("metrics listening on " + address), std::string::npos);
+  // Kept in the state dir, owner-only, with the port it got.
+  const std::string file = bus_paths(b).state_dir + "/listeners";
+  struct stat sb{};
+  ASSERT_EQ(::stat(file.c_str(), &sb), 0);
+  EXPECT_EQ(sb.st_mode & 0777, 0600u);
+  std::ifstream f(file);
+  const json saved = json::parse(f);
+  EXPECT_EQ(saved["metrics"]["listen"], address);
+
+  // A busd that starts again listens again, where scrapers look.
+  const pid_t first = busd_pid();
+  kill_busd(SIGTERM);
+  const json again = status(/*autostart=*/true);
+  EXPECT_NE(again["pid"], first);
+  EXPECT_EQ(metrics_address(again), address);
+  auto r = curl(address);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("shmbus_busd_up{"), std::string::npos);
+
+  // Bad addresses are refused and change nothing.
+  auto remote = test::busctl({"--bus", b, "metrics", "start", "--listen", "10.1.2.3:9464"});
+  EXPECT_EQ(remote.code, 2);
+  EXPECT_NE(remote.err.find("loopback"), std::string::npos) << remote.err;
+  EXPECT_EQ(test::busctl({"--bus", b, "metrics", "start", "--listen", "nonsense"}).code, 2);
+  EXPECT_EQ(metrics_address(status()), address);
+
+  // Stopped: not now, and not after a restart either.
+  auto stop = test::busctl({"--bus", b, "metrics", "stop"});
+  ASSERT_EQ(stop.code, 0) << stop.err;
+  EXPECT_EQ(stop.out, "metrics: stopped\n");
+  EXPECT_NE(curl(address).code, 0);
+  EXPECT_EQ(metrics_address(status()), "");
+  kill_busd(SIGTERM);
+  EXPECT_EQ(metrics_address(status(/*autostart=*/true)), "");
+  EXPECT_EQ(test::busctl({"--bus", b, "metrics", "stop"}).out, "metrics: were not running\n");
+}
+
+TEST_F(BusdMetrics, SpilledTopicsShowTheirSpillOffsetAndWrites) {
+  ASSERT_TRUE((*bus_)->create_topic("s", test::spilled_topic(1, 1 << 20)));
+  start_busd_with_metrics();
+  produce_keyed(bus_->get(), "s", 100);
+  wait_spilled(bus_->get(), "s");
+  auto r = curl(address_);
+  ASSERT_EQ(r.code, 0) << r.out;
+  for (const std::string& line : std::vector<std::string>{
+           "shmbus_topic_info{topic=\"s\",retention=\"block\",spill=\"true\"} 1\n",
+           "shmbus_spill_offset{topic=\"s\",partition=\"0\"} 100\n",
+           "shmbus_spill_start_offset{topic=\"s\",partition=\"0\"} 0\n",
+           "shmbus_spill_state{topic=\"s\",partition=\"0\"} 1\n",
+           "shmbus_spill_errors_total{topic=\"s\",partition=\"0\"} 0\n",
+       })
+    EXPECT_NE(r.out.find(line), std::string::npos) << "missing: " << line << "\nin:\n" << r.out;
+  // Bytes written: the 100 records' frames (values of 100 bytes and more), which the log
+  // files hold with their segment header.
+  auto value_of = [&](const std::string& sample) {
+    const auto at = r.out.find(sample + "{topic=\"s\",partition=\"0\"} ");
+    return at == std::string::npos ? 0 : std::stoull(r.out.substr(r.out.find("} ", at) + 2));
+  };
+  const std::uint64_t written = value_of("shmbus_spill_written_bytes_total"), disk = value_of("shmbus_spill_disk_bytes");
+  EXPECT_GT(written, 100u * 100) << r.out;
+  EXPECT_LE(written, disk);
+  EXPECT_LT(disk - written, 4096u);
 }

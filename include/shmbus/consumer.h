@@ -44,6 +44,29 @@ struct ConsumerConfig {
   // Called from poll() (and subscribe()) when busd gives or takes partitions.
   std::function<void(const std::vector<TopicPartition>&)> on_assigned{};
   std::function<void(const std::vector<TopicPartition>&)> on_revoked{};
+
+  // Statistics (librdkafka's statistics.interval.ms and stats_cb): every statistics_interval
+  // (0, the default: never) statistics_cb gets a JSON object, called from this consumer's
+  // own poll(), on the calling thread, once the interval has passed. It must not throw (an
+  // exception is dropped) nor use this consumer. Fields, with librdkafka's names where the
+  // meaning is the same:
+  //   name ("shmbus#consumer-N"), client_id (client_name, else the process name), type
+  //   ("consumer"), ts (monotonic clock, us), time (wall clock, s), age (us since create()),
+  //   rxmsgs, rxmsg_bytes (records returned by poll() and their key + headers + value bytes),
+  //   lost (records skipped: overwritten before they were read, or gone from the disk log),
+  //   aborted (offsets skipped because their claim was aborted), waits (polls that found
+  //   nothing at once and waited),
+  //   topics: { NAME: { topic, partitions: { "P": { partition, desired (assigned now),
+  //   rxmsgs, rxbytes, lost, aborted, next_offset, app_offset, stored_offset (the position:
+  //   the next offset poll() returns), committed_offset (the group's, as this consumer last
+  //   knew it; -1001 when none), lo_offset, hi_offset (the ring's oldest and next offsets),
+  //   consumer_lag (hi_offset - committed_offset, -1 without one), consumer_lag_stored
+  //   (hi_offset - stored_offset) } } } },
+  //   cgrp (subscribe() only): { group, member_id, state ("up"), generation, rebalance_cnt
+  //   (assignments seen), assignment_size }.
+  // Counters start at create(); a partition stays listed (desired false) once unassigned.
+  std::chrono::milliseconds statistics_interval{0};
+  std::function<void(const std::string& json)> statistics_cb{};
 };
 
 class Consumer {

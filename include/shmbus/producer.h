@@ -8,9 +8,11 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
+#include <string>
 #include <string_view>
 
 #include "shmbus/bus.h"
@@ -58,6 +60,24 @@ struct ProducerConfig {
   // a record may be overwritten before busd spills it.
   Acks acks = Acks::kMemory;
   std::int64_t ack_timeout_ms = 30'000;
+
+  // Statistics (librdkafka's statistics.interval.ms and stats_cb): every statistics_interval
+  // (0, the default: never) statistics_cb gets a JSON object. It is called from this
+  // producer's own send(), send_batch(), flush() and Reservation::commit()/abort(), on the
+  // calling thread, once the interval has passed: a producer that calls none reports nothing.
+  // It must not throw (an exception is dropped) nor use this producer. Fields, with
+  // librdkafka's names where the meaning is the same:
+  //   name ("shmbus#producer-N"), client_id (the process name), type ("producer"),
+  //   ts (monotonic clock, us), time (wall clock, s), age (us since create()),
+  //   msg_cnt, msg_size (always 0: nothing is queued; a send returns with its records in the ring),
+  //   txmsgs, txmsg_bytes (records sent and their key + headers + value bytes),
+  //   aborted (records of this producer's claims that ended aborted: a commit too late, a
+  //   reservation given up), waits (claims that waited for room: gates, a stuck claim),
+  //   topics: { NAME: { topic, partitions: { "P": { partition, txmsgs, txbytes, msgq_cnt (0),
+  //   lo_offset, hi_offset (the ring's oldest and next offsets), aborted, waits } } } }.
+  // Counters start at create(); partitions appear once sent to.
+  std::chrono::milliseconds statistics_interval{0};
+  std::function<void(const std::string& json)> statistics_cb{};
 };
 
 class Reservation;

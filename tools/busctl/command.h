@@ -67,5 +67,6 @@ std::unique_ptr<Command> bus_commands(CLI::App& app);         // topic.cpp: bus 
 std::unique_ptr<Command> top_command(CLI::App& app);          // top.cpp
 std::unique_ptr<Command> completion_commands(CLI::App& app);  // completion.cpp: completion, help-markdown
 std::unique_ptr<Command> log_commands(CLI::App& app);         // log.cpp
+std::unique_ptr<Command> metrics_commands(CLI::App& app);     // metrics.cpp: metrics start|stop
 
 }  // namespace shmbus::busctl

@@ -22,7 +22,7 @@ using json = nlohmann::json;
 class GroupCommands final : public Command {
  public:
   explicit GroupCommands(CLI::App& app) {
-    status = sub(&app, "status", "busd: pid, uptime, version, socket, state dir (does not start it)");
+    status = sub(&app, "status", "busd: pid, uptime, version, socket, state dir, listeners (does not start it)");
     status->footer("Example:\n  busctl status --json");
     group_cmd = sub(&app, "group", "consumer groups (starts busd if it is not running)");
     group_cmd->require_subcommand(1);
@@ -109,6 +109,10 @@ class GroupCommands final : public Command {
                        j["pid"].get<int>(), j["version"].get<std::string>(), j["protocol"].get<int>(),
                        j["uptime_ms"].get<double>() / 1000, j["bus"].get<std::string>(), j["socket"].get<std::string>(),
                        j["state_dir"].get<std::string>(), j["groups"].get<int>(), j["members"].get<int>());
+    // TCP listeners (busctl metrics start): what each serves on.
+    if (j.contains("listeners") && j["listeners"].is_object())
+      for (const auto& [kind, l] : j["listeners"].items())
+        out << fmt::format("{} listening on {}{}\n", kind, l.value("address", "?"), kind == "metrics" ? " (GET /metrics)" : "");
   }
 
   void print_list(std::ostream& out, json& j) {

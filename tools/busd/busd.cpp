@@ -43,6 +43,7 @@ namespace daemon {
 
 Daemon::~Daemon() {
   if (spiller_) spiller_->stop();  // its last writes and syncs happen while we hold the lock
+  services_.clear();  // they leave the epoll set before it is closed
   for (auto& [fd, c] : conns_) ::close(fd);
   if (listen_fd_ >= 0) {
     ::close(listen_fd_);
@@ -56,6 +57,8 @@ Daemon::~Daemon() {
 Status Daemon::start() {
   started_ns_ = shm::realtime_ns();
   started_mono_ = shm::monotonic_ns();
+  if (opts_.metrics_listen)  // a bad address is refused before anything is touched
+    if (auto a = parse_listen(ListenerSpec{*opts_.metrics_listen, opts_.allow_remote}); !a) return tl::unexpected(a.error());
 
   BusOptions bo;
   bo.name = opts_.bus;
@@ -88,6 +91,7 @@ Status Daemon::start() {
   if (auto ok = create_segment(); !ok) return ok;
   if (auto ok = listen_socket(); !ok) return ok;
   watch_events();
+  if (auto ok = start_listeners(); !ok) return ok;
   // Spilled topics whose shared memory is gone came back with Bus::attach; say what did not.
   if (auto r = bus_->restore_spilled_topics(); !r) log(fmt::format("a spilled topic could not be restored: {}", r.error().message));
   spiller_ = std::make_unique<Spiller>(bus_, paths_.state_dir, gid_ ? 0660u : 0600u, [this](const std::string& m) { log(m); });
@@ -234,6 +238,8 @@ Status Daemon::loop() {
         log(fmt::format("signal {}: flushing offsets and exiting", si.ssi_signo));
         (void)offsets_.flush();
         return {};
+      } else if (TcpService* service = service_for(fd)) {
+        service->on_event(fd, events[i].events);
       } else {
         if (events[i].events & EPOLLOUT) {
           auto it = conns_.find(fd);
@@ -386,7 +392,8 @@ void Daemon::handle(Conn& c, const json& req) {
                  json{{"ok", true}, {"version", kBusdVersion}, {"protocol", proto::kProtocolVersion}, {"pid", ::getpid()},
                       {"bus", bus_->name()}, {"uptime_ms", (shm::monotonic_ns() - started_mono_) / 1'000'000},
                       {"started_ns", started_ns_}, {"socket", paths_.socket}, {"runtime_dir", paths_.runtime_dir},
-                      {"state_dir", paths_.state_dir}, {"groups", groups_.size()}, {"members", members}});
+                      {"state_dir", paths_.state_dir}, {"groups", groups_.size()}, {"members", members},
+                      {"listeners", listeners_json()}});
   }
   if (*op == "shutdown") {
     reply(c, req, json{{"ok", true}});
@@ -403,6 +410,8 @@ void Daemon::handle(Conn& c, const json& req) {
   if (*op == "group_list") return op_group_list(c, req);
   if (*op == "group_describe") return op_group_describe(c, req);
   if (*op == "reset_offsets") return op_reset_offsets(c, req);
+  if (*op == "listener_start") return op_listener_start(c, req);
+  if (*op == "listener_stop") return op_listener_stop(c, req);
   if (*op == "group_delete") return op_group_delete(c, req);
   reply_error(c, req, Errc::kInvalidArgument, fmt::format("unknown operation '{}'", *op));
 }
@@ -429,6 +438,7 @@ void Daemon::tick() {
   retry_failed_gates();
   expire_idle_groups();
   const std::uint64_t now = shm::monotonic_ns();
+  for (auto& [kind, service] : services_) service->tick(now);
   if (grace_until_ns_ && now >= grace_until_ns_) {
     grace_until_ns_ = 0;
     returning_.clear();

@@ -22,6 +22,10 @@ struct BusdOptions {
   // --existing: exit if the bus does not exist, never make it. How a group consumer starts
   // busd: a bus deleted under it must stay deleted.
   bool existing_only = false;
+  // --metrics-listen HOST:PORT: serve Prometheus metrics there for this run (the listeners
+  // file in the state dir, which `busctl metrics start` writes, is left as it is).
+  std::optional<std::string> metrics_listen;
+  bool allow_remote = false;  // listeners may bind addresses other than loopback
 };
 
 // Runs until SIGTERM/SIGINT. Fails at once (and changes nothing) when another busd holds

@@ -71,6 +71,7 @@ void Daemon::rebalance(Group& g) {
   g.revoke_deadline_ns = waiting ? 1 : 0;  // "rebalancing", for describe
   if (waiting) return;
   ++g.generation;
+  ++g.rebalances;
   for (auto& [id, m] : g.members) {
     std::map<TopicPartition, std::uint64_t> since;
     for (const auto& tp : target.at(id)) {

@@ -24,6 +24,7 @@
 #include "shmbus/bus.h"
 #include "tools/busd/assignor.h"
 #include "tools/busd/busd.h"
+#include "tools/busd/listeners.h"
 #include "tools/busd/offset_store.h"
 #include "tools/busd/spiller.h"
 
@@ -62,6 +63,7 @@ struct Group {
   std::map<std::string, Member> members;
   std::uint64_t revoke_deadline_ns = 0;
   bool pending_grace = false;  // rebalanced during the start-up grace: do it again after
+  std::uint64_t rebalances = 0;  // generations this busd made (metrics)
 };
 
 class Daemon {
@@ -114,6 +116,15 @@ class Daemon {
   void op_reset_offsets(Conn& c, const json& req);
   json describe_group(const std::string& name);
 
+  // TCP listeners by kind (listeners.cpp): the listeners file's at start, then the command
+  // line's; listener_start / listener_stop (busctl metrics start|stop) persist the choice.
+  Status start_listeners();
+  Result<std::string> open_listener(const std::string& kind, const ListenerSpec& spec);
+  TcpService* service_for(int fd);
+  json listeners_json() const;
+  void op_listener_start(Conn& c, const json& req);
+  void op_listener_stop(Conn& c, const json& req);
+  std::string metrics_text();  // metrics.cpp
   // Groups' lifetime and who their gates are (group_admin.cpp).
   void group_changed(const Group& g);  // a member joined or left: the name table, the idle clock
   void publish_group(const std::string& name);
@@ -143,6 +154,8 @@ class Daemon {
   std::uint64_t grace_until_ns_ = 0;
   std::set<std::int32_t> returning_;  // pids of the previous busd's live members
   std::set<std::pair<std::string, TopicPartition>> dirty_gates_;  // move after the next flush
+  std::map<std::string, std::unique_ptr<TcpService>> services_;  // by kind
+  std::map<std::string, ListenerSpec> listener_specs_;             // what each runs on
   GroupNameSlot* names_ = nullptr;  // in seg_: who each group's durable gates are
   std::map<std::string, std::int64_t> empty_since_ns_;  // CLOCK_REALTIME; groups with no member
   std::map<std::pair<std::string, TopicPartition>, std::string> gate_failures_;  // gates not held, why

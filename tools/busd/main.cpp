@@ -25,12 +25,12 @@ std::string manual(const CLI::App& app) {
       "A second busd for the same bus exits at once with status 1.";
   p.tail =
       ".SH FILES\n"
-      ".TP\n.I /run/shmbus/BUS, /var/lib/shmbus/BUS\nroot's socket, lock and log; committed offsets and spilled logs\n"
+      ".TP\n.I /run/shmbus/BUS, /var/lib/shmbus/BUS\nroot's socket, lock and log; committed offsets, spilled logs and the listeners file\n"
       ".TP\n.I $XDG_RUNTIME_DIR/shmbus/BUS or /tmp/shmbus\\-UID/BUS\nanother user's socket, lock and log\n"
       ".TP\n.I /tmp/shmbus\\-gGID/BUS, /var/tmp/shmbus\\-gGID/BUS\nfor a bus shared with a Unix group, everyone's (root's "
       "too): socket, lock and log; committed offsets and spilled logs\n"
       ".TP\n.I $XDG_STATE_HOME/shmbus/BUS, ~/.local/state/shmbus/BUS or /var/tmp/shmbus\\-UID/BUS\n"
-      "another user's committed offsets and spilled logs\n"
+      "another user's committed offsets, spilled logs and the listeners file\n"
       ".SH ENVIRONMENT\n"
       ".TP\n.B SHMBUS_DIR\nboth directories are SHMBUS_DIR/BUS (for buses shared with a Unix group)\n"
       ".TP\n.B SHMBUS_BUS\nthe bus when --bus is not given\n"
@@ -58,6 +58,11 @@ int main(int argc, char** argv) {
   app.add_flag("--quiet", o.quiet, "log nothing");
   app.add_flag("--existing", o.existing_only, "exit (status 1) if the bus does not exist instead of making it; "
                                               "group consumers start busd so");
+  std::string metrics_listen;
+  app.add_option("--metrics-listen", metrics_listen,
+                 "serve Prometheus metrics (GET /metrics) on HOST:PORT, loopback unless --allow-remote; port 0 picks one "
+                 "(busctl status shows it)");
+  app.add_flag("--allow-remote", o.allow_remote, "let listeners bind addresses other than loopback");
   bool help_man = false;
   app.add_flag("--help-man", help_man, "print this manual page (busd.8) in roff and exit")->group("");
   CLI11_PARSE(app, argc, argv);
@@ -66,6 +71,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (!group.empty()) o.group = group;
+  if (!metrics_listen.empty()) o.metrics_listen = metrics_listen;
   if (!retention.empty()) {
     auto ns = shmbus::timetext::parse_duration_ns(retention);
     if (!ns || *ns < 1'000'000) {

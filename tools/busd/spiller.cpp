@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <mutex>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -79,6 +80,17 @@ struct Spiller::Impl {
   moodycamel::BlockingConcurrentQueue<Msg> work;     // tailer -> writer
   moodycamel::ConcurrentQueue<std::unique_ptr<Chunk>> free_chunks;  // writer -> tailer
   std::size_t chunks_made = 0;                        // tailer only
+
+  // Counters for stats(): the writer (and the tailer's open errors) add, busd's loop reads.
+  mutable std::mutex counters_mu;
+  std::map<std::pair<std::string, std::uint32_t>, PartitionStats> counters;
+  void count(const std::string& topic, std::uint32_t p, std::uint64_t bytes, std::uint64_t fsyncs, std::uint64_t errors) {
+    std::lock_guard lk(counters_mu);
+    PartitionStats& c = counters[{topic, p}];
+    c.bytes_written += bytes;
+    c.fsyncs += fsyncs;
+    c.errors += errors;
+  }
 
   // ---- tailer ----
   std::map<std::pair<std::string, std::uint32_t>, std::shared_ptr<Part>> parts;  // tailer only
@@ -180,12 +192,14 @@ struct Spiller::Impl {
       part->lock = std::move(*l);
     } else {
       log(fmt::format("spill {}-{}: {}", t->name(), p, l.error().message));
+      count(t->name(), p, 0, 0, 1);
       return nullptr;
     }
     const std::string dir = disklog::partition_dir(state_dir, t->name(), p);
     auto w = disklog::LogWriter::open(dir, config, file_mode, log);
     if (!w) {
       log(fmt::format("spill {}-{}: {}", t->name(), p, w.error().message));
+      count(t->name(), p, 0, 0, 1);
       set_state(*part, shm::SpillState::kError);
       part->failed = true;
       failed_topics[t->name()] = {t->epoch(), shm::monotonic_ns()};
@@ -440,11 +454,13 @@ struct Spiller::Impl {
     if (!c.frames.empty()) {
       if (auto ok = o.log->append(c.frames); !ok) {
         log(fmt::format("spill {}-{}: {}; spilling of this partition stopped", part.topic, part.partition, ok.error().message));
+        count(part.topic, part.partition, 0, 0, 1);
         set_state(part, shm::SpillState::kError);
         part.failed_since = shm::monotonic_ns();
         part.failed = true;
         return;
       }
+      count(part.topic, part.partition, c.frames.size(), 0, 0);
       o.dirty = true;
     }
     o.pending = true;
@@ -470,11 +486,13 @@ struct Spiller::Impl {
       if (auto ok = o.log->sync(); !ok) {
         // Not on disk: producers must not pass it. The partition is retried later.
         log(fmt::format("spill {}-{}: {}; spilling of this partition stopped", part.topic, part.partition, ok.error().message));
+        count(part.topic, part.partition, 0, 0, 1);
         set_state(part, shm::SpillState::kError);
         part.failed_since = now;
         part.failed = true;
         return;
       }
+      count(part.topic, part.partition, 0, 1, 0);
       o.last_sync = now;
       o.dirty = false;
     }
@@ -516,6 +534,17 @@ Spiller::~Spiller() { stop(); }
 void Spiller::start() {
   impl_->tailer = std::thread([this] { impl_->tail_loop(); });
   impl_->writer = std::thread([this] { impl_->write_loop(); });
+}
+
+std::vector<Spiller::PartitionStats> Spiller::stats() const {
+  std::lock_guard lk(impl_->counters_mu);
+  std::vector<PartitionStats> out;
+  for (const auto& [key, c] : impl_->counters) {
+    out.push_back(c);
+    out.back().topic = key.first;
+    out.back().partition = key.second;
+  }
+  return out;
 }
 
 void Spiller::stop() {

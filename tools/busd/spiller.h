@@ -6,9 +6,11 @@
 // from tailer to writer and back through moodycamel queues. docs/spill.md.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "shmbus/bus.h"
 
@@ -24,6 +26,16 @@ class Spiller {
   void start();
   // Writes out what the tailer has read, syncs every log, joins the threads.
   void stop();
+
+  // What the spiller did to each partition since start (busd's metrics). Any thread.
+  struct PartitionStats {
+    std::string topic;
+    std::uint32_t partition = 0;
+    std::uint64_t bytes_written = 0;  // frames appended to the log
+    std::uint64_t fsyncs = 0;
+    std::uint64_t errors = 0;         // a log that could not be opened, written or synced
+  };
+  std::vector<PartitionStats> stats() const;
 
   struct Impl;
 

@@ -1,0 +1,57 @@
+// busd's TCP listeners (the Prometheus metrics endpoint; others by kind): their addresses,
+// the `listeners` file in the bus's state dir that keeps which ones run across restarts,
+// and the interface through which busd's event loop drives one. Internal to busd.
+#pragma once
+
+#include <sys/socket.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+
+#include "shmbus/error.h"
+
+namespace shmbus::daemon {
+
+// What a listener listens on: "HOST:PORT" as given (HOST an IPv4 or bracketed IPv6 literal,
+// or localhost; PORT 0 picks a free one), and whether it may be off loopback.
+struct ListenerSpec {
+  std::string listen;
+  bool allow_remote = false;
+  bool operator==(const ListenerSpec&) const = default;
+};
+
+// A parsed address, ready for bind(2).
+struct TcpAddress {
+  sockaddr_storage addr{};
+  socklen_t len = 0;
+  bool loopback = false;
+};
+
+// Parses spec.listen; refuses (invalid_argument, naming it) a malformed one, and one that
+// is not loopback unless spec.allow_remote.
+Result<TcpAddress> parse_listen(const ListenerSpec& spec);
+// "HOST:PORT" of a bound socket (the port it got).
+std::string bound_address(int fd);
+// A non-blocking, close-on-exec listening socket on `spec`.
+Result<int> listen_tcp(const ListenerSpec& spec);
+
+// The listeners file: {"KIND": {"listen": "HOST:PORT", "allow_remote": false}, ...}.
+// A missing file is no listener; a malformed one is an error naming the file.
+Result<std::map<std::string, ListenerSpec>> load_listeners(const std::string& state_dir);
+// Written whole (a temporary file renamed over it) with `mode`.
+Status save_listeners(const std::string& state_dir, const std::map<std::string, ListenerSpec>& all, unsigned mode);
+std::string listeners_path(const std::string& state_dir);
+
+// A listener inside busd's event loop: busd hands it the events of the descriptors it
+// added to the epoll set, and ticks it every 20 ms (timeouts).
+class TcpService {
+ public:
+  virtual ~TcpService() = default;
+  virtual bool owns(int fd) const = 0;
+  virtual void on_event(int fd, std::uint32_t events) = 0;
+  virtual void tick(std::uint64_t now_ns) = 0;
+  virtual const std::string& address() const = 0;  // HOST:PORT bound
+};
+
+}  // namespace shmbus::daemon
