@@ -134,7 +134,6 @@ void Daemon::op_join(Conn& c, const json& req) {
     if (slots_[i].pid.compare_exchange_strong(zero, c.pid > 0 ? c.pid : -1)) slot = i;
   }
   if (!slot) return reply_error(c, req, Errc::kTooManyClients, fmt::format("busd has no free member slot ({})", kMemberSlots));
-  slots_[*slot].heartbeat_ns.store(shm::monotonic_ns(), std::memory_order_relaxed);
   Member m;
   m.id = id;
   m.fd = c.fd;
@@ -142,7 +141,7 @@ void Daemon::op_join(Conn& c, const json& req) {
   m.pid = c.pid;
   m.name = req.value("name", "");
   m.slot = *slot;
-  m.session_timeout_ms = std::max<std::int64_t>(100, req.value("session_timeout_ms", 10'000));
+  note_liveness(m, req);
   // A member that rejoins (busd restarted) says what it still consumes; it keeps what
   // nobody else owns, so the group re-forms without moving a partition.
   std::set<std::pair<std::string, std::uint32_t>> taken;
@@ -157,7 +156,8 @@ void Daemon::op_join(Conn& c, const json& req) {
   c.group = group;
   c.member_id = id;
   if (returning_.erase(c.pid) && returning_.empty()) grace_until_ns_ = 0;  // all are back
-  reply(c, req, json{{"ok", true}, {"member_id", id}, {"slot", *slot}, {"segment", busd_segment_name(bus_->name())},
+  reply(c, req, json{{"ok", true}, {"member_id", id}, {"slot", *slot}, {"lease", slots_[*slot].lease.load(std::memory_order_relaxed)},
+                     {"segment", busd_segment_name(bus_->name())},
                      {"generation", g.generation}, {"owned", tps_json(m.owned)}});
   log(fmt::format("group '{}': member {} (pid {}) joined, topics {}", group, id, c.pid, json(topics).dump()));
   rebalance(g);
@@ -165,8 +165,9 @@ void Daemon::op_join(Conn& c, const json& req) {
 
 void Daemon::op_commit(Conn& c, const json& req) {
   const std::string group = req.value("group", "");
-  auto g = groups_.find(group);
   const std::string id = req.value("member_id", "");
+  if (id.empty()) return op_commit_unowned(c, req);
+  auto g = groups_.find(group);
   if (g == groups_.end() || !g->second.members.count(id))
     return reply_error(c, req, Errc::kInvalidArgument,
                        fmt::format("commit refused: {} is not a member of group '{}' (evicted or stale)", id, group));
@@ -176,19 +177,29 @@ void Daemon::op_commit(Conn& c, const json& req) {
     return reply_error(c, req, Errc::kInvalidArgument,
                        fmt::format("commit refused: stale generation {} (group '{}' is at generation {})", gen, group,
                                    g->second.generation));
-  if (!req.contains("offsets") || !req["offsets"].is_array())
-    return reply_error(c, req, Errc::kInvalidArgument, "commit needs offsets");
-  std::vector<std::pair<TopicPartition, std::uint64_t>> todo;
-  for (const auto& e : req["offsets"]) {
-    if (!e.is_array() || e.size() != 3 || !e[0].is_string() || !e[1].is_number_unsigned() || !e[2].is_number_unsigned())
-      return reply_error(c, req, Errc::kInvalidArgument, "offsets are [topic, partition, offset]");
-    TopicPartition tp{e[0].get<std::string>(), e[1].get<std::uint32_t>()};
+  auto todo = parse_offsets(req);
+  if (!todo) return reply_error(c, req, todo.error().code, todo.error().message);
+  for (const auto& [tp, off] : *todo)
     if (std::find(m.owned.begin(), m.owned.end(), tp) == m.owned.end())
       return reply_error(c, req, Errc::kInvalidArgument,
                          fmt::format("commit refused: {}-{} is not assigned to {} in generation {}", tp.topic, tp.partition,
                                      id, g->second.generation));
-    todo.push_back({tp, e[2].get<std::uint64_t>()});
+  store_offsets(c, req, group, *todo);
+}
+
+Result<std::vector<std::pair<TopicPartition, std::uint64_t>>> Daemon::parse_offsets(const json& req) {
+  if (!req.contains("offsets") || !req["offsets"].is_array()) return make_error(Errc::kInvalidArgument, "commit needs offsets");
+  std::vector<std::pair<TopicPartition, std::uint64_t>> todo;
+  for (const auto& e : req["offsets"]) {
+    if (!e.is_array() || e.size() != 3 || !e[0].is_string() || !e[1].is_number_unsigned() || !e[2].is_number_unsigned())
+      return make_error(Errc::kInvalidArgument, "offsets are [topic, partition, offset]");
+    todo.push_back({TopicPartition{e[0].get<std::string>(), e[1].get<std::uint32_t>()}, e[2].get<std::uint64_t>()});
   }
+  return todo;
+}
+
+void Daemon::store_offsets(Conn& c, const json& req, const std::string& group,
+                           const std::vector<std::pair<TopicPartition, std::uint64_t>>& todo) {
   for (const auto& [tp, off] : todo) {
     offsets_.put({group, tp.topic, tp.partition}, off);
     dirty_gates_.insert({group, tp});

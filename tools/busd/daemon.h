@@ -49,7 +49,10 @@ struct Member {
   std::int32_t pid = 0;
   std::string name;
   std::uint32_t slot = 0;
-  std::int64_t session_timeout_ms = 10'000;
+  std::int64_t session_timeout_ms = 45'000;
+  std::int64_t max_poll_interval_ms = 0;  // 0: not watched (a client of layout minor 0)
+  std::uint64_t seen_polls = 0;           // its slot's poll count when last seen moving
+  std::uint64_t polled_ns = 0;            // when busd last saw the count move
   bool revoking = false;  // asked to give partitions up, not answered yet
   std::uint64_t revoke_deadline_ns = 0;  // evicted if still revoking then
 };
@@ -101,9 +104,16 @@ class Daemon {
   void notify_member(const Member& m);
   TopicPartitionCounts counts_for(const Group& g);
   void update_gate(const std::string& group, const TopicPartition& tp);
+  // tools/busd/liveness.cpp: session timeouts, max poll intervals, revoke deadlines.
+  void expire_members(std::uint64_t now);
+  void note_liveness(Member& m, const json& req);
 
   void op_join(Conn& c, const json& req);
   void op_commit(Conn& c, const json& req);
+  void op_commit_unowned(Conn& c, const json& req);  // tools/busd/simple_group.cpp
+  static Result<std::vector<std::pair<TopicPartition, std::uint64_t>>> parse_offsets(const json& req);
+  void store_offsets(Conn& c, const json& req, const std::string& group,
+                     const std::vector<std::pair<TopicPartition, std::uint64_t>>& todo);
   void op_leave(Conn& c, const json& req);
   void op_revoked(Conn& c, const json& req);
   void op_committed(Conn& c, const json& req);
