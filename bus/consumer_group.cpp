@@ -30,6 +30,7 @@ proto::json Consumer::Impl::join_request(bool with_owned) const {
                      {"assignor", config.assignor},
                      {"session_timeout_ms", config.session_timeout.count()},
                      {"max_poll_interval_ms", config.max_poll_interval.count()},
+                     {"group_instance_id", config.group_instance_id},
                      {"name", client_name()},
                      {"member_id", group->member_id},
                      {"owned", owned}};
@@ -64,7 +65,8 @@ Status Consumer::Impl::join(bool with_owned) {
     on_lose(gone);
   }
   group->left_why.clear();
-  group->last_check = group->last_reconnect = shm::monotonic_ns();
+  // The auto-commit timer starts at the join, as Kafka's does.
+  group->last_check = group->last_reconnect = group->last_commit = shm::monotonic_ns();
   return {};
 }
 
@@ -347,7 +349,8 @@ Status Consumer::close() {
   for (const auto& a : impl_->assigned) all.push_back(a.tp);
   if (impl_->config.on_revoked && !all.empty()) impl_->config.on_revoked(all);
   impl_->settle_commits(true);
-  if (impl_->group->conn)
+  // A static member does not leave: busd keeps its partitions for its next process.
+  if (impl_->group->conn && impl_->config.group_instance_id.empty())
     (void)impl_->group->conn->request({{"op", "leave"}, {"group", impl_->group->name}}, std::chrono::seconds(2));
   impl_->release_gates();
   impl_->assigned.clear();

@@ -6,7 +6,9 @@
 
 #include <signal.h>
 
+#include <algorithm>
 #include <chrono>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -279,6 +281,68 @@ TEST_F(GroupProtocol, CommitAsyncCallsItsCallbackFromPollInOrderWithBusdsAnswer)
   ASSERT_TRUE(a->close());
   ASSERT_EQ(calls.size(), 4u);
   EXPECT_EQ(calls[3], "last 1 ok");
+}
+
+// Kafka's static membership: a member with a group_instance_id that goes away (a restart)
+// keeps its partitions for its session timeout; back within it, it gets them again with no
+// rebalance (the others see nothing); gone for longer, the others take them.
+TEST_F(GroupProtocol, StaticMemberBackWithinItsSessionTimeoutGetsItsPartitionsWithoutARebalance) {
+  make_topic(4);
+  ConsumerConfig sc = by_hand();
+  sc.group_instance_id = "i1";
+  sc.session_timeout = 2s;
+  sc.heartbeat_interval = 200ms;
+  int b_changes = 0;
+  ConsumerConfig bc = by_hand();
+  bc.on_assigned = [&](const std::vector<TopicPartition>&) { ++b_changes; };
+  bc.on_revoked = [&](const std::vector<TopicPartition>&) { ++b_changes; };
+  auto poll_b = [&](Consumer& b, std::chrono::milliseconds how_long) {
+    const auto until = std::chrono::steady_clock::now() + how_long;
+    while (std::chrono::steady_clock::now() < until) ASSERT_TRUE(b.poll(10ms));
+  };
+  std::optional<Consumer> a(std::move(*Consumer::create(bus_->get(), sc)));
+  ASSERT_TRUE(a->subscribe({"t"}, "g"));
+  auto b = Consumer::create(bus_->get(), bc);
+  std::thread joiner([&] { ASSERT_TRUE(b->subscribe({"t"}, "g")); });
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (a->assignment().size() != 2 && std::chrono::steady_clock::now() < deadline) ASSERT_TRUE(a->poll(10ms));
+  joiner.join();
+  ASSERT_EQ(a->assignment().size(), 2u);
+  ASSERT_EQ(b->assignment().size(), 2u);
+  ASSERT_EQ(b_changes, 1);
+  auto owned = a->assignment();
+  std::sort(owned.begin(), owned.end());
+  const std::uint64_t gen = a->generation();
+  a.reset();  // its process restarts: close() does not leave
+  poll_b(*b, 300ms);
+  EXPECT_EQ(b->assignment().size(), 2u);
+  EXPECT_EQ(b_changes, 1) << "no rebalance while the static member is away";
+  json d = describe("g");
+  ASSERT_EQ(d["members"].size(), 2u);
+  int absent = 0;
+  for (const auto& m : d["members"]) absent += m["absent"].get<bool>() && m["group_instance_id"] == "i1";
+  EXPECT_EQ(absent, 1);
+  // Back, as a new process with the same instance id.
+  auto a2 = Consumer::create(bus_->get(), sc);
+  ASSERT_TRUE(a2->subscribe({"t"}, "g"));
+  auto again = a2->assignment();
+  std::sort(again.begin(), again.end());
+  EXPECT_EQ(again, owned);
+  EXPECT_EQ(a2->generation(), gen) << "the same generation: no rebalance";
+  poll_b(*b, 300ms);
+  EXPECT_EQ(b_changes, 1);
+  // A second live consumer of the same instance is refused.
+  auto twin = Consumer::create(bus_->get(), sc);
+  auto refused = twin->subscribe({"t"}, "g");
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("group_instance_id 'i1' is in use"), std::string::npos) << refused.error().message;
+  // Away for longer than its session timeout: b takes its partitions.
+  a2 = Consumer::create(bus_->get(), by_hand());  // the old one closes, without leaving
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto until = t0 + 10s;
+  while (b->assignment().size() != 4 && std::chrono::steady_clock::now() < until) ASSERT_TRUE(b->poll(10ms));
+  EXPECT_EQ(b->assignment().size(), 4u);
+  EXPECT_GE(std::chrono::steady_clock::now() - t0, 1900ms) << "not before the session timeout";
 }
 
 TEST(GroupConfig, HeartbeatIntervalMustBeBelowTheSessionTimeout) {

@@ -45,6 +45,12 @@ struct ConsumerConfig {
   // no live member. Empty: assign() needs no daemon and commits are refused. subscribe()
   // names its group itself; if this is set, it must be the same.
   std::string group_id{};
+  // Kafka's group.instance.id (static membership): a member that names its instance keeps
+  // its partitions when its process goes away (closes, restarts, dies), for session_timeout;
+  // a consumer with the same instance id that joins within it gets them back without a
+  // rebalance (the others notice nothing). close() then does not leave the group. Two live
+  // consumers with one instance id: the second subscribe() is refused. Empty: dynamic.
+  std::string group_instance_id{};
   // Liveness, with Kafka's names, defaults and meanings. A member's process that dies is
   // noticed at once (its socket closes); these are for processes that live on:
   // - session_timeout (session.timeout.ms): a thread of the consumer heartbeats every

@@ -316,7 +316,8 @@ void Daemon::close_conn(int fd, const std::string& why) {
   conns_.erase(it);
   if (!member.empty()) {
     auto g = groups_.find(group);
-    if (g != groups_.end() && g->second.members.count(member)) remove_member(g->second, member, why);
+    if (g != groups_.end() && g->second.members.count(member) && !keep_absent(g->second, member, why))
+      remove_member(g->second, member, why);
   }
 }
 

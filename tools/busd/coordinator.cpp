@@ -54,6 +54,11 @@ void Daemon::rebalance(Group& g) {
       continue;
     }
     const auto& want = target.at(id);
+    if (m.absent()) {
+      // An absent static member consumes nothing: what it gives up is free at once.
+      std::erase_if(m.owned, [&](const TopicPartition& tp) { return std::find(want.begin(), want.end(), tp) == want.end(); });
+      continue;
+    }
     std::vector<TopicPartition> give_up;
     for (const auto& tp : m.owned)
       if (std::find(want.begin(), want.end(), tp) == want.end()) give_up.push_back(tp);
@@ -70,6 +75,7 @@ void Daemon::rebalance(Group& g) {
   ++g.generation;
   for (auto& [id, m] : g.members) {
     m.owned = target.at(id);
+    if (m.absent()) continue;  // it gets them when it comes back
     send(m.fd, json{{"push", "assign"}, {"group", g.name}, {"generation", g.generation}, {"partitions", tps_json(m.owned)}});
     notify_member(m);
     for (const auto& tp : m.owned) update_gate(g.name, tp);
@@ -83,8 +89,9 @@ void Daemon::remove_member(Group& g, const std::string& id, const std::string& w
   const std::uint32_t slot = it->second.slot;
   const int fd = it->second.fd;
   log(fmt::format("group '{}': member {} (pid {}) left: {}", g.name, id, it->second.pid, why));
+  const bool had_slot = !it->second.absent();  // an absent one's slot was freed when it went
   g.members.erase(it);
-  slots_[slot].pid.store(0, std::memory_order_release);
+  if (had_slot) slots_[slot].pid.store(0, std::memory_order_release);
   auto c = conns_.find(fd);
   if (c != conns_.end()) c->second.member_id.clear();
   // Its partitions are free at once (the process is gone or gave them up by leaving).
@@ -128,6 +135,11 @@ void Daemon::op_join(Conn& c, const json& req) {
   std::string id = req.value("member_id", "");
   if (id.empty() || g.members.count(id))
     id = fmt::format("{}-{}-{:06x}", req.value("name", "member"), c.pid, shm::random_u64() & 0xffffff);
+  const std::string instance = req.value("group_instance_id", "");
+  if (!instance.empty())
+    if (auto ok = validate_name("group_instance_id", instance); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
+  auto returning = claim_instance(g, instance);  // before a slot is taken: it may refuse
+  if (!returning) return reply_error(c, req, returning.error().code, returning.error().message);
   std::optional<std::uint32_t> slot;
   for (std::uint32_t i = 0; i < kMemberSlots && !slot; ++i) {
     std::int32_t zero = 0;
@@ -141,6 +153,7 @@ void Daemon::op_join(Conn& c, const json& req) {
   m.pid = c.pid;
   m.name = req.value("name", "");
   m.slot = *slot;
+  m.instance_id = instance;
   note_liveness(m, req);
   // A member that rejoins (busd restarted) says what it still consumes; it keeps what
   // nobody else owns, so the group re-forms without moving a partition.
@@ -152,6 +165,7 @@ void Daemon::op_join(Conn& c, const json& req) {
       if (tp.is_array() && tp.size() == 2 && tp[0].is_string() && tp[1].is_number_unsigned() &&
           !taken.count({tp[0].get<std::string>(), tp[1].get<std::uint32_t>()}))
         m.owned.push_back({tp[0].get<std::string>(), tp[1].get<std::uint32_t>()});
+  if (*returning) m.owned = **returning;  // a static member back within its session timeout
   g.members[id] = m;
   c.group = group;
   c.member_id = id;
@@ -160,6 +174,13 @@ void Daemon::op_join(Conn& c, const json& req) {
                      {"segment", busd_segment_name(bus_->name())},
                      {"generation", g.generation}, {"owned", tps_json(m.owned)}});
   log(fmt::format("group '{}': member {} (pid {}) joined, topics {}", group, id, c.pid, json(topics).dump()));
+  if (*returning && !g.revoke_deadline_ns) {
+    // No rebalance (Kafka's static membership): it gets back what it had, same generation.
+    Member& back = g.members.at(id);
+    send(back.fd, json{{"push", "assign"}, {"group", g.name}, {"generation", g.generation}, {"partitions", tps_json(back.owned)}});
+    notify_member(back);
+    return;
+  }
   rebalance(g);
 }
 
@@ -223,7 +244,8 @@ json Daemon::describe_group(const std::string& name) {
     out["state"] = g->second.members.empty() ? "empty" : (g->second.revoke_deadline_ns ? "rebalancing" : "stable");
     for (const auto& [id, m] : g->second.members) {
       out["members"].push_back({{"member_id", id}, {"pid", m.pid}, {"name", m.name}, {"topics", m.topics},
-                                {"partitions", tps_json(m.owned)}});
+                                {"partitions", tps_json(m.owned)}, {"group_instance_id", m.instance_id},
+                                {"absent", m.absent()}});
       for (const auto& tp : m.owned) owner[{tp.topic, tp.partition}] = id;
       for (const auto& t : m.topics) topics.insert(t);
     }

@@ -27,6 +27,12 @@ void Daemon::expire_members(std::uint64_t now) {
     };
     std::vector<Expired> expired;
     for (auto& [id, m] : g.members) {
+      if (m.absent()) {
+        if (now - m.absent_since_ns > static_cast<std::uint64_t>(m.session_timeout_ms) * 1'000'000ull)
+          expired.push_back({id, "session_timeout", fmt::format("static member away for longer than its session timeout ({} ms)",
+                                                                m.session_timeout_ms)});
+        continue;
+      }
       const MemberSlot& s = slots_[m.slot];
       const std::uint64_t hb = s.heartbeat_ns.load(std::memory_order_relaxed);
       const std::uint64_t polls = s.polls.load(std::memory_order_relaxed);
