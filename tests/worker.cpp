@@ -2,7 +2,8 @@
 //
 //   worker produce BUS TOPIC ID COUNT MODE [SIZE [RATE]]  MODE: p<N> (partition N) | keyed | batch<K>
 //   worker chaos-produce BUS TOPIC ID COUNT RATE FILE       keyed; logs each acknowledged record
-//   worker group-consume BUS TOPIC GROUP FILE [ASSIGNOR]  member of GROUP; logs to FILE (below)
+//   worker group-consume BUS TOPIC GROUP FILE [ASSIGNOR]  member of GROUP; logs to FILE:
+//       A|R TIME topic:p,...  assigned / revoked;  C id seq partition offset TIME  consumed
 //   worker die-in-reserve BUS TOPIC PARTITION N       send N, reserve one, SIGKILL itself
 //   worker die-after-claim BUS TOPIC PARTITION N      send N, die right after the claim CAS
 //   worker consume BUS TOPIC PARTS EXPECT TIMEOUT_MS [hold]   PARTS: 0,1,2 ; prints a summary
@@ -245,11 +246,14 @@ int group_consume(const std::string& bus, const std::string& topic, const std::s
     }
     failing_since = 0;
     buf.clear();
+    // When the batch was in our hands (steady_clock, CLOCK_MONOTONIC: comparable between
+    // processes), so that a test can place each record inside an ownership interval.
+    const auto got = std::chrono::steady_clock::now().time_since_epoch().count();
     for (const auto& r : *batch) {
       Payload p;
       if (r.value.size() < sizeof p) continue;
       std::memcpy(&p, r.value.data(), sizeof p);
-      buf += fmt::format("C {} {} {} {}\n", p.id, p.seq, r.partition, r.offset);
+      buf += fmt::format("C {} {} {} {} {}\n", p.id, p.seq, r.partition, r.offset, got);
       ++records;
     }
     if (!buf.empty()) (void)!::write(fd, buf.data(), buf.size());
