@@ -2,7 +2,7 @@
 //
 //   worker produce BUS TOPIC ID COUNT MODE [SIZE [RATE]]  MODE: p<N> (partition N) | keyed | batch<K>
 //   worker chaos-produce BUS TOPIC ID COUNT RATE FILE       keyed; logs each acknowledged record
-//   worker group-consume BUS TOPIC GROUP FILE [ASSIGNOR]  member of GROUP; logs to FILE:
+//   worker group-consume BUS TOPIC GROUP FILE [ASSIGNOR [SESSION_MS]]  member of GROUP; logs to FILE:
 //       A|R TIME topic:p,...  assigned / revoked;  C id seq partition offset TIME  consumed
 //   worker die-in-reserve BUS TOPIC PARTITION N       send N, reserve one, SIGKILL itself
 //   worker die-after-claim BUS TOPIC PARTITION N      send N, die right after the claim CAS
