@@ -3,6 +3,7 @@
 //
 //   shmbus_bench latency    [--samples N] [--warmup N] [--size B] [--cpus A,B] [--wait W] [--rate R] [--json]
 //   shmbus_bench throughput [--records N] [--size B] [--batch K] [--cpus A,B] [--json]
+//   shmbus_bench acks       [--samples N] [--size B] [--fsync P] [--json]
 //
 // What a latency sample is. Every row is a ping-pong between two processes pinned to two
 // CPUs, driven by the same code (measure()): the measuring process stamps message i into
@@ -1150,6 +1151,16 @@ json fan(const Options& o, std::uint32_t producers, std::uint32_t consumers) {
 // The disk's own sequential write speed, in the directory the spill logs go to: 1 MiB
 // write(2)s, then one fdatasync. The reference row of `spill`.
 // Two rows: the speed before the sync (what fsync=never compares with) and with it.
+const char* fsync_name(FsyncPolicy f) {
+  return f == FsyncPolicy::kNever ? "never" : f == FsyncPolicy::kAlways ? "always" : "interval";
+}
+
+// A --fsync list item: never, interval or always.
+FsyncPolicy fsync_policy(const std::string& f) {
+  if (f != "never" && f != "interval" && f != "always") throw std::runtime_error("--fsync takes never, interval, always");
+  return f == "never" ? FsyncPolicy::kNever : f == "always" ? FsyncPolicy::kAlways : FsyncPolicy::kInterval;
+}
+
 json raw_write(const std::string& dir, std::uint64_t bytes) {
   if (auto ok = make_dirs(dir, 0700); !ok) throw std::runtime_error(ok.error().message);
   const std::string path = dir + "/raw-write.bench";
@@ -1215,13 +1226,68 @@ json spill_throughput(const Options& o, FsyncPolicy fsync, std::uint64_t bytes) 
   }
   const double secs = static_cast<double>(now_ns() - t0) / 1e9;
   prod.reset();
-  const char* f = fsync == FsyncPolicy::kNever ? "never" : fsync == FsyncPolicy::kAlways ? "always" : "interval";
+  const char* f = fsync_name(fsync);
   json row = {{"mechanism", fmt::format("shmbus spill, fsync {}", f)}, {"records", records}, {"bytes", disk}, {"seconds", secs},
               {"mb_per_s", static_cast<double>(disk) / 1e6 / secs},
               {"producer_mb_per_s", static_cast<double>(sent) / 1e6 / (static_cast<double>(t_sent - t0) / 1e9)}};
   bus->reset();
   remove_bench_bus(bus_name);
   return row;
+}
+
+// Durable acknowledgements: one producer, one record a send, each send waiting for its ack
+// (ProducerConfig::acks) before the next; a sample is one send, from the call to its return.
+// Last row: `batch` sends with acks=memory, then one flush(fsynced), per record. busd runs
+// (started by the first send) with nothing else to do; the topic's fsync policy is `fsync`.
+json acks_latency(const Options& o, FsyncPolicy fsync) {
+  const std::string bus_name = bench_bus();
+  std::optional<std::shared_ptr<Bus>> bus = new_bench_bus();
+  TopicConfig tc;
+  tc.capacity = 1 << 20;
+  tc.retention = RetentionMode::kBlock;
+  tc.spill.enabled = true;
+  tc.spill.fsync = fsync;
+  if (auto ok = (*bus)->create_topic("acks", tc); !ok) throw std::runtime_error(ok.error().message);
+  std::vector<std::byte> value(o.size, std::byte{0x42});
+  const Message m{std::nullopt, Bytes(value)};
+  json rows = json::array();
+  auto add = [&](const std::string& name, std::vector<std::uint64_t> v) {
+    const Percentiles p = percentiles(std::move(v));
+    rows.push_back({{"mechanism", name}, {"samples", p.samples}, {"p50_ns", p.p50}, {"p90_ns", p.p90}, {"p99_ns", p.p99},
+                    {"p999_ns", p.p999}, {"max_ns", p.max}, {"mean_ns", p.mean}});
+  };
+  const char* f = fsync_name(fsync);
+  for (Acks a : {Acks::kMemory, Acks::kSpilled, Acks::kFsynced}) {
+    ProducerConfig pc;
+    pc.acks = a;
+    auto prod = Producer::create(*bus, pc);
+    if (!prod) throw std::runtime_error(prod.error().message);
+    std::vector<std::uint64_t> v;
+    v.reserve(o.samples);
+    for (std::uint64_t i = 0; i < o.warmup + o.samples; ++i) {
+      const std::uint64_t t0 = now_ns();
+      if (auto r = prod->send("acks", m, 0); !r) throw std::runtime_error(r.error().message);
+      if (i >= o.warmup) v.push_back(now_ns() - t0);
+    }
+    const char* n = a == Acks::kMemory ? "memory" : a == Acks::kSpilled ? "spilled" : "fsynced";
+    add(fmt::format("send, acks={} (fsync {})", n, f), std::move(v));
+  }
+  {
+    auto prod = Producer::create(*bus);
+    if (!prod) throw std::runtime_error(prod.error().message);
+    std::vector<std::uint64_t> v;
+    for (std::uint64_t i = 0; i < (o.warmup + o.samples) / o.batch + 1; ++i) {
+      const std::uint64_t t0 = now_ns();
+      for (std::uint32_t k = 0; k < o.batch; ++k)
+        if (auto r = prod->send("acks", m, 0); !r) throw std::runtime_error(r.error().message);
+      if (auto ok = prod->flush(std::chrono::seconds(30), Acks::kFsynced); !ok) throw std::runtime_error(ok.error().message);
+      if (i >= o.warmup / o.batch) v.push_back((now_ns() - t0) / o.batch);
+    }
+    add(fmt::format("{} sends + flush(fsynced), per record (fsync {})", o.batch, f), std::move(v));
+  }
+  bus->reset();
+  remove_bench_bus(bus_name);
+  return rows;
 }
 
 // A reference row streaming o.records 64-byte-filled records back to back: `write(i)` in
@@ -1369,7 +1435,18 @@ int main(int argc, char** argv) {
   std::uint32_t fan_n = 2;
   thr->add_option("--fan", fan_n, "also N producers -> 1 consumer and 1 producer -> N consumers (default 2; 1: off)");
   for (CLI::App* s : {lat, thr}) s->add_option("--test-expect-skew", g_expect_skew)->group("");  // hidden: tests only
+  CLI::App* ack = app.add_subcommand("acks", "latency of a send waiting for its durable ack: acks=memory, spilled, fsynced");
+  std::string ack_fsync = "interval";
+  ack->add_option("--samples", o.samples, "sends a row (default 2000)");
+  ack->add_option("--size", o.size, "record bytes (default 64)");
+  ack->add_option("--batch", o.batch, "sends before one flush in the last row (default 64)");
+  ack->add_option("--fsync", ack_fsync, "the topic's fsync policies, a list of never,interval,always (default interval)");
+  ack->add_flag("--json", o.json, "JSON output");
   CLI11_PARSE(app, argc, argv);
+  if (ack->parsed()) {
+    if (ack->count("--samples") == 0) o.samples = 2000;
+    o.warmup = std::min<std::uint64_t>(o.samples / 10, 200);
+  }
   if (sp->parsed()) {
     if (sp->count("--size") == 0) o.size = 1024;
     if (sp->count("--capacity") == 0) o.capacity = 16 << 20;
@@ -1386,7 +1463,27 @@ int main(int argc, char** argv) {
   std::signal(SIGTERM, on_interrupt);
   g_tsc = TscClock::calibrate();
   try {
-    if (idle->parsed()) {
+    if (ack->parsed()) {
+      if (o.size < 16 || o.size > 65536 || o.batch == 0) throw std::runtime_error("--size must be from 16 to 65536 bytes, --batch over 0");
+      json rows = json::array();
+      for (const auto& f : split(ack_fsync)) {
+        for (auto& r : acks_latency(o, fsync_policy(f))) rows.push_back(std::move(r));
+      }
+      (void)Bus::destroy(bench_bus(), true);
+      if (o.json) {
+        std::cout << rows.dump(2) << "\n";
+      } else {
+        std::cout << fmt::format("durable acks, {}-byte records, one send at a time, state dir {}\n", o.size,
+                                 bus_paths(bench_bus()).state_dir);
+        std::cout << fmt::format("{:<50} {:>8} {:>10} {:>10} {:>10} {:>10}\n", "mechanism", "samples", "p50 us", "p99 us",
+                                 "p99.9 us", "max us");
+        for (const auto& r : rows)
+          std::cout << fmt::format("{:<50} {:>8} {:>10.1f} {:>10.1f} {:>10.1f} {:>10.1f}\n", r["mechanism"].get<std::string>(),
+                                   r["samples"].get<std::uint64_t>(), r["p50_ns"].get<double>() / 1e3,
+                                   r["p99_ns"].get<double>() / 1e3, r["p999_ns"].get<double>() / 1e3,
+                                   r["max_ns"].get<double>() / 1e3);
+      }
+    } else if (idle->parsed()) {
       const double pct = idle_cpu(o, idle_seconds);
       if (o.json) std::cout << json{{"wait", o.wait}, {"seconds", idle_seconds}, {"cpu_percent", pct}}.dump() << "\n";
       else std::cout << fmt::format("idle consumer, wait {}: {:.2f}% of one CPU over {:.1f} s\n", o.wait, pct, idle_seconds);
@@ -1397,8 +1494,7 @@ int main(int argc, char** argv) {
       // the spill rows, and the faster of the two is the reference (the harder comparison).
       json rows = raw_write(bus_paths(bench_bus()).state_dir, bytes);
       for (const auto& f : split(spill_fsync)) {
-        if (f != "never" && f != "interval" && f != "always") throw std::runtime_error("--fsync takes never, interval, always");
-        rows.push_back(spill_throughput(o, f == "never" ? FsyncPolicy::kNever : f == "always" ? FsyncPolicy::kAlways : FsyncPolicy::kInterval, bytes));
+        rows.push_back(spill_throughput(o, fsync_policy(f), bytes));
       }
       const json after = raw_write(bus_paths(bench_bus()).state_dir, bytes);
       for (std::size_t i = 0; i < 2; ++i)

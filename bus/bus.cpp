@@ -20,6 +20,7 @@
 
 #include "bus/disk_log.h"
 #include "bus/names.h"
+#include "bus/offset_lookup.h"
 #include "bus/paths.h"
 #include "bus/registry_layout.h"
 #include "bus/topic.h"
@@ -177,7 +178,7 @@ Status save_topic_config(const std::string& bus, const std::string& topic, const
                          std::int64_t gid) {  // -1: no group
   const std::string dir = topics_dir(bus);
   if (auto ok = secure_bases(bus_paths(bus)); !ok) return ok;
-  if (auto ok = make_dirs(dir, (mode & 0060) ? 0770 : 0700); !ok) return ok;
+  if (auto ok = make_dirs(dir, (mode & 0060) ? 0770 : 0700, gid >= 0 ? std::optional<unsigned>(static_cast<unsigned>(gid)) : std::nullopt); !ok) return ok;
   const std::string path = topic_config_path(bus, topic), tmp = path + ".tmp";
   const std::string body = config_json(c).dump(2) + "\n";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
@@ -638,6 +639,7 @@ TopicInfo info_of(const SlotCopy& s, const Topic* t) {
     pi.disk_bytes = st.spill_bytes.load(std::memory_order_relaxed);
     pi.spill_lost = st.spill_lost.load(std::memory_order_relaxed);
     pi.spill_state = st.spill_state.load(std::memory_order_relaxed);
+    pi.earliest_offset = earliest_offset(r, s.config.spill.enabled);
     info.partitions.push_back(pi);
   }
   return info;
@@ -667,6 +669,7 @@ Result<TopicInfo> Bus::describe_topic(const std::string& name) {
 Status Bus::destroy(const std::string& bus_name, bool purge_disk) {
   if (auto ok = validate_name("bus", bus_name); !ok) return ok;
   const std::string prefix = bus_segment_prefix(bus_name);
+  const BusPaths paths = bus_paths(bus_name);  // before the registry, which tells a shared bus's, goes
   DIR* d = ::opendir(shm::kShmDir);
   if (!d) return make_error(Errc::kSystem, fmt::format("cannot list {}: {}", shm::kShmDir, std::strerror(errno)));
   std::vector<std::string> names;
@@ -678,12 +681,14 @@ Status Bus::destroy(const std::string& bus_name, bool purge_disk) {
   for (const auto& n : names)
     if (auto ok = Segment::remove(n); !ok) return ok;
   if (purge_disk) {
-    const BusPaths paths = bus_paths(bus_name);
     for (const auto& dir : {paths.state_dir, paths.runtime_dir}) {
       // Never follow a planted /tmp/shmbus-<uid> (a link, or someone else's) to delete.
-      const bool planted = std::any_of(paths.private_bases.begin(), paths.private_bases.end(), [&dir](const std::string& b) {
-        return dir.starts_with(b + "/") && !private_dir(b, /*create=*/false);
-      });
+      const bool planted =
+          std::any_of(paths.private_bases.begin(), paths.private_bases.end(),
+                      [&dir](const std::string& b) { return dir.starts_with(b + "/") && !private_dir(b, /*create=*/false); }) ||
+          std::any_of(paths.shared_bases.begin(), paths.shared_bases.end(), [&](const std::string& b) {
+            return dir.starts_with(b + "/") && !shared_dir(b, *paths.gid, /*create=*/false);
+          });
       if (planted) continue;
       std::error_code ec;
       // A busd that is exiting may still add its last log line: a second pass then finishes.

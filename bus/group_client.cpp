@@ -51,12 +51,16 @@ Status spawn_busd(const std::string& bus) {
   const std::string& bin = found.path;
   const BusPaths paths = bus_paths(bus);
   if (auto ok = secure_bases(paths); !ok) return ok;
-  if (auto ok = make_dirs(paths.runtime_dir, 0700); !ok) return ok;
+  if (auto ok = make_dirs(paths.runtime_dir, paths.gid ? 0770 : 0700, paths.gid); !ok) return ok;
+  // busd's log; a shared bus's is the group's, for the busd another member may start later.
   const std::string log = paths.runtime_dir + "/busd.log";
+  const int log_fd = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, paths.gid ? 0660 : 0600);
+  if (log_fd < 0) return make_error(Errc::kSystem, fmt::format("cannot open {}: {}", log, std::strerror(errno)));
+  if (paths.gid) share_with_group(log_fd, *paths.gid);
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, 1, log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+  posix_spawn_file_actions_adddup2(&fa, log_fd, 1);
   posix_spawn_file_actions_adddup2(&fa, 1, 2);
   posix_spawn_file_actions_addclosefrom_np(&fa, 3);  // none of our descriptors outlive us in busd
   posix_spawnattr_t attr;
@@ -70,6 +74,7 @@ Status spawn_busd(const std::string& bus) {
   const int rc = posix_spawn(&pid, bin.c_str(), &fa, &attr, argv.data(), environ);
   posix_spawn_file_actions_destroy(&fa);
   posix_spawnattr_destroy(&attr);
+  ::close(log_fd);
   if (rc != 0) return make_error(Errc::kSystem, fmt::format("cannot start {}: {}", bin, std::strerror(rc)));
   // Reap it if it exits at once (a second busd); a long-lived one is reparented when we go.
   std::thread([pid] {

@@ -1,14 +1,21 @@
 #include "bus/paths.h"
 
+#include <grp.h>
+#include <pwd.h>
+
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <fmt/format.h>
 #include <xxhash.h>
+
+#include "bus/names.h"
+#include "shm/segment.h"
 
 namespace shmbus {
 namespace {
@@ -28,13 +35,53 @@ bool own_directory(const std::string& path) {
   return !path.empty() && ::stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode) && st.st_uid == ::geteuid();
 }
 
+std::string group_name(unsigned gid) {
+  struct group gr{}, *res = nullptr;
+  std::vector<char> buf(16384);
+  if (::getgrgid_r(gid, &gr, buf.data(), buf.size(), &res) == 0 && res) return fmt::format("'{}' ({})", gr.gr_name, gid);
+  return std::to_string(gid);
+}
+
 }  // namespace
+
+std::optional<unsigned> bus_group(const std::string& bus) {
+  struct stat st {};
+  if (::stat(shm::Segment::path_of(registry_segment_name(bus)).c_str(), &st) != 0 || (st.st_mode & 0060) == 0)
+    return std::nullopt;
+  return static_cast<unsigned>(st.st_gid);
+}
+
+void share_with_group(int fd, unsigned gid) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0 || (st.st_uid != ::geteuid() && ::geteuid() != 0)) return;
+  (void)!::fchown(fd, static_cast<uid_t>(-1), gid);
+  (void)::fchmod(fd, 0660);
+}
+
+bool uid_in_group(unsigned uid, unsigned gid) {
+  std::vector<char> buf(16384);
+  struct passwd pw{}, *pres = nullptr;
+  if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &pres) != 0 || !pres) return false;
+  if (pw.pw_gid == gid) return true;
+  const std::string user = pw.pw_name;
+  struct group gr{}, *gres = nullptr;
+  if (::getgrgid_r(gid, &gr, buf.data(), buf.size(), &gres) != 0 || !gres) return false;
+  for (char** m = gr.gr_mem; m && *m; ++m)
+    if (user == *m) return true;
+  return false;
+}
 
 BusPaths bus_paths(const std::string& bus) {
   BusPaths p;
+  p.gid = bus_group(bus);
   std::string run_base, state_base;
   if (auto dir = env("SHMBUS_DIR"); !dir.empty()) {
     run_base = state_base = dir;
+  } else if (p.gid) {
+    // One busd per shared bus, whoever starts it: the same places for every member.
+    run_base = fmt::format("/tmp/shmbus-g{}", *p.gid);
+    state_base = fmt::format("/var/tmp/shmbus-g{}", *p.gid);
+    p.shared_bases = {run_base, state_base};
   } else if (::geteuid() == 0) {
     run_base = "/run/shmbus";
     state_base = "/var/lib/shmbus";
@@ -102,22 +149,58 @@ Status private_dir(const std::string& dir, bool create) {
   return {};
 }
 
-Status secure_bases(const BusPaths& p) {
-  for (const auto& dir : p.private_bases)
-    if (auto ok = private_dir(dir); !ok) return ok;
+Status shared_dir(const std::string& dir, unsigned gid, bool create) {
+  if (create && ::mkdir(dir.c_str(), 0700) == 0) {
+    // Ours and closed until it is the group's.
+    if (::chown(dir.c_str(), static_cast<uid_t>(-1), gid) != 0 || ::chmod(dir.c_str(), 02770) != 0)
+      return make_error(Errc::kPermission, fmt::format("cannot give {} to group {}: {}", dir, group_name(gid), std::strerror(errno)));
+  } else if (create && errno != EEXIST) {
+    return make_error(errno == EACCES ? Errc::kPermission : Errc::kSystem,
+                      fmt::format("cannot create directory {}: {}", dir, std::strerror(errno)));
+  }
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0)
+    return make_error(Errc::kSystem, fmt::format("cannot stat {}: {}", dir, std::strerror(errno)));
+  const auto refuse = [&](std::string_view why) {
+    return make_error(Errc::kPermission,
+                      fmt::format("refusing to use {} for a bus shared with group {}: {}; remove it, or have every "
+                                  "member set SHMBUS_DIR to one directory of the group (docs/naming.md)",
+                                  dir, group_name(gid), why));
+  };
+  if (S_ISLNK(st.st_mode)) return refuse("it is a symbolic link");
+  if (!S_ISDIR(st.st_mode)) return refuse("it is not a directory");
+  if (st.st_gid != gid) return refuse(fmt::format("its group is {}", group_name(st.st_gid)));
+  if ((st.st_mode & 0777) != 0770) return refuse(fmt::format("its mode is {:04o}, not 2770", st.st_mode & 07777));
+  if (st.st_uid != 0 && st.st_uid != ::geteuid() && !uid_in_group(st.st_uid, gid))
+    return refuse(fmt::format("it belongs to uid {}, neither root nor a member of the group", st.st_uid));
   return {};
 }
 
-Status make_dirs(const std::string& path, unsigned mode) {
+Status secure_bases(const BusPaths& p) {
+  for (const auto& dir : p.private_bases)
+    if (auto ok = private_dir(dir); !ok) return ok;
+  for (const auto& dir : p.shared_bases)
+    if (auto ok = shared_dir(dir, *p.gid); !ok) return ok;
+  return {};
+}
+
+Status make_dirs(const std::string& path, unsigned mode, std::optional<unsigned> gid) {
   std::string cur;
   std::size_t at = 0;
   while (at != std::string::npos) {
     at = path.find('/', at + 1);
     cur = path.substr(0, at);
     if (cur.empty()) continue;
-    if (::mkdir(cur.c_str(), mode) != 0 && errno != EEXIST)
+    if (::mkdir(cur.c_str(), mode) == 0) {
+      if (gid) (void)!::chown(cur.c_str(), static_cast<uid_t>(-1), *gid);
+      // The umask may have taken the group's bits; keep a setgid it inherited.
+      struct stat st {};
+      if ((mode & 0070) && ::stat(cur.c_str(), &st) == 0)
+        (void)::chmod(cur.c_str(), (mode & 0777) | ((gid || (st.st_mode & S_ISGID)) ? S_ISGID : 0));
+    } else if (errno != EEXIST) {
       return make_error(errno == EACCES ? Errc::kPermission : Errc::kSystem,
                         fmt::format("cannot create directory {}: {}", cur, std::strerror(errno)));
+    }
   }
   return {};
 }

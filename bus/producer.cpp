@@ -1,14 +1,18 @@
 #include "shmbus/producer.h"
 
+#include <algorithm>
 #include <cstring>
 #include <map>
 #include <unistd.h>
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include "bus/gate_names.h"
 #include "bus/group_client.h"
 #include "bus/partitioner.h"
 #include "bus/topic.h"
+#include "shm/futex.h"
 #include "shm/process.h"
 #include "shm/ring.h"
 
@@ -76,6 +80,50 @@ std::uint64_t headers_size(std::span<const Header> headers) {
   copy_payload(p, m.value.data(), m.value.size());
 }
 
+// The records of one claim and their layouts (inline up to 64, so that the batches of the
+// hot path never allocate). Points into itself: not movable.
+struct Batch {
+  static constexpr std::size_t kInline = 64;
+  std::span<const Message> messages;
+  Layout inline_layouts[kInline];
+  std::uint32_t inline_sizes[kInline];
+  std::vector<Layout> heap_layouts;
+  std::vector<std::uint32_t> heap_sizes;
+  Layout* layouts = inline_layouts;
+  std::uint32_t* sizes = inline_sizes;
+  std::uint64_t total = 0;
+
+  explicit Batch(std::span<const Message> m) : messages(m) {
+    if (m.size() > kInline) {
+      heap_layouts.resize(m.size());
+      heap_sizes.resize(m.size());
+      layouts = heap_layouts.data();
+      sizes = heap_sizes.data();
+    }
+  }
+  Batch(const Batch&) = delete;
+  Batch& operator=(const Batch&) = delete;
+};
+
+const char* acks_name(Acks a) {
+  return a == Acks::kMemory ? "memory" : a == Acks::kSpilled ? "spilled" : "fsynced";
+}
+
+// Durable acks need busd to spill every record: a topic with a disk log whose producers
+// cannot overwrite what busd has not spilled yet.
+Status durable_acks_ok(const Topic& t, Acks acks) {
+  if (acks == Acks::kMemory) return {};
+  if (!t.config().spill.enabled)
+    return make_error(Errc::kInvalidArgument, fmt::format("topic '{}' does not spill to disk: acks={} needs a topic created with --spill",
+                                                          t.name(), acks_name(acks)));
+  if (t.config().retention != RetentionMode::kBlock)
+    return make_error(Errc::kInvalidArgument,
+                      fmt::format("topic '{}' has retention overwrite: its producers may overwrite a record before busd "
+                                  "spills it; acks={} needs --retention block",
+                                  t.name(), acks_name(acks)));
+  return {};
+}
+
 }  // namespace
 
 struct Producer::Impl {
@@ -84,6 +132,7 @@ struct Producer::Impl {
     std::vector<std::unique_ptr<shm::RingWriter>> writers;  // opened on first use
     std::uint32_t sticky = 0;
     std::uint64_t sticky_bytes = 0;
+    std::vector<std::uint64_t> sent_end;  // per partition: our last sent offset + 1 (0: none)
   };
 
   std::shared_ptr<Bus> bus;
@@ -104,12 +153,14 @@ struct Producer::Impl {
       }
       auto t = bus->topic(std::string(name));
       if (!t) return tl::unexpected(t.error());
+      if (auto ok = durable_acks_ok(**t, config.acks); !ok) return tl::unexpected(ok.error());
       // A spilled topic needs busd: it spills, and in a block topic its gate holds us back
       // until it has. Start one if none runs (SHMBUS_NO_AUTOSTART=1 opts out).
       if ((*t)->config().spill.enabled) (void)BusdConnection::connect(bus->name(), std::chrono::seconds(2));
       TopicState st;
       st.topic = *t;
       st.writers.resize((*t)->partitions());
+      st.sent_end.resize((*t)->partitions());
       st.sticky = static_cast<std::uint32_t>(shm::random_u64() % (*t)->partitions());
       it = topics.insert_or_assign(std::string(name), std::move(st)).first;
     }
@@ -128,13 +179,24 @@ struct Producer::Impl {
       return *partition;
     }
     if (key) return partition_for_key(*key, n);
-    // Sticky: stay on one partition for sticky_bytes, then move on (Kafka's KIP-480 idea).
+    const std::uint32_t s = sticky(t);
+    t.sticky_bytes += bytes;
+    return s;
+  }
+
+  // The partition of null keys now. Sticky: stay on one partition for sticky_bytes, then
+  // move on (Kafka's KIP-480 idea); the sends count their bytes into sticky_bytes.
+  std::uint32_t sticky(TopicState& t) const {
     if (t.sticky_bytes >= config.sticky_bytes) {
-      t.sticky = (t.sticky + 1) % n;
+      t.sticky = (t.sticky + 1) % t.topic->partitions();
       t.sticky_bytes = 0;
     }
-    t.sticky_bytes += bytes;
     return t.sticky;
+  }
+
+  // A record's partition in a batch sent without one: its key's, else the sticky one.
+  [[gnu::always_inline]] std::uint32_t partition_of(TopicState& t, const Message& m) const {
+    return m.key ? partition_for_key(*m.key, t.topic->partitions()) : sticky(t);
   }
 
   Result<shm::RingWriter*> writer(TopicState& t, std::uint32_t p) {
@@ -182,11 +244,80 @@ struct Producer::Impl {
     return l;
   }
 
+  // Sent: note it for flush(), then wait for busd as the producer's acks say.
+  Status sent(TopicState& ts, std::uint32_t p, std::uint64_t end) {
+    ts.sent_end[p] = std::max(ts.sent_end[p], end);
+    if (config.acks == Acks::kMemory) return {};
+    const std::int64_t now = static_cast<std::int64_t>(shm::monotonic_ns());
+    return wait_durable(ts, p, end, config.acks, config.ack_timeout_ms < 0 ? -1 : now + config.ack_timeout_ms * 1'000'000);
+  }
+
+  // Waits until busd's spiller has published partition p of `ts` as written (kSpilled) or
+  // synced (kFsynced) up to `end`, or the deadline (monotonic ns; < 0: none). It rings the
+  // partition's ack bell (busd's idle tailer sleeps on it), then sleeps on the published
+  // offset's futex word, which busd wakes; no spinning: the spiller's round trip (tailer,
+  // writer, write(2), fdatasync) takes tens of microseconds at least. Every 500 ms without
+  // the offset it makes sure a busd runs (one killed is started again, unless
+  // SHMBUS_NO_AUTOSTART=1).
+  Status wait_durable(const TopicState& ts, std::uint32_t p, std::uint64_t end, Acks acks, std::int64_t deadline) {
+    if (acks == Acks::kMemory) return {};
+    const shm::Ring& ring = ts.topic->ring(p);
+    const bool synced = acks == Acks::kFsynced;
+    auto& limits = ring.ctl()->limits;
+    if (synced) {  // ask busd to sync up to `end` now, whatever the topic's fsync policy
+      std::uint64_t w = limits.sync_wanted.load(std::memory_order_relaxed);
+      while (w < end && !limits.sync_wanted.compare_exchange_weak(w, end)) {
+      }
+    }
+    if (ring.durable_end(synced).value_or(0) < end) {  // wake the spiller's tailer if it idles
+      limits.ack_bell.fetch_add(1, std::memory_order_seq_cst);
+      shm::futex_wake_all(&limits.ack_bell);
+    }
+    std::atomic<std::uint32_t>* word = ring.durable_word(synced);
+    constexpr std::int64_t kSlice = 500'000'000;
+    std::int64_t next_check = static_cast<std::int64_t>(shm::monotonic_ns()) + kSlice;
+    for (;;) {
+      const std::uint32_t seen = word->load(std::memory_order_acquire);  // before the check: a publish after it wakes us
+      const auto durable = ring.durable_end(synced);
+      if (durable && *durable >= end) return {};
+      if (ring.closed())
+        return make_error(Errc::kTopicDeleted, fmt::format("topic '{}' was deleted before offset {} of partition {} was {}",
+                                                           ts.topic->name(), end - 1, p, acks_name(acks)));
+      const auto now = static_cast<std::int64_t>(shm::monotonic_ns());
+      if (deadline >= 0 && now >= deadline) return tl::unexpected(not_durable(ts, p, end, acks, durable.has_value()));
+      if (now >= next_check) {
+        (void)BusdConnection::connect(bus->name(), std::chrono::seconds(2));
+        next_check = static_cast<std::int64_t>(shm::monotonic_ns()) + kSlice;
+        continue;
+      }
+      const std::int64_t until = deadline < 0 ? next_check : std::min(next_check, deadline);
+      (void)shm::futex_wait(word, seen, until - now);
+    }
+  }
+
+  [[gnu::cold]] static Error not_durable(const TopicState& ts, std::uint32_t p, std::uint64_t end, Acks acks, bool believable) {
+    const shm::Ring& ring = ts.topic->ring(p);
+    std::string why = "busd writes it to the disk log and has not (is it running? busctl status, busd.log)";
+    if (!believable)
+      why = "the offset published in the partition segment is past the ring's end (forged or damaged bytes; busctl doctor)";
+    else if (ring.ctl()->stats.spill_state.load(std::memory_order_relaxed) == static_cast<std::uint32_t>(shm::SpillState::kError))
+      why = "busd's spilling of this partition failed (busctl topic describe: SPILL error; busd.log says why)";
+    return Error{Errc::kTimedOut, fmt::format("offset {} of topic '{}' partition {} is not {} on disk: {}; the record is in "
+                                              "the ring, flush() waits for it again",
+                                              end - 1, ts.topic->name(), p, acks == Acks::kFsynced ? "synced" : "written", why)};
+  }
+
   std::int64_t block_ns() const { return config.max_block_ms < 0 ? -1 : config.max_block_ms * 1'000'000; }
 
   // A claim that needs claim() below: a spilled block topic, whose room comes from busd.
   bool slow_claim(const TopicState& ts, const shm::RingWriter& w) const {
     return ts.topic->config().spill.enabled && w.ring().retention() == shm::Retention::kBlock;
+  }
+
+  // A claim that timed out behind gates says whose they are (a group by name, a pid).
+  Result<shm::Claim> name_holders(const shm::RingWriter& w, Result<shm::Claim> c) const {
+    if (c || c.error().code != Errc::kTimedOut || !w.gated_timeout()) return c;
+    return make_error(Errc::kTimedOut, fmt::format("{}; held by {}", c.error().message, gate_holders(bus->name(), w.ring())));
   }
 
   // A claim, waiting for room up to max_block_ms in a block topic. In a spilled block topic
@@ -195,12 +326,13 @@ struct Producer::Impl {
   Result<shm::Claim> claim(const TopicState& ts, shm::RingWriter& w, std::span<const std::uint32_t> sizes) {
     const std::int64_t total = block_ns();
     const std::uint32_t align = config.record_alignment;
-    if (!slow_claim(ts, w)) return w.claim(sizes, total, align);
+    if (!slow_claim(ts, w)) return name_holders(w, w.claim(sizes, total, align));
     constexpr std::int64_t kSlice = 500'000'000;
     for (std::int64_t waited = 0;;) {
       const std::int64_t slice = total < 0 ? kSlice : std::min(kSlice, total - waited);
       auto c = w.claim(sizes, slice, align);
       if (c || c.error().code != Errc::kTimedOut) return c;
+      if (w.gated_timeout() && total >= 0 && waited + slice >= total) return name_holders(w, std::move(c));
       waited += slice;
       if (total >= 0 && waited >= total)
         return make_error(Errc::kTimedOut, fmt::format("topic '{}' partition {} is full for {} ms: busd spills it to disk and has "
@@ -208,6 +340,123 @@ struct Producer::Impl {
                                                        ts.topic->name(), w.ring().ctl()->config.partition, total / 1'000'000));
       (void)BusdConnection::connect(bus->name(), std::chrono::seconds(2));
     }
+  }
+
+  // The layouts of a batch's records, checked against the topic's limits.
+  [[gnu::always_inline]] Status prepare(const TopicState& ts, Batch& b) const {
+    for (std::size_t i = 0; i < b.messages.size(); ++i) {
+      const Message& m = b.messages[i];
+      std::uint64_t payload = 0;
+      if (!layout(ts, m.key, m.headers, m.value.size(), b.layouts[i], payload)) [[unlikely]]
+        return tl::unexpected(too_large(ts, payload));
+      b.sizes[i] = b.layouts[i].bytes;
+      b.total += b.layouts[i].bytes;
+    }
+    const shm::Ring& ring0 = ts.topic->ring(0);
+    if (b.total > ring0.capacity() / 2)
+      return make_error(Errc::kRecordTooLarge, fmt::format("batch of {} bytes is over half of topic '{}''s ring ({} bytes)",
+                                                           b.total, ts.topic->name(), ring0.capacity()));
+    return {};
+  }
+
+  // Appends a prepared batch to partition `p` with one claim. `sticky`: it holds null keys, whose
+  // bytes count toward moving the sticky partition on.
+  [[gnu::always_inline]] Result<RecordMetadata> append(TopicState& ts, std::uint32_t p, Batch& b, bool sticky) {
+    if (sticky) ts.sticky_bytes += b.total;
+    auto w = writer(ts, p);
+    if (!w) return tl::unexpected(w.error());
+    shm::RingWriter& writer = **w;
+    const std::span<const Message> messages = b.messages;
+    const std::uint32_t* sizes = b.sizes;
+    auto claim = this->claim(ts, writer, std::span<const std::uint32_t>(sizes, messages.size()));
+    if (!claim) return tl::unexpected(claim.error());
+    const shm::Ring& ring = writer.ring();
+    std::int64_t now = 0;
+    std::uint64_t cur = claim->position;
+    for (std::size_t i = 0; i < messages.size(); ++i) {
+      const std::uint64_t at = ring.place(cur, sizes[i]);
+      // The rest of the lap is padding; its offset is the next record's. One at the claim's
+      // start is stored by finish(), with the first record's word.
+      if (at != cur && i > 0) writer.publish_padding(cur, claim->offset + i);
+      std::int64_t ts_ns = messages[i].timestamp_ns;
+      if (ts_ns == 0) ts_ns = now ? now : (now = shm::fast_realtime_ns());
+      // The last record ends where the claim does (it takes the alignment's slack).
+      const auto length = static_cast<std::uint32_t>(i + 1 == messages.size() ? claim->end - at : sizes[i]);
+      write_record(reinterpret_cast<std::byte*>(ring.header_at(at)), b.layouts[i], length, messages[i], ts_ns);
+      cur = at + sizes[i];
+    }
+    if (auto ok = writer.commit(*claim); !ok) return tl::unexpected(ok.error());
+    // Committed: the words, the first one last (docs/ring.md, "Producing").
+    cur = claim->first_at + sizes[0];
+    for (std::size_t i = 1; i < messages.size(); ++i) {
+      const std::uint64_t at = ring.place(cur, sizes[i]);
+      writer.publish(at, claim->offset + i);
+      cur = at + sizes[i];
+    }
+    writer.finish(*claim);
+    writer.notify(*claim);
+    // Ask for the lines of the next claim now (prefetch for write), so that their ownership
+    // moves while we return to the caller (measured: docs/performance.md).
+    for (std::uint64_t at = claim->end, stop = at + std::min<std::uint64_t>(b.total, 4096); at < stop; at += shm::kCacheLine)
+      __builtin_prefetch(ring.header_at(at), 1, 3);
+    ts.sent_end[p] = std::max(ts.sent_end[p], claim->offset + messages.size());  // for flush()
+    return RecordMetadata{p, claim->offset};
+  }
+
+  [[gnu::always_inline]] Result<RecordMetadata> send_one_claim(TopicState& ts, std::uint32_t p,
+                                                             std::span<const Message> messages, bool sticky) {
+    Batch b(messages);
+    if (auto ok = prepare(ts, b); !ok) [[unlikely]]
+      return tl::unexpected(ok.error());
+    auto md = append(ts, p, b, sticky);
+    if (!md) return md;
+    if (auto ok = sent(ts, p, md->offset + messages.size()); !ok) return tl::unexpected(ok.error());
+    return md;
+  }
+
+  // A batch whose records go to several partitions: one claim per partition, for its
+  // records in send order, the partitions in the order of their first record. Whatever can
+  // fail before a claim (sizes, writers) is checked for all of them first; a claim that
+  // fails (a full block topic, a deleted topic) leaves the partitions before it appended.
+  [[gnu::cold, gnu::noinline]] Result<RecordMetadata> send_split(TopicState& ts, std::span<const Message> messages) {
+    const std::uint32_t n = ts.topic->partitions(), sticky_p = sticky(ts);
+    std::vector<std::vector<Message>> by_partition(n);
+    std::vector<std::uint32_t> order;  // partitions, by their first record
+    bool sticky_used = false;
+    for (const Message& m : messages) {
+      const std::uint32_t p = m.key ? partition_for_key(*m.key, n) : sticky_p;
+      sticky_used |= !m.key;
+      if (by_partition[p].empty()) order.push_back(p);
+      by_partition[p].push_back(m);
+    }
+    std::vector<std::unique_ptr<Batch>> runs;
+    for (std::uint32_t p : order) {
+      runs.push_back(std::make_unique<Batch>(by_partition[p]));
+      if (auto ok = prepare(ts, *runs.back()); !ok) return tl::unexpected(ok.error());
+      if (auto w = writer(ts, p); !w) return tl::unexpected(w.error());
+    }
+    RecordMetadata first{};
+    std::vector<std::uint64_t> ends;  // each run's last offset + 1
+    std::size_t appended = 0;
+    for (std::size_t r = 0; r < order.size(); ++r) {
+      auto md = append(ts, order[r], *runs[r], sticky_used && order[r] == sticky_p);
+      if (!md) {
+        if (appended == 0) return md;
+        return make_error(md.error().code,
+                          fmt::format("{}; {} of the batch's {} records were appended before (partitions {}), "
+                                      "the partitions from {} on were not",
+                                      md.error().message, appended, messages.size(),
+                                      fmt::join(order.begin(), order.begin() + static_cast<std::ptrdiff_t>(r), ", "),
+                                      order[r]));
+      }
+      if (r == 0) first = *md;
+      ends.push_back(md->offset + runs[r]->messages.size());
+      appended += runs[r]->messages.size();
+    }
+    // All appended: now wait for the producer's acks, partition by partition.
+    for (std::size_t r = 0; r < order.size(); ++r)
+      if (auto ok = sent(ts, order[r], ends[r]); !ok) return tl::unexpected(ok.error());
+    return first;
   }
 };
 
@@ -227,6 +476,22 @@ Result<Producer> Producer::create(std::shared_ptr<Bus> bus, ProducerConfig confi
   impl->bus = std::move(bus);
   impl->config = config;
   return Producer(std::move(impl));
+}
+
+Status Producer::flush(std::chrono::milliseconds timeout, std::optional<Acks> acks) noexcept {
+  const Acks mode = acks.value_or(impl_->config.acks);
+  const std::int64_t deadline = static_cast<std::int64_t>(shm::monotonic_ns()) + timeout.count() * 1'000'000;
+  for (auto& [name, ts] : impl_->topics) {
+    if (mode == Acks::kMemory) break;  // sends commit before they return
+    if (auto ok = durable_acks_ok(*ts.topic, mode); !ok) {
+      if (std::all_of(ts.sent_end.begin(), ts.sent_end.end(), [](std::uint64_t e) { return e == 0; })) continue;
+      return ok;
+    }
+    for (std::uint32_t p = 0; p < ts.sent_end.size(); ++p)
+      if (ts.sent_end[p])
+        if (auto ok = impl_->wait_durable(ts, p, ts.sent_end[p], mode, deadline); !ok) return ok;
+  }
+  return {};
 }
 
 Result<RecordMetadata> Producer::send(std::string_view topic, std::optional<std::string_view> key,
@@ -252,68 +517,25 @@ Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<co
   auto t = impl_->topic(topic);
   if (!t) return tl::unexpected(t.error());
   Impl::TopicState& ts = **t;
-  constexpr std::size_t kInline = 64;
-  Layout inline_layouts[kInline];
-  std::uint32_t inline_sizes[kInline];
-  std::vector<Layout> heap_layouts;
-  std::vector<std::uint32_t> heap_sizes;
-  Layout* layouts = inline_layouts;
-  std::uint32_t* sizes = inline_sizes;
-  if (messages.size() > kInline) {
-    heap_layouts.resize(messages.size());
-    heap_sizes.resize(messages.size());
-    layouts = heap_layouts.data();
-    sizes = heap_sizes.data();
+  const std::uint32_t n = ts.topic->partitions();
+  std::uint32_t p = 0;
+  bool any_null = false;
+  if (partition) {
+    auto given = impl_->choose(ts, std::nullopt, partition, 0);  // checks it
+    if (!given) return tl::unexpected(given.error());
+    p = *given;
+  } else {
+    // Every record goes where send() would put it. The common case, all on the first one's
+    // partition, is one claim without allocating; any other is split (send_split).
+    any_null = !messages[0].key;
+    if (n > 1) p = impl_->partition_of(ts, messages[0]);
+    for (std::size_t i = 1; i < messages.size(); ++i) {
+      any_null |= !messages[i].key;
+      if (n > 1 && impl_->partition_of(ts, messages[i]) != p) [[unlikely]]
+        return impl_->send_split(ts, messages);
+    }
   }
-  std::uint64_t total = 0;
-  for (std::size_t i = 0; i < messages.size(); ++i) {
-    std::uint64_t payload = 0;
-    if (!impl_->layout(ts, messages[i].key, messages[i].headers, messages[i].value.size(), layouts[i], payload)) [[unlikely]]
-      return tl::unexpected(Impl::too_large(ts, payload));
-    sizes[i] = layouts[i].bytes;
-    total += layouts[i].bytes;
-  }
-  const shm::Ring& ring0 = ts.topic->ring(0);
-  if (total > ring0.capacity() / 2)
-    return make_error(Errc::kRecordTooLarge, fmt::format("batch of {} bytes is over half of topic '{}''s ring ({} bytes)",
-                                                         total, ts.topic->name(), ring0.capacity()));
-  auto p = impl_->choose(ts, messages[0].key, partition, total);
-  if (!p) return tl::unexpected(p.error());
-  auto w = impl_->writer(ts, *p);
-  if (!w) return tl::unexpected(w.error());
-  shm::RingWriter& writer = **w;
-  auto claim = impl_->claim(ts, writer, std::span<const std::uint32_t>(sizes, messages.size()));
-  if (!claim) return tl::unexpected(claim.error());
-  const shm::Ring& ring = writer.ring();
-  std::int64_t now = 0;
-  std::uint64_t cur = claim->position;
-  for (std::size_t i = 0; i < messages.size(); ++i) {
-    const std::uint64_t at = ring.place(cur, sizes[i]);
-    // The rest of the lap is padding; its offset is the next record's. One at the claim's
-    // start is stored by finish(), with the first record's word.
-    if (at != cur && i > 0) writer.publish_padding(cur, claim->offset + i);
-    std::int64_t ts_ns = messages[i].timestamp_ns;
-    if (ts_ns == 0) ts_ns = now ? now : (now = shm::fast_realtime_ns());
-    // The last record ends where the claim does (it takes the alignment's slack).
-    const auto length = static_cast<std::uint32_t>(i + 1 == messages.size() ? claim->end - at : sizes[i]);
-    write_record(reinterpret_cast<std::byte*>(ring.header_at(at)), layouts[i], length, messages[i], ts_ns);
-    cur = at + sizes[i];
-  }
-  if (auto ok = writer.commit(*claim); !ok) return tl::unexpected(ok.error());
-  // Committed: the words, the first one last (docs/ring.md, "Producing").
-  cur = claim->first_at + sizes[0];
-  for (std::size_t i = 1; i < messages.size(); ++i) {
-    const std::uint64_t at = ring.place(cur, sizes[i]);
-    writer.publish(at, claim->offset + i);
-    cur = at + sizes[i];
-  }
-  writer.finish(*claim);
-  writer.notify(*claim);
-  // Ask for the lines of the next claim now (prefetch for write), so that their ownership
-  // moves while we return to the caller (measured: docs/performance.md).
-  for (std::uint64_t at = claim->end, stop = at + std::min<std::uint64_t>(total, 4096); at < stop; at += shm::kCacheLine)
-    __builtin_prefetch(ring.header_at(at), 1, 3);
-  return RecordMetadata{*p, claim->offset};
+  return impl_->send_one_claim(ts, p, messages, any_null);
 }
 
 Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Bytes> key, std::size_t value_size,
@@ -349,7 +571,8 @@ Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Byte
   r.meta_ = RecordMetadata{*p, claim->offset};
   r.wake_ = claim->wake;
   r.open_ = true;
-  r.producer_open_ = &impl_->reservation_open;
+  r.producer_ = impl_.get();
+  r.topic_ = &ts;
   impl_->reservation_open = true;
   return r;
 }
@@ -363,7 +586,8 @@ Reservation::Reservation(Reservation&& o) noexcept
       meta_(o.meta_),
       wake_(o.wake_),
       open_(std::exchange(o.open_, false)),
-      producer_open_(o.producer_open_) {}
+      producer_(o.producer_),
+      topic_(o.topic_) {}
 
 Reservation::~Reservation() { abort(); }
 
@@ -372,11 +596,12 @@ Status Reservation::commit() noexcept {
   auto* w = static_cast<shm::RingWriter*>(writer_);
   const shm::Claim c{meta_.offset, position_, end_, 1, first_at_, wake_};
   open_ = false;
-  if (producer_open_) *producer_open_ = false;
+  if (producer_) producer_->reservation_open = false;
   if (auto ok = w->commit(c); !ok) return ok;
   w->finish(c);
   w->notify(c);
-  return {};
+  if (!producer_) return {};
+  return producer_->sent(*static_cast<Producer::Impl::TopicState*>(topic_), meta_.partition, meta_.offset + 1);
 }
 
 void Reservation::abort() noexcept {
@@ -384,7 +609,7 @@ void Reservation::abort() noexcept {
   auto* w = static_cast<shm::RingWriter*>(writer_);
   w->abort(shm::Claim{meta_.offset, position_, end_, 1, first_at_, wake_});
   open_ = false;
-  if (producer_open_) *producer_open_ = false;
+  if (producer_) producer_->reservation_open = false;
 }
 
 }  // namespace shmbus

@@ -126,6 +126,7 @@ void ring_init(std::byte* base, const RingParams& p) {
   if (p.spill) {
     ctl->stats.spill_start.store(p.spill_start, std::memory_order_relaxed);
     ctl->stats.spill_end.store(p.base_offset, std::memory_order_relaxed);
+    ctl->stats.synced_end.store(p.base_offset, std::memory_order_relaxed);  // what is below came back from the disk
     ctl->stats.spill_bytes.store(p.spill_bytes, std::memory_order_relaxed);
     if (p.retention == Retention::kBlock) {
       // The spiller's gate: durable (never reaped), found again by busd through its key.
@@ -311,6 +312,19 @@ void Ring::reap_waiters(const SegmentLock& lock) const noexcept {
       ctl_->claim_stats.waiters_reaped.fetch_add(1, std::memory_order_relaxed);
     l.unlock(waiter_lock_byte(static_cast<std::uint32_t>(i)));
   }
+}
+
+std::optional<std::uint64_t> Ring::durable_end(bool synced) const noexcept {
+  const auto& w = synced ? ctl_->stats.synced_end : ctl_->stats.spill_end;
+  const std::uint64_t v = w.load(std::memory_order_acquire);
+  if (v > end_offset()) return std::nullopt;  // busd never publishes past what was claimed
+  return v;
+}
+
+std::atomic<std::uint32_t>* Ring::durable_word(bool synced) const noexcept {
+  static_assert(std::endian::native == std::endian::little, "the futex word is the offset's low half");
+  auto& w = synced ? ctl_->stats.synced_end : ctl_->stats.spill_end;
+  return reinterpret_cast<std::atomic<std::uint32_t>*>(&w);
 }
 
 std::uint64_t Ring::bump_gate_generation() const noexcept {
@@ -633,6 +647,7 @@ Status RingWriter::make_room(std::uint64_t target, std::uint64_t min_offset, std
   const std::uint64_t chunk = ring_.ctl()->config.reclaim_chunk;
   std::uint64_t waited_since = 0, stall_offset = kNoClaim, stall_since = 0;
   unsigned round = 0;
+  gated_timeout_ = false;
   for (;;) {
     // A snapshot, not a locked read: a locked instruction is a full barrier that would wait
     // for the whole previous batch's stores to drain, and the CAS below checks it anyway.
@@ -731,6 +746,7 @@ Status RingWriter::make_room(std::uint64_t target, std::uint64_t min_offset, std
                                                        "aborted after the claim timeout of {} ms)",
                                                        ring_.partition(), claim_name(ring_, off, p), ms,
                                                        ring_.claim_timeout_ns() / 1'000'000));
+      gated_timeout_ = true;
       return make_error(Errc::kTimedOut,
                         fmt::format("partition {} is full: a consumer holding it has not moved for {} ms (retention=block)",
                                     ring_.partition(), ms));
@@ -923,6 +939,19 @@ GateSlot* hold_durable_gate(const Ring& ring, const SegmentLock& lock_in, std::u
     lock.unlock(gate_lock_byte(i));
   }
   return nullptr;
+}
+
+bool release_durable_gate(const Ring& ring, std::uint64_t key) noexcept {
+  constexpr auto kDurable = static_cast<std::uint32_t>(GateKind::kDurable);
+  bool found = false;
+  for (std::uint32_t i = 0; i < kGateSlots; ++i) {
+    GateSlot* g = ring.gate(i);
+    if (g->kind.load(std::memory_order_acquire) != kDurable || g->owner_key.load(std::memory_order_relaxed) != key) continue;
+    // Only more room for producers: no reclaim decided earlier can be wrong for it.
+    std::uint32_t expect = kDurable;
+    found |= g->kind.compare_exchange_strong(expect, static_cast<std::uint32_t>(GateKind::kFree), std::memory_order_acq_rel);
+  }
+  return found;
 }
 
 int take_waiter_slot(const Ring& ring, SegmentLock& lock) noexcept {

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <span>
 
 #include "shmbus/error.h"
@@ -174,6 +175,13 @@ class Ring {
   std::uint64_t bump_gate_generation() const noexcept;
   bool closed() const noexcept { return ctl_->notify.closed.load(std::memory_order_acquire) != 0; }
 
+  // How far busd's spiller has written the partition's disk log (`synced`: and fdatasynced
+  // it): every offset below is on disk (or was lost). A value past the ring's end is forged or
+  // damaged and never trusted: nullopt then.
+  std::optional<std::uint64_t> durable_end(bool synced) const noexcept;
+  // Its futex word (the low half of the 64-bit offset): busd wakes it when the offset moves.
+  std::atomic<std::uint32_t>* durable_word(bool synced) const noexcept;
+
   // A reader or reclaimer that finds no record at (offset, pos) asks the claim table why.
   // With `lock` (a writable attacher), it also finishes what it may: a claim whose writer is
   // dead is aborted at once, one unfinished for claim_timeout (`stalled_ns`, measured by the
@@ -240,6 +248,9 @@ class RingWriter {
   Status open(const Segment& seg, bool exclusive = false);
   bool exclusive() const noexcept { return exclusive_; }
   const Ring& ring() const noexcept { return ring_; }
+  // The last claim timed out because gates held it back (retention=block): the caller may
+  // name their holders (bus/gate_names.h).
+  bool gated_timeout() const noexcept { return gated_timeout_; }
   std::uint32_t slot_index() const noexcept { return slot_index_; }
 
   // Claims `count` records of the given whole sizes (each align8'ed, <= max_record), laid out
@@ -297,6 +308,7 @@ class RingWriter {
   std::uint64_t cached_reclaim_offset_ = 0;
   std::uint32_t futile_wakes_ = 0;
   bool exclusive_ = false;
+  bool gated_timeout_ = false;
   bool light_fence_ = false;  // exclusive: sleepers fence for us (Ring::heavy fence, membarrier)
 };
 
@@ -417,6 +429,9 @@ class RingReader {
 // reclaimed past that position, `reader` moves to the ring's start and the gate with it (the
 // caller sees the offsets it lost in reader.offset()). nullptr when every gate slot is taken.
 GateSlot* hold_durable_gate(const Ring& ring, const SegmentLock& lock, std::uint64_t key, RingReader& reader) noexcept;
+
+// Frees the durable gate named `key` (its group was deleted or expired). False if none.
+bool release_durable_gate(const Ring& ring, std::uint64_t key) noexcept;
 
 // A consumer's own gate (GateKind::kProcess), held through `lock` until release_process_gate.
 // Same reclaim rule as above. nullptr when every gate slot is taken.

@@ -20,7 +20,8 @@
 //
 // PartitionControl, one concern per cache line:
 //   line 0  config   (immutable after creation)
-//   line 1  limits   (immutable after creation)
+//   line 1  limits   (immutable after creation), and sync_wanted, ack_bell (minor 1: producers
+//                    waiting for durable acks call busd's spiller; rarely written)
 //   line 2  tail     {next_offset, position}   16-byte CAS; moved after a claim entry is won
 //   line 3  reclaim  {gate_gen:8|offset:56,    16-byte CAS: records before it may be
 //                     position}                overwritten; it is also the partition's start
@@ -71,7 +72,7 @@
 namespace shmbus::shm {
 
 inline constexpr std::uint16_t kPartitionLayoutMajor = 4;  // 4: exclusive writers, null values
-inline constexpr std::uint16_t kPartitionLayoutMinor = 0;
+inline constexpr std::uint16_t kPartitionLayoutMinor = 1;  // 1: synced_end, sync_wanted (durable acks)
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint32_t kWriterSlots = 64;
 inline constexpr std::uint32_t kGateSlots = 32;
@@ -152,7 +153,15 @@ static_assert(sizeof(PartitionConfig) == 64, "config is one cache line: bump kPa
 struct alignas(kCacheLine) LimitsLine {
   std::uint64_t claims_offset;     // the claim table, from the segment start
   std::uint64_t claim_timeout_ns;  // a claim unfinished this long is aborted by whoever waits on it
-  std::uint64_t reserved[6];
+  // Minor 1: the largest offset + 1 that a producer with acks=fsynced waits to see synced;
+  // busd's spiller fdatasyncs the partition's log while it is above synced_end, whatever the
+  // topic's fsync policy (raised by producers, read by busd, never trusted past what busd wrote).
+  std::atomic<std::uint64_t> sync_wanted;
+  // Minor 1: a futex word busd's spiller sleeps on while idle; a producer about to wait for a
+  // durable ack bumps and wakes it, so that the spiller reads its record at once.
+  std::atomic<std::uint32_t> ack_bell;
+  std::uint32_t reserved0;
+  std::uint64_t reserved[4];
 };
 static_assert(sizeof(LimitsLine) == 64, "bump kPartitionLayoutMajor");
 
@@ -183,10 +192,14 @@ struct alignas(kCacheLine) StatsLine {
   std::atomic<std::uint64_t> spill_lost;   // overwrite topics: records lapped before they were spilled
   std::atomic<std::uint32_t> spill_state;  // SpillState
   std::uint32_t reserved0;
-  std::uint64_t reserved[1];
+  // Minor 1: every offset below it is on disk after an fdatasync (or was lost). Producers with
+  // acks=fsynced futex-wait on its low 32 bits (as acks=spilled ones on spill_end's); busd wakes them.
+  std::atomic<std::uint64_t> synced_end;
 };
 static_assert(sizeof(StatsLine) == 64, "bump kPartitionLayoutMajor");
 static_assert(offsetof(StatsLine, spill_end) == 16 && offsetof(StatsLine, spill_state) == 48, "bump kPartitionLayoutMajor");
+static_assert(offsetof(StatsLine, synced_end) == 56 && offsetof(LimitsLine, sync_wanted) == 16 && offsetof(LimitsLine, ack_bell) == 24,
+              "bump kPartitionLayoutMajor");
 
 struct alignas(kCacheLine) ClaimStatsLine {
   std::atomic<std::uint64_t> claims_timed_out;     // live writers' claims aborted after claim_timeout

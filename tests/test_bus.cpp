@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 
 #include "bus/names.h"
+#include "bus/partitioner.h"
 #include "bus/topic.h"
 #include "shm/ring.h"
 #include "shm/segment.h"
@@ -391,6 +392,99 @@ TEST(Bus, BatchSendGetsConsecutiveOffsetsAndWrapsWithPadding) {
     auto got = drain(c, 5);
     EXPECT_EQ(got, vs);
   }
+}
+
+// Every record of a batch goes where send() would put it: a keyed one on its murmur2
+// partition, null keys on the sticky one, each partition's records in send order.
+TEST(Bus, BatchWithKeysOfSeveralPartitionsPutsEachOnItsKafkaPartition) {
+  test::TestBus bus("batchkeys");
+  constexpr std::uint32_t kParts = 4;
+  ASSERT_TRUE(bus->create_topic("t", small(kParts)));
+  auto p = Producer::create(bus.get());
+  ASSERT_TRUE(p);
+  std::vector<std::string> keys;
+  for (int i = 0; i < 40; ++i) keys.push_back(fmt::format("key-{}", i));
+  std::vector<Message> ms;
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    ms.push_back(Message{as_bytes(keys[i]), as_bytes(keys[i])});
+    if (i % 10 == 5) ms.push_back(Message{std::nullopt, as_bytes("null")});
+  }
+  std::set<std::uint32_t> used;
+  for (const auto& k : keys) used.insert(partition_for_key(as_bytes(k), kParts));
+  ASSERT_GT(used.size(), 1u) << "the keys must map to several partitions";
+  auto md = p->send_batch("t", ms);
+  ASSERT_TRUE(md) << md.error().message;
+  EXPECT_EQ(md->partition, partition_for_key(as_bytes(keys[0]), kParts)) << "the first record's partition";
+  EXPECT_EQ(md->offset, 0u);
+  std::vector<TopicPartition> tps;
+  for (std::uint32_t part = 0; part < kParts; ++part) tps.push_back({"t", part});
+  auto c = consumer_at(bus.get(), tps);
+  std::vector<std::vector<std::string>> got(kParts);  // keyed values per partition, as read
+  std::set<std::uint32_t> null_parts;
+  std::size_t read = 0, nulls = 0;
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (read < ms.size() && std::chrono::steady_clock::now() < deadline) {
+    auto b = c.poll(50ms);
+    ASSERT_TRUE(b);
+    for (const auto& r : *b) {
+      ++read;
+      if (!r.key) {
+        null_parts.insert(r.partition);
+        ++nulls;
+        continue;
+      }
+      EXPECT_EQ(partition_for_key(*r.key, kParts), r.partition) << "key " << as_string(*r.key) << " off its partition";
+      got[r.partition].emplace_back(as_string(r.value));
+    }
+  }
+  std::size_t keyed = 0;
+  for (std::uint32_t part = 0; part < kParts; ++part) {
+    std::vector<std::string> expected;  // this partition's keyed records, in send order
+    for (const auto& m : ms)
+      if (m.key && partition_for_key(*m.key, kParts) == part) expected.emplace_back(as_string(m.value));
+    EXPECT_EQ(got[part], expected) << "partition " << part;
+    keyed += got[part].size();
+  }
+  EXPECT_EQ(keyed, keys.size());
+  EXPECT_EQ(nulls, 4u);
+  EXPECT_EQ(null_parts.size(), 1u) << "null keys of one batch stay on the sticky partition";
+  // A partition given for the batch still takes every record, whatever its key.
+  auto all = p->send_batch("t", ms, 3);
+  ASSERT_TRUE(all) << all.error().message;
+  auto c3 = consumer_at(bus.get(), {{"t", 3}}, OffsetReset::kEarliest);
+  ASSERT_TRUE(c3.seek({"t", 3}, all->offset));
+  EXPECT_EQ(drain(c3, ms.size()).size(), ms.size());
+}
+
+// A batch split over partitions whose later partition cannot take its records: the earlier
+// partitions' records are appended, the error says how many, nothing of the failed run is.
+TEST(Bus, BatchWhoseLaterPartitionIsFullReportsWhatWasAppended) {
+  test::TestBus bus("batchfull");
+  ASSERT_TRUE(bus->create_topic("t", small(2, 4096, RetentionMode::kBlock)));
+  std::string k0, k1;
+  for (int i = 0; k0.empty() || k1.empty(); ++i) {
+    auto k = fmt::format("k{}", i);
+    (partition_for_key(as_bytes(k), 2) == 0 ? k0 : k1) = k;
+  }
+  ConsumerConfig cc;
+  cc.auto_offset_reset = OffsetReset::kEarliest;
+  cc.hold_producers = true;  // never polls: holds partition 1 back
+  auto holder = Consumer::create(bus.get(), cc);
+  ASSERT_TRUE(holder);
+  ASSERT_TRUE(holder->assign({{"t", 1}}));
+  ProducerConfig pc;
+  pc.max_block_ms = 0;
+  auto p = Producer::create(bus.get(), pc);
+  ASSERT_TRUE(p);
+  int filled = 0;
+  while (p->send("t", Message{std::nullopt, as_bytes("fill")}, 1)) ASSERT_LT(++filled, 1000);
+  std::vector<Message> ms{{as_bytes(k0), as_bytes("to-0")}, {as_bytes(k1), as_bytes("to-1")}};
+  auto md = p->send_batch("t", ms);
+  ASSERT_FALSE(md);
+  EXPECT_EQ(md.error().code, Errc::kTimedOut) << md.error().message;
+  EXPECT_NE(md.error().message.find("1 of the batch's 2 records"), std::string::npos) << md.error().message;
+  auto c0 = consumer_at(bus.get(), {{"t", 0}});
+  EXPECT_EQ(drain(c0, 1), (std::vector<std::string>{"to-0"}));
 }
 
 TEST(Bus, ZeroCopyReserveCommitAndAbort) {

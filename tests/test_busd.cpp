@@ -1,9 +1,12 @@
 // busd and consumer groups across real processes: rebalance on SIGKILL with no record lost
 // and no partition owned twice, busd killed and restarted under load, fencing of stale
-// commits, one busd per bus, other uids refused.
+// commits, one busd per bus, other uids refused; gates that cannot be held, stalled producers
+// naming their group, group delete, offsets retention, reset-offsets.
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <sys/stat.h>
 
@@ -21,8 +24,10 @@
 #include "bus/disk_log.h"
 #include "bus/group_client.h"
 #include "bus/names.h"
+#include "shm/ring.h"
 #include "shm/segment.h"
 #include "bus/paths.h"
+#include "bus/topic.h"
 #include "shmbus/consumer.h"
 #include "shmbus/producer.h"
 #include "busd_fixture.h"
@@ -417,7 +422,7 @@ TEST_F(Busd, BusctlGroupCommandsAndConsumeWithAGroup) {
   auto dj = json::parse(d.out);
   EXPECT_EQ(dj["partitions"][0]["committed"], 3);
   EXPECT_EQ(dj["partitions"][0]["lag"], 0);
-  auto reset = busctl({"group", "reset-offsets", "g", "--topic", "t", "--to", "earliest", "--bus", b});
+  auto reset = busctl({"group", "reset-offsets", "g", "--topic", "t", "--to-earliest", "--execute", "--bus", b});
   ASSERT_EQ(reset.code, 0) << reset.err;
   auto c3 = busctl({"consume", "t", "--group", "g", "--count", "3", "--timeout-ms", "2000", "--bus", b});
   EXPECT_EQ(c3.out, "a\nb\nc\n") << "after the reset, from the start again";
@@ -863,4 +868,403 @@ TEST_F(Busd, TopicAlterChangesRetentionOfALiveSpilledTopicAndTurnsSpillingOn) {
   wait_spilled(bus_->get(), "plain");
   EXPECT_GT((*bus_)->describe_topic("plain")->partitions[0].disk_bytes, 0u);
   EXPECT_TRUE(std::filesystem::exists(bus_paths(bus_->name()).state_dir + "/topics/plain.json"));
+}
+
+// A bus shared with a Unix group has one busd whoever starts it: root and a member of the
+// group (another uid, in the group only as a supplementary group) find the same socket,
+// join one group coordinator and get disjoint partitions; busd's segment is the group's.
+// Needs root (it makes a user and a group, removed after).
+class SharedBus : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (::geteuid() != 0) GTEST_SKIP() << "needs root (creates a Unix user and group)";
+    for (const char* tool : {"/usr/sbin/groupadd", "/usr/sbin/useradd", "/usr/bin/setpriv"})
+      if (::access(tool, X_OK) != 0) GTEST_SKIP() << tool << " is missing";
+    name_ = fmt::format("sbt{}", ::getpid());
+    ASSERT_EQ(std::system(fmt::format("/usr/sbin/groupadd {} && /usr/sbin/useradd -M -N -G {} -s /bin/false {}", name_, name_,
+                                      name_).c_str()), 0);
+    made_ = true;
+    const group* g = ::getgrnam(name_.c_str());
+    const passwd* u = ::getpwnam(name_.c_str());
+    ASSERT_TRUE(g && u);
+    gid_ = g->gr_gid;
+    uid_ = u->pw_uid;
+    user_gid_ = u->pw_gid;
+    ASSERT_NE(user_gid_, gid_) << "the member's primary group must be another one";
+    ::unsetenv("SHMBUS_DIR");
+    ::setenv("SHMBUS_BUSD", SHMBUS_BUSD_PATH, 1);
+    bus_name_ = test::unique_bus("shared");
+    BusOptions o;
+    o.name = bus_name_;
+    o.group = name_;
+    auto bus = Bus::attach(o);
+    ASSERT_TRUE(bus) << bus.error().message;
+    bus_ = *bus;
+  }
+  void TearDown() override {
+    if (bus_) {
+      const pid_t pid = lock_pid();
+      if (pid > 0) ::kill(pid, SIGKILL);
+      for (int i = 0; i < 500 && pid > 0 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(2ms);
+      bus_.reset();
+      (void)Bus::destroy(bus_name_, /*purge_disk=*/true);
+    }
+    for (const auto& f : files_) std::filesystem::remove(f);
+    if (made_) {
+      for (const char* base : {"/tmp", "/var/tmp"}) {
+        std::filesystem::remove_all(fmt::format("{}/shmbus-g{}", base, gid_));
+        std::filesystem::remove_all(fmt::format("{}/shmbus-{}", base, uid_));  // where a member's own busd went before
+      }
+      (void)!std::system(fmt::format("/usr/sbin/userdel {} 2>/dev/null; /usr/sbin/groupdel {} 2>/dev/null", name_, name_).c_str());
+    }
+    ::unsetenv("SHMBUS_BUSD");
+  }
+  pid_t lock_pid() {
+    std::ifstream f(bus_paths(bus_name_).lock);
+    pid_t pid = 0;
+    f >> pid;
+    return pid;
+  }
+  // argv run as the member: its own uid, primary group and supplementary groups.
+  std::vector<std::string> as_member(std::vector<std::string> argv) {
+    std::vector<std::string> a = {"/usr/bin/setpriv", "--reuid", std::to_string(uid_), "--regid", std::to_string(user_gid_),
+                                  "--init-groups", "--"};
+    a.insert(a.end(), argv.begin(), argv.end());
+    return a;
+  }
+  std::string log_file(const std::string& who) {
+    files_.push_back(fmt::format("/tmp/{}-{}", bus_name_, who));
+    return files_.back();
+  }
+
+  void share_one_busd(bool member_first);
+
+  std::string name_, bus_name_;
+  bool made_ = false;
+  gid_t gid_ = 0, user_gid_ = 0;
+  uid_t uid_ = 0;
+  std::shared_ptr<Bus> bus_;
+  std::vector<std::string> files_;
+};
+
+// Root's consumer and a member's join one group; `member_first`: the member's starts busd.
+void SharedBus::share_one_busd(bool member_first) {
+  TopicConfig cfg;
+  cfg.partitions = 4;
+  ASSERT_TRUE(bus_->create_topic("t", cfg));
+  std::vector<test::Child> members;
+  std::vector<std::string> outs(2);
+  const std::vector<std::string> root = {kWorker, "group-consume", bus_name_, "t", "g", log_file("root")};
+  const std::vector<std::string> member = as_member({kWorker, "group-consume", bus_name_, "t", "g", log_file("member")});
+  members.push_back(test::spawn(member_first ? member : root));
+  ASSERT_TRUE(test::wait_line(members.back(), outs[0], "ready")) << outs[0];
+  members.push_back(test::spawn(member_first ? root : member));
+  const bool member_ready = test::wait_line(members.back(), outs[1], "ready");
+  // One busd, root's: the member found it. Both are members of its group, with disjoint
+  // partitions covering the topic.
+  json d;
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto c = BusdConnection::connect(bus_name_, 5s);
+    ASSERT_TRUE(c) << c.error().message;
+    auto r = (*c)->request({{"op", "group_describe"}, {"group", "g"}}, 5s);
+    ASSERT_TRUE(r) << r.error().message;
+    d = *r;
+    std::size_t owned = 0;
+    for (const auto& m : d["members"]) owned += m["partitions"].size();
+    if (d["members"].size() == 2 && owned == 4 && d["state"] == "stable") break;
+    std::this_thread::sleep_for(20ms);
+  }
+  for (auto& m : members) ::kill(m.pid, SIGUSR1);
+  for (std::size_t i = 0; i < members.size(); ++i) test::finish(members[i], outs[i], 30s);
+  ASSERT_TRUE(member_ready) << "the second consumer never joined: " << outs[1];
+  ASSERT_EQ(d["members"].size(), 2u) << d.dump();
+  std::set<std::uint32_t> seen;
+  for (const auto& m : d["members"]) {
+    EXPECT_FALSE(m["partitions"].empty()) << d.dump();
+    for (const auto& tp : m["partitions"]) EXPECT_TRUE(seen.insert(tp[1].get<std::uint32_t>()).second) << d.dump();
+  }
+  EXPECT_EQ(seen.size(), 4u) << d.dump();
+  // busd's segment, socket and lock are the group's.
+  struct stat st{};
+  ASSERT_EQ(::stat(shm::Segment::path_of(busd_segment_name(bus_name_)).c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  EXPECT_EQ(st.st_gid, gid_);
+  const BusPaths paths = bus_paths(bus_name_);
+  for (const auto& f : {paths.socket, paths.lock}) {
+    ASSERT_EQ(::stat(f.c_str(), &st), 0) << f;
+    EXPECT_EQ(st.st_mode & 0777, 0660u) << f;
+    EXPECT_EQ(st.st_gid, gid_) << f;
+  }
+  // A second busd, started by the other user, finds the first and exits.
+  const pid_t first = lock_pid();
+  const std::vector<std::string> busd = {SHMBUS_BUSD_PATH, "--bus", bus_name_};
+  auto second = test::spawn(member_first ? busd : as_member(busd));
+  std::string out;
+  const int status = test::finish(second, out, 10s);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << status;
+  EXPECT_EQ(lock_pid(), first);
+  EXPECT_EQ(::kill(first, 0), 0) << "the first busd still runs";
+}
+
+TEST_F(SharedBus, RootAndAGroupMemberShareOneBusd) { share_one_busd(false); }
+TEST_F(SharedBus, AGroupMemberAndRootShareTheMembersBusd) { share_one_busd(true); }
+
+// ---- groups and offsets that never silently lose, skip or duplicate (issue 14: 4, 6, 7) ----
+
+namespace {
+
+std::string busd_log(const std::string& bus) {
+  std::ifstream f(bus_paths(bus).runtime_dir + "/busd.log");
+  std::stringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+// A block topic of one small partition that group `g` consumed 10 records of and committed,
+// then left: its committed offset (a durable gate) holds producers back from then on.
+void group_consumed_and_left(const std::shared_ptr<Bus>& bus, Producer& p, const std::string& topic) {
+  TopicConfig cfg;
+  cfg.partitions = 1;
+  cfg.capacity = 1 << 14;
+  cfg.retention = RetentionMode::kBlock;
+  ASSERT_TRUE(bus->create_topic(topic, cfg));
+  ConsumerConfig cc;
+  cc.auto_offset_reset = OffsetReset::kEarliest;
+  auto c = Consumer::create(bus, cc);
+  ASSERT_TRUE(c->subscribe({topic}, "g"));
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(p.send(topic, std::nullopt, fmt::format("{:06}", i)));
+  for (std::size_t got = 0; got < 10;) {
+    auto b = c->poll(1s);
+    ASSERT_TRUE(b);
+    got += b->size();
+  }
+  ASSERT_TRUE(c->commit());
+  ASSERT_TRUE(c->close());
+}
+
+// Sends until the ring is full (the group's gate holds it); the error of the send that failed.
+Error fill_until_blocked(Producer& p, const std::string& topic) {
+  for (int i = 0; i < 100000; ++i) {
+    auto r = p.send(topic, std::nullopt, fmt::format("{:06}", i));
+    if (!r) return r.error();
+  }
+  return Error{Errc::kOk, "never blocked"};
+}
+
+}  // namespace
+
+// Finding 4: every gate slot of the partition taken, busd cannot hold the group's committed
+// offset; it must say so (the commit fails, describe and busd.log say it) and hold it once a
+// slot is free again.
+TEST_F(Busd, AGroupGateThatCannotBeHeldIsReportedNotDroppedSilently) {
+  TopicConfig cfg;
+  cfg.partitions = 1;
+  cfg.capacity = 1 << 14;
+  cfg.retention = RetentionMode::kBlock;
+  ASSERT_TRUE((*bus_)->create_topic("t", cfg));
+  auto topic = (*bus_)->topic("t");
+  ASSERT_TRUE(topic);
+  const shm::Ring& ring = (*topic)->ring(0);
+  auto lock = shm::SegmentLock::open((*topic)->segment(0));
+  ASSERT_TRUE(lock);
+  // Other groups' gates, forged, in every slot but one: the member's own gate takes that one.
+  for (std::uint64_t key = 1; key < shm::kGateSlots; ++key) {
+    shm::RingReader r(ring);
+    r.seek_earliest();
+    ASSERT_NE(shm::hold_durable_gate(ring, *lock, key, r), nullptr) << "gate " << key;
+  }
+  ConsumerConfig cc;
+  cc.auto_offset_reset = OffsetReset::kEarliest;
+  auto c = Consumer::create(bus_->get(), cc);
+  ASSERT_TRUE(c->subscribe({"t"}, "g"));
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p->send("t", std::nullopt, "x"));
+  for (std::size_t got = 0; got < 1;) {
+    auto b = c->poll(1s);
+    ASSERT_TRUE(b);
+    got += b->size();
+  }
+  auto commit = c->commit();
+  ASSERT_FALSE(commit) << "the commit was taken while its block guarantee was not held";
+  EXPECT_NE(commit.error().message.find("gate slots is taken"), std::string::npos) << commit.error().message;
+  auto d = describe("g");
+  ASSERT_TRUE(d.is_object() && d.contains("gate_errors")) << d.dump();
+  EXPECT_EQ(d["partitions"][0]["gate_held"], false);
+  EXPECT_NE(busd_log(bus_->name()).find("NOT held for group 'g'"), std::string::npos) << busd_log(bus_->name());
+  // A slot comes free: busd holds the group's offset within its retry (a second).
+  for (std::uint32_t i = 0; i < shm::kGateSlots; ++i)
+    if (ring.gate(i)->owner_key.load() == 1) ring.gate(i)->kind.store(static_cast<std::uint32_t>(shm::GateKind::kFree));
+  auto held = [&] {
+    const json j = describe("g");
+    return j.is_object() && j.contains("partitions") && !j["partitions"].empty() && j["partitions"][0].value("gate_held", false);
+  };
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (!held() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(20ms);
+  EXPECT_TRUE(held());
+  EXPECT_TRUE(c->commit());
+}
+
+// Finding 6: a producer held back by a group with no live member is told which group, and
+// busctl doctor names it too.
+TEST_F(Busd, AProducerHeldBackByAGroupIsToldItsNameAndDoctorReportsIt) {
+  ProducerConfig pc;
+  pc.max_block_ms = 200;
+  auto p = Producer::create(bus_->get(), pc);
+  ASSERT_NO_FATAL_FAILURE(group_consumed_and_left(bus_->get(), *p, "t"));
+  const Error e = fill_until_blocked(*p, "t");
+  ASSERT_EQ(e.code, Errc::kTimedOut) << e.message;
+  EXPECT_NE(e.message.find("group 'g'"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("no live member"), std::string::npos) << e.message;
+  auto doc = busctl({"doctor", "--bus", bus_->name()});
+  EXPECT_EQ(doc.code, 1) << doc.out << doc.err;
+  EXPECT_NE(doc.out.find("group 'g' (no live member"), std::string::npos) << doc.out;
+  EXPECT_NE(doc.out.find("producers are blocked"), std::string::npos) << doc.out;
+  EXPECT_NE(doc.out.find("busctl group delete g"), std::string::npos) << doc.out;
+}
+
+// Finding 6: group delete is refused while the group has live members; once they left it
+// deletes the offsets and releases the gate, and a blocked producer moves on.
+TEST_F(Busd, GroupDeleteIsRefusedWithLiveMembersThenReleasesTheGate) {
+  ProducerConfig pc;
+  pc.max_block_ms = 200;
+  auto p = Producer::create(bus_->get(), pc);
+  ASSERT_NO_FATAL_FAILURE(group_consumed_and_left(bus_->get(), *p, "t"));
+  {
+    auto live = Consumer::create(bus_->get());
+    ASSERT_TRUE(live->subscribe({"t"}, "g"));
+    auto refused = busctl({"group", "delete", "g", "--bus", bus_->name()});
+    EXPECT_NE(refused.code, 0);
+    EXPECT_NE(refused.err.find("not empty"), std::string::npos) << refused.err;
+    ASSERT_TRUE(live->close());
+  }
+  ASSERT_EQ(fill_until_blocked(*p, "t").code, Errc::kTimedOut);
+  auto del = busctl({"group", "delete", "g", "--bus", bus_->name()});
+  ASSERT_EQ(del.code, 0) << del.err;
+  EXPECT_TRUE(p->send("t", std::nullopt, "after")) << "the group's gate still holds the producer";
+  EXPECT_EQ(busctl({"group", "describe", "g", "--bus", bus_->name()}).code, 1) << "the group is gone";
+  EXPECT_EQ(busctl({"group", "delete", "g", "--bus", bus_->name()}).code, 1) << "a second delete finds nothing";
+  EXPECT_EQ(busctl({"group", "delete", "bad/name", "--bus", bus_->name()}).code, 2);
+}
+
+// Finding 6: the offsets of a group idle for offsets_retention expire, and its gate goes.
+TEST_F(Busd, OffsetsOfAGroupIdleForTheRetentionExpireAndReleaseItsGate) {
+  auto busd = test::spawn({SHMBUS_BUSD_PATH, "--bus", bus_->name(), "--offsets-retention", "1s"});
+  ASSERT_GT(busd.pid, 0);
+  bool up = false;
+  for (int i = 0; i < 500 && !up; ++i) {
+    up = static_cast<bool>(BusdConnection::connect(bus_->name(), 100ms, /*autostart=*/false));
+    if (!up) std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_TRUE(up) << "busd did not start with --offsets-retention";
+  ProducerConfig pc;
+  pc.max_block_ms = 200;
+  auto p = Producer::create(bus_->get(), pc);
+  ASSERT_NO_FATAL_FAILURE(group_consumed_and_left(bus_->get(), *p, "t"));
+  EXPECT_EQ(describe("g")["partitions"][0]["committed"], 10);
+  auto exists = [&] {
+    const json j = describe("g");
+    return j.is_object() && j.value("ok", false);
+  };
+  const auto deadline = std::chrono::steady_clock::now() + 20s;
+  while (exists() && std::chrono::steady_clock::now() < deadline) std::this_thread::sleep_for(50ms);
+  EXPECT_FALSE(exists()) << "the idle group's offsets did not expire";
+  auto info = (*bus_)->describe_topic("t");
+  ASSERT_TRUE(info);
+  EXPECT_EQ(info->partitions[0].gates, 0u) << "its gate was not released";
+  kill_busd(SIGTERM);
+  std::string out;
+  test::finish(busd, out);
+}
+
+// Finding 7: reset-offsets plans by default, executes on --execute, clamps to what exists,
+// per partition, by shift and by time.
+TEST_F(Busd, ResetOffsetsPlansClampsShiftsAndFindsOffsetsByTime) {
+  const std::string& b = bus_->name();
+  ASSERT_EQ(busctl({"topic", "create", "t", "--partitions", "2", "--bus", b}).code, 0);
+  ASSERT_EQ(busctl({"produce", "t", "--partition", "0", "--bus", b}, "a\nb\nc\nd\ne\n").code, 0);
+  ASSERT_EQ(busctl({"produce", "t", "--partition", "1", "--bus", b}, "x\ny\nz\n").code, 0);
+  ASSERT_EQ(busctl({"consume", "t", "--group", "g", "--count", "8", "--timeout-ms", "3000", "--bus", b}).code, 0);
+  auto committed = [&](int p) { return describe("g")["partitions"][p]["committed"]; };
+  ASSERT_EQ(committed(0), 5);
+  auto plan = busctl({"group", "reset-offsets", "g", "--topic", "t", "--to-offset", "100", "--bus", b});
+  ASSERT_EQ(plan.code, 0) << plan.err;
+  EXPECT_NE(plan.out.find("dry run"), std::string::npos) << plan.out;
+  EXPECT_NE(plan.out.find("clamped"), std::string::npos) << plan.out;
+  ASSERT_EQ(busctl({"group", "reset-offsets", "g", "--topic", "t", "--to-earliest", "--execute", "--bus", b}).code, 0);
+  EXPECT_EQ(committed(0), 0);
+  ASSERT_EQ(busctl({"group", "reset-offsets", "g", "--topic", "t", "--to-offset", "100", "--execute", "--bus", b}).code, 0);
+  EXPECT_EQ(committed(0), 5) << "past the end is clamped to the end";
+  EXPECT_EQ(committed(1), 3);
+  ASSERT_EQ(busctl({"group", "reset-offsets", "g", "--topic", "t:1", "--shift-by=-2", "--execute", "--bus", b}).code, 0);
+  EXPECT_EQ(committed(0), 5) << "only partition 1";
+  EXPECT_EQ(committed(1), 1);
+  ASSERT_EQ(busctl({"group", "reset-offsets", "g", "--topic", "t", "--shift-by=-50", "--execute", "--bus", b}).code, 0);
+  EXPECT_EQ(committed(1), 0) << "below the start is clamped to the start";
+  // By time: records stamped a second apart from 2026-01-01T00:00:00Z.
+  TopicConfig cfg;
+  cfg.partitions = 1;
+  ASSERT_TRUE((*bus_)->create_topic("ts", cfg));
+  auto p = Producer::create(bus_->get());
+  constexpr std::int64_t kBase = 1767225600ll * 1'000'000'000;
+  for (int i = 0; i < 5; ++i) {
+    const std::string v = fmt::format("{}", i);
+    Message m{std::nullopt, as_bytes(v)};
+    m.timestamp_ns = kBase + i * 1'000'000'000ll;
+    ASSERT_TRUE(p->send("ts", m));
+  }
+  auto at = [&](const std::string& when) {
+    auto r = busctl({"--json", "group", "reset-offsets", "g", "--topic", "ts", "--to-datetime", when, "--bus", b});
+    EXPECT_EQ(r.code, 0) << r.err;
+    return r.code == 0 ? json::parse(r.out)["partitions"][0]["target"] : json();
+  };
+  EXPECT_EQ(at("2026-01-01T00:00:03Z"), 3);
+  EXPECT_EQ(at("2026-01-01T00:00:02.5Z"), 3);
+  EXPECT_EQ(at("2026-01-01T01:00:02+01:00"), 2);
+  EXPECT_EQ(at("2025-12-31T00:00:00Z"), 0);
+  EXPECT_EQ(at("2026-02-01T00:00:00Z"), 5) << "after every record: the end";
+  auto dur = busctl({"--json", "group", "reset-offsets", "g", "--topic", "ts", "--by-duration", "1h", "--bus", b});
+  ASSERT_EQ(dur.code, 0) << dur.err;
+  EXPECT_EQ(json::parse(dur.out)["partitions"][0]["target"], 5);
+  // Usage errors change nothing.
+  auto old = busctl({"group", "reset-offsets", "g", "--topic", "t", "--to", "earliest", "--bus", b});
+  EXPECT_EQ(old.code, 2);
+  EXPECT_NE(old.err.find("--to-earliest"), std::string::npos) << old.err;
+  EXPECT_EQ(busctl({"group", "reset-offsets", "g", "--topic", "t", "--bus", b}).code, 2);
+  EXPECT_EQ(busctl({"group", "reset-offsets", "g", "--topic", "t", "--to-latest", "--to-earliest", "--bus", b}).code, 2);
+  EXPECT_EQ(busctl({"group", "reset-offsets", "g", "--topic", "t:9", "--to-latest", "--bus", b}).code, 2);
+  EXPECT_EQ(busctl({"group", "reset-offsets", "g", "--topic", "t", "--to-datetime", "yesterday", "--bus", b}).code, 2);
+  EXPECT_EQ(busctl({"group", "reset-offsets", "g", "--topic", "t", "--by-duration", "5 parsecs", "--bus", b}).code, 2);
+  EXPECT_EQ(committed(0), 0) << "as the last --shift-by=-50 left it";
+  EXPECT_EQ(committed(1), 0);
+}
+
+// Finding 7: --to-earliest and the offset of a time reach into a spilled topic's disk log,
+// and PartitionInfo says where the oldest readable offset is.
+TEST_F(Busd, ResetOffsetsToEarliestAndByTimeReachIntoTheDiskLogOfASpilledTopic) {
+  ASSERT_TRUE((*bus_)->create_topic("s", test::spilled_topic(1, 64 << 10)));
+  auto p = Producer::create(bus_->get());
+  constexpr std::int64_t kBase = 1767225600ll * 1'000'000'000;
+  const std::string value(100, 'v');
+  for (int i = 0; i < 4000; ++i) {
+    Message m{std::nullopt, as_bytes(value)};
+    m.timestamp_ns = kBase + i * 1'000'000ll;
+    ASSERT_TRUE(p->send("s", m));
+  }
+  ASSERT_NO_FATAL_FAILURE(wait_spilled(bus_->get(), "s"));
+  auto info = (*bus_)->describe_topic("s");
+  ASSERT_TRUE(info);
+  ASSERT_GT(info->partitions[0].start_offset, 100u) << "the ring alone no longer holds the start";
+  EXPECT_EQ(info->partitions[0].earliest_offset, 0u);
+  auto target = [&](std::vector<std::string> how) {
+    std::vector<std::string> args{"--json", "group", "reset-offsets", "g", "--topic", "s", "--bus", bus_->name()};
+    args.insert(args.end(), how.begin(), how.end());
+    auto r = busctl(args);
+    EXPECT_EQ(r.code, 0) << r.err;
+    return r.code == 0 ? json::parse(r.out)["partitions"][0]["target"] : json();
+  };
+  EXPECT_EQ(target({"--to-earliest"}), 0);
+  EXPECT_EQ(target({"--to-offset", "0"}), 0) << "offset 0 is on disk: not clamped to the ring's start";
+  EXPECT_EQ(target({"--to-datetime", "2026-01-01T00:00:00.050Z"}), 50);
+  EXPECT_EQ(target({"--to-datetime", "2026-01-01T00:00:03.999Z"}), 3999);
 }

@@ -171,8 +171,8 @@ TEST(CliDocs, ReferenceAndCompletionAreGeneratedFromTheCommandTree) {
   EXPECT_EQ(file.str(), md.out) << "docs/busctl.md is stale: regenerate it with `build/busctl help-markdown > docs/busctl.md`";
   // Every command answers --help, and the reference has an example for each leaf command.
   for (const char* cmd : {"topic create", "topic alter", "topic list", "topic describe", "topic delete", "produce", "consume", "status",
-                          "group list", "group describe", "group reset-offsets", "doctor", "bus delete", "log dump", "top",
-                          "completion"}) {
+                          "group list", "group describe", "group reset-offsets", "group delete", "doctor", "bus delete",
+                          "log dump", "top", "completion"}) {
     std::vector<std::string> args;
     std::istringstream words(cmd);
     for (std::string w; words >> w;) args.push_back(w);

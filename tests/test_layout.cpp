@@ -38,7 +38,7 @@ TEST(Layout, PartitionV4) {
   EXPECT_EQ(offsetof(RecordHeader, headers_len), 28u);
   EXPECT_EQ(offsetof(RecordHeader, value_len), 32u);
   EXPECT_EQ(offsetof(RecordHeader, flags), 36u);
-  EXPECT_EQ(kPartitionLayoutMinor, 0) << "major 4 (exclusive writers, the null-value flag): bump it for an addition";
+  EXPECT_EQ(kPartitionLayoutMinor, 1) << "minor 1: synced_end, sync_wanted (durable acks); bump it for an addition";
   EXPECT_EQ(kRecordNullValue, 1u) << "the null-value flag is in every ring: bump the version to move it";
   EXPECT_EQ(sizeof(ClaimEntry), 16u);
   EXPECT_EQ(offsetof(ClaimEntry, tag), 0u);
@@ -63,6 +63,11 @@ TEST(Layout, PartitionV4) {
   EXPECT_EQ(offsetof(PartitionConfig, reclaim_chunk), 60u);
   EXPECT_EQ(offsetof(LimitsLine, claims_offset), 0u);
   EXPECT_EQ(offsetof(LimitsLine, claim_timeout_ns), 8u);
+  EXPECT_EQ(offsetof(LimitsLine, sync_wanted), 16u);
+  EXPECT_EQ(offsetof(LimitsLine, ack_bell), 24u);
+  EXPECT_EQ(offsetof(StatsLine, spill_end), 16u);
+  EXPECT_EQ(offsetof(StatsLine, spill_state), 48u);
+  EXPECT_EQ(offsetof(StatsLine, synced_end), 56u);
   EXPECT_EQ(offsetof(NotifyLine, seq), 0u);
   EXPECT_EQ(offsetof(NotifyLine, closed), 4u);
   EXPECT_EQ(offsetof(NotifyLine, waiters), 8u);
@@ -122,7 +127,7 @@ TEST(Layout, RegistryV1) {
 
 TEST(Layout, BusdV1) {
   EXPECT_EQ(kBusdLayoutMajor, 1) << "bump the version: update this test with the new layout";
-  EXPECT_EQ(kBusdLayoutMinor, 1) << "minor 1: MemberSlot's polls and lease (in what were reserved bytes)";
+  EXPECT_EQ(kBusdLayoutMinor, 2) << "minor 1: the group name table; 2: MemberSlot's polls and lease (in reserved bytes)";
   EXPECT_EQ(sizeof(BusdControl), 64u);
   EXPECT_EQ(offsetof(BusdControl, pid), 0u);
   EXPECT_EQ(offsetof(BusdControl, member_slots), 4u);
@@ -136,4 +141,7 @@ TEST(Layout, BusdV1) {
   EXPECT_EQ(kBusdControlOffset, 128u);
   EXPECT_EQ(kMemberSlotsOffset, 192u);
   EXPECT_EQ(kMemberSlots, 256u);
+  EXPECT_EQ(kGroupNamesOffset, 16576u);
+  EXPECT_EQ(sizeof(GroupNameSlot), 256u);
+  EXPECT_EQ(offsetof(GroupNameSlot, name), 48u);
 }

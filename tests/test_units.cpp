@@ -147,6 +147,50 @@ TEST(Paths, RootUsesRunAndVarLibWithNoPrivateBases) {
   EXPECT_TRUE(p.private_bases.empty());
 }
 
+// A group-shared bus's base directory: made 02770 in the group, and refused, naming what is
+// wrong, when it is a link, open to others, of another group or of a stranger.
+TEST(Paths, SharedDirIsTheGroupsAndRefusedWhenLinkedOpenOrAnotherGroups) {
+  const std::string base = std::filesystem::temp_directory_path() / ("shmbus-shared-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(base);
+  const unsigned gid = ::getegid();
+  ASSERT_TRUE(shared_dir(base, gid));
+  struct stat st {};
+  ASSERT_EQ(::lstat(base.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 07777, 02770u);
+  EXPECT_EQ(st.st_gid, gid);
+  EXPECT_TRUE(shared_dir(base, gid)) << "an existing directory of the group is fine";
+  EXPECT_FALSE(shared_dir(base + "-absent", gid, /*create=*/false));
+
+  ASSERT_EQ(::chmod(base.c_str(), 02777), 0);
+  auto open = shared_dir(base, gid);
+  ASSERT_FALSE(open);
+  EXPECT_EQ(open.error().code, Errc::kPermission);
+  EXPECT_NE(open.error().message.find("its mode is 2777, not 2770"), std::string::npos) << open.error().message;
+  ASSERT_EQ(::chmod(base.c_str(), 02770), 0);
+
+  const std::string link = base + "-link";
+  ASSERT_EQ(::symlink(base.c_str(), link.c_str()), 0);
+  auto linked = shared_dir(link, gid);
+  ASSERT_FALSE(linked);
+  EXPECT_NE(linked.error().message.find("refusing to use " + link), std::string::npos) << linked.error().message;
+  EXPECT_NE(linked.error().message.find("it is a symbolic link"), std::string::npos) << linked.error().message;
+  ::unlink(link.c_str());
+
+  if (::geteuid() == 0) {
+    ASSERT_EQ(::chown(base.c_str(), 0, 65534), 0);
+    auto other = shared_dir(base, gid);
+    ASSERT_FALSE(other);
+    EXPECT_NE(other.error().message.find("its group is"), std::string::npos) << other.error().message;
+    ASSERT_EQ(::chown(base.c_str(), 65534, gid), 0);  // nobody: neither root nor in root's group
+    ASSERT_EQ(::chmod(base.c_str(), 02770), 0);
+    auto stranger = shared_dir(base, gid);
+    ASSERT_FALSE(stranger);
+    EXPECT_NE(stranger.error().message.find("it belongs to uid 65534, neither root nor a member"), std::string::npos)
+        << stranger.error().message;
+  }
+  std::filesystem::remove_all(base);
+}
+
 TEST(Paths, PrivateDirIsCreated0700AndRefusedWhenLinkedOpenOrSomeoneElses) {
   const std::string base = std::filesystem::temp_directory_path() / ("shmbus-units-" + std::to_string(::getpid()));
   std::filesystem::remove_all(base);

@@ -68,6 +68,9 @@ struct PartitionInfo {
   std::uint64_t disk_bytes = 0;
   std::uint64_t spill_lost = 0;         // overwrite topics: records overwritten before busd spilled them
   std::uint32_t spill_state = 0;        // 0 not spilling, 1 spilling, 2 stopped on an error
+  // The oldest offset a consumer can read: disk_start_offset for a spilled topic whose log
+  // holds records, else start_offset (what --from earliest and reset-offsets --to-earliest use).
+  std::uint64_t earliest_offset = 0;
 };
 
 struct TopicInfo {

@@ -6,6 +6,7 @@
 // exclusive (ProducerConfig::exclusive).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -17,6 +18,22 @@
 #include "shmbus/record.h"
 
 namespace shmbus {
+
+// How durable a record is when send() returns: Kafka's `acks`, for one machine. The loss
+// window of each: docs/reliability.md, "Durable acknowledgements"; their cost:
+// docs/performance.md, "Durable acknowledgements".
+enum class Acks : std::uint8_t {
+  // Committed in the partition's ring (shared memory). Survives the death of any process,
+  // but not the loss of the shared memory (reboot, busctl bus delete) before busd spilled it.
+  kMemory,
+  // busd's spiller has written it to the partition's disk log (write(2): the page cache).
+  // Survives the loss of the shared memory and a crash of busd; not a power loss or a
+  // kernel crash before the next fsync.
+  kSpilled,
+  // And fdatasync'ed: survives a power loss. busd syncs at once for a waiting producer,
+  // whatever the topic's fsync policy; one fdatasync covers every producer then waiting.
+  kFsynced,
+};
 
 struct ProducerConfig {
   std::int64_t max_block_ms = 60'000;  // block topics: how long a send waits for room
@@ -34,6 +51,13 @@ struct ProducerConfig {
   // refused until this one is destroyed or its process dies. Its claims are never timed
   // out: a stopped exclusive producer holds its partitions until it runs again or dies.
   bool exclusive = false;
+  // kSpilled and kFsynced: send() (and Reservation::commit()) return only once busd has
+  // written (and synced) the record, waiting up to ack_timeout_ms; busd is started again
+  // meanwhile if it is gone. Only for topics that spill (--spill) with retention block:
+  // the first send to another topic fails (invalid_argument, naming the topic), since there
+  // a record may be overwritten before busd spills it.
+  Acks acks = Acks::kMemory;
+  std::int64_t ack_timeout_ms = 30'000;
 };
 
 class Reservation;
@@ -51,8 +75,20 @@ class Producer {
   [[nodiscard]] Result<RecordMetadata> send(std::string_view topic, std::optional<std::string_view> key,
                                             std::string_view value) noexcept;
 
-  // Appends records to one partition with a single claim; offsets are consecutive from the
-  // returned one. The partition: the given one, else the first message's key, else sticky.
+  // Appends records, each where send() would put it. With `partition`, all go there with
+  // one claim, at consecutive offsets from the returned one. Without, a keyed record goes to
+  // its key's partition and a null key to the sticky one; records that all land on one
+  // partition (any batch of a single-partition topic) take one claim, at consecutive
+  // offsets, without allocating. Otherwise the batch is split: one claim per partition for
+  // its records in send order, partitions in the order of their first record; the returned
+  // metadata is the first record's. Everything checked before a claim (record sizes, each
+  // partition's share over half its ring, opening the partitions) fails the whole batch
+  // with nothing appended. A claim that fails later (a full block topic after max_block_ms,
+  // a deleted topic) leaves the partitions before it appended and none from it on: the
+  // error keeps that claim's code, and its message says how many of the batch's records
+  // were appended and to which partitions. No batch is atomic across partitions. With
+  // acks spilled or fsynced, it returns once every partition's records are acknowledged;
+  // an ack that times out is that error, with all the batch's records in the rings.
   [[nodiscard]] Result<RecordMetadata> send_batch(std::string_view topic, std::span<const Message> messages,
                                                   std::optional<std::uint32_t> partition = std::nullopt) noexcept;
 
@@ -63,6 +99,14 @@ class Producer {
   [[nodiscard]] Result<Reservation> reserve(std::string_view topic, std::optional<Bytes> key, std::size_t value_size,
                                             std::optional<std::uint32_t> partition = std::nullopt,
                                             std::span<const Header> headers = {}) noexcept;
+
+  // Waits until every record this producer sent is acknowledged as `acks` (default: the
+  // producer's own) says, at most `timeout`. With acks=memory every sent record already is
+  // (sends commit before they return). Useful after a send whose wait for busd timed out
+  // (its record is in the ring and may still reach the disk), and to send many records with
+  // acks=memory, then wait once for all of them with flush(t, Acks::kFsynced) (one fsync).
+  // Fails with timed_out naming the first partition still waiting and busd.
+  [[nodiscard]] Status flush(std::chrono::milliseconds timeout, std::optional<Acks> acks = std::nullopt) noexcept;
 
   struct Impl;
 
@@ -81,7 +125,8 @@ class Reservation {
   std::span<std::byte> value() const noexcept { return value_; }
   RecordMetadata metadata() const noexcept { return meta_; }
   // Publishes the record. Fails (timed_out) when it was open longer than the topic's claim
-  // timeout and consumers aborted it: the record is then never read.
+  // timeout and consumers aborted it: the record is then never read. With acks spilled or
+  // fsynced it then waits as send() does (timed_out then: published, not yet acknowledged).
   [[nodiscard]] Status commit() noexcept;
   void abort() noexcept;
 
@@ -94,7 +139,8 @@ class Reservation {
   RecordMetadata meta_{};
   bool wake_ = false;
   bool open_ = false;
-  bool* producer_open_ = nullptr;  // the producer's "a reservation is open" flag
+  Producer::Impl* producer_ = nullptr;
+  void* topic_ = nullptr;  // the producer's state of the topic (acks, flush)
 };
 
 }  // namespace shmbus

@@ -52,6 +52,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       const shm::Ring ring(seg->data());
       shm::RingReader s(ring);
       (void)s.seek(ring.start_offset() + (data[0] >> 1));
+      // What a producer waiting for a durable ack reads: never past the ring's end.
+      for (bool synced : {false, true})
+        if (auto d = ring.durable_end(synced); d && *d > ring.end_offset()) __builtin_trap();
     }
     (void)shm::Segment::remove(name);
   } else {

@@ -123,8 +123,12 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
   `socket`, `state_dir`, `groups`, `members`.
 - `group list`: array of `group`, `state`, `members`, `generation`. `group describe`:
   `state`, `generation`, `assignor`, `members` (`member_id`, `pid`, `name`, `partitions`),
-  `partitions` (`topic`, `partition`, `committed`, `end_offset`, `lag`, `member_id`).
-  `group reset-offsets`: `partitions` (`topic`, `partition`, `committed`).
+  `partitions` (`topic`, `partition`, `committed`, `end_offset`, `lag`, `member_id`,
+  `gate_held`: false when busd cannot hold the group's offset in a block topic), and when
+  there are some `gate_errors`, and `empty_for_ms` for a group with no live member.
+  `group reset-offsets`: `group`, `executed` (false for the plan of a dry run), `partitions`
+  (`topic`, `partition`, `current` (null: none), `target`, `earliest`, `end`, `clamped`),
+  `gate_errors` when busd could not hold the new offsets. `group delete`: `group`.
 - `top`: `bus`, `interval_ms`, `busd` (as `status`, or `running: false` and `problem`),
   `topics` (as `topic describe`, plus `produce_rate` per topic and per partition,
   records/s, and `fill_pct` per partition), `groups` (`group`, `state`, `generation`,

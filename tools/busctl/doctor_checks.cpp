@@ -79,6 +79,8 @@ bool remove_file(const std::string& f) { return static_cast<bool>(Segment::remov
 struct Doctor {
   bool fix;
   std::vector<Finding> out;
+  std::optional<Segment> busd_seg;       // of the bus being checked, for the group name table
+  const GroupNameSlot* names = nullptr;
 
   void add(std::string sev, const std::string& bus, const std::string& file, std::string problem, std::string what_fix,
            bool (*do_fix)(const std::string&) = nullptr) {
@@ -141,6 +143,12 @@ void Doctor::check_bus(const std::string& bus, const std::vector<std::string>& f
     return;
   }
   bool half_done = false;
+  names = nullptr;
+  busd_seg.reset();
+  if (auto bs = Segment::open(bus_segment_prefix(bus) + "busd", shm::SegmentKind::kBusd, kBusdLayoutMajor, false); bs) {
+    busd_seg = std::move(*bs);
+    if (busd_seg->size() >= kBusdSegmentSize) names = busd_seg->at<const GroupNameSlot>(kGroupNamesOffset);
+  }
   check_topics(bus, reg, *seg, owned, half_done);
   // 3. Files no topic owns (a crash in the middle of a delete, or a stale bus's leftovers).
   for (const auto& f : live_files)
@@ -244,6 +252,7 @@ void Doctor::check_partition(const std::string& bus, const std::string& topic, s
                "release them", fix};
     out.push_back(fd);
   }
+  for (auto& f : group_gate_findings(bus, topic, p, Segment::path_of(part), ring, names)) out.push_back(std::move(f));
 }
 
 void Doctor::check_room() {
@@ -267,7 +276,7 @@ std::vector<Finding> run_doctor(const std::optional<std::string>& only_bus, bool
     if (only_bus && bus != *only_bus) continue;
     by_bus[bus].push_back(f);
   }
-  Doctor d{fix, {}};
+  Doctor d{fix, {}, std::nullopt, nullptr};
   for (auto& [bus, files] : by_bus) d.check_bus(bus, files);
   d.check_room();
   return d.out;

@@ -67,10 +67,10 @@ Status Daemon::start() {
   if (auto ok = join_unix_group(); !ok) return ok;
   const unsigned dir_mode = gid_ ? 0770 : 0700;
   if (auto ok = secure_bases(paths_); !ok) return ok;  // the offset store and spiller's too
-  if (auto ok = make_dirs(paths_.runtime_dir, dir_mode); !ok) return ok;
+  if (auto ok = make_dirs(paths_.runtime_dir, dir_mode, gid_); !ok) return ok;
   if (auto ok = take_lock(); !ok) return ok;
 
-  auto store = OffsetStore::open(paths_.state_dir);
+  auto store = OffsetStore::open(paths_.state_dir, gid_);
   if (!store) return tl::unexpected(store.error());
   offsets_ = std::move(*store);
   if (offsets_.skipped_lines())
@@ -89,19 +89,28 @@ Status Daemon::start() {
 }
 
 Status Daemon::join_unix_group() {
+  // The bus's group, from its registry, whoever started us: every member finds us then.
+  gid_ = paths_.gid;
   if (!opts_.group) return {};
   struct group gr{}, *res = nullptr;
   std::vector<char> buf(16384);
   if (::getgrnam_r(opts_.group->c_str(), &gr, buf.data(), buf.size(), &res) != 0 || !res)
     return make_error(Errc::kInvalidArgument, fmt::format("no such Unix group '{}'", *opts_.group));
-  gid_ = gr.gr_gid;
+  if (gid_ != static_cast<unsigned>(gr.gr_gid))
+    return make_error(Errc::kInvalidArgument,
+                      fmt::format("bus '{}' is {}, not with Unix group '{}' ({}): --group only chooses the group of a bus "
+                                  "that busd creates",
+                                  bus_->name(), gid_ ? fmt::format("shared with gid {}", *gid_) : "owner-only",
+                                  *opts_.group, gr.gr_gid));
   return {};
 }
 
 Status Daemon::take_lock() {
   // One busd per bus: an exclusive flock that the kernel drops when we die.
-  lock_fd_ = ::open(paths_.lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  // A shared bus's lock is the group's: a busd any member starts must find ours.
+  lock_fd_ = ::open(paths_.lock.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, gid_ ? 0660 : 0600);
   if (lock_fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot open {}: {}", paths_.lock, std::strerror(errno)));
+  if (gid_) share_with_group(lock_fd_, *gid_);
   if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
     char buf[32] = {};
     (void)!::pread(lock_fd_, buf, sizeof buf - 1, 0);
@@ -142,10 +151,14 @@ Status Daemon::create_segment() {
     c->member_slots = kMemberSlots;
     c->started_ns = started_ns_;
     for (std::uint32_t i = 0; i < kMemberSlots; ++i) new (base + kMemberSlotsOffset + i * sizeof(MemberSlot)) MemberSlot{};
+    for (std::uint32_t i = 0; i < kGroupNameSlots; ++i)
+      new (base + kGroupNamesOffset + i * sizeof(GroupNameSlot)) GroupNameSlot{};
   });
   if (!seg) return tl::unexpected(seg.error());
   seg_ = std::move(*seg);
   slots_ = seg_.at<MemberSlot>(kMemberSlotsOffset);
+  names_ = seg_.at<GroupNameSlot>(kGroupNamesOffset);
+  publish_known_groups();
   return {};
 }
 
@@ -240,7 +253,8 @@ void Daemon::accept_clients() {
     }
     // The socket's mode already keeps others out; SO_PEERCRED is the second lock, for a
     // socket file whose mode someone widened.
-    const bool allowed = cred.uid == ::geteuid() || cred.uid == 0 || (gid_ && cred.gid == *gid_);
+    const bool allowed = cred.uid == ::geteuid() || cred.uid == 0 ||
+                         (gid_ && (cred.gid == *gid_ || uid_in_group(cred.uid, *gid_)));
     if (!allowed) {
       std::string out;
       proto::encode(json{{"error", "permission"},
@@ -382,6 +396,7 @@ void Daemon::handle(Conn& c, const json& req) {
   if (*op == "group_list") return op_group_list(c, req);
   if (*op == "group_describe") return op_group_describe(c, req);
   if (*op == "reset_offsets") return op_reset_offsets(c, req);
+  if (*op == "group_delete") return op_group_delete(c, req);
   reply_error(c, req, Errc::kInvalidArgument, fmt::format("unknown operation '{}'", *op));
 }
 
@@ -398,6 +413,8 @@ void Daemon::tick() {
     for (const auto& [group, tp] : dirty_gates_) update_gate(group, tp);
     dirty_gates_.clear();
   }
+  retry_failed_gates();
+  expire_idle_groups();
   const std::uint64_t now = shm::monotonic_ns();
   if (grace_until_ns_ && now >= grace_until_ns_) {
     grace_until_ns_ = 0;

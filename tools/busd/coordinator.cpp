@@ -4,6 +4,7 @@
 #include <charconv>
 #include <set>
 
+#include "bus/gate_names.h"
 #include "bus/group_client.h"
 #include "bus/names.h"
 #include "bus/topic.h"
@@ -91,6 +92,7 @@ void Daemon::remove_member(Group& g, const std::string& id, const std::string& w
   log(fmt::format("group '{}': member {} (pid {}) left: {}", g.name, id, it->second.pid, why));
   const bool had_slot = !it->second.absent();  // an absent one's slot was freed when it went
   g.members.erase(it);
+  group_changed(g);
   if (had_slot) slots_[slot].pid.store(0, std::memory_order_release);
   auto c = conns_.find(fd);
   if (c != conns_.end()) c->second.member_id.clear();
@@ -111,7 +113,7 @@ void Daemon::update_gate(const std::string& group, const TopicPartition& tp) {
   if (!lock) return;
   shm::RingReader reader(ring);
   if (reader.seek(*committed) == shm::ReadStatus::kLapped) reader.seek_earliest();
-  (void)shm::hold_durable_gate(ring, *lock, std::hash<std::string>{}(group), reader);
+  note_gate(group, tp, shm::hold_durable_gate(ring, *lock, group_gate_key(group), reader) != nullptr);
 }
 
 void Daemon::op_join(Conn& c, const json& req) {
@@ -167,6 +169,7 @@ void Daemon::op_join(Conn& c, const json& req) {
         m.owned.push_back({tp[0].get<std::string>(), tp[1].get<std::uint32_t>()});
   if (*returning) m.owned = **returning;  // a static member back within its session timeout
   g.members[id] = m;
+  group_changed(g);
   c.group = group;
   c.member_id = id;
   if (returning_.erase(c.pid) && returning_.empty()) grace_until_ns_ = 0;  // all are back
@@ -229,6 +232,8 @@ void Daemon::store_offsets(Conn& c, const json& req, const std::string& group,
     if (auto ok = offsets_.flush(); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
     for (const auto& [grp, tp] : dirty_gates_) update_gate(grp, tp);
     dirty_gates_.clear();
+    for (const auto& [tp, off] : todo)
+      if (auto why = gate_error(group, tp)) return reply_error(c, req, Errc::kTooManyClients, *why);
   }
   reply(c, req, json{{"ok", true}});
 }
@@ -271,6 +276,7 @@ json Daemon::describe_group(const std::string& name) {
       out["partitions"].push_back(row);
     }
   }
+  annotate_gates(out);
   return out;
 }
 
@@ -335,33 +341,6 @@ void Daemon::op_group_describe(Conn& c, const json& req) {
   json d = describe_group(group);
   d["ok"] = true;
   return reply(c, req, d);
-}
-
-void Daemon::op_reset_offsets(Conn& c, const json& req) {
-  const std::string group = req.value("group", ""), topic = req.value("topic", "");
-  if (auto ok = validate_name("group", group); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
-  auto g = groups_.find(group);
-  if (g != groups_.end() && !g->second.members.empty())
-    return reply_error(c, req, Errc::kInvalidArgument,
-                       fmt::format("group '{}' has {} live members: stop them before resetting its offsets", group,
-                                   g->second.members.size()));
-  auto t = bus_->topic(topic);
-  if (!t) return reply_error(c, req, t.error().code, t.error().message);
-  const std::string to = req.value("to", "");
-  json result = json::array();
-  for (std::uint32_t p = 0; p < (*t)->partitions(); ++p) {
-    const shm::Ring& ring = (*t)->ring(p);
-    std::uint64_t off = 0;
-    if (to == "earliest") off = ring.start_offset();
-    else if (to == "latest") off = ring.end_offset();
-    else if (auto [ptr, ec] = std::from_chars(to.data(), to.data() + to.size(), off); to.empty() || ec != std::errc() || ptr != to.data() + to.size())
-      return reply_error(c, req, Errc::kInvalidArgument, fmt::format("--to '{}': use earliest, latest or an offset", to));
-    offsets_.put({group, topic, p}, off);
-    update_gate(group, {topic, p});
-    result.push_back({{"topic", topic}, {"partition", p}, {"committed", off}});
-  }
-  (void)offsets_.flush();
-  return reply(c, req, json{{"ok", true}, {"partitions", result}});
 }
 
 }  // namespace shmbus::daemon

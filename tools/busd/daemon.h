@@ -130,6 +130,18 @@ class Daemon {
   void op_reset_offsets(Conn& c, const json& req);
   json describe_group(const std::string& name);
 
+  // Groups' lifetime and who their gates are (group_admin.cpp).
+  void group_changed(const Group& g);  // a member joined or left: the name table, the idle clock
+  void publish_group(const std::string& name);
+  void publish_known_groups();
+  void note_gate(const std::string& group, const TopicPartition& tp, bool held);
+  std::optional<std::string> gate_error(const std::string& group, const TopicPartition& tp) const;
+  void annotate_gates(json& described);
+  void retry_failed_gates();
+  void forget_group(const std::string& name, const std::string& why);
+  void expire_idle_groups();
+  void op_group_delete(Conn& c, const json& req);
+
   BusdOptions opts_;
   BusPaths paths_;
   int lock_fd_ = -1, listen_fd_ = -1, epoll_fd_ = -1, timer_fd_ = -1, signal_fd_ = -1;
@@ -147,6 +159,9 @@ class Daemon {
   std::uint64_t grace_until_ns_ = 0;
   std::set<std::int32_t> returning_;  // pids of the previous busd's live members
   std::set<std::pair<std::string, TopicPartition>> dirty_gates_;  // move after the next flush
+  GroupNameSlot* names_ = nullptr;  // in seg_: who each group's durable gates are
+  std::map<std::string, std::int64_t> empty_since_ns_;  // CLOCK_REALTIME; groups with no member
+  std::map<std::pair<std::string, TopicPartition>, std::string> gate_failures_;  // gates not held, why
   std::unique_ptr<Spiller> spiller_;  // declared last: stopped first
 };
 

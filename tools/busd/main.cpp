@@ -5,6 +5,7 @@
 
 #include "tools/busd/busd.h"
 #include "tools/manpage.h"
+#include "tools/time_text.h"
 
 namespace {
 
@@ -26,6 +27,8 @@ std::string manual(const CLI::App& app) {
       ".SH FILES\n"
       ".TP\n.I /run/shmbus/BUS, /var/lib/shmbus/BUS\nroot's socket, lock and log; committed offsets and spilled logs\n"
       ".TP\n.I $XDG_RUNTIME_DIR/shmbus/BUS or /tmp/shmbus\\-UID/BUS\nanother user's socket, lock and log\n"
+      ".TP\n.I /tmp/shmbus\\-gGID/BUS, /var/tmp/shmbus\\-gGID/BUS\nfor a bus shared with a Unix group, everyone's (root's "
+      "too): socket, lock and log; committed offsets and spilled logs\n"
       ".TP\n.I $XDG_STATE_HOME/shmbus/BUS, ~/.local/state/shmbus/BUS or /var/tmp/shmbus\\-UID/BUS\n"
       "another user's committed offsets and spilled logs\n"
       ".SH ENVIRONMENT\n"
@@ -45,8 +48,12 @@ int main(int argc, char** argv) {
   std::string group;
   bool foreground = false;
   app.add_option("--bus", o.bus, "bus name (default: $SHMBUS_BUS or 'default')");
-  app.add_option("--group", group, "share the bus with this Unix group (mode 0660)");
+  app.add_option("--group", group, "share a bus busd creates with this Unix group (mode 0660); an existing bus must be that group's");
   app.add_option("--rebalance-timeout-ms", o.rebalance_timeout_ms, "evict a member that keeps revoked partitions longer");
+  std::string retention;
+  app.add_option("--offsets-retention", retention,
+                 "committed offsets of a group with no live member expire this long after it became empty "
+                 "(default 7d; e.g. 12h, 30m, P7D)");
   app.add_flag("--foreground", foreground, "accepted for systemd units; busd never daemonizes itself");
   app.add_flag("--quiet", o.quiet, "log nothing");
   bool help_man = false;
@@ -57,6 +64,14 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (!group.empty()) o.group = group;
+  if (!retention.empty()) {
+    auto ns = shmbus::timetext::parse_duration_ns(retention);
+    if (!ns || *ns < 1'000'000) {
+      std::cerr << "busd: --offsets-retention: " << (ns ? "at least 1ms" : ns.error().message) << "\n";
+      return 2;
+    }
+    o.offsets_retention_ms = *ns / 1'000'000;
+  }
   if (auto ok = shmbus::run_busd(o); !ok) {
     std::cerr << "busd: " << ok.error().message << "\n";
     return ok.error().code == shmbus::Errc::kInvalidArgument ? 2 : 1;

@@ -46,12 +46,13 @@ OffsetStore::~OffsetStore() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-Result<OffsetStore> OffsetStore::open(const std::string& dir) {
-  if (auto ok = make_dirs(dir, 0700); !ok) return tl::unexpected(ok.error());
+Result<OffsetStore> OffsetStore::open(const std::string& dir, std::optional<unsigned> gid) {
+  if (auto ok = make_dirs(dir, gid ? 0770 : 0700, gid); !ok) return tl::unexpected(ok.error());
   OffsetStore s;
   s.path_ = dir + "/offsets.log";
-  s.fd_ = ::open(s.path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  s.fd_ = ::open(s.path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, gid ? 0660 : 0600);
   if (s.fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot open {}: {}", s.path_, std::strerror(errno)));
+  if (gid) share_with_group(s.fd_, *gid);
   std::string data;
   char buf[65536];
   for (;;) {
@@ -101,10 +102,12 @@ void OffsetStore::put(const OffsetKey& k, std::uint64_t offset) {
 }
 
 void OffsetStore::erase_group_topic(const std::string& group, const std::string& topic) {
-  for (auto it = offsets_.begin(); it != offsets_.end();) {
-    if (it->first.group == group && it->first.topic == topic) it = offsets_.erase(it);
-    else ++it;
-  }
+  std::erase_if(offsets_, [&](const auto& kv) { return kv.first.group == group && kv.first.topic == topic; });
+  (void)compact();
+}
+
+void OffsetStore::erase_group(const std::string& group) {
+  std::erase_if(offsets_, [&](const auto& kv) { return kv.first.group == group; });
   (void)compact();
 }
 

@@ -25,7 +25,9 @@ struct OffsetKey {
 class OffsetStore {
  public:
   // Loads `dir`/offsets.log (creating the directory). `skipped` counts bad lines.
-  static Result<OffsetStore> open(const std::string& dir);
+  // With `gid` (a bus shared with a Unix group): the directory and file are the group's,
+  // so that a busd of another member continues them.
+  static Result<OffsetStore> open(const std::string& dir, std::optional<unsigned> gid = std::nullopt);
   OffsetStore() = default;
   OffsetStore(OffsetStore&&) noexcept;
   OffsetStore& operator=(OffsetStore&&) noexcept;
@@ -36,6 +38,7 @@ class OffsetStore {
   // Appends (buffered); flush() writes and fdatasyncs.
   void put(const OffsetKey& k, std::uint64_t offset);
   void erase_group_topic(const std::string& group, const std::string& topic);
+  void erase_group(const std::string& group);  // every offset of it, compacted to disk at once
   Status flush();
   std::uint64_t skipped_lines() const { return skipped_; }
   const std::string& path() const { return path_; }

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <map>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <concurrentqueue/blockingconcurrentqueue.h>
@@ -15,6 +16,7 @@
 #include "bus/disk_log.h"
 #include "tools/busd/log_writer.h"
 #include "bus/topic.h"
+#include "shm/futex.h"
 #include "shm/process.h"
 #include "shm/ring.h"
 
@@ -42,6 +44,7 @@ struct Part {
   // Tailer only:
   shm::RingReader reader;
   std::uint64_t empty_looks = 0;
+  std::uint64_t sync_asked = 0;     // the sync_wanted the writer was last nudged for
 };
 
 struct Chunk {
@@ -52,7 +55,8 @@ struct Chunk {
 };
 
 struct Msg {
-  enum Kind { kOpen, kData, kClose, kStop, kConfig } kind = kData;
+  // kSync: a producer waits for an fdatasync (acks=fsynced); the writer wakes and syncs.
+  enum Kind { kOpen, kData, kClose, kStop, kConfig, kSync } kind = kData;
   std::shared_ptr<Part> part;
   std::unique_ptr<disklog::LogWriter> writer;
   std::unique_ptr<Chunk> chunk;
@@ -85,18 +89,33 @@ struct Spiller::Impl {
   void tail_loop() {
     std::uint64_t last_scan = 0;
     std::vector<std::byte> stage;
+    std::vector<shm::FutexWaitItem> bells;
     while (!stopping.load(std::memory_order_acquire)) {
       const std::uint64_t now = shm::monotonic_ns();
       if (now - last_scan >= 200'000'000) {
         scan_topics();
         last_scan = now;
       }
+      // The ack bells, read before the rings: a producer that rings after this wakes the wait below.
+      bells.clear();
+      for (auto& [key, p] : parts)
+        if (!p->failed.load(std::memory_order_relaxed))
+          bells.push_back({&p->ring.ctl()->limits.ack_bell, p->ring.ctl()->limits.ack_bell.load(std::memory_order_seq_cst)});
       bool busy = false;
       for (auto& [key, p] : parts)
-        if (!p->failed.load(std::memory_order_relaxed)) busy |= pump(p, stage);
-      // Idle: look again soon. Never registered as a sleeper on the ring: that would make
-      // every producer's claim pay for a futex wake.
-      if (!busy) std::this_thread::sleep_for(std::chrono::microseconds(500));
+        if (!p->failed.load(std::memory_order_relaxed)) {
+          busy |= pump(p, stage);
+          nudge_sync(p);
+        }
+      // Idle: look again in 500 µs, or at once when a producer waiting for a durable ack
+      // rings a partition's bell (futex_waitv: up to 128 partitions; beyond, only the first
+      // one's bell is heard). Never registered as a sleeper on the ring itself: that would
+      // make every producer's claim pay for a futex wake; only producers that wait for the
+      // disk ring the bell.
+      if (!busy) {
+        if (bells.empty()) std::this_thread::sleep_for(std::chrono::microseconds(500));
+        else (void)shm::futex_wait_any(bells, 500'000);
+      }
     }
   }
 
@@ -204,6 +223,16 @@ struct Spiller::Impl {
     set_state(*part, shm::SpillState::kRunning);
     work.enqueue(Msg{Msg::kOpen, part, std::make_unique<disklog::LogWriter>(std::move(*w)), nullptr, {}});
     return part;
+  }
+
+  // A producer with acks=fsynced raised sync_wanted: wake the writer, which syncs whatever
+  // the topic's fsync policy (the records themselves reach it through pump()).
+  void nudge_sync(const std::shared_ptr<Part>& part) {
+    Part& p = *part;
+    const std::uint64_t wanted = p.ring.ctl()->limits.sync_wanted.load(std::memory_order_acquire);
+    if (wanted <= p.sync_asked || wanted <= p.ring.ctl()->stats.synced_end.load(std::memory_order_acquire)) return;
+    p.sync_asked = wanted;
+    work.enqueue(Msg{Msg::kSync, part, nullptr, nullptr, {}});
   }
 
   // The spiller's durable gate at the reader's position: the one created with the topic,
@@ -349,7 +378,10 @@ struct Spiller::Impl {
           stop = true;
         } else if (m.kind == Msg::kOpen) {
           const std::uint64_t now = shm::monotonic_ns();
-          open[m.part.get()] = Open{m.part, std::move(m.writer), now, now};
+          Open& o = open[m.part.get()] = Open{m.part, std::move(m.writer), now, now};
+          open_synced(o);
+        } else if (m.kind == Msg::kSync) {
+          // Nothing to do here: publish() below syncs while a producer wants it.
         } else if (m.kind == Msg::kConfig) {
           if (auto it = open.find(m.part.get()); it != open.end()) {
             it->second.part->config = m.config;
@@ -378,6 +410,30 @@ struct Spiller::Impl {
     }
   }
 
+  // What an earlier busd wrote may not have been synced: sync it once, so that synced_end
+  // can start at the log's end (producers with acks=fsynced wait on it).
+  void open_synced(Open& o) {
+    Part& part = *o.part;
+    const std::uint64_t end = part.ring.ctl()->stats.spill_end.load(std::memory_order_acquire);
+    if (auto ok = o.log->sync(); !ok) {
+      log(fmt::format("spill {}-{}: {}; not acknowledging fsynced records until a sync succeeds", part.topic, part.partition,
+                      ok.error().message));
+      o.dirty = true;
+      return;
+    }
+    o.next_offset = end;
+    publish_end(part.ring, true, end);
+  }
+
+  // Stores a durable offset and wakes the producers waiting on it (acks=spilled / fsynced):
+  // a futex wake per publish, which comes at most once per chunk or writer round.
+  static void publish_end(const shm::Ring& ring, bool synced, std::uint64_t value) {
+    auto& end = synced ? ring.ctl()->stats.synced_end : ring.ctl()->stats.spill_end;
+    if (end.load(std::memory_order_relaxed) == value) return;
+    end.store(value, std::memory_order_release);
+    shm::futex_wake_all(ring.durable_word(synced));
+  }
+
   void append(Open& o, const Chunk& c) {
     Part& part = *o.part;
     if (part.failed.load(std::memory_order_relaxed)) return;
@@ -402,7 +458,12 @@ struct Spiller::Impl {
   void publish(Open& o, std::uint64_t now, bool final) {
     Part& part = *o.part;
     const auto& cfg = part.config;
-    const bool due = cfg.fsync == FsyncPolicy::kAlways ||
+    auto& stats = part.ring.ctl()->stats;
+    // A producer with acks=fsynced waits: sync now, whatever the policy (one fdatasync covers
+    // every producer waiting on this partition: group commit).
+    const bool wanted = part.ring.ctl()->limits.sync_wanted.load(std::memory_order_acquire) >
+                        stats.synced_end.load(std::memory_order_relaxed);
+    const bool due = cfg.fsync == FsyncPolicy::kAlways || wanted ||
                      (cfg.fsync == FsyncPolicy::kInterval && now - o.last_sync >= std::uint64_t{cfg.fsync_interval_ms} * 1'000'000) ||
                      (final && cfg.fsync != FsyncPolicy::kNever);
     if (o.dirty && due && !part.failed.load(std::memory_order_relaxed)) {
@@ -417,15 +478,19 @@ struct Spiller::Impl {
       o.last_sync = now;
       o.dirty = false;
     }
-    if (!o.pending || part.failed.load(std::memory_order_relaxed)) return;
-    o.pending = false;
-    auto& stats = part.ring.ctl()->stats;
+    if (part.failed.load(std::memory_order_relaxed)) return;
+    // Everything appended so far is synced: producers with acks=fsynced may go (published
+    // after spill_end, so that synced_end is never ahead of it).
+    const bool synced = !o.dirty && o.next_offset > stats.synced_end.load(std::memory_order_relaxed);
+    const bool pending = std::exchange(o.pending, false);
+    if (!pending && !synced) return;
     if (o.lost) stats.spill_lost.fetch_add(o.lost, std::memory_order_relaxed);
     o.lost = 0;
     stats.spill_bytes.store(o.log->bytes(), std::memory_order_relaxed);
     if (auto s = o.log->start_offset()) stats.spill_start.store(*s, std::memory_order_relaxed);
-    stats.spill_end.store(o.next_offset, std::memory_order_release);
-    if (part.gate) part.gate->position.store(o.end_position, std::memory_order_release);
+    publish_end(part.ring, false, o.next_offset);
+    if (synced) publish_end(part.ring, true, o.next_offset);
+    if (part.gate && pending) part.gate->position.store(o.end_position, std::memory_order_release);
     if (cfg.retention_bytes && o.log->bytes() > cfg.retention_bytes) retention(o, now);
   }
 
