@@ -7,9 +7,14 @@
 //   16576   GroupNameSlot[kGroupNameSlots], 256 B each (minor 1): who a durable gate is
 //
 // busd bumps a member's `notice` (and futex-wakes it) whenever it queues a message for that
-// member on its socket; the member compares it with the last value it saw. The member
-// stores `heartbeat_ns` (CLOCK_MONOTONIC) from its poll loop; busd evicts a member whose
-// heartbeat is older than its session timeout.
+// member on its socket; the member compares it with the last value it saw. busd hands a slot
+// out with a new `lease` (join's reply says which); the member stores into the slot only
+// while the lease is still its own. The member's heartbeat thread stores `heartbeat_ns`
+// (CLOCK_MONOTONIC) every heartbeat interval; busd evicts a member whose heartbeat is older
+// than its session timeout. poll() stores its count of calls in `polls`; busd removes a
+// member whose count has not moved for its max poll interval.
+//
+//   MemberSlot: 0 notice | 4 pid | 8 heartbeat_ns | 16 polls | 24 lease | 28 reserved
 //
 // Durable gates in a partition (shm/ring_layout.h GateSlot) carry only a key, the hash of
 // their group's name. busd publishes each group it keeps offsets for in a GroupNameSlot, so
@@ -24,7 +29,10 @@
 namespace shmbus {
 
 inline constexpr std::uint16_t kBusdLayoutMajor = 1;
-inline constexpr std::uint16_t kBusdLayoutMinor = 1;  // 1: the group name table
+// Minor 1: the group name table. Minor 2: MemberSlot's `polls` and `lease`, in what were
+// reserved bytes: a busd of an older minor ignores them, and busd checks `polls` only for
+// members that said their max poll interval.
+inline constexpr std::uint16_t kBusdLayoutMinor = 2;
 inline constexpr std::uint32_t kMemberSlots = 256;
 
 struct alignas(64) BusdControl {
@@ -38,11 +46,16 @@ static_assert(sizeof(BusdControl) == 64, "bump kBusdLayoutMajor");
 struct alignas(64) MemberSlot {
   std::atomic<std::uint32_t> notice;         // futex word, bumped by busd
   std::atomic<std::int32_t> pid;             // 0: free
-  std::atomic<std::uint64_t> heartbeat_ns;   // stored by the member
-  std::uint8_t reserved[48];
+  std::atomic<std::uint64_t> heartbeat_ns;   // stored by the member's heartbeat thread
+  std::atomic<std::uint64_t> polls;          // stored by the member's poll()
+  std::atomic<std::uint32_t> lease;          // bumped by busd each time it hands the slot out
+  std::uint8_t reserved[36];
 };
 static_assert(sizeof(MemberSlot) == 64, "one member per cache line: bump kBusdLayoutMajor");
 static_assert(offsetof(MemberSlot, heartbeat_ns) == 8, "bump kBusdLayoutMajor");
+static_assert(offsetof(MemberSlot, polls) == 16 && offsetof(MemberSlot, lease) == 24, "bump kBusdLayoutMajor");
+static_assert(std::atomic<std::uint64_t>::is_always_lock_free && std::atomic<std::uint32_t>::is_always_lock_free,
+              "shared between processes: must be lock-free");
 
 inline constexpr std::uint32_t kGroupNameSlots = 256;
 inline constexpr std::uint32_t kGroupNamePids = 4;

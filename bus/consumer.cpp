@@ -131,6 +131,12 @@ Consumer::~Consumer() {
 Result<Consumer> Consumer::create(std::shared_ptr<Bus> bus, ConsumerConfig config) {
   if (!bus) return make_error(Errc::kInvalidArgument, "consumer needs a bus");
   if (config.max_poll_records == 0) return make_error(Errc::kInvalidArgument, "max_poll_records must be at least 1");
+  if (config.heartbeat_interval.count() <= 0 || config.heartbeat_interval >= config.session_timeout)
+    return make_error(Errc::kInvalidArgument,
+                      fmt::format("heartbeat_interval ({} ms) must be above 0 and below session_timeout ({} ms)",
+                                  config.heartbeat_interval.count(), config.session_timeout.count()));
+  if (config.max_poll_interval.count() <= 0)
+    return make_error(Errc::kInvalidArgument, fmt::format("max_poll_interval ({} ms) must be above 0", config.max_poll_interval.count()));
   if (auto ok = stats::check("ConsumerConfig", config.statistics_interval, config.statistics_cb); !ok)
     return tl::unexpected(ok.error());
   auto impl = std::make_unique<Impl>();
@@ -144,9 +150,12 @@ Result<Consumer> Consumer::create(std::shared_ptr<Bus> bus, ConsumerConfig confi
 
 Status Consumer::assign(const std::vector<TopicPartition>& partitions) {
   if (impl_->group) return make_error(Errc::kInvalidArgument, "this consumer is subscribed to a group: assign() and subscribe() do not mix");
+  auto starts = impl_->simple_starts(partitions);
+  if (!starts) return tl::unexpected(starts.error());
   std::vector<Assigned> next;
-  for (const auto& tp : partitions) {
-    auto a = impl_->make_assigned(tp, std::nullopt);
+  for (std::size_t i = 0; i < partitions.size(); ++i) {
+    const TopicPartition& tp = partitions[i];
+    auto a = impl_->make_assigned(tp, (*starts)[i]);
     if (!a) return tl::unexpected(a.error());
     next.push_back(std::move(*a));
   }
@@ -260,7 +269,9 @@ Result<std::span<const ConsumedRecord>> Consumer::poll(std::chrono::nanoseconds 
       if (im.stats) [[unlikely]] im.stats->received(im.batch);
       return std::span<const ConsumedRecord>(im.batch);
     }
-    if (limit <= 0 || im.assigned.empty()) {
+    // A group member with nothing assigned waits on its notice word instead (in block()),
+    // so that what busd sends it meanwhile is taken within the poll.
+    if (limit <= 0 || (im.assigned.empty() && !im.group)) {
       if (im.assigned.empty() && limit > 0) std::this_thread::sleep_for(timeout);
       im.batch.clear();
       return std::span<const ConsumedRecord>(im.batch);
@@ -276,6 +287,10 @@ Result<std::span<const ConsumedRecord>> Consumer::poll(std::chrono::nanoseconds 
     if (elapsed >= limit) {
       im.batch.clear();
       return std::span<const ConsumedRecord>(im.batch);
+    }
+    if (im.assigned.empty()) {
+      im.block(limit - elapsed);
+      continue;
     }
     switch (im.config.wait) {
       case WaitStrategy::kSpin: cpu_relax(); break;

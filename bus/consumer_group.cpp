@@ -29,6 +29,8 @@ proto::json Consumer::Impl::join_request(bool with_owned) const {
                      {"topics", group->topics},
                      {"assignor", config.assignor},
                      {"session_timeout_ms", config.session_timeout.count()},
+                     {"max_poll_interval_ms", config.max_poll_interval.count()},
+                     {"group_instance_id", config.group_instance_id},
                      {"name", client_name()},
                      {"member_id", group->member_id},
                      {"owned", owned}};
@@ -52,74 +54,112 @@ Status Consumer::Impl::join(bool with_owned) {
   if (!seg) return tl::unexpected(seg.error());
   const std::uint32_t slot = (*r).value("slot", 0u);
   if (slot >= kMemberSlots) return make_error(Errc::kBadSegment, "busd gave a member slot out of range");
+  // The heartbeat thread moves to the new slot before the old segment is unmapped.
+  MemberSlot* s = seg->at<MemberSlot>(kMemberSlotsOffset) + slot;
+  group->lease = (*r).value("lease", 0u);
+  group->heartbeat.set(s, group->lease, config.heartbeat_interval);
   group->segment = std::move(*seg);
-  group->slot = group->segment.at<MemberSlot>(kMemberSlotsOffset) + slot;
+  group->slot = s;
   group->seen_notice = group->slot->notice.load(std::memory_order_acquire);
   group->member_id = (*r).value("member_id", "");
   // The generation of this busd (one that restarted counts from 0 again): commits of the
   // partitions it let us keep are accepted in it until its next assignment.
   group->generation = (*r).value("generation", std::uint64_t{0});
   group->conn = std::move(*conn);
+  ++conn_serial;
   if (with_owned && r->contains("owned")) {
     // What busd did not let us keep is someone else's now: stop with it at once.
     const auto kept = parse_tps((*r)["owned"]);
     std::vector<TopicPartition> gone;
     for (const auto& a : assigned)
       if (std::find(kept.begin(), kept.end(), a.tp) == kept.end()) gone.push_back(a.tp);
-    if (!gone.empty() && config.on_revoked) config.on_revoked(gone);
-    for (const auto& tp : gone) drop(tp);
+    on_lose(gone);
   }
-  group->last_heartbeat = group->last_check = group->last_reconnect = shm::monotonic_ns();
-  group->slot->heartbeat_ns.store(group->last_heartbeat, std::memory_order_relaxed);
+  group->left_why.clear();
+  // The auto-commit timer starts at the join, as Kafka's does.
+  group->last_check = group->last_reconnect = group->last_commit = shm::monotonic_ns();
   return {};
 }
 
-Status Consumer::Impl::commit_offsets(const std::vector<std::pair<TopicPartition, std::uint64_t>>& all, bool sync) {
-  if (!group) return make_error(Errc::kInvalidArgument, "commit needs a group: call subscribe() first");
-  if (!group->conn) return make_error(Errc::kSystem, fmt::format("busd is not reachable; group '{}' cannot commit now", group->name));
-  // Only partitions we own go to busd (it would refuse the others): one revoked in a
-  // rebalance is its new owner's to commit. The rest are committed, the others named.
+Status Consumer::Impl::commit_offsets(const std::vector<std::pair<TopicPartition, std::uint64_t>>& all, bool sync,
+                                      Consumer::CommitCallback done) {
+  // A group member sends busd only the partitions it owns (busd would refuse the others):
+  // one revoked in a rebalance is its new owner's to commit. The rest are committed, the
+  // others named in the error. A consumer of assign() owns nothing busd knows of.
   std::vector<std::pair<TopicPartition, std::uint64_t>> offs;
   std::string not_ours;
   for (const auto& e : all) {
-    if (find(e.first)) offs.push_back(e);
+    if (!group || find(e.first)) offs.push_back(e);
     else not_ours += fmt::format("{}{}-{}", not_ours.empty() ? "" : ", ", e.first.topic, e.first.partition);
   }
   if (!not_ours.empty()) {
     if (!offs.empty())
-      if (auto ok = commit_offsets(offs, sync); !ok) return ok;
+      if (auto ok = commit_offsets(offs, sync, std::move(done)); !ok) return ok;
     return make_error(Errc::kInvalidArgument, fmt::format("commit refused: {} not assigned to this member of group '{}' "
                                                           "(revoked in a rebalance?){}", not_ours, group->name,
                                                           offs.empty() ? "" : "; the others were committed"));
   }
-  if (offs.empty()) return {};
+  // Nothing to commit: nothing sent, unless a callback waits for busd's answer from poll().
+  if (offs.empty() && !done) return {};
   proto::json arr = proto::json::array();
   for (const auto& [tp, o] : offs) arr.push_back({tp.topic, tp.partition, o});
-  proto::json req{{"op", "commit"}, {"group", group->name}, {"member_id", group->member_id},
-                  {"generation", group->generation}, {"offsets", arr}, {"sync", sync}};
-  if (!sync) return group->conn->send(req);
-  auto r = group->conn->request(req, std::chrono::seconds(5));
+  proto::json req{{"op", "commit"}, {"offsets", arr}, {"sync", sync}};
+  BusdConnection* conn = nullptr;
+  if (group) {
+    if (!group->conn && !group->left_why.empty())
+      return make_error(Errc::kInvalidArgument, fmt::format("group '{}': commit refused: this member was removed from the group ({}); "
+                                                            "its partitions went to others, and poll() joins again",
+                                                            group->name, group->left_why));
+    if (!group->conn) return make_error(Errc::kSystem, fmt::format("busd is not reachable; group '{}' cannot commit now", group->name));
+    conn = group->conn.get();
+    req["group"] = group->name;
+    req["member_id"] = group->member_id;
+    req["generation"] = group->generation;
+  } else {
+    // A consumer of assign(): Kafka's commit of generation -1, taken while the group is empty.
+    auto c = simple_connection();
+    if (!c) return tl::unexpected(c.error());
+    conn = *c;
+    req["group"] = config.group_id;
+    req["member_id"] = "";
+    req["generation"] = -1;
+  }
+  if (!sync && !done) return conn->send(req);
+  if (!sync) {
+    auto id = conn->send_tracked(req);
+    if (!id) return tl::unexpected(id.error());
+    pending_commits.push_back(PendingCommit{conn_serial, *id, offs, std::move(done)});
+    return {};
+  }
+  auto r = conn->request(req, std::chrono::seconds(5));
   if (!r) return tl::unexpected(r.error());
-  for (const auto& [tp, o] : offs) group->last_committed[{tp.topic, tp.partition}] = o;
+  for (const auto& [tp, o] : offs) committed_by_us()[{tp.topic, tp.partition}] = o;
   return {};
 }
 
 std::vector<std::pair<TopicPartition, std::uint64_t>> Consumer::Impl::positions(bool only_changed) {
   std::vector<std::pair<TopicPartition, std::uint64_t>> out;
+  const auto& done = committed_by_us();
   for (const auto& a : assigned) {
-    const auto key = std::make_pair(a.tp.topic, a.tp.partition);
-    auto it = group ? group->last_committed.find(key) : group->last_committed.end();
-    if (only_changed && group && it != group->last_committed.end() && it->second == a.next_offset()) continue;
+    auto it = done.find(std::make_pair(a.tp.topic, a.tp.partition));
+    if (only_changed && it != done.end() && it->second == a.next_offset()) continue;
     out.push_back({a.tp, a.next_offset()});
   }
   return out;
 }
 
 Result<std::vector<std::optional<std::uint64_t>>> Consumer::Impl::fetch_committed(const std::vector<TopicPartition>& tps) {
-  if (!group || !group->conn) return make_error(Errc::kInvalidArgument, "committed() needs a connected group");
+  BusdConnection* conn = group ? group->conn.get() : nullptr;
+  if (group && !conn) return make_error(Errc::kInvalidArgument, "committed() needs a connected group");
+  if (!group) {
+    auto c = simple_connection();
+    if (!c) return tl::unexpected(c.error());
+    conn = *c;
+  }
   proto::json arr = proto::json::array();
   for (const auto& tp : tps) arr.push_back({tp.topic, tp.partition});
-  auto r = group->conn->request({{"op", "committed"}, {"group", group->name}, {"partitions", arr}}, std::chrono::seconds(5));
+  auto r = conn->request({{"op", "committed"}, {"group", group ? group->name : config.group_id}, {"partitions", arr}},
+                         std::chrono::seconds(5));
   if (!r) return tl::unexpected(r.error());
   std::vector<std::optional<std::uint64_t>> out;
   for (const auto& o : (*r)["offsets"]) out.push_back(o.is_number_unsigned() ? std::optional(o.get<std::uint64_t>()) : std::nullopt);
@@ -148,6 +188,13 @@ Status Consumer::Impl::on_revoke(const std::vector<TopicPartition>& tps) {
   return {};
 }
 
+void Consumer::Impl::on_lose(const std::vector<TopicPartition>& tps) {
+  if (tps.empty()) return;
+  if (config.on_lost) config.on_lost(tps);
+  else if (config.on_revoked) config.on_revoked(tps);
+  for (const auto& tp : tps) drop(tp);
+}
+
 Status Consumer::Impl::on_assign(std::uint64_t generation, const std::vector<TopicPartition>& tps) {
   group->generation = generation;
   group->assigned_once = true;
@@ -167,7 +214,7 @@ Status Consumer::Impl::on_assign(std::uint64_t generation, const std::vector<Top
     // and join again, so that busd gives these partitions to someone who can take them.
     for (const auto& tp : added) drop(tp);
     group->conn.reset();
-    group->slot = nullptr;
+    forget_slot();
     return make_error(e.code, fmt::format("group '{}': could not take partitions ({}); joining again", group->name, e.message));
   };
   if (!committed) return give_back(committed.error());
@@ -175,7 +222,7 @@ Status Consumer::Impl::on_assign(std::uint64_t generation, const std::vector<Top
     std::optional<std::uint64_t> start = i < committed->size() ? (*committed)[i] : std::nullopt;
     auto a = make_assigned(added[i], start);
     if (!a) return give_back(a.error());
-    if (start) group->last_committed[{added[i].topic, added[i].partition}] = *start;
+    if (start) committed_by_us()[{added[i].topic, added[i].partition}] = *start;
     assigned.push_back(std::move(*a));
     if (auto ok = arm(assigned.back()); !ok) return give_back(ok.error());
   }
@@ -197,31 +244,37 @@ Status Consumer::Impl::process_pushes() {
       // Our partitions may already be someone else's: stop, and join again as new.
       std::vector<TopicPartition> all;
       for (const auto& a : assigned) all.push_back(a.tp);
-      if (config.on_revoked && !all.empty()) config.on_revoked(all);
-      release_gates();
-      assigned.clear();
+      on_lose(all);
+      group->left_why = m.value("message", "evicted");
       group->member_id.clear();
       group->conn.reset();
-      group->slot = nullptr;  // busd freed it; it may be another member's now
+      forget_slot();  // busd freed it; it may be another member's now
       return {};
     }
   }
   return {};
 }
 
-// Called on every poll: one load of the notice word; the rest every 8th poll.
+void Consumer::Impl::forget_slot() {
+  group->heartbeat.set(nullptr, 0, config.heartbeat_interval);
+  group->slot = nullptr;
+}
+
+// Called on every poll: one store of the poll count (busd's max poll interval watches it,
+// so a poll pays for no clock read) and one load of the notice word; the rest every 8th poll.
 Status Consumer::Impl::group_tick() {
-  if (!group) return {};
+  if (!group) {
+    if (simple_conn) simple_tick();
+    return {};
+  }
+  ++group->polls;
+  if (group->slot) group->slot->polls.store(group->polls, std::memory_order_relaxed);
   bool check = group->slot && group->conn &&
                group->slot->notice.load(std::memory_order_acquire) != group->seen_notice;  // SYNC POINT: busd's release bump
-  // The clock every 8th poll: a member busy with large batches still heartbeats in time.
-  if ((++group->polls & 7) != 0 && !check) return {};
+  if ((group->polls & 7) != 0 && !check) return {};
   const std::uint64_t now = shm::monotonic_ns();
-  if (group->slot && now - group->last_heartbeat >= 100'000'000) {
-    group->slot->heartbeat_ns.store(now, std::memory_order_relaxed);
-    group->last_heartbeat = now;
-  }
   if (!group->conn) {
+    settle_commits(false);  // those waiting on the lost connection fail
     // busd went away (or evicted us): consume on, and join again every 100 ms, saying
     // what we still own so that the group re-forms without moving a partition.
     if (auto ok = bus_alive(); !ok) return ok;  // busd went away because the bus was deleted
@@ -235,14 +288,15 @@ Status Consumer::Impl::group_tick() {
     }
     return {};
   }
-  if (check || now - group->last_check >= 100'000'000) {
+  if (check || !pending_commits.empty() || now - group->last_check >= 100'000'000) {
     group->last_check = now;
     group->seen_notice = group->slot->notice.load(std::memory_order_acquire);
     if (!group->conn->pump()) {
       group->conn.reset();
-      group->slot = nullptr;
+      forget_slot();
       return {};
     }
+    settle_commits(false);
     if (auto ok = process_pushes(); !ok) return ok;
   }
   if (config.enable_auto_commit && group->conn && now - group->last_commit >= static_cast<std::uint64_t>(config.auto_commit_interval.count()) * 1'000'000) {
@@ -257,6 +311,9 @@ Status Consumer::Impl::group_tick() {
 
 Status Consumer::subscribe(const std::vector<std::string>& topics, const std::string& group) {
   if (impl_->group) return make_error(Errc::kInvalidArgument, fmt::format("already subscribed to group '{}'", impl_->group->name));
+  if (!impl_->config.group_id.empty() && impl_->config.group_id != group)
+    return make_error(Errc::kInvalidArgument, fmt::format("subscribe to group '{}' by a consumer whose group_id is '{}'", group,
+                                                          impl_->config.group_id));
   if (!impl_->assigned.empty()) return make_error(Errc::kInvalidArgument, "this consumer has a manual assignment: assign() and subscribe() do not mix");
   if (topics.empty()) return make_error(Errc::kInvalidArgument, "subscribe needs at least one topic");
   if (auto ok = validate_name("group", group); !ok) return ok;
@@ -292,6 +349,14 @@ Status Consumer::commit() { return impl_->commit_offsets(impl_->positions(false)
 
 Status Consumer::commit_async() { return impl_->commit_offsets(impl_->positions(false), false); }
 
+Status Consumer::commit_async(CommitCallback done) {
+  return impl_->commit_offsets(impl_->positions(false), false, std::move(done));
+}
+
+Status Consumer::commit_async(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offsets, CommitCallback done) {
+  return impl_->commit_offsets(offsets, false, std::move(done));
+}
+
 Status Consumer::commit(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offsets) {
   return impl_->commit_offsets(offsets, true);
 }
@@ -301,7 +366,7 @@ Result<std::vector<std::optional<std::uint64_t>>> Consumer::committed(const std:
 }
 
 Status Consumer::close() {
-  if (!impl_->group) return {};
+  if (!impl_->group) return impl_->simple_close();
   Status result;
   if (impl_->group->conn) {
     if (impl_->config.enable_auto_commit) {
@@ -313,7 +378,9 @@ Status Consumer::close() {
   std::vector<TopicPartition> all;
   for (const auto& a : impl_->assigned) all.push_back(a.tp);
   if (impl_->config.on_revoked && !all.empty()) impl_->config.on_revoked(all);
-  if (impl_->group->conn)
+  impl_->settle_commits(true);
+  // A static member does not leave: busd keeps its partitions for its next process.
+  if (impl_->group->conn && impl_->config.group_instance_id.empty())
     (void)impl_->group->conn->request({{"op", "leave"}, {"group", impl_->group->name}}, std::chrono::seconds(2));
   impl_->release_gates();
   impl_->assigned.clear();

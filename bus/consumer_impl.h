@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <deque>
 #include <map>
 #include <memory>
 #include <optional>
@@ -18,6 +19,7 @@
 #include "bus/disk_log.h"
 #include "bus/group_client.h"
 #include "bus/statistics.h"
+#include "bus/heartbeat.h"
 #include "bus/topic.h"
 #include "shm/process.h"
 #include "shm/ring.h"
@@ -99,18 +101,36 @@ struct GroupState {
   std::uint64_t generation = 0;
   shm::Segment segment;
   MemberSlot* slot = nullptr;
+  std::uint32_t lease = 0;  // the slot's lease busd gave us
+  // After `segment`: destroyed (its thread stopped) before the segment is unmapped.
+  Heartbeat heartbeat;
   std::uint32_t seen_notice = 0;
   std::uint64_t polls = 0;
-  std::uint64_t last_heartbeat = 0, last_check = 0, last_commit = 0, last_reconnect = 0;
+  std::uint64_t last_check = 0, last_commit = 0, last_reconnect = 0;
   bool assigned_once = false;
   std::uint64_t reconnect_backoff = 100'000'000;  // ns between attempts to reach busd again
-  std::map<std::pair<std::string, std::uint32_t>, std::uint64_t> last_committed;
+  std::map<std::pair<std::string, std::uint32_t>, std::uint64_t> last_committed;  // by us, or when we took it
+  std::string left_why;  // why busd last removed us (until we are a member again)
 };
 
 struct Consumer::Impl {
   std::shared_ptr<Bus> bus;
   ConsumerConfig config;
   std::optional<GroupState> group;
+  // A consumer of assign() with config.group_id (Kafka's simple consumer group): a
+  // connection to busd for commits and committed offsets, no membership. bus/consumer_commits.cpp.
+  std::unique_ptr<BusdConnection> simple_conn;
+  std::map<std::pair<std::string, std::uint32_t>, std::uint64_t> simple_committed;
+  std::uint64_t simple_polls = 0, simple_last_commit = 0;
+  // commit_async() with a callback, in the order sent, answered on the connection of
+  // `serial` (bumped each time the group's or the simple connection is made anew).
+  struct PendingCommit {
+    std::uint64_t serial = 0, id = 0;
+    std::vector<std::pair<TopicPartition, std::uint64_t>> offsets;
+    Consumer::CommitCallback done;
+  };
+  std::deque<PendingCommit> pending_commits;
+  std::uint64_t conn_serial = 0;
   std::vector<Assigned> assigned;
   // Copies of records: grows by doubling and is never zero-filled (vector::resize would
   // memset every byte before the copy overwrites it).
@@ -213,14 +233,27 @@ struct Consumer::Impl {
   proto::json join_request(bool with_owned) const;
   Status join(bool with_owned);
   Status bus_alive() const;
-  Status commit_offsets(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offs, bool sync);
+  Status commit_offsets(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offs, bool sync,
+                        Consumer::CommitCallback done = {});
   std::vector<std::pair<TopicPartition, std::uint64_t>> positions(bool only_changed);
   Result<std::vector<std::optional<std::uint64_t>>> fetch_committed(const std::vector<TopicPartition>& tps);
   static std::vector<TopicPartition> parse_tps(const proto::json& j);
   Status on_revoke(const std::vector<TopicPartition>& tps);
+  void on_lose(const std::vector<TopicPartition>& tps);
   Status on_assign(std::uint64_t generation, const std::vector<TopicPartition>& tps);
   Status process_pushes();
   Status group_tick();
+  void forget_slot();
+  std::map<std::pair<std::string, std::uint32_t>, std::uint64_t>& committed_by_us() {
+    return group ? group->last_committed : simple_committed;
+  }
+
+  // bus/consumer_commits.cpp: commits of a consumer of assign() with a group_id
+  Result<BusdConnection*> simple_connection();
+  Result<std::vector<std::optional<std::uint64_t>>> simple_starts(const std::vector<TopicPartition>& tps);
+  void simple_tick();
+  Status simple_close();
+  void settle_commits(bool wait);  // calls the callbacks of the answered ones (all with `wait`)
 };
 
 }  // namespace shmbus

@@ -4,6 +4,9 @@
 
 #include <sched.h>
 
+#include <chrono>
+#include <thread>
+
 #include <fmt/format.h>
 
 #include "shm/futex.h"
@@ -263,6 +266,11 @@ void Consumer::Impl::block(std::int64_t max_ns) {
   if (!in_flight) in_flight_waits = 0;
   std::size_t waits = n;
   if (group && group->slot) items[waits++] = {&group->slot->notice, group->seen_notice};
+  if (waits == 0) {
+    // Nothing to wait on (a group member with no partition, away from busd): a short sleep.
+    std::this_thread::sleep_for(std::chrono::nanoseconds(std::min<std::int64_t>(max_ns, 10'000'000)));
+    return;
+  }
   if (in_flight) {
     // A claim made before we registered may not wake us: its commit is imminent, so do not
     // sleep on it, at first. Its writer may be stopped (an exclusive writer's claim waits

@@ -172,8 +172,40 @@ bool BusdConnection::pump() {
     if (!read_some(0)) break;
   }
   // Replies to fire-and-forget requests are not wanted.
-  replies_.clear();
+  std::erase_if(replies_, [&](const auto& r) { return !tracked_.count(r.first); });
   return !dead_;
+}
+
+Result<std::uint64_t> BusdConnection::send_tracked(json req) {
+  const std::uint64_t id = next_id_++;
+  req["id"] = id;
+  if (auto ok = send(std::move(req)); !ok) return tl::unexpected(ok.error());
+  tracked_.insert(id);
+  return id;
+}
+
+namespace {
+
+// A reply as request() returns it: an error reply as an Error of its code.
+Result<json> reply_result(json r) {
+  if (!r.contains("error")) return r;
+  const std::string code = r.value("error", "");
+  Errc e = Errc::kSystem;
+  for (Errc c : {Errc::kInvalidArgument, Errc::kNotFound, Errc::kAlreadyExists, Errc::kPermission, Errc::kTimedOut,
+                 Errc::kTooManyClients})
+    if (code == errc_name(c)) e = c;
+  return make_error(e, r.value("message", code));
+}
+
+}  // namespace
+
+std::optional<Result<json>> BusdConnection::take_reply(std::uint64_t id) {
+  auto it = replies_.find(id);
+  if (it == replies_.end()) return std::nullopt;
+  json r = std::move(it->second);
+  replies_.erase(it);
+  tracked_.erase(id);
+  return reply_result(std::move(r));
 }
 
 Result<json> BusdConnection::request(json req, std::chrono::milliseconds timeout) {
@@ -194,15 +226,7 @@ Result<json> BusdConnection::request(json req, std::chrono::milliseconds timeout
     if (it != replies_.end()) {
       json r = std::move(it->second);
       replies_.erase(it);
-      if (r.contains("error")) {
-        const std::string code = r.value("error", "");
-        Errc e = Errc::kSystem;
-        for (Errc c : {Errc::kInvalidArgument, Errc::kNotFound, Errc::kAlreadyExists, Errc::kPermission, Errc::kTimedOut,
-                       Errc::kTooManyClients})
-          if (code == errc_name(c)) e = c;
-        return make_error(e, r.value("message", code));
-      }
-      return r;
+      return reply_result(std::move(r));
     }
     for (auto p = pushes_.begin(); p != pushes_.end(); ++p)
       if (p->contains("error") && !p->contains("push")) {

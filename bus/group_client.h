@@ -5,6 +5,8 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -39,6 +41,10 @@ class BusdConnection {
   Result<proto::json> request(proto::json req, std::chrono::milliseconds timeout);
   // Sends without waiting; the reply is dropped when it arrives.
   Status send(proto::json req);
+  // Sends without waiting and keeps the reply: take_reply(id) hands it over once pump() (or
+  // any read) has it; an error reply comes as an Error, as from request().
+  Result<std::uint64_t> send_tracked(proto::json req);
+  std::optional<Result<proto::json>> take_reply(std::uint64_t id);
   // Reads what is there without blocking. False once busd is gone.
   bool pump();
   std::deque<proto::json>& pushes() { return pushes_; }
@@ -51,6 +57,7 @@ class BusdConnection {
   std::uint64_t next_id_ = 1;
   std::deque<proto::json> pushes_;
   std::map<std::uint64_t, proto::json> replies_;
+  std::set<std::uint64_t> tracked_;  // send_tracked's ids whose replies pump() keeps
   bool dead_ = false;
 };
 

@@ -37,6 +37,7 @@
 #include "bus/topic.h"
 #include "shmbus/consumer.h"
 #include "shmbus/producer.h"
+#include "busd_fixture.h"
 #include "test_util.h"
 
 using namespace shmbus;
@@ -49,48 +50,7 @@ const std::string kWorker = SHMBUS_WORKER_PATH;
 
 std::uint64_t mono_ns() { return static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()); }
 
-// Each test gets its own SHMBUS_DIR (socket, lock, offsets) and bus; busd is killed after.
-class Busd : public ::testing::Test {
- protected:
-  void SetUp() override {
-    dir_ = "/tmp/" + test::unique_bus("busd");
-    std::filesystem::create_directories(dir_);
-    ::setenv("SHMBUS_DIR", dir_.c_str(), 1);
-    ::setenv("SHMBUS_BUSD", SHMBUS_BUSD_PATH, 1);
-    bus_ = std::make_unique<test::TestBus>("grp");
-  }
-  void TearDown() override {
-    kill_busd(SIGKILL);
-    bus_.reset();
-    std::filesystem::remove_all(dir_);
-    ::unsetenv("SHMBUS_DIR");
-  }
-  pid_t busd_pid() {
-    std::ifstream f(bus_paths(bus_->name()).lock);
-    pid_t pid = 0;
-    f >> pid;
-    return pid;
-  }
-  void kill_busd(int sig) {
-    const pid_t pid = busd_pid();
-    if (pid > 0) ::kill(pid, sig);
-    // Wait until it is gone (its lock released), so that the next one can start.
-    for (int i = 0; i < 500 && pid > 0 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(2ms);
-  }
-  json describe(const std::string& group) {
-    auto c = BusdConnection::connect(bus_->name(), 5s);
-    if (!c) return json();
-    auto r = (*c)->request({{"op", "group_describe"}, {"group", group}}, 5s);
-    return r ? *r : json();
-  }
-  std::string file(const std::string& name) { return dir_ + "/" + name; }
-  // Member i's log. fmt, not `"m" + std::to_string(i)`: that trips GCC 12's -Wrestrict false
-  // positive at -O3.
-  std::string member_log(int i) { return file(fmt::format("m{}", i)); }
-
-  std::string dir_;
-  std::unique_ptr<test::TestBus> bus_;
-};
+class Busd : public test::BusdFixture {};
 
 struct MemberLog {
   std::set<std::pair<std::uint32_t, std::uint64_t>> consumed;  // (producer, seq)
@@ -407,12 +367,12 @@ TEST_F(Busd, EvictedMemberRejoinsWithFewerPartitionsAndReadsOnlyThose) {
   cc.auto_offset_reset = OffsetReset::kEarliest;
   cc.enable_auto_commit = false;
   ConsumerConfig short_session = cc;
-  short_session.session_timeout = 300ms;
+  short_session.max_poll_interval = 300ms;
   auto a = Consumer::create(bus_->get(), short_session);
   ASSERT_TRUE(a->subscribe({"t"}, "g"));
   ASSERT_EQ(a->assignment().size(), 4u);
   for (int i = 0; i < 3; ++i) ASSERT_TRUE(a->poll(0ns));  // its round robin moves to the 4th partition
-  // a does not poll (nor heartbeat) for twice its session: busd evicts it; b takes everything.
+  // a does not poll for twice its max poll interval: busd removes it; b takes everything.
   std::this_thread::sleep_for(700ms);
   auto b = Consumer::create(bus_->get(), cc);
   ASSERT_TRUE(b->subscribe({"t"}, "g"));

@@ -1,9 +1,10 @@
 // Binary compatibility: every shared-memory layout restated byte by byte. If one of these
 // fails, you changed a layout that other processes (other builds) read: bump its major
-// version (kSegmentHeaderMajor, kPartitionLayoutMajor, kRegistryLayoutMajor) and then
+// version (kSegmentHeaderMajor, kPartitionLayoutMajor, kRegistryLayoutMajor, kBusdLayoutMajor) and then
 // update the numbers here.
 #include <gtest/gtest.h>
 
+#include "bus/busd_layout.h"
 #include "bus/registry_layout.h"
 #include "shm/ring_layout.h"
 #include "shm/segment_layout.h"
@@ -122,4 +123,25 @@ TEST(Layout, RegistryV1) {
   EXPECT_EQ(offsetof(TopicSlot, name), 56u);
   EXPECT_EQ(kTopicSlotsOffset, 192u);
   EXPECT_EQ(kMaxTopics, 256u);
+}
+
+TEST(Layout, BusdV1) {
+  EXPECT_EQ(kBusdLayoutMajor, 1) << "bump the version: update this test with the new layout";
+  EXPECT_EQ(kBusdLayoutMinor, 2) << "minor 1: the group name table; 2: MemberSlot's polls and lease (in reserved bytes)";
+  EXPECT_EQ(sizeof(BusdControl), 64u);
+  EXPECT_EQ(offsetof(BusdControl, pid), 0u);
+  EXPECT_EQ(offsetof(BusdControl, member_slots), 4u);
+  EXPECT_EQ(offsetof(BusdControl, started_ns), 8u);
+  EXPECT_EQ(sizeof(MemberSlot), 64u);
+  EXPECT_EQ(offsetof(MemberSlot, notice), 0u);
+  EXPECT_EQ(offsetof(MemberSlot, pid), 4u);
+  EXPECT_EQ(offsetof(MemberSlot, heartbeat_ns), 8u);
+  EXPECT_EQ(offsetof(MemberSlot, polls), 16u);
+  EXPECT_EQ(offsetof(MemberSlot, lease), 24u);
+  EXPECT_EQ(kBusdControlOffset, 128u);
+  EXPECT_EQ(kMemberSlotsOffset, 192u);
+  EXPECT_EQ(kMemberSlots, 256u);
+  EXPECT_EQ(kGroupNamesOffset, 16576u);
+  EXPECT_EQ(sizeof(GroupNameSlot), 256u);
+  EXPECT_EQ(offsetof(GroupNameSlot, name), 48u);
 }

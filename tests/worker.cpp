@@ -2,7 +2,7 @@
 //
 //   worker produce BUS TOPIC ID COUNT MODE [SIZE [RATE]]  MODE: p<N> (partition N) | keyed | batch<K>
 //   worker chaos-produce BUS TOPIC ID COUNT RATE FILE       keyed; logs each acknowledged record
-//   worker group-consume BUS TOPIC GROUP FILE [ASSIGNOR]  member of GROUP; logs to FILE:
+//   worker group-consume BUS TOPIC GROUP FILE [ASSIGNOR [SESSION_MS]]  member of GROUP; logs to FILE:
 //       A|R TIME topic:p,...  assigned / revoked;  C id seq partition offset TIME  consumed
 //   worker die-in-reserve BUS TOPIC PARTITION N       send N, reserve one, SIGKILL itself
 //   worker die-after-claim BUS TOPIC PARTITION N      send N, die right after the claim CAS
@@ -200,8 +200,9 @@ int consume(const std::string& bus, const std::string& topic, const std::string&
 // Logs to FILE, one line each, written before the next poll (so before any commit that
 // covers it): "A <ns> t:p,t:p" assigned, "R <ns> ..." revoked, "C <producer> <seq> <p> <o>"
 // consumed. Exits after SIGUSR1 once no record came for 500 ms.
+// `session_ms` > 0: that session timeout, and a heartbeat every fifth of it.
 int group_consume(const std::string& bus, const std::string& topic, const std::string& group, const std::string& file,
-                  const std::string& assignor) {
+                  const std::string& assignor, std::int64_t session_ms) {
   const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   if (fd < 0) return 3;
   auto log_tps = [fd](char kind, const std::vector<TopicPartition>& tps) {
@@ -215,6 +216,10 @@ int group_consume(const std::string& bus, const std::string& topic, const std::s
   cfg.assignor = assignor;
   cfg.auto_commit_interval = std::chrono::milliseconds(100);
   cfg.client_name = "worker";
+  if (session_ms > 0) {
+    cfg.session_timeout = std::chrono::milliseconds(session_ms);
+    cfg.heartbeat_interval = std::chrono::milliseconds(std::max<std::int64_t>(1, session_ms / 5));
+  }
   cfg.on_assigned = [&](const std::vector<TopicPartition>& tps) { log_tps('A', tps); };
   cfg.on_revoked = [&](const std::vector<TopicPartition>& tps) { log_tps('R', tps); };
   ::signal(SIGUSR1, on_usr1);
@@ -298,7 +303,7 @@ int main(int argc, char** argv) {
                    a.size() > 6 ? std::stoul(a[6]) : 64, a.size() > 7 ? std::stod(a[7]) : 0);
   if (a.size() == 7 && a[0] == "chaos-produce")
     return chaos_produce(a[1], a[2], static_cast<std::uint32_t>(std::stoul(a[3])), std::stoull(a[4]), std::stod(a[5]), a[6]);
-  if (a.size() >= 5 && a[0] == "group-consume") return group_consume(a[1], a[2], a[3], a[4], a.size() > 5 ? a[5] : "sticky");
+  if (a.size() >= 5 && a[0] == "group-consume") return group_consume(a[1], a[2], a[3], a[4], a.size() > 5 ? a[5] : "sticky", a.size() > 6 ? std::stoll(a[6]) : 0);
   if (a.size() == 5 && (a[0] == "die-in-reserve" || a[0] == "die-after-claim"))
     return die(a[1], a[2], static_cast<std::uint32_t>(std::stoul(a[3])), std::stoull(a[4]), a[0] == "die-after-claim");
   if (a.size() >= 6 && a[0] == "consume")

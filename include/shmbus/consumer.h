@@ -1,4 +1,5 @@
-// Consumer: read partitions at its own offsets. assign() needs no daemon.
+// Consumer: read partitions at its own offsets. assign() needs no daemon (unless group_id
+// is set: then it starts at, and commits, the group's offsets through busd).
 //
 // Thread safety: a Consumer belongs to one thread at a time.
 #pragma once
@@ -37,13 +38,44 @@ struct ConsumerConfig {
 
   // Consumer groups (subscribe): busd assigns partitions and keeps committed offsets.
   std::string assignor = "sticky";                  // range | roundrobin | sticky
-  std::chrono::milliseconds session_timeout{10'000};  // no poll() for this long: evicted
+  // Kafka's group.id, for a consumer of assign() (Kafka's simple consumer group): assign()
+  // starts each partition at the group's committed offset (else auto_offset_reset), and
+  // commit(), commit_async(), committed() and auto-commit work through busd (started if
+  // needed), without joining the group. busd takes these commits only while the group has
+  // no live member. Empty: assign() needs no daemon and commits are refused. subscribe()
+  // names its group itself; if this is set, it must be the same.
+  std::string group_id{};
+  // Kafka's group.instance.id (static membership): a member that names its instance keeps
+  // its partitions when its process goes away (closes, restarts, dies), for session_timeout;
+  // a consumer with the same instance id that joins within it gets them back without a
+  // rebalance (the others notice nothing). close() then does not leave the group. Two live
+  // consumers with one instance id: the second subscribe() is refused. Empty: dynamic.
+  std::string group_instance_id{};
+  // Liveness, with Kafka's names, defaults and meanings. A member's process that dies is
+  // noticed at once (its socket closes); these are for processes that live on:
+  // - session_timeout (session.timeout.ms): a thread of the consumer heartbeats every
+  //   heartbeat_interval whether or not poll() is called; busd evicts a member whose
+  //   heartbeat is older than this (a hung or stopped process).
+  // - max_poll_interval (max.poll.interval.ms): a member that does not call poll() for this
+  //   long leaves the group and its partitions go to the others; its next poll() calls
+  //   on_lost and joins again. Time spent inside poll() (waiting, callbacks) counts as polling.
+  // - heartbeat_interval (heartbeat.interval.ms): below session_timeout (Kafka advises a third).
+  std::chrono::milliseconds session_timeout{45'000};
+  std::chrono::milliseconds max_poll_interval{300'000};
+  std::chrono::milliseconds heartbeat_interval{3'000};
   bool enable_auto_commit = true;
   std::chrono::milliseconds auto_commit_interval{1'000};  // Kafka: 5 s
   std::string client_name{};  // shown by `busctl group describe`; empty: the process name
   // Called from poll() (and subscribe()) when busd gives or takes partitions.
+  // on_revoked: a rebalance takes them; with auto-commit their positions were committed just
+  // before, and they can still be committed from inside the callback.
+  // on_lost (Kafka's onPartitionsLost): they are someone else's already (this member was
+  // evicted or left the group: session timeout, max poll interval, or busd gave them away
+  // while it was unreachable); nothing is or can be committed for them. When on_lost is
+  // not set, on_revoked is called instead, as Kafka's default onPartitionsLost does.
   std::function<void(const std::vector<TopicPartition>&)> on_assigned{};
   std::function<void(const std::vector<TopicPartition>&)> on_revoked{};
+  std::function<void(const std::vector<TopicPartition>&)> on_lost{};
 
   // Statistics (librdkafka's statistics.interval.ms and stats_cb): every statistics_interval
   // (0, the default: never) statistics_cb gets a JSON object, called from this consumer's
@@ -76,8 +108,9 @@ class Consumer {
   Consumer& operator=(Consumer&&) noexcept;
   ~Consumer();
 
-  // Replaces the assignment. Each partition starts where auto_offset_reset says
-  // (earliest: the oldest record in the ring, latest: the next one written).
+  // Replaces the assignment. Each partition starts at the committed offset of group_id if
+  // set and there is one, else where auto_offset_reset says (earliest: the oldest record in
+  // the ring, latest: the next one written).
   Status assign(const std::vector<TopicPartition>& partitions);
   std::vector<TopicPartition> assignment() const;
 
@@ -85,10 +118,21 @@ class Consumer {
   // partition starts at the group's committed offset, else where auto_offset_reset says.
   // Assignments change from poll() as members come and go (on_assigned / on_revoked).
   Status subscribe(const std::vector<std::string>& topics, const std::string& group);
-  // Commits the current positions of all assigned partitions (the next offsets to read).
+  // Commits the current positions of all assigned partitions (the next offsets to read), or
+  // the offsets given. A member commits for the partitions it owns; a consumer of assign()
+  // with a group_id while the group has no live member (ConsumerConfig::group_id).
   Status commit();
-  Status commit_async();
   Status commit(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offsets);
+  // Sends the commit and returns; busd's answer is not waited for (nor reported).
+  Status commit_async();
+  // Kafka's OffsetCommitCallback: the offsets sent and busd's answer (ok, or why it was
+  // refused, or that the connection closed before the answer). Called from this consumer's
+  // poll() (or close(), which waits up to 5 s for pending answers), in the order of the
+  // commits. When commit_async returns an error, nothing was sent and it is not called.
+  using CommitCallback =
+      std::function<void(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offsets, const Status& result)>;
+  Status commit_async(CommitCallback done);
+  Status commit_async(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offsets, CommitCallback done);
   Result<std::vector<std::optional<std::uint64_t>>> committed(const std::vector<TopicPartition>& partitions);
   // Leaves the group (committing first with auto-commit); also done by the destructor.
   Status close();

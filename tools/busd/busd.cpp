@@ -344,7 +344,8 @@ void Daemon::close_conn(int fd, const std::string& why) {
   conns_.erase(it);
   if (!member.empty()) {
     auto g = groups_.find(group);
-    if (g != groups_.end() && g->second.members.count(member)) remove_member(g->second, member, why);
+    if (g != groups_.end() && g->second.members.count(member) && !keep_absent(g->second, member, why))
+      remove_member(g->second, member, why);
   }
 }
 
@@ -449,26 +450,7 @@ void Daemon::tick() {
         g.pending_grace = false;
         rebalance(g);
       }
-  for (auto& [name, g] : groups_) {
-    std::vector<std::pair<std::string, std::string>> evict;
-    for (const auto& [id, m] : g.members) {
-      const std::uint64_t hb = slots_[m.slot].heartbeat_ns.load(std::memory_order_relaxed);
-      if (now > hb && now - hb > static_cast<std::uint64_t>(m.session_timeout_ms) * 1'000'000ull)
-        evict.push_back({id, fmt::format("no heartbeat for {} ms (session timeout)", (now - hb) / 1'000'000)});
-      else if (m.revoking && now > m.revoke_deadline_ns)
-        evict.push_back({id, "did not give up its revoked partitions in time"});
-    }
-    for (const auto& [id, why] : evict) {
-      const int fd = g.members.count(id) ? g.members.at(id).fd : -1;
-      auto c = conns_.find(fd);
-      if (c != conns_.end()) {
-        send(fd, json{{"push", "evicted"}, {"group", name}, {"message", why}});
-        notify_member(g.members.at(id));  // so that it stops at its next poll
-        c->second.member_id.clear();
-      }
-      remove_member(g, id, why);
-    }
-  }
+  expire_members(now);
 }
 
 }  // namespace daemon

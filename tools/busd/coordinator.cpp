@@ -57,6 +57,11 @@ void Daemon::rebalance(Group& g) {
       continue;
     }
     const auto& want = target.at(id);
+    if (m.absent()) {
+      // An absent static member consumes nothing: what it gives up is free at once.
+      std::erase_if(m.owned, [&](const TopicPartition& tp) { return std::find(want.begin(), want.end(), tp) == want.end(); });
+      continue;
+    }
     std::vector<TopicPartition> give_up;
     for (const auto& tp : m.owned)
       if (std::find(want.begin(), want.end(), tp) == want.end()) give_up.push_back(tp);
@@ -80,6 +85,7 @@ void Daemon::rebalance(Group& g) {
     }
     m.owned_since = std::move(since);
     m.owned = target.at(id);
+    if (m.absent()) continue;  // it gets them when it comes back
     send(m.fd, json{{"push", "assign"}, {"group", g.name}, {"generation", g.generation}, {"partitions", tps_json(m.owned)}});
     notify_member(m);
     for (const auto& tp : m.owned) update_gate(g.name, tp);
@@ -93,9 +99,10 @@ void Daemon::remove_member(Group& g, const std::string& id, const std::string& w
   const std::uint32_t slot = it->second.slot;
   const int fd = it->second.fd;
   log(fmt::format("group '{}': member {} (pid {}) left: {}", g.name, id, it->second.pid, why));
+  const bool had_slot = !it->second.absent();  // an absent one's slot was freed when it went
   g.members.erase(it);
   group_changed(g);
-  slots_[slot].pid.store(0, std::memory_order_release);
+  if (had_slot) slots_[slot].pid.store(0, std::memory_order_release);
   auto c = conns_.find(fd);
   if (c != conns_.end()) c->second.member_id.clear();
   // Its partitions are free at once (the process is gone or gave them up by leaving).
@@ -155,13 +162,17 @@ void Daemon::op_join(Conn& c, const json& req) {
   std::string id = req.value("member_id", "");
   if (id.empty() || g.members.count(id))
     id = fmt::format("{}-{}-{:06x}", req.value("name", "member"), c.pid, shm::random_u64() & 0xffffff);
+  const std::string instance = req.value("group_instance_id", "");
+  if (!instance.empty())
+    if (auto ok = validate_name("group_instance_id", instance); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
+  auto returning = claim_instance(g, instance);  // before a slot is taken: it may refuse
+  if (!returning) return reply_error(c, req, returning.error().code, returning.error().message);
   std::optional<std::uint32_t> slot;
   for (std::uint32_t i = 0; i < kMemberSlots && !slot; ++i) {
     std::int32_t zero = 0;
     if (slots_[i].pid.compare_exchange_strong(zero, c.pid > 0 ? c.pid : -1)) slot = i;
   }
   if (!slot) return reply_error(c, req, Errc::kTooManyClients, fmt::format("busd has no free member slot ({})", kMemberSlots));
-  slots_[*slot].heartbeat_ns.store(shm::monotonic_ns(), std::memory_order_relaxed);
   Member m;
   m.id = id;
   m.fd = c.fd;
@@ -169,7 +180,8 @@ void Daemon::op_join(Conn& c, const json& req) {
   m.pid = c.pid;
   m.name = req.value("name", "");
   m.slot = *slot;
-  m.session_timeout_ms = std::max<std::int64_t>(100, req.value("session_timeout_ms", 10'000));
+  m.instance_id = instance;
+  note_liveness(m, req);
   // A member that rejoins (busd restarted) says what it still consumes; it keeps what
   // nobody else owns, so the group re-forms without moving a partition.
   std::set<std::pair<std::string, std::uint32_t>> taken;
@@ -180,22 +192,32 @@ void Daemon::op_join(Conn& c, const json& req) {
       if (tp.is_array() && tp.size() == 2 && tp[0].is_string() && tp[1].is_number_unsigned() &&
           !taken.count({tp[0].get<std::string>(), tp[1].get<std::uint32_t>()}))
         m.owned.push_back({tp[0].get<std::string>(), tp[1].get<std::uint32_t>()});
+  if (*returning) m.owned = **returning;  // a static member back within its session timeout
   for (const auto& tp : m.owned) m.owned_since[tp] = g.generation;  // its commits count from now
   g.members[id] = m;
   group_changed(g);
   c.group = group;
   c.member_id = id;
   if (returning_.erase(c.pid) && returning_.empty()) grace_until_ns_ = 0;  // all are back
-  reply(c, req, json{{"ok", true}, {"member_id", id}, {"slot", *slot}, {"segment", busd_segment_name(bus_->name())},
+  reply(c, req, json{{"ok", true}, {"member_id", id}, {"slot", *slot}, {"lease", slots_[*slot].lease.load(std::memory_order_relaxed)},
+                     {"segment", busd_segment_name(bus_->name())},
                      {"generation", g.generation}, {"owned", tps_json(m.owned)}});
   log(fmt::format("group '{}': member {} (pid {}) joined, topics {}", group, id, c.pid, json(topics).dump()));
+  if (*returning && !g.revoke_deadline_ns) {
+    // No rebalance (Kafka's static membership): it gets back what it had, same generation.
+    Member& back = g.members.at(id);
+    send(back.fd, json{{"push", "assign"}, {"group", g.name}, {"generation", g.generation}, {"partitions", tps_json(back.owned)}});
+    notify_member(back);
+    return;
+  }
   rebalance(g);
 }
 
 void Daemon::op_commit(Conn& c, const json& req) {
   const std::string group = req.value("group", "");
-  auto g = groups_.find(group);
   const std::string id = req.value("member_id", "");
+  if (id.empty()) return op_commit_unowned(c, req);
+  auto g = groups_.find(group);
   if (g == groups_.end() || !g->second.members.count(id))
     return reply_error(c, req, Errc::kInvalidArgument,
                        fmt::format("commit refused: {} is not a member of group '{}' (evicted or stale)", id, group));
@@ -204,8 +226,8 @@ void Daemon::op_commit(Conn& c, const json& req) {
   if (gen > now)
     return reply_error(c, req, Errc::kInvalidArgument,
                        fmt::format("commit refused: stale generation {} (group '{}' is at generation {})", gen, group, now));
-  if (!req.contains("offsets") || !req["offsets"].is_array())
-    return reply_error(c, req, Errc::kInvalidArgument, "commit needs offsets");
+  auto all = parse_offsets(req);
+  if (!all) return reply_error(c, req, all.error().code, all.error().message);
   // As Kafka's OffsetCommit, each partition is answered alone: those the member holds are
   // committed, the others refused and named. A member holds a partition for a commit of
   // generation `gen` if it has held it without a break since then: a commit sent before
@@ -213,10 +235,7 @@ void Daemon::op_commit(Conn& c, const json& req) {
   // partition it has given up since (or got back since) does not.
   std::vector<std::pair<TopicPartition, std::uint64_t>> todo;
   std::string refused;
-  for (const auto& e : req["offsets"]) {
-    if (!e.is_array() || e.size() != 3 || !e[0].is_string() || !e[1].is_number_unsigned() || !e[2].is_number_unsigned())
-      return reply_error(c, req, Errc::kInvalidArgument, "offsets are [topic, partition, offset]");
-    TopicPartition tp{e[0].get<std::string>(), e[1].get<std::uint32_t>()};
+  for (const auto& [tp, off] : *all) {
     auto since = m.owned_since.find(tp);
     if (std::find(m.owned.begin(), m.owned.end(), tp) == m.owned.end() || since == m.owned_since.end())
       refused += fmt::format("; {}-{} is not assigned to {} in generation {}", tp.topic, tp.partition, id, now);
@@ -224,8 +243,24 @@ void Daemon::op_commit(Conn& c, const json& req) {
       refused += fmt::format("; {}-{}: stale generation {} (held by {} since generation {})", tp.topic, tp.partition, gen, id,
                              since->second);
     else
-      todo.push_back({tp, e[2].get<std::uint64_t>()});
+      todo.push_back({tp, off});
   }
+  store_offsets(c, req, group, todo, refused);
+}
+
+Result<std::vector<std::pair<TopicPartition, std::uint64_t>>> Daemon::parse_offsets(const json& req) {
+  if (!req.contains("offsets") || !req["offsets"].is_array()) return make_error(Errc::kInvalidArgument, "commit needs offsets");
+  std::vector<std::pair<TopicPartition, std::uint64_t>> todo;
+  for (const auto& e : req["offsets"]) {
+    if (!e.is_array() || e.size() != 3 || !e[0].is_string() || !e[1].is_number_unsigned() || !e[2].is_number_unsigned())
+      return make_error(Errc::kInvalidArgument, "offsets are [topic, partition, offset]");
+    todo.push_back({TopicPartition{e[0].get<std::string>(), e[1].get<std::uint32_t>()}, e[2].get<std::uint64_t>()});
+  }
+  return todo;
+}
+
+void Daemon::store_offsets(Conn& c, const json& req, const std::string& group,
+                           const std::vector<std::pair<TopicPartition, std::uint64_t>>& todo, const std::string& refused) {
   for (const auto& [tp, off] : todo) {
     auto t = bus_->topic(tp.topic);
     if (!t) continue;  // deleted since it was assigned: its offsets went with it
@@ -256,7 +291,8 @@ json Daemon::describe_group(const std::string& name) {
     out["state"] = g->second.members.empty() ? "empty" : (g->second.revoke_deadline_ns ? "rebalancing" : "stable");
     for (const auto& [id, m] : g->second.members) {
       out["members"].push_back({{"member_id", id}, {"pid", m.pid}, {"name", m.name}, {"topics", m.topics},
-                                {"partitions", tps_json(m.owned)}});
+                                {"partitions", tps_json(m.owned)}, {"group_instance_id", m.instance_id},
+                                {"absent", m.absent()}});
       for (const auto& tp : m.owned) owner[{tp.topic, tp.partition}] = id;
       for (const auto& t : m.topics) topics.insert(t);
     }

@@ -51,7 +51,15 @@ struct Member {
   std::int32_t pid = 0;
   std::string name;
   std::uint32_t slot = 0;
-  std::int64_t session_timeout_ms = 10'000;
+  std::int64_t session_timeout_ms = 45'000;
+  std::int64_t max_poll_interval_ms = 0;  // 0: not watched (a client of layout minor 0)
+  std::uint64_t seen_polls = 0;           // its slot's poll count when last seen moving
+  std::uint64_t polled_ns = 0;            // when busd last saw the count move
+  // Static membership (Kafka's group.instance.id): a member whose connection closes stays,
+  // absent (fd -1, no slot), with its partitions, for its session timeout.
+  std::string instance_id;
+  std::uint64_t absent_since_ns = 0;
+  bool absent() const { return fd < 0; }
   bool revoking = false;  // asked to give partitions up, not answered yet
   std::uint64_t revoke_deadline_ns = 0;  // evicted if still revoking then
 };
@@ -105,9 +113,20 @@ class Daemon {
   TopicPartitionCounts counts_for(const Group& g);
   void update_gate(const std::string& group, const TopicPartition& tp);
   void drop_stale_offsets();
+  // tools/busd/liveness.cpp: session timeouts, max poll intervals, revoke deadlines.
+  void expire_members(std::uint64_t now);
+  void note_liveness(Member& m, const json& req);
+  // tools/busd/static_members.cpp
+  Result<std::optional<std::vector<TopicPartition>>> claim_instance(Group& g, const std::string& instance);
+  bool keep_absent(Group& g, const std::string& id, const std::string& why);
 
   void op_join(Conn& c, const json& req);
   void op_commit(Conn& c, const json& req);
+  void op_commit_unowned(Conn& c, const json& req);  // tools/busd/simple_group.cpp
+  static Result<std::vector<std::pair<TopicPartition, std::uint64_t>>> parse_offsets(const json& req);
+  // Stores `todo` and answers: ok, or the `refused` partitions ("; "-separated reasons).
+  void store_offsets(Conn& c, const json& req, const std::string& group,
+                     const std::vector<std::pair<TopicPartition, std::uint64_t>>& todo, const std::string& refused = {});
   void op_leave(Conn& c, const json& req);
   void op_revoked(Conn& c, const json& req);
   void op_committed(Conn& c, const json& req);
