@@ -335,7 +335,11 @@ std::string Daemon::metrics_text() {
   }
   e.family("shmbus_group_committed_offset", "gauge", "the group's committed offset: the next offset it will read");
   e.family("shmbus_group_lag", "gauge", "records between the committed offset and the end offset");
-  for (const auto& [k, committed] : offsets_.all()) {
+  for (const auto& [k, c] : offsets_.all()) {
+    // An offset of another creation of the topic counts as none (offset_store.h).
+    auto t = bus_->topic(k.topic);
+    if (!t || (c.topic_epoch != 0 && c.topic_epoch != (*t)->epoch())) continue;
+    const std::uint64_t committed = c.offset;
     const std::string part = std::to_string(k.partition);
     const L l{{"group", k.group}, {"topic", k.topic}, {"partition", part}};
     e.sample("shmbus_group_committed_offset", l, committed);
