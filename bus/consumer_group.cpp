@@ -83,18 +83,25 @@ Status Consumer::Impl::join(bool with_owned) {
 
 Status Consumer::Impl::commit_offsets(const std::vector<std::pair<TopicPartition, std::uint64_t>>& all, bool sync,
                                       Consumer::CommitCallback done) {
+  if (group && !group->conn && !group->left_why.empty())
+    return make_error(Errc::kInvalidArgument, fmt::format("group '{}': commit refused: this member was removed from the group ({}); "
+                                                          "its partitions went to others, and poll() joins again",
+                                                          group->name, group->left_why));
+  if (group && !group->conn) return make_error(Errc::kSystem, fmt::format("busd is not reachable; group '{}' cannot commit now", group->name));
   // A group member sends busd only the partitions it owns (busd would refuse the others):
   // one revoked in a rebalance is its new owner's to commit. The rest are committed, the
-  // others named in the error. A consumer of assign() owns nothing busd knows of.
+  // others named in the error. With a callback, busd answers for each partition instead
+  // (the refusal reaches the callback, as Kafka's commitAsync reports it). A consumer of
+  // assign() owns nothing busd knows of.
   std::vector<std::pair<TopicPartition, std::uint64_t>> offs;
   std::string not_ours;
   for (const auto& e : all) {
-    if (!group || find(e.first)) offs.push_back(e);
+    if (!group || done || find(e.first)) offs.push_back(e);
     else not_ours += fmt::format("{}{}-{}", not_ours.empty() ? "" : ", ", e.first.topic, e.first.partition);
   }
   if (!not_ours.empty()) {
     if (!offs.empty())
-      if (auto ok = commit_offsets(offs, sync, std::move(done)); !ok) return ok;
+      if (auto ok = commit_offsets(offs, sync); !ok) return ok;
     return make_error(Errc::kInvalidArgument, fmt::format("commit refused: {} not assigned to this member of group '{}' "
                                                           "(revoked in a rebalance?){}", not_ours, group->name,
                                                           offs.empty() ? "" : "; the others were committed"));
@@ -106,11 +113,6 @@ Status Consumer::Impl::commit_offsets(const std::vector<std::pair<TopicPartition
   proto::json req{{"op", "commit"}, {"offsets", arr}, {"sync", sync}};
   BusdConnection* conn = nullptr;
   if (group) {
-    if (!group->conn && !group->left_why.empty())
-      return make_error(Errc::kInvalidArgument, fmt::format("group '{}': commit refused: this member was removed from the group ({}); "
-                                                            "its partitions went to others, and poll() joins again",
-                                                            group->name, group->left_why));
-    if (!group->conn) return make_error(Errc::kSystem, fmt::format("busd is not reachable; group '{}' cannot commit now", group->name));
     conn = group->conn.get();
     req["group"] = group->name;
     req["member_id"] = group->member_id;

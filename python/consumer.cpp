@@ -33,6 +33,12 @@ class PyConsumer {
     cc.enable_auto_commit = c.boolean("enable.auto.commit", cc.enable_auto_commit);
     cc.auto_commit_interval = std::chrono::milliseconds(c.integer("auto.commit.interval.ms", cc.auto_commit_interval.count()));
     cc.session_timeout = std::chrono::milliseconds(c.integer("session.timeout.ms", cc.session_timeout.count()));
+    cc.max_poll_interval = std::chrono::milliseconds(c.integer("max.poll.interval.ms", cc.max_poll_interval.count()));
+    // Kafka's default heartbeat is 3 s against a 45 s session; a shorter session set alone
+    // keeps that ratio (librdkafka refuses a heartbeat not below the session timeout).
+    const std::int64_t heartbeat = std::min<std::int64_t>(cc.heartbeat_interval.count(), cc.session_timeout.count() / 3);
+    cc.heartbeat_interval = std::chrono::milliseconds(c.integer("heartbeat.interval.ms", std::max<std::int64_t>(heartbeat, 1)));
+    cc.group_instance_id = c.str("group.instance.id", "");
     std::string assignor = c.str("partition.assignment.strategy", "cooperative-sticky");
     assignor = assignor.substr(0, assignor.find(','));
     if (assignor == "cooperative-sticky" || assignor == "sticky") cc.assignor = "sticky";
@@ -465,7 +471,7 @@ void bind_consumer(pb::module_& m) {
                          "committed offsets. Belongs to one thread at a time; a call from another thread while one\n"
                          "waits raises KafkaException(_STATE). Closed, every method raises RuntimeError.\n"
                          "conf: 'bus', 'group.id', 'auto.offset.reset' (latest), 'enable.auto.commit' (true),\n"
-                         "'auto.commit.interval.ms' (1000), 'session.timeout.ms' (10000),\n"
+                         "'auto.commit.interval.ms' (1000), 'session.timeout.ms' (45000), 'max.poll.interval.ms' (300000),\n'heartbeat.interval.ms' (3000, at most a third of the session timeout), 'group.instance.id',\n"
                          "'partition.assignment.strategy', 'client.id', 'shmbus.value.memoryview',\n"
                          "'shmbus.hold.producers', 'shmbus.wait', 'shmbus.max.poll.records'.")
       .def(pb::init<const pb::dict&>(), pb::arg("conf") = pb::dict())
