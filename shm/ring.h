@@ -357,8 +357,16 @@ class RingReader {
         return ReadStatus::kRecord;
       }
       if (w == Ring::decoded(offset_, RecordState::kPadding)) {
-        // Padding is never the first byte of a lap (a forged one there would loop).
-        if ((pos_ & ring_.mask()) == 0) [[unlikely]] return insane();
+        // Padding is never the first byte of a lap (a forged one there would loop), and
+        // only stands where a record of max_record bytes would not fit in the rest of the
+        // lap (Ring::place): one earlier in the lap is forged or stale. And a word read from
+        // bytes producers have reclaimed since says nothing: a reader lapped while it read
+        // it must not jump on it (seen in the kill-stress test: a reader put back at the
+        // reclaim point, lapped again, read a padding word of its offset mid-lap, jumped,
+        // and reported the next lap's record as a contradiction).
+        if ((pos_ & ring_.mask()) == 0 || (pos_ & ring_.mask()) + ring_.max_record() <= ring_.capacity() || lapped())
+            [[unlikely]]
+          return insane();
         pos_ = ring_.next_lap(pos_);
         continue;
       }

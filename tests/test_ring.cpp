@@ -646,6 +646,34 @@ TEST(Ring, ForgedPaddingAtTheStartOfALapIsCorruptNotALoop) {
   EXPECT_NE(r.seek(1), ReadStatus::kRecord) << "a seek walking over it ends too";
 }
 
+// A padding word where no padding can stand (early in a lap: a record of max_record bytes
+// would still fit) is forged or stale: the reader does not jump on it. If producers lapped
+// the reader meanwhile, it is told so (the kill-stress test met this: a lapped reader jumped
+// on such a word and then reported the next lap's record as corrupt).
+TEST(Ring, PaddingWordWhereNoPaddingCanStandIsNotJumpedOn) {
+  ForgedRing f;  // 4096 bytes
+  RingWriter w = f.writer();
+  f.produce(w, 40, 1);
+  RingReader r(f.ring);
+  r.seek_earliest();
+  const RecordHeader* h = nullptr;
+  std::uint32_t len = 0;
+  ASSERT_EQ(r.next(h, len), ReadStatus::kRecord);
+  r.advance(len);
+  const std::uint64_t pos = r.position(), offset = r.offset();
+  ASSERT_LT((pos & f.ring.mask()) + f.ring.max_record(), f.ring.capacity() + 1);
+  f.ring.header_at(pos)->word.store(encode_word(offset, RecordState::kPadding, f.ring.salt()));
+  EXPECT_EQ(r.next(h, len), ReadStatus::kCorrupt) << "a padding word early in a lap is not believed";
+  EXPECT_EQ(r.position(), pos) << "and the reader did not jump to the next lap";
+  // Producers lap the reader; a word of its offset left (or forged) at its place is no
+  // reason to jump either: the reader is told it was lapped.
+  for (int i = 0; i < 200; ++i) f.produce(w, 40, 2);
+  ASSERT_TRUE(r.lapped());
+  f.ring.header_at(pos)->word.store(encode_word(offset, RecordState::kPadding, f.ring.salt()));
+  EXPECT_EQ(r.next(h, len), ReadStatus::kLapped);
+  EXPECT_EQ(r.position(), pos);
+}
+
 TEST(Ring, ForgedAbortedEntryCoveringNothingOrPastTheTailIsCorrupt) {
   ForgedRing f;
   RingWriter w = f.writer();
