@@ -59,7 +59,7 @@ bool publish_group_name(GroupNameSlot* table, const GroupNameEntry& e) {
   if (!s) return false;
   const std::uint32_t seq = s->seq.load(std::memory_order_relaxed);
   s->seq.store(seq + 1, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_release);  // SYNC POINT: the odd seq before the bytes
+  shm::seqlock_write_fence();  // SYNC POINT: the odd seq before the bytes
   s->key.store(key, std::memory_order_relaxed);
   s->members.store(e.members, std::memory_order_relaxed);
   s->empty_since_ns.store(e.empty_since_ns, std::memory_order_relaxed);
@@ -76,7 +76,7 @@ void clear_group_name(GroupNameSlot* table, const std::string& name) {
   if (!s) return;
   const std::uint32_t seq = s->seq.load(std::memory_order_relaxed);
   s->seq.store(seq + 1, std::memory_order_relaxed);
-  std::atomic_thread_fence(std::memory_order_release);
+  shm::seqlock_write_fence();
   s->key.store(0, std::memory_order_relaxed);
   s->name_len.store(0, std::memory_order_relaxed);
   s->seq.store(seq + 2, std::memory_order_release);
