@@ -99,15 +99,15 @@ Status Consumer::Impl::commit_offsets(const std::vector<std::pair<TopicPartition
     if (!group || done || find(e.first)) offs.push_back(e);
     else not_ours += fmt::format("{}{}-{}", not_ours.empty() ? "" : ", ", e.first.topic, e.first.partition);
   }
-  if (!not_ours.empty()) {
-    if (!offs.empty())
-      if (auto ok = commit_offsets(offs, sync); !ok) return ok;
+  // What is sent is committed; what was not ours is the answer all the same.
+  auto answer = [&]() -> Status {
+    if (not_ours.empty()) return {};
     return make_error(Errc::kInvalidArgument, fmt::format("commit refused: {} not assigned to this member of group '{}' "
                                                           "(revoked in a rebalance?){}", not_ours, group->name,
                                                           offs.empty() ? "" : "; the others were committed"));
-  }
+  };
   // Nothing to commit: nothing sent, unless a callback waits for busd's answer from poll().
-  if (offs.empty() && !done) return {};
+  if (offs.empty() && !done) return answer();
   proto::json arr = proto::json::array();
   for (const auto& [tp, o] : offs) arr.push_back({tp.topic, tp.partition, o});
   proto::json req{{"op", "commit"}, {"offsets", arr}, {"sync", sync}};
@@ -126,7 +126,10 @@ Status Consumer::Impl::commit_offsets(const std::vector<std::pair<TopicPartition
     req["member_id"] = "";
     req["generation"] = -1;
   }
-  if (!sync && !done) return conn->send(req);
+  if (!sync && !done) {
+    if (auto ok = conn->send(req); !ok) return ok;
+    return answer();
+  }
   if (!sync) {
     auto id = conn->send_tracked(req);
     if (!id) return tl::unexpected(id.error());
@@ -136,7 +139,7 @@ Status Consumer::Impl::commit_offsets(const std::vector<std::pair<TopicPartition
   auto r = conn->request(req, std::chrono::seconds(5));
   if (!r) return tl::unexpected(r.error());
   for (const auto& [tp, o] : offs) committed_by_us()[{tp.topic, tp.partition}] = o;
-  return {};
+  return answer();
 }
 
 std::vector<std::pair<TopicPartition, std::uint64_t>> Consumer::Impl::positions(bool only_changed) {
