@@ -56,6 +56,17 @@ class BusdFixture : public ::testing::Test {
     auto r = (*c)->request({{"op", "group_describe"}, {"group", group}}, std::chrono::seconds(5));
     return r ? *r : nlohmann::json();
   }
+  // busd's status, once it answers (started on demand with `autostart`).
+  nlohmann::json status(bool autostart = false) {
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (auto c = BusdConnection::connect(bus_->name(), std::chrono::seconds(2), autostart))
+        if (auto r = (*c)->request({{"op", "status"}}, std::chrono::seconds(5))) return *r;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ADD_FAILURE() << "busd did not answer";
+    return nlohmann::json();
+  }
   std::string file(const std::string& name) { return dir_ + "/" + name; }
   // Member i's log. fmt, not `"m" + std::to_string(i)`: that trips GCC 12's -Wrestrict false
   // positive at -O3.

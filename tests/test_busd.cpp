@@ -1469,17 +1469,6 @@ class BusdMetrics : public Busd {
     }
     Busd::TearDown();
   }
-  // busd's status, once it answers.
-  json status(bool autostart = false) {
-    const auto deadline = std::chrono::steady_clock::now() + 20s;
-    while (std::chrono::steady_clock::now() < deadline) {
-      if (auto c = BusdConnection::connect(bus_->name(), 2s, autostart))
-        if (auto r = (*c)->request({{"op", "status"}}, 5s)) return *r;
-      std::this_thread::sleep_for(10ms);
-    }
-    ADD_FAILURE() << "busd did not answer";
-    return json();
-  }
   std::string metrics_address(const json& st) {
     if (!st.contains("listeners") || !st["listeners"].contains("metrics")) return "";
     return st["listeners"]["metrics"]["address"].get<std::string>();

@@ -444,6 +444,21 @@ TEST(KafkaMessages, ProduceResponseV7PutsThrottleLastAndFetchV11PutsItFirst) {
   EXPECT_EQ(part.records, std::optional<std::string>("rec"));
 }
 
+// A Fetch v4 partition is 30 bytes when it has no records and no aborted transactions (no
+// log_start_offset before v5): the decoder's minimum element size must not be v5's.
+TEST(KafkaMessages, FetchV4ResponseWithAnEmptyPartitionDecodes) {
+  FetchResponse r;
+  FetchResponse::Partition p;
+  p.error_code = kUnknownTopicOrPartition;
+  p.aborted_transactions.emplace();
+  p.records.emplace();
+  r.responses.push_back({"t", {p}});
+  const std::string frame = encode_response(9, 4, r);
+  auto back = decode_response(kFetch, 4, bytes_of(frame).subspan(4));
+  ASSERT_TRUE(back) << back.error();
+  EXPECT_EQ(std::get<FetchResponse>(back->second).responses.at(0).partitions.at(0).error_code, kUnknownTopicOrPartition);
+}
+
 TEST(KafkaMessages, MetadataV0EmptyMeansAllAndV1NullMeansAll) {
   auto v0 = decode_frame(encode_request({kMetadata, 0, 1, "c"}, MetadataRequest{std::nullopt, true}));
   ASSERT_TRUE(v0);

@@ -68,5 +68,14 @@ std::unique_ptr<Command> top_command(CLI::App& app);          // top.cpp
 std::unique_ptr<Command> completion_commands(CLI::App& app);  // completion.cpp: completion, help-markdown
 std::unique_ptr<Command> log_commands(CLI::App& app);         // log.cpp
 std::unique_ptr<Command> metrics_commands(CLI::App& app);     // metrics.cpp: metrics start|stop
+std::unique_ptr<Command> kafka_commands(CLI::App& app);       // kafka.cpp: kafka start|stop
+
+// `busctl KIND start|stop` for one of busd's TCP listeners (metrics.cpp).
+struct ListenerTexts {
+  std::string kind, help, start_help, stop_help, default_listen, remote_help, start_example;
+  std::string started;      // printed after a start; {} is the address it got
+  std::string not_running;  // printed by a stop that found none
+};
+std::unique_ptr<Command> listener_commands(CLI::App& app, ListenerTexts texts);
 
 }  // namespace shmbus::busctl

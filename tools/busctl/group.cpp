@@ -112,7 +112,9 @@ class GroupCommands final : public Command {
     // TCP listeners (busctl metrics start): what each serves on.
     if (j.contains("listeners") && j["listeners"].is_object())
       for (const auto& [kind, l] : j["listeners"].items())
-        out << fmt::format("{} listening on {}{}\n", kind, l.value("address", "?"), kind == "metrics" ? " (GET /metrics)" : "");
+        out << fmt::format("{} listening on {}{}\n", kind, l.value("address", "?"),
+                           kind == "metrics" ? " (GET /metrics)"
+                                             : fmt::format(" (Kafka protocol, {} connections)", l.value("connections", 0)));
   }
 
   void print_list(std::ostream& out, json& j) {

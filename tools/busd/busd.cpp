@@ -57,8 +57,9 @@ Daemon::~Daemon() {
 Status Daemon::start() {
   started_ns_ = shm::realtime_ns();
   started_mono_ = shm::monotonic_ns();
-  if (opts_.metrics_listen)  // a bad address is refused before anything is touched
-    if (auto a = parse_listen(ListenerSpec{*opts_.metrics_listen, opts_.allow_remote}); !a) return tl::unexpected(a.error());
+  for (const auto& listen : {opts_.metrics_listen, opts_.kafka_listen})  // a bad address is refused before anything is touched
+    if (listen)
+      if (auto a = parse_listen(ListenerSpec{*listen, opts_.allow_remote}); !a) return tl::unexpected(a.error());
 
   BusOptions bo;
   bo.name = opts_.bus;

@@ -25,6 +25,9 @@ struct BusdOptions {
   // --metrics-listen HOST:PORT: serve Prometheus metrics there for this run (the listeners
   // file in the state dir, which `busctl metrics start` writes, is left as it is).
   std::optional<std::string> metrics_listen;
+  // --kafka-listen HOST:PORT: the Kafka protocol gateway (docs/kafka.md) there for this run,
+  // as --metrics-listen (`busctl kafka start` writes the listeners file).
+  std::optional<std::string> kafka_listen;
   bool allow_remote = false;  // listeners may bind addresses other than loopback
 };
 

@@ -19,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tools/busd/daemon.h"
+#include "tools/busd/kafka/gateway.h"
 #include "tools/busd/metrics.h"
 
 namespace shmbus::daemon {
@@ -138,17 +139,22 @@ Status save_listeners(const std::string& state_dir, const std::map<std::string, 
 Result<std::string> Daemon::open_listener(const std::string& kind, const ListenerSpec& spec) {
   // One branch a kind (another listener, e.g. a Kafka one, adds its own).
   Result<std::unique_ptr<TcpService>> service = make_error(
-      Errc::kInvalidArgument, fmt::format("unknown listener kind '{}' (busd knows: metrics)", kind));
+      Errc::kInvalidArgument, fmt::format("unknown listener kind '{}' (busd knows: metrics, kafka)", kind));
   if (kind == "metrics") {
     auto m = MetricsServer::open(spec, epoll_fd_, [this] { return metrics_text(); });
     if (m) service = std::unique_ptr<TcpService>(std::move(*m));
     else service = tl::unexpected(m.error());
+  } else if (kind == "kafka") {
+    auto logger = [this](const std::string& m) { log(m); };
+    auto k = kafka::Gateway::open(spec, epoll_fd_, std::make_unique<kafka::Handlers>(bus_, paths_.state_dir, logger), logger);
+    if (k) service = std::unique_ptr<TcpService>(std::move(*k));
+    else service = tl::unexpected(k.error());
   }
   if (!service) return tl::unexpected(service.error());
   const std::string address = (*service)->address();
   services_[kind] = std::move(*service);
   listener_specs_[kind] = spec;
-  log(fmt::format("{}: listening on {}{}", kind, address, kind == "metrics" ? " (GET /metrics)" : ""));
+  log(fmt::format("{}: listening on {}{}", kind, address, kind == "metrics" ? " (GET /metrics)" : " (Kafka protocol)"));
   return address;
 }
 
@@ -160,9 +166,10 @@ Status Daemon::start_listeners() {
   else
     for (const auto& [kind, spec] : *saved)
       if (auto ok = open_listener(kind, spec); !ok) log(fmt::format("{} listener not started: {}", kind, ok.error().message));
-  if (opts_.metrics_listen) {
-    services_.erase("metrics");
-    auto ok = open_listener("metrics", ListenerSpec{*opts_.metrics_listen, opts_.allow_remote});
+  for (const auto& [kind, listen] : {std::pair{"metrics", opts_.metrics_listen}, std::pair{"kafka", opts_.kafka_listen}}) {
+    if (!listen) continue;
+    services_.erase(kind);
+    auto ok = open_listener(kind, ListenerSpec{*listen, opts_.allow_remote});
     if (!ok) return tl::unexpected(ok.error());
   }
   return {};
@@ -178,7 +185,8 @@ json Daemon::listeners_json() const {
   json out = json::object();
   for (const auto& [kind, s] : services_) {
     const ListenerSpec& spec = listener_specs_.at(kind);
-    out[kind] = {{"address", s->address()}, {"listen", spec.listen}, {"allow_remote", spec.allow_remote}};
+    out[kind] = {{"address", s->address()}, {"listen", spec.listen}, {"allow_remote", spec.allow_remote},
+                 {"connections", s->connections()}};
   }
   return out;
 }

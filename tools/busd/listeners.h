@@ -1,4 +1,4 @@
-// busd's TCP listeners (the Prometheus metrics endpoint; others by kind): their addresses,
+// busd's TCP listeners (the Prometheus metrics endpoint, the Kafka gateway): their addresses,
 // the `listeners` file in the bus's state dir that keeps which ones run across restarts,
 // and the interface through which busd's event loop drives one. Internal to busd.
 #pragma once
@@ -52,6 +52,7 @@ class TcpService {
   virtual void on_event(int fd, std::uint32_t events) = 0;
   virtual void tick(std::uint64_t now_ns) = 0;
   virtual const std::string& address() const = 0;  // HOST:PORT bound
+  virtual std::size_t connections() const { return 0; }  // open now (busctl status)
 };
 
 }  // namespace shmbus::daemon

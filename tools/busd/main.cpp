@@ -62,6 +62,10 @@ int main(int argc, char** argv) {
   app.add_option("--metrics-listen", metrics_listen,
                  "serve Prometheus metrics (GET /metrics) on HOST:PORT, loopback unless --allow-remote; port 0 picks one "
                  "(busctl status shows it)");
+  std::string kafka_listen;
+  app.add_option("--kafka-listen", kafka_listen,
+                 "speak the Kafka protocol on HOST:PORT (kcat, librdkafka, kafka-python clients), loopback unless "
+                 "--allow-remote; port 0 picks one (busctl status shows it)");
   app.add_flag("--allow-remote", o.allow_remote, "let listeners bind addresses other than loopback");
   bool help_man = false;
   app.add_flag("--help-man", help_man, "print this manual page (busd.8) in roff and exit")->group("");
@@ -72,6 +76,7 @@ int main(int argc, char** argv) {
   }
   if (!group.empty()) o.group = group;
   if (!metrics_listen.empty()) o.metrics_listen = metrics_listen;
+  if (!kafka_listen.empty()) o.kafka_listen = kafka_listen;
   if (!retention.empty()) {
     auto ns = shmbus::timetext::parse_duration_ns(retention);
     if (!ns || *ns < 1'000'000) {

@@ -168,7 +168,7 @@ void serde(Io& io, Ref<FetchResponse, Io> m, int v) {
   }
   io.array(m.responses, "responses", 6, [&](auto& t) {
     io.string(t.topic, "topic");
-    io.array(t.partitions, "partitions", 34, [&](auto& p) {
+    io.array(t.partitions, "partitions", 30, [&](auto& p) {
       io.i32(p.partition_index, "partition_index");
       io.i16(p.error_code, "error_code");
       io.i64(p.high_watermark, "high_watermark");

@@ -1,0 +1,552 @@
+// busd's Kafka gateway (tools/busd/kafka/gateway.*, handlers.*) driven by the real Debian
+// clients: kcat (librdkafka 2.0.2), kafka-python 2.0.2 and confluent-kafka 1.7.0, and by raw
+// frames for what the clients never send (malformed, oversized, Produce v2, long polls).
+// Each test runs its own busd on a free loopback port, on its own bus.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "busd_fixture.h"
+#include "cli_util.h"
+#include "bus/topic.h"
+#include "shmbus/consumer.h"
+#include "shmbus/producer.h"
+#include "tools/busd/kafka/messages.h"
+
+namespace shmbus {
+namespace {
+
+using namespace std::chrono_literals;
+using json = nlohmann::json;
+namespace k = kafka;
+
+struct ShRun {
+  int code;
+  std::string out;
+};
+
+// A shell command, bounded by timeout(1); its stdout and stderr.
+ShRun sh(const std::string& cmd, int seconds = 60) {
+  ShRun r{-1, ""};
+  FILE* f = ::popen(fmt::format("timeout -k 5 {} {} 2>&1", seconds, cmd).c_str(), "r");
+  if (!f) return r;
+  char buf[4096];
+  for (std::size_t n; (n = std::fread(buf, 1, sizeof buf, f)) > 0;) r.out.append(buf, n);
+  const int st = ::pclose(f);
+  r.code = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+
+// A connection that speaks frames: what a client we do not have would send.
+class RawClient {
+ public:
+  explicit RawClient(std::uint16_t port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  }
+  ~RawClient() { ::close(fd_); }
+  bool connected() const { return connected_; }
+  bool send_bytes(const std::string& b) { return ::send(fd_, b.data(), b.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(b.size()); }
+  // One response frame (without its size prefix); nullopt when closed or after `limit`.
+  std::optional<std::string> read_frame(std::chrono::milliseconds limit = 20s) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    for (;;) {
+      if (buf_.size() >= 4) {
+        const std::uint32_t n = (std::uint32_t(std::uint8_t(buf_[0])) << 24) | (std::uint32_t(std::uint8_t(buf_[1])) << 16) |
+                                (std::uint32_t(std::uint8_t(buf_[2])) << 8) | std::uint8_t(buf_[3]);
+        if (buf_.size() >= 4 + n) {
+          std::string f = buf_.substr(4, n);
+          buf_.erase(0, 4 + n);
+          return f;
+        }
+      }
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) return std::nullopt;
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) continue;
+      char b[65536];
+      const ssize_t n = ::recv(fd_, b, sizeof b, 0);
+      if (n <= 0) return std::nullopt;
+      buf_.append(b, static_cast<std::size_t>(n));
+    }
+  }
+  // True when busd closed the connection (within `limit`).
+  bool closed(std::chrono::milliseconds limit = 10s) {
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, static_cast<int>(limit.count())) != 1) return false;
+    char b;
+    return ::recv(fd_, &b, 1, 0) <= 0;
+  }
+  template <class Body>
+  std::optional<Body> call(std::int16_t version, const k::RequestBody& body, std::chrono::milliseconds limit = 20s) {
+    k::RequestHeader h{Body::kKey, version, ++corr_, std::string("raw")};
+    if (!send_bytes(k::encode_request(h, body))) return std::nullopt;
+    auto f = read_frame(limit);
+    if (!f) return std::nullopt;
+    auto r = k::decode_response(Body::kKey, version, std::span(reinterpret_cast<const std::uint8_t*>(f->data()), f->size()));
+    if (!r) {
+      ADD_FAILURE() << r.error();
+      return std::nullopt;
+    }
+    EXPECT_EQ(r->first, corr_);
+    return std::get<Body>(r->second);
+  }
+
+ private:
+  int fd_ = -1;
+  bool connected_ = false;
+  std::string buf_;
+  std::int32_t corr_ = 0;
+};
+
+k::FetchRequest fetch_of(const std::string& topic, std::int64_t offset, std::int32_t max_wait_ms) {
+  k::FetchRequest f;
+  f.max_wait_ms = max_wait_ms;
+  f.min_bytes = 1;
+  f.max_bytes = 1 << 20;
+  k::FetchRequest::Partition p;
+  p.partition = 0;
+  p.fetch_offset = offset;
+  p.partition_max_bytes = 1 << 20;
+  f.topics.push_back({topic, {p}});
+  return f;
+}
+
+class KafkaGateway : public test::BusdFixture {
+ protected:
+  void SetUp() override {
+    BusdFixture::SetUp();
+    child_ = test::spawn({SHMBUS_BUSD_PATH, "--bus", bus_->name(), "--kafka-listen", "127.0.0.1:0"});
+    ASSERT_GT(child_.pid, 0);
+    address_ = kafka_address(status());
+    ASSERT_EQ(address_.rfind("127.0.0.1:", 0), 0u) << address_;
+    port_ = static_cast<std::uint16_t>(std::stoul(address_.substr(address_.rfind(':') + 1)));
+    ASSERT_NE(port_, 0);
+  }
+  void TearDown() override {
+    if (child_.pid > 0) {
+      ::kill(child_.pid, SIGKILL);
+      std::string out;
+      test::finish(child_, out, 10s);
+    }
+    BusdFixture::TearDown();
+  }
+  static std::string kafka_address(const json& st) {
+    if (!st.contains("listeners") || !st["listeners"].contains("kafka")) return "";
+    return st["listeners"]["kafka"]["address"].get<std::string>();
+  }
+  bool child_alive() { return ::waitpid(child_.pid, nullptr, WNOHANG) == 0; }
+  std::string kcat(const std::string& args, const std::string& input = "") {
+    std::string cmd = "kcat -b " + address_ + " " + args;
+    if (!input.empty()) {
+      const std::string in = file("kcat.in");
+      std::ofstream(in) << input;
+      cmd += " < " + in;
+    }
+    auto r = sh(cmd);
+    EXPECT_EQ(r.code, 0) << cmd << "\n" << r.out;
+    return r.out;
+  }
+  // Runs a Python script with BOOTSTRAP set; its output.
+  ShRun python(const std::string& script) {
+    const std::string path = file("t.py");
+    std::ofstream(path) << "BOOTSTRAP = '" << address_ << "'\n" << script;
+    auto r = sh("/usr/bin/python3 " + path, 90);
+    if (std::getenv("KAFKA_TEST_VERBOSE")) std::cerr << r.out;
+    return r;
+  }
+  std::vector<ConsumedRecord> read_native(const std::string& topic, std::uint32_t partition, std::size_t n,
+                                          std::vector<std::string>* keep) {
+    ConsumerConfig cc;
+    cc.auto_offset_reset = OffsetReset::kEarliest;
+    auto c = Consumer::create(bus_->get(), cc);
+    EXPECT_TRUE(c);
+    EXPECT_TRUE(c->assign({{topic, partition}}));
+    std::vector<ConsumedRecord> out;
+    for (int i = 0; i < 100 && out.size() < n; ++i) {
+      auto recs = c->poll(50ms);
+      if (!recs) break;
+      for (const auto& r : *recs) {
+        // Copies that outlive the consumer: key, value, headers as strings in `keep`.
+        keep->push_back(r.key ? std::string(as_string(*r.key)) : "<null>");
+        keep->push_back(r.null_value ? "<null>" : std::string(as_string(r.value)));
+        std::string hs;
+        for (auto it = r.headers(); auto h = it.next();) hs += std::string(h->key) + "=" + std::string(as_string(h->value)) + ";";
+        keep->push_back(hs);
+        out.push_back(r);
+      }
+    }
+    return out;
+  }
+
+  test::Child child_{};
+  std::string address_;
+  std::uint16_t port_ = 0;
+};
+
+TEST_F(KafkaGateway, KcatListsProducesWithKeysAndHeadersAndReadsBack) {
+  TopicConfig cfg;
+  cfg.partitions = 2;
+  ASSERT_TRUE((*bus_)->create_topic("t", cfg));
+  const std::string meta = kcat("-L");
+  EXPECT_NE(meta.find("broker 0 at " + address_), std::string::npos) << meta;
+  EXPECT_NE(meta.find("topic \"t\" with 2 partitions"), std::string::npos) << meta;
+
+  kcat("-P -t t -p 1 -K: -H hk=hv -H h2=", "k1:v1\nk2:v2\n:emptykey\n");
+  std::vector<std::string> keep;
+  auto recs = read_native("t", 1, 3, &keep);
+  ASSERT_EQ(recs.size(), 3u);
+  for (std::size_t i = 0; i < 3; ++i) EXPECT_EQ(recs[i].offset, i);
+  EXPECT_EQ(keep[0], "k1");
+  EXPECT_EQ(keep[1], "v1");
+  EXPECT_EQ(keep[2], "hk=hv;h2=;");
+  EXPECT_EQ(keep[6], "") << "an empty key stays empty, not null";
+  EXPECT_TRUE(recs[2].key.has_value());
+  EXPECT_EQ(keep[7], "emptykey");
+  // kcat's CreateTime, in ms, became the record's ns.
+  EXPECT_EQ(recs[0].timestamp_ns % 1'000'000, 0);
+
+  const std::string back = kcat("-C -t t -p 1 -o beginning -e -f '%k|%s|%h|%o|%K\\n'");
+  EXPECT_NE(back.find("k1|v1|hk=hv,h2=|0|2\n"), std::string::npos) << back;
+  EXPECT_NE(back.find("k2|v2|hk=hv,h2=|1|2\n"), std::string::npos) << back;
+  EXPECT_NE(back.find("|emptykey|hk=hv,h2=|2|0\n"), std::string::npos) << back;
+  EXPECT_TRUE(child_alive());
+}
+
+TEST_F(KafkaGateway, NativeRecordsReachKcatWithKeysHeadersTimestampsAndOffsets) {
+  ASSERT_TRUE((*bus_)->create_topic("n", TopicConfig{}));
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  const Header hs[] = {{"trace", as_bytes("abc")}};
+  Message m{as_bytes("key1"), as_bytes("value1"), hs, 1'700'000'000'123'000'000};
+  ASSERT_TRUE(p->send("n", m));
+  Message nullkey{std::nullopt, as_bytes("v2"), {}, 1'700'000'000'456'000'000};
+  ASSERT_TRUE(p->send("n", nullkey));
+  Message tomb{as_bytes("gone"), Bytes{}, {}, 1'700'000'000'789'000'000, /*null_value=*/true};
+  ASSERT_TRUE(p->send("n", tomb));
+  const std::string back = kcat("-C -t n -o beginning -e -f '%k|%s|%h|%o|%T|%K|%S\\n'");
+  EXPECT_NE(back.find("key1|value1|trace=abc|0|1700000000123|4|6\n"), std::string::npos) << back;
+  EXPECT_NE(back.find("|v2||1|1700000000456|-1|2\n"), std::string::npos) << "null key: -1\n" << back;
+  EXPECT_NE(back.find("gone|||2|1700000000789|4|-1\n"), std::string::npos) << "null value: -1\n" << back;
+}
+
+TEST_F(KafkaGateway, FetchServesTheDiskLogOfASpilledTopicAndTheRing) {
+  // 64 KiB rings: 3000 records of ~100 bytes lap the ring several times; the oldest are on
+  // disk only.
+  ASSERT_TRUE((*bus_)->create_topic("sp", test::spilled_topic(1, 64 << 10)));
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  const std::string pad(90, 'p');
+  for (int i = 0; i < 3000; ++i) ASSERT_TRUE(p->send("sp", fmt::format("k{}", i), fmt::format("{}-{}", i, pad)));
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  for (;;) {
+    auto info = (*bus_)->describe_topic("sp");
+    ASSERT_TRUE(info);
+    if (info->partitions[0].disk_end_offset == 3000) {
+      ASSERT_GT(info->partitions[0].start_offset, 0u) << "the ring should have dropped the oldest";
+      break;
+    }
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "not spilled";
+    std::this_thread::sleep_for(10ms);
+  }
+  const std::string out = kcat("-q -C -t sp -o beginning -e -f '%o %k %s\n'");
+  std::istringstream in(out);
+  std::size_t n = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty() || line[0] == '%') continue;
+    ASSERT_EQ(line, fmt::format("{} k{} {}-{}", n, n, n, pad)) << "record " << n << " of 3000";
+    ++n;
+  }
+  EXPECT_EQ(n, 3000u) << out.substr(0, 2000);
+}
+
+TEST_F(KafkaGateway, EveryCompressionCodecIsDecoded) {
+  ASSERT_TRUE((*bus_)->create_topic("z", TopicConfig{}));
+  const std::vector<std::string> codecs = {"none", "gzip", "snappy", "lz4", "zstd"};
+  for (const auto& z : codecs) {
+    std::string in;
+    for (int i = 0; i < 50; ++i) in += fmt::format("{}-{}:value {} of {} {}\n", z, i, i, z, std::string(40, 'x'));
+    kcat("-P -t z -K: -z " + z, in);
+  }
+  std::vector<std::string> keep;
+  auto recs = read_native("z", 0, 250, &keep);
+  ASSERT_EQ(recs.size(), 250u);
+  for (std::size_t c = 0; c < codecs.size(); ++c)
+    for (std::size_t i = 0; i < 50; ++i) {
+      const std::size_t r = c * 50 + i;
+      EXPECT_EQ(recs[r].offset, r);
+      EXPECT_EQ(keep[3 * r], fmt::format("{}-{}", codecs[c], i));
+      EXPECT_EQ(keep[3 * r + 1], fmt::format("value {} of {} {}", i, codecs[c], std::string(40, 'x')));
+    }
+}
+
+TEST_F(KafkaGateway, KafkaPythonProducesAndConsumesWithAssignAndAcksZero) {
+  auto r = python(R"(
+from kafka import KafkaProducer, KafkaConsumer, TopicPartition
+p = KafkaProducer(bootstrap_servers=BOOTSTRAP)
+futs = [p.send('py', key=b'k%d' % i, value=b'v%d' % i, headers=[('h', b'x')]) for i in range(5)]
+p.send('py', key=None, value=b'')
+p.flush()
+print('offsets', [f.get(timeout=10).offset for f in futs])
+z = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks=0)
+z.send('py', key=b'zero', value=b'acks0')
+z.flush()
+z.close()
+c = KafkaConsumer(bootstrap_servers=BOOTSTRAP, consumer_timeout_ms=10000)
+tp = TopicPartition('py', 0)
+c.assign([tp])
+c.seek_to_beginning(tp)
+got = []
+while len(got) < 7:
+    batch = c.poll(timeout_ms=5000)
+    if not batch:
+        break
+    for recs in batch.values():
+        got += recs
+for m in got:
+    print('rec', m.offset, m.key, m.value, m.headers)
+print('times_ok', all(m.timestamp > 1600000000000 for m in got))
+)");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("offsets [0, 1, 2, 3, 4]"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("rec 0 b'k0' b'v0' [('h', b'x')]"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("rec 5 None b'' []"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("rec 6 b'zero' b'acks0' []"), std::string::npos) << "acks=0 got no answer and still landed\n" << r.out;
+  EXPECT_NE(r.out.find("times_ok True"), std::string::npos) << r.out;
+}
+
+TEST_F(KafkaGateway, ConfluentProducerAndConsumerWithAssignAndListOffsetsByTime) {
+  ASSERT_TRUE((*bus_)->create_topic("ck", TopicConfig{}));
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  // Natively: records 1 s apart from t0, for the by-time lookup.
+  const std::int64_t t0_ms = 1'700'000'000'000;
+  for (int i = 0; i < 5; ++i) {
+    const std::string v = fmt::format("native{}", i);
+    ASSERT_TRUE(p->send("ck", Message{as_bytes("n"), as_bytes(v), {}, (t0_ms + i * 1000) * 1'000'000}));
+  }
+  auto r = python(R"(
+from confluent_kafka import Producer, Consumer, TopicPartition
+p = Producer({'bootstrap.servers': BOOTSTRAP})
+got = []
+for i in range(3):
+    p.produce('ck', key=b'c%d' % i, value=b'conf%d' % i, on_delivery=lambda e, m: got.append((e, m.offset())))
+p.flush(10)
+print('delivered', sorted(o for e, o in got if e is None))
+c = Consumer({'bootstrap.servers': BOOTSTRAP, 'group.id': 'unused', 'enable.auto.commit': False})
+lo, hi = c.get_watermark_offsets(TopicPartition('ck', 0), timeout=10)
+print('watermarks', lo, hi)
+t0 = 1700000000000
+for ts in (t0 + 2000, t0 + 2500, t0 + 99999999999):
+    r = c.offsets_for_times([TopicPartition('ck', 0, ts)], timeout=10)
+    print('time', ts - t0, r[0].offset)
+c.assign([TopicPartition('ck', 0, 0)])
+seen = []
+while len(seen) < 8:
+    m = c.poll(5)
+    if m is None:
+        break
+    if m.error():
+        print('error', m.error())
+        continue
+    seen.append((m.offset(), m.key(), m.value(), m.timestamp()[1]))
+for s in seen:
+    print('rec', *s)
+c.close()
+)");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("delivered [5, 6, 7]"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("watermarks 0 8"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("time 2000 2\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("time 2500 3\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("time 99999999999 -1\n"), std::string::npos) << "no record that late: -1 (OFFSET_END)\n" << r.out;
+  EXPECT_NE(r.out.find("rec 1 b'n' b'native1' 1700000001000\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("rec 6 b'c1' b'conf1' "), std::string::npos) << r.out;
+  // The reverse: what confluent produced, natively, at the same offsets.
+  std::vector<std::string> keep;
+  auto recs = read_native("ck", 0, 8, &keep);
+  ASSERT_EQ(recs.size(), 8u);
+  EXPECT_EQ(keep[3 * 7], "c2");
+  EXPECT_EQ(keep[3 * 7 + 1], "conf2");
+}
+
+TEST_F(KafkaGateway, LongPollWakesWhenThePartitionGrowsAndHoldsNobodyElse) {
+  ASSERT_TRUE((*bus_)->create_topic("lp", TopicConfig{}));
+  RawClient waiting(port_);
+  ASSERT_TRUE(waiting.connected());
+  // A fetch at the end with a minute's max_wait: parked.
+  k::RequestHeader h{k::kFetch, 11, 7, std::string("raw")};
+  ASSERT_TRUE(waiting.send_bytes(k::encode_request(h, fetch_of("lp", 0, 60'000))));
+  EXPECT_FALSE(waiting.read_frame(300ms)) << "answered before there was anything";
+  // Another connection is served meanwhile.
+  RawClient other(port_);
+  auto md = other.call<k::MetadataResponse>(4, k::MetadataRequest{std::vector<std::string>{"lp"}, false});
+  ASSERT_TRUE(md);
+  ASSERT_EQ(md->topics.size(), 1u);
+  EXPECT_EQ(md->topics[0].error_code, 0);
+  // A record arrives: the parked fetch is answered with it, long before its max_wait.
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  ASSERT_TRUE(p->send("lp", "k", "woken"));
+  auto f = waiting.read_frame(30s);
+  ASSERT_TRUE(f) << "the parked fetch was not woken by the new record";
+  auto resp = k::decode_response(k::kFetch, 11, std::span(reinterpret_cast<const std::uint8_t*>(f->data()), f->size()));
+  ASSERT_TRUE(resp) << resp.error();
+  const auto& fr = std::get<k::FetchResponse>(resp->second);
+  ASSERT_EQ(fr.responses.size(), 1u);
+  const auto& part = fr.responses[0].partitions.at(0);
+  EXPECT_EQ(part.error_code, 0);
+  EXPECT_EQ(part.high_watermark, 1);
+  ASSERT_TRUE(part.records);
+  EXPECT_NE(part.records->find("woken"), std::string::npos);
+}
+
+TEST_F(KafkaGateway, KafkaErrorsForOutOfRangeUnknownTopicsAndOldMessageFormats) {
+  ASSERT_TRUE((*bus_)->create_topic("e", TopicConfig{}));
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  ASSERT_TRUE(p->send("e", "k", "v"));
+  RawClient c(port_);
+  auto f = c.call<k::FetchResponse>(11, fetch_of("e", 5, 0));
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->responses.at(0).partitions.at(0).error_code, k::kOffsetOutOfRange);
+  EXPECT_EQ(f->responses.at(0).partitions.at(0).high_watermark, 1);
+  auto u = c.call<k::FetchResponse>(4, fetch_of("nosuch", 0, 0));
+  ASSERT_TRUE(u);
+  EXPECT_EQ(u->responses.at(0).partitions.at(0).error_code, k::kUnknownTopicOrPartition);
+  // Metadata v4 that does not allow creation: unknown; an invalid name: INVALID_TOPIC.
+  auto md = c.call<k::MetadataResponse>(4, k::MetadataRequest{std::vector<std::string>{"nosuch", "bad name!"}, false});
+  ASSERT_TRUE(md);
+  ASSERT_EQ(md->topics.size(), 2u);
+  EXPECT_EQ(md->topics[0].error_code, k::kUnknownTopicOrPartition);
+  EXPECT_EQ(md->topics[1].error_code, k::kInvalidTopic);
+  EXPECT_FALSE((*bus_)->topic("nosuch"));
+  // Produce v2 (message format 0/1): UNSUPPORTED_FOR_MESSAGE_FORMAT, nothing appended.
+  k::ProduceRequest pr;
+  pr.acks = 1;
+  pr.topics.push_back({"e", {k::ProduceRequest::Partition{0, std::string("\0\0\0\0", 4)}}});
+  auto old = c.call<k::ProduceResponse>(2, pr);
+  ASSERT_TRUE(old);
+  EXPECT_EQ(old->responses.at(0).partitions.at(0).error_code, 43);
+  // Produce v7 with a corrupt batch: CORRUPT_MESSAGE.
+  auto bad = c.call<k::ProduceResponse>(7, pr);
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->responses.at(0).partitions.at(0).error_code, k::kCorruptMessage);
+  EXPECT_EQ((*(*bus_)->topic("e"))->ring(0).end_offset(), 1u);
+}
+
+TEST_F(KafkaGateway, MalformedAndOversizedFramesCloseOnlyTheirConnection) {
+  RawClient idle(port_);  // connected, says nothing: holds no one up
+  ASSERT_TRUE(idle.connected());
+  {
+    RawClient big(port_);
+    ASSERT_TRUE(big.send_bytes(std::string("\x7f\xff\xff\xff", 4)));  // 2 GiB frame announced
+    EXPECT_TRUE(big.closed());
+  }
+  {
+    RawClient neg(port_);
+    ASSERT_TRUE(neg.send_bytes(std::string("\xff\xff\xff\xf0", 4)));
+    EXPECT_TRUE(neg.closed());
+  }
+  {
+    RawClient junk(port_);  // a whole frame whose body is not a request
+    ASSERT_TRUE(junk.send_bytes(std::string("\x00\x00\x00\x05\x00\x03\x00\x04\x00", 9)));
+    EXPECT_TRUE(junk.closed());
+  }
+  {
+    RawClient unknown(port_);  // API key 999
+    ASSERT_TRUE(unknown.send_bytes(std::string("\x00\x00\x00\x0a\x03\xe7\x00\x00\x00\x00\x00\x01\xff\xff", 14)));
+    EXPECT_TRUE(unknown.closed());
+  }
+  {
+    RawClient tooNew(port_);  // ApiVersions v9: the v0 fallback with UNSUPPORTED_VERSION
+    ASSERT_TRUE(tooNew.send_bytes(std::string("\x00\x00\x00\x0a\x00\x12\x00\x09\x00\x00\x00\x05\xff\xff", 14)));
+    auto f = tooNew.read_frame();
+    ASSERT_TRUE(f);
+    auto r = k::decode_response(k::kApiVersions, 0, std::span(reinterpret_cast<const std::uint8_t*>(f->data()), f->size()));
+    ASSERT_TRUE(r) << r.error();
+    EXPECT_EQ(std::get<k::ApiVersionsResponse>(r->second).error_code, k::kUnsupportedVersion);
+  }
+  EXPECT_TRUE(child_alive());
+  EXPECT_NE(kcat("-L").find("broker 0 at " + address_), std::string::npos);
+  const json st = status();
+  EXPECT_GE(st["listeners"]["kafka"]["connections"].get<int>(), 1) << st.dump();
+}
+
+TEST_F(KafkaGateway, AdminClientCreatesListsAndDeletesTopics) {
+  auto r = python(R"(
+from confluent_kafka.admin import AdminClient, NewTopic, ConfigResource
+a = AdminClient({'bootstrap.servers': BOOTSTRAP})
+for t, f in a.create_topics([NewTopic('adm', num_partitions=3, replication_factor=1)]).items():
+    print('create', t, f.result(10))
+for t, f in a.create_topics([NewTopic('adm', num_partitions=3, replication_factor=1)]).items():
+    try:
+        f.result(10)
+    except Exception as e:
+        print('again', e.args[0].name())
+md = a.list_topics(timeout=10)
+print('listed', sorted(md.topics), len(md.topics['adm'].partitions))
+for res, f in a.describe_configs([ConfigResource('topic', 'adm')]).items():
+    print('configs', sorted(f.result(10).keys()))
+for t, f in a.delete_topics(['adm']).items():
+    print('delete', t, f.result(10))
+)");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("create adm None"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("again TOPIC_ALREADY_EXISTS"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("listed ['adm'] 3"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("'max.message.bytes'"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("delete adm None"), std::string::npos) << r.out;
+  EXPECT_FALSE((*bus_)->topic("adm"));
+}
+
+// busctl kafka start|stop on a busd started on demand: kept across restarts, as metrics is.
+class BusctlKafka : public test::BusdFixture {};
+
+TEST_F(BusctlKafka, StartIsKeptAcrossRestartsAndStopToo) {
+  const std::string b = bus_->name();
+  auto address = [](const json& st) {
+    return st.contains("listeners") && st["listeners"].contains("kafka") ? st["listeners"]["kafka"]["address"].get<std::string>()
+                                                                         : std::string();
+  };
+  ASSERT_TRUE(status(true).is_object());
+  auto start = test::busctl({"--bus", b, "kafka", "start", "--listen", "127.0.0.1:0"});
+  ASSERT_EQ(start.code, 0) << start.err;
+  const std::string addr = address(status(false));
+  ASSERT_EQ(start.out, fmt::format("kafka: listening on {0} (bootstrap.servers={0})\n", addr));
+  EXPECT_NE(test::busctl({"--bus", b, "status"}).out.find("kafka listening on " + addr + " (Kafka protocol, "),
+            std::string::npos);
+  EXPECT_EQ(sh("kcat -L -b " + addr).code, 0);
+  const pid_t first = busd_pid();
+  kill_busd(SIGTERM);
+  const json again = status(true);
+  EXPECT_NE(again["pid"], first);
+  EXPECT_EQ(address(again), addr);
+  EXPECT_EQ(sh("kcat -L -b " + addr).code, 0);
+  auto remote = test::busctl({"--bus", b, "kafka", "start", "--listen", "10.1.2.3:9092"});
+  EXPECT_EQ(remote.code, 2);
+  EXPECT_NE(remote.err.find("loopback"), std::string::npos) << remote.err;
+  auto stop = test::busctl({"--bus", b, "kafka", "stop"});
+  EXPECT_EQ(stop.out, "kafka: stopped\n");
+  kill_busd(SIGTERM);
+  EXPECT_EQ(address(status(true)), "");
+  EXPECT_EQ(test::busctl({"--bus", b, "kafka", "stop"}).out, "kafka: was not running\n");
+}
+
+}  // namespace
+}  // namespace shmbus

@@ -1,0 +1,273 @@
+// The Kafka listener in busd's event loop (gateway.h): connections, frames, per-connection
+// FIFO answers, parked long polls.
+#include "tools/busd/kafka/gateway.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include <fmt/format.h>
+
+#include "shm/process.h"
+
+namespace shmbus::kafka {
+
+namespace {
+
+// The address the client connected to (getsockname of its socket): host without brackets.
+ClientEnd local_end(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof ss;
+  ClientEnd e{"127.0.0.1", 0};
+  if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return e;
+  char host[INET6_ADDRSTRLEN] = {};
+  if (ss.ss_family == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+    ::inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
+    e.port = ntohs(in6->sin6_port);
+  } else {
+    const auto* in4 = reinterpret_cast<const sockaddr_in*>(&ss);
+    ::inet_ntop(AF_INET, &in4->sin_addr, host, sizeof host);
+    e.port = ntohs(in4->sin_port);
+  }
+  e.host = host;
+  return e;
+}
+
+std::span<const std::uint8_t> bytes_of(const std::string& s, std::size_t from) {
+  return std::span(reinterpret_cast<const std::uint8_t*>(s.data()) + from, s.size() - from);
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Gateway>> Gateway::open(const daemon::ListenerSpec& spec, int epoll_fd,
+                                               std::unique_ptr<Handlers> handlers, Handlers::Log log) {
+  auto fd = daemon::listen_tcp(spec);
+  if (!fd) return tl::unexpected(fd.error());
+  const int tfd = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
+  if (tfd < 0) {
+    ::close(*fd);
+    return make_error(Errc::kSystem, fmt::format("timerfd_create: {}", std::strerror(errno)));
+  }
+  std::unique_ptr<Gateway> g(new Gateway(*fd, tfd, epoll_fd, std::move(handlers), std::move(log)));
+  for (int f : {*fd, tfd}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = f;
+    if (::epoll_ctl(epoll_fd, EPOLL_CTL_ADD, f, &ev) != 0)
+      return make_error(Errc::kSystem, fmt::format("epoll_ctl: {}", std::strerror(errno)));
+  }
+  return g;
+}
+
+Gateway::Gateway(int listen_fd, int timer_fd, int epoll_fd, std::unique_ptr<Handlers> handlers, Handlers::Log log)
+    : listen_fd_(listen_fd), timer_fd_(timer_fd), epoll_fd_(epoll_fd), address_(daemon::bound_address(listen_fd)),
+      handlers_(std::move(handlers)), log_(std::move(log)) {}
+
+Gateway::~Gateway() {
+  while (!conns_.empty()) close_conn(conns_.begin()->first, "");
+  for (int fd : {listen_fd_, timer_fd_}) {
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+    ::close(fd);
+  }
+}
+
+void Gateway::on_event(int fd, std::uint32_t events) {
+  if (fd == listen_fd_) return accept_all();
+  if (fd == timer_fd_) {
+    std::uint64_t expirations;
+    (void)!::read(timer_fd_, &expirations, sizeof expirations);
+    return poll_parked();
+  }
+  auto it = conns_.find(fd);
+  if (it == conns_.end()) return;
+  if (events & EPOLLOUT) {
+    write_out(fd, it->second);
+    it = conns_.find(fd);
+    if (it == conns_.end()) return;
+  }
+  if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) read_in(fd);
+}
+
+void Gateway::accept_all() {
+  for (;;) {
+    const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) return;
+    if (conns_.size() >= kMaxConns) {
+      ::close(fd);
+      continue;
+    }
+    const int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    Conn& c = conns_[fd];
+    c.end = local_end(fd);
+    c.events = EPOLLIN;
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = fd;
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &ev);
+  }
+}
+
+void Gateway::read_in(int fd) {
+  auto it = conns_.find(fd);
+  if (it == conns_.end()) return;
+  Conn& c = it->second;
+  char buf[65536];
+  // At most a few buffers a turn: one busy client does not starve the others.
+  for (int turn = 0; turn < 16; ++turn) {
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n > 0) {
+      c.in.append(buf, static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n == 0) {
+      // What was asked before the close is still answered if it can be at once.
+      (void)serve(fd, c);
+      return close_conn(fd, "");
+    }
+    if (errno == EINTR) continue;
+    if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+    return close_conn(fd, fmt::format("recv: {}", std::strerror(errno)));
+  }
+  if (serve(fd, c)) write_out(fd, c);
+}
+
+bool Gateway::serve(int fd, Conn& c) {
+  while (!c.parked && c.out.size() < kOutHighWater) {
+    auto size = frame_size(bytes_of(c.in, c.in_used));
+    if (!size) {
+      close_conn(fd, size.error());
+      return false;
+    }
+    if (!*size) break;
+    auto frame = bytes_of(c.in, c.in_used + 4).first(**size);
+    c.in_used += 4 + **size;
+    auto req = decode_request(frame);
+    if (!req) {
+      const DecodeError& e = req.error();
+      if (e.kind == DecodeError::Kind::kUnsupportedVersion && e.header && e.header->api_key == kApiVersions) {
+        c.out += encode_api_versions_fallback(e.header->correlation_id);
+        continue;
+      }
+      close_conn(fd, e.message);
+      return false;
+    }
+    Answer a = handlers_->handle(*req, c.end, shm::monotonic_ns());
+    if (!apply(fd, c, *req, std::move(a))) return false;
+  }
+  // Handled bytes are dropped once they are most of the buffer (not a copy a frame).
+  if (c.in_used == c.in.size()) {
+    c.in.clear();
+    c.in_used = 0;
+  } else if (c.in_used > (1u << 20) && c.in_used * 2 > c.in.size()) {
+    c.in.erase(0, c.in_used);
+    c.in_used = 0;
+  }
+  return true;
+}
+
+bool Gateway::apply(int fd, Conn& c, const Request& req, Answer a) {
+  switch (a.kind) {
+    case Answer::Kind::kRespond: c.out += a.frame; return true;
+    case Answer::Kind::kNothing: return true;
+    case Answer::Kind::kClose: close_conn(fd, a.why); return false;
+    case Answer::Kind::kPark:
+      if (!c.parked) {
+        c.parked.emplace(Parked{req, a.deadline_ns, handlers_->progress(req)});
+        if (++parked_ == 1) arm_timer(true);
+      }
+      return true;
+  }
+  return true;
+}
+
+void Gateway::poll_parked() {
+  const std::uint64_t now = shm::monotonic_ns();
+  std::vector<int> ready;
+  for (auto& [fd, c] : conns_) {
+    if (!c.parked) continue;
+    if (now >= c.parked->deadline_ns || handlers_->progress(c.parked->request) != c.parked->progress) ready.push_back(fd);
+  }
+  for (int fd : ready) {
+    auto it = conns_.find(fd);
+    if (it == conns_.end()) continue;
+    Conn& c = it->second;
+    const bool final = now >= c.parked->deadline_ns;
+    Parked p = std::move(*c.parked);
+    c.parked.reset();
+    --parked_;
+    Answer a = handlers_->handle(p.request, c.end, now, final);
+    if (a.kind == Answer::Kind::kPark) {  // grew, but not enough yet: wait on, to the first deadline
+      p.progress = handlers_->progress(p.request);
+      c.parked.emplace(std::move(p));
+      ++parked_;
+      continue;
+    }
+    if (!apply(fd, c, p.request, std::move(a))) continue;
+    if (serve(fd, c)) write_out(fd, c);
+  }
+  if (parked_ == 0) arm_timer(false);
+}
+
+void Gateway::arm_timer(bool on) {
+  if (on == timer_on_) return;
+  timer_on_ = on;
+  const long ns = on ? static_cast<long>(kParkedPollNs) : 0;
+  itimerspec its{{0, ns}, {0, ns}};
+  ::timerfd_settime(timer_fd_, 0, &its, nullptr);
+}
+
+void Gateway::write_out(int fd, Conn& c) {
+  while (!c.out.empty()) {
+    const ssize_t n = ::send(fd, c.out.data(), c.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      c.out.erase(0, static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+    return close_conn(fd, "");  // the client went away
+  }
+  // Drained below the mark: requests read meanwhile are served now.
+  if (!c.parked && c.out.size() < kOutHighWater && c.in_used < c.in.size()) {
+    if (!serve(fd, c)) return;
+    if (!c.out.empty()) return write_out(fd, c);
+  }
+  update_interest(fd, c);
+}
+
+void Gateway::update_interest(int fd, Conn& c) {
+  // Read while the connection may ask more: not while a request waits (parked) nor while
+  // answers pile up unread.
+  const bool want_read = !c.parked && c.out.size() < kOutHighWater;
+  const std::uint32_t events = (want_read ? EPOLLIN : 0u) | (c.out.empty() ? 0u : static_cast<std::uint32_t>(EPOLLOUT));
+  if (events == c.events) return;
+  c.events = events;
+  epoll_event ev{};
+  ev.events = events;
+  ev.data.fd = fd;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev);
+}
+
+void Gateway::close_conn(int fd, const std::string& why) {
+  auto it = conns_.find(fd);
+  if (it == conns_.end()) return;
+  if (!why.empty()) log_(fmt::format("kafka: connection closed: {}", why));
+  if (it->second.parked) --parked_;
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
+  ::close(fd);
+  conns_.erase(it);
+  if (parked_ == 0) arm_timer(false);
+}
+
+void Gateway::tick(std::uint64_t) {}
+
+}  // namespace shmbus::kafka

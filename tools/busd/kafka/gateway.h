@@ -1,0 +1,75 @@
+// The Kafka listener inside busd's event loop (a TcpService, listeners.h, of kind "kafka"):
+// accepts loopback connections, reads size-prefixed frames up to kMaxFrameSize, hands each
+// decoded request to the Handlers and writes the answers back in request order. Every socket
+// is non-blocking; a connection whose answers are not read stops being read (its requests
+// wait in the kernel's buffers), so a slow or stalled client holds up only itself. A Fetch
+// that waits for records (long poll) is parked and looked at again every 2 ms until its
+// partitions grow or its max_wait passes. docs/kafka.md.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "shmbus/error.h"
+#include "tools/busd/kafka/handlers.h"
+#include "tools/busd/kafka/messages.h"
+#include "tools/busd/listeners.h"
+
+namespace shmbus::kafka {
+
+class Gateway final : public daemon::TcpService {
+ public:
+  static Result<std::unique_ptr<Gateway>> open(const daemon::ListenerSpec& spec, int epoll_fd,
+                                               std::unique_ptr<Handlers> handlers, Handlers::Log log);
+  ~Gateway() override;
+
+  bool owns(int fd) const override { return fd == listen_fd_ || fd == timer_fd_ || conns_.count(fd) != 0; }
+  void on_event(int fd, std::uint32_t events) override;
+  void tick(std::uint64_t now_ns) override;
+  const std::string& address() const override { return address_; }
+  std::size_t connections() const override { return conns_.size(); }
+
+  static constexpr std::size_t kMaxConns = 1024;
+  // Answers queued beyond this: the connection's requests are not read until they drain.
+  static constexpr std::size_t kOutHighWater = 4u << 20;
+  static constexpr std::uint64_t kParkedPollNs = 2'000'000;
+
+ private:
+  struct Parked {
+    Request request;
+    std::uint64_t deadline_ns = 0;
+    std::uint64_t progress = 0;
+  };
+  struct Conn {
+    std::string in;
+    std::size_t in_used = 0;  // bytes of `in` already handled
+    std::string out;
+    ClientEnd end;
+    std::optional<Parked> parked;
+    std::uint32_t events = 0;  // the epoll interest set now
+  };
+  Gateway(int listen_fd, int timer_fd, int epoll_fd, std::unique_ptr<Handlers> handlers, Handlers::Log log);
+  void accept_all();
+  void read_in(int fd);
+  // Handles the whole frames read, in order, until one parks or answers pile up. False: closed.
+  bool serve(int fd, Conn& c);
+  bool apply(int fd, Conn& c, const Request& req, Answer a);
+  void write_out(int fd, Conn& c);
+  void update_interest(int fd, Conn& c);
+  void close_conn(int fd, const std::string& why);
+  void poll_parked();
+  void arm_timer(bool on);
+
+  int listen_fd_ = -1, timer_fd_ = -1, epoll_fd_ = -1;
+  std::string address_;
+  std::unique_ptr<Handlers> handlers_;
+  Handlers::Log log_;
+  std::map<int, Conn> conns_;
+  std::size_t parked_ = 0;
+  bool timer_on_ = false;
+};
+
+}  // namespace shmbus::kafka

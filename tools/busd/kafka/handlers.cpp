@@ -1,0 +1,552 @@
+// The Kafka gateway's request handlers (handlers.h): ApiVersions, Metadata (with
+// auto-creation), Produce through the library's Producer, Fetch through its Consumer (ring
+// and disk log), ListOffsets (by position and by time), CreateTopics, DeleteTopics,
+// DescribeConfigs; the group APIs answer COORDINATOR_NOT_AVAILABLE until they are bridged to
+// busd's coordinator. docs/kafka.md.
+#include "tools/busd/kafka/handlers.h"
+
+#include <algorithm>
+#include <type_traits>
+#include <variant>
+
+#include <fmt/format.h>
+
+#include "bus/disk_log.h"
+#include "bus/names.h"
+#include "bus/offset_lookup.h"
+#include "bus/topic.h"
+#include "tools/busd/kafka/record_batch.h"
+
+namespace shmbus::kafka {
+
+namespace {
+
+constexpr std::int32_t kNodeId = 0;
+// Error codes not in messages.h's list.
+constexpr std::int16_t kUnknownServerError = -1;
+constexpr std::int16_t kRequestTimedOut = 7;
+constexpr std::int16_t kMessageTooLarge = 10;
+constexpr std::int16_t kInvalidPartitions = 37;
+constexpr std::int16_t kInvalidReplicationFactor = 38;
+constexpr std::int16_t kUnsupportedForMessageFormat = 43;
+
+Answer respond(const RequestHeader& h, const ResponseBody& body) {
+  Answer a;
+  a.frame = encode_response(h.correlation_id, h.api_version, body);
+  return a;
+}
+
+std::int16_t kafka_error(const Error& e) {
+  switch (e.code) {
+    case Errc::kNotFound:
+    case Errc::kTopicDeleted: return kUnknownTopicOrPartition;
+    case Errc::kRecordTooLarge: return kMessageTooLarge;
+    case Errc::kTimedOut: return kRequestTimedOut;  // a full block topic: retriable
+    default: return kUnknownServerError;
+  }
+}
+
+// Ring bytes a record takes, roughly (its header and alignment included): what keeps one
+// send of a Produce's records well inside the ring.
+std::size_t ring_bytes(const Record& r) {
+  std::size_t n = 64 + (r.key ? r.key->size() : 0) + (r.value ? r.value->size() : 0);
+  for (const auto& h : r.headers) n += 8 + h.key.size() + (h.value ? h.value->size() : 0);
+  return n;
+}
+
+}  // namespace
+
+Handlers::Handlers(std::shared_ptr<Bus> bus, std::string state_dir, Log log)
+    : bus_(std::move(bus)), state_dir_(std::move(state_dir)), log_(std::move(log)) {}
+
+Handlers::~Handlers() = default;
+
+Answer Handlers::handle(const Request& req, const ClientEnd& end, std::uint64_t now_ns, bool final) {
+  const RequestHeader& h = req.header;
+  return std::visit(
+      [&](const auto& body) -> Answer {
+        using T = std::decay_t<decltype(body)>;
+        if constexpr (std::is_same_v<T, ApiVersionsRequest>) return respond(h, supported_api_versions());
+        else if constexpr (std::is_same_v<T, MetadataRequest>) return respond(h, metadata(h, body, end));
+        else if constexpr (std::is_same_v<T, ProduceRequest>) return produce(h, body);
+        else if constexpr (std::is_same_v<T, FetchRequest>) return fetch(h, body, now_ns, final);
+        else if constexpr (std::is_same_v<T, ListOffsetsRequest>) return respond(h, list_offsets(body));
+        else if constexpr (std::is_same_v<T, CreateTopicsRequest>) return respond(h, create_topics(body));
+        else if constexpr (std::is_same_v<T, DeleteTopicsRequest>) return respond(h, delete_topics(body));
+        else if constexpr (std::is_same_v<T, DescribeConfigsRequest>) return respond(h, describe_configs(body));
+        else return respond(h, without_coordinator(req.body));
+      },
+      req.body);
+}
+
+// ---- Metadata ----
+
+ResponseBody Handlers::metadata(const RequestHeader& h, const MetadataRequest& r, const ClientEnd& end) {
+  MetadataResponse out;
+  out.brokers.push_back({kNodeId, end.host, end.port, std::nullopt});
+  out.cluster_id = "shmbus-" + bus_->name();
+  out.controller_id = kNodeId;
+  auto describe = [&](const std::string& name, std::uint32_t partitions) {
+    MetadataResponse::Topic t;
+    t.name = name;
+    for (std::uint32_t p = 0; p < partitions; ++p)
+      t.partitions.push_back({kNone, static_cast<std::int32_t>(p), kNodeId, {kNodeId}, {kNodeId}});
+    out.topics.push_back(std::move(t));
+  };
+  // v0: an empty list is every topic; v1+: null is every topic, empty none.
+  const bool all = !r.topics || (h.api_version == 0 && r.topics->empty());
+  if (all) {
+    for (const TopicInfo& t : bus_->list_topics()) describe(t.name, t.config.partitions);
+    return out;
+  }
+  for (const std::string& name : *r.topics) {
+    if (auto t = bus_->topic(name)) {
+      describe(name, (*t)->partitions());
+      continue;
+    }
+    MetadataResponse::Topic t;
+    t.name = name;
+    if (!validate_name("topic", name)) {
+      t.error_code = kInvalidTopic;
+    } else if (!r.allow_auto_topic_creation) {  // before v4 the broker's policy: create
+      t.error_code = kUnknownTopicOrPartition;
+    } else if (auto ok = bus_->create_topic(name, TopicConfig{}); !ok && ok.error().code != Errc::kAlreadyExists) {
+      log_(fmt::format("kafka: topic '{}' not auto-created: {}", name, ok.error().message));
+      t.error_code = kUnknownTopicOrPartition;
+    } else {
+      if (ok) log_(fmt::format("kafka: topic '{}' auto-created", name));
+      auto made = bus_->topic(name);
+      describe(name, made ? (*made)->partitions() : 0);
+      continue;
+    }
+    out.topics.push_back(std::move(t));
+  }
+  return out;
+}
+
+// ---- Produce ----
+
+Answer Handlers::produce(const RequestHeader& h, const ProduceRequest& r) {
+  if (!producer_) {
+    ProducerConfig pc;
+    pc.max_block_ms = 0;  // busd's loop never waits for room: a full block topic is REQUEST_TIMED_OUT
+    auto p = Producer::create(bus_, pc);
+    if (!p) log_(fmt::format("kafka: no producer: {}", p.error().message));
+    else producer_.emplace(std::move(*p));
+  }
+  ProduceResponse out;
+  for (const auto& t : r.topics) {
+    ProduceResponse::Topic rt{t.name, {}};
+    auto topic = bus_->topic(t.name);
+    for (const auto& p : t.partitions) {
+      ProduceResponse::Partition rp;
+      rp.index = p.index;
+      rp.error_code = produce_partition(h, t.name, topic ? *topic : nullptr, p, rp);
+      rt.partitions.push_back(rp);
+    }
+    out.responses.push_back(std::move(rt));
+  }
+  if (r.acks == 0) {
+    Answer none;
+    none.kind = Answer::Kind::kNothing;
+    return none;
+  }
+  return respond(h, out);
+}
+
+std::int16_t Handlers::produce_partition(const RequestHeader& h, const std::string& name,
+                                         const std::shared_ptr<Topic>& topic, const ProduceRequest::Partition& p,
+                                         ProduceResponse::Partition& rp) {
+  if (h.api_version < 3) return kUnsupportedForMessageFormat;  // message sets of magic 0/1
+  if (!topic || p.index < 0 || static_cast<std::uint32_t>(p.index) >= topic->partitions()) return kUnknownTopicOrPartition;
+  if (!producer_) return kUnknownServerError;
+  const auto part = static_cast<std::uint32_t>(p.index);
+  rp.log_start_offset = static_cast<std::int64_t>(earliest_offset(topic->ring(part), topic->config().spill.enabled));
+  if (!p.records) return kCorruptMessage;
+  auto batches = decode_record_batches(
+      std::span(reinterpret_cast<const std::uint8_t*>(p.records->data()), p.records->size()));
+  if (!batches) {
+    log_(fmt::format("kafka: produce to {}-{} refused: {}", name, part, batches.error()));
+    return kCorruptMessage;
+  }
+  // The records as the library's Messages; their bytes stay in `batches`. Headers' null
+  // values become empty ones (the bus has no null header value).
+  std::vector<Message> msgs;
+  std::vector<std::vector<Header>> headers;
+  std::vector<std::size_t> sizes;
+  for (const auto& b : *batches) {
+    if (b.is_control()) continue;
+    const bool log_append = (b.attributes & 0x8) != 0;
+    for (const auto& rec : b.records) {
+      std::vector<Header> hs;
+      for (const auto& hd : rec.headers)
+        hs.push_back(Header{hd.key, hd.value ? as_bytes(*hd.value) : Bytes{}});
+      headers.push_back(std::move(hs));
+      Message m;
+      if (rec.key) m.key = as_bytes(*rec.key);
+      if (rec.value) m.value = as_bytes(*rec.value);
+      m.null_value = !rec.value;
+      const std::int64_t ms = b.base_timestamp + rec.timestamp_delta;
+      m.timestamp_ns = !log_append && ms > 0 && ms < INT64_MAX / 1'000'000 ? ms * 1'000'000 : 0;
+      msgs.push_back(m);
+      sizes.push_back(ring_bytes(rec));
+    }
+  }
+  for (std::size_t i = 0; i < msgs.size(); ++i) msgs[i].headers = headers[i];
+  // Sent in runs of at most a quarter of the ring each (a send may not take over half).
+  const std::size_t budget = std::max<std::size_t>(topic->ring(part).capacity() / 4, 1);
+  std::size_t i = 0;
+  while (i < msgs.size()) {
+    std::size_t j = i, bytes = 0;
+    while (j < msgs.size() && (j == i || bytes + sizes[j] <= budget)) bytes += sizes[j++];
+    auto sent = producer_->send_batch(name, std::span(msgs).subspan(i, j - i), part);
+    if (!sent) {
+      log_(fmt::format("kafka: produce to {}-{}: {}", name, part, sent.error().message));
+      return kafka_error(sent.error());
+    }
+    if (i == 0) rp.base_offset = static_cast<std::int64_t>(sent->offset);
+    i = j;
+  }
+  if (msgs.empty()) rp.base_offset = static_cast<std::int64_t>(topic->ring(part).end_offset());
+  return kNone;
+}
+
+// ---- Fetch ----
+
+std::uint64_t Handlers::progress(const Request& req) {
+  const auto* f = std::get_if<FetchRequest>(&req.body);
+  if (!f) return 0;
+  std::uint64_t sum = 0;
+  for (const auto& t : f->topics) {
+    auto topic = bus_->topic(t.topic);
+    if (!topic) continue;
+    for (const auto& p : t.partitions)
+      if (p.partition >= 0 && static_cast<std::uint32_t>(p.partition) < (*topic)->partitions())
+        sum += (*topic)->ring(static_cast<std::uint32_t>(p.partition)).end_offset();
+  }
+  return sum;
+}
+
+Answer Handlers::fetch(const RequestHeader& h, const FetchRequest& r, std::uint64_t now_ns, bool final) {
+  FetchResponse out;
+  const std::size_t max_total = r.max_bytes > 0 ? static_cast<std::size_t>(r.max_bytes) : 0;
+  std::size_t total = 0;
+  for (const auto& t : r.topics) {
+    FetchResponse::Topic rt{t.topic, {}};
+    auto topic = bus_->topic(t.topic);
+    for (const auto& p : t.partitions) {
+      FetchResponse::Partition rp;
+      rp.partition_index = p.partition;
+      rp.aborted_transactions.emplace();
+      rp.records.emplace();
+      if (!topic || p.partition < 0 || static_cast<std::uint32_t>(p.partition) >= (*topic)->partitions()) {
+        rp.error_code = kUnknownTopicOrPartition;
+        rp.high_watermark = rp.last_stable_offset = -1;
+        rt.partitions.push_back(std::move(rp));
+        continue;
+      }
+      const auto part = static_cast<std::uint32_t>(p.partition);
+      const shm::Ring& ring = (*topic)->ring(part);
+      const std::uint64_t end = ring.end_offset(), first = earliest_offset(ring, (*topic)->config().spill.enabled);
+      rp.high_watermark = rp.last_stable_offset = static_cast<std::int64_t>(end);
+      rp.log_start_offset = static_cast<std::int64_t>(first);
+      if (p.fetch_offset < static_cast<std::int64_t>(first) || p.fetch_offset > static_cast<std::int64_t>(end)) {
+        rp.error_code = kOffsetOutOfRange;
+      } else if (static_cast<std::uint64_t>(p.fetch_offset) < end && (total == 0 || total < max_total)) {
+        // KIP-74: the first partition with records gets at least one, whatever the limits.
+        std::size_t limit = p.partition_max_bytes > 0 ? static_cast<std::size_t>(p.partition_max_bytes) : 1;
+        if (total > 0) limit = std::min(limit, max_total - total);
+        total += read_records(*topic, part, static_cast<std::uint64_t>(p.fetch_offset), limit, *rp.records);
+      }
+      rt.partitions.push_back(std::move(rp));
+    }
+    out.responses.push_back(std::move(rt));
+  }
+  if (!final && r.max_wait_ms > 0 && total < static_cast<std::size_t>(std::max(r.min_bytes, 1))) {
+    Answer a;
+    a.kind = Answer::Kind::kPark;
+    a.deadline_ns = now_ns + static_cast<std::uint64_t>(r.max_wait_ms) * 1'000'000;
+    return a;
+  }
+  return respond(h, out);
+}
+
+Handlers::Reader* Handlers::reader(const std::shared_ptr<Topic>& t, std::uint32_t partition, std::uint64_t offset) {
+  const auto key = std::make_tuple(t->name(), t->epoch(), partition);
+  auto it = readers_.find(key);
+  if (it == readers_.end()) {
+    // Readers of an earlier creation of the topic are of no more use.
+    std::erase_if(readers_, [&](const auto& kv) { return std::get<0>(kv.first) == t->name() && std::get<1>(kv.first) != t->epoch(); });
+    ConsumerConfig cc;
+    cc.auto_offset_reset = OffsetReset::kEarliest;
+    cc.enable_auto_commit = false;
+    cc.max_poll_records = 1000;
+    auto c = Consumer::create(bus_, cc);
+    if (!c) {
+      log_(fmt::format("kafka: no reader for {}-{}: {}", t->name(), partition, c.error().message));
+      return nullptr;
+    }
+    if (auto ok = c->assign({{t->name(), partition}}); !ok) {
+      log_(fmt::format("kafka: no reader for {}-{}: {}", t->name(), partition, ok.error().message));
+      return nullptr;
+    }
+    it = readers_.emplace(key, Reader{}).first;
+    it->second.consumer.emplace(std::move(*c));
+  }
+  Reader& rd = it->second;
+  if (rd.next != offset) {
+    if (auto ok = rd.consumer->seek({t->name(), partition}, offset); !ok) {
+      log_(fmt::format("kafka: seek {}-{} to {}: {}", t->name(), partition, offset, ok.error().message));
+      readers_.erase(it);
+      return nullptr;
+    }
+    rd.next = offset;
+  }
+  return &rd;
+}
+
+std::size_t Handlers::read_records(const std::shared_ptr<Topic>& t, std::uint32_t partition, std::uint64_t offset,
+                                   std::size_t max_bytes, std::string& out) {
+  Reader* rd = reader(t, partition, offset);
+  if (!rd) return 0;
+  RecordBatch b;
+  std::size_t bytes = 0;
+  std::int64_t max_ts = -1;
+  bool full = false;
+  while (!full) {
+    auto recs = rd->consumer->poll(std::chrono::nanoseconds(0));
+    if (!recs || recs->empty()) break;
+    for (const ConsumedRecord& c : *recs) {
+      if (b.records.empty()) {
+        b.base_offset = static_cast<std::int64_t>(c.offset);
+        b.base_timestamp = c.timestamp_ns / 1'000'000;
+      }
+      Record rec;
+      rec.offset_delta = static_cast<std::int32_t>(c.offset - static_cast<std::uint64_t>(b.base_offset));
+      const std::int64_t ms = c.timestamp_ns / 1'000'000;
+      rec.timestamp_delta = ms - b.base_timestamp;
+      max_ts = std::max(max_ts, ms);
+      if (c.key) rec.key = std::string(as_string(*c.key));
+      if (!c.null_value) rec.value = std::string(as_string(c.value));
+      for (auto hi = c.headers(); auto hd = hi.next();)
+        rec.headers.push_back(RecordHeader{std::string(hd->key), std::string(as_string(hd->value))});
+      bytes += ring_bytes(rec);
+      b.records.push_back(std::move(rec));
+      rd->next = c.offset + 1;
+      if (bytes >= max_bytes) {
+        full = true;
+        if (&c != &recs->back()) rd->next = UINT64_MAX;  // the consumer read past what we took
+        break;
+      }
+    }
+  }
+  if (b.records.empty()) return 0;
+  b.last_offset_delta = b.records.back().offset_delta;
+  b.max_timestamp = max_ts;
+  const std::string batch = encode_record_batch(b);
+  out += batch;
+  return batch.size();
+}
+
+// ---- ListOffsets ----
+
+ResponseBody Handlers::list_offsets(const ListOffsetsRequest& r) {
+  ListOffsetsResponse out;
+  for (const auto& t : r.topics) {
+    ListOffsetsResponse::Topic rt{t.name, {}};
+    auto topic = bus_->topic(t.name);
+    for (const auto& p : t.partitions) {
+      ListOffsetsResponse::Partition rp;
+      rp.partition_index = p.partition_index;
+      if (!topic || p.partition_index < 0 || static_cast<std::uint32_t>(p.partition_index) >= (*topic)->partitions()) {
+        rp.error_code = kUnknownTopicOrPartition;
+        rt.partitions.push_back(rp);
+        continue;
+      }
+      const auto part = static_cast<std::uint32_t>(p.partition_index);
+      const shm::Ring& ring = (*topic)->ring(part);
+      const bool spilled = (*topic)->config().spill.enabled;
+      const std::uint64_t end = ring.end_offset();
+      if (p.timestamp == -1) {
+        rp.offset = static_cast<std::int64_t>(end);
+      } else if (p.timestamp == -2) {
+        rp.offset = static_cast<std::int64_t>(earliest_offset(ring, spilled));
+      } else if (p.timestamp < 0 || p.timestamp > INT64_MAX / 1'000'000) {
+        rp.error_code = kInvalidRequest;
+      } else {
+        auto at = offset_for_time(spilled ? disklog::partition_dir(state_dir_, t.name, part) : std::string(), ring,
+                                  p.timestamp * 1'000'000);
+        if (!at) {
+          log_(fmt::format("kafka: offset of {}-{} at {} ms: {}", t.name, part, p.timestamp, at.error().message));
+          rp.error_code = kUnknownServerError;
+        } else if (*at < end) {  // else no record at or after it: offset -1, as Kafka
+          rp.offset = static_cast<std::int64_t>(*at);
+          rp.timestamp = timestamp_at(*topic, part, *at);
+        }
+      }
+      rt.partitions.push_back(rp);
+    }
+    out.topics.push_back(std::move(rt));
+  }
+  return out;
+}
+
+std::int64_t Handlers::timestamp_at(const std::shared_ptr<Topic>& t, std::uint32_t partition, std::uint64_t offset) {
+  Reader* rd = reader(t, partition, offset);
+  if (!rd) return -1;
+  auto recs = rd->consumer->poll(std::chrono::nanoseconds(0));
+  rd->next = UINT64_MAX;
+  if (!recs || recs->empty()) return -1;
+  return recs->front().timestamp_ns / 1'000'000;
+}
+
+// ---- Topics ----
+
+ResponseBody Handlers::create_topics(const CreateTopicsRequest& r) {
+  CreateTopicsResponse out;
+  for (const auto& t : r.topics) {
+    CreateTopicsResponse::Topic rt;
+    rt.name = t.name;
+    auto fail = [&](std::int16_t code, std::string why) {
+      rt.error_code = code;
+      rt.error_message = std::move(why);
+    };
+    TopicConfig cfg;
+    if (auto ok = validate_name("topic", t.name); !ok) fail(kInvalidTopic, ok.error().message);
+    else if (t.num_partitions == 0 || t.num_partitions < -1 || t.num_partitions > 4096)
+      fail(kInvalidPartitions, fmt::format("{} partitions: give 1 to 4096, or -1 for 1", t.num_partitions));
+    else if (t.replication_factor != -1 && t.replication_factor != 1)
+      fail(kInvalidReplicationFactor, fmt::format("replication factor {}: this bus is one broker (give 1 or -1)", t.replication_factor));
+    else if (!t.assignments.empty()) fail(kInvalidRequest, "manual replica assignments are not supported");
+    else {
+      cfg.partitions = t.num_partitions == -1 ? 1u : static_cast<std::uint32_t>(t.num_partitions);
+      if (bus_->topic(t.name)) fail(kTopicAlreadyExists, fmt::format("topic '{}' already exists", t.name));
+      else if (!r.validate_only) {
+        if (auto ok = bus_->create_topic(t.name, cfg); !ok)
+          fail(ok.error().code == Errc::kAlreadyExists ? kTopicAlreadyExists : kInvalidRequest, ok.error().message);
+        else log_(fmt::format("kafka: topic '{}' created ({} partitions)", t.name, cfg.partitions));
+      }
+    }
+    out.topics.push_back(std::move(rt));
+  }
+  return out;
+}
+
+ResponseBody Handlers::delete_topics(const DeleteTopicsRequest& r) {
+  DeleteTopicsResponse out;
+  for (const auto& name : r.topic_names) {
+    DeleteTopicsResponse::Result rr{name, kNone};
+    if (auto ok = bus_->delete_topic(name); !ok) rr.error_code = kafka_error(ok.error());
+    else log_(fmt::format("kafka: topic '{}' deleted", name));
+    out.responses.push_back(rr);
+  }
+  return out;
+}
+
+ResponseBody Handlers::describe_configs(const DescribeConfigsRequest& r) {
+  DescribeConfigsResponse out;
+  for (const auto& res : r.resources) {
+    DescribeConfigsResponse::Result rr;
+    rr.resource_type = res.resource_type;
+    rr.resource_name = res.resource_name;
+    if (res.resource_type == 2) {  // a topic
+      auto info = bus_->describe_topic(res.resource_name);
+      if (!info) {
+        rr.error_code = kUnknownTopicOrPartition;
+        rr.error_message = info.error().message;
+      } else {
+        const TopicConfig& c = info->config;
+        const std::uint64_t max_record = c.max_record ? c.max_record : c.capacity / 4 - 64;
+        const std::vector<std::pair<std::string, std::string>> all = {
+            {"cleanup.policy", "delete"},
+            {"max.message.bytes", std::to_string(max_record)},
+            {"retention.bytes", c.spill.enabled && c.spill.retention_bytes ? std::to_string(c.spill.retention_bytes) : "-1"},
+            {"retention.ms", c.spill.enabled && c.spill.retention_ms ? std::to_string(c.spill.retention_ms) : "-1"},
+            {"segment.bytes", std::to_string(c.spill.segment_bytes)},
+        };
+        for (const auto& [k, v] : all) {
+          if (res.configuration_keys && std::find(res.configuration_keys->begin(), res.configuration_keys->end(), k) ==
+                                             res.configuration_keys->end())
+            continue;
+          DescribeConfigsResponse::Config cfg;
+          cfg.name = k;
+          cfg.value = v;
+          cfg.read_only = true;
+          cfg.config_source = 5;  // DEFAULT_CONFIG
+          rr.configs.push_back(std::move(cfg));
+        }
+      }
+    } else if (res.resource_type != 4) {  // a broker: nothing to say
+      rr.error_code = kInvalidRequest;
+      rr.error_message = fmt::format("resource type {}: only topics (2) and brokers (4)", res.resource_type);
+    }
+    out.results.push_back(std::move(rr));
+  }
+  return out;
+}
+
+// ---- The group APIs, until they are bridged to busd's coordinator ----
+
+ResponseBody Handlers::without_coordinator(const RequestBody& body) {
+  constexpr std::int16_t e = kCoordinatorNotAvailable;
+  return std::visit(
+      [&](const auto& b) -> ResponseBody {
+        using T = std::decay_t<decltype(b)>;
+        auto failed = [&](auto r) -> ResponseBody {
+          r.error_code = e;
+          return r;
+        };
+        if constexpr (std::is_same_v<T, FindCoordinatorRequest>) {
+          FindCoordinatorResponse r;
+          r.error_message = "the Kafka gateway has no group coordinator yet";
+          r.node_id = -1;
+          r.port = -1;
+          return failed(r);
+        } else if constexpr (std::is_same_v<T, JoinGroupRequest>) {
+          return failed(JoinGroupResponse{});
+        } else if constexpr (std::is_same_v<T, SyncGroupRequest>) {
+          return failed(SyncGroupResponse{});
+        } else if constexpr (std::is_same_v<T, HeartbeatRequest>) {
+          return failed(HeartbeatResponse{});
+        } else if constexpr (std::is_same_v<T, LeaveGroupRequest>) {
+          return failed(LeaveGroupResponse{});
+        } else if constexpr (std::is_same_v<T, OffsetCommitRequest>) {
+          OffsetCommitResponse r;
+          for (const auto& t : b.topics) {
+            OffsetCommitResponse::Topic rt{t.name, {}};
+            for (const auto& p : t.partitions) rt.partitions.push_back({p.partition_index, e});
+            r.topics.push_back(std::move(rt));
+          }
+          return r;
+        } else if constexpr (std::is_same_v<T, OffsetFetchRequest>) {
+          OffsetFetchResponse r;
+          r.error_code = e;  // v2+; the partitions' for v1
+          if (b.topics)
+            for (const auto& t : *b.topics) {
+              OffsetFetchResponse::Topic rt{t.name, {}};
+              for (std::int32_t p : t.partition_indexes) {
+                OffsetFetchResponse::Partition rp;
+                rp.partition_index = p;
+                rp.error_code = e;
+                rt.partitions.push_back(rp);
+              }
+              r.topics.push_back(std::move(rt));
+            }
+          return r;
+        } else if constexpr (std::is_same_v<T, DescribeGroupsRequest>) {
+          DescribeGroupsResponse r;
+          for (const auto& g : b.groups) {
+            DescribeGroupsResponse::Group rg;
+            rg.error_code = e;
+            rg.group_id = g;
+            r.groups.push_back(std::move(rg));
+          }
+          return r;
+        } else {
+          return ListGroupsResponse{};  // no Kafka groups
+        }
+      },
+      body);
+}
+
+}  // namespace shmbus::kafka

@@ -1,0 +1,97 @@
+// The Kafka gateway's request handlers: what busd answers to each decoded request (the codec
+// is messages.h, the sockets gateway.h). They run on busd's one thread and never wait: a
+// Fetch that finds too little asks the gateway to park it (Answer::kPark) and is handled
+// again when its partitions grow or its max_wait passes. docs/kafka.md.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <tuple>
+
+#include "shmbus/bus.h"
+#include "shmbus/consumer.h"
+#include "shmbus/producer.h"
+#include "shm/ring.h"
+#include "tools/busd/kafka/messages.h"
+
+namespace shmbus {
+class Topic;
+}
+
+namespace shmbus::kafka {
+
+// The address a client connected to: what Metadata and FindCoordinator advertise, so that
+// the client comes back the way it came.
+struct ClientEnd {
+  std::string host;
+  std::int32_t port = 0;
+};
+
+struct Answer {
+  enum class Kind {
+    kRespond,  // send `frame`
+    kNothing,  // acks=0: no response at all
+    kPark,     // hold the request (and the connection's later ones) until `progress` changes or `deadline_ns`
+    kClose,    // drop the connection (`why`)
+  };
+  Kind kind = Kind::kRespond;
+  std::string frame;
+  std::uint64_t deadline_ns = 0;  // kPark: monotonic
+  std::uint64_t progress = 0;     // kPark: progress() when the request was looked at
+  std::string why;
+};
+
+class Handlers {
+ public:
+  using Log = std::function<void(const std::string&)>;
+  // state_dir: the bus's, where spilled topics' disk logs are (ListOffsets by time).
+  Handlers(std::shared_ptr<Bus> bus, std::string state_dir, Log log);
+  ~Handlers();
+
+  // `final`: a parked request's last try (its max_wait passed): answer whatever there is.
+  Answer handle(const Request& req, const ClientEnd& end, std::uint64_t now_ns, bool final = false);
+  // A number that changes when a partition the (Fetch) request reads grows.
+  std::uint64_t progress(const Request& req);
+
+ private:
+  Answer produce(const RequestHeader& h, const ProduceRequest& r);
+  // Appends one partition's batches; returns the partition's error code.
+  std::int16_t produce_partition(const RequestHeader& h, const std::string& name, const std::shared_ptr<Topic>& topic,
+                                 const ProduceRequest::Partition& p, ProduceResponse::Partition& rp);
+  Answer fetch(const RequestHeader& h, const FetchRequest& r, std::uint64_t now_ns, bool final);
+  ResponseBody metadata(const RequestHeader& h, const MetadataRequest& r, const ClientEnd& end);
+  ResponseBody list_offsets(const ListOffsetsRequest& r);
+  ResponseBody create_topics(const CreateTopicsRequest& r);
+  ResponseBody delete_topics(const DeleteTopicsRequest& r);
+  ResponseBody describe_configs(const DescribeConfigsRequest& r);
+  static ResponseBody without_coordinator(const RequestBody& body);
+
+  // The encoded records of one partition from `offset`, up to about `max_bytes` (at least
+  // one record); appends to `out`, returns the bytes added.
+  std::size_t read_records(const std::shared_ptr<Topic>& t, std::uint32_t partition, std::uint64_t offset,
+                           std::size_t max_bytes, std::string& out);
+
+  struct Reader;
+  // The partition's reader, positioned at `offset`; nullptr (logged) when none can be made.
+  Reader* reader(const std::shared_ptr<Topic>& t, std::uint32_t partition, std::uint64_t offset);
+  // The timestamp (ms) of the record at `offset`, -1 if it cannot be read.
+  std::int64_t timestamp_at(const std::shared_ptr<Topic>& t, std::uint32_t partition, std::uint64_t offset);
+
+  std::shared_ptr<Bus> bus_;
+  std::string state_dir_;
+  Log log_;
+  std::optional<Producer> producer_;
+  // Readers by (topic, its epoch, partition), each assigned that one partition, and the
+  // offset its next poll returns (a fetch at another offset seeks first).
+  struct Reader {
+    std::optional<Consumer> consumer;
+    std::uint64_t next = UINT64_MAX;
+  };
+  std::map<std::tuple<std::string, std::uint64_t, std::uint32_t>, Reader> readers_;
+};
+
+}  // namespace shmbus::kafka
