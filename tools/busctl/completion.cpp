@@ -120,10 +120,10 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
   `value`). Bytes are never altered: a key, value or header that is not valid UTF-8 is given
   as `key_b64` / `value_b64` instead (standard base64 with padding), never as a string.
 - `status`: `running`, and when it runs `pid`, `version`, `protocol`, `uptime_ms`, `bus`,
-  `socket`, `state_dir`, `groups`, `members`, `listeners` (per kind, e.g. `metrics`:
-  `address`, `listen`, `allow_remote`).
-- `metrics start`: `kind`, `address` (with the port it got). `metrics stop`: `kind`,
-  `was_running`.
+  `socket`, `state_dir`, `groups`, `members`, `listeners` (per kind, `metrics` or `kafka`:
+  `address`, `listen`, `allow_remote`, `connections`).
+- `metrics start`, `kafka start`: `kind`, `address` (with the port it got). `metrics stop`,
+  `kafka stop`: `kind`, `was_running`.
 - `group list`: array of `group`, `state`, `members`, `generation`. `group describe`:
   `state`, `generation`, `assignor`, `members` (`member_id`, `pid`, `name`, `partitions`),
   `partitions` (`topic`, `partition`, `committed`, `end_offset`, `lag`, `member_id`,
