@@ -369,7 +369,7 @@ class RingReader {
           (pos_ < committed_until_ && pos_ >= committed_from_ && w != Ring::decoded(offset_, RecordState::kPadding)))
           [[likely]] {
         length = h->length.load(std::memory_order_relaxed);
-        if (!sane(length)) [[unlikely]] return insane();
+        if (!sane(length)) [[unlikely]] return insane(Insane::kLength, w, length);
         out = h;
         return ReadStatus::kRecord;
       }
@@ -381,7 +381,7 @@ class RingReader {
         // it must not jump on it (seen in the kill-stress test: a reader put back at the
         // reclaim point, lapped again, read a padding word of its offset mid-lap, jumped,
         // and reported the next lap's record as a contradiction).
-        if (!ring_.padding_may_stand(pos_) || lapped()) [[unlikely]] return insane();
+        if (!ring_.padding_may_stand(pos_) || lapped()) [[unlikely]] return insane(Insane::kPadding, w, 0);
         pos_ = ring_.next_lap(pos_);
         continue;
       }
@@ -393,7 +393,7 @@ class RingReader {
       // caller asks lapped() and unstick() now and then.
       return ReadStatus::kNone;
     }
-    return insane();
+    return insane(Insane::kTwoPaddings, 0, 0);
   }
 
   ReadStatus next(const RecordHeader*& out) noexcept {
@@ -435,9 +435,14 @@ class RingReader {
     return len >= kRecordHeaderSize && len <= ring_.max_record() && (len & 7) == 0 &&
            (pos_ & ring_.mask()) + len <= ring_.capacity();
   }
-  ReadStatus insane() const noexcept {
-    return ring_.reclaim_position() > pos_ ? ReadStatus::kLapped : ReadStatus::kCorrupt;
+  // Lapped (what was read says nothing), or corrupt: then problem() says what was read.
+  enum class Insane { kLength, kPadding, kTwoPaddings };
+  ReadStatus insane(Insane what, std::uint64_t word, std::uint32_t length) noexcept {
+    if (ring_.reclaim_position() > pos_) return ReadStatus::kLapped;
+    describe_insane(what, word, length);
+    return ReadStatus::kCorrupt;
   }
+  [[gnu::cold, gnu::noinline]] void describe_insane(Insane what, std::uint64_t word, std::uint32_t length) noexcept;
 
   Ring ring_;
   std::uint64_t pos_ = 0;
@@ -448,6 +453,7 @@ class RingReader {
   std::uint64_t stall_offset_ = kNoClaim;  // where unstick() started its stall clock
   std::uint64_t stall_since_ = 0;
   const char* problem_ = "a record's word or length is damaged";
+  char problem_text_[200] = {};  // problem_ points here when next() described what it read
 };
 
 // Holds producers back at `reader`'s position with this process's durable gate named `key`

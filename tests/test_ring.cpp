@@ -675,6 +675,8 @@ TEST(Ring, ForgedPaddingAtTheStartOfALapIsCorruptNotALoop) {
   const RecordHeader* h = nullptr;
   EXPECT_EQ(r.next(h), ReadStatus::kCorrupt);
   EXPECT_EQ(r.next(h), ReadStatus::kCorrupt) << "and again: the reader does not move on it";
+  EXPECT_STREQ(r.problem(), "a padding word where no padding can stand (byte 0 of the lap; a record of max 1024 bytes would "
+                            "still fit)");
   EXPECT_NE(r.seek(1), ReadStatus::kRecord) << "a seek walking over it ends too";
 }
 
@@ -769,6 +771,8 @@ TEST(Ring, ForgedCommittedWordWithABadLengthIsCorrupt) {
   r.seek_earliest();
   const RecordHeader* h = nullptr;
   EXPECT_EQ(r.next(h), ReadStatus::kCorrupt);
+  EXPECT_STREQ(r.problem(), "a committed record has a length of 3 bytes (at byte 0 of the lap; word says offset 0, state 2; "
+                            "max record 1024)");
 }
 
 // ---- the stall clock ----
