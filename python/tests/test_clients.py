@@ -79,6 +79,22 @@ def test_produce_then_consume_keeps_every_field(bus):
     p.close()
 
 
+def test_null_and_empty_values_are_told_apart_in_both_value_modes(bus):
+    make_topic(bus, "t")
+    p = Producer({"bus": bus})
+    p.produce("t", None, key=b"k")
+    p.produce("t", b"", key=b"k")
+    p.produce("t", "", key=b"k")
+    for view in (False, True):
+        c = Consumer({"bus": bus, "auto.offset.reset": "earliest", "shmbus.value.memoryview": view})
+        c.assign([TopicPartition("t", 0)])
+        got = c.consume(3, 5.0)
+        assert [m.value() is None for m in got] == [True, False, False], view
+        assert [bytes(m.value()) for m in got[1:]] == [b"", b""]
+        assert [m.len() for m in got] == [0, 0, 0]
+        c.close()
+
+
 def test_keys_go_to_the_kafka_partition(bus):
     make_topic(bus, "k", 5)
     p = Producer({"bus": bus, "partitioner": "murmur2_random", "linger.ms": 5, "acks": 1})
