@@ -59,6 +59,9 @@ class PyConsumer {
     cc.max_poll_records = static_cast<std::uint32_t>(mpr);
     memoryview_ = c.boolean("shmbus.value.memoryview", false);
     group_ = c.str("group.id", "");
+    // assign() with a group.id: starts at, and commits, the group's offsets (Kafka's simple
+    // consumer group) through busd, without joining it; subscribe() joins that same group.
+    cc.group_id = group_;
     cc.on_assigned = [this](const std::vector<TopicPartition>& tps) { call_back(on_assign_, tps); };
     cc.on_revoked = [this](const std::vector<TopicPartition>& tps) { call_back(on_revoke_, tps); };
     // Kafka's default onPartitionsLost is onPartitionsRevoked: without on_lost, on_revoke hears of them.
@@ -119,14 +122,14 @@ class PyConsumer {
     Consumer& c = open(true);
     auto tps = to_tps(partitions, "partitions");
     give_back();
-    check(c.assign(tps));
+    replace_assignment(c, tps);
     for (auto item : partitions) apply_offset(c, item.cast<const PyTopicPartition&>());
   }
 
   void unassign() {
     Consumer& c = open(true);
     give_back();
-    check(c.assign({}));
+    replace_assignment(c, {});
   }
 
   pb::list assignment() {
@@ -364,6 +367,19 @@ class PyConsumer {
     return *consumer_;
   }
 
+  // Consumer::assign, without the GIL: with a group.id it asks busd for the group's offsets
+  // (starting busd if none runs) and commits what it gives up with auto-commit.
+  void replace_assignment(Consumer& c, const std::vector<TopicPartition>& tps) {
+    Status s;
+    {
+      Busy b(*this);
+      pb::gil_scoped_release nogil;
+      s = c.assign(tps);
+    }
+    rethrow_callback_error();
+    check(s);
+  }
+
   void apply_offset(Consumer& c, const PyTopicPartition& tp) {
     if (tp.offset == kOffsetBeginning) check(c.seek_to_beginning(tp.tp()));
     else if (tp.offset == kOffsetEnd) check(c.seek_to_end(tp.tp()));
@@ -532,7 +548,8 @@ class PyConsumer {
 
 void bind_consumer(pb::module_& m) {
   pb::class_<PyConsumer>(m, "Consumer",
-                         "Consumer(conf): reads partitions at its own offsets; assign() needs no daemon, subscribe()\n"
+                         "Consumer(conf): reads partitions at its own offsets; assign() needs no daemon (unless\n"
+                         "conf['group.id'] is set: then it starts at, and commits, the group's offsets), subscribe()\n"
                          "joins conf['group.id'] through busd (started on demand), which assigns partitions and keeps\n"
                          "committed offsets. Belongs to one thread at a time; a call from another thread while one\n"
                          "waits raises KafkaException(_STATE). Closed, every method raises RuntimeError.\n"
@@ -552,8 +569,10 @@ void bind_consumer(pb::module_& m) {
            "Each partition starts at the group's committed offset, else where auto.offset.reset says.")
       .def("unsubscribe", &PyConsumer::unsubscribe, "Leaves the group (committing first with auto-commit).")
       .def("assign", &PyConsumer::assign, pb::arg("partitions"),
-           "Replaces the assignment (no group). A TopicPartition's offset, if set (an offset, OFFSET_BEGINNING,\n"
-           "OFFSET_END), is where it starts; else auto.offset.reset says.")
+           "Replaces the assignment (no group membership). A TopicPartition's offset, if set (an offset,\n"
+           "OFFSET_BEGINNING, OFFSET_END), is where it starts; else, with conf['group.id'], the group's committed\n"
+           "offset (asked of busd, without the GIL), else auto.offset.reset says. With a group.id, commit() and\n"
+           "committed() work for these partitions (busd takes the commits while the group has no live member).")
       .def("unassign", &PyConsumer::unassign, "Drops the manual assignment.")
       .def("assignment", &PyConsumer::assignment, "The assigned partitions.")
       .def("poll", &PyConsumer::poll, pb::arg("timeout") = pb::none(),

@@ -1,5 +1,6 @@
 # What the module once left pending, wired to libshmbus: acks and flush() waiting for busd,
-# offsets_for_times, on_commit, on_lost, stats_cb with statistics.interval.ms.
+# offsets_for_times, on_commit, on_lost, stats_cb with statistics.interval.ms, and commits of
+# assign()ed consumers with a group.id.
 import json
 import os
 import signal
@@ -160,3 +161,29 @@ def test_stats_cb_gets_librdkafkas_statistics_json(bus):
     with pytest.raises(ZeroDivisionError):
         q.poll(0)
     shmbus.AdminClient({"bus": bus, "stats_cb": boom, "statistics.interval.ms": 1})  # accepted: no statistics
+
+
+def test_assigned_consumers_with_a_group_id_start_at_and_commit_the_groups_offsets(bus):
+    make_topic(bus, "t")
+    p = Producer({"bus": bus})
+    for i in range(5):
+        p.produce("t", b"%d" % i)
+    heard = []
+    conf = {"bus": bus, "group.id": "solo", "auto.offset.reset": "earliest", "enable.auto.commit": False}
+    c = Consumer({**conf, "on_commit": lambda err, tps: heard.append((err, [(tp.partition, tp.offset) for tp in tps]))})
+    c.assign([TopicPartition("t", 0)])
+    assert [m.offset() for m in drain(c, 3)] == [0, 1, 2]
+    assert c.commit(asynchronous=False) == [TopicPartition("t", 0, 3)]
+    assert c.committed([TopicPartition("t", 0)])[0].offset == 3
+    c.commit(offsets=[TopicPartition("t", 0, 4)])  # asynchronously, answered to on_commit
+    wait_for(lambda: c.poll(0.05) is None and heard, what="the commit's answer")
+    assert heard == [(None, [(0, 4)])]
+    c.close()
+    c2 = Consumer(conf)
+    c2.assign([TopicPartition("t", 0)])
+    assert [m.value() for m in drain(c2, 1)] == [b"4"], "starts at the group's committed offset"
+    c2.close()
+    c3 = Consumer(conf)  # an offset given to assign() wins over the committed one
+    c3.assign([TopicPartition("t", 0, 1)])
+    assert drain(c3, 1)[0].offset() == 1
+    c3.close()
