@@ -89,14 +89,25 @@ def test_acks_all_returns_once_busd_spilled_and_flush_waits_for_it(bus):
         assert e.value.args[0].code() == KafkaError._INVALID_ARG, bad
 
 
-def test_on_commit_hears_busds_answer_to_asynchronous_commits(bus):
+def topic_of_values(bus, n):
+    """Topic "t" (one partition) holding the values b"0" .. b"n-1"."""
     make_topic(bus, "t")
     p = Producer({"bus": bus})
-    for i in range(3):
+    for i in range(n):
         p.produce("t", b"%d" % i)
+
+
+def group_conf(bus, group, heard):
+    """A consumer of `group` from the earliest offset, committing only when asked; on_commit's
+    answers go to `heard` as (err, [(topic, partition, offset)])."""
+    return {"bus": bus, "group.id": group, "auto.offset.reset": "earliest", "enable.auto.commit": False,
+            "on_commit": lambda err, tps: heard.append((err, [(tp.topic, tp.partition, tp.offset) for tp in tps]))}
+
+
+def test_on_commit_hears_busds_answer_to_asynchronous_commits(bus):
+    topic_of_values(bus, 3)
     heard = []
-    c = Consumer({"bus": bus, "group.id": "g", "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                  "on_commit": lambda err, tps: heard.append((err, [(tp.topic, tp.partition, tp.offset) for tp in tps]))})
+    c = Consumer(group_conf(bus, "g", heard))
     c.subscribe(["t"])
     assert len(drain(c, 3)) == 3
     assert c.commit() is None  # the positions, asynchronously
@@ -164,20 +175,17 @@ def test_stats_cb_gets_librdkafkas_statistics_json(bus):
 
 
 def test_assigned_consumers_with_a_group_id_start_at_and_commit_the_groups_offsets(bus):
-    make_topic(bus, "t")
-    p = Producer({"bus": bus})
-    for i in range(5):
-        p.produce("t", b"%d" % i)
+    topic_of_values(bus, 5)
     heard = []
-    conf = {"bus": bus, "group.id": "solo", "auto.offset.reset": "earliest", "enable.auto.commit": False}
-    c = Consumer({**conf, "on_commit": lambda err, tps: heard.append((err, [(tp.partition, tp.offset) for tp in tps]))})
+    conf = group_conf(bus, "solo", heard)
+    c = Consumer(conf)
     c.assign([TopicPartition("t", 0)])
     assert [m.offset() for m in drain(c, 3)] == [0, 1, 2]
     assert c.commit(asynchronous=False) == [TopicPartition("t", 0, 3)]
     assert c.committed([TopicPartition("t", 0)])[0].offset == 3
     c.commit(offsets=[TopicPartition("t", 0, 4)])  # asynchronously, answered to on_commit
     wait_for(lambda: c.poll(0.05) is None and heard, what="the commit's answer")
-    assert heard == [(None, [(0, 4)])]
+    assert heard == [(None, [("t", 0, 4)])]
     c.close()
     c2 = Consumer(conf)
     c2.assign([TopicPartition("t", 0)])
