@@ -706,6 +706,12 @@ Status RingWriter::make_room(std::uint64_t target, std::uint64_t min_offset, std
           stuck_slot = u.slot;
           break;
         }
+        // Stepped over whole: a gate inside it (a reader reading a committed claim by its
+        // entry stops between its records) holds the reclaim at the claim's start.
+        if (p + u.bytes > limit) {
+          gated = true;  // waits for that reader like any gate, with the same timeout
+          break;
+        }
         p += u.bytes;
         off += u.count;
         continue;

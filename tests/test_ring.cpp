@@ -345,6 +345,44 @@ TEST(Ring, GateOfADeadConsumerIsReleasedByTheProducerItBlocks) {
   EXPECT_EQ(f.stats().gates_reaped.load(), 1u);
 }
 
+// A reader reading a committed claim by its entry (its writer died before storing the words)
+// may stop between two of its records; its gate then stands inside the claim. The reclaim
+// walk steps over such a claim whole: it must not step past the gate (it did: producers
+// reclaimed past the reader and overwrote the rest of the claim under it).
+TEST(Ring, ReclaimDoesNotStepOverAClaimWithAGateInsideIt) {
+  ForgedRing f(4096, Retention::kBlock);
+  RingReader r(f.ring);
+  r.seek_earliest();
+  GateSlot* g = take_process_gate(f.ring, f.lock, r);
+  ASSERT_NE(g, nullptr);
+  writer_child(f, {256, 256, 256, 256}, Step::kAfterCommit, Fate::kDie);  // committed, no words
+  const RecordHeader* h = nullptr;
+  std::uint32_t len = 0;
+  ASSERT_EQ(r.next(h, len), ReadStatus::kNone);
+  ASSERT_EQ(r.unstick(&f.lock, monotonic_ns()), ReadStatus::kRecord) << "read by its entry";
+  ASSERT_EQ(r.next(h, len), ReadStatus::kRecord);
+  r.advance(len);  // offset 0 read; the reader (and its gate) now stand at offset 1, inside the claim
+  ASSERT_EQ(r.offset(), 1u);
+  g->position.store(r.position(), std::memory_order_release);
+  RingWriter w = f.writer();
+  for (int i = 0; i < 100; ++i) {
+    auto c = w.claim_one(112, 20'000'000);
+    if (!c) break;  // held back by the gate: what must happen
+    f.write(*c, 16, 1);
+    ASSERT_TRUE(w.commit(*c));
+    w.finish(*c);
+  }
+  EXPECT_LE(f.ring.reclaim_position(), r.position()) << "producers reclaimed past a gate";
+  EXPECT_FALSE(r.lapped());
+  for (std::uint64_t o = 1; o < 4; ++o) {
+    ASSERT_EQ(r.next(h, len), ReadStatus::kRecord) << "offset " << o;
+    EXPECT_EQ(r.offset(), o);
+    EXPECT_EQ(h->value_len, 8u) << "offset " << o << " was overwritten";
+    r.advance(len);
+  }
+  release_process_gate(f.ring, f.lock, g);
+}
+
 // ---- producers killed or stopped at each step of a claim ----
 
 TEST(Ring, WriterKilledBetweenItsEntryAndTheTailIsAbortedAndTheTailMoved) {
