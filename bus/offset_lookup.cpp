@@ -65,7 +65,7 @@ Result<std::optional<TimeMatch>> search_disk(const std::string& dir, std::uint64
 }
 
 std::optional<TimeMatch> search_ring(const shm::Ring& ring, std::uint64_t from, std::int64_t ts_ns,
-                                         std::uint64_t& corrupt_at) {
+                                     std::uint64_t& corrupt_at) {
   shm::RingReader r(ring);
   if (r.seek(from) != shm::ReadStatus::kRecord) r.seek_earliest();
   // Lapped by producers: start again from the ring's new start, a few times at most.
