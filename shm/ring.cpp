@@ -688,7 +688,8 @@ Status RingWriter::make_room(std::uint64_t target, std::uint64_t min_offset, std
         ++off;
         continue;
       }
-      if (w == Ring::decoded(off, RecordState::kPadding) && (p & ring_.mask()) != 0) {
+      // A padding word where none can stand is not jumped on: the entry tells (unstick).
+      if (w == Ring::decoded(off, RecordState::kPadding) && ring_.padding_may_stand(p)) {
         p = ring_.next_lap(p);
         continue;
       }

@@ -160,6 +160,12 @@ class Ring {
   std::uint64_t place(std::uint64_t cur, std::uint32_t bytes) const noexcept {
     return ((cur & mask_) + bytes > cap_) ? next_lap(cur) : cur;
   }
+  // Where place() can have put padding: never at a lap's first byte (a word there would
+  // send a walker round for ever), only where a record of max_record bytes would not fit.
+  // A padding word anywhere else is forged or stale; readers and reclaimers never jump on it.
+  bool padding_may_stand(std::uint64_t pos) const noexcept {
+    return (pos & mask_) != 0 && (pos & mask_) + max_record() > cap_;
+  }
 
   // The word at `pos` decoded (salt removed): (offset << 8) | state.
   std::uint64_t word_at(std::uint64_t pos, std::memory_order order = std::memory_order_acquire) const noexcept {
@@ -375,9 +381,7 @@ class RingReader {
         // it must not jump on it (seen in the kill-stress test: a reader put back at the
         // reclaim point, lapped again, read a padding word of its offset mid-lap, jumped,
         // and reported the next lap's record as a contradiction).
-        if ((pos_ & ring_.mask()) == 0 || (pos_ & ring_.mask()) + ring_.max_record() <= ring_.capacity() || lapped())
-            [[unlikely]]
-          return insane();
+        if (!ring_.padding_may_stand(pos_) || lapped()) [[unlikely]] return insane();
         pos_ = ring_.next_lap(pos_);
         continue;
       }

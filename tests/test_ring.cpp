@@ -365,13 +365,7 @@ TEST(Ring, ReclaimDoesNotStepOverAClaimWithAGateInsideIt) {
   ASSERT_EQ(r.offset(), 1u);
   g->position.store(r.position(), std::memory_order_release);
   RingWriter w = f.writer();
-  for (int i = 0; i < 100; ++i) {
-    auto c = w.claim_one(112, 20'000'000);
-    if (!c) break;  // held back by the gate: what must happen
-    f.write(*c, 16, 1);
-    ASSERT_TRUE(w.commit(*c));
-    w.finish(*c);
-  }
+  EXPECT_LT(f.produce_until_held(w), 100) << "the gate did not hold the producer back";
   EXPECT_LE(f.ring.reclaim_position(), r.position()) << "producers reclaimed past a gate";
   EXPECT_FALSE(r.lapped());
   for (std::uint64_t o = 1; o < 4; ++o) {
@@ -710,6 +704,38 @@ TEST(Ring, PaddingWordWhereNoPaddingCanStandIsNotJumpedOn) {
   f.ring.header_at(pos)->word.store(encode_word(offset, RecordState::kPadding, f.ring.salt()));
   EXPECT_EQ(r.next(h, len), ReadStatus::kLapped);
   EXPECT_EQ(r.position(), pos);
+}
+
+// The reclaim walk's twin of the test above: it jumped to the next lap on such a word, past
+// a gate standing later in the lap, and producers overwrote the records the gate held.
+TEST(Ring, ReclaimWalkDoesNotJumpOnPaddingWhereNoPaddingCanStand) {
+  ForgedRing f(4096, Retention::kBlock);
+  RingReader r(f.ring);
+  r.seek_earliest();
+  GateSlot* g = take_process_gate(f.ring, f.lock, r);
+  ASSERT_NE(g, nullptr);
+  RingWriter w = f.writer();
+  for (int i = 0; i < 6; ++i) f.produce(w, 40, static_cast<std::uint8_t>(i));
+  const RecordHeader* h = nullptr;
+  std::uint32_t len = 0;
+  ASSERT_EQ(r.next(h, len), ReadStatus::kRecord);
+  r.advance(len);
+  const std::uint64_t p1 = r.position();
+  ASSERT_EQ(r.next(h, len), ReadStatus::kRecord);
+  r.advance(len);
+  g->position.store(r.position(), std::memory_order_release);  // read 0 and 1; the gate at 2
+  ASSERT_LT((p1 & f.ring.mask()) + f.ring.max_record(), f.ring.capacity() + 1);
+  f.ring.header_at(p1)->word.store(encode_word(1, RecordState::kPadding, f.ring.salt()));
+  EXPECT_LT(f.produce_until_held(w), 100) << "the gate did not hold the producer back";
+  EXPECT_LE(f.ring.reclaim_position(), r.position()) << "the walk jumped past the gate";
+  EXPECT_FALSE(r.lapped());
+  for (std::uint64_t o = 2; o < 6; ++o) {
+    ASSERT_EQ(r.next(h, len), ReadStatus::kRecord) << "offset " << o;
+    EXPECT_EQ(r.offset(), o);
+    EXPECT_EQ(reinterpret_cast<const std::uint8_t*>(h)[kRecordHeaderSize], o) << "offset " << o << " was overwritten";
+    r.advance(len);
+  }
+  release_process_gate(f.ring, f.lock, g);
 }
 
 TEST(Ring, ForgedAbortedEntryCoveringNothingOrPastTheTailIsCorrupt) {
