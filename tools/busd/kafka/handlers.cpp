@@ -374,14 +374,14 @@ ResponseBody Handlers::list_offsets(const ListOffsetsRequest& r) {
       } else if (p.timestamp < 0 || p.timestamp > INT64_MAX / 1'000'000) {
         rp.error_code = kInvalidRequest;
       } else {
-        auto at = offset_for_time(spilled ? disklog::partition_dir(state_dir_, t.name, part) : std::string(), ring,
-                                  p.timestamp * 1'000'000);
+        auto at = find_offset_for_time(spilled ? disklog::partition_dir(state_dir_, t.name, part) : std::string(),
+                                       ring, p.timestamp * 1'000'000);
         if (!at) {
           log_(fmt::format("kafka: offset of {}-{} at {} ms: {}", t.name, part, p.timestamp, at.error().message));
           rp.error_code = kUnknownServerError;
-        } else if (*at < end) {  // else no record at or after it: offset -1, as Kafka
-          rp.offset = static_cast<std::int64_t>(*at);
-          rp.timestamp = timestamp_at(*topic, part, *at);
+        } else if (*at) {  // else no record at or after it: offset -1, as Kafka
+          rp.offset = static_cast<std::int64_t>((*at)->offset);
+          rp.timestamp = (*at)->timestamp_ns < 0 ? -1 : (*at)->timestamp_ns / 1'000'000;
         }
       }
       rt.partitions.push_back(rp);
@@ -389,15 +389,6 @@ ResponseBody Handlers::list_offsets(const ListOffsetsRequest& r) {
     out.topics.push_back(std::move(rt));
   }
   return out;
-}
-
-std::int64_t Handlers::timestamp_at(const std::shared_ptr<Topic>& t, std::uint32_t partition, std::uint64_t offset) {
-  Reader* rd = reader(t, partition, offset);
-  if (!rd) return -1;
-  auto recs = rd->consumer->poll(std::chrono::nanoseconds(0));
-  rd->next = UINT64_MAX;
-  if (!recs || recs->empty()) return -1;
-  return recs->front().timestamp_ns / 1'000'000;
 }
 
 // ---- Topics ----

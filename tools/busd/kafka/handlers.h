@@ -78,8 +78,6 @@ class Handlers {
   struct Reader;
   // The partition's reader, positioned at `offset`; nullptr (logged) when none can be made.
   Reader* reader(const std::shared_ptr<Topic>& t, std::uint32_t partition, std::uint64_t offset);
-  // The timestamp (ms) of the record at `offset`, -1 if it cannot be read.
-  std::int64_t timestamp_at(const std::shared_ptr<Topic>& t, std::uint32_t partition, std::uint64_t offset);
 
   std::shared_ptr<Bus> bus_;
   std::string state_dir_;
