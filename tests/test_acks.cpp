@@ -21,6 +21,7 @@
 #include "shm/ring.h"
 #include "shmbus/producer.h"
 #include "busd_fixture.h"
+#include "disk_log_util.h"
 #include "cli_util.h"
 #include "test_util.h"
 
@@ -55,22 +56,8 @@ class DurableAcks : public test::BusdFixture {
   }
   // offset -> value of every record in the partition's disk log (gaps left out).
   std::map<std::uint64_t, std::string> on_disk(const std::string& topic, std::uint32_t p) {
-    std::map<std::uint64_t, std::string> got;
-    disklog::LogReader r(log_dir(topic, p));
-    for (std::uint64_t from = 0;;) {
-      auto next = r.read(from, ~0ull, 1 << 20, [&](const disklog::FrameView& v) {
-        if (v.header.attributes == 0) {
-          const auto* b = reinterpret_cast<const char*>(v.payload.data());
-          got[v.header.offset] = std::string(b + v.payload.size() - v.header.value_len, v.header.value_len);
-        }
-        return true;
-      });
-      if (!next || *next == from) break;  // a torn tail left by a SIGKILL ends the log too
-      from = *next;
-    }
-    return got;
+    return test::disk_values(log_dir(topic, p));
   }
-
 };
 
 }  // namespace
