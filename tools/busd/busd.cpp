@@ -96,6 +96,7 @@ Status Daemon::start() {
   if (auto r = bus_->restore_spilled_topics(); !r) log(fmt::format("a spilled topic could not be restored: {}", r.error().message));
   spiller_ = std::make_unique<Spiller>(bus_, paths_.state_dir, gid_ ? 0660u : 0600u, [this](const std::string& m) { log(m); });
   spiller_->start();
+  watch_topics();  // what there is now; changes from here on rebalance the groups
   log(fmt::format("bus '{}' ready: socket {}, state {}", bus_->name(), paths_.socket, paths_.state_dir));
   return {};
 }
@@ -443,6 +444,7 @@ void Daemon::tick() {
     }
     drop_stale_offsets();
   }
+  if ((ticks_ % 10) == 0) watch_topics();
   // Durable gates move only once the offset they stand for is on disk.
   if (offsets_.flush()) {
     for (const auto& [group, tp] : dirty_gates_) update_gate(group, tp);
