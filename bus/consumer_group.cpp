@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "bus/names.h"
+#include "bus/topic_pattern.h"
 
 namespace shmbus {
 
@@ -94,13 +95,19 @@ Status Consumer::Impl::commit_offsets(const std::vector<std::pair<TopicPartition
   // (the refusal reaches the callback, as Kafka's commitAsync reports it). A consumer of
   // assign() owns nothing busd knows of.
   std::vector<std::pair<TopicPartition, std::uint64_t>> offs;
-  std::string not_ours;
+  std::string not_ours, deleted;
   for (const auto& e : all) {
-    if (!group || done || find(e.first)) offs.push_back(e);
+    const Assigned* a = find(e.first);
+    if (a && a->reader.ring().closed())  // its offsets went with the topic
+      deleted += fmt::format("{}{}-{}", deleted.empty() ? "" : ", ", e.first.topic, e.first.partition);
+    else if (!group || done || a) offs.push_back(e);
     else not_ours += fmt::format("{}{}-{}", not_ours.empty() ? "" : ", ", e.first.topic, e.first.partition);
   }
   // What is sent is committed; what was not ours is the answer all the same.
   auto answer = [&]() -> Status {
+    if (!deleted.empty())
+      return make_error(Errc::kTopicDeleted, fmt::format("commit refused: {}: topic deleted since it was read; its offsets "
+                                                         "went with it{}", deleted, offs.empty() ? "" : "; the others were committed"));
     if (not_ours.empty()) return {};
     return make_error(Errc::kInvalidArgument, fmt::format("commit refused: {} not assigned to this member of group '{}' "
                                                           "(revoked in a rebalance?){}", not_ours, group->name,
@@ -109,7 +116,13 @@ Status Consumer::Impl::commit_offsets(const std::vector<std::pair<TopicPartition
   // Nothing to commit: nothing sent, unless a callback waits for busd's answer from poll().
   if (offs.empty() && !done) return answer();
   proto::json arr = proto::json::array();
-  for (const auto& [tp, o] : offs) arr.push_back({tp.topic, tp.partition, o});
+  // With the epoch of the topic each was read from: busd refuses an offset of a topic that
+  // was deleted (and perhaps created again) since.
+  for (const auto& [tp, o] : offs) {
+    const Assigned* a = find(tp);
+    if (a) arr.push_back({tp.topic, tp.partition, o, a->topic->epoch()});
+    else arr.push_back({tp.topic, tp.partition, o});
+  }
   proto::json req{{"op", "commit"}, {"offsets", arr}, {"sync", sync}};
   BusdConnection* conn = nullptr;
   if (group) {
@@ -181,16 +194,34 @@ std::vector<TopicPartition> Consumer::Impl::parse_tps(const proto::json& j) {
 }
 
 Status Consumer::Impl::on_revoke(const std::vector<TopicPartition>& tps) {
+  // Those of deleted topics are lost (nothing to commit) if this member has not seen it yet;
+  // those it no longer holds (dropped when their topic went) need only the answer.
+  drop_deleted();
   std::vector<std::pair<TopicPartition, std::uint64_t>> offs;
+  std::vector<TopicPartition> held;
   for (const auto& a : assigned)
-    if (std::find(tps.begin(), tps.end(), a.tp) != tps.end()) offs.push_back({a.tp, a.next_offset()});
+    if (std::find(tps.begin(), tps.end(), a.tp) != tps.end()) {
+      offs.push_back({a.tp, a.next_offset()});
+      held.push_back(a.tp);
+    }
   if (config.enable_auto_commit && !offs.empty()) (void)commit_offsets(offs, true);
-  if (config.on_revoked) config.on_revoked(tps);
-  for (const auto& tp : tps) drop(tp);
+  if (config.on_revoked && !held.empty()) config.on_revoked(held);
+  for (const auto& tp : held) drop(tp);
   proto::json arr = proto::json::array();
   for (const auto& tp : tps) arr.push_back({tp.topic, tp.partition});
   if (group->conn) (void)group->conn->send({{"op", "revoked"}, {"group", group->name}, {"partitions", arr}});
   return {};
+}
+
+void Consumer::Impl::drop_deleted() {
+  // A deleted topic's partitions are gone with it: given up at once, as lost (nothing can
+  // be committed for them), before busd's rebalance revokes them. poll() then goes on with
+  // the others instead of failing; a topic of the same name created again is another one,
+  // which busd assigns afresh.
+  std::vector<TopicPartition> gone;
+  for (const auto& a : assigned)
+    if (a.reader.ring().closed()) gone.push_back(a.tp);
+  on_lose(gone);
 }
 
 void Consumer::Impl::on_lose(const std::vector<TopicPartition>& tps) {
@@ -278,6 +309,7 @@ Status Consumer::Impl::group_tick() {
                group->slot->notice.load(std::memory_order_acquire) != group->seen_notice;  // SYNC POINT: busd's release bump
   if ((group->polls & 7) != 0 && !check) return {};
   const std::uint64_t now = shm::monotonic_ns();
+  drop_deleted();
   if (!group->conn) {
     settle_commits(false);  // those waiting on the lost connection fail
     // busd went away (or evicted us): consume on, and join again every 100 ms, saying
@@ -323,6 +355,10 @@ Status Consumer::subscribe(const std::vector<std::string>& topics, const std::st
   if (topics.empty()) return make_error(Errc::kInvalidArgument, "subscribe needs at least one topic");
   if (auto ok = validate_name("group", group); !ok) return ok;
   for (const auto& t : topics) {
+    if (TopicPattern::is_pattern(t)) {  // busd resolves it now and as topics come and go
+      if (auto p = TopicPattern::compile(t); !p) return tl::unexpected(p.error());
+      continue;
+    }
     auto topic = impl_->bus->topic(t);
     if (!topic) return tl::unexpected(topic.error());
   }

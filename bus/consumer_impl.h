@@ -207,6 +207,7 @@ struct Consumer::Impl {
   static void release_slots(Assigned& a);
   void release_gates();
   Assigned* find(const TopicPartition& tp);
+  void drop_deleted();  // bus/consumer_group.cpp: partitions of deleted topics, as lost
   Result<Assigned*> require(const TopicPartition& tp);
   Status set_paused(const std::vector<TopicPartition>& tps, bool paused);
 

@@ -83,8 +83,10 @@ Status Consumer::Impl::check_stall(Assigned& a, bool& moved) {
 // Reads up to `limit` records of one partition into the batch.
 Status Consumer::Impl::fetch_one(std::size_t idx, std::size_t limit) {
   Assigned& a = assigned[idx];
-  if (a.reader.ring().closed())
+  if (a.reader.ring().closed()) {
+    if (group) return {};  // a member drops it (drop_deleted) and goes on; busd rebalances
     return make_error(Errc::kTopicDeleted, fmt::format("topic '{}' was deleted", a.tp.topic));
+  }
   if (a.disk_next != Assigned::kFromRing) {
     if (auto ok = fetch_disk(idx, limit); !ok || a.disk_next != Assigned::kFromRing) return ok;
   }

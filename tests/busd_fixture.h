@@ -1,5 +1,6 @@
 // The fixture of the busd tests: each test gets its own SHMBUS_DIR (socket, lock, offsets)
-// and bus, and busd is killed after it. Used by test_busd.cpp and test_group_protocol.cpp.
+// and bus, and busd is killed after it. Used by test_busd.cpp, test_group_protocol.cpp,
+// test_group_topics.cpp and test_acks.cpp.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -44,11 +45,13 @@ class BusdFixture : public ::testing::Test {
     f >> pid;
     return pid;
   }
-  void kill_busd(int sig) {
+  // Signals the bus's busd and waits (up to 5 s) until it is gone, its lock released, so
+  // that the next one can start. True if one ran.
+  bool kill_busd(int sig) {
     const pid_t pid = busd_pid();
-    if (pid > 0) ::kill(pid, sig);
-    // Wait until it is gone (its lock released), so that the next one can start.
-    for (int i = 0; i < 500 && pid > 0 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    if (pid <= 0 || ::kill(pid, sig) != 0) return false;
+    for (int i = 0; i < 2500 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    return true;
   }
   nlohmann::json describe(const std::string& group) {
     auto c = BusdConnection::connect(bus_->name(), std::chrono::seconds(5));

@@ -20,6 +20,9 @@
 #include "bus/topic.h"
 #include "shm/ring.h"
 #include "shmbus/producer.h"
+#include "busd_fixture.h"
+#include "disk_log_util.h"
+#include "cli_util.h"
 #include "test_util.h"
 
 using namespace shmbus;
@@ -27,36 +30,17 @@ using namespace std::chrono_literals;
 
 namespace {
 
-// Its own SHMBUS_DIR and bus; whatever busd ran is SIGKILLed at the end.
-class DurableAcks : public ::testing::Test {
+// BusdFixture's SHMBUS_DIR, bus and busd clean-up, with the disk log's view.
+class DurableAcks : public test::BusdFixture {
  protected:
-  void SetUp() override {
-    dir_ = "/tmp/" + test::unique_bus("acks");
-    std::filesystem::create_directories(dir_);
-    ::setenv("SHMBUS_DIR", dir_.c_str(), 1);
-    ::setenv("SHMBUS_BUSD", SHMBUS_BUSD_PATH, 1);
-    bus_ = std::make_unique<test::TestBus>("acks");
-  }
   void TearDown() override {
     ::unsetenv("SHMBUS_NO_AUTOSTART");
-    kill_busd();
-    bus_.reset();
-    std::filesystem::remove_all(dir_);
-    ::unsetenv("SHMBUS_DIR");
+    BusdFixture::TearDown();
   }
+  // busd's pid while it runs, else 0.
   pid_t busd() {
-    std::ifstream f(bus_paths(bus_->name()).lock);
-    pid_t pid = 0;
-    f >> pid;
+    const pid_t pid = busd_pid();
     return pid > 0 && ::kill(pid, 0) == 0 ? pid : 0;
-  }
-  // SIGKILL, then wait until it is gone. True if one ran.
-  bool kill_busd() {
-    const pid_t pid = busd();
-    if (!pid) return false;
-    ::kill(pid, SIGKILL);
-    for (int i = 0; i < 2500 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(2ms);
-    return true;
   }
   Producer producer(shmbus::Acks acks, std::int64_t timeout_ms = 30'000) {
     ProducerConfig c;
@@ -72,24 +56,8 @@ class DurableAcks : public ::testing::Test {
   }
   // offset -> value of every record in the partition's disk log (gaps left out).
   std::map<std::uint64_t, std::string> on_disk(const std::string& topic, std::uint32_t p) {
-    std::map<std::uint64_t, std::string> got;
-    disklog::LogReader r(log_dir(topic, p));
-    for (std::uint64_t from = 0;;) {
-      auto next = r.read(from, ~0ull, 1 << 20, [&](const disklog::FrameView& v) {
-        if (v.header.attributes == 0) {
-          const auto* b = reinterpret_cast<const char*>(v.payload.data());
-          got[v.header.offset] = std::string(b + v.payload.size() - v.header.value_len, v.header.value_len);
-        }
-        return true;
-      });
-      if (!next || *next == from) break;  // a torn tail left by a SIGKILL ends the log too
-      from = *next;
-    }
-    return got;
+    return test::disk_values(log_dir(topic, p));
   }
-
-  std::string dir_;
-  std::unique_ptr<test::TestBus> bus_;
 };
 
 }  // namespace
@@ -225,7 +193,7 @@ TEST_F(DurableAcks, BusdSigkilledWhileFsyncedSendsWaitLosesNothingAcknowledged) 
     std::this_thread::sleep_for(std::chrono::microseconds(rng() % 20000));
     if (kills >= kKills) continue;
     const int before = sending.load();
-    if (before < 0 || !kill_busd()) continue;
+    if (before < 0 || !kill_busd(SIGKILL)) continue;
     // Counted when, with busd dead, that same send still waits for a record busd had not
     // synced: busd died under a waiting send.
     const shm::Ring r = ring("k", 0);
@@ -236,11 +204,39 @@ TEST_F(DurableAcks, BusdSigkilledWhileFsyncedSendsWaitLosesNothingAcknowledged) 
   ASSERT_TRUE(done) << "the producer did not finish in time";
   EXPECT_TRUE(errors.empty()) << errors.front();
   EXPECT_GE(kills, kKills) << "busd was not killed often enough while sends waited";
-  kill_busd();  // whatever ran last: the log is read as busd left it
+  kill_busd(SIGKILL);  // whatever ran last: the log is read as busd left it
   check();
   EXPECT_EQ(acked.size(), static_cast<std::size_t>(kSends));
   EXPECT_TRUE(missing.empty()) << missing.size() << " acknowledged records not in the log, the first at offset "
                                << missing.begin()->first;
   std::cout << "busd SIGKILLed " << kills << " times under waiting sends; " << acked.size() - missing.size() << "/"
             << acked.size() << " acknowledged records in the disk log\n";
+}
+
+// busctl produce --acks: each record is written (spilled) or synced (fsynced) by busd
+// before the next is read, so every record sent is in the disk log when busctl exits; a
+// topic that cannot honour them is refused by name before anything is sent.
+TEST_F(DurableAcks, BusctlProduceWaitsForTheAcksItIsGiven) {
+  TopicConfig cfg = test::spilled_topic(1, 1 << 20);
+  cfg.spill.fsync = FsyncPolicy::kNever;  // only the producer's acks make busd sync
+  ASSERT_TRUE((*bus_)->create_topic("d", cfg));
+  auto r = test::busctl({"--bus", bus_->name(), "produce", "d", "--acks", "fsynced"}, "a\nb\nc\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(on_disk("d", 0), (std::map<std::uint64_t, std::string>{{0, "a"}, {1, "b"}, {2, "c"}}));
+  EXPECT_GE(ring("d", 0).durable_end(true).value_or(0), 3u) << "synced before busctl returned";
+  r = test::busctl({"--bus", bus_->name(), "produce", "d", "--acks", "spilled"}, "d\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(on_disk("d", 0)[3], "d");
+  // Bad values and topics.
+  r = test::busctl({"--bus", bus_->name(), "produce", "d", "--acks", "all"}, "x\n");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--acks 'all': use memory, spilled or fsynced"), std::string::npos) << r.err;
+  TopicConfig plain;
+  ASSERT_TRUE((*bus_)->create_topic("plain", plain));
+  r = test::busctl({"--bus", bus_->name(), "produce", "plain", "--acks", "spilled"}, "x\n");
+  EXPECT_EQ(r.code, 1);
+  EXPECT_NE(r.err.find("topic 'plain' does not spill"), std::string::npos) << r.err;
+  EXPECT_EQ((*bus_)->describe_topic("plain")->partitions[0].end_offset, 0u) << "nothing was sent";
+  r = test::busctl({"--bus", bus_->name(), "produce", "plain", "--acks", "memory"}, "x\n");
+  EXPECT_EQ(r.code, 0) << r.err;
 }

@@ -1057,6 +1057,61 @@ void SharedBus::share_one_busd(bool member_first) {
 TEST_F(SharedBus, RootAndAGroupMemberShareOneBusd) { share_one_busd(false); }
 TEST_F(SharedBus, AGroupMemberAndRootShareTheMembersBusd) { share_one_busd(true); }
 
+// The disk log of a shared bus is the group's: its files are made 0660 in the bus's Unix
+// group (its directories 2770), so that whichever member's busd runs next can append to
+// it and the members' consumers read it. Owner-only buses keep 0600 (DurableAcks tests).
+TEST_F(SharedBus, SpillFilesAreTheGroupsSoAnotherMembersBusdAppendsToThem) {
+  TopicConfig cfg = test::spilled_topic(1, 1 << 20);
+  ASSERT_TRUE(bus_->create_topic("s", cfg));
+  ProducerConfig pc;
+  pc.acks = Acks::kFsynced;
+  pc.ack_timeout_ms = 10'000;
+  {
+    auto p = Producer::create(bus_, pc);  // starts root's busd
+    ASSERT_TRUE(p);
+    auto r = p->send("s", std::nullopt, "by-root");
+    ASSERT_TRUE(r) << r.error().message;
+  }
+  const std::string dir = disklog::partition_dir(bus_paths(bus_name_).state_dir, "s", 0);
+  struct stat st{};
+  ASSERT_EQ(::stat(dir.c_str(), &st), 0) << dir;
+  EXPECT_EQ(st.st_mode & 07777, 02770u) << dir;
+  EXPECT_EQ(st.st_gid, gid_) << dir;
+  int files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    ASSERT_EQ(::stat(e.path().c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, 0660u) << e.path();
+    EXPECT_EQ(st.st_gid, gid_) << e.path();
+    ++files;
+  }
+  EXPECT_GE(files, 3) << "a log, its index and the fsync watermark";
+  // Root's busd goes; the member's takes the bus over and appends to root's files.
+  const pid_t root_busd = lock_pid();
+  ASSERT_GT(root_busd, 0);
+  ::kill(root_busd, SIGKILL);
+  for (int i = 0; i < 2500 && ::kill(root_busd, 0) == 0; ++i) std::this_thread::sleep_for(2ms);
+  auto member_busd = test::spawn(as_member({"/bin/sh", "-c", fmt::format("exec {} --bus {} 2>&1", SHMBUS_BUSD_PATH, bus_name_)}));
+  bool up = false;
+  for (int i = 0; i < 500 && !up; ++i) {
+    up = lock_pid() != root_busd && static_cast<bool>(BusdConnection::connect(bus_name_, 100ms, /*autostart=*/false));
+    if (!up) std::this_thread::sleep_for(10ms);
+  }
+  if (!up) {
+    ::kill(member_busd.pid, SIGKILL);
+    std::string out;
+    test::finish(member_busd, out);
+    FAIL() << "the member's busd did not start: " << out;
+  }
+  auto p = Producer::create(bus_, pc);
+  ASSERT_TRUE(p);
+  auto r = p->send("s", std::nullopt, "by-member");
+  EXPECT_TRUE(r) << r.error().message;
+  EXPECT_EQ(bus_->describe_topic("s")->partitions[0].spill_state, 1u) << "spilling, not stopped on an error";
+  ::kill(member_busd.pid, SIGKILL);
+  std::string out;
+  test::finish(member_busd, out);
+}
+
 // ---- groups and offsets that never silently lose, skip or duplicate (issue 14: 1, 2, 9) ----
 
 // Finding 1: A reads both partitions, B joins and takes one, A prints more of the one it

@@ -4,12 +4,15 @@
 // acknowledged record was consumed at least once; a record was consumed twice only when the
 // member that first consumed it was killed before its next commit (within an auto-commit
 // interval's worth of the kill); never two owners of one partition at once, and no member
-// consumed a partition outside the time it owned it.
+// consumed a partition outside the time it owned it. Its second mode has acks=fsynced
+// producers on a `block` topic and SIGKILLs busd too (producers and members start it
+// again): afterwards every acknowledged record is in the disk log, as it was sent.
 #include <gtest/gtest.h>
 
 #include <signal.h>
 
 #include <algorithm>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -21,7 +24,10 @@
 
 #include <fmt/format.h>
 
+#include "bus/disk_log.h"
 #include "bus/group_client.h"
+#include "bus/paths.h"
+#include "disk_log_util.h"
 #include "shmbus/bus.h"
 #include "test_util.h"
 
@@ -36,6 +42,9 @@ constexpr std::uint64_t kAutoCommitNs = 100'000'000;  // the worker's auto_commi
 // How late after its last commit a killed member may have consumed what is redelivered: the
 // interval, plus time for a member starved of CPU on a loaded 2-core machine.
 constexpr std::uint64_t kDupWindowNs = kAutoCommitNs + 1'500'000'000;
+// How long after a SIGKILL of busd commits may not land: until a producer or member has
+// started the next one, it has read the offsets and the members are back (1 s of grace).
+constexpr std::uint64_t kBusdRestartNs = 3'000'000'000;
 
 std::uint64_t now_ns() {
   return static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
@@ -68,7 +77,17 @@ std::vector<std::uint32_t> partitions_of(const std::string& list) {
   return out;
 }
 
-TEST(GroupSoak, MembersKilledAtRandomNeverShareAPartitionAndLoseNothing) {
+// busd's pid from its lock file, if it runs.
+pid_t busd_pid(const std::string& bus) {
+  std::ifstream f(bus_paths(bus).lock);
+  pid_t pid = 0;
+  f >> pid;
+  return pid > 0 && ::kill(pid, 0) == 0 ? pid : 0;
+}
+
+// `busd_kills`: producers with acks=fsynced on a block topic, and busd SIGKILLed as often as
+// a member.
+void group_soak(bool busd_kills) {
   const char* env = std::getenv("SHMBUS_GROUP_SOAK_SECONDS");
   const int seconds = env ? std::atoi(env) : 15;
   const std::string dir = "/tmp/" + test::unique_bus("gsoak");
@@ -77,19 +96,23 @@ TEST(GroupSoak, MembersKilledAtRandomNeverShareAPartitionAndLoseNothing) {
   ::setenv("SHMBUS_BUSD", SHMBUS_BUSD_PATH, 1);
   {
     test::TestBus bus("gsoak");
-    ASSERT_TRUE(bus->create_topic("soak", test::spilled_topic(kPartitions, 256 << 10, RetentionMode::kOverwrite)));
+    // acks spilled or fsynced need retention block (nothing overwritten before it is spilled).
+    ASSERT_TRUE(bus->create_topic("soak", test::spilled_topic(kPartitions, 256 << 10,
+                                                               busd_kills ? RetentionMode::kBlock : RetentionMode::kOverwrite)));
     ASSERT_TRUE(BusdConnection::connect(bus.name(), 5s));
 
     const std::uint64_t seed = 20261130;
     std::mt19937_64 rng(seed);
     // Producers run the whole time (4 x 16 keys' worth of partitions) and are not killed here.
-    constexpr int kRate = 800;
+    // acks=fsynced: each send waits for busd's fsync, so a lower rate.
+    const int rate = busd_kills ? 200 : 800;
     std::vector<std::string> pfiles;
     std::vector<test::Child> producers;
     for (std::uint32_t id = 0; id < 4; ++id) {
       pfiles.push_back(fmt::format("{}/p{}", dir, id));
       producers.push_back(test::spawn({kWorker, "chaos-produce", bus.name(), "soak", std::to_string(id),
-                                       std::to_string(kRate * seconds), std::to_string(kRate), pfiles.back()}));
+                                       std::to_string(rate * seconds), std::to_string(rate), pfiles.back(),
+                                       busd_kills ? "fsynced" : "memory"}));
     }
     std::vector<MemberLog> logs;
     std::vector<std::pair<test::Child, std::size_t>> members;  // the live ones, with their log
@@ -99,13 +122,26 @@ TEST(GroupSoak, MembersKilledAtRandomNeverShareAPartitionAndLoseNothing) {
     };
     for (int i = 0; i < 3; ++i) spawn_member();
 
-    int kills = 0;
+    int kills = 0, busd_killed = 0;
+    std::vector<std::uint64_t> busd_killed_at;
     const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(seconds);
     while (std::chrono::steady_clock::now() < until) {
       std::this_thread::sleep_for(std::chrono::milliseconds(300 + rng() % 700));
+      if (busd_kills && rng() % 2 == 0) {
+        // Nobody restarts it here: the producers waiting on their acks and the members
+        // reconnecting start the next one.
+        if (const pid_t pid = busd_pid(bus.name()); pid > 0 && ::kill(pid, SIGKILL) == 0) {
+          ++busd_killed;
+          busd_killed_at.push_back(now_ns());
+          for (int i = 0; i < 2500 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(2ms);
+        }
+        continue;
+      }
       auto& [child, log] = members[rng() % members.size()];
-      ::kill(child.pid, SIGKILL);
+      // The time before the signal: busd may hand its partitions over (and their new owner
+      // log it) before this thread runs again after kill().
       logs[log].killed_at = now_ns();
+      ::kill(child.pid, SIGKILL);
       ::waitpid(child.pid, nullptr, 0);
       ::close(child.out_fd);
       ++kills;
@@ -210,7 +246,35 @@ TEST(GroupSoak, MembersKilledAtRandomNeverShareAPartitionAndLoseNothing) {
       else EXPECT_EQ(it->second, rec) << "partition " << at.first << " offset " << at.second;
     }
     EXPECT_EQ(missing, 0u) << "acknowledged records never consumed";
-    // 3. Duplicates only from a member killed soon after consuming them (before its commit).
+    // 4. With acks=fsynced, every acknowledged record is in the disk log, as it was sent
+    // (read once the last busd is killed too: the log as busd left it).
+    std::uint64_t on_disk = 0;
+    if (busd_kills) {
+      if (const pid_t pid = busd_pid(bus.name()); pid > 0) {
+        ::kill(pid, SIGKILL);
+        for (int i = 0; i < 2500 && ::kill(pid, 0) == 0; ++i) std::this_thread::sleep_for(2ms);
+      }
+      std::map<std::uint32_t, std::map<std::uint64_t, std::string>> disk;
+      for (std::uint32_t p = 0; p < kPartitions; ++p)
+        disk[p] = test::disk_values(disklog::partition_dir(bus_paths(bus.name()).state_dir, "soak", p));
+      std::uint64_t absent = 0;
+      for (const auto& [at, rec] : acked) {
+        auto it = disk[at.first].find(at.second);
+        std::uint32_t id = 0;
+        std::uint64_t seq = 0;
+        if (it != disk[at.first].end() && it->second.size() >= 16) {
+          std::memcpy(&id, it->second.data(), sizeof id);
+          std::memcpy(&seq, it->second.data() + 8, sizeof seq);
+        }
+        if (it == disk[at.first].end()) ++absent;
+        else if (Key(id, seq) != rec) ADD_FAILURE() << "partition " << at.first << " offset " << at.second << " on disk is another record";
+        else ++on_disk;
+      }
+      EXPECT_EQ(absent, 0u) << "acknowledged (fsynced) records missing from the disk log";
+      EXPECT_GT(busd_killed, 0) << "busd was never killed";
+    }
+    // 3. Duplicates only from a member killed soon after consuming them (before its commit),
+    // or (busd killed) consumed while busd was down or restarting, when commits cannot land.
     std::uint64_t duplicates = 0;
     for (auto& [at, cs] : consumed) {
       if (cs.size() < 2) continue;
@@ -218,9 +282,13 @@ TEST(GroupSoak, MembersKilledAtRandomNeverShareAPartitionAndLoseNothing) {
       for (std::size_t i = 0; i + 1 < cs.size(); ++i) {
         ++duplicates;
         const MemberLog& first = logs[cs[i].member];
-        EXPECT_TRUE(first.killed_at && first.killed_at - cs[i].at <= kDupWindowNs)
+        const bool busd_down = std::any_of(busd_killed_at.begin(), busd_killed_at.end(), [&](std::uint64_t k) {
+          return cs[i].at + kDupWindowNs >= k && cs[i].at <= k + kBusdRestartNs;
+        });
+        EXPECT_TRUE((first.killed_at && cs[i].at + kDupWindowNs >= first.killed_at) || busd_down)
             << at.first << "@" << at.second << " consumed again after " << first.file
-            << (first.killed_at ? fmt::format(" consumed it {} ms before it was killed", (first.killed_at - cs[i].at) / 1'000'000)
+            << (first.killed_at ? fmt::format(" consumed it {} ms before it was killed",
+                                              (static_cast<std::int64_t>(first.killed_at) - static_cast<std::int64_t>(cs[i].at)) / 1'000'000)
                                 : std::string(" gave the partition up cleanly"));
       }
     }
@@ -228,12 +296,20 @@ TEST(GroupSoak, MembersKilledAtRandomNeverShareAPartitionAndLoseNothing) {
     EXPECT_GE(kills, seconds / 2);
     EXPECT_GT(kills_while_owning, 0) << "no member was killed while it owned partitions";
     EXPECT_GT(acked.size(), 0u);
-    std::cout << fmt::format("group soak (seed {}, {} s): {} members killed ({} while owning partitions), {} member "
+    std::cout << fmt::format("group soak (seed {}, {} s{}): {} members killed ({} while owning partitions), {} member "
                              "processes; {} records acknowledged, all consumed; {} redelivered after kills\n",
-                             seed, seconds, kills, kills_while_owning, logs.size(), acked.size(), duplicates);
+                             seed, seconds, busd_kills ? ", acks=fsynced" : "", kills, kills_while_owning, logs.size(),
+                             acked.size(), duplicates);
+    if (busd_kills)
+      std::cout << fmt::format("busd SIGKILLed {} times; {}/{} acknowledged records in the disk log\n", busd_killed, on_disk,
+                               acked.size());
   }
   std::filesystem::remove_all(dir);
   ::unsetenv("SHMBUS_DIR");
 }
+
+TEST(GroupSoak, MembersKilledAtRandomNeverShareAPartitionAndLoseNothing) { group_soak(false); }
+
+TEST(GroupSoak, FsyncedProducersAndBusdKilledToo) { group_soak(true); }
 
 }  // namespace

@@ -1,7 +1,8 @@
 // A separate process for multi-process tests: produces or consumes and reports as JSON.
 //
 //   worker produce BUS TOPIC ID COUNT MODE [SIZE [RATE]]  MODE: p<N> (partition N) | keyed | batch<K>
-//   worker chaos-produce BUS TOPIC ID COUNT RATE FILE       keyed; logs each acknowledged record
+//   worker chaos-produce BUS TOPIC ID COUNT RATE FILE [ACKS]  keyed; logs each acknowledged record
+//       (ACKS: memory, the default, spilled or fsynced: acknowledged once busd has it on disk)
 //   worker group-consume BUS TOPIC GROUP FILE [ASSIGNOR [SESSION_MS]]  member of GROUP; logs to FILE:
 //       A|R TIME topic:p,...  assigned / revoked;  C id seq partition offset TIME  consumed
 //   worker die-in-reserve BUS TOPIC PARTITION N       send N, reserve one, SIGKILL itself
@@ -272,10 +273,15 @@ int group_consume(const std::string& bus, const std::string& topic, const std::s
 // Keyed sends at a steady rate; after each acknowledged send, one line "P id seq partition
 // offset" is written to `file` with write(2): what a SIGKILL cannot take back.
 int chaos_produce(const std::string& bus, const std::string& topic, std::uint32_t id, std::uint64_t count, double rate,
-                  const std::string& file) {
+                  const std::string& file, const std::string& acks) {
   const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   if (fd < 0) return 3;
-  auto p = Producer::create(attach(bus));
+  ProducerConfig pc;
+  if (acks == "spilled") pc.acks = Acks::kSpilled;
+  else if (acks == "fsynced") pc.acks = Acks::kFsynced;
+  else if (acks != "memory") return 2;
+  pc.ack_timeout_ms = 60'000;  // busd SIGKILLed meanwhile: the send starts another
+  auto p = Producer::create(attach(bus), pc);
   if (!p) return 3;
   const auto t0 = std::chrono::steady_clock::now();
   for (std::uint64_t seq = 0; seq < count; ++seq) {
@@ -301,8 +307,9 @@ int main(int argc, char** argv) {
   if (a.size() >= 5 && a[0] == "produce")
     return produce(a[1], a[2], static_cast<std::uint32_t>(std::stoul(a[3])), std::stoull(a[4]), a.size() > 5 ? a[5] : "p0",
                    a.size() > 6 ? std::stoul(a[6]) : 64, a.size() > 7 ? std::stod(a[7]) : 0);
-  if (a.size() == 7 && a[0] == "chaos-produce")
-    return chaos_produce(a[1], a[2], static_cast<std::uint32_t>(std::stoul(a[3])), std::stoull(a[4]), std::stod(a[5]), a[6]);
+  if ((a.size() == 7 || a.size() == 8) && a[0] == "chaos-produce")
+    return chaos_produce(a[1], a[2], static_cast<std::uint32_t>(std::stoul(a[3])), std::stoull(a[4]), std::stod(a[5]), a[6],
+                         a.size() == 8 ? a[7] : "memory");
   if (a.size() >= 5 && a[0] == "group-consume") return group_consume(a[1], a[2], a[3], a[4], a.size() > 5 ? a[5] : "sticky", a.size() > 6 ? std::stoll(a[6]) : 0);
   if (a.size() == 5 && (a[0] == "die-in-reserve" || a[0] == "die-after-claim"))
     return die(a[1], a[2], static_cast<std::uint32_t>(std::stoul(a[3])), std::stoull(a[4]), a[0] == "die-after-claim");

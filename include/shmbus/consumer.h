@@ -117,7 +117,12 @@ class Consumer {
 
   // Joins `group` (starting busd if none runs) and waits for the first assignment. Each
   // partition starts at the group's committed offset, else where auto_offset_reset says.
-  // Assignments change from poll() as members come and go (on_assigned / on_revoked).
+  // Assignments change from poll() as members come and go (on_assigned / on_revoked), and as
+  // topics come and go: an entry of `topics` starting with '^' is a pattern (a POSIX
+  // extended regex searched in the name, librdkafka's rule) that takes the topics matching
+  // it, those created later too; a named topic must exist. A topic deleted is given up (as
+  // lost: on_lost, else on_revoked) and poll() goes on with the others; created again, its
+  // partitions are assigned afresh (docs/busd.md, "Topics come and go").
   Status subscribe(const std::vector<std::string>& topics, const std::string& group);
   // Commits the current positions of all assigned partitions (the next offsets to read), or
   // the offsets given. A member commits for the partitions it owns; a consumer of assign()

@@ -1,7 +1,5 @@
 // busctl consume: prints records of topics' partitions (named, or matching a pattern), or
 // as a member of a group; can stop at the end that was there when it started (-e).
-#include <regex.h>
-
 #include <algorithm>
 #include <chrono>
 #include <csignal>
@@ -15,6 +13,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "bus/topic_pattern.h"
 #include "shmbus/consumer.h"
 #include "tools/busctl/command.h"
 #include "tools/busctl/record_format.h"
@@ -73,8 +72,9 @@ class ConsumeCommand final : public Command {
  public:
   explicit ConsumeCommand(CLI::App& app) {
     consume = sub(&app, "consume", "print records");
-    consume->add_option("topics", c_topics, "topic(s)");
-    consume->add_option("--pattern", c_pattern, "every topic whose name matches this regex (POSIX extended; anchor it: '^orders-')");
+    consume->add_option("topics", c_topics, "topic(s); with --group, one starting with '^' is a pattern (a regex)");
+    consume->add_option("--pattern", c_pattern, "every topic whose name matches this regex (POSIX extended; anchor it: '^orders-'); "
+                                                "with --group, topics created later that match are consumed too");
     consume->add_option("--partition,-p", c_partition, "partition (default: all; with one topic)");
     consume->add_option("--from,-o", c_from, "earliest | latest | OFFSET | -N: N records before the end, per partition | @MS or @DATETIME: the "
                                               "first record at or after that time (default earliest)");
@@ -90,7 +90,8 @@ class ConsumeCommand final : public Command {
                     "  busctl consume orders --from -5 -e --encode hex --format '%p %o %k %v\\n'\n"
                     "  busctl consume orders --from @2026-11-30T23:05:00 -e --format '%T %k %v\\n'\n"
                     "  busctl consume --pattern '^orders-' -e --json\n"
-                    "  busctl consume orders --group billing --timeout-ms 500 --json");
+                    "  busctl consume orders --group billing --timeout-ms 500 --json\n"
+                    "  busctl consume '^orders-' --group billing     # and topics created later that match");
   }
 
   bool parsed() const override { return consume->parsed(); }
@@ -99,7 +100,9 @@ class ConsumeCommand final : public Command {
     if (auto ok = options(); !ok) return fail(ctx.err, ok.error());
     auto bus = attach(ctx.g, false);
     if (!bus) return fail(ctx.err, bus.error());
-    auto topics = resolve(**bus);
+    // A group subscribes by name and by pattern: busd resolves the pattern, now and as
+    // topics come and go. Without a group, the topics are those matching now.
+    auto topics = c_group.empty() ? resolve(**bus) : Result<std::vector<TopicInfo>>(std::vector<TopicInfo>{});
     if (!topics) return fail(ctx.err, topics.error());
     ConsumerConfig cc;
     cc.auto_offset_reset = from.kind == From::kLatest ? OffsetReset::kLatest : OffsetReset::kEarliest;
@@ -154,17 +157,11 @@ class ConsumeCommand final : public Command {
       }
       return out;
     }
-    // POSIX regcomp, not std::regex: GCC 12's <regex> warns (maybe-uninitialized) under ASan.
-    regex_t re;
-    if (const int rc = ::regcomp(&re, c_pattern.c_str(), REG_EXTENDED | REG_NOSUB); rc != 0) {
-      char why[256];
-      ::regerror(rc, &re, why, sizeof why);
-      return tl::unexpected(usage(fmt::format("--pattern '{}' is not a regex: {}", c_pattern, why)));
-    }
+    auto re = TopicPattern::compile(c_pattern);
+    if (!re) return tl::unexpected(usage(fmt::format("--pattern: {}", re.error().message)));
     std::vector<std::string> matched;
     for (const auto& listed : bus.list_topics())
-      if (::regexec(&re, listed.name.c_str(), 0, nullptr, 0) == 0) matched.push_back(listed.name);
-    ::regfree(&re);
+      if (re->matches(listed.name)) matched.push_back(listed.name);
     for (const auto& name : matched) {
       auto t = bus.describe_topic(name);  // with its partitions' offsets
       if (t) out.push_back(std::move(*t));  // else deleted since it was listed
@@ -175,10 +172,8 @@ class ConsumeCommand final : public Command {
 
   // Assigns (or joins the group), moves to --from, and notes the ends for -e.
   Status start(Consumer& consumer, const std::vector<TopicInfo>& topics) {
-    std::vector<std::string> names;
     std::vector<TopicPartition> tps;
     for (const auto& t : topics) {
-      names.push_back(t.name);
       for (std::uint32_t p = 0; p < t.config.partitions; ++p) tps.push_back({t.name, p});
     }
     if (!c_partition.empty()) {
@@ -186,7 +181,13 @@ class ConsumeCommand final : public Command {
       if (!p) return tl::unexpected(p.error());
       tps = {{topics[0].name, *p}};
     }
-    if (!c_group.empty()) return consumer.subscribe(names, c_group);
+    if (!c_group.empty()) {
+      // A subscription's pattern starts with '^' (librdkafka's rule); --pattern is searched
+      // in the name (regexec), which '^.*(P)' is too.
+      std::vector<std::string> subscription = c_topics;
+      if (!c_pattern.empty()) subscription.push_back(TopicPattern::is_pattern(c_pattern) ? c_pattern : "^.*(" + c_pattern + ")");
+      return consumer.subscribe(subscription, c_group);
+    }
     if (auto ok = consumer.assign(tps); !ok) return ok;
     std::vector<std::optional<Consumer::OffsetAndTimestamp>> at_time;
     if (from.kind == From::kTime) {
@@ -231,7 +232,7 @@ class ConsumeCommand final : public Command {
     });
     if (todo.empty() || !self) return;
     auto ok = self->commit(todo);
-    if (ok) return;
+    if (ok || ok.error().code == Errc::kTopicDeleted) return;  // a deleted topic's offsets went with it
     if (retry && ok.error().code != Errc::kInvalidArgument) {
       for (auto& e : todo) printed_next.push_back(std::move(e));  // again next time
       return;

@@ -35,12 +35,16 @@ class ProduceCommand final : public Command {
     produce->add_option("--header,-H", p_headers, "header NAME=VALUE on every record (repeatable)");
     produce->add_option("--timestamp", p_timestamp, "timestamp of every record, ms since the epoch (default: now)");
     produce->add_flag("--null-empty,-Z", p_null_empty, "send an empty key or value as null (a null value is a tombstone)");
+    produce->add_option("--acks", p_acks, "memory | spilled | fsynced (default memory): each record is sent only once the one "
+                                          "before is in shared memory, written to the disk log by busd, or synced too; "
+                                          "spilled and fsynced need a topic with --spill and retention block");
     produce->add_option("--input", p_input, "text | json (default text): json is one object a line with key, value, headers, "
                                             "partition, timestamp; key_b64 / value_b64 for bytes");
     produce->footer(
         "Examples:\n  printf 'k1:v1\\nk2:v2\\n' | busctl produce orders -K :\n  seq 1 1000 | busctl produce orders --partition 0\n"
         "  printf 'k\\0v\\0' | busctl produce orders -D '\\0' -K '\\x01' -H trace=abc --timestamp 1700000000000\n"
         "  echo '{\"key\":\"k1\",\"value\":null}' | busctl produce orders --input json     # a tombstone\n"
+        "  seq 1 10 | busctl produce payments --acks fsynced     # each on disk, synced, before the next\n"
         "  busctl consume orders --json -e | busctl produce orders-copy --input json");
   }
 
@@ -58,7 +62,9 @@ class ProduceCommand final : public Command {
       if (!p) return fail(ctx.err, p.error());
       partition = *p;
     }
-    auto producer = Producer::create(*bus);
+    ProducerConfig pc;
+    pc.acks = acks;
+    auto producer = Producer::create(*bus, pc);
     if (!producer) return fail(ctx.err, producer.error());
     std::uint64_t sent = 0;
     const int code = send_all(ctx, f, *producer, sent);
@@ -71,6 +77,10 @@ class ProduceCommand final : public Command {
   Status options(InputFormat& f) {
     if (p_input != "text" && p_input != "json") return tl::unexpected(usage(fmt::format("--input '{}': use text or json", p_input)));
     f.json = p_input == "json";
+    if (p_acks == "memory") acks = Acks::kMemory;
+    else if (p_acks == "spilled") acks = Acks::kSpilled;
+    else if (p_acks == "fsynced") acks = Acks::kFsynced;
+    else return tl::unexpected(usage(fmt::format("--acks '{}': use memory, spilled or fsynced", p_acks)));
     auto delim = unescape("--delimiter", p_delim);
     if (!delim) return tl::unexpected(delim.error());
     if (delim->empty()) return tl::unexpected(usage("--delimiter must not be empty"));
@@ -131,7 +141,8 @@ class ProduceCommand final : public Command {
   }
 
   CLI::App* produce;
-  std::string p_topic, p_partition, p_delim = "\\n", p_timestamp, p_input = "text", p_key_sep;
+  std::string p_topic, p_partition, p_delim = "\\n", p_timestamp, p_input = "text", p_key_sep, p_acks = "memory";
+  Acks acks = Acks::kMemory;
   std::vector<std::string> p_headers;
   bool p_null_empty = false, p_have_key_sep = false;
   std::optional<std::uint32_t> partition;

@@ -97,6 +97,7 @@ Status Daemon::start() {
   if (auto r = bus_->restore_spilled_topics(); !r) log(fmt::format("a spilled topic could not be restored: {}", r.error().message));
   spiller_ = std::make_unique<Spiller>(bus_, paths_.state_dir, gid_ ? 0660u : 0600u, [this](const std::string& m) { log(m); });
   spiller_->start();
+  watch_topics();  // what there is now; changes from here on rebalance the groups
   log(fmt::format("bus '{}' ready: socket {}, state {}", bus_->name(), paths_.socket, paths_.state_dir));
   return {};
 }
@@ -158,7 +159,7 @@ Status Daemon::create_segment() {
   // reconnect and get slots in this one.
   shm::SegmentSpec spec{busd_segment_name(bus_->name()), shm::SegmentKind::kBusd, kBusdLayoutMajor, kBusdLayoutMinor,
                         kBusdSegmentSize, gid_ ? 0660u : 0600u, gid_, /*replace=*/true};
-  auto seg = shm::Segment::create(spec, [&](std::byte* base) {
+  const auto init = [&](std::byte* base) {
     auto* c = new (base + kBusdControlOffset) BusdControl{};
     c->pid = ::getpid();
     c->member_slots = kMemberSlots;
@@ -166,7 +167,19 @@ Status Daemon::create_segment() {
     for (std::uint32_t i = 0; i < kMemberSlots; ++i) new (base + kMemberSlotsOffset + i * sizeof(MemberSlot)) MemberSlot{};
     for (std::uint32_t i = 0; i < kGroupNameSlots; ++i)
       new (base + kGroupNamesOffset + i * sizeof(GroupNameSlot)) GroupNameSlot{};
-  });
+  };
+  auto seg = shm::Segment::create(spec, init);
+  if (!seg && gid_ && seg.error().code == Errc::kPermission) {
+    // A shared bus whose previous busd was another member's: /dev/shm is sticky, so its
+    // segment cannot be replaced by us, but it is the group's (0660): made anew in place.
+    // The previous busd's members lost their connection with it and join us again.
+    auto old = shm::Segment::open(spec.name, shm::SegmentKind::kBusd, kBusdLayoutMajor, true);
+    if (old && old->size() >= kBusdSegmentSize) {
+      log(fmt::format("{} is another user's: made anew in place", shm::Segment::path_of(spec.name)));
+      init(old->data());
+      seg = std::move(*old);
+    }
+  }
   if (!seg) return tl::unexpected(seg.error());
   seg_ = std::move(*seg);
   slots_ = seg_.at<MemberSlot>(kMemberSlotsOffset);
@@ -432,6 +445,7 @@ void Daemon::tick() {
     }
     drop_stale_offsets();
   }
+  if ((ticks_ % 10) == 0) watch_topics();
   // Durable gates move only once the offset they stand for is on disk.
   if (offsets_.flush()) {
     for (const auto& [group, tp] : dirty_gates_) update_gate(group, tp);

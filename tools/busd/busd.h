@@ -14,7 +14,8 @@ struct BusdOptions {
   std::string bus;                       // empty: SHMBUS_BUS or "default"
   std::optional<std::string> group;      // share the bus (0660) with this Unix group
   int rebalance_timeout_ms = 5000;       // a member that does not give up revoked partitions
-                                         // by then is evicted
+                                         // by then is evicted; only for members that sent no
+                                         // max_poll_interval_ms (which is their own deadline)
   // Committed offsets of a group with no live member expire this long after it became
   // empty (Kafka's offsets.retention.minutes, 7 days); its gates are released with them.
   std::int64_t offsets_retention_ms = 7 * 24 * 3600 * 1000ll;

@@ -57,18 +57,24 @@ void Daemon::rebalance(Group& g) {
       continue;
     }
     const auto& want = target.at(id);
+    // What it must give up: what it is not to keep, and what it reads of a topic that was
+    // deleted and created again (the same names, another topic: assigned afresh after).
+    const auto keeps = [&](const TopicPartition& tp) {
+      return std::find(want.begin(), want.end(), tp) != want.end() && !m.reissue.count(tp.topic);
+    };
     if (m.absent()) {
       // An absent static member consumes nothing: what it gives up is free at once.
-      std::erase_if(m.owned, [&](const TopicPartition& tp) { return std::find(want.begin(), want.end(), tp) == want.end(); });
+      std::erase_if(m.owned, [&](const TopicPartition& tp) { return !keeps(tp); });
+      m.reissue.clear();
       continue;
     }
     std::vector<TopicPartition> give_up;
     for (const auto& tp : m.owned)
-      if (std::find(want.begin(), want.end(), tp) == want.end()) give_up.push_back(tp);
+      if (!keeps(tp)) give_up.push_back(tp);
     if (give_up.empty()) continue;
     // A partition moves only once its owner has stopped with it: never two owners at once.
     m.revoking = true;
-    m.revoke_deadline_ns = shm::monotonic_ns() + opts_.rebalance_timeout_ms * 1'000'000ull;
+    m.revoke_deadline_ns = shm::monotonic_ns() + static_cast<std::uint64_t>(revoke_timeout_ms(m)) * 1'000'000ull;
     waiting = true;
     send(m.fd, json{{"push", "revoke"}, {"group", g.name}, {"generation", g.generation}, {"partitions", tps_json(give_up)}});
     notify_member(m);
@@ -146,13 +152,13 @@ void Daemon::op_join(Conn& c, const json& req) {
   if (auto ok = validate_name("group", group); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
   if (!req.contains("topics") || !req["topics"].is_array() || req["topics"].empty())
     return reply_error(c, req, Errc::kInvalidArgument, "join needs a non-empty list of topics");
-  std::vector<std::string> topics;
+  std::vector<std::string> subscription;
   for (const auto& t : req["topics"]) {
     if (!t.is_string()) return reply_error(c, req, Errc::kInvalidArgument, "topic names are strings");
-    auto topic = bus_->topic(t.get<std::string>());
-    if (!topic) return reply_error(c, req, topic.error().code, topic.error().message);
-    topics.push_back(t.get<std::string>());
+    subscription.push_back(t.get<std::string>());
   }
+  if (auto ok = check_subscription(subscription, *bus_); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
+  const std::vector<std::string> topics = resolve_subscription(subscription, listed_topics());
   auto kind = parse_assignor(req.value("assignor", "sticky"));
   if (!kind) return reply_error(c, req, kind.error().code, kind.error().message);
   if (!c.member_id.empty()) return reply_error(c, req, Errc::kInvalidArgument, "this connection is already a group member");
@@ -176,6 +182,7 @@ void Daemon::op_join(Conn& c, const json& req) {
   Member m;
   m.id = id;
   m.fd = c.fd;
+  m.subscription = subscription;
   m.topics = topics;
   m.pid = c.pid;
   m.name = req.value("name", "");
@@ -202,7 +209,7 @@ void Daemon::op_join(Conn& c, const json& req) {
   reply(c, req, json{{"ok", true}, {"member_id", id}, {"slot", *slot}, {"lease", slots_[*slot].lease.load(std::memory_order_relaxed)},
                      {"segment", busd_segment_name(bus_->name())},
                      {"generation", g.generation}, {"owned", tps_json(m.owned)}});
-  log(fmt::format("group '{}': member {} (pid {}) joined, topics {}", group, id, c.pid, json(topics).dump()));
+  log(fmt::format("group '{}': member {} (pid {}) joined, topics {}", group, id, c.pid, json(subscription).dump()));
   if (*returning && !g.revoke_deadline_ns) {
     // No rebalance (Kafka's static membership): it gets back what it had, same generation.
     Member& back = g.members.at(id);
@@ -233,9 +240,10 @@ void Daemon::op_commit(Conn& c, const json& req) {
   // generation `gen` if it has held it without a break since then: a commit sent before
   // the member learnt of a rebalance that left it the partition still counts; one of a
   // partition it has given up since (or got back since) does not.
-  std::vector<std::pair<TopicPartition, std::uint64_t>> todo;
+  std::vector<OffsetCommit> todo;
   std::string refused;
-  for (const auto& [tp, off] : *all) {
+  for (const auto& e : *all) {
+    const TopicPartition& tp = e.tp;
     auto since = m.owned_since.find(tp);
     if (std::find(m.owned.begin(), m.owned.end(), tp) == m.owned.end() || since == m.owned_since.end())
       refused += fmt::format("; {}-{} is not assigned to {} in generation {}", tp.topic, tp.partition, id, now);
@@ -243,40 +251,52 @@ void Daemon::op_commit(Conn& c, const json& req) {
       refused += fmt::format("; {}-{}: stale generation {} (held by {} since generation {})", tp.topic, tp.partition, gen, id,
                              since->second);
     else
-      todo.push_back({tp, off});
+      todo.push_back(e);
   }
   store_offsets(c, req, group, todo, refused);
 }
 
-Result<std::vector<std::pair<TopicPartition, std::uint64_t>>> Daemon::parse_offsets(const json& req) {
+Result<std::vector<OffsetCommit>> Daemon::parse_offsets(const json& req) {
   if (!req.contains("offsets") || !req["offsets"].is_array()) return make_error(Errc::kInvalidArgument, "commit needs offsets");
-  std::vector<std::pair<TopicPartition, std::uint64_t>> todo;
+  std::vector<OffsetCommit> todo;
   for (const auto& e : req["offsets"]) {
-    if (!e.is_array() || e.size() != 3 || !e[0].is_string() || !e[1].is_number_unsigned() || !e[2].is_number_unsigned())
-      return make_error(Errc::kInvalidArgument, "offsets are [topic, partition, offset]");
-    todo.push_back({TopicPartition{e[0].get<std::string>(), e[1].get<std::uint32_t>()}, e[2].get<std::uint64_t>()});
+    if (!e.is_array() || e.size() < 3 || e.size() > 4 || !e[0].is_string() || !e[1].is_number_unsigned() ||
+        !e[2].is_number_unsigned() || (e.size() == 4 && !e[3].is_number_unsigned()))
+      return make_error(Errc::kInvalidArgument, "offsets are [topic, partition, offset] or [topic, partition, offset, topic epoch]");
+    OffsetCommit c{TopicPartition{e[0].get<std::string>(), e[1].get<std::uint32_t>()}, e[2].get<std::uint64_t>(), std::nullopt};
+    if (e.size() == 4) c.epoch = e[3].get<std::uint64_t>();
+    todo.push_back(std::move(c));
   }
   return todo;
 }
 
-void Daemon::store_offsets(Conn& c, const json& req, const std::string& group,
-                           const std::vector<std::pair<TopicPartition, std::uint64_t>>& todo, const std::string& refused) {
-  for (const auto& [tp, off] : todo) {
-    auto t = bus_->topic(tp.topic);
+void Daemon::store_offsets(Conn& c, const json& req, const std::string& group, const std::vector<OffsetCommit>& todo,
+                           std::string refused) {
+  std::size_t stored = 0;
+  for (const auto& e : todo) {
+    auto t = bus_->topic(e.tp.topic);
     if (!t) continue;  // deleted since it was assigned: its offsets went with it
-    offsets_.put({group, tp.topic, tp.partition}, off, (*t)->epoch());
-    dirty_gates_.insert({group, tp});
+    // Read from an earlier creation of the topic (deleted, created again since): its offset
+    // means nothing in this one (Kafka drops a deleted topic's offsets).
+    if (e.epoch && *e.epoch != (*t)->epoch()) {
+      refused += fmt::format("; {}-{}: read from an earlier creation of the topic (epoch {}; topic '{}' was deleted and "
+                             "created again, epoch {})", e.tp.topic, e.tp.partition, *e.epoch, e.tp.topic, (*t)->epoch());
+      continue;
+    }
+    offsets_.put({group, e.tp.topic, e.tp.partition}, e.offset, (*t)->epoch());
+    dirty_gates_.insert({group, e.tp});
+    ++stored;
   }
   if (req.contains("sync") && req["sync"].is_boolean() && req["sync"].get<bool>()) {
     if (auto ok = offsets_.flush(); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
     for (const auto& [grp, tp] : dirty_gates_) update_gate(grp, tp);
     dirty_gates_.clear();
-    for (const auto& [tp, off] : todo)
-      if (auto why = gate_error(group, tp)) return reply_error(c, req, Errc::kTooManyClients, *why);
+    for (const auto& e : todo)
+      if (auto why = gate_error(group, e.tp)) return reply_error(c, req, Errc::kTooManyClients, *why);
   }
   if (!refused.empty())
     return reply_error(c, req, Errc::kInvalidArgument,
-                       fmt::format("commit refused: {}{}", refused.substr(2), todo.empty() ? "" : " (the other partitions were committed)"));
+                       fmt::format("commit refused: {}{}", refused.substr(2), stored ? " (the other partitions were committed)" : ""));
   reply(c, req, json{{"ok", true}});
 }
 
@@ -290,7 +310,8 @@ json Daemon::describe_group(const std::string& name) {
     out["assignor"] = assignor_name(g->second.assignor);
     out["state"] = g->second.members.empty() ? "empty" : (g->second.revoke_deadline_ns ? "rebalancing" : "stable");
     for (const auto& [id, m] : g->second.members) {
-      out["members"].push_back({{"member_id", id}, {"pid", m.pid}, {"name", m.name}, {"topics", m.topics},
+      out["members"].push_back({{"member_id", id}, {"pid", m.pid}, {"name", m.name}, {"subscription", m.subscription},
+                                {"topics", m.topics},
                                 {"partitions", tps_json(m.owned)}, {"group_instance_id", m.instance_id},
                                 {"absent", m.absent()}});
       for (const auto& tp : m.owned) owner[{tp.topic, tp.partition}] = id;
@@ -341,6 +362,9 @@ void Daemon::op_revoked(Conn& c, const json& req) {
         gone.push_back({tp[0].get<std::string>(), tp[1].get<std::uint32_t>()});
   std::erase_if(m.owned, [&](const TopicPartition& tp) { return std::find(gone.begin(), gone.end(), tp) != gone.end(); });
   for (const auto& tp : gone) m.owned_since.erase(tp);
+  std::erase_if(m.reissue, [&](const std::string& t) {
+    return std::none_of(m.owned.begin(), m.owned.end(), [&](const TopicPartition& tp) { return tp.topic == t; });
+  });
   m.revoking = false;
   reply(c, req, json{{"ok", true}});
   bool still = false;

@@ -34,6 +34,14 @@ using proto::json;
 
 json tps_json(const std::vector<TopicPartition>& tps);
 
+// One partition's offset in a commit, and the epoch of the topic it was read from (clients
+// since issue 14 send it; none: the topic as it is now).
+struct OffsetCommit {
+  TopicPartition tp;
+  std::uint64_t offset = 0;
+  std::optional<std::uint64_t> epoch;
+};
+
 struct Conn {
   int fd = -1;
   uid_t uid = 0;
@@ -45,8 +53,14 @@ struct Conn {
 struct Member {
   std::string id;
   int fd = -1;
+  // What it subscribed to: topic names and patterns ('^...', bus/topic_pattern.h); and the
+  // topics that stand for now (the names, and the bus's topics the patterns match).
+  std::vector<std::string> subscription;
   std::vector<std::string> topics;
   std::vector<TopicPartition> owned;  // what it consumes now (confirmed)
+  // Topics deleted and created again under it: what it owns of them is revoked (it reads
+  // the old topic) and then assigned afresh.
+  std::set<std::string> reissue;
   std::map<TopicPartition, std::uint64_t> owned_since;  // the generation from which it has held each
   std::int32_t pid = 0;
   std::string name;
@@ -113,9 +127,17 @@ class Daemon {
   TopicPartitionCounts counts_for(const Group& g);
   void update_gate(const std::string& group, const TopicPartition& tp);
   void drop_stale_offsets();
+  // Topics created and deleted (tools/busd/topic_watch.cpp): subscriptions resolved again,
+  // and the groups they change rebalanced.
+  static Status check_subscription(const std::vector<std::string>& subscription, Bus& bus);
+  static std::vector<std::string> resolve_subscription(const std::vector<std::string>& subscription,
+                                                       const std::vector<std::string>& listed);
+  std::vector<std::string> listed_topics();
+  void watch_topics();
   // tools/busd/liveness.cpp: session timeouts, max poll intervals, revoke deadlines.
   void expire_members(std::uint64_t now);
   void note_liveness(Member& m, const json& req);
+  std::int64_t revoke_timeout_ms(const Member& m) const;  // how long it has to give partitions up
   // tools/busd/static_members.cpp
   Result<std::optional<std::vector<TopicPartition>>> claim_instance(Group& g, const std::string& instance);
   bool keep_absent(Group& g, const std::string& id, const std::string& why);
@@ -123,10 +145,11 @@ class Daemon {
   void op_join(Conn& c, const json& req);
   void op_commit(Conn& c, const json& req);
   void op_commit_unowned(Conn& c, const json& req);  // tools/busd/simple_group.cpp
-  static Result<std::vector<std::pair<TopicPartition, std::uint64_t>>> parse_offsets(const json& req);
-  // Stores `todo` and answers: ok, or the `refused` partitions ("; "-separated reasons).
-  void store_offsets(Conn& c, const json& req, const std::string& group,
-                     const std::vector<std::pair<TopicPartition, std::uint64_t>>& todo, const std::string& refused = {});
+  static Result<std::vector<OffsetCommit>> parse_offsets(const json& req);
+  // Stores `todo` and answers: ok, or the refused partitions (`refused`: "; "-separated
+  // reasons, and those read from another creation of their topic than today's).
+  void store_offsets(Conn& c, const json& req, const std::string& group, const std::vector<OffsetCommit>& todo,
+                     std::string refused = {});
   void op_leave(Conn& c, const json& req);
   void op_revoked(Conn& c, const json& req);
   void op_committed(Conn& c, const json& req);
@@ -172,6 +195,7 @@ class Daemon {
   std::uint64_t ticks_ = 0;
   std::uint64_t grace_until_ns_ = 0;
   std::set<std::int32_t> returning_;  // pids of the previous busd's live members
+  std::map<std::string, std::uint64_t> topics_seen_;  // the bus's topics and their epochs, at the last look
   std::set<std::pair<std::string, TopicPartition>> dirty_gates_;  // move after the next flush
   std::map<std::string, std::unique_ptr<TcpService>> services_;  // by kind
   std::map<std::string, ListenerSpec> listener_specs_;             // what each runs on

@@ -20,6 +20,13 @@ void Daemon::note_liveness(Member& m, const json& req) {
   m.polled_ns = now;
 }
 
+std::int64_t Daemon::revoke_timeout_ms(const Member& m) const {
+  // Kafka's rebalance timeout is the member's max.poll.interval.ms: the time it may take
+  // to reach its next poll(), where it gives the partitions up. busd's
+  // --rebalance-timeout-ms only for a client that sent none (layout minor 0).
+  return m.max_poll_interval_ms > 0 ? m.max_poll_interval_ms : opts_.rebalance_timeout_ms;
+}
+
 void Daemon::expire_members(std::uint64_t now) {
   for (auto& [name, g] : groups_) {
     struct Expired {
@@ -49,7 +56,9 @@ void Daemon::expire_members(std::uint64_t now) {
                            fmt::format("no poll() for {} ms (max poll interval {} ms)", (now - m.polled_ns) / 1'000'000,
                                        m.max_poll_interval_ms)});
       else if (m.revoking && now > m.revoke_deadline_ns)
-        expired.push_back({id, "revoke_timeout", "did not give up its revoked partitions in time"});
+        expired.push_back({id, "revoke_timeout",
+                           fmt::format("did not give up its revoked partitions within {} ms (its rebalance timeout)",
+                                       revoke_timeout_ms(m))});
     }
     for (const auto& e : expired) {
       const int fd = g.members.count(e.id) ? g.members.at(e.id).fd : -1;

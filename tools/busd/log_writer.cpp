@@ -50,6 +50,15 @@ Status write_all(int fd, const void* data, std::size_t n, const std::string& pat
   return {};
 }
 
+// open(2) that may create `path`: the file gets `mode` exactly, whatever the umask (a
+// shared bus's files are the group's, 0660, so that the busd of any member of the group can
+// append to them). A file of another owner keeps its mode (fchmod is refused: its owner set it).
+int open_file(const std::string& path, int flags, unsigned mode) {
+  const int fd = ::open(path.c_str(), flags, mode);
+  if (fd >= 0) (void)::fchmod(fd, mode);
+  return fd;
+}
+
 }  // namespace
 
 namespace {
@@ -63,13 +72,13 @@ std::string watermark_path(const std::string& dir) { return dir + "/synced"; }
 
 }  // namespace
 
-void write_watermark(const std::string& dir, std::pair<std::uint64_t, std::uint64_t> wm) {
+void write_watermark(const std::string& dir, std::pair<std::uint64_t, std::uint64_t> wm, unsigned mode) {
   unsigned char buf[20];
   std::memcpy(buf, &wm.first, 8);
   std::memcpy(buf + 8, &wm.second, 8);
   const std::uint32_t crc = crc32c(buf, 16);
   std::memcpy(buf + 16, &crc, 4);
-  Fd f{::open(watermark_path(dir).c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600)};
+  Fd f{open_file(watermark_path(dir), O_WRONLY | O_CREAT | O_CLOEXEC, mode)};
   if (f.fd >= 0) (void)!::pwrite(f.fd, buf, sizeof buf, 0);
 }
 
@@ -210,7 +219,7 @@ Result<LogWriter> LogWriter::open(const std::string& dir, const SpillConfig& con
     // The index of the open segment is rebuilt from the scan: it may lag or run past a
     // truncated tail.
     const std::string ipath = segment_path(dir, last->base_offset, "index");
-    w.index_fd_ = ::open(ipath.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, file_mode);
+    w.index_fd_ = open_file(ipath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, file_mode);
     if (w.index_fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot open {}: {}", ipath, std::strerror(errno)));
     if (auto ok = write_all(w.index_fd_, last->index.data(), last->index.size() * sizeof(IndexEntry), ipath); !ok)
       return tl::unexpected(ok.error());
@@ -240,9 +249,9 @@ Status LogWriter::roll(std::uint64_t base) {
   if (index_fd_ >= 0) ::close(index_fd_);
   const std::string path = segment_path(dir_, base, "log"), ipath = segment_path(dir_, base, "index");
   // O_EXCL: a file of that name would be a log we did not list; never write over it.
-  log_fd_ = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, mode_);
+  log_fd_ = open_file(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, mode_);
   if (log_fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot create {}: {}", path, std::strerror(errno)));
-  index_fd_ = ::open(ipath.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, mode_);
+  index_fd_ = open_file(ipath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, mode_);
   if (index_fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot create {}: {}", ipath, std::strerror(errno)));
   const FileHeader h = make_file_header(base);
   if (auto ok = write_all(log_fd_, &h, sizeof h, path); !ok) return ok;
@@ -307,7 +316,7 @@ Status LogWriter::sync() {
   if (index_fd_ >= 0) (void)::fdatasync(index_fd_);
   // The watermark: everything before it is on the disk. Written after the sync returned,
   // so it is never ahead of the data; recovery treats damage past it as a torn tail.
-  if (!segments_.empty()) write_watermark(dir_, {segments_.back().base, segments_.back().bytes});
+  if (!segments_.empty()) write_watermark(dir_, {segments_.back().base, segments_.back().bytes}, mode_);
   return {};
 }
 

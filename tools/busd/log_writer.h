@@ -14,7 +14,7 @@
 namespace shmbus::disklog {
 
 // Records that a partition's log is on disk up to `bytes` of segment `base` ({base, bytes}).
-void write_watermark(const std::string& dir, std::pair<std::uint64_t, std::uint64_t> synced);
+void write_watermark(const std::string& dir, std::pair<std::uint64_t, std::uint64_t> synced, unsigned mode = 0600);
 
 // Appends a partition's records; busd's spiller owns one per spilled partition.
 class LogWriter {

@@ -49,7 +49,7 @@ int main(int argc, char** argv) {
   bool foreground = false;
   app.add_option("--bus", o.bus, "bus name (default: $SHMBUS_BUS or 'default')");
   app.add_option("--group", group, "share a bus busd creates with this Unix group (mode 0660); an existing bus must be that group's");
-  app.add_option("--rebalance-timeout-ms", o.rebalance_timeout_ms, "evict a member that keeps revoked partitions longer");
+  app.add_option("--rebalance-timeout-ms", o.rebalance_timeout_ms, "evict a member that keeps revoked partitions longer (members that send their max poll interval get that instead, as Kafka's rebalance timeout)");
   std::string retention;
   app.add_option("--offsets-retention", retention,
                  "committed offsets of a group with no live member expire this long after it became empty "

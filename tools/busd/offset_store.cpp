@@ -49,6 +49,7 @@ OffsetStore::~OffsetStore() {
 Result<OffsetStore> OffsetStore::open(const std::string& dir, std::optional<unsigned> gid) {
   if (auto ok = make_dirs(dir, gid ? 0770 : 0700, gid); !ok) return tl::unexpected(ok.error());
   OffsetStore s;
+  s.gid_ = gid;
   s.path_ = dir + "/offsets.log";
   s.fd_ = ::open(s.path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, gid ? 0660 : 0600);
   if (s.fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot open {}: {}", s.path_, std::strerror(errno)));
@@ -150,6 +151,7 @@ Status OffsetStore::compact() {
   const std::string tmp = path_ + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return make_error(Errc::kSystem, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
+  if (gid_) share_with_group(fd, *gid_);  // the log it replaces was the group's: the busd of any member opens it
   std::string all;
   for (const auto& [k, o] : offsets_) all += line_for(k, o);
   if (::write(fd, all.data(), all.size()) != static_cast<ssize_t>(all.size()) || ::fsync(fd) != 0) {

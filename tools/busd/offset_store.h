@@ -60,6 +60,7 @@ class OffsetStore {
  private:
   Status compact();
   std::string path_;
+  std::optional<unsigned> gid_;  // a shared bus's: compaction's new file is the group's too
   int fd_ = -1;
   std::map<OffsetKey, CommittedOffset> offsets_;
   std::string pending_;

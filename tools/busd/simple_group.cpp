@@ -23,7 +23,8 @@ void Daemon::op_commit_unowned(Conn& c, const json& req) {
                                    group, g->second.members.size()));
   auto todo = parse_offsets(req);
   if (!todo) return reply_error(c, req, todo.error().code, todo.error().message);
-  for (const auto& [tp, off] : *todo) {
+  for (const auto& e : *todo) {
+    const TopicPartition& tp = e.tp;
     auto t = bus_->topic(tp.topic);
     if (!t) return reply_error(c, req, t.error().code, fmt::format("commit refused: {}", t.error().message));
     if (tp.partition >= (*t)->partitions())
