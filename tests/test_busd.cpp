@@ -220,6 +220,58 @@ TEST_F(Busd, BusdKilledAndRestartedUnderLoadKeepsProducersOffsetsAndTheGroup) {
   EXPECT_EQ(all.size(), 40000u) << "every record consumed at least once across the busd restart";
 }
 
+// What busd shows as committed (group describe, committed) is on disk already: a SIGKILL of
+// busd right after cannot take it back. It used to show what the 20 ms flush had not written
+// yet, and a busd restarted after the kill read an older offset: committed offsets went
+// backwards, and the group re-read (issue 14: BusdKilledAndRestartedUnderLoad...).
+TEST_F(Busd, CommittedOffsetsThatBusdShowsSurviveItsSigkill) {
+  TopicConfig cfg;
+  cfg.partitions = 1;
+  ASSERT_TRUE((*bus_)->create_topic("t", cfg));
+  auto conn = BusdConnection::connect(bus_->name(), 5s);
+  ASSERT_TRUE(conn) << conn.error().message;
+  auto joined = (*conn)->request({{"op", "join"}, {"group", "g"}, {"topics", {"t"}}, {"name", "raw"}}, 5s);
+  ASSERT_TRUE(joined) << joined.error().message;
+  const std::string id = (*joined)["member_id"];
+  std::uint64_t gen = 0;
+  for (int i = 0; i < 200 && !gen; ++i) {
+    (*conn)->pump();
+    for (auto& p : (*conn)->pushes())
+      if (p.value("push", "") == "assign") gen = p["generation"];
+    std::this_thread::sleep_for(5ms);
+  }
+  ASSERT_EQ(gen, 1u);
+  const std::string log_path = bus_paths(bus_->name()).state_dir + "/offsets.log";
+  auto on_disk = [&]() -> std::optional<std::uint64_t> {  // the last line for g t 0
+    std::ifstream f(log_path);
+    std::optional<std::uint64_t> last;
+    for (std::string line; std::getline(f, line);) {
+      std::istringstream in(line);
+      std::string crc, group, topic;
+      std::uint32_t partition = 0;
+      std::uint64_t offset = 0;
+      if (in >> crc >> group >> topic >> partition >> offset && group == "g" && topic == "t" && partition == 0) last = offset;
+    }
+    return last;
+  };
+  for (std::uint64_t off : {5u, 6u, 7u}) {
+    // An asynchronous commit (no fsync asked for), then a look at it, in one go.
+    ASSERT_TRUE((*conn)->send({{"op", "commit"}, {"group", "g"}, {"member_id", id}, {"generation", gen}, {"offsets", {{"t", 0, off}}}, {"sync", false}}));
+    auto seen = (*conn)->request({{"op", "committed"}, {"group", "g"}, {"partitions", json::array({json::array({"t", 0})})}}, 5s);
+    ASSERT_TRUE(seen) << seen.error().message;
+    ASSERT_EQ((*seen)["offsets"][0], off);
+    EXPECT_EQ(on_disk(), off) << "busd answered committed " << off << " before it was in " << log_path;
+    json d = describe("g");
+    ASSERT_EQ(d["partitions"][0]["committed"], off) << d.dump();
+    EXPECT_EQ(on_disk(), off);
+  }
+  // The kill right after: the next busd (started on demand) has what was shown.
+  kill_busd(SIGKILL);
+  json after = describe("g");
+  ASSERT_TRUE(after.contains("partitions")) << "the next busd lost group g's committed offsets: " << after.dump();
+  EXPECT_EQ(after["partitions"][0]["committed"], 7u) << "committed offset went backwards across a busd SIGKILL";
+}
+
 TEST_F(Busd, StaleGenerationAndForeignPartitionCommitsAreRefused) {
   TopicConfig cfg;
   cfg.partitions = 2;

@@ -300,7 +300,16 @@ void Daemon::store_offsets(Conn& c, const json& req, const std::string& group, c
   reply(c, req, json{{"ok", true}});
 }
 
+Status Daemon::flush_before_showing_offsets() {
+  // What busd shows as committed must be on disk: an asynchronous commit waits for the next
+  // tick's flush, and a SIGKILL before it would take back an offset a reader has seen (the
+  // next busd reads offsets.log): committed offsets would go backwards, and a consumer that
+  // started from one would re-read. The gates follow in the tick, as for any flush.
+  return offsets_.flush();
+}
+
 json Daemon::describe_group(const std::string& name) {
+  if (auto ok = flush_before_showing_offsets(); !ok) log(fmt::format("describe group '{}': {}", name, ok.error().message));
   json out = {{"group", name}, {"members", json::array()}, {"partitions", json::array()}};
   std::map<std::pair<std::string, std::uint32_t>, std::string> owner;
   std::set<std::string> topics;
@@ -377,6 +386,7 @@ void Daemon::op_revoked(Conn& c, const json& req) {
 
 void Daemon::op_committed(Conn& c, const json& req) {
   const std::string group = req.value("group", "");
+  if (auto ok = flush_before_showing_offsets(); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
   json offs = json::array();
   if (req.contains("partitions") && req["partitions"].is_array())
     for (const auto& tp : req["partitions"])

@@ -157,6 +157,7 @@ class Daemon {
   void op_group_describe(Conn& c, const json& req);
   void op_reset_offsets(Conn& c, const json& req);
   json describe_group(const std::string& name);
+  Status flush_before_showing_offsets();
 
   // TCP listeners by kind (listeners.cpp): the listeners file's at start, then the command
   // line's; listener_start / listener_stop (busctl metrics start|stop) persist the choice.
