@@ -94,6 +94,21 @@ MemberLog read_log(const std::string& path, std::uint64_t end_ns) {
   return m;
 }
 
+// Joins group g (topic t) as a raw member over `conn` and waits for its first assign push:
+// its member id and that generation (0: none came).
+std::pair<std::string, std::uint64_t> join_raw(BusdConnection& conn) {
+  auto joined = conn.request({{"op", "join"}, {"group", "g"}, {"topics", {"t"}}, {"name", "raw"}}, 5s);
+  if (!joined) return {"", 0};
+  std::uint64_t gen = 0;
+  for (int i = 0; i < 200 && !gen; ++i) {
+    conn.pump();
+    for (auto& p : conn.pushes())
+      if (p.value("push", "") == "assign") gen = p["generation"];
+    std::this_thread::sleep_for(5ms);
+  }
+  return {(*joined)["member_id"], gen};
+}
+
 }  // namespace
 
 TEST_F(Busd, KilledMemberIsReplacedAtOnceWithNoRecordLostAndNoPartitionOwnedTwice) {
@@ -230,16 +245,7 @@ TEST_F(Busd, CommittedOffsetsThatBusdShowsSurviveItsSigkill) {
   ASSERT_TRUE((*bus_)->create_topic("t", cfg));
   auto conn = BusdConnection::connect(bus_->name(), 5s);
   ASSERT_TRUE(conn) << conn.error().message;
-  auto joined = (*conn)->request({{"op", "join"}, {"group", "g"}, {"topics", {"t"}}, {"name", "raw"}}, 5s);
-  ASSERT_TRUE(joined) << joined.error().message;
-  const std::string id = (*joined)["member_id"];
-  std::uint64_t gen = 0;
-  for (int i = 0; i < 200 && !gen; ++i) {
-    (*conn)->pump();
-    for (auto& p : (*conn)->pushes())
-      if (p.value("push", "") == "assign") gen = p["generation"];
-    std::this_thread::sleep_for(5ms);
-  }
+  const auto [id, gen] = join_raw(**conn);
   ASSERT_EQ(gen, 1u);
   const std::string log_path = bus_paths(bus_->name()).state_dir + "/offsets.log";
   auto on_disk = [&]() -> std::optional<std::uint64_t> {  // the last line for g t 0
@@ -278,17 +284,7 @@ TEST_F(Busd, StaleGenerationAndForeignPartitionCommitsAreRefused) {
   ASSERT_TRUE((*bus_)->create_topic("t", cfg));
   auto conn = BusdConnection::connect(bus_->name(), 5s);
   ASSERT_TRUE(conn) << conn.error().message;
-  auto joined = (*conn)->request({{"op", "join"}, {"group", "g"}, {"topics", {"t"}}, {"name", "raw"}}, 5s);
-  ASSERT_TRUE(joined) << joined.error().message;
-  const std::string id = (*joined)["member_id"];
-  // Wait for the assign push: generation 1, both partitions.
-  std::uint64_t gen = 0;
-  for (int i = 0; i < 200 && !gen; ++i) {
-    (*conn)->pump();
-    for (auto& p : (*conn)->pushes())
-      if (p.value("push", "") == "assign") gen = p["generation"];
-    std::this_thread::sleep_for(5ms);
-  }
+  const auto [id, gen] = join_raw(**conn);  // generation 1, both partitions
   ASSERT_EQ(gen, 1u);
   auto ok = (*conn)->request({{"op", "commit"}, {"group", "g"}, {"member_id", id}, {"generation", gen}, {"offsets", {{"t", 0, 5}}}}, 5s);
   EXPECT_TRUE(ok) << ok.error().message;
