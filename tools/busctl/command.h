@@ -68,5 +68,6 @@ std::unique_ptr<Command> top_command(CLI::App& app);          // top.cpp
 std::unique_ptr<Command> completion_commands(CLI::App& app);  // completion.cpp: completion, help-markdown
 std::unique_ptr<Command> log_commands(CLI::App& app);         // log.cpp
 std::unique_ptr<Command> metrics_commands(CLI::App& app);     // metrics.cpp: metrics start|stop
+std::unique_ptr<Command> mirror_commands(CLI::App& app);      // mirror.cpp: mirror run|check|status
 
 }  // namespace shmbus::busctl
