@@ -142,6 +142,8 @@ class OutSession final : public Session {
         // nobody back there), block topics wait for this member as for any durable one.
         rd_kafka_poll(kafka_.rk, 100);
         if (!stalled_since_) stalled_since_ = std::chrono::steady_clock::now();
+        if (commit_due()) commit();
+        if (report_due()) report();
         if (stop_.load(std::memory_order_relaxed) || failure_) {
           if (hdrs) rd_kafka_headers_destroy(hdrs);
           return false;
@@ -156,6 +158,8 @@ class OutSession final : public Session {
       return !failure_ && !halted_;
     }
     stalled_since_.reset();
+    if (in_flight_ == 0) progress_ = std::chrono::steady_clock::now();  // a wait for the cluster starts
+    ++in_flight_;
     t.q.push_back({r.offset, r.timestamp_ns, false});
     ++t.next_seq;
     return true;
@@ -199,6 +203,8 @@ class OutSession final : public Session {
       t.q.pop_front();
       ++t.base_seq;
       ++delivered_;
+      --in_flight_;
+      progress_ = std::chrono::steady_clock::now();
     }
   }
 
@@ -220,8 +226,13 @@ class OutSession final : public Session {
       rd_kafka_flush(kafka_.rk, 30'000);
       commit();
     }
-    for (const auto& tp : tps)
-      if (tp.partition < tracks_.size()) tracks_[tp.partition].assigned = false;
+    for (const auto& tp : tps) {
+      if (tp.partition >= tracks_.size()) continue;
+      Track& t = tracks_[tp.partition];
+      t.assigned = false;
+      in_flight_ -= t.q.size();  // their reports, if they come, are ignored (epoch)
+      t.q.clear();
+    }
   }
 
   void commit() {
@@ -263,15 +274,21 @@ class OutSession final : public Session {
     live_.status.lost = base_lost_ + consumer_->lost();
     live_.status.lag_records = lag;
     live_.status.lag_seconds = lag_s;
-    if (stalled_since_ && live_.status.state == std::string("running")) live_.status.state = "stalled";
-    if (!stalled_since_ && live_.status.state == std::string("stalled")) live_.status.state = "running";
+    // Stalled: librdkafka's queue is full, or records wait for the cluster with no delivery
+    // for a second.
+    const bool stalled =
+        stalled_since_ || (in_flight_ > 0 && std::chrono::steady_clock::now() - progress_ > std::chrono::seconds(1));
+    if (stalled && live_.status.state == std::string("running")) live_.status.state = "stalled";
+    if (!stalled && live_.status.state == std::string("stalled")) live_.status.state = "running";
   }
 
   rd_kafka_topic_t* rkt_ = nullptr;
   std::optional<Consumer> consumer_;
   std::vector<Track> tracks_;
   bool same_partition_ = true;
-  std::optional<std::chrono::steady_clock::time_point> stalled_since_;
+  std::optional<std::chrono::steady_clock::time_point> stalled_since_;  // librdkafka's queue is full
+  std::uint64_t in_flight_ = 0;                                          // records handed over, not yet settled
+  std::chrono::steady_clock::time_point progress_;                       // the last delivery, or the start of a wait
   const std::int64_t started_ns_ = now_ms() * 1'000'000;
   KafkaHandle kafka_;  // last: destroyed first, before what its callbacks use
 };
