@@ -10,6 +10,9 @@
 
 #include <fmt/format.h>
 
+#include "bus/offset_lookup.h"
+#include "bus/paths.h"
+
 namespace shmbus {
 
 std::optional<Header> HeaderIterator::next() noexcept {
@@ -29,12 +32,19 @@ inline void cpu_relax() noexcept { __builtin_ia32_pause(); }
 
 }  // namespace
 
-Result<Assigned> Consumer::Impl::make_assigned(const TopicPartition& tp, std::optional<std::uint64_t> start) {
+// The topic of a partition that exists.
+Result<std::shared_ptr<Topic>> Consumer::Impl::topic_of(const TopicPartition& tp) const {
   auto t = bus->topic(tp.topic);
   if (!t) return tl::unexpected(t.error());
   if (tp.partition >= (*t)->partitions())
     return make_error(Errc::kInvalidArgument, fmt::format("topic '{}' has {} partitions, no partition {}", tp.topic,
                                                           (*t)->partitions(), tp.partition));
+  return t;
+}
+
+Result<Assigned> Consumer::Impl::make_assigned(const TopicPartition& tp, std::optional<std::uint64_t> start) {
+  auto t = topic_of(tp);
+  if (!t) return tl::unexpected(t.error());
   Assigned a;
   a.tp = tp;
   a.topic = *t;
@@ -222,6 +232,23 @@ Result<std::uint64_t> Consumer::position(const TopicPartition& tp) const {
   auto a = impl_->require(tp);
   if (!a) return tl::unexpected(a.error());
   return (*a)->next_offset();
+}
+
+Result<std::vector<std::optional<Consumer::OffsetAndTimestamp>>> Consumer::offsets_for_times(
+    const std::vector<std::pair<TopicPartition, std::int64_t>>& times) const {
+  std::vector<std::optional<OffsetAndTimestamp>> out;
+  out.reserve(times.size());
+  for (const auto& [tp, ts_ns] : times) {
+    auto t = impl_->topic_of(tp);
+    if (!t) return tl::unexpected(t.error());
+    const std::string log_dir = (*t)->config().spill.enabled
+                                    ? disklog::partition_dir(bus_paths(impl_->bus->name()).state_dir, tp.topic, tp.partition)
+                                    : std::string();
+    auto m = find_offset_for_time(log_dir, (*t)->ring(tp.partition), ts_ns);
+    if (!m) return tl::unexpected(Error{m.error().code, fmt::format("{}-{}: {}", tp.topic, tp.partition, m.error().message)});
+    out.push_back(*m ? std::optional<OffsetAndTimestamp>(OffsetAndTimestamp{(*m)->offset, (*m)->timestamp_ns}) : std::nullopt);
+  }
+  return out;
 }
 
 Status Consumer::pause(const std::vector<TopicPartition>& partitions) { return impl_->set_paused(partitions, true); }

@@ -195,6 +195,8 @@ struct Consumer::Impl {
     lost += n;
     a.lost += n;
   }
+  // The topic of a partition that exists (else invalid_argument naming it).
+  Result<std::shared_ptr<Topic>> topic_of(const TopicPartition& tp) const;
   // bus/consumer_stats.cpp: takes the partitions' counts; reports when due.
   void statistics_tick();
 

@@ -23,7 +23,7 @@ std::uint64_t earliest_offset(const shm::Ring& ring, bool spilled) noexcept {
 namespace {
 
 struct Found {
-  std::optional<std::uint64_t> offset;  // the first record at or after the time
+  std::optional<TimeMatch> match;        // the first record at or after the time
   std::optional<std::int64_t> first_ts;  // the first record's timestamp seen
 };
 
@@ -31,12 +31,12 @@ struct Found {
 // first record only (`first_only`), at most `max_bytes` (0: no bound).
 Result<Found> scan_log(disklog::LogReader& r, std::uint64_t from, std::uint64_t limit, std::int64_t ts_ns, bool first_only) {
   Found f;
-  for (std::uint64_t at = from; at < limit && !f.offset && !(first_only && f.first_ts);) {
+  for (std::uint64_t at = from; at < limit && !f.match && !(first_only && f.first_ts);) {
     auto next = r.read(at, limit, 1u << 20, [&](const disklog::FrameView& v) {
       if (disklog::is_gap(v.header)) return true;
       if (!f.first_ts) f.first_ts = v.header.timestamp_ns;
-      if (v.header.timestamp_ns >= ts_ns) f.offset = v.header.offset;
-      return !f.offset && !first_only;
+      if (v.header.timestamp_ns >= ts_ns) f.match = TimeMatch{v.header.offset, v.header.timestamp_ns};
+      return !f.match && !first_only;
     });
     if (!next) return tl::unexpected(next.error());
     if (*next <= at) break;  // nothing more there
@@ -45,10 +45,10 @@ Result<Found> scan_log(disklog::LogReader& r, std::uint64_t from, std::uint64_t 
   return f;
 }
 
-Result<std::optional<std::uint64_t>> search_disk(const std::string& dir, std::uint64_t limit, std::int64_t ts_ns) {
+Result<std::optional<TimeMatch>> search_disk(const std::string& dir, std::uint64_t limit, std::int64_t ts_ns) {
   auto segs = disklog::list_segments(dir);
   if (!segs) return tl::unexpected(segs.error());
-  if (segs->empty()) return std::optional<std::uint64_t>{};
+  if (segs->empty()) return std::optional<TimeMatch>{};
   disklog::LogReader r(dir);
   // The last file whose first record is before the time: the record is in it or after it.
   std::size_t lo = 0, hi = segs->size();
@@ -61,11 +61,11 @@ Result<std::optional<std::uint64_t>> search_disk(const std::string& dir, std::ui
   }
   auto f = scan_log(r, (*segs)[lo], limit, ts_ns, false);
   if (!f) return tl::unexpected(f.error());
-  return f->offset;
+  return f->match;
 }
 
-std::optional<std::uint64_t> search_ring(const shm::Ring& ring, std::uint64_t from, std::int64_t ts_ns,
-                                         std::uint64_t& corrupt_at) {
+std::optional<TimeMatch> search_ring(const shm::Ring& ring, std::uint64_t from, std::int64_t ts_ns,
+                                     std::uint64_t& corrupt_at) {
   shm::RingReader r(ring);
   if (r.seek(from) != shm::ReadStatus::kRecord) r.seek_earliest();
   // Lapped by producers: start again from the ring's new start, a few times at most.
@@ -82,7 +82,7 @@ std::optional<std::uint64_t> search_ring(const shm::Ring& ring, std::uint64_t fr
           ++restarts;
           continue;
         }
-        if (ts >= ts_ns) return r.offset();
+        if (ts >= ts_ns) return TimeMatch{r.offset(), ts};
         r.advance(len);
         continue;
       }
@@ -94,7 +94,7 @@ std::optional<std::uint64_t> search_ring(const shm::Ring& ring, std::uint64_t fr
           continue;
         }
         if (r.unstick(nullptr, shm::monotonic_ns()) == shm::ReadStatus::kRecord) continue;
-        return r.offset();  // a claim in flight: it and what follows are the newest
+        return TimeMatch{r.offset(), -1};  // a claim in flight: it and what follows are the newest
       case shm::ReadStatus::kLapped:
         r.seek_earliest();
         ++restarts;
@@ -110,6 +110,12 @@ std::optional<std::uint64_t> search_ring(const shm::Ring& ring, std::uint64_t fr
 }  // namespace
 
 Result<std::uint64_t> offset_for_time(const std::string& log_dir, const shm::Ring& ring, std::int64_t ts_ns) {
+  auto m = find_offset_for_time(log_dir, ring, ts_ns);
+  if (!m) return tl::unexpected(m.error());
+  return *m ? (*m)->offset : ring.end_offset();
+}
+
+Result<std::optional<TimeMatch>> find_offset_for_time(const std::string& log_dir, const shm::Ring& ring, std::int64_t ts_ns) {
   std::uint64_t from = ring.start_offset();
   if (!log_dir.empty()) {
     const auto& st = ring.ctl()->stats;
@@ -118,7 +124,7 @@ Result<std::uint64_t> offset_for_time(const std::string& log_dir, const shm::Rin
     if (disk_end > disk_start && disk_start < from) {
       auto d = search_disk(log_dir, disk_end, ts_ns);
       if (!d) return tl::unexpected(d.error());
-      if (*d) return **d;
+      if (*d) return *d;
       from = std::max(from, disk_end);
     }
   }
@@ -127,7 +133,7 @@ Result<std::uint64_t> offset_for_time(const std::string& log_dir, const shm::Rin
   if (corrupt_at != ~0ull)
     return make_error(Errc::kBadSegment, fmt::format("partition {}: a damaged record at offset {} while looking for a timestamp",
                                                      ring.partition(), corrupt_at));
-  return o ? *o : ring.end_offset();
+  return o;
 }
 
 }  // namespace shmbus

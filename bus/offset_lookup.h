@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
 #include "shm/ring.h"
@@ -23,5 +24,15 @@ std::uint64_t earliest_offset(const shm::Ring& ring, bool spilled) noexcept;
 // (CLOCK_REALTIME at send unless the producer set one): where they go backwards, the answer
 // is the first record at or after ts_ns in that order.
 Result<std::uint64_t> offset_for_time(const std::string& log_dir, const shm::Ring& ring, std::int64_t ts_ns);
+
+// The same lookup, telling "none" apart (Consumer::offsets_for_times, Kafka's
+// offsetsForTimes): the first record at or after ts_ns, with its timestamp, or nullopt when
+// every record is older. Its timestamp is -1 when it was still being written (a claim in
+// flight at the ring's end: it and what follows are the newest records).
+struct TimeMatch {
+  std::uint64_t offset;
+  std::int64_t timestamp_ns;
+};
+Result<std::optional<TimeMatch>> find_offset_for_time(const std::string& log_dir, const shm::Ring& ring, std::int64_t ts_ns);
 
 }  // namespace shmbus

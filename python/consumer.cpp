@@ -59,8 +59,18 @@ class PyConsumer {
     cc.max_poll_records = static_cast<std::uint32_t>(mpr);
     memoryview_ = c.boolean("shmbus.value.memoryview", false);
     group_ = c.str("group.id", "");
+    // assign() with a group.id: starts at, and commits, the group's offsets (Kafka's simple
+    // consumer group) through busd, without joining it; subscribe() joins that same group.
+    cc.group_id = group_;
     cc.on_assigned = [this](const std::vector<TopicPartition>& tps) { call_back(on_assign_, tps); };
     cc.on_revoked = [this](const std::vector<TopicPartition>& tps) { call_back(on_revoke_, tps); };
+    // Kafka's default onPartitionsLost is onPartitionsRevoked: without on_lost, on_revoke hears of them.
+    cc.on_lost = [this](const std::vector<TopicPartition>& tps) { call_back(on_lost_.is_none() ? on_revoke_ : on_lost_, tps); };
+    on_commit_ = callable(c.object("on_commit"), "on_commit");
+    stats_cb_ = callable(c.object("stats_cb"), "stats_cb");
+    cc.statistics_interval = std::chrono::milliseconds(c.integer("statistics.interval.ms", 0));
+    if (!stats_cb_.is_none())
+      cc.statistics_cb = [this](const std::string& json) { run_callback([&] { stats_cb_(pb::str(json)); }); };
     bus_ = c.attach_bus();
     consumer_.emplace(take(Consumer::create(bus_, cc)));
   }
@@ -77,16 +87,14 @@ class PyConsumer {
   // ---- subscription and assignment ----
   void subscribe(const std::vector<std::string>& topics, pb::object on_assign, pb::object on_revoke, pb::object on_lost) {
     Consumer& c = open(true);
-    if (!on_lost.is_none())
-      raise(kErrNotImplemented, "subscribe(on_lost=...): libshmbus has no lost-partitions callback yet (branch g3); "
-                                "lost partitions are reported to on_revoke");
     if (group_.empty()) raise(kErrInvalidArg, "subscribe() needs 'group.id' in the configuration");
     for (const auto& t : topics)
       if (t.starts_with("^")) raise(kErrNotImplemented, fmt::format("subscribe('{}'): regex subscriptions are not supported", t));
-    for (const auto* f : {&on_assign, &on_revoke})
-      if (!f->is_none() && !PyCallable_Check(f->ptr())) throw pb::type_error("on_assign and on_revoke must be callable");
+    for (const auto* f : {&on_assign, &on_revoke, &on_lost})
+      if (!f->is_none() && !PyCallable_Check(f->ptr())) throw pb::type_error("on_assign, on_revoke and on_lost must be callable");
     on_assign_ = std::move(on_assign);
     on_revoke_ = std::move(on_revoke);
+    on_lost_ = std::move(on_lost);
     Status s;
     {
       Busy b(*this);
@@ -114,14 +122,14 @@ class PyConsumer {
     Consumer& c = open(true);
     auto tps = to_tps(partitions, "partitions");
     give_back();
-    check(c.assign(tps));
+    replace_assignment(c, tps);
     for (auto item : partitions) apply_offset(c, item.cast<const PyTopicPartition&>());
   }
 
   void unassign() {
     Consumer& c = open(true);
     give_back();
-    check(c.assign({}));
+    replace_assignment(c, {});
   }
 
   pb::list assignment() {
@@ -191,11 +199,17 @@ class PyConsumer {
     {
       Busy b(*this);
       pb::gil_scoped_release nogil;
-      // Explicit offsets are always committed synchronously: the library has no asynchronous
-      // commit of given offsets (nor a commit callback) yet (branch g3).
-      if (positions && asynchronous) s = c.commit_async();
-      else s = c.commit(offs);
+      // Asynchronous: on_commit(err, partitions) hears busd's answer from a later poll() or close().
+      Consumer::CommitCallback done;
+      if (asynchronous && !on_commit_.is_none())
+        done = [this](const std::vector<std::pair<TopicPartition, std::uint64_t>>& sent, const Status& result) {
+          committed_back(sent, result);
+        };
+      if (!asynchronous) s = c.commit(offs);
+      else if (positions) s = done ? c.commit_async(std::move(done)) : c.commit_async();
+      else s = c.commit_async(offs, std::move(done));
     }
+    rethrow_callback_error();
     check(s);
     if (asynchronous) return pb::none();
     pb::list out;
@@ -272,6 +286,37 @@ class PyConsumer {
     return pb::make_tuple(low, p.end_offset);
   }
 
+  // confluent's offsets_for_times: each TopicPartition's offset is a time (ms since the
+  // epoch); the answer's is the earliest offset whose record's timestamp is at or after it,
+  // or OFFSET_END (-1) where every record is older.
+  pb::list offsets_for_times(const pb::object& partitions, const pb::object& timeout) {
+    Consumer& c = open(true);
+    (void)timeout;  // shared memory and the disk log: nobody is waited for
+    auto tps = to_tps(partitions, "partitions");
+    std::vector<std::pair<TopicPartition, std::int64_t>> times;
+    std::size_t i = 0;
+    for (auto item : partitions) {
+      const auto& tp = item.cast<const PyTopicPartition&>();
+      if (tp.offset < 0)
+        raise(kErrInvalidArg, fmt::format("offsets_for_times(): {}-{}: offset {} is not a time (ms since the epoch)", tp.topic,
+                                          tp.partition, tp.offset));
+      constexpr std::int64_t kMaxMs = INT64_MAX / 1'000'000;
+      times.push_back({tps[i++], std::min(tp.offset, kMaxMs) * 1'000'000});
+    }
+    Result<std::vector<std::optional<Consumer::OffsetAndTimestamp>>> r;
+    {
+      Busy b(*this);
+      pb::gil_scoped_release nogil;  // a spilled topic's lookup reads its disk log
+      r = c.offsets_for_times(times);
+    }
+    auto found = take(std::move(r));
+    pb::list out;
+    for (std::size_t k = 0; k < tps.size(); ++k)
+      out.append(PyTopicPartition{tps[k].topic, static_cast<std::int32_t>(tps[k].partition),
+                                  found[k] ? static_cast<std::int64_t>(found[k]->offset) : kOffsetEnd, pb::none()});
+    return out;
+  }
+
   pb::object list_topics(const pb::object& topic, const pb::object& timeout) {
     open(false);
     (void)timeout;
@@ -320,6 +365,19 @@ class PyConsumer {
     if (busy_ && !in_callback_) raise(kErrState, "Consumer is in use by another thread (a Consumer belongs to one thread at a time)");
     if (busy_ && full) raise(kErrState, "this call cannot be made from a rebalance callback (seek, pause, resume, position and assignment can)");
     return *consumer_;
+  }
+
+  // Consumer::assign, without the GIL: with a group.id it asks busd for the group's offsets
+  // (starting busd if none runs) and commits what it gives up with auto-commit.
+  void replace_assignment(Consumer& c, const std::vector<TopicPartition>& tps) {
+    Status s;
+    {
+      Busy b(*this);
+      pb::gil_scoped_release nogil;
+      s = c.assign(tps);
+    }
+    rethrow_callback_error();
+    check(s);
   }
 
   void apply_offset(Consumer& c, const PyTopicPartition& tp) {
@@ -424,20 +482,43 @@ class PyConsumer {
     return out;
   }
 
-  // From the C++ consumer's poll/subscribe/close, without the GIL.
-  void call_back(const pb::object& fn, const std::vector<TopicPartition>& tps) {
+  // Runs a Python callback for the C++ consumer's poll/subscribe/commit/close, which call
+  // without the GIL; an exception it raises is kept for rethrow_callback_error().
+  template <class F>
+  void run_callback(F&& f) {
     if (dying_) return;
     pb::gil_scoped_acquire gil;
-    if (fn.is_none() || callback_error_) return;
+    if (callback_error_) return;
     in_callback_ = true;
     try {
-      fn(pb::cast(this, pb::return_value_policy::reference), tp_list(tps, nullptr));
+      f();
     } catch (pb::error_already_set& e) {
       callback_error_ = std::move(e);
-    } catch (const KafkaFailure& f) {
-      callback_error_ = f;
+    } catch (const KafkaFailure& failure) {
+      callback_error_ = failure;
     }
     in_callback_ = false;
+  }
+
+  void call_back(const pb::object& fn, const std::vector<TopicPartition>& tps) {
+    run_callback([&] {
+      if (!fn.is_none()) fn(pb::cast(this, pb::return_value_policy::reference), tp_list(tps, nullptr));
+    });
+  }
+
+  // on_commit(err, partitions) with busd's answer to an asynchronous commit.
+  void committed_back(const std::vector<std::pair<TopicPartition, std::uint64_t>>& sent, const Status& result) {
+    run_callback([&] {
+      pb::list tps;
+      for (const auto& [tp, off] : sent)
+        tps.append(PyTopicPartition{tp.topic, static_cast<std::int32_t>(tp.partition), static_cast<std::int64_t>(off), pb::none()});
+      on_commit_(result ? pb::object(pb::none()) : kafka_error(static_cast<int>(result.error().code), result.error().message), tps);
+    });
+  }
+
+  static pb::object callable(pb::object fn, const char* what) {
+    if (!fn.is_none() && !PyCallable_Check(fn.ptr())) throw pb::type_error(fmt::format("{} must be callable", what));
+    return fn;
   }
 
   void rethrow_callback_error() {
@@ -457,7 +538,8 @@ class PyConsumer {
   Error error_;
   std::vector<pb::object> views_;
   std::map<std::string, pb::str, std::less<>> topics_;
-  pb::object on_assign_ = pb::none(), on_revoke_ = pb::none();
+  pb::object on_assign_ = pb::none(), on_revoke_ = pb::none(), on_lost_ = pb::none(), on_commit_ = pb::none(),
+             stats_cb_ = pb::none();
   std::optional<std::variant<pb::error_already_set, KafkaFailure>> callback_error_;
   bool busy_ = false, in_callback_ = false, dying_ = false;
 };
@@ -466,13 +548,15 @@ class PyConsumer {
 
 void bind_consumer(pb::module_& m) {
   pb::class_<PyConsumer>(m, "Consumer",
-                         "Consumer(conf): reads partitions at its own offsets; assign() needs no daemon, subscribe()\n"
+                         "Consumer(conf): reads partitions at its own offsets; assign() needs no daemon (unless\n"
+                         "conf['group.id'] is set: then it starts at, and commits, the group's offsets), subscribe()\n"
                          "joins conf['group.id'] through busd (started on demand), which assigns partitions and keeps\n"
                          "committed offsets. Belongs to one thread at a time; a call from another thread while one\n"
                          "waits raises KafkaException(_STATE). Closed, every method raises RuntimeError.\n"
                          "conf: 'bus', 'group.id', 'auto.offset.reset' (latest), 'enable.auto.commit' (true),\n"
                          "'auto.commit.interval.ms' (1000), 'session.timeout.ms' (45000), 'max.poll.interval.ms' (300000),\n'heartbeat.interval.ms' (3000, at most a third of the session timeout), 'group.instance.id',\n"
-                         "'partition.assignment.strategy', 'client.id', 'shmbus.value.memoryview',\n"
+                         "'partition.assignment.strategy', 'client.id', 'on_commit', 'stats_cb' with\n"
+                         "'statistics.interval.ms', 'shmbus.value.memoryview',\n"
                          "'shmbus.hold.producers', 'shmbus.wait', 'shmbus.max.poll.records'.")
       .def(pb::init<const pb::dict&>(), pb::arg("conf") = pb::dict())
       .def("subscribe", &PyConsumer::subscribe, pb::arg("topics"), pb::arg("on_assign") = pb::none(),
@@ -480,11 +564,15 @@ void bind_consumer(pb::module_& m) {
            "Joins conf['group.id'] for these topics and waits (without the GIL) for the first assignment.\n"
            "on_assign(consumer, partitions) / on_revoke(consumer, partitions) are called from poll() as\n"
            "members come and go, with the partitions added or taken (incremental, as cooperative-sticky).\n"
+           "on_lost(consumer, partitions): they are someone else's already (this member was evicted:\n"
+           "session timeout, max.poll.interval.ms); without it on_revoke is called, as Kafka does.\n"
            "Each partition starts at the group's committed offset, else where auto.offset.reset says.")
       .def("unsubscribe", &PyConsumer::unsubscribe, "Leaves the group (committing first with auto-commit).")
       .def("assign", &PyConsumer::assign, pb::arg("partitions"),
-           "Replaces the assignment (no group). A TopicPartition's offset, if set (an offset, OFFSET_BEGINNING,\n"
-           "OFFSET_END), is where it starts; else auto.offset.reset says.")
+           "Replaces the assignment (no group membership). A TopicPartition's offset, if set (an offset,\n"
+           "OFFSET_BEGINNING, OFFSET_END), is where it starts; else, with conf['group.id'], the group's committed\n"
+           "offset (asked of busd, without the GIL), else auto.offset.reset says. With a group.id, commit() and\n"
+           "committed() work for these partitions (busd takes the commits while the group has no live member).")
       .def("unassign", &PyConsumer::unassign, "Drops the manual assignment.")
       .def("assignment", &PyConsumer::assignment, "The assigned partitions.")
       .def("poll", &PyConsumer::poll, pb::arg("timeout") = pb::none(),
@@ -496,9 +584,9 @@ void bind_consumer(pb::module_& m) {
       .def("commit", &PyConsumer::commit, pb::arg("message") = pb::none(), pb::arg("offsets") = pb::none(),
            pb::arg("asynchronous") = true,
            "Commits (group consumers): the message's offset + 1, the given TopicPartition offsets, or the\n"
-           "current positions. asynchronous=True returns None; False waits and returns the committed\n"
-           "TopicPartitions. Given offsets are always committed synchronously (no async commit of given\n"
-           "offsets in libshmbus yet).")
+           "current positions. asynchronous=True returns None at once, and conf['on_commit'](err, partitions)\n"
+           "hears busd's answer from a later poll() or close(); False waits and returns the committed\n"
+           "TopicPartitions (on_commit is not called for it).")
       .def("committed", &PyConsumer::committed, pb::arg("partitions"), pb::arg("timeout") = pb::none(),
            "The group's committed offsets (OFFSET_INVALID where none), asked of busd.")
       .def("position", &PyConsumer::position, pb::arg("partitions"),
@@ -511,9 +599,10 @@ void bind_consumer(pb::module_& m) {
            pb::arg("cached") = false,
            "(low, high): the oldest offset still readable (ring, or disk log of a spilled topic) and the next\n"
            "offset to be written. Read from shared memory: never waits.")
-      .def("offsets_for_times", [](PyConsumer&, pb::object, pb::object) -> pb::list {
-             raise(kErrNotImplemented, "offsets_for_times(): libshmbus has no lookup by timestamp yet");
-           }, pb::arg("partitions"), pb::arg("timeout") = pb::none(), "Not implemented yet: raises KafkaException(_NOT_IMPLEMENTED).")
+      .def("offsets_for_times", &PyConsumer::offsets_for_times, pb::arg("partitions"), pb::arg("timeout") = pb::none(),
+           "For each TopicPartition, whose offset holds a time in ms since the epoch: the earliest offset whose\n"
+           "record's timestamp is at or after that time, or OFFSET_END (-1) where every record is older. Looked up\n"
+           "in the ring and a spilled topic's disk log (without the GIL); the partitions need not be assigned.")
       .def("list_topics", &PyConsumer::list_topics, pb::arg("topic") = pb::none(), pb::arg("timeout") = -1,
            "ClusterMetadata of the bus (as AdminClient.list_topics).")
       .def("memberid", &PyConsumer::memberid, "The group member id, or None.")

@@ -1,6 +1,7 @@
 // shmbus.Producer: confluent-kafka's Producer over shmbus::Producer. A send is written to
 // the ring before produce() returns; delivery reports (with the offset) wait in a local
 // queue until poll() or flush() serves their callbacks, as confluent-kafka's do.
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <unordered_map>
@@ -33,6 +34,15 @@ class PyProducer {
     pc.max_block_ms = c.integer("shmbus.max.block.ms", pc.max_block_ms);
     pc.record_alignment = static_cast<std::uint32_t>(c.integer("shmbus.record.alignment", pc.record_alignment));
     pc.exclusive = c.boolean("shmbus.exclusive", false);
+    pc.acks = acks_of(c);
+    pc.ack_timeout_ms = c.integer("shmbus.ack.timeout.ms", pc.ack_timeout_ms);
+    acks_ = pc.acks;
+    pc.statistics_interval = std::chrono::milliseconds(c.integer("statistics.interval.ms", 0));
+    stats_cb_ = c.object("stats_cb");
+    if (!stats_cb_.is_none()) {
+      if (!PyCallable_Check(stats_cb_.ptr())) throw pb::type_error("stats_cb must be callable");
+      pc.statistics_cb = [this](const std::string& json) { call_stats(json); };
+    }
     only_errors_ = c.boolean("delivery.report.only.error", false);
     default_cb_ = c.object("on_delivery");
     bus_ = c.attach_bus();
@@ -79,15 +89,18 @@ class PyProducer {
     std::optional<std::uint32_t> part;
     if (partition >= 0) part = static_cast<std::uint32_t>(partition);
     Result<RecordMetadata> r;
-    if (may_wait(topic)) {
-      pb::gil_scoped_release nogil;  // a block topic may wait for room (max_block_ms)
+    if (acks_ != Acks::kMemory || may_wait(topic)) {
+      pb::gil_scoped_release nogil;  // a block topic may wait for room (max_block_ms), durable acks for busd
       r = p.send(topic, m, part);
     } else {
       r = p.send(topic, m, part);
     }
-    if (!r) raise(r.error());
+    if (!r) {
+      rethrow_stats_error();
+      raise(r.error());
+    }
     ++produced_;
-    if (on_delivery.is_none() || only_errors_) return;
+    if (on_delivery.is_none() || only_errors_) return rethrow_stats_error();
     Report rep{std::move(on_delivery), {}};
     rep.msg.topic = pb::str(topic);
     rep.msg.partition = static_cast<std::int32_t>(r->partition);
@@ -98,19 +111,40 @@ class PyProducer {
     rep.msg.value = value.is_none() ? pb::object(pb::none()) : pb::object(pb::bytes(as_string(m.value).data(), m.value.size()));
     rep.msg.headers = headers.is_none() ? pb::object(pb::none()) : pb::reinterpret_borrow<pb::object>(headers);
     reports_.push_back(std::move(rep));
+    rethrow_stats_error();  // the record is sent and its report queued
   }
 
-  // Serves queued delivery callbacks; returns how many.
+  // Serves queued delivery callbacks (and statistics, when due); returns how many.
   int poll(pb::object timeout) {
-    open();
+    Producer& p = open();
     (void)timeout;  // every report is ready: nothing is waited for
+    (void)p.flush(std::chrono::milliseconds(0), Acks::kMemory);  // never waits; reports statistics if due
+    rethrow_stats_error();
     return serve();
   }
 
+  // Serves the delivery callbacks, then waits (without the GIL, in slices that let signals
+  // through) until every record sent is acknowledged as the producer's acks say: at once
+  // with acks memory (0, 1), for busd's spiller with acks all/spilled/fsynced.
   int flush(pb::object timeout) {
-    open();
-    (void)timeout;  // sends are in the ring already; only callbacks are left to serve
+    Producer& p = open();
     serve();
+    const auto wait = to_timeout(timeout);
+    const auto deadline = wait ? std::chrono::steady_clock::now() + *wait : std::chrono::steady_clock::time_point::max();
+    for (;;) {
+      const auto left = deadline - std::chrono::steady_clock::now();
+      const auto slice = std::chrono::duration_cast<std::chrono::milliseconds>(
+          std::clamp<std::chrono::nanoseconds>(left, std::chrono::nanoseconds(0), std::chrono::milliseconds(100)));
+      Status s;
+      {
+        pb::gil_scoped_release nogil;
+        s = p.flush(slice);
+      }
+      rethrow_stats_error();
+      if (s) break;
+      if (s.error().code != Errc::kTimedOut || std::chrono::steady_clock::now() >= deadline) raise(s.error());
+      if (PyErr_CheckSignals() != 0) throw pb::error_already_set();
+    }
     return static_cast<int>(reports_.size());
   }
 
@@ -151,6 +185,44 @@ class PyProducer {
     return b;
   }
 
+  // acks and shmbus.acks: confluent's 0 and 1 (and leader) are memory, all and -1 spilled;
+  // shmbus.acks (memory, spilled, fsynced) says it in the bus's words and wins.
+  static Acks acks_of(const Conf& c) {
+    if (c.has("shmbus.acks")) {
+      const std::string a = c.str("shmbus.acks", "memory");
+      if (a == "memory") return Acks::kMemory;
+      if (a == "spilled") return Acks::kSpilled;
+      if (a == "fsynced") return Acks::kFsynced;
+      raise(kErrInvalidArg, fmt::format("configuration key 'shmbus.acks' = '{}': memory, spilled or fsynced", a));
+    }
+    const std::string a = c.str("acks", "1");
+    if (a == "0" || a == "1" || a == "leader") return Acks::kMemory;
+    if (a == "all" || a == "-1") return Acks::kSpilled;
+    raise(kErrInvalidArg, fmt::format("configuration key 'acks' = '{}': 0, 1, all or -1", a));
+  }
+
+  // stats_cb(json_str), called by the library from this producer's sends and flushes, with
+  // or without the GIL: an exception it raises is kept and raised by the call that ran it.
+  void call_stats(const std::string& json) noexcept {
+    pb::gil_scoped_acquire gil;
+    if (stats_error_) return;
+    try {
+      stats_cb_(pb::str(json));
+    } catch (pb::error_already_set& e) {
+      stats_error_ = std::move(e);
+    } catch (...) {  // a C++ exception from a call into this module: dropped, as the library does
+    }
+  }
+  void rethrow_stats_error() {
+    if (!stats_error_) return;
+    auto e = std::move(*stats_error_);
+    stats_error_.reset();
+    throw std::move(e);
+  }
+
+  pb::object stats_cb_ = pb::none();
+  std::optional<pb::error_already_set> stats_error_;
+  Acks acks_ = Acks::kMemory;
   std::shared_ptr<Bus> bus_;
   std::optional<Producer> producer_;
   std::deque<Report> reports_;
@@ -167,8 +239,10 @@ void bind_producer(pb::module_& m) {
                          "Producer(conf): sends records to topics; keys choose partitions as in Kafka (murmur2).\n\n"
                          "A send is in the ring (readable by consumers) when produce() returns; its delivery report\n"
                          "(with the offset) is served by the next poll() or flush(). Belongs to one thread at a time.\n"
-                         "conf: 'bus', 'shmbus.max.block.ms', 'shmbus.record.alignment', 'shmbus.exclusive',\n"
-                         "'on_delivery', 'delivery.report.only.error'; confluent keys with no meaning here are\n"
+                         "conf: 'bus', 'acks' (1: in the ring; all: on disk), 'shmbus.acks' (memory, spilled, fsynced),\n"
+                         "'shmbus.ack.timeout.ms', 'shmbus.max.block.ms', 'shmbus.record.alignment', 'shmbus.exclusive',\n"
+                         "'on_delivery', 'delivery.report.only.error', 'stats_cb' with 'statistics.interval.ms';\n"
+                         "confluent keys with no meaning here are\n"
                          "accepted (shmbus.config_keys() lists them all).")
       .def(pb::init<const pb::dict&>(), pb::arg("conf") = pb::dict())
       .def("produce", &PyProducer::produce, pb::arg("topic"), pb::arg("value") = pb::none(), pb::arg("key") = pb::none(),
@@ -179,11 +253,16 @@ void bind_producer(pb::module_& m) {
            "copy); value None is a tombstone (a null value). partition -1: the key's (murmur2), else the\n"
            "sticky one. timestamp: ms since the epoch, 0: now. headers: dict or list of (str, value).\n"
            "on_delivery(err, msg) is called from poll()/flush(). Raises KafkaException when the send fails\n"
-           "(unknown topic, record too large, block topic full for shmbus.max.block.ms, ...).")
+           "(unknown topic, record too large, block topic full for shmbus.max.block.ms, acks all and busd did not\n"
+           "spill it within shmbus.ack.timeout.ms, ...). With acks all it returns once busd has spilled the record.")
       .def("poll", &PyProducer::poll, pb::arg("timeout") = pb::none(),
-           "Serves queued delivery callbacks; returns how many. Never waits: every report is ready.")
+           "Serves queued delivery callbacks (and stats_cb when due); returns how many. Never waits: every\n"
+           "report is ready.")
       .def("flush", &PyProducer::flush, pb::arg("timeout") = pb::none(),
-           "Serves every queued delivery callback; returns how many are left (0).")
+           "Serves every queued delivery callback, then waits up to `timeout` seconds (None: forever),\n"
+           "without the GIL, until every record sent is acknowledged as acks says (Producer::flush): at once\n"
+           "for acks 0/1; for busd's spiller with all/spilled/fsynced. Returns how many reports are left (0);\n"
+           "raises KafkaException(TIMED_OUT) naming the partition still waiting when the time runs out.")
       .def("__len__", &PyProducer::len, "Delivery reports not yet served.")
       .def("close", &PyProducer::close, "Serves what is queued and releases the producer; later calls raise RuntimeError.")
       .def("__enter__", [](pb::object self) { return self; })

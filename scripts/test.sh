@@ -37,8 +37,9 @@ stage "build (RelWithDebInfo, GCC)"
 bash scripts/build.sh build -DSHMBUS_TESTS=ON -DSHMBUS_BENCH=ON
 stage "test (RelWithDebInfo)"
 # -LE soak: the 10-minute kill-stress runs only when asked for (ctest -L soak).
-# The kill-stress test 20 s a mode here (5 modes; 30 s when run alone).
-SHMBUS_STRESS_SECONDS=20 ctest --test-dir build --output-on-failure --timeout 300 -LE 'soak|python'
+# The kill-stress test 30 s a mode (5 modes), as issue 11 asks; each runs on (up to as long
+# again) until the paths it is named for were reached.
+SHMBUS_STRESS_SECONDS=30 ctest --test-dir build --output-on-failure --timeout 300 -LE 'soak|python'
 
 stage "test (the Python module: pytest, python/tests)"
 # Registered as the ctest test `python` (label python) with the build's busd and busctl.

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdio>
 #include <thread>
 
 #include <fmt/format.h>
@@ -688,7 +689,8 @@ Status RingWriter::make_room(std::uint64_t target, std::uint64_t min_offset, std
         ++off;
         continue;
       }
-      if (w == Ring::decoded(off, RecordState::kPadding) && (p & ring_.mask()) != 0) {
+      // A padding word where none can stand is not jumped on: the entry tells (unstick).
+      if (w == Ring::decoded(off, RecordState::kPadding) && ring_.padding_may_stand(p)) {
         p = ring_.next_lap(p);
         continue;
       }
@@ -704,6 +706,12 @@ Status RingWriter::make_room(std::uint64_t target, std::uint64_t min_offset, std
         if ((u.kind == Unstuck::kCommitted || u.why == ClaimWhy::kTimedOut) && ring_.writer_inside(lock_, u.slot, p)) {
           stuck = kLate;
           stuck_slot = u.slot;
+          break;
+        }
+        // Stepped over whole: a gate inside it (a reader reading a committed claim by its
+        // entry stops between its records) holds the reclaim at the claim's start.
+        if (p + u.bytes > limit) {
+          gated = true;  // waits for that reader like any gate, with the same timeout
           break;
         }
         p += u.bytes;
@@ -791,6 +799,31 @@ ReadStatus RingReader::unstick(const SegmentLock* lock, std::uint64_t now_ns) no
     default:
       return ReadStatus::kNone;
   }
+}
+
+void RingReader::describe_insane(Insane what, std::uint64_t word, std::uint32_t length) noexcept {
+  const std::uint64_t lap_at = pos_ & ring_.mask();
+  const bool by_entry = pos_ < committed_until_ && pos_ >= committed_from_;
+  switch (what) {
+    case Insane::kLength:
+      std::snprintf(problem_text_, sizeof problem_text_,
+                    "%s record has a length of %u bytes (at byte %llu of the lap; word %s offset %llu, state %u; "
+                    "max record %u)",
+                    by_entry ? "a committed claim read by its entry: its" : "a committed", length,
+                    static_cast<unsigned long long>(lap_at), by_entry ? "names" : "says",
+                    static_cast<unsigned long long>(word >> 8), static_cast<unsigned>(word & 0xff), ring_.max_record());
+      break;
+    case Insane::kPadding:
+      std::snprintf(problem_text_, sizeof problem_text_,
+                    "a padding word where no padding can stand (byte %llu of the lap; a record of max %u bytes "
+                    "would still fit)%s",
+                    static_cast<unsigned long long>(lap_at), ring_.max_record(), by_entry ? ", inside a claim read by its entry" : "");
+      break;
+    case Insane::kTwoPaddings:
+      std::snprintf(problem_text_, sizeof problem_text_, "a padding word at the start of a lap (after a padding jump)");
+      break;
+  }
+  problem_ = problem_text_;
 }
 
 void RingReader::seek_earliest() noexcept {

@@ -160,6 +160,12 @@ class Ring {
   std::uint64_t place(std::uint64_t cur, std::uint32_t bytes) const noexcept {
     return ((cur & mask_) + bytes > cap_) ? next_lap(cur) : cur;
   }
+  // Where place() can have put padding: never at a lap's first byte (a word there would
+  // send a walker round for ever), only where a record of max_record bytes would not fit.
+  // A padding word anywhere else is forged or stale; readers and reclaimers never jump on it.
+  bool padding_may_stand(std::uint64_t pos) const noexcept {
+    return (pos & mask_) != 0 && (pos & mask_) + max_record() > cap_;
+  }
 
   // The word at `pos` decoded (salt removed): (offset << 8) | state.
   std::uint64_t word_at(std::uint64_t pos, std::memory_order order = std::memory_order_acquire) const noexcept {
@@ -363,7 +369,7 @@ class RingReader {
           (pos_ < committed_until_ && pos_ >= committed_from_ && w != Ring::decoded(offset_, RecordState::kPadding)))
           [[likely]] {
         length = h->length.load(std::memory_order_relaxed);
-        if (!sane(length)) [[unlikely]] return insane();
+        if (!sane(length)) [[unlikely]] return insane(Insane::kLength, w, length);
         out = h;
         return ReadStatus::kRecord;
       }
@@ -375,9 +381,7 @@ class RingReader {
         // it must not jump on it (seen in the kill-stress test: a reader put back at the
         // reclaim point, lapped again, read a padding word of its offset mid-lap, jumped,
         // and reported the next lap's record as a contradiction).
-        if ((pos_ & ring_.mask()) == 0 || (pos_ & ring_.mask()) + ring_.max_record() <= ring_.capacity() || lapped())
-            [[unlikely]]
-          return insane();
+        if (!ring_.padding_may_stand(pos_) || lapped()) [[unlikely]] return insane(Insane::kPadding, w, 0);
         pos_ = ring_.next_lap(pos_);
         continue;
       }
@@ -389,7 +393,7 @@ class RingReader {
       // caller asks lapped() and unstick() now and then.
       return ReadStatus::kNone;
     }
-    return insane();
+    return insane(Insane::kTwoPaddings, 0, 0);
   }
 
   ReadStatus next(const RecordHeader*& out) noexcept {
@@ -431,9 +435,14 @@ class RingReader {
     return len >= kRecordHeaderSize && len <= ring_.max_record() && (len & 7) == 0 &&
            (pos_ & ring_.mask()) + len <= ring_.capacity();
   }
-  ReadStatus insane() const noexcept {
-    return ring_.reclaim_position() > pos_ ? ReadStatus::kLapped : ReadStatus::kCorrupt;
+  // Lapped (what was read says nothing), or corrupt: then problem() says what was read.
+  enum class Insane { kLength, kPadding, kTwoPaddings };
+  ReadStatus insane(Insane what, std::uint64_t word, std::uint32_t length) noexcept {
+    if (ring_.reclaim_position() > pos_) return ReadStatus::kLapped;
+    describe_insane(what, word, length);
+    return ReadStatus::kCorrupt;
   }
+  [[gnu::cold, gnu::noinline]] void describe_insane(Insane what, std::uint64_t word, std::uint32_t length) noexcept;
 
   Ring ring_;
   std::uint64_t pos_ = 0;
@@ -444,6 +453,7 @@ class RingReader {
   std::uint64_t stall_offset_ = kNoClaim;  // where unstick() started its stall clock
   std::uint64_t stall_since_ = 0;
   const char* problem_ = "a record's word or length is damaged";
+  char problem_text_[200] = {};  // problem_ points here when next() described what it read
 };
 
 // Holds producers back at `reader`'s position with this process's durable gate named `key`

@@ -68,6 +68,20 @@ struct ForgedRing {
     return c->offset;
   }
 
+  // Produces 112-byte records until a gate holds the writer back (20 ms each), at most
+  // `max`; returns how many went in.
+  int produce_until_held(RingWriter& w, int max = 100) {
+    int n = 0;
+    for (; n < max; ++n) {
+      auto c = w.claim_one(112, 20'000'000);
+      if (!c) break;
+      write(*c, 16, 9);
+      EXPECT_TRUE(w.commit(*c));
+      w.finish(*c);
+    }
+    return n;
+  }
+
   // Reads on until `n` records came or nothing moves; the reader unsticks as a consumer does.
   std::vector<std::uint64_t> read(RingReader& r, std::size_t n, bool with_lock = true) {
     std::vector<std::uint64_t> offsets;

@@ -185,6 +185,61 @@ TEST(Bus, NullValueIsToldApartFromAnEmptyOneInCopiesAndInRingViews) {
   }
 }
 
+TEST(Bus, OffsetsForTimesFindTheFirstRecordAtOrAfterEachTime) {
+  test::TestBus bus("fortimes");
+  ASSERT_TRUE(bus->create_topic("t", small(2)));
+  auto p = Producer::create(bus.get());
+  ASSERT_TRUE(p);
+  const std::int64_t base = 1'700'000'000'000'000'000;
+  // Partition 0: 100, 200, 200, 300 (ns after base); partition 1: one record at 50.
+  for (std::int64_t ts : {100, 200, 200, 300}) {
+    Message m{std::nullopt, as_bytes("v")};
+    m.timestamp_ns = base + ts;
+    ASSERT_TRUE(p->send("t", m, 0u));
+  }
+  Message one{std::nullopt, as_bytes("w")};
+  one.timestamp_ns = base + 50;
+  ASSERT_TRUE(p->send("t", one, 1u));
+  auto c = Consumer::create(bus.get());
+  ASSERT_TRUE(c);
+  // Not assigned: a lookup needs no assignment.
+  auto r = c->offsets_for_times({{{"t", 0}, base + 150}, {{"t", 0}, base + 200}, {{"t", 0}, 0}, {{"t", 0}, base + 300},
+                                 {{"t", 0}, base + 301}, {{"t", 1}, base + 51}, {{"t", 1}, base + 50}});
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_EQ(r->size(), 7u);
+  auto at = [&](std::size_t i) { return (*r)[i] ? std::make_pair((*r)[i]->offset, (*r)[i]->timestamp_ns - base) : std::make_pair(~std::uint64_t{0}, std::int64_t{-1}); };
+  EXPECT_EQ(at(0), std::make_pair(std::uint64_t{1}, 200l));
+  EXPECT_EQ(at(1), std::make_pair(std::uint64_t{1}, 200l)) << "at the time itself: the first record of it";
+  EXPECT_EQ(at(2), std::make_pair(std::uint64_t{0}, 100l));
+  EXPECT_EQ(at(3), std::make_pair(std::uint64_t{3}, 300l));
+  EXPECT_FALSE((*r)[4]) << "every record is older: none (Kafka's null)";
+  EXPECT_FALSE((*r)[5]);
+  EXPECT_EQ(at(6), std::make_pair(std::uint64_t{0}, 50l));
+  // An overwritten ring: a time before everything is the oldest record still there.
+  ASSERT_TRUE(bus->create_topic("small", small(1, 4096)));
+  for (int i = 0; i < 200; ++i) {
+    Message m{std::nullopt, as_bytes("0123456789abcdef")};
+    m.timestamp_ns = base + i;
+    ASSERT_TRUE(p->send("small", m));
+  }
+  auto info = bus->describe_topic("small");
+  ASSERT_TRUE(info);
+  const std::uint64_t start = info->partitions[0].start_offset;
+  ASSERT_GT(start, 0u);
+  auto old = c->offsets_for_times({{{"small", 0}, 0}, {{"small", 0}, base + 199}});
+  ASSERT_TRUE(old) << old.error().message;
+  ASSERT_TRUE((*old)[0] && (*old)[1]);
+  EXPECT_EQ((*old)[0]->offset, start);
+  EXPECT_EQ((*old)[0]->timestamp_ns, base + static_cast<std::int64_t>(start));
+  EXPECT_EQ((*old)[1]->offset, 199u);
+  // Unknown topics and partitions fail the call, naming them.
+  auto bad = c->offsets_for_times({{{"t", 0}, 0}, {{"t", 2}, 0}});
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, Errc::kInvalidArgument);
+  EXPECT_NE(bad.error().message.find("no partition 2"), std::string::npos) << bad.error().message;
+  EXPECT_EQ(c->offsets_for_times({{{"nope", 0}, 0}}).error().code, Errc::kNotFound);
+}
+
 TEST(Bus, NullKeysStickToOnePartitionThenMoveOn) {
   test::TestBus bus("sticky");
   ASSERT_TRUE(bus->create_topic("t", small(4)));

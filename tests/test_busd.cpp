@@ -551,6 +551,16 @@ void wait_spilling(const std::shared_ptr<Bus>& bus, const std::string& topic) {
   ASSERT_TRUE(running()) << "busd's spiller did not take topic " << topic;
 }
 
+// The bus attached again after its segments were destroyed (stop busd first): its spilled
+// topics come back from their disk logs, and what consumers read there is read from disk.
+Result<std::shared_ptr<Bus>> attach_after_destroy(const std::string& name) {
+  if (auto ok = Bus::destroy(name); !ok) return tl::unexpected(ok.error());
+  BusOptions o;
+  o.name = name;
+  o.create = false;
+  return Bus::attach(o);
+}
+
 void wait_spilled(const std::shared_ptr<Bus>& bus, const std::string& topic) {
   for (int i = 0; i < 1000 && spill_lag(bus, topic) != 0; ++i) std::this_thread::sleep_for(5ms);
   if (spill_lag(bus, topic) != 0) {
@@ -661,11 +671,7 @@ TEST_F(Busd, NullValuesStayNullThroughTheDiskLog) {
   }
   wait_spilled(bus_->get(), "tombstones");
   kill_busd(SIGTERM);
-  ASSERT_TRUE(Bus::destroy(bus_->name()));  // the ring is gone: what is read comes from disk
-  BusOptions o;
-  o.name = bus_->name();
-  o.create = false;
-  auto bus = Bus::attach(o);
+  auto bus = attach_after_destroy(bus_->name());  // the ring is gone: what is read comes from disk
   ASSERT_TRUE(bus) << bus.error().message;
   ConsumerConfig cfg;
   cfg.auto_offset_reset = OffsetReset::kEarliest;
@@ -686,6 +692,40 @@ TEST_F(Busd, NullValuesStayNullThroughTheDiskLog) {
   auto r = test::busctl({"consume", "tombstones", "--from", "-4", "-e", "--format", "%o:%S ", "--bus", bus_->name()});
   EXPECT_EQ(r.code, 0) << r.err;
   EXPECT_EQ(r.out, "2:-1 3:0 4:-1 5:0 ");
+}
+
+TEST_F(Busd, OffsetsForTimesSearchTheDiskLogAcrossSegments) {
+  ASSERT_TRUE((*bus_)->create_topic("timed", test::spilled_topic(1, 4096)));  // many small segments
+  const std::int64_t base_ms = 1'700'000'000'000;
+  {
+    auto p = Producer::create(bus_->get());
+    ASSERT_TRUE(p);
+    for (int i = 0; i < 300; ++i) {  // one a millisecond
+      Message m{as_bytes("k"), as_bytes("value-value-value")};
+      m.timestamp_ns = (base_ms + i) * 1'000'000;
+      ASSERT_TRUE(p->send("timed", m));
+    }
+  }
+  wait_spilled(bus_->get(), "timed");
+  kill_busd(SIGTERM);
+  auto bus = attach_after_destroy(bus_->name());  // the ring is gone: what is found is on disk
+  ASSERT_TRUE(bus) << bus.error().message;
+  auto c = Consumer::create(*bus);
+  ASSERT_TRUE(c);
+  const TopicPartition tp{"timed", 0};
+  auto r = c->offsets_for_times({{tp, 0}, {tp, (base_ms + 123) * 1'000'000}, {tp, (base_ms + 123) * 1'000'000 + 1},
+                                 {tp, (base_ms + 299) * 1'000'000}, {tp, (base_ms + 299) * 1'000'000 + 1}});
+  ASSERT_TRUE(r) << r.error().message;
+  ASSERT_TRUE((*r)[0] && (*r)[1] && (*r)[2] && (*r)[3]);
+  EXPECT_EQ((*r)[0]->offset, 0u);
+  EXPECT_EQ((*r)[1]->offset, 123u);
+  EXPECT_EQ((*r)[1]->timestamp_ns, (base_ms + 123) * 1'000'000);
+  EXPECT_EQ((*r)[2]->offset, 124u);
+  EXPECT_EQ((*r)[3]->offset, 299u);
+  EXPECT_FALSE((*r)[4]);
+  auto cli = test::busctl({"consume", "timed", "--from", fmt::format("@{}", base_ms + 297), "-e", "--format", "%o ", "--bus", bus_->name()});
+  EXPECT_EQ(cli.code, 0) << cli.err;
+  EXPECT_EQ(cli.out, "297 298 299 ");
 }
 
 TEST_F(Busd, BusdKilledWhileSpillingLosesNothingAndTheNextOneContinuesTheLog) {

@@ -190,6 +190,30 @@ TEST_F(Kcat, FromMinusNStartsNRecordsBeforeEachPartitionsEnd) {
   EXPECT_EQ(run({"consume", "t", "--from", "-x"}).code, 2);
 }
 
+TEST_F(Kcat, FromAtTimeStartsAtTheFirstRecordAtOrAfterIt) {
+  create("t", 2);
+  for (auto [ts, in] : {std::pair{"1700000000100", "a\nb\n"}, {"1700000000200", "c\n"}, {"1700000000300", "d\n"}})
+    ASSERT_EQ(run({"produce", "t", "-p", "0", "--timestamp", ts}, in).code, 0);
+  ASSERT_EQ(run({"produce", "t", "-p", "1", "--timestamp", "1700000000050"}, "x\n").code, 0);
+  // Partition 1 has nothing that late: it starts at its end.
+  for (const char* at : {"@1700000000150", "@1700000000200", "@2023-11-14T22:13:20.150Z"}) {
+    auto r = run({"consume", "t", "--from", at, "-e", "--format", "%p@%o=%v "});
+    EXPECT_EQ(r.code, 0) << at << ": " << r.err;
+    EXPECT_EQ(r.out, "0@2=c 0@3=d ") << at;
+  }
+  auto r = run({"consume", "t", "--from", "@1", "-p", "1", "-e", "--format", "%v"});
+  EXPECT_EQ(r.out, "x");
+  r = run({"consume", "t", "--from", "@1700000000301", "-e", "--format", "%v"});
+  EXPECT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(r.out, "");
+  r = run({"consume", "t", "--from", "@yesterday", "-e"});
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.err.find("--from '@yesterday'"), std::string::npos) << r.err;
+  r = run({"consume", "t", "--from", "@99999999999999999999", "-e"});
+  EXPECT_EQ(r.code, 2) << r.err;
+  EXPECT_EQ(run({"consume", "t", "--group", "g", "--from", "@1"}).code, 2);
+}
+
 TEST_F(Kcat, SeveralTopicsByNameOrPattern) {
   for (const char* t : {"orders-eu", "orders-us", "payments"}) {
     create(t);

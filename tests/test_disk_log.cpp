@@ -10,6 +10,7 @@
 #include <chrono>
 #include <ctime>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <random>
 #include <tuple>
@@ -75,6 +76,17 @@ class DiskLog : public ::testing::Test {
       from = *next;
     }
     return out;
+  }
+
+  // Changes a segment file's header in place (its CRC made right again).
+  static void rewrite_file_header(const std::string& path, const std::function<void(FileHeader&)>& change) {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    FileHeader h{};
+    f.read(reinterpret_cast<char*>(&h), sizeof h);
+    change(h);
+    h.crc = crc32c(&h, offsetof(FileHeader, crc));
+    f.seekp(0);
+    f.write(reinterpret_cast<const char*>(&h), sizeof h);
   }
 
   std::string dir_;
@@ -282,15 +294,7 @@ TEST_F(DiskLog, ForeignAndWrongVersionFilesAreRefusedNotParsed) {
     ASSERT_TRUE(w.append(frames(0, 3)));
   }
   const std::string v = segment_path(dir_ + "/v", 0, "log");
-  {
-    std::fstream f(v, std::ios::in | std::ios::out | std::ios::binary);
-    FileHeader h{};
-    f.read(reinterpret_cast<char*>(&h), sizeof h);
-    h.major = 9;
-    h.crc = crc32c(&h, offsetof(FileHeader, crc));
-    f.seekp(0);
-    f.write(reinterpret_cast<const char*>(&h), sizeof h);
-  }
+  rewrite_file_header(v, [](FileHeader& h) { h.major = 9; });
   auto rv = scan_segment(v);
   ASSERT_TRUE(rv);
   EXPECT_EQ(rv->end, ScanEnd::kCorrupt);
@@ -399,6 +403,53 @@ TEST_F(DiskLog, NullValueFrameIsARecordAndAnyOtherAttributeIsDamage) {
     EXPECT_NE(r->end, ScanEnd::kClean) << "attributes " << attr;
     EXPECT_EQ(r->records, 3u) << "attributes " << attr;
   }
+}
+
+TEST_F(DiskLog, AFileOfFormatMinorZeroStillReadsItsEmptyValuesAsEmptyNotNull) {
+  // Minor 0 (before kAttrNullValue): frames with attributes 0 only, empty values among them.
+  std::vector<std::byte> f;
+  const std::string kv = "kv";
+  append_frame(f, 0, 1, 1, 0, 0, reinterpret_cast<const std::byte*>(kv.data()));  // key "k", empty value
+  append_frame(f, 1, 1, 1, 0, 1, reinterpret_cast<const std::byte*>(kv.data()));  // key "k", value "v"
+  {
+    LogWriter w = writer(dir_);
+    ASSERT_TRUE(w.append(f));
+  }
+  const std::string path = segment_path(dir_, 0, "log");
+  rewrite_file_header(path, [](FileHeader& h) {
+    EXPECT_EQ(h.minor, kLogMinor);
+    h.minor = 0;
+  });
+  auto scan = scan_segment(path);
+  ASSERT_TRUE(scan);
+  EXPECT_EQ(scan->end, ScanEnd::kClean) << scan->problem;
+  EXPECT_EQ(scan->records, 2u);
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> seen;  // (value length, attributes)
+  LogReader reader(dir_);
+  auto next = reader.read(0, ~0ull, 1 << 20, [&](const FrameView& v) {
+    seen.emplace_back(v.header.value_len, v.header.attributes);
+    return true;
+  });
+  ASSERT_TRUE(next) << next.error().message;
+  EXPECT_EQ(*next, 2u);
+  EXPECT_EQ(seen, (std::vector<std::pair<std::uint32_t, std::uint32_t>>{{0, 0}, {1, 0}}));
+  auto dump = test::busctl({"--json", "log", "dump", path});
+  ASSERT_EQ(dump.code, 0) << dump.err;
+  auto j = nlohmann::json::parse(dump.out);
+  EXPECT_EQ(j["records_list"][0]["value"], "") << "an old empty value is not a tombstone";
+  EXPECT_EQ(j["records_list"][1]["value"], "v");
+  // busd reopening the old log appends after it, null values included.
+  LogWriter w = writer(dir_);
+  EXPECT_EQ(w.next_offset(), 2u);
+  std::vector<std::byte> more;
+  append_frame(more, 2, 1, 1, 0, 0, reinterpret_cast<const std::byte*>(kv.data()), kAttrNullValue);
+  ASSERT_TRUE(w.append(more));
+  seen.clear();
+  ASSERT_TRUE(reader.read(0, ~0ull, 1 << 20, [&](const FrameView& v) {
+    seen.emplace_back(v.header.value_len, v.header.attributes);
+    return true;
+  }));
+  EXPECT_EQ(seen, (std::vector<std::pair<std::uint32_t, std::uint32_t>>{{0, 0}, {1, 0}, {0, kAttrNullValue}}));
 }
 
 TEST_F(DiskLog, GapFramesAccountForLostAndAbortedOffsets) {

@@ -345,6 +345,38 @@ TEST(Ring, GateOfADeadConsumerIsReleasedByTheProducerItBlocks) {
   EXPECT_EQ(f.stats().gates_reaped.load(), 1u);
 }
 
+// A reader reading a committed claim by its entry (its writer died before storing the words)
+// may stop between two of its records; its gate then stands inside the claim. The reclaim
+// walk steps over such a claim whole: it must not step past the gate (it did: producers
+// reclaimed past the reader and overwrote the rest of the claim under it).
+TEST(Ring, ReclaimDoesNotStepOverAClaimWithAGateInsideIt) {
+  ForgedRing f(4096, Retention::kBlock);
+  RingReader r(f.ring);
+  r.seek_earliest();
+  GateSlot* g = take_process_gate(f.ring, f.lock, r);
+  ASSERT_NE(g, nullptr);
+  writer_child(f, {256, 256, 256, 256}, Step::kAfterCommit, Fate::kDie);  // committed, no words
+  const RecordHeader* h = nullptr;
+  std::uint32_t len = 0;
+  ASSERT_EQ(r.next(h, len), ReadStatus::kNone);
+  ASSERT_EQ(r.unstick(&f.lock, monotonic_ns()), ReadStatus::kRecord) << "read by its entry";
+  ASSERT_EQ(r.next(h, len), ReadStatus::kRecord);
+  r.advance(len);  // offset 0 read; the reader (and its gate) now stand at offset 1, inside the claim
+  ASSERT_EQ(r.offset(), 1u);
+  g->position.store(r.position(), std::memory_order_release);
+  RingWriter w = f.writer();
+  EXPECT_LT(f.produce_until_held(w), 100) << "the gate did not hold the producer back";
+  EXPECT_LE(f.ring.reclaim_position(), r.position()) << "producers reclaimed past a gate";
+  EXPECT_FALSE(r.lapped());
+  for (std::uint64_t o = 1; o < 4; ++o) {
+    ASSERT_EQ(r.next(h, len), ReadStatus::kRecord) << "offset " << o;
+    EXPECT_EQ(r.offset(), o);
+    EXPECT_EQ(h->value_len, 8u) << "offset " << o << " was overwritten";
+    r.advance(len);
+  }
+  release_process_gate(f.ring, f.lock, g);
+}
+
 // ---- producers killed or stopped at each step of a claim ----
 
 TEST(Ring, WriterKilledBetweenItsEntryAndTheTailIsAbortedAndTheTailMoved) {
@@ -643,6 +675,8 @@ TEST(Ring, ForgedPaddingAtTheStartOfALapIsCorruptNotALoop) {
   const RecordHeader* h = nullptr;
   EXPECT_EQ(r.next(h), ReadStatus::kCorrupt);
   EXPECT_EQ(r.next(h), ReadStatus::kCorrupt) << "and again: the reader does not move on it";
+  EXPECT_STREQ(r.problem(), "a padding word where no padding can stand (byte 0 of the lap; a record of max 1024 bytes would "
+                            "still fit)");
   EXPECT_NE(r.seek(1), ReadStatus::kRecord) << "a seek walking over it ends too";
 }
 
@@ -672,6 +706,38 @@ TEST(Ring, PaddingWordWhereNoPaddingCanStandIsNotJumpedOn) {
   f.ring.header_at(pos)->word.store(encode_word(offset, RecordState::kPadding, f.ring.salt()));
   EXPECT_EQ(r.next(h, len), ReadStatus::kLapped);
   EXPECT_EQ(r.position(), pos);
+}
+
+// The reclaim walk's twin of the test above: it jumped to the next lap on such a word, past
+// a gate standing later in the lap, and producers overwrote the records the gate held.
+TEST(Ring, ReclaimWalkDoesNotJumpOnPaddingWhereNoPaddingCanStand) {
+  ForgedRing f(4096, Retention::kBlock);
+  RingReader r(f.ring);
+  r.seek_earliest();
+  GateSlot* g = take_process_gate(f.ring, f.lock, r);
+  ASSERT_NE(g, nullptr);
+  RingWriter w = f.writer();
+  for (int i = 0; i < 6; ++i) f.produce(w, 40, static_cast<std::uint8_t>(i));
+  const RecordHeader* h = nullptr;
+  std::uint32_t len = 0;
+  ASSERT_EQ(r.next(h, len), ReadStatus::kRecord);
+  r.advance(len);
+  const std::uint64_t p1 = r.position();
+  ASSERT_EQ(r.next(h, len), ReadStatus::kRecord);
+  r.advance(len);
+  g->position.store(r.position(), std::memory_order_release);  // read 0 and 1; the gate at 2
+  ASSERT_LT((p1 & f.ring.mask()) + f.ring.max_record(), f.ring.capacity() + 1);
+  f.ring.header_at(p1)->word.store(encode_word(1, RecordState::kPadding, f.ring.salt()));
+  EXPECT_LT(f.produce_until_held(w), 100) << "the gate did not hold the producer back";
+  EXPECT_LE(f.ring.reclaim_position(), r.position()) << "the walk jumped past the gate";
+  EXPECT_FALSE(r.lapped());
+  for (std::uint64_t o = 2; o < 6; ++o) {
+    ASSERT_EQ(r.next(h, len), ReadStatus::kRecord) << "offset " << o;
+    EXPECT_EQ(r.offset(), o);
+    EXPECT_EQ(reinterpret_cast<const std::uint8_t*>(h)[kRecordHeaderSize], o) << "offset " << o << " was overwritten";
+    r.advance(len);
+  }
+  release_process_gate(f.ring, f.lock, g);
 }
 
 TEST(Ring, ForgedAbortedEntryCoveringNothingOrPastTheTailIsCorrupt) {
@@ -705,6 +771,8 @@ TEST(Ring, ForgedCommittedWordWithABadLengthIsCorrupt) {
   r.seek_earliest();
   const RecordHeader* h = nullptr;
   EXPECT_EQ(r.next(h), ReadStatus::kCorrupt);
+  EXPECT_STREQ(r.problem(), "a committed record has a length of 3 bytes (at byte 0 of the lap; word says offset 0, state 2; "
+                            "max record 1024)");
 }
 
 // ---- the stall clock ----

@@ -222,6 +222,7 @@ TEST_P(Stress, RandomKillsAndStopsOfUnpacedBatchProducers) {
   Verdict v;
   std::atomic<bool> stop{false};
   std::atomic<std::int64_t> heartbeat_ns{0};  // the consumer thread's last return from poll
+  std::atomic<std::uint64_t> lost_seen{0};     // the consumer's lost(), read by the driver
   const auto t0 = Clock::now();
   auto since_start = [&] { return std::chrono::duration<double>(Clock::now() - t0).count(); };
 
@@ -234,6 +235,7 @@ TEST_P(Stress, RandomKillsAndStopsOfUnpacedBatchProducers) {
     while (!stop.load()) {
       auto batch = consumer->poll(100ms);
       heartbeat_ns.store(Clock::now().time_since_epoch().count());
+      lost_seen.store(consumer->lost());
       if (!batch) {
         v.fail(fmt::format("poll: {}: {}", errc_name(batch.error().code), batch.error().message), &Verdict::poll_errors);
         continue;
@@ -336,8 +338,33 @@ TEST_P(Stress, RandomKillsAndStopsOfUnpacedBatchProducers) {
   for (auto& s : slots) s.next_event = Clock::now() + gap();
   Chaos chaos;
   const auto until = t0 + std::chrono::seconds(seconds);
+  // The paths this test is for are reached by chance (a kill must land inside a claim): past
+  // `until`, it runs on until they were, for at most as long again (60 s at most).
+  const auto hard_until = until + std::chrono::seconds(std::min<std::uint64_t>(seconds, 60));
+  auto reached = [&] {
+    auto d = bus->describe_topic(kTopic);
+    if (!d) return true;  // said by the checks below
+    const PartitionInfo& q = d->partitions[0];
+    bool ok = q.dead_claims_reclaimed > 0;
+    if (exclusive) {
+      std::lock_guard lk(v.mu);
+      ok = ok && v.owners >= 3;
+    } else if (claim_timeout_ms < 1000) {
+      ok = ok && q.claims_timed_out > 0 && q.late_commits_refused > 0;
+    }
+    if (!block) ok = ok && lost_seen.load() > 0;
+    return ok;
+  };
+  auto next_look = until;
   bool consumer_hung = false;
-  while (Clock::now() < until) {
+  for (;;) {
+    if (const auto now = Clock::now(); now >= until) {
+      if (now >= hard_until) break;
+      if (now >= next_look) {
+        if (reached()) break;
+        next_look = now + 100ms;
+      }
+    }
     if (consumer_finished.wait_for(0s) == std::future_status::ready) break;  // wedged
     // A poll that never returns is a wedge too, and the thread cannot be joined then.
     const std::int64_t hb = heartbeat_ns.load();

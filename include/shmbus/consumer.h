@@ -11,6 +11,7 @@
 #include <string>
 #include <memory>
 #include <span>
+#include <utility>
 #include <vector>
 
 #include "shmbus/bus.h"
@@ -143,6 +144,21 @@ class Consumer {
   Status seek_to_beginning(const TopicPartition& tp);
   Status seek_to_end(const TopicPartition& tp);
   Result<std::uint64_t> position(const TopicPartition& tp) const;
+
+  // Kafka's offsetsForTimes: for each (partition, time in ns since the epoch), the earliest
+  // offset whose record's timestamp is >= that time, with that record's timestamp; nullopt
+  // where every record is older (Kafka's null: the end offset is where a later one will be).
+  // Looked up in the disk log of a spilled topic, then in the ring; the partitions need not
+  // be assigned, no daemon is asked and nothing waits. Timestamps are the producers' (the
+  // send's CLOCK_REALTIME unless set): where they go backwards, the answer is the first
+  // record at or after the time in offset order. A record still being written at the end has
+  // timestamp -1. Fails, for the whole call, on an unknown topic or partition.
+  struct OffsetAndTimestamp {
+    std::uint64_t offset;
+    std::int64_t timestamp_ns;
+  };
+  Result<std::vector<std::optional<OffsetAndTimestamp>>> offsets_for_times(
+      const std::vector<std::pair<TopicPartition, std::int64_t>>& times) const;
 
   // Kafka's pause/resume: paused partitions stay assigned (positions, gates and all) but
   // poll() skips them until resumed. Fails, changing nothing, if one is not assigned. A new

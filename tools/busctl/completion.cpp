@@ -164,7 +164,7 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
   `timestamp` (ms) or `timestamp_ns`. `topic` and `offset` are ignored; any other field is an
   error.
 
-## consume: --format, -e, --from -N, several topics
+## consume: --format, -e, --from -N, --from @TIME, several topics
 
 - `--format` escapes: `%t` topic, `%p` partition, `%o` offset, `%k` key, `%v` value, `%T`
   timestamp (ms), `%K` / `%S` key / value size (-1 for null, as kcat), `%h` headers
@@ -173,6 +173,10 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
 - `-e`: stops once every partition reached the end offset it had when consume started.
 - `--from -N`: N records before each partition's end (from its first record if it has fewer,
   the disk log's first for a spilled topic).
+- `--from @MS` or `--from @DATETIME` (`@2026-11-30T23:05:00`, with `.sss` and `Z` or `+hh:mm`;
+  without a zone, local time): each partition from its first record whose timestamp is at or
+  after that time (Kafka's offsetsForTimes, `Consumer::offsets_for_times`: the disk log of a
+  spilled topic, then the ring), or from its end when every record is older (kcat's `-o s@MS`).
 - Several topics: name them, or `--pattern REGEX` (POSIX extended, matched anywhere in the name:
   anchor it) for the topics that match when consume starts.
 )";

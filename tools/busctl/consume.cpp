@@ -19,6 +19,7 @@
 #include "tools/busctl/command.h"
 #include "tools/busctl/record_format.h"
 #include "tools/busctl/units.h"
+#include "tools/time_text.h"
 
 namespace shmbus::busctl {
 namespace {
@@ -26,18 +27,35 @@ namespace {
 using json = nlohmann::json;
 using Offsets = std::vector<std::pair<TopicPartition, std::uint64_t>>;
 
-// Where each partition starts: --from earliest | latest | OFFSET | -N.
+// Where each partition starts: --from earliest | latest | OFFSET | -N | @MS | @DATETIME.
 struct From {
-  enum { kEarliest, kLatest, kOffset, kBeforeEnd } kind = kEarliest;
+  enum { kEarliest, kLatest, kOffset, kBeforeEnd, kTime } kind = kEarliest;
   std::uint64_t n = 0;
+  std::int64_t time_ns = 0;  // kTime
 };
 
 Result<From> parse_from(const std::string& text) {
   if (text == "earliest") return From{};
   if (text == "latest") return From{From::kLatest, 0};
+  if (text.starts_with("@")) {  // kcat's -o s@MS; or a datetime as reset-offsets --to-datetime takes it
+    const std::string when = text.substr(1);
+    if (!when.empty() && when.find_first_not_of("0123456789") == std::string::npos) {
+      auto ms = parse_count("--from", when);
+      if (!ms || *ms > static_cast<std::uint64_t>(INT64_MAX / 1'000'000))
+        return tl::unexpected(usage(fmt::format("--from '{}': milliseconds since the epoch out of range", text)));
+      return From{From::kTime, 0, static_cast<std::int64_t>(*ms) * 1'000'000};
+    }
+    auto ns = timetext::parse_datetime_ns(when);
+    if (!ns)
+      return tl::unexpected(usage(fmt::format("--from '{}': after @, milliseconds since the epoch or a datetime "
+                                              "(2026-11-30T23:05:00, with .sss and Z or +hh:mm): {}", text, ns.error().message)));
+    return From{From::kTime, 0, *ns};
+  }
   const bool relative = !text.empty() && text[0] == '-';
   auto n = parse_count("--from", relative ? text.substr(1) : text);
-  if (!n) return tl::unexpected(usage(fmt::format("--from '{}': use earliest, latest, an offset or -N (N before the end)", text)));
+  if (!n)
+    return tl::unexpected(usage(fmt::format("--from '{}': use earliest, latest, an offset, -N (N before the end) or @MS / @DATETIME "
+                                            "(the first record at or after that time)", text)));
   return From{relative ? From::kBeforeEnd : From::kOffset, *n};
 }
 
@@ -58,7 +76,8 @@ class ConsumeCommand final : public Command {
     consume->add_option("topics", c_topics, "topic(s)");
     consume->add_option("--pattern", c_pattern, "every topic whose name matches this regex (POSIX extended; anchor it: '^orders-')");
     consume->add_option("--partition,-p", c_partition, "partition (default: all; with one topic)");
-    consume->add_option("--from,-o", c_from, "earliest | latest | OFFSET | -N: N records before the end, per partition (default earliest)");
+    consume->add_option("--from,-o", c_from, "earliest | latest | OFFSET | -N: N records before the end, per partition | @MS or @DATETIME: the "
+                                              "first record at or after that time (default earliest)");
     consume->add_option("--count,-c", c_count, "stop after N records");
     consume->add_flag("--exit-at-end,-e", c_exit_at_end, "stop once every partition's end at the start was reached");
     consume->add_option("--timeout-ms", c_timeout, "stop after MS without a record (default: wait)");
@@ -69,6 +88,7 @@ class ConsumeCommand final : public Command {
                                             "a partition's before it is given up in a rebalance; a refused commit is said on stderr, exit 1)");
     consume->footer("Examples:\n  busctl consume orders --from earliest --count 10 --format '%t/%p@%o %k=%v\\n'\n"
                     "  busctl consume orders --from -5 -e --encode hex --format '%p %o %k %v\\n'\n"
+                    "  busctl consume orders --from @2026-11-30T23:05:00 -e --format '%T %k %v\\n'\n"
                     "  busctl consume --pattern '^orders-' -e --json\n"
                     "  busctl consume orders --group billing --timeout-ms 500 --json");
   }
@@ -116,8 +136,10 @@ class ConsumeCommand final : public Command {
     format = std::move(*rf);
     if (c_topics.empty() == c_pattern.empty()) return tl::unexpected(usage("give topics or --pattern REGEX (one of the two)"));
     if (!c_partition.empty() && c_topics.size() != 1) return tl::unexpected(usage("--partition needs exactly one topic"));
-    if (!c_group.empty() && (!c_partition.empty() || from.kind == From::kOffset || from.kind == From::kBeforeEnd || c_exit_at_end))
-      return tl::unexpected(usage("--group takes partitions and offsets from the group: no --partition, --from OFFSET | -N or -e with it"));
+    if (!c_group.empty() && (!c_partition.empty() || from.kind == From::kOffset || from.kind == From::kBeforeEnd ||
+                             from.kind == From::kTime || c_exit_at_end))
+      return tl::unexpected(usage("--group takes partitions and offsets from the group: no --partition, --from OFFSET | -N | @TIME "
+                                  "or -e with it"));
     return {};
   }
 
@@ -166,11 +188,22 @@ class ConsumeCommand final : public Command {
     }
     if (!c_group.empty()) return consumer.subscribe(names, c_group);
     if (auto ok = consumer.assign(tps); !ok) return ok;
-    for (const auto& tp : tps) {
+    std::vector<std::optional<Consumer::OffsetAndTimestamp>> at_time;
+    if (from.kind == From::kTime) {
+      std::vector<std::pair<TopicPartition, std::int64_t>> times;
+      for (const auto& tp : tps) times.push_back({tp, from.time_ns});
+      auto found = consumer.offsets_for_times(times);
+      if (!found) return tl::unexpected(found.error());
+      at_time = std::move(*found);
+    }
+    for (std::size_t i = 0; i < tps.size(); ++i) {
+      const TopicPartition& tp = tps[i];
       const TopicInfo& t = *std::find_if(topics.begin(), topics.end(), [&](const TopicInfo& i) { return i.name == tp.topic; });
       const PartitionInfo& p = t.partitions.at(tp.partition);
       if (from.kind == From::kOffset || from.kind == From::kBeforeEnd)
         if (auto ok = consumer.seek(tp, from.kind == From::kOffset ? from.n : before_end(t, p, from.n)); !ok) return ok;
+      if (from.kind == From::kTime)  // none at or after the time: from the end
+        if (auto ok = at_time[i] ? consumer.seek(tp, at_time[i]->offset) : consumer.seek_to_end(tp); !ok) return ok;
       if (c_exit_at_end) ends.push_back({tp, p.end_offset});
     }
     return {};
