@@ -8,7 +8,7 @@ packages=(
   libcli11-dev libfmt-dev nlohmann-json3-dev libxxhash-dev
   gnuplot-nox libzmq3-dev iceoryx libiceoryx-posh-dev
   zlib1g-dev libsnappy-dev liblz4-dev libzstd-dev
-  kcat python3-kafka python3-confluent-kafka
+  kcat python3-kafka python3-confluent-kafka librdkafka-dev
   pybind11-dev python3-dev python3-pytest
   curl
 )

@@ -51,7 +51,8 @@ int busctl_run(int argc, const char* const* argv, std::istream& in, std::ostream
   std::vector<std::unique_ptr<Command>> commands;
   app.set_version_flag("--version", SHMBUS_VERSION, "print busctl's version and exit");
   for (auto add : {topic_commands, produce_command, consume_command, group_commands, bench_command, doctor_command,
-                   bus_commands, top_command, completion_commands, log_commands, metrics_commands, kafka_commands})
+                   bus_commands, top_command, completion_commands, log_commands, metrics_commands, kafka_commands,
+                   mirror_commands})
     commands.push_back(add(app));
 
   if (auto bad = unknown_command(app, argc, argv)) {

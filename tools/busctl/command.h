@@ -77,5 +77,6 @@ struct ListenerTexts {
   std::string not_running;  // printed by a stop that found none
 };
 std::unique_ptr<Command> listener_commands(CLI::App& app, ListenerTexts texts);
+std::unique_ptr<Command> mirror_commands(CLI::App& app);      // mirror.cpp: mirror run|check|status
 
 }  // namespace shmbus::busctl

@@ -137,6 +137,12 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
   records/s, and `fill_pct` per partition), `groups` (`group`, `state`, `generation`,
   `members` (count), `lag`, `consume_rate` (records/s, from committed offsets), and
   `partitions` as in `group describe` plus `consume_rate`).
+- `mirror status`: `bus`, `mirrors`: per mirror `name`, `direction` (`out`|`in`), `bus_topic`,
+  `kafka_topic`, `state` (`starting`|`running`|`stalled`|`retrying`|`stopped`, or `stale` when
+  its process stopped refreshing the file), `pid`, `updated_ms`, `interval_ms`, `records`,
+  `records_per_s`, `lag_records` (-1: not known yet), `lag_seconds`, `skipped`, `lost`,
+  `last_error`, `last_error_ms` (docs/mirror.md). `mirror check`: `bus`, `mirrors` (`name`,
+  `direction`, `bus_topic`, `kafka_topic`, `group`).
 - `doctor`: array of `severity` (`ok`|`warning`|`problem`), `bus`, `file`, `problem`, `fix`,
   `fixed`.
 - `log dump`: `file`, `base_offset`, `bytes`, `valid_bytes`, `records` (frames), `first_offset`,
