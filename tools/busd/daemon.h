@@ -157,7 +157,9 @@ class Daemon {
   void op_group_describe(Conn& c, const json& req);
   void op_reset_offsets(Conn& c, const json& req);
   json describe_group(const std::string& name);
-  Status flush_before_showing_offsets();
+  // Writes offsets.log (fdatasync). On success the durable gates it stands for move and the
+  // answers to asynchronous commits waiting for it are sent; on failure they get the error.
+  Status flush_offsets();
 
   // TCP listeners by kind (listeners.cpp): the listeners file's at start, then the command
   // line's; listener_start / listener_stop (busctl metrics start|stop) persist the choice.
@@ -198,6 +200,9 @@ class Daemon {
   std::set<std::int32_t> returning_;  // pids of the previous busd's live members
   std::map<std::string, std::uint64_t> topics_seen_;  // the bus's topics and their epochs, at the last look
   std::set<std::pair<std::string, TopicPartition>> dirty_gates_;  // move after the next flush
+  // Answers to asynchronous commits, sent once offsets.log holds them (flush_offsets()): the
+  // client's commit callback hears "committed" only for what a busd SIGKILL cannot take back.
+  std::vector<std::pair<int, json>> unflushed_replies_;
   std::map<std::string, std::unique_ptr<TcpService>> services_;  // by kind
   std::map<std::string, ListenerSpec> listener_specs_;             // what each runs on
   GroupNameSlot* names_ = nullptr;  // in seg_: who each group's durable gates are
