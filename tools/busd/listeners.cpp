@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -223,6 +224,20 @@ void Daemon::op_listener_stop(Conn& c, const json& req) {
       return reply_error(c, req, ok.error().code, ok.error().message);
   if (was_running) log(fmt::format("{}: stopped listening", kind));
   reply(c, req, json{{"ok", true}, {"kind", kind}, {"was_running", was_running}});
+}
+
+SendResult send_pending(int fd, std::string& out) {
+  while (!out.empty()) {
+    const ssize_t n = ::send(fd, out.data(), out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+    if (n > 0) {
+      out.erase(0, static_cast<std::size_t>(n));
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return SendResult::kWouldBlock;
+    return SendResult::kClosed;
+  }
+  return SendResult::kDrained;
 }
 
 }  // namespace shmbus::daemon

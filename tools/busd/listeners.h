@@ -35,6 +35,10 @@ Result<TcpAddress> parse_listen(const ListenerSpec& spec);
 std::string bound_address(int fd);
 // A non-blocking, close-on-exec listening socket on `spec`.
 Result<int> listen_tcp(const ListenerSpec& spec);
+// Sends what `out` holds without blocking and erases what went: all of it (kDrained), part
+// and the socket is full (kWouldBlock), or the peer went away (kClosed).
+enum class SendResult { kDrained, kWouldBlock, kClosed };
+SendResult send_pending(int fd, std::string& out);
 
 // The listeners file: {"KIND": {"listen": "HOST:PORT", "allow_remote": false}, ...}.
 // A missing file is no listener; a malformed one is an error naming the file.

@@ -233,23 +233,14 @@ void MetricsServer::answer(int fd, Conn& c, int status, std::string_view reason,
 }
 
 void MetricsServer::write_out(int fd, Conn& c) {
-  while (!c.out.empty()) {
-    const ssize_t n = ::send(fd, c.out.data(), c.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      c.out.erase(0, static_cast<std::size_t>(n));
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      epoll_event ev{};
-      ev.events = EPOLLOUT;
-      ev.data.fd = fd;
-      ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev);
-      return;
-    }
-    break;  // the client went away
+  if (send_pending(fd, c.out) == SendResult::kWouldBlock) {
+    epoll_event ev{};
+    ev.events = EPOLLOUT;
+    ev.data.fd = fd;
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, fd, &ev);
+    return;
   }
-  close_conn(fd);  // one request a connection (Connection: close)
+  close_conn(fd);  // sent, or the client went away: one request a connection (Connection: close)
 }
 
 void MetricsServer::close_conn(int fd) {

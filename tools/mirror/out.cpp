@@ -130,11 +130,19 @@ class OutSession final : public Session {
     const void* value = r.null_value ? nullptr : (r.value.empty() ? kEmpty : static_cast<const void*>(r.value.data()));
     const std::int32_t partition = same_partition_ ? static_cast<std::int32_t>(r.partition) : RD_KAFKA_PARTITION_UA;
     for (;;) {
+      // librdkafka's RD_KAFKA_V_* macros type-check with GNU statement expressions.
+#if defined(__clang__)
+#pragma clang diagnostic push
+#pragma clang diagnostic ignored "-Wgnu-statement-expression"
+#endif
       const rd_kafka_resp_err_t err = rd_kafka_producev(
           kafka_.rk, RD_KAFKA_V_RKT(rkt_), RD_KAFKA_V_PARTITION(partition), RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
           RD_KAFKA_V_KEY(key, key_len), RD_KAFKA_V_VALUE(const_cast<void*>(value), r.value.size()),
           RD_KAFKA_V_HEADERS(hdrs), RD_KAFKA_V_TIMESTAMP(r.timestamp_ns / 1'000'000),
           RD_KAFKA_V_OPAQUE(reinterpret_cast<void*>(tag)), RD_KAFKA_V_END);
+#if defined(__clang__)
+#pragma clang diagnostic pop
+#endif
       if (err == RD_KAFKA_RESP_ERR_NO_ERROR) break;
       if (err == RD_KAFKA_RESP_ERR__QUEUE_FULL) {
         // Back-pressure: the cluster is slow or away. Serve delivery reports and wait;

@@ -226,16 +226,8 @@ void Gateway::arm_timer(bool on) {
 }
 
 void Gateway::write_out(int fd, Conn& c) {
-  while (!c.out.empty()) {
-    const ssize_t n = ::send(fd, c.out.data(), c.out.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
-    if (n > 0) {
-      c.out.erase(0, static_cast<std::size_t>(n));
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) break;
+  if (daemon::send_pending(fd, c.out) == daemon::SendResult::kClosed)
     return close_conn(fd, "");  // the client went away
-  }
   // Drained below the mark: requests read meanwhile are served now.
   if (!c.parked && c.out.size() < kOutHighWater && c.in_used < c.in.size()) {
     if (!serve(fd, c)) return;
