@@ -447,10 +447,7 @@ void Daemon::tick() {
   }
   if ((ticks_ % 10) == 0) watch_topics();
   // Durable gates move only once the offset they stand for is on disk.
-  if (offsets_.flush()) {
-    for (const auto& [group, tp] : dirty_gates_) update_gate(group, tp);
-    dirty_gates_.clear();
-  }
+  (void)flush_offsets();
   retry_failed_gates();
   expire_idle_groups();
   const std::uint64_t now = shm::monotonic_ns();
