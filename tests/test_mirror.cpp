@@ -502,6 +502,9 @@ json wait_status(const std::string& bus, const std::string& name, const std::fun
   return last;
 }
 
+// The mirror, held up by an unreachable cluster, stops reading the ring: its status still
+// counts what the ring overwrote meanwhile as lost (it used to say lost 0 until the cluster
+// came back, once the mirror had read anything before the ring lapped it: seen under ASan).
 TEST_F(MirrorTest, UnreachableClusterNeverBlocksOverwriteProducersIsReportedThenCaughtUp) {
   MockCluster kafka;
   kafka.create_topic("away", 1);
@@ -512,16 +515,20 @@ TEST_F(MirrorTest, UnreachableClusterNeverBlocksOverwriteProducersIsReportedThen
                      {"status_interval_ms", 100},
                      {"mirrors",
                       {{{"name", "o"}, {"direction", "out"}, {"bus_topic", "src"}, {"kafka_topic", "away"},
-                        {"kafka", {{"queue.buffering.max.messages", 1000}}}}}}},
+                        {"kafka", {{"queue.buffering.max.messages", 100}}}}}}},
                     bus_->name());
   wait_status(bus_->name(), "o", [](const json& s) { return s["state"] == "running"; });
 
   kafka.broker_down(true);
   auto producer = Producer::create(bus_->get());
   ASSERT_TRUE(producer);
-  // 20000 records into a ring of 64 KiB while the mirror can deliver none: every send
-  // returns at once (an overwrite topic never waits for a consumer).
-  produce(*producer, "src", 0, 20'000);
+  // 300 records (well inside the ring): the mirror reads them, librdkafka's queue (100)
+  // fills, and the mirror waits for the cluster.
+  produce(*producer, "src", 0, 300);
+  wait_status(bus_->name(), "o", [](const json& s) { return s["state"] == "stalled"; });
+  // 20000 more into a ring of 64 KiB while the mirror can deliver none: every send returns
+  // at once (an overwrite topic never waits for a consumer), and the ring laps the mirror.
+  produce(*producer, "src", 300, 20'300);
   auto away = wait_status(bus_->name(), "o", [](const json& s) {
     return s["state"] == "stalled" && s["lag_records"].get<std::int64_t>() > 0 && s["lost"].get<std::uint64_t>() > 0 &&
            !s["last_error"].get<std::string>().empty() && s["lag_seconds"].get<double>() > 0;
@@ -533,7 +540,8 @@ TEST_F(MirrorTest, UnreachableClusterNeverBlocksOverwriteProducersIsReportedThen
     return s["state"] == "running" && s["lag_records"] == 0;
   }, 60s);
   // What was not lapped went out; what was lapped is counted, nothing is in between.
-  EXPECT_EQ(back["records"].get<std::uint64_t>() + back["lost"].get<std::uint64_t>(), 20'000u) << back.dump();
+  EXPECT_EQ(back["records"].get<std::uint64_t>() + back["lost"].get<std::uint64_t>(), 20'300u) << back.dump();
+  EXPECT_GE(back["lost"].get<std::uint64_t>(), away["lost"].get<std::uint64_t>()) << "lost went back";
 }
 
 TEST_F(MirrorTest, ARecordTheClusterRefusesIsSkippedOrStopsTheMirrorAsConfigured) {

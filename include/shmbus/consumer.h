@@ -131,8 +131,9 @@ class Consumer {
   Status commit(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offsets);
   // Sends the commit and returns; busd's answer is not waited for (nor reported).
   Status commit_async();
-  // Kafka's OffsetCommitCallback: the offsets sent and busd's answer (ok, or why it was
-  // refused, or that the connection closed before the answer). Called from this consumer's
+  // Kafka's OffsetCommitCallback: the offsets sent and busd's answer (ok once they are in
+  // busd's offsets.log, within ~20 ms; or why it was refused, or that the connection closed
+  // before the answer). Called from this consumer's
   // poll() (or close(), which waits up to 5 s for pending answers), in the order of the
   // commits. When commit_async returns an error, nothing was sent and it is not called.
   using CommitCallback =

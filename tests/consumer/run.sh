@@ -6,7 +6,8 @@
 #   (c) pkg-config shmbus against the same prefix
 # Nothing from the caller's environment is relied on: the prefix reaches the builds only
 # through CMAKE_PREFIX_PATH / PKG_CONFIG_PATH set here. Temporary directories are removed.
-# Builds are Release (no -g, so ccache hits across build directories).
+# Builds are Release (no -g, so ccache hits across build directories). SHMBUS_RELEASE_CMAKE_ARGS:
+# more arguments for the builds of shmbus (scripts/test.sh: a unity build, warnings as errors).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
@@ -27,7 +28,7 @@ quiet() { "$@" > "$tmp/log" 2>&1 || { cat "$tmp/log"; echo "run.sh: failed: $*" 
 echo "== shmbus: build and install into a temporary prefix"
 # Only what is installed: tests and benchmarks built here would never run (a minute on CI).
 quiet cmake -S "$src" -B "$tmp/shmbus" -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX="$prefix" \
-  -DSHMBUS_TESTS=OFF -DSHMBUS_BENCH=OFF "${launcher[@]}"
+  -DSHMBUS_TESTS=OFF -DSHMBUS_BENCH=OFF "${launcher[@]}" ${SHMBUS_RELEASE_CMAKE_ARGS:-}
 quiet cmake --build "$tmp/shmbus" -j2
 quiet cmake --install "$tmp/shmbus"
 
@@ -38,7 +39,7 @@ quiet cmake --build "$tmp/a"
 
 echo "== (b) add_subdirectory(shmbus)"
 quiet cmake -S "$here" -B "$tmp/b" -DSHMBUS_FROM=subdirectory -DSHMBUS_SOURCE="$src" -DCMAKE_BUILD_TYPE=Release \
-  "${launcher[@]}"
+  "${launcher[@]}" ${SHMBUS_RELEASE_CMAKE_ARGS:-}
 quiet cmake --build "$tmp/b" -j2 --target consumer   # busd comes with the library
 "$tmp/b/consumer"
 

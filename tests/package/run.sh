@@ -33,7 +33,7 @@ if command -v ccache >/dev/null; then launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=cc
 
 echo "== build the package (Release, prefix /usr, library and programs only)"
 quiet cmake -S "$src" -B "$tmp/build" -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTALL_PREFIX=/usr \
-  -DSHMBUS_TESTS=OFF -DSHMBUS_BENCH=OFF "${launcher[@]}"
+  -DSHMBUS_TESTS=OFF -DSHMBUS_BENCH=OFF "${launcher[@]}" ${SHMBUS_RELEASE_CMAKE_ARGS:-}
 quiet cmake --build "$tmp/build" -j2
 (cd "$tmp/build" && quiet cpack -G DEB)
 deb=$(ls "$tmp"/build/shmbus_*.deb)

@@ -356,6 +356,8 @@ void Daemon::close_conn(int fd, const std::string& why) {
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
   ::close(fd);
   conns_.erase(it);
+  // Its fd may be reused by the next connection: nothing waiting for a flush goes there.
+  std::erase_if(unflushed_replies_, [fd](const auto& r) { return r.first == fd; });
   if (!member.empty()) {
     auto g = groups_.find(group);
     if (g != groups_.end() && g->second.members.count(member) && !keep_absent(g->second, member, why))
@@ -446,7 +448,7 @@ void Daemon::tick() {
     drop_stale_offsets();
   }
   if ((ticks_ % 10) == 0) watch_topics();
-  // Durable gates move only once the offset they stand for is on disk.
+  // Durable gates move, and asynchronous commits are answered, once offsets.log holds them.
   (void)flush_offsets();
   retry_failed_gates();
   expire_idle_groups();

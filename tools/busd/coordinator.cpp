@@ -325,13 +325,6 @@ std::vector<std::string> Daemon::put_offsets(const std::string& group, const std
   return out;
 }
 
-Status Daemon::flush_offsets() {
-  if (auto ok = offsets_.flush(); !ok) return ok;
-  for (const auto& [grp, tp] : dirty_gates_) update_gate(grp, tp);
-  dirty_gates_.clear();
-  return {};
-}
-
 void Daemon::store_offsets(Conn& c, const json& req, const std::string& group, const std::vector<OffsetCommit>& todo,
                            std::string refused) {
   std::size_t stored = 0;
@@ -341,7 +334,8 @@ void Daemon::store_offsets(Conn& c, const json& req, const std::string& group, c
     if (results[i].empty()) ++stored;
     else if (!gone) refused += "; " + results[i];
   }
-  if (req.contains("sync") && req["sync"].is_boolean() && req["sync"].get<bool>()) {
+  const bool sync = req.contains("sync") && req["sync"].is_boolean() && req["sync"].get<bool>();
+  if (sync) {
     if (auto ok = flush_offsets(); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
     for (const auto& e : todo)
       if (auto why = gate_error(group, e.tp)) return reply_error(c, req, Errc::kTooManyClients, *why);
@@ -349,10 +343,35 @@ void Daemon::store_offsets(Conn& c, const json& req, const std::string& group, c
   if (!refused.empty())
     return reply_error(c, req, Errc::kInvalidArgument,
                        fmt::format("commit refused: {}{}", refused.substr(2), stored ? " (the other partitions were committed)" : ""));
-  reply(c, req, json{{"ok", true}});
+  // Asynchronous and answered (a commit callback waits): by the next flush (the tick's,
+  // within 20 ms, or an earlier one).
+  if (sync || stored == 0 || !req.contains("id")) return reply(c, req, json{{"ok", true}});
+  unflushed_replies_.emplace_back(c.fd, json{{"ok", true}, {"re", req["id"]}});
+}
+
+Status Daemon::flush_offsets() {
+  auto ok = offsets_.flush();
+  if (ok) {
+    for (const auto& [grp, tp] : dirty_gates_) update_gate(grp, tp);
+    dirty_gates_.clear();
+  }
+  auto waiting = std::move(unflushed_replies_);
+  unflushed_replies_.clear();
+  for (auto& [fd, body] : waiting) {
+    if (!ok) {
+      json err{{"error", errc_name(ok.error().code)}, {"message", fmt::format("commit not written: {}", ok.error().message)}};
+      if (body.contains("re")) err["re"] = body["re"];
+      body = std::move(err);
+    }
+    send(fd, body);
+  }
+  return ok;
 }
 
 json Daemon::describe_group(const std::string& name) {
+  // What busd shows as committed is on disk first: a SIGKILL right after cannot take back an
+  // offset someone has seen (the next busd reads offsets.log).
+  if (auto ok = flush_offsets(); !ok) log(fmt::format("describe group '{}': {}", name, ok.error().message));
   json out = {{"group", name}, {"members", json::array()}, {"partitions", json::array()}};
   std::map<std::pair<std::string, std::uint32_t>, std::string> owner;
   std::set<std::string> topics;
@@ -435,6 +454,7 @@ void Daemon::op_revoked(Conn& c, const json& req) {
 
 void Daemon::op_committed(Conn& c, const json& req) {
   const std::string group = req.value("group", "");
+  if (auto ok = flush_offsets(); !ok) return reply_error(c, req, ok.error().code, ok.error().message);
   json offs = json::array();
   if (req.contains("partitions") && req["partitions"].is_array())
     for (const auto& tp : req["partitions"])

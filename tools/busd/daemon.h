@@ -199,9 +199,6 @@ class Daemon final : private kafka::GroupCoordinator {
   // Puts each of `todo` in the offset store (its gate moves once on disk); one entry each:
   // "" stored, else why not (a topic gone, or read from an earlier creation of it).
   std::vector<std::string> put_offsets(const std::string& group, const std::vector<OffsetCommit>& todo);
-  // Writes and syncs the store and moves the gates of what it held (the tick does it every
-  // 20 ms; a sync commit at once). Then gate_error() says which gates are not held.
-  Status flush_offsets();
   void op_leave(Conn& c, const json& req);
   void op_revoked(Conn& c, const json& req);
   void op_committed(Conn& c, const json& req);
@@ -209,6 +206,9 @@ class Daemon final : private kafka::GroupCoordinator {
   void op_group_describe(Conn& c, const json& req);
   void op_reset_offsets(Conn& c, const json& req);
   json describe_group(const std::string& name);
+  // Writes offsets.log (fdatasync). On success the durable gates it stands for move and the
+  // answers to asynchronous commits waiting for it are sent; on failure they get the error.
+  Status flush_offsets();
 
   // TCP listeners by kind (listeners.cpp): the listeners file's at start, then the command
   // line's; listener_start / listener_stop (busctl metrics start|stop) persist the choice.
@@ -249,6 +249,9 @@ class Daemon final : private kafka::GroupCoordinator {
   std::set<std::int32_t> returning_;  // pids of the previous busd's live members
   std::map<std::string, std::uint64_t> topics_seen_;  // the bus's topics and their epochs, at the last look
   std::set<std::pair<std::string, TopicPartition>> dirty_gates_;  // move after the next flush
+  // Answers to asynchronous commits, sent once offsets.log holds them (flush_offsets()): the
+  // client's commit callback hears "committed" only for what a busd SIGKILL cannot take back.
+  std::vector<std::pair<int, json>> unflushed_replies_;
   std::map<std::string, std::unique_ptr<TcpService>> services_;  // by kind
   std::map<std::string, ListenerSpec> listener_specs_;             // what each runs on
   GroupNameSlot* names_ = nullptr;  // in seg_: who each group's durable gates are

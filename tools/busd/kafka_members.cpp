@@ -320,6 +320,13 @@ k::OffsetFetchResponse Daemon::offset_fetch(const k::OffsetFetchRequest& r) {
     out.error_code = kInvalidGroupId;
     return out;
   }
+  // Nothing shown that a busd SIGKILL could take back: native asynchronous commits first
+  // reach offsets.log (as `committed` and group describe do).
+  if (auto ok = flush_offsets(); !ok) {
+    log(fmt::format("kafka: OffsetFetch of group '{}': {}", r.group_id, ok.error().message));
+    out.error_code = kUnknownServerError;
+    return out;
+  }
   auto add = [&](const std::string& topic, std::int32_t partition) {
     if (out.topics.empty() || out.topics.back().name != topic) out.topics.push_back({topic, {}});
     k::OffsetFetchResponse::Partition p;

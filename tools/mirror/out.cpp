@@ -262,14 +262,25 @@ class OutSession final : public Session {
     std::int64_t lag = 0;
     double lag_s = 0;
     const std::int64_t now_ns = now_ms() * 1'000'000;
+    std::uint64_t lapped = 0;
     for (std::uint32_t p = 0; p < tracks_.size(); ++p) {
       const Track& t = tracks_[p];
       if (!t.assigned || !now_info || p >= now_info->partitions.size()) continue;
+      const PartitionInfo& info = now_info->partitions[p];
+      const auto pos = consumer_->position({spec_.bus_topic, p});
+      // Lost already, though not read yet: overwritten (and not on disk) below the next
+      // offset to read. A mirror held up by the cluster reads nothing, and would otherwise
+      // not say so until the cluster came back (the consumer counts them when it reads).
+      if (pos) {
+        std::uint64_t oldest = info.start_offset;
+        if (info.disk_end_offset > 0) oldest = std::min(oldest, info.disk_start_offset);
+        if (oldest > *pos) lapped += oldest - *pos;
+      }
       std::uint64_t next;
       if (!t.q.empty()) next = t.q.front().offset;
-      else if (auto pos = consumer_->position({spec_.bus_topic, p})) next = *pos;
+      else if (pos) next = *pos;
       else continue;
-      const std::uint64_t end = now_info->partitions[p].end_offset;
+      const std::uint64_t end = info.end_offset;
       if (end > next) {
         lag += static_cast<std::int64_t>(end - next);
         const std::int64_t since = t.last_timestamp_ns ? t.last_timestamp_ns : started_ns_;
@@ -279,7 +290,7 @@ class OutSession final : public Session {
     std::lock_guard lock(live_.mu);
     live_.status.records = base_records_ + delivered_;
     live_.status.skipped = base_skipped_ + skipped_;
-    live_.status.lost = base_lost_ + consumer_->lost();
+    live_.status.lost = base_lost_ + consumer_->lost() + lapped;
     live_.status.lag_records = lag;
     live_.status.lag_seconds = lag_s;
     // Stalled: librdkafka's queue is full, or records wait for the cluster with no delivery
