@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include "tools/busd/kafka/compression.h"
+#include "tools/busd/kafka/consumer_protocol.h"
 #include "tools/busd/kafka/messages.h"
 #include "tools/busd/kafka/record_batch.h"
 #include "tools/busd/kafka/wire.h"
@@ -287,6 +288,34 @@ TEST(KafkaWire, TruncatedReadNamesTheFieldAndStopsLaterReads) {
 }
 
 // ---- Versions and headers ----
+
+TEST(KafkaConsumerProtocol, AnEmptyAssignmentIsStillEncodedAndOthersRoundTrip) {
+  // kafka-python refuses zero bytes: version 0, no partitions, null user data.
+  EXPECT_EQ(encode_assignment({}), std::string("\0\0\0\0\0\0\xff\xff\xff\xff", 10));
+  const TopicPartitionList tps = {{"a", {0, 2}}, {"b", {1}}};
+  auto back = decode_assignment(encode_assignment(tps));
+  ASSERT_TRUE(back) << back.error();
+  EXPECT_EQ(*back, tps);
+  const std::string sub = encode_subscription({"t1", "t2"});
+  auto s = decode_subscription(sub);
+  ASSERT_TRUE(s) << s.error();
+  EXPECT_EQ(s->version, 0);
+  EXPECT_EQ(s->topics, (std::vector<std::string>{"t1", "t2"}));
+  EXPECT_FALSE(s->user_data);
+}
+
+TEST(KafkaConsumerProtocol, SubscriptionV1OwnedPartitionsAreReadAndTruncationNamed) {
+  // librdkafka's v1: topics ["t"], user data "", owned [].
+  const std::string v1("\0\x01\0\0\0\x01\0\x01t\0\0\0\0\0\0\0\0", 17);
+  auto s = decode_subscription(v1);
+  ASSERT_TRUE(s) << s.error();
+  EXPECT_EQ(s->version, 1);
+  EXPECT_EQ(s->topics, std::vector<std::string>{"t"});
+  EXPECT_EQ(s->user_data, std::string());
+  auto cut = decode_subscription(v1.substr(0, 8));
+  ASSERT_FALSE(cut);
+  EXPECT_NE(cut.error().find("topics"), std::string::npos) << cut.error();
+}
 
 TEST(KafkaMessages, AdvertisedVersionsAreKafkaMdsWithProduceFromZero) {
   auto r = supported_api_versions();

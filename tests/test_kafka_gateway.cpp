@@ -12,6 +12,8 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <functional>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -22,6 +24,8 @@
 #include "bus/topic.h"
 #include "shmbus/consumer.h"
 #include "shmbus/producer.h"
+#include "tools/busd/kafka/consumer_protocol.h"
+#include "tools/busd/kafka/group_coordinator.h"
 #include "tools/busd/kafka/messages.h"
 
 namespace shmbus {
@@ -94,8 +98,17 @@ class RawClient {
   }
   template <class Body>
   std::optional<Body> call(std::int16_t version, const k::RequestBody& body, std::chrono::milliseconds limit = 20s) {
+    if (!send<Body>(version, body)) return std::nullopt;
+    return receive<Body>(version, limit);
+  }
+  // A request whose answer is read later (receive): one busd parks.
+  template <class Body>
+  bool send(std::int16_t version, const k::RequestBody& body) {
     k::RequestHeader h{Body::kKey, version, ++corr_, std::string("raw")};
-    if (!send_bytes(k::encode_request(h, body))) return std::nullopt;
+    return send_bytes(k::encode_request(h, body));
+  }
+  template <class Body>
+  std::optional<Body> receive(std::int16_t version, std::chrono::milliseconds limit = 20s) {
     auto f = read_frame(limit);
     if (!f) return std::nullopt;
     auto r = k::decode_response(Body::kKey, version, std::span(reinterpret_cast<const std::uint8_t*>(f->data()), f->size()));
@@ -516,6 +529,452 @@ for t, f in a.delete_topics(['adm']).items():
 }
 
 // busctl kafka start|stop on a busd started on demand: kept across restarts, as metrics is.
+// ---- Consumer groups: Kafka members on busd's one coordinator ----
+
+k::JoinGroupRequest join_of(const std::string& group, const std::string& member, const std::vector<std::string>& topics,
+                            const std::vector<std::string>& protocols = {"range", "roundrobin"}) {
+  k::JoinGroupRequest r;
+  r.group_id = group;
+  r.session_timeout_ms = 6000;
+  r.rebalance_timeout_ms = 6000;
+  r.member_id = member;
+  r.protocol_type = "consumer";
+  for (const auto& p : protocols) r.protocols.push_back({p, k::encode_subscription(topics)});
+  return r;
+}
+
+// The partitions of `topic` a SyncGroup answer assigns.
+std::vector<std::int32_t> assigned(const k::SyncGroupResponse& s, const std::string& topic) {
+  auto a = k::decode_assignment(s.assignment);
+  EXPECT_TRUE(a) << (a ? "" : a.error());
+  std::vector<std::int32_t> out;
+  if (a)
+    for (const auto& [t, ps] : *a)
+      if (t == topic) out.insert(out.end(), ps.begin(), ps.end());
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+k::OffsetCommitRequest commit_of(const std::string& group, std::int32_t generation, const std::string& member,
+                                 const std::string& topic, std::int32_t partition, std::int64_t offset,
+                                 std::optional<std::string> metadata = std::nullopt) {
+  k::OffsetCommitRequest r;
+  r.group_id = group;
+  r.generation_id = generation;
+  r.member_id = member;
+  k::OffsetCommitRequest::Partition p;
+  p.partition_index = partition;
+  p.committed_offset = offset;
+  p.committed_metadata = std::move(metadata);
+  r.topics.push_back({topic, {p}});
+  return r;
+}
+
+std::int16_t commit_error(const std::optional<k::OffsetCommitResponse>& r) {
+  return r && r->topics.size() == 1 && r->topics[0].partitions.size() == 1 ? r->topics[0].partitions[0].error_code : -999;
+}
+
+TEST_F(KafkaGateway, GroupJoinSyncHeartbeatCommitAndTheirErrorsAsKafka) {
+  TopicConfig cfg;
+  cfg.partitions = 2;
+  ASSERT_TRUE((*bus_)->create_topic("g2", cfg));
+  RawClient a(port_), b(port_), c(port_);
+  auto fc = a.call<k::FindCoordinatorResponse>(2, k::FindCoordinatorRequest{"rg", 0});
+  ASSERT_TRUE(fc);
+  EXPECT_EQ(fc->error_code, 0);
+  EXPECT_EQ(fc->node_id, 0);
+  EXPECT_EQ(fmt::format("{}:{}", fc->host, fc->port), address_);
+  // KIP-394: an empty member id (v4+) is handed one.
+  auto j = a.call<k::JoinGroupResponse>(5, join_of("rg", "", {"g2"}));
+  ASSERT_TRUE(j);
+  EXPECT_EQ(j->error_code, k::kMemberIdRequired);
+  const std::string ida = j->member_id;
+  EXPECT_EQ(ida.rfind("raw-", 0), 0u) << ida;
+  EXPECT_EQ(a.call<k::JoinGroupResponse>(5, join_of("rg", "nobody", {"g2"}))->error_code, k::kUnknownMemberId);
+  auto bad = join_of("rg", ida, {"g2"});
+  bad.session_timeout_ms = 100;
+  EXPECT_EQ(a.call<k::JoinGroupResponse>(5, bad)->error_code, k::kInvalidSessionTimeout);
+  bad = join_of("rg", ida, {"g2"});
+  bad.protocol_type = "connect";
+  EXPECT_EQ(a.call<k::JoinGroupResponse>(5, bad)->error_code, k::kInconsistentGroupProtocol);
+  j = a.call<k::JoinGroupResponse>(5, join_of("rg", ida, {"g2"}));
+  ASSERT_TRUE(j);
+  ASSERT_EQ(j->error_code, 0);
+  const std::int32_t gen1 = j->generation_id;
+  EXPECT_GE(gen1, 1);
+  EXPECT_EQ(j->leader, k::kVirtualLeader) << "busd leads: every client is a follower";
+  EXPECT_NE(j->leader, ida);
+  EXPECT_TRUE(j->members.empty());
+  EXPECT_EQ(j->protocol_name, "range");
+  auto sy = a.call<k::SyncGroupResponse>(3, k::SyncGroupRequest{"rg", gen1, ida, std::nullopt, {}});
+  ASSERT_TRUE(sy);
+  ASSERT_EQ(sy->error_code, 0);
+  EXPECT_EQ(assigned(*sy, "g2"), (std::vector<std::int32_t>{0, 1}));
+  EXPECT_EQ(a.call<k::HeartbeatResponse>(3, k::HeartbeatRequest{"rg", gen1, ida, std::nullopt})->error_code, 0);
+  EXPECT_EQ(a.call<k::HeartbeatResponse>(3, k::HeartbeatRequest{"rg", gen1 + 7, ida, std::nullopt})->error_code,
+            k::kIllegalGeneration);
+  EXPECT_EQ(a.call<k::HeartbeatResponse>(3, k::HeartbeatRequest{"rg", gen1, "nobody", std::nullopt})->error_code,
+            k::kUnknownMemberId);
+  EXPECT_EQ(a.call<k::SyncGroupResponse>(3, k::SyncGroupRequest{"rg", gen1 - 1, ida, std::nullopt, {}})->error_code,
+            k::kIllegalGeneration);
+  // Commits: the member's, of its generation; none from outside while it lives.
+  EXPECT_EQ(commit_error(a.call<k::OffsetCommitResponse>(7, commit_of("rg", gen1, ida, "g2", 0, 5, "m5"))), 0);
+  EXPECT_EQ(commit_error(a.call<k::OffsetCommitResponse>(7, commit_of("rg", gen1 - 1, ida, "g2", 0, 6))), k::kIllegalGeneration);
+  EXPECT_EQ(commit_error(a.call<k::OffsetCommitResponse>(2, commit_of("rg", -1, "", "g2", 0, 6))), k::kUnknownMemberId);
+  EXPECT_EQ(commit_error(a.call<k::OffsetCommitResponse>(7, commit_of("rg", gen1, "nobody", "g2", 0, 6))), k::kUnknownMemberId);
+  k::OffsetFetchRequest of{"rg", std::vector<k::OffsetFetchRequest::Topic>{{"g2", {0, 1}}}};
+  auto fetched = a.call<k::OffsetFetchResponse>(5, of);
+  ASSERT_TRUE(fetched);
+  ASSERT_EQ(fetched->topics.size(), 1u);
+  ASSERT_EQ(fetched->topics[0].partitions.size(), 2u);
+  EXPECT_EQ(fetched->topics[0].partitions[0].committed_offset, 5);
+  EXPECT_EQ(fetched->topics[0].partitions[0].metadata, "m5");
+  EXPECT_EQ(fetched->topics[0].partitions[1].committed_offset, -1) << "no commit: -1";
+  EXPECT_EQ(fetched->topics[0].partitions[1].metadata, "");
+
+  // No protocol in common with the group's members.
+  EXPECT_EQ(c.call<k::JoinGroupResponse>(2, join_of("rg", "", {"g2"}, {"mine"}))->error_code, k::kInconsistentGroupProtocol);
+  // A second member (v2, as kafka-python: no KIP-394): its JoinGroup waits for the first to
+  // join again, which its next Heartbeat asks.
+  ASSERT_TRUE(b.send<k::JoinGroupResponse>(2, join_of("rg", "", {"g2"}, {"roundrobin"})));
+  EXPECT_FALSE(b.read_frame(300ms)) << "answered before the other member joined again";
+  EXPECT_EQ(a.call<k::HeartbeatResponse>(3, k::HeartbeatRequest{"rg", gen1, ida, std::nullopt})->error_code,
+            k::kRebalanceInProgress);
+  // Before it joins again it still owns its partitions: its last commit counts (eager
+  // clients commit then).
+  EXPECT_EQ(commit_error(a.call<k::OffsetCommitResponse>(7, commit_of("rg", gen1, ida, "g2", 1, 3))), 0);
+  j = a.call<k::JoinGroupResponse>(5, join_of("rg", ida, {"g2"}));
+  ASSERT_TRUE(j);
+  ASSERT_EQ(j->error_code, 0);
+  const std::int32_t gen2 = j->generation_id;
+  EXPECT_GT(gen2, gen1);
+  EXPECT_EQ(j->protocol_name, "roundrobin") << "the one protocol every member lists";
+  auto jb = b.receive<k::JoinGroupResponse>(2);
+  ASSERT_TRUE(jb);
+  ASSERT_EQ(jb->error_code, 0);
+  EXPECT_EQ(jb->generation_id, gen2);
+  EXPECT_EQ(jb->leader, k::kVirtualLeader);
+  const std::string idb = jb->member_id;
+  auto sa = a.call<k::SyncGroupResponse>(3, k::SyncGroupRequest{"rg", gen2, ida, std::nullopt, {}});
+  auto sb = b.call<k::SyncGroupResponse>(1, k::SyncGroupRequest{"rg", gen2, idb, std::nullopt, {}});
+  ASSERT_TRUE(sa && sb);
+  const auto pa = assigned(*sa, "g2"), pb = assigned(*sb, "g2");
+  ASSERT_EQ(pa.size(), 1u);
+  ASSERT_EQ(pb.size(), 1u);
+  EXPECT_NE(pa, pb) << "each partition owned once";
+  EXPECT_EQ(a.call<k::HeartbeatResponse>(3, k::HeartbeatRequest{"rg", gen1, ida, std::nullopt})->error_code,
+            k::kIllegalGeneration);
+  // b commits what it owns, not what it does not.
+  EXPECT_EQ(commit_error(b.call<k::OffsetCommitResponse>(2, commit_of("rg", gen2, idb, "g2", pb[0], 9))), 0);
+  EXPECT_EQ(commit_error(b.call<k::OffsetCommitResponse>(2, commit_of("rg", gen2, idb, "g2", pa[0], 9))), k::kIllegalGeneration);
+
+  auto dg = c.call<k::DescribeGroupsResponse>(4, k::DescribeGroupsRequest{{"rg", "none"}, false});
+  ASSERT_TRUE(dg);
+  ASSERT_EQ(dg->groups.size(), 2u);
+  EXPECT_EQ(dg->groups[0].group_state, "Stable");
+  EXPECT_EQ(dg->groups[0].protocol_type, "consumer");
+  EXPECT_EQ(dg->groups[0].protocol_data, "roundrobin");
+  EXPECT_EQ(dg->groups[0].members.size(), 2u);
+  EXPECT_EQ(dg->groups[1].group_state, "Dead");
+  auto lg = c.call<k::ListGroupsResponse>(2, k::ListGroupsRequest{});
+  ASSERT_TRUE(lg);
+  ASSERT_EQ(lg->groups.size(), 1u);
+  EXPECT_EQ(lg->groups[0].group_id, "rg");
+  // busd's own describe (busctl group describe) shows them as Kafka members.
+  const json d = describe("rg");
+  ASSERT_EQ(d["members"].size(), 2u) << d.dump();
+  for (const auto& m : d["members"]) EXPECT_EQ(m["kind"], "kafka") << d.dump();
+
+  // b leaves: a is asked to join again and gets both.
+  EXPECT_EQ(b.call<k::LeaveGroupResponse>(1, k::LeaveGroupRequest{"rg", idb})->error_code, 0);
+  EXPECT_EQ(a.call<k::HeartbeatResponse>(3, k::HeartbeatRequest{"rg", gen2, ida, std::nullopt})->error_code,
+            k::kRebalanceInProgress);
+  j = a.call<k::JoinGroupResponse>(5, join_of("rg", ida, {"g2"}));
+  ASSERT_TRUE(j);
+  sa = a.call<k::SyncGroupResponse>(3, k::SyncGroupRequest{"rg", j->generation_id, ida, std::nullopt, {}});
+  ASSERT_TRUE(sa);
+  EXPECT_EQ(assigned(*sa, "g2"), (std::vector<std::int32_t>{0, 1}));
+  EXPECT_EQ(b.call<k::LeaveGroupResponse>(1, k::LeaveGroupRequest{"rg", idb})->error_code, k::kUnknownMemberId);
+}
+
+TEST_F(KafkaGateway, AStalledKafkaMemberIsRemovedAndHoldsNobodyElse) {
+  TopicConfig cfg;
+  cfg.partitions = 2;  // b's join takes one of a's: a must join again
+  ASSERT_TRUE((*bus_)->create_topic("st", cfg));
+  RawClient a(port_), b(port_), other(port_);
+  auto j = a.call<k::JoinGroupResponse>(2, join_of("sg", "", {"st"}));
+  ASSERT_TRUE(j);
+  ASSERT_EQ(j->error_code, 0);
+  ASSERT_EQ(a.call<k::SyncGroupResponse>(1, k::SyncGroupRequest{"sg", j->generation_id, j->member_id, std::nullopt, {}})->error_code, 0);
+  // a stalls (sends nothing more); b's JoinGroup waits for it.
+  ASSERT_TRUE(b.send<k::JoinGroupResponse>(2, join_of("sg", "", {"st"})));
+  // busd goes on serving everyone else meanwhile.
+  auto md = other.call<k::MetadataResponse>(4, k::MetadataRequest{std::vector<std::string>{"st"}, false}, 2s);
+  ASSERT_TRUE(md);
+  // a's session (6 s) ends: removed, and b's join completes with both partitions.
+  auto jb = b.receive<k::JoinGroupResponse>(2, 60s);
+  ASSERT_TRUE(jb);
+  ASSERT_EQ(jb->error_code, 0);
+  auto sb = b.call<k::SyncGroupResponse>(1, k::SyncGroupRequest{"sg", jb->generation_id, jb->member_id, std::nullopt, {}});
+  ASSERT_TRUE(sb);
+  EXPECT_EQ(assigned(*sb, "st"), (std::vector<std::int32_t>{0, 1}));
+  EXPECT_EQ(a.call<k::HeartbeatResponse>(1, k::HeartbeatRequest{"sg", j->generation_id, j->member_id, std::nullopt})->error_code,
+            k::kUnknownMemberId);
+}
+
+TEST_F(KafkaGateway, OffsetsCommittedNativelyAreSeenByKafkaAndTheReverse) {
+  TopicConfig cfg;
+  cfg.partitions = 2;
+  ASSERT_TRUE((*bus_)->create_topic("xo", cfg));
+  ConsumerConfig cc;
+  cc.group_id = "xg";
+  auto nat = Consumer::create(bus_->get(), cc);
+  ASSERT_TRUE(nat);
+  ASSERT_TRUE(nat->assign({{"xo", 0}, {"xo", 1}}));
+  ASSERT_TRUE(nat->commit({{TopicPartition{"xo", 0}, 7}}));
+  RawClient r(port_);
+  auto f = r.call<k::OffsetFetchResponse>(1, k::OffsetFetchRequest{"xg", std::vector<k::OffsetFetchRequest::Topic>{{"xo", {0, 1}}}});
+  ASSERT_TRUE(f);
+  ASSERT_EQ(f->topics.at(0).partitions.size(), 2u);
+  EXPECT_EQ(f->topics[0].partitions[0].committed_offset, 7);
+  EXPECT_EQ(f->topics[0].partitions[1].committed_offset, -1);
+  // A commit of generation -1 and no member (a consumer of assign()): the group has no member.
+  EXPECT_EQ(commit_error(r.call<k::OffsetCommitResponse>(2, commit_of("xg", -1, "", "xo", 1, 4, "from kafka"))), 0);
+  auto back = nat->committed({{"xo", 1}});
+  ASSERT_TRUE(back);
+  ASSERT_EQ(back->size(), 1u);
+  EXPECT_EQ((*back)[0], 4u);
+  // Null topics (v2+): every offset of the group, with its metadata.
+  f = r.call<k::OffsetFetchResponse>(5, k::OffsetFetchRequest{"xg", std::nullopt});
+  ASSERT_TRUE(f);
+  ASSERT_EQ(f->topics.size(), 1u);
+  ASSERT_EQ(f->topics[0].partitions.size(), 2u);
+  EXPECT_EQ(f->topics[0].partitions[1].committed_offset, 4);
+  EXPECT_EQ(f->topics[0].partitions[1].metadata, "from kafka");
+}
+
+TEST_F(KafkaGateway, KcatBalancedConsumerReadsEverything) {
+  TopicConfig cfg;
+  cfg.partitions = 3;
+  ASSERT_TRUE((*bus_)->create_topic("kg", cfg));
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  for (int i = 0; i < 30; ++i) ASSERT_TRUE(p->send("kg", Message{std::nullopt, as_bytes(fmt::format("v{}", i)), {}, 0}, static_cast<std::uint32_t>(i % 3)));
+  const std::string out =
+      kcat("-G kcatgroup kg -e -q -X auto.offset.reset=earliest -X session.timeout.ms=6000 -f '%p %o %s\\n'");
+  for (int i = 0; i < 30; ++i)
+    EXPECT_NE(out.find(fmt::format("{} {} v{}\n", i % 3, i / 3, i)), std::string::npos) << i << "\n" << out;
+}
+
+TEST_F(KafkaGateway, ConfluentGroupConsumerCommitsAndARestartReadsFromTheCommit) {
+  TopicConfig cfg;
+  cfg.partitions = 2;
+  ASSERT_TRUE((*bus_)->create_topic("cg", cfg));
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  auto produce = [&](int from, int to) {
+    for (int i = from; i < to; ++i) ASSERT_TRUE(p->send("cg", Message{std::nullopt, as_bytes(fmt::format("r{}", i)), {}, 0}, static_cast<std::uint32_t>(i % 2)));
+  };
+  produce(0, 10);
+  const std::string script = R"(
+import sys
+from confluent_kafka import Consumer
+c = Consumer({'bootstrap.servers': BOOTSTRAP, 'group.id': 'cgroup', 'enable.auto.commit': False,
+              'auto.offset.reset': 'earliest', 'session.timeout.ms': 6000})
+c.subscribe(['cg'])
+got = []
+for _ in range(200):
+    m = c.poll(0.2)
+    if m is None or m.error():
+        if len(got) >= WANT:
+            break
+        continue
+    got.append(m.value().decode())
+    c.commit(message=m, asynchronous=False)
+print('got', sorted(got, key=lambda v: int(v[1:])))
+c.close()
+)";
+  auto r = python("WANT = 10\n" + script);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("got ['r0', 'r1', 'r2', 'r3', 'r4', 'r5', 'r6', 'r7', 'r8', 'r9']"), std::string::npos) << r.out;
+  const json d = describe("cgroup");
+  ASSERT_EQ(d["partitions"].size(), 2u) << d.dump();
+  for (const auto& row : d["partitions"]) EXPECT_EQ(row["committed"], 5) << "a commit stores the next offset\n" << d.dump();
+  produce(10, 14);
+  r = python("WANT = 4\n" + script);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("got ['r10', 'r11', 'r12', 'r13']"), std::string::npos) << "restarted at the committed offsets\n" << r.out;
+}
+
+TEST_F(KafkaGateway, KafkaPythonGroupConsumerCommitsWithMetadata) {
+  ASSERT_TRUE((*bus_)->create_topic("pg", TopicConfig{}));
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  for (int i = 0; i < 6; ++i) ASSERT_TRUE(p->send("pg", "k", fmt::format("p{}", i)));
+  auto r = python(R"(
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+c = KafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id='pygroup', auto_offset_reset='earliest',
+                  enable_auto_commit=False, session_timeout_ms=6000, heartbeat_interval_ms=1000)
+c.subscribe(['pg'])
+got = []
+for _ in range(50):
+    for recs in c.poll(timeout_ms=500).values():
+        got += [m.value.decode() for m in recs]
+    if len(got) >= 6:
+        break
+print('got', got)
+tp = TopicPartition('pg', 0)
+c.commit({tp: OffsetAndMetadata(4, 'py-meta')})
+print('committed', c.committed(tp))
+c.close()
+)");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("got ['p0', 'p1', 'p2', 'p3', 'p4', 'p5']"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("committed 4"), std::string::npos) << r.out;
+  RawClient raw(port_);
+  auto f = raw.call<k::OffsetFetchResponse>(1, k::OffsetFetchRequest{"pygroup", std::vector<k::OffsetFetchRequest::Topic>{{"pg", {0}}}});
+  ASSERT_TRUE(f);
+  EXPECT_EQ(f->topics.at(0).partitions.at(0).committed_offset, 4);
+  EXPECT_EQ(f->topics[0].partitions[0].metadata, "py-meta");
+}
+
+// A member's partitions as its client sees them: a Python member's file holds them ("0 3 5"),
+// a native worker's log its assignments and revocations (A|R TIME topic:p,...).
+std::set<int> python_view(const std::string& path) {
+  std::ifstream in(path);
+  std::set<int> out;
+  for (int p; in >> p;) out.insert(p);
+  return out;
+}
+
+std::set<int> worker_view(const std::string& path) {
+  std::ifstream in(path);
+  std::set<int> out;
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream ls(line);
+    std::string kind, time, tps;
+    ls >> kind >> time >> tps;
+    for (std::size_t at = 0; at < tps.size();) {
+      const std::size_t comma = std::min(tps.find(',', at), tps.size());
+      const int part = std::stoi(tps.substr(tps.find(':', at) + 1, comma - tps.find(':', at) - 1));
+      if (kind == "A") out.insert(part);
+      else out.erase(part);
+      at = comma + 1;
+    }
+  }
+  return out;
+}
+
+TEST_F(KafkaGateway, MixedGroupOfKafkaPythonConfluentAndNativeSharesPartitionsAndSurvivesAKill) {
+  TopicConfig cfg;
+  cfg.partitions = 6;
+  ASSERT_TRUE((*bus_)->create_topic("m6", cfg));
+  const std::string kp = file("kp.parts"), ck = file("ck.parts"), nat = file("native.log");
+  const std::string member = R"(
+import os, sys, time
+end = time.time() + 170  # bounded even if the test dies without killing it
+def publish(parts):
+    with open(OUT + '.tmp', 'w') as f:
+        f.write(' '.join(str(p) for p in sorted(parts)))
+    os.rename(OUT + '.tmp', OUT)
+last = None
+)";
+  const std::string kp_script = "OUT = '" + kp + "'\n" + member + R"(
+from kafka import KafkaConsumer
+c = KafkaConsumer(bootstrap_servers=BOOTSTRAP, group_id='mix', client_id='kp', session_timeout_ms=6000,
+                  heartbeat_interval_ms=1000, auto_offset_reset='earliest')
+c.subscribe(['m6'])
+while time.time() < end:
+    c.poll(timeout_ms=100)
+    now = [tp.partition for tp in c.assignment()]
+    if now != last:
+        publish(now)
+        last = now
+)";
+  const std::string ck_script = "OUT = '" + ck + "'\n" + member + R"(
+from confluent_kafka import Consumer
+c = Consumer({'bootstrap.servers': BOOTSTRAP, 'group.id': 'mix', 'client.id': 'ck', 'session.timeout.ms': 6000,
+              'heartbeat.interval.ms': 1000, 'auto.offset.reset': 'earliest'})
+c.subscribe(['m6'])
+while time.time() < end:
+    c.poll(0.1)
+    now = [tp.partition for tp in c.assignment()]
+    if now != last:
+        publish(now)
+        last = now
+)";
+  auto background = [&](const std::string& name, const std::string& script) {
+    const std::string path = file(name + ".py");
+    std::ofstream(path) << "BOOTSTRAP = '" << address_ << "'\n" << script;
+    // exec: the pid is Python's own, for the SIGKILL below.
+    return test::spawn({"/bin/sh", "-c", "exec /usr/bin/python3 " + path + " > " + file(name + ".out") + " 2>&1"});
+  };
+  test::Child py = background("kp", kp_script), conf = background("ck", ck_script);
+  test::Child native = test::spawn({SHMBUS_WORKER_PATH, "group-consume", bus_->name(), "m6", "mix", nat, "sticky", "6000"});
+  ASSERT_GT(py.pid, 0);
+  ASSERT_GT(conf.pid, 0);
+  ASSERT_GT(native.pid, 0);
+  auto stop = [](test::Child& c) {
+    if (c.pid > 0) ::kill(c.pid, SIGKILL);
+    std::string out;
+    test::finish(c, out, 10s);
+    c.pid = -1;
+  };
+  struct Cleanup {
+    std::function<void()> f;
+    ~Cleanup() { f(); }
+  } cleanup{[&] {
+    for (test::Child* c : {&py, &conf, &native})
+      if (c->pid > 0) stop(*c);
+  }};
+  // Settled: busd's describe is stable with `members` members owning every partition once,
+  // and each live client's own view is what busd says it owns.
+  auto settled = [&](std::size_t members, bool with_kp, std::string& why) {
+    const json d = describe("mix");
+    if (!d.is_object() || !d.contains("members") || d["state"] != "stable" || d["members"].size() != members) {
+      why = d.dump();
+      return false;
+    }
+    std::set<int> all;
+    std::size_t total = 0;
+    for (const auto& m : d["members"]) {
+      std::set<int> busd_view;
+      for (const auto& tp : m["partitions"]) busd_view.insert(tp[1].get<int>());
+      total += busd_view.size();
+      all.insert(busd_view.begin(), busd_view.end());
+      const std::string name = m["name"];
+      const std::set<int> client = name == "kp" ? python_view(kp) : name == "ck" ? python_view(ck) : worker_view(nat);
+      if (name == "kp" && !with_kp) return false;
+      if (client != busd_view) {
+        why = fmt::format("{} sees {} partitions, busd says {}: {}", name, client.size(), busd_view.size(), d.dump());
+        return false;
+      }
+    }
+    why = d.dump();
+    return all.size() == 6 && total == 6;
+  };
+  std::string why;
+  bool ok = false;
+  for (auto deadline = std::chrono::steady_clock::now() + 90s; !ok && std::chrono::steady_clock::now() < deadline;) {
+    ok = settled(3, true, why);
+    if (!ok) std::this_thread::sleep_for(100ms);
+  }
+  ASSERT_TRUE(ok) << "three members never shared the 6 partitions: " << why;
+  const json d = describe("mix");
+  int kafka_members = 0;
+  for (const auto& m : d["members"]) kafka_members += m["kind"] == "kafka";
+  EXPECT_EQ(kafka_members, 2) << d.dump();
+  // kafka-python's process dies: its session times out and its partitions go to the others.
+  stop(py);
+  ok = false;
+  for (auto deadline = std::chrono::steady_clock::now() + 60s; !ok && std::chrono::steady_clock::now() < deadline;) {
+    ok = settled(2, false, why);
+    if (!ok) std::this_thread::sleep_for(100ms);
+  }
+  EXPECT_TRUE(ok) << "the killed member's partitions did not move: " << why;
+}
+
 class BusctlKafka : public test::BusdFixture {};
 
 TEST_F(BusctlKafka, StartIsKeptAcrossRestartsAndStopToo) {

@@ -125,7 +125,9 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
 - `metrics start`, `kafka start`: `kind`, `address` (with the port it got). `metrics stop`,
   `kafka stop`: `kind`, `was_running`.
 - `group list`: array of `group`, `state`, `members`, `generation`. `group describe`:
-  `state`, `generation`, `assignor`, `members` (`member_id`, `pid`, `name`, `partitions`),
+  `state`, `generation`, `assignor`, `members` (`member_id`, `pid`, `name`, `partitions`,
+  `kind`: `native` or `kafka`, a member through the Kafka gateway, which also has
+  `client_id`, `client_host` and its `generation`; `pid` 0), `kafka_protocol` when it has some,
   `partitions` (`topic`, `partition`, `committed`, `end_offset`, `lag`, `member_id`,
   `gate_held`: false when busd cannot hold the group's offset in a block topic), and when
   there are some `gate_errors`, and `empty_for_ms` for a group with no live member.

@@ -131,8 +131,9 @@ class GroupCommands final : public Command {
     for (const auto& m : j["members"]) {
       std::string parts;
       for (const auto& tp : m["partitions"]) parts += fmt::format("{}{}-{}", parts.empty() ? "" : ",", tp[0].get<std::string>(), tp[1].get<int>());
-      out << fmt::format("{:<36} {:>8} {:<16} {}\n", m["member_id"].get<std::string>(), m["pid"].get<int>(),
-                         m["name"].get<std::string>(), parts);
+      // A Kafka-protocol member (through busd's Kafka gateway) has no pid here: "kafka".
+      const std::string pid = m.value("kind", "native") == "kafka" ? "kafka" : std::to_string(m["pid"].get<int>());
+      out << fmt::format("{:<36} {:>8} {:<16} {}\n", m["member_id"].get<std::string>(), pid, m["name"].get<std::string>(), parts);
     }
     out << fmt::format("{:<24} {:>9} {:>12} {:>12} {:>10}  {}\n", "TOPIC", "PARTITION", "COMMITTED", "END", "LAG", "MEMBER");
     for (const auto& p : j["partitions"])

@@ -33,6 +33,7 @@ TopicPartitionCounts Daemon::counts_for(const Group& g) {
 }
 
 void Daemon::notify_member(const Member& m) {
+  if (m.kafka) return;  // no slot: it learns by its next Heartbeat
   MemberSlot& s = slots_[m.slot];
   s.notice.fetch_add(1, std::memory_order_release);  // SYNC POINT: the member acquires it in poll
   shm::futex_wake_all(&s.notice);
@@ -41,7 +42,10 @@ void Daemon::notify_member(const Member& m) {
 void Daemon::rebalance(Group& g) {
   if (g.members.empty()) return;
   std::vector<MemberSubscription> subs;
-  for (const auto& [id, m] : g.members) subs.push_back({id, m.topics, m.owned});
+  // A Kafka member joining again gave everything up (eager); the assignor still sees what
+  // it had, so that what can stay with it does.
+  for (const auto& [id, m] : g.members)
+    subs.push_back({id, m.topics, m.kafka && m.kafka->state == KafkaMember::State::kJoining ? m.kafka->previous : m.owned});
   Assignment target = assign(g.assignor, counts_for(g), subs);
   if (shm::monotonic_ns() < grace_until_ns_) {
     // Just started: members of the previous busd are still coming back, each with the
@@ -57,6 +61,18 @@ void Daemon::rebalance(Group& g) {
       continue;
     }
     const auto& want = target.at(id);
+    if (m.kafka) {
+      // A Kafka member learns its partitions only by joining again: asked to whenever they
+      // change (it gives them all up then); joining now, it has nothing to give up.
+      if (m.kafka->state == KafkaMember::State::kJoining) continue;
+      std::vector<TopicPartition> have = m.owned;
+      std::sort(have.begin(), have.end());
+      if (have != want || !m.reissue.empty()) {
+        ask_to_rejoin(m);
+        waiting = true;
+      }
+      continue;
+    }
     // What it must give up: what it is not to keep, and what it reads of a topic that was
     // deleted and created again (the same names, another topic: assigned afresh after).
     // (`reissue` by reference: clang 14 cannot capture a structured binding.)
@@ -93,11 +109,24 @@ void Daemon::rebalance(Group& g) {
     }
     m.owned_since = std::move(since);
     m.owned = target.at(id);
+    if (m.kafka) {
+      // Its JoinGroup is answered (the gateway asks again: join_progress moves) and its
+      // SyncGroup then carries these. The others keep theirs and their generation.
+      if (m.kafka->state == KafkaMember::State::kJoining) {
+        m.kafka->state = KafkaMember::State::kJoined;
+        m.kafka->generation = static_cast<std::int64_t>(g.generation);
+        m.kafka->seen_ns = shm::monotonic_ns();  // its session runs again from now
+        ++kafka_progress_;
+      }
+      for (const auto& tp : m.owned) update_gate(g.name, tp);
+      continue;
+    }
     if (m.absent()) continue;  // it gets them when it comes back
     send(m.fd, json{{"push", "assign"}, {"group", g.name}, {"generation", g.generation}, {"partitions", tps_json(m.owned)}});
     notify_member(m);
     for (const auto& tp : m.owned) update_gate(g.name, tp);
   }
+  g.kafka_protocol = choose_protocol(g);
   log(fmt::format("group '{}' generation {}: {} members", g.name, g.generation, g.members.size()));
 }
 
@@ -107,8 +136,10 @@ void Daemon::remove_member(Group& g, const std::string& id, const std::string& w
   const std::uint32_t slot = it->second.slot;
   const int fd = it->second.fd;
   log(fmt::format("group '{}': member {} (pid {}) left: {}", g.name, id, it->second.pid, why));
-  const bool had_slot = !it->second.absent();  // an absent one's slot was freed when it went
+  // An absent one's slot was freed when it went; a Kafka member never had one.
+  const bool had_slot = !it->second.absent() && !it->second.kafka;
   g.members.erase(it);
+  ++kafka_progress_;  // a parked JoinGroup of it is answered UNKNOWN_MEMBER_ID
   group_changed(g);
   if (had_slot) slots_[slot].pid.store(0, std::memory_order_release);
   auto c = conns_.find(fd);
@@ -265,29 +296,43 @@ Result<std::vector<OffsetCommit>> Daemon::parse_offsets(const json& req) {
     if (!e.is_array() || e.size() < 3 || e.size() > 4 || !e[0].is_string() || !e[1].is_number_unsigned() ||
         !e[2].is_number_unsigned() || (e.size() == 4 && !e[3].is_number_unsigned()))
       return make_error(Errc::kInvalidArgument, "offsets are [topic, partition, offset] or [topic, partition, offset, topic epoch]");
-    OffsetCommit c{TopicPartition{e[0].get<std::string>(), e[1].get<std::uint32_t>()}, e[2].get<std::uint64_t>(), std::nullopt};
+    OffsetCommit c{TopicPartition{e[0].get<std::string>(), e[1].get<std::uint32_t>()}, e[2].get<std::uint64_t>(), std::nullopt, {}};
     if (e.size() == 4) c.epoch = e[3].get<std::uint64_t>();
     todo.push_back(std::move(c));
   }
   return todo;
 }
 
-void Daemon::store_offsets(Conn& c, const json& req, const std::string& group, const std::vector<OffsetCommit>& todo,
-                           std::string refused) {
-  std::size_t stored = 0;
+std::vector<std::string> Daemon::put_offsets(const std::string& group, const std::vector<OffsetCommit>& todo) {
+  std::vector<std::string> out;
   for (const auto& e : todo) {
     auto t = bus_->topic(e.tp.topic);
-    if (!t) continue;  // deleted since it was assigned: its offsets went with it
+    if (!t) {  // deleted since it was assigned: its offsets went with it
+      out.push_back(fmt::format("{}-{}: the topic is gone", e.tp.topic, e.tp.partition));
+      continue;
+    }
     // Read from an earlier creation of the topic (deleted, created again since): its offset
     // means nothing in this one (Kafka drops a deleted topic's offsets).
     if (e.epoch && *e.epoch != (*t)->epoch()) {
-      refused += fmt::format("; {}-{}: read from an earlier creation of the topic (epoch {}; topic '{}' was deleted and "
-                             "created again, epoch {})", e.tp.topic, e.tp.partition, *e.epoch, e.tp.topic, (*t)->epoch());
+      out.push_back(fmt::format("{}-{}: read from an earlier creation of the topic (epoch {}; topic '{}' was deleted and "
+                                "created again, epoch {})", e.tp.topic, e.tp.partition, *e.epoch, e.tp.topic, (*t)->epoch()));
       continue;
     }
-    offsets_.put({group, e.tp.topic, e.tp.partition}, e.offset, (*t)->epoch());
+    offsets_.put({group, e.tp.topic, e.tp.partition}, e.offset, (*t)->epoch(), e.metadata);
     dirty_gates_.insert({group, e.tp});
-    ++stored;
+    out.emplace_back();
+  }
+  return out;
+}
+
+void Daemon::store_offsets(Conn& c, const json& req, const std::string& group, const std::vector<OffsetCommit>& todo,
+                           std::string refused) {
+  std::size_t stored = 0;
+  const auto results = put_offsets(group, todo);
+  for (std::size_t i = 0; i < todo.size(); ++i) {
+    const bool gone = !bus_->topic(todo[i].tp.topic);  // its offsets went with it: not a refusal
+    if (results[i].empty()) ++stored;
+    else if (!gone) refused += "; " + results[i];
   }
   const bool sync = req.contains("sync") && req["sync"].is_boolean() && req["sync"].get<bool>();
   if (sync) {
@@ -335,11 +380,17 @@ json Daemon::describe_group(const std::string& name) {
     out["generation"] = g->second.generation;
     out["assignor"] = assignor_name(g->second.assignor);
     out["state"] = g->second.members.empty() ? "empty" : (g->second.revoke_deadline_ns ? "rebalancing" : "stable");
+    if (!g->second.kafka_protocol.empty()) out["kafka_protocol"] = g->second.kafka_protocol;
     for (const auto& [id, m] : g->second.members) {
-      out["members"].push_back({{"member_id", id}, {"pid", m.pid}, {"name", m.name}, {"subscription", m.subscription},
-                                {"topics", m.topics},
-                                {"partitions", tps_json(m.owned)}, {"group_instance_id", m.instance_id},
-                                {"absent", m.absent()}});
+      json row = {{"member_id", id}, {"pid", m.pid}, {"name", m.name}, {"subscription", m.subscription},
+                  {"topics", m.topics}, {"partitions", tps_json(m.owned)}, {"group_instance_id", m.instance_id},
+                  {"absent", m.absent()}, {"kind", m.kafka ? "kafka" : "native"}};
+      if (m.kafka) {
+        row["client_id"] = m.kafka->client_id;
+        row["client_host"] = m.kafka->client_host;
+        row["generation"] = m.kafka->generation;
+      }
+      out["members"].push_back(std::move(row));
       for (const auto& tp : m.owned) owner[{tp.topic, tp.partition}] = id;
       for (const auto& t : m.topics) topics.insert(t);
     }

@@ -24,6 +24,7 @@
 #include "shmbus/bus.h"
 #include "tools/busd/assignor.h"
 #include "tools/busd/busd.h"
+#include "tools/busd/kafka/group_coordinator.h"
 #include "tools/busd/listeners.h"
 #include "tools/busd/offset_store.h"
 #include "tools/busd/spiller.h"
@@ -40,6 +41,7 @@ struct OffsetCommit {
   TopicPartition tp;
   std::uint64_t offset = 0;
   std::optional<std::uint64_t> epoch;
+  std::string metadata;  // Kafka's commit metadata, returned as given by OffsetFetch
 };
 
 struct Conn {
@@ -50,8 +52,28 @@ struct Conn {
   std::string group, member_id;  // when this connection is a group member
 };
 
+// What a member that speaks the Kafka protocol (through the gateway, tools/busd/kafka/) has
+// beside a native one: it holds no member slot and no Unix connection; it lives by its
+// heartbeats, and it learns of a new generation only by joining again (the classic, eager
+// protocol: a JoinGroup gives up all it had). tools/busd/kafka_members.cpp, docs/kafka.md.
+struct KafkaMember {
+  enum class State {
+    kJoining,       // its JoinGroup waits for the generation to form (it owns nothing)
+    kJoined,        // the generation formed; its JoinGroup answer is not taken yet
+    kAwaitingSync,  // answered; its SyncGroup fetches the assignment
+    kStable,        // has its assignment
+  };
+  State state = State::kJoining;
+  std::string client_id, client_host;
+  std::vector<std::pair<std::string, std::string>> protocols;  // name, metadata; most preferred first
+  std::int64_t generation = -1;  // the generation its JoinGroup answer gave
+  std::uint64_t seen_ns = 0;     // its last JoinGroup, SyncGroup, Heartbeat or OffsetCommit
+  std::vector<TopicPartition> previous;  // what it had before it joined again (the assignor keeps it)
+};
+
 struct Member {
   std::string id;
+  std::optional<KafkaMember> kafka;  // set: a Kafka-protocol member
   int fd = -1;
   // What it subscribed to: topic names and patterns ('^...', bus/topic_pattern.h); and the
   // topics that stand for now (the names, and the bus's topics the patterns match).
@@ -73,7 +95,7 @@ struct Member {
   // absent (fd -1, no slot), with its partitions, for its session timeout.
   std::string instance_id;
   std::uint64_t absent_since_ns = 0;
-  bool absent() const { return fd < 0; }
+  bool absent() const { return fd < 0 && !kafka; }
   bool revoking = false;  // asked to give partitions up, not answered yet
   std::uint64_t revoke_deadline_ns = 0;  // evicted if still revoking then
 };
@@ -86,9 +108,14 @@ struct Group {
   std::uint64_t revoke_deadline_ns = 0;
   bool pending_grace = false;  // rebalanced during the start-up grace: do it again after
   std::uint64_t rebalances = 0;  // generations this busd made (metrics)
+  // Kafka's side: the protocol (assignor name) its Kafka members were last answered with,
+  // and the member ids handed out by MEMBER_ID_REQUIRED (KIP-394) not used yet, with
+  // when they lapse.
+  std::string kafka_protocol;
+  std::map<std::string, std::uint64_t> kafka_pending;
 };
 
-class Daemon {
+class Daemon final : private kafka::GroupCoordinator {
  public:
   explicit Daemon(BusdOptions o) : opts_(std::move(o)) {}
   ~Daemon();
@@ -142,6 +169,25 @@ class Daemon {
   Result<std::optional<std::vector<TopicPartition>>> claim_instance(Group& g, const std::string& instance);
   bool keep_absent(Group& g, const std::string& id, const std::string& why);
 
+  // Kafka-protocol members (tools/busd/kafka_members.cpp): the gateway's group APIs.
+  std::optional<kafka::JoinGroupResponse> join_group(const kafka::JoinGroupRequest& r, std::int16_t version,
+                                                     const kafka::GroupClient& who, bool final, std::string& member_id) override;
+  kafka::SyncGroupResponse sync_group(const kafka::SyncGroupRequest& r) override;
+  kafka::HeartbeatResponse heartbeat(const kafka::HeartbeatRequest& r) override;
+  kafka::LeaveGroupResponse leave_group(const kafka::LeaveGroupRequest& r) override;
+  kafka::OffsetCommitResponse offset_commit(const kafka::OffsetCommitRequest& r) override;
+  kafka::OffsetFetchResponse offset_fetch(const kafka::OffsetFetchRequest& r) override;
+  kafka::DescribeGroupsResponse describe_groups(const kafka::DescribeGroupsRequest& r) override;
+  kafka::ListGroupsResponse list_groups() override;
+  std::uint64_t join_progress() const override { return kafka_progress_; }
+  Member* kafka_member(const std::string& group, const std::string& id);
+  // The member a SyncGroup or Heartbeat names, and Kafka's error for it (`error`):
+  // UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS or none.
+  Member* kafka_member_of(const std::string& group, const std::string& id, std::int32_t generation, std::int16_t& error);
+  void ask_to_rejoin(Member& m);  // its Heartbeat says REBALANCE_IN_PROGRESS until it joins again
+  std::string choose_protocol(const Group& g) const;
+  std::string group_state(const Group& g) const;  // Kafka's name of it: Empty, PreparingRebalance, ...
+
   void op_join(Conn& c, const json& req);
   void op_commit(Conn& c, const json& req);
   void op_commit_unowned(Conn& c, const json& req);  // tools/busd/simple_group.cpp
@@ -150,6 +196,9 @@ class Daemon {
   // reasons, and those read from another creation of their topic than today's).
   void store_offsets(Conn& c, const json& req, const std::string& group, const std::vector<OffsetCommit>& todo,
                      std::string refused = {});
+  // Puts each of `todo` in the offset store (its gate moves once on disk); one entry each:
+  // "" stored, else why not (a topic gone, or read from an earlier creation of it).
+  std::vector<std::string> put_offsets(const std::string& group, const std::vector<OffsetCommit>& todo);
   void op_leave(Conn& c, const json& req);
   void op_revoked(Conn& c, const json& req);
   void op_committed(Conn& c, const json& req);
@@ -208,6 +257,7 @@ class Daemon {
   GroupNameSlot* names_ = nullptr;  // in seg_: who each group's durable gates are
   std::map<std::string, std::int64_t> empty_since_ns_;  // CLOCK_REALTIME; groups with no member
   std::map<std::pair<std::string, TopicPartition>, std::string> gate_failures_;  // gates not held, why
+  std::uint64_t kafka_progress_ = 0;  // moves when a parked Kafka JoinGroup may be answered
   std::unique_ptr<Spiller> spiller_;  // declared last: stopped first
 };
 

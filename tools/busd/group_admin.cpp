@@ -27,7 +27,7 @@ void Daemon::publish_group(const std::string& name) {
   if (g != groups_.end()) {
     e.members = static_cast<std::uint32_t>(g->second.members.size());
     for (const auto& [id, m] : g->second.members)
-      if (e.pids.size() < kGroupNamePids) e.pids.push_back(m.pid);
+      if (!m.kafka && e.pids.size() < kGroupNamePids) e.pids.push_back(m.pid);  // a Kafka member has no pid here
   }
   auto idle = empty_since_ns_.find(name);
   e.empty_since_ns = idle == empty_since_ns_.end() ? 0 : idle->second;

@@ -29,11 +29,28 @@ std::int64_t Daemon::revoke_timeout_ms(const Member& m) const {
 
 void Daemon::expire_members(std::uint64_t now) {
   for (auto& [name, g] : groups_) {
+    std::erase_if(g.kafka_pending, [&](const auto& p) { return now > p.second; });  // KIP-394 ids never used
     struct Expired {
       std::string id, reason, why;
     };
     std::vector<Expired> expired;
     for (auto& [id, m] : g.members) {
+      if (m.kafka) {
+        // Its heartbeats are requests (Heartbeat, and JoinGroup, SyncGroup, OffsetCommit);
+        // while its JoinGroup waits for the generation to form, the join barrier's own
+        // deadline (the others' rebalance timeouts) is what bounds it.
+        const std::uint64_t quiet = now > m.kafka->seen_ns ? now - m.kafka->seen_ns : 0;
+        if (m.kafka->state != KafkaMember::State::kJoining &&
+            quiet > static_cast<std::uint64_t>(m.session_timeout_ms) * 1'000'000ull)
+          expired.push_back({id, "session_timeout",
+                             fmt::format("Kafka member: no heartbeat for {} ms (session timeout {} ms)", quiet / 1'000'000,
+                                         m.session_timeout_ms)});
+        else if (m.revoking && now > m.revoke_deadline_ns)
+          expired.push_back({id, "revoke_timeout",
+                             fmt::format("Kafka member: did not join again within {} ms (its rebalance timeout)",
+                                         revoke_timeout_ms(m))});
+        continue;
+      }
       if (m.absent()) {
         if (now - m.absent_since_ns > static_cast<std::uint64_t>(m.session_timeout_ms) * 1'000'000ull)
           expired.push_back({id, "session_timeout", fmt::format("static member away for longer than its session timeout ({} ms)",

@@ -21,8 +21,30 @@ std::uint32_t crc32c(std::string_view s) {
   return crc.checksum();
 }
 
+std::string hex_of(const std::string& s) {
+  std::string out;
+  for (unsigned char ch : s) out += fmt::format("{:02x}", ch);
+  return out;
+}
+
+std::optional<std::string> from_hex(const std::string& h) {
+  if (h.size() % 2) return std::nullopt;
+  std::string out;
+  for (std::size_t i = 0; i < h.size(); i += 2) {
+    unsigned v = 0;
+    for (char ch : {h[i], h[i + 1]}) {
+      const int d = ch >= '0' && ch <= '9' ? ch - '0' : (ch >= 'a' && ch <= 'f' ? ch - 'a' + 10 : -1);
+      if (d < 0) return std::nullopt;
+      v = v * 16 + static_cast<unsigned>(d);
+    }
+    out += static_cast<char>(v);
+  }
+  return out;
+}
+
 std::string line_for(const OffsetKey& k, const CommittedOffset& c) {
-  const std::string body = fmt::format("{} {} {} {} {:x}", k.group, k.topic, k.partition, c.offset, c.topic_epoch);
+  std::string body = fmt::format("{} {} {} {} {:x}", k.group, k.topic, k.partition, c.offset, c.topic_epoch);
+  if (!c.metadata.empty()) body += " " + hex_of(c.metadata);
   return fmt::format("{:08x} {}\n", crc32c(body), body);
 }
 
@@ -81,7 +103,14 @@ Result<OffsetStore> OffsetStore::open(const std::string& dir, std::optional<unsi
       continue;
     }
     if (!(in >> std::hex >> epoch)) epoch = 0;  // a line of the format without the topic epoch
-    s.offsets_[OffsetKey{group, topic, partition}] = CommittedOffset{offset, epoch};
+    std::string meta_hex;
+    std::optional<std::string> meta = std::string();
+    if (in >> meta_hex) meta = from_hex(meta_hex);
+    if (!meta) {  // the CRC held, so a writer of another format: the offset counts, the metadata not
+      ++s.skipped_;
+      meta = std::string();
+    }
+    s.offsets_[OffsetKey{group, topic, partition}] = CommittedOffset{offset, epoch, *meta};
     ++s.lines_;
   }
   // Rewrite whole: drops a torn tail and old lines.
@@ -90,13 +119,19 @@ Result<OffsetStore> OffsetStore::open(const std::string& dir, std::optional<unsi
 }
 
 std::optional<std::uint64_t> OffsetStore::get(const OffsetKey& k, std::uint64_t topic_epoch) const {
-  auto it = offsets_.find(k);
-  if (it == offsets_.end() || (it->second.topic_epoch != 0 && it->second.topic_epoch != topic_epoch)) return std::nullopt;
-  return it->second.offset;
+  const CommittedOffset* c = find(k, topic_epoch);
+  if (!c) return std::nullopt;
+  return c->offset;
 }
 
-void OffsetStore::put(const OffsetKey& k, std::uint64_t offset, std::uint64_t topic_epoch) {
-  const CommittedOffset c{offset, topic_epoch};
+const CommittedOffset* OffsetStore::find(const OffsetKey& k, std::uint64_t topic_epoch) const {
+  auto it = offsets_.find(k);
+  if (it == offsets_.end() || (it->second.topic_epoch != 0 && it->second.topic_epoch != topic_epoch)) return nullptr;
+  return &it->second;
+}
+
+void OffsetStore::put(const OffsetKey& k, std::uint64_t offset, std::uint64_t topic_epoch, const std::string& metadata) {
+  const CommittedOffset c{offset, topic_epoch, metadata};
   auto it = offsets_.find(k);
   if (it != offsets_.end() && it->second == c) return;
   offsets_[k] = c;

@@ -1,6 +1,7 @@
 // Committed offsets of consumer groups, persisted in the bus's state dir as an append-only
 // log that is compacted when it grows. Each line: "<crc32c> <group> <topic> <partition>
-// <offset> <topic epoch, hex>\n". A torn or corrupt line (a crash mid-append) is skipped and
+// <offset> <topic epoch, hex>[ <metadata, hex>]\n" (the metadata a Kafka client committed
+// with the offset, when not empty; older readers ignore it). A torn or corrupt line (a crash mid-append) is skipped and
 // reported; the last good line for a key wins. The topic epoch names the creation of the
 // topic the offset was committed for (a deleted and re-created topic has another): an
 // offset of another creation is none. Lines without it (written before it was kept) read
@@ -28,6 +29,7 @@ struct OffsetKey {
 struct CommittedOffset {
   std::uint64_t offset = 0;
   std::uint64_t topic_epoch = 0;  // 0: unknown (an old line)
+  std::string metadata;           // Kafka's commit metadata (OffsetCommit), "" for native commits
   bool operator==(const CommittedOffset&) const = default;
 };
 
@@ -46,8 +48,9 @@ class OffsetStore {
   // The offset committed for `k` in the creation `topic_epoch` of its topic (or in an
   // unknown one: epoch 0), else none.
   std::optional<std::uint64_t> get(const OffsetKey& k, std::uint64_t topic_epoch) const;
+  const CommittedOffset* find(const OffsetKey& k, std::uint64_t topic_epoch) const;  // get() with the metadata
   // Appends (buffered); flush() writes and fdatasyncs.
-  void put(const OffsetKey& k, std::uint64_t offset, std::uint64_t topic_epoch);
+  void put(const OffsetKey& k, std::uint64_t offset, std::uint64_t topic_epoch, const std::string& metadata = {});
   // Forgets every group's offsets of `topic` that were committed for another creation than
   // `keep_epoch` (0: all of them; epoch-0 lines are kept otherwise). Returns how many went.
   std::size_t drop_topic(const std::string& topic, std::uint64_t keep_epoch);

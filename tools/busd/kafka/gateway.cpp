@@ -181,7 +181,7 @@ bool Gateway::apply(int fd, Conn& c, const Request& req, Answer a) {
     case Answer::Kind::kClose: close_conn(fd, a.why); return false;
     case Answer::Kind::kPark:
       if (!c.parked) {
-        c.parked.emplace(Parked{req, a.deadline_ns, handlers_->progress(req)});
+        c.parked.emplace(Parked{a.park_as ? std::move(*a.park_as) : req, a.deadline_ns, handlers_->progress(req)});
         if (++parked_ == 1) arm_timer(true);
       }
       return true;

@@ -1,8 +1,8 @@
 // The Kafka gateway's request handlers (handlers.h): ApiVersions, Metadata (with
 // auto-creation), Produce through the library's Producer, Fetch through its Consumer (ring
 // and disk log), ListOffsets (by position and by time), CreateTopics, DeleteTopics,
-// DescribeConfigs; the group APIs answer COORDINATOR_NOT_AVAILABLE until they are bridged to
-// busd's coordinator. docs/kafka.md.
+// DescribeConfigs; the group APIs go to busd's coordinator (group_coordinator.h), a JoinGroup
+// parked until its generation forms. docs/kafka.md.
 #include "tools/busd/kafka/handlers.h"
 
 #include <algorithm>
@@ -56,8 +56,8 @@ std::size_t ring_bytes(const Record& r) {
 
 }  // namespace
 
-Handlers::Handlers(std::shared_ptr<Bus> bus, std::string state_dir, Log log)
-    : bus_(std::move(bus)), state_dir_(std::move(state_dir)), log_(std::move(log)) {}
+Handlers::Handlers(std::shared_ptr<Bus> bus, std::string state_dir, GroupCoordinator& groups, Log log)
+    : bus_(std::move(bus)), state_dir_(std::move(state_dir)), groups_(groups), log_(std::move(log)) {}
 
 Handlers::~Handlers() = default;
 
@@ -74,7 +74,28 @@ Answer Handlers::handle(const Request& req, const ClientEnd& end, std::uint64_t 
         else if constexpr (std::is_same_v<T, CreateTopicsRequest>) return respond(h, create_topics(body));
         else if constexpr (std::is_same_v<T, DeleteTopicsRequest>) return respond(h, delete_topics(body));
         else if constexpr (std::is_same_v<T, DescribeConfigsRequest>) return respond(h, describe_configs(body));
-        else return respond(h, without_coordinator(req.body));
+        else if constexpr (std::is_same_v<T, FindCoordinatorRequest>) {
+          FindCoordinatorResponse r;
+          if (body.key_type != 0) {  // transactions: none here
+            r.error_code = kCoordinatorNotAvailable;
+            r.error_message = "busd coordinates consumer groups only (key type 0), not transactions";
+            r.node_id = -1;
+            r.port = -1;
+          } else {
+            r.node_id = kNodeId;  // busd itself, as Metadata names it
+            r.host = end.host;
+            r.port = end.port;
+          }
+          return respond(h, r);
+        } else if constexpr (std::is_same_v<T, JoinGroupRequest>) return join_group(h, body, end, now_ns, final);
+        else if constexpr (std::is_same_v<T, SyncGroupRequest>) return respond(h, groups_.sync_group(body));
+        else if constexpr (std::is_same_v<T, HeartbeatRequest>) return respond(h, groups_.heartbeat(body));
+        else if constexpr (std::is_same_v<T, LeaveGroupRequest>) return respond(h, groups_.leave_group(body));
+        else if constexpr (std::is_same_v<T, OffsetCommitRequest>) return respond(h, groups_.offset_commit(body));
+        else if constexpr (std::is_same_v<T, OffsetFetchRequest>) return respond(h, groups_.offset_fetch(body));
+        else if constexpr (std::is_same_v<T, DescribeGroupsRequest>) return respond(h, groups_.describe_groups(body));
+        else if constexpr (std::is_same_v<T, ListGroupsRequest>) return respond(h, groups_.list_groups());
+        else static_assert(sizeof(T) == 0, "a request type without a handler");
       },
       req.body);
 }
@@ -214,6 +235,7 @@ std::int16_t Handlers::produce_partition(const RequestHeader& h, const std::stri
 // ---- Fetch ----
 
 std::uint64_t Handlers::progress(const Request& req) {
+  if (std::holds_alternative<JoinGroupRequest>(req.body)) return groups_.join_progress();
   const auto* f = std::get_if<FetchRequest>(&req.body);
   if (!f) return 0;
   std::uint64_t sum = 0;
@@ -476,68 +498,26 @@ ResponseBody Handlers::describe_configs(const DescribeConfigsRequest& r) {
   return out;
 }
 
-// ---- The group APIs, until they are bridged to busd's coordinator ----
+// ---- Groups ----
 
-ResponseBody Handlers::without_coordinator(const RequestBody& body) {
-  constexpr std::int16_t e = kCoordinatorNotAvailable;
-  return std::visit(
-      [&](const auto& b) -> ResponseBody {
-        using T = std::decay_t<decltype(b)>;
-        auto failed = [&](auto r) -> ResponseBody {
-          r.error_code = e;
-          return r;
-        };
-        if constexpr (std::is_same_v<T, FindCoordinatorRequest>) {
-          FindCoordinatorResponse r;
-          r.error_message = "the Kafka gateway has no group coordinator yet";
-          r.node_id = -1;
-          r.port = -1;
-          return failed(r);
-        } else if constexpr (std::is_same_v<T, JoinGroupRequest>) {
-          return failed(JoinGroupResponse{});
-        } else if constexpr (std::is_same_v<T, SyncGroupRequest>) {
-          return failed(SyncGroupResponse{});
-        } else if constexpr (std::is_same_v<T, HeartbeatRequest>) {
-          return failed(HeartbeatResponse{});
-        } else if constexpr (std::is_same_v<T, LeaveGroupRequest>) {
-          return failed(LeaveGroupResponse{});
-        } else if constexpr (std::is_same_v<T, OffsetCommitRequest>) {
-          OffsetCommitResponse r;
-          for (const auto& t : b.topics) {
-            OffsetCommitResponse::Topic rt{t.name, {}};
-            for (const auto& p : t.partitions) rt.partitions.push_back({p.partition_index, e});
-            r.topics.push_back(std::move(rt));
-          }
-          return r;
-        } else if constexpr (std::is_same_v<T, OffsetFetchRequest>) {
-          OffsetFetchResponse r;
-          r.error_code = e;  // v2+; the partitions' for v1
-          if (b.topics)
-            for (const auto& t : *b.topics) {
-              OffsetFetchResponse::Topic rt{t.name, {}};
-              for (std::int32_t p : t.partition_indexes) {
-                OffsetFetchResponse::Partition rp;
-                rp.partition_index = p;
-                rp.error_code = e;
-                rt.partitions.push_back(rp);
-              }
-              r.topics.push_back(std::move(rt));
-            }
-          return r;
-        } else if constexpr (std::is_same_v<T, DescribeGroupsRequest>) {
-          DescribeGroupsResponse r;
-          for (const auto& g : b.groups) {
-            DescribeGroupsResponse::Group rg;
-            rg.error_code = e;
-            rg.group_id = g;
-            r.groups.push_back(std::move(rg));
-          }
-          return r;
-        } else {
-          return ListGroupsResponse{};  // no Kafka groups
-        }
-      },
-      body);
+Answer Handlers::join_group(const RequestHeader& h, const JoinGroupRequest& r, const ClientEnd& end, std::uint64_t now_ns,
+                            bool final) {
+  std::string id = r.member_id;
+  auto out = groups_.join_group(r, h.api_version, GroupClient{h.client_id.value_or(""), "/" + end.host}, final, id);
+  if (out) return respond(h, *out);
+  // Parked (the connection's later requests wait behind it, as in Kafka) until the
+  // generation forms; the coordinator removes members that do not rejoin in time, so the
+  // deadline is a last resort: the longer of the member's two timeouts, and a margin.
+  Answer a;
+  a.kind = Answer::Kind::kPark;
+  const std::int64_t wait_ms = std::max<std::int64_t>({r.rebalance_timeout_ms, r.session_timeout_ms, 0}) + 5'000;
+  a.deadline_ns = now_ns + static_cast<std::uint64_t>(wait_ms) * 1'000'000;
+  if (id != r.member_id) {  // asked again, it is that member's (not another new one)
+    JoinGroupRequest again = r;
+    again.member_id = id;
+    a.park_as = Request{h, std::move(again)};
+  }
+  return a;
 }
 
 }  // namespace shmbus::kafka

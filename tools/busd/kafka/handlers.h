@@ -16,6 +16,7 @@
 #include "shmbus/consumer.h"
 #include "shmbus/producer.h"
 #include "shm/ring.h"
+#include "tools/busd/kafka/group_coordinator.h"
 #include "tools/busd/kafka/messages.h"
 
 namespace shmbus {
@@ -42,14 +43,16 @@ struct Answer {
   std::string frame;
   std::uint64_t deadline_ns = 0;  // kPark: monotonic
   std::uint64_t progress = 0;     // kPark: progress() when the request was looked at
+  std::optional<Request> park_as;  // kPark: the request to hold instead (a JoinGroup with the member id busd gave it)
   std::string why;
 };
 
 class Handlers {
  public:
   using Log = std::function<void(const std::string&)>;
-  // state_dir: the bus's, where spilled topics' disk logs are (ListOffsets by time).
-  Handlers(std::shared_ptr<Bus> bus, std::string state_dir, Log log);
+  // state_dir: the bus's, where spilled topics' disk logs are (ListOffsets by time);
+  // groups: busd's coordinator, which outlives the Handlers.
+  Handlers(std::shared_ptr<Bus> bus, std::string state_dir, GroupCoordinator& groups, Log log);
   ~Handlers();
 
   // `final`: a parked request's last try (its max_wait passed): answer whatever there is.
@@ -68,7 +71,8 @@ class Handlers {
   ResponseBody create_topics(const CreateTopicsRequest& r);
   ResponseBody delete_topics(const DeleteTopicsRequest& r);
   ResponseBody describe_configs(const DescribeConfigsRequest& r);
-  static ResponseBody without_coordinator(const RequestBody& body);
+  Answer join_group(const RequestHeader& h, const JoinGroupRequest& r, const ClientEnd& end, std::uint64_t now_ns,
+                    bool final);
 
   // The encoded records of one partition from `offset`, up to about `max_bytes` (at least
   // one record); appends to `out`, returns the bytes added.
@@ -81,6 +85,7 @@ class Handlers {
 
   std::shared_ptr<Bus> bus_;
   std::string state_dir_;
+  GroupCoordinator& groups_;
   Log log_;
   std::optional<Producer> producer_;
   // Readers by (topic, its epoch, partition), each assigned that one partition, and the
