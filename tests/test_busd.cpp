@@ -1619,7 +1619,7 @@ TEST_F(Busd, ResetOffsetsOfListedPartitionsAndDryRunSaidOrNot) {
   ASSERT_EQ(busctl({"consume", "t", "--group", "g", "--count", "12", "--timeout-ms", "3000", "--bus", b}).code, 0);
   auto committed = [&] {
     std::vector<json> out;
-    const json d = describe("g");
+    json d = describe("g");
     for (int p = 0; p < 3; ++p) out.push_back(d["partitions"][p]["committed"]);
     return out;
   };
