@@ -1327,14 +1327,19 @@ std::string busd_log(const std::string& bus) {
   return s.str();
 }
 
-// A block topic of one small partition that group `g` consumed 10 records of and committed,
-// then left: its committed offset (a durable gate) holds producers back from then on.
-void group_consumed_and_left(const std::shared_ptr<Bus>& bus, Producer& p, const std::string& topic) {
+// A block topic of one small (16 KiB) partition.
+void small_block_topic(const std::shared_ptr<Bus>& bus, const std::string& topic) {
   TopicConfig cfg;
   cfg.partitions = 1;
   cfg.capacity = 1 << 14;
   cfg.retention = RetentionMode::kBlock;
   ASSERT_TRUE(bus->create_topic(topic, cfg));
+}
+
+// A block topic of one small partition that group `g` consumed 10 records of and committed,
+// then left: its committed offset (a durable gate) holds producers back from then on.
+void group_consumed_and_left(const std::shared_ptr<Bus>& bus, Producer& p, const std::string& topic) {
+  ASSERT_NO_FATAL_FAILURE(small_block_topic(bus, topic));
   ConsumerConfig cc;
   cc.auto_offset_reset = OffsetReset::kEarliest;
   auto c = Consumer::create(bus, cc);
@@ -1356,6 +1361,36 @@ Error fill_until_blocked(Producer& p, const std::string& topic) {
     if (!r) return r.error();
   }
   return Error{Errc::kOk, "never blocked"};
+}
+
+// A producer held back in small block topic `t` by a live consumer that never polls (`worker
+// stall`; with `group`, as a member of it): the error of its send, the holder's pid, and what
+// busctl doctor said while the holder lived.
+struct Stalled {
+  Error error;
+  pid_t holder = -1;
+  std::string doctor;
+};
+Stalled stalled_producer(const std::shared_ptr<Bus>& bus, const std::string& bus_name, const std::string& group) {
+  Stalled out;
+  small_block_topic(bus, "t");
+  std::vector<std::string> args{kWorker, "stall", bus_name, "t"};
+  if (!group.empty()) args.push_back(group);
+  auto holder = test::spawn(args);
+  out.holder = holder.pid;
+  std::string said;
+  if (test::wait_line(holder, said, "ready")) {
+    ProducerConfig pc;
+    pc.max_block_ms = 200;
+    auto p = Producer::create(bus, pc);
+    out.error = fill_until_blocked(*p, "t");
+    out.doctor = busctl({"doctor", "--bus", bus_name}).out;
+  } else {
+    out.error = Error{Errc::kOk, "the holder never got ready: " + said};
+  }
+  ::kill(holder.pid, SIGKILL);
+  test::finish(holder, said);
+  return out;
 }
 
 }  // namespace
@@ -1445,52 +1480,25 @@ TEST_F(Busd, AProducerHeldBackByAGroupIsToldItsNameAndDoctorReportsIt) {
 // Finding 6: a producer held back by a live plain consumer that never polls (hold_producers)
 // is told its pid.
 TEST_F(Busd, AProducerHeldBackByALiveConsumerIsToldItsPid) {
-  TopicConfig cfg;
-  cfg.partitions = 1;
-  cfg.capacity = 1 << 14;
-  cfg.retention = RetentionMode::kBlock;
-  ASSERT_TRUE((*bus_)->create_topic("t", cfg));
-  auto holder = test::spawn({kWorker, "stall", bus_->name(), "t"});
-  std::string out;
-  ASSERT_TRUE(test::wait_line(holder, out, "ready")) << out;
-  ProducerConfig pc;
-  pc.max_block_ms = 200;
-  auto p = Producer::create(bus_->get(), pc);
-  const Error e = fill_until_blocked(*p, "t");
-  ::kill(holder.pid, SIGKILL);
-  test::finish(holder, out);
-  ASSERT_EQ(e.code, Errc::kTimedOut) << e.message;
-  EXPECT_NE(e.message.find(fmt::format("held by a consumer (pid {})", holder.pid)), std::string::npos) << e.message;
-  EXPECT_EQ(e.message.find("group"), std::string::npos) << "it is in no group: " << e.message;
+  const Stalled s = stalled_producer(bus_->get(), bus_->name(), "");
+  ASSERT_EQ(s.error.code, Errc::kTimedOut) << s.error.message;
+  EXPECT_NE(s.error.message.find(fmt::format("held by a consumer (pid {})", s.holder)), std::string::npos) << s.error.message;
+  EXPECT_EQ(s.error.message.find("group"), std::string::npos) << "it is in no group: " << s.error.message;
 }
 
 // Finding 6: a producer held back by a live member of a group that never polls (and never
 // committed: busd holds no gate for the group yet, only the member does) is told the group
 // and its live members' pids.
 TEST_F(Busd, AProducerHeldBackByALiveGroupMemberIsToldTheGroupAndItsPids) {
-  TopicConfig cfg;
-  cfg.partitions = 1;
-  cfg.capacity = 1 << 14;
-  cfg.retention = RetentionMode::kBlock;
-  ASSERT_TRUE((*bus_)->create_topic("t", cfg));
-  auto member = test::spawn({kWorker, "stall", bus_->name(), "t", "billing"});
-  std::string out;
-  ASSERT_TRUE(test::wait_line(member, out, "ready")) << out;
-  ProducerConfig pc;
-  pc.max_block_ms = 200;
-  auto p = Producer::create(bus_->get(), pc);
-  const Error e = fill_until_blocked(*p, "t");
-  auto doc = busctl({"doctor", "--bus", bus_->name()});
-  ::kill(member.pid, SIGKILL);
-  test::finish(member, out);
-  ASSERT_EQ(e.code, Errc::kTimedOut) << e.message;
-  EXPECT_NE(e.message.find(fmt::format("held by a consumer (pid {0}) of group 'billing' (1 live member: pid {0}; busctl "
-                                       "group describe billing)",
-                                       member.pid)),
+  const Stalled s = stalled_producer(bus_->get(), bus_->name(), "billing");
+  ASSERT_EQ(s.error.code, Errc::kTimedOut) << s.error.message;
+  EXPECT_NE(s.error.message.find(fmt::format("held by a consumer (pid {0}) of group 'billing' (1 live member: pid {0}; "
+                                             "busctl group describe billing)",
+                                             s.holder)),
             std::string::npos)
-      << e.message;
+      << s.error.message;
   // Its members are alive: not a group that stopped consuming, doctor has nothing on it.
-  EXPECT_EQ(doc.out.find("billing"), std::string::npos) << doc.out;
+  EXPECT_EQ(s.doctor.find("billing"), std::string::npos) << s.doctor;
 }
 
 // Finding 6: group delete is refused while the group has live members; once they left it
