@@ -1472,7 +1472,7 @@ TEST_F(Busd, AProducerHeldBackByAGroupIsToldItsNameAndDoctorReportsIt) {
   // For how long: since the group left, so between 1 s and the test's age.
   const auto age_s = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started).count();
   std::smatch m;
-  ASSERT_TRUE(std::regex_search(doc.out, m, std::regex("group 'g' \\(no live member for ([0-9]+) s")) << doc.out;
+  ASSERT_TRUE(std::regex_search(doc.out, m, std::regex("group 'g' \\(no live member for ([0-9]+) s"))) << doc.out;
   EXPECT_GE(std::stoll(m[1]), 1) << doc.out;
   EXPECT_LE(std::stoll(m[1]), age_s + 1) << doc.out;
 }
