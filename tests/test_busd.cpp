@@ -1656,6 +1656,8 @@ TEST_F(Busd, ResetOffsetsOfListedPartitionsAndDryRunSaidOrNot) {
   ASSERT_EQ(run.code, 0) << run.err;
   EXPECT_EQ(run.out.find("dry run"), std::string::npos) << run.out;
   EXPECT_EQ(committed(), (std::vector<json>{0, 4, 0})) << "partition 1 must not move";
+  auto trailing = busctl({"group", "reset-offsets", "g", "--topic", "t:0,", "--to-latest", "--execute", "--bus", b});
+  EXPECT_NE(trailing.err.find("--topic 't:0,': a partition is missing after the last ','"), std::string::npos) << trailing.err;
   for (const char* bad : {"t:0,", "t:0,,2", "t:0,x", "t:"})
     EXPECT_EQ(busctl({"group", "reset-offsets", "g", "--topic", bad, "--to-latest", "--execute", "--bus", b}).code, 2) << bad;
   EXPECT_EQ(committed(), (std::vector<json>{0, 4, 0}));
