@@ -19,6 +19,7 @@ void markdown(const CLI::App& app, const std::string& path, std::string& out) {
     std::string opts;
     for (const CLI::Option* o : app.get_options()) {
       if (o->get_name() == "--help" || o->get_name() == "--bus" || o->get_name() == "--json") continue;
+      if (o->get_group().empty()) continue;  // hidden (an old spelling kept to name its replacement)
       std::string desc = o->get_description();
       for (std::size_t at = desc.find('|'); at != std::string::npos; at = desc.find('|', at + 2)) desc.replace(at, 1, "\\|");
       opts += fmt::format("| `{}` | {} |\n", o->get_positional() ? o->get_name() : o->get_name(false, true), desc);
@@ -33,7 +34,7 @@ void completion_cases(const CLI::App& app, const std::string& path, std::string&
   std::string words;
   for (const CLI::App* sub : app.get_subcommands({})) words += sub->get_name() + " ";
   for (const CLI::Option* o : app.get_options())
-    if (!o->get_positional()) words += o->get_name(false, true) + " ";
+    if (!o->get_positional() && !o->get_group().empty()) words += o->get_name(false, true) + " ";
   out += fmt::format("    \"{}\") words=\"{}\" ;;\n", path, words);
   for (const CLI::App* sub : app.get_subcommands({})) completion_cases(*sub, path.empty() ? sub->get_name() : path + " " + sub->get_name(), out);
 }
