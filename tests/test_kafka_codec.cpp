@@ -341,7 +341,8 @@ TEST(KafkaMessages, AdvertisedVersionsAreKafkaMdsWithProduceFromZero) {
   EXPECT_EQ(range(kDescribeGroups), std::make_pair(0, 4));
   EXPECT_EQ(range(kListGroups), std::make_pair(0, 2));
   EXPECT_EQ(range(kDescribeConfigs), std::make_pair(0, 1));
-  EXPECT_EQ(r.api_keys.size(), 17u);
+  EXPECT_EQ(range(kInitProducerId), std::make_pair(0, 1));  // librdkafka's idempotent producer
+  EXPECT_EQ(r.api_keys.size(), 18u);
   // Only ApiVersions v3 is flexible among them.
   for (const auto& a : kApis)
     for (int v = a.min_version; v <= a.max_version; ++v)
@@ -371,7 +372,7 @@ TEST(KafkaMessages, EveryRequestVersionRoundTrips) {
       }
     }
   }
-  EXPECT_EQ(n, 76);
+  EXPECT_EQ(n, 78);
 }
 
 TEST(KafkaMessages, EveryResponseVersionRoundTrips) {
@@ -418,13 +419,13 @@ TEST(KafkaMessages, ApiVersionsOfAnUnsupportedVersionGetsTheV0Fallback) {
 }
 
 TEST(KafkaMessages, UnknownApiAndVersionOutsideTheRangeAreTypedErrors) {
-  std::string frame(4, '\0');  // InitProducerId v0: not served yet
+  std::string frame(4, '\0');  // AddPartitionsToTxn v0: not served (no transactions)
   Writer w(frame);
-  w.i16(22, ""), w.i16(0, ""), w.i32(1, ""), w.nullable_string(std::string("c"), "");
+  w.i16(24, ""), w.i16(0, ""), w.i32(1, ""), w.nullable_string(std::string("c"), "");
   auto r = decode_request(bytes_of(frame).subspan(4));
   ASSERT_FALSE(r);
   EXPECT_EQ(r.error().kind, DecodeError::Kind::kUnsupportedApi);
-  EXPECT_EQ(r.error().message, "kafka request: unsupported API key 22");
+  EXPECT_EQ(r.error().message, "kafka request: unsupported API key 24");
   auto fetch3 = encode_request({kFetch, 3, 2, "c"}, FetchRequest{});
   auto f = decode_frame(fetch3);
   ASSERT_FALSE(f);

@@ -27,6 +27,7 @@
 #include "tools/busd/kafka/consumer_protocol.h"
 #include "tools/busd/kafka/group_coordinator.h"
 #include "tools/busd/kafka/messages.h"
+#include "tools/busd/kafka/record_batch.h"
 
 namespace shmbus {
 namespace {
@@ -461,6 +462,60 @@ TEST_F(KafkaGateway, KafkaErrorsForOutOfRangeUnknownTopicsAndOldMessageFormats) 
   ASSERT_TRUE(bad);
   EXPECT_EQ(bad->responses.at(0).partitions.at(0).error_code, k::kCorruptMessage);
   EXPECT_EQ((*(*bus_)->topic("e"))->ring(0).end_offset(), 1u);
+}
+
+// librdkafka's idempotent producer (enable.idempotence, as the mirror's `out` sets it) asks
+// for a producer id first; without InitProducerId it stops with a fatal error. A batch sent
+// again with the same producer id, epoch and sequence (a retry after a lost answer) is
+// answered with its first offset and not appended twice.
+TEST_F(KafkaGateway, InitProducerIdAndARetriedIdempotentBatchIsAppendedOnce) {
+  ASSERT_TRUE((*bus_)->create_topic("idem", TopicConfig{}));
+  RawClient c(port_);
+  ASSERT_TRUE(c.connected());
+  auto id1 = c.call<k::InitProducerIdResponse>(1, k::InitProducerIdRequest{std::nullopt, -1});
+  ASSERT_TRUE(id1);
+  EXPECT_EQ(id1->error_code, 0);
+  EXPECT_GE(id1->producer_id, 0);
+  EXPECT_EQ(id1->producer_epoch, 0);
+  auto id2 = c.call<k::InitProducerIdResponse>(0, k::InitProducerIdRequest{std::nullopt, -1});
+  ASSERT_TRUE(id2);
+  EXPECT_NE(id2->producer_id, id1->producer_id);
+  // A transactional id: no transactions here.
+  auto tx = c.call<k::InitProducerIdResponse>(1, k::InitProducerIdRequest{std::string("tx"), 60000});
+  ASSERT_TRUE(tx);
+  EXPECT_EQ(tx->error_code, k::kCoordinatorNotAvailable);
+  EXPECT_EQ(tx->producer_id, -1);
+
+  auto batch = [&](std::int64_t pid, std::int32_t seq, int n) {
+    k::RecordBatch b;
+    b.producer_id = pid;
+    b.producer_epoch = 0;
+    b.base_sequence = seq;
+    b.base_timestamp = b.max_timestamp = 1'760'000'000'000;
+    for (int i = 0; i < n; ++i) {
+      k::Record r;
+      r.offset_delta = i;
+      r.value = fmt::format("s{}", seq + i);
+      b.records.push_back(r);
+    }
+    k::ProduceRequest pr;
+    pr.acks = -1;
+    pr.timeout_ms = 5000;
+    pr.topics.push_back({"idem", {k::ProduceRequest::Partition{0, k::encode_record_batch(b)}}});
+    return pr;
+  };
+  auto produce = [&](const k::ProduceRequest& pr) -> std::pair<int, std::int64_t> {
+    auto r = c.call<k::ProduceResponse>(7, pr);
+    if (!r) return {-100, -100};
+    return {r->responses.at(0).partitions.at(0).error_code, r->responses.at(0).partitions.at(0).base_offset};
+  };
+  EXPECT_EQ(produce(batch(id1->producer_id, 0, 3)), std::make_pair(0, std::int64_t{0}));
+  EXPECT_EQ(produce(batch(id1->producer_id, 0, 3)), std::make_pair(0, std::int64_t{0})) << "the retry";
+  EXPECT_EQ(produce(batch(id1->producer_id, 3, 2)), std::make_pair(0, std::int64_t{3}));
+  EXPECT_EQ(produce(batch(id1->producer_id, 0, 3)), std::make_pair(0, std::int64_t{0})) << "an older retry";
+  // Another producer's batch with the same sequence is its own.
+  EXPECT_EQ(produce(batch(id2->producer_id, 0, 3)), std::make_pair(0, std::int64_t{5}));
+  EXPECT_EQ((*(*bus_)->topic("idem"))->ring(0).end_offset(), 8u);
 }
 
 TEST_F(KafkaGateway, MalformedAndOversizedFramesCloseOnlyTheirConnection) {

@@ -1,7 +1,8 @@
 // The mirror (tools/mirror/, docs/mirror.md) against librdkafka's mock cluster, which speaks
 // the Kafka protocol in-process over loopback: configuration errors, a keyed round trip out
 // to Kafka and back in, the mirror process SIGKILLed mid-run, an unreachable cluster, a
-// record the far side refuses, and busctl mirror status.
+// record the far side refuses, and busctl mirror status; then against busd's own Kafka
+// listener on a second bus: out and in (with a SIGKILL), the group committed on that bus.
 #include <gtest/gtest.h>
 
 #include <signal.h>
@@ -11,6 +12,7 @@
 #include <chrono>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 #include <set>
@@ -23,7 +25,9 @@
 #include <librdkafka/rdkafka_mock.h>
 #include <nlohmann/json.hpp>
 
+#include "bus/group_client.h"
 #include "bus/paths.h"
+#include "bus/topic.h"
 #include "cli_util.h"
 #include "shmbus/consumer.h"
 #include "shmbus/producer.h"
@@ -277,6 +281,14 @@ std::string compare(const Seen& src, const Seen& dst, std::uint64_t& duplicates,
   return "";
 }
 
+// Reads the source topic (4 partitions) back and checks `dst` against it: its records'
+// fields (read_topic) and compare(). `problem` is empty when all is well.
+struct Verdict {
+  std::string problem;
+  std::uint64_t duplicates = 0, deepest_rewind = 0;
+};
+Verdict check_against_source(std::shared_ptr<Bus> bus, const std::string& topic, std::uint64_t records, const Seen& dst);
+
 TopicConfig big_topic(std::uint32_t partitions, std::uint64_t records = 100'000) {
   TopicConfig t;
   t.partitions = partitions;
@@ -309,6 +321,17 @@ Consumer reader(std::shared_ptr<Bus> bus, const std::string& topic, std::uint32_
   for (std::uint32_t p = 0; p < partitions; ++p) tps.push_back({topic, p});
   EXPECT_TRUE(c->assign(tps));
   return std::move(*c);
+}
+
+Verdict check_against_source(std::shared_ptr<Bus> bus, const std::string& topic, std::uint64_t records, const Seen& dst) {
+  Consumer r = reader(std::move(bus), topic, 4);
+  Seen src;
+  if (read_topic(r, src, records, 60s) != records)
+    return {fmt::format("the source {} gave {} of {} records", topic, src.total, records)};
+  if (!dst.mismatch.empty()) return {dst.mismatch};
+  Verdict v;
+  v.problem = compare(src, dst, v.duplicates, v.deepest_rewind);
+  return v;
 }
 
 TEST_F(MirrorTest, RoundTripOutAndBackInKeepsEveryRecordOnceInOrderWithKeysHeadersTimestamps) {
@@ -439,15 +462,11 @@ TEST_F(MirrorTest, MirrorProcessKilledFiveTimesMidRunLosesNothingAndDuplicatesOn
   read_topic(dst_reader, dst, kRecords * 2, 1s);  // late duplicates show up too
   EXPECT_EQ(kills_mid_run, 5) << "the mirror was killed after every record had come back: the test did not reach its path";
 
-  Consumer src_reader = reader(bus_->get(), "src", 4);
-  Seen src;
-  EXPECT_EQ(read_topic(src_reader, src, kRecords, 60s), kRecords);
-  EXPECT_EQ(dst.mismatch, "");
-  std::uint64_t dups = 0, rewind = 0;
-  EXPECT_EQ(compare(src, dst, dups, rewind), "");
-  EXPECT_LE(rewind, kWindowOut + kWindowIn);
-  EXPECT_LE(dups, 5 * (kWindowOut + kWindowIn));
-  std::cout << fmt::format("kills {}, duplicates {}, deepest rewind {}\n", kills_mid_run, dups, rewind);
+  const Verdict v = check_against_source(bus_->get(), "src", kRecords, dst);
+  EXPECT_EQ(v.problem, "");
+  EXPECT_LE(v.deepest_rewind, kWindowOut + kWindowIn);
+  EXPECT_LE(v.duplicates, 5 * (kWindowOut + kWindowIn));
+  std::cout << fmt::format("kills {}, duplicates {}, deepest rewind {}\n", kills_mid_run, v.duplicates, v.deepest_rewind);
 
   // SIGTERM: a clean stop, with the status saying so.
   ::kill(child.pid, SIGTERM);
@@ -579,6 +598,174 @@ TEST_F(MirrorTest, ARecordTheClusterRefusesIsSkippedOrStopsTheMirrorAsConfigured
   auto committed = c->committed({{"src", 0}});
   ASSERT_TRUE(committed) << committed.error().message;
   EXPECT_EQ((*committed)[0], std::optional<std::uint64_t>(1));
+}
+
+// ---- against busd's own Kafka listener (issue 17) ----
+
+// Bus A (the fixture's) runs the mirror; bus B's busd listens for Kafka on a free loopback
+// port and is the far side: a Kafka-protocol server in another process, reached by
+// librdkafka over TCP as a cluster would be (metadata, idempotent produce, fetch, the
+// consumer group on busd's coordinator, offset commits).
+class MirrorToBusdTest : public MirrorTest {
+ protected:
+  void SetUp() override {
+    MirrorTest::SetUp();
+    far_ = std::make_unique<TestBus>("mirrorb");
+    busd_b_ = spawn({SHMBUS_BUSD_PATH, "--bus", far_->name(), "--kafka-listen", "127.0.0.1:0"});
+    ASSERT_GT(busd_b_.pid, 0);
+    bootstraps_ = listener_address();
+    ASSERT_EQ(bootstraps_.rfind("127.0.0.1:", 0), 0u) << bootstraps_;
+  }
+  void TearDown() override {
+    if (busd_b_.pid > 0) {
+      ::kill(busd_b_.pid, SIGKILL);
+      std::string out;
+      finish(busd_b_, out, 10s);
+    }
+    far_.reset();
+    MirrorTest::TearDown();
+  }
+  // B's Kafka listener, from its busd's status once it answers.
+  std::string listener_address() {
+    const auto deadline = std::chrono::steady_clock::now() + 20s;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (auto c = BusdConnection::connect(far_->name(), 2s, false))
+        if (auto st = (*c)->request({{"op", "status"}}, 5s); st && st->contains("listeners") && (*st)["listeners"].contains("kafka"))
+          return (*st)["listeners"]["kafka"]["address"].get<std::string>();
+      std::this_thread::sleep_for(10ms);
+    }
+    return "";
+  }
+  // `busctl group describe` on B; null until the group exists.
+  json describe_far(const std::string& group) {
+    auto r = busctl({"group", "describe", group, "--json", "--bus", far_->name()});
+    return r.code == 0 ? json::parse(r.out) : json();
+  }
+
+  std::unique_ptr<TestBus> far_;
+  Child busd_b_;
+  std::string bootstraps_;
+};
+
+// out: records produced natively on A arrive on B's topic through B's listener at the same
+// partitions, in order, once (the idempotent producer needs InitProducerId, which busd's
+// gateway lacked: librdkafka stopped with a fatal error and nothing went out).
+TEST_F(MirrorToBusdTest, OutToBusdsKafkaListenerArrivesOnceInOrderAtTheSamePartitions) {
+  constexpr std::uint64_t kRecords = 20'000;
+  ASSERT_TRUE((*bus_)->create_topic("src", big_topic(4)));
+  ASSERT_TRUE((*far_)->create_topic("far", big_topic(4)));
+  auto producer = Producer::create(bus_->get());
+  ASSERT_TRUE(producer);
+  produce(*producer, "src", 0, kRecords / 2);
+  InProcessMirror m({{"bootstrap_servers", bootstraps_},
+                     {"status_interval_ms", 100},
+                     {"mirrors", {{{"name", "up"}, {"direction", "out"}, {"bus_topic", "src"}, {"kafka_topic", "far"}}}}},
+                    bus_->name());
+  produce(*producer, "src", kRecords / 2, kRecords);  // and some while it runs
+  Consumer far_reader = reader(far_->get(), "far", 4);
+  Seen far;
+  EXPECT_EQ(read_topic(far_reader, far, kRecords, 40s), kRecords);
+  wait_status(bus_->name(), "up", [&](const json& s) { return s["records"] == kRecords && s["lag_records"] == 0; });
+  read_topic(far_reader, far, kRecords + 1, 1s);  // nothing more comes
+  const Verdict v = check_against_source(bus_->get(), "src", kRecords, far);
+  EXPECT_EQ(v.problem, "");
+  EXPECT_EQ(v.duplicates, 0u);
+  EXPECT_EQ(far.total, kRecords);
+  // B's partitions hold only the mirror's records: the same offsets as on A.
+  for (std::uint32_t p = 0; p < 4; ++p)
+    EXPECT_EQ((*(*far_)->topic("far"))->ring(p).end_offset(), (*(*bus_)->topic("src"))->ring(p).end_offset()) << p;
+}
+
+// in: records produced natively on B come into A through the mirror's Kafka consumer group
+// on B's listener; `busctl mirror run` is SIGKILLed once records came and restarted while
+// more are produced: nothing is missing, duplicates stay within the window, and the group's
+// committed offsets are on B (busctl group describe there shows the mirror as a Kafka member).
+TEST_F(MirrorToBusdTest, InFromBusdsKafkaListenerSurvivesASigkillWithItsGroupCommittedOnTheFarBus) {
+  constexpr std::uint64_t kHalf = 10'000, kRecords = 2 * kHalf;
+  ASSERT_TRUE((*far_)->create_topic("far", big_topic(4)));
+  ASSERT_TRUE((*bus_)->create_topic("dst", big_topic(4)));
+  const std::string config = write_config(
+      {{"bootstrap_servers", bootstraps_},
+       {"status_interval_ms", 200},
+       {"mirrors",
+        {{{"name", "down"}, {"direction", "in"}, {"bus_topic", "dst"}, {"kafka_topic", "far"}, {"commit_records", 1000},
+          {"kafka", {{"session.timeout.ms", 6000}, {"heartbeat.interval.ms", 500}}}}}}});
+  auto producer = Producer::create(far_->get());
+  ASSERT_TRUE(producer);
+  produce(*producer, "far", 0, kHalf);
+  Consumer dst_reader = reader(bus_->get(), "dst", 4);
+  Seen dst;
+  Child child = spawn({BUSCTL_PATH, "mirror", "run", "--config", config, "--bus", bus_->name()});
+  ASSERT_GT(child.pid, 0);
+  std::string out;
+  // Signals the mirror process and reaps it; at the end whatever happened.
+  auto stop = [&](int sig) {
+    int status = -1;
+    if (child.pid > 0) {
+      ::kill(child.pid, sig);
+      status = finish(child, out, 30s);
+      child.pid = -1;
+    }
+    return status;
+  };
+  struct AtExit {
+    std::function<void()> f;
+    ~AtExit() { f(); }
+  } kill_at_exit{[&] { stop(SIGKILL); }};
+  // While it runs, B's busd shows the mirror's group with it as a Kafka member.
+  json d;
+  for (const auto deadline = std::chrono::steady_clock::now() + 30s; std::chrono::steady_clock::now() < deadline;
+       std::this_thread::sleep_for(50ms)) {
+    d = describe_far("mirror.down");
+    if (d.is_object() && d["members"].size() == 1 && d["members"][0]["kind"] == "kafka") break;
+  }
+  ASSERT_EQ(d["members"].size(), 1u) << d.dump();
+  EXPECT_EQ(d["members"][0]["kind"], "kafka") << d.dump();
+  EXPECT_EQ(d["members"][0]["topics"], json::array({"far"})) << d.dump();
+  // Killed once records came in.
+  for (const auto deadline = std::chrono::steady_clock::now() + 30s; dst.total == 0 && std::chrono::steady_clock::now() < deadline;)
+    read_topic(dst_reader, dst, kRecords * 2, 0s);
+  ASSERT_GT(dst.total, 0u);
+  stop(SIGKILL);
+  const std::uint64_t at_kill = dst.total;
+  produce(*producer, "far", kHalf, kRecords);  // while it is dead
+  child = spawn({BUSCTL_PATH, "mirror", "run", "--config", config, "--bus", bus_->name()});
+  ASSERT_GT(child.pid, 0);
+  // Everything comes; the restarted member waits for the dead one's session timeout (6 s).
+  std::set<std::uint64_t> distinct;
+  for (const auto deadline = std::chrono::steady_clock::now() + 40s;
+       distinct.size() < kRecords && std::chrono::steady_clock::now() < deadline;) {
+    read_topic(dst_reader, dst, kRecords * 2, 0s);
+    distinct.clear();
+    for (const auto& part : dst.seqs) distinct.insert(part.begin(), part.end());
+  }
+  EXPECT_EQ(distinct.size(), kRecords);
+  // Its commits reach B: every partition committed up to its end, one Kafka member.
+  for (const auto deadline = std::chrono::steady_clock::now() + 20s; std::chrono::steady_clock::now() < deadline;
+       std::this_thread::sleep_for(100ms)) {
+    d = describe_far("mirror.down");
+    std::uint64_t committed = 0;
+    for (const auto& p : d["partitions"])
+      if (p["committed"].is_number()) committed += p["committed"].get<std::uint64_t>();
+    if (committed == kRecords && d["members"].size() == 1) break;
+  }
+  ASSERT_EQ(d["partitions"].size(), 4u) << d.dump();
+  for (const auto& p : d["partitions"]) EXPECT_EQ(p["lag"], 0) << d.dump();
+  ASSERT_EQ(d["members"].size(), 1u) << d.dump();
+  EXPECT_EQ(d["members"][0]["kind"], "kafka") << d.dump();
+  read_topic(dst_reader, dst, kRecords * 2, 1s);  // late duplicates show up too
+
+  const Verdict v = check_against_source(far_->get(), "far", kRecords, dst);
+  EXPECT_EQ(v.problem, "");
+  EXPECT_LE(v.deepest_rewind, kWindowIn);
+  EXPECT_LE(v.duplicates, kWindowIn);
+  std::cout << fmt::format("in from busd: {} records in before the kill, duplicates {}, deepest rewind {}\n", at_kill,
+                           v.duplicates, v.deepest_rewind);
+
+  const int status = stop(SIGTERM);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << out;
+  // Left the group on a clean stop.
+  EXPECT_EQ(describe_far("mirror.down")["members"].size(), 0u);
 }
 
 // ---- throughput (not a test: run by hand, docs/mirror.md "Throughput") ----

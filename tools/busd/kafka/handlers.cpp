@@ -1,11 +1,13 @@
 // The Kafka gateway's request handlers (handlers.h): ApiVersions, Metadata (with
 // auto-creation), Produce through the library's Producer, Fetch through its Consumer (ring
 // and disk log), ListOffsets (by position and by time), CreateTopics, DeleteTopics,
-// DescribeConfigs; the group APIs go to busd's coordinator (group_coordinator.h), a JoinGroup
+// DescribeConfigs, InitProducerId (with a retried idempotent batch answered, not appended
+// twice); the group APIs go to busd's coordinator (group_coordinator.h), a JoinGroup
 // parked until its generation forms. docs/kafka.md.
 #include "tools/busd/kafka/handlers.h"
 
 #include <algorithm>
+#include <chrono>
 #include <type_traits>
 #include <variant>
 
@@ -74,6 +76,7 @@ Answer Handlers::handle(const Request& req, const ClientEnd& end, std::uint64_t 
         else if constexpr (std::is_same_v<T, CreateTopicsRequest>) return respond(h, create_topics(body));
         else if constexpr (std::is_same_v<T, DeleteTopicsRequest>) return respond(h, delete_topics(body));
         else if constexpr (std::is_same_v<T, DescribeConfigsRequest>) return respond(h, describe_configs(body));
+        else if constexpr (std::is_same_v<T, InitProducerIdRequest>) return respond(h, init_producer_id(body));
         else if constexpr (std::is_same_v<T, FindCoordinatorRequest>) {
           FindCoordinatorResponse r;
           if (body.key_type != 0) {  // transactions: none here
@@ -147,6 +150,23 @@ ResponseBody Handlers::metadata(const RequestHeader& h, const MetadataRequest& r
 
 // ---- Produce ----
 
+ResponseBody Handlers::init_producer_id(const InitProducerIdRequest& r) {
+  InitProducerIdResponse out;
+  if (r.transactional_id) {  // a transactional producer: FindCoordinator(key type 1) already said no
+    out.error_code = kCoordinatorNotAvailable;
+    return out;
+  }
+  // Ids from the wall clock's milliseconds on: a restarted busd (which forgot the
+  // sequences) gives ids no earlier busd gave.
+  if (next_producer_id_ == 0) {
+    const auto since_epoch = std::chrono::system_clock::now().time_since_epoch();
+    next_producer_id_ = std::chrono::duration_cast<std::chrono::milliseconds>(since_epoch).count();
+  }
+  out.producer_id = next_producer_id_++;
+  out.producer_epoch = 0;
+  return out;
+}
+
 Answer Handlers::produce(const RequestHeader& h, const ProduceRequest& r) {
   if (!producer_) {
     ProducerConfig pc;
@@ -190,6 +210,23 @@ std::int16_t Handlers::produce_partition(const RequestHeader& h, const std::stri
     log_(fmt::format("kafka: produce to {}-{} refused: {}", name, part, batches.error()));
     return kCorruptMessage;
   }
+  // An idempotent producer's batch (librdkafka sends one a partition) that was appended
+  // already (a retry after a lost answer): answered with its first offset, not appended again.
+  const RecordBatch* idem = batches->size() == 1 && (*batches)[0].producer_id >= 0 && (*batches)[0].base_sequence >= 0 &&
+                                    !(*batches)[0].is_control() && !(*batches)[0].records.empty()
+                                ? &(*batches)[0]
+                                : nullptr;
+  const auto seq_key = std::make_tuple(idem ? idem->producer_id : -1, name, part);
+  if (idem) {
+    auto it = sequences_.find(seq_key);
+    if (it != sequences_.end() && it->second.epoch == idem->producer_epoch)
+      for (const SentBatch& sb : it->second.last)
+        if (sb.base_sequence == idem->base_sequence && sb.count == static_cast<std::int32_t>(idem->records.size())) {
+          it->second.used = ++sequence_uses_;
+          rp.base_offset = sb.base_offset;
+          return kNone;
+        }
+  }
   // The records as the library's Messages; their bytes stay in `batches`. Headers' null
   // values become empty ones (the bus has no null header value).
   std::vector<Message> msgs;
@@ -229,7 +266,23 @@ std::int16_t Handlers::produce_partition(const RequestHeader& h, const std::stri
     i = j;
   }
   if (msgs.empty()) rp.base_offset = static_cast<std::int64_t>(topic->ring(part).end_offset());
+  if (idem) remember_batch(seq_key, *idem, rp.base_offset);
   return kNone;
+}
+
+void Handlers::remember_batch(const std::tuple<std::int64_t, std::string, std::uint32_t>& key, const RecordBatch& b,
+                              std::int64_t base_offset) {
+  Sequences& s = sequences_[key];
+  if (s.epoch != b.producer_epoch) {
+    s.epoch = b.producer_epoch;
+    s.last.clear();
+  }
+  s.last.push_back({b.base_sequence, static_cast<std::int32_t>(b.records.size()), base_offset});
+  if (s.last.size() > kBatchesKept) s.last.erase(s.last.begin());
+  s.used = ++sequence_uses_;
+  if (sequences_.size() > kMaxSequenceEntries)
+    sequences_.erase(std::min_element(sequences_.begin(), sequences_.end(),
+                                      [](const auto& x, const auto& y) { return x.second.used < y.second.used; }));
 }
 
 // ---- Fetch ----

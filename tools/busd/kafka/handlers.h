@@ -25,6 +25,8 @@ class Topic;
 
 namespace shmbus::kafka {
 
+struct RecordBatch;
+
 // The address a client connected to: what Metadata and FindCoordinator advertise, so that
 // the client comes back the way it came.
 struct ClientEnd {
@@ -65,12 +67,16 @@ class Handlers {
   // Appends one partition's batches; returns the partition's error code.
   std::int16_t produce_partition(const RequestHeader& h, const std::string& name, const std::shared_ptr<Topic>& topic,
                                  const ProduceRequest::Partition& p, ProduceResponse::Partition& rp);
+  // Keeps an idempotent producer's appended batch for the retry check.
+  void remember_batch(const std::tuple<std::int64_t, std::string, std::uint32_t>& key, const RecordBatch& b,
+                      std::int64_t base_offset);
   Answer fetch(const RequestHeader& h, const FetchRequest& r, std::uint64_t now_ns, bool final);
   ResponseBody metadata(const RequestHeader& h, const MetadataRequest& r, const ClientEnd& end);
   ResponseBody list_offsets(const ListOffsetsRequest& r);
   ResponseBody create_topics(const CreateTopicsRequest& r);
   ResponseBody delete_topics(const DeleteTopicsRequest& r);
   ResponseBody describe_configs(const DescribeConfigsRequest& r);
+  ResponseBody init_producer_id(const InitProducerIdRequest& r);
   Answer join_group(const RequestHeader& h, const JoinGroupRequest& r, const ClientEnd& end, std::uint64_t now_ns,
                     bool final);
 
@@ -95,6 +101,26 @@ class Handlers {
     std::uint64_t next = UINT64_MAX;
   };
   std::map<std::tuple<std::string, std::uint64_t, std::uint32_t>, Reader> readers_;
+
+  // Idempotent producers (InitProducerId): the next id to give, and per (producer id,
+  // topic, partition) the last batches appended, so that a retried batch (same epoch, base
+  // sequence and count) is answered with its first offset instead of being appended again.
+  // Least recently used entries go beyond kMaxSequenceEntries.
+  struct SentBatch {
+    std::int32_t base_sequence = 0;
+    std::int32_t count = 0;
+    std::int64_t base_offset = 0;
+  };
+  struct Sequences {
+    std::int16_t epoch = 0;
+    std::vector<SentBatch> last;  // oldest first, at most kBatchesKept
+    std::uint64_t used = 0;
+  };
+  static constexpr std::size_t kBatchesKept = 5;  // Kafka's: librdkafka keeps up to 5 requests in flight
+  static constexpr std::size_t kMaxSequenceEntries = 4096;
+  std::int64_t next_producer_id_ = 0;
+  std::uint64_t sequence_uses_ = 0;
+  std::map<std::tuple<std::int64_t, std::string, std::uint32_t>, Sequences> sequences_;
 };
 
 }  // namespace shmbus::kafka

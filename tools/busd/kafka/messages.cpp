@@ -32,6 +32,7 @@ constexpr ApiInfo kApiTable[] = {
     {kApiVersions, "ApiVersions", 0, 3, 3},
     {kCreateTopics, "CreateTopics", 0, 4, 5},
     {kDeleteTopics, "DeleteTopics", 0, 3, 4},
+    {kInitProducerId, "InitProducerId", 0, 1, 2},
     {kDescribeConfigs, "DescribeConfigs", 0, 1, 4},
 };
 
@@ -287,6 +288,20 @@ template <class Io>
 void serde(Io& io, Ref<HeartbeatResponse, Io> m, int v) {
   if (v >= 1) io.i32(m.throttle_time_ms, "throttle_time_ms");
   io.i16(m.error_code, "error_code");
+}
+
+template <class Io>
+void serde(Io& io, Ref<InitProducerIdRequest, Io> m, int) {
+  io.nullable_string(m.transactional_id, "transactional_id");
+  io.i32(m.transaction_timeout_ms, "transaction_timeout_ms");
+}
+
+template <class Io>
+void serde(Io& io, Ref<InitProducerIdResponse, Io> m, int) {
+  io.i32(m.throttle_time_ms, "throttle_time_ms");
+  io.i16(m.error_code, "error_code");
+  io.i64(m.producer_id, "producer_id");
+  io.i16(m.producer_epoch, "producer_epoch");
 }
 
 template <class Io>

@@ -22,7 +22,7 @@ enum ApiKey : std::int16_t {
   kProduce = 0, kFetch = 1, kListOffsets = 2, kMetadata = 3, kOffsetCommit = 8, kOffsetFetch = 9,
   kFindCoordinator = 10, kJoinGroup = 11, kHeartbeat = 12, kLeaveGroup = 13, kSyncGroup = 14,
   kDescribeGroups = 15, kListGroups = 16, kApiVersions = 18, kCreateTopics = 19, kDeleteTopics = 20,
-  kDescribeConfigs = 32,
+  kInitProducerId = 22, kDescribeConfigs = 32,
 };
 
 struct ApiInfo {
@@ -501,16 +501,31 @@ struct DescribeConfigsResponse {
   std::vector<Result> results;
 };
 
+// ---- InitProducerId (22), v0-1: a producer id for librdkafka's idempotent producer ----
+struct InitProducerIdRequest {
+  static constexpr std::int16_t kKey = kInitProducerId;
+  std::optional<std::string> transactional_id;  // null: idempotence only (no transactions here)
+  std::int32_t transaction_timeout_ms = 0;
+};
+struct InitProducerIdResponse {
+  static constexpr std::int16_t kKey = kInitProducerId;
+  std::int32_t throttle_time_ms = 0;
+  std::int16_t error_code = 0;
+  std::int64_t producer_id = -1;
+  std::int16_t producer_epoch = -1;
+};
+
 using RequestBody =
     std::variant<ProduceRequest, FetchRequest, ListOffsetsRequest, MetadataRequest, OffsetCommitRequest,
                  OffsetFetchRequest, FindCoordinatorRequest, JoinGroupRequest, HeartbeatRequest, LeaveGroupRequest,
                  SyncGroupRequest, DescribeGroupsRequest, ListGroupsRequest, ApiVersionsRequest,
-                 CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest>;
+                 CreateTopicsRequest, DeleteTopicsRequest, DescribeConfigsRequest, InitProducerIdRequest>;
 using ResponseBody =
     std::variant<ProduceResponse, FetchResponse, ListOffsetsResponse, MetadataResponse, OffsetCommitResponse,
                  OffsetFetchResponse, FindCoordinatorResponse, JoinGroupResponse, HeartbeatResponse,
                  LeaveGroupResponse, SyncGroupResponse, DescribeGroupsResponse, ListGroupsResponse,
-                 ApiVersionsResponse, CreateTopicsResponse, DeleteTopicsResponse, DescribeConfigsResponse>;
+                 ApiVersionsResponse, CreateTopicsResponse, DeleteTopicsResponse, DescribeConfigsResponse,
+                 InitProducerIdResponse>;
 
 struct Request {
   RequestHeader header;
