@@ -132,7 +132,10 @@ class Daemon final : private kafka::GroupCoordinator {
   void accept_clients();
   void on_readable(int fd);
   void close_conn(int fd, const std::string& why);
+  // Queues `m`; a connection that lets more than 16 MiB pile up unread is marked for closing
+  // (to_close_), never closed here: send() is called while groups' members are iterated.
   void send(int fd, const json& m);
+  void close_marked();  // closes what send() marked: after each event and each tick
   void flush_out(Conn& c);
   void reply(Conn& c, const json& req, json body);
   void reply_error(Conn& c, const json& req, Errc code, const std::string& msg);
@@ -239,6 +242,7 @@ class Daemon final : private kafka::GroupCoordinator {
   MemberSlot* slots_ = nullptr;
   OffsetStore offsets_;
   std::map<int, Conn> conns_;
+  std::map<int, std::string> to_close_;  // fd -> why: closed by close_marked(), never within a handler
   std::map<std::string, Group> groups_;
   std::int64_t started_ns_ = 0;
   std::uint64_t started_mono_ = 0;
