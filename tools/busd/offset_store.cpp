@@ -172,7 +172,13 @@ Status OffsetStore::flush() {
   while (done < pending_.size()) {
     const ssize_t n = ::write(fd_, pending_.data() + done, pending_.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return make_error(Errc::kSystem, fmt::format("cannot write {}: {}", path_, std::strerror(errno)));
+    if (n < 0) {
+      // What was written stays written (a torn line, to be completed): the retry writes only
+      // the rest, so that the piece on disk and the rest join into whole lines again.
+      const int err = errno;
+      pending_.erase(0, done);
+      return make_error(Errc::kSystem, fmt::format("cannot write {}: {}", path_, std::strerror(err)));
+    }
     done += static_cast<std::size_t>(n);
   }
   pending_.clear();
