@@ -130,6 +130,11 @@ const CommittedOffset* OffsetStore::find(const OffsetKey& k, std::uint64_t topic
   return &it->second;
 }
 
+bool OffsetStore::has_group(const std::string& group) const {
+  auto it = offsets_.lower_bound(OffsetKey{group, "", 0});  // keys order by group first
+  return it != offsets_.end() && it->first.group == group;
+}
+
 void OffsetStore::put(const OffsetKey& k, std::uint64_t offset, std::uint64_t topic_epoch, const std::string& metadata) {
   const CommittedOffset c{offset, topic_epoch, metadata};
   auto it = offsets_.find(k);
