@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include "bus/gate_names.h"
 #include "shm/futex.h"
 #include "shm/process.h"
 
@@ -28,7 +29,7 @@ bool Consumer::Impl::seek_ring(Assigned& a, std::uint64_t offset) {
 }
 
 Status Consumer::Impl::take_gate(Assigned& a) {
-  a.gate = shm::take_process_gate(a.reader.ring(), a.lock, a.reader);
+  a.gate = shm::take_process_gate(a.reader.ring(), a.lock, a.reader, group ? group_gate_key(group->name) : 0);
   if (!a.gate)
     return make_error(Errc::kTooManyClients, fmt::format("partition {}-{} has no free gate slot ({} in use)", a.tp.topic,
                                                          a.tp.partition, shm::kGateSlots));

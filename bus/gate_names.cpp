@@ -89,20 +89,34 @@ std::optional<GroupNameEntry> find_group_name(const GroupNameSlot* table, std::u
   return std::nullopt;
 }
 
+namespace {
+
+// "group 'billing' (no live member for 75 s: ...)", "group 'billing' (2 live members: pid 7, 9; ...)".
+std::string describe_group(const GroupNameEntry& e, std::int64_t now_ns) {
+  if (e.members == 0)
+    return fmt::format("group '{}' (no live member for {} s: busctl group describe {})", e.name,
+                       now_ns > e.empty_since_ns ? (now_ns - e.empty_since_ns) / 1'000'000'000 : 0, e.name);
+  std::string pids;
+  for (auto p : e.pids) pids += fmt::format("{}{}", pids.empty() ? "" : ", ", p);
+  return fmt::format("group '{}' ({} live member{}: pid {}{}; busctl group describe {})", e.name, e.members,
+                     e.members == 1 ? "" : "s", pids, e.members > e.pids.size() ? ", ..." : "", e.name);
+}
+
+}  // namespace
+
 std::string describe_gate(const GroupNameSlot* table, const shm::GateSlot& g, std::int64_t now_ns) {
   const auto kind = static_cast<shm::GateKind>(g.kind.load(std::memory_order_acquire));
   const std::uint64_t key = g.owner_key.load(std::memory_order_relaxed);
-  if (kind == shm::GateKind::kProcess) return fmt::format("a consumer (pid {})", g.owner_pid.load(std::memory_order_relaxed));
+  if (kind == shm::GateKind::kProcess) {
+    // A group member's gate carries its group's key: named when busd published it.
+    const std::string consumer = fmt::format("a consumer (pid {})", g.owner_pid.load(std::memory_order_relaxed));
+    const auto e = key ? find_group_name(table, key) : std::nullopt;
+    return e ? fmt::format("{} of {}", consumer, describe_group(*e, now_ns)) : consumer;
+  }
   if (key == shm::kSpillGateKey) return "busd's spiller (is busd running? busctl status)";
   auto e = find_group_name(table, key);
   if (!e) return fmt::format("a consumer group whose name busd has not published (gate key {:#x}; is busd running?)", key);
-  if (e->members == 0)
-    return fmt::format("group '{}' (no live member for {} s: busctl group describe {})", e->name,
-                       now_ns > e->empty_since_ns ? (now_ns - e->empty_since_ns) / 1'000'000'000 : 0, e->name);
-  std::string pids;
-  for (auto p : e->pids) pids += fmt::format("{}{}", pids.empty() ? "" : ", ", p);
-  return fmt::format("group '{}' ({} live members: pid {}{}; busctl group describe {})", e->name, e->members, pids,
-                     e->members > e->pids.size() ? ", ..." : "", e->name);
+  return describe_group(*e, now_ns);
 }
 
 std::string gate_holders(const std::string& bus, const shm::Ring& ring) {

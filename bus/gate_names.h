@@ -31,7 +31,8 @@ void clear_group_name(GroupNameSlot* table, const std::string& name);
 std::optional<GroupNameEntry> find_group_name(const GroupNameSlot* table, std::uint64_t key);
 
 // One gate, said for people: "group 'billing' (no live member for 75 s)", "a consumer (pid
-// 1234)", "busd's spiller". `table` may be nullptr (no busd segment).
+// 1234)", "a consumer (pid 1234) of group 'billing' (1 live member: pid 1234)" (a member's
+// own gate carries its group's key), "busd's spiller". `table` may be nullptr (no busd segment).
 std::string describe_gate(const GroupNameSlot* table, const shm::GateSlot& g, std::int64_t now_realtime_ns);
 
 // Who holds a block partition's producers back: every gate at the lowest position, said as

@@ -919,7 +919,7 @@ void publish_gate(const Ring& ring, GateSlot* g, GateKind kind, std::uint64_t ke
 
 }  // namespace
 
-GateSlot* take_process_gate(const Ring& ring, SegmentLock& lock, RingReader& reader) noexcept {
+GateSlot* take_process_gate(const Ring& ring, SegmentLock& lock, RingReader& reader, std::uint64_t key) noexcept {
   for (std::uint32_t i = 0; i < kGateSlots; ++i) {
     GateSlot* g = ring.gate(i);
     if (g->kind.load(std::memory_order_acquire) == static_cast<std::uint32_t>(GateKind::kDurable)) continue;
@@ -931,7 +931,7 @@ GateSlot* take_process_gate(const Ring& ring, SegmentLock& lock, RingReader& rea
     }
     if (kind == static_cast<std::uint32_t>(GateKind::kProcess))  // its owner died holding it
       ring.ctl()->claim_stats.gates_reaped.fetch_add(1, std::memory_order_relaxed);
-    publish_gate(ring, g, GateKind::kProcess, 0, reader);
+    publish_gate(ring, g, GateKind::kProcess, key, reader);
     return g;
   }
   return nullptr;

@@ -467,8 +467,9 @@ GateSlot* hold_durable_gate(const Ring& ring, const SegmentLock& lock, std::uint
 bool release_durable_gate(const Ring& ring, std::uint64_t key) noexcept;
 
 // A consumer's own gate (GateKind::kProcess), held through `lock` until release_process_gate.
-// Same reclaim rule as above. nullptr when every gate slot is taken.
-GateSlot* take_process_gate(const Ring& ring, SegmentLock& lock, RingReader& reader) noexcept;
+// `key`: its group's (a member's gate; 0: none), so that a producer it holds back can name
+// the group. Same reclaim rule as above. nullptr when every gate slot is taken.
+GateSlot* take_process_gate(const Ring& ring, SegmentLock& lock, RingReader& reader, std::uint64_t key = 0) noexcept;
 void release_process_gate(const Ring& ring, SegmentLock& lock, GateSlot* gate) noexcept;
 
 // A consumer's waiter slot (its bit in NotifyLine::waiters), held through `lock`. -1 when

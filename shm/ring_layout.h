@@ -260,7 +260,7 @@ struct alignas(kCacheLine) GateSlot {
   std::atomic<std::uint32_t> kind;      // GateKind, release-stored last when a gate is set up
   std::atomic<std::int32_t> owner_pid;  // for people
   std::atomic<std::uint64_t> position;  // everything before it is consumed
-  std::atomic<std::uint64_t> owner_key; // durable gates: hash of the group name
+  std::atomic<std::uint64_t> owner_key; // hash of the group name: durable gates; a member's process gate (else 0)
   std::uint8_t reserved[40];
 };
 static_assert(sizeof(GateSlot) == 64, "one gate per cache line: bump kPartitionLayoutMajor");

@@ -21,6 +21,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <regex>
 #include <set>
 #include <sstream>
 #include <tuple>
@@ -1376,14 +1377,19 @@ std::string busd_log(const std::string& bus) {
   return s.str();
 }
 
-// A block topic of one small partition that group `g` consumed 10 records of and committed,
-// then left: its committed offset (a durable gate) holds producers back from then on.
-void group_consumed_and_left(const std::shared_ptr<Bus>& bus, Producer& p, const std::string& topic) {
+// A block topic of one small (16 KiB) partition.
+void small_block_topic(const std::shared_ptr<Bus>& bus, const std::string& topic) {
   TopicConfig cfg;
   cfg.partitions = 1;
   cfg.capacity = 1 << 14;
   cfg.retention = RetentionMode::kBlock;
   ASSERT_TRUE(bus->create_topic(topic, cfg));
+}
+
+// A block topic of one small partition that group `g` consumed 10 records of and committed,
+// then left: its committed offset (a durable gate) holds producers back from then on.
+void group_consumed_and_left(const std::shared_ptr<Bus>& bus, Producer& p, const std::string& topic) {
+  ASSERT_NO_FATAL_FAILURE(small_block_topic(bus, topic));
   ConsumerConfig cc;
   cc.auto_offset_reset = OffsetReset::kEarliest;
   auto c = Consumer::create(bus, cc);
@@ -1405,6 +1411,36 @@ Error fill_until_blocked(Producer& p, const std::string& topic) {
     if (!r) return r.error();
   }
   return Error{Errc::kOk, "never blocked"};
+}
+
+// A producer held back in small block topic `t` by a live consumer that never polls (`worker
+// stall`; with `group`, as a member of it): the error of its send, the holder's pid, and what
+// busctl doctor said while the holder lived.
+struct Stalled {
+  Error error;
+  pid_t holder = -1;
+  std::string doctor;
+};
+Stalled stalled_producer(const std::shared_ptr<Bus>& bus, const std::string& bus_name, const std::string& group) {
+  Stalled out;
+  small_block_topic(bus, "t");
+  std::vector<std::string> args{kWorker, "stall", bus_name, "t"};
+  if (!group.empty()) args.push_back(group);
+  auto holder = test::spawn(args);
+  out.holder = holder.pid;
+  std::string said;
+  if (test::wait_line(holder, said, "ready")) {
+    ProducerConfig pc;
+    pc.max_block_ms = 200;
+    auto p = Producer::create(bus, pc);
+    out.error = fill_until_blocked(*p, "t");
+    out.doctor = busctl({"doctor", "--bus", bus_name}).out;
+  } else {
+    out.error = Error{Errc::kOk, "the holder never got ready: " + said};
+  }
+  ::kill(holder.pid, SIGKILL);
+  test::finish(holder, said);
+  return out;
 }
 
 }  // namespace
@@ -1463,6 +1499,7 @@ TEST_F(Busd, AGroupGateThatCannotBeHeldIsReportedNotDroppedSilently) {
 // Finding 6: a producer held back by a group with no live member is told which group, and
 // busctl doctor names it too.
 TEST_F(Busd, AProducerHeldBackByAGroupIsToldItsNameAndDoctorReportsIt) {
+  const auto started = std::chrono::steady_clock::now();
   ProducerConfig pc;
   pc.max_block_ms = 200;
   auto p = Producer::create(bus_->get(), pc);
@@ -1471,11 +1508,47 @@ TEST_F(Busd, AProducerHeldBackByAGroupIsToldItsNameAndDoctorReportsIt) {
   ASSERT_EQ(e.code, Errc::kTimedOut) << e.message;
   EXPECT_NE(e.message.find("group 'g'"), std::string::npos) << e.message;
   EXPECT_NE(e.message.find("no live member"), std::string::npos) << e.message;
+  // A second with no member at least, so that "for how long" cannot be 0 by chance.
+  auto empty_for_ms = [&] { return describe("g").value("empty_for_ms", std::int64_t{0}); };
+  for (const auto deadline = std::chrono::steady_clock::now() + 10s;
+       empty_for_ms() < 1000 && std::chrono::steady_clock::now() < deadline;)
+    std::this_thread::sleep_for(50ms);
+  ASSERT_GE(empty_for_ms(), 1000);
   auto doc = busctl({"doctor", "--bus", bus_->name()});
   EXPECT_EQ(doc.code, 1) << doc.out << doc.err;
   EXPECT_NE(doc.out.find("group 'g' (no live member"), std::string::npos) << doc.out;
   EXPECT_NE(doc.out.find("producers are blocked"), std::string::npos) << doc.out;
   EXPECT_NE(doc.out.find("busctl group delete g"), std::string::npos) << doc.out;
+  // For how long: since the group left, so between 1 s and the test's age.
+  const auto age_s = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started).count();
+  std::smatch m;
+  ASSERT_TRUE(std::regex_search(doc.out, m, std::regex("group 'g' \\(no live member for ([0-9]+) s"))) << doc.out;
+  EXPECT_GE(std::stoll(m[1]), 1) << doc.out;
+  EXPECT_LE(std::stoll(m[1]), age_s + 1) << doc.out;
+}
+
+// Finding 6: a producer held back by a live plain consumer that never polls (hold_producers)
+// is told its pid.
+TEST_F(Busd, AProducerHeldBackByALiveConsumerIsToldItsPid) {
+  const Stalled s = stalled_producer(bus_->get(), bus_->name(), "");
+  ASSERT_EQ(s.error.code, Errc::kTimedOut) << s.error.message;
+  EXPECT_NE(s.error.message.find(fmt::format("held by a consumer (pid {})", s.holder)), std::string::npos) << s.error.message;
+  EXPECT_EQ(s.error.message.find("group"), std::string::npos) << "it is in no group: " << s.error.message;
+}
+
+// Finding 6: a producer held back by a live member of a group that never polls (and never
+// committed: busd holds no gate for the group yet, only the member does) is told the group
+// and its live members' pids.
+TEST_F(Busd, AProducerHeldBackByALiveGroupMemberIsToldTheGroupAndItsPids) {
+  const Stalled s = stalled_producer(bus_->get(), bus_->name(), "billing");
+  ASSERT_EQ(s.error.code, Errc::kTimedOut) << s.error.message;
+  EXPECT_NE(s.error.message.find(fmt::format("held by a consumer (pid {0}) of group 'billing' (1 live member: pid {0}; "
+                                             "busctl group describe billing)",
+                                             s.holder)),
+            std::string::npos)
+      << s.error.message;
+  // Its members are alive: not a group that stopped consuming, doctor has nothing on it.
+  EXPECT_EQ(s.doctor.find("billing"), std::string::npos) << s.doctor;
 }
 
 // Finding 6: group delete is refused while the group has live members; once they left it
@@ -1592,6 +1665,80 @@ TEST_F(Busd, ResetOffsetsPlansClampsShiftsAndFindsOffsetsByTime) {
   EXPECT_EQ(busctl({"group", "reset-offsets", "g", "--topic", "t", "--by-duration", "5 parsecs", "--bus", b}).code, 2);
   EXPECT_EQ(committed(0), 0) << "as the last --shift-by=-50 left it";
   EXPECT_EQ(committed(1), 0);
+}
+
+// Finding 7: --topic t:0,2 moves only those partitions; --dry-run, said or not, changes
+// nothing; --dry-run with --execute is refused.
+TEST_F(Busd, ResetOffsetsOfListedPartitionsAndDryRunSaidOrNot) {
+  const std::string& b = bus_->name();
+  ASSERT_EQ(busctl({"topic", "create", "t", "--partitions", "3", "--bus", b}).code, 0);
+  for (const char* p : {"0", "1", "2"})
+    ASSERT_EQ(busctl({"produce", "t", "--partition", p, "--bus", b}, "a\nb\nc\nd\n").code, 0);
+  ASSERT_EQ(busctl({"consume", "t", "--group", "g", "--count", "12", "--timeout-ms", "3000", "--bus", b}).code, 0);
+  auto committed = [&] {
+    std::vector<json> out;
+    json d = describe("g");
+    for (int p = 0; p < 3; ++p) out.push_back(d["partitions"][p]["committed"]);
+    return out;
+  };
+  ASSERT_EQ(committed(), (std::vector<json>{4, 4, 4}));
+  auto dry = busctl({"group", "reset-offsets", "g", "--topic", "t:0,2", "--to-earliest", "--dry-run", "--bus", b});
+  ASSERT_EQ(dry.code, 0) << dry.err;
+  EXPECT_NE(dry.out.find("dry run: nothing changed"), std::string::npos) << dry.out;
+  EXPECT_EQ(committed(), (std::vector<json>{4, 4, 4})) << "--dry-run changed offsets";
+  // The plan: partitions 0 and 2, from 4 to 0; not partition 1.
+  auto plan = busctl({"--json", "group", "reset-offsets", "g", "--topic", "t:0,2", "--to-earliest", "--dry-run", "--bus", b});
+  ASSERT_EQ(plan.code, 0) << plan.err;
+  const json j = json::parse(plan.out);
+  EXPECT_EQ(j["executed"], false);
+  ASSERT_EQ(j["partitions"].size(), 2u) << plan.out;
+  EXPECT_EQ(j["partitions"][0]["partition"], 0);
+  EXPECT_EQ(j["partitions"][1]["partition"], 2);
+  for (const auto& row : j["partitions"]) {
+    EXPECT_EQ(row["current"], 4);
+    EXPECT_EQ(row["target"], 0);
+  }
+  auto both = busctl({"group", "reset-offsets", "g", "--topic", "t:0,2", "--to-earliest", "--dry-run", "--execute", "--bus", b});
+  EXPECT_EQ(both.code, 2);
+  EXPECT_NE(both.err.find("--dry-run and --execute exclude each other"), std::string::npos) << both.err;
+  EXPECT_EQ(committed(), (std::vector<json>{4, 4, 4})) << "the refused reset changed offsets";
+  auto run = busctl({"group", "reset-offsets", "g", "--topic", "t:0,2", "--to-earliest", "--execute", "--bus", b});
+  ASSERT_EQ(run.code, 0) << run.err;
+  EXPECT_EQ(run.out.find("dry run"), std::string::npos) << run.out;
+  EXPECT_EQ(committed(), (std::vector<json>{0, 4, 0})) << "partition 1 must not move";
+  auto trailing = busctl({"group", "reset-offsets", "g", "--topic", "t:0,", "--to-latest", "--execute", "--bus", b});
+  EXPECT_NE(trailing.err.find("--topic 't:0,': a partition is missing after the last ','"), std::string::npos) << trailing.err;
+  for (const char* bad : {"t:0,", "t:0,,2", "t:0,x", "t:"})
+    EXPECT_EQ(busctl({"group", "reset-offsets", "g", "--topic", bad, "--to-latest", "--execute", "--bus", b}).code, 2) << bad;
+  EXPECT_EQ(committed(), (std::vector<json>{0, 4, 0}));
+}
+
+// Finding 7: --by-duration D lands on the first record stamped at or after now - D, in
+// either form (1h, ISO-8601 PT1H).
+TEST_F(Busd, ResetOffsetsByDurationLandsOnTheFirstRecordWithinIt) {
+  TopicConfig cfg;
+  cfg.partitions = 1;
+  ASSERT_TRUE((*bus_)->create_topic("ts", cfg));
+  auto p = Producer::create(bus_->get());
+  const std::int64_t now = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+  constexpr std::int64_t kMin = 60'000'000'000;
+  for (const std::int64_t ago : {120 * kMin, 30 * kMin, std::int64_t{0}}) {  // offsets 0, 1, 2
+    Message m{std::nullopt, as_bytes("v")};
+    m.timestamp_ns = now - ago;
+    ASSERT_TRUE(p->send("ts", m));
+  }
+  auto target = [&](const std::string& d) {
+    auto r = busctl({"--json", "group", "reset-offsets", "g", "--topic", "ts", "--by-duration", d, "--bus", bus_->name()});
+    EXPECT_EQ(r.code, 0) << d << ": " << r.err;
+    return r.code == 0 ? json::parse(r.out)["partitions"][0]["target"] : json();
+  };
+  EXPECT_EQ(target("1h"), 1) << "the record of 30 minutes ago";
+  EXPECT_EQ(target("PT1H"), 1);
+  EXPECT_EQ(target("45m"), 1);
+  EXPECT_EQ(target("3h"), 0);
+  EXPECT_EQ(target("P1D"), 0);
+  EXPECT_EQ(target("10m"), 2) << "only the record of now";
+  EXPECT_EQ(target("PT10M"), 2);
 }
 
 // Finding 7: --to-earliest and the offset of a time reach into a spilled topic's disk log,

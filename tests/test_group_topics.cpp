@@ -134,6 +134,24 @@ TEST_F(GroupTopics, DeletedTopicIsRevokedAndCreatedAgainIsAssignedFromItsStart) 
   EXPECT_EQ(got, 2u);
 }
 
+// With on_lost set, a deleted topic's partitions go to it, not to on_revoked (nothing can be
+// committed for them); Kafka's consumer revokes them (docs/design-deviations.md).
+TEST_F(GroupTopics, DeletedTopicsPartitionsGoToOnLostWhenItIsSet) {
+  make_topic("a", 1);
+  make_topic("b", 1);
+  std::vector<TopicPartition> lost, revoked;
+  ConsumerConfig cc = by_hand();
+  cc.on_lost = [&](const std::vector<TopicPartition>& tps) { lost.insert(lost.end(), tps.begin(), tps.end()); };
+  cc.on_revoked = [&](const std::vector<TopicPartition>& tps) { revoked.insert(revoked.end(), tps.begin(), tps.end()); };
+  auto c = Consumer::create(bus_->get(), cc);
+  ASSERT_TRUE(c->subscribe({"a", "b"}, "g"));
+  ASSERT_EQ(owned(*c), (std::vector<std::string>{"a-0", "b-0"}));
+  ASSERT_TRUE((*bus_)->delete_topic("b"));
+  ASSERT_TRUE(poll_until(*c, {"a-0"})) << fmt::format("{}", fmt::join(owned(*c), ","));
+  EXPECT_EQ(lost, std::vector<TopicPartition>{(TopicPartition{"b", 0})});
+  EXPECT_TRUE(revoked.empty()) << revoked.size() << " partitions revoked";
+}
+
 // Deleted and created again between two looks of busd (the epoch changed, the name did
 // not): the member gives the old topic's partition up and gets the new one's, from its start.
 TEST_F(GroupTopics, TopicRecreatedUnderTheSameNameIsRevokedAndAssignedAnew) {

@@ -9,6 +9,9 @@
 //   worker die-after-claim BUS TOPIC PARTITION N      send N, die right after the claim CAS
 //   worker consume BUS TOPIC PARTS EXPECT TIMEOUT_MS [hold]   PARTS: 0,1,2 ; prints a summary
 //                                         EXPECT 0: until SIGUSR1, then to the end offsets
+//   worker stall BUS TOPIC [GROUP]       takes partition 0 (assign with hold_producers, or
+//       subscribe as a member of GROUP), prints "ready" and never polls: holds a block
+//       topic's producers back until killed
 #include <fcntl.h>
 
 #include <csignal>
@@ -300,6 +303,22 @@ int chaos_produce(const std::string& bus, const std::string& topic, std::uint32_
   return 0;
 }
 
+// A consumer that holds partition 0 and never polls (a member's heartbeat runs on).
+int stall(const std::string& bus, const std::string& topic, const std::string& group) {
+  ConsumerConfig cfg;
+  cfg.auto_offset_reset = OffsetReset::kEarliest;
+  cfg.hold_producers = true;
+  auto c = Consumer::create(attach(bus), cfg);
+  if (!c) return 3;
+  auto ok = group.empty() ? c->assign({{topic, 0}}) : c->subscribe({topic}, group);
+  if (!ok) {
+    std::cerr << "worker: " << ok.error().message << "\n";
+    return 3;
+  }
+  std::cout << "ready" << std::endl;
+  for (;;) ::pause();
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -315,6 +334,7 @@ int main(int argc, char** argv) {
     return die(a[1], a[2], static_cast<std::uint32_t>(std::stoul(a[3])), std::stoull(a[4]), a[0] == "die-after-claim");
   if (a.size() >= 6 && a[0] == "consume")
     return consume(a[1], a[2], a[3], std::stoull(a[4]), std::stoll(a[5]), a.size() > 6 && a[6] == "hold");
+  if ((a.size() == 3 || a.size() == 4) && a[0] == "stall") return stall(a[1], a[2], a.size() == 4 ? a[3] : "");
   std::cerr << "worker: bad arguments\n";
   return 2;
 }

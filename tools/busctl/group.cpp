@@ -165,6 +165,8 @@ class GroupCommands final : public Command {
         parts.push_back(n);
       }
       if (parts.empty()) return tl::unexpected(usage(fmt::format("--topic '{}': no partition after ':'", g_topic)));
+      if (g_topic.back() == ',')  // getline drops an empty last entry: "t:0," would move partition 0 alone
+        return tl::unexpected(usage(fmt::format("--topic '{}': a partition is missing after the last ','", g_topic)));
       req["partitions"] = parts;
     }
     if (r_earliest) req["mode"] = "earliest";
