@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -308,6 +309,55 @@ TEST_F(Busd, AsynchronousCommitIsAnsweredOnlyOnceOnDisk) {
     EXPECT_NE(last.find(fmt::format(" g t 0 {} ", off)), std::string::npos)
         << "busd answered an asynchronous commit of " << off << " before " << log_path << " held it; its last line: " << last;
   }
+}
+
+// A member that reads nothing (its replies and pushes pile up past busd's 16 MiB bound)
+// is closed by busd, and that close (which removes the member) comes after the rebalance
+// whose push crossed the bound, not inside its walk over the group's members: busd used to
+// erase the member being iterated (a use-after-free, a crash under ASan or at random).
+TEST_F(Busd, AMemberThatReadsNothingIsClosedOnlyAfterTheRebalanceThatOverfilledIt) {
+  TopicConfig cfg;
+  cfg.partitions = 1024;  // each assign push to it lists them all: ~10 KiB
+  cfg.capacity = 4096;
+  ASSERT_TRUE((*bus_)->create_topic("t", cfg));
+  ASSERT_TRUE((*bus_)->create_topic("u", TopicConfig{}));
+  auto deaf = BusdConnection::connect(bus_->name(), 5s);
+  ASSERT_TRUE(deaf) << deaf.error().message;
+  auto joined = (*deaf)->request({{"op", "join"}, {"group", "g"}, {"topics", {"t"}}, {"name", "a-deaf"},
+                                  {"session_timeout_ms", 120000}}, 5s);
+  ASSERT_TRUE(joined) << joined.error().message;
+  const std::string deaf_id = (*joined)["member_id"];
+  // Another member comes and goes: each time a generation forms, the deaf one gets an
+  // assign push it never reads, until busd drops it.
+  auto other = BusdConnection::connect(bus_->name(), 5s);
+  ASSERT_TRUE(other) << other.error().message;
+  const auto deadline = std::chrono::steady_clock::now() + 90s;
+  bool gone = false;
+  for (int i = 0; !gone && std::chrono::steady_clock::now() < deadline; ++i) {
+    auto j = (*other)->request({{"op", "join"}, {"group", "g"}, {"topics", {"u"}}, {"name", "b-other"}}, 5s);
+    ASSERT_TRUE(j) << "busd stopped answering: " << j.error().message;
+    ASSERT_TRUE((*other)->request({{"op", "leave"}}, 5s));
+    (*other)->pushes().clear();
+    if (i % 25 == 0) {
+      const json d = describe("g");
+      ASSERT_TRUE(d.contains("members")) << "busd stopped answering";
+      gone = std::none_of(d["members"].begin(), d["members"].end(), [&](const json& m) { return m["member_id"] == deaf_id; });
+    }
+  }
+  ASSERT_TRUE(gone) << "the deaf member was never dropped";
+  // busd serves on, and the group works: a new member gets every partition of t.
+  EXPECT_TRUE(status().contains("pid"));
+  auto fresh = BusdConnection::connect(bus_->name(), 5s);
+  ASSERT_TRUE(fresh);
+  ASSERT_TRUE((*fresh)->request({{"op", "join"}, {"group", "g"}, {"topics", {"t"}}, {"name", "c"}}, 5s));
+  std::size_t got = 0;
+  for (int i = 0; i < 400 && !got; ++i) {
+    (*fresh)->pump();
+    for (auto& p : (*fresh)->pushes())
+      if (p.value("push", "") == "assign") got = p["partitions"].size();
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ(got, 1024u);
 }
 
 TEST_F(Busd, StaleGenerationAndForeignPartitionCommitsAreRefused) {

@@ -777,6 +777,160 @@ TEST_F(KafkaGateway, AStalledKafkaMemberIsRemovedAndHoldsNobodyElse) {
             k::kUnknownMemberId);
 }
 
+// A member id handed to a Kafka client by MEMBER_ID_REQUIRED (KIP-394) is not for a native
+// member to take: busd gives the native one another, and the Kafka client joins with its
+// own. (A native member under that id made the Kafka JoinGroup read a native member as a
+// Kafka one.) A Kafka JoinGroup naming a native member's id is UNKNOWN_MEMBER_ID.
+TEST_F(KafkaGateway, ANativeJoinCannotTakeAPendingKafkaMemberId) {
+  ASSERT_TRUE((*bus_)->create_topic("pk", TopicConfig{}));
+  RawClient a(port_);
+  auto j = a.call<k::JoinGroupResponse>(5, join_of("pkg", "", {"pk"}));
+  ASSERT_TRUE(j);
+  ASSERT_EQ(j->error_code, k::kMemberIdRequired);
+  const std::string pending = j->member_id;
+  auto conn = BusdConnection::connect(bus_->name(), 5s);
+  ASSERT_TRUE(conn) << conn.error().message;
+  auto nat = (*conn)->request({{"op", "join"}, {"group", "pkg"}, {"topics", {"pk"}}, {"member_id", pending}}, 5s);
+  ASSERT_TRUE(nat) << nat.error().message;
+  const std::string native_id = (*nat)["member_id"];
+  EXPECT_NE(native_id, pending) << "the native member took the Kafka client's pending id";
+  // The Kafka client joins with its id (the native member gives up the partition first).
+  ASSERT_TRUE(a.send<k::JoinGroupResponse>(5, join_of("pkg", pending, {"pk"})));
+  for (int i = 0; i < 400; ++i) {
+    (*conn)->pump();
+    bool revoke = false;
+    for (auto& p : (*conn)->pushes()) revoke |= p.value("push", "") == "revoke";
+    if (revoke) {
+      ASSERT_TRUE((*conn)->request({{"op", "revoked"}, {"partitions", json::array({json::array({"pk", 0})})}}, 5s));
+      break;
+    }
+    std::this_thread::sleep_for(5ms);
+  }
+  j = a.receive<k::JoinGroupResponse>(5);
+  ASSERT_TRUE(j);
+  EXPECT_EQ(j->error_code, 0);
+  EXPECT_EQ(j->member_id, pending);
+  // Naming the native member's id: not a Kafka member.
+  RawClient b(port_);
+  j = b.call<k::JoinGroupResponse>(5, join_of("pkg", native_id, {"pk"}));
+  ASSERT_TRUE(j);
+  EXPECT_EQ(j->error_code, k::kUnknownMemberId);
+  EXPECT_TRUE(child_alive());
+}
+
+// A Kafka member assigned a partition of a topic that is then deleted and created again
+// read the old topic: its commit (an eager client commits when asked to join again) is
+// refused with REBALANCE_IN_PROGRESS, and the new topic has no offset from it.
+TEST_F(KafkaGateway, AKafkaCommitOfARecreatedTopicIsRefused) {
+  ASSERT_TRUE((*bus_)->create_topic("rc", TopicConfig{}));
+  RawClient a(port_);
+  auto j = a.call<k::JoinGroupResponse>(2, join_of("rcg", "", {"rc"}));
+  ASSERT_TRUE(j);
+  ASSERT_EQ(j->error_code, 0);
+  auto sy = a.call<k::SyncGroupResponse>(1, k::SyncGroupRequest{"rcg", j->generation_id, j->member_id, std::nullopt, {}});
+  ASSERT_TRUE(sy);
+  ASSERT_EQ(assigned(*sy, "rc"), (std::vector<std::int32_t>{0}));
+  EXPECT_EQ(commit_error(a.call<k::OffsetCommitResponse>(2, commit_of("rcg", j->generation_id, j->member_id, "rc", 0, 3))), 0);
+  ASSERT_TRUE((*bus_)->delete_topic("rc"));
+  ASSERT_TRUE((*bus_)->create_topic("rc", TopicConfig{}));
+  EXPECT_EQ(commit_error(a.call<k::OffsetCommitResponse>(2, commit_of("rcg", j->generation_id, j->member_id, "rc", 0, 7))),
+            k::kRebalanceInProgress);
+  auto f = a.call<k::OffsetFetchResponse>(1, k::OffsetFetchRequest{"rcg", std::vector<k::OffsetFetchRequest::Topic>{{"rc", {0}}}});
+  ASSERT_TRUE(f);
+  ASSERT_EQ(f->topics.at(0).partitions.size(), 1u);
+  EXPECT_EQ(f->topics[0].partitions[0].committed_offset, -1) << "an offset of the old topic on the new one";
+}
+
+// busd serves the eager protocol only: a client listing only cooperative protocols
+// (KIP-429) is refused, and one listing an eager one too is answered with that one (a
+// cooperative client would keep consuming what busd gives another).
+TEST_F(KafkaGateway, CooperativeProtocolsAreLeftOutOfTheVote) {
+  ASSERT_TRUE((*bus_)->create_topic("cp", TopicConfig{}));
+  RawClient a(port_);
+  auto j = a.call<k::JoinGroupResponse>(2, join_of("cpg", "", {"cp"}, {"cooperative-sticky"}));
+  ASSERT_TRUE(j);
+  EXPECT_EQ(j->error_code, k::kInconsistentGroupProtocol);
+  j = a.call<k::JoinGroupResponse>(2, join_of("cpg", "", {"cp"}, {"cooperative-sticky", "range"}));
+  ASSERT_TRUE(j);
+  ASSERT_EQ(j->error_code, 0);
+  EXPECT_EQ(j->protocol_name, "range");
+}
+
+// KIP-394's MEMBER_ID_REQUIRED for any group name makes no group (junk names used to stay
+// as empty groups for ever), the ids handed out are bounded (4096, then
+// COORDINATOR_NOT_AVAILABLE), and they lapse after the session timeout asked.
+TEST_F(KafkaGateway, MemberIdsAskedForMakeNoGroupAndAreBounded) {
+  RawClient a(port_);
+  std::int16_t last = 0;
+  for (int i = 0; i < 4097; ++i) {
+    auto j = a.call<k::JoinGroupResponse>(5, join_of(fmt::format("junk{}", i), "", {"none"}));
+    ASSERT_TRUE(j);
+    if (i < 4096) {
+      ASSERT_EQ(j->error_code, k::kMemberIdRequired) << i;
+    }
+    last = j->error_code;
+  }
+  EXPECT_EQ(last, k::kCoordinatorNotAvailable) << "beyond the bound";
+  auto conn = BusdConnection::connect(bus_->name(), 5s);
+  ASSERT_TRUE(conn);
+  auto list = (*conn)->request({{"op", "group_list"}}, 20s);
+  ASSERT_TRUE(list) << list.error().message;
+  EXPECT_EQ((*list)["groups"].size(), 0u) << list->dump().substr(0, 300);
+  // They lapse after the session timeout (6 s): ids are handed out again.
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  for (;;) {
+    auto j = a.call<k::JoinGroupResponse>(5, join_of("junk-late", "", {"none"}));
+    ASSERT_TRUE(j);
+    if (j->error_code == k::kMemberIdRequired) break;
+    ASSERT_EQ(j->error_code, k::kCoordinatorNotAvailable);
+    ASSERT_LT(std::chrono::steady_clock::now(), deadline) << "the ids never lapsed";
+    std::this_thread::sleep_for(200ms);
+  }
+  EXPECT_TRUE(child_alive());
+}
+
+// One DescribeGroups naming 100k groups, with 20k offsets committed, does not stop busd:
+// more than 10000 names are refused whole (INVALID_REQUEST each), and a group's offsets
+// are looked up, not scanned for each name. Meanwhile another connection is served.
+TEST_F(KafkaGateway, AHugeDescribeGroupsDoesNotBlockBusd) {
+  TopicConfig cfg;
+  cfg.partitions = 1000;
+  cfg.capacity = 4096;
+  ASSERT_TRUE((*bus_)->create_topic("dg", cfg));
+  RawClient a(port_), other(port_);
+  for (int g = 0; g < 20; ++g) {
+    k::OffsetCommitRequest r;
+    r.group_id = fmt::format("dgroup{}", g);
+    r.generation_id = -1;
+    r.topics.push_back({"dg", {}});
+    for (std::int32_t p = 0; p < 1000; ++p) {
+      k::OffsetCommitRequest::Partition part;
+      part.partition_index = p;
+      part.committed_offset = 1;
+      r.topics[0].partitions.push_back(part);
+    }
+    auto c = a.call<k::OffsetCommitResponse>(2, r);
+    ASSERT_TRUE(c);
+    ASSERT_EQ(c->topics.at(0).partitions.at(999).error_code, 0);
+  }
+  k::DescribeGroupsRequest big;
+  for (int i = 0; i < 100'000; ++i) big.groups.push_back(fmt::format("n{}", i));
+  ASSERT_TRUE(a.send<k::DescribeGroupsResponse>(4, big));
+  std::this_thread::sleep_for(50ms);  // busd has it (not a wait for a result: the bound below is)
+  auto md = other.call<k::MetadataResponse>(4, k::MetadataRequest{std::vector<std::string>{"dg"}, false}, 2s);
+  ASSERT_TRUE(md) << "busd did not answer another client within 2 s";
+  auto d = a.receive<k::DescribeGroupsResponse>(4, 20s);
+  ASSERT_TRUE(d);
+  ASSERT_EQ(d->groups.size(), 100'000u);
+  EXPECT_EQ(d->groups[0].error_code, k::kInvalidRequest);
+  // Within the bound: answered, found by look-up.
+  auto small = a.call<k::DescribeGroupsResponse>(4, k::DescribeGroupsRequest{{"dgroup3", "none"}, false});
+  ASSERT_TRUE(small);
+  ASSERT_EQ(small->groups.size(), 2u);
+  EXPECT_EQ(small->groups[0].group_state, "Empty");
+  EXPECT_EQ(small->groups[1].group_state, "Dead");
+}
+
 TEST_F(KafkaGateway, OffsetsCommittedNativelyAreSeenByKafkaAndTheReverse) {
   TopicConfig cfg;
   cfg.partitions = 2;

@@ -1,6 +1,9 @@
 // Committed offsets on disk: survive reopen, a torn tail or a corrupt line is skipped.
 #include <gtest/gtest.h>
 
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <filesystem>
@@ -102,4 +105,43 @@ TEST(OffsetStore, Finding2AnOffsetOfAnotherCreationOfTheTopicIsNone) {
   EXPECT_FALSE(again->get({"g", "u", 0}, 0xbb));
   EXPECT_EQ(again->skipped_lines(), 0u);
   EXPECT_EQ(again->get({"g", "old", 0}, 0x1234), 4u) << "an old line's epoch is unknown: kept";
+}
+
+// A write of offsets.log cut short (here: the file size limit, as a full disk would) and
+// then retried writes only what is missing: the piece already written and the rest join
+// into whole lines. (The retry wrote everything again, so the torn piece merged with the
+// first line rewritten and that line's CRC failed: an offset acknowledged after the retry
+// was lost on reopen.)
+TEST(OffsetStore, AShortWriteRetriedLosesNoOffset) {
+  TempDir d;
+  const pid_t pid = ::fork();
+  ASSERT_GE(pid, 0);
+  if (pid == 0) {  // the child: its own file size limit
+    ::signal(SIGXFSZ, SIG_IGN);
+    auto s = OffsetStore::open(d.path);
+    if (!s) ::_exit(2);
+    s->put({"g", "t", 0}, 11, 7);
+    s->put({"g", "t", 1}, 22, 7);
+    s->put({"g", "t", 2}, 33, 7);
+    rlimit lim{};
+    ::getrlimit(RLIMIT_FSIZE, &lim);
+    const rlim_t was = lim.rlim_cur;
+    lim.rlim_cur = 10;  // within the first line
+    if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) ::_exit(3);
+    if (s->flush()) ::_exit(4);  // cut short: an error
+    lim.rlim_cur = was;
+    if (::setrlimit(RLIMIT_FSIZE, &lim) != 0) ::_exit(3);
+    if (!s->flush()) ::_exit(5);  // the retry: these three are acknowledged now
+    ::_exit(0);
+  }
+  int st = 0;
+  ASSERT_EQ(::waitpid(pid, &st, 0), pid);
+  ASSERT_TRUE(WIFEXITED(st));
+  ASSERT_EQ(WEXITSTATUS(st), 0);
+  auto s = OffsetStore::open(d.path);
+  ASSERT_TRUE(s);
+  EXPECT_EQ(s->get({"g", "t", 0}, 7), 11u);
+  EXPECT_EQ(s->get({"g", "t", 1}, 7), 22u);
+  EXPECT_EQ(s->get({"g", "t", 2}, 7), 33u);
+  EXPECT_EQ(s->skipped_lines(), 0u);
 }

@@ -261,6 +261,7 @@ Status Daemon::loop() {
         }
         if (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR)) on_readable(fd);
       }
+      close_marked();
     }
     if (stopping_) {
       (void)offsets_.flush();
@@ -353,6 +354,7 @@ void Daemon::close_conn(int fd, const std::string& why) {
   auto it = conns_.find(fd);
   if (it == conns_.end()) return;
   const std::string group = it->second.group, member = it->second.member_id;
+  to_close_.erase(fd);  // its fd may be reused: a mark must not close the next connection
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
   ::close(fd);
   conns_.erase(it);
@@ -368,10 +370,21 @@ void Daemon::close_conn(int fd, const std::string& why) {
 void Daemon::send(int fd, const json& m) {
   auto it = conns_.find(fd);
   if (it == conns_.end()) return;
+  if (to_close_.count(fd)) return;  // marked: it gets nothing more
   proto::encode(m, it->second.out);
   flush_out(it->second);
-  // A client that does not read its socket does not get to grow busd's memory.
-  if (it->second.out.size() > (16u << 20)) close_conn(fd, "not reading its replies");
+  // A client that does not read its socket does not get to grow busd's memory. Closed
+  // after the current event or tick: closing removes its member, and our caller may be
+  // walking the group's members (rebalance, expire_members).
+  if (it->second.out.size() > (16u << 20)) to_close_.emplace(fd, "not reading its replies");
+}
+
+void Daemon::close_marked() {
+  while (!to_close_.empty()) {
+    auto [fd, why] = *to_close_.begin();
+    close_conn(fd, why);  // may mark others (a rebalance's pushes): the loop takes them too
+    to_close_.erase(fd);
+  }
 }
 
 void Daemon::flush_out(Conn& c) {

@@ -116,6 +116,9 @@ void Daemon::rebalance(Group& g) {
         m.kafka->state = KafkaMember::State::kJoined;
         m.kafka->generation = static_cast<std::int64_t>(g.generation);
         m.kafka->seen_ns = shm::monotonic_ns();  // its session runs again from now
+        m.kafka->epochs.clear();
+        for (const auto& tp : m.owned)
+          if (auto t = bus_->topic(tp.topic)) m.kafka->epochs[tp.topic] = (*t)->epoch();
         ++kafka_progress_;
       }
       for (const auto& tp : m.owned) update_gate(g.name, tp);
@@ -199,7 +202,8 @@ void Daemon::op_join(Conn& c, const json& req) {
   g.name = group;
   if (g.members.empty()) g.assignor = *kind;
   std::string id = req.value("member_id", "");
-  if (id.empty() || g.members.count(id))
+  // Not one that is taken, nor one handed to a Kafka client (KIP-394) that has not used it yet.
+  if (id.empty() || g.members.count(id) || kafka_pending_.count({group, id}))
     id = fmt::format("{}-{}-{:06x}", req.value("name", "member"), c.pid, shm::random_u64() & 0xffffff);
   const std::string instance = req.value("group_instance_id", "");
   if (!instance.empty())

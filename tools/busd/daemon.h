@@ -69,6 +69,9 @@ struct KafkaMember {
   std::int64_t generation = -1;  // the generation its JoinGroup answer gave
   std::uint64_t seen_ns = 0;     // its last JoinGroup, SyncGroup, Heartbeat or OffsetCommit
   std::vector<TopicPartition> previous;  // what it had before it joined again (the assignor keeps it)
+  // The epoch of each topic it was assigned, at the assignment: a commit of a topic since
+  // deleted and created again is of the old one (refused).
+  std::map<std::string, std::uint64_t> epochs;
 };
 
 struct Member {
@@ -108,11 +111,8 @@ struct Group {
   std::uint64_t revoke_deadline_ns = 0;
   bool pending_grace = false;  // rebalanced during the start-up grace: do it again after
   std::uint64_t rebalances = 0;  // generations this busd made (metrics)
-  // Kafka's side: the protocol (assignor name) its Kafka members were last answered with,
-  // and the member ids handed out by MEMBER_ID_REQUIRED (KIP-394) not used yet, with
-  // when they lapse.
+  // Kafka's side: the protocol (assignor name) its Kafka members were last answered with.
   std::string kafka_protocol;
-  std::map<std::string, std::uint64_t> kafka_pending;
 };
 
 class Daemon final : private kafka::GroupCoordinator {
@@ -132,7 +132,10 @@ class Daemon final : private kafka::GroupCoordinator {
   void accept_clients();
   void on_readable(int fd);
   void close_conn(int fd, const std::string& why);
+  // Queues `m`; a connection that lets more than 16 MiB pile up unread is marked for closing
+  // (to_close_), never closed here: send() is called while groups' members are iterated.
   void send(int fd, const json& m);
+  void close_marked();  // closes what send() marked: after each event and each tick
   void flush_out(Conn& c);
   void reply(Conn& c, const json& req, json body);
   void reply_error(Conn& c, const json& req, Errc code, const std::string& msg);
@@ -239,6 +242,7 @@ class Daemon final : private kafka::GroupCoordinator {
   MemberSlot* slots_ = nullptr;
   OffsetStore offsets_;
   std::map<int, Conn> conns_;
+  std::map<int, std::string> to_close_;  // fd -> why: closed by close_marked(), never within a handler
   std::map<std::string, Group> groups_;
   std::int64_t started_ns_ = 0;
   std::uint64_t started_mono_ = 0;
@@ -258,6 +262,9 @@ class Daemon final : private kafka::GroupCoordinator {
   std::map<std::string, std::int64_t> empty_since_ns_;  // CLOCK_REALTIME; groups with no member
   std::map<std::pair<std::string, TopicPartition>, std::string> gate_failures_;  // gates not held, why
   std::uint64_t kafka_progress_ = 0;  // moves when a parked Kafka JoinGroup may be answered
+  // The member ids handed out by MEMBER_ID_REQUIRED (KIP-394) and not used yet, by (group,
+  // id), with when they lapse: kept outside groups_, so that asking makes no group.
+  std::map<std::pair<std::string, std::string>, std::uint64_t> kafka_pending_;
   std::unique_ptr<Spiller> spiller_;  // declared last: stopped first
 };
 

@@ -26,6 +26,14 @@ constexpr std::int16_t kInvalidGroupId = 24;
 constexpr std::int32_t kMinSessionTimeoutMs = 6'000;  // Kafka's group.min/max.session.timeout.ms
 constexpr std::int32_t kMaxSessionTimeoutMs = 1'800'000;
 constexpr std::size_t kMaxCommitMetadata = 4096;  // Kafka's offset.metadata.max.bytes
+// KIP-394 member ids handed out and not used yet, all groups together (docs/kafka.md).
+constexpr std::size_t kMaxPendingMemberIds = 4096;
+// A Kafka member's protocols' metadata (subscriptions), all together; members of a group
+// (all kinds) a Kafka JoinGroup may make; group names one DescribeGroups may name.
+constexpr std::size_t kMaxProtocolMetadata = 1 << 20;
+constexpr std::size_t kMaxGroupMembers = 1000;
+constexpr std::size_t kMaxDescribedGroups = 10'000;
+constexpr std::int16_t kGroupMaxSizeReached = 81;
 
 std::string new_member_id(const std::string& client_id) {
   const std::uint64_t a = shm::random_u64(), b = shm::random_u64();
@@ -41,6 +49,10 @@ k::TopicPartitionList partition_list(const std::vector<TopicPartition>& tps) {
   }
   return out;
 }
+
+// KIP-429's incremental protocols: Java's and librdkafka's "cooperative-sticky", and any
+// other that says so by name.
+bool is_cooperative(const std::string& protocol) { return protocol.find("cooperative") != std::string::npos; }
 
 // The protocol names every member of `members` lists (all of them when `members` is empty).
 std::set<std::string> common_protocols(const std::vector<const KafkaMember*>& members) {
@@ -124,7 +136,22 @@ std::optional<k::JoinGroupResponse> Daemon::join_group(const k::JoinGroupRequest
     return fail(k::kInconsistentGroupProtocol,
                 fmt::format("protocol type '{}' with {} protocols: busd assigns for 'consumer' groups", r.protocol_type,
                             r.protocols.size()));
-  auto sub = k::decode_subscription(r.protocols.front().metadata);
+  // busd serves the eager protocol only: a cooperative client (KIP-429) keeps consuming
+  // what it had while it joins again, so handing those partitions to another member would
+  // give them two owners. Its cooperative protocols are left out; none other: refused.
+  std::vector<k::JoinGroupRequest::Protocol> eager;
+  for (const auto& p : r.protocols)
+    if (!is_cooperative(p.name)) eager.push_back(p);
+  if (eager.empty())
+    return fail(k::kInconsistentGroupProtocol,
+                fmt::format("only cooperative protocols ('{}'): busd serves eager ones (range, roundrobin, sticky)",
+                            r.protocols.front().name));
+  std::size_t metadata = 0;
+  for (const auto& p : r.protocols) metadata += p.name.size() + p.metadata.size();
+  if (metadata > kMaxProtocolMetadata)
+    return fail(k::kInconsistentGroupProtocol, fmt::format("{} bytes of protocol metadata (at most {})", metadata,
+                                                           kMaxProtocolMetadata));
+  auto sub = k::decode_subscription(eager.front().metadata);
   if (!sub) return fail(k::kInconsistentGroupProtocol, sub.error());
   const std::uint64_t now = shm::monotonic_ns();
   auto git = groups_.find(r.group_id);
@@ -132,19 +159,23 @@ std::optional<k::JoinGroupResponse> Daemon::join_group(const k::JoinGroupRequest
   if (id.empty()) {
     id = new_member_id(who.client_id);
     if (version >= 4) {  // KIP-394: the client asks again with this id
-      Group& g = groups_[r.group_id];
-      g.name = r.group_id;
-      g.kafka_pending[id] = now + static_cast<std::uint64_t>(r.session_timeout_ms) * 1'000'000ull;
+      // Bounded: ids asked for and never used lapse only after a session timeout.
+      if (kafka_pending_.size() >= kMaxPendingMemberIds)
+        return fail(k::kCoordinatorNotAvailable,
+                    fmt::format("{} member ids handed out and not used yet: try again later", kafka_pending_.size()));
+      kafka_pending_[{r.group_id, id}] = now + static_cast<std::uint64_t>(r.session_timeout_ms) * 1'000'000ull;
       out.member_id = id;
       return fail(k::kMemberIdRequired, "");
     }
   } else {
-    const bool pending = git != groups_.end() && git->second.kafka_pending.count(id);
+    const bool pending = kafka_pending_.count({r.group_id, id}) > 0;
+    const bool native = git != groups_.end() && git->second.members.count(id) && !git->second.members.at(id).kafka;
+    if (native) return fail(k::kUnknownMemberId, fmt::format("member id '{}' is a native member's", id));
     if (!pending && !kafka_member(r.group_id, id)) return fail(k::kUnknownMemberId, "");
   }
   Group& g = groups_[r.group_id];
   g.name = r.group_id;
-  g.kafka_pending.erase(id);
+  kafka_pending_.erase({r.group_id, id});
   member_id = id;
   // A protocol all Kafka members list (the assignor name each client looks up).
   std::vector<const KafkaMember*> others;
@@ -152,7 +183,7 @@ std::optional<k::JoinGroupResponse> Daemon::join_group(const k::JoinGroupRequest
     if (om.kafka && oid != id) others.push_back(&*om.kafka);
   if (!others.empty()) {
     const std::set<std::string> common = common_protocols(others);
-    if (std::none_of(r.protocols.begin(), r.protocols.end(), [&](const auto& p) { return common.count(p.name) > 0; }))
+    if (std::none_of(eager.begin(), eager.end(), [&](const auto& p) { return common.count(p.name) > 0; }))
       return fail(k::kInconsistentGroupProtocol, "none of its protocols is listed by every other Kafka member");
   }
   // The answer once the generation formed; nullopt (parked) while it forms.
@@ -173,6 +204,8 @@ std::optional<k::JoinGroupResponse> Daemon::join_group(const k::JoinGroupRequest
     return answer(mit->second);
   // A new member, or one joining again: with Kafka's eager protocol it has given up
   // everything it had (its client revoked it all and committed before sending this).
+  if (mit == g.members.end() && g.members.size() >= kMaxGroupMembers)
+    return fail(kGroupMaxSizeReached, fmt::format("the group has {} members (at most {})", g.members.size(), kMaxGroupMembers));
   Member fresh;
   Member& m = mit != g.members.end() ? mit->second : fresh;
   if (!m.kafka) {
@@ -184,7 +217,7 @@ std::optional<k::JoinGroupResponse> Daemon::join_group(const k::JoinGroupRequest
   m.kafka->client_id = who.client_id;
   m.kafka->client_host = who.host;
   m.kafka->protocols.clear();
-  for (const auto& p : r.protocols) m.kafka->protocols.emplace_back(p.name, p.metadata);
+  for (const auto& p : eager) m.kafka->protocols.emplace_back(p.name, p.metadata);
   m.kafka->seen_ns = now;
   m.kafka->previous = std::move(m.owned);
   m.owned.clear();
@@ -199,7 +232,7 @@ std::optional<k::JoinGroupResponse> Daemon::join_group(const k::JoinGroupRequest
   m.max_poll_interval_ms = r.rebalance_timeout_ms > 0 ? r.rebalance_timeout_ms : r.session_timeout_ms;  // its revoke deadline
   if (mit == g.members.end()) {
     if (g.members.empty()) {  // it founds the group: the assignor its first protocol names, if busd has it
-      auto kind = parse_assignor(r.protocols.front().name);
+      auto kind = parse_assignor(eager.front().name);
       g.assignor = kind ? *kind : AssignorKind::kSticky;
     }
     log(fmt::format("group '{}': Kafka member {} ({}) joined, topics {}", g.name, id, who.client_id, json(m.subscription).dump()));
@@ -291,6 +324,9 @@ k::OffsetCommitResponse Daemon::offset_commit(const k::OffsetCommitRequest& r) {
         else if (p.committed_metadata && p.committed_metadata->size() > kMaxCommitMetadata) code = kOffsetMetadataTooLarge;
         // A member commits what it owns: a partition moved on is the new owner's.
         else if (m && std::find(m->owned.begin(), m->owned.end(), tp) == m->owned.end()) code = k::kIllegalGeneration;
+        // Assigned from a topic since deleted and created again: what it read is the old one's
+        // (an eager client commits on revoke); it joins again and gets the new one.
+        else if (m && m->kafka->epochs.count(t.name) && m->kafka->epochs.at(t.name) != (*topic)->epoch()) code = k::kRebalanceInProgress;
         else todo.push_back({tp, static_cast<std::uint64_t>(p.committed_offset), (*topic)->epoch(), p.committed_metadata.value_or("")});
       }
     out.topics.push_back(std::move(rt));
@@ -355,12 +391,21 @@ k::OffsetFetchResponse Daemon::offset_fetch(const k::OffsetFetchRequest& r) {
 
 k::DescribeGroupsResponse Daemon::describe_groups(const k::DescribeGroupsRequest& r) {
   k::DescribeGroupsResponse out;
+  if (r.groups.size() > kMaxDescribedGroups) {  // refused whole, looked up not at all
+    log(fmt::format("kafka: DescribeGroups of {} groups refused (at most {} a request)", r.groups.size(), kMaxDescribedGroups));
+    for (const auto& name : r.groups) {
+      k::DescribeGroupsResponse::Group rg;
+      rg.error_code = k::kInvalidRequest;
+      rg.group_id = name;
+      out.groups.push_back(std::move(rg));
+    }
+    return out;
+  }
   for (const auto& name : r.groups) {
     k::DescribeGroupsResponse::Group rg;
     rg.group_id = name;
     auto g = groups_.find(name);
-    bool has_offsets = false;
-    for (const auto& [key, c] : offsets_.all()) has_offsets |= key.group == name;
+    const bool has_offsets = offsets_.has_group(name);
     if (g == groups_.end() || g->second.members.empty()) {
       rg.group_state = has_offsets || g != groups_.end() ? "Empty" : "Dead";
       rg.protocol_type = has_offsets ? "consumer" : "";

@@ -28,8 +28,8 @@ std::int64_t Daemon::revoke_timeout_ms(const Member& m) const {
 }
 
 void Daemon::expire_members(std::uint64_t now) {
+  std::erase_if(kafka_pending_, [&](const auto& p) { return now > p.second; });  // KIP-394 ids never used
   for (auto& [name, g] : groups_) {
-    std::erase_if(g.kafka_pending, [&](const auto& p) { return now > p.second; });  // KIP-394 ids never used
     struct Expired {
       std::string id, reason, why;
     };

@@ -133,6 +133,11 @@ const CommittedOffset* OffsetStore::find(const OffsetKey& k, std::uint64_t topic
   return &it->second;
 }
 
+bool OffsetStore::has_group(const std::string& group) const {
+  auto it = offsets_.lower_bound(OffsetKey{group, "", 0});  // keys order by group first
+  return it != offsets_.end() && it->first.group == group;
+}
+
 void OffsetStore::put(const OffsetKey& k, std::uint64_t offset, std::uint64_t topic_epoch, const std::string& metadata) {
   const CommittedOffset c{offset, topic_epoch, metadata};
   auto it = offsets_.find(k);
@@ -175,7 +180,13 @@ Status OffsetStore::flush() {
   while (done < pending_.size()) {
     const ssize_t n = ::write(fd_, pending_.data() + done, pending_.size() - done);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return make_error(Errc::kSystem, fmt::format("cannot write {}: {}", path_, std::strerror(errno)));
+    if (n < 0) {
+      // What was written stays written (a torn line, to be completed): the retry writes only
+      // the rest, so that the piece on disk and the rest join into whole lines again.
+      const int err = errno;
+      pending_.erase(0, done);
+      return make_error(Errc::kSystem, fmt::format("cannot write {}: {}", path_, std::strerror(err)));
+    }
     done += static_cast<std::size_t>(n);
   }
   pending_.clear();

@@ -45,6 +45,7 @@ class OffsetStore {
   ~OffsetStore();
 
   const std::map<OffsetKey, CommittedOffset>& all() const { return offsets_; }
+  bool has_group(const std::string& group) const;  // any offset of it (a look-up, not a scan)
   // The offset committed for `k` in the creation `topic_epoch` of its topic (or in an
   // unknown one: epoch 0), else none.
   std::optional<std::uint64_t> get(const OffsetKey& k, std::uint64_t topic_epoch) const;
