@@ -159,6 +159,17 @@ Status ring_validate(const Segment& seg) {
   if (c.retention > 1) return make_error(Errc::kBadSegment, fmt::format("{}: unknown retention {}", path, c.retention));
   if (ctl->limits.claim_timeout_ns == 0 || ctl->limits.claim_timeout_ns > 3'600'000'000'000ull)
     return make_error(Errc::kBadSegment, fmt::format("{}: claim timeout {} ns out of range", path, ctl->limits.claim_timeout_ns));
+  // The two cursors every reader starts from: records stand on 8-byte boundaries, and the
+  // start never passes the end. The start is read first: producers only move both forward,
+  // so a live ring passes however it moves meanwhile.
+  const Pair64 r = snapshot128(&ctl->reclaim);
+  const Pair64 t = snapshot128(&ctl->tail);
+  if ((r.second & 7) != 0 || (t.second & 7) != 0)
+    return make_error(Errc::kBadSegment, fmt::format("{}: a ring cursor is off the 8-byte record grid (start byte {}, end byte {})",
+                                                     path, r.second, t.second));
+  if ((r.first & kReclaimOffsetMask) > t.first || r.second > t.second)
+    return make_error(Errc::kBadSegment, fmt::format("{}: the ring's start (offset {}, byte {}) is past its end (offset {}, byte {})",
+                                                     path, r.first & kReclaimOffsetMask, r.second, t.first, t.second));
   return {};
 }
 
@@ -829,7 +840,7 @@ void RingReader::describe_insane(Insane what, std::uint64_t word, std::uint32_t 
 void RingReader::seek_earliest() noexcept {
   const Pair64 r = snapshot128(&ring_.ctl()->reclaim);
   offset_ = r.first & kReclaimOffsetMask;
-  pos_ = r.second;
+  pos_ = r.second & ~std::uint64_t{7};  // on the record grid even if forged after ring_validate()
   committed_until_ = 0;
   stall_offset_ = kNoClaim;
 }
@@ -837,7 +848,7 @@ void RingReader::seek_earliest() noexcept {
 void RingReader::seek_latest() noexcept {
   const Pair64 t = snapshot128(&ring_.ctl()->tail);
   offset_ = t.first;
-  pos_ = t.second;
+  pos_ = t.second & ~std::uint64_t{7};
   committed_until_ = 0;
   stall_offset_ = kNoClaim;
 }
@@ -851,7 +862,7 @@ ReadStatus RingReader::seek(std::uint64_t offset) noexcept {
     committed_until_ = 0;
     if (offset == t.first) {
       offset_ = t.first;
-      pos_ = t.second;
+      pos_ = t.second & ~std::uint64_t{7};
       return ReadStatus::kRecord;
     }
     // Fast: the index; a hit is proved by the word, which names its own offset (words are
@@ -866,7 +877,7 @@ ReadStatus RingReader::seek(std::uint64_t offset) noexcept {
     // Slow: walk from the start of the ring (tiny records overran the index, or the offset
     // lies inside an aborted claim, or after an unfinished one). Bounded by the ring.
     offset_ = r.first;
-    pos_ = r.second;
+    pos_ = r.second & ~std::uint64_t{7};
     const RecordHeader* h = nullptr;
     std::uint32_t len = 0;
     bool again = false;

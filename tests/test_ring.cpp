@@ -180,6 +180,31 @@ TEST(Ring, StaleBytesOfAnOldLapAreNeverAHeader) {
   EXPECT_EQ(r.next(out), ReadStatus::kNone);
 }
 
+// Found by fuzz_segment: a start cursor off the 8-byte grid made next() read a header at an
+// odd address (UBSan: misaligned member access).
+TEST(Ring, CursorsOffTheRecordGridAreRefusedAtOpenAndNeverReadFrom) {
+  ForgedRing f;
+  RingWriter w = f.writer();
+  f.produce(w, 10, 1);
+  ASSERT_TRUE(ring_validate(f.seg));
+  f.ring.ctl()->reclaim.second = 0x6b;
+  auto bad = ring_validate(f.seg);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("off the 8-byte record grid (start byte 107"), std::string::npos) << bad.error().message;
+  // Forged after a reader opened the ring: its cursor still stands on the grid.
+  RingReader r(f.ring);
+  r.seek_earliest();
+  EXPECT_EQ(r.position() & 7, 0u);
+  f.ring.ctl()->tail.second = 0x6b + 4096;
+  r.seek_latest();
+  EXPECT_EQ(r.position() & 7, 0u);
+  f.ring.ctl()->reclaim.second = 4096;  // start past the end
+  f.ring.ctl()->tail.second = 64;
+  bad = ring_validate(f.seg);
+  ASSERT_FALSE(bad);
+  EXPECT_NE(bad.error().message.find("is past its end"), std::string::npos) << bad.error().message;
+}
+
 TEST(Ring, RecordThatWouldCrossTheEndIsPrecededByPadding) {
   ForgedRing f(4096);
   RingWriter w = f.writer();
