@@ -133,7 +133,12 @@ Status Consumer::Impl::fetch_one(std::size_t idx, std::size_t limit) {
       if (auto ok = check_stall(a, moved); !ok || !moved) return ok;
       continue;  // stepped over an aborted claim, or found a committed one: read on
     }
-    if (st == shm::ReadStatus::kCorrupt) return corrupt(a);
+    if (st == shm::ReadStatus::kCorrupt) {
+      // The copies before it are judged first (below): a lap may have torn them too. The
+      // next poll meets the damage again and reports it.
+      if (batch.size() > first) break;
+      return corrupt(a);
+    }
     // Lapped before we got to the next record. What we copied so far is returned if it
     // is intact; the next poll resets the position.
     if (batch.size() > first) break;

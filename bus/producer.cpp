@@ -65,6 +65,15 @@ std::uint64_t headers_size(std::span<const Header> headers) {
   static_assert(sizeof(Fields) == shm::kRecordHeaderSize - 8);
   const Fields f{length, 0, ts, l.key_len, l.headers_len, l.value_len, m.null_value ? shm::kRecordNullValue : 0u};
   std::memcpy(at + 8, &f, sizeof f);
+  // A payload that ends inside an 8-byte slot would leave the rest of the slot as an older
+  // lap wrote it: there, maybe the high bytes of an older record's word, which records of
+  // one block of 256 offsets share. With the right last bytes (one value in 65536) the slot
+  // then reads as the word of a record not written yet, to a reader waiting there a lap
+  // later (docs/ring.md, "Words"). Zeroed first, the slot never holds a word's high bytes.
+  if (const std::uint32_t partial = (shm::kRecordHeaderSize + l.payload) & 7) {
+    const std::uint64_t zero = 0;
+    std::memcpy(at + shm::kRecordHeaderSize + l.payload - partial, &zero, sizeof zero);
+  }
   std::byte* p = at + shm::kRecordHeaderSize;
   if (m.key && !m.key->empty()) {
     copy_payload(p, m.key->data(), m.key->size());
