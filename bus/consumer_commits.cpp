@@ -50,7 +50,7 @@ void Consumer::Impl::simple_tick() {
     return;
   simple_last_commit = now;
   auto offs = positions(true);
-  if (!offs.empty()) (void)commit_offsets(offs, false);
+  if (!offs.empty()) (void)auto_commit(offs, false);
 }
 
 Status Consumer::Impl::simple_close() {
@@ -58,7 +58,7 @@ Status Consumer::Impl::simple_close() {
   Status result;
   if (simple_conn && config.enable_auto_commit) {
     auto offs = positions(true);
-    if (!offs.empty()) result = commit_offsets(offs, true);
+    if (!offs.empty()) result = auto_commit(offs, true);
   }
   settle_commits(true);
   return result;

@@ -155,6 +155,14 @@ Status Consumer::Impl::commit_offsets(const std::vector<std::pair<TopicPartition
   return answer();
 }
 
+Status Consumer::Impl::auto_commit(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offs, bool sync) {
+  if (!config.on_commit) return commit_offsets(offs, sync);
+  if (!sync) return commit_offsets(offs, false, config.on_commit);  // answered from a later poll()
+  Status result = commit_offsets(offs, true);
+  config.on_commit(offs, result);
+  return result;
+}
+
 std::vector<std::pair<TopicPartition, std::uint64_t>> Consumer::Impl::positions(bool only_changed) {
   std::vector<std::pair<TopicPartition, std::uint64_t>> out;
   const auto& done = committed_by_us();
@@ -204,7 +212,7 @@ Status Consumer::Impl::on_revoke(const std::vector<TopicPartition>& tps) {
       offs.push_back({a.tp, a.next_offset()});
       held.push_back(a.tp);
     }
-  if (config.enable_auto_commit && !offs.empty()) (void)commit_offsets(offs, true);
+  if (config.enable_auto_commit && !offs.empty()) (void)auto_commit(offs, true);
   if (config.on_revoked && !held.empty()) config.on_revoked(held);
   for (const auto& tp : held) drop(tp);
   proto::json arr = proto::json::array();
@@ -341,7 +349,7 @@ Status Consumer::Impl::group_tick() {
     // Asynchronous: not marked as committed (busd may refuse it, e.g. in a rebalance), so
     // idle partitions are sent again next time and close() commits for sure.
     auto offs = positions(true);
-    if (!offs.empty()) (void)commit_offsets(offs, false);
+    if (!offs.empty()) (void)auto_commit(offs, false);
   }
   return {};
 }
@@ -412,7 +420,7 @@ Status Consumer::close() {
   if (impl_->group->conn) {
     if (impl_->config.enable_auto_commit) {
       auto offs = impl_->positions(true);
-      if (!offs.empty()) result = impl_->commit_offsets(offs, true);
+      if (!offs.empty()) result = impl_->auto_commit(offs, true);
     }
   }
   // As Kafka's close(): the partitions are revoked before the member leaves.

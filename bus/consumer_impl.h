@@ -236,6 +236,8 @@ struct Consumer::Impl {
   proto::json join_request(bool with_owned) const;
   Status join(bool with_owned);
   Status bus_alive() const;
+  // A commit the consumer makes by itself (auto-commit), answered to config.on_commit.
+  Status auto_commit(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offs, bool sync);
   Status commit_offsets(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offs, bool sync,
                         Consumer::CommitCallback done = {});
   std::vector<std::pair<TopicPartition, std::uint64_t>> positions(bool only_changed);

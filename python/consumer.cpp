@@ -67,6 +67,12 @@ class PyConsumer {
     // Kafka's default onPartitionsLost is onPartitionsRevoked: without on_lost, on_revoke hears of them.
     cc.on_lost = [this](const std::vector<TopicPartition>& tps) { call_back(on_lost_.is_none() ? on_revoke_ : on_lost_, tps); };
     on_commit_ = callable(c.object("on_commit"), "on_commit");
+    // As librdkafka's offset_commit_cb: auto-commits (the timer's, a revocation's, close()'s)
+    // reach on_commit too.
+    if (!on_commit_.is_none())
+      cc.on_commit = [this](const std::vector<std::pair<TopicPartition, std::uint64_t>>& sent, const Status& result) {
+        committed_back(sent, result);
+      };
     stats_cb_ = callable(c.object("stats_cb"), "stats_cb");
     cc.statistics_interval = std::chrono::milliseconds(c.integer("statistics.interval.ms", 0));
     if (!stats_cb_.is_none())

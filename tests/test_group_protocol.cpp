@@ -283,6 +283,49 @@ TEST_F(GroupProtocol, CommitAsyncCallsItsCallbackFromPollInOrderWithBusdsAnswer)
   EXPECT_EQ(calls[3], "last 1 ok");
 }
 
+// librdkafka's offset_commit_cb: every commit the consumer makes by itself reaches
+// on_commit with busd's answer: the timer's (from a later poll), a revocation's, close()'s.
+TEST_F(GroupProtocol, AutoCommitsReachOnCommitWithBusdsAnswer) {
+  make_topic(2);
+  produce(0, 10);
+  produce(1, 5);
+  std::vector<std::string> calls;
+  ConsumerConfig cc;
+  cc.auto_offset_reset = OffsetReset::kEarliest;
+  cc.auto_commit_interval = 50ms;
+  cc.on_commit = [&](const std::vector<std::pair<TopicPartition, std::uint64_t>>& offs, const Status& st) {
+    std::string line = st ? "ok" : st.error().message;
+    for (const auto& [tp, o] : offs) line += fmt::format(" {}:{}", tp.partition, o);
+    calls.push_back(line);
+  };
+  auto a = Consumer::create(bus_->get(), cc);
+  ASSERT_TRUE(a->subscribe({"t"}, "g"));
+  ASSERT_EQ(read(*a, 15), 15u);
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (calls.empty() && std::chrono::steady_clock::now() < deadline) ASSERT_TRUE(a->poll(10ms));
+  ASSERT_EQ(calls.size(), 1u) << "the timer's commit, answered from poll()";
+  EXPECT_EQ(calls[0], "ok 0:10 1:5");
+  EXPECT_EQ((*a->committed({{"t", 0}}))[0], std::optional<std::uint64_t>(10));
+  // A second member takes a partition: the first commits it on revocation.
+  produce(0, 2);
+  produce(1, 2);
+  ASSERT_EQ(read(*a, 4), 4u);
+  auto b = Consumer::create(bus_->get(), by_hand());
+  std::thread joiner([&] { ASSERT_TRUE(b->subscribe({"t"}, "g")); });  // waits for a to give one up
+  const auto until = std::chrono::steady_clock::now() + 10s;
+  while (calls.size() < 2 && std::chrono::steady_clock::now() < until) ASSERT_TRUE(a->poll(10ms));
+  joiner.join();
+  ASSERT_GE(calls.size(), 2u);
+  EXPECT_EQ(calls[1].rfind("ok", 0), 0u) << calls[1];
+  const std::size_t before_close = calls.size();
+  produce(0, 1);
+  produce(1, 1);
+  ASSERT_EQ(read(*a, 1), 1u);
+  ASSERT_TRUE(a->close());
+  EXPECT_GT(calls.size(), before_close) << "what a read since was committed (by the timer or close()), and said so";
+  EXPECT_EQ(calls.back().rfind("ok", 0), 0u) << calls.back();
+}
+
 // Kafka's static membership: a member with a group_instance_id that goes away (a restart)
 // keeps its partitions for its session timeout; back within it, it gets them again with no
 // rebalance (the others see nothing); gone for longer, the others take them.

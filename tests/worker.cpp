@@ -4,7 +4,8 @@
 //   worker chaos-produce BUS TOPIC ID COUNT RATE FILE [ACKS]  keyed; logs each acknowledged record
 //       (ACKS: memory, the default, spilled or fsynced: acknowledged once busd has it on disk)
 //   worker group-consume BUS TOPIC GROUP FILE [ASSIGNOR [SESSION_MS]]  member of GROUP; logs to FILE:
-//       A|R TIME topic:p,...  assigned / revoked;  C id seq partition offset TIME  consumed
+//       A|R TIME topic:p,...  assigned / revoked;  C id seq partition offset TIME  consumed;
+//       K TIME partition offset  an auto-commit busd confirmed (ConsumerConfig::on_commit)
 //   worker die-in-reserve BUS TOPIC PARTITION N       send N, reserve one, SIGKILL itself
 //   worker die-after-claim BUS TOPIC PARTITION N      send N, die right after the claim CAS
 //   worker consume BUS TOPIC PARTS EXPECT TIMEOUT_MS [hold]   PARTS: 0,1,2 ; prints a summary
@@ -226,6 +227,13 @@ int group_consume(const std::string& bus, const std::string& topic, const std::s
   }
   cfg.on_assigned = [&](const std::vector<TopicPartition>& tps) { log_tps('A', tps); };
   cfg.on_revoked = [&](const std::vector<TopicPartition>& tps) { log_tps('R', tps); };
+  cfg.on_commit = [fd](const std::vector<std::pair<TopicPartition, std::uint64_t>>& offs, const Status& st) {
+    if (!st) return;
+    std::string lines;
+    const auto t = std::chrono::steady_clock::now().time_since_epoch().count();
+    for (const auto& [tp, o] : offs) lines += fmt::format("K {} {} {}\n", t, tp.partition, o);
+    (void)!::write(fd, lines.data(), lines.size());
+  };
   ::signal(SIGUSR1, on_usr1);
   auto c = Consumer::create(attach(bus), cfg);
   if (!c) return 3;

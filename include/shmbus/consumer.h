@@ -77,6 +77,12 @@ struct ConsumerConfig {
   std::function<void(const std::vector<TopicPartition>&)> on_assigned{};
   std::function<void(const std::vector<TopicPartition>&)> on_revoked{};
   std::function<void(const std::vector<TopicPartition>&)> on_lost{};
+  // librdkafka's offset_commit_cb: the offsets and busd's answer of every commit this
+  // consumer makes by itself (auto-commit: the timer's, a revocation's, close()'s). The
+  // timer's commits are answered from a later poll() (ok once busd's offsets.log holds
+  // them), the others at once. Called on the calling thread; it must not throw.
+  std::function<void(const std::vector<std::pair<TopicPartition, std::uint64_t>>& offsets, const Status& result)>
+      on_commit{};
 
   // Statistics (librdkafka's statistics.interval.ms and stats_cb): every statistics_interval
   // (0, the default: never) statistics_cb gets a JSON object, called from this consumer's

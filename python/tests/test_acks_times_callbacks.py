@@ -132,6 +132,23 @@ def test_on_commit_hears_busds_answer_to_asynchronous_commits(bus):
     c.close()
 
 
+def test_on_commit_hears_auto_commits_too(bus):
+    """As librdkafka's offset_commit_cb: the auto-commit timer's commits, and close()'s."""
+    topic_of_values(bus, 3)
+    heard = []
+    conf = group_conf(bus, "g", heard)
+    conf.update({"enable.auto.commit": True, "auto.commit.interval.ms": 50})
+    c = Consumer(conf)
+    c.subscribe(["t"])
+    assert len(drain(c, 3)) == 3
+    wait_for(lambda: c.poll(0.05) is None and len(heard) >= 1, what="the timer's commit")
+    assert heard[0] == (None, [("t", 0, 3)])
+    Producer({"bus": bus}).produce("t", b"3")
+    assert len(drain(c, 1)) == 1
+    c.close()
+    assert heard[-1] == (None, [("t", 0, 4)]), heard
+
+
 def test_on_lost_hears_of_partitions_taken_after_max_poll_interval(bus):
     make_topic(bus, "t")
     events = []
