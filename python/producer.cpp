@@ -10,6 +10,7 @@
 
 #include "bus/topic.h"
 #include "module.h"
+#include "shm/process.h"
 #include "shmbus/producer.h"
 
 namespace shmbus::py {
@@ -62,7 +63,9 @@ class PyProducer {
     if (value.is_none()) m.null_value = true;
     else m.value = v.emplace(value, "value").bytes();
     if (!key.is_none()) m.key = k.emplace(key, "key").bytes();
-    m.timestamp_ns = timestamp * 1'000'000;
+    // timestamp 0: now, taken here (as librdkafka does at produce()), so that the delivery
+    // report tells the record's time, as confluent's does: (TIMESTAMP_CREATE_TIME, now).
+    m.timestamp_ns = timestamp ? timestamp * 1'000'000 : shm::fast_realtime_ns();
     // Headers: a dict or a list of (str, value) pairs; borrowed like the value.
     std::vector<Header> hs;
     std::vector<std::unique_ptr<BorrowedBytes>> hvals;  // (no allocation without headers)
@@ -105,8 +108,8 @@ class PyProducer {
     rep.msg.topic = pb::str(topic);
     rep.msg.partition = static_cast<std::int32_t>(r->partition);
     rep.msg.offset = static_cast<std::int64_t>(r->offset);
-    rep.msg.timestamp_type = timestamp ? 1 : 0;
-    rep.msg.timestamp_ms = timestamp;
+    rep.msg.timestamp_type = 1;  // TIMESTAMP_CREATE_TIME
+    rep.msg.timestamp_ms = m.timestamp_ns / 1'000'000;
     rep.msg.key = key.is_none() ? pb::object(pb::none()) : pb::object(pb::bytes(as_string(*m.key).data(), m.key->size()));
     rep.msg.value = value.is_none() ? pb::object(pb::none()) : pb::object(pb::bytes(as_string(m.value).data(), m.value.size()));
     rep.msg.headers = headers.is_none() ? pb::object(pb::none()) : pb::reinterpret_borrow<pb::object>(headers);

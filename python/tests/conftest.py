@@ -3,6 +3,7 @@
 # SHMBUS_BUSD, SHMBUS_BUSCTL, SHMBUS_WORKER; run by hand, build/ is assumed).
 import itertools
 import os
+import re
 import subprocess
 import sys
 import time
@@ -30,10 +31,12 @@ def busd_pid(name):
         return 0
 
 
-@pytest.fixture
-def bus():
-    name = f"py_{os.getpid()}_{next(_n)}"
-    yield name
+def new_bus_name():
+    return f"py_{os.getpid()}_{next(_n)}"
+
+
+def remove_bus(name):
+    """Removes the bus (segments, state dir) and waits, with a deadline, for its busd to leave."""
     pid = busd_pid(name)
     shmbus.delete_bus(name, purge_disk=True)
     subprocess.run([BUSCTL, "--bus", name, "bus", "delete", "--purge"], capture_output=True)
@@ -45,6 +48,25 @@ def bus():
             except OSError:
                 break
             time.sleep(0.05)
+
+
+@pytest.fixture
+def bus():
+    name = new_bus_name()
+    yield name
+    remove_bus(name)
+
+
+def start_kafka_listener(bus):
+    """busctl kafka start on a free loopback port (busd started on demand): (address, None),
+    or (None, why) when busd could not listen."""
+    shmbus.AdminClient({"bus": bus}).close()  # the bus must exist: attaching creates it
+    r = subprocess.run([BUSCTL, "--bus", bus, "kafka", "start", "--listen", "127.0.0.1:0"],
+                       capture_output=True, text=True, timeout=60)
+    m = re.search(r"listening on (127\.0\.0\.1:[0-9]+)", r.stdout)
+    if r.returncode != 0 or not m:
+        return None, f"busctl kafka start exited {r.returncode}: {(r.stderr or r.stdout).strip()}"
+    return m.group(1), None
 
 
 def make_topic(bus, name, partitions=1, **config):
@@ -72,3 +94,34 @@ def drain(consumer, n, timeout=10.0):
             assert m.error() is None, m.error()
             out.append(m)
     return out
+
+
+def murmur2(data: bytes) -> int:  # Kafka's (the Java client's), for the expected partitions
+    m, r = 0x5BD1E995, 24
+    length = len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i:i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = (h * m) & 0xFFFFFFFF
+        h ^= k
+    rest = length % 4
+    tail = data[length - rest:]
+    if rest == 3:
+        h ^= tail[2] << 16
+    if rest >= 2:
+        h ^= tail[1] << 8
+    if rest >= 1:
+        h ^= tail[0]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
+
+
+def kafka_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's Java partitioner (librdkafka's murmur2) gives a key."""
+    return (murmur2(key) & 0x7FFFFFFF) % partitions

@@ -6,33 +6,7 @@ import pytest
 import shmbus
 from shmbus import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
-from conftest import drain, make_topic
-
-
-def murmur2(data: bytes) -> int:  # Kafka's, for the expected partitions
-    m, r = 0x5BD1E995, 24
-    length = len(data)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    for i in range(0, length - length % 4, 4):
-        k = int.from_bytes(data[i:i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> r
-        k = (k * m) & 0xFFFFFFFF
-        h = (h * m) & 0xFFFFFFFF
-        h ^= k
-    rest = length % 4
-    tail = data[length - rest:]
-    if rest == 3:
-        h ^= tail[2] << 16
-    if rest >= 2:
-        h ^= tail[1] << 8
-    if rest >= 1:
-        h ^= tail[0]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 15
-    return h
+from conftest import drain, kafka_partition, make_topic
 
 
 def consumer_at(bus, tps, **conf):
@@ -103,7 +77,7 @@ def test_keys_go_to_the_kafka_partition(bus):
         p.produce("k", b"v", key=key, on_delivery=lambda e, m, key=key: seen.__setitem__(key, m.partition()))
     p.flush()
     for key, part in seen.items():
-        assert part == (murmur2(key) & 0x7FFFFFFF) % 5, key
+        assert part == kafka_partition(key, 5), key
 
 
 def test_consumer_positions_seek_pause_and_watermarks(bus):
