@@ -968,8 +968,12 @@ TEST_F(MirrorToBusdTest, FarSideStoppedForTenSecondsShowsLagThenCatchesUpLosingN
   std::int64_t max_lag = 0;
   bool saw_stalled = false;
   json last;
+  std::string text;
   while (std::chrono::steady_clock::now() - stopped_at < 10s) {
-    for (const auto& s : json::parse(busctl({"mirror", "status", "--json", "--bus", bus_->name()}).out)["mirrors"])
+    const auto r = busctl({"mirror", "status", "--json", "--bus", bus_->name()});
+    text = r.out + r.err;
+    const json all = json::parse(r.out);
+    for (const auto& s : all["mirrors"])
       if (s["name"] == "up") {
         last = s;
         max_lag = std::max(max_lag, s["lag_records"].get<std::int64_t>());
@@ -978,7 +982,7 @@ TEST_F(MirrorToBusdTest, FarSideStoppedForTenSecondsShowsLagThenCatchesUpLosingN
     std::this_thread::sleep_for(100ms);
   }
   ::kill(busd_b_.pid, SIGCONT);
-  EXPECT_GT(max_lag, 0) << "the out mirror's status never showed lag while the far side was stopped: " << last.dump();
+  EXPECT_GT(max_lag, 0) << "the out mirror's status never showed lag while the far side was stopped: " << last.dump() << "\n" << text;
   EXPECT_TRUE(saw_stalled) << "the out mirror's status never said stalled while the far side was stopped: " << last.dump();
   EXPECT_GT(last["lag_seconds"].get<double>(), 0) << last.dump();
 
