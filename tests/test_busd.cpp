@@ -75,6 +75,7 @@ MemberLog read_log(const std::string& path, std::uint64_t end_ns) {
       m.consumed.insert({producer, seq});
       continue;
     }
+    if (kind != 'A' && kind != 'R') continue;  // commits confirmed (K)
     std::uint64_t ns;
     std::string list;
     in >> ns >> list;

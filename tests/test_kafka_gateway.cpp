@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -145,12 +146,22 @@ class KafkaGateway : public test::BusdFixture {
  protected:
   void SetUp() override {
     BusdFixture::SetUp();
+    start_busd();
+  }
+  void start_busd() {
     child_ = test::spawn({SHMBUS_BUSD_PATH, "--bus", bus_->name(), "--kafka-listen", "127.0.0.1:0"});
     ASSERT_GT(child_.pid, 0);
     address_ = kafka_address(status());
     ASSERT_EQ(address_.rfind("127.0.0.1:", 0), 0u) << address_;
     port_ = static_cast<std::uint16_t>(std::stoul(address_.substr(address_.rfind(':') + 1)));
     ASSERT_NE(port_, 0);
+  }
+  // SIGKILLs busd and starts another (listening on another free port).
+  void restart_busd() {
+    ::kill(child_.pid, SIGKILL);
+    std::string out;
+    test::finish(child_, out, 10s);
+    start_busd();
   }
   void TearDown() override {
     if (child_.pid > 0) {
@@ -777,6 +788,132 @@ TEST_F(KafkaGateway, AStalledKafkaMemberIsRemovedAndHoldsNobodyElse) {
             k::kUnknownMemberId);
 }
 
+// A `block` topic holds producers back for a Kafka member from its assignment, not only
+// from its group's first commit: a Kafka member reads through busd and holds no gate of its
+// own, so until the commit the group's gate stands at the ring's start (where
+// auto.offset.reset=earliest begins). It moves with the commits; a group left with no
+// member keeps it only where it committed.
+TEST_F(KafkaGateway, ABlockTopicHoldsProducersForAKafkaMemberBeforeItsFirstCommit) {
+  TopicConfig cfg;
+  cfg.capacity = 4096;
+  cfg.retention = RetentionMode::kBlock;
+  ASSERT_TRUE((*bus_)->create_topic("bk", cfg));
+  ASSERT_TRUE((*bus_)->create_topic("bk2", cfg));
+  ProducerConfig pc;
+  pc.max_block_ms = 100;
+  auto p = Producer::create(bus_->get(), pc);
+  ASSERT_TRUE(p);
+  const std::string value(100, 'v');
+  // Sends until one is held back (true) or 100 went in (false: nothing holds producers).
+  auto held_after = [&](const std::string& topic, int& sent) {
+    for (sent = 0; sent < 100; ++sent) {
+      auto md = p->send(topic, Message{std::nullopt, as_bytes(value)}, 0);
+      if (!md) {
+        EXPECT_EQ(md.error().code, Errc::kTimedOut) << md.error().message;
+        return true;
+      }
+    }
+    return false;
+  };
+  RawClient a(port_), b(port_);
+  auto member = [&](RawClient& c, const std::string& group, const std::string& topic) {
+    auto j = c.call<k::JoinGroupResponse>(2, join_of(group, "", {topic}));
+    EXPECT_TRUE(j && j->error_code == 0);
+    auto s = c.call<k::SyncGroupResponse>(1, k::SyncGroupRequest{group, j->generation_id, j->member_id, std::nullopt, {}});
+    EXPECT_TRUE(s && s->error_code == 0);
+    EXPECT_EQ(assigned(*s, topic), (std::vector<std::int32_t>{0}));
+    return std::make_pair(j->generation_id, j->member_id);
+  };
+  const auto [gen, id] = member(a, "bkg", "bk");
+  int sent = 0;
+  ASSERT_TRUE(held_after("bk", sent)) << "a Kafka member with no commit yet: the ring was lapped under it";
+  EXPECT_GE(sent, 15) << "held at the ring's start: about a full ring (21 records of 192 bytes) went in first";
+  // Its commit moves the gate: room for more, then held again.
+  ASSERT_EQ(commit_error(a.call<k::OffsetCommitResponse>(7, commit_of("bkg", gen, id, "bk", 0, 3))), 0);
+  int more = 0;
+  for (int i = 0; i < 100 && more == 0; ++i) {  // busd moves the gate on its next turn
+    ASSERT_TRUE(held_after("bk", more));
+    if (more == 0) std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_GE(more, 1) << "the commit of offset 3 freed no room";
+  EXPECT_LE(more, 4) << "held again near the commit of offset 3";
+  // It leaves: the group's commit still holds producers (block).
+  EXPECT_EQ(a.call<k::LeaveGroupResponse>(1, k::LeaveGroupRequest{"bkg", id})->error_code, 0);
+  ASSERT_TRUE(held_after("bk", more));
+  EXPECT_EQ(more, 0);
+  // A group whose Kafka member leaves before any commit holds nothing afterwards.
+  const auto [gen2, id2] = member(b, "bkg2", "bk2");
+  ASSERT_TRUE(held_after("bk2", sent));
+  EXPECT_EQ(b.call<k::LeaveGroupResponse>(1, k::LeaveGroupRequest{"bkg2", id2})->error_code, 0);
+  bool freed = false;
+  for (int i = 0; i < 100 && !freed; ++i) {
+    freed = !held_after("bk2", more);
+    if (!freed) std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_TRUE(freed) << "a gate of a group with no member and no commit still holds producers";
+  (void)gen2;
+}
+
+// busd SIGKILLed and started again: a Kafka member's heartbeats go on being answered (its
+// membership, generation and partitions were in the state dir), and a native member that
+// joins afterwards gets a partition only once the Kafka member joined again and gave it up:
+// never two owners. (Before: UNKNOWN_MEMBER_ID, and its partitions were free at once while
+// the client still consumed them until its next heartbeat.)
+TEST_F(KafkaGateway, AKafkaMemberKeepsItsPartitionsAcrossABusdRestart) {
+  TopicConfig cfg;
+  cfg.partitions = 2;
+  ASSERT_TRUE((*bus_)->create_topic("rs", cfg));
+  RawClient a(port_);
+  auto j = a.call<k::JoinGroupResponse>(2, join_of("rsg", "", {"rs"}));
+  ASSERT_TRUE(j && j->error_code == 0);
+  const std::int32_t gen = j->generation_id;
+  const std::string id = j->member_id;
+  auto s = a.call<k::SyncGroupResponse>(1, k::SyncGroupRequest{"rsg", gen, id, std::nullopt, {}});
+  ASSERT_TRUE(s && s->error_code == 0);
+  ASSERT_EQ(assigned(*s, "rs"), (std::vector<std::int32_t>{0, 1}));
+  ASSERT_NO_FATAL_FAILURE(restart_busd());
+  RawClient a2(port_);
+  auto hb = [&](std::int32_t g) { return a2.call<k::HeartbeatResponse>(3, k::HeartbeatRequest{"rsg", g, id, std::nullopt})->error_code; };
+  ASSERT_EQ(hb(gen), 0) << "the member was forgotten by the restart";
+  s = a2.call<k::SyncGroupResponse>(1, k::SyncGroupRequest{"rsg", gen, id, std::nullopt, {}});
+  ASSERT_TRUE(s && s->error_code == 0);
+  EXPECT_EQ(assigned(*s, "rs"), (std::vector<std::int32_t>{0, 1})) << "its assignment, as before";
+  // A native member joins: it waits until the Kafka member has joined again.
+  std::atomic<bool> b_in{false};
+  std::vector<TopicPartition> b_has;
+  ConsumerConfig bc;
+  bc.enable_auto_commit = false;
+  auto b = Consumer::create(bus_->get(), bc);
+  ASSERT_TRUE(b);
+  std::thread joiner([&] {
+    EXPECT_TRUE(b->subscribe({"rs"}, "rsg"));
+    b_has = b->assignment();
+    b_in = true;
+  });
+  std::int16_t e = 0;
+  for (int i = 0; i < 500 && (e = hb(gen)) == 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(e, k::kRebalanceInProgress);
+  std::this_thread::sleep_for(200ms);
+  EXPECT_FALSE(b_in) << "the native member was given a partition the Kafka member had not given up";
+  j = a2.call<k::JoinGroupResponse>(2, join_of("rsg", id, {"rs"}));
+  ASSERT_TRUE(j && j->error_code == 0);
+  s = a2.call<k::SyncGroupResponse>(1, k::SyncGroupRequest{"rsg", j->generation_id, id, std::nullopt, {}});
+  ASSERT_TRUE(s && s->error_code == 0);
+  EXPECT_EQ(assigned(*s, "rs").size(), 1u);
+  joiner.join();
+  ASSERT_TRUE(b_in);
+  EXPECT_EQ(b_has.size(), 1u);
+  // A file that is not ours is refused whole at the next start, and set aside.
+  const std::string file = bus_paths(bus_->name()).state_dir + "/kafka_members.json";
+  ASSERT_TRUE(std::filesystem::exists(file));
+  std::ofstream(file) << "{\"version\": 1, \"groups\": [{\"group\": \"x\"}]}";
+  ASSERT_NO_FATAL_FAILURE(restart_busd());
+  EXPECT_TRUE(std::filesystem::exists(file + ".bad"));
+  RawClient a3(port_);
+  EXPECT_EQ(a3.call<k::HeartbeatResponse>(3, k::HeartbeatRequest{"rsg", j->generation_id, id, std::nullopt})->error_code,
+            k::kUnknownMemberId);
+}
+
 // A member id handed to a Kafka client by MEMBER_ID_REQUIRED (KIP-394) is not for a native
 // member to take: busd gives the native one another, and the Kafka client joins with its
 // own. (A native member under that id made the Kafka JoinGroup read a native member as a
@@ -1064,6 +1201,7 @@ std::set<int> worker_view(const std::string& path) {
     std::istringstream ls(line);
     std::string kind, time, tps;
     ls >> kind >> time >> tps;
+    if (kind != "A" && kind != "R") continue;  // records consumed (C), commits confirmed (K)
     for (std::size_t at = 0; at < tps.size();) {
       const std::size_t comma = std::min(tps.find(',', at), tps.size());
       const int part = std::stoi(tps.substr(tps.find(':', at) + 1, comma - tps.find(':', at) - 1));

@@ -89,6 +89,7 @@ Status Daemon::start() {
 
   drop_stale_offsets();  // a topic deleted while no busd ran (or lost with /dev/shm)
   note_returning_members();
+  restore_kafka_members();
   if (auto ok = create_segment(); !ok) return ok;
   if (auto ok = listen_socket(); !ok) return ok;
   watch_events();

@@ -130,6 +130,7 @@ void Daemon::rebalance(Group& g) {
     for (const auto& tp : m.owned) update_gate(g.name, tp);
   }
   g.kafka_protocol = choose_protocol(g);
+  note_kafka_members_changed(g);
   log(fmt::format("group '{}' generation {}: {} members", g.name, g.generation, g.members.size()));
 }
 
@@ -141,6 +142,10 @@ void Daemon::remove_member(Group& g, const std::string& id, const std::string& w
   log(fmt::format("group '{}': member {} (pid {}) left: {}", g.name, id, it->second.pid, why));
   // An absent one's slot was freed when it went; a Kafka member never had one.
   const bool had_slot = !it->second.absent() && !it->second.kafka;
+  // A Kafka member's gates (update_gate) stay for the next owner; with none left, they
+  // stand only where the group committed.
+  const bool it_was_kafka = it->second.kafka.has_value();
+  const std::vector<TopicPartition> kafka_owned = it_was_kafka ? it->second.owned : std::vector<TopicPartition>{};
   g.members.erase(it);
   ++kafka_progress_;  // a parked JoinGroup of it is answered UNKNOWN_MEMBER_ID
   group_changed(g);
@@ -149,6 +154,9 @@ void Daemon::remove_member(Group& g, const std::string& id, const std::string& w
   if (c != conns_.end()) c->second.member_id.clear();
   // Its partitions are free at once (the process is gone or gave them up by leaving).
   rebalance(g);
+  if (g.members.empty())
+    for (const auto& tp : kafka_owned) update_gate(g.name, tp);
+  if (!kafka_owned.empty() || it_was_kafka) note_kafka_members_changed(g);
 }
 
 void Daemon::update_gate(const std::string& group, const TopicPartition& tp) {
@@ -159,11 +167,25 @@ void Daemon::update_gate(const std::string& group, const TopicPartition& tp) {
   const shm::Ring& ring = (*t)->ring(tp.partition);
   if (ring.retention() != shm::Retention::kBlock) return;
   auto committed = offsets_.get({group, tp.topic, tp.partition}, (*t)->epoch());
-  if (!committed) return;
+  // A Kafka member reads through busd and holds no gate of its own (a native member holds
+  // its process's): until its group's first commit, the gate stands at the ring's start,
+  // where a client with auto.offset.reset=earliest begins. Without a commit and without a
+  // Kafka owner, the group holds nothing (a gate left from a Kafka owner goes).
+  const bool kafka_owner = [&] {
+    auto g = groups_.find(group);
+    if (g == groups_.end()) return false;
+    return std::any_of(g->second.members.begin(), g->second.members.end(), [&](const auto& m) {
+      return m.second.kafka && std::find(m.second.owned.begin(), m.second.owned.end(), tp) != m.second.owned.end();
+    });
+  }();
+  if (!committed && !kafka_owner) {
+    (void)shm::release_durable_gate(ring, group_gate_key(group));
+    return;
+  }
   auto lock = shm::SegmentLock::open((*t)->segment(tp.partition));
   if (!lock) return;
   shm::RingReader reader(ring);
-  if (reader.seek(*committed) == shm::ReadStatus::kLapped) reader.seek_earliest();
+  if (!committed || reader.seek(*committed) == shm::ReadStatus::kLapped) reader.seek_earliest();
   note_gate(group, tp, shm::hold_durable_gate(ring, *lock, group_gate_key(group), reader) != nullptr);
 }
 

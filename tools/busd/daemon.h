@@ -184,6 +184,11 @@ class Daemon final : private kafka::GroupCoordinator {
   kafka::ListGroupsResponse list_groups() override;
   std::uint64_t join_progress() const override { return kafka_progress_; }
   Member* kafka_member(const std::string& group, const std::string& id);
+  // Kafka members across a restart (tools/busd/kafka_restore.cpp): the state dir's
+  // kafka_members.json, written when a group's Kafka members change, read at start.
+  void save_kafka_members();
+  void note_kafka_members_changed(const Group& g);
+  void restore_kafka_members();
   // The member a SyncGroup or Heartbeat names, and Kafka's error for it (`error`):
   // UNKNOWN_MEMBER_ID, ILLEGAL_GENERATION, REBALANCE_IN_PROGRESS or none.
   Member* kafka_member_of(const std::string& group, const std::string& id, std::int32_t generation, std::int16_t& error);
@@ -244,6 +249,7 @@ class Daemon final : private kafka::GroupCoordinator {
   std::map<int, Conn> conns_;
   std::map<int, std::string> to_close_;  // fd -> why: closed by close_marked(), never within a handler
   std::map<std::string, Group> groups_;
+  std::set<std::string> kafka_saved_groups_;  // the groups kafka_members.json lists
   std::int64_t started_ns_ = 0;
   std::uint64_t started_mono_ = 0;
   std::optional<unsigned> gid_;

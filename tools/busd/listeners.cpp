@@ -121,11 +121,15 @@ Result<std::map<std::string, ListenerSpec>> load_listeners(const std::string& st
 Status save_listeners(const std::string& state_dir, const std::map<std::string, ListenerSpec>& all, unsigned mode) {
   nlohmann::json j = nlohmann::json::object();
   for (const auto& [kind, spec] : all) j[kind] = {{"listen", spec.listen}, {"allow_remote", spec.allow_remote}};
-  const std::string text = j.dump(2) + "\n", path = listeners_path(state_dir), tmp = path + ".tmp";
+  return write_file_whole(listeners_path(state_dir), j.dump(2) + "\n", mode, true);
+}
+
+Status write_file_whole(const std::string& path, const std::string& text, unsigned mode, bool sync) {
+  const std::string tmp = path + ".tmp";
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
   if (fd < 0) return make_error(Errc::kSystem, fmt::format("cannot write {}: {}", tmp, std::strerror(errno)));
   ::fchmod(fd, mode);
-  const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && ::fsync(fd) == 0;
+  const bool ok = ::write(fd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) && (!sync || ::fsync(fd) == 0);
   const int e = errno;
   ::close(fd);
   if (!ok || ::rename(tmp.c_str(), path.c_str()) != 0) {

@@ -43,7 +43,10 @@ SendResult send_pending(int fd, std::string& out);
 // The listeners file: {"KIND": {"listen": "HOST:PORT", "allow_remote": false}, ...}.
 // A missing file is no listener; a malformed one is an error naming the file.
 Result<std::map<std::string, ListenerSpec>> load_listeners(const std::string& state_dir);
-// Written whole (a temporary file renamed over it) with `mode`.
+// `text` as the whole of `path` (a temporary file renamed over it), with `mode`; fsynced
+// first when `sync`. A reader finds the old file or the new one, never a part.
+Status write_file_whole(const std::string& path, const std::string& text, unsigned mode, bool sync);
+// Written whole (write_file_whole, fsynced) with `mode`.
 Status save_listeners(const std::string& state_dir, const std::map<std::string, ListenerSpec>& all, unsigned mode);
 std::string listeners_path(const std::string& state_dir);
 
