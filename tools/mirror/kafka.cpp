@@ -1,6 +1,9 @@
 // librdkafka handles and metadata for both directions of the mirror (tools/mirror/kafka.h).
 #include "tools/mirror/kafka.h"
 
+#include <cstdlib>
+#include <string_view>
+
 #include <fmt/format.h>
 
 namespace shmbus::mirror {
@@ -49,6 +52,44 @@ Result<std::uint32_t> kafka_partitions(rd_kafka_t* rk, const std::string& topic,
   }
   rd_kafka_metadata_destroy(md);
   return out;
+}
+
+std::optional<std::int64_t> kafka_max_message_bytes(rd_kafka_t* rk, const std::string& topic, std::chrono::milliseconds timeout) {
+  const int ms = static_cast<int>(timeout.count());
+  rd_kafka_ConfigResource_t* res = rd_kafka_ConfigResource_new(RD_KAFKA_RESOURCE_TOPIC, topic.c_str());
+  rd_kafka_AdminOptions_t* opts = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_DESCRIBECONFIGS);
+  char errstr[256];
+  rd_kafka_AdminOptions_set_request_timeout(opts, ms, errstr, sizeof errstr);
+  rd_kafka_queue_t* q = rd_kafka_queue_new(rk);
+  rd_kafka_DescribeConfigs(rk, &res, 1, opts, q);
+  rd_kafka_event_t* ev = rd_kafka_queue_poll(q, ms + 1000);
+  std::optional<std::int64_t> out;
+  if (ev && rd_kafka_event_type(ev) == RD_KAFKA_EVENT_DESCRIBECONFIGS_RESULT && !rd_kafka_event_error(ev)) {
+    std::size_t n = 0;
+    const rd_kafka_ConfigResource_t** rs = rd_kafka_DescribeConfigs_result_resources(rd_kafka_event_DescribeConfigs_result(ev), &n);
+    for (std::size_t i = 0; i < n; ++i) {
+      if (rd_kafka_ConfigResource_error(rs[i])) continue;
+      std::size_t entries = 0;
+      const rd_kafka_ConfigEntry_t** es = rd_kafka_ConfigResource_configs(rs[i], &entries);
+      for (std::size_t k = 0; k < entries; ++k) {
+        const char* value = rd_kafka_ConfigEntry_value(es[k]);
+        if (value && std::string_view(rd_kafka_ConfigEntry_name(es[k])) == "max.message.bytes") out = std::atoll(value);
+      }
+    }
+  }
+  if (ev) rd_kafka_event_destroy(ev);
+  rd_kafka_queue_destroy(q);
+  rd_kafka_AdminOptions_destroy(opts);
+  rd_kafka_ConfigResource_destroy(res);
+  if (out && *out <= 0) out.reset();
+  return out;
+}
+
+std::int64_t kafka_property(rd_kafka_t* rk, const char* name) {
+  char value[64];
+  std::size_t size = sizeof value;
+  if (rd_kafka_conf_get(rd_kafka_conf(rk), name, value, &size) != RD_KAFKA_CONF_OK) return 0;
+  return std::atoll(value);
 }
 
 bool is_record_error(rd_kafka_resp_err_t err) noexcept {

@@ -1,10 +1,11 @@
 // What both directions share of librdkafka: a handle made from a mirror's properties plus
-// the ones the guarantees need, the far side's partition count, and the time.
+// the ones the guarantees need, the far side's partition count and record limit, and the time.
 #pragma once
 
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 
 #include <librdkafka/rdkafka.h>
@@ -35,6 +36,13 @@ Result<rd_kafka_t*> make_kafka(const MirrorSpec& spec, rd_kafka_type_t type, con
 
 // The partition count of `topic` on the cluster (an error naming the topic if it is not there).
 Result<std::uint32_t> kafka_partitions(rd_kafka_t* rk, const std::string& topic, std::chrono::milliseconds timeout);
+
+// The Kafka topic's max.message.bytes (DescribeConfigs), or nothing when the cluster does not
+// say within `timeout` (an old broker, a denying ACL, a cluster away).
+std::optional<std::int64_t> kafka_max_message_bytes(rd_kafka_t* rk, const std::string& topic, std::chrono::milliseconds timeout);
+
+// A property of a librdkafka handle as a number (message.max.bytes, ...); 0 if unset.
+std::int64_t kafka_property(rd_kafka_t* rk, const char* name);
 
 // Whether a refused record is the record's own fault (too large, invalid): the
 // on_record_error setting decides; any other error fails the session.

@@ -3,6 +3,7 @@
 // reports say every record before it is in (docs/mirror.md, "Guarantees").
 #include <algorithm>
 #include <deque>
+#include <map>
 #include <optional>
 #include <thread>
 #include <vector>
@@ -54,19 +55,36 @@ class OutSession final : public Session {
     if (!info) return tl::unexpected(info.error());
     tracks_.resize(info->config.partitions);
 
-    auto rk = make_kafka(spec_, RD_KAFKA_PRODUCER,
-                         {{"enable.idempotence", "true"}, {"acks", "all"}},
-                         // A mirror never gives up on a record: it waits for the cluster (and
-                         // says so in its status) rather than leave a gap.
-                         {{"message.timeout.ms", "0"}, {"partitioner", "murmur2_random"}, {"linger.ms", "5"}},
-                         static_cast<Session*>(this), [](rd_kafka_conf_t* c) {
-                           rd_kafka_conf_set_dr_msg_cb(c, &OutSession::on_delivery);
-                           rd_kafka_conf_set_error_cb(c, &Session::on_error);
-                         });
+    std::map<std::string, std::string> fixed = {{"enable.idempotence", "true"}, {"acks", "all"}};
+    auto make = [&] {
+      return make_kafka(spec_, RD_KAFKA_PRODUCER, fixed,
+                        // A mirror never gives up on a record: it waits for the cluster (and
+                        // says so in its status) rather than leave a gap.
+                        {{"message.timeout.ms", "0"}, {"partitioner", "murmur2_random"}, {"linger.ms", "5"}},
+                        static_cast<Session*>(this), [](rd_kafka_conf_t* c) {
+                          rd_kafka_conf_set_dr_msg_cb(c, &OutSession::on_delivery);
+                          rd_kafka_conf_set_error_cb(c, &Session::on_error);
+                        });
+    };
+    auto rk = make();
     if (!rk) return tl::unexpected(rk.error());
     kafka_.rk = *rk;
     auto kparts = kafka_partitions(kafka_.rk, spec_.kafka_topic, std::chrono::seconds(10));
     if (!kparts) return tl::unexpected(kparts.error());
+    // The far side refuses a batch with a record over the topic's max.message.bytes whole:
+    // every record of it would seem refused, and `skip` would skip them all. With
+    // librdkafka's message.max.bytes no larger, librdkafka refuses just that record before
+    // sending it (and keeps its batches under the limit).
+    if (auto limit = kafka_max_message_bytes(kafka_.rk, spec_.kafka_topic, std::chrono::seconds(5));
+        limit && *limit < kafka_property(kafka_.rk, "message.max.bytes")) {
+      far_limit_ = *limit;
+      fixed["message.max.bytes"] = std::to_string(std::max<std::int64_t>(*limit, 1000));  // librdkafka's least
+      rd_kafka_destroy(kafka_.rk);
+      kafka_.rk = nullptr;
+      auto again = make();
+      if (!again) return tl::unexpected(again.error());
+      kafka_.rk = *again;
+    }
     const std::uint32_t bparts = info->config.partitions;
     if (spec_.partitioning == Partitioning::kSame && *kparts != bparts)
       return halt(fmt::format("partitioning \"same\": bus topic '{}' has {} partitions, Kafka topic '{}' {}", spec_.bus_topic,
@@ -191,8 +209,10 @@ class OutSession final : public Session {
     if (index >= t.q.size()) return;
     InFlight& f = t.q[index];
     if (err) {
-      const std::string what = fmt::format("record {}/{} offset {} refused by Kafka topic '{}': {}", spec_.bus_topic, partition,
-                                           f.offset, spec_.kafka_topic, why);
+      std::string what = fmt::format("record {}/{} offset {} refused by Kafka topic '{}': {}", spec_.bus_topic, partition,
+                                     f.offset, spec_.kafka_topic, why);
+      if (err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE && far_limit_)
+        what += fmt::format(" (its max.message.bytes is {})", *far_limit_);
       if (!is_record_error(err)) {
         failure_ = Error{Errc::kSystem, what};
         return;
@@ -305,6 +325,7 @@ class OutSession final : public Session {
   std::optional<Consumer> consumer_;
   std::vector<Track> tracks_;
   bool same_partition_ = true;
+  std::optional<std::int64_t> far_limit_;  // the Kafka topic's max.message.bytes, when below librdkafka's
   std::optional<std::chrono::steady_clock::time_point> stalled_since_;  // librdkafka's queue is full
   std::uint64_t in_flight_ = 0;                                          // records handed over, not yet settled
   std::chrono::steady_clock::time_point progress_;                       // the last delivery, or the start of a wait

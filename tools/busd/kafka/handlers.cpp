@@ -56,6 +56,14 @@ std::size_t ring_bytes(const Record& r) {
   return n;
 }
 
+// The bytes a record takes against the topic's max record: key, value and headers, 8 bytes
+// a header besides (the library's count, bus/producer.cpp).
+std::uint64_t payload_bytes(const Message& m) {
+  std::uint64_t n = (m.key ? m.key->size() : 0) + m.value.size();
+  for (const auto& h : m.headers) n += 8 + h.key.size() + h.value.size();
+  return n;
+}
+
 }  // namespace
 
 Handlers::Handlers(std::shared_ptr<Bus> bus, std::string state_dir, GroupCoordinator& groups, Log log)
@@ -251,6 +259,14 @@ std::int16_t Handlers::produce_partition(const RequestHeader& h, const std::stri
     }
   }
   for (std::size_t i = 0; i < msgs.size(); ++i) msgs[i].headers = headers[i];
+  // A record over the topic's max refuses the whole batch before any of it is appended, as
+  // Kafka does: the client is told every record of it failed, so none may be in the topic.
+  for (std::size_t i = 0; i < msgs.size(); ++i)
+    if (const std::uint64_t n = payload_bytes(msgs[i]); n > topic->config().max_record) {
+      log_(fmt::format("kafka: produce to {}-{} refused: record {} of the batch has {} bytes (key+headers+value), over the "
+                       "topic's max record of {}", name, part, i, n, topic->config().max_record));
+      return kMessageTooLarge;
+    }
   // Sent in runs of at most a quarter of the ring each (a send may not take over half).
   const std::size_t budget = std::max<std::size_t>(topic->ring(part).capacity() / 4, 1);
   std::size_t i = 0;
