@@ -653,8 +653,10 @@ TEST(Bus, RecordsLeaveNoOlderBytesInTheirLastSlot) {
     records.emplace_back(md->offset, n);
   }
   const std::string key = "key";
+  std::vector<std::string> values;  // outlive the batch's views of them
+  for (std::uint32_t n = 1; n <= 9; ++n) values.emplace_back(n, 'b');
   std::vector<Message> batch;
-  for (std::uint32_t n = 1; n <= 9; ++n) batch.push_back(Message{as_bytes(key), as_bytes(std::string(n, 'b'))});
+  for (const auto& v : values) batch.push_back(Message{as_bytes(key), as_bytes(v)});
   auto b = p.send_batch("t", batch, 0);
   ASSERT_TRUE(b) << b.error().message;
   for (std::uint32_t n = 1; n <= 9; ++n) records.emplace_back(b->offset + n - 1, 3 + n);
