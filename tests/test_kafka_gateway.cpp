@@ -439,6 +439,9 @@ TEST_F(KafkaGateway, LongPollWakesWhenThePartitionGrowsAndHoldsNobodyElse) {
   EXPECT_EQ(part.high_watermark, 1);
   ASSERT_TRUE(part.records);
   EXPECT_NE(part.records->find("woken"), std::string::npos);
+  // Woken by the ring's futex (the doorbell), not found by the timer's next look.
+  const json st = status();
+  EXPECT_GE(st["listeners"]["kafka"]["long_poll_wakeups"].get<std::uint64_t>(), 1u) << st.dump();
 }
 
 TEST_F(KafkaGateway, KafkaErrorsForOutOfRangeUnknownTopicsAndOldMessageFormats) {

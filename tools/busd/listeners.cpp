@@ -191,7 +191,7 @@ json Daemon::listeners_json() const {
   for (const auto& [kind, s] : services_) {
     const ListenerSpec& spec = listener_specs_.at(kind);
     out[kind] = {{"address", s->address()}, {"listen", spec.listen}, {"allow_remote", spec.allow_remote},
-                 {"connections", s->connections()}};
+                 {"connections", s->connections()}, {"long_poll_wakeups", s->wakeups()}};
   }
   return out;
 }

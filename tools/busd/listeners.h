@@ -60,6 +60,7 @@ class TcpService {
   virtual void tick(std::uint64_t now_ns) = 0;
   virtual const std::string& address() const = 0;  // HOST:PORT bound
   virtual std::size_t connections() const { return 0; }  // open now (busctl status)
+  virtual std::uint64_t wakeups() const { return 0; }    // parked requests woken by a record (busctl status)
 };
 
 }  // namespace shmbus::daemon

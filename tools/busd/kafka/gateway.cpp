@@ -15,6 +15,7 @@
 
 #include <fmt/format.h>
 
+#include "bus/topic.h"
 #include "shm/process.h"
 
 namespace shmbus::kafka {
@@ -56,8 +57,15 @@ Result<std::unique_ptr<Gateway>> Gateway::open(const daemon::ListenerSpec& spec,
     ::close(*fd);
     return make_error(Errc::kSystem, fmt::format("timerfd_create: {}", std::strerror(errno)));
   }
-  std::unique_ptr<Gateway> g(new Gateway(*fd, tfd, epoll_fd, std::move(handlers), std::move(log)));
-  for (int f : {*fd, tfd}) {
+  auto bell = Doorbell::open(handlers->bus());
+  if (!bell) {
+    ::close(*fd);
+    ::close(tfd);
+    return tl::unexpected(bell.error());
+  }
+  const int bfd = (*bell)->fd();
+  std::unique_ptr<Gateway> g(new Gateway(*fd, tfd, epoll_fd, std::move(handlers), std::move(log), std::move(*bell)));
+  for (int f : {*fd, tfd, bfd}) {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = f;
@@ -67,9 +75,10 @@ Result<std::unique_ptr<Gateway>> Gateway::open(const daemon::ListenerSpec& spec,
   return g;
 }
 
-Gateway::Gateway(int listen_fd, int timer_fd, int epoll_fd, std::unique_ptr<Handlers> handlers, Handlers::Log log)
+Gateway::Gateway(int listen_fd, int timer_fd, int epoll_fd, std::unique_ptr<Handlers> handlers, Handlers::Log log,
+                 std::unique_ptr<Doorbell> doorbell)
     : listen_fd_(listen_fd), timer_fd_(timer_fd), epoll_fd_(epoll_fd), address_(daemon::bound_address(listen_fd)),
-      handlers_(std::move(handlers)), log_(std::move(log)) {}
+      handlers_(std::move(handlers)), log_(std::move(log)), doorbell_(std::move(doorbell)) {}
 
 Gateway::~Gateway() {
   while (!conns_.empty()) close_conn(conns_.begin()->first, "");
@@ -77,6 +86,7 @@ Gateway::~Gateway() {
     ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
     ::close(fd);
   }
+  ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, doorbell_->fd(), nullptr);  // the doorbell closes it
 }
 
 void Gateway::on_event(int fd, std::uint32_t events) {
@@ -84,6 +94,10 @@ void Gateway::on_event(int fd, std::uint32_t events) {
   if (fd == timer_fd_) {
     std::uint64_t expirations;
     (void)!::read(timer_fd_, &expirations, sizeof expirations);
+    return poll_parked();
+  }
+  if (fd == doorbell_->fd()) {
+    doorbell_->heard();
     return poll_parked();
   }
   auto it = conns_.find(fd);
@@ -183,6 +197,7 @@ bool Gateway::apply(int fd, Conn& c, const Request& req, Answer a) {
       if (!c.parked) {
         c.parked.emplace(Parked{a.park_as ? std::move(*a.park_as) : req, a.deadline_ns, handlers_->progress(req)});
         if (++parked_ == 1) arm_timer(true);
+        rewatch();
       }
       return true;
   }
@@ -215,6 +230,24 @@ void Gateway::poll_parked() {
     if (serve(fd, c)) write_out(fd, c);
   }
   if (parked_ == 0) arm_timer(false);
+  rewatch();
+}
+
+void Gateway::rewatch() {
+  Doorbell::Watch w;
+  for (const auto& [fd, c] : conns_) {
+    const auto* f = c.parked ? std::get_if<FetchRequest>(&c.parked->request.body) : nullptr;
+    if (!f) continue;
+    for (const auto& t : f->topics) {
+      auto topic = handlers_->bus()->topic(t.topic);
+      if (!topic) continue;
+      for (const auto& p : t.partitions)
+        if (p.partition >= 0 && static_cast<std::uint32_t>(p.partition) < (*topic)->partitions())
+          w[{t.topic, static_cast<std::uint32_t>(p.partition)}] =
+              (*topic)->ring(static_cast<std::uint32_t>(p.partition)).end_offset();
+    }
+  }
+  doorbell_->watch(std::move(w));
 }
 
 void Gateway::arm_timer(bool on) {

@@ -14,6 +14,7 @@
 #include <string>
 
 #include "shmbus/error.h"
+#include "tools/busd/kafka/doorbell.h"
 #include "tools/busd/kafka/handlers.h"
 #include "tools/busd/kafka/messages.h"
 #include "tools/busd/listeners.h"
@@ -26,7 +27,10 @@ class Gateway final : public daemon::TcpService {
                                                std::unique_ptr<Handlers> handlers, Handlers::Log log);
   ~Gateway() override;
 
-  bool owns(int fd) const override { return fd == listen_fd_ || fd == timer_fd_ || conns_.count(fd) != 0; }
+  bool owns(int fd) const override {
+    return fd == listen_fd_ || fd == timer_fd_ || fd == doorbell_->fd() || conns_.count(fd) != 0;
+  }
+  std::uint64_t wakeups() const override { return doorbell_->rings(); }
   void on_event(int fd, std::uint32_t events) override;
   void tick(std::uint64_t now_ns) override;
   const std::string& address() const override { return address_; }
@@ -35,6 +39,8 @@ class Gateway final : public daemon::TcpService {
   static constexpr std::size_t kMaxConns = 1024;
   // Answers queued beyond this: the connection's requests are not read until they drain.
   static constexpr std::size_t kOutHighWater = 4u << 20;
+  // Parked requests are looked at when the doorbell rings (a record on a partition a parked
+  // Fetch waits on) and on this timer (deadlines, group joins, what the doorbell missed).
   static constexpr std::uint64_t kParkedPollNs = 2'000'000;
 
  private:
@@ -51,7 +57,8 @@ class Gateway final : public daemon::TcpService {
     std::optional<Parked> parked;
     std::uint32_t events = 0;  // the epoll interest set now
   };
-  Gateway(int listen_fd, int timer_fd, int epoll_fd, std::unique_ptr<Handlers> handlers, Handlers::Log log);
+  Gateway(int listen_fd, int timer_fd, int epoll_fd, std::unique_ptr<Handlers> handlers, Handlers::Log log,
+          std::unique_ptr<Doorbell> doorbell);
   void accept_all();
   void read_in(int fd);
   // Handles the whole frames read, in order, until one parks or answers pile up. False: closed.
@@ -62,11 +69,13 @@ class Gateway final : public daemon::TcpService {
   void close_conn(int fd, const std::string& why);
   void poll_parked();
   void arm_timer(bool on);
+  void rewatch();  // tells the doorbell the partitions parked Fetches wait on
 
   int listen_fd_ = -1, timer_fd_ = -1, epoll_fd_ = -1;
   std::string address_;
   std::unique_ptr<Handlers> handlers_;
   Handlers::Log log_;
+  std::unique_ptr<Doorbell> doorbell_;
   std::map<int, Conn> conns_;
   std::size_t parked_ = 0;
   bool timer_on_ = false;

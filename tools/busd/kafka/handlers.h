@@ -61,6 +61,7 @@ class Handlers {
   Answer handle(const Request& req, const ClientEnd& end, std::uint64_t now_ns, bool final = false);
   // A number that changes when a partition the (Fetch) request reads grows.
   std::uint64_t progress(const Request& req);
+  const std::shared_ptr<Bus>& bus() const noexcept { return bus_; }
 
  private:
   Answer produce(const RequestHeader& h, const ProduceRequest& r);

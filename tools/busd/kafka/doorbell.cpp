@@ -1,0 +1,112 @@
+// The Kafka listener's doorbell (doorbell.h): a thread asleep in a Consumer's poll on the
+// partitions parked Fetches wait on, ringing an eventfd when a record comes.
+#include "tools/busd/kafka/doorbell.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "shmbus/consumer.h"
+
+namespace shmbus::kafka {
+
+Result<std::unique_ptr<Doorbell>> Doorbell::open(std::shared_ptr<Bus> bus) {
+  const int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  if (fd < 0) return make_error(Errc::kSystem, fmt::format("eventfd: {}", std::strerror(errno)));
+  return std::unique_ptr<Doorbell>(new Doorbell(std::move(bus), fd));
+}
+
+Doorbell::Doorbell(std::shared_ptr<Bus> bus, int fd) : bus_(std::move(bus)), fd_(fd) {
+  thread_ = std::thread([this] { run(); });
+}
+
+Doorbell::~Doorbell() {
+  {
+    std::lock_guard l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+  ::close(fd_);
+}
+
+void Doorbell::watch(Watch w) {
+  {
+    std::lock_guard l(mu_);
+    if (w != want_) {
+      want_ = std::move(w);
+      ++generation_;
+    }
+    rung_ = false;
+  }
+  cv_.notify_all();
+}
+
+void Doorbell::heard() {
+  std::uint64_t n;
+  (void)!::read(fd_, &n, sizeof n);
+}
+
+std::uint64_t Doorbell::rings() const {
+  std::lock_guard l(mu_);
+  return rings_;
+}
+
+void Doorbell::run() {
+  ConsumerConfig cc;
+  cc.wait = WaitStrategy::kBlock;
+  cc.spin = std::chrono::nanoseconds(0);  // asleep on the futexes at once: busd must not spin
+  cc.max_poll_records = 1;
+  cc.enable_auto_commit = false;
+  std::optional<Consumer> consumer;
+  std::uint64_t have = 0;  // the generation assigned
+  Watch watch;
+  for (;;) {
+    {
+      std::unique_lock l(mu_);
+      cv_.wait(l, [&] { return stop_ || (!rung_ && !want_.empty()); });
+      if (stop_) return;
+      if (generation_ != have) {
+        watch = want_;
+        have = generation_;
+      } else {
+        for (auto& [tp, end] : watch) end = want_.at(tp);  // the same partitions, ends seen since
+      }
+    }
+    if (!consumer) {
+      auto c = Consumer::create(bus_, cc);
+      if (!c) return;  // the bus is gone: the loop's timer still serves parked requests
+      consumer.emplace(std::move(*c));
+    }
+    // Start each partition at the end the loop has seen: a record past it rings.
+    std::vector<TopicPartition> tps;
+    for (const auto& [tp, end] : watch) tps.push_back({tp.first, tp.second});
+    bool armed = consumer->assign(tps).has_value();
+    for (const auto& [tp, end] : watch) armed = armed && consumer->seek({tp.first, tp.second}, end).has_value();
+    if (!armed) {  // a topic deleted meanwhile: wait for the next watch
+      std::unique_lock l(mu_);
+      cv_.wait_for(l, std::chrono::nanoseconds(kSliceNs), [&] { return stop_ || generation_ != have; });
+      continue;
+    }
+    for (;;) {
+      auto got = consumer->poll(std::chrono::nanoseconds(kSliceNs));
+      std::lock_guard l(mu_);
+      if (stop_ || generation_ != have) break;
+      if (got && got->empty()) continue;  // the slice passed with nothing new
+      // A record past the end seen, or an error (a lap, a deleted topic): the loop looks.
+      rung_ = true;
+      ++rings_;
+      const std::uint64_t one = 1;
+      (void)!::write(fd_, &one, sizeof one);
+      break;
+    }
+  }
+}
+
+}  // namespace shmbus::kafka

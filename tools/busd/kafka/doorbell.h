@@ -1,0 +1,56 @@
+// Wakes the Kafka listener's loop when records arrive on a partition a parked Fetch waits on:
+// a thread asleep on the rings' futexes (a shmbus Consumer's poll) rings an eventfd in epoll.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "shmbus/bus.h"
+#include "shmbus/error.h"
+
+namespace shmbus::kafka {
+
+class Doorbell {
+ public:
+  // (topic, partition) -> the end offset the loop has seen: the bell rings once a record
+  // past it is there.
+  using Watch = std::map<std::pair<std::string, std::uint32_t>, std::uint64_t>;
+
+  static Result<std::unique_ptr<Doorbell>> open(std::shared_ptr<Bus> bus);
+  ~Doorbell();  // stops the thread (within one poll slice) and joins it
+  Doorbell(const Doorbell&) = delete;
+  Doorbell& operator=(const Doorbell&) = delete;
+
+  int fd() const noexcept { return fd_; }
+  // The loop thread: what to wait for now (empty: nothing). Each call re-arms the bell,
+  // including after it rang (the loop has looked at the partitions since).
+  void watch(Watch w);
+  // The loop thread: reads the eventfd; the bell stays quiet until the next watch().
+  void heard();
+  std::uint64_t rings() const;  // how often it rang (tests)
+
+  static constexpr std::int64_t kSliceNs = 10'000'000;  // a new watch is taken up within this
+
+ private:
+  Doorbell(std::shared_ptr<Bus> bus, int fd);
+  void run();
+
+  std::shared_ptr<Bus> bus_;
+  int fd_ = -1;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  Watch want_;
+  std::uint64_t generation_ = 0;  // of want_
+  bool rung_ = false;             // rang since the last watch(): quiet until the next
+  bool stop_ = false;
+  std::uint64_t rings_ = 0;
+  std::thread thread_;
+};
+
+}  // namespace shmbus::kafka
