@@ -283,16 +283,7 @@ struct Producer::Impl {
     if (acks == Acks::kMemory) return {};
     const shm::Ring& ring = ts.topic->ring(p);
     const bool synced = acks == Acks::kFsynced;
-    auto& limits = ring.ctl()->limits;
-    if (synced) {  // ask busd to sync up to `end` now, whatever the topic's fsync policy
-      std::uint64_t w = limits.sync_wanted.load(std::memory_order_relaxed);
-      while (w < end && !limits.sync_wanted.compare_exchange_weak(w, end)) {
-      }
-    }
-    if (ring.durable_end(synced).value_or(0) < end) {  // wake the spiller's tailer if it idles
-      limits.ack_bell.fetch_add(1, std::memory_order_seq_cst);
-      shm::futex_wake_all(&limits.ack_bell);
-    }
+    ring.want_durable(end, synced);  // fsynced: busd syncs up to `end` now, whatever the topic's policy
     std::atomic<std::uint32_t>* word = ring.durable_word(synced);
     constexpr std::int64_t kSlice = 500'000'000;
     std::int64_t next_check = static_cast<std::int64_t>(shm::monotonic_ns()) + kSlice;

@@ -345,6 +345,19 @@ std::atomic<std::uint32_t>* Ring::durable_word(bool synced) const noexcept {
   return reinterpret_cast<std::atomic<std::uint32_t>*>(&w);
 }
 
+void Ring::want_durable(std::uint64_t end, bool synced) const noexcept {
+  auto& limits = ctl_->limits;
+  if (synced) {
+    std::uint64_t w = limits.sync_wanted.load(std::memory_order_relaxed);
+    while (w < end && !limits.sync_wanted.compare_exchange_weak(w, end)) {
+    }
+  }
+  if (durable_end(synced).value_or(0) < end) {  // wake the spiller's tailer if it idles
+    limits.ack_bell.fetch_add(1, std::memory_order_seq_cst);
+    futex_wake_all(&limits.ack_bell);
+  }
+}
+
 std::uint64_t Ring::bump_gate_generation() const noexcept {
   Pair64 r = load128(&ctl_->reclaim);
   while (!cas128(&ctl_->reclaim, r, Pair64{r.first + kGateGenOne, r.second})) {

@@ -198,6 +198,11 @@ class Ring {
   std::optional<std::uint64_t> durable_end(bool synced) const noexcept;
   // Its futex word (the low half of the 64-bit offset): busd wakes it when the offset moves.
   std::atomic<std::uint32_t>* durable_word(bool synced) const noexcept;
+  // Asks busd's spiller for durable_end(synced) >= end: with `synced` raises sync_wanted (it
+  // then syncs whatever the topic's fsync policy), and rings the ack bell its idle tailer
+  // sleeps on when the offset is not there yet. Producers with durable acks and the Kafka
+  // gateway's acks=all call it before they wait.
+  void want_durable(std::uint64_t end, bool synced) const noexcept;
 
   // A reader or reclaimer that finds no record at (offset, pos) asks the claim table why.
   // With `lock` (a writable attacher), it also finishes what it may: a claim whose writer is

@@ -1,5 +1,5 @@
 // The Kafka listener in busd's event loop (gateway.h): connections, frames, per-connection
-// FIFO answers, parked long polls.
+// FIFO answers, parked requests (long polls, JoinGroups, acks=all Produces).
 #include "tools/busd/kafka/gateway.h"
 
 #include <arpa/inet.h>
@@ -195,7 +195,7 @@ bool Gateway::apply(int fd, Conn& c, const Request& req, Answer a) {
     case Answer::Kind::kClose: close_conn(fd, a.why); return false;
     case Answer::Kind::kPark:
       if (!c.parked) {
-        c.parked.emplace(Parked{a.park_as ? std::move(*a.park_as) : req, a.deadline_ns, handlers_->progress(req)});
+        c.parked.emplace(Parked{a.park_as ? std::move(*a.park_as) : req, a.deadline_ns, handlers_->progress(req), std::move(a.wait)});
         if (++parked_ == 1) arm_timer(true);
         rewatch();
       }
@@ -209,7 +209,8 @@ void Gateway::poll_parked() {
   std::vector<int> ready;
   for (auto& [fd, c] : conns_) {
     if (!c.parked) continue;
-    if (now >= c.parked->deadline_ns || handlers_->progress(c.parked->request) != c.parked->progress) ready.push_back(fd);
+    if (c.parked->wait || now >= c.parked->deadline_ns || handlers_->progress(c.parked->request) != c.parked->progress)
+      ready.push_back(fd);
   }
   for (int fd : ready) {
     auto it = conns_.find(fd);
@@ -219,9 +220,9 @@ void Gateway::poll_parked() {
     Parked p = std::move(*c.parked);
     c.parked.reset();
     --parked_;
-    Answer a = handlers_->handle(p.request, c.end, now, final);
-    if (a.kind == Answer::Kind::kPark) {  // grew, but not enough yet: wait on, to the first deadline
-      p.progress = handlers_->progress(p.request);
+    Answer a = p.wait ? handlers_->resume(*p.wait, now) : handlers_->handle(p.request, c.end, now, final);
+    if (a.kind == Answer::Kind::kPark) {  // grew, but not enough yet (or not on disk yet): wait on, to the first deadline
+      if (!p.wait) p.progress = handlers_->progress(p.request);
       c.parked.emplace(std::move(p));
       ++parked_;
       continue;

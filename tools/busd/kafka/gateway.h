@@ -3,8 +3,10 @@
 // decoded request to the Handlers and writes the answers back in request order. Every socket
 // is non-blocking; a connection whose answers are not read stops being read (its requests
 // wait in the kernel's buffers), so a slow or stalled client holds up only itself. A Fetch
-// that waits for records (long poll) is parked and looked at again every 2 ms until its
-// partitions grow or its max_wait passes. docs/kafka.md.
+// that waits for records (long poll), a JoinGroup waiting for its generation and a Produce
+// with acks=all waiting for busd's spiller are parked (the connection's later requests
+// behind them) and looked at again every 2 ms until they can be answered or their deadline
+// passes. docs/kafka.md.
 #pragma once
 
 #include <cstdint>
@@ -48,6 +50,7 @@ class Gateway final : public daemon::TcpService {
     Request request;
     std::uint64_t deadline_ns = 0;
     std::uint64_t progress = 0;
+    std::shared_ptr<ProduceWait> wait;  // a Produce waiting for the disk (acks=all): looked at every poll
   };
   struct Conn {
     std::string in;

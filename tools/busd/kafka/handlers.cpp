@@ -31,6 +31,7 @@ constexpr std::int16_t kMessageTooLarge = 10;
 constexpr std::int16_t kInvalidPartitions = 37;
 constexpr std::int16_t kInvalidReplicationFactor = 38;
 constexpr std::int16_t kUnsupportedForMessageFormat = 43;
+constexpr std::int16_t kKafkaStorageError = 56;
 
 Answer respond(const RequestHeader& h, const ResponseBody& body) {
   Answer a;
@@ -78,7 +79,7 @@ Answer Handlers::handle(const Request& req, const ClientEnd& end, std::uint64_t 
         using T = std::decay_t<decltype(body)>;
         if constexpr (std::is_same_v<T, ApiVersionsRequest>) return respond(h, supported_api_versions());
         else if constexpr (std::is_same_v<T, MetadataRequest>) return respond(h, metadata(h, body, end));
-        else if constexpr (std::is_same_v<T, ProduceRequest>) return produce(h, body);
+        else if constexpr (std::is_same_v<T, ProduceRequest>) return produce(h, body, now_ns);
         else if constexpr (std::is_same_v<T, FetchRequest>) return fetch(h, body, now_ns, final);
         else if constexpr (std::is_same_v<T, ListOffsetsRequest>) return respond(h, list_offsets(body));
         else if constexpr (std::is_same_v<T, CreateTopicsRequest>) return respond(h, create_topics(body));
@@ -175,7 +176,7 @@ ResponseBody Handlers::init_producer_id(const InitProducerIdRequest& r) {
   return out;
 }
 
-Answer Handlers::produce(const RequestHeader& h, const ProduceRequest& r) {
+Answer Handlers::produce(const RequestHeader& h, const ProduceRequest& r, std::uint64_t now_ns) {
   if (!producer_) {
     ProducerConfig pc;
     pc.max_block_ms = 0;  // busd's loop never waits for room: a full block topic is REQUEST_TIMED_OUT
@@ -183,14 +184,26 @@ Answer Handlers::produce(const RequestHeader& h, const ProduceRequest& r) {
     if (!p) log_(fmt::format("kafka: no producer: {}", p.error().message));
     else producer_.emplace(std::move(*p));
   }
-  ProduceResponse out;
+  auto w = std::make_shared<ProduceWait>();
+  w->header = h;
+  ProduceResponse& out = w->response;
   for (const auto& t : r.topics) {
     ProduceResponse::Topic rt{t.name, {}};
     auto topic = bus_->topic(t.name);
     for (const auto& p : t.partitions) {
       ProduceResponse::Partition rp;
       rp.index = p.index;
-      rp.error_code = produce_partition(h, t.name, topic ? *topic : nullptr, p, rp);
+      std::uint64_t end = 0;
+      rp.error_code = produce_partition(h, t.name, topic ? *topic : nullptr, p, rp, end);
+      // acks=all: the topic's durable mode, where a native producer's acks=spilled could be
+      // honoured (a spilled block topic; fsync=always: synced). Elsewhere, as acks=1.
+      if (r.acks == -1 && rp.error_code == kNone && end > 0 && (*topic)->config().spill.enabled &&
+          (*topic)->config().retention == RetentionMode::kBlock) {
+        const bool synced = (*topic)->config().spill.fsync == FsyncPolicy::kAlways;
+        const auto part = static_cast<std::uint32_t>(p.index);
+        (*topic)->ring(part).want_durable(end, synced);
+        w->targets.push_back({*topic, part, out.responses.size(), rt.partitions.size(), end, synced, false});
+      }
       rt.partitions.push_back(rp);
     }
     out.responses.push_back(std::move(rt));
@@ -200,12 +213,47 @@ Answer Handlers::produce(const RequestHeader& h, const ProduceRequest& r) {
     none.kind = Answer::Kind::kNothing;
     return none;
   }
-  return respond(h, out);
+  if (w->targets.empty()) return respond(h, out);
+  w->deadline_ns = now_ns + static_cast<std::uint64_t>(std::max(r.timeout_ms, 0)) * 1'000'000;
+  Answer a = resume(*w, now_ns);
+  if (a.kind == Answer::Kind::kPark) a.wait = std::move(w);
+  return a;
+}
+
+Answer Handlers::resume(ProduceWait& w, std::uint64_t now_ns) {
+  bool waiting = false;
+  for (ProduceWait::Target& t : w.targets) {
+    if (t.done) continue;
+    const shm::Ring& ring = t.topic->ring(t.partition);
+    ProduceResponse::Partition& rp = w.response.responses[t.topic_index].partitions[t.partition_index];
+    auto fail = [&](std::int16_t code, const std::string& why) {
+      log_(fmt::format("kafka: produce (acks=all) to {}-{} offsets {}..{}: {}", t.topic->name(), t.partition, rp.base_offset,
+                       t.end - 1, why));
+      rp.error_code = code;
+      rp.base_offset = -1;
+      t.done = true;
+    };
+    if (ring.durable_end(t.synced).value_or(0) >= t.end) t.done = true;
+    else if (ring.closed()) fail(kUnknownTopicOrPartition, "the topic was deleted before they were on disk");
+    else if (ring.ctl()->stats.spill_state.load(std::memory_order_acquire) == static_cast<std::uint32_t>(shm::SpillState::kError))
+      fail(kKafkaStorageError, "busd's spilling of this partition failed (busctl topic describe: SPILL error; busd.log says "
+                               "why); the records stay appended in the ring");
+    else if (now_ns >= w.deadline_ns)
+      fail(kRequestTimedOut, fmt::format("not {} on disk within the request's timeout_ms; the records stay appended in the "
+                                         "ring (busd spills them later)",
+                                         t.synced ? "synced" : "written"));
+    else waiting = true;
+  }
+  if (!waiting) return respond(w.header, w.response);
+  Answer a;
+  a.kind = Answer::Kind::kPark;
+  a.deadline_ns = w.deadline_ns;
+  return a;
 }
 
 std::int16_t Handlers::produce_partition(const RequestHeader& h, const std::string& name,
                                          const std::shared_ptr<Topic>& topic, const ProduceRequest::Partition& p,
-                                         ProduceResponse::Partition& rp) {
+                                         ProduceResponse::Partition& rp, std::uint64_t& end) {
   if (h.api_version < 3) return kUnsupportedForMessageFormat;  // message sets of magic 0/1
   if (!topic || p.index < 0 || static_cast<std::uint32_t>(p.index) >= topic->partitions()) return kUnknownTopicOrPartition;
   if (!producer_) return kUnknownServerError;
@@ -232,6 +280,7 @@ std::int16_t Handlers::produce_partition(const RequestHeader& h, const std::stri
         if (sb.base_sequence == idem->base_sequence && sb.count == static_cast<std::int32_t>(idem->records.size())) {
           it->second.used = ++sequence_uses_;
           rp.base_offset = sb.base_offset;
+          end = sb.end;  // acks=all: answered once the first append is on disk
           return kNone;
         }
   }
@@ -279,21 +328,22 @@ std::int16_t Handlers::produce_partition(const RequestHeader& h, const std::stri
       return kafka_error(sent.error());
     }
     if (i == 0) rp.base_offset = static_cast<std::int64_t>(sent->offset);
+    end = sent->offset + (j - i);  // a run is one claim: consecutive offsets
     i = j;
   }
   if (msgs.empty()) rp.base_offset = static_cast<std::int64_t>(topic->ring(part).end_offset());
-  if (idem) remember_batch(seq_key, *idem, rp.base_offset);
+  if (idem) remember_batch(seq_key, *idem, rp.base_offset, end);
   return kNone;
 }
 
 void Handlers::remember_batch(const std::tuple<std::int64_t, std::string, std::uint32_t>& key, const RecordBatch& b,
-                              std::int64_t base_offset) {
+                              std::int64_t base_offset, std::uint64_t end) {
   Sequences& s = sequences_[key];
   if (s.epoch != b.producer_epoch) {
     s.epoch = b.producer_epoch;
     s.last.clear();
   }
-  s.last.push_back({b.base_sequence, static_cast<std::int32_t>(b.records.size()), base_offset});
+  s.last.push_back({b.base_sequence, static_cast<std::int32_t>(b.records.size()), base_offset, end});
   if (s.last.size() > kBatchesKept) s.last.erase(s.last.begin());
   s.used = ++sequence_uses_;
   if (sequences_.size() > kMaxSequenceEntries)

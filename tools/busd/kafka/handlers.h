@@ -1,7 +1,9 @@
 // The Kafka gateway's request handlers: what busd answers to each decoded request (the codec
 // is messages.h, the sockets gateway.h). They run on busd's one thread and never wait: a
 // Fetch that finds too little asks the gateway to park it (Answer::kPark) and is handled
-// again when its partitions grow or its max_wait passes. docs/kafka.md.
+// again when its partitions grow or its max_wait passes; a Produce with acks=all to a
+// spilled block topic is parked appended (ProduceWait) until busd's spiller has its records
+// on disk or its timeout_ms passes. docs/kafka.md.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +13,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <vector>
 
 #include "shmbus/bus.h"
 #include "shmbus/consumer.h"
@@ -34,6 +37,24 @@ struct ClientEnd {
   std::int32_t port = 0;
 };
 
+// A Produce with acks=all whose records are appended and whose answer waits until busd's
+// spiller has them on disk (a spilled `block` topic): the answer made so far and, per
+// partition still waiting, how far the disk log must reach.
+struct ProduceWait {
+  struct Target {
+    std::shared_ptr<Topic> topic;
+    std::uint32_t partition = 0;
+    std::size_t topic_index = 0, partition_index = 0;  // in `response`
+    std::uint64_t end = 0;                              // last offset appended + 1
+    bool synced = false;                                // fsync=always: synced_end, else spill_end
+    bool done = false;
+  };
+  RequestHeader header;
+  ProduceResponse response;
+  std::vector<Target> targets;
+  std::uint64_t deadline_ns = 0;  // the request's timeout_ms from its arrival
+};
+
 struct Answer {
   enum class Kind {
     kRespond,  // send `frame`
@@ -46,6 +67,7 @@ struct Answer {
   std::uint64_t deadline_ns = 0;  // kPark: monotonic
   std::uint64_t progress = 0;     // kPark: progress() when the request was looked at
   std::optional<Request> park_as;  // kPark: the request to hold instead (a JoinGroup with the member id busd gave it)
+  std::shared_ptr<ProduceWait> wait;  // kPark: a Produce waiting for the disk, answered by Handlers::resume()
   std::string why;
 };
 
@@ -62,15 +84,19 @@ class Handlers {
   // A number that changes when a partition the (Fetch) request reads grows.
   std::uint64_t progress(const Request& req);
   const std::shared_ptr<Bus>& bus() const noexcept { return bus_; }
+  // A parked Produce looked at again: its answer once every partition is on disk (or failed,
+  // or, when `now_ns` passed its deadline, REQUEST_TIMED_OUT for those not there); else kPark.
+  Answer resume(ProduceWait& w, std::uint64_t now_ns);
 
  private:
-  Answer produce(const RequestHeader& h, const ProduceRequest& r);
-  // Appends one partition's batches; returns the partition's error code.
+  Answer produce(const RequestHeader& h, const ProduceRequest& r, std::uint64_t now_ns);
+  // Appends one partition's batches; returns the partition's error code, and in `end` the
+  // last offset of its records + 1 (0: none).
   std::int16_t produce_partition(const RequestHeader& h, const std::string& name, const std::shared_ptr<Topic>& topic,
-                                 const ProduceRequest::Partition& p, ProduceResponse::Partition& rp);
+                                 const ProduceRequest::Partition& p, ProduceResponse::Partition& rp, std::uint64_t& end);
   // Keeps an idempotent producer's appended batch for the retry check.
   void remember_batch(const std::tuple<std::int64_t, std::string, std::uint32_t>& key, const RecordBatch& b,
-                      std::int64_t base_offset);
+                      std::int64_t base_offset, std::uint64_t end);
   Answer fetch(const RequestHeader& h, const FetchRequest& r, std::uint64_t now_ns, bool final);
   ResponseBody metadata(const RequestHeader& h, const MetadataRequest& r, const ClientEnd& end);
   ResponseBody list_offsets(const ListOffsetsRequest& r);
@@ -111,6 +137,7 @@ class Handlers {
     std::int32_t base_sequence = 0;
     std::int32_t count = 0;
     std::int64_t base_offset = 0;
+    std::uint64_t end = 0;  // its last offset + 1
   };
   struct Sequences {
     std::int16_t epoch = 0;
