@@ -9,6 +9,7 @@ packages=(
   gnuplot-nox libzmq3-dev iceoryx libiceoryx-posh-dev
   zlib1g-dev libsnappy-dev liblz4-dev libzstd-dev
   kcat python3-kafka python3-confluent-kafka librdkafka-dev
+  libsasl2-dev rapidjson-dev  # tests/kafka_compat: librdkafka.a needs SASL; its stats tests, RapidJSON
   pybind11-dev python3-dev python3-pytest
   curl
 )

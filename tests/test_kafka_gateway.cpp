@@ -216,20 +216,22 @@ class KafkaGateway : public test::BusdFixture {
     BusdFixture::SetUp();
     start_busd();
   }
-  void start_busd() {
-    child_ = test::spawn({SHMBUS_BUSD_PATH, "--bus", bus_->name(), "--kafka-listen", "127.0.0.1:0"});
+  void start_busd(const std::vector<std::string>& more = {}) {
+    std::vector<std::string> args{SHMBUS_BUSD_PATH, "--bus", bus_->name(), "--kafka-listen", "127.0.0.1:0"};
+    args.insert(args.end(), more.begin(), more.end());
+    child_ = test::spawn(args);
     ASSERT_GT(child_.pid, 0);
     address_ = kafka_address(status());
     ASSERT_EQ(address_.rfind("127.0.0.1:", 0), 0u) << address_;
     port_ = static_cast<std::uint16_t>(std::stoul(address_.substr(address_.rfind(':') + 1)));
     ASSERT_NE(port_, 0);
   }
-  // SIGKILLs busd and starts another (listening on another free port).
-  void restart_busd() {
+  // SIGKILLs busd and starts another (listening on another free port), with `more` options.
+  void restart_busd(const std::vector<std::string>& more = {}) {
     ::kill(child_.pid, SIGKILL);
     std::string out;
     test::finish(child_, out, 10s);
-    start_busd();
+    start_busd(more);
   }
   void TearDown() override {
     if (child_.pid > 0) {
@@ -744,6 +746,39 @@ TEST_F(KafkaGateway, KafkaErrorsForOutOfRangeUnknownTopicsAndOldMessageFormats) 
   ASSERT_TRUE(bad);
   EXPECT_EQ(bad->responses.at(0).partitions.at(0).error_code, k::kCorruptMessage);
   EXPECT_EQ((*(*bus_)->topic("e"))->ring(0).end_offset(), 1u);
+}
+
+// --kafka-partitions: the partitions of the topics the gateway creates unasked (Metadata)
+// or without a count (CreateTopics with -1), as Kafka's num.partitions; librdkafka's test
+// suite assumes 4 (its broker's setting). A count given stays as given.
+TEST_F(KafkaGateway, KafkaPartitionsOptionSetsThePartitionsOfTopicsCreatedWithoutACount) {
+  restart_busd({"--kafka-partitions", "4"});
+  RawClient c(port_);
+  auto md = c.call<k::MetadataResponse>(4, k::MetadataRequest{std::vector<std::string>{"auto4"}, true});
+  ASSERT_TRUE(md);
+  ASSERT_EQ(md->topics.size(), 1u);
+  EXPECT_EQ(md->topics[0].error_code, k::kNone);
+  EXPECT_EQ(md->topics[0].partitions.size(), 4u);
+  auto made = (*bus_)->topic("auto4");
+  ASSERT_TRUE(made);
+  EXPECT_EQ((*made)->partitions(), 4u);
+  k::CreateTopicsRequest ct;
+  ct.topics.push_back({"dflt", -1, -1, {}, {}});
+  ct.topics.push_back({"two", 2, 1, {}, {}});
+  auto cr = c.call<k::CreateTopicsResponse>(4, ct);
+  ASSERT_TRUE(cr);
+  ASSERT_EQ(cr->topics.size(), 2u);
+  EXPECT_EQ(cr->topics[0].error_code, k::kNone);
+  EXPECT_EQ(cr->topics[1].error_code, k::kNone);
+  ASSERT_TRUE((*bus_)->topic("dflt"));
+  EXPECT_EQ((*(*bus_)->topic("dflt"))->partitions(), 4u);
+  EXPECT_EQ((*(*bus_)->topic("two"))->partitions(), 2u);
+  // Out of 1..4096: busd refuses to start (exit 2), naming the option.
+  for (const char* bad : {"0", "4097", "x"}) {
+    auto r = sh(fmt::format("{} --bus {}-bad --kafka-partitions {}", SHMBUS_BUSD_PATH, bus_->name(), bad), 10);
+    EXPECT_EQ(r.code, 2) << bad << ": " << r.out;
+    EXPECT_NE(r.out.find("--kafka-partitions"), std::string::npos) << r.out;
+  }
 }
 
 // librdkafka's idempotent producer (enable.idempotence, as the mirror's `out` sets it) asks

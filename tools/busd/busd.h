@@ -3,6 +3,7 @@
 // talk to it. tools/busd/main.cpp only parses arguments and calls run_busd().
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 
@@ -29,6 +30,9 @@ struct BusdOptions {
   // --kafka-listen HOST:PORT: the Kafka protocol gateway (docs/kafka.md) there for this run,
   // as --metrics-listen (`busctl kafka start` writes the listeners file).
   std::optional<std::string> kafka_listen;
+  // --kafka-partitions N: the partitions of a topic the Kafka gateway creates without a count
+  // (Metadata's auto-creation, CreateTopics with -1), as Kafka's num.partitions. 1..4096.
+  std::uint32_t kafka_partitions = 1;
   bool allow_remote = false;  // listeners may bind addresses other than loopback
 };
 

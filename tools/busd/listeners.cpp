@@ -151,7 +151,9 @@ Result<std::string> Daemon::open_listener(const std::string& kind, const Listene
     else service = tl::unexpected(m.error());
   } else if (kind == "kafka") {
     auto logger = [this](const std::string& m) { log(m); };
-    auto k = kafka::Gateway::open(spec, epoll_fd_, std::make_unique<kafka::Handlers>(bus_, paths_.state_dir, static_cast<kafka::GroupCoordinator&>(*this), logger), logger);
+    auto handlers = std::make_unique<kafka::Handlers>(bus_, paths_.state_dir, static_cast<kafka::GroupCoordinator&>(*this),
+                                                      logger, opts_.kafka_partitions);
+    auto k = kafka::Gateway::open(spec, epoll_fd_, std::move(handlers), logger);
     if (k) service = std::unique_ptr<TcpService>(std::move(*k));
     else service = tl::unexpected(k.error());
   }

@@ -1,4 +1,5 @@
 // busd: the bus daemon (groups, committed offsets). Logic in tools/busd/busd.cpp.
+#include <charconv>
 #include <iostream>
 
 #include <CLI/CLI.hpp>
@@ -66,6 +67,10 @@ int main(int argc, char** argv) {
   app.add_option("--kafka-listen", kafka_listen,
                  "speak the Kafka protocol on HOST:PORT (kcat, librdkafka, kafka-python clients), loopback unless "
                  "--allow-remote; port 0 picks one (busctl status shows it)");
+  std::string kafka_partitions;
+  app.add_option("--kafka-partitions", kafka_partitions,
+                 "partitions of a topic the Kafka gateway creates without a count (auto-created by Metadata, "
+                 "CreateTopics with -1), as Kafka's num.partitions; 1 to 4096 (default 1)");
   app.add_flag("--allow-remote", o.allow_remote, "let listeners bind addresses other than loopback");
   bool help_man = false;
   app.add_flag("--help-man", help_man, "print this manual page (busd.8) in roff and exit")->group("");
@@ -77,6 +82,16 @@ int main(int argc, char** argv) {
   if (!group.empty()) o.group = group;
   if (!metrics_listen.empty()) o.metrics_listen = metrics_listen;
   if (!kafka_listen.empty()) o.kafka_listen = kafka_listen;
+  if (!kafka_partitions.empty()) {
+    unsigned n = 0;
+    const char* end = kafka_partitions.data() + kafka_partitions.size();
+    auto [ptr, ec] = std::from_chars(kafka_partitions.data(), end, n);
+    if (ec != std::errc{} || ptr != end || n < 1 || n > 4096) {
+      std::cerr << "busd: --kafka-partitions: '" << kafka_partitions << "' is not a number from 1 to 4096\n";
+      return 2;
+    }
+    o.kafka_partitions = n;
+  }
   if (!retention.empty()) {
     auto ns = shmbus::timetext::parse_duration_ns(retention);
     if (!ns || *ns < 1'000'000) {

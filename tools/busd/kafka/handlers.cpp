@@ -67,8 +67,13 @@ std::uint64_t payload_bytes(const Message& m) {
 
 }  // namespace
 
-Handlers::Handlers(std::shared_ptr<Bus> bus, std::string state_dir, GroupCoordinator& groups, Log log)
-    : bus_(std::move(bus)), state_dir_(std::move(state_dir)), groups_(groups), log_(std::move(log)) {}
+Handlers::Handlers(std::shared_ptr<Bus> bus, std::string state_dir, GroupCoordinator& groups, Log log,
+                   std::uint32_t default_partitions)
+    : bus_(std::move(bus)),
+      state_dir_(std::move(state_dir)),
+      groups_(groups),
+      log_(std::move(log)),
+      default_partitions_(default_partitions) {}
 
 Handlers::~Handlers() = default;
 
@@ -143,7 +148,8 @@ ResponseBody Handlers::metadata(const RequestHeader& h, const MetadataRequest& r
       t.error_code = kInvalidTopic;
     } else if (!r.allow_auto_topic_creation) {  // before v4 the broker's policy: create
       t.error_code = kUnknownTopicOrPartition;
-    } else if (auto ok = bus_->create_topic(name, TopicConfig{}); !ok && ok.error().code != Errc::kAlreadyExists) {
+    } else if (auto ok = bus_->create_topic(name, TopicConfig{.partitions = default_partitions_, .spill = {}});
+               !ok && ok.error().code != Errc::kAlreadyExists) {
       log_(fmt::format("kafka: topic '{}' not auto-created: {}", name, ok.error().message));
       t.error_code = kUnknownTopicOrPartition;
     } else {
@@ -546,12 +552,13 @@ ResponseBody Handlers::create_topics(const CreateTopicsRequest& r) {
     TopicConfig cfg;
     if (auto ok = validate_name("topic", t.name); !ok) fail(kInvalidTopic, ok.error().message);
     else if (t.num_partitions == 0 || t.num_partitions < -1 || t.num_partitions > 4096)
-      fail(kInvalidPartitions, fmt::format("{} partitions: give 1 to 4096, or -1 for 1", t.num_partitions));
+      fail(kInvalidPartitions,
+           fmt::format("{} partitions: give 1 to 4096, or -1 for {}", t.num_partitions, default_partitions_));
     else if (t.replication_factor != -1 && t.replication_factor != 1)
       fail(kInvalidReplicationFactor, fmt::format("replication factor {}: this bus is one broker (give 1 or -1)", t.replication_factor));
     else if (!t.assignments.empty()) fail(kInvalidRequest, "manual replica assignments are not supported");
     else {
-      cfg.partitions = t.num_partitions == -1 ? 1u : static_cast<std::uint32_t>(t.num_partitions);
+      cfg.partitions = t.num_partitions == -1 ? default_partitions_ : static_cast<std::uint32_t>(t.num_partitions);
       if (bus_->topic(t.name)) fail(kTopicAlreadyExists, fmt::format("topic '{}' already exists", t.name));
       else if (!r.validate_only) {
         if (auto ok = bus_->create_topic(t.name, cfg); !ok)

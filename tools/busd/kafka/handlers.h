@@ -75,8 +75,11 @@ class Handlers {
  public:
   using Log = std::function<void(const std::string&)>;
   // state_dir: the bus's, where spilled topics' disk logs are (ListOffsets by time);
-  // groups: busd's coordinator, which outlives the Handlers.
-  Handlers(std::shared_ptr<Bus> bus, std::string state_dir, GroupCoordinator& groups, Log log);
+  // groups: busd's coordinator, which outlives the Handlers; default_partitions: those of a
+  // topic created without a count (Metadata's auto-creation, CreateTopics with -1), Kafka's
+  // num.partitions.
+  Handlers(std::shared_ptr<Bus> bus, std::string state_dir, GroupCoordinator& groups, Log log,
+           std::uint32_t default_partitions = 1);
   ~Handlers();
 
   // `final`: a parked request's last try (its max_wait passed): answer whatever there is.
@@ -120,6 +123,7 @@ class Handlers {
   std::string state_dir_;
   GroupCoordinator& groups_;
   Log log_;
+  std::uint32_t default_partitions_;
   std::optional<Producer> producer_;
   // Readers by (topic, its epoch, partition), each assigned that one partition, and the
   // offset its next poll returns (a fetch at another offset seeks first).
