@@ -566,7 +566,9 @@ std::vector<std::uint64_t> write_stamped(const std::string& dir, const std::vect
   {
     auto w = LogWriter::open(dir, c, 0600, {});
     EXPECT_TRUE(w) << w.error().message;
-    if (w) EXPECT_TRUE(w->append(stamped_frames(ts)));
+    if (w) {
+      EXPECT_TRUE(w->append(stamped_frames(ts)));
+    }
   }
   auto segs = list_segments(dir);
   EXPECT_TRUE(segs);
