@@ -197,6 +197,40 @@ void append_gap(std::vector<std::byte>& out, std::uint64_t offset, std::uint64_t
   std::memcpy(out.data() + at + 4, &h.crc, 4);
 }
 
+// ---- time index ----
+
+TimeIndexEntry time_index_entry(std::int64_t max_before, std::uint32_t relative_offset) noexcept {
+  TimeIndexEntry e{max_before, relative_offset, 0};
+  e.crc = crc32c(&e, offsetof(TimeIndexEntry, crc));
+  return e;
+}
+
+std::vector<TimeIndexEntry> read_time_index(const std::string& dir, std::uint64_t base, std::uint64_t end_offset) {
+  std::vector<TimeIndexEntry> entries;
+  Fd f{::open(segment_path(dir, base, "timeindex").c_str(), O_RDONLY | O_CLOEXEC)};
+  struct stat st{};
+  if (f.fd < 0 || ::fstat(f.fd, &st) != 0 || st.st_size < static_cast<off_t>(sizeof(TimeIndexEntry))) return entries;
+  entries.resize(static_cast<std::size_t>(st.st_size) / sizeof(TimeIndexEntry));  // a torn last entry is left out
+  std::size_t got = 0;
+  for (const std::size_t want = entries.size() * sizeof(TimeIndexEntry); got < want;) {
+    const ssize_t n = ::pread(f.fd, reinterpret_cast<char*>(entries.data()) + got, want - got, static_cast<off_t>(got));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  entries.resize(got / sizeof(TimeIndexEntry));
+  std::size_t good = 0;
+  for (; good < entries.size(); ++good) {
+    const TimeIndexEntry& e = entries[good];
+    if (e.crc != crc32c(&e, offsetof(TimeIndexEntry, crc)) || base + e.relative_offset >= end_offset) break;
+    if (good == 0 ? e.relative_offset != 0 || e.max_before != kNoTimestamp
+                  : e.relative_offset <= entries[good - 1].relative_offset || e.max_before < entries[good - 1].max_before)
+      break;
+  }
+  entries.resize(good);
+  return entries;
+}
+
 // ---- scan ----
 
 Result<ScanResult> scan_segment(const std::string& path, const std::function<void(const FrameView&)>& each) {
@@ -240,9 +274,12 @@ Result<ScanResult> scan_segment(const std::string& path, const std::function<voi
       return r;
     }
     if (since_index >= kIndexInterval) {
-      r.index.push_back({static_cast<std::uint32_t>(v.header.offset - r.base_offset), static_cast<std::uint32_t>(pos)});
+      const auto rel = static_cast<std::uint32_t>(v.header.offset - r.base_offset);
+      r.index.push_back({rel, static_cast<std::uint32_t>(pos)});
+      r.time_index.push_back(time_index_entry(r.max_timestamp, rel));
       since_index = 0;
     }
+    if (!is_gap(v.header)) r.max_timestamp = std::max(r.max_timestamp, v.header.timestamp_ns);
     if (each) each(v);
     if (!r.first_offset) r.first_offset = v.header.offset;
     r.last_offset = frame_last(v.header);
@@ -277,7 +314,7 @@ Result<LogSummary> summarize(const std::string& dir) {
 
 LogReader::LogReader(LogReader&& o) noexcept
     : dir_(std::move(o.dir_)), segments_(std::move(o.segments_)), fd_(std::exchange(o.fd_, -1)), base_(o.base_),
-      pos_(o.pos_), next_(o.next_), buf_(std::move(o.buf_)) {}
+      pos_(o.pos_), next_(o.next_), frames_read_(o.frames_read_), buf_(std::move(o.buf_)) {}
 
 LogReader& LogReader::operator=(LogReader&& o) noexcept {
   if (this != &o) {
@@ -288,6 +325,7 @@ LogReader& LogReader::operator=(LogReader&& o) noexcept {
     base_ = o.base_;
     pos_ = o.pos_;
     next_ = o.next_;
+    frames_read_ = o.frames_read_;
     buf_ = std::move(o.buf_);
   }
   return *this;
@@ -379,6 +417,7 @@ Result<std::uint64_t> LogReader::read(std::uint64_t from, std::uint64_t limit, s
                                                            c == FrameCheck::kPartial ? "cut short" : "bad length or CRC"));
         break;  // the tail: not written yet (or torn, for busd to truncate)
       }
+      ++frames_read_;
       if (v.header.offset >= limit) return std::max(next, limit);
       pos_ += v.header.size;
       next_ = frame_last(v.header) + 1;

@@ -1,6 +1,6 @@
 // The spill log on disk: per partition, Kafka-like segment files
-// <state dir>/<topic>-<partition>/<base offset, 20 digits>.log with a sparse .index beside
-// each. Format and recovery rules: docs/spill.md.
+// <state dir>/<topic>-<partition>/<base offset, 20 digits>.log with a sparse .index and a
+// sparse .timeindex beside each. Format and recovery rules: docs/spill.md.
 //
 //   .log    FileHeader (32 B), then frames back to back:
 //           0   u32 size       whole frame, header included
@@ -13,6 +13,8 @@
 //           36  u32 attributes (0 or kAttrNullValue: a record; kAttrLost/kAttrAborted: a gap frame)
 //           40  key | headers | value
 //   .index  {u32 offset - base, u32 byte position} every kIndexInterval bytes of log
+//   .timeindex  {i64 largest timestamp before, u32 offset - base, u32 CRC32C} beside each
+//           .index entry (TimeIndexEntry)
 //
 // This header and bus/disk_log.cpp are the format and its reader (libshmbus); busd's writer
 // is tools/busd/log_writer.h.
@@ -25,6 +27,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <optional>
 #include <span>
 #include <utility>
@@ -92,10 +95,31 @@ struct IndexEntry {
 };
 inline constexpr std::uint32_t kIndexInterval = 4096;
 
+// One entry of a segment's time index, written with each .index entry (at the same offset):
+// the largest timestamp among the segment's records before that offset (kNoTimestamp: none
+// yet). Kafka's .timeindex idea: the largest so far, not the record's own, so that the
+// entries never decrease and a search by time is exact even where timestamps go backwards
+// (every record before the last entry older than a time is older than it).
+struct TimeIndexEntry {
+  std::int64_t max_before;
+  std::uint32_t relative_offset;
+  std::uint32_t crc;  // CRC32C of the 12 bytes before it
+};
+static_assert(sizeof(TimeIndexEntry) == 16, "the .timeindex format");
+inline constexpr std::int64_t kNoTimestamp = std::numeric_limits<std::int64_t>::min();
+TimeIndexEntry time_index_entry(std::int64_t max_before, std::uint32_t relative_offset) noexcept;
+
 std::string partition_dir(const std::string& state_dir, const std::string& topic, std::uint32_t partition);
 std::string segment_path(const std::string& dir, std::uint64_t base, const char* ext);
 // Base offsets of the segment files in `dir`, ascending; empty when there is no such dir.
 Result<std::vector<std::uint64_t>> list_segments(const std::string& dir);
+
+// The time index of segment `base` in `dir`, as far as it can be believed: the longest run of
+// entries from the first whose CRCs hold, that starts at {offset base, kNoTimestamp}, whose
+// offsets grow and stay below `end_offset` (where the segment ends: the next one's base, or
+// how far the log is known to go) and whose timestamps never decrease. Empty when there is no
+// such file (a log written before the time index) or nothing in it holds.
+std::vector<TimeIndexEntry> read_time_index(const std::string& dir, std::uint64_t base, std::uint64_t end_offset);
 
 // Appends one frame; `payload` is key | headers | value (key_len kNullKeyLen: no key;
 // attributes 0 or kAttrNullValue).
@@ -128,6 +152,8 @@ struct ScanResult {
   std::uint64_t bad_position = 0;  // kTornTail / kCorrupt
   std::string problem;             // names the file, the byte position and the offset expected
   std::vector<IndexEntry> index;   // as the writer would have written it
+  std::vector<TimeIndexEntry> time_index;  // the same
+  std::int64_t max_timestamp = kNoTimestamp;  // of its records (gap frames are none)
 };
 
 // Reads a whole segment file, checking every frame; `each` sees the valid ones in order.
@@ -161,6 +187,10 @@ class LogReader {
   // First offset on disk, if any (lists the directory).
   Result<std::optional<std::uint64_t>> start_offset();
 
+  // Frames read so far (checked, whether shown or passed over on the way to `from`): what a
+  // lookup cost (tests of the time index).
+  std::uint64_t frames_read() const noexcept { return frames_read_; }
+
  private:
   Status open_segment(std::uint64_t base, std::uint64_t from);
   void close_segment();
@@ -171,6 +201,7 @@ class LogReader {
   std::uint64_t base_ = 0;      // of the open segment
   std::uint64_t pos_ = 0;       // next frame's byte position in it
   std::uint64_t next_ = 0;      // the offset a read starting at pos_ expects
+  std::uint64_t frames_read_ = 0;
   std::vector<std::byte> buf_;
 };
 

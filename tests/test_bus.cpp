@@ -1,7 +1,9 @@
 // The bus in one process: topics, produce/consume, bad input, bad segments.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
+#include <random>
 #include <set>
 #include <thread>
 
@@ -17,6 +19,7 @@
 #include <fmt/format.h>
 
 #include "bus/names.h"
+#include "bus/offset_lookup.h"
 #include "bus/partitioner.h"
 #include "bus/topic.h"
 #include "shm/ring.h"
@@ -238,6 +241,109 @@ TEST(Bus, OffsetsForTimesFindTheFirstRecordAtOrAfterEachTime) {
   EXPECT_EQ(bad.error().code, Errc::kInvalidArgument);
   EXPECT_NE(bad.error().message.find("no partition 2"), std::string::npos) << bad.error().message;
   EXPECT_EQ(c->offsets_for_times({{{"nope", 0}, 0}}).error().code, Errc::kNotFound);
+}
+
+// Sends one record a timestamp of `ts` to partition 0 of `topic`, values of `value_len` bytes.
+void send_stamped(Producer& p, const char* topic, const std::vector<std::int64_t>& ts, std::size_t value_len) {
+  const std::string v(value_len, 'v');
+  for (std::int64_t t : ts) {
+    Message m{std::nullopt, as_bytes(v)};
+    m.timestamp_ns = t;
+    ASSERT_TRUE(p.send(topic, m, 0u));
+  }
+}
+
+TEST(Bus, OffsetsForTimesFindARingRecordByABinarySearchThroughTheOffsetIndex) {
+  test::TestBus bus("ringtime");
+  ASSERT_TRUE(bus->create_topic("t", small(1, 1 << 20)));
+  auto p = Producer::create(bus.get());
+  ASSERT_TRUE(p);
+  const std::int64_t base = 1'700'000'000'000'000'000;
+  std::vector<std::int64_t> ts(4000);
+  for (std::size_t i = 0; i < ts.size(); ++i) ts[i] = base + static_cast<std::int64_t>(i) * 10;
+  send_stamped(*p, "t", ts, 24);  // 64-byte records: the offset index holds every one
+  const shm::Ring ring = bus->topic("t").value()->ring(0);
+  for (std::int64_t t : {std::int64_t{0}, ts[0], ts[0] + 1, ts[1234] - 3, ts[2000], ts[3998] + 9, ts[3999], ts[3999] + 1}) {
+    LookupStats st;
+    auto m = find_offset_for_time("", ring, t, &st);
+    ASSERT_TRUE(m) << m.error().message;
+    const auto want = std::find_if(ts.begin(), ts.end(), [&](std::int64_t x) { return x >= t; });
+    if (want == ts.end()) {
+      EXPECT_FALSE(*m) << t - base;
+    } else {
+      ASSERT_TRUE(*m) << t - base;
+      EXPECT_EQ((*m)->offset, static_cast<std::uint64_t>(want - ts.begin())) << t - base;
+      EXPECT_EQ((*m)->timestamp_ns, *want);
+    }
+    EXPECT_LE(st.ring_probes, 13u) << "log2(4000) = 12: " << t - base;  // every probe finds its record
+    EXPECT_LE(st.ring_records, 2u) << "read in order after the probes: " << t - base;
+    EXPECT_EQ(st.ring_restarts, 0u);
+  }
+  // Timestamps that go backwards (a sawtooth: each run of 100 starts 500 ns before the last
+  // one ended): the answer is a record at or after the time whose previous record is older.
+  ASSERT_TRUE(bus->create_topic("saw", small(1, 1 << 20)));
+  std::vector<std::int64_t> saw(3000);
+  for (std::size_t i = 0; i < saw.size(); ++i)
+    saw[i] = base + static_cast<std::int64_t>(i % 100) * 10 + static_cast<std::int64_t>(i / 100) * 500;
+  send_stamped(*p, "saw", saw, 24);
+  const shm::Ring saw_ring = bus->topic("saw").value()->ring(0);
+  std::mt19937_64 rng(5);
+  for (int i = 0; i < 200; ++i) {
+    const std::int64_t t = base + static_cast<std::int64_t>(rng() % 16000);
+    LookupStats st;
+    auto m = find_offset_for_time("", saw_ring, t, &st);
+    ASSERT_TRUE(m) << m.error().message;
+    if (!*m) {
+      EXPECT_LT(saw.back(), t) << "none: the newest record is older";
+      continue;
+    }
+    const std::uint64_t o = (*m)->offset;
+    ASSERT_LT(o, saw.size());
+    EXPECT_GE(saw[o], t);
+    if (o > 0) {
+      EXPECT_LT(saw[o - 1], t) << "offset " << o << " for time " << t - base;
+    }
+    EXPECT_LE(st.ring_probes + st.ring_records, 15u);
+  }
+}
+
+TEST(Bus, OffsetsForTimesLappedByProducersDuringTheLookupSearchTheNewRing) {
+  test::TestBus bus("ringlap");
+  ASSERT_TRUE(bus->create_topic("t", small(1, 4096)));  // 64 records of 64 bytes
+  auto p = Producer::create(bus.get());
+  ASSERT_TRUE(p);
+  const std::int64_t base = 1'700'000'000'000'000'000;
+  auto stamps = [&](std::int64_t from, std::int64_t to) {
+    std::vector<std::int64_t> v;
+    for (std::int64_t i = from; i < to; ++i) v.push_back(base + i * 10);
+    return v;
+  };
+  send_stamped(*p, "t", stamps(0, 40), 24);
+  const shm::Ring ring = bus->topic("t").value()->ring(0);
+  std::int64_t next = 40;
+  // Times before everything, and in the records the producers write during the lookup.
+  for (std::int64_t ahead : {-1000, 60, 79}) {
+    const std::int64_t target = std::max<std::int64_t>(0, next + ahead);
+    // After the lookup's first probe, producers write 80 records, more than the ring holds:
+    // everything it read is gone.
+    LookupStats st;
+    int laps = 0;
+    st.after_probe = [&] {
+      if (laps++ > 0) return;
+      send_stamped(*p, "t", stamps(next, next + 80), 24);
+      next += 80;
+    };
+    auto m = find_offset_for_time("", ring, base + target * 10, &st);
+    ASSERT_TRUE(m) << m.error().message;
+    ASSERT_GT(laps, 0) << "the binary search probes";
+    EXPECT_GE(st.ring_restarts, 1u) << target;
+    const std::uint64_t start = ring.start_offset();
+    ASSERT_TRUE(*m) << target;
+    // The time is older than everything left: the ring's start; else the record itself.
+    const std::uint64_t want = std::max<std::uint64_t>(start, static_cast<std::uint64_t>(target));
+    EXPECT_EQ((*m)->offset, want) << target;
+    EXPECT_EQ((*m)->timestamp_ns, base + static_cast<std::int64_t>(want) * 10) << target;
+  }
 }
 
 TEST(Bus, NullKeysStickToOnePartitionThenMoveOn) {

@@ -832,6 +832,17 @@ TEST_F(Busd, OffsetsForTimesSearchTheDiskLogAcrossSegments) {
     }
   }
   wait_spilled(bus_->get(), "timed");
+  // busd wrote a time index beside each segment's index: an entry for each of its entries.
+  const std::string dir = disklog::partition_dir(bus_paths(bus_->name()).state_dir, "timed", 0);
+  auto segs = disklog::list_segments(dir);
+  ASSERT_TRUE(segs);
+  ASSERT_GE(segs->size(), 3u);
+  for (auto base : *segs) {
+    EXPECT_EQ(std::filesystem::file_size(disklog::segment_path(dir, base, "timeindex")),
+              2 * std::filesystem::file_size(disklog::segment_path(dir, base, "index")))
+        << base;
+    EXPECT_FALSE(disklog::read_time_index(dir, base, ~0ull).empty()) << base;
+  }
   kill_busd(SIGTERM);
   auto bus = attach_after_destroy(bus_->name());  // the ring is gone: what is found is on disk
   ASSERT_TRUE(bus) << bus.error().message;
@@ -1209,7 +1220,7 @@ TEST_F(SharedBus, SpillFilesAreTheGroupsSoAnotherMembersBusdAppendsToThem) {
     EXPECT_EQ(st.st_gid, gid_) << e.path();
     ++files;
   }
-  EXPECT_GE(files, 3) << "a log, its index and the fsync watermark";
+  EXPECT_GE(files, 4) << "a log, its index, its time index and the fsync watermark";
   // Root's busd goes; the member's takes the bus over and appends to root's files.
   const pid_t root_busd = lock_pid();
   ASSERT_GT(root_busd, 0);

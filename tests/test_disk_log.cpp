@@ -1,17 +1,19 @@
 // The spill log's files: CRC32C, frames across segments, index seeks, recovery of a torn
 // tail cut at every byte of the last two records, corruption in the middle named by file and
-// byte, foreign files, retention.
+// byte, foreign files, retention, the time index and lookups by time.
 #include <gtest/gtest.h>
 
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
 #include <functional>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <tuple>
 
@@ -19,6 +21,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bus/disk_log.h"
+#include "bus/offset_lookup.h"
 #include "tools/busd/log_writer.h"
 #include "cli_util.h"
 #include "test_util.h"
@@ -350,6 +353,7 @@ TEST_F(DiskLog, RetentionByAgeDeletesSealedSegmentsOlderThanItNeverTheOpenOne) {
   EXPECT_EQ(w->enforce_retention(now), 2u);
   EXPECT_EQ(w->start_offset(), (*segs)[2]);
   EXPECT_FALSE(std::filesystem::exists(segment_path(dir_, (*segs)[0], "index")));
+  EXPECT_FALSE(std::filesystem::exists(segment_path(dir_, (*segs)[0], "timeindex")));
   // Even the open segment aged: it stays (retention deletes whole sealed segments only).
   for (std::size_t i = 2; i < segs->size(); ++i)
     ASSERT_EQ(::utimensat(AT_FDCWD, segment_path(dir_, (*segs)[i], "log").c_str(), old, 0), 0);
@@ -529,6 +533,240 @@ TEST_F(DiskLog, DamagePastTheLastFsyncIsATornTailDamageBeforeItIsCorruption) {
       EXPECT_NE(reports[0].find("past the last fsync"), std::string::npos) << reports[0];
     }
   }
+}
+
+}  // namespace
+
+namespace {
+
+// Frames of 80 bytes (no key, a 40-byte value) for offsets first, first + 1, ... stamped `ts`.
+std::vector<std::byte> stamped_frames(const std::vector<std::int64_t>& ts, std::uint64_t first = 0) {
+  std::vector<std::byte> out;
+  const std::string value(40, 'v');
+  for (std::size_t i = 0; i < ts.size(); ++i)
+    append_frame(out, first + i, ts[i], kNullKeyLen, 0, static_cast<std::uint32_t>(value.size()),
+                 reinterpret_cast<const std::byte*>(value.data()));
+  return out;
+}
+
+// Timestamps 1000 ns apart from 1'000'000, one a record.
+std::vector<std::int64_t> rising(std::size_t n) {
+  std::vector<std::int64_t> ts(n);
+  for (std::size_t i = 0; i < n; ++i) ts[i] = 1'000'000 + static_cast<std::int64_t>(i) * 1000;
+  return ts;
+}
+
+// Writes records stamped `ts` from offset 0 into a log in `dir` (segments of `segment_bytes`)
+// as busd does; returns its segments' base offsets.
+std::vector<std::uint64_t> write_stamped(const std::string& dir, const std::vector<std::int64_t>& ts, std::uint64_t segment_bytes) {
+  SpillConfig c;
+  c.enabled = true;
+  c.segment_bytes = segment_bytes;
+  c.fsync = FsyncPolicy::kNever;
+  {
+    auto w = LogWriter::open(dir, c, 0600, {});
+    EXPECT_TRUE(w) << w.error().message;
+    if (w) {
+      EXPECT_TRUE(w->append(stamped_frames(ts)));
+    }
+  }
+  auto segs = list_segments(dir);
+  EXPECT_TRUE(segs);
+  return segs ? *segs : std::vector<std::uint64_t>{};
+}
+
+// The first offset whose timestamp is >= t, as a scan of everything finds it (none: ~0).
+std::uint64_t first_at_or_after(const std::vector<std::int64_t>& ts, std::int64_t t) {
+  for (std::size_t i = 0; i < ts.size(); ++i)
+    if (ts[i] >= t) return i;
+  return ~std::uint64_t{0};
+}
+
+// What a lookup may read with a time index: the first record of a few files (the search over
+// files), then one index interval of 80-byte frames, plus a frame either side.
+constexpr std::uint64_t kOneInterval = kIndexInterval / 80 + 2;
+
+// Looks `t` up in the log at `dir` and checks it against a scan of `ts`.
+void expect_lookup(const std::string& dir, const std::vector<std::int64_t>& ts, std::int64_t t, std::uint64_t max_frames,
+                   LookupStats* out = nullptr) {
+  LookupStats st;
+  auto m = find_in_disk_log(dir, ts.size(), t, &st);
+  ASSERT_TRUE(m) << m.error().message;
+  const std::uint64_t want = first_at_or_after(ts, t);
+  if (want == ~std::uint64_t{0}) {
+    EXPECT_FALSE(*m) << "time " << t << ": found offset " << (*m)->offset;
+  } else {
+    ASSERT_TRUE(*m) << "time " << t << ": none found, offset " << want << " expected";
+    EXPECT_EQ((*m)->offset, want) << "time " << t;
+    EXPECT_EQ((*m)->timestamp_ns, ts[want]) << "time " << t;
+  }
+  EXPECT_LE(st.disk_frames, max_frames) << "time " << t << ": frames read";
+  if (out) *out = st;
+}
+
+TEST_F(DiskLog, TheTimeIndexBoundsALookupByTimeToOneIndexIntervalOfItsSegment) {
+  const std::vector<std::int64_t> ts = rising(20000);
+  const auto segs = write_stamped(dir_, ts, 256 << 10);
+  ASSERT_GE(segs.size(), 5u);
+  for (auto base : segs) {
+    // One time index entry beside each .index entry (16 bytes against 8), owner-only.
+    struct stat ti{}, ix{};
+    ASSERT_EQ(::stat(segment_path(dir_, base, "timeindex").c_str(), &ti), 0) << base;
+    ASSERT_EQ(::stat(segment_path(dir_, base, "index").c_str(), &ix), 0) << base;
+    EXPECT_EQ(ti.st_size, ix.st_size * 2) << base;
+    if (base != segs.back()) {
+      EXPECT_GT(ti.st_size, 16 * 50) << base;
+    }
+    EXPECT_EQ(ti.st_mode & 0777, 0600u) << base;
+  }
+  const std::uint64_t bound = segs.size() + kOneInterval;
+  for (std::int64_t t : {std::int64_t{0}, ts[0], ts[1] - 1, ts[777], ts[5000] + 1, ts[12345], ts[16000] - 999, ts[19999],
+                         ts[19999] + 1, std::numeric_limits<std::int64_t>::max(), std::numeric_limits<std::int64_t>::min()}) {
+    LookupStats st;
+    expect_lookup(dir_, ts, t, bound, &st);
+    EXPECT_EQ(st.disk_full_scans, 0u) << t;
+  }
+}
+
+TEST_F(DiskLog, TimestampsGoingBackwardsStillFindTheFirstRecordAtOrAfterTheTimeInOffsetOrder) {
+  // Stamps that wander ±10 records, a run of a stopped clock's (far in the past), and one
+  // record from the future: the max-so-far in each entry keeps the search exact.
+  std::mt19937_64 rng(11);
+  std::vector<std::int64_t> ts(12000);
+  for (std::size_t i = 0; i < ts.size(); ++i)
+    ts[i] = 1'000'000 + static_cast<std::int64_t>(i) * 1000 + static_cast<std::int64_t>(rng() % 20001) - 10000;
+  for (std::size_t i = 3000; i < 3200; ++i) ts[i] = 5;
+  ts[9000] = 1'000'000 + 11000 * 1000;
+  {
+    LogWriter w = writer(dir_);  // one segment: the index decides everything
+    ASSERT_TRUE(w.append(stamped_frames(ts)));
+  }
+  ASSERT_EQ(list_segments(dir_)->size(), 1u);
+  const std::int64_t top = *std::max_element(ts.begin(), ts.end());
+  for (int i = 0; i < 300; ++i) {
+    const std::int64_t t = static_cast<std::int64_t>(rng() % static_cast<std::uint64_t>(top + 2));
+    expect_lookup(dir_, ts, t, 1 + kOneInterval);
+  }
+  for (std::int64_t t : {std::int64_t{6}, ts[3199], ts[9000], ts[9000] + 1, ts[8999] + 1, ts[9001]})
+    expect_lookup(dir_, ts, t, 1 + kOneInterval);
+}
+
+// The time index of a segment, read raw (every entry, checked or not).
+std::vector<TimeIndexEntry> raw_time_index(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  std::vector<TimeIndexEntry> out;
+  TimeIndexEntry e{};
+  while (f.read(reinterpret_cast<char*>(&e), sizeof e)) out.push_back(e);
+  return out;
+}
+
+void write_raw(const std::string& path, const void* data, std::size_t n) {
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  f.write(static_cast<const char*>(data), static_cast<std::streamsize>(n));
+}
+
+TEST_F(DiskLog, ADamagedStaleOrForgedTimeIndexCostsAScanNeverAWrongRecord) {
+  const std::vector<std::int64_t> ts = rising(12000);
+  const auto segs = write_stamped(dir_, ts, 256 << 10);
+  ASSERT_GE(segs.size(), 3u);
+  const std::string path = segment_path(dir_, segs[1], "timeindex");
+  const std::vector<TimeIndexEntry> good = raw_time_index(path);
+  ASSERT_GT(good.size(), 20u);
+  // The time of a record in the middle of segment 1, between index entries k and k + 1.
+  const std::size_t k = good.size() / 2;
+  const std::uint64_t target = segs[1] + good[k].relative_offset + 5;
+  const std::int64_t t = ts[target] - 1;
+  const std::uint64_t bound = segs.size() + kOneInterval;
+  {
+    LookupStats st;
+    expect_lookup(dir_, ts, t, bound, &st);
+    EXPECT_EQ(st.disk_full_scans, 0u);
+  }
+  // With a time index that cannot be believed (from some entry on, or at all): at most the
+  // whole segment, and the interval tried first.
+  const std::uint64_t whole_segment = segs[2] - segs[1] + segs.size() + 2 * kOneInterval;
+  struct Case {
+    const char* what;
+    std::function<void(std::vector<TimeIndexEntry>&)> change;  // then written back; nullptr: the file removed
+    bool scans;                                                 // the segment is scanned from its start
+    std::size_t torn = 0;                                       // bytes of one more entry after them
+  };
+  auto forge = [](TimeIndexEntry& e, std::int64_t max_before, std::uint32_t rel) { e = time_index_entry(max_before, rel); };
+  const Case cases[] = {
+      {"no .timeindex (a log written before it)", nullptr, true},
+      {"a flipped bit in the entry before the record", [&](auto& v) { v[k].max_before ^= 1; }, false},
+      {"a flipped bit in the first entry", [&](auto& v) { v[0].relative_offset ^= 4; }, true},
+      {"forged: an offset past the segment's end", [&](auto& v) { forge(v[k - 3], v[k - 3].max_before, 1u << 30); }, false},
+      {"forged: offsets that go down", [&](auto& v) { forge(v[k - 3], v[k - 3].max_before, v[k - 5].relative_offset); }, false},
+      {"forged: a largest timestamp that goes down",
+       [&](auto& v) { forge(v[k - 2], v[k - 4].max_before - 1, v[k - 2].relative_offset); }, false},
+      {"forged: a first entry that is not the segment's first offset", [&](auto& v) { forge(v[0], kNoTimestamp, 1); }, true},
+      {"forged: promises a record at or after the time before entry k, none is there",
+       [&](auto& v) { forge(v[k], v[k + 1].max_before, v[k].relative_offset); }, true},
+      {"stale: entries of a longer log (cut short by a torn tail since)",
+       [&](auto& v) {
+         const TimeIndexEntry last = v.back();
+         for (std::uint32_t i = 1; i <= 5; ++i)
+           v.push_back(time_index_entry(last.max_before + i * 100'000, last.relative_offset + i * 100'000));
+       },
+       false},
+      {"cut short inside an entry", [&](auto& v) { v.resize(k - 1); }, false, 7},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.what);
+    if (!c.change) {
+      ASSERT_EQ(::unlink(path.c_str()), 0);
+    } else {
+      std::vector<TimeIndexEntry> v = good;
+      c.change(v);
+      v.push_back(good[std::min(v.size(), good.size() - 1)]);  // whose first `torn` bytes stay
+      write_raw(path, v.data(), (v.size() - 1) * sizeof(TimeIndexEntry) + c.torn);
+    }
+    LookupStats st;
+    expect_lookup(dir_, ts, t, whole_segment, &st);
+    EXPECT_EQ(st.disk_full_scans, c.scans ? 1u : 0u);
+    // Another segment's lookups are untouched.
+    expect_lookup(dir_, ts, ts[segs[2] + 7], bound);
+    write_raw(path, good.data(), good.size() * sizeof(TimeIndexEntry));
+  }
+}
+
+TEST_F(DiskLog, TheWriterRebuildsTheLastSegmentsTimeIndexAfterACrash) {
+  std::vector<std::int64_t> ts = rising(3000);
+  ASSERT_EQ(write_stamped(dir_, ts, 64 << 20).size(), 1u);
+  // A crash cut the log inside record 2000 after its time index went further.
+  const std::string log = segment_path(dir_, 0, "log"), tix = segment_path(dir_, 0, "timeindex");
+  std::vector<std::uint64_t> starts;
+  ASSERT_TRUE(scan_segment(log, [&](const FrameView& v) { starts.push_back(v.position); }));
+  ASSERT_EQ(::truncate(log.c_str(), static_cast<off_t>(starts[2000] + 30)), 0);
+  const std::size_t longer = raw_time_index(tix).size();
+  std::vector<std::string> reports;
+  {
+    LogWriter w = writer(dir_, 64 << 20, &reports);
+    EXPECT_EQ(w.next_offset(), 2000u);
+    auto scan = scan_segment(log);
+    ASSERT_TRUE(scan);
+    const auto rebuilt = raw_time_index(tix);
+    EXPECT_LT(rebuilt.size(), longer);
+    ASSERT_EQ(rebuilt.size(), scan->time_index.size());
+    for (std::size_t i = 0; i < rebuilt.size(); ++i) {
+      EXPECT_EQ(rebuilt[i].relative_offset, scan->time_index[i].relative_offset) << i;
+      EXPECT_EQ(rebuilt[i].max_before, scan->time_index[i].max_before) << i;
+    }
+    // The spiller writes again from offset 2000, its stamps going back to before the crash:
+    // the largest timestamp so far carries on from the records before it.
+    ts.resize(2000);
+    std::vector<std::int64_t> again(1000);
+    for (std::size_t i = 0; i < again.size(); ++i) again[i] = 1'500'000 + static_cast<std::int64_t>(i) * 1000;
+    ts.insert(ts.end(), again.begin(), again.end());
+    ASSERT_TRUE(w.append(stamped_frames(again, 2000)));
+  }
+  EXPECT_EQ(reports.size(), 1u);
+  for (std::int64_t t : {ts[1999], ts[1999] + 1, ts[2000], ts[2500], ts[2999], ts[2999] + 1, std::int64_t{1'600'000}})
+    expect_lookup(dir_, ts, t, 1 + kOneInterval);
+  struct stat ti{};
+  ASSERT_EQ(::stat(tix.c_str(), &ti), 0);
+  EXPECT_EQ(ti.st_mode & 0777, 0600u);
 }
 
 }  // namespace

@@ -1,5 +1,6 @@
-// busd's side of the spill log: appends frames, rolls and indexes segments, syncs, enforces
-// retention, and recovers a torn tail on open. Consumers and busctl only read (bus/disk_log.h).
+// busd's side of the spill log: appends frames, rolls and indexes segments (.index and
+// .timeindex), syncs, enforces retention, and recovers a torn tail on open. Consumers and
+// busctl only read (bus/disk_log.h).
 #include "tools/busd/log_writer.h"
 
 #include <fcntl.h>
@@ -101,8 +102,10 @@ std::optional<Watermark> read_watermark(const std::string& dir) {
 
 LogWriter::LogWriter(LogWriter&& o) noexcept
     : dir_(std::move(o.dir_)), config_(o.config_), mode_(o.mode_), segments_(std::move(o.segments_)),
-      log_fd_(std::exchange(o.log_fd_, -1)), index_fd_(std::exchange(o.index_fd_, -1)), since_index_(o.since_index_),
-      pending_index_(std::move(o.pending_index_)), next_(o.next_), writeback_from_(o.writeback_from_),
+      log_fd_(std::exchange(o.log_fd_, -1)), index_fd_(std::exchange(o.index_fd_, -1)),
+      time_index_fd_(std::exchange(o.time_index_fd_, -1)), since_index_(o.since_index_),
+      pending_index_(std::move(o.pending_index_)), pending_time_index_(std::move(o.pending_time_index_)),
+      max_timestamp_(o.max_timestamp_), next_(o.next_), writeback_from_(o.writeback_from_),
       unsynced_(std::move(o.unsynced_)) {}
 
 LogWriter& LogWriter::operator=(LogWriter&& o) noexcept {
@@ -114,8 +117,11 @@ LogWriter& LogWriter::operator=(LogWriter&& o) noexcept {
     segments_ = std::move(o.segments_);
     log_fd_ = std::exchange(o.log_fd_, -1);
     index_fd_ = std::exchange(o.index_fd_, -1);
+    time_index_fd_ = std::exchange(o.time_index_fd_, -1);
     since_index_ = o.since_index_;
     pending_index_ = std::move(o.pending_index_);
+    pending_time_index_ = std::move(o.pending_time_index_);
+    max_timestamp_ = o.max_timestamp_;
     next_ = o.next_;
     writeback_from_ = o.writeback_from_;
     unsynced_ = std::move(o.unsynced_);
@@ -133,7 +139,8 @@ void LogWriter::close_files() noexcept {
   unsynced_.clear();
   if (log_fd_ >= 0) ::close(log_fd_);
   if (index_fd_ >= 0) ::close(index_fd_);
-  log_fd_ = index_fd_ = -1;
+  if (time_index_fd_ >= 0) ::close(time_index_fd_);
+  log_fd_ = index_fd_ = time_index_fd_ = -1;
 }
 
 std::optional<std::uint64_t> LogWriter::start_offset() const noexcept {
@@ -155,6 +162,7 @@ void fsync_dir(const std::string& dir) {
 }
 
 void remove_segment(const std::string& dir, std::uint64_t base) {
+  ::unlink(segment_path(dir, base, "timeindex").c_str());
   ::unlink(segment_path(dir, base, "index").c_str());
   ::unlink(segment_path(dir, base, "log").c_str());
 }
@@ -216,13 +224,21 @@ Result<LogWriter> LogWriter::open(const std::string& dir, const SpillConfig& con
     const std::string path = segment_path(dir, last->base_offset, "log");
     w.log_fd_ = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
     if (w.log_fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot open {}: {}", path, std::strerror(errno)));
-    // The index of the open segment is rebuilt from the scan: it may lag or run past a
+    // The indexes of the open segment are rebuilt from the scan: they may lag or run past a
     // truncated tail.
-    const std::string ipath = segment_path(dir, last->base_offset, "index");
-    w.index_fd_ = open_file(ipath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, file_mode);
-    if (w.index_fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot open {}: {}", ipath, std::strerror(errno)));
-    if (auto ok = write_all(w.index_fd_, last->index.data(), last->index.size() * sizeof(IndexEntry), ipath); !ok)
+    const std::pair<int*, const char*> files[] = {{&w.index_fd_, "index"}, {&w.time_index_fd_, "timeindex"}};
+    for (const auto& [fd, ext] : files) {
+      const std::string ipath = segment_path(dir, last->base_offset, ext);
+      *fd = open_file(ipath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, file_mode);
+      if (*fd < 0) return make_error(Errc::kSystem, fmt::format("cannot open {}: {}", ipath, std::strerror(errno)));
+    }
+    if (auto ok = write_all(w.index_fd_, last->index.data(), last->index.size() * sizeof(IndexEntry), segment_path(dir, last->base_offset, "index")); !ok)
       return tl::unexpected(ok.error());
+    if (auto ok = write_all(w.time_index_fd_, last->time_index.data(), last->time_index.size() * sizeof(TimeIndexEntry),
+                            segment_path(dir, last->base_offset, "timeindex"));
+        !ok)
+      return tl::unexpected(ok.error());
+    w.max_timestamp_ = last->max_timestamp;
     w.since_index_ = last->valid_bytes - (last->index.empty() ? 0 : last->index.back().position);
     w.writeback_from_ = last->valid_bytes;
   }
@@ -231,9 +247,13 @@ Result<LogWriter> LogWriter::open(const std::string& dir, const SpillConfig& con
 
 Status LogWriter::flush_index() {
   if (pending_index_.empty() || index_fd_ < 0) return {};
-  auto ok = write_all(index_fd_, pending_index_.data(), pending_index_.size() * sizeof(IndexEntry),
-                      segment_path(dir_, segments_.back().base, "index"));
+  const std::uint64_t base = segments_.back().base;
+  auto ok = write_all(index_fd_, pending_index_.data(), pending_index_.size() * sizeof(IndexEntry), segment_path(dir_, base, "index"));
+  if (ok && time_index_fd_ >= 0)
+    ok = write_all(time_index_fd_, pending_time_index_.data(), pending_time_index_.size() * sizeof(TimeIndexEntry),
+                   segment_path(dir_, base, "timeindex"));
   pending_index_.clear();
+  pending_time_index_.clear();
   return ok;
 }
 
@@ -242,22 +262,26 @@ Status LogWriter::roll(std::uint64_t base) {
   if (log_fd_ >= 0 && config_.fsync != FsyncPolicy::kNever) {
     // The sealed segment is synced with the next sync(), not now: a roll must not stall
     // the appends behind it.
-    unsynced_.push_back(std::exchange(log_fd_, -1));
-    unsynced_.push_back(std::exchange(index_fd_, -1));
+    for (int* fd : {&log_fd_, &index_fd_, &time_index_fd_})
+      if (*fd >= 0) unsynced_.push_back(std::exchange(*fd, -1));
   }
-  if (log_fd_ >= 0) ::close(log_fd_);
-  if (index_fd_ >= 0) ::close(index_fd_);
-  const std::string path = segment_path(dir_, base, "log"), ipath = segment_path(dir_, base, "index");
+  for (int* fd : {&log_fd_, &index_fd_, &time_index_fd_})
+    if (*fd >= 0) ::close(std::exchange(*fd, -1));
+  const std::string path = segment_path(dir_, base, "log"), ipath = segment_path(dir_, base, "index"),
+                    tpath = segment_path(dir_, base, "timeindex");
   // O_EXCL: a file of that name would be a log we did not list; never write over it.
   log_fd_ = open_file(path, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, mode_);
   if (log_fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot create {}: {}", path, std::strerror(errno)));
   index_fd_ = open_file(ipath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, mode_);
   if (index_fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot create {}: {}", ipath, std::strerror(errno)));
+  time_index_fd_ = open_file(tpath, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, mode_);
+  if (time_index_fd_ < 0) return make_error(Errc::kSystem, fmt::format("cannot create {}: {}", tpath, std::strerror(errno)));
   const FileHeader h = make_file_header(base);
   if (auto ok = write_all(log_fd_, &h, sizeof h, path); !ok) return ok;
   if (config_.fsync != FsyncPolicy::kNever) fsync_dir(dir_);
   segments_.push_back({base, sizeof h});
   since_index_ = kIndexInterval;
+  max_timestamp_ = kNoTimestamp;
   writeback_from_ = 0;
   return {};
 }
@@ -280,10 +304,12 @@ Status LogWriter::append(std::span<const std::byte> frames) {
         if (auto ok = roll(h.offset); !ok) return ok;
       }
       if (since_index_ >= kIndexInterval) {
-        pending_index_.push_back({static_cast<std::uint32_t>(h.offset - segments_.back().base),
-                                  static_cast<std::uint32_t>(segments_.back().bytes + (j - i))});
+        const auto rel = static_cast<std::uint32_t>(h.offset - segments_.back().base);
+        pending_index_.push_back({rel, static_cast<std::uint32_t>(segments_.back().bytes + (j - i))});
+        pending_time_index_.push_back(time_index_entry(max_timestamp_, rel));
         since_index_ = 0;
       }
+      if (!is_gap(h)) max_timestamp_ = std::max(max_timestamp_, h.timestamp_ns);
       since_index_ += h.size;
       next_ = frame_last(h) + 1;
       j += h.size;
@@ -314,6 +340,7 @@ Status LogWriter::sync() {
   if (failed || (log_fd_ >= 0 && ::fdatasync(log_fd_) != 0))
     return make_error(Errc::kSystem, fmt::format("fdatasync {}: {}", dir_, std::strerror(errno)));
   if (index_fd_ >= 0) (void)::fdatasync(index_fd_);
+  if (time_index_fd_ >= 0) (void)::fdatasync(time_index_fd_);
   // The watermark: everything before it is on the disk. Written after the sync returned,
   // so it is never ahead of the data; recovery treats damage past it as a torn tail.
   if (!segments_.empty()) write_watermark(dir_, {segments_.back().base, segments_.back().bytes}, mode_);

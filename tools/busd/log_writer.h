@@ -34,7 +34,7 @@ class LogWriter {
 
   // Whole frames with ascending offsets above next_offset(). Rolls segments on the way.
   Status append(std::span<const std::byte> frames);
-  // fdatasync of the open segment and its index.
+  // fdatasync of the open segment and its indexes.
   Status sync();
   // New retention / segment size / fsync settings (busctl topic alter): from the next append.
   void set_config(const SpillConfig& config) noexcept { config_ = config; }
@@ -55,9 +55,11 @@ class LogWriter {
   SpillConfig config_;
   unsigned mode_ = 0600;
   std::vector<Segment> segments_;   // the last one is open
-  int log_fd_ = -1, index_fd_ = -1;
+  int log_fd_ = -1, index_fd_ = -1, time_index_fd_ = -1;
   std::uint64_t since_index_ = 0;   // log bytes since the last index entry
   std::vector<IndexEntry> pending_index_;
+  std::vector<TimeIndexEntry> pending_time_index_;
+  std::int64_t max_timestamp_ = kNoTimestamp;  // of the open segment's records so far
   std::optional<std::uint64_t> next_;
   std::uint64_t writeback_from_ = 0;  // open segment: bytes before it were handed to writeback
   std::vector<int> unsynced_;         // sealed segments' descriptors, synced by the next sync()
