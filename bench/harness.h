@@ -176,6 +176,20 @@ inline int run_pair(int cpu_a, int cpu_b, const std::function<void()>& parent, c
   return status;
 }
 
+// Reads or writes all of n bytes (a stream socket or a pipe may move fewer at a time).
+inline bool full(int fd, char* p, std::size_t n, bool rd) {
+  while (n) {
+    const ssize_t k = rd ? ::read(fd, p, n) : ::write(fd, p, n);
+    if (k <= 0) return false;
+    p += k;
+    n -= static_cast<std::size_t>(k);
+  }
+  return true;
+}
+
+// The busd a run started itself (shmbus_bench kafka), for a Ctrl-C handler to take down.
+inline std::atomic<pid_t> g_started_busd{0};
+
 // Waits for every process; returns how many did not exit with status 0.
 inline int wait_all(const std::vector<pid_t>& pids) {
   int failed = 0;

@@ -4,6 +4,7 @@
 //   shmbus_bench latency    [--samples N] [--warmup N] [--size B] [--cpus A,B] [--wait W] [--rate R] [--json]
 //   shmbus_bench throughput [--records N] [--size B] [--batch K] [--cpus A,B] [--json]
 //   shmbus_bench acks       [--samples N] [--size B] [--fsync P] [--json]
+//   shmbus_bench kafka      [--records N] [--pings N] [--rate R] [--json]   (kafka_bench.cpp)
 //
 // What a latency sample is. Every row is a ping-pong between two processes pinned to two
 // CPUs, driven by the same code (measure()): the measuring process stamps message i into
@@ -58,6 +59,7 @@
 #include "bus/group_client.h"
 #include "bus/paths.h"
 #include "harness.h"
+#include "kafka_bench.h"
 #include "shmbus/bus.h"
 #include "shmbus/consumer.h"
 #include "shmbus/producer.h"
@@ -302,17 +304,6 @@ Row ring_of_lines(const Options& o) {
 }
 
 std::byte* bytes_of(std::vector<char>& v) { return reinterpret_cast<std::byte*>(v.data()); }
-
-// Reads or writes all of n bytes (a stream socket or a pipe may move fewer at a time).
-bool full(int fd, char* p, std::size_t n, bool rd) {
-  while (n) {
-    const ssize_t k = rd ? ::read(fd, p, n) : ::write(fd, p, n);
-    if (k <= 0) return false;
-    p += k;
-    n -= static_cast<std::size_t>(k);
-  }
-  return true;
-}
 
 Row unix_socket(const Options& o) {
   int sv[2];
@@ -671,6 +662,10 @@ std::string g_bus_to_remove;
 extern "C" void on_interrupt(int sig) {
   // Leave nothing behind: the other process of the pair, the bus, the message queues.
   if (const pid_t child = g_running_child.load(); child > 0) ::kill(child, SIGKILL);
+  if (const pid_t busd = g_started_busd.load(); busd > 0) {  // before its bus goes: it would write there
+    ::kill(busd, SIGKILL);
+    ::waitpid(busd, nullptr, 0);
+  }
 #ifdef SHMBUS_HAVE_ICEORYX
   iceoryx::Roudi::emergency_stop();
 #endif
@@ -1442,6 +1437,13 @@ int main(int argc, char** argv) {
   ack->add_option("--batch", o.batch, "sends before one flush in the last row (default 64)");
   ack->add_option("--fsync", ack_fsync, "the topic's fsync policies, a list of never,interval,always (default interval)");
   ack->add_flag("--json", o.json, "JSON output");
+  CLI::App* kaf = app.add_subcommand("kafka", "busd's Kafka listener with librdkafka (produce, consume, one-way latency) "
+                                     "and the mirror, beside the native rows, on a busd of the run's own");
+  KafkaBenchOptions ko;
+  kaf->add_option("--records", ko.records, "records in each throughput row (default 200000)");
+  kaf->add_option("--pings", ko.pings, "measured values in each latency row (default 20000)");
+  kaf->add_option("--rate", ko.rate, "latency rows: values sent per second (default 5000: one every 200 us)");
+  kaf->add_flag("--json", ko.json, "JSON output");
   CLI11_PARSE(app, argc, argv);
   if (ack->parsed()) {
     if (ack->count("--samples") == 0) o.samples = 2000;
@@ -1463,6 +1465,12 @@ int main(int argc, char** argv) {
   std::signal(SIGTERM, on_interrupt);
   g_tsc = TscClock::calibrate();
   try {
+    if (kaf->parsed()) {
+      g_bus_to_remove = bench_bus();
+      const int rc = run_kafka_bench(ko, g_bus_to_remove);
+      g_bus_to_remove.clear();
+      return rc;
+    }
     if (ack->parsed()) {
       if (o.size < 16 || o.size > 65536 || o.batch == 0) throw std::runtime_error("--size must be from 16 to 65536 bytes, --batch over 0");
       json rows = json::array();

@@ -81,10 +81,11 @@ TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
 stage "build (libFuzzer targets: clang RelWithDebInfo, ASan+UBSan)"
 CC=clang CXX=clang++ bash scripts/build.sh build-fuzz -DSHMBUS_FUZZ=ON -DSHMBUS_TESTS=OFF -DSHMBUS_BENCH=OFF "${sanitizer_flags[@]}"
 stage "fuzz (briefly, from the seed corpora)"
-for t in disk_log segment protocol busctl_args kafka; do
+for t in disk_log segment protocol busctl_args kafka kafka_handlers; do
   # A copy of the corpus: what the fuzzer adds stays out of the tree; crashes land in build-fuzz/.
+  # The handlers start from the decoder's corpus (real client frames).
   work=$(mktemp -d)
-  cp tests/fuzz/corpus/$t/* "$work"/
+  cp tests/fuzz/corpus/${t%_handlers}/* "$work"/
   if ! "build-fuzz/tests/fuzz/fuzz_$t" -max_total_time="${SHMBUS_FUZZ_SECONDS:-15}" -rss_limit_mb=2048 \
       -artifact_prefix="$PWD/build-fuzz/crash-$t-" "$work" > "$work.log" 2>&1; then
     tail -60 "$work.log"

@@ -1,10 +1,11 @@
 // The benchmark as a user runs it: interrupted with Ctrl-C, it leaves no process and no
-// segment behind.
+// segment behind; every row of a short run is there; `kafka` removes its busd and bus.
 #include <gtest/gtest.h>
 
 #include <dirent.h>
 #include <signal.h>
 
+#include <filesystem>
 #include <fstream>
 #include <string>
 #include <thread>
@@ -15,6 +16,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "bus/paths.h"
 #include "test_util.h"
 
 namespace {
@@ -52,6 +54,16 @@ std::string process_named(const std::string& comm) {
   std::string found;
   for_each_process([&](pid_t pid, const std::string& name, char state, pid_t ppid) {
     if (name == comm) found += fmt::format("{}{} (state {}, parent {})", found.empty() ? "" : ", ", pid, state, ppid);
+  });
+  return found;
+}
+
+// Whether a process has `arg` among its arguments (/proc/<pid>/cmdline).
+bool process_with_arg(const std::string& arg) {
+  bool found = false;
+  for_each_process([&](pid_t pid, const std::string&, char, pid_t) {
+    std::ifstream f("/proc/" + std::to_string(pid) + "/cmdline");
+    for (std::string a; std::getline(f, a, '\0');) found |= a == arg;
   });
   return found;
 }
@@ -101,6 +113,12 @@ int run_bench(std::vector<std::string> args, nlohmann::json& rows, std::string& 
   const int st = shmbus::test::finish(bench, out, std::chrono::seconds(50));
   rows = nlohmann::json::parse(out, nullptr, /*allow_exceptions=*/false);
   return st;
+}
+
+const nlohmann::json* row_named(const nlohmann::json& rows, const std::string& name) {
+  for (const auto& r : rows)
+    if (r.value("mechanism", "") == name) return &r;
+  return nullptr;
 }
 
 const nlohmann::json* row_starting(const nlohmann::json& rows, const std::string& prefix) {
@@ -249,4 +267,42 @@ TEST(Bench, InterruptedRunLeavesNoProcessOrSegmentBehind) {
   ASSERT_TRUE(segments_with_prefix(prefix));
   interrupt_and_expect_gone(bench, kids);
   EXPECT_FALSE(segments_with_prefix(prefix)) << "segments left behind";
+}
+
+// shmbus_bench kafka in a short run: every row there with a positive figure (no speed is
+// asserted), and its busd, its bus's segments, state dir and runtime dir gone afterwards.
+TEST(Bench, KafkaRowsAreEachMeasuredAndTheirBusdAndBusAreGoneAfter) {
+  auto bench = shmbus::test::spawn({SHMBUS_BENCH_PATH, "kafka", "--records", "3000", "--pings", "200", "--rate", "2000", "--json"});
+  ASSERT_GT(bench.pid, 0);
+  const std::string bus = "bench_" + std::to_string(bench.pid);
+  std::string out;
+  const int st = shmbus::test::finish(bench, out, std::chrono::seconds(55));
+  ASSERT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "status " << st << "\n" << out;
+  const auto rows = nlohmann::json::parse(out, nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(rows.is_array()) << out;
+  for (const char* name : {"librdkafka producer -> gateway, linger.ms=5", "librdkafka producer -> gateway, linger.ms=0",
+                           "librdkafka consumer <- gateway", "shmbus Producer -> ring (reference)",
+                           "shmbus Consumer <- ring (reference)", "mirror out: bus topic -> gateway (same busd)",
+                           "mirror in: gateway -> bus topic (same busd)"}) {
+    const auto* r = row_named(rows, name);
+    ASSERT_NE(r, nullptr) << name << " missing in " << out;
+    EXPECT_EQ((*r)["records"].get<std::uint64_t>(), 3000u) << name;
+    EXPECT_GT((*r)["records_per_s"].get<double>(), 0.0) << name;
+    EXPECT_FALSE((*r)["measures"].get<std::string>().empty()) << name;
+  }
+  for (const char* name : {"librdkafka producer -> gateway -> librdkafka consumer", "shmbus Producer -> ring -> Consumer (reference)",
+                           "unix socket (reference)"}) {
+    const auto* r = row_named(rows, name);
+    ASSERT_NE(r, nullptr) << name << " missing in " << out;
+    EXPECT_EQ((*r)["samples"].get<std::uint64_t>(), 200u) << name;
+    EXPECT_GT((*r)["p50_us"].get<double>(), 0.0) << name;
+    EXPECT_GE((*r)["max_us"].get<double>(), (*r)["p99_9_us"].get<double>()) << name;
+    EXPECT_FALSE((*r)["measures"].get<std::string>().empty()) << name;
+  }
+  EXPECT_EQ(rows.size(), 10u) << out;
+  EXPECT_FALSE(process_with_arg(bus)) << "the bench's busd outlived it";
+  EXPECT_FALSE(segments_with_prefix("shmbus." + bus + "~")) << "segments left behind";
+  const shmbus::BusPaths paths = shmbus::bus_paths(bus);
+  EXPECT_FALSE(std::filesystem::exists(paths.state_dir)) << paths.state_dir;
+  EXPECT_FALSE(std::filesystem::exists(paths.runtime_dir)) << paths.runtime_dir;
 }

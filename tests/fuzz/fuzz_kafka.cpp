@@ -5,22 +5,18 @@
 #include <span>
 #include <string>
 
+#include "tests/fuzz/kafka_frames.h"
 #include "tools/busd/kafka/messages.h"
 #include "tools/busd/kafka/record_batch.h"
 
 using namespace shmbus::kafka;
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-  std::span<const std::uint8_t> in(data, size);
-  for (int i = 0; i < 8; ++i) {
-    auto n = frame_size(in, 1 << 20);
-    if (!n || !*n) break;
-    auto frame = in.subspan(4, **n);
-    in = in.subspan(4 + **n);
+  for_each_frame(std::span<const std::uint8_t>(data, size), [](std::span<const std::uint8_t> frame, int) {
     auto req = decode_request(frame);
     if (!req) {
       if (req.error().message.empty()) __builtin_trap();  // every error says what was wrong
-      continue;
+      return;
     }
     auto again = encode_request(req->header, req->body);
     auto back = decode_request(std::span(reinterpret_cast<const std::uint8_t*>(again.data()) + 4, again.size() - 4));
@@ -34,6 +30,6 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 std::span(reinterpret_cast<const std::uint8_t*>(part.records->data()), part.records->size()), limits);
           }
     }
-  }
+  });
   return 0;
 }

@@ -68,7 +68,7 @@ Status check_cpus(const std::vector<std::string>& args) {
 class BenchCommand final : public Command {
  public:
   explicit BenchCommand(CLI::App& app) {
-    bench = app.add_subcommand("bench", "latency / throughput / idle benchmarks (runs shmbus_bench; see its --help)");
+    bench = app.add_subcommand("bench", "latency / throughput / spill / idle / acks / kafka benchmarks (runs shmbus_bench; see its --help)");
     bench->prefix_command();  // everything after `bench` goes to shmbus_bench as it is
   }
 
