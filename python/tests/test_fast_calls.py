@@ -155,6 +155,8 @@ def test_messages_are_plain_values_that_outlive_their_consumer(bus):
     with pytest.raises(TypeError):
         shmbus.Message()
     with pytest.raises(TypeError):
+        type("MyMessage", (shmbus.Message,), {})  # no longer subclassable (docs/python.md)
+    with pytest.raises(TypeError):
         m.value(1)
     with pytest.raises(TypeError):
         m.set_value()
