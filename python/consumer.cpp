@@ -144,6 +144,35 @@ class PyConsumer {
   }
 
   // ---- reading ----
+  // poll() and consume() for their plain CPython methods (see FastMethod): the common
+  // argument shapes (a timeout None, int or float; num_messages an int), anything else
+  // through the binding.
+  static FastMethod& fast_poll_method() {
+    static FastMethod m({"timeout"}, 1);
+    return m;
+  }
+  static FastMethod& fast_consume_method() {
+    static FastMethod m({"num_messages", "timeout"}, 2);
+    return m;
+  }
+  static bool plain_timeout(PyObject* t) { return !t || t == Py_None || PyFloat_CheckExact(t) || PyLong_CheckExact(t); }
+  PyObject* poll_fast(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    PyObject* a[1];
+    if (!fast_poll_method().parse(args, nargs, kwnames, a) || !plain_timeout(a[0]))
+      return fast_poll_method().fallback(self, args, nargs, kwnames);
+    return poll(pb::reinterpret_borrow<pb::object>(a[0] ? a[0] : Py_None)).release().ptr();
+  }
+  PyObject* consume_fast(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    PyObject* a[2];
+    if (!fast_consume_method().parse(args, nargs, kwnames, a) || (a[0] && !PyLong_CheckExact(a[0])) || !plain_timeout(a[1]))
+      return fast_consume_method().fallback(self, args, nargs, kwnames);
+    int overflow = 0;
+    const long long n = a[0] ? PyLong_AsLongLongAndOverflow(a[0], &overflow) : 1;
+    if (overflow) return fast_consume_method().fallback(self, args, nargs, kwnames);
+    pb::object minus_one = pb::int_(-1);
+    return consume(n, a[1] ? pb::reinterpret_borrow<pb::object>(a[1]) : minus_one).release().ptr();
+  }
+
   pb::object poll(const pb::object& timeout) {
     Consumer& c = open(true);
     release_views();
@@ -183,11 +212,11 @@ class PyConsumer {
     if (!message.is_none() && !offsets.is_none()) throw pb::value_error("commit(): message and offsets are exclusive");
     std::vector<std::pair<TopicPartition, std::uint64_t>> offs;
     if (!message.is_none()) {
-      if (!pb::isinstance<PyMessage>(message)) throw pb::type_error("commit(message=...) takes a Message");
-      const auto& m = message.cast<const PyMessage&>();
-      if (m.offset < 0 || m.topic.is_none()) raise(kErrInvalidArg, "commit(): the message has no offset");
-      offs.push_back({TopicPartition{m.topic.cast<std::string>(), static_cast<std::uint32_t>(m.partition)},
-                      static_cast<std::uint64_t>(m.offset) + 1});
+      const PyMessage* m = as_message(message);
+      if (!m) throw pb::type_error("commit(message=...) takes a Message");
+      if (m->offset < 0 || m->topic == Py_None) raise(kErrInvalidArg, "commit(): the message has no offset");
+      offs.push_back({TopicPartition{pb::handle(m->topic).cast<std::string>(), static_cast<std::uint32_t>(m->partition)},
+                      static_cast<std::uint64_t>(m->offset) + 1});
     } else if (!offsets.is_none()) {
       auto tps = to_tps(offsets, "offsets");
       std::size_t i = 0;
@@ -419,9 +448,10 @@ class PyConsumer {
   }
 
   pb::object error_message() {
-    PyMessage m;
-    m.error = kafka_error(static_cast<int>(error_.code), error_.message);
-    return pb::cast(std::move(m));
+    PyMessage* m = nullptr;
+    pb::object out = new_message(m);
+    put(m->error, kafka_error(static_cast<int>(error_.code), error_.message));
+    return out;
   }
 
   // The records of the batch not handed out: their partitions go back to them.
@@ -460,24 +490,29 @@ class PyConsumer {
   }
 
   pb::object message(const ConsumedRecord& r) {
-    PyMessage m;
-    auto it = topics_.find(r.topic);
-    if (it == topics_.end()) it = topics_.emplace(std::string(r.topic), pb::str(std::string(r.topic))).first;
-    m.topic = it->second;
-    m.partition = static_cast<std::int32_t>(r.partition);
-    m.offset = static_cast<std::int64_t>(r.offset);
-    m.timestamp_type = 1;
-    m.timestamp_ms = r.timestamp_ns / 1'000'000;
-    if (r.key) m.key = pb::bytes(reinterpret_cast<const char*>(r.key->data()), r.key->size());
-    if (!r.null_value) m.value = bytes_of(r.value);
+    PyMessage* m = nullptr;
+    pb::object out = new_message(m);
+    if (r.topic != last_topic_name_) {  // one topic's records come in runs: one lookup per run
+      auto it = topics_.find(r.topic);
+      if (it == topics_.end()) it = topics_.emplace(std::string(r.topic), pb::str(std::string(r.topic))).first;
+      last_topic_name_ = it->first;
+      last_topic_ = it->second;
+    }
+    put(m->topic, last_topic_);
+    m->partition = static_cast<std::int32_t>(r.partition);
+    m->offset = static_cast<std::int64_t>(r.offset);
+    m->timestamp_type = 1;
+    m->timestamp_ms = r.timestamp_ns / 1'000'000;
+    if (r.key) put(m->key, pb::bytes(reinterpret_cast<const char*>(r.key->data()), r.key->size()));
+    if (!r.null_value) put(m->value, bytes_of(r.value));
     if (!r.raw_headers.empty()) {
       pb::list hs;
       auto h = r.headers();
       while (auto one = h.next())
         hs.append(pb::make_tuple(pb::str(std::string(one->key)), pb::bytes(reinterpret_cast<const char*>(one->value.data()), one->value.size())));
-      m.headers = hs;
+      put(m->headers, hs);
     }
-    return pb::cast(std::move(m));
+    return out;
   }
 
   pb::list tp_list(const std::vector<TopicPartition>& tps, const std::vector<std::int64_t>* offsets) {
@@ -543,7 +578,9 @@ class PyConsumer {
   std::size_t next_ = 0;
   Error error_;
   std::vector<pb::object> views_;
-  std::map<std::string, pb::str, std::less<>> topics_;
+  std::map<std::string, pb::str, std::less<>> topics_;  // (never erased: last_topic_name_ views a key)
+  std::string_view last_topic_name_;
+  pb::object last_topic_ = pb::none();
   pb::object on_assign_ = pb::none(), on_revoke_ = pb::none(), on_lost_ = pb::none(), on_commit_ = pb::none(),
              stats_cb_ = pb::none();
   std::optional<std::variant<pb::error_already_set, KafkaFailure>> callback_error_;
@@ -553,7 +590,7 @@ class PyConsumer {
 }  // namespace
 
 void bind_consumer(pb::module_& m) {
-  pb::class_<PyConsumer>(m, "Consumer",
+  auto cls = pb::class_<PyConsumer>(m, "Consumer",
                          "Consumer(conf): reads partitions at its own offsets; assign() needs no daemon (unless\n"
                          "conf['group.id'] is set: then it starts at, and commits, the group's offsets), subscribe()\n"
                          "joins conf['group.id'] through busd (started on demand), which assigns partitions and keeps\n"
@@ -617,6 +654,18 @@ void bind_consumer(pb::module_& m) {
            "the consumer; later calls raise RuntimeError. Closing twice is allowed.")
       .def("__enter__", [](pb::object self) { return self; })
       .def("__exit__", [](PyConsumer& c, pb::args) { c.close(); return false; });
+  PyConsumer::fast_poll_method().install(cls, "poll", [](PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    return guarded([&] {
+      PyConsumer* c = cpp_self<PyConsumer>(self);
+      return c ? c->poll_fast(self, args, nargs, kwnames) : PyConsumer::fast_poll_method().fallback(self, args, nargs, kwnames);
+    });
+  });
+  PyConsumer::fast_consume_method().install(cls, "consume", [](PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    return guarded([&] {
+      PyConsumer* c = cpp_self<PyConsumer>(self);
+      return c ? c->consume_fast(self, args, nargs, kwnames) : PyConsumer::fast_consume_method().fallback(self, args, nargs, kwnames);
+    });
+  });
 }
 
 }  // namespace shmbus::py

@@ -244,6 +244,174 @@ std::vector<TopicPartition> to_tps(const pb::handle& list, const char* what) {
   return out;
 }
 
+
+// ---- shmbus.Message ----
+namespace {
+
+PyTypeObject* g_message_type = nullptr;  // owned by the module
+
+PyMessage* self_message(PyObject* self) { return reinterpret_cast<PyMessage*>(self); }
+
+PyObject* field(PyObject* f) { return Py_NewRef(f ? f : Py_None); }
+
+void message_dealloc(PyObject* self) {
+  PyMessage* m = self_message(self);
+  Py_XDECREF(m->topic);
+  Py_XDECREF(m->key);
+  Py_XDECREF(m->value);
+  Py_XDECREF(m->headers);
+  Py_XDECREF(m->error);
+  PyTypeObject* type = Py_TYPE(self);
+  PyObject_Free(self);
+  Py_DECREF(type);  // a heap type: each instance holds a reference to it
+}
+
+PyObject* message_topic(PyObject* self, PyObject*) { return field(self_message(self)->topic); }
+PyObject* message_partition(PyObject* self, PyObject*) { return PyLong_FromLong(self_message(self)->partition); }
+PyObject* message_offset(PyObject* self, PyObject*) { return PyLong_FromLongLong(self_message(self)->offset); }
+PyObject* message_key(PyObject* self, PyObject*) { return field(self_message(self)->key); }
+PyObject* message_value(PyObject* self, PyObject*) { return field(self_message(self)->value); }
+PyObject* message_headers(PyObject* self, PyObject*) { return field(self_message(self)->headers); }
+PyObject* message_error(PyObject* self, PyObject*) { return field(self_message(self)->error); }
+PyObject* message_timestamp(PyObject* self, PyObject*) {
+  const PyMessage* m = self_message(self);
+  return Py_BuildValue("(iL)", m->timestamp_type, static_cast<long long>(m->timestamp_ms));
+}
+PyObject* message_set(PyObject*& f, PyObject* v) {
+  put(f, pb::reinterpret_borrow<pb::object>(v));
+  Py_RETURN_NONE;
+}
+PyObject* message_set_key(PyObject* self, PyObject* v) { return message_set(self_message(self)->key, v); }
+PyObject* message_set_value(PyObject* self, PyObject* v) { return message_set(self_message(self)->value, v); }
+PyObject* message_set_headers(PyObject* self, PyObject* v) { return message_set(self_message(self)->headers, v); }
+Py_ssize_t message_length(PyObject* self) {
+  PyObject* v = self_message(self)->value;
+  return !v || v == Py_None ? 0 : PyObject_Length(v);
+}
+PyObject* message_len(PyObject* self, PyObject*) {
+  const Py_ssize_t n = message_length(self);
+  return n < 0 ? nullptr : PyLong_FromSsize_t(n);
+}
+PyObject* message_repr(PyObject* self) {
+  return guarded([&] {
+    const PyMessage* m = self_message(self);
+    const std::string s = fmt::format("<shmbus.Message {}[{}]@{}>", pb::str(pb::reinterpret_borrow<pb::object>(m->topic)).cast<std::string>(),
+                                      m->partition, m->offset);
+    return PyUnicode_FromStringAndSize(s.data(), static_cast<Py_ssize_t>(s.size()));
+  });
+}
+
+PyMethodDef g_message_methods[] = {
+    {"topic", message_topic, METH_NOARGS, "The topic (str), or None."},
+    {"partition", message_partition, METH_NOARGS, "The partition, or -1."},
+    {"offset", message_offset, METH_NOARGS, "The offset, or OFFSET_INVALID."},
+    {"key", message_key, METH_NOARGS, "The key (bytes), or None."},
+    {"value", message_value, METH_NOARGS, "The value: bytes (a memoryview with 'shmbus.value.memoryview'), or None."},
+    {"headers", message_headers, METH_NOARGS, "A list of (str, bytes) tuples, or None."},
+    {"timestamp", message_timestamp, METH_NOARGS,
+     "(TIMESTAMP_CREATE_TIME, milliseconds since the epoch), or (TIMESTAMP_NOT_AVAILABLE, 0)."},
+    {"error", message_error, METH_NOARGS, "The KafkaError of a consumer error, or None."},
+    {"set_key", message_set_key, METH_O, "Replaces the key."},
+    {"set_value", message_set_value, METH_O, "Replaces the value."},
+    {"set_headers", message_set_headers, METH_O, "Replaces the headers."},
+    {"len", message_len, METH_NOARGS, "The value's length (0 for None)."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+const char* const kMessageDoc =
+    "A consumed record (or a consumer error: error() is then set), or the record of a delivery\n"
+    "report. value() is bytes, or a memoryview with 'shmbus.value.memoryview' (valid until the\n"
+    "consumer's next poll()/consume()/close(); it is released then and raises ValueError).";
+
+PyType_Slot g_message_slots[] = {
+    {Py_tp_dealloc, reinterpret_cast<void*>(message_dealloc)},
+    {Py_tp_repr, reinterpret_cast<void*>(message_repr)},
+    {Py_tp_methods, g_message_methods},
+    {Py_tp_doc, const_cast<char*>(kMessageDoc)},
+    {Py_mp_length, reinterpret_cast<void*>(message_length)},
+    {0, nullptr},
+};
+
+PyType_Spec g_message_spec = {"shmbus.Message", sizeof(PyMessage), 0, Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+                              g_message_slots};
+
+}  // namespace
+
+pb::object new_message(PyMessage*& fields) {
+  PyMessage* m = PyObject_New(PyMessage, g_message_type);
+  if (!m) throw pb::error_already_set();
+  m->topic = Py_NewRef(Py_None);
+  m->key = Py_NewRef(Py_None);
+  m->value = Py_NewRef(Py_None);
+  m->headers = Py_NewRef(Py_None);
+  m->error = Py_NewRef(Py_None);
+  m->partition = -1;
+  m->offset = kOffsetInvalid;
+  m->timestamp_ms = 0;
+  m->timestamp_type = 0;
+  fields = m;
+  return pb::reinterpret_steal<pb::object>(reinterpret_cast<PyObject*>(m));
+}
+
+PyMessage* as_message(pb::handle obj) {
+  return Py_TYPE(obj.ptr()) == g_message_type ? reinterpret_cast<PyMessage*>(obj.ptr()) : nullptr;
+}
+
+// ---- plain CPython methods ----
+void translate_current_exception() noexcept {
+  try {
+    throw;
+  } catch (pb::error_already_set& e) {
+    e.restore();
+    return;
+  } catch (...) {
+  }
+  if (pb::detail::apply_exception_translators(pb::detail::get_local_internals().registered_exception_translators)) return;
+  if (pb::detail::apply_exception_translators(pb::detail::get_internals().registered_exception_translators)) return;
+  PyErr_SetString(PyExc_SystemError, "Exception escaped from default exception translator!");
+}
+
+void FastMethod::install(pb::handle cls, const char* name, Fn fn) {
+  for (const char* n : names_) interned_.push_back(PyUnicode_InternFromString(n));
+  slow_ = pb::getattr(cls, name).release().ptr();
+  doc_ = pb::str(pb::getattr(pb::handle(slow_), "__doc__")).cast<std::string>();
+  def_ = PyMethodDef{name, reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(fn)), METH_FASTCALL | METH_KEYWORDS,
+                     doc_.c_str()};
+  pb::object descr = pb::reinterpret_steal<pb::object>(PyDescr_NewMethod(reinterpret_cast<PyTypeObject*>(cls.ptr()), &def_));
+  if (!descr) throw pb::error_already_set();
+  pb::setattr(cls, name, descr);
+}
+
+bool FastMethod::parse(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames, PyObject** slots) const {
+  if (nargs < 0 || static_cast<std::size_t>(nargs) > positional_) return false;
+  const std::size_t n = interned_.size();
+  for (std::size_t i = 0; i < n; ++i) slots[i] = i < static_cast<std::size_t>(nargs) ? args[i] : nullptr;
+  if (!kwnames) return true;
+  const Py_ssize_t nk = PyTuple_GET_SIZE(kwnames);
+  for (Py_ssize_t k = 0; k < nk; ++k) {
+    PyObject* name = PyTuple_GET_ITEM(kwnames, k);
+    std::size_t i = 0;
+    while (i < n && interned_[i] != name) ++i;  // keywords in a call are interned: found by identity
+    if (i == n) {
+      i = 0;
+      while (i < n && PyUnicode_Compare(interned_[i], name) != 0) ++i;
+      PyErr_Clear();
+    }
+    if (i == n || slots[i]) return false;
+    slots[i] = args[nargs + k];
+  }
+  return true;
+}
+
+PyObject* FastMethod::fallback(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) const {
+  const Py_ssize_t total = nargs + (kwnames ? PyTuple_GET_SIZE(kwnames) : 0);
+  std::vector<PyObject*> all;
+  all.reserve(static_cast<std::size_t>(total) + 1);
+  all.push_back(self);
+  all.insert(all.end(), args, args + total);
+  return PyObject_Vectorcall(slow_, all.data(), static_cast<std::size_t>(nargs) + 1, kwnames);
+}
+
 }  // namespace shmbus::py
 
 using namespace shmbus::py;
@@ -328,27 +496,9 @@ PYBIND11_MODULE(shmbus, m) {
       })
       .def("__hash__", [](const PyTopicPartition& t) { return pb::hash(pb::make_tuple(t.topic, t.partition)); });
 
-  pb::class_<PyMessage>(m, "Message",
-                        "A consumed record (or a consumer error: error() is then set), or the record of a delivery\n"
-                        "report. value() is bytes, or a memoryview with 'shmbus.value.memoryview' (valid until the\n"
-                        "consumer's next poll()/consume()/close(); it is released then and raises ValueError).")
-      .def("topic", [](const PyMessage& m) { return m.topic; })
-      .def("partition", [](const PyMessage& m) { return m.partition; })
-      .def("offset", [](const PyMessage& m) { return m.offset; })
-      .def("key", [](const PyMessage& m) { return m.key; })
-      .def("value", [](const PyMessage& m) { return m.value; })
-      .def("headers", [](const PyMessage& m) { return m.headers; }, "A list of (str, bytes) tuples, or None.")
-      .def("timestamp", [](const PyMessage& m) { return pb::make_tuple(m.timestamp_type, m.timestamp_ms); },
-           "(TIMESTAMP_CREATE_TIME, milliseconds since the epoch), or (TIMESTAMP_NOT_AVAILABLE, 0).")
-      .def("error", [](const PyMessage& m) { return m.error; })
-      .def("set_key", [](PyMessage& m, pb::object k) { m.key = std::move(k); })
-      .def("set_value", [](PyMessage& m, pb::object v) { m.value = std::move(v); })
-      .def("set_headers", [](PyMessage& m, pb::object h) { m.headers = std::move(h); })
-      .def("len", [](const PyMessage& m) { return m.value.is_none() ? 0 : pb::len(m.value); })
-      .def("__len__", [](const PyMessage& m) { return m.value.is_none() ? 0 : pb::len(m.value); })
-      .def("__repr__", [](const PyMessage& m) {
-        return fmt::format("<shmbus.Message {}[{}]@{}>", pb::str(m.topic).cast<std::string>(), m.partition, m.offset);
-      });
+  g_message_type = reinterpret_cast<PyTypeObject*>(PyType_FromSpec(&g_message_spec));
+  if (!g_message_type) throw pb::error_already_set();
+  m.attr("Message") = pb::handle(reinterpret_cast<PyObject*>(g_message_type));
 
   m.def(
       "delete_bus",

@@ -110,15 +110,87 @@ struct PyTopicPartition {
   TopicPartition tp() const;
 };
 
-// One consumed record (or a consumer error), as confluent-kafka's Message.
+// shmbus.Message: one consumed record (or a consumer error), or the record of a delivery
+// report, as confluent-kafka's Message. A plain CPython type (not a pybind11 class): it is
+// made once per record, and its getters are the calls a consumer loop makes most, so both
+// are kept to a few instructions. The object fields are owned references, never null.
 struct PyMessage {
-  pb::object topic = pb::none();
-  std::int32_t partition = -1;
-  std::int64_t offset = kOffsetInvalid;
-  std::int64_t timestamp_ms = 0;
-  int timestamp_type = 0;  // TIMESTAMP_NOT_AVAILABLE
-  pb::object key = pb::none(), value = pb::none(), headers = pb::none(), error = pb::none();
+  PyObject_HEAD
+  PyObject* topic;
+  PyObject* key;
+  PyObject* value;
+  PyObject* headers;
+  PyObject* error;
+  std::int32_t partition;
+  std::int64_t offset;
+  std::int64_t timestamp_ms;
+  int timestamp_type;  // TIMESTAMP_NOT_AVAILABLE (0) or TIMESTAMP_CREATE_TIME (1)
 };
+// A new Message: every object field None, partition -1, offset OFFSET_INVALID, no timestamp.
+// Throws pb::error_already_set when Python cannot allocate it.
+pb::object new_message(PyMessage*& fields);
+// The Message `obj` is, or nullptr when it is something else.
+PyMessage* as_message(pb::handle obj);
+// Stores `value` in a Message's object field, dropping what was there.
+inline void put(PyObject*& field, pb::object value) {
+  PyObject* old = field;
+  field = value.release().ptr();
+  Py_XDECREF(old);
+}
+
+// ---- the hottest calls as plain CPython methods (METH_FASTCALL | METH_KEYWORDS) ----
+// pybind11's dispatch costs about 2,000 instructions a call, twice a whole C++ send: the
+// calls a loop makes per record (Producer.produce, Consumer.poll, Consumer.consume) parse
+// their arguments here for the common shapes, and hand every other shape to the pybind11
+// binding they replace, which keeps its conversions and its errors.
+class FastMethod {
+ public:
+  using Fn = PyObject* (*)(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames);
+  // `params`: the parameter names in order; the first `positional` may be given by position.
+  FastMethod(std::vector<const char*> params, std::size_t positional) : names_(std::move(params)), positional_(positional) {}
+  // Replaces cls.`name` (a pybind11 method) with `fn`, keeping the pybind11 one for fallback().
+  void install(pb::handle cls, const char* name, Fn fn);
+  // Fills slots[i] (borrowed; nullptr: not given) for each parameter; false when the call's
+  // shape is not one this parser takes (too many positionals, an unknown or repeated keyword).
+  bool parse(PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames, PyObject** slots) const;
+  // The same call through the pybind11 binding.
+  PyObject* fallback(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) const;
+
+ private:
+  std::vector<const char*> names_;
+  std::vector<PyObject*> interned_;
+  std::size_t positional_;
+  PyObject* slow_ = nullptr;  // the pybind11 function (a reference kept for the process)
+  PyMethodDef def_{};
+  std::string doc_;
+};
+
+// The C++ object of a pybind11 instance (of a class bound with a plain holder), or nullptr
+// when it has none (not initialised, or a layout this does not read: use the fallback).
+template <class T>
+T* cpp_self(PyObject* self) {
+  auto* inst = reinterpret_cast<pb::detail::instance*>(self);
+  if (!inst->simple_layout || !inst->simple_holder_constructed) return nullptr;
+  return static_cast<T*>(inst->simple_value_holder[0]);
+}
+
+// Sets the Python error for the C++ exception being handled, as pybind11's dispatcher does
+// (error_already_set, then the registered translators, then pybind11's own).
+void translate_current_exception() noexcept;
+
+// Runs f (returning a new reference) for a plain CPython method: its result, or nullptr with
+// the Python error set.
+template <class F>
+PyObject* guarded(F&& f) noexcept {
+  try {
+    return f();
+  } catch (pb::error_already_set& e) {
+    e.restore();
+  } catch (...) {
+    translate_current_exception();
+  }
+  return nullptr;
+}
 
 // admin.cpp: ClusterMetadata of the bus (all topics, or one), for AdminClient and Consumer.
 pb::object cluster_metadata(Bus& bus, const pb::object& topic);

@@ -19,7 +19,7 @@ namespace {
 
 struct Report {
   pb::object callback;
-  PyMessage msg;
+  pb::object msg;  // a Message
 };
 
 class PyProducer {
@@ -50,10 +50,45 @@ class PyProducer {
     producer_.emplace(take(Producer::create(bus_, pc)));
   }
 
-  void produce(const std::string& topic, pb::handle value, pb::handle key, std::int64_t partition, pb::object on_delivery,
-               std::int64_t timestamp, pb::handle headers, pb::object callback) {
+  // produce() as bound (the pybind11 binding: every argument shape and its errors).
+  void produce(const std::string& topic, pb::handle value, pb::handle key, std::int64_t partition, pb::handle on_delivery,
+               std::int64_t timestamp, pb::handle headers, pb::handle callback) {
+    send(topic, value, key, partition, on_delivery, timestamp, headers, callback);
+  }
+
+  // produce() for the plain CPython method (fast_produce): the common argument shapes, read
+  // without pybind11's dispatch; anything else goes to the binding. Returns None (new).
+  PyObject* produce_fast(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    // topic, value, key, partition, on_delivery, timestamp, headers, callback
+    PyObject* a[8];
+    if (!fast_produce_method().parse(args, nargs, kwnames, a) || !a[0] || !PyUnicode_CheckExact(a[0]) ||
+        (a[3] && !PyLong_CheckExact(a[3])) || (a[5] && !PyLong_CheckExact(a[5])))
+      return fast_produce_method().fallback(self, args, nargs, kwnames);
+    Py_ssize_t n = 0;
+    const char* t = PyUnicode_AsUTF8AndSize(a[0], &n);  // cached in the str object
+    if (!t) {
+      PyErr_Clear();  // not UTF-8 (a lone surrogate): the binding's error
+      return fast_produce_method().fallback(self, args, nargs, kwnames);
+    }
+    int overflow = 0;
+    const long long partition = a[3] ? PyLong_AsLongLongAndOverflow(a[3], &overflow) : -1;
+    const long long timestamp = a[5] ? PyLong_AsLongLongAndOverflow(a[5], &overflow) : 0;
+    if (overflow) return fast_produce_method().fallback(self, args, nargs, kwnames);
+    auto h = [](PyObject* o) { return pb::handle(o ? o : Py_None); };
+    send(std::string_view(t, static_cast<std::size_t>(n)), h(a[1]), h(a[2]), partition, h(a[4]), timestamp, h(a[6]), h(a[7]));
+    Py_RETURN_NONE;
+  }
+
+  static FastMethod& fast_produce_method() {
+    static FastMethod m({"topic", "value", "key", "partition", "on_delivery", "timestamp", "headers", "callback"}, 7);
+    return m;
+  }
+
+ private:
+  void send(std::string_view topic, pb::handle value, pb::handle key, std::int64_t partition, pb::handle on_delivery_arg,
+            std::int64_t timestamp, pb::handle headers, pb::handle callback) {
     Producer& p = open();
-    if (!callback.is_none()) on_delivery = std::move(callback);  // confluent's alias
+    pb::handle on_delivery = !callback.is_none() ? callback : on_delivery_arg;  // callback: confluent's alias
     if (on_delivery.is_none()) on_delivery = default_cb_;
     if (!on_delivery.is_none() && !PyCallable_Check(on_delivery.ptr())) throw pb::type_error("on_delivery must be callable");
     if (partition < -1 || partition > 0xffffffffll) throw pb::value_error(fmt::format("partition {} is out of range", partition));
@@ -104,19 +139,22 @@ class PyProducer {
     }
     ++produced_;
     if (on_delivery.is_none() || only_errors_) return rethrow_stats_error();
-    Report rep{std::move(on_delivery), {}};
-    rep.msg.topic = pb::str(topic);
-    rep.msg.partition = static_cast<std::int32_t>(r->partition);
-    rep.msg.offset = static_cast<std::int64_t>(r->offset);
-    rep.msg.timestamp_type = 1;  // TIMESTAMP_CREATE_TIME
-    rep.msg.timestamp_ms = m.timestamp_ns / 1'000'000;
-    rep.msg.key = key.is_none() ? pb::object(pb::none()) : pb::object(pb::bytes(as_string(*m.key).data(), m.key->size()));
-    rep.msg.value = value.is_none() ? pb::object(pb::none()) : pb::object(pb::bytes(as_string(m.value).data(), m.value.size()));
-    rep.msg.headers = headers.is_none() ? pb::object(pb::none()) : pb::reinterpret_borrow<pb::object>(headers);
+    PyMessage* f = nullptr;
+    Report rep{pb::reinterpret_borrow<pb::object>(on_delivery), new_message(f)};
+    put(f->topic, pb::str(topic.data(), topic.size()));
+    f->partition = static_cast<std::int32_t>(r->partition);
+    f->offset = static_cast<std::int64_t>(r->offset);
+    f->timestamp_type = 1;  // TIMESTAMP_CREATE_TIME
+    f->timestamp_ms = m.timestamp_ns / 1'000'000;
+    if (!key.is_none()) put(f->key, pb::bytes(as_string(*m.key).data(), m.key->size()));
+    if (!value.is_none()) put(f->value, pb::bytes(as_string(m.value).data(), m.value.size()));
+    if (!headers.is_none()) put(f->headers, pb::reinterpret_borrow<pb::object>(headers));
     reports_.push_back(std::move(rep));
     rethrow_stats_error();  // the record is sent and its report queued
   }
 
+
+ public:
   // Serves queued delivery callbacks (and statistics, when due); returns how many.
   int poll(pb::object timeout) {
     Producer& p = open();
@@ -172,19 +210,24 @@ class PyProducer {
       Report r = std::move(reports_.front());
       reports_.pop_front();
       ++n;
-      r.callback(pb::none(), pb::cast(std::move(r.msg)));  // an exception propagates; the rest stay queued
+      r.callback(pb::none(), r.msg);  // an exception propagates; the rest stay queued
     }
     return n;
   }
 
   // Whether a send to `topic` may wait (a block topic): only then is the GIL released.
-  bool may_wait(const std::string& topic) {
+  bool may_wait(std::string_view topic) {
+    if (!last_topic_.empty() && topic == last_topic_) return last_block_;  // a loop's sends go to one topic
     auto it = block_.find(topic);
-    if (it != block_.end()) return it->second;
-    auto t = bus_->topic(topic);
+    if (it != block_.end()) {
+      last_topic_ = it->first;
+      last_block_ = it->second;
+      return it->second;
+    }
+    auto t = bus_->topic(std::string(topic));
     if (!t) return false;  // the send reports it
     const bool b = (*t)->config().retention == RetentionMode::kBlock;
-    block_.emplace(topic, b);
+    block_.emplace(std::string(topic), b);
     return b;
   }
 
@@ -229,7 +272,12 @@ class PyProducer {
   std::shared_ptr<Bus> bus_;
   std::optional<Producer> producer_;
   std::deque<Report> reports_;
-  std::unordered_map<std::string, bool> block_;
+  struct Hash : std::hash<std::string_view> {
+    using is_transparent = void;
+  };
+  std::unordered_map<std::string, bool, Hash, std::equal_to<>> block_;  // (never erased: last_topic_ views a key)
+  std::string_view last_topic_;
+  bool last_block_ = false;
   pb::object default_cb_ = pb::none();
   bool only_errors_ = false;
   std::uint64_t produced_ = 0;
@@ -238,7 +286,7 @@ class PyProducer {
 }  // namespace
 
 void bind_producer(pb::module_& m) {
-  pb::class_<PyProducer>(m, "Producer",
+  auto cls = pb::class_<PyProducer>(m, "Producer",
                          "Producer(conf): sends records to topics; keys choose partitions as in Kafka (murmur2).\n\n"
                          "A send is in the ring (readable by consumers) when produce() returns; its delivery report\n"
                          "(with the offset) is served by the next poll() or flush(). Belongs to one thread at a time.\n"
@@ -270,6 +318,12 @@ void bind_producer(pb::module_& m) {
       .def("close", &PyProducer::close, "Serves what is queued and releases the producer; later calls raise RuntimeError.")
       .def("__enter__", [](pb::object self) { return self; })
       .def("__exit__", [](PyProducer& p, pb::args) { p.close(); return false; });
+  PyProducer::fast_produce_method().install(cls, "produce", [](PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
+    return guarded([&] {
+      PyProducer* p = cpp_self<PyProducer>(self);
+      return p ? p->produce_fast(self, args, nargs, kwnames) : PyProducer::fast_produce_method().fallback(self, args, nargs, kwnames);
+    });
+  });
 }
 
 }  // namespace shmbus::py
