@@ -605,6 +605,37 @@ TEST_F(MirrorTest, ARecordTheClusterRefusesIsSkippedOrStopsTheMirrorAsConfigured
   EXPECT_EQ(committed_offset(bus_->get(), "mirror.stops", {"src", 0}), "1");
 }
 
+// At-least-once, out: a bus offset is committed only once Kafka's delivery report for its
+// record came, never when the record was read (the kill tests could not tell: the mock
+// answers within milliseconds, so random kills rarely land between the two). The broker
+// holds every answer 3 s: the 100 records sit in librdkafka's hands (the status says
+// `stalled` after 1 s without a report), and the group's commit must not have moved.
+TEST_F(MirrorTest, OutCommitsBusOffsetsOnlyOnceKafkaReportedTheirDelivery) {
+  MockCluster kafka;
+  kafka.create_topic("slow", 1);
+  ASSERT_TRUE((*bus_)->create_topic("src", big_topic(1)));
+  auto producer = Producer::create(bus_->get());
+  ASSERT_TRUE(producer);
+  produce(*producer, "src", 0, 100);
+  kafka.broker_rtt(3000);
+  InProcessMirror m({{"bootstrap_servers", kafka.bootstraps()},
+                     {"status_interval_ms", 100},
+                     {"mirrors",
+                      {{{"name", "held"}, {"direction", "out"}, {"bus_topic", "src"}, {"kafka_topic", "slow"},
+                        {"commit_interval_ms", 50}, {"commit_records", 1}}}}},
+                    bus_->name());
+  auto held = wait_status(bus_->name(), "held", [](const json& s) { return s["state"] == "stalled"; }, 60s);
+  EXPECT_EQ(held["records"], 0) << held.dump();
+  EXPECT_EQ(committed_offset(bus_->get(), "mirror.held", {"src", 0}), "none")
+      << "the bus offsets were committed before Kafka acknowledged the records";
+  // The answers come: every record delivered, and then the commit follows them.
+  wait_status(bus_->name(), "held", [](const json& s) { return s["records"] == 100 && s["lag_records"] == 0; }, 60s);
+  const auto deadline = std::chrono::steady_clock::now() + 30s;
+  while (committed_offset(bus_->get(), "mirror.held", {"src", 0}) != "100" && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(committed_offset(bus_->get(), "mirror.held", {"src", 0}), "100");
+}
+
 // ---- against busd's own Kafka listener (issue 17) ----
 
 // Calls `f` when the scope ends, however it ends (a failed ASSERT included).
