@@ -65,29 +65,31 @@ void Doorbell::run() {
   cc.max_poll_records = 1;
   cc.enable_auto_commit = false;
   std::optional<Consumer> consumer;
-  std::uint64_t have = 0;  // the generation assigned
+  std::uint64_t have = 0;  // the generation taken
   Watch watch;
+  std::vector<TopicPartition> assigned;
   for (;;) {
     {
       std::unique_lock l(mu_);
       cv_.wait(l, [&] { return stop_ || (!rung_ && !want_.empty()); });
       if (stop_) return;
-      if (generation_ != have) {
-        watch = want_;
-        have = generation_;
-      } else {
-        for (auto& [tp, end] : watch) end = want_.at(tp);  // the same partitions, ends seen since
-      }
+      watch = want_;
+      have = generation_;
     }
     if (!consumer) {
       auto c = Consumer::create(bus_, cc);
       if (!c) return;  // the bus is gone: the loop's timer still serves parked requests
       consumer.emplace(std::move(*c));
     }
-    // Start each partition at the end the loop has seen: a record past it rings.
+    // Start each partition at the end the loop has seen: a record past it rings. The
+    // partitions are assigned again only when they changed (ends move far more often).
     std::vector<TopicPartition> tps;
     for (const auto& [tp, end] : watch) tps.push_back({tp.first, tp.second});
-    bool armed = consumer->assign(tps).has_value();
+    bool armed = true;
+    if (tps != assigned) {
+      armed = consumer->assign(tps).has_value();
+      assigned = armed ? tps : std::vector<TopicPartition>{};
+    }
     for (const auto& [tp, end] : watch) armed = armed && consumer->seek({tp.first, tp.second}, end).has_value();
     if (!armed) {  // a topic deleted meanwhile: wait for the next watch
       std::unique_lock l(mu_);

@@ -15,7 +15,6 @@
 
 #include <fmt/format.h>
 
-#include "bus/topic.h"
 #include "shm/process.h"
 
 namespace shmbus::kafka {
@@ -236,18 +235,11 @@ void Gateway::poll_parked() {
 
 void Gateway::rewatch() {
   Doorbell::Watch w;
-  for (const auto& [fd, c] : conns_) {
-    const auto* f = c.parked ? std::get_if<FetchRequest>(&c.parked->request.body) : nullptr;
-    if (!f) continue;
-    for (const auto& t : f->topics) {
-      auto topic = handlers_->bus()->topic(t.topic);
-      if (!topic) continue;
-      for (const auto& p : t.partitions)
-        if (p.partition >= 0 && static_cast<std::uint32_t>(p.partition) < (*topic)->partitions())
-          w[{t.topic, static_cast<std::uint32_t>(p.partition)}] =
-              (*topic)->ring(static_cast<std::uint32_t>(p.partition)).end_offset();
-    }
-  }
+  for (const auto& [fd, c] : conns_)
+    if (const auto* f = c.parked ? std::get_if<FetchRequest>(&c.parked->request.body) : nullptr)
+      handlers_->fetch_ends(*f, [&](const std::string& topic, std::uint32_t partition, std::uint64_t end) {
+        w[{topic, partition}] = end;
+      });
   doorbell_->watch(std::move(w));
 }
 

@@ -359,18 +359,24 @@ void Handlers::remember_batch(const std::tuple<std::int64_t, std::string, std::u
 
 // ---- Fetch ----
 
+void Handlers::fetch_ends(const FetchRequest& f,
+                          const std::function<void(const std::string&, std::uint32_t, std::uint64_t)>& each) {
+  for (const auto& t : f.topics) {
+    auto topic = bus_->topic(t.topic);
+    if (!topic) continue;
+    for (const auto& p : t.partitions)
+      if (p.partition >= 0 && static_cast<std::uint32_t>(p.partition) < (*topic)->partitions())
+        each(t.topic, static_cast<std::uint32_t>(p.partition),
+             (*topic)->ring(static_cast<std::uint32_t>(p.partition)).end_offset());
+  }
+}
+
 std::uint64_t Handlers::progress(const Request& req) {
   if (std::holds_alternative<JoinGroupRequest>(req.body)) return groups_.join_progress();
   const auto* f = std::get_if<FetchRequest>(&req.body);
   if (!f) return 0;
   std::uint64_t sum = 0;
-  for (const auto& t : f->topics) {
-    auto topic = bus_->topic(t.topic);
-    if (!topic) continue;
-    for (const auto& p : t.partitions)
-      if (p.partition >= 0 && static_cast<std::uint32_t>(p.partition) < (*topic)->partitions())
-        sum += (*topic)->ring(static_cast<std::uint32_t>(p.partition)).end_offset();
-  }
+  fetch_ends(*f, [&](const std::string&, std::uint32_t, std::uint64_t end) { sum += end; });
   return sum;
 }
 

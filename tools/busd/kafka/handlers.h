@@ -86,6 +86,8 @@ class Handlers {
   Answer handle(const Request& req, const ClientEnd& end, std::uint64_t now_ns, bool final = false);
   // A number that changes when a partition the (Fetch) request reads grows.
   std::uint64_t progress(const Request& req);
+  // Each existing partition a Fetch names, with its end offset now (what progress() sums).
+  void fetch_ends(const FetchRequest& f, const std::function<void(const std::string&, std::uint32_t, std::uint64_t)>& each);
   const std::shared_ptr<Bus>& bus() const noexcept { return bus_; }
   // A parked Produce looked at again: its answer once every partition is on disk (or failed,
   // or, when `now_ns` passed its deadline, REQUEST_TIMED_OUT for those not there); else kPark.
