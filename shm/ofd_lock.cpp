@@ -14,6 +14,10 @@
 
 namespace shmbus::shm {
 
+namespace test_hooks {
+void (*after_lock_fd_open)() = nullptr;
+}
+
 struct SegmentLock::Fd {
   int fd = -1;
   ~Fd();
@@ -44,13 +48,18 @@ void close_lock_fds_in_child() noexcept;
 namespace {
 void after_fork_child() noexcept { close_lock_fds_in_child(); }
 
-void register_fd(SegmentLock::Fd* f) {
+// The registry, with the fork handlers installed. Its lock is held while a descriptor is
+// opened and registered, and while one is unregistered and closed: fork() takes it first
+// (before_fork), so a fork in another thread never copies a descriptor that is open but not
+// registered. The child would keep that description, and every lock taken on it later,
+// alive: a parent dead inside a claim would look alive, its slot never free again.
+Registry& registry_for_fds() {
   static std::once_flag once;
   std::call_once(once, [] { ::pthread_atfork(before_fork, after_fork_parent, after_fork_child); });
   Registry& r = registry();
   std::lock_guard lock(r.mu);
   if (!r.fds) r.fds = new std::unordered_set<SegmentLock::Fd*>();
-  r.fds->insert(f);
+  return r;
 }
 }  // namespace
 
@@ -66,10 +75,8 @@ void close_lock_fds_in_child() noexcept {
 
 SegmentLock::Fd::~Fd() {
   Registry& r = registry();
-  {
-    std::lock_guard lock(r.mu);
-    if (r.fds) r.fds->erase(this);
-  }
+  std::lock_guard lock(r.mu);  // closed under it too: see registry_for_fds()
+  if (r.fds) r.fds->erase(this);
   if (fd >= 0) ::close(fd);
 }
 
@@ -79,20 +86,34 @@ SegmentLock::~SegmentLock() = default;
 
 Result<SegmentLock> SegmentLock::open(const Segment& seg) {
   const std::string path = Segment::path_of(seg.name());
-  const int fd = ::open(path.c_str(), (seg.writable() ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW);
-  if (fd < 0)
-    return make_error(errno == ENOENT ? Errc::kTopicDeleted : Errc::kSystem,
-                      fmt::format("{}: cannot open for locks: {}", path, std::strerror(errno)));
-  // Same file as the mapping? The epoch is random per creation of the name.
-  SegmentHeader h{};
-  if (::pread(fd, static_cast<void*>(&h), sizeof h, 0) != static_cast<ssize_t>(sizeof h) || h.epoch != seg.header().epoch) {
-    ::close(fd);
-    return make_error(Errc::kTopicDeleted, fmt::format("{} was removed and made again since it was mapped", path));
-  }
   SegmentLock l;
   l.fd_ = std::make_shared<Fd>();
-  l.fd_->fd = fd;
-  register_fd(l.fd_.get());
+  int err = 0;
+  bool same = false;
+  {
+    Registry& r = registry_for_fds();
+    std::lock_guard lock(r.mu);  // until registered: see registry_for_fds()
+    const int fd = ::open(path.c_str(), (seg.writable() ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+      err = errno;
+    } else {
+      if (test_hooks::after_lock_fd_open) test_hooks::after_lock_fd_open();
+      // Same file as the mapping? The epoch is random per creation of the name.
+      SegmentHeader h{};
+      same = ::pread(fd, static_cast<void*>(&h), sizeof h, 0) == static_cast<ssize_t>(sizeof h) &&
+             h.epoch == seg.header().epoch;
+      if (same) {
+        l.fd_->fd = fd;
+        r.fds->insert(l.fd_.get());
+      } else {
+        ::close(fd);
+      }
+    }
+  }
+  if (err != 0)
+    return make_error(err == ENOENT ? Errc::kTopicDeleted : Errc::kSystem,
+                      fmt::format("{}: cannot open for locks: {}", path, std::strerror(err)));
+  if (!same) return make_error(Errc::kTopicDeleted, fmt::format("{} was removed and made again since it was mapped", path));
   return l;
 }
 

@@ -18,6 +18,12 @@
 
 namespace shmbus::shm {
 
+// Hook for a test that forks at the exact step (nullptr in production): the descriptor is
+// open, not yet registered for closing in forked children.
+namespace test_hooks {
+extern void (*after_lock_fd_open)();
+}
+
 class SegmentLock {
  public:
   SegmentLock() = default;

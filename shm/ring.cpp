@@ -756,6 +756,20 @@ Status RingWriter::make_room(std::uint64_t target, std::uint64_t min_offset, std
       stuck = kInFlight;  // an unfinished claim one lap behind: its writer finishes, or unstick() will
       break;
     }
+    if (stuck == kFree && !gated && p == r.second) {
+      // Not one step, and neither a claim nor a gate holds the start back: the walk stands at
+      // the end (the tail's position), yet the start's offset is below what the claim needs.
+      // No ring gets there (the start reaches the tail's position with the tail's offset), and
+      // no wait would ever end: forged or damaged cursors, unless they moved meanwhile.
+      const Pair64 again = snapshot128(&ring_.ctl()->reclaim);
+      if (again.first != r.first || again.second != r.second) continue;
+      ring_.ctl()->claim_stats.corrupt_seen.fetch_add(1, std::memory_order_relaxed);
+      return make_error(Errc::kBadSegment,
+                        fmt::format("partition {}: the ring's start (offset {}, position {}) cannot move: it is at the "
+                                    "end (position {}), yet a claim needs it at offset {} and position {} (damaged or "
+                                    "forged bytes)",
+                                    ring_.partition(), off, p, limit, min_offset, target));
+    }
     if (p > r.second) {
       // Fails if another producer moved it, or a gate came (generation): look again.
       if (!cas128(&ring_.ctl()->reclaim, r, Pair64{off | gen, p})) continue;
