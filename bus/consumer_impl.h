@@ -170,7 +170,8 @@ struct Consumer::Impl {
     if (!a.gate || a.gate_position == a.reader.position()) return;
     const bool back = a.reader.position() < a.gate_position;
     a.gate_position = a.reader.position();
-    a.gate->position.store(a.gate_position, std::memory_order_release);
+    // seq_cst when back: the consumer's half of the Dekker in bump_gate_generation.
+    a.gate->position.store(a.gate_position, back ? std::memory_order_seq_cst : std::memory_order_release);
     // Moving back (seek) is like a new gate: a producer may already have reclaimed past it.
     if (back && a.reader.ring().bump_gate_generation() > a.gate_position) {
       a.reader.seek_earliest();

@@ -21,6 +21,7 @@ void (*after_entry_claim)() = nullptr;
 void (*after_claim)() = nullptr;
 void (*before_commit)() = nullptr;
 void (*after_commit)() = nullptr;
+void (*before_reclaim_cas)() = nullptr;
 }  // namespace test_hooks
 
 namespace {
@@ -117,6 +118,7 @@ void ring_init(std::byte* base, const RingParams& p) {
   for (std::uint32_t i = 0; i < kWriterSlots; ++i) {
     auto* s = new (base + kWriterSlotsOffset + i * sizeof(WriterSlot)) WriterSlot{};
     s->claim_position.store(kNoClaim, std::memory_order_relaxed);
+    s->reclaim_view.store(kNoClaim, std::memory_order_relaxed);
   }
   for (std::uint32_t i = 0; i < kGateSlots; ++i) new (base + kGateSlotsOffset + i * sizeof(GateSlot)) GateSlot{};
   for (std::uint32_t i = 0; i < kWaiterSlots; ++i) new (base + kWaiterSlotsOffset + i * sizeof(WaiterSlot)) WaiterSlot{};
@@ -301,10 +303,11 @@ std::uint64_t Ring::gate_min(const SegmentLock* lock, std::uint64_t reap_dead_be
   std::uint64_t m = UINT64_MAX;
   for (std::uint32_t i = 0; i < kGateSlots; ++i) {
     GateSlot& g = gates_[i];
-    // SYNC POINT: acquire; pairs with the release of `kind` when a gate is set up.
-    const std::uint32_t kind = g.kind.load(std::memory_order_acquire);
+    // SYNC POINT: acquire; pairs with the release of `kind` when a gate is set up. seq_cst:
+    // the producer's half of the Dekker in bump_gate_generation (plain loads on x86).
+    const std::uint32_t kind = g.kind.load(std::memory_order_seq_cst);
     if (kind == static_cast<std::uint32_t>(GateKind::kFree)) continue;
-    const std::uint64_t p = g.position.load(std::memory_order_acquire);
+    const std::uint64_t p = g.position.load(std::memory_order_seq_cst);
     if (lock && p < reap_dead_below && kind == static_cast<std::uint32_t>(GateKind::kProcess) &&
         const_cast<SegmentLock*>(lock)->try_lock(gate_lock_byte(i))) {
       // We hold its lock, so its owner is gone: nobody else can be setting it up either.
@@ -358,11 +361,28 @@ void Ring::want_durable(std::uint64_t end, bool synced) const noexcept {
   }
 }
 
+bool Ring::reclaim_view_held(std::uint64_t first) const noexcept {
+  for (std::uint32_t i = 0; i < kWriterSlots; ++i)
+    // SYNC POINT: seq_cst; with the caller's seq_cst store of its gate before, Dekker with the
+    // producer's seq_cst store of its view before its seq_cst loads of the gates (make_room).
+    if (writers_[i].reclaim_view.load(std::memory_order_seq_cst) == first) return true;
+  return false;
+}
+
 std::uint64_t Ring::bump_gate_generation() const noexcept {
   Pair64 r = load128(&ctl_->reclaim);
-  while (!cas128(&ctl_->reclaim, r, Pair64{r.first + kGateGenOne, r.second})) {
+  for (;;) {
+    // The 8 bits wrap: a producer stopped inside its reclaim since 256 bumps ago would find
+    // `reclaim` as it read it and pass the gates that came meanwhile. So the next generation
+    // is one no producer's announced view holds at this offset (64 slots, 255 choices).
+    const std::uint64_t off = r.first & kReclaimOffsetMask;
+    std::uint64_t gen = r.first & ~kReclaimOffsetMask;
+    for (std::uint32_t i = 0; i <= kWriterSlots; ++i) {
+      gen += kGateGenOne;  // the top 8 bits; the carry falls off
+      if (!reclaim_view_held(gen | off)) break;
+    }
+    if (cas128(&ctl_->reclaim, r, Pair64{gen | off, r.second})) return r.second;
   }
-  return r.second;
 }
 
 // ---- writers ----
@@ -459,6 +479,7 @@ Status RingWriter::open(const Segment& seg, bool exclusive) {
       ring_.ctl()->claim_stats.slots_recovered.fetch_add(1, std::memory_order_relaxed);
     }
     s.claim_position.store(kNoClaim, std::memory_order_relaxed);
+    s.reclaim_view.store(kNoClaim, std::memory_order_relaxed);  // a dead owner's, stopped inside a reclaim
     s.owner_pid.store(self_process().pid, std::memory_order_relaxed);
     owner_pid_ = self_process().pid;
     slot_ = &s;
@@ -680,6 +701,11 @@ Status RingWriter::make_room(std::uint64_t target, std::uint64_t min_offset, std
   std::uint64_t waited_since = 0, stall_offset = kNoClaim, stall_since = 0;
   unsigned round = 0;
   gated_timeout_ = false;
+  // Our view of `reclaim` is announced while we may CAS on it, and withdrawn on every return.
+  struct Withdraw {
+    WriterSlot* s;
+    ~Withdraw() { s->reclaim_view.store(kNoClaim, std::memory_order_relaxed); }
+  } withdraw{slot_};
   for (;;) {
     // A snapshot, not a locked read: a locked instruction is a full barrier that would wait
     // for the whole previous batch's stores to drain, and the CAS below checks it anyway.
@@ -695,6 +721,10 @@ Status RingWriter::make_room(std::uint64_t target, std::uint64_t min_offset, std
     std::uint64_t limit = ring_.tail_position();
     bool gated = false;
     if (block) {
+      // SYNC POINT: seq_cst store, then the seq_cst loads of the gates (Ring::gate_min): a
+      // consumer whose gate we miss sees our view and never makes `reclaim` it again, however
+      // often the generation wraps (Ring::bump_gate_generation).
+      slot_->reclaim_view.store(r.first, std::memory_order_seq_cst);
       // Scanned anew every time: a minimum kept from an earlier scan would be trusted on
       // the gate generation alone, whose 8 bits wrap (docs/ring.md, "Gates").
       const std::uint64_t g = ring_.gate_min(&lock_, waited_since ? target : 0);
@@ -771,6 +801,7 @@ Status RingWriter::make_room(std::uint64_t target, std::uint64_t min_offset, std
                                     ring_.partition(), off, p, limit, min_offset, target));
     }
     if (p > r.second) {
+      if (test_hooks::before_reclaim_cas) test_hooks::before_reclaim_cas();
       // Fails if another producer moved it, or a gate came (generation): look again.
       if (!cas128(&ring_.ctl()->reclaim, r, Pair64{off | gen, p})) continue;
       if (p >= target && off >= min_offset) {
@@ -950,8 +981,9 @@ void publish_gate(const Ring& ring, GateSlot* g, GateKind kind, std::uint64_t ke
   g->owner_key.store(key, std::memory_order_relaxed);
   g->owner_pid.store(self_process().pid, std::memory_order_relaxed);
   g->position.store(reader.position(), std::memory_order_relaxed);
-  // SYNC POINT: release; pairs with the acquire of `kind` in Ring::gate_min.
-  g->kind.store(static_cast<std::uint32_t>(kind), std::memory_order_release);
+  // SYNC POINT: release; pairs with the acquire of `kind` in Ring::gate_min. seq_cst: the
+  // consumer's half of the Dekker in bump_gate_generation.
+  g->kind.store(static_cast<std::uint32_t>(kind), std::memory_order_seq_cst);
   // A producer that looked at the gates before ours went up may have reclaimed past us:
   // the generation bump makes any such reclaim still in flight fail, and tells us where
   // the ring starts now.
@@ -993,7 +1025,7 @@ GateSlot* hold_durable_gate(const Ring& ring, const SegmentLock& lock_in, std::u
     GateSlot* g = ring.gate(i);
     if (g->kind.load(std::memory_order_acquire) == kDurable && g->owner_key.load(std::memory_order_relaxed) == key) {
       const bool back = reader.position() < g->position.load(std::memory_order_relaxed);
-      g->position.store(reader.position(), std::memory_order_release);
+      g->position.store(reader.position(), back ? std::memory_order_seq_cst : std::memory_order_release);
       if (back && ring.bump_gate_generation() > reader.position()) {
         reader.seek_earliest();
         g->position.store(reader.position(), std::memory_order_release);

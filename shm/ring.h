@@ -102,6 +102,7 @@ extern void (*after_entry_claim)();  // the claim entry is ours, the tail not mo
 extern void (*after_claim)();        // the tail moved, nothing written yet
 extern void (*before_commit)();      // every record written, the entry not committed yet
 extern void (*after_commit)();       // the entry committed, the first word not stored yet
+extern void (*before_reclaim_cas)(); // make_room scanned the gates and walked; its CAS on reclaim comes next
 }
 
 // Lock bytes of the slots in the segment file (ofd_lock.h).
@@ -190,6 +191,8 @@ class Ring {
   // position after the bump. A gate at or above it is safe; below it, the consumer lost
   // what lies between (docs/ring.md, "Gates").
   std::uint64_t bump_gate_generation() const noexcept;
+  // True when a producer inside a reclaim announced `first` (generation | offset) as its view.
+  bool reclaim_view_held(std::uint64_t first) const noexcept;
   bool closed() const noexcept { return ctl_->notify.closed.load(std::memory_order_acquire) != 0; }
 
   // How far busd's spiller has written the partition's disk log (`synced`: and fdatasynced

@@ -72,7 +72,7 @@
 namespace shmbus::shm {
 
 inline constexpr std::uint16_t kPartitionLayoutMajor = 4;  // 4: exclusive writers, null values
-inline constexpr std::uint16_t kPartitionLayoutMinor = 1;  // 1: synced_end, sync_wanted (durable acks)
+inline constexpr std::uint16_t kPartitionLayoutMinor = 2;  // 1: synced_end, sync_wanted (durable acks); 2: WriterSlot::reclaim_view
 inline constexpr std::size_t kCacheLine = 64;
 inline constexpr std::uint32_t kWriterSlots = 64;
 inline constexpr std::uint32_t kGateSlots = 32;
@@ -240,10 +240,15 @@ struct alignas(kCacheLine) WriterSlot {
   std::uint32_t reserved0;
   std::atomic<std::uint64_t> claim_position;   // the claim being made or written; kNoClaim when idle
   std::atomic<std::uint64_t> claim_offset;     // its first offset (valid with claim_position)
-  std::uint8_t reserved[40];
+  // Minor 2: `reclaim.first` (gate generation | offset) this producer read before it scanned
+  // the gates for a reclaim it has not CASed yet; kNoClaim otherwise. A consumer bumping the
+  // gate generation never makes one of these again (docs/ring.md, "Gates").
+  std::atomic<std::uint64_t> reclaim_view;
+  std::uint8_t reserved[32];
 };
 static_assert(sizeof(WriterSlot) == 64, "one writer slot per cache line: bump kPartitionLayoutMajor");
-static_assert(offsetof(WriterSlot, claim_position) == 8 && offsetof(WriterSlot, claim_offset) == 16,
+static_assert(offsetof(WriterSlot, claim_position) == 8 && offsetof(WriterSlot, claim_offset) == 16 &&
+                  offsetof(WriterSlot, reclaim_view) == 24,
               "bump kPartitionLayoutMajor");
 
 // A consumer that producers of a `block` topic may not lap.

@@ -38,7 +38,8 @@ TEST(Layout, PartitionV4) {
   EXPECT_EQ(offsetof(RecordHeader, headers_len), 28u);
   EXPECT_EQ(offsetof(RecordHeader, value_len), 32u);
   EXPECT_EQ(offsetof(RecordHeader, flags), 36u);
-  EXPECT_EQ(kPartitionLayoutMinor, 1) << "minor 1: synced_end, sync_wanted (durable acks); bump it for an addition";
+  EXPECT_EQ(kPartitionLayoutMinor, 2) << "minor 1: synced_end, sync_wanted (durable acks); 2: WriterSlot::reclaim_view; "
+                                        "bump it for an addition";
   EXPECT_EQ(kRecordNullValue, 1u) << "the null-value flag is in every ring: bump the version to move it";
   EXPECT_EQ(sizeof(ClaimEntry), 16u);
   EXPECT_EQ(offsetof(ClaimEntry, tag), 0u);
@@ -79,6 +80,7 @@ TEST(Layout, PartitionV4) {
   EXPECT_EQ(offsetof(WriterSlot, owner_pid), 0u);
   EXPECT_EQ(offsetof(WriterSlot, claim_position), 8u);
   EXPECT_EQ(offsetof(WriterSlot, claim_offset), 16u);
+  EXPECT_EQ(offsetof(WriterSlot, reclaim_view), 24u);
   EXPECT_EQ(sizeof(GateSlot), 64u);
   EXPECT_EQ(offsetof(GateSlot, kind), 0u);
   EXPECT_EQ(offsetof(GateSlot, owner_pid), 4u);

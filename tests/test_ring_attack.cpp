@@ -161,3 +161,58 @@ TEST(RingAttack, ForgedStartOffsetBehindTheTailAtItsPositionIsCorruptNotAHang) {
   EXPECT_EQ(WEXITSTATUS(status), 0) << "1: claimed over a forged ring, 2: another error, 3: open failed";
   EXPECT_GE(f.stats().corrupt_seen.load(), 1u);
 }
+
+// ---- the gate generation wraps while a producer is stopped inside its reclaim ----
+
+namespace {
+ForgedRing* g_gated_ring = nullptr;
+RingReader* g_gated_reader = nullptr;
+GateSlot* g_gate = nullptr;
+int g_bumps = 0;
+
+// What consumers do while the producer is stopped between its look at the gates and its CAS
+// on `reclaim`: one takes a gate at the ring's start, then consumers seek back (or take and
+// drop gates) 255 times. Each bumps the 8-bit gate generation once: 256 in all.
+void consumers_meanwhile() {
+  test_hooks::before_reclaim_cas = nullptr;
+  ForgedRing& f = *g_gated_ring;
+  g_gated_reader->seek_earliest();
+  g_gate = take_process_gate(f.ring, f.lock, *g_gated_reader);
+  auto others = SegmentLock::open(f.seg);  // other consumers: their own descriptions
+  ASSERT_TRUE(others);
+  for (g_bumps = 1; g_bumps < 256; ++g_bumps) {
+    RingReader other(f.ring);
+    other.seek_earliest();
+    GateSlot* g = take_process_gate(f.ring, *others, other);
+    ASSERT_NE(g, g_gate);
+    release_process_gate(f.ring, *others, g);
+  }
+}
+}  // namespace
+
+// A producer of a block topic scans the gates (none), walks the records it will reclaim, and
+// is stopped (SIGSTOP, a debugger, preemption) before its CAS on `reclaim`. Meanwhile a
+// consumer takes a gate at the ring's start, and consumers' gate changes bump the gate
+// generation 256 times: its 8 bits are back where the producer read them, and `reclaim`
+// {generation | offset, position} is bit for bit what the producer expects. Its CAS then
+// succeeds on its stale view of the gates and moves the start past the new gate: the
+// producers overwrite records the gated consumer reads in place.
+TEST(RingAttack, GateGenerationWrappingWhileAProducerIsStoppedInItsReclaimDoesNotPassTheGate) {
+  ForgedRing f(4096, Retention::kBlock);
+  RingWriter w = f.writer();
+  for (int i = 0; i < 73; ++i) f.produce(w, 16, 1);  // 56-byte records: 4088 bytes, the ring full
+  RingReader reader(f.ring);
+  g_gated_ring = &f;
+  g_gated_reader = &reader;
+  test_hooks::before_reclaim_cas = consumers_meanwhile;
+  auto c = w.claim_one(56, 20'000'000);  // needs room: reclaims, meets the hook
+  test_hooks::before_reclaim_cas = nullptr;
+  ASSERT_NE(g_gate, nullptr) << "the producer never reclaimed";
+  EXPECT_EQ(g_bumps, 256);
+  EXPECT_EQ(g_gate->kind.load(), static_cast<std::uint32_t>(GateKind::kProcess));
+  const std::uint64_t gate_at = g_gate->position.load();
+  EXPECT_LE(f.ring.reclaim_position(), gate_at) << "the start moved past a live gate";
+  EXPECT_FALSE(c) << "claimed over records a gate holds";
+  release_process_gate(f.ring, f.lock, g_gate);
+  g_gate = nullptr;
+}
