@@ -78,6 +78,13 @@ bool snapshot_entry(const ClaimEntry* e, Pair64& out) noexcept {
 
 Pair64* as_pair(ClaimEntry* e) noexcept { return reinterpret_cast<Pair64*>(e); }
 
+// A claim entry's size and count as a claim can have them: at least a header per record,
+// 8-aligned, at most half the ring. Checked before anyone moves by them.
+bool entry_sizes_possible(std::uint32_t bytes, std::uint32_t count, std::uint64_t capacity) noexcept {
+  return bytes >= kRecordHeaderSize && bytes <= capacity / 2 && (bytes & 7) == 0 && count != 0 &&
+         std::uint64_t{count} * kRecordHeaderSize <= bytes;
+}
+
 std::string claim_name(const Ring& r, std::uint64_t offset, std::uint64_t pos) {
   return fmt::format("partition {}: claim at offset {} (position {})", r.partition(), offset, pos);
 }
@@ -201,7 +208,7 @@ bool Ring::help_tail(Pair64 seen) const noexcept {
   const std::uint64_t d = e.first ^ salt_;
   if ((d >> 8) != seen.first + 1) return false;
   const std::uint32_t bytes = info_bytes(e.second), count = info_count(e.second);
-  if (bytes < kRecordHeaderSize || bytes > cap_ / 2 || (bytes & 7) != 0 || count == 0) return false;
+  if (!entry_sizes_possible(bytes, count, cap_)) return false;
   Pair64 expect = seen;
   // Fails when the claimant (or another helper) moved it first: the same move.
   (void)cas128(&ctl_->tail, expect, Pair64{seen.first + count, seen.second + bytes});
@@ -247,8 +254,8 @@ Unstuck Ring::unstick(std::uint64_t offset, std::uint64_t pos, const SegmentLock
   const auto state = static_cast<ClaimState>(d & 0xff);
   const std::uint32_t bytes = info_bytes(e.second), count = info_count(e.second), slot = info_slot(e.second);
   // Checked against the ring before any use: a forged entry cannot send anyone past the tail.
-  if (bytes < kRecordHeaderSize || bytes > cap_ / 2 || (bytes & 7) != 0 || count == 0 || (pos & 7) != 0)
-    return corrupt("its claim-table entry has an impossible size or count");
+  if (!entry_sizes_possible(bytes, count, cap_) || (pos & 7) != 0)
+    return corrupt("its claim-table entry has an impossible size or count (fewer than a header's bytes per record)");
   Pair64 t = snapshot128(&ctl_->tail);
   if (t.first == offset && t.second == pos) {
     // The claimant won the entry but has not moved the tail (dead or stopped in between).

@@ -216,3 +216,32 @@ TEST(RingAttack, GateGenerationWrappingWhileAProducerIsStoppedInItsReclaimDoesNo
   release_process_gate(f.ring, f.lock, g_gate);
   g_gate = nullptr;
 }
+
+// ---- a forged claim-table entry whose count its bytes cannot hold ----
+
+// Claim entries were checked for size, alignment and the tail, but not that `count` records
+// fit in `bytes` (each is at least a header). An ABORTED entry forged at a record whose word
+// is gone, covering that record's 56 bytes with a count of 5, sent the reader to offset 5 at
+// the position of offset 1; the claim table's (real) entry of offset 5 then had it read the
+// record of offset 1 by its entry, returned as offset 5.
+TEST(RingAttack, ForgedEntryWithMoreRecordsThanItsBytesHoldIsCorrupt) {
+  ForgedRing f;
+  RingWriter w = f.writer();
+  for (int i = 0; i < 10; ++i) f.produce(w, 16, static_cast<std::uint8_t>(i));  // 56 bytes each
+  f.ring.header_at(0)->word.store(0);  // offset 0's word gone: the reader asks the claim table
+  store128(reinterpret_cast<Pair64*>(f.ring.entry(0)),
+           Pair64{encode_tag(0, ClaimState::kAborted, f.ring.salt()), encode_info(56, 5, false, 0, ClaimWhy::kDead)});
+  RingReader r(f.ring);
+  r.seek_earliest();
+  const RecordHeader* h = nullptr;
+  ASSERT_EQ(r.next(h), ReadStatus::kNone);
+  const ReadStatus st = r.unstick(&f.lock, monotonic_ns());
+  EXPECT_EQ(st, ReadStatus::kCorrupt) << "5 records in 56 bytes were believed";
+  if (st == ReadStatus::kRecord) {
+    std::uint32_t len = 0;
+    const bool read = r.next(h, len) == ReadStatus::kRecord ||
+                      (r.unstick(&f.lock, monotonic_ns()) == ReadStatus::kRecord && r.next(h, len) == ReadStatus::kRecord);
+    EXPECT_FALSE(read) << "returned offset " << r.offset() << " holding the value of offset 1";
+  }
+  EXPECT_GE(f.stats().corrupt_seen.load(), 1u);
+}
