@@ -20,8 +20,10 @@ std::optional<Header> HeaderIterator::next() noexcept {
   std::uint32_t kl, vl;
   std::memcpy(&kl, raw_.data(), 4);
   std::memcpy(&vl, raw_.data() + 4, 4);
+  const bool null_value = vl == shm::kNullHeaderValue;
+  if (null_value) vl = 0;
   if (raw_.size() - 8 < static_cast<std::uint64_t>(kl) + vl) return std::nullopt;
-  Header h{std::string_view(reinterpret_cast<const char*>(raw_.data() + 8), kl), raw_.subspan(8 + kl, vl)};
+  Header h{std::string_view(reinterpret_cast<const char*>(raw_.data() + 8), kl), raw_.subspan(8 + kl, vl), null_value};
   raw_ = raw_.subspan(8 + kl + vl);
   return h;
 }

@@ -11,7 +11,8 @@
 //           28  u32 headers length
 //           32  u32 value length
 //           36  u32 attributes (0 or kAttrNullValue: a record; kAttrLost/kAttrAborted: a gap frame)
-//           40  key | headers | value
+//           40  key | headers | value (headers as in the ring: shm/ring_layout.h, a value
+//               length of 0xffffffff a null header value)
 //   .index  {u32 offset - base, u32 byte position} every kIndexInterval bytes of log
 //   .timeindex  {i64 largest timestamp before, u32 offset - base, u32 CRC32C} beside each
 //           .index entry (TimeIndexEntry)

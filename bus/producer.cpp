@@ -30,6 +30,7 @@ struct Layout {
                               // may be longer: RingWriter::claim's end_align)
 };
 
+// A null header value takes no bytes (it is never given any: Header::null_value).
 std::uint64_t headers_size(std::span<const Header> headers) {
   std::uint64_t n = 0;
   for (const auto& h : headers) n += 8 + h.key.size() + h.value.size();
@@ -81,8 +82,9 @@ std::uint64_t headers_size(std::span<const Header> headers) {
   }
   for (const auto& hd : m.headers) {
     const auto kl = static_cast<std::uint32_t>(hd.key.size()), vl = static_cast<std::uint32_t>(hd.value.size());
+    const std::uint32_t stored_vl = hd.null_value && vl == 0 ? shm::kNullHeaderValue : vl;  // bytes win over the flag
     std::memcpy(p, &kl, 4);
-    std::memcpy(p + 4, &vl, 4);
+    std::memcpy(p + 4, &stored_vl, 4);
     std::memcpy(p + 8, hd.key.data(), kl);
     if (vl) std::memcpy(p + 8 + kl, hd.value.data(), vl);
     p += 8 + kl + vl;

@@ -509,7 +509,9 @@ class PyConsumer {
       pb::list hs;
       auto h = r.headers();
       while (auto one = h.next())
-        hs.append(pb::make_tuple(pb::str(std::string(one->key)), pb::bytes(reinterpret_cast<const char*>(one->value.data()), one->value.size())));
+        hs.append(pb::make_tuple(pb::str(std::string(one->key)),
+                                 one->null_value ? pb::object(pb::none())
+                                                 : pb::object(pb::bytes(reinterpret_cast<const char*>(one->value.data()), one->value.size()))));
       put(m->headers, hs);
     }
     return out;

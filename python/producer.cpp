@@ -120,7 +120,7 @@ class PyProducer {
         hkeys.push_back(hk);
         Bytes hb{};
         if (!hv.is_none()) hb = hvals.emplace_back(std::make_unique<BorrowedBytes>(hv, "header value"))->bytes();
-        hs.push_back(Header{std::string_view(ks, static_cast<std::size_t>(n)), hb});
+        hs.push_back(Header{std::string_view(ks, static_cast<std::size_t>(n)), hb, hv.is_none()});  // None: a null value
       }
       m.headers = hs;
     }

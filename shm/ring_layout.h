@@ -54,6 +54,9 @@
 //           | key | headers | value | pad to 8                            |
 //           +-------------------------------------------------------------+
 //
+// Headers, per header: u32 key length, u32 value length (kNullHeaderValue: null), key
+// bytes, value bytes. The disk log keeps this block as it is.
+//
 // The ring holds only COMMITTED and PADDING words. A PADDING word covers the rest of the
 // data area; its offset is the one of the record that follows at position 0 of the next
 // lap. A claim that never commits leaves the ring's bytes as they were: its entry in the
@@ -81,6 +84,11 @@ inline constexpr std::uint32_t kNullKey = 0xffff'ffffu;
 // RecordHeader::flags: the value is null (a tombstone), not empty; value length is 0.
 // Readers of minor 0 ignore flags and see an empty value.
 inline constexpr std::uint32_t kRecordNullValue = 1u << 0;
+// A header's value length that means a null value (not an empty one), with no value bytes.
+// Never a length: a value that long is over any record's limit, so records written before
+// null header values never hold it. Readers older than it stop at such a header (a
+// malformed block to them) and see the headers before it only.
+inline constexpr std::uint32_t kNullHeaderValue = 0xffff'ffffu;
 inline constexpr std::uint32_t kMaxClaimCount = (1u << 23) - 1;
 inline constexpr std::uint64_t kDefaultClaimTimeoutNs = 1'000'000'000;
 

@@ -42,9 +42,11 @@ TopicConfig small(std::uint32_t partitions = 1, std::uint64_t capacity = 65536,
   return c;
 }
 
-Consumer consumer_at(std::shared_ptr<Bus> bus, std::vector<TopicPartition> tps, OffsetReset reset = OffsetReset::kEarliest) {
+Consumer consumer_at(std::shared_ptr<Bus> bus, std::vector<TopicPartition> tps, OffsetReset reset = OffsetReset::kEarliest,
+                     bool hold_producers = false) {
   ConsumerConfig cfg;
   cfg.auto_offset_reset = reset;
+  cfg.hold_producers = hold_producers;
   auto c = Consumer::create(std::move(bus), cfg);
   EXPECT_TRUE(c);
   EXPECT_TRUE(c->assign(tps));
@@ -169,15 +171,10 @@ TEST(Bus, NullValueIsToldApartFromAnEmptyOneInCopiesAndInRingViews) {
   misuse.null_value = true;
   ASSERT_TRUE(p->send("t", misuse));
   for (bool hold : {false, true}) {
-    ConsumerConfig cfg;
-    cfg.auto_offset_reset = OffsetReset::kEarliest;
-    cfg.hold_producers = hold;
-    auto c = Consumer::create(bus.get(), cfg);
-    ASSERT_TRUE(c);
-    ASSERT_TRUE(c->assign({{"t", 0}}));
+    auto c = consumer_at(bus.get(), {{"t", 0}}, OffsetReset::kEarliest, hold);
     std::vector<bool> nulls;
     for (int i = 0; i < 50 && nulls.size() < 5; ++i) {
-      auto b = c->poll(50ms);
+      auto b = c.poll(50ms);
       ASSERT_TRUE(b);
       for (const auto& r : *b) {
         EXPECT_EQ(as_string(r.value), nulls.size() == 4 ? "x" : "");
@@ -185,6 +182,49 @@ TEST(Bus, NullValueIsToldApartFromAnEmptyOneInCopiesAndInRingViews) {
       }
     }
     EXPECT_EQ(nulls, (std::vector<bool>{true, false, true, false, false})) << "hold_producers " << hold;
+  }
+}
+
+// "k=v;" per header, "k=(null);" for a null header value.
+std::string header_list(const ConsumedRecord& r) {
+  std::string out;
+  for (auto it = r.headers(); auto h = it.next();)
+    out += std::string(h->key) + "=" + (h->null_value ? std::string("(null)") : "'" + std::string(as_string(h->value)) + "'") + ";";
+  return out;
+}
+
+TEST(Bus, NullHeaderValueIsToldApartFromAnEmptyOneInCopiesAndInRingViews) {
+  test::TestBus bus("nullheader");
+  ASSERT_TRUE(bus->create_topic("t", small()));
+  auto p = Producer::create(bus.get());
+  ASSERT_TRUE(p);
+  const Header hs[] = {{"n", {}, /*null_value=*/true}, {"e", {}}, {"v", as_bytes("x")}, {"misuse", as_bytes("y"), true}, {"n2", {}, true}};
+  Message m{as_bytes("k"), as_bytes("value"), hs};
+  ASSERT_TRUE(p->send("t", m));
+  std::vector<Message> batch(2, m);
+  batch[1].headers = std::span(hs, 2);
+  ASSERT_TRUE(p->send_batch("t", batch));
+  // A null header value takes no bytes: the record is as large as with an empty one.
+  TopicConfig exact = small();
+  exact.max_record = 1 + 5 + (8 + 1) + (8 + 1);  // key, value, "n" and "e" headers
+  ASSERT_TRUE(bus->create_topic("exact", exact));
+  Message fits{as_bytes("k"), as_bytes("value"), std::span(hs, 2)};
+  ASSERT_TRUE(p->send("exact", fits));
+  const std::string all = "n=(null);e='';v='x';misuse='y';n2=(null);";
+  for (bool hold : {false, true}) {
+    auto c = consumer_at(bus.get(), {{"t", 0}, {"exact", 0}}, OffsetReset::kEarliest, hold);
+    std::vector<std::string> seen;
+    for (int i = 0; i < 50 && seen.size() < 4; ++i) {
+      auto b = c.poll(50ms);
+      ASSERT_TRUE(b);
+      for (const auto& r : *b) {
+        EXPECT_EQ(as_string(r.value), "value");
+        seen.push_back(std::string(r.topic) + ":" + header_list(r));
+      }
+    }
+    std::sort(seen.begin(), seen.end());
+    EXPECT_EQ(seen, (std::vector<std::string>{"exact:n=(null);e='';", "t:n=(null);e='';", "t:" + all, "t:" + all}))
+        << "hold_producers " << hold;
   }
 }
 

@@ -101,8 +101,8 @@ TEST_F(Kcat, JsonInputRoundTripsWhatConsumePrints) {
   create("src", 2);
   create("dst", 2);
   const std::string in =
-      R"({"key": "a", "value": "1", "headers": {"h": "x"}, "partition": 1, "timestamp": 1600000000000})" "\n"
-      R"({"key": null, "value_b64": "AP8=", "headers": [{"key": "bin", "value_b64": "/w=="}], "partition": 0})" "\n"
+      R"({"key": "a", "value": "1", "headers": {"h": "x", "n": null}, "partition": 1, "timestamp": 1600000000000})" "\n"
+      R"({"key": null, "value_b64": "AP8=", "headers": [{"key": "bin", "value_b64": "/w=="}, {"key": "nul", "value": null}], "partition": 0})" "\n"
       "\n"
       R"({"key_b64": "/g==", "value": null, "partition": 1, "timestamp_ns": 1600000000000000123})" "\n";
   auto r = run({"--json", "produce", "src", "--input", "json"}, in);
@@ -128,6 +128,8 @@ TEST_F(Kcat, JsonInputRoundTripsWhatConsumePrints) {
   }
   EXPECT_EQ(src[0]["value_b64"], "AP8=");
   EXPECT_EQ(src[0]["headers"][0]["value_b64"], "/w==");
+  EXPECT_EQ(src[0]["headers"][1].dump(), R"({"key":"nul","value":null})") << "a null header value, not an empty one";
+  EXPECT_EQ(src[1]["headers"][1].dump(), R"({"key":"n","value":null})");
   EXPECT_EQ(src[1]["timestamp"], 1600000000000);
   EXPECT_EQ(src[2]["timestamp_ns"], 1600000000000000123);
   EXPECT_TRUE(src[2]["value"].is_null());

@@ -166,13 +166,13 @@ TEST_F(MirrorTest, BusctlMirrorCheckReportsABadFileAndListsAGoodOne) {
 // ---- the round trip ----
 
 // What record `seq` carries: keys null, empty or one of 997; values of 100 bytes, some
-// empty, some null (tombstones); a header with the sequence number, some an empty one; a
-// timestamp of whole milliseconds (Kafka keeps milliseconds).
+// empty, some null (tombstones); a header with the sequence number, some an empty one, some
+// one with a null value; a timestamp of whole milliseconds (Kafka keeps milliseconds).
 struct Expected {
   std::optional<std::string> key;
   std::string value;
   bool null_value = false;
-  std::vector<std::pair<std::string, std::string>> headers;
+  std::vector<std::pair<std::string, std::optional<std::string>>> headers;  // nullopt: a null value
   std::int64_t timestamp_ns;
 };
 
@@ -186,6 +186,7 @@ Expected expected(std::uint64_t seq) {
   else if (seq % 50 != 7) e.value = fmt::format("{:012d}", seq) + std::string(88, static_cast<char>('a' + seq % 26));
   e.headers.push_back({"seq", std::to_string(seq)});
   if (seq % 2) e.headers.push_back({"empty", ""});
+  if (seq % 3 == 0) e.headers.push_back({"null", std::nullopt});
   e.timestamp_ns = (kBaseMs + static_cast<std::int64_t>(seq)) * 1'000'000;
   return e;
 }
@@ -194,7 +195,7 @@ void produce(Producer& p, const std::string& topic, std::uint64_t from, std::uin
   for (std::uint64_t seq = from; seq < to; ++seq) {
     Expected e = expected(seq);
     std::vector<Header> hs;
-    for (const auto& [k, v] : e.headers) hs.push_back({k, as_bytes(v)});
+    for (const auto& [k, v] : e.headers) hs.push_back({k, v ? as_bytes(*v) : Bytes{}, !v});
     Message m;
     if (e.key) m.key = as_bytes(*e.key);
     m.value = as_bytes(e.value);
@@ -225,10 +226,10 @@ std::uint64_t read_topic(Consumer& c, Seen& seen, std::uint64_t want, std::chron
     }
     for (const ConsumedRecord& r : *batch) {
       std::optional<std::uint64_t> seq;
-      std::vector<std::pair<std::string, std::string>> hs;
+      std::vector<std::pair<std::string, std::optional<std::string>>> hs;
       HeaderIterator it = r.headers();
       while (auto h = it.next()) {
-        hs.push_back({std::string(h->key), std::string(as_string(h->value))});
+        hs.push_back({std::string(h->key), h->null_value ? std::nullopt : std::optional<std::string>(as_string(h->value))});
         if (h->key == "seq") seq = std::stoull(std::string(as_string(h->value)));
       }
       if (!seq) {
@@ -1054,7 +1055,7 @@ TEST_F(MirrorToBusdTest, ARecordOverTheFarSidesLimitIsNamedAndSkippedOrStopsTheM
     const Expected e = expected(kBig);
     const std::string big(200'000, 'B');  // under A's limit and librdkafka's message.max.bytes
     std::vector<Header> hs;
-    for (const auto& [k, v] : e.headers) hs.push_back({k, as_bytes(v)});
+    for (const auto& [k, v] : e.headers) hs.push_back({k, v ? as_bytes(*v) : Bytes{}, !v});
     Message msg;
     if (e.key) msg.key = as_bytes(*e.key);
     msg.value = as_bytes(big);

@@ -107,6 +107,34 @@ TEST(Headers, IteratorStopsOnMalformedBlocks) {
   EXPECT_FALSE(bad.next());
 }
 
+TEST(Headers, IteratorReadsANullValueAsNullNeverAsALength) {
+  // "n" null (value length 0xffffffff, no bytes), then "e" empty (length 0, as before).
+  std::vector<std::byte> raw(2 * (8 + 1));
+  auto put = [&](std::size_t at, std::uint32_t vl, char key) {
+    const std::uint32_t kl = 1;
+    std::memcpy(raw.data() + at, &kl, 4);
+    std::memcpy(raw.data() + at + 4, &vl, 4);
+    raw[at + 8] = static_cast<std::byte>(key);
+  };
+  put(0, 0xffff'ffffu, 'n');
+  put(9, 0, 'e');
+  HeaderIterator it{Bytes(raw)};
+  auto n = it.next();
+  ASSERT_TRUE(n);
+  EXPECT_EQ(n->key, "n");
+  EXPECT_TRUE(n->null_value);
+  EXPECT_TRUE(n->value.empty());
+  auto e = it.next();
+  ASSERT_TRUE(e);
+  EXPECT_EQ(e->key, "e");
+  EXPECT_FALSE(e->null_value);
+  EXPECT_TRUE(e->value.empty());
+  EXPECT_FALSE(it.next());
+  // A null value whose key runs past the block is malformed, as any other.
+  HeaderIterator cut{Bytes(raw).first(8)};
+  EXPECT_FALSE(cut.next());
+}
+
 namespace {
 
 // Sets (or, with nullopt, unsets) an environment variable for one scope.

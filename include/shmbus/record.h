@@ -17,9 +17,13 @@ inline std::string_view as_string(Bytes b) noexcept {
   return std::string_view(reinterpret_cast<const char*>(b.data()), b.size());
 }
 
+// A record header. A null value (Kafka's null header value) is told apart from an empty one,
+// as Message::null_value is: `value` must then be empty (a header with value bytes is never
+// read back as null).
 struct Header {
   std::string_view key;
   Bytes value;
+  bool null_value = false;
 };
 
 // A record to send. A null key (std::nullopt) uses the sticky partitioner.

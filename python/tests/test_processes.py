@@ -16,7 +16,7 @@ from conftest import BUSCTL, drain, make_topic, wait_for
 
 # Values with every byte, an empty one, a tombstone; keys null and binary; headers.
 RECORDS = [
-    (b"\x00\x01\xff", bytes(range(256)), [("h1", b"\x00\xfe"), ("h2", b"")]),
+    (b"\x00\x01\xff", bytes(range(256)), [("h1", b"\x00\xfe"), ("h2", b""), ("h3", None)]),
     (None, b"", []),
     (b"k", None, [("only", b"x")]),
     (b"\xc3\x28", b"not utf-8: \xc3\x28" * 50, []),
@@ -64,7 +64,8 @@ def test_cxx_producer_process_to_python_consumer_process(bus):
     lines = []
     for key, value, headers in RECORDS:
         rec = {"key_b64": b64(key), "value_b64": b64(value), "partition": 0,
-               "headers": [{"key": k, "value_b64": b64(v)} for k, v in headers]}
+               "headers": [{"key": k, "value_b64": b64(v)} if v is not None else {"key": k, "value": None}
+                           for k, v in headers]}
         rec = {k: v for k, v in rec.items() if v is not None}
         if value is None:
             rec["value"] = None  # a tombstone

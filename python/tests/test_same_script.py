@@ -141,7 +141,7 @@ def expected():
                 part = kafka_partition(key, PARTITIONS[topic])
             offset = ends[(topic, part)]
             ends[(topic, part)] += 1
-            hs = [(k, as_bytes(v) if v is not None else b"") for k, v in headers] if headers else None
+            hs = [(k, as_bytes(v)) for k, v in headers] if headers else None  # None stays None
             records[(topic, part, offset)] = (batch, key, value, hs, "now" if ts == 0 else ts)
     seen = [(t, p, o, k, v, hs, shmbus.TIMESTAMP_CREATE_TIME, ts, len(v or b""))
             for (t, p, o), (b, k, v, hs, ts) in sorted(records.items()) if b == "one"]

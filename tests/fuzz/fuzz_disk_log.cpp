@@ -1,6 +1,7 @@
 // Fuzzes the spill log's readers: scan_segment (busctl log dump, recovery), LogReader
-// (consumers) and LogWriter::open's recovery, on a segment file made of the input. With the
-// first byte odd, a valid file header is put in front so that the frames get explored.
+// (consumers), the header blocks of its records (HeaderIterator) and LogWriter::open's
+// recovery, on a segment file made of the input. With the first byte odd, a valid file
+// header is put in front so that the frames get explored.
 #include <unistd.h>
 
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include <string>
 
 #include "bus/disk_log.h"
+#include "shmbus/record.h"
 #include "tools/busd/log_writer.h"
 
 using namespace shmbus;
@@ -38,6 +40,17 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   auto r = scan_segment(path, [&](const FrameView& v) {
     // Every frame handed out lies inside the file and adds up.
     if (v.payload.size() + kFrameHeaderSize != v.header.size) __builtin_trap();
+    // A record's header block, as consumers iterate it: every header inside the block, a
+    // null value (shm::kNullHeaderValue) with no bytes, never read as a length.
+    if (!is_gap(v.header)) {
+      const std::uint64_t klen = v.header.key_len == kNullKeyLen ? 0 : v.header.key_len;
+      const Bytes block = v.payload.subspan(klen, v.header.headers_len);
+      const auto* end = reinterpret_cast<const char*>(block.data() + block.size());
+      for (HeaderIterator it(block); auto h = it.next();)
+        if (h->key.data() + h->key.size() > end || reinterpret_cast<const char*>(h->value.data() + h->value.size()) > end ||
+            (h->null_value && !h->value.empty()))
+          __builtin_trap();
+    }
     ++frames;
   });
   if (r && r->valid_bytes > r->file_size) __builtin_trap();

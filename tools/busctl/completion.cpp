@@ -118,8 +118,9 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
 - `topic delete`: `deleted`. `bus delete`: `deleted_bus`. `produce`: `topic`, `records`.
 - `consume`: per record `topic`, `partition`, `offset`, `key` (null for none), `value` (null for
   a null value, a tombstone), `timestamp` (ms), `timestamp_ns`, `headers` (array of `key`,
-  `value`). Bytes are never altered: a key, value or header that is not valid UTF-8 is given
-  as `key_b64` / `value_b64` instead (standard base64 with padding), never as a string.
+  `value`; `value` null for a null header value). Bytes are never altered: a key, value or
+  header that is not valid UTF-8 is given as `key_b64` / `value_b64` instead (standard
+  base64 with padding), never as a string.
 - `status`: `running`, and when it runs `pid`, `version`, `protocol`, `uptime_ms`, `bus`,
   `socket`, `state_dir`, `groups`, `members`, `listeners` (per kind, `metrics` or `kafka`:
   `address`, `listen`, `allow_remote`, `connections`).
@@ -163,16 +164,17 @@ With `--json` every command prints JSON on stdout (one object or array; `consume
 - `--input json`: one object a line (blank lines skipped), the fields `consume --json` prints,
   so its output can be sent again: `key` or `key_b64` (absent or null: no key), `value` or
   `value_b64` (required; null: a tombstone), `headers` (an array of `key`/`key_b64`,
-  `value`/`value_b64`, or an object of name: string), `partition` (over `--partition`),
-  `timestamp` (ms) or `timestamp_ns`. `topic` and `offset` are ignored; any other field is an
-  error.
+  `value`/`value_b64`, or an object of name: string; a value null: a null header value),
+  `partition` (over `--partition`), `timestamp` (ms) or `timestamp_ns`. `topic` and
+  `offset` are ignored; any other field is an error.
 
 ## consume: --format, -e, --from -N, --from @TIME, several topics
 
 - `--format` escapes: `%t` topic, `%p` partition, `%o` offset, `%k` key, `%v` value, `%T`
   timestamp (ms), `%K` / `%S` key / value size (-1 for null, as kcat), `%h` headers
-  (`name=value,...`), `%%`; `\n \t \r \0`. `--encode hex|base64` prints keys, values and
-  header values encoded (default raw bytes).
+  (`name=value,...`; a null header value: `name` alone, an empty one `name=`), `%%`;
+  `\n \t \r \0`. `--encode hex|base64` prints keys, values and header values encoded
+  (default raw bytes).
 - `-e`: stops once every partition reached the end offset it had when consume started.
 - `--from -N`: N records before each partition's end (from its first record if it has fewer,
   the disk log's first for a spilled topic).

@@ -127,8 +127,8 @@ class ProduceCommand final : public Command {
 
   Status send(Producer& producer, const InputRecord& r) {
     std::vector<Header> hs;
-    for (const auto* list : {&std::as_const(headers), &r.headers})
-      for (const auto& [k, v] : *list) hs.push_back(Header{k, as_bytes(v)});
+    for (const auto& [k, v] : headers) hs.push_back(Header{k, as_bytes(v)});
+    for (const auto& [k, v] : r.headers) hs.push_back(Header{k, v ? as_bytes(*v) : Bytes{}, !v});
     Message m;
     if (r.key) m.key = as_bytes(*r.key);
     if (r.value) m.value = as_bytes(*r.value);

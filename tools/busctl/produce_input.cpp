@@ -40,20 +40,21 @@ Result<std::uint64_t> json_uint(const json& j, const char* field, const std::str
 Status json_headers(const json& hs, const std::string& where, InputRecord& r) {
   if (hs.is_object()) {  // {"name": "value", ...}
     for (const auto& [k, v] : hs.items()) {
-      if (!v.is_string()) return tl::unexpected(usage(fmt::format("{}: header \"{}\" must be a string", where, k)));
-      r.headers.emplace_back(k, v.get<std::string>());
+      if (!v.is_string() && !v.is_null())
+        return tl::unexpected(usage(fmt::format("{}: header \"{}\" must be a string or null", where, k)));
+      r.headers.emplace_back(k, v.is_null() ? std::nullopt : std::optional<std::string>(v.get<std::string>()));
     }
     return {};
   }
   if (!hs.is_array()) return tl::unexpected(usage(fmt::format("{}: \"headers\" must be an array or an object", where)));
-  for (const auto& h : hs) {  // [{"key": ..., "value": ...}], as consume --json prints them
+  for (const auto& h : hs) {  // [{"key": ..., "value": ...}] (value null: a null value), as consume --json prints them
     if (!h.is_object()) return tl::unexpected(usage(fmt::format("{}: each header must be an object with key and value", where)));
     auto k = get_bytes(h, "key", where + " header", true);
     if (!k) return tl::unexpected(k.error());
     auto v = get_bytes(h, "value", where + " header", true);
     if (!v) return tl::unexpected(v.error());
-    if (!*k || !*v) return tl::unexpected(usage(fmt::format("{}: a header's key and value must not be null", where)));
-    r.headers.emplace_back(std::move(**k), std::move(**v));
+    if (!*k) return tl::unexpected(usage(fmt::format("{}: a header's key must not be null", where)));
+    r.headers.emplace_back(std::move(**k), std::move(*v));
   }
   return {};
 }

@@ -17,7 +17,7 @@ namespace shmbus::busctl {
 struct InputRecord {
   std::optional<std::string> key;    // nullopt: no key
   std::optional<std::string> value;  // nullopt: a null value (a tombstone)
-  std::vector<std::pair<std::string, std::string>> headers;
+  std::vector<std::pair<std::string, std::optional<std::string>>> headers;  // nullopt: a null value
   std::optional<std::uint32_t> partition;
   std::int64_t timestamp_ns = 0;  // 0: stamped when sent
 };

@@ -61,7 +61,8 @@ std::string RecordFormat::render(const ConsumedRecord& r) const {
         while (auto h = it.next()) {
           if (!first) out += ',';
           first = false;
-          out += fmt::format("{}={}", h->key, encode(encoding_, as_string(h->value)));
+          out += h->key;  // a null value: the name alone (an empty one: "name=")
+          if (!h->null_value) out += "=" + encode(encoding_, as_string(h->value));
         }
         break;
       }
@@ -81,7 +82,7 @@ nlohmann::json record_json(const ConsumedRecord& r) {
   while (auto h = it.next()) {
     nlohmann::json o = nlohmann::json::object();
     put_bytes(o, "key", as_bytes(h->key));
-    put_bytes(o, "value", h->value);
+    put_bytes(o, "value", h->null_value ? std::nullopt : std::optional<Bytes>(h->value));
     hs.push_back(std::move(o));
   }
   j["headers"] = std::move(hs);

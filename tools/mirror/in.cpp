@@ -109,7 +109,7 @@ class InSession final : public Session {
       const void* value;
       std::size_t size;
       for (std::size_t i = 0; rd_kafka_header_get_all(hdrs, i, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; ++i)
-        c.headers.push_back({name, value ? Bytes(static_cast<const std::byte*>(value), size) : Bytes()});
+        c.headers.push_back({name, value ? Bytes(static_cast<const std::byte*>(value), size) : Bytes(), value == nullptr});
     }
     return c;
   }

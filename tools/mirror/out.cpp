@@ -133,16 +133,17 @@ class OutSession final : public Session {
     Track& t = tracks_[r.partition];
     const std::uint64_t seq = t.next_seq;
     const std::uint64_t tag = (std::uint64_t{r.partition} << 48) | (std::uint64_t{t.epoch} << kSeqBits) | (seq & kSeqMask);
+    // An empty key, value or header value is a non-null pointer of length 0; null is a null pointer.
+    static const char kEmpty[1] = {0};
     rd_kafka_headers_t* hdrs = nullptr;
     if (!r.raw_headers.empty()) {
       hdrs = rd_kafka_headers_new(4);
       HeaderIterator it = r.headers();
-      while (auto h = it.next())
-        rd_kafka_header_add(hdrs, h->key.data(), static_cast<ssize_t>(h->key.size()), h->value.data(),
-                            static_cast<ssize_t>(h->value.size()));
+      while (auto h = it.next()) {
+        const void* hv = h->null_value ? nullptr : (h->value.empty() ? kEmpty : static_cast<const void*>(h->value.data()));
+        rd_kafka_header_add(hdrs, h->key.data(), static_cast<ssize_t>(h->key.size()), hv, static_cast<ssize_t>(h->value.size()));
+      }
     }
-    // An empty key or value is a non-null pointer of length 0; null is a null pointer.
-    static const char kEmpty[1] = {0};
     const void* key = r.key ? (r.key->empty() ? kEmpty : static_cast<const void*>(r.key->data())) : nullptr;
     const std::size_t key_len = r.key ? r.key->size() : 0;
     const void* value = r.null_value ? nullptr : (r.value.empty() ? kEmpty : static_cast<const void*>(r.value.data()));

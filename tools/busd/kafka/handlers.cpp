@@ -58,7 +58,7 @@ std::size_t ring_bytes(const Record& r) {
 }
 
 // The bytes a record takes against the topic's max record: key, value and headers, 8 bytes
-// a header besides (the library's count, bus/producer.cpp).
+// a header besides, none for a null header value (the library's count, bus/producer.cpp).
 std::uint64_t payload_bytes(const Message& m) {
   std::uint64_t n = (m.key ? m.key->size() : 0) + m.value.size();
   for (const auto& h : m.headers) n += 8 + h.key.size() + h.value.size();
@@ -290,8 +290,8 @@ std::int16_t Handlers::produce_partition(const RequestHeader& h, const std::stri
           return kNone;
         }
   }
-  // The records as the library's Messages; their bytes stay in `batches`. Headers' null
-  // values become empty ones (the bus has no null header value).
+  // The records as the library's Messages; their bytes stay in `batches`. A header's null
+  // value (length -1) stays null (Header::null_value), an empty one empty.
   std::vector<Message> msgs;
   std::vector<std::vector<Header>> headers;
   std::vector<std::size_t> sizes;
@@ -301,7 +301,7 @@ std::int16_t Handlers::produce_partition(const RequestHeader& h, const std::stri
     for (const auto& rec : b.records) {
       std::vector<Header> hs;
       for (const auto& hd : rec.headers)
-        hs.push_back(Header{hd.key, hd.value ? as_bytes(*hd.value) : Bytes{}});
+        hs.push_back(Header{hd.key, hd.value ? as_bytes(*hd.value) : Bytes{}, !hd.value});
       headers.push_back(std::move(hs));
       Message m;
       if (rec.key) m.key = as_bytes(*rec.key);
@@ -482,7 +482,8 @@ std::size_t Handlers::read_records(const std::shared_ptr<Topic>& t, std::uint32_
       if (c.key) rec.key = std::string(as_string(*c.key));
       if (!c.null_value) rec.value = std::string(as_string(c.value));
       for (auto hi = c.headers(); auto hd = hi.next();)
-        rec.headers.push_back(RecordHeader{std::string(hd->key), std::string(as_string(hd->value))});
+        rec.headers.push_back(
+            RecordHeader{std::string(hd->key), hd->null_value ? std::nullopt : std::optional<std::string>(as_string(hd->value))});
       bytes += ring_bytes(rec);
       b.records.push_back(std::move(rec));
       rd->next = c.offset + 1;
