@@ -158,8 +158,12 @@ class PyConsumer {
   static bool plain_timeout(PyObject* t) { return !t || t == Py_None || PyFloat_CheckExact(t) || PyLong_CheckExact(t); }
   PyObject* poll_fast(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
     PyObject* a[1];
-    if (!fast_poll_method().parse(args, nargs, kwnames, a) || !plain_timeout(a[0]))
-      return fast_poll_method().fallback(self, args, nargs, kwnames);
+    if (nargs == 1 && !kwnames) a[0] = args[0];  // poll(timeout), the loop's call: nothing to match
+    else if (!fast_poll_method().parse(args, nargs, kwnames, a)) return fast_poll_method().fallback(self, args, nargs, kwnames);
+    if (!plain_timeout(a[0])) return fast_poll_method().fallback(self, args, nargs, kwnames);
+    // A record of the batch already fetched: what poll() does for it, without the steps
+    // that have nothing to do here (no views to release; the timeout not read).
+    if (consumer_ && !busy_ && views_.empty() && next_ < batch_.size()) return message(batch_[next_++]).release().ptr();
     return poll(pb::reinterpret_borrow<pb::object>(a[0] ? a[0] : Py_None)).release().ptr();
   }
   PyObject* consume_fast(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
@@ -185,14 +189,20 @@ class PyConsumer {
     Consumer& c = open(true);
     if (num_messages < 0 || num_messages > 1'000'000) throw pb::value_error("num_messages must be 0..1000000");
     release_views();
-    pb::list out;
-    if (num_messages == 0) return out;
+    if (num_messages == 0) return pb::list();
     if (next_ >= batch_.size() && !fetch(c, to_timeout(timeout))) {
+      pb::list out;
       out.append(error_message());
       return out;
     }
-    // What the first fetch brought, then what is there at once (no further waiting).
-    while (static_cast<std::int64_t>(out.size()) < num_messages) {
+    // What the first fetch brought, into a list made at its size, then what is there at
+    // once (no further waiting), appended.
+    const auto want = static_cast<std::size_t>(num_messages);
+    const std::size_t first = std::min(want, batch_.size() - next_);
+    auto out = pb::reinterpret_steal<pb::list>(PyList_New(static_cast<Py_ssize_t>(first)));
+    if (!out) throw pb::error_already_set();
+    for (std::size_t i = 0; i < first; ++i) PyList_SET_ITEM(out.ptr(), static_cast<Py_ssize_t>(i), message(batch_[next_++]).release().ptr());
+    for (std::size_t n = first; n < want; ++n) {
       if (next_ >= batch_.size()) {
         if (!views_.empty()) break;  // a new fetch would end the views already handed out
         if (!fetch(c, 0ns)) {
@@ -426,6 +436,7 @@ class PyConsumer {
   bool fetch(Consumer& c, std::optional<std::chrono::nanoseconds> timeout) {
     batch_ = {};
     next_ = 0;
+    last_topic_data_ = nullptr;  // views into the batch are gone
     const auto deadline = timeout ? std::chrono::steady_clock::now() + *timeout : std::chrono::steady_clock::time_point::max();
     for (;;) {
       std::chrono::nanoseconds slice = 100ms;  // then signals are looked at
@@ -489,22 +500,37 @@ class PyConsumer {
     return pb::bytes(reinterpret_cast<const char*>(b.data()), b.size());
   }
 
-  pb::object message(const ConsumedRecord& r) {
-    PyMessage* m = nullptr;
-    pb::object out = new_message(m);
-    if (r.topic != last_topic_name_) {  // one topic's records come in runs: one lookup per run
-      auto it = topics_.find(r.topic);
-      if (it == topics_.end()) it = topics_.emplace(std::string(r.topic), pb::str(std::string(r.topic))).first;
+  // The str of a record's topic, one object per topic name. A batch's records name their
+  // topic with a view of the consumer's partition entry, the same one for every record of
+  // a partition: the same view as the last record of this batch is the same topic.
+  PyObject* topic_of(std::string_view t) {
+    if (t.data() == last_topic_data_ && t.size() == last_topic_name_.size()) return last_topic_.ptr();
+    if (t != last_topic_name_) {
+      auto it = topics_.find(t);
+      if (it == topics_.end()) it = topics_.emplace(std::string(t), pb::str(std::string(t))).first;
       last_topic_name_ = it->first;
       last_topic_ = it->second;
     }
-    put(m->topic, last_topic_);
+    last_topic_data_ = t.data();
+    return last_topic_.ptr();
+  }
+
+  pb::object message(const ConsumedRecord& r) {
+    pb::object value = r.null_value ? pb::object(pb::none()) : bytes_of(r.value);
+    pb::object key = r.key ? pb::object(pb::bytes(reinterpret_cast<const char*>(r.key->data()), r.key->size()))
+                           : pb::object(pb::none());
+    PyObject* topic = topic_of(r.topic);  // (may throw: before the Message, whose fields are not set yet)
+    PyMessage* m = alloc_message();
+    pb::object out = pb::reinterpret_steal<pb::object>(reinterpret_cast<PyObject*>(m));
+    m->topic = Py_NewRef(topic);
+    m->key = key.release().ptr();
+    m->value = value.release().ptr();
+    m->headers = Py_NewRef(Py_None);
+    m->error = Py_NewRef(Py_None);
     m->partition = static_cast<std::int32_t>(r.partition);
     m->offset = static_cast<std::int64_t>(r.offset);
     m->timestamp_type = 1;
     m->timestamp_ms = r.timestamp_ns / 1'000'000;
-    if (r.key) put(m->key, pb::bytes(reinterpret_cast<const char*>(r.key->data()), r.key->size()));
-    if (!r.null_value) put(m->value, bytes_of(r.value));
     if (!r.raw_headers.empty()) {
       pb::list hs;
       auto h = r.headers();
@@ -582,6 +608,7 @@ class PyConsumer {
   std::vector<pb::object> views_;
   std::map<std::string, pb::str, std::less<>> topics_;  // (never erased: last_topic_name_ views a key)
   std::string_view last_topic_name_;
+  const char* last_topic_data_ = nullptr;  // the view of the last record's topic, in batch_ (topic_of)
   pb::object last_topic_ = pb::none();
   pb::object on_assign_ = pb::none(), on_revoke_ = pb::none(), on_lost_ = pb::none(), on_commit_ = pb::none(),
              stats_cb_ = pb::none();

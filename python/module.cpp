@@ -254,6 +254,13 @@ PyMessage* self_message(PyObject* self) { return reinterpret_cast<PyMessage*>(se
 
 PyObject* field(PyObject* f) { return Py_NewRef(f ? f : Py_None); }
 
+// Freed Messages kept for the next ones (as CPython keeps freed floats and tuples): a
+// consumer makes one per record, and a consume() of a batch frees as many as the next
+// makes. Their memory only: every field is dropped when a Message dies. Used under the GIL.
+constexpr std::size_t kFreeMessagesMax = 1024;  // two batches of max.poll.records' default (500)
+PyMessage* g_free_messages[kFreeMessagesMax];
+std::size_t g_free_message_count = 0;
+
 void message_dealloc(PyObject* self) {
   PyMessage* m = self_message(self);
   Py_XDECREF(m->topic);
@@ -262,7 +269,8 @@ void message_dealloc(PyObject* self) {
   Py_XDECREF(m->headers);
   Py_XDECREF(m->error);
   PyTypeObject* type = Py_TYPE(self);
-  PyObject_Free(self);
+  if (g_free_message_count < kFreeMessagesMax) g_free_messages[g_free_message_count++] = m;
+  else PyObject_Free(self);
   Py_DECREF(type);  // a heap type: each instance holds a reference to it
 }
 
@@ -337,9 +345,19 @@ PyType_Spec g_message_spec = {"shmbus.Message", sizeof(PyMessage), 0, Py_TPFLAGS
 
 }  // namespace
 
+PyMessage* alloc_message() {
+  if (g_free_message_count == 0) {
+    PyMessage* m = PyObject_New(PyMessage, g_message_type);
+    if (!m) throw pb::error_already_set();
+    return m;
+  }
+  PyMessage* m = g_free_messages[--g_free_message_count];
+  PyObject_Init(reinterpret_cast<PyObject*>(m), g_message_type);  // a new reference (and one to the type)
+  return m;
+}
+
 pb::object new_message(PyMessage*& fields) {
-  PyMessage* m = PyObject_New(PyMessage, g_message_type);
-  if (!m) throw pb::error_already_set();
+  PyMessage* m = alloc_message();
   m->topic = Py_NewRef(Py_None);
   m->key = Py_NewRef(Py_None);
   m->value = Py_NewRef(Py_None);

@@ -126,6 +126,10 @@ struct PyMessage {
   std::int64_t timestamp_ms;
   int timestamp_type;  // TIMESTAMP_NOT_AVAILABLE (0) or TIMESTAMP_CREATE_TIME (1)
 };
+// A new Message (reusing a freed one's memory when one is kept) whose fields are not set:
+// the caller sets every field, the object ones to owned references, before anything else
+// can see it. Throws pb::error_already_set when Python cannot allocate it.
+PyMessage* alloc_message();
 // A new Message: every object field None, partition -1, offset OFFSET_INVALID, no timestamp.
 // Throws pb::error_already_set when Python cannot allocate it.
 pb::object new_message(PyMessage*& fields);

@@ -160,3 +160,115 @@ def test_messages_are_plain_values_that_outlive_their_consumer(bus):
         m.value(1)
     with pytest.raises(TypeError):
         m.set_value()
+
+
+# Records whose fields take every shape a Message tells apart: a null key and an empty one,
+# a null value (tombstone) and an empty one, headers present and absent; two topics with
+# names of one length (one Message per record, their topic str shared per topic).
+MIXED = [  # (key, value, headers)
+    (None, b"v0", None),
+    (b"", b"", [("h", b"1")]),
+    (b"k", None, None),
+    ("", b"x" * 100, [("a", b""), ("b", b"2")]),
+    (None, None, None),
+    (b"k5", b"y" * 7, [("h", b"5")]),
+]
+
+
+def expected_mixed(topic, base_ts):
+    out = []
+    for i, (key, value, headers) in enumerate(MIXED):
+        key = key.encode() if isinstance(key, str) else key
+        out.append((topic, 0, i, key, value, headers, (shmbus.TIMESTAMP_CREATE_TIME, base_ts + i), len(value or b"")))
+    return out
+
+
+def produce_mixed(bus, topics, base_ts):
+    p = Producer({"bus": bus})
+    for i, (key, value, headers) in enumerate(MIXED):
+        for t in topics:
+            p.produce(t, value, key, 0, timestamp=base_ts + i, headers=headers)
+    p.close()
+
+
+def fields(m):
+    assert m.error() is None, m.error()
+    return (m.topic(), m.partition(), m.offset(), m.key(), m.value(), m.headers(), m.timestamp(), len(m))
+
+
+def mixed_reader(bus, topics):
+    c = Consumer({"bus": bus, "auto.offset.reset": "earliest"})
+    c.assign([TopicPartition(t, 0) for t in topics])
+    return c
+
+
+def consume_all(c, n):
+    got = []
+    for _ in range(100):  # bounded: each call waits at most 1 s
+        got += c.consume(1000, 1.0)
+        if len(got) >= n:
+            break
+    return got
+
+
+def by_topic(msgs):
+    return sorted((fields(m) for m in msgs), key=lambda f: (f[0], f[2]))
+
+
+def test_consume_and_poll_hand_out_every_field_of_mixed_records(bus):
+    topics = ["ta", "tb"]
+    for t in topics:
+        make_topic(bus, t)
+    produce_mixed(bus, topics, 1700000000000)
+    want = expected_mixed("ta", 1700000000000) + expected_mixed("tb", 1700000000000)
+    n = len(want)
+    # consume(): records of both partitions in one batch, into one list
+    c = mixed_reader(bus, topics)
+    got = consume_all(c, n)
+    assert len(got) == n
+    assert by_topic(got) == want
+    for t in topics:  # per partition, in offset order
+        assert [m.offset() for m in got if m.topic() == t] == list(range(len(MIXED)))
+    c.close()
+    # poll(): the same records, one a call
+    c = mixed_reader(bus, topics)
+    polled = drain(c, n)
+    assert by_topic(polled) == want
+    # with a timeout given by keyword and as an int: the same path's answers
+    c.seek(TopicPartition("ta", 0, 0))
+    c.seek(TopicPartition("tb", 0, 0))
+    again = [c.poll(timeout=1) for _ in range(n)]
+    assert by_topic(again) == want
+    c.close()
+
+
+def test_messages_outlive_their_consumer_and_later_messages(bus):
+    topics = ["ta", "tb"]
+    for t in topics:
+        make_topic(bus, t)
+    produce_mixed(bus, topics, 1700000000000)
+    want = sorted(expected_mixed("ta", 1700000000000) + expected_mixed("tb", 1700000000000), key=lambda f: (f[0], f[2]))
+    c = mixed_reader(bus, topics)
+    kept = consume_all(c, len(want))
+    first = c.poll(0)  # nothing left: None
+    assert first is None
+    c.close()
+    del c
+    gc.collect()
+    assert by_topic(kept) == want  # after the consumer is gone
+    # Messages die and are made again many times over (the memory of freed ones is reused):
+    # the kept ones still hold their own records.
+    produce_mixed(bus, topics, 1800000000000)
+    for _ in range(3):
+        c = mixed_reader(bus, topics)
+        later = consume_all(c, 2 * len(want))
+        assert len(later) == 2 * len(want)
+        assert sorted(m.timestamp()[1] for m in later if m.topic() == "tb") == sorted(
+            [1700000000000 + i for i in range(len(MIXED))] + [1800000000000 + i for i in range(len(MIXED))])
+        c.close()
+        del c, later
+        gc.collect()
+    assert by_topic(kept) == want
+    kept[0].set_value(b"changed")  # one Message's fields are its own
+    assert kept[0].value() == b"changed"
+    assert by_topic(kept[1:]) == [f for f in want if (f[0], f[2]) != (kept[0].topic(), kept[0].offset())]
