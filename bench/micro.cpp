@@ -45,22 +45,42 @@ struct Fixture {
 
 // Args: value bytes, then ProducerConfig::record_alignment (each send padded to 8 or 64
 // bytes: the layout choice between packing and a cache line per send).
-Producer producer_aligned(const Fixture& f, std::int64_t alignment) {
+Producer producer_aligned(const Fixture& f, std::int64_t alignment, bool exclusive = false) {
   ProducerConfig pc;
   pc.record_alignment = static_cast<std::uint32_t>(alignment);
+  pc.exclusive = exclusive;
   return std::move(*Producer::create(f.bus, pc));
 }
 
+// Args: value bytes, alignment, then 1 for an exclusive producer.
 void BM_Send(benchmark::State& state) {
   Fixture f;
-  auto p = producer_aligned(f, state.range(1));
+  auto p = producer_aligned(f, state.range(1), state.range(2) != 0);
   std::string value(static_cast<std::size_t>(state.range(0)), 'x');
   Message m{std::nullopt, as_bytes(value)};
   for (auto _ : state) benchmark::DoNotOptimize(p.send("t", m, 0));
   state.SetItemsProcessed(state.iterations());
   state.SetBytesProcessed(state.iterations() * state.range(0));
 }
-BENCHMARK(BM_Send)->Args({64, 8})->Args({64, 64})->Args({4096, 8})->Args({4096, 64})->Apply(fixed_iterations);
+BENCHMARK(BM_Send)
+    ->Args({64, 8, 0})
+    ->Args({64, 64, 0})
+    ->Args({64, 64, 1})
+    ->Args({4096, 8, 0})
+    ->Args({4096, 64, 0})
+    ->Apply(fixed_iterations);
+
+// Producer::partition_writer's send. Args: value bytes, then 1 for an exclusive producer.
+void BM_PartitionWriterSend(benchmark::State& state) {
+  Fixture f;
+  auto p = producer_aligned(f, 64, state.range(1) != 0);
+  auto w = p.partition_writer("t", 0);
+  std::string value(static_cast<std::size_t>(state.range(0)), 'x');
+  Message m{std::nullopt, as_bytes(value)};
+  for (auto _ : state) benchmark::DoNotOptimize(w->send(m));
+  state.SetItemsProcessed(state.iterations());
+}
+BENCHMARK(BM_PartitionWriterSend)->Args({64, 0})->Args({64, 1})->Apply(fixed_iterations);
 
 void BM_SendBatch64(benchmark::State& state) {
   Fixture f;

@@ -149,7 +149,9 @@ struct Producer::Impl {
 
   std::shared_ptr<Bus> bus;
   ProducerConfig config;
-  std::map<std::string, TopicState, std::less<>> topics;
+  // Shared with the PartitionWriters made from it: a deleted topic's state stays theirs
+  // (their sends fail, naming the deletion) after a send by name replaced it here.
+  std::map<std::string, std::shared_ptr<TopicState>, std::less<>> topics;
   TopicState* last = nullptr;
   std::string last_name;
   bool reservation_open = false;
@@ -167,10 +169,10 @@ struct Producer::Impl {
   Result<TopicState*> topic(std::string_view name) {
     if (last && name == last_name && !last->topic->deleted()) return last;
     auto it = topics.find(name);
-    if (it == topics.end() || it->second.topic->deleted()) {
+    if (it == topics.end() || it->second->topic->deleted()) {
       if (it != topics.end()) {
         if (reservation_open) return make_error(Errc::kTopicDeleted, fmt::format("topic '{}' was deleted", name));
-        if (last == &it->second) last = nullptr;
+        if (last == it->second.get()) last = nullptr;
         topics.erase(it);
       }
       auto t = bus->topic(std::string(name));
@@ -179,14 +181,14 @@ struct Producer::Impl {
       // A spilled topic needs busd: it spills, and in a block topic its gate holds us back
       // until it has. Start one if none runs (SHMBUS_NO_AUTOSTART=1 opts out).
       if ((*t)->config().spill.enabled) (void)BusdConnection::connect(bus->name(), std::chrono::seconds(2));
-      TopicState st;
-      st.topic = *t;
-      st.writers.resize((*t)->partitions());
-      st.sent_end.resize((*t)->partitions());
-      st.sticky = static_cast<std::uint32_t>(shm::random_u64() % (*t)->partitions());
+      auto st = std::make_shared<TopicState>();
+      st->topic = *t;
+      st->writers.resize((*t)->partitions());
+      st->sent_end.resize((*t)->partitions());
+      st->sticky = static_cast<std::uint32_t>(shm::random_u64() % (*t)->partitions());
       it = topics.insert_or_assign(std::string(name), std::move(st)).first;
     }
-    last = &it->second;
+    last = it->second.get();
     last_name.assign(name);
     return last;
   }
@@ -431,6 +433,52 @@ struct Producer::Impl {
     return md;
   }
 
+  // One record to partition p of `ts` through writer `w`: the path of send() and of
+  // PartitionWriter::send(), which most sends take. append() for one record, without the
+  // Batch and the loops over it (docs/performance.md, "The single-record path").
+  [[gnu::always_inline]] Result<std::uint64_t> append_one(TopicState& ts, std::uint32_t p, shm::RingWriter& w,
+                                                           const Message& m, bool sticky) {
+    Layout l;
+    std::uint64_t payload = 0;
+    // The topic's max_record is at most a quarter of its ring: no half-ring check as for batches.
+    if (!layout(ts, m.key, m.headers, m.value.size(), l, payload)) [[unlikely]]
+      return tl::unexpected(too_large(ts, payload));
+    if (sticky) ts.sticky_bytes += l.bytes;
+    auto c = claim(ts, w, std::span<const std::uint32_t>(&l.bytes, 1));
+    if (!c) [[unlikely]]
+      return tl::unexpected(c.error());
+    const shm::Ring& ring = w.ring();
+    const std::int64_t ts_ns = m.timestamp_ns ? m.timestamp_ns : shm::fast_realtime_ns();
+    // A padding word before first_at is stored by finish(), with the record's word.
+    write_record(reinterpret_cast<std::byte*>(ring.header_at(c->first_at)), l,
+                 static_cast<std::uint32_t>(c->end - c->first_at), m, ts_ns);
+    if (auto ok = w.commit(*c); !ok) [[unlikely]] {
+      if (stats) stats->aborted(ts.topic, p, 1);
+      return tl::unexpected(ok.error());
+    }
+    w.finish(*c);
+    w.notify(*c);
+    // The next send's lines, asked for now (as append() does).
+    for (std::uint64_t at = c->end, stop = at + std::min<std::uint64_t>(l.bytes, 4096); at < stop; at += shm::kCacheLine)
+      __builtin_prefetch(ring.header_at(at), 1, 3);
+    if (stats) [[unlikely]] stats->sent(ts.topic, p, std::span<const Message>(&m, 1), w);
+    return c->offset;
+  }
+
+  // append_one(), then what the producer's acks ask for (sent()).
+  [[gnu::always_inline]] Result<std::uint64_t> send_one(TopicState& ts, std::uint32_t p, shm::RingWriter& w,
+                                                         const Message& m, bool sticky) {
+    auto offset = append_one(ts, p, w, m, sticky);
+    if (!offset) [[unlikely]]
+      return offset;
+    if (config.acks == Acks::kMemory) [[likely]] {
+      if (ts.sent_end[p] <= *offset) ts.sent_end[p] = *offset + 1;  // for flush()
+      return offset;
+    }
+    if (auto ok = sent(ts, p, *offset + 1); !ok) return tl::unexpected(ok.error());
+    return offset;
+  }
+
   // A batch whose records go to several partitions: one claim per partition, for its
   // records in send order, the partitions in the order of their first record. Whatever can
   // fail before a claim (sizes, writers) is checked for all of them first; a claim that
@@ -503,8 +551,9 @@ Status Producer::flush(std::chrono::milliseconds timeout, std::optional<Acks> ac
   if (impl_->stats) [[unlikely]] impl_->stats->tick();  // reports if due, like a send
   const Acks mode = acks.value_or(impl_->config.acks);
   const std::int64_t deadline = static_cast<std::int64_t>(shm::monotonic_ns()) + timeout.count() * 1'000'000;
-  for (auto& [name, ts] : impl_->topics) {
+  for (auto& [name, state] : impl_->topics) {
     if (mode == Acks::kMemory) break;  // sends commit before they return
+    Impl::TopicState& ts = *state;
     if (auto ok = durable_acks_ok(*ts.topic, mode); !ok) {
       if (std::all_of(ts.sent_end.begin(), ts.sent_end.end(), [](std::uint64_t e) { return e == 0; })) continue;
       return ok;
@@ -526,9 +575,57 @@ Result<RecordMetadata> Producer::send(std::string_view topic, std::optional<std:
 
 Result<RecordMetadata> Producer::send(std::string_view topic, const Message& m,
                                       std::optional<std::uint32_t> partition) noexcept {
-  // Through send_batch: a separate single-record path measured no faster across processes
-  // and ~70-90 ns slower in the ping-pong (docs/performance.md).
-  return send_batch(topic, std::span<const Message>(&m, 1), partition);
+  if (impl_->reservation_open) [[unlikely]]
+    return make_error(Errc::kInvalidArgument, "a reservation of this producer is open: commit() or abort() it first");
+  auto t = impl_->topic(topic);
+  if (!t) [[unlikely]]
+    return tl::unexpected(t.error());
+  Impl::TopicState& ts = **t;
+  std::uint32_t p = 0;
+  if (partition) {
+    auto given = impl_->choose(ts, std::nullopt, partition, 0);  // checks it
+    if (!given) return tl::unexpected(given.error());
+    p = *given;
+  } else if (ts.topic->partitions() > 1) {
+    p = impl_->partition_of(ts, m);
+  }
+  auto w = impl_->writer(ts, p);
+  if (!w) [[unlikely]]
+    return tl::unexpected(w.error());
+  auto offset = impl_->send_one(ts, p, **w, m, !partition && !m.key);
+  if (!offset) [[unlikely]]
+    return tl::unexpected(offset.error());
+  return RecordMetadata{p, *offset};
+}
+
+Result<PartitionWriter> Producer::partition_writer(std::string_view topic, std::uint32_t partition) noexcept {
+  auto t = impl_->topic(topic);
+  if (!t) return tl::unexpected(t.error());
+  if (auto given = impl_->choose(**t, std::nullopt, partition, 0); !given) return tl::unexpected(given.error());
+  auto w = impl_->writer(**t, partition);  // opened now: its errors (no free slot, exclusive) are the caller's here
+  if (!w) return tl::unexpected(w.error());
+  PartitionWriter pw;
+  pw.producer_ = impl_.get();
+  pw.state_ = impl_->topics.find(topic)->second;
+  pw.writer_ = *w;
+  pw.partition_ = partition;
+  return pw;
+}
+
+const std::string& PartitionWriter::topic() const noexcept {
+  return static_cast<const Producer::Impl::TopicState*>(state_.get())->topic->name();
+}
+
+Result<std::uint64_t> PartitionWriter::send(const Message& m) noexcept {
+  if (!state_) [[unlikely]]
+    return make_error(Errc::kInvalidArgument, "this PartitionWriter is empty (moved from, or default-constructed)");
+  if (producer_->reservation_open) [[unlikely]]
+    return make_error(Errc::kInvalidArgument, "a reservation of this producer is open: commit() or abort() it first");
+  auto& ts = *static_cast<Producer::Impl::TopicState*>(state_.get());
+  auto& w = *static_cast<shm::RingWriter*>(writer_);
+  if (w.ring().closed()) [[unlikely]]
+    return make_error(Errc::kTopicDeleted, fmt::format("topic '{}' was deleted", ts.topic->name()));
+  return producer_->send_one(ts, partition_, w, m, false);
 }
 
 Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<const Message> messages,

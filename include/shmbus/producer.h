@@ -81,6 +81,7 @@ struct ProducerConfig {
 };
 
 class Reservation;
+class PartitionWriter;
 
 class Producer {
  public:
@@ -112,6 +113,14 @@ class Producer {
   [[nodiscard]] Result<RecordMetadata> send_batch(std::string_view topic, std::span<const Message> messages,
                                                   std::optional<std::uint32_t> partition = std::nullopt) noexcept;
 
+  // One partition of a topic, resolved once (Aeron's publication): its send() skips the
+  // topic lookup and the partitioner that send() by name makes each time, and behaves as
+  // send(topic, message, partition) otherwise (acks, statistics, errors). Opens the
+  // partition's write side now, so its errors (no such topic or partition, an exclusive
+  // producer elsewhere, no free writer slot) come here. It must not outlive this Producer,
+  // and belongs to the Producer's thread.
+  [[nodiscard]] Result<PartitionWriter> partition_writer(std::string_view topic, std::uint32_t partition) noexcept;
+
   // Zero-copy: claims room for a record whose value the caller writes in place, then
   // commit()s. One open reservation per producer at a time (sends are refused meanwhile);
   // a Reservation must not outlive its Producer. Commit within the topic's claim timeout
@@ -134,6 +143,31 @@ class Producer {
   explicit Producer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
   friend class Reservation;
+  friend class PartitionWriter;
+};
+
+// Producer::partition_writer(): sends to one partition of one topic.
+class PartitionWriter {
+ public:
+  PartitionWriter() = default;
+  PartitionWriter(PartitionWriter&&) noexcept = default;
+  PartitionWriter& operator=(PartitionWriter&&) noexcept = default;
+
+  // Appends one record to the partition; returns its offset. As Producer::send(): the
+  // producer's acks are waited for; a record over the topic's max record size is refused
+  // (record_too_large); a deleted topic fails (topic_deleted) for good: take a new
+  // PartitionWriter once the topic is created again.
+  [[nodiscard]] Result<std::uint64_t> send(const Message& message) noexcept;
+
+  std::uint32_t partition() const noexcept { return partition_; }
+  const std::string& topic() const noexcept;
+
+ private:
+  friend class Producer;
+  Producer::Impl* producer_ = nullptr;
+  std::shared_ptr<void> state_;  // the producer's state of the topic (kept if the topic is replaced)
+  void* writer_ = nullptr;       // shm::RingWriter*, owned by that state
+  std::uint32_t partition_ = 0;
 };
 
 class Reservation {
