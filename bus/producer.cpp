@@ -433,6 +433,13 @@ struct Producer::Impl {
     return md;
   }
 
+  // Sends are refused while a reservation is open: one claim per writer slot at a time
+  // (docs/ring.md, "Dead writers").
+  Status no_open_reservation() const {
+    if (!reservation_open) return {};
+    return make_error(Errc::kInvalidArgument, "a reservation of this producer is open: commit() or abort() it first");
+  }
+
   // One record to partition p of `ts` through writer `w`: the path of send() and of
   // PartitionWriter::send(), which most sends take. append() for one record, without the
   // Batch and the loops over it (docs/performance.md, "The single-record path").
@@ -471,10 +478,6 @@ struct Producer::Impl {
     auto offset = append_one(ts, p, w, m, sticky);
     if (!offset) [[unlikely]]
       return offset;
-    if (config.acks == Acks::kMemory) [[likely]] {
-      if (ts.sent_end[p] <= *offset) ts.sent_end[p] = *offset + 1;  // for flush()
-      return offset;
-    }
     if (auto ok = sent(ts, p, *offset + 1); !ok) return tl::unexpected(ok.error());
     return offset;
   }
@@ -575,8 +578,8 @@ Result<RecordMetadata> Producer::send(std::string_view topic, std::optional<std:
 
 Result<RecordMetadata> Producer::send(std::string_view topic, const Message& m,
                                       std::optional<std::uint32_t> partition) noexcept {
-  if (impl_->reservation_open) [[unlikely]]
-    return make_error(Errc::kInvalidArgument, "a reservation of this producer is open: commit() or abort() it first");
+  if (auto ok = impl_->no_open_reservation(); !ok) [[unlikely]]
+    return tl::unexpected(ok.error());
   auto t = impl_->topic(topic);
   if (!t) [[unlikely]]
     return tl::unexpected(t.error());
@@ -619,8 +622,8 @@ const std::string& PartitionWriter::topic() const noexcept {
 Result<std::uint64_t> PartitionWriter::send(const Message& m) noexcept {
   if (!state_) [[unlikely]]
     return make_error(Errc::kInvalidArgument, "this PartitionWriter is empty (moved from, or default-constructed)");
-  if (producer_->reservation_open) [[unlikely]]
-    return make_error(Errc::kInvalidArgument, "a reservation of this producer is open: commit() or abort() it first");
+  if (auto ok = producer_->no_open_reservation(); !ok) [[unlikely]]
+    return tl::unexpected(ok.error());
   auto& ts = *static_cast<Producer::Impl::TopicState*>(state_.get());
   auto& w = *static_cast<shm::RingWriter*>(writer_);
   if (w.ring().closed()) [[unlikely]]
@@ -631,8 +634,8 @@ Result<std::uint64_t> PartitionWriter::send(const Message& m) noexcept {
 Result<RecordMetadata> Producer::send_batch(std::string_view topic, std::span<const Message> messages,
                                             std::optional<std::uint32_t> partition) noexcept {
   if (messages.empty()) return make_error(Errc::kInvalidArgument, "empty batch");
-  if (impl_->reservation_open)
-    return make_error(Errc::kInvalidArgument, "a reservation of this producer is open: commit() or abort() it first");
+  if (auto ok = impl_->no_open_reservation(); !ok) [[unlikely]]
+    return tl::unexpected(ok.error());
   auto t = impl_->topic(topic);
   if (!t) return tl::unexpected(t.error());
   Impl::TopicState& ts = **t;
@@ -661,8 +664,8 @@ Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Byte
                                       std::optional<std::uint32_t> partition, std::span<const Header> headers) noexcept {
   // One claim per writer slot at a time: a second one would replace the intent that lets
   // others finish this one if we die (docs/ring.md, "Dead writers").
-  if (impl_->reservation_open)
-    return make_error(Errc::kInvalidArgument, "a reservation of this producer is open: commit() or abort() it first");
+  if (auto ok = impl_->no_open_reservation(); !ok) [[unlikely]]
+    return tl::unexpected(ok.error());
   auto t = impl_->topic(topic);
   if (!t) return tl::unexpected(t.error());
   Impl::TopicState& ts = **t;
