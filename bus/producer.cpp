@@ -1,6 +1,7 @@
 #include "shmbus/producer.h"
 
 #include <algorithm>
+#include <bit>
 #include <cstring>
 #include <map>
 #include <unistd.h>
@@ -56,16 +57,18 @@ std::uint64_t headers_size(std::span<const Header> headers) {
 // copy of a 64-byte value (measured: docs/performance.md).
 [[gnu::always_inline]] inline void write_record(std::byte* at, const Layout& l, std::uint32_t length, const Message& m,
                                                 std::int64_t ts) noexcept {
-  // The header after its word, as one 32-byte block (RecordHeader's fields at 8..40).
-  struct Fields {
-    std::uint32_t length;
-    std::uint32_t reserved;
-    std::int64_t timestamp_ns;
-    std::uint32_t key_len, headers_len, value_len, flags;
-  };
-  static_assert(sizeof(Fields) == shm::kRecordHeaderSize - 8);
-  const Fields f{length, 0, ts, l.key_len, l.headers_len, l.value_len, m.null_value ? shm::kRecordNullValue : 0u};
-  std::memcpy(at + 8, &f, sizeof f);
+  // The header after its word (RecordHeader's fields at 8..40: length, reserved, timestamp,
+  // key, headers and value lengths, flags) as four 8-byte words put together in registers.
+  // Not a struct built on the stack and copied: its copy loaded 16 bytes of fields stored 4
+  // and 8 at a time, which no store forwards, so each send waited for the store buffer (the
+  // last record's lines) to drain.
+  static_assert(shm::kRecordHeaderSize == 40 && std::endian::native == std::endian::little);
+  const std::uint64_t w1 = length, w2 = static_cast<std::uint64_t>(ts), w3 = l.key_len | std::uint64_t{l.headers_len} << 32,
+                      w4 = l.value_len | std::uint64_t{m.null_value ? shm::kRecordNullValue : 0u} << 32;
+  std::memcpy(at + 8, &w1, 8);
+  std::memcpy(at + 16, &w2, 8);
+  std::memcpy(at + 24, &w3, 8);
+  std::memcpy(at + 32, &w4, 8);
   // A payload that ends inside an 8-byte slot would leave the rest of the slot as an older
   // lap wrote it: there, maybe the high bytes of an older record's word, which records of
   // one block of 256 offsets share. With the right last bytes (one value in 65536) the slot
@@ -330,24 +333,36 @@ struct Producer::Impl {
   }
 
   // A claim that timed out behind gates says whose they are (a group by name, a pid).
-  Result<shm::Claim> name_holders(const shm::RingWriter& w, Result<shm::Claim> c) const {
-    if (c || c.error().code != Errc::kTimedOut || !w.gated_timeout()) return c;
-    return make_error(Errc::kTimedOut, fmt::format("{}; held by {}", c.error().message, gate_holders(bus->name(), w.ring())));
+  Status name_holders(const shm::RingWriter& w, Status st) const {
+    if (st || st.error().code != Errc::kTimedOut || !w.gated_timeout()) return st;
+    return make_error(Errc::kTimedOut, fmt::format("{}; held by {}", st.error().message, gate_holders(bus->name(), w.ring())));
   }
 
-  // A claim, waiting for room up to max_block_ms in a block topic. In a spilled block topic
-  // the room comes from busd's spiller: wait in slices, and between them make sure a busd
-  // runs (one killed is started again), so a dead busd never wedges producers for good.
-  Result<shm::Claim> claim(const TopicState& ts, shm::RingWriter& w, std::span<const std::uint32_t> sizes) {
+  // A claim into `out`, waiting for room up to max_block_ms in a block topic. In a spilled
+  // block topic the room comes from busd's spiller: wait in slices, and between them make
+  // sure a busd runs (one killed is started again), so a dead busd never wedges producers for
+  // good. The claim is written where the caller keeps it, not returned: see
+  // RingWriter::claim_into.
+  [[gnu::always_inline]] Status claim(const TopicState& ts, shm::RingWriter& w, std::span<const std::uint32_t> sizes,
+                                      shm::Claim& out) {
+    if (!slow_claim(ts, w)) [[likely]] {
+      Status st = w.claim_into(out, sizes, block_ns(), config.record_alignment);
+      if (!st) [[unlikely]] return name_holders(w, std::move(st));
+      return st;
+    }
+    return claim_slowly(ts, w, sizes, out);
+  }
+
+  [[gnu::noinline]] Status claim_slowly(const TopicState& ts, shm::RingWriter& w, std::span<const std::uint32_t> sizes,
+                                        shm::Claim& out) {
     const std::int64_t total = block_ns();
     const std::uint32_t align = config.record_alignment;
-    if (!slow_claim(ts, w)) return name_holders(w, w.claim(sizes, total, align));
     constexpr std::int64_t kSlice = 500'000'000;
     for (std::int64_t waited = 0;;) {
       const std::int64_t slice = total < 0 ? kSlice : std::min(kSlice, total - waited);
-      auto c = w.claim(sizes, slice, align);
-      if (c || c.error().code != Errc::kTimedOut) return c;
-      if (w.gated_timeout() && total >= 0 && waited + slice >= total) return name_holders(w, std::move(c));
+      Status st = w.claim_into(out, sizes, slice, align);
+      if (st || st.error().code != Errc::kTimedOut) return st;
+      if (w.gated_timeout() && total >= 0 && waited + slice >= total) return name_holders(w, std::move(st));
       waited += slice;
       if (total >= 0 && waited >= total)
         return make_error(Errc::kTimedOut, fmt::format("topic '{}' partition {} is full for {} ms: busd spills it to disk and has "
@@ -383,8 +398,10 @@ struct Producer::Impl {
     shm::RingWriter& writer = **w;
     const std::span<const Message> messages = b.messages;
     const std::uint32_t* sizes = b.sizes;
-    auto claim = this->claim(ts, writer, std::span<const std::uint32_t>(sizes, messages.size()));
-    if (!claim) return tl::unexpected(claim.error());
+    shm::Claim c;
+    if (auto ok = this->claim(ts, writer, std::span<const std::uint32_t>(sizes, messages.size()), c); !ok)
+      return tl::unexpected(ok.error());
+    const shm::Claim* claim = &c;
     const shm::Ring& ring = writer.ring();
     std::int64_t now = 0;
     std::uint64_t cur = claim->position;
@@ -451,9 +468,13 @@ struct Producer::Impl {
     if (!layout(ts, m.key, m.headers, m.value.size(), l, payload)) [[unlikely]]
       return tl::unexpected(too_large(ts, payload));
     if (sticky) ts.sticky_bytes += l.bytes;
-    auto c = claim(ts, w, std::span<const std::uint32_t>(&l.bytes, 1));
-    if (!c) [[unlikely]]
-      return tl::unexpected(c.error());
+    // A copy for the claim's span: `l` itself then stays in registers (its fields stored 4
+    // bytes at a time and read back 8 at a time stalled the send as in write_record()).
+    const std::uint32_t bytes = l.bytes;
+    shm::Claim claimed;
+    if (auto ok = claim(ts, w, std::span<const std::uint32_t>(&bytes, 1), claimed); !ok) [[unlikely]]
+      return tl::unexpected(ok.error());
+    const shm::Claim* c = &claimed;
     const shm::Ring& ring = w.ring();
     const std::int64_t ts_ns = m.timestamp_ns ? m.timestamp_ns : shm::fast_realtime_ns();
     // A padding word before first_at is stored by finish(), with the record's word.
@@ -675,8 +696,9 @@ Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Byte
   if (!p) return tl::unexpected(p.error());
   auto w = impl_->writer(ts, *p);
   if (!w) return tl::unexpected(w.error());
-  auto claim = impl_->claim(ts, **w, std::span<const std::uint32_t>(&l->bytes, 1));
-  if (!claim) return tl::unexpected(claim.error());
+  shm::Claim c;
+  if (auto ok = impl_->claim(ts, **w, std::span<const std::uint32_t>(&l->bytes, 1), c); !ok) return tl::unexpected(ok.error());
+  const shm::Claim* claim = &c;
   const shm::Ring& ring = (*w)->ring();
   const std::uint64_t at = claim->first_at;  // a padding word before it is stored by finish()
   auto* rec = reinterpret_cast<std::byte*>(ring.header_at(at));

@@ -60,8 +60,11 @@ inline void store128(Pair64* target, Pair64 v) noexcept {
 #if !defined(__SANITIZE_THREAD__)
   static const bool plain = plain_store128_is_atomic();
   if (plain) [[likely]] {
-    // One MOVDQA, spelled out: a compiler may split an intrinsic store into two halves.
-    const __m128i x = _mm_set_epi64x(static_cast<long long>(v.second), static_cast<long long>(v.first));
+    // One MOVDQA, spelled out: a compiler may split an intrinsic store into two halves. The
+    // value is put together in registers (MOVQ, MOVQ, PUNPCKLQDQ): _mm_set_epi64x may go through
+    // the stack, and a 16-byte load of two 8-byte stores waits for the store buffer to drain.
+    const __m128i x = _mm_unpacklo_epi64(_mm_cvtsi64_si128(static_cast<long long>(v.first)),
+                                         _mm_cvtsi64_si128(static_cast<long long>(v.second)));
     __asm__ __volatile__("movdqa %1, %0" : "=m"(*reinterpret_cast<__m128i*>(target)) : "x"(x) : "memory");
     return;
   }

@@ -518,8 +518,8 @@ Status RingWriter::open(const Segment& seg, bool exclusive) {
                                                        ring_.partition(), kWriterSlots));
 }
 
-Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64_t block_timeout_ns,
-                                std::uint32_t end_align) noexcept {
+Status RingWriter::claim_into(Claim& out, std::span<const std::uint32_t> sizes, std::int64_t block_timeout_ns,
+                              std::uint32_t end_align) noexcept {
   if (!slot_) return make_error(Errc::kInvalidArgument, "writer is not open");
   if (self_process().pid != owner_pid_) [[unlikely]]
     return make_error(Errc::kInvalidArgument,
@@ -560,8 +560,10 @@ Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64
     // Two plain loads: the CAS below compares both halves, so a torn pair only fails it.
     Pair64 seen{__atomic_load_n(&e->tag, __ATOMIC_ACQUIRE), __atomic_load_n(&e->info, __ATOMIC_RELAXED)};
     const std::uint64_t named = (seen.first ^ ring_.salt()) >> 8;
-    if (exclusive_ && named < cur.first + 1) [[likely]]
-      return claim_exclusive(e, cur, end, n, first_at);
+    if (exclusive_ && named < cur.first + 1) [[likely]] {
+      claim_exclusive(out, e, cur.first, cur.second, end, n, first_at);
+      return {};
+    }
     if (named >= cur.first + 1) {
       // (An exclusive writer meets this only through a dead predecessor's claim left at the
       // tail, or forged bytes: it helps and reads the tail again as anyone would.)
@@ -602,19 +604,20 @@ Result<Claim> RingWriter::claim(std::span<const std::uint32_t> sizes, std::int64
     // sleeper's seq_cst fetch_or of its waiter bit followed by its seq_cst load of the tail
     // (docs/ring.md, "Waiting").
     const bool wake = ring_.ctl()->notify.waiters.load(std::memory_order_seq_cst) != 0;
-    return Claim{cur.first, cur.second, end, n, first_at, wake};
+    out = Claim{cur.first, cur.second, end, n, first_at, wake};
+    return {};
   }
 }
 
-Result<Claim> RingWriter::claim_exclusive(ClaimEntry* e, Pair64 cur, std::uint64_t end, std::uint32_t n,
-                                          std::uint64_t first_at) noexcept {
+void RingWriter::claim_exclusive(Claim& out, ClaimEntry* e, std::uint64_t offset, std::uint64_t position,
+                                 std::uint64_t end, std::uint32_t n, std::uint64_t first_at) noexcept {
   // SYNC POINT: plain atomic stores, entry before tail (x86 keeps stores in order; store128
   // tells the compiler). Readers find the entry by the tail as with a CAS (Ring::unstick).
-  store128(as_pair(e), Pair64{encode_tag(cur.first, ClaimState::kClaimed, ring_.salt()),
-                              encode_info(static_cast<std::uint32_t>(end - cur.second), n, first_at != cur.second,
+  store128(as_pair(e), Pair64{encode_tag(offset, ClaimState::kClaimed, ring_.salt()),
+                              encode_info(static_cast<std::uint32_t>(end - position), n, first_at != position,
                                           slot_index_, ClaimWhy::kExclusive)});
   if (test_hooks::after_entry_claim) test_hooks::after_entry_claim();
-  const Pair64 next{cur.first + n, end};
+  const Pair64 next{offset + n, end};
   store128(&ring_.ctl()->tail, next);
   cached_tail_ = next;
   if (test_hooks::after_claim) test_hooks::after_claim();
@@ -622,7 +625,7 @@ Result<Claim> RingWriter::claim_exclusive(ClaimEntry* e, Pair64 cur, std::uint64
   // heavy fence (membarrier) orders our tail store before this load (Consumer::Impl::block).
   if (!light_fence_) full_fence();
   const bool wake = ring_.ctl()->notify.waiters.load(std::memory_order_relaxed) != 0;
-  return Claim{cur.first, cur.second, end, n, first_at, wake};
+  out = Claim{offset, position, end, n, first_at, wake};
 }
 
 // The entry of our claim `c` as we won it: what commit() and abort() expect to find there.

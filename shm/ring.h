@@ -285,7 +285,16 @@ class RingWriter {
   // it, the last record taking the slack (its length is then Claim::end minus its position),
   // unless that would make it longer than max_record or the claim longer than half the ring.
   Result<Claim> claim(std::span<const std::uint32_t> sizes, std::int64_t block_timeout_ns,
-                      std::uint32_t end_align = 8) noexcept;
+                      std::uint32_t end_align = 8) noexcept {
+    Claim c;
+    if (auto ok = claim_into(c, sizes, block_timeout_ns, end_align); !ok) return tl::unexpected(ok.error());
+    return c;
+  }
+  // claim() into `out`, for the producer's path: a Result<Claim> returned through a few calls
+  // is copied with 16-byte loads of fields stored 8 bytes at a time, which no store forwards;
+  // each such load waited for the store buffer (the last record's lines) to drain.
+  Status claim_into(Claim& out, std::span<const std::uint32_t> sizes, std::int64_t block_timeout_ns,
+                    std::uint32_t end_align = 8) noexcept;
   Result<Claim> claim_one(std::uint32_t bytes, std::int64_t block_timeout_ns, std::uint32_t end_align = 8) noexcept {
     return claim(std::span<const std::uint32_t>(&bytes, 1), block_timeout_ns, end_align);
   }
@@ -322,8 +331,11 @@ class RingWriter {
   Status take_write_side(bool exclusive) noexcept;
   Pair64 claimed_entry(const Claim& c) const noexcept;
   void settle_tail() noexcept;
-  Result<Claim> claim_exclusive(ClaimEntry* e, Pair64 cur, std::uint64_t end, std::uint32_t n,
-                                std::uint64_t first_at) noexcept;
+  // The claim's offset and position come as two integers, not a Pair64: GCC built the pair's
+  // copy in the Claim by two 8-byte stores and one 16-byte load, which no store forwards, so
+  // the load waited for the whole store buffer (the last record's lines) to drain.
+  void claim_exclusive(Claim& out, ClaimEntry* e, std::uint64_t offset, std::uint64_t position, std::uint64_t end,
+                       std::uint32_t n, std::uint64_t first_at) noexcept;
   void release() noexcept;
 
   Ring ring_;
