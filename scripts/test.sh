@@ -9,6 +9,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
+# Paths under the checkout's parent are hashed relative to the build directory, so that a
+# git worktree beside this checkout shares its objects (and a developer's `build/` made with
+# the same settings is this run's). The -g1 line tables of a hit may then name the other
+# checkout's directory; nothing here reads them.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$(cd .. && pwd)} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 
 # stage NAME: starts timing NAME (ending the stage before); the table prints on exit.
 stage_names=() stage_secs=() stage_start=$SECONDS

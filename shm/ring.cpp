@@ -609,7 +609,7 @@ Status RingWriter::claim_into(Claim& out, std::span<const std::uint32_t> sizes, 
   }
 }
 
-void RingWriter::claim_exclusive(Claim& out, ClaimEntry* e, std::uint64_t offset, std::uint64_t position,
+[[gnu::always_inline]] inline void RingWriter::claim_exclusive(Claim& out, ClaimEntry* e, std::uint64_t offset, std::uint64_t position,
                                  std::uint64_t end, std::uint32_t n, std::uint64_t first_at) noexcept {
   // SYNC POINT: plain atomic stores, entry before tail (x86 keeps stores in order; store128
   // tells the compiler). Readers find the entry by the tail as with a CAS (Ring::unstick).
@@ -635,7 +635,7 @@ Pair64 RingWriter::claimed_entry(const Claim& c) const noexcept {
                             exclusive_ ? ClaimWhy::kExclusive : ClaimWhy::kOwner)};
 }
 
-Status RingWriter::commit(const Claim& c) noexcept {
+Status RingWriter::commit_shared_or_refused(const Claim& c) noexcept {
   if (test_hooks::before_commit) test_hooks::before_commit();
   ClaimEntry* e = ring_.entry(c.offset);
   Pair64 expect = claimed_entry(c);
@@ -668,16 +668,12 @@ Status RingWriter::commit(const Claim& c) noexcept {
                                       claim_name(ring_, c.offset, c.position)));
 }
 
-void RingWriter::finish(const Claim& c) noexcept {
-  if (c.first_at == c.position) {
-    publish(c.position, c.offset);
-  } else {
-    ring_.index_at(c.offset).store(c.first_at, std::memory_order_relaxed);
-    publish(c.first_at, c.offset);
-    publish_padding(c.position, c.offset);
-  }
-  // SYNC POINT: release; a reclaimer that reads it (acquire) knows we no longer write here.
-  slot_->claim_position.store(kNoClaim, std::memory_order_release);
+// finish() of a claim that starts with a padding word (the rest of a lap): the record's
+// index entry and word, then the padding word.
+void RingWriter::finish_after_padding(const Claim& c) noexcept {
+  ring_.index_at(c.offset).store(c.first_at, std::memory_order_relaxed);
+  publish(c.first_at, c.offset);
+  publish_padding(c.position, c.offset);
 }
 
 void RingWriter::abort(const Claim& c) noexcept {
@@ -693,8 +689,7 @@ void RingWriter::abort(const Claim& c) noexcept {
   slot_->claim_position.store(kNoClaim, std::memory_order_release);
 }
 
-void RingWriter::notify(const Claim& c) noexcept {
-  if (!c.wake) return;
+void RingWriter::wake_sleepers() noexcept {
   if (ring_.notify(true) > 0) {
     futile_wakes_ = 0;
   } else if (++futile_wakes_ >= kFutileWakesBeforeReap) {

@@ -315,11 +315,36 @@ class RingWriter {
   // Commits the claim: CLAIMED -> COMMITTED on its entry. Fails (timed_out, naming the
   // claim) when others aborted it first: nothing it wrote is ever read. After it succeeded
   // the caller publishes the records but the first, then finish() stores the first word.
-  Status commit(const Claim& c) noexcept;
-  void finish(const Claim& c) noexcept;
+  // The exclusive writer's commit and the finish are inline: a call's register saves are
+  // stores, which queue in the store buffer behind the record's (docs/performance.md, "Store
+  // forwarding on the producer's path").
+  Status commit(const Claim& c) noexcept {
+    if (exclusive_ && !test_hooks::before_commit && !test_hooks::after_commit) [[likely]] {
+      // Nobody aborts a live exclusive writer's claim; a tag that is not ours is forged, and
+      // commit_shared_or_refused() says so.
+      std::uint64_t* tag = &ring_.entry(c.offset)->tag;
+      if (__atomic_load_n(tag, __ATOMIC_RELAXED) == encode_tag(c.offset, ClaimState::kClaimed, ring_.salt())) [[likely]] {
+        // SYNC POINT: release (a plain store on x86); every byte of the claim is stored before it.
+        __atomic_store_n(tag, encode_tag(c.offset, ClaimState::kCommitted, ring_.salt()), __ATOMIC_RELEASE);
+        return {};
+      }
+    }
+    return commit_shared_or_refused(c);
+  }
+  void finish(const Claim& c) noexcept {
+    if (c.first_at == c.position) [[likely]]
+      publish(c.position, c.offset);
+    else
+      finish_after_padding(c);
+    // SYNC POINT: release; a reclaimer that reads it (acquire) knows we no longer write here.
+    slot_->claim_position.store(kNoClaim, std::memory_order_release);
+  }
   // Wakes the consumers the claim saw registered; clears the bits of dead ones when wakes
   // keep finding nobody.
-  void notify(const Claim& c) noexcept;
+  void notify(const Claim& c) noexcept {
+    if (c.wake) [[unlikely]]
+      wake_sleepers();
+  }
   // Gives the claim up: CLAIMED -> ABORTED on its entry (already aborted: nothing to do).
   void abort(const Claim& c) noexcept;
   // Claims that had to wait for room (a gate, a claim one lap behind): this writer's own
@@ -330,6 +355,9 @@ class RingWriter {
   Status make_room(std::uint64_t target, std::uint64_t min_offset, std::int64_t block_timeout_ns) noexcept;
   Status take_write_side(bool exclusive) noexcept;
   Pair64 claimed_entry(const Claim& c) const noexcept;
+  [[gnu::noinline]] Status commit_shared_or_refused(const Claim& c) noexcept;
+  [[gnu::noinline]] void finish_after_padding(const Claim& c) noexcept;
+  [[gnu::noinline]] void wake_sleepers() noexcept;
   void settle_tail() noexcept;
   // The claim's offset and position come as two integers, not a Pair64: GCC built the pair's
   // copy in the Claim by two 8-byte stores and one 16-byte load, which no store forwards, so
