@@ -588,6 +588,30 @@ TEST_F(KafkaGateway, LongPollWakesWhenThePartitionGrowsAndHoldsNobodyElse) {
   EXPECT_GE(st["listeners"]["kafka"]["long_poll_wakeups"].get<std::uint64_t>(), 1u) << st.dump();
 }
 
+// A Produce through the gateway answers the Fetches parked on its partition in the same loop
+// turn, before its own answer (no doorbell round trip: docs/kafka.md, "The long poll's
+// doorbell"); busctl status counts them.
+TEST_F(KafkaGateway, AProduceThroughTheGatewayAnswersTheFetchesParkedOnItsPartitionAtOnce) {
+  ASSERT_TRUE((*bus_)->create_topic("pp", TopicConfig{}));
+  RawClient waiting(port_), producer(port_);
+  ASSERT_TRUE(waiting.connected() && producer.connected());
+  ASSERT_TRUE(waiting.send<k::FetchResponse>(11, fetch_of("pp", 0, 60'000)));
+  EXPECT_FALSE(waiting.read_frame(300ms)) << "answered before there was anything";
+  auto produced = producer.call<k::ProduceResponse>(7, produce_of("pp", "at once", 1, 60'000), 20s);
+  ASSERT_TRUE(produced);
+  EXPECT_EQ(produced->responses.at(0).partitions.at(0).error_code, 0);
+  auto fr = waiting.receive<k::FetchResponse>(11, 30s);
+  ASSERT_TRUE(fr) << "the parked fetch was not answered";
+  const auto& part = fr->responses.at(0).partitions.at(0);
+  EXPECT_EQ(part.error_code, 0);
+  EXPECT_EQ(part.high_watermark, 1);
+  ASSERT_TRUE(part.records);
+  EXPECT_NE(part.records->find("at once"), std::string::npos);
+  const json st = status();
+  ASSERT_TRUE(st["listeners"]["kafka"].contains("long_poll_answered_by_produce")) << st.dump();
+  EXPECT_EQ(st["listeners"]["kafka"]["long_poll_answered_by_produce"].get<std::uint64_t>(), 1u) << st.dump();
+}
+
 // acks=all to a spilled block topic is answered once busd's spiller has the records in the
 // disk log, as a native acks=spilled send returns (issue 15). A native reservation left open
 // before the record keeps the spiller short of it: the delivery report must not come until

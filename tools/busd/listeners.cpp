@@ -193,7 +193,8 @@ json Daemon::listeners_json() const {
   for (const auto& [kind, s] : services_) {
     const ListenerSpec& spec = listener_specs_.at(kind);
     out[kind] = {{"address", s->address()}, {"listen", spec.listen}, {"allow_remote", spec.allow_remote},
-                 {"connections", s->connections()}, {"long_poll_wakeups", s->wakeups()}};
+                 {"connections", s->connections()}, {"long_poll_wakeups", s->wakeups()},
+                 {"long_poll_answered_by_produce", s->answered_by_produce()}};
   }
   return out;
 }

@@ -33,6 +33,7 @@ class Gateway final : public daemon::TcpService {
     return fd == listen_fd_ || fd == timer_fd_ || fd == doorbell_->fd() || conns_.count(fd) != 0;
   }
   std::uint64_t wakeups() const override { return doorbell_->rings(); }
+  std::uint64_t answered_by_produce() const override { return answered_by_produce_; }
   void on_event(int fd, std::uint32_t events) override;
   void tick(std::uint64_t now_ns) override;
   const std::string& address() const override { return address_; }
@@ -70,7 +71,8 @@ class Gateway final : public daemon::TcpService {
   void write_out(int fd, Conn& c);
   void update_interest(int fd, Conn& c);
   void close_conn(int fd, const std::string& why);
-  void poll_parked();
+  // Answers the parked requests that can be answered now; how many were.
+  std::size_t poll_parked();
   void arm_timer(bool on);
   void rewatch();  // tells the doorbell the partitions parked Fetches wait on
 
@@ -81,6 +83,7 @@ class Gateway final : public daemon::TcpService {
   std::unique_ptr<Doorbell> doorbell_;
   std::map<int, Conn> conns_;
   std::size_t parked_ = 0;
+  std::uint64_t answered_by_produce_ = 0;  // parked requests answered in the turn of a Produce here
   bool timer_on_ = false;
 };
 
