@@ -589,8 +589,8 @@ TEST_F(KafkaGateway, LongPollWakesWhenThePartitionGrowsAndHoldsNobodyElse) {
 }
 
 // A Produce through the gateway answers the Fetches parked on its partition in the same loop
-// turn, before its own answer (no doorbell round trip: docs/kafka.md, "The long poll's
-// doorbell"); busctl status counts them.
+// turn, before its own answer, and the doorbell (docs/kafka.md, "The long poll's doorbell")
+// does not ring for that record; busctl status counts both.
 TEST_F(KafkaGateway, AProduceThroughTheGatewayAnswersTheFetchesParkedOnItsPartitionAtOnce) {
   ASSERT_TRUE((*bus_)->create_topic("pp", TopicConfig{}));
   RawClient waiting(port_), producer(port_);
@@ -610,6 +610,8 @@ TEST_F(KafkaGateway, AProduceThroughTheGatewayAnswersTheFetchesParkedOnItsPartit
   const json st = status();
   ASSERT_TRUE(st["listeners"]["kafka"].contains("long_poll_answered_by_produce")) << st.dump();
   EXPECT_EQ(st["listeners"]["kafka"]["long_poll_answered_by_produce"].get<std::uint64_t>(), 1u) << st.dump();
+  // The doorbell, woken by that record too, stayed quiet: no second look a loop turn later.
+  EXPECT_EQ(st["listeners"]["kafka"]["long_poll_wakeups"].get<std::uint64_t>(), 0u) << st.dump();
 }
 
 // acks=all to a spilled block topic is answered once busd's spiller has the records in the

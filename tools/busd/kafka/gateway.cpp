@@ -94,6 +94,9 @@ void Gateway::on_event(int fd, std::uint32_t events) {
     std::uint64_t expirations;
     (void)!::read(timer_fd_, &expirations, sizeof expirations);
     (void)poll_parked();
+    // Stopped here only, not when the last parked request is answered: a long poll answered
+    // and parked again every record would otherwise cost two timerfd_settime calls a record.
+    if (parked_ == 0) arm_timer(false);
     return;
   }
   if (fd == doorbell_->fd()) {
@@ -108,7 +111,17 @@ void Gateway::on_event(int fd, std::uint32_t events) {
     it = conns_.find(fd);
     if (it == conns_.end()) return;
   }
-  if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) read_in(fd);
+  if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+    Conn& c = it->second;
+    if (c.parked && !(events & (EPOLLHUP | EPOLLERR))) {
+      // More requests behind a parked one: they wait in the kernel's buffers, unheard until
+      // it is answered. Only now is its read interest dropped (a long poll's connection
+      // seldom asks more meanwhile: no epoll_ctl a park).
+      c.input_held = true;
+      return update_interest(fd, c);
+    }
+    read_in(fd);
+  }
 }
 
 void Gateway::accept_all() {
@@ -153,12 +166,22 @@ void Gateway::read_in(int fd) {
     return close_conn(fd, fmt::format("recv: {}", std::strerror(errno)));
   }
   const std::uint64_t appends = handlers_->appends();
-  if (!serve(fd, c)) return;
+  const bool held = parked_ > 0;
+  if (held) doorbell_->hold();
+  if (!serve(fd, c)) {
+    if (held && doorbell_->release()) (void)poll_parked();
+    return;
+  }
   // This connection's Produce appended records: the parked Fetches they answer go out now,
   // ahead of the Produce's own answer, instead of a loop turn later through the doorbell
-  // (its thread's futex wake, the eventfd, epoll). Native producers still ring the doorbell.
+  // (its thread's futex wake, the eventfd, epoll), which stays quiet meanwhile. Native
+  // producers still ring it.
   if (parked_ > 0 && handlers_->appends() != appends) {
-    answered_by_produce_ += poll_parked();
+    answered_by_produce_ += poll_parked();  // its rewatch() releases the doorbell
+    it = conns_.find(fd);
+    if (it == conns_.end()) return;
+  } else if (held && doorbell_->release()) {  // a native record came while we served
+    (void)poll_parked();
     it = conns_.find(fd);
     if (it == conns_.end()) return;
   }
@@ -240,10 +263,10 @@ std::size_t Gateway::poll_parked() {
       continue;
     }
     ++answered;
+    c.input_held = false;
     if (!apply(fd, c, p.request, std::move(a))) continue;
     if (serve(fd, c)) write_out(fd, c);
   }
-  if (parked_ == 0) arm_timer(false);
   rewatch();
   return answered;
 }
@@ -278,9 +301,9 @@ void Gateway::write_out(int fd, Conn& c) {
 }
 
 void Gateway::update_interest(int fd, Conn& c) {
-  // Read while the connection may ask more: not while a request waits (parked) nor while
-  // answers pile up unread.
-  const bool want_read = !c.parked && c.out.size() < kOutHighWater;
+  // Read while the connection may ask more: not while answers pile up unread, nor while a
+  // request waits (parked) and more came behind it (on_event).
+  const bool want_read = !(c.parked && c.input_held) && c.out.size() < kOutHighWater;
   const std::uint32_t events = (want_read ? EPOLLIN : 0u) | (c.out.empty() ? 0u : static_cast<std::uint32_t>(EPOLLOUT));
   if (events == c.events) return;
   c.events = events;
@@ -298,7 +321,6 @@ void Gateway::close_conn(int fd, const std::string& why) {
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
   ::close(fd);
   conns_.erase(it);
-  if (parked_ == 0) arm_timer(false);
 }
 
 void Gateway::tick(std::uint64_t) {}

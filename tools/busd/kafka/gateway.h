@@ -59,6 +59,7 @@ class Gateway final : public daemon::TcpService {
     std::string out;
     ClientEnd end;
     std::optional<Parked> parked;
+    bool input_held = false;  // parked, and more requests came: not read until it is answered
     std::uint32_t events = 0;  // the epoll interest set now
   };
   Gateway(int listen_fd, int timer_fd, int epoll_fd, std::unique_ptr<Handlers> handlers, Handlers::Log log,
