@@ -645,6 +645,9 @@ TEST_F(KafkaGateway, AcksAllIsReportedOnlyOnceTheRecordIsInTheDiskLog) {
   EXPECT_EQ(offset, 1);
   EXPECT_EQ(at_report[1], "durable") << "not in the disk log when the delivery report came";
   EXPECT_EQ(at_report[0], "held");
+  // Looked at again when the spiller published (busd's durable bell), not by the 2 ms timer.
+  const json st = status();
+  EXPECT_GE(st["listeners"]["kafka"].value("acks_all_wakeups", std::uint64_t{0}), 1u) << st.dump();
 }
 
 // busd SIGKILLed right after librdkafka's delivery report of an acks=all record to a topic

@@ -48,7 +48,8 @@ std::span<const std::uint8_t> bytes_of(const std::string& s, std::size_t from) {
 }  // namespace
 
 Result<std::unique_ptr<Gateway>> Gateway::open(const daemon::ListenerSpec& spec, int epoll_fd,
-                                               std::unique_ptr<Handlers> handlers, Handlers::Log log) {
+                                               std::unique_ptr<Handlers> handlers, Handlers::Log log,
+                                               daemon::DurableBell* durable) {
   auto fd = daemon::listen_tcp(spec);
   if (!fd) return tl::unexpected(fd.error());
   const int tfd = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -63,8 +64,9 @@ Result<std::unique_ptr<Gateway>> Gateway::open(const daemon::ListenerSpec& spec,
     return tl::unexpected(bell.error());
   }
   const int bfd = (*bell)->fd();
-  std::unique_ptr<Gateway> g(new Gateway(*fd, tfd, epoll_fd, std::move(handlers), std::move(log), std::move(*bell)));
-  for (int f : {*fd, tfd, bfd}) {
+  std::unique_ptr<Gateway> g(new Gateway(*fd, tfd, epoll_fd, std::move(handlers), std::move(log), std::move(*bell), durable));
+  for (int f : {*fd, tfd, bfd, durable ? durable->fd() : -1}) {
+    if (f < 0) continue;
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = f;
@@ -75,9 +77,9 @@ Result<std::unique_ptr<Gateway>> Gateway::open(const daemon::ListenerSpec& spec,
 }
 
 Gateway::Gateway(int listen_fd, int timer_fd, int epoll_fd, std::unique_ptr<Handlers> handlers, Handlers::Log log,
-                 std::unique_ptr<Doorbell> doorbell)
+                 std::unique_ptr<Doorbell> doorbell, daemon::DurableBell* durable)
     : listen_fd_(listen_fd), timer_fd_(timer_fd), epoll_fd_(epoll_fd), address_(daemon::bound_address(listen_fd)),
-      handlers_(std::move(handlers)), log_(std::move(log)), doorbell_(std::move(doorbell)) {}
+      handlers_(std::move(handlers)), log_(std::move(log)), doorbell_(std::move(doorbell)), durable_(durable) {}
 
 Gateway::~Gateway() {
   while (!conns_.empty()) close_conn(conns_.begin()->first, "");
@@ -86,6 +88,17 @@ Gateway::~Gateway() {
     ::close(fd);
   }
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, doorbell_->fd(), nullptr);  // the doorbell closes it
+  if (durable_) {  // busd's, for the next Kafka listener
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, durable_->fd(), nullptr);
+    durable_->want(false);
+    durable_->heard();
+  }
+}
+
+void Gateway::waiting_for_disk(int delta) {
+  const std::size_t before = waiting_for_disk_;
+  waiting_for_disk_ = static_cast<std::size_t>(static_cast<std::ptrdiff_t>(waiting_for_disk_) + delta);
+  if (durable_ && (before == 0) != (waiting_for_disk_ == 0)) durable_->want(waiting_for_disk_ > 0);
 }
 
 void Gateway::on_event(int fd, std::uint32_t events) {
@@ -101,6 +114,11 @@ void Gateway::on_event(int fd, std::uint32_t events) {
   }
   if (fd == doorbell_->fd()) {
     doorbell_->heard();
+    (void)poll_parked();
+    return;
+  }
+  if (durable_ && fd == durable_->fd()) {
+    durable_->heard();
     (void)poll_parked();
     return;
   }
@@ -230,6 +248,7 @@ bool Gateway::apply(int fd, Conn& c, const Request& req, Answer a) {
     case Answer::Kind::kPark:
       if (!c.parked) {
         c.parked.emplace(Parked{a.park_as ? std::move(*a.park_as) : req, a.deadline_ns, handlers_->progress(req), std::move(a.wait)});
+        if (c.parked->wait) waiting_for_disk(+1);
         if (++parked_ == 1) arm_timer(true);
         rewatch();
       }
@@ -264,6 +283,7 @@ std::size_t Gateway::poll_parked() {
     }
     ++answered;
     c.input_held = false;
+    if (p.wait) waiting_for_disk(-1);
     if (!apply(fd, c, p.request, std::move(a))) continue;
     if (serve(fd, c)) write_out(fd, c);
   }
@@ -317,7 +337,10 @@ void Gateway::close_conn(int fd, const std::string& why) {
   auto it = conns_.find(fd);
   if (it == conns_.end()) return;
   if (!why.empty()) log_(fmt::format("kafka: connection closed: {}", why));
-  if (it->second.parked) --parked_;
+  if (it->second.parked) {
+    --parked_;
+    if (it->second.parked->wait) waiting_for_disk(-1);
+  }
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
   ::close(fd);
   conns_.erase(it);
