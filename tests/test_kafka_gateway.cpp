@@ -614,6 +614,25 @@ TEST_F(KafkaGateway, AProduceThroughTheGatewayAnswersTheFetchesParkedOnItsPartit
   EXPECT_EQ(st["listeners"]["kafka"]["long_poll_wakeups"].get<std::uint64_t>(), 0u) << st.dump();
 }
 
+// A client that closes its connection while its Fetch is parked is dropped at once, not when
+// the Fetch's max_wait passes (its parked Fetch would keep the doorbell watching for nobody).
+TEST_F(KafkaGateway, AConnectionClosedWhileItsFetchIsParkedIsDroppedAtOnce) {
+  ASSERT_TRUE((*bus_)->create_topic("gone", TopicConfig{}));
+  {
+    RawClient waiting(port_);
+    ASSERT_TRUE(waiting.connected());
+    ASSERT_TRUE(waiting.send<k::FetchResponse>(11, fetch_of("gone", 0, 60'000)));
+    EXPECT_FALSE(waiting.read_frame(300ms)) << "answered before there was anything";
+    EXPECT_EQ(status()["listeners"]["kafka"]["connections"].get<std::uint64_t>(), 1u);
+  }  // closed, its Fetch parked for a minute more
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  std::uint64_t open = 1;
+  while ((open = status()["listeners"]["kafka"]["connections"].get<std::uint64_t>()) != 0 &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(open, 0u) << "the closed connection was kept while its Fetch was parked";
+}
+
 // acks=all to a spilled block topic is answered once busd's spiller has the records in the
 // disk log, as a native acks=spilled send returns (issue 15). A native reservation left open
 // before the record keeps the spiller short of it: the delivery report must not come until

@@ -132,6 +132,10 @@ void Gateway::on_event(int fd, std::uint32_t events) {
   if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
     Conn& c = it->second;
     if (c.parked && !(events & (EPOLLHUP | EPOLLERR))) {
+      // The client closed: nobody reads the answer, and its parked Fetch would hold the
+      // doorbell's watch until its max_wait.
+      char b;
+      if (::recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0) return close_conn(fd, "");
       // More requests behind a parked one: they wait in the kernel's buffers, unheard until
       // it is answered. Only now is its read interest dropped (a long poll's connection
       // seldom asks more meanwhile: no epoll_ctl a park).
@@ -337,13 +341,15 @@ void Gateway::close_conn(int fd, const std::string& why) {
   auto it = conns_.find(fd);
   if (it == conns_.end()) return;
   if (!why.empty()) log_(fmt::format("kafka: connection closed: {}", why));
-  if (it->second.parked) {
+  const bool was_parked = it->second.parked.has_value();
+  if (was_parked) {
     --parked_;
     if (it->second.parked->wait) waiting_for_disk(-1);
   }
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
   ::close(fd);
   conns_.erase(it);
+  if (was_parked) rewatch();  // its Fetch's partitions are no more the doorbell's business
 }
 
 void Gateway::tick(std::uint64_t) {}
