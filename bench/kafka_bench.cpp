@@ -563,15 +563,23 @@ std::string latency_measures(const KafkaBenchOptions& o, const std::string& how)
                      o.pings, o.rate, kWarmupPings, how);
 }
 
-// Row 6: librdkafka producer (linger.ms=0) here, librdkafka consumer in another process.
-KRow kafka_latency(const std::string& addr, const KafkaBenchOptions& o, const std::string& topic) {
-  KRow row{"librdkafka producer -> gateway -> librdkafka consumer",
-           latency_measures(o, "producer linger.ms=0, consumer assign()ed with fetch.min.bytes=1 and the default "
-                               "fetch.wait.max.ms (500: the fetch is a long poll)")};
+// Row 8: librdkafka producer (linger.ms=0) here, librdkafka consumer in another process.
+// Row 11 (nagle_off): the same with socket.nagle.disable=true on both clients, what a
+// latency-minded user sets (librdkafka's default leaves Nagle's algorithm on; busd sets
+// TCP_NODELAY on its side of every connection).
+KRow kafka_latency(const std::string& addr, const KafkaBenchOptions& o, const std::string& topic, bool nagle_off = false) {
+  KRow row{nagle_off ? "the same, both clients socket.nagle.disable=true" : "librdkafka producer -> gateway -> librdkafka consumer",
+           latency_measures(o, std::string("producer linger.ms=0, consumer assign()ed with fetch.min.bytes=1 and the default "
+                                           "fetch.wait.max.ms (500: the fetch is a long poll)") +
+                                   (nagle_off ? "; socket.nagle.disable=true on both (librdkafka's default: false)" : ""))};
+  std::map<std::string, std::string> extra;
+  if (nagle_off) extra["socket.nagle.disable"] = "true";
   return one_way(
       std::move(row), o,
       [&]() -> Send {
-        std::shared_ptr<Kafka> k = kafka_client(RD_KAFKA_PRODUCER, addr, {{"linger.ms", "0"}});
+        auto props = extra;
+        props["linger.ms"] = "0";
+        std::shared_ptr<Kafka> k = kafka_client(RD_KAFKA_PRODUCER, addr, props);
         connect_to(k->rk, topic);
         auto t = std::make_shared<KafkaTopic>(k->rk, topic);
         return [k, t](Value v) {
@@ -579,7 +587,10 @@ KRow kafka_latency(const std::string& addr, const KafkaBenchOptions& o, const st
         };
       },
       [&](Receipts& r, std::atomic<int>& ready, const std::function<bool()>& give_up) {
-        auto k = kafka_client(RD_KAFKA_CONSUMER, addr, {{"fetch.min.bytes", "1"}, {"enable.partition.eof", "false"}});
+        auto props = extra;
+        props["fetch.min.bytes"] = "1";
+        props["enable.partition.eof"] = "false";
+        auto k = kafka_client(RD_KAFKA_CONSUMER, addr, props);
         connect_to(k->rk, topic);
         assign_partition0(k->rk, topic, 0);
         ready = 1;
@@ -591,7 +602,7 @@ KRow kafka_latency(const std::string& addr, const KafkaBenchOptions& o, const st
       });
 }
 
-// Row 6: the native Producer here, a Consumer (default wait: adaptive) in another process.
+// Row 9: the native Producer here, a Consumer (default wait: adaptive) in another process.
 KRow native_latency(const std::string& bus_name, const KafkaBenchOptions& o, const std::string& topic) {
   KRow row{"shmbus Producer -> ring -> Consumer (reference)", latency_measures(o, "Producer::send, Consumer::poll with the default wait (adaptive)")};
   BusOptions bo;
@@ -630,7 +641,7 @@ struct Fd {
   ~Fd() { ::close(fd); }
 };
 
-// Row 6: a Unix stream socket between the two processes.
+// Row 10: a Unix stream socket between the two processes.
 KRow unix_latency(const KafkaBenchOptions& o) {
   KRow row{"unix socket (reference)", latency_measures(o, "write() of the value, blocking read() of it")};
   int sv[2];
@@ -734,7 +745,7 @@ int run_kafka_bench(const KafkaBenchOptions& o, const std::string& bus_name) {
       if (auto st = bus->create_topic(topic, tc); !st) throw std::runtime_error(st.error().message);
     };
     for (const char* t : {"k_linger5", "k_linger0", "native", "mirror_out", "mirror_in"}) make(t, o.records);
-    for (const char* t : {"lat_kafka", "lat_native"}) make(t, kWarmupPings + o.pings);
+    for (const char* t : {"lat_kafka", "lat_native", "lat_kafka_nodelay"}) make(t, kWarmupPings + o.pings);
     ListenerBusd busd(bus_name);
     addr = busd.address();
 
@@ -750,6 +761,7 @@ int run_kafka_bench(const KafkaBenchOptions& o, const std::string& bus_name) {
     rows.push_back(kafka_latency(addr, o, "lat_kafka"));
     rows.push_back(native_latency(bus_name, o, "lat_native"));
     rows.push_back(unix_latency(o));
+    rows.push_back(kafka_latency(addr, o, "lat_kafka_nodelay", /*nagle_off=*/true));  // last: rows 1-10 keep their numbers
     busd.stop();
   }
   int failed = 0;

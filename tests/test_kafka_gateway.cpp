@@ -588,6 +588,51 @@ TEST_F(KafkaGateway, LongPollWakesWhenThePartitionGrowsAndHoldsNobodyElse) {
   EXPECT_GE(st["listeners"]["kafka"]["long_poll_wakeups"].get<std::uint64_t>(), 1u) << st.dump();
 }
 
+// A Produce through the gateway answers the Fetches parked on its partition in the same loop
+// turn, before its own answer, and the doorbell (docs/kafka.md, "The long poll's doorbell")
+// does not ring for that record; busctl status counts both.
+TEST_F(KafkaGateway, AProduceThroughTheGatewayAnswersTheFetchesParkedOnItsPartitionAtOnce) {
+  ASSERT_TRUE((*bus_)->create_topic("pp", TopicConfig{}));
+  RawClient waiting(port_), producer(port_);
+  ASSERT_TRUE(waiting.connected() && producer.connected());
+  ASSERT_TRUE(waiting.send<k::FetchResponse>(11, fetch_of("pp", 0, 60'000)));
+  EXPECT_FALSE(waiting.read_frame(300ms)) << "answered before there was anything";
+  auto produced = producer.call<k::ProduceResponse>(7, produce_of("pp", "at once", 1, 60'000), 20s);
+  ASSERT_TRUE(produced);
+  EXPECT_EQ(produced->responses.at(0).partitions.at(0).error_code, 0);
+  auto fr = waiting.receive<k::FetchResponse>(11, 30s);
+  ASSERT_TRUE(fr) << "the parked fetch was not answered";
+  const auto& part = fr->responses.at(0).partitions.at(0);
+  EXPECT_EQ(part.error_code, 0);
+  EXPECT_EQ(part.high_watermark, 1);
+  ASSERT_TRUE(part.records);
+  EXPECT_NE(part.records->find("at once"), std::string::npos);
+  const json st = status();
+  ASSERT_TRUE(st["listeners"]["kafka"].contains("long_poll_answered_by_produce")) << st.dump();
+  EXPECT_EQ(st["listeners"]["kafka"]["long_poll_answered_by_produce"].get<std::uint64_t>(), 1u) << st.dump();
+  // The doorbell, woken by that record too, stayed quiet: no second look a loop turn later.
+  EXPECT_EQ(st["listeners"]["kafka"]["long_poll_wakeups"].get<std::uint64_t>(), 0u) << st.dump();
+}
+
+// A client that closes its connection while its Fetch is parked is dropped at once, not when
+// the Fetch's max_wait passes (its parked Fetch would keep the doorbell watching for nobody).
+TEST_F(KafkaGateway, AConnectionClosedWhileItsFetchIsParkedIsDroppedAtOnce) {
+  ASSERT_TRUE((*bus_)->create_topic("gone", TopicConfig{}));
+  {
+    RawClient waiting(port_);
+    ASSERT_TRUE(waiting.connected());
+    ASSERT_TRUE(waiting.send<k::FetchResponse>(11, fetch_of("gone", 0, 60'000)));
+    EXPECT_FALSE(waiting.read_frame(300ms)) << "answered before there was anything";
+    EXPECT_EQ(status()["listeners"]["kafka"]["connections"].get<std::uint64_t>(), 1u);
+  }  // closed, its Fetch parked for a minute more
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  std::uint64_t open = 1;
+  while ((open = status()["listeners"]["kafka"]["connections"].get<std::uint64_t>()) != 0 &&
+         std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(open, 0u) << "the closed connection was kept while its Fetch was parked";
+}
+
 // acks=all to a spilled block topic is answered once busd's spiller has the records in the
 // disk log, as a native acks=spilled send returns (issue 15). A native reservation left open
 // before the record keeps the spiller short of it: the delivery report must not come until
@@ -619,6 +664,9 @@ TEST_F(KafkaGateway, AcksAllIsReportedOnlyOnceTheRecordIsInTheDiskLog) {
   EXPECT_EQ(offset, 1);
   EXPECT_EQ(at_report[1], "durable") << "not in the disk log when the delivery report came";
   EXPECT_EQ(at_report[0], "held");
+  // Looked at again when the spiller published (busd's durable bell), not by the 2 ms timer.
+  const json st = status();
+  EXPECT_GE(st["listeners"]["kafka"].value("acks_all_wakeups", std::uint64_t{0}), 1u) << st.dump();
 }
 
 // busd SIGKILLed right after librdkafka's delivery report of an acks=all record to a topic

@@ -93,10 +93,14 @@ Status Daemon::start() {
   if (auto ok = create_segment(); !ok) return ok;
   if (auto ok = listen_socket(); !ok) return ok;
   watch_events();
+  auto bell = DurableBell::open();
+  if (!bell) return tl::unexpected(bell.error());
+  durable_bell_ = std::move(*bell);
   if (auto ok = start_listeners(); !ok) return ok;
   // Spilled topics whose shared memory is gone came back with Bus::attach; say what did not.
   if (auto r = bus_->restore_spilled_topics(); !r) log(fmt::format("a spilled topic could not be restored: {}", r.error().message));
-  spiller_ = std::make_unique<Spiller>(bus_, paths_.state_dir, gid_ ? 0660u : 0600u, [this](const std::string& m) { log(m); });
+  spiller_ = std::make_unique<Spiller>(bus_, paths_.state_dir, gid_ ? 0660u : 0600u, [this](const std::string& m) { log(m); },
+                                       [bell = durable_bell_.get()] { bell->ring(); });
   spiller_->start();
   watch_topics();  // what there is now; changes from here on rebalance the groups
   log(fmt::format("bus '{}' ready: socket {}, state {}", bus_->name(), paths_.socket, paths_.state_dir));

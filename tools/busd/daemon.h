@@ -24,6 +24,7 @@
 #include "shmbus/bus.h"
 #include "tools/busd/assignor.h"
 #include "tools/busd/busd.h"
+#include "tools/busd/durable_bell.h"
 #include "tools/busd/kafka/group_coordinator.h"
 #include "tools/busd/listeners.h"
 #include "tools/busd/offset_store.h"
@@ -271,6 +272,7 @@ class Daemon final : private kafka::GroupCoordinator {
   // The member ids handed out by MEMBER_ID_REQUIRED (KIP-394) and not used yet, by (group,
   // id), with when they lapse: kept outside groups_, so that asking makes no group.
   std::map<std::pair<std::string, std::string>, std::uint64_t> kafka_pending_;
+  std::unique_ptr<DurableBell> durable_bell_;  // the spiller rings it, the Kafka listener hears it
   std::unique_ptr<Spiller> spiller_;  // declared last: stopped first
 };
 

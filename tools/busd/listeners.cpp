@@ -153,7 +153,7 @@ Result<std::string> Daemon::open_listener(const std::string& kind, const Listene
     auto logger = [this](const std::string& m) { log(m); };
     auto handlers = std::make_unique<kafka::Handlers>(bus_, paths_.state_dir, static_cast<kafka::GroupCoordinator&>(*this),
                                                       logger, opts_.kafka_partitions);
-    auto k = kafka::Gateway::open(spec, epoll_fd_, std::move(handlers), logger);
+    auto k = kafka::Gateway::open(spec, epoll_fd_, std::move(handlers), logger, durable_bell_.get());
     if (k) service = std::unique_ptr<TcpService>(std::move(*k));
     else service = tl::unexpected(k.error());
   }
@@ -193,7 +193,9 @@ json Daemon::listeners_json() const {
   for (const auto& [kind, s] : services_) {
     const ListenerSpec& spec = listener_specs_.at(kind);
     out[kind] = {{"address", s->address()}, {"listen", spec.listen}, {"allow_remote", spec.allow_remote},
-                 {"connections", s->connections()}, {"long_poll_wakeups", s->wakeups()}};
+                 {"connections", s->connections()}, {"long_poll_wakeups", s->wakeups()},
+                 {"long_poll_answered_by_produce", s->answered_by_produce()},
+                 {"acks_all_wakeups", s->durable_wakeups()}};
   }
   return out;
 }

@@ -61,6 +61,10 @@ class TcpService {
   virtual const std::string& address() const = 0;  // HOST:PORT bound
   virtual std::size_t connections() const { return 0; }  // open now (busctl status)
   virtual std::uint64_t wakeups() const { return 0; }    // parked requests woken by a record (busctl status)
+  // Parked requests answered in the loop turn of a Produce through this service (busctl status).
+  virtual std::uint64_t answered_by_produce() const { return 0; }
+  // Parked requests looked at because busd's spiller moved a durable offset (busctl status).
+  virtual std::uint64_t durable_wakeups() const { return 0; }
 };
 
 }  // namespace shmbus::daemon

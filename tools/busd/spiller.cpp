@@ -75,6 +75,7 @@ struct Spiller::Impl {
   std::string state_dir;
   unsigned file_mode;
   std::function<void(const std::string&)> log;
+  std::function<void()> on_durable;
   std::atomic<bool> stopping{false};
   std::thread tailer, writer;
   moodycamel::BlockingConcurrentQueue<Msg> work;     // tailer -> writer
@@ -200,7 +201,7 @@ struct Spiller::Impl {
     if (!w) {
       log(fmt::format("spill {}-{}: {}", t->name(), p, w.error().message));
       count(t->name(), p, 0, 0, 1);
-      set_state(*part, shm::SpillState::kError);
+      stop_spilling(*part);
       part->failed = true;
       failed_topics[t->name()] = {t->epoch(), shm::monotonic_ns()};
       return nullptr;
@@ -216,7 +217,7 @@ struct Spiller::Impl {
           log(fmt::format("spill {}-{}: the disk log ends at offset {} but the ring only at {}: not spilling this "
                           "partition (its log belongs to another incarnation of the topic?)",
                           t->name(), p, *next, part->ring.end_offset()));
-          set_state(*part, shm::SpillState::kError);
+          stop_spilling(*part);
           failed_topics[t->name()] = {t->epoch(), shm::monotonic_ns()};
           return nullptr;
         }
@@ -302,7 +303,7 @@ struct Spiller::Impl {
       if (st == shm::ReadStatus::kCorrupt) {
         log(fmt::format("spill {}-{}: corrupt record at offset {} in the ring; spilling of this partition stopped", p.topic,
                         p.partition, r.offset()));
-        set_state(p, shm::SpillState::kError);
+        stop_spilling(p);
         p.failed_since = shm::monotonic_ns();
         p.failed = true;
         return false;
@@ -439,13 +440,22 @@ struct Spiller::Impl {
     publish_end(part.ring, true, end);
   }
 
-  // Stores a durable offset and wakes the producers waiting on it (acks=spilled / fsynced):
-  // a futex wake per publish, which comes at most once per chunk or writer round.
-  static void publish_end(const shm::Ring& ring, bool synced, std::uint64_t value) {
+  // Stores a durable offset and wakes the producers waiting on it (acks=spilled / fsynced),
+  // and busd's loop (on_durable: a Kafka Produce with acks=all): a futex wake per publish,
+  // which comes at most once per chunk or writer round.
+  void publish_end(const shm::Ring& ring, bool synced, std::uint64_t value) {
     auto& end = synced ? ring.ctl()->stats.synced_end : ring.ctl()->stats.spill_end;
     if (end.load(std::memory_order_relaxed) == value) return;
     end.store(value, std::memory_order_release);
     shm::futex_wake_all(ring.durable_word(synced));
+    if (on_durable) on_durable();
+  }
+
+  // A partition's spilling stopped on an error: its state says so, and whoever waits for
+  // its disk hears at once (a Kafka Produce with acks=all: KAFKA_STORAGE_ERROR).
+  void stop_spilling(const Part& p) {
+    set_state(p, shm::SpillState::kError);
+    if (on_durable) on_durable();
   }
 
   void append(Open& o, const Chunk& c) {
@@ -455,7 +465,7 @@ struct Spiller::Impl {
       if (auto ok = o.log->append(c.frames); !ok) {
         log(fmt::format("spill {}-{}: {}; spilling of this partition stopped", part.topic, part.partition, ok.error().message));
         count(part.topic, part.partition, 0, 0, 1);
-        set_state(part, shm::SpillState::kError);
+        stop_spilling(part);
         part.failed_since = shm::monotonic_ns();
         part.failed = true;
         return;
@@ -487,7 +497,7 @@ struct Spiller::Impl {
         // Not on disk: producers must not pass it. The partition is retried later.
         log(fmt::format("spill {}-{}: {}; spilling of this partition stopped", part.topic, part.partition, ok.error().message));
         count(part.topic, part.partition, 0, 0, 1);
-        set_state(part, shm::SpillState::kError);
+        stop_spilling(part);
         part.failed_since = now;
         part.failed = true;
         return;
@@ -521,12 +531,14 @@ struct Spiller::Impl {
   }
 };
 
-Spiller::Spiller(std::shared_ptr<Bus> bus, std::string state_dir, unsigned file_mode, std::function<void(const std::string&)> log)
+Spiller::Spiller(std::shared_ptr<Bus> bus, std::string state_dir, unsigned file_mode, std::function<void(const std::string&)> log,
+                 std::function<void()> on_durable)
     : impl_(std::make_unique<Impl>()) {
   impl_->bus = std::move(bus);
   impl_->state_dir = std::move(state_dir);
   impl_->file_mode = file_mode;
   impl_->log = std::move(log);
+  impl_->on_durable = std::move(on_durable);
 }
 
 Spiller::~Spiller() { stop(); }

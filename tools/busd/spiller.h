@@ -18,7 +18,10 @@ namespace shmbus {
 
 class Spiller {
  public:
-  Spiller(std::shared_ptr<Bus> bus, std::string state_dir, unsigned file_mode, std::function<void(const std::string&)> log);
+  // on_durable (optional): called from the spiller's threads each time a partition's
+  // durable offset moved or its spilling stopped on an error (busd's DurableBell).
+  Spiller(std::shared_ptr<Bus> bus, std::string state_dir, unsigned file_mode, std::function<void(const std::string&)> log,
+          std::function<void()> on_durable = {});
   ~Spiller();
   Spiller(const Spiller&) = delete;
   Spiller& operator=(const Spiller&) = delete;

@@ -2,6 +2,8 @@
 // partitions parked Fetches wait on, ringing an eventfd when a record comes.
 #include "tools/busd/kafka/doorbell.h"
 
+#include <pthread.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
 
@@ -44,8 +46,20 @@ void Doorbell::watch(Watch w) {
       ++generation_;
     }
     rung_ = false;
+    held_ = skipped_ = false;
   }
   cv_.notify_all();
+}
+
+void Doorbell::hold() {
+  std::lock_guard l(mu_);
+  held_ = true;
+}
+
+bool Doorbell::release() {
+  std::lock_guard l(mu_);
+  held_ = false;
+  return std::exchange(skipped_, false);
 }
 
 void Doorbell::heard() {
@@ -59,6 +73,11 @@ std::uint64_t Doorbell::rings() const {
 }
 
 void Doorbell::run() {
+  // A record the gateway appended wakes us on the loop thread's CPU before the loop has
+  // answered the Fetch itself: as SCHED_BATCH we never preempt it on wake-up (we run when
+  // it sleeps, or on another CPU), and find the watch changed or held (no ring).
+  const sched_param batch{};
+  (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &batch);
   ConsumerConfig cc;
   cc.wait = WaitStrategy::kBlock;
   cc.spin = std::chrono::nanoseconds(0);  // asleep on the futexes at once: busd must not spin
@@ -101,6 +120,10 @@ void Doorbell::run() {
       std::lock_guard l(mu_);
       if (stop_ || generation_ != have) break;
       if (got && got->empty()) continue;  // the slice passed with nothing new
+      if (got && held_) {  // the loop looks after serving its connection (release)
+        skipped_ = true;
+        continue;
+      }
       // A record past the end seen, or an error (a lap, a deleted topic): the loop looks.
       rung_ = true;
       ++rings_;

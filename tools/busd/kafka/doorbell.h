@@ -33,6 +33,12 @@ class Doorbell {
   void watch(Watch w);
   // The loop thread: reads the eventfd; the bell stays quiet until the next watch().
   void heard();
+  // The loop thread, around serving a connection whose Produce may append to a watched
+  // partition (it then looks at the parked requests itself, in the same turn): the bell
+  // stays quiet from hold() until release() or the next watch(). release() says whether a
+  // record came meanwhile, which the loop must then look at.
+  void hold();
+  bool release();
   std::uint64_t rings() const;  // how often it rang (tests)
 
   static constexpr std::int64_t kSliceNs = 10'000'000;  // a new watch is taken up within this
@@ -48,6 +54,8 @@ class Doorbell {
   Watch want_;
   std::uint64_t generation_ = 0;  // of want_
   bool rung_ = false;             // rang since the last watch(): quiet until the next
+  bool held_ = false;             // hold() until release() or watch()
+  bool skipped_ = false;          // a record came while held
   bool stop_ = false;
   std::uint64_t rings_ = 0;
   std::thread thread_;

@@ -48,7 +48,8 @@ std::span<const std::uint8_t> bytes_of(const std::string& s, std::size_t from) {
 }  // namespace
 
 Result<std::unique_ptr<Gateway>> Gateway::open(const daemon::ListenerSpec& spec, int epoll_fd,
-                                               std::unique_ptr<Handlers> handlers, Handlers::Log log) {
+                                               std::unique_ptr<Handlers> handlers, Handlers::Log log,
+                                               daemon::DurableBell* durable) {
   auto fd = daemon::listen_tcp(spec);
   if (!fd) return tl::unexpected(fd.error());
   const int tfd = ::timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC);
@@ -63,8 +64,9 @@ Result<std::unique_ptr<Gateway>> Gateway::open(const daemon::ListenerSpec& spec,
     return tl::unexpected(bell.error());
   }
   const int bfd = (*bell)->fd();
-  std::unique_ptr<Gateway> g(new Gateway(*fd, tfd, epoll_fd, std::move(handlers), std::move(log), std::move(*bell)));
-  for (int f : {*fd, tfd, bfd}) {
+  std::unique_ptr<Gateway> g(new Gateway(*fd, tfd, epoll_fd, std::move(handlers), std::move(log), std::move(*bell), durable));
+  for (int f : {*fd, tfd, bfd, durable ? durable->fd() : -1}) {
+    if (f < 0) continue;
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = f;
@@ -75,9 +77,9 @@ Result<std::unique_ptr<Gateway>> Gateway::open(const daemon::ListenerSpec& spec,
 }
 
 Gateway::Gateway(int listen_fd, int timer_fd, int epoll_fd, std::unique_ptr<Handlers> handlers, Handlers::Log log,
-                 std::unique_ptr<Doorbell> doorbell)
+                 std::unique_ptr<Doorbell> doorbell, daemon::DurableBell* durable)
     : listen_fd_(listen_fd), timer_fd_(timer_fd), epoll_fd_(epoll_fd), address_(daemon::bound_address(listen_fd)),
-      handlers_(std::move(handlers)), log_(std::move(log)), doorbell_(std::move(doorbell)) {}
+      handlers_(std::move(handlers)), log_(std::move(log)), doorbell_(std::move(doorbell)), durable_(durable) {}
 
 Gateway::~Gateway() {
   while (!conns_.empty()) close_conn(conns_.begin()->first, "");
@@ -86,6 +88,17 @@ Gateway::~Gateway() {
     ::close(fd);
   }
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, doorbell_->fd(), nullptr);  // the doorbell closes it
+  if (durable_) {  // busd's, for the next Kafka listener
+    ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, durable_->fd(), nullptr);
+    durable_->want(false);
+    durable_->heard();
+  }
+}
+
+void Gateway::waiting_for_disk(int delta) {
+  const std::size_t before = waiting_for_disk_;
+  waiting_for_disk_ = static_cast<std::size_t>(static_cast<std::ptrdiff_t>(waiting_for_disk_) + delta);
+  if (durable_ && (before == 0) != (waiting_for_disk_ == 0)) durable_->want(waiting_for_disk_ > 0);
 }
 
 void Gateway::on_event(int fd, std::uint32_t events) {
@@ -93,11 +106,21 @@ void Gateway::on_event(int fd, std::uint32_t events) {
   if (fd == timer_fd_) {
     std::uint64_t expirations;
     (void)!::read(timer_fd_, &expirations, sizeof expirations);
-    return poll_parked();
+    (void)poll_parked();
+    // Stopped here only, not when the last parked request is answered: a long poll answered
+    // and parked again every record would otherwise cost two timerfd_settime calls a record.
+    if (parked_ == 0) arm_timer(false);
+    return;
   }
   if (fd == doorbell_->fd()) {
     doorbell_->heard();
-    return poll_parked();
+    (void)poll_parked();
+    return;
+  }
+  if (durable_ && fd == durable_->fd()) {
+    durable_->heard();
+    (void)poll_parked();
+    return;
   }
   auto it = conns_.find(fd);
   if (it == conns_.end()) return;
@@ -106,7 +129,21 @@ void Gateway::on_event(int fd, std::uint32_t events) {
     it = conns_.find(fd);
     if (it == conns_.end()) return;
   }
-  if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) read_in(fd);
+  if (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) {
+    Conn& c = it->second;
+    if (c.parked && !(events & (EPOLLHUP | EPOLLERR))) {
+      // The client closed: nobody reads the answer, and its parked Fetch would hold the
+      // doorbell's watch until its max_wait.
+      char b;
+      if (::recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) == 0) return close_conn(fd, "");
+      // More requests behind a parked one: they wait in the kernel's buffers, unheard until
+      // it is answered. Only now is its read interest dropped (a long poll's connection
+      // seldom asks more meanwhile: no epoll_ctl a park).
+      c.input_held = true;
+      return update_interest(fd, c);
+    }
+    read_in(fd);
+  }
 }
 
 void Gateway::accept_all() {
@@ -150,7 +187,27 @@ void Gateway::read_in(int fd) {
     if (errno == EAGAIN || errno == EWOULDBLOCK) break;
     return close_conn(fd, fmt::format("recv: {}", std::strerror(errno)));
   }
-  if (serve(fd, c)) write_out(fd, c);
+  const std::uint64_t appends = handlers_->appends();
+  const bool held = parked_ > 0;
+  if (held) doorbell_->hold();
+  if (!serve(fd, c)) {
+    if (held && doorbell_->release()) (void)poll_parked();
+    return;
+  }
+  // This connection's Produce appended records: the parked Fetches they answer go out now,
+  // ahead of the Produce's own answer, instead of a loop turn later through the doorbell
+  // (its thread's futex wake, the eventfd, epoll), which stays quiet meanwhile. Native
+  // producers still ring it.
+  if (parked_ > 0 && handlers_->appends() != appends) {
+    answered_by_produce_ += poll_parked();  // its rewatch() releases the doorbell
+    it = conns_.find(fd);
+    if (it == conns_.end()) return;
+  } else if (held && doorbell_->release()) {  // a native record came while we served
+    (void)poll_parked();
+    it = conns_.find(fd);
+    if (it == conns_.end()) return;
+  }
+  write_out(fd, it->second);
 }
 
 bool Gateway::serve(int fd, Conn& c) {
@@ -195,6 +252,7 @@ bool Gateway::apply(int fd, Conn& c, const Request& req, Answer a) {
     case Answer::Kind::kPark:
       if (!c.parked) {
         c.parked.emplace(Parked{a.park_as ? std::move(*a.park_as) : req, a.deadline_ns, handlers_->progress(req), std::move(a.wait)});
+        if (c.parked->wait) waiting_for_disk(+1);
         if (++parked_ == 1) arm_timer(true);
         rewatch();
       }
@@ -203,8 +261,9 @@ bool Gateway::apply(int fd, Conn& c, const Request& req, Answer a) {
   return true;
 }
 
-void Gateway::poll_parked() {
+std::size_t Gateway::poll_parked() {
   const std::uint64_t now = shm::monotonic_ns();
+  std::size_t answered = 0;
   std::vector<int> ready;
   for (auto& [fd, c] : conns_) {
     if (!c.parked) continue;
@@ -226,11 +285,14 @@ void Gateway::poll_parked() {
       ++parked_;
       continue;
     }
+    ++answered;
+    c.input_held = false;
+    if (p.wait) waiting_for_disk(-1);
     if (!apply(fd, c, p.request, std::move(a))) continue;
     if (serve(fd, c)) write_out(fd, c);
   }
-  if (parked_ == 0) arm_timer(false);
   rewatch();
+  return answered;
 }
 
 void Gateway::rewatch() {
@@ -263,9 +325,9 @@ void Gateway::write_out(int fd, Conn& c) {
 }
 
 void Gateway::update_interest(int fd, Conn& c) {
-  // Read while the connection may ask more: not while a request waits (parked) nor while
-  // answers pile up unread.
-  const bool want_read = !c.parked && c.out.size() < kOutHighWater;
+  // Read while the connection may ask more: not while answers pile up unread, nor while a
+  // request waits (parked) and more came behind it (on_event).
+  const bool want_read = !(c.parked && c.input_held) && c.out.size() < kOutHighWater;
   const std::uint32_t events = (want_read ? EPOLLIN : 0u) | (c.out.empty() ? 0u : static_cast<std::uint32_t>(EPOLLOUT));
   if (events == c.events) return;
   c.events = events;
@@ -279,11 +341,15 @@ void Gateway::close_conn(int fd, const std::string& why) {
   auto it = conns_.find(fd);
   if (it == conns_.end()) return;
   if (!why.empty()) log_(fmt::format("kafka: connection closed: {}", why));
-  if (it->second.parked) --parked_;
+  const bool was_parked = it->second.parked.has_value();
+  if (was_parked) {
+    --parked_;
+    if (it->second.parked->wait) waiting_for_disk(-1);
+  }
   ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
   ::close(fd);
   conns_.erase(it);
-  if (parked_ == 0) arm_timer(false);
+  if (was_parked) rewatch();  // its Fetch's partitions are no more the doorbell's business
 }
 
 void Gateway::tick(std::uint64_t) {}

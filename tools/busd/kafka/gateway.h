@@ -5,8 +5,10 @@
 // wait in the kernel's buffers), so a slow or stalled client holds up only itself. A Fetch
 // that waits for records (long poll), a JoinGroup waiting for its generation and a Produce
 // with acks=all waiting for busd's spiller are parked (the connection's later requests
-// behind them) and looked at again every 2 ms until they can be answered or their deadline
-// passes. docs/kafka.md.
+// behind them) and looked at again until they can be answered or their deadline passes:
+// when a Produce here appends, when the doorbell rings (a record from elsewhere on a
+// partition a parked Fetch waits on), when busd's spiller moves a durable offset (its
+// DurableBell), and every 2 ms. docs/kafka.md.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +18,7 @@
 #include <string>
 
 #include "shmbus/error.h"
+#include "tools/busd/durable_bell.h"
 #include "tools/busd/kafka/doorbell.h"
 #include "tools/busd/kafka/handlers.h"
 #include "tools/busd/kafka/messages.h"
@@ -25,14 +28,20 @@ namespace shmbus::kafka {
 
 class Gateway final : public daemon::TcpService {
  public:
+  // durable (optional, outlives the Gateway): rung by busd's spiller; a parked acks=all
+  // Produce is looked at when it rings.
   static Result<std::unique_ptr<Gateway>> open(const daemon::ListenerSpec& spec, int epoll_fd,
-                                               std::unique_ptr<Handlers> handlers, Handlers::Log log);
+                                               std::unique_ptr<Handlers> handlers, Handlers::Log log,
+                                               daemon::DurableBell* durable = nullptr);
   ~Gateway() override;
 
   bool owns(int fd) const override {
-    return fd == listen_fd_ || fd == timer_fd_ || fd == doorbell_->fd() || conns_.count(fd) != 0;
+    return fd == listen_fd_ || fd == timer_fd_ || fd == doorbell_->fd() || (durable_ && fd == durable_->fd()) ||
+           conns_.count(fd) != 0;
   }
   std::uint64_t wakeups() const override { return doorbell_->rings(); }
+  std::uint64_t answered_by_produce() const override { return answered_by_produce_; }
+  std::uint64_t durable_wakeups() const override { return durable_ ? durable_->rings() : 0; }
   void on_event(int fd, std::uint32_t events) override;
   void tick(std::uint64_t now_ns) override;
   const std::string& address() const override { return address_; }
@@ -58,10 +67,13 @@ class Gateway final : public daemon::TcpService {
     std::string out;
     ClientEnd end;
     std::optional<Parked> parked;
+    bool input_held = false;  // parked, and more requests came: not read until it is answered
     std::uint32_t events = 0;  // the epoll interest set now
   };
   Gateway(int listen_fd, int timer_fd, int epoll_fd, std::unique_ptr<Handlers> handlers, Handlers::Log log,
-          std::unique_ptr<Doorbell> doorbell);
+          std::unique_ptr<Doorbell> doorbell, daemon::DurableBell* durable);
+  // A parked acks=all Produce more (+1) or fewer (-1): the durable bell is wanted while any.
+  void waiting_for_disk(int delta);
   void accept_all();
   void read_in(int fd);
   // Handles the whole frames read, in order, until one parks or answers pile up. False: closed.
@@ -70,7 +82,8 @@ class Gateway final : public daemon::TcpService {
   void write_out(int fd, Conn& c);
   void update_interest(int fd, Conn& c);
   void close_conn(int fd, const std::string& why);
-  void poll_parked();
+  // Answers the parked requests that can be answered now; how many were.
+  std::size_t poll_parked();
   void arm_timer(bool on);
   void rewatch();  // tells the doorbell the partitions parked Fetches wait on
 
@@ -79,8 +92,11 @@ class Gateway final : public daemon::TcpService {
   std::unique_ptr<Handlers> handlers_;
   Handlers::Log log_;
   std::unique_ptr<Doorbell> doorbell_;
+  daemon::DurableBell* durable_ = nullptr;
+  std::size_t waiting_for_disk_ = 0;  // parked acks=all Produces
   std::map<int, Conn> conns_;
   std::size_t parked_ = 0;
+  std::uint64_t answered_by_produce_ = 0;  // parked requests answered in the turn of a Produce here
   bool timer_on_ = false;
 };
 

@@ -333,6 +333,7 @@ std::int16_t Handlers::produce_partition(const RequestHeader& h, const std::stri
       log_(fmt::format("kafka: produce to {}-{}: {}", name, part, sent.error().message));
       return kafka_error(sent.error());
     }
+    ++appends_;
     if (i == 0) rp.base_offset = static_cast<std::int64_t>(sent->offset);
     end = sent->offset + (j - i);  // a run is one claim: consecutive offsets
     i = j;

@@ -89,6 +89,9 @@ class Handlers {
   // Each existing partition a Fetch names, with its end offset now (what progress() sums).
   void fetch_ends(const FetchRequest& f, const std::function<void(const std::string&, std::uint32_t, std::uint64_t)>& each);
   const std::shared_ptr<Bus>& bus() const noexcept { return bus_; }
+  // How many times a Produce appended records (a run of a partition's batches each): the
+  // gateway looks at its parked Fetches when this moved while it served a connection.
+  std::uint64_t appends() const noexcept { return appends_; }
   // A parked Produce looked at again: its answer once every partition is on disk (or failed,
   // or, when `now_ns` passed its deadline, REQUEST_TIMED_OUT for those not there); else kPark.
   Answer resume(ProduceWait& w, std::uint64_t now_ns);
@@ -127,6 +130,7 @@ class Handlers {
   Log log_;
   std::uint32_t default_partitions_;
   std::optional<Producer> producer_;
+  std::uint64_t appends_ = 0;
   // Readers by (topic, its epoch, partition), each assigned that one partition, and the
   // offset its next poll returns (a fetch at another offset seeks first).
   struct Reader {
