@@ -4,6 +4,7 @@
 import itertools
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -29,6 +30,26 @@ def busd_pid(name):
             return int(f.read().strip() or 0)
     except (OSError, ValueError):
         return 0
+
+
+def stop_process(pid, timeout=5.0):
+    """SIGSTOPs pid and returns once every thread of it is stopped: kill() returns before a
+    thread running on the other CPU has taken the signal, and a test that means "busd is
+    stopped" must not race the last microseconds of its spiller."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{task}/stat") as f:
+                    states.append(f.read().rsplit(")", 1)[1].split()[0])
+            except OSError:
+                pass
+        if states and all(s in ("T", "t") for s in states):
+            return
+        time.sleep(0.001)
+    raise AssertionError(f"process {pid} did not stop within {timeout} s")
 
 
 def new_bus_name():

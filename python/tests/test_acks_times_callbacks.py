@@ -11,7 +11,7 @@ import pytest
 
 import shmbus
 from shmbus import Consumer, KafkaError, KafkaException, Producer, TopicPartition
-from conftest import BUSCTL, busd_pid, drain, make_topic, wait_for
+from conftest import BUSCTL, busd_pid, drain, make_topic, stop_process, wait_for
 
 
 def disk_end(bus, topic, partition=0):
@@ -63,7 +63,7 @@ def test_acks_all_returns_once_busd_spilled_and_flush_waits_for_it(bus):
     # once busd runs again, flush() sees it on disk.
     pid = busd_pid(bus)
     assert pid
-    os.kill(pid, signal.SIGSTOP)
+    stop_process(pid)
     try:
         with pytest.raises(KafkaException) as e:
             p.produce("d", b"1")
