@@ -609,8 +609,9 @@ Status RingWriter::claim_into(Claim& out, std::span<const std::uint32_t> sizes, 
   }
 }
 
-[[gnu::always_inline]] inline void RingWriter::claim_exclusive(Claim& out, ClaimEntry* e, std::uint64_t offset, std::uint64_t position,
-                                 std::uint64_t end, std::uint32_t n, std::uint64_t first_at) noexcept {
+[[gnu::always_inline]] inline void RingWriter::claim_exclusive(Claim& out, ClaimEntry* e, std::uint64_t offset,
+                                                               std::uint64_t position, std::uint64_t end, std::uint32_t n,
+                                                               std::uint64_t first_at) noexcept {
   // SYNC POINT: plain atomic stores, entry before tail (x86 keeps stores in order; store128
   // tells the compiler). Readers find the entry by the tail as with a CAS (Ring::unstick).
   store128(as_pair(e), Pair64{encode_tag(offset, ClaimState::kClaimed, ring_.salt()),
