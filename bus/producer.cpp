@@ -401,42 +401,41 @@ struct Producer::Impl {
     shm::Claim c;
     if (auto ok = this->claim(ts, writer, std::span<const std::uint32_t>(sizes, messages.size()), c); !ok)
       return tl::unexpected(ok.error());
-    const shm::Claim* claim = &c;
     const shm::Ring& ring = writer.ring();
     std::int64_t now = 0;
-    std::uint64_t cur = claim->position;
+    std::uint64_t cur = c.position;
     for (std::size_t i = 0; i < messages.size(); ++i) {
       const std::uint64_t at = ring.place(cur, sizes[i]);
       // The rest of the lap is padding; its offset is the next record's. One at the claim's
       // start is stored by finish(), with the first record's word.
-      if (at != cur && i > 0) writer.publish_padding(cur, claim->offset + i);
+      if (at != cur && i > 0) writer.publish_padding(cur, c.offset + i);
       std::int64_t ts_ns = messages[i].timestamp_ns;
       if (ts_ns == 0) ts_ns = now ? now : (now = shm::fast_realtime_ns());
       // The last record ends where the claim does (it takes the alignment's slack).
-      const auto length = static_cast<std::uint32_t>(i + 1 == messages.size() ? claim->end - at : sizes[i]);
+      const auto length = static_cast<std::uint32_t>(i + 1 == messages.size() ? c.end - at : sizes[i]);
       write_record(reinterpret_cast<std::byte*>(ring.header_at(at)), b.layouts[i], length, messages[i], ts_ns);
       cur = at + sizes[i];
     }
-    if (auto ok = writer.commit(*claim); !ok) {
+    if (auto ok = writer.commit(c); !ok) {
       if (stats) [[unlikely]] stats->aborted(ts.topic, p, messages.size());
       return tl::unexpected(ok.error());
     }
     // Committed: the words, the first one last (docs/ring.md, "Producing").
-    cur = claim->first_at + sizes[0];
+    cur = c.first_at + sizes[0];
     for (std::size_t i = 1; i < messages.size(); ++i) {
       const std::uint64_t at = ring.place(cur, sizes[i]);
-      writer.publish(at, claim->offset + i);
+      writer.publish(at, c.offset + i);
       cur = at + sizes[i];
     }
-    writer.finish(*claim);
-    writer.notify(*claim);
+    writer.finish(c);
+    writer.notify(c);
     // Ask for the lines of the next claim now (prefetch for write), so that their ownership
     // moves while we return to the caller (measured: docs/performance.md).
-    for (std::uint64_t at = claim->end, stop = at + std::min<std::uint64_t>(b.total, 4096); at < stop; at += shm::kCacheLine)
+    for (std::uint64_t at = c.end, stop = at + std::min<std::uint64_t>(b.total, 4096); at < stop; at += shm::kCacheLine)
       __builtin_prefetch(ring.header_at(at), 1, 3);
-    ts.sent_end[p] = std::max(ts.sent_end[p], claim->offset + messages.size());  // for flush()
+    ts.sent_end[p] = std::max(ts.sent_end[p], c.offset + messages.size());  // for flush()
     if (stats) [[unlikely]] stats->sent(ts.topic, p, messages, writer);
-    return RecordMetadata{p, claim->offset};
+    return RecordMetadata{p, c.offset};
   }
 
   [[gnu::always_inline]] Result<RecordMetadata> send_one_claim(TopicState& ts, std::uint32_t p,
@@ -698,22 +697,21 @@ Result<Reservation> Producer::reserve(std::string_view topic, std::optional<Byte
   if (!w) return tl::unexpected(w.error());
   shm::Claim c;
   if (auto ok = impl_->claim(ts, **w, std::span<const std::uint32_t>(&l->bytes, 1), c); !ok) return tl::unexpected(ok.error());
-  const shm::Claim* claim = &c;
   const shm::Ring& ring = (*w)->ring();
-  const std::uint64_t at = claim->first_at;  // a padding word before it is stored by finish()
+  const std::uint64_t at = c.first_at;  // a padding word before it is stored by finish()
   auto* rec = reinterpret_cast<std::byte*>(ring.header_at(at));
   Message m;
   m.key = key;
   m.headers = headers;
-  write_record(rec, *l, static_cast<std::uint32_t>(claim->end - at), m, shm::fast_realtime_ns());
+  write_record(rec, *l, static_cast<std::uint32_t>(c.end - at), m, shm::fast_realtime_ns());
   Reservation r;
   r.writer_ = *w;
-  r.position_ = claim->position;
-  r.end_ = claim->end;
+  r.position_ = c.position;
+  r.end_ = c.end;
   r.first_at_ = at;
   r.value_ = std::span<std::byte>(rec + shm::kRecordHeaderSize + (l->payload - l->value_len), value_size);
-  r.meta_ = RecordMetadata{*p, claim->offset};
-  r.wake_ = claim->wake;
+  r.meta_ = RecordMetadata{*p, c.offset};
+  r.wake_ = c.wake;
   r.open_ = true;
   r.producer_ = impl_.get();
   r.topic_ = &ts;

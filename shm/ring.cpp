@@ -637,24 +637,21 @@ Pair64 RingWriter::claimed_entry(const Claim& c) const noexcept {
 }
 
 Status RingWriter::commit_shared_or_refused(const Claim& c) noexcept {
-  if (test_hooks::before_commit) test_hooks::before_commit();
   ClaimEntry* e = ring_.entry(c.offset);
   Pair64 expect = claimed_entry(c);
-  const Pair64 committed{encode_tag(c.offset, ClaimState::kCommitted, ring_.salt()), expect.second};
   if (exclusive_) {
-    // Nobody aborts a live exclusive writer's claim; a tag that is not ours is forged.
-    if (__atomic_load_n(&e->tag, __ATOMIC_RELAXED) == expect.first) [[likely]] {
-      // SYNC POINT: release (a plain store on x86); every byte of the claim is stored before it.
-      __atomic_store_n(&e->tag, committed.first, __ATOMIC_RELEASE);
+    // commit() found a tag that is not ours: forged (nobody aborts a live exclusive writer).
+    expect.second = __atomic_load_n(&e->info, __ATOMIC_RELAXED);
+  } else {
+    if (test_hooks::before_commit) test_hooks::before_commit();
+    const Pair64 committed{encode_tag(c.offset, ClaimState::kCommitted, ring_.salt()), expect.second};
+    if (cas128(as_pair(e), expect, committed)) {
+      // SYNC POINT (the CAS): release (full barrier); every byte of the claim is written
+      // before it. Pairs with readers' acquire of the entry (Ring::unstick) and of the words
+      // after it.
       if (test_hooks::after_commit) test_hooks::after_commit();
       return {};
     }
-    expect.second = __atomic_load_n(&e->info, __ATOMIC_RELAXED);
-  } else if (cas128(as_pair(e), expect, committed)) {
-    // SYNC POINT (the CAS): release (full barrier); every byte of the claim is written before
-    // it. Pairs with readers' acquire of the entry (Ring::unstick) and of the words after it.
-    if (test_hooks::after_commit) test_hooks::after_commit();
-    return {};
   }
   ring_.ctl()->claim_stats.late_commits_refused.fetch_add(1, std::memory_order_relaxed);
   slot_->claim_position.store(kNoClaim, std::memory_order_release);

@@ -319,13 +319,17 @@ class RingWriter {
   // stores, which queue in the store buffer behind the record's (docs/performance.md, "Store
   // forwarding on the producer's path").
   Status commit(const Claim& c) noexcept {
-    if (exclusive_ && !test_hooks::before_commit && !test_hooks::after_commit) [[likely]] {
+    if (exclusive_) [[likely]] {
+      if (test_hooks::before_commit) [[unlikely]]
+        test_hooks::before_commit();
       // Nobody aborts a live exclusive writer's claim; a tag that is not ours is forged, and
       // commit_shared_or_refused() says so.
       std::uint64_t* tag = &ring_.entry(c.offset)->tag;
       if (__atomic_load_n(tag, __ATOMIC_RELAXED) == encode_tag(c.offset, ClaimState::kClaimed, ring_.salt())) [[likely]] {
         // SYNC POINT: release (a plain store on x86); every byte of the claim is stored before it.
         __atomic_store_n(tag, encode_tag(c.offset, ClaimState::kCommitted, ring_.salt()), __ATOMIC_RELEASE);
+        if (test_hooks::after_commit) [[unlikely]]
+          test_hooks::after_commit();
         return {};
       }
     }
@@ -355,6 +359,8 @@ class RingWriter {
   Status make_room(std::uint64_t target, std::uint64_t min_offset, std::int64_t block_timeout_ns) noexcept;
   Status take_write_side(bool exclusive) noexcept;
   Pair64 claimed_entry(const Claim& c) const noexcept;
+  // A shared writer's commit (its CAS), or the refusal of an exclusive one whose tag is not
+  // its own.
   [[gnu::noinline]] Status commit_shared_or_refused(const Claim& c) noexcept;
   [[gnu::noinline]] void finish_after_padding(const Claim& c) noexcept;
   [[gnu::noinline]] void wake_sleepers() noexcept;
