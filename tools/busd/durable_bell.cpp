@@ -26,16 +26,16 @@ void DurableBell::write_one() noexcept {
 
 void DurableBell::want(bool on) noexcept {
   // SYNC POINT: seq_cst store, then the loop looks again (write_one: its next turn); pairs
-  // with ring()'s fence and load: a publish either sees wanted_ or is seen by that look.
-  wanted_.store(on, std::memory_order_seq_cst);
+  // with ring()'s seq_cst RMW: a publish either sees wanted_ or is seen by that look.
+  wanted_.store(on ? 1 : 0, std::memory_order_seq_cst);
   if (on) write_one();
 }
 
 void DurableBell::ring() noexcept {
-  // SYNC POINT: the publish's store (spill_end, synced_end, spill_state) before this fence;
-  // pairs with want()'s seq_cst store.
-  std::atomic_thread_fence(std::memory_order_seq_cst);
-  if (!wanted_.load(std::memory_order_relaxed)) return;
+  // SYNC POINT: the publish's store (spill_end, synced_end, spill_state) before this seq_cst
+  // RMW, a full barrier (a locked instruction on x86; not a thread fence, which GCC's TSan
+  // refuses); pairs with want()'s seq_cst store.
+  if (wanted_.fetch_add(0, std::memory_order_seq_cst) == 0) return;
   rings_.fetch_add(1, std::memory_order_relaxed);
   write_one();
 }

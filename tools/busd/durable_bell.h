@@ -35,7 +35,7 @@ class DurableBell {
   void write_one() noexcept;
 
   int fd_ = -1;
-  std::atomic<bool> wanted_{false};
+  std::atomic<std::uint32_t> wanted_{0};  // a word, for ring()'s fetch_add
   std::atomic<std::uint64_t> rings_{0};
 };
 
