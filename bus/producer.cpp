@@ -65,7 +65,10 @@ std::uint64_t headers_size(std::span<const Header> headers) {
   static_assert(shm::kRecordHeaderSize == 40 && std::endian::native == std::endian::little);
   const std::uint64_t w1 = length, w2 = static_cast<std::uint64_t>(ts), w3 = l.key_len | std::uint64_t{l.headers_len} << 32,
                       w4 = l.value_len | std::uint64_t{m.null_value ? shm::kRecordNullValue : 0u} << 32;
-  std::memcpy(at + 8, &w1, 8);
+  // The length (with the reserved word after it) is read by other producers' reclaim while we
+  // may already be writing the next lap here (they check their view afterwards): a relaxed
+  // atomic store, the same one instruction as a plain store on x86 (TSan flagged the plain one).
+  __atomic_store_n(reinterpret_cast<std::uint64_t*>(at + 8), w1, __ATOMIC_RELAXED);
   std::memcpy(at + 16, &w2, 8);
   std::memcpy(at + 24, &w3, 8);
   std::memcpy(at + 32, &w4, 8);
