@@ -69,15 +69,35 @@ def test_null_and_empty_values_are_told_apart_in_both_value_modes(bus):
         c.close()
 
 
-def test_keys_go_to_the_kafka_partition(bus):
+# Keys whose Kafka partitions (of 5) are all different: a partitioner that is not Kafka's
+# (or none: everything on one partition) cannot match them by chance.
+KEYED = [b"a", b"order-17", b"\x00\xff", b"customer-123456"]
+
+
+@pytest.mark.parametrize("partitioner", [None, "murmur2_random", "murmur2"])
+def test_keys_go_to_the_kafka_partition(bus, partitioner):
+    """Without a `partitioner` key too: Kafka's murmur2 (the Java client's) is the default."""
+    assert sorted(kafka_partition(key, 5) for key in KEYED) == [1, 2, 3, 4]
     make_topic(bus, "k", 5)
-    p = Producer({"bus": bus, "partitioner": "murmur2_random", "linger.ms": 5, "acks": 1})
+    conf = {"bus": bus, "linger.ms": 5, "acks": 1}
+    if partitioner is not None:
+        conf["partitioner"] = partitioner
+    p = Producer(conf)
     seen = {}
-    for key in [b"a", b"order-17", b"\x00\xff", b"customer-123456"]:
+    for key in KEYED:
         p.produce("k", b"v", key=key, on_delivery=lambda e, m, key=key: seen.__setitem__(key, m.partition()))
     p.flush()
+    assert set(seen) == set(KEYED)
     for key, part in seen.items():
         assert part == kafka_partition(key, 5), key
+    assert "'partitioner'" in Producer.__doc__, "help(Producer) names the key"
+
+
+@pytest.mark.parametrize("value", ["consistent_random", "fnv1a_random", "random", ""])
+def test_an_unsupported_partitioner_is_refused_by_name(bus, value):
+    with pytest.raises(KafkaException, match=f"'partitioner' = '{value}'") as e:
+        Producer({"bus": bus, "partitioner": value})
+    assert e.value.args[0].code() == KafkaError._INVALID_ARG
 
 
 def test_consumer_positions_seek_pause_and_watermarks(bus):
