@@ -143,6 +143,84 @@ def test_consumer_positions_seek_pause_and_watermarks(bus):
     c.close()
 
 
+@pytest.mark.parametrize("reset", ["latest", None, "earliest"])
+def test_auto_offset_reset_latest_starts_after_what_is_there(bus, reset):
+    """latest (also the default, as librdkafka's): an assign() without an offset starts at the
+    end; earliest, the control, at the first record."""
+    make_topic(bus, "t")
+    p = Producer({"bus": bus})
+    for i in range(3):
+        p.produce("t", b"old-%d" % i)
+    conf = {"bus": bus}
+    if reset is not None:
+        conf["auto.offset.reset"] = reset
+    c = Consumer(conf)
+    c.assign([TopicPartition("t", 0)])
+    if reset == "earliest":
+        assert [m.offset() for m in drain(c, 3)] == [0, 1, 2]
+    else:
+        assert c.poll(0.3) is None, "nothing new since the assignment"
+    p.produce("t", b"new")
+    m = c.poll(5.0)
+    assert m is not None and m.error() is None
+    assert (m.offset(), m.value()) == (3, b"new")
+    c.close()
+
+
+def small_ring(bus):
+    """Topic "t": one partition, a 4 KiB overwrite ring; its producer."""
+    make_topic(bus, "t", 1, **{"shmbus.capacity": 4096, "shmbus.retention": "overwrite"})
+    return Producer({"bus": bus})
+
+
+def wrap(p):
+    for i in range(200):  # 200 records of 64 bytes: the ring wraps several times
+        p.produce("t", b"%064d" % i)
+
+
+def test_auto_offset_reset_error_reports_a_position_overwritten_before_it_was_read(bus):
+    p = small_ring(bus)
+    p.produce("t", b"first")
+    cs = {reset: Consumer({"bus": bus, "auto.offset.reset": reset}) for reset in ("error", "earliest")}
+    for c in cs.values():
+        c.assign([TopicPartition("t", 0, 0)])
+    wrap(p)
+    low, high = cs["error"].get_watermark_offsets(TopicPartition("t", 0))
+    assert low > 1 and high == 201
+    m = cs["error"].poll(5.0)
+    assert m is not None and m.error() is not None, "error: the lost position is reported"
+    assert m.error().code() == KafkaError.OFFSET_OUT_OF_RANGE, m.error()
+    m = cs["earliest"].poll(5.0)  # the control: earliest goes on from the oldest record
+    assert m is not None and m.error() is None and m.offset() >= low
+    for c in cs.values():
+        c.close()
+
+
+@pytest.mark.parametrize("reset", ["error", "earliest", "latest"])
+def test_assign_at_an_overwritten_offset_follows_auto_offset_reset(bus, reset):
+    """As Kafka's: an assigned offset no longer there is out of range, and auto.offset.reset
+    says where to start; with error, the next poll() returns the error as a Message."""
+    p = small_ring(bus)
+    wrap(p)
+    c = Consumer({"bus": bus, "auto.offset.reset": reset})
+    low, high = c.get_watermark_offsets(TopicPartition("t", 0))
+    assert low > 0
+    c.assign([TopicPartition("t", 0, 0)])
+    if reset == "error":
+        m = c.poll(5.0)
+        assert m is not None and m.error() is not None
+        assert m.error().code() == KafkaError.OFFSET_OUT_OF_RANGE and "offset 0" in m.error().str(), m.error()
+    elif reset == "earliest":
+        m = c.poll(5.0)
+        assert m is not None and m.error() is None and m.offset() == low
+    else:
+        assert c.poll(0.2) is None
+        p.produce("t", b"new")
+        m = c.poll(5.0)
+        assert m is not None and (m.offset(), m.value()) == (high, b"new")
+    c.close()
+
+
 def test_memoryview_values_live_until_the_next_poll(bus):
     make_topic(bus, "t", 1, **{"shmbus.retention": "block"})
     p = Producer({"bus": bus})
