@@ -393,6 +393,15 @@ def test_bad_arguments_raise_the_documented_exceptions(bus):
         c.seek(TopicPartition("t", 0, -7))
 
 
+@pytest.mark.parametrize("cls", [Consumer, shmbus.AdminClient])
+@pytest.mark.parametrize("key", ["no.such.key", "acks", "bootstrap.server"])
+def test_unknown_config_keys_are_named_by_every_client(bus, cls, key):
+    """A key unknown to the client (a typo, or another client's key) raises naming it."""
+    with pytest.raises(KafkaException, match=f"unknown configuration key '{key}'") as e:
+        cls({"bus": bus, key: "1"})
+    assert e.value.args[0].code() == KafkaError._INVALID_ARG
+
+
 def test_config_table_lists_every_key_once():
     rows = shmbus.config_keys()
     keys = [(k, tuple(c)) for k, c, _, _ in rows]
