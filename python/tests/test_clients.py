@@ -1,4 +1,8 @@
 # Producer, Consumer and Message: every method, on one process.
+import ast
+import inspect
+import os
+import re
 import threading
 import time
 
@@ -416,3 +420,75 @@ def test_help_reads_like_the_header():
     assert "produce(topic, value=None, key=None, partition=-1" in shmbus.Producer.produce.__doc__
     assert "GIL" in shmbus.Consumer.subscribe.__doc__
     assert "memoryview" in shmbus.Message.__doc__
+
+
+STUBS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "shmbus.pyi")
+# What every class has from Python itself (object, Exception), not from the module.
+INHERITED = set(dir(object)) | set(dir(Exception))
+
+
+def stub_tree():
+    with open(STUBS) as f:
+        return ast.parse(f.read(), STUBS)
+
+
+def module_classes():
+    return {n: o for n, o in vars(shmbus).items() if inspect.isclass(o) and not n.startswith("_")}
+
+
+def own_members(cls):
+    """The names a class of the module defines (its own or from a class of the module)."""
+    return {n for n in dir(cls) if n not in INHERITED or n in vars(cls) and n not in ("__doc__", "__module__")}
+
+
+def test_the_stubs_name_what_the_module_has():
+    tree = stub_tree()
+    stub_classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    stub_funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    stub_consts = {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign)}
+    classes = module_classes()
+    assert set(stub_classes) == set(classes)
+    public = {n for n in vars(shmbus) if not n.startswith("_") and n not in classes}
+    funcs = {n for n in public if callable(getattr(shmbus, n))}
+    assert stub_funcs == funcs
+    assert stub_consts - {"__version__"} == public - funcs
+    assert "__version__" in stub_consts and isinstance(shmbus.__version__, str)
+    for name, node in stub_classes.items():
+        cls = classes[name]
+        methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+        attrs = {n.target.id for n in node.body if isinstance(n, ast.AnnAssign)}
+        for m in methods:  # every method of the stubs, dunders too, is the class's
+            assert callable(getattr(cls, m, None)), f"{name}.{m} is in the stubs, not in the module"
+        mine = own_members(cls)
+        public_methods = {m for m in mine if not m.startswith("_") and callable(getattr(cls, m))}
+        assert public_methods - methods - attrs == set(), f"{name}: methods missing from the stubs"
+        class_values = {m for m in mine if not m.startswith("__") and not callable(getattr(cls, m))
+                        and not isinstance(inspect.getattr_static(cls, m), property)}
+        assert class_values - attrs == set(), f"{name}: class attributes missing from the stubs"
+        if name == "KafkaError":  # its codes: class attributes, each in the stubs
+            assert attrs == {m for m in dir(cls) if m.isupper() or m.startswith("_") and m[1:].isupper()}
+
+
+def doc_text(name, obj):
+    """obj's docstring without pybind11's signature lines."""
+    lines = (obj.__doc__ or "").strip().splitlines()
+    return "\n".join(line for line in lines if not re.match(rf"\s*(\d+\. )?{re.escape(name)}\(.*\)( -> .*)?$", line)).strip()
+
+
+def test_help_gives_every_public_callable_a_docstring_beyond_its_signature():
+    missing = []
+    for name, cls in module_classes().items():
+        if len(doc_text(name, cls)) < 10:
+            missing.append(name)
+        for m in own_members(cls):
+            if m.startswith("_"):  # (construction: the class's docstring)
+                continue
+            obj = getattr(cls, m)
+            if not callable(obj) or inspect.isclass(obj) or isinstance(obj, int):
+                continue
+            if len(doc_text(m, obj)) < 10:
+                missing.append(f"{name}.{m}")
+    for n, f in vars(shmbus).items():
+        if not n.startswith("_") and callable(f) and not inspect.isclass(f) and len(doc_text(n, f)) < 10:
+            missing.append(n)
+    assert missing == []
