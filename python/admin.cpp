@@ -309,7 +309,7 @@ void bind_admin(pb::module_& m) {
            "[GroupMetadata] of every group busd knows (none when no busd runs), or of one.")
       .def("describe_groups", &PyAdmin::describe_groups, pb::arg("group_ids"), pb::arg("request_timeout") = -1,
            "{group id: Future[GroupMetadata]} with members, assignments and committed offsets.")
-      .def("close", &PyAdmin::close);
+      .def("close", &PyAdmin::close, "Detaches from the bus; later calls raise RuntimeError. Closing twice is allowed.");
 }
 
 }  // namespace shmbus::py

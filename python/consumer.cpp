@@ -30,6 +30,7 @@ class PyConsumer {
     else if (reset == "latest" || reset == "largest" || reset == "end") cc.auto_offset_reset = OffsetReset::kLatest;
     else if (reset == "error") cc.auto_offset_reset = OffsetReset::kError;
     else raise(kErrInvalidArg, fmt::format("configuration key 'auto.offset.reset' = '{}': earliest, latest or error", reset));
+    reset_ = cc.auto_offset_reset;
     cc.enable_auto_commit = c.boolean("enable.auto.commit", cc.enable_auto_commit);
     cc.auto_commit_interval = std::chrono::milliseconds(c.integer("auto.commit.interval.ms", cc.auto_commit_interval.count()));
     cc.session_timeout = std::chrono::milliseconds(c.integer("session.timeout.ms", cc.session_timeout.count()));
@@ -129,12 +130,14 @@ class PyConsumer {
     auto tps = to_tps(partitions, "partitions");
     give_back();
     replace_assignment(c, tps);
-    for (auto item : partitions) apply_offset(c, item.cast<const PyTopicPartition&>());
+    pending_error_.reset();
+    for (auto item : partitions) apply_offset(c, item.cast<const PyTopicPartition&>(), true);
   }
 
   void unassign() {
     Consumer& c = open(true);
     give_back();
+    pending_error_.reset();
     replace_assignment(c, {});
   }
 
@@ -180,6 +183,7 @@ class PyConsumer {
   pb::object poll(const pb::object& timeout) {
     Consumer& c = open(true);
     release_views();
+    if (pending_error_) return take_pending_error();
     if (next_ >= batch_.size() && !fetch(c, to_timeout(timeout))) return error_message();
     if (next_ >= batch_.size()) return pb::none();
     return message(batch_[next_++]);
@@ -190,6 +194,11 @@ class PyConsumer {
     if (num_messages < 0 || num_messages > 1'000'000) throw pb::value_error("num_messages must be 0..1000000");
     release_views();
     if (num_messages == 0) return pb::list();
+    if (pending_error_) {
+      pb::list out;
+      out.append(take_pending_error());
+      return out;
+    }
     if (next_ >= batch_.size() && !fetch(c, to_timeout(timeout))) {
       pb::list out;
       out.append(error_message());
@@ -425,10 +434,30 @@ class PyConsumer {
     check(s);
   }
 
-  void apply_offset(Consumer& c, const PyTopicPartition& tp) {
+  // `assigned`: the offset given to assign(). As Kafka's, one out of range (overwritten, or
+  // not written yet) is where auto.offset.reset says; with error the partition is left at its
+  // end and the next poll()/consume() returns the error as a Message. seek() raises instead.
+  void apply_offset(Consumer& c, const PyTopicPartition& tp, bool assigned = false) {
     if (tp.offset == kOffsetBeginning) check(c.seek_to_beginning(tp.tp()));
     else if (tp.offset == kOffsetEnd) check(c.seek_to_end(tp.tp()));
-    else if (tp.offset >= 0) check(c.seek(tp.tp(), static_cast<std::uint64_t>(tp.offset)));
+    else if (tp.offset >= 0) {
+      Status s = c.seek(tp.tp(), static_cast<std::uint64_t>(tp.offset));
+      if (!s && assigned && s.error().code == Errc::kOffsetOutOfRange) {
+        if (reset_ == OffsetReset::kEarliest) s = c.seek_to_beginning(tp.tp());
+        else if (reset_ == OffsetReset::kLatest) s = c.seek_to_end(tp.tp());
+        else {
+          if (!pending_error_) pending_error_ = Error(s.error().code, s.error().message + " (auto.offset.reset=error)");
+          s = c.seek_to_end(tp.tp());
+        }
+      }
+      check(s);
+    }
+  }
+
+  pb::object take_pending_error() {
+    error_ = std::move(*pending_error_);
+    pending_error_.reset();
+    return error_message();
   }
 
   // Fetches a new batch, waiting up to `timeout` (nullopt: forever) for its first record.
@@ -605,6 +634,8 @@ class PyConsumer {
   std::span<const ConsumedRecord> batch_;
   std::size_t next_ = 0;
   Error error_;
+  std::optional<Error> pending_error_;  // an assign()ed offset out of range, with auto.offset.reset=error
+  OffsetReset reset_ = OffsetReset::kLatest;
   std::vector<pb::object> views_;
   std::map<std::string, pb::str, std::less<>> topics_;  // (never erased: last_topic_name_ views a key)
   std::string_view last_topic_name_;
@@ -643,7 +674,9 @@ void bind_consumer(pb::module_& m) {
       .def("assign", &PyConsumer::assign, pb::arg("partitions"),
            "Replaces the assignment (no group membership). A TopicPartition's offset, if set (an offset,\n"
            "OFFSET_BEGINNING, OFFSET_END), is where it starts; else, with conf['group.id'], the group's committed\n"
-           "offset (asked of busd, without the GIL), else auto.offset.reset says. With a group.id, commit() and\n"
+           "offset (asked of busd, without the GIL), else auto.offset.reset says. An offset out of range (overwritten\n"
+           "or not written yet) starts where auto.offset.reset says; with error, at the end, and the next poll()\n"
+           "returns a Message whose error() is OFFSET_OUT_OF_RANGE. With a group.id, commit() and\n"
            "committed() work for these partitions (busd takes the commits while the group has no live member).")
       .def("unassign", &PyConsumer::unassign, "Drops the manual assignment.")
       .def("assignment", &PyConsumer::assignment, "The assigned partitions.")

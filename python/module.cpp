@@ -454,12 +454,15 @@ PYBIND11_MODULE(shmbus, m) {
                                      "librdkafka's local codes (_NOT_IMPLEMENTED, _STATE, _INVALID_ARG).")
                 .def(pb::init([](int code, const std::string& reason) { return PyKafkaError{code, reason}; }),
                      pb::arg("error"), pb::arg("reason") = "")
-                .def("code", [](const PyKafkaError& e) { return e.code; })
-                .def("name", &PyKafkaError::name)
-                .def("str", [](const PyKafkaError& e) { return e.message; })
-                .def("fatal", [](const PyKafkaError&) { return false; })
-                .def("retriable", [](const PyKafkaError& e) { return e.code == static_cast<int>(shmbus::Errc::kTimedOut); })
-                .def("txn_requires_abort", [](const PyKafkaError&) { return false; })
+                .def("code", [](const PyKafkaError& e) { return e.code; },
+                     "The error code: a KafkaError class attribute (NOT_FOUND, OFFSET_OUT_OF_RANGE, _INVALID_ARG, ...).")
+                .def("name", &PyKafkaError::name, "The code's name, as its class attribute is spelt ('NOT_FOUND', '_STATE').")
+                .def("str", [](const PyKafkaError& e) { return e.message; },
+                     "The human-readable reason (what failed and why), as confluent-kafka's str().")
+                .def("fatal", [](const PyKafkaError&) { return false; }, "Always False: no error makes a client unusable (no idempotent producer).")
+                .def("retriable", [](const PyKafkaError& e) { return e.code == static_cast<int>(shmbus::Errc::kTimedOut); },
+                     "True for TIMED_OUT: the same call may succeed later.")
+                .def("txn_requires_abort", [](const PyKafkaError&) { return false; }, "Always False: there are no transactions.")
                 .def("__str__", [](const PyKafkaError& e) { return fmt::format("KafkaError{{code={},val={},str=\"{}\"}}", e.name(), e.code, e.message); })
                 .def("__repr__", [](const PyKafkaError& e) { return fmt::format("KafkaError{{code={},val={},str=\"{}\"}}", e.name(), e.code, e.message); })
                 .def("__eq__", [](const PyKafkaError& e, const pb::object& o) {

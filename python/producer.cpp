@@ -292,7 +292,9 @@ void bind_producer(pb::module_& m) {
                          "(with the offset) is served by the next poll() or flush(). Belongs to one thread at a time.\n"
                          "conf: 'bus', 'acks' (1: in the ring; all: on disk), 'shmbus.acks' (memory, spilled, fsynced),\n"
                          "'shmbus.ack.timeout.ms', 'shmbus.max.block.ms', 'shmbus.record.alignment', 'shmbus.exclusive',\n"
-                         "'on_delivery', 'delivery.report.only.error', 'stats_cb' with 'statistics.interval.ms';\n"
+                         "'on_delivery', 'delivery.report.only.error', 'stats_cb' with 'statistics.interval.ms',\n"
+                         "'partitioner' (murmur2_random, the default, or murmur2: a keyed record goes to Kafka's\n"
+                         "murmur2 partition of its key; others raise KafkaException(_INVALID_ARG) naming the value);\n"
                          "confluent keys with no meaning here are\n"
                          "accepted (shmbus.config_keys() lists them all).")
       .def(pb::init<const pb::dict&>(), pb::arg("conf") = pb::dict())

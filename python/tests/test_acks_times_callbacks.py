@@ -149,16 +149,22 @@ def test_on_commit_hears_auto_commits_too(bus):
     assert heard[-1] == (None, [("t", 0, 4)]), heard
 
 
-def test_on_lost_hears_of_partitions_taken_after_max_poll_interval(bus):
+@pytest.mark.parametrize("with_on_lost", [True, False])
+def test_on_lost_hears_of_partitions_taken_after_max_poll_interval(bus, with_on_lost):
+    """Without on_lost, on_revoke hears of them: Kafka's default onPartitionsLost."""
     make_topic(bus, "t")
     events = []
     c = Consumer({"bus": bus, "group.id": "g", "max.poll.interval.ms": 300, "session.timeout.ms": 6000,
                   "heartbeat.interval.ms": 100})
-    c.subscribe(["t"], on_revoke=lambda cons, tps: events.append(("revoke", tps)),
-                on_lost=lambda cons, tps: events.append(("lost", tps)))
+    lost = {"on_lost": lambda cons, tps: events.append(("lost", tps))} if with_on_lost else {}
+    c.subscribe(["t"], on_revoke=lambda cons, tps: events.append(("revoke", tps)), **lost)
+    assert events == []
     time.sleep(0.6)  # no poll() for twice max.poll.interval.ms: the member leaves the group
-    wait_for(lambda: c.poll(0.05) is None and any(e[0] == "lost" for e in events), what="on_lost")
-    assert ("lost", [TopicPartition("t", 0)]) in events and not any(e[0] == "revoke" for e in events)
+    want = "lost" if with_on_lost else "revoke"
+    wait_for(lambda: c.poll(0.05) is None and events, what=want)
+    assert events[0] == (want, [TopicPartition("t", 0)])
+    if with_on_lost:
+        assert not any(e[0] == "revoke" for e in events), "lost partitions are not revoked too"
     wait_for(lambda: c.poll(0.05) is None and c.assignment() == [TopicPartition("t", 0)], what="joining again")
     c.close()
 

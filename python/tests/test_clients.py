@@ -1,4 +1,8 @@
 # Producer, Consumer and Message: every method, on one process.
+import ast
+import inspect
+import os
+import re
 import threading
 import time
 
@@ -69,15 +73,35 @@ def test_null_and_empty_values_are_told_apart_in_both_value_modes(bus):
         c.close()
 
 
-def test_keys_go_to_the_kafka_partition(bus):
+# Keys whose Kafka partitions (of 5) are all different: a partitioner that is not Kafka's
+# (or none: everything on one partition) cannot match them by chance.
+KEYED = [b"a", b"order-17", b"\x00\xff", b"customer-123456"]
+
+
+@pytest.mark.parametrize("partitioner", [None, "murmur2_random", "murmur2"])
+def test_keys_go_to_the_kafka_partition(bus, partitioner):
+    """Without a `partitioner` key too: Kafka's murmur2 (the Java client's) is the default."""
+    assert sorted(kafka_partition(key, 5) for key in KEYED) == [1, 2, 3, 4]
     make_topic(bus, "k", 5)
-    p = Producer({"bus": bus, "partitioner": "murmur2_random", "linger.ms": 5, "acks": 1})
+    conf = {"bus": bus, "linger.ms": 5, "acks": 1}
+    if partitioner is not None:
+        conf["partitioner"] = partitioner
+    p = Producer(conf)
     seen = {}
-    for key in [b"a", b"order-17", b"\x00\xff", b"customer-123456"]:
+    for key in KEYED:
         p.produce("k", b"v", key=key, on_delivery=lambda e, m, key=key: seen.__setitem__(key, m.partition()))
     p.flush()
+    assert set(seen) == set(KEYED)
     for key, part in seen.items():
         assert part == kafka_partition(key, 5), key
+    assert "'partitioner'" in Producer.__doc__, "help(Producer) names the key"
+
+
+@pytest.mark.parametrize("value", ["consistent_random", "fnv1a_random", "random", ""])
+def test_an_unsupported_partitioner_is_refused_by_name(bus, value):
+    with pytest.raises(KafkaException, match=f"'partitioner' = '{value}'") as e:
+        Producer({"bus": bus, "partitioner": value})
+    assert e.value.args[0].code() == KafkaError._INVALID_ARG
 
 
 def test_consumer_positions_seek_pause_and_watermarks(bus):
@@ -120,6 +144,84 @@ def test_consumer_positions_seek_pause_and_watermarks(bus):
     md = c.list_topics()
     assert set(md.topics) == {"t"} and md.topics["t"].partitions[1].high == 10
     assert c.memberid() is None
+    c.close()
+
+
+@pytest.mark.parametrize("reset", ["latest", None, "earliest"])
+def test_auto_offset_reset_latest_starts_after_what_is_there(bus, reset):
+    """latest (also the default, as librdkafka's): an assign() without an offset starts at the
+    end; earliest, the control, at the first record."""
+    make_topic(bus, "t")
+    p = Producer({"bus": bus})
+    for i in range(3):
+        p.produce("t", b"old-%d" % i)
+    conf = {"bus": bus}
+    if reset is not None:
+        conf["auto.offset.reset"] = reset
+    c = Consumer(conf)
+    c.assign([TopicPartition("t", 0)])
+    if reset == "earliest":
+        assert [m.offset() for m in drain(c, 3)] == [0, 1, 2]
+    else:
+        assert c.poll(0.3) is None, "nothing new since the assignment"
+    p.produce("t", b"new")
+    m = c.poll(5.0)
+    assert m is not None and m.error() is None
+    assert (m.offset(), m.value()) == (3, b"new")
+    c.close()
+
+
+def small_ring(bus):
+    """Topic "t": one partition, a 4 KiB overwrite ring; its producer."""
+    make_topic(bus, "t", 1, **{"shmbus.capacity": 4096, "shmbus.retention": "overwrite"})
+    return Producer({"bus": bus})
+
+
+def wrap(p):
+    for i in range(200):  # 200 records of 64 bytes: the ring wraps several times
+        p.produce("t", b"%064d" % i)
+
+
+def test_auto_offset_reset_error_reports_a_position_overwritten_before_it_was_read(bus):
+    p = small_ring(bus)
+    p.produce("t", b"first")
+    cs = {reset: Consumer({"bus": bus, "auto.offset.reset": reset}) for reset in ("error", "earliest")}
+    for c in cs.values():
+        c.assign([TopicPartition("t", 0, 0)])
+    wrap(p)
+    low, high = cs["error"].get_watermark_offsets(TopicPartition("t", 0))
+    assert low > 1 and high == 201
+    m = cs["error"].poll(5.0)
+    assert m is not None and m.error() is not None, "error: the lost position is reported"
+    assert m.error().code() == KafkaError.OFFSET_OUT_OF_RANGE, m.error()
+    m = cs["earliest"].poll(5.0)  # the control: earliest goes on from the oldest record
+    assert m is not None and m.error() is None and m.offset() >= low
+    for c in cs.values():
+        c.close()
+
+
+@pytest.mark.parametrize("reset", ["error", "earliest", "latest"])
+def test_assign_at_an_overwritten_offset_follows_auto_offset_reset(bus, reset):
+    """As Kafka's: an assigned offset no longer there is out of range, and auto.offset.reset
+    says where to start; with error, the next poll() returns the error as a Message."""
+    p = small_ring(bus)
+    wrap(p)
+    c = Consumer({"bus": bus, "auto.offset.reset": reset})
+    low, high = c.get_watermark_offsets(TopicPartition("t", 0))
+    assert low > 0
+    c.assign([TopicPartition("t", 0, 0)])
+    if reset == "error":
+        m = c.poll(5.0)
+        assert m is not None and m.error() is not None
+        assert m.error().code() == KafkaError.OFFSET_OUT_OF_RANGE and "offset 0" in m.error().str(), m.error()
+    elif reset == "earliest":
+        m = c.poll(5.0)
+        assert m is not None and m.error() is None and m.offset() == low
+    else:
+        assert c.poll(0.2) is None
+        p.produce("t", b"new")
+        m = c.poll(5.0)
+        assert m is not None and (m.offset(), m.value()) == (high, b"new")
     c.close()
 
 
@@ -295,6 +397,15 @@ def test_bad_arguments_raise_the_documented_exceptions(bus):
         c.seek(TopicPartition("t", 0, -7))
 
 
+@pytest.mark.parametrize("cls", [Consumer, shmbus.AdminClient])
+@pytest.mark.parametrize("key", ["no.such.key", "acks", "bootstrap.server"])
+def test_unknown_config_keys_are_named_by_every_client(bus, cls, key):
+    """A key unknown to the client (a typo, or another client's key) raises naming it."""
+    with pytest.raises(KafkaException, match=f"unknown configuration key '{key}'") as e:
+        cls({"bus": bus, key: "1"})
+    assert e.value.args[0].code() == KafkaError._INVALID_ARG
+
+
 def test_config_table_lists_every_key_once():
     rows = shmbus.config_keys()
     keys = [(k, tuple(c)) for k, c, _, _ in rows]
@@ -309,3 +420,75 @@ def test_help_reads_like_the_header():
     assert "produce(topic, value=None, key=None, partition=-1" in shmbus.Producer.produce.__doc__
     assert "GIL" in shmbus.Consumer.subscribe.__doc__
     assert "memoryview" in shmbus.Message.__doc__
+
+
+STUBS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "shmbus.pyi")
+# What every class has from Python itself (object, Exception), not from the module.
+INHERITED = set(dir(object)) | set(dir(Exception))
+
+
+def stub_tree():
+    with open(STUBS) as f:
+        return ast.parse(f.read(), STUBS)
+
+
+def module_classes():
+    return {n: o for n, o in vars(shmbus).items() if inspect.isclass(o) and not n.startswith("_")}
+
+
+def own_members(cls):
+    """The names a class of the module defines (its own or from a class of the module)."""
+    return {n for n in dir(cls) if n not in INHERITED or n in vars(cls) and n not in ("__doc__", "__module__")}
+
+
+def test_the_stubs_name_what_the_module_has():
+    tree = stub_tree()
+    stub_classes = {n.name: n for n in tree.body if isinstance(n, ast.ClassDef)}
+    stub_funcs = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+    stub_consts = {n.target.id for n in tree.body if isinstance(n, ast.AnnAssign)}
+    classes = module_classes()
+    assert set(stub_classes) == set(classes)
+    public = {n for n in vars(shmbus) if not n.startswith("_") and n not in classes}
+    funcs = {n for n in public if callable(getattr(shmbus, n))}
+    assert stub_funcs == funcs
+    assert stub_consts - {"__version__"} == public - funcs
+    assert "__version__" in stub_consts and isinstance(shmbus.__version__, str)
+    for name, node in stub_classes.items():
+        cls = classes[name]
+        methods = {n.name for n in node.body if isinstance(n, ast.FunctionDef)}
+        attrs = {n.target.id for n in node.body if isinstance(n, ast.AnnAssign)}
+        for m in methods:  # every method of the stubs, dunders too, is the class's
+            assert callable(getattr(cls, m, None)), f"{name}.{m} is in the stubs, not in the module"
+        mine = own_members(cls)
+        public_methods = {m for m in mine if not m.startswith("_") and callable(getattr(cls, m))}
+        assert public_methods - methods - attrs == set(), f"{name}: methods missing from the stubs"
+        class_values = {m for m in mine if not m.startswith("__") and not callable(getattr(cls, m))
+                        and not isinstance(inspect.getattr_static(cls, m), property)}
+        assert class_values - attrs == set(), f"{name}: class attributes missing from the stubs"
+        if name == "KafkaError":  # its codes: class attributes, each in the stubs
+            assert attrs == {m for m in dir(cls) if m.isupper() or m.startswith("_") and m[1:].isupper()}
+
+
+def doc_text(name, obj):
+    """obj's docstring without pybind11's signature lines."""
+    lines = (obj.__doc__ or "").strip().splitlines()
+    return "\n".join(line for line in lines if not re.match(rf"\s*(\d+\. )?{re.escape(name)}\(.*\)( -> .*)?$", line)).strip()
+
+
+def test_help_gives_every_public_callable_a_docstring_beyond_its_signature():
+    missing = []
+    for name, cls in module_classes().items():
+        if len(doc_text(name, cls)) < 10:
+            missing.append(name)
+        for m in own_members(cls):
+            if m.startswith("_"):  # (construction: the class's docstring)
+                continue
+            obj = getattr(cls, m)
+            if not callable(obj) or inspect.isclass(obj) or isinstance(obj, int):
+                continue
+            if len(doc_text(m, obj)) < 10:
+                missing.append(f"{name}.{m}")
+    for n, f in vars(shmbus).items():
+        if not n.startswith("_") and callable(f) and not inspect.isclass(f) and len(doc_text(n, f)) < 10:
+            missing.append(n)
+    assert missing == []

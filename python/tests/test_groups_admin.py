@@ -1,5 +1,7 @@
 # Consumer groups through busd (subscribe, commits, rebalance callbacks) and AdminClient.
 import concurrent.futures
+import threading
+import time
 
 import pytest
 import shmbus
@@ -119,3 +121,71 @@ def test_calls_from_a_rebalance_callback(bus):
     assert seen == [[TopicPartition("t", 0)], KafkaError._STATE]
     assert c.poll(5.0).value() == b"a"
     c.close()
+
+
+def test_enable_auto_commit_false_commits_nothing(bus):
+    """Neither the timer (auto.commit.interval.ms 50, given time to fire) nor close() commits;
+    a new member starts where auto.offset.reset says. (enable.auto.commit true does commit:
+    test_on_commit_hears_auto_commits_too.)"""
+    make_topic(bus, "t")
+    p = Producer({"bus": bus})
+    for i in range(3):
+        p.produce("t", b"%d" % i)
+    conf = {"bus": bus, "group.id": "g", "auto.offset.reset": "earliest", "enable.auto.commit": False,
+            "auto.commit.interval.ms": 50}
+    c = Consumer(conf)
+    c.subscribe(["t"])
+    assert [m.offset() for m in drain(c, 3)] == [0, 1, 2]
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        assert c.poll(0.05) is None
+    assert c.committed([TopicPartition("t", 0)])[0].offset == shmbus.OFFSET_INVALID, "the timer committed"
+    c.close()
+    c2 = Consumer(conf)
+    c2.subscribe(["t"])
+    assert c2.committed([TopicPartition("t", 0)])[0].offset == shmbus.OFFSET_INVALID, "close() committed"
+    assert [m.offset() for m in drain(c2, 3)] == [0, 1, 2]
+    c2.close()
+
+
+def test_a_live_rebalance_revokes_what_the_new_member_is_assigned(bus):
+    """c1 holds both partitions and polls; c2 joins from another thread: c1's on_revoke gets
+    exactly what c2's on_assign gets, and the two keep one partition each."""
+    make_topic(bus, "t", 2)
+    both = [TopicPartition("t", 0), TopicPartition("t", 1)]
+    revoked, assigned1, assigned2 = [], [], []
+    conf = {"bus": bus, "group.id": "g", "auto.offset.reset": "earliest"}
+    c1 = Consumer(conf)
+    c1.subscribe(["t"], on_assign=lambda cons, tps: assigned1.append(sorted(tps)),
+                 on_revoke=lambda cons, tps: revoked.append(sorted(tps)))
+    assert assigned1 == [both]
+    c2 = Consumer(conf)
+    c2_holds = []
+    failed = []
+
+    def second():
+        try:
+            c2.subscribe(["t"], on_assign=lambda cons, tps: assigned2.append(sorted(tps)))
+            deadline = time.monotonic() + 20
+            while not c2.assignment() and time.monotonic() < deadline:
+                c2.poll(0.05)
+            c2_holds.extend(c2.assignment())
+        except BaseException as e:  # noqa: B902 (reported by the test's thread)
+            failed.append(e)
+
+    t = threading.Thread(target=second)
+    t.start()
+    deadline = time.monotonic() + 25
+    while t.is_alive() and time.monotonic() < deadline:
+        c1.poll(0.05)
+    t.join(5)
+    assert not t.is_alive() and not failed, failed
+    given = [tps for tps in assigned2 if tps]
+    taken = [tps for tps in revoked if tps]
+    assert len(given) == 1 and len(given[0]) == 1, assigned2
+    assert taken == given, (revoked, assigned2)
+    assert c2_holds == given[0]
+    assert sorted(c1.assignment() + c2_holds) == both
+    assert not set(c1.assignment()) & set(c2_holds)
+    c2.close()
+    c1.close()

@@ -8,11 +8,14 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
+
+import pytest
 
 import shmbus
 from shmbus import Consumer, Producer, TopicPartition
 
-from conftest import BUSCTL, drain, make_topic, wait_for
+from conftest import BUSCTL, drain, make_topic, stop_process, wait_for
 
 # Values with every byte, an empty one, a tombstone; keys null and binary; headers.
 RECORDS = [
@@ -188,3 +191,50 @@ def test_a_group_of_two_python_processes_and_a_native_member(bus, tmp_path):
             except subprocess.TimeoutExpired:
                 proc.kill()
     assert all(proc.returncode == 0 for proc in members)
+
+
+@pytest.mark.parametrize("with_on_lost", [True, False])
+def test_a_stopped_member_loses_its_partition_after_session_timeout_ms(bus, with_on_lost):
+    """A member SIGSTOPped (alive, its connection open, no heartbeats) with session.timeout.ms
+    1000 is evicted: another member has its partition within 10 s (not the 45 s default), and
+    once continued the stopped one hears of the loss: on_lost, or without it on_revoke."""
+    make_topic(bus, "t", 1)
+    proc = python(f"""
+        import json, time, shmbus
+        events = []
+        c = shmbus.Consumer({{"bus": {bus!r}, "group.id": "g", "session.timeout.ms": 1000,
+                             "max.poll.interval.ms": 600000}})
+        record = lambda what: lambda cons, tps: tps and events.append([what, [[tp.topic, tp.partition] for tp in tps]])
+        kw = {{"on_revoke": record("revoke")}}
+        if {with_on_lost!r}:
+            kw["on_lost"] = record("lost")
+        c.subscribe(["t"], **kw)
+        assert c.assignment() == [shmbus.TopicPartition("t", 0)]
+        print("assigned", flush=True)
+        deadline = time.monotonic() + 60
+        while not events and time.monotonic() < deadline:
+            c.poll(0.05)
+        print(json.dumps(events), flush=True)
+        c.close()
+    """, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().strip() == b"assigned"
+        stop_process(proc.pid)
+        stopped = time.monotonic()
+        c = Consumer({"bus": bus, "group.id": "g", "auto.offset.reset": "earliest"})
+        c.subscribe(["t"])
+        while c.assignment() != [TopicPartition("t", 0)] and time.monotonic() - stopped < 10:
+            c.poll(0.05)
+        took = time.monotonic() - stopped
+        assert c.assignment() == [TopicPartition("t", 0)], f"not reassigned {took:.1f} s after the stop"
+        os.kill(proc.pid, signal.SIGCONT)
+        events = json.loads(proc.stdout.readline())
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
+            proc.kill()
+            proc.wait(10)
+    want = "lost" if with_on_lost else "revoke"
+    assert events == [[want, [["t", 0]]]], events
+    c.close()

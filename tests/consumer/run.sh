@@ -32,6 +32,24 @@ quiet cmake -S "$src" -B "$tmp/shmbus" -DCMAKE_BUILD_TYPE=Release -DCMAKE_INSTAL
 quiet cmake --build "$tmp/shmbus" -j2
 quiet cmake --install "$tmp/shmbus"
 
+# The Python module (when configured: pybind11 found) and its stubs in the prefix's
+# dist-packages, importable from there by PYTHONPATH alone.
+if grep -q '^SHMBUS_PYTHON:BOOL=ON' "$tmp/shmbus/CMakeCache.txt"; then
+  echo "== the Python module in the prefix"
+  pydir=$(sed -n 's/^SHMBUS_PYTHON_INSTALL_DIR:[A-Z]*=//p' "$tmp/shmbus/CMakeCache.txt")
+  case $pydir in /*) ;; *) pydir=$prefix/$pydir ;; esac
+  python=$(sed -n 's/^_Python3_EXECUTABLE:[A-Z]*=//p' "$tmp/shmbus/CMakeCache.txt")
+  for f in "$pydir"/shmbus.cpython-*.so "$pydir"/shmbus.pyi; do
+    [ -f "$f" ] || { echo "run.sh: not installed: $f" >&2; ls -R "$prefix" >&2; exit 1; }
+  done
+  (cd "$tmp" && PYTHONPATH=$pydir timeout 60 "${python:-python3}" -c '
+import os, sys, shmbus
+assert os.path.dirname(os.path.realpath(shmbus.__file__)) == os.path.realpath(sys.argv[1]), shmbus.__file__
+print("imported shmbus", shmbus.__version__, "from", shmbus.__file__)' "$pydir")
+else
+  echo "== the Python module was not configured (no pybind11): not checked"
+fi
+
 echo "== (a) find_package(shmbus CONFIG)"
 quiet cmake -S "$here" -B "$tmp/a" -DSHMBUS_FROM=package -DCMAKE_PREFIX_PATH="$prefix" "${launcher[@]}"
 quiet cmake --build "$tmp/a"
