@@ -205,14 +205,26 @@ BorrowedBytes::BorrowedBytes(pb::handle obj, const char* what) {
                    static_cast<std::size_t>(PyBytes_GET_SIZE(obj.ptr())));
     return;
   }
-  if (PyObject_CheckBuffer(obj.ptr()) && PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_C_CONTIGUOUS) == 0) {
-    has_view_ = true;
-    bytes_ = Bytes(static_cast<const std::byte*>(view_.buf), static_cast<std::size_t>(view_.len));
-    return;
+  auto type = [&] { return pb::str(pb::type::handle_of(obj).attr("__name__")).cast<std::string>(); };
+  if (PyObject_CheckBuffer(obj.ptr())) {
+    if (PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_C_CONTIGUOUS) == 0) {
+      has_view_ = true;
+      bytes_ = Bytes(static_cast<const std::byte*>(view_.buf), static_cast<std::size_t>(view_.len));
+      return;
+    }
+    // A buffer, but not one to be read in place: say why rather than "not a buffer".
+    pb::error_already_set why;  // (takes the Python error)
+    Py_buffer strided{};
+    if (PyObject_GetBuffer(obj.ptr(), &strided, PyBUF_STRIDED_RO) == 0) {
+      PyBuffer_Release(&strided);
+      throw pb::type_error(fmt::format("{} is a {} buffer that is not C-contiguous (strided): make a contiguous copy "
+                                       "first (bytes(x), numpy.ascontiguousarray(x))",
+                                       what, type()));
+    }
+    PyErr_Clear();
+    throw pb::type_error(fmt::format("{}: the buffer of the {} cannot be read ({})", what, type(), why.what()));
   }
-  PyErr_Clear();
-  throw pb::type_error(fmt::format("{} must be str, bytes, a contiguous buffer or None, not {}", what,
-                                   pb::str(pb::type::handle_of(obj).attr("__name__")).cast<std::string>()));
+  throw pb::type_error(fmt::format("{} must be str, bytes, a contiguous buffer or None, not {}", what, type()));
 }
 
 BorrowedBytes::~BorrowedBytes() {
