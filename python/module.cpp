@@ -101,7 +101,8 @@ const std::vector<ConfigKey>& config_keys() {
       {"fetch.wait.max.ms", C, Support::kIgnored, "records are read where they are"},
       {"isolation.level", C, Support::kIgnored, "no transactions"},
       {"shmbus.value.memoryview", C, Support::kUsed,
-       "Message.value() a memoryview into the consumer's buffer or the ring, valid until the next poll()/consume()"},
+       "Message.value() a memoryview into the consumer's buffer or the ring, released by the next poll()/consume()/close() "
+       "or call that moves positions, which are refused while a view made from it (a slice) lives"},
       {"shmbus.hold.producers", C, Support::kUsed, "ConsumerConfig::hold_producers (block topics: zero-copy views)"},
       {"shmbus.wait", C, Support::kUsed, "ConsumerConfig::wait: spin, yield, block, adaptive (default)"},
       {"shmbus.max.poll.records", C, Support::kUsed, "ConsumerConfig::max_poll_records (records per fetch)"},
@@ -341,7 +342,9 @@ PyMethodDef g_message_methods[] = {
 const char* const kMessageDoc =
     "A consumed record (or a consumer error: error() is then set), or the record of a delivery\n"
     "report. value() is bytes, or a memoryview with 'shmbus.value.memoryview' (valid until the\n"
-    "consumer's next poll()/consume()/close(); it is released then and raises ValueError).";
+    "consumer's next poll()/consume()/close() or call that moves positions, which releases it:\n"
+    "it raises ValueError then; while a view made from it (a slice, memoryview(v)) lives, those\n"
+    "calls raise KafkaException(_STATE) and change nothing).";
 
 PyType_Slot g_message_slots[] = {
     {Py_tp_dealloc, reinterpret_cast<void*>(message_dealloc)},
