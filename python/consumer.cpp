@@ -20,6 +20,83 @@ namespace {
 
 using namespace std::chrono_literals;
 
+// ---- memoryview values (shmbus.value.memoryview) ----
+// A value is handed out as a memoryview whose buffer is exported by a ValueBuffer of ours,
+// never by raw memory: every memoryview derived from it (a slice, memoryview(v), an array
+// over it) holds that export, so the consumer can tell whether its bytes are still read.
+// One lease per consumer counts the exports of all its ValueBuffers.
+struct ViewLease {
+  Py_ssize_t exports = 0;        // buffers exported and not released yet, over every ValueBuffer
+  std::uint64_t generation = 0;  // a ValueBuffer of an older generation exports no more
+  // A consumer dropped while exports lived: what the views read (its buffer, its gates on
+  // the ring), closed and freed with the last of them.
+  std::optional<Consumer> consumer;
+  std::shared_ptr<Bus> bus;
+};
+
+struct PyValueBuffer {
+  PyObject_HEAD
+  const char* data;
+  Py_ssize_t size;
+  std::uint64_t generation;
+  std::shared_ptr<ViewLease> lease;  // constructed and destroyed by hand (a C object)
+};
+
+PyTypeObject* g_value_buffer_type = nullptr;  // a reference kept for the process
+
+int value_buffer_get(PyObject* self, Py_buffer* view, int flags) {
+  auto* b = reinterpret_cast<PyValueBuffer*>(self);
+  if (b->generation != b->lease->generation) {
+    view->obj = nullptr;
+    PyErr_SetString(PyExc_BufferError,
+                    "this value's consumer has moved on (next poll(), consume(), close() or a call that moves "
+                    "positions): its bytes can no longer be viewed");
+    return -1;
+  }
+  if (PyBuffer_FillInfo(view, self, const_cast<char*>(b->data), b->size, /*readonly=*/1, flags) != 0) return -1;
+  ++b->lease->exports;
+  return 0;
+}
+
+void value_buffer_release(PyObject* self, Py_buffer*) {
+  ViewLease& l = *reinterpret_cast<PyValueBuffer*>(self)->lease;
+  if (--l.exports != 0 || !l.consumer) return;
+  // The last view of a dropped consumer: it is closed now (its callbacks are detached).
+  std::optional<Consumer> c = std::move(l.consumer);
+  l.consumer.reset();
+  std::shared_ptr<Bus> bus = std::move(l.bus);
+  Py_BEGIN_ALLOW_THREADS  // close() may wait for busd (leaving a group)
+  c.reset();
+  bus.reset();
+  Py_END_ALLOW_THREADS
+}
+
+void value_buffer_dealloc(PyObject* self) {
+  reinterpret_cast<PyValueBuffer*>(self)->lease.~shared_ptr();
+  PyTypeObject* type = Py_TYPE(self);
+  PyObject_Free(self);
+  Py_DECREF(type);  // a heap type: each instance holds a reference to it
+}
+
+PyObject* value_buffer_repr(PyObject* self) {
+  auto* b = reinterpret_cast<PyValueBuffer*>(self);
+  return PyUnicode_FromFormat("<shmbus.ValueBuffer of %zd bytes%s>", b->size,
+                              b->generation == b->lease->generation ? "" : ", the consumer has moved on");
+}
+
+PyType_Slot g_value_buffer_slots[] = {
+    {Py_tp_dealloc, reinterpret_cast<void*>(value_buffer_dealloc)},
+    {Py_tp_repr, reinterpret_cast<void*>(value_buffer_repr)},
+    {Py_tp_doc, const_cast<char*>("The bytes of a consumed value, in the consumer's buffer or the ring: what a memoryview\n"
+                                  "value (shmbus.value.memoryview) reads. Each memoryview of it, slices included, holds it;\n"
+                                  "the consumer does not move on while one lives.")},
+    {Py_bf_getbuffer, reinterpret_cast<void*>(value_buffer_get)},
+    {Py_bf_releasebuffer, reinterpret_cast<void*>(value_buffer_release)},
+    {0, nullptr},
+};
+PyType_Spec g_value_buffer_spec = {"shmbus.ValueBuffer", sizeof(PyValueBuffer), 0,
+                                   Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION, g_value_buffer_slots};
+
 class PyConsumer {
  public:
   explicit PyConsumer(const pb::dict& conf) {
@@ -58,33 +135,55 @@ class PyConsumer {
     const std::int64_t mpr = c.integer("shmbus.max.poll.records", cc.max_poll_records);
     if (mpr < 1 || mpr > 1'000'000) raise(kErrInvalidArg, "configuration key 'shmbus.max.poll.records': 1..1000000");
     cc.max_poll_records = static_cast<std::uint32_t>(mpr);
-    memoryview_ = c.boolean("shmbus.value.memoryview", false);
+    if (c.boolean("shmbus.value.memoryview", false)) lease_ = std::make_shared<ViewLease>();
     group_ = c.str("group.id", "");
     // assign() with a group.id: starts at, and commits, the group's offsets (Kafka's simple
     // consumer group) through busd, without joining it; subscribe() joins that same group.
     cc.group_id = group_;
-    cc.on_assigned = [this](const std::vector<TopicPartition>& tps) { call_back(on_assign_, tps); };
-    cc.on_revoked = [this](const std::vector<TopicPartition>& tps) { call_back(on_revoke_, tps); };
+    // The callbacks reach this object through self_, which the destructor clears: a consumer
+    // dropped while views of its values live is closed later, without it (~PyConsumer).
+    cc.on_assigned = [self = self_](const std::vector<TopicPartition>& tps) {
+      if (PyConsumer* me = *self) me->call_back(me->on_assign_, tps);
+    };
+    cc.on_revoked = [self = self_](const std::vector<TopicPartition>& tps) {
+      if (PyConsumer* me = *self) me->call_back(me->on_revoke_, tps);
+    };
     // Kafka's default onPartitionsLost is onPartitionsRevoked: without on_lost, on_revoke hears of them.
-    cc.on_lost = [this](const std::vector<TopicPartition>& tps) { call_back(on_lost_.is_none() ? on_revoke_ : on_lost_, tps); };
+    cc.on_lost = [self = self_](const std::vector<TopicPartition>& tps) {
+      if (PyConsumer* me = *self) me->call_back(me->on_lost_.is_none() ? me->on_revoke_ : me->on_lost_, tps);
+    };
     on_commit_ = callable(c.object("on_commit"), "on_commit");
     // As librdkafka's offset_commit_cb: auto-commits (the timer's, a revocation's, close()'s)
     // reach on_commit too.
     if (!on_commit_.is_none())
-      cc.on_commit = [this](const std::vector<std::pair<TopicPartition, std::uint64_t>>& sent, const Status& result) {
-        committed_back(sent, result);
+      cc.on_commit = [self = self_](const std::vector<std::pair<TopicPartition, std::uint64_t>>& sent, const Status& result) {
+        if (PyConsumer* me = *self) me->committed_back(sent, result);
       };
     stats_cb_ = callable(c.object("stats_cb"), "stats_cb");
     cc.statistics_interval = std::chrono::milliseconds(c.integer("statistics.interval.ms", 0));
     if (!stats_cb_.is_none())
-      cc.statistics_cb = [this](const std::string& json) { run_callback([&] { stats_cb_(pb::str(json)); }); };
+      cc.statistics_cb = [self = self_](const std::string& json) {
+        if (PyConsumer* me = *self) me->run_callback([&] { me->stats_cb_(pb::str(json)); });
+      };
     bus_ = c.attach_bus();
     consumer_.emplace(take(Consumer::create(bus_, cc)));
   }
 
   ~PyConsumer() {
     dying_ = true;  // no Python callbacks from the destructor
-    release_views();  // they point into what is about to be freed
+    *self_ = nullptr;  // nor from a consumer closed later
+    release_views();   // the memoryviews handed out
+    if (lease_) {
+      ++lease_->generation;
+      if (lease_->exports != 0 && consumer_) {
+        // A slice (or another view) of a value lives on: the consumer stays, holding what it
+        // reads, and is closed with the last such view (value_buffer_release).
+        lease_->consumer.emplace(std::move(*consumer_));
+        consumer_.reset();
+        lease_->bus = std::move(bus_);
+        return;
+      }
+    }
     if (consumer_) {
       pb::gil_scoped_release nogil;
       consumer_.reset();
@@ -95,6 +194,7 @@ class PyConsumer {
   void subscribe(const std::vector<std::string>& topics, pb::object on_assign, pb::object on_revoke, pb::object on_lost) {
     Consumer& c = open(true);
     if (group_.empty()) raise(kErrInvalidArg, "subscribe() needs 'group.id' in the configuration");
+    leave_views("subscribe()");
     for (const auto& t : topics)
       if (t.starts_with("^")) raise(kErrNotImplemented, fmt::format("subscribe('{}'): regex subscriptions are not supported", t));
     for (const auto* f : {&on_assign, &on_revoke, &on_lost})
@@ -114,7 +214,7 @@ class PyConsumer {
 
   void unsubscribe() {
     Consumer& c = open(true);
-    give_back();
+    give_back("unsubscribe()");
     Status s;
     {
       Busy b(*this);
@@ -128,7 +228,7 @@ class PyConsumer {
   void assign(const pb::object& partitions) {
     Consumer& c = open(true);
     auto tps = to_tps(partitions, "partitions");
-    give_back();
+    give_back("assign()");
     replace_assignment(c, tps);
     pending_error_.reset();
     for (auto item : partitions) apply_offset(c, item.cast<const PyTopicPartition&>(), true);
@@ -136,7 +236,7 @@ class PyConsumer {
 
   void unassign() {
     Consumer& c = open(true);
-    give_back();
+    give_back("unassign()");
     pending_error_.reset();
     replace_assignment(c, {});
   }
@@ -165,8 +265,8 @@ class PyConsumer {
     else if (!fast_poll_method().parse(args, nargs, kwnames, a)) return fast_poll_method().fallback(self, args, nargs, kwnames);
     if (!plain_timeout(a[0])) return fast_poll_method().fallback(self, args, nargs, kwnames);
     // A record of the batch already fetched: what poll() does for it, without the steps
-    // that have nothing to do here (no views to release; the timeout not read).
-    if (consumer_ && !busy_ && views_.empty() && next_ < batch_.size()) return message(batch_[next_++]).release().ptr();
+    // that have nothing to do here (no views to end; the timeout not read).
+    if (consumer_ && !busy_ && !lease_ && next_ < batch_.size()) return message(batch_[next_++]).release().ptr();
     return poll(pb::reinterpret_borrow<pb::object>(a[0] ? a[0] : Py_None)).release().ptr();
   }
   PyObject* consume_fast(PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {
@@ -182,7 +282,7 @@ class PyConsumer {
 
   pb::object poll(const pb::object& timeout) {
     Consumer& c = open(true);
-    release_views();
+    leave_views("poll()");
     if (pending_error_) return take_pending_error();
     if (next_ >= batch_.size() && !fetch(c, to_timeout(timeout))) return error_message();
     if (next_ >= batch_.size()) return pb::none();
@@ -192,7 +292,7 @@ class PyConsumer {
   pb::list consume(std::int64_t num_messages, const pb::object& timeout) {
     Consumer& c = open(true);
     if (num_messages < 0 || num_messages > 1'000'000) throw pb::value_error("num_messages must be 0..1000000");
-    release_views();
+    leave_views("consume()");
     if (num_messages == 0) return pb::list();
     if (pending_error_) {
       pb::list out;
@@ -245,7 +345,7 @@ class PyConsumer {
         offs.push_back({tps[i++], static_cast<std::uint64_t>(tp.offset)});
       }
     } else {
-      give_back();
+      give_back("commit()");
       for (const auto& tp : c.assignment()) offs.push_back({tp, take(c.position(tp))});
     }
     const bool positions = message.is_none() && offsets.is_none();
@@ -256,8 +356,8 @@ class PyConsumer {
       // Asynchronous: on_commit(err, partitions) hears busd's answer from a later poll() or close().
       Consumer::CommitCallback done;
       if (asynchronous && !on_commit_.is_none())
-        done = [this](const std::vector<std::pair<TopicPartition, std::uint64_t>>& sent, const Status& result) {
-          committed_back(sent, result);
+        done = [self = self_](const std::vector<std::pair<TopicPartition, std::uint64_t>>& sent, const Status& result) {
+          if (PyConsumer* me = *self) me->committed_back(sent, result);
         };
       if (!asynchronous) s = c.commit(offs);
       else if (positions) s = done ? c.commit_async(std::move(done)) : c.commit_async();
@@ -293,7 +393,7 @@ class PyConsumer {
   pb::list position(const pb::object& partitions) {
     Consumer& c = open(false);
     auto tps = to_tps(partitions, "partitions");
-    give_back();
+    give_back("position()");
     pb::list out;
     for (const auto& tp : tps) {
       auto p = c.position(tp);
@@ -308,7 +408,7 @@ class PyConsumer {
     Consumer& c = open(false);
     if (!pb::isinstance<PyTopicPartition>(partition)) throw pb::type_error("seek() takes a TopicPartition");
     const auto& tp = partition.cast<const PyTopicPartition&>();
-    give_back();
+    give_back("seek()");
     if (tp.offset < 0 && tp.offset != kOffsetBeginning && tp.offset != kOffsetEnd)
       raise(kErrInvalidArg, fmt::format("seek(): offset {} of {}-{}: an offset, OFFSET_BEGINNING or OFFSET_END", tp.offset, tp.topic, tp.partition));
     apply_offset(c, tp);
@@ -317,7 +417,7 @@ class PyConsumer {
   void pause(const pb::object& partitions) {
     Consumer& c = open(false);
     auto tps = to_tps(partitions, "partitions");
-    give_back();
+    give_back("pause()");
     check(c.pause(tps));
   }
 
@@ -387,8 +487,7 @@ class PyConsumer {
     if (!consumer_) return;
     if (busy_ && !in_callback_) raise(kErrState, "Consumer is in use by another thread");
     if (in_callback_) raise(kErrState, "close() from a rebalance callback");
-    release_views();
-    give_back();
+    give_back("close()");
     Status s;
     {
       Busy b(*this);
@@ -494,8 +593,11 @@ class PyConsumer {
     return out;
   }
 
-  // The records of the batch not handed out: their partitions go back to them.
-  void give_back() {
+  // The records of the batch not handed out: their partitions go back to them. This moves
+  // the gates of a consumer that holds producers back past what was handed out: the views
+  // handed out end first (leave_views), `call` naming the call for its error.
+  void give_back(const char* call) {
+    leave_views(call);
     if (next_ >= batch_.size()) {
       batch_ = {};
       next_ = 0;
@@ -509,19 +611,43 @@ class PyConsumer {
     for (const auto& [tp, off] : first) check(consumer_->seek(tp, off));
   }
 
+  // Releases the memoryviews handed out (using one then raises ValueError).
   void release_views() {
     for (auto& v : views_) {
       PyObject* r = PyObject_CallMethod(v.ptr(), "release", nullptr);
       if (r) Py_DECREF(r);
-      else PyErr_Clear();  // still exported (a numpy array over it): left as it is
+      else PyErr_Clear();  // exported itself (an array made over it): its export still counts
     }
     views_.clear();
   }
 
+  // Before the consumer moves on from the values handed out (the next fetch reuses its
+  // buffer; moving a gate lets producers overwrite the ring): the memoryviews handed out are
+  // released and no new view of those values can be made. If a view derived from one still
+  // lives (a slice, memoryview(v), an array over it), it could read what moved on: `call`
+  // is refused, having changed nothing, until that view is released.
+  void leave_views(const char* call) {
+    if (!lease_) return;
+    release_views();
+    ++lease_->generation;
+    if (lease_->exports != 0)
+      raise(kErrState, fmt::format("{}: a memoryview of a previous value (or a slice of it, a memoryview() of it, an array "
+                                   "over it) is still in use: release it (del, .release() or a with block) first; "
+                                   "the consumer has not moved on",
+                                   call));
+  }
+
   pb::object bytes_of(Bytes b) {
-    if (memoryview_) {
-      pb::object v = pb::reinterpret_steal<pb::object>(PyMemoryView_FromMemory(
-          const_cast<char*>(reinterpret_cast<const char*>(b.data())), static_cast<Py_ssize_t>(b.size()), PyBUF_READ));
+    if (lease_) {
+      auto* o = PyObject_New(PyValueBuffer, g_value_buffer_type);
+      if (!o) throw pb::error_already_set();
+      o->data = reinterpret_cast<const char*>(b.data());
+      o->size = static_cast<Py_ssize_t>(b.size());
+      o->generation = lease_->generation;
+      new (&o->lease) std::shared_ptr<ViewLease>(lease_);
+      auto owner = pb::reinterpret_steal<pb::object>(reinterpret_cast<PyObject*>(o));
+      // The memoryview holds an export of the owner (and so the owner) until it is released.
+      pb::object v = pb::reinterpret_steal<pb::object>(PyMemoryView_FromObject(owner.ptr()));
       if (!v) throw pb::error_already_set();
       views_.push_back(v);
       return v;
@@ -630,7 +756,8 @@ class PyConsumer {
   std::shared_ptr<Bus> bus_;
   std::optional<Consumer> consumer_;
   std::string group_;
-  bool memoryview_ = false;
+  std::shared_ptr<ViewLease> lease_;  // with shmbus.value.memoryview
+  std::shared_ptr<PyConsumer*> self_ = std::make_shared<PyConsumer*>(this);  // for the C++ consumer's callbacks
   std::span<const ConsumedRecord> batch_;
   std::size_t next_ = 0;
   Error error_;
@@ -650,6 +777,9 @@ class PyConsumer {
 }  // namespace
 
 void bind_consumer(pb::module_& m) {
+  g_value_buffer_type = reinterpret_cast<PyTypeObject*>(PyType_FromSpec(&g_value_buffer_spec));
+  if (!g_value_buffer_type) throw pb::error_already_set();
+  m.attr("ValueBuffer") = pb::handle(reinterpret_cast<PyObject*>(g_value_buffer_type));
   auto cls = pb::class_<PyConsumer>(m, "Consumer",
                          "Consumer(conf): reads partitions at its own offsets; assign() needs no daemon (unless\n"
                          "conf['group.id'] is set: then it starts at, and commits, the group's offsets), subscribe()\n"
@@ -660,7 +790,13 @@ void bind_consumer(pb::module_& m) {
                          "'auto.commit.interval.ms' (1000), 'session.timeout.ms' (45000), 'max.poll.interval.ms' (300000),\n'heartbeat.interval.ms' (3000, at most a third of the session timeout), 'group.instance.id',\n"
                          "'partition.assignment.strategy', 'client.id', 'on_commit', 'stats_cb' with\n"
                          "'statistics.interval.ms', 'shmbus.value.memoryview',\n"
-                         "'shmbus.hold.producers', 'shmbus.wait', 'shmbus.max.poll.records'.")
+                         "'shmbus.hold.producers', 'shmbus.wait', 'shmbus.max.poll.records'.\n"
+                         "With 'shmbus.value.memoryview', Message.value() is a read-only memoryview of the consumer's\n"
+                         "buffer or (holding producers back) the ring. The next poll(), consume(), close(), or call that\n"
+                         "moves positions (seek, position, pause, commit() of the positions, assign, unassign, subscribe,\n"
+                         "unsubscribe) releases it; while a view made from it lives (a slice, memoryview(v), an array),\n"
+                         "that call raises KafkaException(_STATE) and changes nothing: release the view and call again.\n"
+                         "A consumer dropped while such a view lives is closed when the view goes.")
       .def(pb::init<const pb::dict&>(), pb::arg("conf") = pb::dict())
       .def("subscribe", &PyConsumer::subscribe, pb::arg("topics"), pb::arg("on_assign") = pb::none(),
            pb::arg("on_revoke") = pb::none(), pb::arg("on_lost") = pb::none(),
@@ -682,7 +818,9 @@ void bind_consumer(pb::module_& m) {
       .def("assignment", &PyConsumer::assignment, "The assigned partitions.")
       .def("poll", &PyConsumer::poll, pb::arg("timeout") = pb::none(),
            "The next record as a Message, waiting up to `timeout` seconds (None: forever) without the GIL;\n"
-           "None when none came. A failure (offset out of range, topic deleted) is a Message whose error() is set.")
+           "None when none came. A failure (offset out of range, topic deleted) is a Message whose error() is set.\n"
+           "Memoryview values handed out before are released first; KafkaException(_STATE) if a slice or other\n"
+           "view made from one still lives (nothing changed: release it and poll again).")
       .def("consume", &PyConsumer::consume, pb::arg("num_messages") = 1, pb::arg("timeout") = -1,
            "Up to num_messages records: waits up to `timeout` seconds (-1: forever) for the first, then takes\n"
            "what is there without waiting more.")
@@ -713,7 +851,8 @@ void bind_consumer(pb::module_& m) {
       .def("memberid", &PyConsumer::memberid, "The group member id, or None.")
       .def("close", &PyConsumer::close,
            "Gives back what poll() has not handed out, commits (auto-commit), leaves the group and releases\n"
-           "the consumer; later calls raise RuntimeError. Closing twice is allowed.")
+           "the consumer; later calls raise RuntimeError. Closing twice is allowed. Refused with\n"
+           "KafkaException(_STATE), the consumer left open, while a view made from a memoryview value lives.")
       .def("__enter__", [](pb::object self) { return self; })
       .def("__exit__", [](PyConsumer& c, pb::args) { c.close(); return false; });
   PyConsumer::fast_poll_method().install(cls, "poll", [](PyObject* self, PyObject* const* args, Py_ssize_t nargs, PyObject* kwnames) {

@@ -101,7 +101,8 @@ const std::vector<ConfigKey>& config_keys() {
       {"fetch.wait.max.ms", C, Support::kIgnored, "records are read where they are"},
       {"isolation.level", C, Support::kIgnored, "no transactions"},
       {"shmbus.value.memoryview", C, Support::kUsed,
-       "Message.value() a memoryview into the consumer's buffer or the ring, valid until the next poll()/consume()"},
+       "Message.value() a memoryview into the consumer's buffer or the ring, released by the next poll()/consume()/close() "
+       "or call that moves positions, which are refused while a view made from it (a slice) lives"},
       {"shmbus.hold.producers", C, Support::kUsed, "ConsumerConfig::hold_producers (block topics: zero-copy views)"},
       {"shmbus.wait", C, Support::kUsed, "ConsumerConfig::wait: spin, yield, block, adaptive (default)"},
       {"shmbus.max.poll.records", C, Support::kUsed, "ConsumerConfig::max_poll_records (records per fetch)"},
@@ -205,14 +206,26 @@ BorrowedBytes::BorrowedBytes(pb::handle obj, const char* what) {
                    static_cast<std::size_t>(PyBytes_GET_SIZE(obj.ptr())));
     return;
   }
-  if (PyObject_CheckBuffer(obj.ptr()) && PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_C_CONTIGUOUS) == 0) {
-    has_view_ = true;
-    bytes_ = Bytes(static_cast<const std::byte*>(view_.buf), static_cast<std::size_t>(view_.len));
-    return;
+  auto type = [&] { return pb::str(pb::type::handle_of(obj).attr("__name__")).cast<std::string>(); };
+  if (PyObject_CheckBuffer(obj.ptr())) {
+    if (PyObject_GetBuffer(obj.ptr(), &view_, PyBUF_C_CONTIGUOUS) == 0) {
+      has_view_ = true;
+      bytes_ = Bytes(static_cast<const std::byte*>(view_.buf), static_cast<std::size_t>(view_.len));
+      return;
+    }
+    // A buffer, but not one to be read in place: say why rather than "not a buffer".
+    pb::error_already_set why;  // (takes the Python error)
+    Py_buffer strided{};
+    if (PyObject_GetBuffer(obj.ptr(), &strided, PyBUF_STRIDED_RO) == 0) {
+      PyBuffer_Release(&strided);
+      throw pb::type_error(fmt::format("{} is a {} buffer that is not C-contiguous (strided): make a contiguous copy "
+                                       "first (bytes(x), numpy.ascontiguousarray(x))",
+                                       what, type()));
+    }
+    PyErr_Clear();
+    throw pb::type_error(fmt::format("{}: the buffer of the {} cannot be read ({})", what, type(), why.what()));
   }
-  PyErr_Clear();
-  throw pb::type_error(fmt::format("{} must be str, bytes, a contiguous buffer or None, not {}", what,
-                                   pb::str(pb::type::handle_of(obj).attr("__name__")).cast<std::string>()));
+  throw pb::type_error(fmt::format("{} must be str, bytes, a contiguous buffer or None, not {}", what, type()));
 }
 
 BorrowedBytes::~BorrowedBytes() {
@@ -329,7 +342,9 @@ PyMethodDef g_message_methods[] = {
 const char* const kMessageDoc =
     "A consumed record (or a consumer error: error() is then set), or the record of a delivery\n"
     "report. value() is bytes, or a memoryview with 'shmbus.value.memoryview' (valid until the\n"
-    "consumer's next poll()/consume()/close(); it is released then and raises ValueError).";
+    "consumer's next poll()/consume()/close() or call that moves positions, which releases it:\n"
+    "it raises ValueError then; while a view made from it (a slice, memoryview(v)) lives, those\n"
+    "calls raise KafkaException(_STATE) and change nothing).";
 
 PyType_Slot g_message_slots[] = {
     {Py_tp_dealloc, reinterpret_cast<void*>(message_dealloc)},

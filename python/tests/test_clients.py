@@ -1,5 +1,6 @@
 # Producer, Consumer and Message: every method, on one process.
 import ast
+import gc
 import inspect
 import os
 import re
@@ -225,11 +226,16 @@ def test_assign_at_an_overwritten_offset_follows_auto_offset_reset(bus, reset):
     c.close()
 
 
-def test_memoryview_values_live_until_the_next_poll(bus):
+def view_topic(bus, n):
+    """The block topic t with n records value-0, value-1..."""
     make_topic(bus, "t", 1, **{"shmbus.retention": "block"})
     p = Producer({"bus": bus})
-    for i in range(3):
+    for i in range(n):
         p.produce("t", b"value-%d" % i, partition=0)
+
+
+def test_memoryview_values_live_until_the_next_poll(bus):
+    view_topic(bus, 3)
     c = consumer_at(bus, [TopicPartition("t", 0)], **{"shmbus.value.memoryview": True, "shmbus.hold.producers": True})
     m = c.poll(5.0)
     v = m.value()
@@ -248,6 +254,143 @@ def test_memoryview_values_live_until_the_next_poll(bus):
     del c
     with pytest.raises(ValueError):
         bytes(v)
+
+
+def view_consumer(bus, **conf):
+    return consumer_at(bus, [TopicPartition("t", 0)], **{"shmbus.value.memoryview": True, **conf})
+
+
+def refused(call):
+    """call() refused because a view of a previous value is still alive: KafkaException(_STATE)."""
+    with pytest.raises(KafkaException) as e:
+        call()
+    assert e.value.args[0].code() == KafkaError._STATE and "memoryview" in str(e.value), e.value
+
+
+@pytest.mark.parametrize("hold", [False, True])
+def test_a_slice_or_memoryview_of_a_value_keeps_the_consumer_where_it_is(bus, hold):
+    # A slice v[1:] or memoryview(v) is a memoryview of its own: releasing v does not end it.
+    # The consumer must not move on (and free or hand the bytes to producers) while one lives.
+    view_topic(bus, 4)
+    c = view_consumer(bus, **{"shmbus.hold.producers": hold, "shmbus.max.poll.records": 1})
+    v = c.poll(5.0).value()
+    s = v[1:]
+    refused(lambda: c.poll(0.1))
+    with pytest.raises(ValueError):
+        bytes(v)  # the value itself was released by that poll
+    assert bytes(s) == b"alue-0" and s[0] == ord("a"), "the bytes of a live slice never move on"
+    with pytest.raises(BufferError):
+        memoryview(s.obj)  # no new view of a value the consumer has left
+    refused(lambda: c.consume(5, 0.1))
+    refused(lambda: c.position([TopicPartition("t", 0)]))
+    refused(lambda: c.seek(TopicPartition("t", 0, 0)))
+    s.release()
+    w = c.poll(5.0).value()
+    assert bytes(w) == b"value-1", "the refused calls did not move on"
+    m = memoryview(w)
+    refused(lambda: c.poll(0.1))
+    assert bytes(m) == b"value-1"
+    del m
+    assert bytes(c.poll(5.0).value()) == b"value-2"
+    c.close()
+
+
+def test_views_released_by_with_blocks_let_the_next_poll_go_on(bus):
+    view_topic(bus, 3)
+    c = view_consumer(bus, **{"shmbus.hold.producers": True})
+    with c.poll(5.0).value() as v:
+        with v[6:] as s, memoryview(v) as w:
+            assert bytes(s) == b"0" and bytes(w) == b"value-0"
+    assert bytes(c.poll(5.0).value()[6:]) == b"1"  # a temporary slice, gone at once
+    assert [bytes(m.value()) for m in c.consume(5, 1.0)] == [b"value-2"]
+    c.close()
+
+
+def test_close_with_a_live_slice_is_refused_until_it_goes(bus):
+    view_topic(bus, 1)
+    c = view_consumer(bus, **{"shmbus.hold.producers": True})
+    s = c.poll(5.0).value()[2:]
+    refused(c.close)
+    assert bytes(s) == b"lue-0"
+    assert c.assignment() == [TopicPartition("t", 0)], "still open"
+    s.release()
+    c.close()
+    with pytest.raises(RuntimeError, match="Consumer closed"):
+        c.poll(0)
+
+
+def fill(p, value):
+    """Produces `value` until the block topic t is full: (records that went in, the KafkaError that stopped them)."""
+    for n in range(1000):
+        try:
+            p.produce("t", value, partition=0)
+        except KafkaException as e:
+            return n, e.args[0]
+    raise AssertionError("the block topic never filled up")
+
+
+def test_a_live_view_holds_producers_back_and_its_bytes_never_change(bus):
+    make_topic(bus, "t", 1, **{"shmbus.retention": "block", "shmbus.capacity": 4096})
+    p = Producer({"bus": bus, "shmbus.max.block.ms": 50})
+    p.produce("t", b"A" * 512, partition=0)
+    c = view_consumer(bus, **{"shmbus.hold.producers": True, "shmbus.max.poll.records": 1})
+    s = c.poll(5.0).value()[1:]
+    n, err = fill(p, b"B" * 512)
+    assert n >= 2 and err.code() == KafkaError.TIMED_OUT
+    refused(lambda: c.poll(0.1))
+    n, err = fill(p, b"C" * 512)
+    assert n == 0 and err.code() == KafkaError.TIMED_OUT, "the refused poll let producers pass"
+    assert bytes(s) == b"A" * 511
+    s.release()
+    assert bytes(c.poll(5.0).value()) == b"B" * 512
+    n, err = fill(p, b"D" * 512)
+    assert n >= 1, "the room of the first record is given back"
+    # A consumer dropped (not closed) while a slice lives: it stays, holding producers, until
+    # the slice goes; then it is closed and producers pass.
+    s = c.poll(5.0).value()[1:]
+    del c
+    gc.collect()
+    n, err = fill(p, b"E" * 512)
+    assert err.code() == KafkaError.TIMED_OUT and n <= 2
+    assert bytes(s) == b"B" * 511
+    s.release()
+    for _ in range(20):
+        p.produce("t", b"F" * 512, partition=0)
+
+
+def test_a_call_that_moves_positions_releases_the_views_first(bus):
+    # position() gives back the fetched records not handed out: the gate of a consumer that
+    # holds producers back moves past the value handed out, whose room producers then take.
+    make_topic(bus, "t", 1, **{"shmbus.retention": "block", "shmbus.capacity": 4096})
+    p = Producer({"bus": bus, "shmbus.max.block.ms": 50})
+    c = view_consumer(bus, **{"shmbus.hold.producers": True})
+    assert fill(p, b"A" * 512)[0] >= 2
+    v = c.poll(5.0).value()
+    assert fill(p, b"B" * 512)[0] == 0, "held back"
+    assert c.position([TopicPartition("t", 0)])[0].offset == 1
+    assert fill(p, b"B" * 512)[0] >= 1, "the first record's room went to producers"
+    with pytest.raises(ValueError):
+        bytes(v)  # released by position(): never reads the bytes that replaced it
+    c.close()
+
+
+def test_produce_reads_a_buffer_in_place(bus):
+    import tracemalloc
+    make_topic(bus, "t", 1, **{"shmbus.capacity": 32 << 20})
+    p = Producer({"bus": bus})
+    big = bytearray(b"x" * (4 << 20))
+    p.produce("t", big, partition=0)  # warm: first-use allocations are not the value's
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        p.produce("t", big, partition=0)
+        p.produce("t", memoryview(big)[1:], partition=0)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak - before < 256 << 10, f"produce() copied the value: peak +{peak - before} bytes"
+    with pytest.raises(TypeError, match="not C-contiguous"):
+        p.produce("t", memoryview(b"abcd")[::2], partition=0)
 
 
 def test_context_managers_and_closed_clients_raise(bus):
