@@ -908,6 +908,34 @@ TEST(Ring, StoppedExclusiveWritersClaimIsNeverTimedOut) {
   EXPECT_EQ(f.read(r, 1), (std::vector<std::uint64_t>{0}));
 }
 
+// Nobody aborts a live exclusive writer's claim, so a tag that is not its own when it commits
+// was forged (or written by a process that broke the protocol): the commit is refused, named,
+// counted, and nothing of the claim is read. The exclusive commit is inline (shm/ring.h); this
+// is its one way out of line.
+TEST(Ring, AnExclusiveWritersCommitOverAForgedAbortIsRefusedAndNothingOfItIsRead) {
+  ForgedRing f;
+  {
+    RingWriter first(f.ring);
+    ASSERT_TRUE(first.open(f.seg, true));
+    f.produce(first, 16, 1);  // offset 0
+  }
+  const pid_t child = writer_child(f, {64}, Step::kBeforeCommit, Fate::kStop, /*exclusive=*/true);
+  // Its claim is offset 1; the entry is rewritten to ABORTED while it is stopped.
+  auto* e = reinterpret_cast<Pair64*>(f.ring.entry(1));
+  const Pair64 was = snapshot128(&f.ring.ctl()->tail);
+  ASSERT_EQ(was.first, 2u) << "the stopped writer's claim is at offset 1";
+  *e = Pair64{encode_tag(1, ClaimState::kAborted, f.ring.salt()), with_why(e->second, ClaimWhy::kTimedOut)};
+  EXPECT_EQ(continue_and_reap(child), 7) << "its commit was refused";
+  EXPECT_EQ(f.stats().late_commits_refused.load(), 1u);
+  RingWriter next(f.ring);
+  ASSERT_TRUE(next.open(f.seg, true));
+  EXPECT_EQ(f.produce(next, 16, 2), 2u);
+  RingReader r(f.ring);
+  r.seek_earliest();
+  EXPECT_EQ(f.read(r, 2), (std::vector<std::uint64_t>{0, 2})) << "nothing of the refused claim is read";
+  EXPECT_EQ(r.aborted_skipped(), 1u);
+}
+
 // Found by attacking the exclusive path: the mark `exclusive` on a claim is shared bytes.
 // Trusted alone, a forged or stale one would hold readers, then producers, for ever.
 TEST(Ring, ForgedExclusiveMarkOnAShareWritersClaimIsStillTimedOut) {
