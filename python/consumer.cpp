@@ -652,7 +652,7 @@ class PyConsumer {
       views_.push_back(v);
       return v;
     }
-    return pb::bytes(reinterpret_cast<const char*>(b.data()), b.size());
+    return pb::reinterpret_steal<pb::object>(value_bytes(reinterpret_cast<const char*>(b.data()), static_cast<Py_ssize_t>(b.size())));
   }
 
   // The str of a record's topic, one object per topic name. A batch's records name their

@@ -5,6 +5,7 @@
 
 #include <cctype>
 #include <cstdlib>
+#include <cstring>
 #include <tuple>
 
 #include <fmt/format.h>
@@ -274,11 +275,31 @@ constexpr std::size_t kFreeMessagesMax = 1024;  // two batches of max.poll.recor
 PyMessage* g_free_messages[kFreeMessagesMax];
 std::size_t g_free_message_count = 0;
 
+// Value bytes kept for the next ones: those of one size (the last kept), each referenced by
+// nothing else when its Message died (so no one can see it change before it is handed out
+// again, its hash reset). Not sizes 0 and 1, whose bytes CPython shares.
+constexpr std::size_t kFreeBytesMax = 1024;
+PyObject* g_free_bytes[kFreeBytesMax];
+std::size_t g_free_bytes_count = 0;
+Py_ssize_t g_free_bytes_size = -1;
+
+void keep_or_drop_value(PyObject* v) {
+  if (v && Py_REFCNT(v) == 1 && PyBytes_CheckExact(v)) {
+    const Py_ssize_t n = PyBytes_GET_SIZE(v);
+    if (n >= 2 && (n == g_free_bytes_size || g_free_bytes_count == 0) && g_free_bytes_count < kFreeBytesMax) {
+      g_free_bytes_size = n;
+      g_free_bytes[g_free_bytes_count++] = v;  // our reference, kept
+      return;
+    }
+  }
+  Py_XDECREF(v);
+}
+
 void message_dealloc(PyObject* self) {
   PyMessage* m = self_message(self);
   Py_XDECREF(m->topic);
   Py_XDECREF(m->key);
-  Py_XDECREF(m->value);
+  keep_or_drop_value(m->value);
   Py_XDECREF(m->headers);
   Py_XDECREF(m->error);
   PyTypeObject* type = Py_TYPE(self);
@@ -286,6 +307,27 @@ void message_dealloc(PyObject* self) {
   else PyObject_Free(self);
   Py_DECREF(type);  // a heap type: each instance holds a reference to it
 }
+
+}  // namespace
+
+PyObject* value_bytes(const char* data, Py_ssize_t size) {
+  if (size == g_free_bytes_size && g_free_bytes_count > 0) {
+    PyObject* b = g_free_bytes[--g_free_bytes_count];
+    std::memcpy(PyBytes_AS_STRING(b), data, static_cast<std::size_t>(size));  // its NUL after stays
+    // A hash of the old bytes may be cached. The field is deprecated since 3.11 (bytes keep
+    // their hash there still): nothing in the API resets it.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+    reinterpret_cast<PyBytesObject*>(b)->ob_shash = -1;
+#pragma GCC diagnostic pop
+    return b;
+  }
+  PyObject* b = PyBytes_FromStringAndSize(data, size);
+  if (!b) throw pb::error_already_set();
+  return b;
+}
+
+namespace {
 
 PyObject* message_topic(PyObject* self, PyObject*) { return field(self_message(self)->topic); }
 PyObject* message_partition(PyObject* self, PyObject*) { return PyLong_FromLong(self_message(self)->partition); }

@@ -126,6 +126,11 @@ struct PyMessage {
   std::int64_t timestamp_ms;
   int timestamp_type;  // TIMESTAMP_NOT_AVAILABLE (0) or TIMESTAMP_CREATE_TIME (1)
 };
+// A new bytes holding `size` bytes from `data`, reusing the memory of a value bytes a dying
+// Message held alone when one of that size is kept (as CPython keeps freed floats): a consumer
+// makes one per record, mostly of one size. Throws pb::error_already_set when Python cannot
+// allocate it. Under the GIL.
+PyObject* value_bytes(const char* data, Py_ssize_t size);
 // A new Message (reusing a freed one's memory when one is kept) whose fields are not set:
 // the caller sets every field, the object ones to owned references, before anything else
 // can see it. Throws pb::error_already_set when Python cannot allocate it.

@@ -272,3 +272,37 @@ def test_messages_outlive_their_consumer_and_later_messages(bus):
     kept[0].set_value(b"changed")  # one Message's fields are its own
     assert kept[0].value() == b"changed"
     assert by_topic(kept[1:]) == [f for f in want if (f[0], f[2]) != (kept[0].topic(), kept[0].offset())]
+
+
+# A dying Message's value bytes, referenced by nothing else, are reused for the next value
+# of its size (python/module.cpp, value_bytes): a value still held elsewhere never changes,
+# and a reused one hashes and compares as what it now holds (its cached hash is reset).
+def test_reused_value_bytes_never_change_a_held_value_and_hash_anew(bus):
+    make_topic(bus, "reuse", 1)
+    p = Producer({"bus": bus})
+    n = 3000
+    expected = [(b"%08d" % i) * 8 for i in range(n)]  # 64 bytes each, all different
+    for v in expected:
+        p.produce("reuse", v, partition=0)
+    p.flush(10)
+    p.close()
+    c = Consumer({"bus": bus, "auto.offset.reset": "earliest"})
+    c.assign([TopicPartition("reuse", 0, shmbus.OFFSET_BEGINNING)])
+    held = {}
+    seen = 0
+    while seen < n:
+        batch = c.consume(100, 5.0) if seen % 2 == 0 else [c.poll(5.0)]
+        for m in batch:
+            assert m is not None and m.error() is None
+            i = m.offset()
+            v = m.value()
+            assert v == expected[i]
+            assert hash(v) == hash(bytes(bytearray(expected[i]))), f"offset {i}: a stale hash"
+            assert {v: i}[expected[i]] == i
+            if i % 7 == 0:
+                held[i] = v  # kept: its bytes must never be reused
+            seen += 1
+        del batch, m, v
+    c.close()
+    for i, v in held.items():
+        assert v == expected[i], f"the value of offset {i}, held, changed"
