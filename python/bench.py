@@ -9,7 +9,8 @@ between two Python processes with a spinning consumer (shmbus.wait=spin, poll(0)
 the same measures for confluent-kafka through busd's Kafka listener on the same bus
 (busctl kafka start, busctl found as $SHMBUS_BUSCTL, beside $SHMBUS_BUSD, or on PATH; the row
 says why when it cannot run), with --kafka-records and --kafka-pings; and for
-multiprocessing.Pipe (send_bytes/recv_bytes, the reader spinning on poll(0)). Prints a
+multiprocessing.Pipe (send_bytes/recv_bytes, the reader spinning on poll(0)) and
+multiprocessing.Queue (put/get, the reader spinning on get_nowait()). Prints a
 Markdown table. Run it under the project's build lock (flock /tmp/shmbus-build.lock ...):
 the machine is shared and the numbers are otherwise noise.
 """
@@ -17,6 +18,8 @@ import argparse
 import importlib.util
 import multiprocessing as mp
 import os
+import pickle
+import queue
 import re
 import shutil
 import subprocess
@@ -90,6 +93,14 @@ def shm_pong(bus, n, ready):
     return lat
 
 
+def pace(t, gap_us):
+    """Waits until gap_us after t, spinning, but letting the process's other threads run
+    (time.sleep(0) gives up the GIL): multiprocessing.Queue's feeder thread, which writes
+    what put() queued, would otherwise wait for the GIL's 5 ms switch interval a record."""
+    while time.monotonic_ns() - t < gap_us * 1000:
+        time.sleep(0)
+
+
 def ping(pong_fn, pong_args, send, n, gap_us):
     """Runs pong_fn(*pong_args, n, ready) in another process; sends WARM until it is ready,
     then n pings `gap_us` apart, each stamped when sent; the reader's samples (ns)."""
@@ -109,8 +120,7 @@ def ping(pong_fn, pong_args, send, n, gap_us):
             for _ in range(n):
                 t = time.monotonic_ns()
                 send(t.to_bytes(8, "little") + pad)
-                while time.monotonic_ns() - t < gap_us * 1000:
-                    pass
+                pace(t, gap_us)
             return res.get(120)
 
 
@@ -221,43 +231,91 @@ def kafka_bench(bus, n_rate, n_ping, gap_us):
     return prod, cons, cons_b, kafka_latency(address, n_ping, gap_us)
 
 
-def pipe_reader(conn, n, mode):
-    lat = []
+class PipeEnd:
+    """multiprocessing.Pipe's ends as the bench uses them: send, and a reader's non-blocking
+    try (None when nothing is there)."""
+
+    def __init__(self, conn):
+        self.conn = conn
+
+    def send(self, b):
+        self.conn.send_bytes(b)
+
+    def get(self):
+        return self.conn.recv_bytes()
+
+    def try_get(self):
+        return self.conn.recv_bytes() if self.conn.poll(0) else None
+
+
+class QueueEnd:
+    """multiprocessing.Queue the same way (put/get; get_nowait spinning, as the pipe's
+    reader spins on poll(0)). A put hands the value to the queue's feeder thread, which
+    pickles and writes it to the queue's pipe: what a Queue user's record goes through."""
+
+    def __init__(self, q):
+        self.q = q
+
+    def send(self, b):
+        self.q.put(b)
+
+    def get(self):
+        return self.q.get()
+
+    def try_get(self):
+        try:
+            return self.q.get_nowait()
+        except queue.Empty:
+            return None
+
+
+def mp_reader(inbox, outbox, n, mode):
     if mode == "rate":
         for _ in range(n):
-            conn.recv_bytes()
-        conn.send_bytes(b"done")
+            inbox.get()
+        outbox.send(b"done")
         return
+    lat = []
     now = time.monotonic_ns
     while len(lat) < n:
-        if conn.poll(0):
-            b = conn.recv_bytes()
+        b = inbox.try_get()
+        if b is not None:
             lat.append(now() - int.from_bytes(b[:8], "little"))
-    conn.send(lat)
+    outbox.send(pickle.dumps(lat))
 
 
-def pipe_bench(n_rate, n_ping, gap_us):
+def mp_bench(kind, n_rate, n_ping, gap_us):
+    """Records/s and ping latency through a multiprocessing Pipe or Queue (kind), with the
+    same values, gap and spinning reader as the shmbus row."""
     ctx = mp.get_context("spawn")
-    a, b = ctx.Pipe()
-    proc = ctx.Process(target=pipe_reader, args=(b, n_rate, "rate"))
+
+    def ends():
+        if kind == "pipe":
+            a, b = ctx.Pipe()
+            c, d = ctx.Pipe()
+            return PipeEnd(a), PipeEnd(b), PipeEnd(c), PipeEnd(d)
+        q, r = ctx.Queue(), ctx.Queue()
+        return QueueEnd(q), QueueEnd(q), QueueEnd(r), QueueEnd(r)
+
+    tx, rx, back_tx, back_rx = ends()
+    proc = ctx.Process(target=mp_reader, args=(rx, back_tx, n_rate, "rate"))
     proc.start()
     t0 = time.perf_counter()
     for _ in range(n_rate):
-        a.send_bytes(VALUE)
-    a.recv_bytes()
+        tx.send(VALUE)
+    back_rx.get()
     rate = n_rate / (time.perf_counter() - t0)
     proc.join()
-    a, b = ctx.Pipe()
-    proc = ctx.Process(target=pipe_reader, args=(b, n_ping, "ping"))
+    tx, rx, back_tx, back_rx = ends()
+    proc = ctx.Process(target=mp_reader, args=(rx, back_tx, n_ping, "ping"))
     proc.start()
     time.sleep(0.3)
     pad = b"\0" * 56
     for _ in range(n_ping):
         t = time.monotonic_ns()
-        a.send_bytes(t.to_bytes(8, "little") + pad)
-        while time.monotonic_ns() - t < gap_us * 1000:
-            pass
-    lat = a.recv()
+        tx.send(t.to_bytes(8, "little") + pad)
+        pace(t, gap_us)
+    lat = pickle.loads(back_rx.get())
     proc.join()
     return rate, lat
 
@@ -280,7 +338,8 @@ def main():
         cons_b = consume_rate(bus, args.records, 500)
         lat = shm_latency(bus, args.pings, args.gap_us)
         kafka = kafka_bench(bus, args.kafka_records, args.kafka_pings, args.gap_us)
-        pipe_rate, pipe_lat = pipe_bench(args.records, args.pings, args.gap_us)
+        pipe_rate, pipe_lat = mp_bench("pipe", args.records, args.pings, args.gap_us)
+        queue_rate, queue_lat = mp_bench("queue", args.records, args.pings, args.gap_us)
     finally:
         shmbus.delete_bus(bus, purge_disk=True)
 
@@ -301,8 +360,9 @@ def main():
         print(f"| confluent-kafka through busd's Kafka listener (poll per record; consume(500)) | {kprod / 1e6:.2f} M | "
               f"{kcons / 1e6:.2f} M; {kcons_b / 1e6:.2f} M | {us(pct(klat, .5))} | {us(pct(klat, .9))} | "
               f"{us(pct(klat, .99))} | {us(pct(klat, .999))} |")
-    print(f"| multiprocessing.Pipe | {pipe_rate / 1e6:.2f} M | (same) | {us(pct(pipe_lat, .5))} | {us(pct(pipe_lat, .9))} | "
-          f"{us(pct(pipe_lat, .99))} | {us(pct(pipe_lat, .999))} |")
+    for label, rate, lat in (("multiprocessing.Pipe", pipe_rate, pipe_lat), ("multiprocessing.Queue", queue_rate, queue_lat)):
+        print(f"| {label} | {rate / 1e6:.2f} M | (same) | {us(pct(lat, .5))} | {us(pct(lat, .9))} | "
+              f"{us(pct(lat, .99))} | {us(pct(lat, .999))} |")
 
 
 if __name__ == "__main__":
