@@ -485,7 +485,8 @@ class PyConsumer {
 
   void close() {
     if (!consumer_) return;
-    if (busy_ && !in_callback_) raise(kErrState, "Consumer is in use by another thread");
+    if (busy_ && !in_callback_)
+      raise(kErrState, "Consumer is in use by another thread, or by the call a signal handler interrupted");
     if (in_callback_) raise(kErrState, "close() from a rebalance callback");
     give_back("close()");
     Status s;
@@ -515,7 +516,10 @@ class PyConsumer {
   // `full`: a call that may wait or change the assignment, refused from rebalance callbacks.
   Consumer& open(bool full) {
     if (!consumer_) raise_closed("Consumer");
-    if (busy_ && !in_callback_) raise(kErrState, "Consumer is in use by another thread (a Consumer belongs to one thread at a time)");
+    if (busy_ && !in_callback_)
+      raise(kErrState,
+            "Consumer is in use by another thread (a Consumer belongs to one thread at a time), or by the call a signal "
+            "handler interrupted");
     if (busy_ && full) raise(kErrState, "this call cannot be made from a rebalance callback (seek, pause, resume, position and assignment can)");
     return *consumer_;
   }
@@ -566,12 +570,15 @@ class PyConsumer {
     next_ = 0;
     last_topic_data_ = nullptr;  // views into the batch are gone
     const auto deadline = timeout ? std::chrono::steady_clock::now() + *timeout : std::chrono::steady_clock::time_point::max();
+    // Busy for the whole fetch, signal checks included: a signal handler that calls close()
+    // or poll() on this consumer meanwhile is refused (it would destroy the Consumer under
+    // this loop, or replace the batch not handed out yet).
+    Busy busy(*this);
     for (;;) {
       std::chrono::nanoseconds slice = 100ms;  // then signals are looked at
       if (timeout) slice = std::min<std::chrono::nanoseconds>(slice, std::max<std::chrono::nanoseconds>(0ns, deadline - std::chrono::steady_clock::now()));
       Result<std::span<const ConsumedRecord>> r;
       {
-        Busy b(*this);
         pb::gil_scoped_release nogil;
         r = c.poll(slice);
       }
@@ -613,12 +620,19 @@ class PyConsumer {
 
   // Releases the memoryviews handed out (using one then raises ValueError).
   void release_views() {
+    std::vector<pb::object> kept;
     for (auto& v : views_) {
       PyObject* r = PyObject_CallMethod(v.ptr(), "release", nullptr);
-      if (r) Py_DECREF(r);
-      else PyErr_Clear();  // exported itself (an array made over it): its export still counts
+      if (r) {
+        Py_DECREF(r);
+      } else {
+        // Exported itself (an array or a PickleBuffer made over it): its export still
+        // counts. Kept, to be released by the next call once that export is gone.
+        PyErr_Clear();
+        kept.push_back(std::move(v));
+      }
     }
-    views_.clear();
+    views_ = std::move(kept);
   }
 
   // Before the consumer moves on from the values handed out (the next fetch reuses its

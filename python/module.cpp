@@ -278,7 +278,10 @@ std::size_t g_free_message_count = 0;
 // Value bytes kept for the next ones: those of one size (the last kept), each referenced by
 // nothing else when its Message died (so no one can see it change before it is handed out
 // again, its hash reset). Not sizes 0 and 1, whose bytes CPython shares.
+// Small values only (the allocation is then a large part of a record's cost): at most 1,024
+// of up to 512 bytes stay allocated, not 1,024 of whatever size the last values had.
 constexpr std::size_t kFreeBytesMax = 1024;
+constexpr Py_ssize_t kFreeBytesSizeMax = 512;
 PyObject* g_free_bytes[kFreeBytesMax];
 std::size_t g_free_bytes_count = 0;
 Py_ssize_t g_free_bytes_size = -1;
@@ -286,7 +289,8 @@ Py_ssize_t g_free_bytes_size = -1;
 void keep_or_drop_value(PyObject* v) {
   if (v && Py_REFCNT(v) == 1 && PyBytes_CheckExact(v)) {
     const Py_ssize_t n = PyBytes_GET_SIZE(v);
-    if (n >= 2 && (n == g_free_bytes_size || g_free_bytes_count == 0) && g_free_bytes_count < kFreeBytesMax) {
+    if (n >= 2 && n <= kFreeBytesSizeMax && (n == g_free_bytes_size || g_free_bytes_count == 0) &&
+        g_free_bytes_count < kFreeBytesMax) {
       g_free_bytes_size = n;
       g_free_bytes[g_free_bytes_count++] = v;  // our reference, kept
       return;

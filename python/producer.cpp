@@ -128,6 +128,7 @@ class PyProducer {
     if (partition >= 0) part = static_cast<std::uint32_t>(partition);
     Result<RecordMetadata> r;
     if (acks_ != Acks::kMemory || may_wait(topic)) {
+      InFlight f(*this);
       pb::gil_scoped_release nogil;  // a block topic may wait for room (max_block_ms), durable acks for busd
       r = p.send(topic, m, part);
     } else {
@@ -172,6 +173,7 @@ class PyProducer {
     serve();
     const auto wait = to_timeout(timeout);
     const auto deadline = wait ? std::chrono::steady_clock::now() + *wait : std::chrono::steady_clock::time_point::max();
+    InFlight f(*this);  // signal checks included: a handler's close() is refused meanwhile
     for (;;) {
       const auto left = deadline - std::chrono::steady_clock::now();
       const auto slice = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -193,7 +195,15 @@ class PyProducer {
 
   void close() {
     if (!producer_) return;
-    serve();
+    // Another thread's produce() or flush() waiting without the GIL (or the one a signal
+    // handler interrupted) still uses the Producer: closing it would free it under that call.
+    if (in_flight_ > 0)
+      raise(kErrState,
+            "close(): a produce() or flush() of this Producer is still waiting (in another thread, or the call a signal "
+            "handler interrupted); close it once that returns");
+    serve();  // delivery callbacks run Python: another thread may have started a wait meanwhile
+    if (in_flight_ > 0)
+      raise(kErrState, "close(): another thread's produce() or flush() began while delivery callbacks ran; close it once that returns");
     producer_.reset();
     bus_.reset();
   }
@@ -281,6 +291,14 @@ class PyProducer {
   pb::object default_cb_ = pb::none();
   bool only_errors_ = false;
   std::uint64_t produced_ = 0;
+  // Calls using the Producer without the GIL (a produce() that may wait, a flush()): close()
+  // is refused while there are any. Changed under the GIL only.
+  int in_flight_ = 0;
+  struct InFlight {
+    explicit InFlight(PyProducer& p) : p(p) { ++p.in_flight_; }
+    ~InFlight() { --p.in_flight_; }
+    PyProducer& p;
+  };
 };
 
 }  // namespace
