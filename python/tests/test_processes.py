@@ -108,6 +108,7 @@ def test_sigkill_mid_poll_wedges_nothing(bus):
         c.poll(None)  # waits here until killed
     """, stdout=subprocess.PIPE)
     assert proc.stdout.readline().strip() == b"polling"
+    time.sleep(0.3)  # killed inside poll(None), its only call left, not on the way to it
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait(10)
     # Producers pass the dead member's gate: more than the ring holds goes in.
