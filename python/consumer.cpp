@@ -485,8 +485,7 @@ class PyConsumer {
 
   void close() {
     if (!consumer_) return;
-    if (busy_ && !in_callback_)
-      raise(kErrState, "Consumer is in use by another thread, or by the call a signal handler interrupted");
+    refuse_if_in_use();
     if (in_callback_) raise(kErrState, "close() from a rebalance callback");
     give_back("close()");
     Status s;
@@ -513,13 +512,19 @@ class PyConsumer {
     PyConsumer& c;
   };
 
-  // `full`: a call that may wait or change the assignment, refused from rebalance callbacks.
-  Consumer& open(bool full) {
-    if (!consumer_) raise_closed("Consumer");
+  // Another thread's call, or the call a signal handler interrupted, is using the consumer
+  // (without the GIL, or at its signal check); a rebalance callback it runs may use it.
+  void refuse_if_in_use() const {
     if (busy_ && !in_callback_)
       raise(kErrState,
             "Consumer is in use by another thread (a Consumer belongs to one thread at a time), or by the call a signal "
             "handler interrupted");
+  }
+
+  // `full`: a call that may wait or change the assignment, refused from rebalance callbacks.
+  Consumer& open(bool full) {
+    if (!consumer_) raise_closed("Consumer");
+    refuse_if_in_use();
     if (busy_ && full) raise(kErrState, "this call cannot be made from a rebalance callback (seek, pause, resume, position and assignment can)");
     return *consumer_;
   }
