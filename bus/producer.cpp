@@ -398,6 +398,7 @@ struct Producer::Impl {
     if (sticky) ts.sticky_bytes += b.total;
     auto w = writer(ts, p);
     if (!w) return tl::unexpected(w.error());
+    (*w)->prefetch_claim(b.total);
     shm::RingWriter& writer = **w;
     const std::span<const Message> messages = b.messages;
     const std::uint32_t* sizes = b.sizes;
@@ -432,10 +433,7 @@ struct Producer::Impl {
     }
     writer.finish(c);
     writer.notify(c);
-    // Ask for the lines of the next claim now (prefetch for write), so that their ownership
-    // moves while we return to the caller (measured: docs/performance.md).
-    for (std::uint64_t at = c.end, stop = at + std::min<std::uint64_t>(b.total, 4096); at < stop; at += shm::kCacheLine)
-      __builtin_prefetch(ring.header_at(at), 1, 3);
+    writer.prefetch_if_streaming(now, static_cast<std::uint32_t>(messages.size()), b.total);
     ts.sent_end[p] = std::max(ts.sent_end[p], c.offset + messages.size());  // for flush()
     if (stats) [[unlikely]] stats->sent(ts.topic, p, messages, writer);
     return RecordMetadata{p, c.offset};
@@ -470,6 +468,7 @@ struct Producer::Impl {
     if (!layout(ts, m.key, m.headers, m.value.size(), l, payload)) [[unlikely]]
       return tl::unexpected(too_large(ts, payload));
     if (sticky) ts.sticky_bytes += l.bytes;
+    w.prefetch_claim(l.bytes);
     // A copy for the claim's span: `l` itself then stays in registers (its fields stored 4
     // bytes at a time and read back 8 at a time stalled the send as in write_record()).
     const std::uint32_t bytes = l.bytes;
@@ -488,9 +487,7 @@ struct Producer::Impl {
     }
     w.finish(*c);
     w.notify(*c);
-    // The next send's lines, asked for now (as append() does).
-    for (std::uint64_t at = c->end, stop = at + std::min<std::uint64_t>(l.bytes, 4096); at < stop; at += shm::kCacheLine)
-      __builtin_prefetch(ring.header_at(at), 1, 3);
+    w.prefetch_if_streaming(m.timestamp_ns ? 0 : ts_ns, 1, l.bytes);
     if (stats) [[unlikely]] stats->sent(ts.topic, p, std::span<const Message>(&m, 1), w);
     return c->offset;
   }

@@ -2,6 +2,7 @@
 // and waiter registrations.
 #include "shm/ring.h"
 
+#include <cpuid.h>
 #include <sched.h>
 
 #include <algorithm>
@@ -15,6 +16,15 @@
 #include "shm/process.h"
 
 namespace shmbus::shm {
+
+namespace {
+bool cpu_prefetchw() noexcept {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  return __get_cpuid(0x80000001, &a, &b, &c, &d) && (c & (1u << 8)) != 0;
+}
+}  // namespace
+
+const bool g_cpu_prefetchw = cpu_prefetchw();
 
 namespace test_hooks {
 void (*after_entry_claim)() = nullptr;
@@ -409,6 +419,7 @@ RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
     cached_reclaim_offset_ = o.cached_reclaim_offset_;
     futile_wakes_ = o.futile_wakes_;
     waits_ = o.waits_;
+    last_claim_ns_ = o.last_claim_ns_;
     exclusive_ = o.exclusive_;
     light_fence_ = o.light_fence_;
   }

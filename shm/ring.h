@@ -6,6 +6,7 @@
 // one thread at a time (one writer slot / one cursor each); use one per thread.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -64,6 +65,22 @@ SHMBUS_RACY inline void racy_copy(void* dst, const void* src, std::size_t n) noe
 #else
   std::memcpy(dst, src, n);
 #endif
+}
+
+// True when the CPU reports PREFETCHW (CPUID 0x80000001, ECX bit 8), read when the library
+// is loaded (false until then: the read prefetch below is used).
+extern const bool g_cpu_prefetchw;
+
+// Asks for the line at `p` in the exclusive state, as a store would, but without waiting and
+// without a store. GCC's __builtin_prefetch(p, 1) is a read prefetch (prefetcht0) unless the
+// whole build targets -mprfchw, and a line a consumer reads then needs a second trip to be
+// written (docs/performance.md, "Asking for the next record's lines").
+inline void prefetch_for_write(const void* p) noexcept {
+  if (g_cpu_prefetchw) [[likely]] {
+    __asm__ __volatile__("prefetchw %0" : : "m"(*static_cast<const char*>(p)));
+  } else {
+    __builtin_prefetch(p, 1, 3);
+  }
 }
 
 struct RingParams {
@@ -277,6 +294,26 @@ class RingWriter {
   // name their holders (bus/gate_names.h).
   bool gated_timeout() const noexcept { return gated_timeout_; }
   std::uint32_t slot_index() const noexcept { return slot_index_; }
+  // Asks for the lines of our next claim of `bytes` (at most 4 KiB of them) in the exclusive
+  // state, where it starts unless another writer claims first. Called before the claim, not
+  // after the last one: taken early, the line a caught-up consumer is spinning on goes back and
+  // forth once more, which cost a ping-pong a third of its latency (docs/performance.md).
+  void prefetch_claim(std::uint64_t bytes) const noexcept {
+    for (std::uint64_t at = cached_tail_.second, stop = at + std::min<std::uint64_t>(bytes, 4096); at < stop; at += kCacheLine)
+      prefetch_for_write(ring_.header_at(at));
+  }
+  // After a claim of `count` records whose clock read said `now_ns` (0: none was read): when
+  // records come more often than one per kStreamingGapNs, ask for the next claim's lines now,
+  // a whole turn of the caller earlier than prefetch_claim() will. Streaming sends wait for
+  // those lines' ownership, sends far apart do not (and are the ones a pull of the line the
+  // consumer spins on would slow down).
+  static constexpr std::int64_t kStreamingGapNs = 200;
+  void prefetch_if_streaming(std::int64_t now_ns, std::uint32_t count, std::uint64_t bytes) noexcept {
+    if (now_ns == 0) return;
+    const bool streaming = now_ns - last_claim_ns_ < kStreamingGapNs * static_cast<std::int64_t>(count);
+    last_claim_ns_ = now_ns;
+    if (streaming) prefetch_claim(bytes);
+  }
 
   // Claims `count` records of the given whole sizes (each align8'ed, <= max_record), laid out
   // with Ring::place(). Waits up to block_timeout_ns for room (gates in a block topic, a
@@ -382,6 +419,7 @@ class RingWriter {
   std::uint64_t cached_reclaim_offset_ = 0;
   std::uint32_t futile_wakes_ = 0;
   std::uint64_t waits_ = 0;
+  std::int64_t last_claim_ns_ = 0;  // prefetch_if_streaming()
   bool exclusive_ = false;
   bool gated_timeout_ = false;
   bool light_fence_ = false;  // exclusive: sleepers fence for us (Ring::heavy fence, membarrier)
