@@ -473,8 +473,9 @@ struct Producer::Impl {
     // bytes at a time and read back 8 at a time stalled the send as in write_record()).
     const std::uint32_t bytes = l.bytes;
     shm::Claim claimed;
-    if (auto ok = claim(ts, w, std::span<const std::uint32_t>(&bytes, 1), claimed); !ok) [[unlikely]]
-      return tl::unexpected(ok.error());
+    if (!w.try_claim_one_exclusive(claimed, bytes, config.record_alignment)) [[unlikely]]
+      if (auto ok = claim(ts, w, std::span<const std::uint32_t>(&bytes, 1), claimed); !ok) [[unlikely]]
+        return tl::unexpected(ok.error());
     const shm::Claim* c = &claimed;
     const shm::Ring& ring = w.ring();
     const std::int64_t ts_ns = m.timestamp_ns ? m.timestamp_ns : shm::fast_realtime_ns();

@@ -86,8 +86,6 @@ bool snapshot_entry(const ClaimEntry* e, Pair64& out) noexcept {
   return false;
 }
 
-Pair64* as_pair(ClaimEntry* e) noexcept { return reinterpret_cast<Pair64*>(e); }
-
 // A claim entry's size and count as a claim can have them: at least a header per record,
 // 8-aligned, at most half the ring. Checked before anyone moves by them.
 bool entry_sizes_possible(std::uint32_t bytes, std::uint32_t count, std::uint64_t capacity) noexcept {
@@ -620,25 +618,7 @@ Status RingWriter::claim_into(Claim& out, std::span<const std::uint32_t> sizes, 
   }
 }
 
-[[gnu::always_inline]] inline void RingWriter::claim_exclusive(Claim& out, ClaimEntry* e, std::uint64_t offset,
-                                                               std::uint64_t position, std::uint64_t end, std::uint32_t n,
-                                                               std::uint64_t first_at) noexcept {
-  // SYNC POINT: plain atomic stores, entry before tail (x86 keeps stores in order; store128
-  // tells the compiler). Readers find the entry by the tail as with a CAS (Ring::unstick).
-  store128(as_pair(e), Pair64{encode_tag(offset, ClaimState::kClaimed, ring_.salt()),
-                              encode_info(static_cast<std::uint32_t>(end - position), n, first_at != position,
-                                          slot_index_, ClaimWhy::kExclusive)});
-  if (test_hooks::after_entry_claim) test_hooks::after_entry_claim();
-  const Pair64 next{offset + n, end};
-  store128(&ring_.ctl()->tail, next);
-  cached_tail_ = next;
-  if (test_hooks::after_claim) test_hooks::after_claim();
-  // SYNC POINT: the waker's half of the wake-up Dekker. Without a fence here, the sleeper's
-  // heavy fence (membarrier) orders our tail store before this load (Consumer::Impl::block).
-  if (!light_fence_) full_fence();
-  const bool wake = ring_.ctl()->notify.waiters.load(std::memory_order_relaxed) != 0;
-  out = Claim{offset, position, end, n, first_at, wake};
-}
+void RingWriter::fence_for_sleepers() noexcept { full_fence(); }
 
 // The entry of our claim `c` as we won it: what commit() and abort() expect to find there.
 Pair64 RingWriter::claimed_entry(const Claim& c) const noexcept {

@@ -15,6 +15,7 @@
 
 #include "shmbus/error.h"
 #include "shm/ofd_lock.h"
+#include "shm/process.h"
 #include "shm/ring_layout.h"
 #include "shm/segment.h"
 
@@ -332,6 +333,37 @@ class RingWriter {
   // each such load waited for the store buffer (the last record's lines) to drain.
   Status claim_into(Claim& out, std::span<const std::uint32_t> sizes, std::int64_t block_timeout_ns,
                     std::uint32_t end_align = 8) noexcept;
+  // claim_into() of one record of `bytes` by an exclusive writer when nothing stands in the
+  // way (the record fits before the lap's end, its room is already reclaimed, its entry is
+  // free): inline, the same stores in the same order. False when something does, having
+  // stored nothing claim_into() does not store again: call it then. The single-record fast
+  // path (docs/performance.md, "The fused single-record path").
+  [[gnu::always_inline]] bool try_claim_one_exclusive(Claim& out, std::uint32_t bytes, std::uint32_t end_align) noexcept {
+    if (!exclusive_ || !slot_ || self_process().pid != owner_pid_) [[unlikely]]
+      return false;
+    const Pair64 cur = cached_tail_;
+    const std::uint64_t cap = ring_.capacity();
+    if ((cur.second & ring_.mask()) + bytes > cap) [[unlikely]]
+      return false;  // the rest of the lap is padding first
+    std::uint64_t end = cur.second + bytes;
+    const std::uint64_t align_mask = std::uint64_t{end_align > 8 ? end_align : 8} - 1;
+    if (const std::uint64_t aligned = (end + align_mask) & ~align_mask;
+        aligned - cur.second <= ring_.max_record() && aligned - cur.second <= cap / 2)
+      end = aligned;
+    const std::uint64_t icap = ring_.index_capacity();
+    const std::uint64_t min_offset = cur.first >= icap ? cur.first - icap + 1 : 0;
+    if (end > cached_reclaim_ + cap || min_offset > cached_reclaim_offset_) [[unlikely]]
+      return false;  // make_room() first
+    // As claim_into(): the claim is named in our slot before its entry is taken.
+    slot_->claim_offset.store(cur.first, std::memory_order_relaxed);
+    slot_->claim_position.store(cur.second, std::memory_order_release);
+    ClaimEntry* e = ring_.entry(cur.first);
+    if (((__atomic_load_n(&e->tag, __ATOMIC_ACQUIRE) ^ ring_.salt()) >> 8) >= cur.first + 1) [[unlikely]]
+      return false;  // a dead predecessor's claim at the tail, or forged bytes: claim_into() helps or refuses
+    claim_exclusive(out, e, cur.first, cur.second, end, 1, cur.second);
+    return true;
+  }
+
   Result<Claim> claim_one(std::uint32_t bytes, std::int64_t block_timeout_ns, std::uint32_t end_align = 8) noexcept {
     return claim(std::span<const std::uint32_t>(&bytes, 1), block_timeout_ns, end_align);
   }
@@ -405,8 +437,28 @@ class RingWriter {
   // The claim's offset and position come as two integers, not a Pair64: GCC built the pair's
   // copy in the Claim by two 8-byte stores and one 16-byte load, which no store forwards, so
   // the load waited for the whole store buffer (the last record's lines) to drain.
-  void claim_exclusive(Claim& out, ClaimEntry* e, std::uint64_t offset, std::uint64_t position, std::uint64_t end,
-                       std::uint32_t n, std::uint64_t first_at) noexcept;
+  [[gnu::always_inline]] void claim_exclusive(Claim& out, ClaimEntry* e, std::uint64_t offset, std::uint64_t position,
+                                              std::uint64_t end, std::uint32_t n, std::uint64_t first_at) noexcept {
+    // SYNC POINT: plain atomic stores, entry before tail (x86 keeps stores in order; store128
+    // tells the compiler). Readers find the entry by the tail as with a CAS (Ring::unstick).
+    store128(as_pair(e), Pair64{encode_tag(offset, ClaimState::kClaimed, ring_.salt()),
+                                encode_info(static_cast<std::uint32_t>(end - position), n, first_at != position, slot_index_,
+                                            ClaimWhy::kExclusive)});
+    if (test_hooks::after_entry_claim) [[unlikely]]
+      test_hooks::after_entry_claim();
+    const Pair64 next{offset + n, end};
+    store128(&ring_.ctl()->tail, next);
+    cached_tail_ = next;
+    if (test_hooks::after_claim) [[unlikely]]
+      test_hooks::after_claim();
+    // SYNC POINT: the waker's half of the wake-up Dekker. Without a fence here, the sleeper's
+    // heavy fence (membarrier) orders our tail store before this load (Consumer::Impl::block).
+    if (!light_fence_) [[unlikely]]
+      fence_for_sleepers();
+    const bool wake = ring_.ctl()->notify.waiters.load(std::memory_order_relaxed) != 0;
+    out = Claim{offset, position, end, n, first_at, wake};
+  }
+  [[gnu::noinline]] static void fence_for_sleepers() noexcept;
   void release() noexcept;
 
   Ring ring_;

@@ -143,6 +143,8 @@ struct alignas(16) ClaimEntry {
   std::uint64_t info;  // bytes | count << 32 | lead padding << 55 | slot << 56 | why << 62
 };
 static_assert(sizeof(ClaimEntry) == 16 && sizeof(ClaimEntry) == sizeof(Pair64), "one cmpxchg16b: bump kPartitionLayoutMajor");
+// The entry as the pair the 16-byte atomics take.
+inline Pair64* as_pair(ClaimEntry* e) noexcept { return reinterpret_cast<Pair64*>(e); }
 
 struct alignas(kCacheLine) PartitionConfig {
   std::uint64_t capacity;        // data bytes, power of two

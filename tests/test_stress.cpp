@@ -130,7 +130,9 @@ int produce(const std::string& bus_name, const std::string& topic, std::uint32_t
     // Unpaced, and a failed send is sent again: the partition must take it eventually.
     // The same seqs go again, so a batch that did land after all shows up as an order error.
     for (;;) {
-      auto r = producer->send_batch(topic, msgs, 0u);
+      // One record goes through send(), whose path is its own (the exclusive writer's
+      // inline claim: RingWriter::try_claim_one_exclusive); more through send_batch().
+      auto r = n == 1 ? producer->send(topic, msgs[0], 0u) : producer->send_batch(topic, msgs, 0u);
       if (r) break;
       // A standby exclusive producer: refused while the owner lives, quietly.
       if (exclusive && r.error().code == Errc::kTooManyClients) {
