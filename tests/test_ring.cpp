@@ -36,7 +36,7 @@ enum class Step { kAfterEntryClaim, kAfterClaim, kBeforeCommit, kAfterCommit };
 
 // A child process that claims records of these sizes and, at `step`, dies or stops itself.
 // A stopped child, once continued, finishes: exit 0 when its commit went through, 7 when it
-// was refused. Returns the child's pid once it is dead (and reaped) or stopped.
+// was refused with an error naming the claim timeout, 8 when refused otherwise. Returns the child's pid once it is dead (and reaped) or stopped.
 pid_t writer_child(ForgedRing& f, std::vector<std::uint32_t> sizes, Step step, Fate fate, bool exclusive = false) {
   pid_t child = ::fork();
   if (child == 0) {
@@ -63,7 +63,12 @@ pid_t writer_child(ForgedRing& f, std::vector<std::uint32_t> sizes, Step step, F
       std::memset(reinterpret_cast<std::byte*>(h) + kRecordHeaderSize, 0x5a, 8);
       cur = at + sizes[i];
     }
-    if (!w.commit(*c)) ::_exit(7);
+    if (auto ok = w.commit(*c); !ok) {
+      // Refused: it must say that the claim timeout aborted it, and how long that is.
+      const std::string& m = ok.error().message;
+      const std::string timeout = "longer than the claim timeout (" + std::to_string(f.ring.claim_timeout_ns() / 1'000'000) + " ms)";
+      ::_exit(ok.error().code == Errc::kTimedOut && m.find(timeout) != std::string::npos ? 7 : 8);
+    }
     cur = c->first_at + sizes[0];
     for (std::size_t i = 1; i < sizes.size(); ++i) {
       const std::uint64_t at = f.ring.place(cur, sizes[i]);
