@@ -65,8 +65,13 @@ struct SlotCopy {
   std::int64_t created_ns;
 };
 
-// Whole-record bytes in the ring for a payload limit, and back.
-std::uint32_t ring_max_record(std::uint32_t payload) { return static_cast<std::uint32_t>(shm::align8(shm::kRecordHeaderSize + payload)); }
+// Whole-record bytes in the ring for a payload limit: at least a cache line, since producers
+// pad a record to one by default (ProducerConfig::record_alignment), whatever its payload; a
+// smaller limit made readers call such records damaged. The capacity is 4096 or more, so a
+// line is within the ring's quarter.
+std::uint32_t ring_max_record(std::uint32_t payload) {
+  return static_cast<std::uint32_t>(std::max<std::uint64_t>(shm::align8(shm::kRecordHeaderSize + payload), shm::kCacheLine));
+}
 
 // Registry lock: flock(2) on the registry file. The kernel drops it when the holder dies.
 class RegistryLock {

@@ -296,12 +296,17 @@ class RingWriter {
   bool gated_timeout() const noexcept { return gated_timeout_; }
   std::uint32_t slot_index() const noexcept { return slot_index_; }
   // Asks for the lines of our next claim of `bytes` (at most 4 KiB of them) in the exclusive
-  // state, where it starts unless another writer claims first. Called before the claim, not
-  // after the last one: taken early, the line a caught-up consumer is spinning on goes back and
-  // forth once more, which cost a ping-pong a third of its latency (docs/performance.md).
+  // state. Called before the claim, not after the last one: taken early, the line a caught-up
+  // consumer is spinning on goes back and forth once more, which cost a ping-pong a third of
+  // its latency (docs/performance.md). Where: an exclusive writer's own tail; a shared writer
+  // reads the partition's (others may have claimed since its last claim: their lines are not
+  // ours to take). Not at all when the room there is not known to be reclaimed: in a full ring
+  // those lines hold the oldest records, which consumers are reading.
   void prefetch_claim(std::uint64_t bytes) const noexcept {
-    for (std::uint64_t at = cached_tail_.second, stop = at + std::min<std::uint64_t>(bytes, 4096); at < stop; at += kCacheLine)
-      prefetch_for_write(ring_.header_at(at));
+    bytes = std::min<std::uint64_t>(bytes, 4096);
+    const std::uint64_t from = exclusive_ ? cached_tail_.second : ring_.tail_position();
+    if (from + bytes > cached_reclaim_ + ring_.capacity()) return;
+    for (std::uint64_t at = from, stop = from + bytes; at < stop; at += kCacheLine) prefetch_for_write(ring_.header_at(at));
   }
   // After a claim of `count` records whose clock read said `now_ns` (0: none was read): when
   // records come more often than one per kStreamingGapNs, ask for the next claim's lines now,
@@ -311,7 +316,9 @@ class RingWriter {
   static constexpr std::int64_t kStreamingGapNs = 200;
   void prefetch_if_streaming(std::int64_t now_ns, std::uint32_t count, std::uint64_t bytes) noexcept {
     if (now_ns == 0) return;
-    const bool streaming = now_ns - last_claim_ns_ < kStreamingGapNs * static_cast<std::int64_t>(count);
+    // A wall clock: one stepped back gives a negative gap, which says nothing of the rate.
+    const std::int64_t gap = now_ns - last_claim_ns_;
+    const bool streaming = gap >= 0 && gap < kStreamingGapNs * static_cast<std::int64_t>(count);
     last_claim_ns_ = now_ns;
     if (streaming) prefetch_claim(bytes);
   }

@@ -245,3 +245,29 @@ TEST(RingAttack, ForgedEntryWithMoreRecordsThanItsBytesHoldIsCorrupt) {
   }
   EXPECT_GE(f.stats().corrupt_seen.load(), 1u);
 }
+
+// An exclusive writer's inline claim (RingWriter::try_claim_one_exclusive) names its claim in
+// its slot before it looks at the entry. When the entry at the tail turns out to be won
+// already, with sizes nobody can help the tail past (forged), it gives up and claim_into()
+// refuses the claim as damaged bytes: the slot must not go on naming a claim that was never
+// made (a takeover of the slot would then abort a stranger's entry).
+TEST(RingAttack, InlineExclusiveClaimOverAForgedWonEntryLeavesNoIntentBehind) {
+  ForgedRing f;
+  RingWriter w(f.ring);
+  ASSERT_TRUE(w.open(f.seg, /*exclusive=*/true));
+  f.produce(w, 16, 1);  // offset 0; the tail is at offset 1
+  const Pair64 tail = snapshot128(&f.ring.ctl()->tail);
+  ASSERT_EQ(tail.first, 1u);
+  store128(reinterpret_cast<Pair64*>(f.ring.entry(1)),
+           Pair64{encode_tag(1, ClaimState::kClaimed, f.ring.salt()), encode_info(0, 1, false, 5, ClaimWhy::kOwner)});
+  WriterSlot* slot = f.ring.writer_slot(w.slot_index());
+  Claim c;
+  EXPECT_FALSE(w.try_claim_one_exclusive(c, 64, 64));
+  EXPECT_EQ(slot->claim_position.load(), tail.second) << "the inline claim named it first";
+  auto r = w.claim_one(64, 0, 64);
+  ASSERT_FALSE(r);
+  EXPECT_EQ(r.error().code, Errc::kBadSegment) << r.error().message;
+  EXPECT_NE(r.error().message.find("damaged or forged"), std::string::npos) << r.error().message;
+  EXPECT_EQ(slot->claim_position.load(), kNoClaim);
+  EXPECT_GE(f.stats().corrupt_seen.load(), 1u);
+}
