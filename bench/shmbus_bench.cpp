@@ -1011,13 +1011,11 @@ json throughput(const Options& o, bool batched, std::uint32_t alignment, bool ex
         start = now_ns();
         // "single" sends with send(), the call users make for one record (its own path in
         // the producer: Producer::Impl::append_one), not send_batch() of one.
-        if (!batched) {
-          for (std::uint64_t i = 0; i < n; ++i)
-            if (!p->send("tp", batch[0], 0)) {
-              sh->failed = 1;
-              break;
-            }
-        }
+        for (std::uint64_t i = 0; !batched && i < n; ++i)
+          if (!p->send("tp", batch[0], 0)) {
+            sh->failed = 1;
+            break;
+          }
         for (std::uint64_t i = 0; batched && i < n;) {
           const std::size_t k = std::min<std::uint64_t>(batch.size(), n - i);
           if (!p->send_batch("tp", std::span<const Message>(batch.data(), k), 0)) {

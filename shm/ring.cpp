@@ -537,8 +537,6 @@ Status RingWriter::claim_into(Claim& out, std::span<const std::uint32_t> sizes, 
   if (sizes.empty() || sizes.size() > kMaxClaimCount)
     return make_error(Errc::kInvalidArgument, fmt::format("a claim holds 1 to {} records, not {}", kMaxClaimCount, sizes.size()));
   const std::uint64_t cap = ring_.capacity();
-  const std::uint64_t icap = ring_.index_capacity();
-  const std::uint64_t align_mask = std::uint64_t{std::max<std::uint32_t>(end_align, 8)} - 1;
   const auto n = static_cast<std::uint32_t>(sizes.size());
   Pair64 cur = cached_tail_;
   for (;;) {
@@ -548,15 +546,9 @@ Status RingWriter::claim_into(Claim& out, std::span<const std::uint32_t> sizes, 
       if (end == cur.second) first_at = last;
       end = last + s;
     }
-    // Neither the last record nor the whole claim may grow past what readers accept.
-    if (const std::uint64_t aligned = (end + align_mask) & ~align_mask;
-        aligned - last <= ring_.max_record() && aligned - cur.second <= cap / 2)
-      end = aligned;
-    // Bytes [end - cap, ...) of the previous lap must be reclaimed before we may write, and
-    // the claim whose table entry we take (index_capacity offsets back) must be finished.
-    const std::uint64_t min_offset = cur.first >= icap ? cur.first - icap + 1 : 0;
-    if (end > cached_reclaim_ + cap || min_offset > cached_reclaim_offset_) {
-      if (auto st = make_room(end > cap ? end - cap : 0, min_offset, block_timeout_ns); !st) {
+    end = aligned_end(cur.second, last, end, end_align);
+    if (!room_known(cur.first, end)) {
+      if (auto st = make_room(end > cap ? end - cap : 0, min_offset_for(cur.first), block_timeout_ns); !st) {
         slot_->claim_position.store(kNoClaim, std::memory_order_release);
         return tl::unexpected(st.error());
       }

@@ -352,14 +352,8 @@ class RingWriter {
     const std::uint64_t cap = ring_.capacity();
     if ((cur.second & ring_.mask()) + bytes > cap) [[unlikely]]
       return false;  // the rest of the lap is padding first
-    std::uint64_t end = cur.second + bytes;
-    const std::uint64_t align_mask = std::uint64_t{end_align > 8 ? end_align : 8} - 1;
-    if (const std::uint64_t aligned = (end + align_mask) & ~align_mask;
-        aligned - cur.second <= ring_.max_record() && aligned - cur.second <= cap / 2)
-      end = aligned;
-    const std::uint64_t icap = ring_.index_capacity();
-    const std::uint64_t min_offset = cur.first >= icap ? cur.first - icap + 1 : 0;
-    if (end > cached_reclaim_ + cap || min_offset > cached_reclaim_offset_) [[unlikely]]
+    const std::uint64_t end = aligned_end(cur.second, cur.second, cur.second + bytes, end_align);
+    if (!room_known(cur.first, end)) [[unlikely]]
       return false;  // make_room() first
     // As claim_into(): the claim is named in our slot before its entry is taken.
     slot_->claim_offset.store(cur.first, std::memory_order_relaxed);
@@ -466,6 +460,26 @@ class RingWriter {
     out = Claim{offset, position, end, n, first_at, wake};
   }
   [[gnu::noinline]] static void fence_for_sleepers() noexcept;
+  // A claim's layout and room, the same for claim_into() and try_claim_one_exclusive():
+  // - its end rounded up to `end_align` (8..64), unless that makes its last record (at `last`)
+  //   longer than max_record or the claim (from `start`) longer than half the ring: neither may
+  //   grow past what readers accept;
+  // - the oldest offset whose claim must be finished before a claim at `offset` takes its
+  //   table entry (index_capacity offsets back);
+  // - whether our view of `reclaim` already covers a claim at `offset` ending at `end` (bytes
+  //   [end - capacity, ...) of the previous lap reclaimed, and that offset): no make_room().
+  std::uint64_t aligned_end(std::uint64_t start, std::uint64_t last, std::uint64_t end, std::uint32_t end_align) const noexcept {
+    const std::uint64_t mask = std::uint64_t{end_align > 8 ? end_align : 8} - 1;
+    const std::uint64_t aligned = (end + mask) & ~mask;
+    return aligned - last <= ring_.max_record() && aligned - start <= ring_.capacity() / 2 ? aligned : end;
+  }
+  std::uint64_t min_offset_for(std::uint64_t offset) const noexcept {
+    const std::uint64_t icap = ring_.index_capacity();
+    return offset >= icap ? offset - icap + 1 : 0;
+  }
+  bool room_known(std::uint64_t offset, std::uint64_t end) const noexcept {
+    return end <= cached_reclaim_ + ring_.capacity() && min_offset_for(offset) <= cached_reclaim_offset_;
+  }
   void release() noexcept;
 
   Ring ring_;

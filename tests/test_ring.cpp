@@ -36,7 +36,8 @@ enum class Step { kAfterEntryClaim, kAfterClaim, kBeforeCommit, kAfterCommit };
 
 // A child process that claims records of these sizes and, at `step`, dies or stops itself.
 // A stopped child, once continued, finishes: exit 0 when its commit went through, 7 when it
-// was refused with an error naming the claim timeout, 8 when refused otherwise. Returns the child's pid once it is dead (and reaped) or stopped.
+// was refused with an error naming the claim timeout, 8 when refused otherwise. Returns the
+// child's pid once it is dead (and reaped) or stopped.
 pid_t writer_child(ForgedRing& f, std::vector<std::uint32_t> sizes, Step step, Fate fate, bool exclusive = false) {
   pid_t child = ::fork();
   if (child == 0) {

@@ -229,7 +229,7 @@ TEST(RingAttack, ForgedEntryWithMoreRecordsThanItsBytesHoldIsCorrupt) {
   RingWriter w = f.writer();
   for (int i = 0; i < 10; ++i) f.produce(w, 16, static_cast<std::uint8_t>(i));  // 56 bytes each
   f.ring.header_at(0)->word.store(0);  // offset 0's word gone: the reader asks the claim table
-  store128(reinterpret_cast<Pair64*>(f.ring.entry(0)),
+  store128(as_pair(f.ring.entry(0)),
            Pair64{encode_tag(0, ClaimState::kAborted, f.ring.salt()), encode_info(56, 5, false, 0, ClaimWhy::kDead)});
   RingReader r(f.ring);
   r.seek_earliest();
@@ -258,7 +258,7 @@ TEST(RingAttack, InlineExclusiveClaimOverAForgedWonEntryLeavesNoIntentBehind) {
   f.produce(w, 16, 1);  // offset 0; the tail is at offset 1
   const Pair64 tail = snapshot128(&f.ring.ctl()->tail);
   ASSERT_EQ(tail.first, 1u);
-  store128(reinterpret_cast<Pair64*>(f.ring.entry(1)),
+  store128(as_pair(f.ring.entry(1)),
            Pair64{encode_tag(1, ClaimState::kClaimed, f.ring.salt()), encode_info(0, 1, false, 5, ClaimWhy::kOwner)});
   WriterSlot* slot = f.ring.writer_slot(w.slot_index());
   Claim c;
