@@ -272,8 +272,65 @@ std::uint64_t Consumer::aborted() const noexcept {
   return n;
 }
 
+// The one-partition, in-place case of a look at the ring, which a latency-bound consumer
+// takes on every call and every spin: the records that are there, decoded where they lie,
+// with nothing else in between. The caller checked fast_poll() and moved the gate.
+// kEmpty: nothing yet, and no stall check due. kSlow: the slow look (fetch()) must run: a
+// stall check is due, or it met anything unusual (a deleted topic, padding it must judge,
+// a damaged record, a lap), which fetch_one() then meets again and handles.
+[[gnu::always_inline]] inline Consumer::Impl::FastRead Consumer::Impl::read_fast() {
+  Assigned& a = assigned[0];
+  if (a.reader.ring().closed()) [[unlikely]] return FastRead::kSlow;
+  batch.clear();
+  arena_records.clear();
+  arena_used = 0;
+  const std::string_view topic = a.tp.topic;
+  const std::uint32_t partition = a.tp.partition;
+  const std::size_t limit = config.max_poll_records;
+  std::size_t n = 0;
+  shm::ReadStatus st;
+  do {
+    const shm::RecordHeader* h = nullptr;
+    std::uint32_t len = 0;
+    if ((st = a.reader.next(h, len)) != shm::ReadStatus::kRecord) break;
+    // Held back by our gate, the record cannot change under us: decoded in place.
+    const std::uint32_t klen = h->key_len, hlen = h->headers_len, vlen = h->value_len, flags = h->flags;
+    const std::uint64_t kbytes = klen == shm::kNullKey ? 0 : klen;
+    if (shm::kRecordHeaderSize + kbytes + hlen + vlen > len) [[unlikely]] {  // fetch_one() reports it
+      st = shm::ReadStatus::kCorrupt;
+      break;
+    }
+    const std::byte* payload = reinterpret_cast<const std::byte*>(h) + shm::kRecordHeaderSize;
+    batch.emplace_back(topic, partition, a.reader.offset(), h->timestamp_ns,
+                       klen == shm::kNullKey ? std::optional<Bytes>() : std::optional<Bytes>(Bytes(payload, kbytes)),
+                       Bytes(payload + kbytes + hlen, vlen), Bytes(payload + kbytes, hlen),
+                       (flags & shm::kRecordNullValue) != 0 && vlen == 0);
+    a.reader.advance(len);
+  } while (++n < limit);
+  if (n) [[likely]] {
+    a.empty_polls = 0;
+    return FastRead::kGot;
+  }
+  // As fetch_one() counts empty looks (check_stall): every 256th is the slow look's.
+  if (st != shm::ReadStatus::kNone || ((a.empty_polls + 1) & 255) == 0) return FastRead::kSlow;
+  ++a.empty_polls;
+  return FastRead::kEmpty;
+}
+
 Result<std::span<const ConsumedRecord>> Consumer::poll(std::chrono::nanoseconds timeout) {
   Impl& im = *impl_;
+  if (im.fast_poll()) [[likely]] {
+    // The prologue below for one partition read in place; a tick that did more than count
+    // may have changed the assignment, so it is asked again.
+    im.set_gate(im.assigned[0]);
+    if (im.group || im.simple_conn) {
+      if (auto ok = im.group_tick(); !ok) return tl::unexpected(ok.error());
+      if (!im.fast_poll()) return im.poll_loop(timeout, /*look=*/true);
+    }
+    const Impl::FastRead r = im.read_fast();
+    if (r == Impl::FastRead::kGot) [[likely]] return std::span<const ConsumedRecord>(im.batch);
+    return im.poll_loop(timeout, /*look=*/r == Impl::FastRead::kSlow);
+  }
   if (shm::self_process().pid != im.pid) [[unlikely]]
     return make_error(Errc::kInvalidArgument,
                       fmt::format("this consumer was made by process {}; a forked child must create its own", im.pid));
@@ -281,6 +338,13 @@ Result<std::span<const ConsumedRecord>> Consumer::poll(std::chrono::nanoseconds 
   for (auto& a : im.assigned) im.set_gate(a);
   if (im.stats) [[unlikely]] im.statistics_tick();  // before group_tick(): it may revoke partitions
   if (auto ok = im.group_tick(); !ok) return tl::unexpected(ok.error());
+  return im.poll_loop(timeout, /*look=*/true);
+}
+
+// poll() after its prologue (gates, statistics, tick): reads, and waits up to `timeout`.
+// `look`: the first look is fetch()'s (else the fast path just looked and found nothing).
+Result<std::span<const ConsumedRecord>> Consumer::Impl::poll_loop(std::chrono::nanoseconds timeout, bool look) {
+  Impl& im = *this;
   if (im.deferred) {
     Error e = std::move(*im.deferred);
     im.deferred.reset();
@@ -292,7 +356,15 @@ Result<std::span<const ConsumedRecord>> Consumer::poll(std::chrono::nanoseconds 
   // at once (the common case under load) pays for no clock read.
   std::uint64_t start = 0, now = 0;
   for (std::uint64_t iter = 0;; ++iter) {
-    if (auto ok = im.fetch(); !ok) return tl::unexpected(ok.error());
+    if (iter > 0) {
+      // The spinning look: the fast one while it may serve, else fetch()'s.
+      const FastRead r = im.fast_poll() ? im.read_fast() : FastRead::kSlow;
+      if (r == FastRead::kGot) return std::span<const ConsumedRecord>(im.batch);
+      look = r == FastRead::kSlow;
+    }
+    if (look) {
+      if (auto ok = im.fetch(); !ok) return tl::unexpected(ok.error());
+    }
     if (!im.batch.empty()) {
       if (auto ok = im.finish_batch(); !ok) return tl::unexpected(ok.error());
       if (im.stats) [[unlikely]] im.stats->received(im.batch);

@@ -306,16 +306,8 @@ void Consumer::Impl::forget_slot() {
 
 // Called on every poll: one store of the poll count (busd's max poll interval watches it,
 // so a poll pays for no clock read) and one load of the notice word; the rest every 8th poll.
-Status Consumer::Impl::group_tick() {
-  if (!group) {
-    if (simple_conn) simple_tick();
-    return {};
-  }
-  ++group->polls;
-  if (group->slot) group->slot->polls.store(group->polls, std::memory_order_relaxed);
-  bool check = group->slot && group->conn &&
-               group->slot->notice.load(std::memory_order_acquire) != group->seen_notice;  // SYNC POINT: busd's release bump
-  if ((group->polls & 7) != 0 && !check) return {};
+// Every 8th poll, or when busd bumped our notice (group_tick(), consumer_impl.h).
+Status Consumer::Impl::group_tick_slow(bool check) {
   const std::uint64_t now = shm::monotonic_ns();
   drop_deleted();
   if (!group->conn) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -11,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -148,8 +150,22 @@ struct Consumer::Impl {
   // The process that made it: gates and waiter slots are this process's (a forked child
   // that inherits the consumer must neither use nor release them).
   std::int32_t pid = shm::self_process().pid;
+  std::uint32_t fork_gen = shm::fork_generation();  // after self_process(): its atfork handler moves it
 
   ~Impl() { release_gates(); }
+
+  // poll()'s fast path may serve this poll (bus/consumer.cpp, poll_fast): the process that
+  // made the consumer, one partition read in place from its ring, nothing deferred, no
+  // statistics. Checked on every poll, field by field: a cached flag would need each of the
+  // many places that change these to clear it.
+  bool fast_poll() const noexcept {
+    if (fork_gen != shm::fork_generation() || assigned.size() != 1 || stats || deferred) return false;
+    const Assigned& a = assigned[0];
+    return a.zero_copy && !a.paused && a.disk_next == Assigned::kFromRing && a.skip_below == 0;
+  }
+  enum class FastRead { kGot, kEmpty, kSlow };
+  FastRead read_fast();
+  Result<std::span<const ConsumedRecord>> poll_loop(std::chrono::nanoseconds timeout, bool look);
 
   // Hot helpers of more than one room, kept inline here as they were in one file.
   std::byte* arena_take(std::size_t n) {
@@ -248,7 +264,22 @@ struct Consumer::Impl {
   void on_lose(const std::vector<TopicPartition>& tps);
   Status on_assign(std::uint64_t generation, const std::vector<TopicPartition>& tps);
   Status process_pushes();
-  Status group_tick();
+  // Once per poll: a group member's poll count (busd judges max_poll_interval by it) and its
+  // notice word; every 8th poll, or on a notice, the rest (group_tick_slow). Inline: the
+  // poll's fast path pays a few instructions for it.
+  Status group_tick() {
+    if (!group) {
+      if (simple_conn && (++simple_polls & 7) == 0) [[unlikely]] simple_tick();
+      return {};
+    }
+    ++group->polls;
+    if (group->slot) group->slot->polls.store(group->polls, std::memory_order_relaxed);
+    // SYNC POINT: acquire; pairs with busd's release bump of the notice.
+    const bool check = group->slot && group->conn && group->slot->notice.load(std::memory_order_acquire) != group->seen_notice;
+    if ((group->polls & 7) != 0 && !check) [[likely]] return {};
+    return group_tick_slow(check);
+  }
+  Status group_tick_slow(bool check);
   void forget_slot();
   std::map<std::pair<std::string, std::uint32_t>, std::uint64_t>& committed_by_us() {
     return group ? group->last_committed : simple_committed;

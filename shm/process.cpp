@@ -50,7 +50,10 @@ namespace {
 ProcessId g_self;
 std::atomic<bool> g_self_valid{false};
 
-void invalidate_self() noexcept { g_self_valid.store(false, std::memory_order_relaxed); }
+void invalidate_self() noexcept {
+  g_self_valid.store(false, std::memory_order_relaxed);
+  g_fork_generation.fetch_add(1, std::memory_order_relaxed);
+}
 
 }  // namespace
 

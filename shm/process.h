@@ -3,6 +3,7 @@
 // carrying that pid started at another time.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <sys/types.h>
 
@@ -15,6 +16,12 @@ struct ProcessId {
 
 // This process, computed once.
 const ProcessId& self_process() noexcept;
+
+// Moves in every forked child (the atfork handler self_process() registers): an object that
+// noted it when made, after a first self_process(), is still in the process that made it
+// while the two are equal. One load, for the hot paths that must refuse a forked child.
+inline std::atomic<std::uint32_t> g_fork_generation{0};
+inline std::uint32_t fork_generation() noexcept { return g_fork_generation.load(std::memory_order_relaxed); }
 
 // Start time of `pid` from /proc/<pid>/stat (field 22), 0 if there is no such process.
 std::uint64_t process_start_ticks(pid_t pid) noexcept;

@@ -525,7 +525,7 @@ class RingReader {
   // The record at the cursor, stepping over PADDING. Does not move past it. `length` is the
   // record's length as read and checked once: use it, never re-read it (a lapping producer
   // may change the header between two reads). Bounded: at most one padding step.
-  ReadStatus next(const RecordHeader*& out, std::uint32_t& length) noexcept {
+  [[gnu::always_inline]] ReadStatus next(const RecordHeader*& out, std::uint32_t& length) noexcept {
     for (int step = 0; step < 2; ++step) {
       const RecordHeader* h = ring_.header_at(pos_);
       // SYNC POINT: acquire; pairs with the release in RingWriter::publish() / commit().

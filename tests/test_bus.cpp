@@ -43,10 +43,11 @@ TopicConfig small(std::uint32_t partitions = 1, std::uint64_t capacity = 65536,
 }
 
 Consumer consumer_at(std::shared_ptr<Bus> bus, std::vector<TopicPartition> tps, OffsetReset reset = OffsetReset::kEarliest,
-                     bool hold_producers = false) {
+                     bool hold_producers = false, std::uint32_t max_poll_records = 500) {
   ConsumerConfig cfg;
   cfg.auto_offset_reset = reset;
   cfg.hold_producers = hold_producers;
+  cfg.max_poll_records = max_poll_records;
   auto c = Consumer::create(std::move(bus), cfg);
   EXPECT_TRUE(c);
   EXPECT_TRUE(c->assign(tps));
@@ -1358,4 +1359,169 @@ TEST(Bus, AConsumerOnAReadOnlyMappingReadsWithoutWriting) {
   ASSERT_TRUE(c->seek({"t", 0}, 5));
   ASSERT_TRUE(c->seek_to_end({"t", 0}));
   EXPECT_EQ(*c->position({"t", 0}), 10u);
+}
+
+namespace {
+
+// What a poll returned, as text: each record's offset, key (or null), value (or null) and
+// header count, or the error's code and message.
+std::string describe_poll(const Result<std::span<const ConsumedRecord>>& b) {
+  if (!b) return fmt::format("error {} {}", static_cast<int>(b.error().code), b.error().message);
+  std::string out;
+  for (const auto& r : *b) {
+    std::size_t headers = 0;
+    for (auto it = r.headers(); it.next();) ++headers;
+    out += fmt::format("[{}-{}@{} k={} v={} h={}]", r.topic, r.partition, r.offset,
+                       r.key ? fmt::format("'{}'", as_string(*r.key)) : "null",
+                       r.null_value ? "null" : fmt::format("'{}'", as_string(r.value)), headers);
+  }
+  return out.empty() ? "none" : out;
+}
+
+// One scripted run through what changes a consumer's state between polls, on a block topic
+// read in place, as text. With `slow`, statistics are on: every poll then takes the general
+// path (Consumer::Impl::fast_poll() refuses), so the two runs compare the fast path with it.
+std::vector<std::string> poll_script(bool slow) {
+  test::TestBus bus(slow ? "pollslow" : "pollfast");
+  std::vector<std::string> trace;
+  auto cfg = small(2, 65536, RetentionMode::kBlock);
+  cfg.max_record = 4096;
+  EXPECT_TRUE(bus->create_topic("t", cfg));
+  ConsumerConfig cc;
+  cc.auto_offset_reset = OffsetReset::kEarliest;
+  cc.hold_producers = true;
+  cc.max_poll_records = 3;
+  if (slow) {
+    cc.statistics_interval = std::chrono::milliseconds(3'600'000);
+    cc.statistics_cb = [](const std::string&) {};
+  }
+  auto c = Consumer::create(bus.get(), cc);
+  EXPECT_TRUE(c);
+  EXPECT_TRUE(c->assign({{"t", 0}}));
+  auto p = Producer::create(bus.get());
+  const Header hd[2] = {{"h1", as_bytes(std::string_view("x"))}, {"h2", {}, true}};
+  auto send = [&](std::optional<std::string_view> key, std::optional<std::string_view> value, std::uint32_t part,
+                  bool headers = false) {
+    Message m{key ? std::optional<Bytes>(as_bytes(*key)) : std::nullopt, value ? as_bytes(*value) : Bytes{}};
+    m.null_value = !value;
+    if (headers) m.headers = hd;
+    EXPECT_TRUE(p->send("t", m, part));
+  };
+  auto poll = [&](const char* step, std::chrono::milliseconds t = 0ms) {
+    auto b = c->poll(t);
+    trace.push_back(fmt::format("{}: {} pos={} lost={}", step, describe_poll(b), *c->position({"t", 0}), c->lost()));
+  };
+  poll("empty");
+  send(std::nullopt, "v0", 0);
+  send("", "v1", 0, true);
+  send("k2", std::nullopt, 0);
+  send("k3", "", 0);
+  send(std::nullopt, "v4", 0);
+  poll("three of five");
+  poll("two left");
+  poll("none left");
+  for (int i = 5; i < 8; ++i) send(std::nullopt, fmt::format("v{}", i), 0);
+  EXPECT_TRUE(c->pause({{"t", 0}}));
+  poll("paused");
+  EXPECT_TRUE(c->resume({{"t", 0}}));
+  poll("resumed", 100ms);
+  EXPECT_TRUE(c->seek({"t", 0}, 1));
+  poll("seek back to 1");
+  EXPECT_TRUE(c->seek_to_end({"t", 0}));
+  poll("at the end");
+  send(std::nullopt, "p1-a", 1);
+  EXPECT_TRUE(c->assign({{"t", 0}, {"t", 1}}));
+  send(std::nullopt, "v8", 0);
+  poll("two partitions", 100ms);
+  poll("two partitions again", 100ms);
+  EXPECT_TRUE(c->assign({{"t", 0}}));
+  EXPECT_TRUE(c->seek({"t", 0}, 9));
+  send(std::nullopt, "v9", 0);
+  send(std::nullopt, "v10-bad", 0);
+  send(std::nullopt, "v11", 0);
+  {  // the middle one claims a value longer than itself
+    const shm::Ring ring = bus->topic("t").value()->ring(0);
+    ring.header_at(ring.index_at(10).load())->value_len = 1u << 20;
+  }
+  poll("before the bad one");
+  poll("the bad one");
+  poll("after the bad one");
+  poll("nothing more", 20ms);
+  // Records of the last poll are released by the next: the gate moved with the reader.
+  for (int i = 0; i < 3; ++i) send(std::nullopt, fmt::format("w{}", i), 0);
+  poll("last");
+  EXPECT_TRUE(bus->delete_topic("t"));
+  poll("deleted");
+  return trace;
+}
+
+}  // namespace
+
+// Consumer::poll's fast path (one partition read in place) returns what the general path
+// returns, poll for poll, through pauses, seeks, a second partition, a damaged record, an
+// empty ring and a deleted topic.
+TEST(Bus, FastAndSlowPollsReturnTheSameRecordsThroughEveryStateChange) {
+  const auto fast = poll_script(false), slow = poll_script(true);
+  ASSERT_EQ(fast.size(), slow.size());
+  for (std::size_t i = 0; i < fast.size(); ++i) EXPECT_EQ(fast[i], slow[i]);
+  if (std::getenv("SHMBUS_TEST_TRACE"))
+    for (const auto& line : slow) std::fprintf(stderr, "%s\n", line.c_str());
+  // And what the general path returns is what the script sent.
+  ASSERT_GE(slow.size(), 3u);
+  EXPECT_EQ(slow[1], "three of five: [t-0@0 k=null v='v0' h=0][t-0@1 k='' v='v1' h=2][t-0@2 k='k2' v=null h=0] pos=3 lost=0");
+  EXPECT_EQ(slow[2], "two left: [t-0@3 k='k3' v='' h=0][t-0@4 k=null v='v4' h=0] pos=5 lost=0");
+}
+
+// A forked child cannot poll its parent's consumer, even one that polled through the fast
+// path (which checks a fork generation, not the pid); the parent polls on undisturbed.
+TEST(Bus, ForkedChildsPollIsRefusedAfterFastPolls) {
+  test::TestBus bus("pollfork");
+  ASSERT_TRUE(bus->create_topic("t", small(1, 65536, RetentionMode::kBlock)));
+  auto c = consumer_at(bus.get(), {{"t", 0}}, OffsetReset::kEarliest, /*hold_producers=*/true, /*max_poll_records=*/1);
+  auto p = Producer::create(bus.get());
+  for (int i = 0; i < 12; ++i) ASSERT_TRUE(p->send("t", std::nullopt, std::to_string(i)));
+  for (int i = 0; i < 10; ++i) {
+    auto b = c.poll(0ms);
+    ASSERT_TRUE(b && !b->empty());
+  }
+  const std::uint64_t at = *c.position({"t", 0});
+  const pid_t child = ::fork();
+  if (child == 0) {
+    auto b = c.poll(0ms);
+    const bool refused = !b && b.error().code == Errc::kInvalidArgument &&
+                         b.error().message.find("forked child") != std::string::npos;
+    ::_exit(refused && *c.position({"t", 0}) == at ? 0 : 1);
+  }
+  int st = 0;
+  ASSERT_EQ(::waitpid(child, &st, 0), child);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "the child's poll was not refused";
+  ASSERT_TRUE(p->send("t", std::nullopt, "after"));
+  auto got = drain(c, 1);
+  ASSERT_FALSE(got.empty());
+}
+
+// A one-record poll read in place holds its record (and the producers) until the next
+// poll, which releases exactly what it returned before.
+TEST(Bus, OneRecordPollHoldsItsRecordUntilTheNextPoll) {
+  test::TestBus bus("pollhold");
+  auto cfg = small(1, 4096, RetentionMode::kBlock);
+  ASSERT_TRUE(bus->create_topic("t", cfg));
+  auto c = consumer_at(bus.get(), {{"t", 0}}, OffsetReset::kEarliest, /*hold_producers=*/true, /*max_poll_records=*/1);
+  ProducerConfig pc;
+  pc.max_block_ms = 0;
+  auto p = Producer::create(bus.get(), pc);
+  const std::string value(200, 'a');
+  std::uint64_t sent = 0;
+  while (p->send("t", std::nullopt, value)) ++sent;
+  ASSERT_GT(sent, 4u);
+  auto first = c.poll(0ms);
+  ASSERT_TRUE(first && first->size() == 1u);
+  const std::string held(as_string((*first)[0].value));
+  EXPECT_FALSE(p->send("t", std::nullopt, value)) << "the record just returned is still held";
+  EXPECT_EQ(as_string((*first)[0].value), held);
+  auto second = c.poll(0ms);
+  ASSERT_TRUE(second && second->size() == 1u);
+  EXPECT_EQ((*second)[0].offset, 1u);
+  EXPECT_TRUE(p->send("t", std::nullopt, value)) << "the first record's room was given back";
+  EXPECT_FALSE(p->send("t", std::nullopt, value)) << "and no more than that";
 }
