@@ -272,9 +272,10 @@ std::uint64_t Consumer::aborted() const noexcept {
   return n;
 }
 
-// The one-partition, in-place case of a look at the ring, which a latency-bound consumer
-// takes on every call and every spin: the records that are there, decoded where they lie,
-// with nothing else in between. The caller checked fast_poll() and moved the gate.
+// The one-partition case of a look at the ring, which a latency-bound consumer takes on
+// every call and every spin: the records that are there, decoded where they lie (or copied
+// first, without a gate), with nothing else in between. The caller checked fast_poll() and
+// moved the gate.
 // kEmpty: nothing yet, and no stall check due. kSlow: the slow look (fetch()) must run: a
 // stall check is due, or it met anything unusual (a deleted topic, padding it must judge,
 // a damaged record, a lap), which fetch_one() then meets again and handles.
@@ -287,26 +288,62 @@ std::uint64_t Consumer::aborted() const noexcept {
   const std::string_view topic = a.tp.topic;
   const std::uint32_t partition = a.tp.partition;
   const std::size_t limit = config.max_poll_records;
-  std::size_t n = 0;
-  shm::ReadStatus st;
-  do {
-    const shm::RecordHeader* h = nullptr;
-    std::uint32_t len = 0;
-    if ((st = a.reader.next(h, len)) != shm::ReadStatus::kRecord) break;
-    // Held back by our gate, the record cannot change under us: decoded in place.
+  // The record's fields from its bytes (in the ring, or our copy) into the batch; false
+  // when its lengths do not fit its size (fetch_one() then reports it).
+  auto take = [&](const std::byte* rec, std::uint64_t offset, std::uint32_t len) {
+    const auto* h = reinterpret_cast<const shm::RecordHeader*>(rec);
     const std::uint32_t klen = h->key_len, hlen = h->headers_len, vlen = h->value_len, flags = h->flags;
     const std::uint64_t kbytes = klen == shm::kNullKey ? 0 : klen;
-    if (shm::kRecordHeaderSize + kbytes + hlen + vlen > len) [[unlikely]] {  // fetch_one() reports it
-      st = shm::ReadStatus::kCorrupt;
-      break;
-    }
-    const std::byte* payload = reinterpret_cast<const std::byte*>(h) + shm::kRecordHeaderSize;
-    batch.emplace_back(topic, partition, a.reader.offset(), h->timestamp_ns,
+    if (shm::kRecordHeaderSize + kbytes + hlen + vlen > len) [[unlikely]] return false;
+    const std::byte* payload = rec + shm::kRecordHeaderSize;
+    batch.emplace_back(topic, partition, offset, h->timestamp_ns,
                        klen == shm::kNullKey ? std::optional<Bytes>() : std::optional<Bytes>(Bytes(payload, kbytes)),
                        Bytes(payload + kbytes + hlen, vlen), Bytes(payload + kbytes, hlen),
                        (flags & shm::kRecordNullValue) != 0 && vlen == 0);
-    a.reader.advance(len);
-  } while (++n < limit);
+    return true;
+  };
+  std::size_t n = 0;
+  shm::ReadStatus st;
+  if (a.zero_copy) {
+    do {
+      const shm::RecordHeader* h = nullptr;
+      std::uint32_t len = 0;
+      if ((st = a.reader.next(h, len)) != shm::ReadStatus::kRecord) break;
+      // Held back by our gate, the record cannot change under us: decoded in place.
+      if (!take(reinterpret_cast<const std::byte*>(h), a.reader.offset(), len)) [[unlikely]] {
+        st = shm::ReadStatus::kCorrupt;
+        break;
+      }
+      a.reader.advance(len);
+    } while (++n < limit);
+  } else {
+    // Copied (a producer may overwrite the ring's bytes at any time), then judged as a whole:
+    // a copy torn by a lap, or one whose lengths do not fit, sends the reader back to where
+    // this look started and the slow look reads it all again and handles it.
+    const std::uint64_t start_pos = a.reader.position(), start_offset = a.reader.offset();
+    do {
+      const shm::RecordHeader* h = nullptr;
+      std::uint32_t len = 0;
+      if ((st = a.reader.next(h, len)) != shm::ReadStatus::kRecord) break;
+      const std::size_t at = arena_used;
+      shm::racy_copy(arena_take(len), h, len);
+      arena_records.push_back(ArenaRecord{n, at, 0, len});
+      a.reader.advance(len);
+    } while (++n < limit);
+    if (n) {
+      bool whole = a.reader.intact_from(start_pos);
+      for (std::size_t i = 0; whole && i < n; ++i)
+        whole = take(arena.get() + arena_records[i].arena_at, start_offset + i, arena_records[i].len);
+      arena_records.clear();
+      if (!whole) [[unlikely]] {
+        a.reader.rewind(start_offset, start_pos);
+        batch.clear();
+        arena_used = 0;
+        a.empty_polls = 255;  // a lap: the slow look's first kNone asks lapped() at once
+        return FastRead::kSlow;
+      }
+    }
+  }
   if (n) [[likely]] {
     a.empty_polls = 0;
     return FastRead::kGot;

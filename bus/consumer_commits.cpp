@@ -38,8 +38,8 @@ Result<std::vector<std::optional<std::uint64_t>>> Consumer::Impl::simple_starts(
   return starts;
 }
 
-// Every 8th poll: read busd's replies (so that they do not pile up), and auto-commit.
-// Every 8th poll (group_tick(), consumer_impl.h).
+// Every 8th poll (group_tick(), consumer_impl.h): read busd's replies (so that they do not
+// pile up), and auto-commit.
 void Consumer::Impl::simple_tick() {
   if (!simple_conn->pump()) simple_conn.reset();  // the next commit connects again
   settle_commits(false);

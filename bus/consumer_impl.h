@@ -154,17 +154,17 @@ struct Consumer::Impl {
 
   ~Impl() { release_gates(); }
 
-  // poll()'s fast path may serve this poll (bus/consumer.cpp, poll_fast): the process that
-  // made the consumer, one partition read in place from its ring, nothing deferred, no
-  // statistics. Checked on every poll, field by field: a cached flag would need each of the
+  // poll()'s fast path may serve this poll (bus/consumer.cpp, read_fast): the process that
+  // made the consumer, one partition read from its ring (not paused, not from the disk log,
+  // no seek past an unfinished claim), nothing deferred, no statistics. Checked on every poll, field by field: a cached flag would need each of the
   // many places that change these to clear it.
   bool fast_poll() const noexcept {
     if (fork_gen != shm::fork_generation() || assigned.size() != 1 || stats || deferred) return false;
     const Assigned& a = assigned[0];
-    return a.zero_copy && !a.paused && a.disk_next == Assigned::kFromRing && a.skip_below == 0;
+    return !a.paused && a.disk_next == Assigned::kFromRing && a.skip_below == 0;
   }
   enum class FastRead { kGot, kEmpty, kSlow };
-  FastRead read_fast();
+  inline FastRead read_fast();  // defined (and called) in bus/consumer.cpp only
   Result<std::span<const ConsumedRecord>> poll_loop(std::chrono::nanoseconds timeout, bool look);
 
   // Hot helpers of more than one room, kept inline here as they were in one file.

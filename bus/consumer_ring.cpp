@@ -99,9 +99,12 @@ Status Consumer::Impl::fetch_one(std::size_t idx, std::size_t limit) {
     std::uint32_t len = 0;  // checked by next(): never read the header's length again
     const shm::ReadStatus st = a.reader.next(h, len);
     if (st == shm::ReadStatus::kRecord) {
-      if (a.reader.offset() < a.skip_below) [[unlikely]] {  // before the offset sought
-        a.reader.advance(len);
-        continue;
+      if (a.skip_below) [[unlikely]] {
+        if (a.reader.offset() < a.skip_below) {  // before the offset sought
+          a.reader.advance(len);
+          continue;
+        }
+        a.skip_below = 0;  // passed: poll()'s fast path may serve again
       }
       if (a.zero_copy) {
         // Held back by our gate, the record cannot change under us: decode it in place.

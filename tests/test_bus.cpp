@@ -1378,18 +1378,19 @@ std::string describe_poll(const Result<std::span<const ConsumedRecord>>& b) {
   return out.empty() ? "none" : out;
 }
 
-// One scripted run through what changes a consumer's state between polls, on a block topic
-// read in place, as text. With `slow`, statistics are on: every poll then takes the general
-// path (Consumer::Impl::fast_poll() refuses), so the two runs compare the fast path with it.
-std::vector<std::string> poll_script(bool slow) {
+// One scripted run through what changes a consumer's state between polls, as text: on a
+// block topic read in place, or on an overwrite topic read by copies (which also laps the
+// reader). With `slow`, statistics are on: every poll then takes the general path
+// (Consumer::Impl::fast_poll() refuses), so the two runs compare the fast path with it.
+std::vector<std::string> poll_script(bool slow, bool in_place) {
   test::TestBus bus(slow ? "pollslow" : "pollfast");
   std::vector<std::string> trace;
-  auto cfg = small(2, 65536, RetentionMode::kBlock);
+  auto cfg = small(2, 65536, in_place ? RetentionMode::kBlock : RetentionMode::kOverwrite);
   cfg.max_record = 4096;
   EXPECT_TRUE(bus->create_topic("t", cfg));
   ConsumerConfig cc;
   cc.auto_offset_reset = OffsetReset::kEarliest;
-  cc.hold_producers = true;
+  cc.hold_producers = in_place;
   cc.max_poll_records = 3;
   if (slow) {
     cc.statistics_interval = std::chrono::milliseconds(3'600'000);
@@ -1450,6 +1451,11 @@ std::vector<std::string> poll_script(bool slow) {
   // Records of the last poll are released by the next: the gate moved with the reader.
   for (int i = 0; i < 3; ++i) send(std::nullopt, fmt::format("w{}", i), 0);
   poll("last");
+  if (!in_place) {  // producers lap the reader: it starts again at the ring's start
+    for (int i = 0; i < 2000; ++i) send(std::nullopt, fmt::format("{:0>100}", i), 0);
+    poll("lapped", 100ms);
+    poll("after the lap");
+  }
   EXPECT_TRUE(bus->delete_topic("t"));
   poll("deleted");
   return trace;
@@ -1457,11 +1463,13 @@ std::vector<std::string> poll_script(bool slow) {
 
 }  // namespace
 
-// Consumer::poll's fast path (one partition read in place) returns what the general path
-// returns, poll for poll, through pauses, seeks, a second partition, a damaged record, an
-// empty ring and a deleted topic.
-TEST(Bus, FastAndSlowPollsReturnTheSameRecordsThroughEveryStateChange) {
-  const auto fast = poll_script(false), slow = poll_script(true);
+class PollPaths : public ::testing::TestWithParam<bool> {};
+
+// Consumer::poll's fast path (one partition) returns what the general path returns, poll for
+// poll, through pauses, seeks, a second partition, a damaged record, an empty ring, a lap
+// and a deleted topic.
+TEST_P(PollPaths, FastAndSlowPollsReturnTheSameRecordsThroughEveryStateChange) {
+  const auto fast = poll_script(false, GetParam()), slow = poll_script(true, GetParam());
   ASSERT_EQ(fast.size(), slow.size());
   for (std::size_t i = 0; i < fast.size(); ++i) EXPECT_EQ(fast[i], slow[i]);
   if (std::getenv("SHMBUS_TEST_TRACE"))
@@ -1470,7 +1478,14 @@ TEST(Bus, FastAndSlowPollsReturnTheSameRecordsThroughEveryStateChange) {
   ASSERT_GE(slow.size(), 3u);
   EXPECT_EQ(slow[1], "three of five: [t-0@0 k=null v='v0' h=0][t-0@1 k='' v='v1' h=2][t-0@2 k='k2' v=null h=0] pos=3 lost=0");
   EXPECT_EQ(slow[2], "two left: [t-0@3 k='k3' v='' h=0][t-0@4 k=null v='v4' h=0] pos=5 lost=0");
+  if (!GetParam()) {
+    ASSERT_GE(slow.size(), 3u);
+    EXPECT_EQ(slow[slow.size() - 3].find("lapped: [t-0@"), 0u) << slow[slow.size() - 3];
+    EXPECT_EQ(slow[slow.size() - 3].find("lost=0"), std::string::npos) << "the lap was taken";
+  }
 }
+INSTANTIATE_TEST_SUITE_P(Bus, PollPaths, ::testing::Values(true, false),
+                         [](const auto& info) { return info.param ? "InPlace" : "Copying"; });
 
 // A forked child cannot poll its parent's consumer, even one that polled through the fast
 // path (which checks a fork generation, not the pid); the parent polls on undisturbed.
@@ -1525,3 +1540,53 @@ TEST(Bus, OneRecordPollHoldsItsRecordUntilTheNextPoll) {
   EXPECT_TRUE(p->send("t", std::nullopt, value)) << "the first record's room was given back";
   EXPECT_FALSE(p->send("t", std::nullopt, value)) << "and no more than that";
 }
+
+class FastPathWaits : public ::testing::TestWithParam<WaitStrategy> {};
+
+// A claim committed in its entry whose first word was never stored (its writer stopped in
+// between): only unstick(), which the wait runs every 256th empty look, finds the record.
+// A one-partition consumer spins (or sleeps) through the fast path's looks and must still
+// get there, in place and by copies.
+TEST_P(FastPathWaits, FindsACommittedClaimWithoutItsFirstWord) {
+  for (const bool in_place : {true, false}) {
+    test::TestBus bus("pollword");
+    ASSERT_TRUE(bus->create_topic("t", small(1, 65536, in_place ? RetentionMode::kBlock : RetentionMode::kOverwrite)));
+    ConsumerConfig cc;
+    cc.auto_offset_reset = OffsetReset::kEarliest;
+    cc.hold_producers = in_place;
+    cc.max_poll_records = 1;
+    cc.wait = GetParam();
+    cc.stall = 2ms;
+    auto c = Consumer::create(bus.get(), cc);
+    ASSERT_TRUE(c);
+    ASSERT_TRUE(c->assign({{"t", 0}}));
+    auto p = Producer::create(bus.get());
+    ASSERT_TRUE(p->send("t", std::nullopt, "first"));
+    auto first = c->poll(1s);
+    ASSERT_TRUE(first && first->size() == 1u) << "the fast path's first record";
+    const pid_t child = ::fork();
+    if (child == 0) {
+      BusOptions o;
+      o.name = bus.name();
+      auto b = Bus::attach(o);
+      auto q = Producer::create(*b);
+      shm::test_hooks::after_commit = [] { ::raise(SIGSTOP); };
+      ::_exit(q && q->send("t", Message{std::nullopt, as_bytes("wordless")}, 0u) ? 0 : 1);
+    }
+    int st = 0;
+    ASSERT_EQ(::waitpid(child, &st, WUNTRACED), child);
+    ASSERT_TRUE(WIFSTOPPED(st));
+    auto b = c->poll(2s);
+    ::kill(child, SIGCONT);
+    ASSERT_EQ(::waitpid(child, &st, 0), child);
+    ASSERT_TRUE(b) << b.error().message;
+    ASSERT_EQ(b->size(), 1u) << (in_place ? "in place" : "copying") << ": the committed record was not found";
+    EXPECT_EQ(as_string((*b)[0].value), "wordless");
+    EXPECT_EQ((*b)[0].offset, 1u);
+  }
+}
+INSTANTIATE_TEST_SUITE_P(Bus, FastPathWaits,
+                         ::testing::Values(WaitStrategy::kSpin, WaitStrategy::kBlock, WaitStrategy::kAdaptive),
+                         [](const auto& info) {
+                           return info.param == WaitStrategy::kSpin ? "Spin" : info.param == WaitStrategy::kBlock ? "Block" : "Adaptive";
+                         });
