@@ -7,7 +7,7 @@
 # one iteration costs, with the process's setup (bus, topic, first-touch paths) gone.
 # - sends: the whole program is counted; the benchmark's loop does only the send (plus
 #   Google Benchmark's loop instructions). `perf stat -e instructions:u` when this machine
-#   has the counter, else callgrind. One row also counts only inside Producer::send_batch.
+#   has the counter, else callgrind. Two rows also count only inside the send call.
 # - polls: only the instructions inside Consumer::poll (callgrind --toggle-collect, callees
 #   included), so the send in the same loop does not count. Always callgrind.
 # Under callgrind these are instructions retired in user space by the simulated CPU, which
@@ -60,13 +60,14 @@ printf '%-66s %10s   %s\n' "operation" "per record" "counted by"
 # Enough iterations that the 4 MiB overwrite ring wraps in both runs: the amortised cost of
 # making room is in the difference.
 row "send, overwrite topic, no consumer (BM_Send/64/8/0)" '^BM_Send/64/8/0/' 100000 200000 1
-# The same sends, counting only inside Producer::send_batch (what send() calls today): the
-# difference to the row above is the benchmark loop, send()'s wrapper and the Result.
-row "  of which inside Producer::send_batch" '^BM_Send/64/8/0/' 100000 200000 1 'shmbus::Producer::send_batch*'
+# The same sends, counting only inside Producer::send (callees included): the difference to
+# the row above is the benchmark's loop.
+row "  of which inside Producer::send" '^BM_Send/64/8/0/' 100000 200000 1 'shmbus::Producer::send(*'
 row "send, overwrite topic, align 64 (BM_Send/64/64/0)" '^BM_Send/64/64/0/' 100000 200000 1
 row "send, overwrite topic, align 64, exclusive (BM_Send/64/64/1)" '^BM_Send/64/64/1/' 100000 200000 1
 row "PartitionWriter::send, align 64 (BM_PartitionWriterSend/64/0)" '^BM_PartitionWriterSend/64/0/' 100000 200000 1
 row "PartitionWriter::send, align 64, exclusive (BM_PartitionWriterSend/64/1)" '^BM_PartitionWriterSend/64/1/' 100000 200000 1
+row "  of which inside PartitionWriter::send" '^BM_PartitionWriterSend/64/1/' 100000 200000 1 'shmbus::PartitionWriter::send*'
 row "send_batch of 64, per record (BM_SendBatch64/64/8)" '^BM_SendBatch64/64/8/' 2000 4000 64
 row "poll of 1 record, copying consumer (BM_SendThenPoll/0)" '^BM_SendThenPoll/0/' 100000 200000 1 'shmbus::Consumer::poll*'
 row "poll of 1 record, zero-copy, block topic (BM_SendThenPoll/1)" '^BM_SendThenPoll/1/' 100000 200000 1 'shmbus::Consumer::poll*'

@@ -56,7 +56,7 @@ bool plain_store128_is_atomic() noexcept;
 // guarantees it, else a CAS loop. For a location only this thread writes, except for CASes
 // that write the same value (Ring::help_tail) or that happen only once its writer is dead.
 // Ordered after earlier stores and before later ones (x86 TSO; the compiler is told).
-inline void store128(Pair64* target, Pair64 v) noexcept {
+[[gnu::always_inline]] inline void store128(Pair64* target, Pair64 v) noexcept {
 #if !defined(__SANITIZE_THREAD__)
   static const bool plain = plain_store128_is_atomic();
   if (plain) [[likely]] {

@@ -94,19 +94,17 @@ std::int64_t realtime_ns() noexcept {
 
 namespace {
 
-struct TscClock {
-  std::atomic<bool> usable{false};
-  std::atomic<std::uint64_t> anchor_tsc{0};
-  std::atomic<std::int64_t> anchor_ns{0};
-  std::atomic<double> ns_per_tick{0};
+// The re-anchoring half of fast_realtime_ns() (shm/process.h): the first anchor, and the
+// rate and anchor moved every 10 ms.
+struct TscState {
   std::uint64_t first_tsc = 0;
   std::int64_t first_ns = 0;
   std::mutex mu;
 };
 
-TscClock& tsc_clock() {
-  static TscClock c;
-  return c;
+TscState& tsc_state() {
+  static TscState s;
+  return s;
 }
 
 bool invariant_tsc() {
@@ -117,17 +115,11 @@ bool invariant_tsc() {
 
 }  // namespace
 
-std::int64_t fast_realtime_ns() noexcept {
+std::int64_t fast_realtime_ns_slow(std::uint64_t t) noexcept {
   static const bool ok = invariant_tsc();
   if (!ok) return realtime_ns();
-  TscClock& c = tsc_clock();
-  const std::uint64_t t = __rdtsc();
-  if (c.usable.load(std::memory_order_acquire)) {
-    const std::uint64_t at = c.anchor_tsc.load(std::memory_order_relaxed);
-    const double rate = c.ns_per_tick.load(std::memory_order_relaxed);
-    const double since = static_cast<double>(t - at) * rate;
-    if (t >= at && since < 10e6) return c.anchor_ns.load(std::memory_order_relaxed) + static_cast<std::int64_t>(since);
-  }
+  TscState& c = tsc_state();
+  TscAnchor& anchor = g_tsc_anchor;
   // Re-anchor (one thread at a time; the others use the system clock meanwhile).
   std::unique_lock lock(c.mu, std::try_to_lock);
   const std::int64_t now = realtime_ns();
@@ -140,10 +132,10 @@ std::int64_t fast_realtime_ns() noexcept {
     return now;
   }
   if (mid > c.first_tsc && now - c.first_ns >= 1'000'000) {
-    c.ns_per_tick.store(static_cast<double>(now - c.first_ns) / static_cast<double>(mid - c.first_tsc), std::memory_order_relaxed);
-    c.anchor_tsc.store(mid, std::memory_order_relaxed);
-    c.anchor_ns.store(now, std::memory_order_relaxed);
-    c.usable.store(true, std::memory_order_release);
+    anchor.ns_per_tick.store(static_cast<double>(now - c.first_ns) / static_cast<double>(mid - c.first_tsc), std::memory_order_relaxed);
+    anchor.tsc.store(mid, std::memory_order_relaxed);
+    anchor.ns.store(now, std::memory_order_relaxed);
+    anchor.usable.store(true, std::memory_order_release);
   }
   return now;
 }

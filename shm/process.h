@@ -37,7 +37,24 @@ std::int64_t realtime_ns() noexcept;
 // of about 28 for the vDSO here. It re-anchors to clock_gettime every 10 ms and refines the
 // TSC rate from the first anchor, so it follows NTP within a microsecond; until two anchors
 // 1 ms apart exist (and on machines without an invariant TSC) it is realtime_ns() itself.
-std::int64_t fast_realtime_ns() noexcept;
+// Inline: the anchor's reading here, the re-anchoring in fast_realtime_ns_slow().
+struct TscAnchor {
+  std::atomic<bool> usable{false};  // false without an invariant TSC, and until two anchors
+  std::atomic<std::uint64_t> tsc{0};
+  std::atomic<std::int64_t> ns{0};
+  std::atomic<double> ns_per_tick{0};
+};
+inline TscAnchor g_tsc_anchor;
+std::int64_t fast_realtime_ns_slow(std::uint64_t tsc) noexcept;
+[[gnu::always_inline]] inline std::int64_t fast_realtime_ns() noexcept {
+  const std::uint64_t t = __builtin_ia32_rdtsc();
+  if (g_tsc_anchor.usable.load(std::memory_order_acquire)) [[likely]] {
+    const std::uint64_t at = g_tsc_anchor.tsc.load(std::memory_order_relaxed);
+    const double since = static_cast<double>(t - at) * g_tsc_anchor.ns_per_tick.load(std::memory_order_relaxed);
+    if (t >= at && since < 10e6) [[likely]] return g_tsc_anchor.ns.load(std::memory_order_relaxed) + static_cast<std::int64_t>(since);
+  }
+  return fast_realtime_ns_slow(t);
+}
 
 // The asymmetric fence between processes (membarrier(2), MEMBARRIER_CMD_GLOBAL_EXPEDITED):
 // a process that registers pays nothing on its fast path, and a heavy_fence() in another

@@ -412,6 +412,7 @@ RingWriter& RingWriter::operator=(RingWriter&& o) noexcept {
     slot_ = std::exchange(o.slot_, nullptr);
     slot_index_ = o.slot_index_;
     owner_pid_ = o.owner_pid_;
+    owner_fork_gen_ = o.owner_fork_gen_;
     cached_tail_ = o.cached_tail_;
     cached_reclaim_ = o.cached_reclaim_;
     cached_reclaim_offset_ = o.cached_reclaim_offset_;
@@ -498,6 +499,7 @@ Status RingWriter::open(const Segment& seg, bool exclusive) {
     s.reclaim_view.store(kNoClaim, std::memory_order_relaxed);  // a dead owner's, stopped inside a reclaim
     s.owner_pid.store(self_process().pid, std::memory_order_relaxed);
     owner_pid_ = self_process().pid;
+    owner_fork_gen_ = fork_generation();  // after self_process(): its atfork handler moves it
     slot_ = &s;
     slot_index_ = i;
     cached_tail_ = snapshot128(&ring_.ctl()->tail);

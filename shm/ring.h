@@ -346,7 +346,8 @@ class RingWriter {
   // stored nothing claim_into() does not store again: call it then. The single-record fast
   // path (docs/performance.md, "The fused single-record path").
   [[gnu::always_inline]] bool try_claim_one_exclusive(Claim& out, std::uint32_t bytes, std::uint32_t end_align) noexcept {
-    if (!exclusive_ || !slot_ || self_process().pid != owner_pid_) [[unlikely]]
+    // A forked child's claim goes to claim_into(), which refuses it (one load, not a call).
+    if (!exclusive_ || !slot_ || fork_generation() != owner_fork_gen_) [[unlikely]]
       return false;
     const Pair64 cur = cached_tail_;
     const std::uint64_t cap = ring_.capacity();
@@ -388,7 +389,7 @@ class RingWriter {
   // The exclusive writer's commit and the finish are inline: a call's register saves are
   // stores, which queue in the store buffer behind the record's (docs/performance.md, "Store
   // forwarding on the producer's path").
-  Status commit(const Claim& c) noexcept {
+  [[gnu::always_inline]] Status commit(const Claim& c) noexcept {
     if (exclusive_) [[likely]] {
       if (test_hooks::before_commit) [[unlikely]]
         test_hooks::before_commit();
@@ -485,6 +486,7 @@ class RingWriter {
   Ring ring_;
   SegmentLock lock_;
   std::int32_t owner_pid_ = 0;  // the process that opened it
+  std::uint32_t owner_fork_gen_ = 0;  // and its fork_generation() then
   WriterSlot* slot_ = nullptr;
   std::uint32_t slot_index_ = 0;
   Pair64 cached_tail_{0, 0};

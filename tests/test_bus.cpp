@@ -1590,3 +1590,71 @@ INSTANTIATE_TEST_SUITE_P(Bus, FastPathWaits,
                          [](const auto& info) {
                            return info.param == WaitStrategy::kSpin ? "Spin" : info.param == WaitStrategy::kBlock ? "Block" : "Adaptive";
                          });
+
+// A forked child of a producer that sent through send()'s and PartitionWriter::send()'s
+// fast paths cannot send under its parent's writer slot, exclusive or shared: the inline
+// claim checks a fork generation and the general claim refuses, naming the fork.
+TEST(Bus, ForkedChildOfAProducerIsRefusedAfterFastSends) {
+  for (const bool exclusive : {true, false}) {
+    test::TestBus bus("sendfork");
+    ASSERT_TRUE(bus->create_topic("t", small()));
+    ProducerConfig pc;
+    pc.exclusive = exclusive;
+    auto p = Producer::create(bus.get(), pc);
+    ASSERT_TRUE(p);
+    auto w = p->partition_writer("t", 0);
+    ASSERT_TRUE(w);
+    for (int i = 0; i < 10; ++i) {
+      ASSERT_TRUE(p->send("t", Message{std::nullopt, as_bytes(std::string_view("by name"))}, 0u));
+      ASSERT_TRUE(w->send(Message{std::nullopt, as_bytes(std::string_view("by writer"))}));
+    }
+    const pid_t child = ::fork();
+    if (child == 0) {
+      auto a = p->send("t", Message{std::nullopt, as_bytes(std::string_view("child"))}, 0u);
+      auto b = w->send(Message{std::nullopt, as_bytes(std::string_view("child"))});
+      const bool refused = !a && !b && a.error().message.find("forked child") != std::string::npos &&
+                           b.error().message.find("forked child") != std::string::npos;
+      ::_exit(refused ? 0 : 1);
+    }
+    int st = 0;
+    ASSERT_EQ(::waitpid(child, &st, 0), child);
+    EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << (exclusive ? "exclusive" : "shared") << ": the child sent";
+    auto md = p->send("t", Message{std::nullopt, as_bytes(std::string_view("parent"))}, 0u);
+    ASSERT_TRUE(md) << md.error().message;
+    EXPECT_EQ(md->offset, 20u) << "the parent sends on, and the child appended nothing";
+  }
+}
+
+// send() by name after sends that warmed its fast path still refuses what it refused before:
+// a partition the topic does not have, a send while a reservation is open, a deleted topic;
+// keys still choose their partitions.
+TEST(Bus, SendsByNameAfterWarmSendsStillCheckEverything) {
+  test::TestBus bus("sendwarm");
+  ASSERT_TRUE(bus->create_topic("t", small(4)));
+  auto p = Producer::create(bus.get());
+  for (std::uint32_t part = 0; part < 4; ++part)
+    ASSERT_TRUE(p->send("t", Message{std::nullopt, as_bytes(std::string_view("warm"))}, part));
+  auto bad = p->send("t", Message{std::nullopt, as_bytes(std::string_view("x"))}, 4u);
+  ASSERT_FALSE(bad);
+  EXPECT_EQ(bad.error().code, Errc::kInvalidArgument);
+  EXPECT_NE(bad.error().message.find("no partition 4"), std::string::npos) << bad.error().message;
+  for (const char* key : {"a", "b", "c", "d", "e"}) {
+    auto md = p->send("t", Message{as_bytes(std::string_view(key)), as_bytes(std::string_view("v"))});
+    ASSERT_TRUE(md);
+    EXPECT_EQ(md->partition, partition_for_key(as_bytes(std::string_view(key)), 4)) << key;
+  }
+  auto r = p->reserve("t", std::nullopt, 8, 0);
+  ASSERT_TRUE(r);
+  auto refused = p->send("t", Message{std::nullopt, as_bytes(std::string_view("x"))}, 0u);
+  ASSERT_FALSE(refused);
+  EXPECT_NE(refused.error().message.find("reservation"), std::string::npos) << refused.error().message;
+  ASSERT_TRUE(r->commit());
+  BusOptions o;
+  o.name = bus.name();
+  auto other = Bus::attach(o);
+  ASSERT_TRUE(other);
+  ASSERT_TRUE((*other)->delete_topic("t"));
+  auto gone = p->send("t", Message{std::nullopt, as_bytes(std::string_view("x"))}, 1u);
+  ASSERT_FALSE(gone);
+  EXPECT_TRUE(gone.error().code == Errc::kTopicDeleted || gone.error().code == Errc::kNotFound) << gone.error().message;
+}
