@@ -605,9 +605,11 @@ Result<RecordMetadata> Producer::send(std::string_view topic, const Message& m,
   std::uint32_t p = 0;
   // Most sends: the topic of the last send, to a partition whose writer is open. The checks
   // of the general resolution below, inline and without a Result for each step.
+  Impl::TopicState* chose_in = nullptr;  // the topic whose partition p was chosen below
   if (im.last && !im.reservation_open && topic == im.last_name) [[likely]] {
     ts = im.last;
     p = partition ? *partition : ts->topic->partitions() > 1 ? im.partition_of(*ts, m) : 0;
+    chose_in = ts;
     if (p < ts->writers.size()) w = ts->writers[p].get();
     if (w && (w->ring().closed() || ts->topic->deleted())) [[unlikely]] w = nullptr;
   }
@@ -615,14 +617,17 @@ Result<RecordMetadata> Producer::send(std::string_view topic, const Message& m,
     if (auto ok = im.no_open_reservation(); !ok) return tl::unexpected(ok.error());
     auto t = im.topic(topic);
     if (!t) return tl::unexpected(t.error());
-    ts = *t;
-    p = 0;
+    if (*t != chose_in) {
+      // Chosen once per send: the sticky partitioner moves on each call (with sticky_bytes
+      // 0, on every call), so the choice above stands when the topic is still the same.
+      ts = *t;
+      p = 0;
+      if (!partition && ts->topic->partitions() > 1) p = im.partition_of(*ts, m);
+    }
     if (partition) {
       auto given = im.choose(*ts, std::nullopt, partition, 0);  // checks it
       if (!given) return tl::unexpected(given.error());
       p = *given;
-    } else if (ts->topic->partitions() > 1) {
-      p = im.partition_of(*ts, m);
     }
     auto opened = im.writer(*ts, p);
     if (!opened) return tl::unexpected(opened.error());

@@ -118,6 +118,7 @@ bool invariant_tsc() {
 std::int64_t fast_realtime_ns_slow(std::uint64_t t) noexcept {
   static const bool ok = invariant_tsc();
   if (!ok) return realtime_ns();
+  if (t == 0) t = __rdtsc();
   TscState& c = tsc_state();
   TscAnchor& anchor = g_tsc_anchor;
   // Re-anchor (one thread at a time; the others use the system clock meanwhile).

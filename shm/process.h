@@ -45,15 +45,18 @@ struct TscAnchor {
   std::atomic<double> ns_per_tick{0};
 };
 inline TscAnchor g_tsc_anchor;
+// `tsc`: the TSC as read by the caller, 0: not read (the TSC is read only once it is known
+// to be invariant: never where it is not, or where a process made rdtsc fault).
 std::int64_t fast_realtime_ns_slow(std::uint64_t tsc) noexcept;
 [[gnu::always_inline]] inline std::int64_t fast_realtime_ns() noexcept {
-  const std::uint64_t t = __builtin_ia32_rdtsc();
   if (g_tsc_anchor.usable.load(std::memory_order_acquire)) [[likely]] {
+    const std::uint64_t t = __builtin_ia32_rdtsc();
     const std::uint64_t at = g_tsc_anchor.tsc.load(std::memory_order_relaxed);
     const double since = static_cast<double>(t - at) * g_tsc_anchor.ns_per_tick.load(std::memory_order_relaxed);
     if (t >= at && since < 10e6) [[likely]] return g_tsc_anchor.ns.load(std::memory_order_relaxed) + static_cast<std::int64_t>(since);
+    return fast_realtime_ns_slow(t);
   }
-  return fast_realtime_ns_slow(t);
+  return fast_realtime_ns_slow(0);
 }
 
 // The asymmetric fence between processes (membarrier(2), MEMBARRIER_CMD_GLOBAL_EXPEDITED):

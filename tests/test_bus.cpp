@@ -417,15 +417,26 @@ TEST(Bus, OffsetsForTimesLappedByProducersDuringTheLookupSearchTheNewRing) {
   }
 }
 
-TEST(Bus, NullKeysStickToOnePartitionThenMoveOn) {
-  test::TestBus bus("sticky");
-  ASSERT_TRUE(bus->create_topic("t", small(4)));
-  ProducerConfig pc;
-  pc.sticky_bytes = 1000;
-  auto p = Producer::create(bus.get(), pc);
-  ASSERT_TRUE(p);
+// The partitions of `n` records without a key sent to a new 4-partition topic.
+static std::vector<std::uint32_t> null_key_partitions(const char* tag, std::uint32_t sticky_bytes, int n, std::size_t size) {
+  test::TestBus bus(tag);
   std::vector<std::uint32_t> parts;
-  for (int i = 0; i < 40; ++i) parts.push_back(p->send("t", std::nullopt, std::string(100, 'x'))->partition);
+  EXPECT_TRUE(bus->create_topic("t", small(4)));
+  ProducerConfig pc;
+  pc.sticky_bytes = sticky_bytes;
+  auto p = Producer::create(bus.get(), pc);
+  EXPECT_TRUE(p);
+  for (int i = 0; p && i < n; ++i) {
+    auto md = p->send("t", std::nullopt, std::string(size, 'x'));
+    EXPECT_TRUE(md) << md.error().message;
+    if (md) parts.push_back(md->partition);
+  }
+  return parts;
+}
+
+TEST(Bus, NullKeysStickToOnePartitionThenMoveOn) {
+  const auto parts = null_key_partitions("sticky", 1000, 40, 100);
+  ASSERT_EQ(parts.size(), 40u);
   // 1000 sticky bytes / ~144-byte records: runs of about 7, visiting every partition.
   EXPECT_EQ(parts[0], parts[5]);
   std::set<std::uint32_t> seen(parts.begin(), parts.end());
@@ -1657,4 +1668,14 @@ TEST(Bus, SendsByNameAfterWarmSendsStillCheckEverything) {
   auto gone = p->send("t", Message{std::nullopt, as_bytes(std::string_view("x"))}, 1u);
   ASSERT_FALSE(gone);
   EXPECT_TRUE(gone.error().code == Errc::kTopicDeleted || gone.error().code == Errc::kNotFound) << gone.error().message;
+}
+
+// sticky_bytes 0 moves on after every record: records without a key go round robin over
+// every partition, also while the partitions' writers are opened one by one (the partition
+// is chosen once per send, whichever way send() resolves it).
+TEST(Bus, NullKeysWithStickyBytesZeroGoRoundRobinOverEveryPartition) {
+  const auto parts = null_key_partitions("stickyzero", 0, 12, 1);
+  ASSERT_EQ(parts.size(), 12u);
+  EXPECT_EQ(std::set<std::uint32_t>(parts.begin(), parts.end()).size(), 4u);
+  for (std::size_t i = 1; i < parts.size(); ++i) EXPECT_EQ(parts[i], (parts[i - 1] + 1) % 4) << "send " << i;
 }
