@@ -296,10 +296,11 @@ std::uint64_t Consumer::aborted() const noexcept {
     const std::uint64_t kbytes = klen == shm::kNullKey ? 0 : klen;
     if (shm::kRecordHeaderSize + kbytes + hlen + vlen > len) [[unlikely]] return false;
     const std::byte* payload = rec + shm::kRecordHeaderSize;
-    batch.emplace_back(topic, partition, offset, h->timestamp_ns,
-                       klen == shm::kNullKey ? std::optional<Bytes>() : std::optional<Bytes>(Bytes(payload, kbytes)),
-                       Bytes(payload + kbytes + hlen, vlen), Bytes(payload + kbytes, hlen),
-                       (flags & shm::kRecordNullValue) != 0 && vlen == 0);
+    // Brace-initialised (clang before 16 has no parenthesised aggregate initialisation).
+    batch.push_back(ConsumedRecord{topic, partition, offset, h->timestamp_ns,
+                                   klen == shm::kNullKey ? std::optional<Bytes>() : std::optional<Bytes>(Bytes(payload, kbytes)),
+                                   Bytes(payload + kbytes + hlen, vlen), Bytes(payload + kbytes, hlen),
+                                   (flags & shm::kRecordNullValue) != 0 && vlen == 0});
     return true;
   };
   std::size_t n = 0;
