@@ -275,9 +275,13 @@ struct Producer::Impl {
   }
 
   // Sent: note it for flush(), then wait for busd as the producer's acks say.
-  Status sent(TopicState& ts, std::uint32_t p, std::uint64_t end) {
+  [[gnu::always_inline]] Status sent(TopicState& ts, std::uint32_t p, std::uint64_t end) {
     ts.sent_end[p] = std::max(ts.sent_end[p], end);
-    if (config.acks == Acks::kMemory) return {};
+    if (config.acks == Acks::kMemory) [[likely]]
+      return {};
+    return wait_sent(ts, p, end);
+  }
+  [[gnu::noinline]] Status wait_sent(TopicState& ts, std::uint32_t p, std::uint64_t end) {
     const std::int64_t now = static_cast<std::int64_t>(shm::monotonic_ns());
     return wait_durable(ts, p, end, config.acks, config.ack_timeout_ms < 0 ? -1 : now + config.ack_timeout_ms * 1'000'000);
   }
@@ -459,7 +463,10 @@ struct Producer::Impl {
 
   // One record to partition p of `ts` through writer `w`: the path of send() and of
   // PartitionWriter::send(), which most sends take. append() for one record, without the
-  // Batch and the loops over it (docs/performance.md, "The single-record path").
+  // Batch and the loops over it (docs/performance.md, "The single-record path"). An
+  // exclusive writer without statistics sends it in one inline piece
+  // (RingWriter::append_one_exclusive); anything else takes append_one_general(), out of line
+  // so that its registers and stack do not weigh on the inline piece.
   [[gnu::always_inline]] Result<std::uint64_t> append_one(TopicState& ts, std::uint32_t p, shm::RingWriter& w,
                                                            const Message& m, bool sticky) {
     Layout l;
@@ -468,6 +475,24 @@ struct Producer::Impl {
     if (!layout(ts, m.key, m.headers, m.value.size(), l, payload)) [[unlikely]]
       return tl::unexpected(too_large(ts, payload));
     if (sticky) ts.sticky_bytes += l.bytes;
+    if (!stats) [[likely]] {
+      std::uint64_t offset = 0;
+      const auto done = w.append_one_exclusive(l.bytes, config.record_alignment, offset, [&](std::byte* at, std::uint32_t length) __attribute__((always_inline)) {
+        const std::int64_t ts_ns = m.timestamp_ns ? m.timestamp_ns : shm::fast_realtime_ns();
+        write_record(at, l, length, m, ts_ns);
+        return m.timestamp_ns ? std::int64_t{0} : ts_ns;  // the prefetch's streaming guess needs our own clock
+      });
+      if (done == shm::RingWriter::Append::kDone) [[likely]]
+        return offset;
+      if (done == shm::RingWriter::Append::kRefused) return refused(w);
+    }
+    return append_one_general(ts, p, w, m, l);
+  }
+
+  [[gnu::cold, gnu::noinline]] static Result<std::uint64_t> refused(shm::RingWriter& w) { return tl::unexpected(w.take_refusal()); }
+
+  [[gnu::always_inline]] Result<std::uint64_t> append_one_general(TopicState& ts, std::uint32_t p, shm::RingWriter& w,
+                                                              const Message& m, Layout l) {
     w.prefetch_claim(l.bytes);
     // A copy for the claim's span: `l` itself then stays in registers (its fields stored 4
     // bytes at a time and read back 8 at a time stalled the send as in write_record()).
@@ -657,15 +682,28 @@ const std::string& PartitionWriter::topic() const noexcept {
   return static_cast<const Producer::Impl::TopicState*>(state_.get())->topic->name();
 }
 
+namespace {
+// PartitionWriter::send()'s refusals, out of line: built inline, their strings took
+// registers and stack from the send's fast path.
+enum class SendRefusal { kEmpty, kReservation, kDeleted };
+[[gnu::cold, gnu::noinline]] Result<std::uint64_t> refuse_send(const Producer::Impl* producer, const PartitionWriter& pw,
+                                                               SendRefusal why) {
+  if (why == SendRefusal::kEmpty)
+    return make_error(Errc::kInvalidArgument, "this PartitionWriter is empty (moved from, or default-constructed)");
+  if (why == SendRefusal::kReservation) return tl::unexpected(producer->no_open_reservation().error());
+  return make_error(Errc::kTopicDeleted, fmt::format("topic '{}' was deleted", pw.topic()));
+}
+}  // namespace
+
 Result<std::uint64_t> PartitionWriter::send(const Message& m) noexcept {
   if (!state_) [[unlikely]]
-    return make_error(Errc::kInvalidArgument, "this PartitionWriter is empty (moved from, or default-constructed)");
-  if (auto ok = producer_->no_open_reservation(); !ok) [[unlikely]]
-    return tl::unexpected(ok.error());
+    return refuse_send(producer_, *this, SendRefusal::kEmpty);
+  if (producer_->reservation_open) [[unlikely]]
+    return refuse_send(producer_, *this, SendRefusal::kReservation);
   auto& ts = *static_cast<Producer::Impl::TopicState*>(state_.get());
   auto& w = *static_cast<shm::RingWriter*>(writer_);
   if (w.ring().closed()) [[unlikely]]
-    return make_error(Errc::kTopicDeleted, fmt::format("topic '{}' was deleted", ts.topic->name()));
+    return refuse_send(producer_, *this, SendRefusal::kDeleted);
   return producer_->send_one(ts, partition_, w, m, false);
 }
 

@@ -51,6 +51,9 @@ inline Pair64 load128(Pair64* target) noexcept {
 // Whether an aligned 16-byte SSE store is atomic on this CPU. Intel's SDM (vol. 3A, 9.1.1)
 // and AMD's APM (vol. 2, 7.3.2) guarantee it for MOVDQA on processors that enumerate AVX.
 bool plain_store128_is_atomic() noexcept;
+// Its answer, read when the library is loaded (false until then: store128 takes the CAS loop).
+// A global, not a function-local static: that one's guard was tested on every store.
+extern const bool g_plain_store128;
 
 // Atomic 16-byte store without a locked instruction (no store-buffer drain) where the CPU
 // guarantees it, else a CAS loop. For a location only this thread writes, except for CASes
@@ -58,8 +61,7 @@ bool plain_store128_is_atomic() noexcept;
 // Ordered after earlier stores and before later ones (x86 TSO; the compiler is told).
 [[gnu::always_inline]] inline void store128(Pair64* target, Pair64 v) noexcept {
 #if !defined(__SANITIZE_THREAD__)
-  static const bool plain = plain_store128_is_atomic();
-  if (plain) [[likely]] {
+  if (g_plain_store128) [[likely]] {
     // One MOVDQA, spelled out: a compiler may split an intrinsic store into two halves. The
     // value is put together in registers (MOVQ, MOVQ, PUNPCKLQDQ): _mm_set_epi64x may go through
     // the stack, and a 16-byte load of two 8-byte stores waits for the store buffer to drain.

@@ -1,5 +1,7 @@
 #include "shm/process.h"
 
+#include "shm/atomic128.h"
+
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -165,5 +167,7 @@ bool plain_store128_is_atomic() noexcept {
   if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
   return (c & (1u << 28)) != 0;  // CPUID.01H:ECX[28], AVX
 }
+
+const bool g_plain_store128 = plain_store128_is_atomic();
 
 }  // namespace shmbus::shm

@@ -366,6 +366,41 @@ class RingWriter {
     return true;
   }
 
+  // What append_one_exclusive() did.
+  enum class Append {
+    kNotTaken,  // nothing that claim_into() would not store again: the general path's turn
+    kDone,      // claimed, filled, committed, published, finished: `offset` is the record's
+    kRefused,   // the commit found the entry not ours (forged): take_refusal() says why
+  };
+  // An exclusive writer's whole single-record send, inline: prefetch_claim(),
+  // try_claim_one_exclusive(), then `fill(at, length)` (writes the record's bytes but its
+  // word at `at`, `length` bytes; returns the clock reading it stored, 0 if none, for the
+  // prefetch), commit(), finish(), notify() and prefetch_if_streaming(). In one piece so that
+  // the caller's general path, with its calls and error strings, can stay out of line
+  // (docs/performance.md, "The exclusive send in one piece").
+  template <class Fill>
+  [[gnu::always_inline]] Append append_one_exclusive(std::uint32_t bytes, std::uint32_t end_align, std::uint64_t& offset_out,
+                                                     Fill&& fill) noexcept {
+    if (!exclusive_) return Append::kNotTaken;
+    prefetch_claim(bytes);
+    Claim c;
+    if (!try_claim_one_exclusive(c, bytes, end_align)) [[unlikely]]
+      return Append::kNotTaken;
+    const std::int64_t now_ns = fill(reinterpret_cast<std::byte*>(ring_.header_at(c.position)),
+                                     static_cast<std::uint32_t>(c.end - c.position));
+    if (auto ok = commit(c); !ok) [[unlikely]] {
+      refusal_ = std::move(ok);
+      return Append::kRefused;
+    }
+    finish(c);
+    notify(c);
+    prefetch_if_streaming(now_ns, 1, bytes);
+    offset_out = c.offset;
+    return Append::kDone;
+  }
+  // The error of the last Append::kRefused.
+  Error take_refusal() noexcept { return refusal_ ? Error{Errc::kSystem, "no refusal on record"} : std::move(refusal_.error()); }
+
   Result<Claim> claim_one(std::uint32_t bytes, std::int64_t block_timeout_ns, std::uint32_t end_align = 8) noexcept {
     return claim(std::span<const std::uint32_t>(&bytes, 1), block_timeout_ns, end_align);
   }
@@ -498,6 +533,7 @@ class RingWriter {
   bool exclusive_ = false;
   bool gated_timeout_ = false;
   bool light_fence_ = false;  // exclusive: sleepers fence for us (Ring::heavy fence, membarrier)
+  Status refusal_;            // append_one_exclusive()'s last Append::kRefused
 };
 
 enum class ReadStatus { kRecord, kNone, kLapped, kCorrupt };
