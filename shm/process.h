@@ -38,8 +38,12 @@ std::int64_t realtime_ns() noexcept;
 // TSC rate from the first anchor, so it follows NTP within a microsecond; until two anchors
 // 1 ms apart exist (and on machines without an invariant TSC) it is realtime_ns() itself.
 // Inline: the anchor's reading here, the re-anchoring in fast_realtime_ns_slow().
+// The anchor is a sequence lock: a thread that re-anchors makes `seq` odd, stores the
+// fields, then makes it even again; a reader that saw `seq` odd or changed takes the slow
+// path. A reader in another thread could otherwise pair one anchor's TSC with another's
+// time, and stamp a record up to the anchors' distance (10 ms and more) off.
 struct TscAnchor {
-  std::atomic<bool> usable{false};  // false without an invariant TSC, and until two anchors
+  std::atomic<std::uint32_t> seq{0};  // 0: not usable (no invariant TSC, or before two anchors); odd: being re-anchored
   std::atomic<std::uint64_t> tsc{0};
   std::atomic<std::int64_t> ns{0};
   std::atomic<double> ns_per_tick{0};
@@ -49,14 +53,21 @@ inline TscAnchor g_tsc_anchor;
 // to be invariant: never where it is not, or where a process made rdtsc fault).
 std::int64_t fast_realtime_ns_slow(std::uint64_t tsc) noexcept;
 [[gnu::always_inline]] inline std::int64_t fast_realtime_ns() noexcept {
-  if (g_tsc_anchor.usable.load(std::memory_order_acquire)) [[likely]] {
+  const std::uint32_t seq = g_tsc_anchor.seq.load(std::memory_order_acquire);
+  if (seq != 0) [[likely]] {
     const std::uint64_t t = __builtin_ia32_rdtsc();
     const std::uint64_t at = g_tsc_anchor.tsc.load(std::memory_order_relaxed);
     const double since = static_cast<double>(t - at) * g_tsc_anchor.ns_per_tick.load(std::memory_order_relaxed);
-    if (t >= at && since < 10e6) [[likely]] return g_tsc_anchor.ns.load(std::memory_order_relaxed) + static_cast<std::int64_t>(since);
+    const std::int64_t base = g_tsc_anchor.ns.load(std::memory_order_relaxed);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (t >= at && since < 10e6 && g_tsc_anchor.seq.load(std::memory_order_relaxed) == seq && (seq & 1) == 0) [[likely]]
+      return base + static_cast<std::int64_t>(since);
     return fast_realtime_ns_slow(t);
   }
   return fast_realtime_ns_slow(0);
+}
+namespace test_hooks {
+extern void (*mid_reanchor)();  // fast_realtime_ns_slow() is storing a new anchor (seq odd)
 }
 
 // The asymmetric fence between processes (membarrier(2), MEMBARRIER_CMD_GLOBAL_EXPEDITED):

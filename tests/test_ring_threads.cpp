@@ -10,6 +10,7 @@
 
 #include "shmbus/consumer.h"
 #include "shmbus/producer.h"
+#include "shm/process.h"
 #include "test_util.h"
 
 using namespace shmbus;
@@ -92,4 +93,47 @@ TEST(RingThreads, OverwriteSmallRingLapsTheReaderWithoutTornRecords) {
 
 TEST(RingThreads, BlockRetentionWithAHoldingConsumerLosesNothing) {
   run(RetentionMode::kBlock, true, 8192, 20'000);
+}
+
+// Record timestamps come from the TSC anchor (shm::fast_realtime_ns). A thread that reads it
+// while another re-anchors must never pair the new anchor's TSC with the old anchor's time:
+// before the anchor was a sequence lock, such a reader stamped its record with the old
+// anchor's time, 20 ms in the past here. The re-anchoring thread stops half-way (a test hook)
+// while the other reads.
+namespace clock_race {
+std::atomic<int> phase{0};  // 1: the anchor is half stored; 2: the reader has read
+std::atomic<int> hook_calls{0};
+void hold_mid_reanchor() {
+  hook_calls.fetch_add(1);
+  phase.store(1);
+  const auto give_up = std::chrono::steady_clock::now() + 5s;
+  while (phase.load() != 2 && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+}
+}  // namespace clock_race
+
+TEST(Clock, AReaderDuringAReanchorNeverPairsTwoAnchors) {
+  using namespace clock_race;
+  // Two anchors at least 1 ms apart make the TSC usable.
+  (void)shm::fast_realtime_ns();
+  std::this_thread::sleep_for(2ms);
+  (void)shm::fast_realtime_ns();
+  if (shm::g_tsc_anchor.seq.load() == 0) GTEST_SKIP() << "no invariant TSC here: the clock is clock_gettime itself";
+  std::int64_t before = 0, seen = 0, after = 0;
+  std::thread reader([&] {
+    while (phase.load() != 1) std::this_thread::yield();
+    before = shm::realtime_ns();
+    seen = shm::fast_realtime_ns();
+    after = shm::realtime_ns();
+    phase.store(2);
+  });
+  // Past the anchor's 10 ms: the next reading re-anchors, and stops in the hook.
+  std::this_thread::sleep_for(20ms);
+  shm::test_hooks::mid_reanchor = hold_mid_reanchor;
+  (void)shm::fast_realtime_ns();
+  shm::test_hooks::mid_reanchor = nullptr;
+  if (phase.load() != 2) phase.store(1);  // the hook never ran: let the reader go
+  reader.join();
+  ASSERT_EQ(hook_calls.load(), 1) << "no re-anchoring stopped half-way: the test did not reach its path";
+  EXPECT_GE(seen, before - 1'000'000) << "stamped " << (before - seen) / 1000 << " us before the clock";
+  EXPECT_LE(seen, after + 1'000'000) << "stamped " << (seen - after) / 1000 << " us after the clock";
 }
