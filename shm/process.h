@@ -38,6 +38,29 @@ std::int64_t realtime_ns() noexcept;
 // TSC rate from the first anchor, so it follows NTP within a microsecond; until two anchors
 // 1 ms apart exist (and on machines without an invariant TSC) it is realtime_ns() itself.
 // Inline: the anchor's reading here, the re-anchoring in fast_realtime_ns_slow().
+// The load-load barrier of a seqlock read: orders the racy reads before the check that
+// validates them (docs/ring.md). GCC's TSan cannot model thread fences (-Wtsan); on x86 an
+// acquire fence is only a compiler barrier, which is what TSan builds get instead, and the
+// reads it orders are the ones hidden from TSan above.
+inline void seqlock_read_fence() noexcept {
+#if defined(__SANITIZE_THREAD__)
+  std::atomic_signal_fence(std::memory_order_acquire);
+#else
+  std::atomic_thread_fence(std::memory_order_acquire);
+#endif
+}
+
+// The store-store barrier of a seqlock write: the odd sequence number before the bytes it
+// guards. A release fence; TSan builds get a compiler barrier, as above (x86 keeps stores in
+// order).
+inline void seqlock_write_fence() noexcept {
+#if defined(__SANITIZE_THREAD__)
+  std::atomic_signal_fence(std::memory_order_release);
+#else
+  std::atomic_thread_fence(std::memory_order_release);
+#endif
+}
+
 // The anchor is a sequence lock: a thread that re-anchors makes `seq` odd, stores the
 // fields, then makes it even again; a reader that saw `seq` odd or changed takes the slow
 // path. A reader in another thread could otherwise pair one anchor's TSC with another's
@@ -59,7 +82,7 @@ std::int64_t fast_realtime_ns_slow(std::uint64_t tsc) noexcept;
     const std::uint64_t at = g_tsc_anchor.tsc.load(std::memory_order_relaxed);
     const double since = static_cast<double>(t - at) * g_tsc_anchor.ns_per_tick.load(std::memory_order_relaxed);
     const std::int64_t base = g_tsc_anchor.ns.load(std::memory_order_relaxed);
-    std::atomic_thread_fence(std::memory_order_acquire);
+    seqlock_read_fence();
     if (t >= at && since < 10e6 && g_tsc_anchor.seq.load(std::memory_order_relaxed) == seq && (seq & 1) == 0) [[likely]]
       return base + static_cast<std::int64_t>(since);
     return fast_realtime_ns_slow(t);

@@ -35,29 +35,6 @@ namespace shmbus::shm {
 #define SHMBUS_RACY
 #endif
 
-// The load-load barrier of a seqlock read: orders the racy reads before the check that
-// validates them (docs/ring.md). GCC's TSan cannot model thread fences (-Wtsan); on x86 an
-// acquire fence is only a compiler barrier, which is what TSan builds get instead, and the
-// reads it orders are the ones hidden from TSan above.
-inline void seqlock_read_fence() noexcept {
-#if defined(__SANITIZE_THREAD__)
-  std::atomic_signal_fence(std::memory_order_acquire);
-#else
-  std::atomic_thread_fence(std::memory_order_acquire);
-#endif
-}
-
-// The store-store barrier of a seqlock write: the odd sequence number before the bytes it
-// guards. A release fence; TSan builds get a compiler barrier, as above (x86 keeps stores in
-// order).
-inline void seqlock_write_fence() noexcept {
-#if defined(__SANITIZE_THREAD__)
-  std::atomic_signal_fence(std::memory_order_release);
-#else
-  std::atomic_thread_fence(std::memory_order_release);
-#endif
-}
-
 SHMBUS_RACY inline void racy_copy(void* dst, const void* src, std::size_t n) noexcept {
 #if defined(__SANITIZE_THREAD__)
   const auto* s = static_cast<const unsigned char*>(src);
@@ -399,7 +376,12 @@ class RingWriter {
     return Append::kDone;
   }
   // The error of the last Append::kRefused.
-  Error take_refusal() noexcept { return refusal_ ? Error{Errc::kSystem, "no refusal on record"} : std::move(refusal_.error()); }
+  Error take_refusal() noexcept {
+    if (refusal_) return Error{Errc::kSystem, "no refusal on record"};
+    Error e = std::move(refusal_.error());
+    refusal_ = {};
+    return e;
+  }
 
   Result<Claim> claim_one(std::uint32_t bytes, std::int64_t block_timeout_ns, std::uint32_t end_align = 8) noexcept {
     return claim(std::span<const std::uint32_t>(&bytes, 1), block_timeout_ns, end_align);

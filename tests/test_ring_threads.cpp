@@ -103,16 +103,26 @@ TEST(RingThreads, BlockRetentionWithAHoldingConsumerLosesNothing) {
 namespace clock_race {
 std::atomic<int> phase{0};  // 1: the anchor is half stored; 2: the reader has read
 std::atomic<int> hook_calls{0};
+std::atomic<bool> reader_late{false};
 void hold_mid_reanchor() {
   hook_calls.fetch_add(1);
   phase.store(1);
-  const auto give_up = std::chrono::steady_clock::now() + 5s;
-  while (phase.load() != 2 && std::chrono::steady_clock::now() < give_up) std::this_thread::yield();
+  const auto give_up = std::chrono::steady_clock::now() + 10s;
+  while (phase.load() != 2)
+    if (std::chrono::steady_clock::now() > give_up) {
+      reader_late.store(true);
+      return;
+    } else {
+      std::this_thread::yield();
+    }
 }
 }  // namespace clock_race
 
 TEST(Clock, AReaderDuringAReanchorNeverPairsTwoAnchors) {
   using namespace clock_race;
+  phase.store(0);
+  hook_calls.store(0);
+  reader_late.store(false);
   // Two anchors at least 1 ms apart make the TSC usable.
   (void)shm::fast_realtime_ns();
   std::this_thread::sleep_for(2ms);
@@ -134,6 +144,7 @@ TEST(Clock, AReaderDuringAReanchorNeverPairsTwoAnchors) {
   if (phase.load() != 2) phase.store(1);  // the hook never ran: let the reader go
   reader.join();
   ASSERT_EQ(hook_calls.load(), 1) << "no re-anchoring stopped half-way: the test did not reach its path";
+  ASSERT_FALSE(reader_late.load()) << "the reader did not read while the re-anchoring was held (10 s)";
   EXPECT_GE(seen, before - 1'000'000) << "stamped " << (before - seen) / 1000 << " us before the clock";
   EXPECT_LE(seen, after + 1'000'000) << "stamped " << (seen - after) / 1000 << " us after the clock";
 }
