@@ -175,26 +175,22 @@ struct Fd {
 
 }  // namespace
 
-void append_frame(std::vector<std::byte>& out, std::uint64_t offset, std::int64_t timestamp_ns, std::uint32_t key_len,
-                  std::uint32_t headers_len, std::uint32_t value_len, const std::byte* payload, std::uint32_t attributes) {
+void write_frame(std::byte* at, std::uint64_t offset, std::int64_t timestamp_ns, std::uint32_t key_len,
+                 std::uint32_t headers_len, std::uint32_t value_len, const std::byte* payload, std::uint32_t attributes) noexcept {
   const std::uint64_t klen = key_len == kNullKeyLen ? 0 : key_len;
   const std::uint64_t n = klen + headers_len + value_len;
   FrameHeader h{static_cast<std::uint32_t>(kFrameHeaderSize + n), 0, offset, timestamp_ns, key_len, headers_len, value_len, attributes};
-  const std::size_t at = out.size();
-  out.resize(at + h.size);
-  std::memcpy(out.data() + at, &h, sizeof h);
-  if (n) std::memcpy(out.data() + at + kFrameHeaderSize, payload, n);
-  h.crc = frame_crc(out.data() + at, h.size);
-  std::memcpy(out.data() + at + 4, &h.crc, 4);
+  std::memcpy(at, &h, sizeof h);
+  if (n) std::memcpy(at + kFrameHeaderSize, payload, n);
+  h.crc = frame_crc(at, h.size);
+  std::memcpy(at + 4, &h.crc, 4);
 }
 
-void append_gap(std::vector<std::byte>& out, std::uint64_t offset, std::uint64_t count, std::uint32_t attr) {
+void write_gap(std::byte* at, std::uint64_t offset, std::uint64_t count, std::uint32_t attr) noexcept {
   FrameHeader h{kFrameHeaderSize, 0, offset, static_cast<std::int64_t>(count), kNullKeyLen, 0, 0, attr};
-  const std::size_t at = out.size();
-  out.resize(at + kFrameHeaderSize);
-  std::memcpy(out.data() + at, &h, sizeof h);
-  h.crc = frame_crc(out.data() + at, h.size);
-  std::memcpy(out.data() + at + 4, &h.crc, 4);
+  std::memcpy(at, &h, sizeof h);
+  h.crc = frame_crc(at, h.size);
+  std::memcpy(at + 4, &h.crc, 4);
 }
 
 // ---- time index ----

@@ -122,13 +122,51 @@ Result<std::vector<std::uint64_t>> list_segments(const std::string& dir);
 // such file (a log written before the time index) or nothing in it holds.
 std::vector<TimeIndexEntry> read_time_index(const std::string& dir, std::uint64_t base, std::uint64_t end_offset);
 
-// Appends one frame; `payload` is key | headers | value (key_len kNullKeyLen: no key;
-// attributes 0 or kAttrNullValue).
-void append_frame(std::vector<std::byte>& out, std::uint64_t offset, std::int64_t timestamp_ns, std::uint32_t key_len,
-                  std::uint32_t headers_len, std::uint32_t value_len, const std::byte* payload, std::uint32_t attributes = 0);
+// Writes one frame at `at`, which has room for its kFrameHeaderSize + key, headers and value
+// bytes; `payload` is key | headers | value (key_len kNullKeyLen: no key; attributes 0 or
+// kAttrNullValue).
+void write_frame(std::byte* at, std::uint64_t offset, std::int64_t timestamp_ns, std::uint32_t key_len,
+                 std::uint32_t headers_len, std::uint32_t value_len, const std::byte* payload, std::uint32_t attributes) noexcept;
+// Writes a gap frame covering [offset, offset + count) at `at` (kFrameHeaderSize bytes).
+void write_gap(std::byte* at, std::uint64_t offset, std::uint64_t count, std::uint32_t attr) noexcept;
+
+// A vector of bytes whose growth leaves the new bytes as they are: resize() of a
+// std::vector<std::byte> writes zeros first, one more pass over every byte the frames then
+// overwrite (the spiller's chunks).
+template <class T>
+struct UninitAllocator : std::allocator<T> {
+  template <class U>
+  struct rebind {
+    using other = UninitAllocator<U>;
+  };
+  UninitAllocator() = default;
+  template <class U>
+  UninitAllocator(const UninitAllocator<U>&) noexcept {}
+  template <class U, class... Args>
+  void construct(U* p, Args&&... args) {
+    if constexpr (sizeof...(Args) == 0) ::new (static_cast<void*>(p)) U;
+    else ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
+};
+using FrameBuffer = std::vector<std::byte, UninitAllocator<std::byte>>;
+
+// Appends one frame (write_frame()) to `out`: a std::vector<std::byte> or a FrameBuffer.
+template <class Buffer>
+void append_frame(Buffer& out, std::uint64_t offset, std::int64_t timestamp_ns, std::uint32_t key_len, std::uint32_t headers_len,
+                  std::uint32_t value_len, const std::byte* payload, std::uint32_t attributes = 0) {
+  const std::uint64_t klen = key_len == kNullKeyLen ? 0 : key_len;
+  const std::size_t at = out.size();
+  out.resize(at + kFrameHeaderSize + klen + headers_len + value_len);
+  write_frame(out.data() + at, offset, timestamp_ns, key_len, headers_len, value_len, payload, attributes);
+}
 
 // Appends a gap frame covering [offset, offset + count).
-void append_gap(std::vector<std::byte>& out, std::uint64_t offset, std::uint64_t count, std::uint32_t attr);
+template <class Buffer>
+void append_gap(Buffer& out, std::uint64_t offset, std::uint64_t count, std::uint32_t attr) {
+  const std::size_t at = out.size();
+  out.resize(at + kFrameHeaderSize);
+  write_gap(out.data() + at, offset, count, attr);
+}
 
 // A frame as read: valid while the reader's buffer is not touched again.
 struct FrameView {

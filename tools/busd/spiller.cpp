@@ -49,7 +49,7 @@ struct Part {
 };
 
 struct Chunk {
-  std::vector<std::byte> frames;
+  disklog::FrameBuffer frames;  // grows without zeroing what the frames overwrite
   std::uint64_t next_offset = 0;   // the reader's offset after these records
   std::uint64_t end_position = 0;  // and its ring position
   std::uint64_t lost = 0;          // overwritten before they were read (overwrite topics)
@@ -101,7 +101,7 @@ struct Spiller::Impl {
 
   void tail_loop() {
     std::uint64_t last_scan = 0;
-    std::vector<std::byte> stage;
+    disklog::FrameBuffer stage;  // copies of overwrite topics' records
     std::vector<shm::FutexWaitItem> bells;
     while (!stopping.load(std::memory_order_acquire)) {
       const std::uint64_t now = shm::monotonic_ns();
@@ -272,25 +272,38 @@ struct Spiller::Impl {
   }
 
   // Reads what the partition has into one chunk for the writer. True if it found any.
-  bool pump(const std::shared_ptr<Part>& part, std::vector<std::byte>& stage) {
+  bool pump(const std::shared_ptr<Part>& part, disklog::FrameBuffer& stage) {
     Part& p = *part;
     shm::RingReader& r = p.reader;
     if (p.ring.closed()) return false;
     const std::uint64_t first_offset = r.offset(), first_pos = r.position();
     const bool block = p.ring.retention() == shm::Retention::kBlock && p.gate;  // gated: nothing laps us
-    // Copy out first (a lapping producer may overwrite what we copy in an overwrite
-    // topic: checked below), then frame.
+    // Overwrite topics: copy out first (a lapping producer may overwrite what we copy:
+    // checked below), then frame. Gated block topics: framed from the ring itself, where our
+    // gate keeps every record we read until the writer has written it (one pass less over
+    // every spilled byte).
     stage.clear();
-    std::vector<std::pair<std::uint64_t, std::size_t>> at;  // offset, stage position
-    std::uint64_t lost = 0;
-    while (stage.size() < kChunkBytes) {
+    struct Taken {
+      std::uint64_t offset;
+      const std::byte* in_ring;  // block topics; else the record is at `in_stage`
+      std::size_t in_stage;
+      std::uint32_t len;  // as the reader checked it: what we may read, whatever its header says
+    };
+    std::vector<Taken> at;
+    std::uint64_t lost = 0, taken = 0;
+    while (taken < kChunkBytes) {
       const shm::RecordHeader* h = nullptr;
       std::uint32_t len = 0;
       const shm::ReadStatus st = r.next(h, len);
       if (st == shm::ReadStatus::kRecord) {
-        at.push_back({r.offset(), stage.size()});
-        stage.resize(stage.size() + len);
-        shm::racy_copy(stage.data() + at.back().second, h, len);
+        if (block) {
+          at.push_back({r.offset(), reinterpret_cast<const std::byte*>(h), 0, len});
+        } else {
+          at.push_back({r.offset(), nullptr, stage.size(), len});
+          stage.resize(stage.size() + len);
+          shm::racy_copy(stage.data() + at.back().in_stage, h, len);
+        }
+        taken += len;
         r.advance(len);
         continue;
       }
@@ -336,18 +349,20 @@ struct Spiller::Impl {
     }
     if (lost) disklog::append_gap(chunk->frames, first_offset, lost, disklog::kAttrLost);
     std::uint64_t expect = first_offset + lost;
-    for (const auto& [offset, pos] : at) {
+    for (const Taken& t : at) {
+      const std::uint64_t offset = t.offset;
+      const std::byte* rec = t.in_ring ? t.in_ring : stage.data() + t.in_stage;
       shm::RecordHeader h;
-      std::memcpy(static_cast<void*>(&h), stage.data() + pos, sizeof h);
+      std::memcpy(static_cast<void*>(&h), rec, sizeof h);
       const std::uint64_t klen = h.key_len == shm::kNullKey ? 0 : h.key_len;
-      if (shm::kRecordHeaderSize + klen + h.headers_len + h.value_len > h.length) {
+      if (shm::kRecordHeaderSize + klen + h.headers_len + h.value_len > std::min<std::uint64_t>(h.length, t.len)) {
         log(fmt::format("spill {}-{}: record at offset {} has lengths that do not fit its size; skipped", p.topic, p.partition, offset));
         continue;  // covered by the gap frame before the next record
       }
       if (offset > expect) disklog::append_gap(chunk->frames, expect, offset - expect, disklog::kAttrAborted);
       const std::uint32_t null_value = (h.flags & shm::kRecordNullValue) && h.value_len == 0 ? disklog::kAttrNullValue : 0;
       disklog::append_frame(chunk->frames, offset, h.timestamp_ns, h.key_len, h.headers_len, h.value_len,
-                            stage.data() + pos + shm::kRecordHeaderSize, null_value);
+                            rec + shm::kRecordHeaderSize, null_value);
       expect = offset + 1;
     }
     if (r.offset() > expect) disklog::append_gap(chunk->frames, expect, r.offset() - expect, disklog::kAttrAborted);
