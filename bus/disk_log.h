@@ -44,6 +44,7 @@ namespace shmbus::disklog {
 // CRC32C with the SSE4.2 instruction where the CPU has it, else Boost.CRC.
 std::uint32_t crc32c(const void* data, std::size_t n) noexcept;
 std::uint32_t crc32c_boost(const void* data, std::size_t n) noexcept;  // the portable path
+std::uint32_t crc32c_one_stream(const void* data, std::size_t n) noexcept;  // without the three streams (tests)
 bool crc32c_is_hardware() noexcept;
 
 inline constexpr char kMagic[8] = {'S', 'H', 'M', 'B', 'L', 'O', 'G', '1'};

@@ -107,6 +107,29 @@ TEST(Crc32c, KnownVectorAndTheHardwarePathAgreesWithBoost) {
   }
 }
 
+// crc32c() runs three streams at once from 192 bytes (blocks of 64, then of 256 bytes, joined
+// by a carry-less multiply): every length around the block edges, at every alignment, against
+// one stream and against Boost.
+TEST(Crc32c, ThreeStreamsAgreeWithOneAtEveryLengthAndAlignment) {
+  std::mt19937_64 rng(11);
+  std::vector<unsigned char> buf(10'000);
+  for (auto& b : buf) b = static_cast<unsigned char>(rng());
+  std::size_t checked = 0;
+  for (std::size_t align = 0; align < 8; ++align) {
+    for (std::size_t n = 0; n <= 2'400; ++n) {
+      const unsigned char* p = buf.data() + align;
+      const std::uint32_t one = crc32c_one_stream(p, n);
+      ASSERT_EQ(crc32c(p, n), one) << "length " << n << ", alignment " << align;
+      if (n % 97 == 0) {
+        ASSERT_EQ(crc32c_boost(p, n), one) << "length " << n;
+      }
+      ++checked;
+    }
+  }
+  for (std::size_t n : {3'071u, 3'072u, 3'073u, 9'991u}) EXPECT_EQ(crc32c(buf.data(), n), crc32c_boost(buf.data(), n)) << n;
+  EXPECT_GT(checked, 19'000u);
+}
+
 TEST_F(DiskLog, RecordsRoundTripAcrossSegmentsAndSeeksUseTheIndex) {
   {
     LogWriter w = writer(dir_, 8192);
