@@ -1,6 +1,7 @@
 // busd's spiller: tails the ring of every partition of spilled topics and appends its
-// records to the partition's disk log (bus/disk_log.h). Two threads: a tailer that copies
-// records out of the rings and frames them (CRC32C), and a writer that appends, fsyncs as
+// records to the partition's disk log (bus/disk_log.h). Two threads: a tailer that frames
+// the rings' records (CRC32C; block topics from the ring, overwrite topics from a copy checked
+// for laps), and a writer that appends, fsyncs as
 // the topic asks, enforces retention and then moves the spill position on: the spiller's
 // durable gate in `block` topics, and the partition's published disk range. Buffers go
 // from tailer to writer and back through moodycamel queues. docs/spill.md.
