@@ -353,7 +353,7 @@ struct Spiller::Impl {
       const std::uint64_t offset = t.offset;
       const std::byte* rec = t.in_ring ? t.in_ring : stage.data() + t.in_stage;
       shm::RecordHeader h;
-      std::memcpy(static_cast<void*>(&h), rec, sizeof h);
+      shm::racy_copy(&h, rec, sizeof h);  // in the ring: a claim read by its entry may get its word meanwhile
       const std::uint64_t klen = h.key_len == shm::kNullKey ? 0 : h.key_len;
       if (shm::kRecordHeaderSize + klen + h.headers_len + h.value_len > std::min<std::uint64_t>(h.length, t.len)) {
         log(fmt::format("spill {}-{}: record at offset {} has lengths that do not fit its size; skipped", p.topic, p.partition, offset));
