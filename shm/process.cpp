@@ -135,12 +135,12 @@ std::int64_t fast_realtime_ns_slow(std::uint64_t t) noexcept {
     return now;
   }
   // Re-anchored by another thread less than 1 ms ago (our reading raced with it): keep it.
-  const std::uint32_t current = anchor.seq.load(std::memory_order_relaxed);
-  if (current != 0 && now - anchor.ns.load(std::memory_order_relaxed) < 1'000'000) return now;
+  // (We hold the mutex: nobody else writes the anchor now.)
+  const std::uint32_t seq = anchor.seq.load(std::memory_order_relaxed);
+  if (seq != 0 && now - anchor.ns.load(std::memory_order_relaxed) < 1'000'000) return now;
   if (mid > c.first_tsc && now - c.first_ns >= 1'000'000) {
     // The sequence lock's writer (TscAnchor): odd, the fields, even again (never 0, which
     // means not usable).
-    const std::uint32_t seq = anchor.seq.load(std::memory_order_relaxed);
     anchor.seq.store(seq | 1, std::memory_order_relaxed);
     seqlock_write_fence();
     anchor.ns_per_tick.store(static_cast<double>(now - c.first_ns) / static_cast<double>(mid - c.first_tsc), std::memory_order_relaxed);

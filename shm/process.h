@@ -33,15 +33,11 @@ bool process_alive(std::int32_t pid, std::uint64_t start_ticks) noexcept;
 std::uint64_t monotonic_ns() noexcept;
 std::int64_t realtime_ns() noexcept;
 
-// CLOCK_REALTIME from the TSC, for record timestamps on the send path: about 12 ns instead
-// of about 28 for the vDSO here. It re-anchors to clock_gettime every 10 ms and refines the
-// TSC rate from the first anchor, so it follows NTP within a microsecond; until two anchors
-// 1 ms apart exist (and on machines without an invariant TSC) it is realtime_ns() itself.
-// Inline: the anchor's reading here, the re-anchoring in fast_realtime_ns_slow().
-// The load-load barrier of a seqlock read: orders the racy reads before the check that
-// validates them (docs/ring.md). GCC's TSan cannot model thread fences (-Wtsan); on x86 an
-// acquire fence is only a compiler barrier, which is what TSan builds get instead, and the
-// reads it orders are the ones hidden from TSan above.
+// The load-load barrier of a seqlock read (the ring's, docs/ring.md, and the clock anchor's
+// below): orders the racy reads before the check that validates them. GCC's TSan cannot
+// model thread fences (-Wtsan); on x86 an acquire fence is only a compiler barrier, which is
+// what TSan builds get instead, and the reads it orders are atomic or hidden from TSan
+// (SHMBUS_RACY, ring.h).
 inline void seqlock_read_fence() noexcept {
 #if defined(__SANITIZE_THREAD__)
   std::atomic_signal_fence(std::memory_order_acquire);
@@ -61,6 +57,11 @@ inline void seqlock_write_fence() noexcept {
 #endif
 }
 
+// CLOCK_REALTIME from the TSC, for record timestamps on the send path: about 12 ns instead
+// of about 28 for the vDSO here. It re-anchors to clock_gettime every 10 ms and refines the
+// TSC rate from the first anchor, so it follows NTP within a microsecond; until two anchors
+// 1 ms apart exist (and on machines without an invariant TSC) it is realtime_ns() itself.
+// Inline: the anchor's reading here, the re-anchoring in fast_realtime_ns_slow().
 // The anchor is a sequence lock: a thread that re-anchors makes `seq` odd, stores the
 // fields, then makes it even again; a reader that saw `seq` odd or changed takes the slow
 // path. A reader in another thread could otherwise pair one anchor's TSC with another's
