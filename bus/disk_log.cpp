@@ -179,14 +179,13 @@ std::string check_file_header(const FileHeader& h, std::uint64_t expected_base) 
 
 // A frame header that could be real: sizes that add up, an offset at or past `min_offset`.
 bool plausible(const FrameHeader& h, std::uint64_t min_offset) noexcept {
-  const std::uint64_t klen = h.key_len == kNullKeyLen ? 0 : h.key_len;
   if (is_gap(h))  // nothing but the header, a positive count
     return h.size == kFrameHeaderSize &&
            h.key_len == kNullKeyLen && h.headers_len == 0 && h.value_len == 0 && h.timestamp_ns > 0 &&
            h.offset >= min_offset && h.offset + static_cast<std::uint64_t>(h.timestamp_ns) > h.offset;
   if (h.attributes != 0 && (h.attributes != kAttrNullValue || h.value_len != 0)) return false;
   return h.size >= kFrameHeaderSize && h.size <= kMaxFrame &&
-         std::uint64_t{kFrameHeaderSize} + klen + h.headers_len + h.value_len == h.size && h.offset >= min_offset;
+         frame_size(h.key_len, h.headers_len, h.value_len) == h.size && h.offset >= min_offset;
 }
 
 // Sequential reads of a file through a buffer, with random access forward.
@@ -257,11 +256,10 @@ struct Fd {
 
 void write_frame(std::byte* at, std::uint64_t offset, std::int64_t timestamp_ns, std::uint32_t key_len,
                  std::uint32_t headers_len, std::uint32_t value_len, const std::byte* payload, std::uint32_t attributes) noexcept {
-  const std::uint64_t klen = key_len == kNullKeyLen ? 0 : key_len;
-  const std::uint64_t n = klen + headers_len + value_len;
-  FrameHeader h{static_cast<std::uint32_t>(kFrameHeaderSize + n), 0, offset, timestamp_ns, key_len, headers_len, value_len, attributes};
+  const std::uint64_t size = frame_size(key_len, headers_len, value_len);
+  FrameHeader h{static_cast<std::uint32_t>(size), 0, offset, timestamp_ns, key_len, headers_len, value_len, attributes};
   std::memcpy(at, &h, sizeof h);
-  if (n) std::memcpy(at + kFrameHeaderSize, payload, n);
+  if (size > kFrameHeaderSize) std::memcpy(at + kFrameHeaderSize, payload, size - kFrameHeaderSize);
   h.crc = frame_crc(at, h.size);
   std::memcpy(at + 4, &h.crc, 4);
 }

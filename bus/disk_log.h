@@ -41,7 +41,8 @@
 
 namespace shmbus::disklog {
 
-// CRC32C with the SSE4.2 instruction where the CPU has it, else Boost.CRC.
+// CRC32C with the SSE4.2 instruction where the CPU has it (three streams at once where it
+// also has PCLMULQDQ), else Boost.CRC.
 std::uint32_t crc32c(const void* data, std::size_t n) noexcept;
 std::uint32_t crc32c_boost(const void* data, std::size_t n) noexcept;  // the portable path
 std::uint32_t crc32c_one_stream(const void* data, std::size_t n) noexcept;  // without the three streams (tests)
@@ -123,8 +124,12 @@ Result<std::vector<std::uint64_t>> list_segments(const std::string& dir);
 // such file (a log written before the time index) or nothing in it holds.
 std::vector<TimeIndexEntry> read_time_index(const std::string& dir, std::uint64_t base, std::uint64_t end_offset);
 
-// Writes one frame at `at`, which has room for its kFrameHeaderSize + key, headers and value
-// bytes; `payload` is key | headers | value (key_len kNullKeyLen: no key; attributes 0 or
+// A frame's whole size: its header, then key (none for kNullKeyLen), headers and value.
+inline std::uint64_t frame_size(std::uint32_t key_len, std::uint32_t headers_len, std::uint32_t value_len) noexcept {
+  return kFrameHeaderSize + (key_len == kNullKeyLen ? 0 : std::uint64_t{key_len}) + headers_len + value_len;
+}
+
+// Writes one frame at `at`, which has room for frame_size() bytes; `payload` is key | headers | value (key_len kNullKeyLen: no key; attributes 0 or
 // kAttrNullValue).
 void write_frame(std::byte* at, std::uint64_t offset, std::int64_t timestamp_ns, std::uint32_t key_len,
                  std::uint32_t headers_len, std::uint32_t value_len, const std::byte* payload, std::uint32_t attributes) noexcept;
@@ -155,9 +160,8 @@ using FrameBuffer = std::vector<std::byte, UninitAllocator<std::byte>>;
 template <class Buffer>
 void append_frame(Buffer& out, std::uint64_t offset, std::int64_t timestamp_ns, std::uint32_t key_len, std::uint32_t headers_len,
                   std::uint32_t value_len, const std::byte* payload, std::uint32_t attributes = 0) {
-  const std::uint64_t klen = key_len == kNullKeyLen ? 0 : key_len;
   const std::size_t at = out.size();
-  out.resize(at + kFrameHeaderSize + klen + headers_len + value_len);
+  out.resize(at + frame_size(key_len, headers_len, value_len));
   write_frame(out.data() + at, offset, timestamp_ns, key_len, headers_len, value_len, payload, attributes);
 }
 
