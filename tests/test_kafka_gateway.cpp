@@ -601,6 +601,59 @@ TEST_F(KafkaGateway, LongPollWakesWhenThePartitionGrowsAndHoldsNobodyElse) {
   EXPECT_GE(rang, 1u) << "the doorbell answered none of " << kRounds << " parked fetches: " << status().dump();
 }
 
+// A ring's end offset moves at a record's claim, before its bytes are committed. A parked
+// Fetch looked at in between finds the partition grown but nothing to read: it must go on
+// watching from where it could read, not from the claimed end (CI once waited out a Fetch's
+// whole max_wait so: the gateway had taken the claim as seen, and no later record came).
+std::atomic<bool> g_commit_held{false}, g_commit_release{false};
+
+TEST_F(KafkaGateway, ALongPollLookedAtBetweenAClaimAndItsCommitIsAnsweredOnTheCommit) {
+  ASSERT_TRUE((*bus_)->create_topic("cc", TopicConfig{}));
+  RawClient waiting(port_);
+  ASSERT_TRUE(waiting.connected());
+  ASSERT_TRUE(waiting.send<k::FetchResponse>(11, fetch_of("cc", 0, 60'000)));
+  EXPECT_FALSE(waiting.read_frame(300ms)) << "answered before there was anything";
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  g_commit_held = g_commit_release = false;
+  shm::test_hooks::before_commit = [] {
+    g_commit_held = true;
+    while (!g_commit_release) std::this_thread::sleep_for(1ms);
+  };
+  std::thread sender([&] { EXPECT_TRUE(p->send("cc", "k", "held")); });
+  while (!g_commit_held) std::this_thread::sleep_for(1ms);
+  const shm::Ring& ring = (*(*bus_)->topic("cc"))->ring(0);
+  EXPECT_EQ(ring.end_offset(), 1u) << "the claim moved the end";
+  // The gateway's timer looks at the parked Fetch every 2 ms: it sees the claim, reads
+  // nothing, and parks it again, many times over.
+  std::this_thread::sleep_for(200ms);
+  EXPECT_FALSE(waiting.read_frame(10ms)) << "answered before the record was committed";
+  g_commit_release = true;
+  sender.join();
+  shm::test_hooks::before_commit = nullptr;
+  auto fr = waiting.receive<k::FetchResponse>(11, 10s);
+  ASSERT_TRUE(fr) << "the parked fetch was not answered when the claimed record was committed";
+  const auto& part = fr->responses.at(0).partitions.at(0);
+  EXPECT_EQ(part.error_code, 0);
+  ASSERT_TRUE(part.records);
+  EXPECT_NE(part.records->find("held"), std::string::npos);
+}
+
+// Kafka answers a Fetch at once when a partition of it is in error, whatever its max_wait:
+// the error will not go away by waiting.
+TEST_F(KafkaGateway, ALongPollWithAPartitionInErrorIsAnsweredAtOnce) {
+  ASSERT_TRUE((*bus_)->create_topic("oe", TopicConfig{}));
+  RawClient c(port_);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto f = c.call<k::FetchResponse>(11, fetch_of("oe", 5, 60'000), 20s);
+  ASSERT_TRUE(f) << "an out-of-range fetch was parked instead of answered";
+  EXPECT_EQ(f->responses.at(0).partitions.at(0).error_code, k::kOffsetOutOfRange);
+  auto u = c.call<k::FetchResponse>(11, fetch_of("nosuch", 0, 60'000), 20s);
+  ASSERT_TRUE(u) << "a fetch of an unknown topic was parked instead of answered";
+  EXPECT_EQ(u->responses.at(0).partitions.at(0).error_code, k::kUnknownTopicOrPartition);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, 20s);
+}
+
 // A Produce through the gateway answers the Fetches parked on its partition in the same loop
 // turn, before its own answer, and the doorbell (docs/kafka.md, "The long poll's doorbell")
 // does not ring for that record; busctl status counts both.

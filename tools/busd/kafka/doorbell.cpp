@@ -100,8 +100,8 @@ void Doorbell::run() {
       if (!c) return;  // the bus is gone: the loop's timer still serves parked requests
       consumer.emplace(std::move(*c));
     }
-    // Start each partition at the end the loop has seen: a record past it rings. The
-    // partitions are assigned again only when they changed (ends move far more often).
+    // Start each partition where the loop could read no further: a record there rings. The
+    // partitions are assigned again only when they changed (offsets move far more often).
     std::vector<TopicPartition> tps;
     for (const auto& [tp, end] : watch) tps.push_back({tp.first, tp.second});
     bool armed = true;

@@ -18,8 +18,8 @@ namespace shmbus::kafka {
 
 class Doorbell {
  public:
-  // (topic, partition) -> the end offset the loop has seen: the bell rings once a record
-  // past it is there.
+  // (topic, partition) -> the first offset a parked Fetch could not read: the bell rings once
+  // a record at or past it can be read (committed, not merely claimed).
   using Watch = std::map<std::pair<std::string, std::uint32_t>, std::uint64_t>;
 
   static Result<std::unique_ptr<Doorbell>> open(std::shared_ptr<Bus> bus);

@@ -10,6 +10,7 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -251,7 +252,8 @@ bool Gateway::apply(int fd, Conn& c, const Request& req, Answer a) {
     case Answer::Kind::kClose: close_conn(fd, a.why); return false;
     case Answer::Kind::kPark:
       if (!c.parked) {
-        c.parked.emplace(Parked{a.park_as ? std::move(*a.park_as) : req, a.deadline_ns, handlers_->progress(req), std::move(a.wait)});
+        c.parked.emplace(Parked{a.park_as ? std::move(*a.park_as) : req, a.deadline_ns, handlers_->progress(req),
+                                std::move(a.stops), std::move(a.wait)});
         if (c.parked->wait) waiting_for_disk(+1);
         if (++parked_ == 1) arm_timer(true);
         rewatch();
@@ -267,7 +269,9 @@ std::size_t Gateway::poll_parked() {
   std::vector<int> ready;
   for (auto& [fd, c] : conns_) {
     if (!c.parked) continue;
-    if (c.parked->wait || now >= c.parked->deadline_ns || handlers_->progress(c.parked->request) != c.parked->progress)
+    const Parked& p = *c.parked;
+    if (p.wait || now >= p.deadline_ns || handlers_->moved(p.stops) ||
+        (p.stops.empty() && handlers_->progress(p.request) != p.progress))
       ready.push_back(fd);
   }
   for (int fd : ready) {
@@ -280,7 +284,10 @@ std::size_t Gateway::poll_parked() {
     --parked_;
     Answer a = p.wait ? handlers_->resume(*p.wait, now) : handlers_->handle(p.request, c.end, now, final);
     if (a.kind == Answer::Kind::kPark) {  // grew, but not enough yet (or not on disk yet): wait on, to the first deadline
-      if (!p.wait) p.progress = handlers_->progress(p.request);
+      if (!p.wait) {
+        p.progress = handlers_->progress(p.request);
+        p.stops = std::move(a.stops);
+      }
       c.parked.emplace(std::move(p));
       ++parked_;
       continue;
@@ -296,12 +303,14 @@ std::size_t Gateway::poll_parked() {
 }
 
 void Gateway::rewatch() {
+  // Each partition from the first offset a parked Fetch could not read yet.
   Doorbell::Watch w;
   for (const auto& [fd, c] : conns_)
-    if (const auto* f = c.parked ? std::get_if<FetchRequest>(&c.parked->request.body) : nullptr)
-      handlers_->fetch_ends(*f, [&](const std::string& topic, std::uint32_t partition, std::uint64_t end) {
-        w[{topic, partition}] = end;
-      });
+    if (c.parked)
+      for (const FetchStop& s : c.parked->stops) {
+        auto [it, added] = w.try_emplace({s.topic, s.partition}, s.offset);
+        if (!added) it->second = std::min(it->second, s.offset);
+      }
   doorbell_->watch(std::move(w));
 }
 

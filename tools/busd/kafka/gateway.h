@@ -58,7 +58,8 @@ class Gateway final : public daemon::TcpService {
   struct Parked {
     Request request;
     std::uint64_t deadline_ns = 0;
-    std::uint64_t progress = 0;
+    std::uint64_t progress = 0;     // a JoinGroup's: Handlers::progress() when it was looked at
+    std::vector<FetchStop> stops;   // a Fetch's: where it could read no further
     std::shared_ptr<ProduceWait> wait;  // a Produce waiting for the disk (acks=all): looked at every poll
   };
   struct Conn {

@@ -360,31 +360,26 @@ void Handlers::remember_batch(const std::tuple<std::int64_t, std::string, std::u
 
 // ---- Fetch ----
 
-void Handlers::fetch_ends(const FetchRequest& f,
-                          const std::function<void(const std::string&, std::uint32_t, std::uint64_t)>& each) {
-  for (const auto& t : f.topics) {
-    auto topic = bus_->topic(t.topic);
-    if (!topic) continue;
-    for (const auto& p : t.partitions)
-      if (p.partition >= 0 && static_cast<std::uint32_t>(p.partition) < (*topic)->partitions())
-        each(t.topic, static_cast<std::uint32_t>(p.partition),
-             (*topic)->ring(static_cast<std::uint32_t>(p.partition)).end_offset());
-  }
+std::uint64_t Handlers::progress(const Request& req) {
+  return std::holds_alternative<JoinGroupRequest>(req.body) ? groups_.join_progress() : 0;
 }
 
-std::uint64_t Handlers::progress(const Request& req) {
-  if (std::holds_alternative<JoinGroupRequest>(req.body)) return groups_.join_progress();
-  const auto* f = std::get_if<FetchRequest>(&req.body);
-  if (!f) return 0;
-  std::uint64_t sum = 0;
-  fetch_ends(*f, [&](const std::string&, std::uint32_t, std::uint64_t end) { sum += end; });
-  return sum;
+bool Handlers::moved(const std::vector<FetchStop>& stops) {
+  for (const FetchStop& s : stops) {
+    auto topic = bus_->topic(s.topic);
+    if (!topic || (*topic)->epoch() != s.epoch || s.partition >= (*topic)->partitions() ||
+        (*topic)->ring(s.partition).end_offset() != s.offset)
+      return true;
+  }
+  return false;
 }
 
 Answer Handlers::fetch(const RequestHeader& h, const FetchRequest& r, std::uint64_t now_ns, bool final) {
   FetchResponse out;
   const std::size_t max_total = r.max_bytes > 0 ? static_cast<std::size_t>(r.max_bytes) : 0;
   std::size_t total = 0;
+  bool error = false;  // a partition in error: answered at once, as Kafka does (waiting will not mend it)
+  std::vector<FetchStop> stops;
   for (const auto& t : r.topics) {
     FetchResponse::Topic rt{t.topic, {}};
     auto topic = bus_->topic(t.topic);
@@ -397,6 +392,7 @@ Answer Handlers::fetch(const RequestHeader& h, const FetchRequest& r, std::uint6
         rp.error_code = kUnknownTopicOrPartition;
         rp.high_watermark = rp.last_stable_offset = -1;
         rt.partitions.push_back(std::move(rp));
+        error = true;
         continue;
       }
       const auto part = static_cast<std::uint32_t>(p.partition);
@@ -406,20 +402,28 @@ Answer Handlers::fetch(const RequestHeader& h, const FetchRequest& r, std::uint6
       rp.log_start_offset = static_cast<std::int64_t>(first);
       if (p.fetch_offset < static_cast<std::int64_t>(first) || p.fetch_offset > static_cast<std::int64_t>(end)) {
         rp.error_code = kOffsetOutOfRange;
-      } else if (static_cast<std::uint64_t>(p.fetch_offset) < end && (total == 0 || total < max_total)) {
-        // KIP-74: the first partition with records gets at least one, whatever the limits.
-        std::size_t limit = p.partition_max_bytes > 0 ? static_cast<std::size_t>(p.partition_max_bytes) : 1;
-        if (total > 0) limit = std::min(limit, max_total - total);
-        total += read_records(*topic, part, static_cast<std::uint64_t>(p.fetch_offset), limit, *rp.records);
+        error = true;
+      } else {
+        // Not read (the answer is full): looked at again when the partition grows.
+        std::uint64_t stop = end;
+        if (static_cast<std::uint64_t>(p.fetch_offset) < end && (total == 0 || total < max_total)) {
+          // KIP-74: the first partition with records gets at least one, whatever the limits.
+          std::size_t limit = p.partition_max_bytes > 0 ? static_cast<std::size_t>(p.partition_max_bytes) : 1;
+          if (total > 0) limit = std::min(limit, max_total - total);
+          total += read_records(*topic, part, static_cast<std::uint64_t>(p.fetch_offset), limit, *rp.records, stop);
+          if (stop == UINT64_MAX) stop = end;  // took all it may from here: what comes after is news
+        }
+        stops.push_back({t.topic, (*topic)->epoch(), part, stop});
       }
       rt.partitions.push_back(std::move(rp));
     }
     out.responses.push_back(std::move(rt));
   }
-  if (!final && r.max_wait_ms > 0 && total < static_cast<std::size_t>(std::max(r.min_bytes, 1))) {
+  if (!final && !error && r.max_wait_ms > 0 && total < static_cast<std::size_t>(std::max(r.min_bytes, 1))) {
     Answer a;
     a.kind = Answer::Kind::kPark;
     a.deadline_ns = now_ns + static_cast<std::uint64_t>(r.max_wait_ms) * 1'000'000;
+    a.stops = std::move(stops);
     return a;
   }
   return respond(h, out);
@@ -460,7 +464,8 @@ Handlers::Reader* Handlers::reader(const std::shared_ptr<Topic>& t, std::uint32_
 }
 
 std::size_t Handlers::read_records(const std::shared_ptr<Topic>& t, std::uint32_t partition, std::uint64_t offset,
-                                   std::size_t max_bytes, std::string& out) {
+                                   std::size_t max_bytes, std::string& out, std::uint64_t& stop) {
+  stop = offset;
   Reader* rd = reader(t, partition, offset);
   if (!rd) return 0;
   RecordBatch b;
@@ -494,6 +499,12 @@ std::size_t Handlers::read_records(const std::shared_ptr<Topic>& t, std::uint32_
         break;
       }
     }
+  }
+  if (full) {
+    stop = UINT64_MAX;
+  } else {  // read all there was: the reader's position is past what it skipped too (gaps)
+    auto pos = rd->consumer->position({t->name(), partition});
+    stop = pos ? std::max(*pos, rd->next) : rd->next;
   }
   if (b.records.empty()) return 0;
   b.last_offset_delta = b.records.back().offset_delta;

@@ -55,17 +55,29 @@ struct ProduceWait {
   std::uint64_t deadline_ns = 0;  // the request's timeout_ms from its arrival
 };
 
+// Where a parked Fetch could read no further in one partition: the first offset not readable
+// when it was looked at. A ring's end offset moves when a record is claimed, before its bytes
+// are committed, so this can be short of the end; the Fetch is looked at again whenever the
+// end is not here, and the doorbell rings at the first record readable from here.
+struct FetchStop {
+  std::string topic;
+  std::uint64_t epoch = 0;  // of the topic's creation (a topic made again is looked at again)
+  std::uint32_t partition = 0;
+  std::uint64_t offset = 0;
+  bool operator==(const FetchStop&) const = default;
+};
+
 struct Answer {
   enum class Kind {
     kRespond,  // send `frame`
     kNothing,  // acks=0: no response at all
-    kPark,     // hold the request (and the connection's later ones) until `progress` changes or `deadline_ns`
+    kPark,     // hold the request (and the connection's later ones) until it may be answered, or `deadline_ns`
     kClose,    // drop the connection (`why`)
   };
   Kind kind = Kind::kRespond;
   std::string frame;
   std::uint64_t deadline_ns = 0;  // kPark: monotonic
-  std::uint64_t progress = 0;     // kPark: progress() when the request was looked at
+  std::vector<FetchStop> stops;   // kPark of a Fetch: where each of its partitions could be read no further
   std::optional<Request> park_as;  // kPark: the request to hold instead (a JoinGroup with the member id busd gave it)
   std::shared_ptr<ProduceWait> wait;  // kPark: a Produce waiting for the disk, answered by Handlers::resume()
   std::string why;
@@ -84,10 +96,11 @@ class Handlers {
 
   // `final`: a parked request's last try (its max_wait passed): answer whatever there is.
   Answer handle(const Request& req, const ClientEnd& end, std::uint64_t now_ns, bool final = false);
-  // A number that changes when a partition the (Fetch) request reads grows.
+  // A number that changes when a parked JoinGroup may be answered (0 for other requests).
   std::uint64_t progress(const Request& req);
-  // Each existing partition a Fetch names, with its end offset now (what progress() sums).
-  void fetch_ends(const FetchRequest& f, const std::function<void(const std::string&, std::uint32_t, std::uint64_t)>& each);
+  // True when a parked Fetch may be answered now: a partition's end is not where it stopped
+  // (a record claimed or committed there, the topic deleted or made again).
+  bool moved(const std::vector<FetchStop>& stops);
   const std::shared_ptr<Bus>& bus() const noexcept { return bus_; }
   // How many times a Produce appended records (a run of a partition's batches each): the
   // gateway looks at its parked Fetches when this moved while it served a connection.
@@ -116,9 +129,11 @@ class Handlers {
                     bool final);
 
   // The encoded records of one partition from `offset`, up to about `max_bytes` (at least
-  // one record); appends to `out`, returns the bytes added.
+  // one record); appends to `out`, returns the bytes added. `stop`: the first offset it could
+  // not read (past the records taken and any gaps behind them), or UINT64_MAX when it stopped
+  // at `max_bytes`.
   std::size_t read_records(const std::shared_ptr<Topic>& t, std::uint32_t partition, std::uint64_t offset,
-                           std::size_t max_bytes, std::string& out);
+                           std::size_t max_bytes, std::string& out, std::uint64_t& stop);
 
   struct Reader;
   // The partition's reader, positioned at `offset`; nullptr (logged) when none can be made.
