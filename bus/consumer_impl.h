@@ -293,4 +293,13 @@ struct Consumer::Impl {
   void settle_commits(bool wait);  // calls the callbacks of the answered ones (all with `wait`)
 };
 
+// What busd's Kafka gateway asks of a Consumer beyond the public API. Its reader is sought
+// back to each Fetch's offset and reads up to where it stopped before, so its empty looks at
+// that spot never reach check_stall()'s 256th: it asks for the look itself.
+struct ConsumerInternals {
+  // Looks at once whether `tp`'s reader is held at an aborted claim, a stuck one or a lap
+  // (check_stall() without waiting for the 256th empty look). True: it can read on.
+  static Result<bool> look_past_stall(Consumer& c, const TopicPartition& tp);
+};
+
 }  // namespace shmbus

@@ -74,6 +74,16 @@ Status Consumer::Impl::check_stall(Assigned& a, bool& moved) {
   }
 }
 
+Result<bool> ConsumerInternals::look_past_stall(Consumer& c, const TopicPartition& tp) {
+  auto a = c.impl_->require(tp);
+  if (!a) return tl::unexpected(a.error());
+  if ((*a)->disk_next != consumer_detail::Assigned::kFromRing) return false;  // the disk log has no claims
+  (*a)->empty_polls |= 255;  // check_stall()'s count reaches a multiple of 256: it looks
+  bool moved = false;
+  if (auto ok = c.impl_->check_stall(**a, moved); !ok) return tl::unexpected(ok.error());
+  return moved;
+}
+
 [[gnu::cold]] Status Consumer::Impl::corrupt(const Assigned& a) const {
   return make_error(Errc::kBadSegment, fmt::format("{}-{}: at offset {} (position {}) in {}: {}", a.tp.topic, a.tp.partition,
                                                    a.reader.offset(), a.reader.position(),

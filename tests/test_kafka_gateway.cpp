@@ -33,6 +33,7 @@
 #include "shmbus/consumer.h"
 #include "shmbus/producer.h"
 #include "tools/busd/kafka/consumer_protocol.h"
+#include "tools/busd/kafka/gateway.h"
 #include "tools/busd/kafka/group_coordinator.h"
 #include "tools/busd/kafka/messages.h"
 #include "tools/busd/kafka/record_batch.h"
@@ -607,6 +608,16 @@ TEST_F(KafkaGateway, LongPollWakesWhenThePartitionGrowsAndHoldsNobodyElse) {
 // whole max_wait so: the gateway had taken the claim as seen, and no later record came).
 std::atomic<bool> g_commit_held{false}, g_commit_release{false};
 
+// A Fetch's answer, its first partition: no error, and records holding each of `values`.
+void expect_served(const std::optional<k::FetchResponse>& fr, std::initializer_list<std::string_view> values,
+                   const char* unanswered) {
+  ASSERT_TRUE(fr) << unanswered;
+  const auto& part = fr->responses.at(0).partitions.at(0);
+  EXPECT_EQ(part.error_code, 0);
+  ASSERT_TRUE(part.records);
+  for (std::string_view v : values) EXPECT_NE(part.records->find(v), std::string::npos) << "no record holding " << v;
+}
+
 TEST_F(KafkaGateway, ALongPollLookedAtBetweenAClaimAndItsCommitIsAnsweredOnTheCommit) {
   ASSERT_TRUE((*bus_)->create_topic("cc", TopicConfig{}));
   RawClient waiting(port_);
@@ -620,23 +631,108 @@ TEST_F(KafkaGateway, ALongPollLookedAtBetweenAClaimAndItsCommitIsAnsweredOnTheCo
     g_commit_held = true;
     while (!g_commit_release) std::this_thread::sleep_for(1ms);
   };
-  std::thread sender([&] { EXPECT_TRUE(p->send("cc", "k", "held")); });
-  while (!g_commit_held) std::this_thread::sleep_for(1ms);
+  std::thread sender([&] {
+    EXPECT_TRUE(p->send("cc", "k", "held"));
+    g_commit_held = true;  // a send refused before its commit ends the wait below too
+  });
+  for (int i = 0; i < 10'000 && !g_commit_held; ++i) std::this_thread::sleep_for(1ms);
   const shm::Ring& ring = (*(*bus_)->topic("cc"))->ring(0);
   EXPECT_EQ(ring.end_offset(), 1u) << "the claim moved the end";
-  // The gateway's timer looks at the parked Fetch every 2 ms: it sees the claim, reads
-  // nothing, and parks it again, many times over.
-  std::this_thread::sleep_for(200ms);
+  // The gateway looks at the parked Fetch when the claim moves the end, reads nothing, and
+  // parks it again; then, while the claim stays in flight (its writer may be stopped), only
+  // every kShortLookNs, not at every 2 ms tick.
+  const auto looks = [&] { return status()["listeners"]["kafka"]["long_poll_looks"].get<std::uint64_t>(); };
+  const std::uint64_t looks_before = looks();
+  std::this_thread::sleep_for(500ms);
+  const std::uint64_t looked = looks() - looks_before;
+  EXPECT_GE(looked, 1u) << "the gateway never looked while the claim was in flight: the test proves nothing";
+  EXPECT_LE(looked, 500ms / std::chrono::nanoseconds(kafka::Gateway::kShortLookNs) + 5) << "looked at every tick";
   EXPECT_FALSE(waiting.read_frame(10ms)) << "answered before the record was committed";
   g_commit_release = true;
   sender.join();
   shm::test_hooks::before_commit = nullptr;
+  expect_served(waiting.receive<k::FetchResponse>(11, 10s), {"held"},
+                "the parked fetch was not answered when the claimed record was committed");
+}
+
+// An aborted claim (a reservation given up, a dead writer's) between the records a parked
+// Fetch has and a new one: the gateway's reader steps over it as the doorbell's does. Before,
+// the reader (sought back to the Fetch's offset at each look) never made the 256th empty
+// look that steps over it, while the doorbell's reader did and rang for the record behind
+// it: the two rang and looked in a loop until max_wait, which answered without that record.
+TEST_F(KafkaGateway, AParkedFetchStepsOverAnAbortedClaimWithoutALoopOfDoorbellRings) {
+  ASSERT_TRUE((*bus_)->create_topic("gap", TopicConfig{}));
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  for (int i = 0; i < 5; ++i) ASSERT_TRUE(p->send("gap", "k", "before " + std::to_string(i)));
+  RawClient waiting(port_);
+  ASSERT_TRUE(waiting.connected());
+  // Too few bytes for its min_bytes: parked to its max_wait whatever comes, looked at again
+  // at each record.
+  k::FetchRequest f = fetch_of("gap", 0, 1500);
+  f.min_bytes = 1 << 20;
+  ASSERT_TRUE(waiting.send<k::FetchResponse>(11, f));
+  EXPECT_FALSE(waiting.read_frame(200ms)) << "answered before its max_wait";
+  {
+    auto r = p->reserve("gap", std::nullopt, 8, 0);  // offset 5, given up
+    ASSERT_TRUE(r);
+    r->abort();
+  }
+  ASSERT_TRUE(p->send("gap", "k", "behind the gap"));  // offset 6
+  // Without "behind the gap": the reader did not step over the aborted claim.
+  expect_served(waiting.receive<k::FetchResponse>(11, 20s), {"before 4", "behind the gap"},
+                "the parked fetch was not answered at its max_wait");
+  const auto rang = status()["listeners"]["kafka"]["long_poll_wakeups"].get<std::uint64_t>();
+  EXPECT_LE(rang, 20u) << "the doorbell rang in a loop for a record the gateway's reader could not reach";
+}
+
+// A topic deleted and made again while a Fetch on it is parked: the doorbell watches the new
+// ring, not the old one (closed, it would ring at every look: a loop until max_wait).
+TEST_F(KafkaGateway, TheDoorbellWatchesATopicMadeAgainUnderItsNameNotTheOldOne) {
+  ASSERT_TRUE((*bus_)->create_topic("again", TopicConfig{}));
+  RawClient old_waiter(port_);
+  ASSERT_TRUE(old_waiter.send<k::FetchResponse>(11, fetch_of("again", 0, 60'000)));
+  EXPECT_FALSE(old_waiter.read_frame(200ms)) << "answered before there was anything";
+  ASSERT_TRUE((*bus_)->delete_topic("again"));
+  auto gone = old_waiter.receive<k::FetchResponse>(11, 10s);
+  ASSERT_TRUE(gone) << "a Fetch parked on a deleted topic was not answered";
+  EXPECT_EQ(gone->responses.at(0).partitions.at(0).error_code, k::kUnknownTopicOrPartition);
+  ASSERT_TRUE((*bus_)->create_topic("again", TopicConfig{}));
+  RawClient waiting(port_);
+  ASSERT_TRUE(waiting.send<k::FetchResponse>(11, fetch_of("again", 0, 60'000)));
+  EXPECT_FALSE(waiting.read_frame(300ms)) << "answered before there was anything";
+  const auto before = status()["listeners"]["kafka"]["long_poll_wakeups"].get<std::uint64_t>();
+  std::this_thread::sleep_for(300ms);
+  const auto idle = status()["listeners"]["kafka"]["long_poll_wakeups"].get<std::uint64_t>() - before;
+  EXPECT_LE(idle, 2u) << "the doorbell rang with nothing new: it watches the deleted ring";
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  ASSERT_TRUE(p->send("again", "k", "second life"));
   auto fr = waiting.receive<k::FetchResponse>(11, 10s);
-  ASSERT_TRUE(fr) << "the parked fetch was not answered when the claimed record was committed";
-  const auto& part = fr->responses.at(0).partitions.at(0);
-  EXPECT_EQ(part.error_code, 0);
-  ASSERT_TRUE(part.records);
-  EXPECT_NE(part.records->find("held"), std::string::npos);
+  ASSERT_TRUE(fr) << "the parked fetch on the topic made again was not answered";
+  ASSERT_TRUE(fr->responses.at(0).partitions.at(0).records);
+  EXPECT_NE(fr->responses.at(0).partitions.at(0).records->find("second life"), std::string::npos);
+}
+
+// A record a reader cannot take (its lengths overstated: a damaged segment, a stray writer)
+// is CORRUPT_MESSAGE at once for a long poll at it; before, the reader's error was dropped
+// and the Fetch parked to its max_wait.
+TEST_F(KafkaGateway, ALongPollAtACorruptRecordIsAnsweredAtOnceWithCorruptMessage) {
+  ASSERT_TRUE((*bus_)->create_topic("bad", TopicConfig{}));
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  for (const char* v : {"a", "b", "c"}) ASSERT_TRUE(p->send("bad", std::nullopt, v));
+  const shm::Ring ring = (*bus_)->topic("bad").value()->ring(0);
+  ring.header_at(ring.index_at(1).load())->value_len = 1u << 20;
+  RawClient c(port_);
+  auto first = c.call<k::FetchResponse>(11, fetch_of("bad", 0, 60'000), 20s);
+  ASSERT_TRUE(first);
+  EXPECT_EQ(first->responses.at(0).partitions.at(0).error_code, 0) << "the records before it are served";
+  ASSERT_TRUE(first->responses.at(0).partitions.at(0).records);
+  EXPECT_NE(first->responses.at(0).partitions.at(0).records->find('a'), std::string::npos);
+  auto at_bad = c.call<k::FetchResponse>(11, fetch_of("bad", 1, 60'000), 20s);
+  ASSERT_TRUE(at_bad) << "a fetch at a corrupt record was parked instead of answered";
+  EXPECT_EQ(at_bad->responses.at(0).partitions.at(0).error_code, k::kCorruptMessage);
 }
 
 // Kafka answers a Fetch at once when a partition of it is in error, whatever its max_wait:

@@ -191,6 +191,7 @@ class Consumer {
   struct Impl;
 
  private:
+  friend struct ConsumerInternals;  // bus/consumer_impl.h: what busd asks beyond this API
   explicit Consumer(std::unique_ptr<Impl> impl);
   std::unique_ptr<Impl> impl_;
 };

@@ -195,7 +195,7 @@ json Daemon::listeners_json() const {
     out[kind] = {{"address", s->address()}, {"listen", spec.listen}, {"allow_remote", spec.allow_remote},
                  {"connections", s->connections()}, {"long_poll_wakeups", s->wakeups()},
                  {"long_poll_answered_by_produce", s->answered_by_produce()},
-                 {"acks_all_wakeups", s->durable_wakeups()}};
+                 {"acks_all_wakeups", s->durable_wakeups()}, {"long_poll_looks", s->parked_looks()}};
   }
   return out;
 }

@@ -65,6 +65,8 @@ class TcpService {
   virtual std::uint64_t answered_by_produce() const { return 0; }
   // Parked requests looked at because busd's spiller moved a durable offset (busctl status).
   virtual std::uint64_t durable_wakeups() const { return 0; }
+  // Parked requests looked at again (handled anew), for whatever reason (busctl status).
+  virtual std::uint64_t parked_looks() const { return 0; }
 };
 
 }  // namespace shmbus::daemon

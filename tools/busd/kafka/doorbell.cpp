@@ -86,7 +86,7 @@ void Doorbell::run() {
   std::optional<Consumer> consumer;
   std::uint64_t have = 0;  // the generation taken
   Watch watch;
-  std::vector<TopicPartition> assigned;
+  std::vector<Watch::key_type> assigned;
   for (;;) {
     {
       std::unique_lock l(mu_);
@@ -101,15 +101,20 @@ void Doorbell::run() {
       consumer.emplace(std::move(*c));
     }
     // Start each partition where the loop could read no further: a record there rings. The
-    // partitions are assigned again only when they changed (offsets move far more often).
+    // partitions are assigned again only when they changed, a topic's epoch included (offsets
+    // move far more often).
+    std::vector<Watch::key_type> keys;
     std::vector<TopicPartition> tps;
-    for (const auto& [tp, end] : watch) tps.push_back({tp.first, tp.second});
-    bool armed = true;
-    if (tps != assigned) {
-      armed = consumer->assign(tps).has_value();
-      assigned = armed ? tps : std::vector<TopicPartition>{};
+    for (const auto& [key, from] : watch) {
+      keys.push_back(key);
+      tps.push_back({std::get<0>(key), std::get<2>(key)});
     }
-    for (const auto& [tp, end] : watch) armed = armed && consumer->seek({tp.first, tp.second}, end).has_value();
+    bool armed = true;
+    if (keys != assigned) {
+      armed = consumer->assign(tps).has_value();
+      assigned = armed ? keys : std::vector<Watch::key_type>{};
+    }
+    for (std::size_t i = 0; i < tps.size(); ++i) armed = armed && consumer->seek(tps[i], watch.at(keys[i])).has_value();
     if (!armed) {  // a topic deleted meanwhile: wait for the next watch
       std::unique_lock l(mu_);
       cv_.wait_for(l, std::chrono::nanoseconds(kSliceNs), [&] { return stop_ || generation_ != have; });

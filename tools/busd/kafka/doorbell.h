@@ -9,6 +9,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <utility>
 
 #include "shmbus/bus.h"
@@ -18,9 +19,11 @@ namespace shmbus::kafka {
 
 class Doorbell {
  public:
-  // (topic, partition) -> the first offset a parked Fetch could not read: the bell rings once
-  // a record at or past it can be read (committed, not merely claimed).
-  using Watch = std::map<std::pair<std::string, std::uint32_t>, std::uint64_t>;
+  // (topic, its creation's epoch, partition) -> the first offset a parked Fetch could not
+  // read: the bell rings once a record at or past it can be read (committed, not merely
+  // claimed). A topic made again under its name is a new key: its partitions are assigned
+  // again (the old rings are closed).
+  using Watch = std::map<std::tuple<std::string, std::uint64_t, std::uint32_t>, std::uint64_t>;
 
   static Result<std::unique_ptr<Doorbell>> open(std::shared_ptr<Bus> bus);
   ~Doorbell();  // stops the thread (within one poll slice) and joins it

@@ -253,7 +253,7 @@ bool Gateway::apply(int fd, Conn& c, const Request& req, Answer a) {
     case Answer::Kind::kPark:
       if (!c.parked) {
         c.parked.emplace(Parked{a.park_as ? std::move(*a.park_as) : req, a.deadline_ns, handlers_->progress(req),
-                                std::move(a.stops), std::move(a.wait)});
+                                std::move(a.stops), shm::monotonic_ns(), std::move(a.wait)});
         if (c.parked->wait) waiting_for_disk(+1);
         if (++parked_ == 1) arm_timer(true);
         rewatch();
@@ -270,15 +270,21 @@ std::size_t Gateway::poll_parked() {
   for (auto& [fd, c] : conns_) {
     if (!c.parked) continue;
     const Parked& p = *c.parked;
-    if (p.wait || now >= p.deadline_ns || handlers_->moved(p.stops) ||
-        (p.stops.empty() && handlers_->progress(p.request) != p.progress))
-      ready.push_back(fd);
+    bool look = p.wait || now >= p.deadline_ns;
+    if (!look && p.stops.empty()) {
+      look = handlers_->progress(p.request) != p.progress;
+    } else if (!look) {
+      const Handlers::Moved m = handlers_->moved(p.stops);
+      look = m == Handlers::Moved::kGrew || (m == Handlers::Moved::kShort && now - p.looked_ns >= kShortLookNs);
+    }
+    if (look) ready.push_back(fd);
   }
   for (int fd : ready) {
     auto it = conns_.find(fd);
     if (it == conns_.end()) continue;
     Conn& c = it->second;
     const bool final = now >= c.parked->deadline_ns;
+    ++looks_;
     Parked p = std::move(*c.parked);
     c.parked.reset();
     --parked_;
@@ -287,6 +293,7 @@ std::size_t Gateway::poll_parked() {
       if (!p.wait) {
         p.progress = handlers_->progress(p.request);
         p.stops = std::move(a.stops);
+        p.looked_ns = now;
       }
       c.parked.emplace(std::move(p));
       ++parked_;
@@ -308,7 +315,7 @@ void Gateway::rewatch() {
   for (const auto& [fd, c] : conns_)
     if (c.parked)
       for (const FetchStop& s : c.parked->stops) {
-        auto [it, added] = w.try_emplace({s.topic, s.partition}, s.offset);
+        auto [it, added] = w.try_emplace({s.topic, s.epoch, s.partition}, s.offset);
         if (!added) it->second = std::min(it->second, s.offset);
       }
   doorbell_->watch(std::move(w));

@@ -42,6 +42,7 @@ class Gateway final : public daemon::TcpService {
   std::uint64_t wakeups() const override { return doorbell_->rings(); }
   std::uint64_t answered_by_produce() const override { return answered_by_produce_; }
   std::uint64_t durable_wakeups() const override { return durable_ ? durable_->rings() : 0; }
+  std::uint64_t parked_looks() const override { return looks_; }
   void on_event(int fd, std::uint32_t events) override;
   void tick(std::uint64_t now_ns) override;
   const std::string& address() const override { return address_; }
@@ -53,6 +54,10 @@ class Gateway final : public daemon::TcpService {
   // Parked requests are looked at when the doorbell rings (a record on a partition a parked
   // Fetch waits on) and on this timer (deadlines, group joins, what the doorbell missed).
   static constexpr std::uint64_t kParkedPollNs = 2'000'000;
+  // A parked Fetch stopped short of a partition's end (a claim in flight there) is looked at
+  // again this often, besides the doorbell's ring at the claim's commit: a writer stopped
+  // inside its claim costs busd a look this often, not every timer tick.
+  static constexpr std::uint64_t kShortLookNs = 50'000'000;
 
  private:
   struct Parked {
@@ -60,6 +65,7 @@ class Gateway final : public daemon::TcpService {
     std::uint64_t deadline_ns = 0;
     std::uint64_t progress = 0;     // a JoinGroup's: Handlers::progress() when it was looked at
     std::vector<FetchStop> stops;   // a Fetch's: where it could read no further
+    std::uint64_t looked_ns = 0;    // when it was last looked at (monotonic)
     std::shared_ptr<ProduceWait> wait;  // a Produce waiting for the disk (acks=all): looked at every poll
   };
   struct Conn {
@@ -98,6 +104,7 @@ class Gateway final : public daemon::TcpService {
   std::map<int, Conn> conns_;
   std::size_t parked_ = 0;
   std::uint64_t answered_by_produce_ = 0;  // parked requests answered in the turn of a Produce here
+  std::uint64_t looks_ = 0;                // parked requests handled anew (poll_parked)
   bool timer_on_ = false;
 };
 

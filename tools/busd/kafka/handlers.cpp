@@ -13,6 +13,7 @@
 
 #include <fmt/format.h>
 
+#include "bus/consumer_impl.h"
 #include "bus/disk_log.h"
 #include "bus/names.h"
 #include "bus/offset_lookup.h"
@@ -44,6 +45,7 @@ std::int16_t kafka_error(const Error& e) {
     case Errc::kNotFound:
     case Errc::kTopicDeleted: return kUnknownTopicOrPartition;
     case Errc::kRecordTooLarge: return kMessageTooLarge;
+    case Errc::kBadSegment: return kCorruptMessage;  // a record a reader cannot take
     case Errc::kTimedOut: return kRequestTimedOut;  // a full block topic: retriable
     default: return kUnknownServerError;
   }
@@ -364,14 +366,16 @@ std::uint64_t Handlers::progress(const Request& req) {
   return std::holds_alternative<JoinGroupRequest>(req.body) ? groups_.join_progress() : 0;
 }
 
-bool Handlers::moved(const std::vector<FetchStop>& stops) {
+Handlers::Moved Handlers::moved(const std::vector<FetchStop>& stops) {
+  Moved m = Moved::kNo;
   for (const FetchStop& s : stops) {
     auto topic = bus_->topic(s.topic);
     if (!topic || (*topic)->epoch() != s.epoch || s.partition >= (*topic)->partitions() ||
-        (*topic)->ring(s.partition).end_offset() != s.offset)
-      return true;
+        (*topic)->ring(s.partition).end_offset() != s.end)
+      return Moved::kGrew;
+    if (s.offset != s.end) m = Moved::kShort;
   }
-  return false;
+  return m;
 }
 
 Answer Handlers::fetch(const RequestHeader& h, const FetchRequest& r, std::uint64_t now_ns, bool final) {
@@ -410,10 +414,12 @@ Answer Handlers::fetch(const RequestHeader& h, const FetchRequest& r, std::uint6
           // KIP-74: the first partition with records gets at least one, whatever the limits.
           std::size_t limit = p.partition_max_bytes > 0 ? static_cast<std::size_t>(p.partition_max_bytes) : 1;
           if (total > 0) limit = std::min(limit, max_total - total);
-          total += read_records(*topic, part, static_cast<std::uint64_t>(p.fetch_offset), limit, *rp.records, stop);
+          total += read_records(*topic, part, static_cast<std::uint64_t>(p.fetch_offset), limit, *rp.records, stop,
+                                rp.error_code);
           if (stop == UINT64_MAX) stop = end;  // took all it may from here: what comes after is news
+          error |= rp.error_code != kNone;
         }
-        stops.push_back({t.topic, (*topic)->epoch(), part, stop});
+        stops.push_back({t.topic, (*topic)->epoch(), part, stop, end});
       }
       rt.partitions.push_back(std::move(rp));
     }
@@ -464,17 +470,39 @@ Handlers::Reader* Handlers::reader(const std::shared_ptr<Topic>& t, std::uint32_
 }
 
 std::size_t Handlers::read_records(const std::shared_ptr<Topic>& t, std::uint32_t partition, std::uint64_t offset,
-                                   std::size_t max_bytes, std::string& out, std::uint64_t& stop) {
+                                   std::size_t max_bytes, std::string& out, std::uint64_t& stop,
+                                   std::int16_t& error) {
   stop = offset;
+  error = kNone;
   Reader* rd = reader(t, partition, offset);
   if (!rd) return 0;
+  const TopicPartition tp{t->name(), partition};
   RecordBatch b;
   std::size_t bytes = 0;
   std::int64_t max_ts = -1;
   bool full = false;
-  while (!full) {
+  // Bounded: a look past a stall steps over a claim (or a lap), or the loop ends.
+  for (int stall_looks = 0; !full;) {
     auto recs = rd->consumer->poll(std::chrono::nanoseconds(0));
-    if (!recs || recs->empty()) break;
+    if (!recs) {
+      // The records before it go out now; the next Fetch from here gets the error (the
+      // reader reports it once and steps over: it is sought again, to find it again).
+      if (b.records.empty()) error = kafka_error(recs.error());
+      else rd->next = UINT64_MAX;
+      break;
+    }
+    if (recs->empty()) {
+      // Short of the claimed end: a claim in flight, an aborted one or a dead writer's. The
+      // reader is sought back to each Fetch's offset, so its own look at such a spot (every
+      // 256th empty poll) would never come: look now, or the doorbell (whose reader does step
+      // over it) rings for a record this one cannot reach, again and again.
+      auto pos = rd->consumer->position(tp);
+      if (!pos || *pos >= t->ring(partition).end_offset() || ++stall_looks > kMaxStallLooks) break;
+      auto moved = ConsumerInternals::look_past_stall(*rd->consumer, tp);
+      if (!moved && b.records.empty()) error = kafka_error(moved.error());
+      if (!moved || !*moved) break;
+      continue;
+    }
     for (const ConsumedRecord& c : *recs) {
       if (b.records.empty()) {
         b.base_offset = static_cast<std::int64_t>(c.offset);
@@ -502,8 +530,8 @@ std::size_t Handlers::read_records(const std::shared_ptr<Topic>& t, std::uint32_
   }
   if (full) {
     stop = UINT64_MAX;
-  } else {  // read all there was: the reader's position is past what it skipped too (gaps)
-    auto pos = rd->consumer->position({t->name(), partition});
+  } else {  // read all there was: the reader's position is past what it stepped over too
+    auto pos = rd->consumer->position(tp);
     stop = pos ? std::max(*pos, rd->next) : rd->next;
   }
   if (b.records.empty()) return 0;

@@ -56,14 +56,17 @@ struct ProduceWait {
 };
 
 // Where a parked Fetch could read no further in one partition: the first offset not readable
-// when it was looked at. A ring's end offset moves when a record is claimed, before its bytes
-// are committed, so this can be short of the end; the Fetch is looked at again whenever the
-// end is not here, and the doorbell rings at the first record readable from here.
+// when it was looked at, and the partition's end offset then. The end moves when a record is
+// claimed, before its bytes are committed, so the two can differ (a claim in flight, or one
+// whose writer is stopped). The doorbell rings at the first record readable from `offset`;
+// the gateway's timer looks again at once when the end moved, and now and then while the
+// offset is short of it (Handlers::moved).
 struct FetchStop {
   std::string topic;
   std::uint64_t epoch = 0;  // of the topic's creation (a topic made again is looked at again)
   std::uint32_t partition = 0;
   std::uint64_t offset = 0;
+  std::uint64_t end = 0;
   bool operator==(const FetchStop&) const = default;
 };
 
@@ -98,9 +101,11 @@ class Handlers {
   Answer handle(const Request& req, const ClientEnd& end, std::uint64_t now_ns, bool final = false);
   // A number that changes when a parked JoinGroup may be answered (0 for other requests).
   std::uint64_t progress(const Request& req);
-  // True when a parked Fetch may be answered now: a partition's end is not where it stopped
-  // (a record claimed or committed there, the topic deleted or made again).
-  bool moved(const std::vector<FetchStop>& stops);
+  // Whether a parked Fetch is worth looking at again: kGrew when a partition's end moved
+  // since (or its topic was deleted or made again), kShort when one stopped short of its
+  // end (a claim in flight: the doorbell rings at its commit, the timer looks now and then).
+  enum class Moved { kNo, kShort, kGrew };
+  Moved moved(const std::vector<FetchStop>& stops);
   const std::shared_ptr<Bus>& bus() const noexcept { return bus_; }
   // How many times a Produce appended records (a run of a partition's batches each): the
   // gateway looks at its parked Fetches when this moved while it served a connection.
@@ -132,8 +137,12 @@ class Handlers {
   // one record); appends to `out`, returns the bytes added. `stop`: the first offset it could
   // not read (past the records taken and any gaps behind them), or UINT64_MAX when it stopped
   // at `max_bytes`.
+  // `error`: a Kafka error code when the reader failed before it took any record (a corrupt
+  // record: CORRUPT_MESSAGE).
   std::size_t read_records(const std::shared_ptr<Topic>& t, std::uint32_t partition, std::uint64_t offset,
-                           std::size_t max_bytes, std::string& out, std::uint64_t& stop);
+                           std::size_t max_bytes, std::string& out, std::uint64_t& stop, std::int16_t& error);
+  // Claims a read steps over at most (read_records); more wait for the Fetch's next look.
+  static constexpr int kMaxStallLooks = 64;
 
   struct Reader;
   // The partition's reader, positioned at `offset`; nullptr (logged) when none can be made.
