@@ -686,6 +686,58 @@ TEST_F(KafkaGateway, AParkedFetchStepsOverAnAbortedClaimWithoutALoopOfDoorbellRi
   EXPECT_LE(rang, 20u) << "the doorbell rang in a loop for a record the gateway's reader could not reach";
 }
 
+// An aborted claim at the end of a partition (a reservation given up, a dead writer's) is an
+// offset without a record below the high watermark. A Fetch covers it with its batch's last
+// offset delta, as a compacted Kafka batch does, so that clients move past it: before, they
+// stayed below the high watermark for good (kcat -e never ended, lag 1).
+TEST_F(KafkaGateway, ClientsMovePastAnAbortedClaimAtTheEndOfAPartition) {
+  ASSERT_TRUE((*bus_)->create_topic("tail", TopicConfig{}));
+  auto p = Producer::create(bus_->get());
+  ASSERT_TRUE(p);
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(p->send("tail", "k", "t" + std::to_string(i)));
+  {
+    auto r = p->reserve("tail", std::nullopt, 8, 0);  // offset 3, given up
+    ASSERT_TRUE(r);
+    r->abort();
+  }
+  const auto kc = sh(fmt::format("kcat -b {} -C -t tail -p 0 -o beginning -e -f '%o\\n'", address_), 20);
+  EXPECT_EQ(kc.code, 0) << "kcat -e did not reach the end\n" << kc.out;
+  EXPECT_NE(kc.out.find("0\n1\n2\n"), std::string::npos) << kc.out;
+  auto r = python(R"(
+from confluent_kafka import Consumer, TopicPartition
+c = Consumer({'bootstrap.servers': BOOTSTRAP, 'group.id': 'unused', 'enable.auto.commit': False,
+              'enable.partition.eof': True})
+c.assign([TopicPartition('tail', 0, 0)])
+got, eof = [], False
+for _ in range(100):
+    m = c.poll(0.2)
+    if m is None:
+        continue
+    if m.error():
+        eof = True
+        break
+    got.append(m.offset())
+print('confluent', got, eof)  # its position() is the last record delivered + 1: 3
+c.close()
+from kafka import KafkaConsumer, TopicPartition as KTP
+k = KafkaConsumer(bootstrap_servers=BOOTSTRAP, enable_auto_commit=False)
+tp = KTP('tail', 0)
+k.assign([tp])
+k.seek(tp, 0)
+seen = []
+for _ in range(20):
+    for recs in k.poll(timeout_ms=200).values():
+        seen += [m.offset for m in recs]
+    if k.position(tp) >= 4:
+        break
+print('kafka-python', seen, k.position(tp))
+k.close()
+)");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("confluent [0, 1, 2] True"), std::string::npos) << "no partition EOF\n" << r.out;
+  EXPECT_NE(r.out.find("kafka-python [0, 1, 2] 4"), std::string::npos) << r.out;
+}
+
 // A topic deleted and made again while a Fetch on it is parked: the doorbell watches the new
 // ring, not the old one (closed, it would ring at every look: a loop until max_wait).
 TEST_F(KafkaGateway, TheDoorbellWatchesATopicMadeAgainUnderItsNameNotTheOldOne) {

@@ -528,14 +528,25 @@ std::size_t Handlers::read_records(const std::shared_ptr<Topic>& t, std::uint32_
       }
     }
   }
+  // The batch covers the offsets below this: to its last record, and (below) what follows.
+  std::uint64_t covered =
+      b.records.empty() ? offset : static_cast<std::uint64_t>(b.base_offset) + b.records.back().offset_delta + 1;
   if (full) {
     stop = UINT64_MAX;
   } else {  // read all there was: the reader's position is past what it stepped over too
     auto pos = rd->consumer->position(tp);
     stop = pos ? std::max(*pos, rd->next) : rd->next;
+    // Offsets stepped over at the end (aborted claims: a reservation given up, a dead
+    // writer's) are covered by the batch's last offset delta, with no record of their own,
+    // as compaction leaves a Kafka batch: a client's next fetch starts past them. Else a
+    // gap at the end held clients below the high watermark for good (lag 1, no EOF).
+    if (stop != UINT64_MAX) covered = std::max(covered, stop);
   }
-  if (b.records.empty()) return 0;
-  b.last_offset_delta = b.records.back().offset_delta;
+  if (b.records.empty()) {
+    if (covered <= offset) return 0;
+    b.base_offset = static_cast<std::int64_t>(offset);  // an empty batch: offsets, no records
+  }
+  b.last_offset_delta = static_cast<std::int32_t>(covered - 1 - static_cast<std::uint64_t>(b.base_offset));
   b.max_timestamp = max_ts;
   const std::string batch = encode_record_batch(b);
   out += batch;
