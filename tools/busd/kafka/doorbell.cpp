@@ -41,11 +41,14 @@ Doorbell::~Doorbell() {
 void Doorbell::watch(Watch w) {
   {
     std::lock_guard l(mu_);
+    // The same watch after a ring: the loop looked and can read nothing more at those stops
+    // (a run of aborted claims longer than its reader steps over at a look): the bell stays
+    // quiet, or it would ring again at once, in a loop. The loop's timer looks on.
     if (w != want_) {
       want_ = std::move(w);
       ++generation_;
+      rung_ = false;
     }
-    rung_ = false;
     held_ = skipped_ = false;
   }
   cv_.notify_all();

@@ -31,8 +31,9 @@ class Doorbell {
   Doorbell& operator=(const Doorbell&) = delete;
 
   int fd() const noexcept { return fd_; }
-  // The loop thread: what to wait for now (empty: nothing). Each call re-arms the bell,
-  // including after it rang (the loop has looked at the partitions since).
+  // The loop thread: what to wait for now (empty: nothing). A new watch re-arms the bell
+  // after it rang; the same one does not (the loop looked, and the stops did not move: what
+  // rang is nothing the loop can read yet).
   void watch(Watch w);
   // The loop thread: reads the eventfd; the bell stays quiet until the next watch().
   void heard();
@@ -56,7 +57,7 @@ class Doorbell {
   std::condition_variable cv_;
   Watch want_;
   std::uint64_t generation_ = 0;  // of want_
-  bool rung_ = false;             // rang since the last watch(): quiet until the next
+  bool rung_ = false;             // rang: quiet until a different watch()
   bool held_ = false;             // hold() until release() or watch()
   bool skipped_ = false;          // a record came while held
   bool stop_ = false;

@@ -89,8 +89,9 @@ class Gateway final : public daemon::TcpService {
   void write_out(int fd, Conn& c);
   void update_interest(int fd, Conn& c);
   void close_conn(int fd, const std::string& why);
-  // Answers the parked requests that can be answered now; how many were.
-  std::size_t poll_parked();
+  // Answers the parked requests that can be answered now; how many were. `rung`: the doorbell
+  // rang (a record readable at a parked Fetch's stop).
+  std::size_t poll_parked(bool rung = false);
   void arm_timer(bool on);
   void rewatch();  // tells the doorbell the partitions parked Fetches wait on
 

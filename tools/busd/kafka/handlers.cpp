@@ -481,14 +481,19 @@ std::size_t Handlers::read_records(const std::shared_ptr<Topic>& t, std::uint32_
   std::size_t bytes = 0;
   std::int64_t max_ts = -1;
   bool full = false;
+  // The reader failed, or found itself lapped and moved on to the oldest record: what it
+  // stepped over is not covered (a client is told OFFSET_OUT_OF_RANGE or the error at its
+  // next Fetch from there), and the reader is sought again then, to meet it again (it
+  // reports an error once and steps over).
+  bool broken = false;
+  const std::uint64_t lost_before = rd->consumer->lost();
   // Bounded: a look past a stall steps over a claim (or a lap), or the loop ends.
   for (int stall_looks = 0; !full;) {
     auto recs = rd->consumer->poll(std::chrono::nanoseconds(0));
-    if (!recs) {
-      // The records before it go out now; the next Fetch from here gets the error (the
-      // reader reports it once and steps over: it is sought again, to find it again).
-      if (b.records.empty()) error = kafka_error(recs.error());
-      else rd->next = UINT64_MAX;
+    if (!recs || rd->consumer->lost() != lost_before) {
+      // The records before go out now; with none, the error, or the lap's out of range.
+      if (b.records.empty()) error = recs ? std::int16_t{kOffsetOutOfRange} : kafka_error(recs.error());
+      broken = true;
       break;
     }
     if (recs->empty()) {
@@ -499,8 +504,12 @@ std::size_t Handlers::read_records(const std::shared_ptr<Topic>& t, std::uint32_
       auto pos = rd->consumer->position(tp);
       if (!pos || *pos >= t->ring(partition).end_offset() || ++stall_looks > kMaxStallLooks) break;
       auto moved = ConsumerInternals::look_past_stall(*rd->consumer, tp);
-      if (!moved && b.records.empty()) error = kafka_error(moved.error());
-      if (!moved || !*moved) break;
+      if (!moved || rd->consumer->lost() != lost_before) {
+        if (b.records.empty()) error = moved ? std::int16_t{kOffsetOutOfRange} : kafka_error(moved.error());
+        broken = true;
+        break;
+      }
+      if (!*moved) break;
       continue;
     }
     for (const ConsumedRecord& c : *recs) {
@@ -531,7 +540,8 @@ std::size_t Handlers::read_records(const std::shared_ptr<Topic>& t, std::uint32_
   // The batch covers the offsets below this: to its last record, and (below) what follows.
   std::uint64_t covered =
       b.records.empty() ? offset : static_cast<std::uint64_t>(b.base_offset) + b.records.back().offset_delta + 1;
-  if (full) {
+  if (broken) rd->next = UINT64_MAX;
+  if (full || broken) {
     stop = UINT64_MAX;
   } else {  // read all there was: the reader's position is past what it stepped over too
     auto pos = rd->consumer->position(tp);

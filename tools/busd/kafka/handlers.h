@@ -142,7 +142,7 @@ class Handlers {
   std::size_t read_records(const std::shared_ptr<Topic>& t, std::uint32_t partition, std::uint64_t offset,
                            std::size_t max_bytes, std::string& out, std::uint64_t& stop, std::int16_t& error);
   // Claims a read steps over at most (read_records); more wait for the Fetch's next look.
-  static constexpr int kMaxStallLooks = 64;
+  static constexpr int kMaxStallLooks = 1024;
 
   struct Reader;
   // The partition's reader, positioned at `offset`; nullptr (logged) when none can be made.
